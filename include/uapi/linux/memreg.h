@@ -1,0 +1,184 @@
+/* SPDX-License-Identifier: GPL-2.0 WITH Linux-syscall-note */
+/*
+ * memreg: registered user memory with automatic invalidation.
+ *
+ * Every argument structure has a fixed size that is part of its ioctl
+ * number, and reserved fields that must be zero on input (the kernel returns
+ * -EINVAL otherwise) and are written as zero on output. A later ABI version
+ * adds fields by turning reserved space into named fields whose zero value
+ * keeps the old behaviour. See Documentation/memreg.rst.
+ */
+#ifndef _UAPI_LINUX_MEMREG_H
+#define _UAPI_LINUX_MEMREG_H
+
+#include <linux/ioctl.h>
+#include <linux/types.h>
+
+/* The ABI version this header describes, answered by MEMREG_IOC_GET_VERSION. */
+#define MEMREG_ABI_VERSION		1
+
+#define MEMREG_IOC_MAGIC		0xB9
+
+/* Largest length one registration may cover (64 GiB). */
+#define MEMREG_MAX_LENGTH		(1ULL << 36)
+
+/* Access rights of a registration (struct memreg_register.access). */
+#define MEMREG_ACCESS_LOCAL_READ	(1U << 0)
+#define MEMREG_ACCESS_LOCAL_WRITE	(1U << 1)
+#define MEMREG_ACCESS_REMOTE_READ	(1U << 2)
+#define MEMREG_ACCESS_REMOTE_WRITE	(1U << 3)
+#define MEMREG_ACCESS_ALL		0xfU
+
+/* struct memreg_register.flags, output: served from the registration cache. */
+#define MEMREG_REGISTER_CACHED		(1U << 0)
+
+/**
+ * struct memreg_register - register a user range (MEMREG_IOC_REGISTER)
+ * @addr:     in: start of the range, any alignment
+ * @length:   in: length in bytes, 1 .. MEMREG_MAX_LENGTH
+ * @access:   in: MEMREG_ACCESS_* bits, at least one
+ * @flags:    out: MEMREG_REGISTER_CACHED when an existing registration
+ *            covering the range with at least @access was returned
+ * @lkey:     out: local key, for this context's own requests
+ * @rkey:     out: remote key, to be granted to peers
+ * @reserved: must be zero
+ */
+struct memreg_register {
+	__u64 addr;
+	__u64 length;
+	__u32 access;
+	__u32 flags;
+	__u64 lkey;
+	__u64 rkey;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_deregister - drop one reference (MEMREG_IOC_DEREGISTER)
+ * @key:      in: the local key REGISTER returned
+ * @reserved: must be zero
+ */
+struct memreg_deregister {
+	__u64 key;
+	__u64 reserved;
+};
+
+/* struct memreg_query.state */
+#define MEMREG_STATE_VALID		1
+
+/**
+ * struct memreg_query - describe a registration (MEMREG_IOC_QUERY)
+ * @key:      in: a local key
+ * @addr:     out: start address as registered
+ * @length:   out: length in bytes as registered
+ * @access:   out: MEMREG_ACCESS_* bits
+ * @state:    out: MEMREG_STATE_*
+ * @pages:    out: number of pinned pages
+ * @extents:  out: number of physically contiguous extents (translation entries)
+ * @refcount: out: number of REGISTER calls not yet matched by DEREGISTER
+ * @reserved: must be zero
+ */
+struct memreg_query {
+	__u64 key;
+	__u64 addr;
+	__u64 length;
+	__u32 access;
+	__u32 state;
+	__u64 pages;
+	__u32 extents;
+	__u32 refcount;
+	__u64 reserved[2];
+};
+
+/*
+ * Causes of invalidation, the index into struct memreg_stats.invalidations.
+ * They are the kernel's MMU notifier events; the ones marked "not counted"
+ * never invalidate a registration.
+ */
+enum memreg_inval_cause {
+	MEMREG_INVAL_UNMAP = 0,		/* munmap, mremap */
+	MEMREG_INVAL_CLEAR,		/* madvise(DONTNEED/FREE), zap, THP split */
+	MEMREG_INVAL_PROTECTION_VMA,	/* mprotect */
+	MEMREG_INVAL_PROTECTION_PAGE,	/* not counted: fork's COW protection */
+	MEMREG_INVAL_SOFT_DIRTY,	/* not counted */
+	MEMREG_INVAL_RELEASE,		/* the address space is torn down */
+	MEMREG_INVAL_MIGRATE,		/* page migration */
+	MEMREG_INVAL_EXCLUSIVE,		/* device-exclusive access */
+	MEMREG_INVAL_NR_CAUSES = 8,
+};
+
+/**
+ * struct memreg_stats - per-context counters (MEMREG_IOC_STATS)
+ * @registrations:     out: live registrations now
+ * @cache_hits:        out: REGISTER calls served by an existing registration
+ * @cache_misses:      out: REGISTER calls that pinned a new registration
+ * @pages_pinned:      out: pages pinned by this context now
+ * @pages_pinned_peak: out: the highest @pages_pinned seen
+ * @deregistrations:   out: registrations that ended by DEREGISTER
+ * @invalidations:     out: registrations that ended by invalidation, by cause
+ * @reserved:          must be zero
+ */
+struct memreg_stats {
+	__u64 registrations;
+	__u64 cache_hits;
+	__u64 cache_misses;
+	__u64 pages_pinned;
+	__u64 pages_pinned_peak;
+	__u64 deregistrations;
+	__u64 invalidations[MEMREG_INVAL_NR_CAUSES];
+	__u64 reserved[4];
+};
+
+/**
+ * struct memreg_global_stats - module-wide counters (MEMREG_IOC_GLOBAL_STATS)
+ * @contexts:     out: open /dev/memreg files, including the caller's
+ * @regions:      out: registrations alive in all contexts, including those
+ *                whose pages are still being released
+ * @pages_pinned: out: pages pinned by all contexts
+ * @budget_pages: out: the module's pinned-page budget (max_pinned_pages)
+ * @reserved:     must be zero
+ */
+struct memreg_global_stats {
+	__u64 contexts;
+	__u64 regions;
+	__u64 pages_pinned;
+	__u64 budget_pages;
+	__u64 reserved[4];
+};
+
+/* struct memreg_copy.direction */
+#define MEMREG_COPY_TO_REGION		0	/* user buffer -> registered region */
+#define MEMREG_COPY_FROM_REGION		1	/* registered region -> user buffer */
+
+/**
+ * struct memreg_copy - move data through a registration (MEMREG_IOC_COPY)
+ * @key:       in: a local key
+ * @offset:    in: byte offset into the registered range
+ * @length:    in: bytes to move; 0 is allowed and moves nothing
+ * @buf:       in: user buffer address
+ * @direction: in: MEMREG_COPY_*
+ * @flags:     in: must be zero
+ * @reserved:  must be zero
+ *
+ * The kernel reaches the registered pages only through the registration's
+ * translation entries, never through the caller's page tables.
+ */
+struct memreg_copy {
+	__u64 key;
+	__u64 offset;
+	__u64 length;
+	__u64 buf;
+	__u32 direction;
+	__u32 flags;
+	__u64 reserved;
+};
+
+#define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
+#define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
+#define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
+#define MEMREG_IOC_QUERY	_IOWR(MEMREG_IOC_MAGIC, 0x03, struct memreg_query)
+#define MEMREG_IOC_STATS	_IOR(MEMREG_IOC_MAGIC, 0x04, struct memreg_stats)
+#define MEMREG_IOC_COPY		_IOW(MEMREG_IOC_MAGIC, 0x05, struct memreg_copy)
+#define MEMREG_IOC_GLOBAL_STATS	_IOR(MEMREG_IOC_MAGIC, 0x06, struct memreg_global_stats)
+
+#endif /* _UAPI_LINUX_MEMREG_H */

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Builds the guest's user programs (kselftests, benchmarks, demo) as static
+# binaries into build/guest-bin.
+set -euo pipefail
+. "$(dirname "$0")/config.sh"
+
+out=$MEMREG_BUILD/guest-bin
+mkdir -p "$out"
+cflags=(-static -O2 -g0 -Wall -Werror -D_GNU_SOURCE -pthread
+	-I "$MEMREG_TOP/include/uapi" -I "$KSRC_DIR/tools/testing/selftests")
+for src in "$MEMREG_TOP"/tests/guest/*.c "$MEMREG_TOP"/tests/*.c; do
+	[ -e "$src" ] || continue
+	bin=$out/$(basename "$src" .c)
+	if [ "$bin" -nt "$src" ] && [ "$bin" -nt "$MEMREG_TOP/include/uapi/linux/memreg.h" ] &&
+		[ "$bin" -nt "$MEMREG_TOP/tests/memreg_util.h" ]; then
+		continue
+	fi
+	gcc "${cflags[@]}" -o "$bin" "$src" -lm || die "cannot compile $src"
+done

@@ -1,0 +1,122 @@
+#!/usr/bin/env bash
+# make check: builds everything, runs the host checks, boots the guest once
+# to run KUnit (the kernel crate doctests at boot, memreg's own suites at
+# module load) and every kselftest under tests/, then reads the serial log.
+# Prints one line per check and ends with "N passed, N failed"; exits non-zero
+# on any failure, on a kernel BUG/WARNING/Oops/lockdep/KASAN report and on a
+# hung guest.
+set -uo pipefail
+. "$(dirname "$0")/config.sh"
+
+passed=0
+failed=0
+result() { # result ok|FAIL what
+	printf '%-5s %s\n' "$1" "$2"
+	if [ "$1" = ok ]; then passed=$((passed + 1)); else failed=$((failed + 1)); fi
+}
+finish() {
+	echo "$passed passed, $failed failed"
+	[ "$failed" = 0 ]
+	exit
+}
+
+"$MEMREG_TOP/scripts/toolchain.sh" || { result FAIL "toolchain set-up"; finish; }
+"$MEMREG_TOP/scripts/build-kernel.sh" || { result FAIL "kernel build"; finish; }
+
+# Host checks.
+if "$MEMREG_TOP/scripts/build-module.sh"; then
+	result ok "host: memreg.ko builds with CLIPPY=1, no warnings"
+else
+	result FAIL "host: memreg.ko builds with CLIPPY=1, no warnings"
+	finish
+fi
+if "$MEMREG_TOP/scripts/rustfmt.sh" --check; then
+	result ok "host: rustfmt (kernel .rustfmt.toml) has nothing to change"
+else
+	result FAIL "host: rustfmt (kernel .rustfmt.toml) has nothing to change"
+fi
+if "$MEMREG_TOP/scripts/build-guest.sh"; then
+	result ok "host: selftests and tools compile with -Wall -Werror"
+else
+	result FAIL "host: selftests and tools compile with -Wall -Werror"
+	finish
+fi
+
+# The guest run.
+run=$MEMREG_BUILD/check-run.sh
+cat >"$run" <<'GUEST'
+rc=0
+for t in /bin/*_test; do
+	n=${t##*/}
+	echo "MEMREG-SELFTEST-BEGIN $n"
+	( "$t" 2>&1; echo $? >/tmp/rc ) | sed "s/^/[$n] /"
+	r=$(cat /tmp/rc)
+	echo "MEMREG-SELFTEST-END $n $r"
+	[ "$r" = 0 ] || rc=1
+done
+exit $rc
+GUEST
+log=$MEMREG_BUILD/check.log
+tests=("$MEMREG_BUILD"/guest-bin/*_test)
+"$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -t "${MEMREG_GUEST_TIMEOUT:-1200}" "$run" "${tests[@]}"
+status=$?
+case $status in
+0 | 1) result ok "guest: booted and reported its status" ;;
+124) result FAIL "guest: hung and was killed (log: $log)" ;;
+*) result FAIL "guest: panicked or stopped without reporting (log: $log)" ;;
+esac
+
+# KUnit: test cases are the indented KTAP result lines the kernel prints.
+read -r kpass kfail kskip < <(awk '
+	/^ +ok [0-9]+ / { if ($0 ~ /# SKIP/) s++; else p++ }
+	/^ +not ok [0-9]+ / { f++; print "FAIL  kunit: " $0 > "/dev/stderr" }
+	END { print p + 0, f + 0, s + 0 }' "$log")
+printf '%-5s %s\n' "$([ "$kfail" = 0 ] && echo ok || echo FAIL)" \
+	"kunit: $kpass cases passed, $kfail failed, $kskip skipped"
+passed=$((passed + kpass))
+failed=$((failed + kfail))
+[ "$kpass" -gt 0 ] || result FAIL "kunit: no KUnit results in the log"
+
+# kselftests: each result line counts; a program that did not exit 0 or
+# whose results fall short of its plan counts as one more failure.
+while read -r kind name rest; do
+	case $kind in
+	ok) result ok "kselftest: $name" ;;
+	not_ok) result FAIL "kselftest: $name $rest" ;;
+	skip) printf '%-5s %s\n' skip "kselftest: $name" ;;
+	prog) result FAIL "kselftest: $name $rest" ;;
+	esac
+done < <(awk '
+	/^MEMREG-SELFTEST-BEGIN / { prog = $2; plan[prog] = -1; seen[prog] = 0; next }
+	/^MEMREG-SELFTEST-END / {
+		if ($3 != 0) print "prog", $2, "exited with status " $3
+		else if (plan[$2] >= 0 && seen[$2] != plan[$2]) print "prog", $2, "ran " seen[$2] " of " plan[$2] " tests"
+		done[$2] = 1; next
+	}
+	/^\[[^]]+\] / {
+		p = substr($1, 2, length($1) - 2); line = substr($0, length($1) + 2)
+		if (line ~ /^1\.\.[0-9]+/) plan[p] = substr(line, 4) + 0
+		else if (line ~ /^ok [0-9]+ /) {
+			seen[p]++; split(line, w, " ")
+			print (line ~ /# SKIP/ ? "skip" : "ok"), p "/" w[3]
+		} else if (line ~ /^not ok [0-9]+ /) {
+			seen[p]++; split(line, w, " ")
+			print "not_ok", p "/" w[4], "(see " p " in the log)"
+		}
+	}
+	END { for (p in plan) if (!(p in done)) print "prog", p, "did not finish" }' "$log")
+
+if grep -q '^MEMREG-GUEST: rmmod ok' "$log"; then
+	result ok "guest: memreg unloads cleanly"
+else
+	result FAIL "guest: memreg unloads cleanly"
+fi
+bad='(BUG:|WARNING:|Oops|Kernel panic|general protection fault|circular locking dependency|recursive locking detected|inconsistent lock state|DEBUG_LOCKS_WARN_ON|KASAN:|UBSAN:|INFO: task .* blocked|Call Trace:|sleeping function called from invalid context)'
+if grep -E -q "$bad" "$log"; then
+	grep -E -n -m 5 "$bad" "$log" | sed 's/^/      /'
+	result FAIL "guest: kernel log free of BUG/WARNING/Oops/lockdep/KASAN reports"
+else
+	result ok "guest: kernel log free of BUG/WARNING/Oops/lockdep/KASAN reports"
+fi
+echo "      serial log: $log"
+finish

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Applies the kernel-crate overlay (rust/kernel/ of this project) to a kernel
+# tree: new Rust modules of the `kernel` crate, their C helpers, the headers
+# bindgen must see, and the Kconfig symbol that selects MMU notifiers.
+# Idempotent: files are only rewritten when their content changes, so the
+# kernel's make rebuilds only what the overlay touched.
+set -euo pipefail
+. "$(dirname "$0")/config.sh"
+
+ksrc=${1:?usage: overlay.sh KERNEL_SOURCE_DIR}
+ov=$MEMREG_TOP/rust/kernel
+
+# Copy a file only when its content differs.
+put() {
+	if ! cmp -s "$1" "$2"; then
+		cp "$1" "$2"
+	fi
+}
+
+# Insert line $2 into file $1 after the first line matching $3, once.
+insert_after() {
+	grep -qxF "$2" "$1" && return 0
+	local tmp
+	tmp=$(mktemp)
+	awk -v line="$2" -v pat="$3" '{ print } !done && $0 ~ pat { print line; done = 1 }' "$1" >"$tmp"
+	grep -qxF "$2" "$tmp" || die "overlay: cannot find /$3/ in $1"
+	mv "$tmp" "$1"
+}
+
+# Rust modules of the kernel crate.
+for f in "$ov"/*.rs; do
+	[ -e "$f" ] || continue
+	put "$f" "$ksrc/rust/kernel/$(basename "$f")"
+	mod=$(basename "$f" .rs)
+	insert_after "$ksrc/rust/kernel/lib.rs" "pub mod $mod;" '^pub mod mm;$'
+done
+
+# C helpers for inline functions and macros bindgen cannot see.
+for f in "$ov"/helpers/*.c; do
+	[ -e "$f" ] || continue
+	put "$f" "$ksrc/rust/helpers/$(basename "$f")"
+	insert_after "$ksrc/rust/helpers/helpers.c" "#include \"$(basename "$f")\"" '^#include "mm.c"$'
+done
+
+# Headers for bindgen.
+while read -r hdr; do
+	[ -n "$hdr" ] || continue
+	insert_after "$ksrc/rust/bindings/bindings_helper.h" "#include <$hdr>" '^#include <linux/mm.h>$'
+done <"$ov/bindings_headers"
+
+# Kconfig symbol selecting what the abstractions need.
+put "$ov/Kconfig" "$ksrc/rust/Kconfig.memreg"
+insert_after "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'
