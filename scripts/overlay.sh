@@ -27,12 +27,33 @@ insert_after() {
 	mv "$tmp" "$1"
 }
 
-# Rust modules of the kernel crate.
+# Insert line $2 into file $1 before the first line matching $3, once.
+insert_before() {
+	grep -qxF "$2" "$1" && return 0
+	local tmp
+	tmp=$(mktemp)
+	awk -v line="$2" -v pat="$3" '!done && $0 ~ pat { print line; done = 1 } { print }' "$1" >"$tmp"
+	grep -qxF "$2" "$tmp" || die "overlay: cannot find /$3/ in $1"
+	mv "$tmp" "$1"
+}
+
+# Top-level Rust modules of the kernel crate.
 for f in "$ov"/*.rs; do
 	[ -e "$f" ] || continue
 	put "$f" "$ksrc/rust/kernel/$(basename "$f")"
 	mod=$(basename "$f" .rs)
 	insert_after "$ksrc/rust/kernel/lib.rs" "pub mod $mod;" '^pub mod mm;$'
+done
+
+# Rust modules nested in an existing module of the kernel crate: DIR/x.rs
+# becomes `pub mod x;` of rust/kernel/DIR.rs, declared before its first `use`.
+for f in "$ov"/*/*.rs; do
+	[ -e "$f" ] || continue
+	dir=$(basename "$(dirname "$f")")
+	[ -f "$ksrc/rust/kernel/$dir.rs" ] || die "overlay: rust/kernel/$dir.rs does not exist for $f"
+	mkdir -p "$ksrc/rust/kernel/$dir"
+	put "$f" "$ksrc/rust/kernel/$dir/$(basename "$f")"
+	insert_before "$ksrc/rust/kernel/$dir.rs" "pub mod $(basename "$f" .rs);" '^use '
 done
 
 # C helpers for inline functions and macros bindgen cannot see.

@@ -1,0 +1,24 @@
+// SPDX-License-Identifier: GPL-2.0
+
+#include <linux/mm.h>
+#include <linux/sched/signal.h>
+
+__rust_helper struct page *rust_helper_pfn_to_page(unsigned long pfn)
+{
+	return pfn_to_page(pfn);
+}
+
+__rust_helper unsigned long rust_helper_page_to_pfn(const struct page *page)
+{
+	return page_to_pfn(page);
+}
+
+__rust_helper unsigned long rust_helper_rlimit(unsigned int limit)
+{
+	return rlimit(limit);
+}
+
+__rust_helper atomic64_t *rust_helper_mm_pinned_vm(struct mm_struct *mm)
+{
+	return &mm->pinned_vm;
+}

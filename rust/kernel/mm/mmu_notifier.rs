@@ -1,0 +1,422 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! MMU interval notifiers.
+//!
+//! An interval notifier watches a range of an address space and is called
+//! before the kernel changes the mappings in that range: on `munmap`, `mremap`,
+//! `madvise(MADV_DONTNEED)`, `mprotect`, page migration, address space
+//! teardown and more. A driver that keeps its own view of user memory (device
+//! page tables, pinned pages) stops using that view in the callback.
+//!
+//! A type embeds an [`IntervalNotifier`] field, declares it with
+//! [`impl_has_interval_notifier!`] and implements [`IntervalNotifierOps`]. The
+//! notifier is inserted with [`IntervalNotifier::insert`], which keeps the
+//! containing [`Arc`] alive until [`IntervalNotifier::remove`], so the callback
+//! always sees a live object.
+//!
+//! The sequence API ([`IntervalNotifier::read_begin`],
+//! [`IntervalNotifier::read_retry`], [`IntervalNotifier::set_seq`]) lets a
+//! driver detect that an invalidation raced with its own set-up of the range,
+//! as described in `include/linux/mmu_notifier.h`.
+//!
+//! C header: [`include/linux/mmu_notifier.h`](srctree/include/linux/mmu_notifier.h)
+
+use crate::{
+    bindings,
+    error::{to_result, Result},
+    mm::MmWithUser,
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Full, Relaxed, Release},
+        Arc,
+    },
+    types::Opaque,
+};
+use core::marker::PhantomData;
+
+/// Why the mappings of a range are about to change (`enum mmu_notifier_event`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// The range is unmapped: `munmap`, `mremap`, a VMA going away.
+    Unmap,
+    /// Page table entries are cleared: `madvise(MADV_DONTNEED/FREE)`, zapping,
+    /// huge page split or collapse, copy-on-write break.
+    Clear,
+    /// The protection of the VMA changes: `mprotect`.
+    ProtectionVma,
+    /// Pages are write-protected without a VMA change: `fork` of a
+    /// copy-on-write mapping, writeback of a shared file page.
+    ProtectionPage,
+    /// Soft-dirty tracking is reset.
+    SoftDirty,
+    /// The address space is being torn down: the process exits.
+    Release,
+    /// Pages are migrated.
+    Migrate,
+    /// Pages are made exclusive to a device.
+    Exclusive,
+    /// An event this abstraction does not know yet.
+    Other(u32),
+}
+
+impl Event {
+    fn from_raw(raw: bindings::mmu_notifier_event) -> Self {
+        match raw {
+            bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP => Self::Unmap,
+            bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR => Self::Clear,
+            bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA => Self::ProtectionVma,
+            bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE => Self::ProtectionPage,
+            bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY => Self::SoftDirty,
+            bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE => Self::Release,
+            bindings::mmu_notifier_event_MMU_NOTIFY_MIGRATE => Self::Migrate,
+            bindings::mmu_notifier_event_MMU_NOTIFY_EXCLUSIVE => Self::Exclusive,
+            other => Self::Other(other),
+        }
+    }
+
+    /// The kernel's numeric value of the event.
+    pub fn as_raw(self) -> u32 {
+        match self {
+            Self::Unmap => bindings::mmu_notifier_event_MMU_NOTIFY_UNMAP,
+            Self::Clear => bindings::mmu_notifier_event_MMU_NOTIFY_CLEAR,
+            Self::ProtectionVma => bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_VMA,
+            Self::ProtectionPage => bindings::mmu_notifier_event_MMU_NOTIFY_PROTECTION_PAGE,
+            Self::SoftDirty => bindings::mmu_notifier_event_MMU_NOTIFY_SOFT_DIRTY,
+            Self::Release => bindings::mmu_notifier_event_MMU_NOTIFY_RELEASE,
+            Self::Migrate => bindings::mmu_notifier_event_MMU_NOTIFY_MIGRATE,
+            Self::Exclusive => bindings::mmu_notifier_event_MMU_NOTIFY_EXCLUSIVE,
+            Self::Other(raw) => raw,
+        }
+    }
+}
+
+/// The range an invalidation covers (`struct mmu_notifier_range`).
+pub struct Range<'a> {
+    raw: &'a bindings::mmu_notifier_range,
+}
+
+impl Range<'_> {
+    /// First address of the range.
+    pub fn start(&self) -> usize {
+        self.raw.start as usize
+    }
+
+    /// One past the last address of the range.
+    pub fn end(&self) -> usize {
+        self.raw.end as usize
+    }
+
+    /// Why the range changes.
+    pub fn event(&self) -> Event {
+        Event::from_raw(self.raw.event)
+    }
+
+    /// Whether the callback may sleep. When it may not (the OOM reaper), a
+    /// callback that would have to sleep returns `false` instead.
+    pub fn may_block(&self) -> bool {
+        // SAFETY: `self.raw` is a valid range for the duration of the callback.
+        unsafe { bindings::mmu_notifier_range_blockable(self.raw) }
+    }
+}
+
+/// The callback of an interval notifier.
+pub trait IntervalNotifierOps: HasIntervalNotifier<Self> + Send + Sync + Sized {
+    /// Called before the mappings of `range`, which overlaps the watched
+    /// interval, change. Upon return the implementation must no longer use the
+    /// pages it found in that range.
+    ///
+    /// `cur_seq` is to be passed to [`IntervalNotifier::set_seq`] under the
+    /// lock that guards [`IntervalNotifier::read_retry`], if the sequence API
+    /// is used. Return `false` only when `range.may_block()` is `false` and the
+    /// work needs to sleep.
+    ///
+    /// Runs with locks of the memory-management code held: it must not
+    /// allocate memory with `GFP_KERNEL`, and must not call
+    /// [`IntervalNotifier::remove`].
+    fn invalidate(this: &Self, range: &Range<'_>, cur_seq: u64) -> bool;
+}
+
+/// Declares that a type contains an [`IntervalNotifier<Self>`] field.
+///
+/// # Safety
+///
+/// The two methods must return valid pointers and be inverses of each other,
+/// as [`impl_has_interval_notifier!`] guarantees.
+pub unsafe trait HasIntervalNotifier<T> {
+    /// Returns a pointer to the notifier field of `*ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point at a valid `Self`.
+    unsafe fn raw_get_notifier(ptr: *const Self) -> *const IntervalNotifier<T>;
+
+    /// Returns a pointer to the struct containing the notifier at `ptr`.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point at the notifier field of a `Self`.
+    unsafe fn notifier_container_of(ptr: *const IntervalNotifier<T>) -> *const Self;
+}
+
+/// Implements [`HasIntervalNotifier`] for a type with an
+/// [`IntervalNotifier<Self>`] field.
+///
+/// ```ignore
+/// impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Region { self.notifier } }
+/// ```
+#[macro_export]
+macro_rules! impl_has_interval_notifier {
+    (impl$({$($generics:tt)*})? HasIntervalNotifier<Self> for $self:ty { self.$field:ident }) => {
+        // SAFETY: `raw_get_notifier` only compiles if the field has the right type, and
+        // `container_of!` is its inverse.
+        unsafe impl$(<$($generics)+>)? $crate::mm::mmu_notifier::HasIntervalNotifier<$self>
+            for $self
+        {
+            #[inline]
+            unsafe fn raw_get_notifier(
+                ptr: *const Self,
+            ) -> *const $crate::mm::mmu_notifier::IntervalNotifier<$self> {
+                // SAFETY: The caller promises that `ptr` points at a valid `Self`.
+                unsafe { ::core::ptr::addr_of!((*ptr).$field) }
+            }
+
+            #[inline]
+            unsafe fn notifier_container_of(
+                ptr: *const $crate::mm::mmu_notifier::IntervalNotifier<$self>,
+            ) -> *const Self {
+                // SAFETY: The caller promises that `ptr` points at the field in a `Self`.
+                unsafe { $crate::container_of!(ptr.cast_mut(), Self, $field) }
+            }
+        }
+    };
+}
+pub use impl_has_interval_notifier;
+
+const STATE_IDLE: i32 = 0;
+const STATE_INSERTED: i32 = 1;
+const STATE_REMOVED: i32 = 2;
+
+/// An MMU interval notifier embedded in a `T` (`struct mmu_interval_notifier`).
+///
+/// # Invariants
+///
+/// - While `state` is `STATE_INSERTED`, `sub` is inserted in an address space
+///   with this type's callback table, and one reference of the `Arc<T>` that
+///   contains it is owned by the subscription.
+/// - `state` only moves from idle to inserted to removed.
+///
+/// # Examples
+///
+/// A notifier that records the events it sees, over a real mapping of a KUnit
+/// test's address space.
+///
+/// ```
+/// use kernel::kunit_mm::UserMapping;
+/// use kernel::mm::mmu_notifier::{
+///     impl_has_interval_notifier, Event, IntervalNotifier, IntervalNotifierOps, Range,
+/// };
+/// use kernel::page::PAGE_SIZE;
+/// use kernel::sync::{atomic::{Atomic, Relaxed}, Arc};
+///
+/// #[pin_data]
+/// struct Watch {
+///     #[pin]
+///     notifier: IntervalNotifier<Watch>,
+///     unmaps: Atomic<u32>,
+///     last_start: Atomic<usize>,
+/// }
+/// impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Watch { self.notifier } }
+/// impl IntervalNotifierOps for Watch {
+///     fn invalidate(this: &Self, range: &Range<'_>, _cur_seq: u64) -> bool {
+///         if range.event() == Event::Unmap {
+///             this.unmaps.add(1, Relaxed);
+///             this.last_start.store(range.start(), Relaxed);
+///         }
+///         true
+///     }
+/// }
+///
+/// let map = UserMapping::anonymous(8 * PAGE_SIZE)?;
+/// let watch = Arc::pin_init(pin_init!(Watch {
+///     notifier <- IntervalNotifier::new(),
+///     unmaps: Atomic::new(0),
+///     last_start: Atomic::new(0),
+/// }), GFP_KERNEL)?;
+/// let current = kernel::current!();
+/// let mm = current.mm().ok_or(EINVAL)?;
+/// // Watch the second half of the mapping.
+/// IntervalNotifier::insert(watch.clone(), mm, map.addr() + 4 * PAGE_SIZE, 4 * PAGE_SIZE)?;
+/// assert_eq!(watch.notifier.start(), Some(map.addr() + 4 * PAGE_SIZE));
+///
+/// // Unmapping outside the interval is not reported; inside it is.
+/// map.unmap(0, PAGE_SIZE)?;
+/// assert_eq!(watch.unmaps.load(Relaxed), 0);
+/// let seq = watch.notifier.read_begin();
+/// map.unmap(5 * PAGE_SIZE, PAGE_SIZE)?;
+/// assert_eq!(watch.unmaps.load(Relaxed), 1);
+/// assert_eq!(watch.last_start.load(Relaxed), map.addr() + 5 * PAGE_SIZE);
+/// // The callback did not call `set_seq`, so the sequence still reads as valid.
+/// assert!(!watch.notifier.read_retry(seq));
+///
+/// // After removal (idempotent) nothing more is reported, and the reference
+/// // the subscription held is released: ours is the only one left.
+/// IntervalNotifier::remove(&*watch);
+/// IntervalNotifier::remove(&*watch);
+/// assert!(!watch.notifier.is_inserted());
+/// map.unmap(4 * PAGE_SIZE, PAGE_SIZE)?;
+/// assert_eq!(watch.unmaps.load(Relaxed), 1);
+/// assert!(Arc::into_unique_or_drop(watch).is_some());
+/// # Ok::<(), Error>(())
+/// ```
+#[pin_data]
+#[repr(C)]
+pub struct IntervalNotifier<T> {
+    #[pin]
+    sub: Opaque<bindings::mmu_interval_notifier>,
+    state: Atomic<i32>,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: The notifier is only manipulated through the C API, which is thread-safe, and through
+// the atomic `state`.
+unsafe impl<T: Send + Sync> Send for IntervalNotifier<T> {}
+// SAFETY: See above; no method gives out references to `T`.
+unsafe impl<T: Send + Sync> Sync for IntervalNotifier<T> {}
+
+impl<T: IntervalNotifierOps> IntervalNotifier<T> {
+    const OPS: bindings::mmu_interval_notifier_ops = bindings::mmu_interval_notifier_ops {
+        invalidate: Some(Self::invalidate_callback),
+        invalidate_start: None,
+        invalidate_finish: None,
+    };
+
+    /// Creates a notifier that is not inserted yet.
+    pub fn new() -> impl PinInit<Self> {
+        pin_init!(Self {
+            sub: Opaque::zeroed(),
+            state: Atomic::new(STATE_IDLE),
+            _t: PhantomData,
+        })
+    }
+
+    /// Inserts the notifier of `this` for `length` bytes from `start` of the
+    /// address space `mm`.
+    ///
+    /// On success the subscription owns `this` (one reference of the `Arc`)
+    /// until [`IntervalNotifier::remove`]; the callback may run as soon as
+    /// this returns, or before. A notifier is inserted at most once: `EBUSY`
+    /// otherwise. May sleep and take `mm`'s `mmap_lock`.
+    pub fn insert(this: Arc<T>, mm: &MmWithUser, start: usize, length: usize) -> Result {
+        // SAFETY: `this` is a valid `T`.
+        let notifier = unsafe { &*T::raw_get_notifier(&*this) };
+        notifier
+            .state
+            .cmpxchg(STATE_IDLE, STATE_INSERTED, Full)
+            .map_err(|_| EBUSY)?;
+        // SAFETY: `sub` is zeroed, pinned inside the `Arc` and not inserted yet (the state was
+        // idle). `mm` has users for the duration of the call. `OPS` is a static table.
+        let ret = unsafe {
+            bindings::mmu_interval_notifier_insert(
+                notifier.sub.get(),
+                mm.as_raw(),
+                start,
+                length,
+                &Self::OPS,
+            )
+        };
+        if let Err(e) = to_result(ret) {
+            notifier.state.store(STATE_IDLE, Release);
+            return Err(e);
+        }
+        // INVARIANT: The subscription is inserted and owns the reference we leak here.
+        let _ = Arc::into_raw(this);
+        Ok(())
+    }
+
+    /// Removes the notifier of `this` from its address space, waiting for
+    /// callbacks in flight to return, and drops the reference the subscription
+    /// held. Does nothing if the notifier is not inserted.
+    ///
+    /// May sleep. Must not be called from the notifier's own callback, which
+    /// would wait for itself.
+    pub fn remove(this: &T) {
+        // SAFETY: `this` is a valid `T`.
+        let notifier = unsafe { &*T::raw_get_notifier(this) };
+        if notifier
+            .state
+            .cmpxchg(STATE_INSERTED, STATE_REMOVED, Full)
+            .is_err()
+        {
+            return;
+        }
+        // SAFETY: By the type invariant the subscription was inserted; we won the only
+        // transition out of the inserted state, so it is removed exactly once.
+        unsafe { bindings::mmu_interval_notifier_remove(notifier.sub.get()) };
+        // SAFETY: By the type invariant the subscription owned one reference of the `Arc`
+        // containing `this`, leaked by `insert` with `Arc::into_raw`, which returned this very
+        // pointer. No callback can use it any more. The caller's borrow of `this` keeps another
+        // reference alive, so this cannot free `this`.
+        drop(unsafe { Arc::from_raw(this) });
+    }
+
+    /// Whether the notifier is inserted now.
+    pub fn is_inserted(&self) -> bool {
+        self.state.load(Relaxed) == STATE_INSERTED
+    }
+
+    /// First address of the watched interval, while inserted.
+    pub fn start(&self) -> Option<usize> {
+        self.is_inserted().then(|| {
+            // SAFETY: While inserted, `sub` is an initialised subscription whose interval node
+            // only changes under the subscription's own locking, never for a live notifier.
+            unsafe { (*self.sub.get()).interval_tree.start as usize }
+        })
+    }
+
+    /// Starts a read of the interval's pages; pass the result to
+    /// [`IntervalNotifier::read_retry`]. Waits for an invalidation in
+    /// progress to finish. May sleep; the notifier must be inserted.
+    pub fn read_begin(&self) -> u64 {
+        if !self.is_inserted() {
+            return 0;
+        }
+        // SAFETY: The notifier is inserted (checked above; only `remove` ends that, and it
+        // cannot run concurrently with a caller that owns a reference and is still reading).
+        unsafe { bindings::mmu_interval_read_begin(self.sub.get()) as u64 }
+    }
+
+    /// Whether an invalidation began since `seq` was read: the pages found
+    /// must then not be used. Call under the lock the callback holds for
+    /// [`IntervalNotifier::set_seq`].
+    pub fn read_retry(&self, seq: u64) -> bool {
+        // SAFETY: `sub` is a valid (possibly zeroed) subscription; this only compares sequence
+        // numbers.
+        unsafe { bindings::mmu_interval_read_retry(self.sub.get(), seq as _) }
+    }
+
+    /// Records `cur_seq` from the callback, under the lock that guards
+    /// [`IntervalNotifier::read_retry`].
+    pub fn set_seq(&self, cur_seq: u64) {
+        // SAFETY: `sub` is a valid subscription; this stores a sequence number.
+        unsafe { bindings::mmu_interval_set_seq(self.sub.get(), cur_seq as _) }
+    }
+
+    unsafe extern "C" fn invalidate_callback(
+        sub: *mut bindings::mmu_interval_notifier,
+        range: *const bindings::mmu_notifier_range,
+        cur_seq: usize,
+    ) -> bool {
+        // The notifier is `repr(C)` with `sub` first, so the subscription's address is the
+        // notifier's.
+        let notifier = sub.cast::<Self>().cast_const();
+        // SAFETY: The C code passes a subscription inserted by `insert`, which lives in a `T`
+        // kept alive by the reference the subscription owns until `remove` returns, and
+        // `remove` waits for this callback.
+        let this = unsafe { &*T::notifier_container_of(notifier) };
+        // SAFETY: The C code passes a valid range for the duration of the call.
+        let range = Range {
+            raw: unsafe { &*range },
+        };
+        T::invalidate(this, &range, cur_seq as u64)
+    }
+}
