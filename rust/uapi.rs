@@ -41,7 +41,7 @@ pub(crate) const COPY_TO_REGION: u32 = 0;
 /// `MEMREG_COPY_FROM_REGION`.
 pub(crate) const COPY_FROM_REGION: u32 = 1;
 
-const REGISTER_SIZE: usize = 48;
+const REGISTER_SIZE: usize = 56;
 const DEREGISTER_SIZE: usize = 16;
 const QUERY_SIZE: usize = 64;
 const STATS_SIZE: usize = 8 * (6 + INVAL_NR_CAUSES + 4);
@@ -273,7 +273,7 @@ mod tests {
     fn ioctl_numbers_match_the_header() {
         let ioc = |dir: u32, size: u32, nr: u32| (dir << 30) | (size << 16) | (0xB9 << 8) | nr;
         assert_eq!(IOC_GET_VERSION, ioc(2, 4, 0));
-        assert_eq!(IOC_REGISTER, ioc(3, 48, 1));
+        assert_eq!(IOC_REGISTER, ioc(3, 56, 1));
         assert_eq!(IOC_DEREGISTER, ioc(1, 16, 2));
         assert_eq!(IOC_QUERY, ioc(3, 64, 3));
         assert_eq!(IOC_STATS, ioc(2, 144, 4));

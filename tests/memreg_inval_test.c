@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * memreg kselftests: a registration dies the moment the memory under it
+ * changes. For each cause: after the event, fresh memory mapped at the same
+ * address is neither read nor written through the old key, the old key is
+ * gone, the cause is counted, the pages are unpinned, and registering again
+ * pins the new pages and data lands there.
+ */
+#include "memreg_util.h"
+
+#include "kselftest_harness.h"
+
+#define NPAGES 4
+#define LEN (NPAGES * PAGE)
+
+enum event { EV_MUNMAP, EV_PARTIAL_MUNMAP, EV_MPROTECT, EV_DONTNEED, EV_FREE, EV_MREMAP };
+
+FIXTURE(inval)
+{
+	int fd;
+	char *buf;
+};
+
+FIXTURE_VARIANT(inval)
+{
+	enum event event;
+	int cause;
+};
+
+FIXTURE_VARIANT_ADD(inval, munmap) { .event = EV_MUNMAP, .cause = MEMREG_INVAL_UNMAP };
+FIXTURE_VARIANT_ADD(inval, partial_munmap) {
+	.event = EV_PARTIAL_MUNMAP, .cause = MEMREG_INVAL_UNMAP };
+FIXTURE_VARIANT_ADD(inval, mprotect_read_only) {
+	.event = EV_MPROTECT, .cause = MEMREG_INVAL_PROTECTION_VMA };
+FIXTURE_VARIANT_ADD(inval, madvise_dontneed) {
+	.event = EV_DONTNEED, .cause = MEMREG_INVAL_CLEAR };
+FIXTURE_VARIANT_ADD(inval, madvise_free) { .event = EV_FREE, .cause = MEMREG_INVAL_CLEAR };
+FIXTURE_VARIANT_ADD(inval, mremap) { .event = EV_MREMAP, .cause = MEMREG_INVAL_UNMAP };
+
+FIXTURE_SETUP(inval)
+{
+	self->fd = memreg_open();
+	ASSERT_GE(self->fd, 0);
+	self->buf = map_filled(LEN, 'a');
+	ASSERT_NE(NULL, self->buf);
+}
+
+FIXTURE_TEARDOWN(inval)
+{
+	close(self->fd);
+	munmap(self->buf, LEN);
+}
+
+/* Makes the event happen and leaves fresh, writable memory filled with 'b'. */
+static void do_event(struct __test_metadata *_metadata, char *buf, enum event ev)
+{
+	char *p, *moved;
+
+	switch (ev) {
+	case EV_MUNMAP:
+		ASSERT_EQ(0, munmap(buf, LEN));
+		p = mmap(buf, LEN, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(buf, p);
+		break;
+	case EV_PARTIAL_MUNMAP:
+		ASSERT_EQ(0, munmap(buf + PAGE, PAGE));
+		p = mmap(buf + PAGE, PAGE, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(buf + PAGE, p);
+		break;
+	case EV_MPROTECT:
+		ASSERT_EQ(0, mprotect(buf, LEN, PROT_READ));
+		ASSERT_EQ(0, mprotect(buf, LEN, PROT_READ | PROT_WRITE));
+		break;
+	case EV_DONTNEED:
+		ASSERT_EQ(0, madvise(buf + 2 * PAGE, PAGE, MADV_DONTNEED));
+		break;
+	case EV_FREE:
+		ASSERT_EQ(0, madvise(buf, LEN, MADV_FREE));
+		break;
+	case EV_MREMAP:
+		/* Move the pages away, then map fresh memory where they were. */
+		moved = mmap(NULL, LEN, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		ASSERT_NE(MAP_FAILED, moved);
+		p = mremap(buf, LEN, LEN, MREMAP_MAYMOVE | MREMAP_FIXED, moved);
+		ASSERT_EQ(moved, p);
+		munmap(moved, LEN);
+		p = mmap(buf, LEN, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+		ASSERT_EQ(buf, p);
+		break;
+	}
+	memset(buf, 'b', LEN);
+}
+
+TEST_F(inval, stale_key_never_reaches_new_memory)
+{
+	struct memreg_register r, again;
+	struct memreg_stats s;
+	struct memreg_query q;
+	char data[LEN];
+	long vmpin = vm_pin_kb();
+	int i;
+
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
+	EXPECT_EQ(vmpin + NPAGES * 4, vm_pin_kb());
+
+	do_event(_metadata, self->buf, variant->event);
+
+	/* The old key moves no data: not into the new pages... */
+	memset(data, 'c', sizeof(data));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
+	/* ...and nothing out of the old ones. */
+	memset(data, 0, sizeof(data));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, LEN, 0));
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+
+	/* Counted by cause, and the pages are unpinned (by deferred work). */
+	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(0, s.registrations);
+	EXPECT_EQ(0, s.deregistrations);
+	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
+		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
+	EXPECT_EQ(vmpin, vm_pin_kb());
+
+	/* Registering again pins the new pages: data lands there. */
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+	EXPECT_EQ(0, again.flags);
+	EXPECT_NE(r.lkey, again.lkey);
+	memset(data, 'd', sizeof(data));
+	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->buf, LEN, 'd'));
+	memset(self->buf + PAGE, 'e', PAGE);
+	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, PAGE, 'e'));
+}
+
+/* The cache never returns a registration the memory changed under. */
+TEST_F(inval, cache_forgets_invalidated_registration)
+{
+	struct memreg_register r, again;
+
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &again));
+	EXPECT_EQ(r.lkey, again.lkey);
+	do_event(_metadata, self->buf, variant->event);
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &again));
+	EXPECT_EQ(0, again.flags);
+	EXPECT_NE(r.lkey, again.lkey);
+}
+
+/* Changes next to a registration leave it alone. */
+TEST(unrelated_changes_do_not_invalidate)
+{
+	struct memreg_register r;
+	struct memreg_stats s;
+	struct memreg_query q;
+	char *a, *b;
+	int fd = memreg_open();
+	int i;
+
+	ASSERT_GE(fd, 0);
+	/* Two mappings side by side; the registration covers only the first. */
+	a = mmap(NULL, 2 * LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, a);
+	memset(a, 'a', 2 * LEN);
+	b = a + LEN;
+	ASSERT_EQ(0, mr_register(fd, a, LEN, RW, &r));
+	ASSERT_EQ(0, madvise(b, LEN, MADV_DONTNEED));
+	ASSERT_EQ(0, mprotect(b, LEN, PROT_READ));
+	ASSERT_EQ(0, munmap(b, LEN));
+	/* Reading the memory, or writing it, changes no mapping either. */
+	memset(a, 'z', LEN);
+	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+	ASSERT_EQ(0, mr_stats(fd, &s));
+	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
+		EXPECT_EQ(0, s.invalidations[i]);
+	close(fd);
+	munmap(a, LEN);
+}
+
+TEST_HARNESS_MAIN

@@ -1,0 +1,174 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * Helpers shared by the memreg kselftests.
+ */
+#ifndef MEMREG_UTIL_H
+#define MEMREG_UTIL_H
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <linux/memreg.h>
+
+#define PAGE	4096UL
+#define RW	(MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE)
+#define RO	MEMREG_ACCESS_LOCAL_READ
+
+static inline int memreg_open(void)
+{
+	return open("/dev/memreg", O_RDWR | O_CLOEXEC);
+}
+
+/* REGISTER; returns 0 or -errno and fills *r. */
+static inline int mr_register(int fd, void *addr, __u64 len, __u32 access,
+			      struct memreg_register *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->addr = (__u64)(unsigned long)addr;
+	r->length = len;
+	r->access = access;
+	return ioctl(fd, MEMREG_IOC_REGISTER, r) ? -errno : 0;
+}
+
+static inline int mr_deregister(int fd, __u64 key)
+{
+	struct memreg_deregister d = { .key = key };
+
+	return ioctl(fd, MEMREG_IOC_DEREGISTER, &d) ? -errno : 0;
+}
+
+static inline int mr_query(int fd, __u64 key, struct memreg_query *q)
+{
+	memset(q, 0, sizeof(*q));
+	q->key = key;
+	return ioctl(fd, MEMREG_IOC_QUERY, q) ? -errno : 0;
+}
+
+static inline int mr_copy(int fd, __u64 key, __u64 offset, void *buf, __u64 len,
+			  __u32 direction)
+{
+	struct memreg_copy c = {
+		.key = key,
+		.offset = offset,
+		.length = len,
+		.buf = (__u64)(unsigned long)buf,
+		.direction = direction,
+	};
+
+	return ioctl(fd, MEMREG_IOC_COPY, &c) ? -errno : 0;
+}
+
+static inline int mr_stats(int fd, struct memreg_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	return ioctl(fd, MEMREG_IOC_STATS, s) ? -errno : 0;
+}
+
+static inline int mr_global(int fd, struct memreg_global_stats *g)
+{
+	memset(g, 0, sizeof(*g));
+	return ioctl(fd, MEMREG_IOC_GLOBAL_STATS, g) ? -errno : 0;
+}
+
+/* Module-wide counters read through a short-lived file of its own. */
+static inline int mr_global_now(struct memreg_global_stats *g)
+{
+	int fd = memreg_open();
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = mr_global(fd, g);
+	close(fd);
+	/* The probing file itself is counted while open. */
+	if (!ret)
+		g->contexts--;
+	return ret;
+}
+
+/*
+ * Waits (at most 5 s) until the module has no registration, no pinned page
+ * and `contexts` open files other than ours; returns 0 or -ETIMEDOUT.
+ * Teardown after an invalidation is deferred to a worker, hence the wait.
+ */
+static inline int mr_wait_global(__u64 contexts, __u64 regions, __u64 pages)
+{
+	struct memreg_global_stats g;
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if (mr_global_now(&g))
+			return -EIO;
+		if (g.contexts == contexts && g.regions == regions && g.pages_pinned == pages)
+			return 0;
+		usleep(10000);
+	}
+	fprintf(stderr, "global: contexts %llu regions %llu pages %llu, want %llu %llu %llu\n",
+		(unsigned long long)g.contexts, (unsigned long long)g.regions,
+		(unsigned long long)g.pages_pinned, (unsigned long long)contexts,
+		(unsigned long long)regions, (unsigned long long)pages);
+	return -ETIMEDOUT;
+}
+
+/* Waits until this context's pinned pages drop to `pages`. */
+static inline int mr_wait_pinned(int fd, __u64 pages)
+{
+	struct memreg_stats s;
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if (mr_stats(fd, &s))
+			return -EIO;
+		if (s.pages_pinned == pages)
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+/* VmPin of this process from /proc/self/status, in kB, or -1. */
+static inline long vm_pin_kb(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/self/status", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmPin: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb;
+}
+
+/* Maps `len` bytes of private anonymous memory, filled with `fill`. */
+static inline char *map_filled(size_t len, int fill)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	memset(p, fill, len);
+	return p;
+}
+
+/* Whether all `len` bytes at `p` equal `c`. */
+static inline int all_bytes(const char *p, size_t len, int c)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (p[i] != (char)c)
+			return 0;
+	return 1;
+}
+
+#endif /* MEMREG_UTIL_H */
