@@ -34,13 +34,14 @@ run: module guest-progs
 check:
 	@$(SCRIPTS)/check.sh
 
+bench:
+	@$(SCRIPTS)/bench.sh
+
 fmt: kernel
 	@$(SCRIPTS)/rustfmt.sh
 
 clean:
-	rm -f rust/*.o rust/*.ko rust/*.mod rust/*.mod.c rust/.*.cmd rust/modules.order \
-		rust/Module.symvers modules.order Module.symvers .*.cmd rust/.*.d
-	rm -rf build/guest-bin build/initramfs build/*.log
+	rm -rf build/module-* build/guest-bin build/initramfs build/*.log
 
 distclean:
 	rm -rf build

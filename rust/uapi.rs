@@ -67,22 +67,85 @@ pub(crate) const IOC_COPY: u32 = _IOW::<Bytes<COPY_SIZE>>(MAGIC, 0x05);
 /// `MEMREG_IOC_GLOBAL_STATS`.
 pub(crate) const IOC_GLOBAL_STATS: u32 = _IOR::<Bytes<GLOBAL_STATS_SIZE>>(MAGIC, 0x06);
 
-/// Reads reserved words, failing with `EINVAL` unless all are zero.
-fn read_reserved(r: &mut UserSliceReader, words: usize) -> Result {
-    for _ in 0..words {
-        if r.read::<u64>()? != 0 {
-            return Err(EINVAL);
-        }
-    }
-    Ok(())
+/// Reads the fields of a structure copied in with one user copy, in order.
+struct Fields<'a> {
+    bytes: &'a [u8],
+    pos: usize,
 }
 
-/// Writes `words` zero words.
-fn write_zeros(w: &mut UserSliceWriter, words: usize) -> Result {
-    for _ in 0..words {
-        w.write(&0u64)?;
+impl<'a> Fields<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Self { bytes, pos: 0 }
     }
-    Ok(())
+
+    fn take<const N: usize>(&mut self) -> Result<[u8; N]> {
+        let end = self.pos.checked_add(N).ok_or(EINVAL)?;
+        let field = self.bytes.get(self.pos..end).ok_or(EINVAL)?;
+        self.pos = end;
+        <[u8; N]>::try_from(field).map_err(|_| EINVAL)
+    }
+
+    fn u64(&mut self) -> Result<u64> {
+        Ok(u64::from_ne_bytes(self.take()?))
+    }
+
+    fn u32(&mut self) -> Result<u32> {
+        Ok(u32::from_ne_bytes(self.take()?))
+    }
+
+    /// Skips `n` bytes of output fields.
+    fn skip(&mut self, n: usize) -> Result {
+        self.pos = self.pos.checked_add(n).ok_or(EINVAL)?;
+        Ok(())
+    }
+
+    /// Reads reserved words, failing with `EINVAL` unless all are zero.
+    fn reserved(&mut self, words: usize) -> Result {
+        for _ in 0..words {
+            if self.u64()? != 0 {
+                return Err(EINVAL);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Builds a structure to copy out with one user copy; unwritten bytes
+/// (reserved fields) stay zero.
+struct Out<const N: usize> {
+    bytes: [u8; N],
+    pos: usize,
+}
+
+impl<const N: usize> Out<N> {
+    fn new() -> Self {
+        Self {
+            bytes: [0; N],
+            pos: 0,
+        }
+    }
+
+    fn put(&mut self, v: &[u8]) -> Result<&mut Self> {
+        let end = self.pos.checked_add(v.len()).ok_or(EINVAL)?;
+        self.bytes
+            .get_mut(self.pos..end)
+            .ok_or(EINVAL)?
+            .copy_from_slice(v);
+        self.pos = end;
+        Ok(self)
+    }
+
+    fn u64(&mut self, v: u64) -> Result<&mut Self> {
+        self.put(&v.to_ne_bytes())
+    }
+
+    fn u32(&mut self, v: u32) -> Result<&mut Self> {
+        self.put(&v.to_ne_bytes())
+    }
+
+    fn write(&self, w: &mut UserSliceWriter) -> Result {
+        w.write(&self.bytes)
+    }
 }
 
 /// `struct memreg_register`.
@@ -97,19 +160,21 @@ pub(crate) struct Register {
 }
 
 impl Register {
-    /// Reads the input fields; the output fields and reserved words must be
-    /// zero (`EINVAL`).
+    /// Reads the input fields; `flags` and the reserved words must be zero
+    /// (`EINVAL`), the output keys are ignored.
     pub(crate) fn read(r: &mut UserSliceReader) -> Result<Self> {
-        let addr = r.read::<u64>()?;
-        let length = r.read::<u64>()?;
-        let access = r.read::<u32>()?;
-        let flags = r.read::<u32>()?;
-        let _lkey = r.read::<u64>()?;
-        let _rkey = r.read::<u64>()?;
-        read_reserved(r, 2)?;
-        if flags != 0 {
+        let raw = r.read::<[u8; REGISTER_SIZE]>()?;
+        let mut f = Fields::new(&raw);
+        let addr = f.u64()?;
+        let length = f.u64()?;
+        let access = f.u32()?;
+        // `flags` is zero on input, so later versions can give it input bits; the keys are
+        // output only and ignored.
+        if f.u32()? != 0 {
             return Err(EINVAL);
         }
+        f.skip(16)?;
+        f.reserved(2)?;
         Ok(Self {
             addr,
             length,
@@ -120,20 +185,23 @@ impl Register {
 
     /// Writes the whole structure back.
     pub(crate) fn write(&self, w: &mut UserSliceWriter) -> Result {
-        w.write(&self.addr)?;
-        w.write(&self.length)?;
-        w.write(&self.access)?;
-        w.write(&self.flags)?;
-        w.write(&self.lkey)?;
-        w.write(&self.rkey)?;
-        write_zeros(w, 2)
+        Out::<REGISTER_SIZE>::new()
+            .u64(self.addr)?
+            .u64(self.length)?
+            .u32(self.access)?
+            .u32(self.flags)?
+            .u64(self.lkey)?
+            .u64(self.rkey)?
+            .write(w)
     }
 }
 
 /// `struct memreg_deregister`: the key.
 pub(crate) fn read_deregister(r: &mut UserSliceReader) -> Result<u64> {
-    let key = r.read::<u64>()?;
-    read_reserved(r, 1)?;
+    let raw = r.read::<[u8; DEREGISTER_SIZE]>()?;
+    let mut f = Fields::new(&raw);
+    let key = f.u64()?;
+    f.reserved(1)?;
     Ok(key)
 }
 
@@ -154,23 +222,26 @@ impl Query {
     /// Reads the key; everything after it is output, but the reserved words
     /// must be zero (`EINVAL`).
     pub(crate) fn read_key(r: &mut UserSliceReader) -> Result<u64> {
-        let key = r.read::<u64>()?;
-        r.skip(40)?;
-        read_reserved(r, 2)?;
+        let raw = r.read::<[u8; QUERY_SIZE]>()?;
+        let mut f = Fields::new(&raw);
+        let key = f.u64()?;
+        f.skip(40)?;
+        f.reserved(2)?;
         Ok(key)
     }
 
     /// Writes the whole structure.
     pub(crate) fn write(&self, w: &mut UserSliceWriter) -> Result {
-        w.write(&self.key)?;
-        w.write(&self.addr)?;
-        w.write(&self.length)?;
-        w.write(&self.access)?;
-        w.write(&self.state)?;
-        w.write(&self.pages)?;
-        w.write(&self.extents)?;
-        w.write(&self.refcount)?;
-        write_zeros(w, 2)
+        Out::<QUERY_SIZE>::new()
+            .u64(self.key)?
+            .u64(self.addr)?
+            .u64(self.length)?
+            .u32(self.access)?
+            .u32(self.state)?
+            .u64(self.pages)?
+            .u32(self.extents)?
+            .u32(self.refcount)?
+            .write(w)
     }
 }
 
@@ -189,6 +260,7 @@ pub(crate) struct Stats {
 impl Stats {
     /// Writes the whole structure.
     pub(crate) fn write(&self, w: &mut UserSliceWriter) -> Result {
+        let mut out = Out::<STATS_SIZE>::new();
         for v in [
             self.registrations,
             self.cache_hits,
@@ -197,12 +269,12 @@ impl Stats {
             self.pages_pinned_peak,
             self.deregistrations,
         ] {
-            w.write(&v)?;
+            out.u64(v)?;
         }
-        for v in &self.invalidations {
-            w.write(v)?;
+        for v in self.invalidations {
+            out.u64(v)?;
         }
-        write_zeros(w, 4)
+        out.write(w)
     }
 }
 
@@ -217,15 +289,12 @@ pub(crate) struct GlobalStats {
 impl GlobalStats {
     /// Writes the whole structure.
     pub(crate) fn write(&self, w: &mut UserSliceWriter) -> Result {
-        for v in [
-            self.contexts,
-            self.regions,
-            self.pages_pinned,
-            self.budget_pages,
-        ] {
-            w.write(&v)?;
-        }
-        write_zeros(w, 4)
+        Out::<GLOBAL_STATS_SIZE>::new()
+            .u64(self.contexts)?
+            .u64(self.regions)?
+            .u64(self.pages_pinned)?
+            .u64(self.budget_pages)?
+            .write(w)
     }
 }
 
@@ -242,13 +311,15 @@ impl Copy {
     /// Reads the structure; `flags` and the reserved word must be zero and the
     /// direction known (`EINVAL`).
     pub(crate) fn read(r: &mut UserSliceReader) -> Result<Self> {
-        let key = r.read::<u64>()?;
-        let offset = r.read::<u64>()?;
-        let length = r.read::<u64>()?;
-        let buf = r.read::<u64>()?;
-        let direction = r.read::<u32>()?;
-        let flags = r.read::<u32>()?;
-        read_reserved(r, 1)?;
+        let raw = r.read::<[u8; COPY_SIZE]>()?;
+        let mut f = Fields::new(&raw);
+        let key = f.u64()?;
+        let offset = f.u64()?;
+        let length = f.u64()?;
+        let buf = f.u64()?;
+        let direction = f.u32()?;
+        let flags = f.u32()?;
+        f.reserved(1)?;
         if flags != 0 || (direction != COPY_TO_REGION && direction != COPY_FROM_REGION) {
             return Err(EINVAL);
         }

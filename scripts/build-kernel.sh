@@ -13,7 +13,11 @@ fi
 
 "$MEMREG_TOP/scripts/fetch-kernel.sh"
 
-inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$MEMREG_TOP/scripts/kernel.config" "$MEMREG_TOP/scripts/overlay.sh"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+fragment=$MEMREG_BUILD/kernel-$MEMREG_VARIANT.config
+mkdir -p "$MEMREG_BUILD"
+# shellcheck disable=SC2086
+cat $KERNEL_FRAGMENTS >"$fragment"
+inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
 stamp=$KOBJ_DIR/.memreg-inputs
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ -f "$KOBJ_DIR/arch/x86/boot/bzImage" ]; then
 	exit 0
@@ -24,24 +28,24 @@ mkdir -p "$KOBJ_DIR"
 # shellcheck disable=SC2046
 kmake() { make -s -C "$KSRC_DIR" O="$KOBJ_DIR" $(kmake_args) "$@"; }
 
-if ! [ -f "$KOBJ_DIR/.config" ] || ! cmp -s "$MEMREG_TOP/scripts/kernel.config" "$KOBJ_DIR/.memreg-fragment"; then
-	log "configuring the kernel (tinyconfig + scripts/kernel.config)"
+if ! [ -f "$KOBJ_DIR/.config" ] || ! cmp -s "$fragment" "$KOBJ_DIR/.memreg-fragment"; then
+	log "configuring the $MEMREG_VARIANT kernel (tinyconfig + $(cd "$MEMREG_TOP" && echo $KERNEL_FRAGMENTS | sed "s|$MEMREG_TOP/||g"))"
 	kmake rustavailable >/dev/null || die "the Rust toolchain is not usable for the kernel (make rustavailable)"
 	kmake tinyconfig >/dev/null
 	"$KSRC_DIR/scripts/kconfig/merge_config.sh" -m -O "$KOBJ_DIR" "$KOBJ_DIR/.config" \
-		"$MEMREG_TOP/scripts/kernel.config" >/dev/null
+		"$fragment" >/dev/null
 	kmake olddefconfig >/dev/null
 	# Every line of the fragment must have survived dependency resolution.
 	while IFS= read -r line; do
 		case "$line" in CONFIG_*) grep -qxF "$line" "$KOBJ_DIR/.config" ||
 			die "kernel config lost '$line' (unmet dependency?)" ;; esac
-	done <"$MEMREG_TOP/scripts/kernel.config"
-	cp "$MEMREG_TOP/scripts/kernel.config" "$KOBJ_DIR/.memreg-fragment"
+	done <"$fragment"
+	cp "$fragment" "$KOBJ_DIR/.memreg-fragment"
 fi
 
-log "building the kernel (a few minutes when cold)"
-kmake -j"$(nproc)" bzImage modules >"$MEMREG_BUILD/kernel-build.log" 2>&1 || {
-	tail -n 40 "$MEMREG_BUILD/kernel-build.log" >&2
-	die "kernel build failed; full log in $MEMREG_BUILD/kernel-build.log"
+log "building the $MEMREG_VARIANT kernel (a few minutes when cold)"
+kmake -j"$(nproc)" bzImage modules >"$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log" 2>&1 || {
+	tail -n 40 "$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log" >&2
+	die "kernel build failed; full log in $MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log"
 }
 echo "$inputs" >"$stamp"

@@ -5,11 +5,11 @@
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 
-kdir=${KDIR:-$KOBJ_DIR}
-log=$MEMREG_BUILD/module-build.log
-rm -f "$MEMREG_TOP"/rust/memreg.o "$MEMREG_TOP"/rust/memreg.ko
+log=$MEMREG_BUILD/module-$MEMREG_VARIANT-build.log
+mkdir -p "$MODULE_DIR"
+rm -f "$MODULE_DIR"/rust/memreg.o "$MODULE_KO"
 # shellcheck disable=SC2046
-if ! make -C "$kdir" M="$MEMREG_TOP" $(kmake_args) CLIPPY=1 modules >"$log" 2>&1; then
+if ! make -C "$MODULE_KDIR" M="$MEMREG_TOP" MO="$MODULE_DIR" $(kmake_args) CLIPPY=1 modules >"$log" 2>&1; then
 	cat "$log" >&2
 	die "module build failed"
 fi

@@ -19,7 +19,29 @@ BINDGEN_VERSION=0.71.1
 TOOLS_DIR=$MEMREG_BUILD/tools
 BINDGEN=$TOOLS_DIR/bin/bindgen
 KSRC_DIR=$MEMREG_BUILD/linux-$KERNEL_SERIES
-KOBJ_DIR=$MEMREG_BUILD/kernel
+
+# Two kernels are built from the same source: "check" with the debugging
+# options make check relies on (lockdep, DEBUG_VM, ...), "bench" without them,
+# for figures that are not dominated by debugging overhead.
+MEMREG_VARIANT=${MEMREG_VARIANT:-check}
+case $MEMREG_VARIANT in
+check)
+	KOBJ_DIR=$MEMREG_BUILD/kernel
+	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config $MEMREG_TOP/scripts/kernel-debug.config"
+	;;
+bench)
+	KOBJ_DIR=$MEMREG_BUILD/kernel-bench
+	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config"
+	;;
+*)
+	echo "[memreg] error: MEMREG_VARIANT must be check or bench" >&2
+	exit 1
+	;;
+esac
+# The kernel modules are built against, and where the module's objects go.
+MODULE_KDIR=${KDIR:-$KOBJ_DIR}
+MODULE_DIR=$MEMREG_BUILD/module-$MEMREG_VARIANT
+MODULE_KO=$MODULE_DIR/rust/memreg.ko
 
 # Arguments every kernel make invocation needs.
 kmake_args() {

@@ -31,14 +31,13 @@ shift $((OPTIND - 1))
 script=${1:?SCRIPT missing}
 shift
 
-kdir=${KDIR:-$KOBJ_DIR}
 root=$MEMREG_BUILD/initramfs
 rm -rf "$root"
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
 cp "$MEMREG_TOP/tests/guest/init" "$root/init"
 chmod +x "$root/init"
-cp "$MEMREG_TOP/rust/memreg.ko" "$root/memreg.ko"
+cp "$MODULE_KO" "$root/memreg.ko"
 cp "$MEMREG_BUILD/guest-bin/guest-exit" "$root/bin/"
 cp "$script" "$root/run.sh"
 for f in "$@"; do
@@ -51,7 +50,7 @@ mkdir -p "$(dirname "$logf")"
 set +e
 timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m 1024 -smp 2 \
 	-nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
-	-kernel "$kdir/arch/x86/boot/bzImage" -initrd "$initrd" \
+	-kernel "$MODULE_KDIR/arch/x86/boot/bzImage" -initrd "$initrd" \
 	-append "console=ttyS0 panic=-1 oops=panic transparent_hugepage=always MEMREG_MODULE_ARGS=\"$modargs\" $kargs" \
 	</dev/null 2>&1 | tr -d '\r' | if [ $quiet = 1 ]; then cat >"$logf"; else tee "$logf"; fi
 status=${PIPESTATUS[0]}
