@@ -6,9 +6,11 @@
 //! # Lock order
 //!
 //! 1. `ContextShared::table` (spinlock): the registration table and the
-//!    context's counters.
-//! 2. `Region::state` (spinlock): a region's `live` flag, references and pages.
-//! 3. `ContextShared::queue` (spinlock): the teardown workqueue, taken alone.
+//!    context's counters; also guards each region's reference count.
+//! 2. `Region::state` (spinlock): a region's pages; `live` changes under it.
+//! 3. `ContextShared::queue` (spinlock): the teardown workqueue. Taken under
+//!    the table lock when a region leaves the table for teardown and when the
+//!    file's release takes the queue away, so no region is ever left behind.
 //!
 //! The MMU notifier callback takes these locks, and it runs under the memory
 //! management code's locks (`mmap_lock`, `i_mmap_rwsem`, the notifier's own
@@ -80,7 +82,7 @@ impl RegistrationTable {
             if start < lowest {
                 return None;
             }
-            if region.info.covers(addr, length, access) && region.state.lock().live {
+            if region.info.covers(addr, length, access) && region.live.load(Relaxed) {
                 return Some(region.clone());
             }
             cursor = cursor.move_prev()?;
@@ -122,24 +124,23 @@ impl ContextShared {
     /// teardown. Called from the notifier callback: neither allocates nor
     /// sleeps. Does nothing if the region already left the table.
     pub(crate) fn retire(&self, region: &Region, event: Event) {
-        let removed = {
-            let mut t = self.table.lock();
-            let removed = t.remove(region.info.keys.seq);
-            if removed.is_some() {
-                if let Some(n) = t.stats.invalidations.get_mut(event.as_raw() as usize) {
-                    *n += 1;
-                }
-            }
-            removed
+        let mut t = self.table.lock();
+        let Some(region) = t.remove(region.info.keys.seq) else {
+            return;
         };
-        if let Some(region) = removed {
-            let queue = self.queue.lock();
-            if let Some(q) = queue.as_ref() {
-                // A region is queued at most once: it left the table just now. Should it be
-                // queued already, the reference comes back and is dropped; the notifier's
-                // own reference keeps the region alive until teardown.
-                let _ = q.enqueue(region);
-            }
+        if let Some(n) = t.stats.invalidations.get_mut(event.as_raw() as usize) {
+            *n += 1;
+        }
+        // Queue it while still holding the table lock: `Context::drop` takes the queue away
+        // under the same lock once the table is empty, so a region that left the table is
+        // either queued before the queue is drained, or torn down by `drop` itself.
+        let queue = self.queue.lock();
+        if let Some(q) = queue.as_ref() {
+            // A region is queued at most once: it left the table just now.
+            let _ = q.enqueue(region);
+        } else {
+            // The queue only goes away with an empty table, and the region was in it.
+            kernel::warn_on!(true);
         }
     }
 
@@ -206,12 +207,13 @@ impl Context {
             let mut t = self.shared.table.lock();
             if let Some(region) = t.find_cover(req.addr, req.length, req.access) {
                 let keys = region.info.keys;
-                let mut st = region.state.lock();
-                st.refs = st.refs.checked_add(1).ok_or(EOVERFLOW)?;
-                drop(st);
+                let refs = region.refs.load(Relaxed).checked_add(1).ok_or(EOVERFLOW)?;
+                region.refs.store(refs, Relaxed);
                 t.stats.cache_hits += 1;
                 req.lkey = keys.lkey;
                 req.rkey = keys.rkey;
+                req.region_addr = region.info.addr;
+                req.region_length = region.info.length;
                 req.flags = uapi::REGISTER_CACHED;
                 return Ok(());
             }
@@ -252,6 +254,8 @@ impl Context {
         }
         req.lkey = keys.lkey;
         req.rkey = keys.rkey;
+        req.region_addr = req.addr;
+        req.region_length = req.length;
         req.flags = 0;
         Ok(())
     }
@@ -288,8 +292,8 @@ impl Context {
                 pages,
                 _budget: budget,
             });
-            st.live = true;
-            st.refs = 1;
+            region.live.store(true, Relaxed);
+            region.refs.store(1, Relaxed);
             drop(st);
             t.by_key
                 .insert(key_node.into_node(info.keys.seq, region.clone()));
@@ -310,12 +314,11 @@ impl Context {
         let region = {
             let mut t = self.shared.table.lock();
             let region = t.get(lkey).ok_or(ENOENT)?;
-            let mut st = region.state.lock();
-            st.refs = st.refs.saturating_sub(1);
-            if st.refs > 0 {
+            let refs = region.refs.load(Relaxed).saturating_sub(1);
+            region.refs.store(refs, Relaxed);
+            if refs > 0 {
                 return Ok(());
             }
-            drop(st);
             let region = t.remove(key::seq_of(lkey)).ok_or(ENOENT)?;
             t.stats.deregistrations += 1;
             region
@@ -338,10 +341,14 @@ impl Context {
             addr: region.info.addr,
             length: region.info.length,
             access: region.info.access,
-            state: if st.live { uapi::STATE_VALID } else { 0 },
+            state: if region.live.load(Relaxed) {
+                uapi::STATE_VALID
+            } else {
+                0
+            },
             pages: region.info.npages as u64,
             extents,
-            refcount: st.refs,
+            refcount: region.refs.load(Relaxed),
         })
     }
 
@@ -405,18 +412,19 @@ impl Drop for Context {
     /// Releases the file: ends every registration, then drains the teardown
     /// queue so no work item of this context remains.
     fn drop(&mut self) {
-        loop {
-            let next = {
-                let mut t = self.shared.table.lock();
-                let seq = t.by_key.cursor_front().map(|c| *c.current().0);
-                seq.and_then(|seq| t.remove(seq))
-            };
-            match next {
-                Some(region) => region.teardown(),
-                None => break,
+        let queue = loop {
+            let mut t = self.shared.table.lock();
+            let seq = t.by_key.cursor_front().map(|c| *c.current().0);
+            match seq.and_then(|seq| t.remove(seq)) {
+                Some(region) => {
+                    drop(t);
+                    region.teardown();
+                }
+                // Empty: take the queue under the table lock, see `ContextShared::retire`.
+                None => break self.shared.queue.lock().take(),
             }
-        }
-        let queue = self.shared.queue.lock().take();
+        };
+        // Destroying the queue waits for the teardowns it holds.
         drop(queue);
         GLOBAL_CONTEXTS.fetch_sub(1, Relaxed);
     }

@@ -25,7 +25,10 @@ use kernel::{
     },
     new_spinlock, new_work,
     prelude::*,
-    sync::{atomic::Relaxed, Arc, SpinLock},
+    sync::{
+        atomic::{Atomic, Relaxed},
+        Arc, SpinLock,
+    },
     workqueue::{impl_has_work, Work, WorkItem},
 };
 
@@ -35,12 +38,8 @@ pub(crate) struct Pinned {
     pub(crate) _budget: BudgetCharge,
 }
 
-/// The mutable part of a region, under `Region::state`.
+/// The pages of a region, under `Region::state`.
 pub(crate) struct RegionState {
-    /// Data may move through the region. Cleared once, never set again after.
-    pub(crate) live: bool,
-    /// REGISTER calls not yet matched by DEREGISTER.
-    pub(crate) refs: u32,
     /// The pinned pages; taken out at teardown.
     pub(crate) pinned: Option<Pinned>,
 }
@@ -90,6 +89,13 @@ pub(crate) struct Region {
     work: Work<Region>,
     #[pin]
     pub(crate) state: SpinLock<RegionState>,
+    /// Data may move through the region. Set once when the region is
+    /// published and cleared once when it ends, both under `state`; read under
+    /// `state` by the data path, and without it by the cache look-up.
+    pub(crate) live: Atomic<bool>,
+    /// REGISTER calls not yet matched by DEREGISTER; changed only under the
+    /// context's table lock.
+    pub(crate) refs: Atomic<u32>,
     pub(crate) info: RegionInfo,
     ctx: Arc<ContextShared>,
 }
@@ -105,7 +111,9 @@ impl Region {
             pin_init!(Self {
                 notifier <- IntervalNotifier::new(),
                 work <- new_work!("memreg::Region::work"),
-                state <- new_spinlock!(RegionState { live: false, refs: 0, pinned: None }, "memreg::Region::state"),
+                state <- new_spinlock!(RegionState { pinned: None }, "memreg::Region::state"),
+                live: Atomic::new(false),
+                refs: Atomic::new(0),
                 info,
                 ctx,
             }),
@@ -127,7 +135,7 @@ impl Region {
     pub(crate) fn teardown(&self) {
         let pinned = {
             let mut st = self.state.lock();
-            st.live = false;
+            self.live.store(false, Relaxed);
             st.pinned.take()
         };
         IntervalNotifier::remove(self);
@@ -149,8 +157,8 @@ impl Region {
             .and_then(|o| o.checked_add(page_offset))
             .ok_or(EINVAL)?;
         let st = self.state.lock();
-        let pinned = match (&st.pinned, st.live) {
-            (Some(p), true) => p,
+        let pinned = match &st.pinned {
+            Some(p) if self.live.load(Relaxed) => p,
             _ => return Err(ENOENT),
         };
         if to_region {
@@ -173,9 +181,9 @@ impl IntervalNotifierOps for Region {
         }
         {
             // Taking the lock waits for a copy in progress; once `live` is clear no copy starts.
-            let mut st = this.state.lock();
+            let _st = this.state.lock();
             this.notifier.set_seq(cur_seq);
-            st.live = false;
+            this.live.store(false, Relaxed);
         }
         // Leave the table and queue the unpinning; neither allocates nor sleeps.
         this.ctx.retire(this, event);

@@ -157,24 +157,24 @@ pub(crate) struct Register {
     pub(crate) flags: u32,
     pub(crate) lkey: u64,
     pub(crate) rkey: u64,
+    pub(crate) region_addr: u64,
+    pub(crate) region_length: u64,
 }
 
 impl Register {
-    /// Reads the input fields; `flags` and the reserved words must be zero
-    /// (`EINVAL`), the output keys are ignored.
+    /// Reads the input fields; `flags` must be zero (`EINVAL`), the output
+    /// fields are ignored.
     pub(crate) fn read(r: &mut UserSliceReader) -> Result<Self> {
         let raw = r.read::<[u8; REGISTER_SIZE]>()?;
         let mut f = Fields::new(&raw);
         let addr = f.u64()?;
         let length = f.u64()?;
         let access = f.u32()?;
-        // `flags` is zero on input, so later versions can give it input bits; the keys are
-        // output only and ignored.
+        // `flags` is zero on input, so later versions can give it input bits; the other
+        // fields are output only and ignored.
         if f.u32()? != 0 {
             return Err(EINVAL);
         }
-        f.skip(16)?;
-        f.reserved(2)?;
         Ok(Self {
             addr,
             length,
@@ -192,6 +192,8 @@ impl Register {
             .u32(self.flags)?
             .u64(self.lkey)?
             .u64(self.rkey)?
+            .u64(self.region_addr)?
+            .u64(self.region_length)?
             .write(w)
     }
 }

@@ -90,9 +90,18 @@ TEST_F(cache, covered_subrange_hits)
 	struct memreg_register a, b, c;
 
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
-	/* Unaligned, inside: a hit. */
+	EXPECT_EQ((unsigned long)self->buf, a.region_addr);
+	EXPECT_EQ(NPAGES * PAGE, a.region_length);
+	/* Unaligned, inside: a hit, which names the covering registration. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE + 100, 2 * PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
+	EXPECT_EQ(a.lkey, b.lkey);
+	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
+	EXPECT_EQ(NPAGES * PAGE, b.region_length);
+	/* Output fields left over from a previous call are ignored. */
+	b.flags = 0;
+	b.access = RO;
+	ASSERT_EQ(0, ioctl(self->fd, MEMREG_IOC_REGISTER, &b));
 	EXPECT_EQ(a.lkey, b.lkey);
 	/* The very last byte: a hit. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + NPAGES * PAGE - 1, 1, RW, &c));

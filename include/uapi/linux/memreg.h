@@ -37,11 +37,17 @@
  * @addr:     in: start of the range, any alignment
  * @length:   in: length in bytes, 1 .. MEMREG_MAX_LENGTH
  * @access:   in: MEMREG_ACCESS_* bits, at least one
- * @flags:    out: MEMREG_REGISTER_CACHED when an existing registration
- *            covering the range with at least @access was returned
+ * @flags:    in: must be zero; out: MEMREG_REGISTER_CACHED when an existing
+ *            registration covering the range with at least @access was
+ *            returned
  * @lkey:     out: local key, for this context's own requests
  * @rkey:     out: remote key, to be granted to peers
- * @reserved: must be zero
+ * @region_addr:   out: start of the registration the keys name; COPY offsets
+ *                 count from here. Equals @addr on a miss, may be lower on a
+ *                 cache hit.
+ * @region_length: out: its length
+ *
+ * Output fields are ignored on input.
  */
 struct memreg_register {
 	__u64 addr;
@@ -50,7 +56,8 @@ struct memreg_register {
 	__u32 flags;
 	__u64 lkey;
 	__u64 rkey;
-	__u64 reserved[2];
+	__u64 region_addr;
+	__u64 region_length;
 };
 
 /**

@@ -24,11 +24,12 @@
 use crate::{
     bindings,
     error::{to_result, Result},
-    mm::MmWithUser,
+    mm::{Mm, MmWithUser},
     prelude::*,
     sync::{
-        atomic::{Atomic, Full, Relaxed, Release},
-        Arc,
+        aref::ARef,
+        atomic::{Acquire, Atomic, Full, Relaxed, Release},
+        Arc, SetOnce,
     },
     types::Opaque,
 };
@@ -193,8 +194,9 @@ macro_rules! impl_has_interval_notifier {
 pub use impl_has_interval_notifier;
 
 const STATE_IDLE: i32 = 0;
-const STATE_INSERTED: i32 = 1;
-const STATE_REMOVED: i32 = 2;
+const STATE_INSERTING: i32 = 1;
+const STATE_INSERTED: i32 = 2;
+const STATE_REMOVED: i32 = 3;
 
 /// An MMU interval notifier embedded in a `T` (`struct mmu_interval_notifier`).
 ///
@@ -203,7 +205,12 @@ const STATE_REMOVED: i32 = 2;
 /// - While `state` is `STATE_INSERTED`, `sub` is inserted in an address space
 ///   with this type's callback table, and one reference of the `Arc<T>` that
 ///   contains it is owned by the subscription.
-/// - `state` only moves from idle to inserted to removed.
+/// - `state` only moves forward: idle, inserting, then inserted and removed,
+///   or removed straight from inserting when the insertion fails. Only the
+///   caller that moved it to inserting touches `sub` until it leaves that
+///   state.
+/// - Once `state` has been inserted, `mm` holds a reference on the address
+///   space `sub` points at, so `sub.mm` stays valid as long as `self`.
 ///
 /// # Examples
 ///
@@ -274,6 +281,7 @@ pub struct IntervalNotifier<T> {
     #[pin]
     sub: Opaque<bindings::mmu_interval_notifier>,
     state: Atomic<i32>,
+    mm: SetOnce<ARef<Mm>>,
     _t: PhantomData<T>,
 }
 
@@ -295,6 +303,7 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         pin_init!(Self {
             sub: Opaque::zeroed(),
             state: Atomic::new(STATE_IDLE),
+            mm: SetOnce::new(),
             _t: PhantomData,
         })
     }
@@ -304,17 +313,22 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     ///
     /// On success the subscription owns `this` (one reference of the `Arc`)
     /// until [`IntervalNotifier::remove`]; the callback may run as soon as
-    /// this returns, or before. A notifier is inserted at most once: `EBUSY`
-    /// otherwise. May sleep and take `mm`'s `mmap_lock`.
+    /// this returns, or before. A notifier is inserted at most once, and not
+    /// again after a failed insertion: `EBUSY`. May sleep and take `mm`'s
+    /// `mmap_lock`.
     pub fn insert(this: Arc<T>, mm: &MmWithUser, start: usize, length: usize) -> Result {
         // SAFETY: `this` is a valid `T`.
         let notifier = unsafe { &*T::raw_get_notifier(&*this) };
         notifier
             .state
-            .cmpxchg(STATE_IDLE, STATE_INSERTED, Full)
+            .cmpxchg(STATE_IDLE, STATE_INSERTING, Full)
             .map_err(|_| EBUSY)?;
-        // SAFETY: `sub` is zeroed, pinned inside the `Arc` and not inserted yet (the state was
-        // idle). `mm` has users for the duration of the call. `OPS` is a static table.
+        // Keep the address space's `mm_struct` for as long as the notifier, so that reading
+        // the sequence stays valid even after removal.
+        notifier.mm.populate(ARef::from(&**mm));
+        // SAFETY: `sub` is zeroed, pinned inside the `Arc` and not inserted; we own the
+        // inserting state. `mm` has users for the duration of the call. `OPS` is a static
+        // table.
         let ret = unsafe {
             bindings::mmu_interval_notifier_insert(
                 notifier.sub.get(),
@@ -325,11 +339,13 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
             )
         };
         if let Err(e) = to_result(ret) {
-            notifier.state.store(STATE_IDLE, Release);
+            // INVARIANT: A failed insertion is final.
+            notifier.state.store(STATE_REMOVED, Release);
             return Err(e);
         }
         // INVARIANT: The subscription is inserted and owns the reference we leak here.
         let _ = Arc::into_raw(this);
+        notifier.state.store(STATE_INSERTED, Release);
         Ok(())
     }
 
@@ -347,6 +363,7 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
             .cmpxchg(STATE_INSERTED, STATE_REMOVED, Full)
             .is_err()
         {
+            // Not inserted, or still being inserted by another thread: nothing to undo here.
             return;
         }
         // SAFETY: By the type invariant the subscription was inserted; we won the only
@@ -375,13 +392,17 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
 
     /// Starts a read of the interval's pages; pass the result to
     /// [`IntervalNotifier::read_retry`]. Waits for an invalidation in
-    /// progress to finish. May sleep; the notifier must be inserted.
+    /// progress to finish. May sleep. Returns 0 before the notifier is
+    /// inserted.
     pub fn read_begin(&self) -> u64 {
-        if !self.is_inserted() {
-            return 0;
+        match self.state.load(Acquire) {
+            STATE_INSERTED | STATE_REMOVED if self.mm.as_ref().is_some() => {}
+            _ => return 0,
         }
-        // SAFETY: The notifier is inserted (checked above; only `remove` ends that, and it
-        // cannot run concurrently with a caller that owns a reference and is still reading).
+        // SAFETY: The notifier was inserted (the acquire load pairs with the release store in
+        // `insert`), so `sub.mm` points at the address space `self.mm` holds a reference on,
+        // whose notifier state lives until that reference is dropped. Reading the sequence of
+        // a removed subscription is harmless.
         unsafe { bindings::mmu_interval_read_begin(self.sub.get()) as u64 }
     }
 

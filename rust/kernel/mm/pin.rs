@@ -77,6 +77,11 @@ pub struct Extent {
 ///     ext.push_page(1000 + 2 * i)?;
 /// }
 /// assert_eq!(ext.as_slice().len(), INLINE_EXTENTS + 3);
+/// // Reserving keeps the extents; shrinking keeps them too.
+/// ext.reserve(1000)?;
+/// ext.shrink();
+/// assert_eq!(ext.as_slice().len(), INLINE_EXTENTS + 3);
+/// assert_eq!(ext.as_slice()[0], Extent { pfn: 1000, first: 0, pages: 1 });
 /// assert_eq!(ext.find(INLINE_EXTENTS as u32 + 2).map(|i| ext.as_slice()[i].pfn),
 ///            Some(1000 + 2 * (INLINE_EXTENTS as u64 + 2)));
 /// # Ok::<(), Error>(())
@@ -127,6 +132,14 @@ impl Extents {
     /// Fails with `EINVAL` past `u32::MAX` pages and with `ENOMEM` when the
     /// array cannot grow; the list is unchanged then.
     pub fn push_page(&mut self, pfn: u64) -> Result {
+        self.push_page_with(pfn, true)
+    }
+
+    /// Appends the page `pfn`; it extends the last extent only when it
+    /// follows it physically and `may_merge`. Callers that walk an extent
+    /// through `struct page` pointers refuse merges where those pointers are
+    /// not contiguous (memory sections without a virtual memory map).
+    pub fn push_page_with(&mut self, pfn: u64, may_merge: bool) -> Result {
         let first = self.pages;
         let next = first.checked_add(1).ok_or(EINVAL)?;
         let last = if self.heap.is_empty() {
@@ -134,7 +147,7 @@ impl Extents {
         } else {
             self.heap.last_mut()
         };
-        if let Some(last) = last {
+        if let Some(last) = last.filter(|_| may_merge) {
             if last.pfn.checked_add(u64::from(last.pages)) == Some(pfn) {
                 last.pages += 1;
                 self.pages = next;
@@ -161,6 +174,33 @@ impl Extents {
         }
         self.pages = next;
         Ok(())
+    }
+
+    /// Makes room for `additional` more extents, so that pushing that many
+    /// pages allocates nothing. Spills the inline extents into an array first
+    /// when they would not fit.
+    pub fn reserve(&mut self, additional: usize) -> Result {
+        if self.heap.is_empty() {
+            if self.inline_len.saturating_add(additional) <= INLINE_EXTENTS {
+                return Ok(());
+            }
+            let want = self.inline_len.checked_add(additional).ok_or(ENOMEM)?;
+            self.heap.reserve(want, GFP_KERNEL)?;
+            self.heap
+                .extend_from_slice(&self.inline[..self.inline_len], GFP_KERNEL)?;
+            return Ok(());
+        }
+        Ok(self.heap.reserve(additional, GFP_KERNEL)?)
+    }
+
+    /// Gives back array space beyond what the extents use, when that is more
+    /// than half of it.
+    pub fn shrink(&mut self) {
+        let len = self.heap.len();
+        if len > 0 && self.heap.capacity() / 2 > len {
+            // Shrinking only reallocates smaller; on failure the array stays as it was.
+            let _ = self.heap.shrink_to(len, GFP_KERNEL);
+        }
     }
 
     /// Index of the extent holding page `index` of the range.
@@ -227,7 +267,8 @@ impl Drop for PinnedVmCharge {
 ///
 /// Every page of every extent in `extents` holds exactly one `FOLL_PIN`
 /// reference taken by [`PinnedPages::pin_current`] (with `FOLL_WRITE` when
-/// `writable`), released only by `Drop`.
+/// `writable`), released only by `Drop`; the `struct page`s of each extent are
+/// contiguous, so `pfn_to_page(pfn) + i` is the extent's page `i`.
 ///
 /// # Examples
 ///
@@ -298,12 +339,15 @@ impl PinnedPages {
             writable,
             _charge: charge,
         };
-        let mut batch =
-            KVec::<*mut bindings::page>::with_capacity(npages.min(PIN_BATCH), GFP_KERNEL)?;
+        let cap = npages.min(PIN_BATCH);
+        let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
+        let mut translated = KVec::<(u64, bool)>::with_capacity(cap, GFP_KERNEL)?;
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
         }
+        // The last page pushed, to decide whether the next one extends its extent.
+        let mut last: Option<(u64, *mut bindings::page)> = None;
         let mut done = 0;
         while done < npages {
             let want = (npages - done).min(PIN_BATCH);
@@ -321,21 +365,45 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
+            // First pass: translate the batch and count the extents it starts, so the array
+            // grows at most once per batch. A page extends the previous extent when both its
+            // frame number and its `struct page` follow the previous page's: unpinning walks
+            // an extent through `struct page` pointers.
+            translated.clear();
+            let mut new_extents = 0;
             for i in 0..got {
                 // SAFETY: `pin_user_pages_fast` filled the first `got` entries of `batch`.
                 let page = unsafe { batch.as_ptr().add(i).read() };
                 // SAFETY: `page` is a valid page, pinned above.
                 let pfn = unsafe { bindings::page_to_pfn(page) } as u64;
-                if let Err(e) = this.extents.push_page(pfn) {
+                let merge = last.is_some_and(|(lpfn, lpage)| {
+                    lpfn.checked_add(1) == Some(pfn) && lpage.wrapping_add(1) == page
+                });
+                if !merge {
+                    new_extents += 1;
+                }
+                last = Some((pfn, page));
+                // Cannot fail: `translated` has room for a whole batch.
+                let _ = translated.push_within_capacity((pfn, merge));
+            }
+            if let Err(e) = this.extents.reserve(new_extents) {
+                // SAFETY: The `got` pages of this batch are pinned and not owned by `this`.
+                unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
+                return Err(e);
+            }
+            for (i, &(pfn, merge)) in translated.iter().enumerate() {
+                if let Err(e) = this.extents.push_page_with(pfn, merge) {
                     // SAFETY: Entries `i..got` of `batch` are pages pinned above and not yet
                     // owned by `this`; each is unpinned once here.
                     unsafe { bindings::unpin_user_pages(batch.as_mut_ptr().add(i), got - i) };
                     return Err(e);
                 }
             }
-            // INVARIANT: Every page pushed into `extents` holds the pin taken above.
+            // INVARIANT: Every page pushed into `extents` holds the pin taken above, and the
+            // pages of each extent have contiguous `struct page`s.
             done += got;
         }
+        this.extents.shrink();
         Ok(this)
     }
 
@@ -435,8 +503,9 @@ impl PinnedPages {
 impl Drop for PinnedPages {
     fn drop(&mut self) {
         for e in self.extents.as_slice() {
-            // SAFETY: By the type invariant each page of `e` holds one pin taken by us, so the
-            // pages are valid and physically contiguous; each pin is released exactly once here.
+            // SAFETY: By the type invariant each page of `e` holds one pin taken by us, and the
+            // extent's pages are contiguous both physically and as `struct page`s, as
+            // `unpin_user_page_range_dirty_lock` walks them; each pin is released once here.
             unsafe {
                 bindings::unpin_user_page_range_dirty_lock(
                     bindings::pfn_to_page(e.pfn as usize),
