@@ -31,7 +31,7 @@ check)
 	;;
 bench)
 	KOBJ_DIR=$MEMREG_BUILD/kernel-bench
-	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config"
+	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config $MEMREG_TOP/scripts/kernel-bench.config"
 	;;
 *)
 	echo "[memreg] error: MEMREG_VARIANT must be check or bench" >&2

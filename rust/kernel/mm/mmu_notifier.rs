@@ -197,6 +197,7 @@ const STATE_IDLE: i32 = 0;
 const STATE_INSERTING: i32 = 1;
 const STATE_INSERTED: i32 = 2;
 const STATE_REMOVED: i32 = 3;
+const STATE_FAILED: i32 = 4;
 
 /// An MMU interval notifier embedded in a `T` (`struct mmu_interval_notifier`).
 ///
@@ -206,11 +207,11 @@ const STATE_REMOVED: i32 = 3;
 ///   with this type's callback table, and one reference of the `Arc<T>` that
 ///   contains it is owned by the subscription.
 /// - `state` only moves forward: idle, inserting, then inserted and removed,
-///   or removed straight from inserting when the insertion fails. Only the
+///   or failed when the insertion fails. Only the
 ///   caller that moved it to inserting touches `sub` until it leaves that
 ///   state.
-/// - Once `state` has been inserted, `mm` holds a reference on the address
-///   space `sub` points at, so `sub.mm` stays valid as long as `self`.
+/// - In the inserted and removed states, `mm` holds a reference on the
+///   address space `sub` points at, so `sub.mm` stays valid as long as `self`.
 ///
 /// # Examples
 ///
@@ -340,7 +341,7 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         };
         if let Err(e) = to_result(ret) {
             // INVARIANT: A failed insertion is final.
-            notifier.state.store(STATE_REMOVED, Release);
+            notifier.state.store(STATE_FAILED, Release);
             return Err(e);
         }
         // INVARIANT: The subscription is inserted and owns the reference we leak here.
@@ -369,11 +370,11 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         // SAFETY: By the type invariant the subscription was inserted; we won the only
         // transition out of the inserted state, so it is removed exactly once.
         unsafe { bindings::mmu_interval_notifier_remove(notifier.sub.get()) };
-        // SAFETY: By the type invariant the subscription owned one reference of the `Arc`
-        // containing `this`, leaked by `insert` with `Arc::into_raw`, which returned this very
-        // pointer. No callback can use it any more. The caller's borrow of `this` keeps another
-        // reference alive, so this cannot free `this`.
-        drop(unsafe { Arc::from_raw(this) });
+        // The subscription's reference (leaked by `insert`) is ours now: no callback can run.
+        // The caller's borrow of `this` keeps another reference, so this never frees `this`.
+        // SAFETY: `insert` leaked exactly this pointer with `Arc::into_raw`, reclaimed once.
+        let subscription_ref = unsafe { Arc::from_raw(this) };
+        drop(subscription_ref);
     }
 
     /// Whether the notifier is inserted now.
@@ -399,10 +400,9 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
             STATE_INSERTED | STATE_REMOVED if self.mm.as_ref().is_some() => {}
             _ => return 0,
         }
-        // SAFETY: The notifier was inserted (the acquire load pairs with the release store in
-        // `insert`), so `sub.mm` points at the address space `self.mm` holds a reference on,
-        // whose notifier state lives until that reference is dropped. Reading the sequence of
-        // a removed subscription is harmless.
+        // Reading the sequence of a removed subscription is harmless.
+        // SAFETY: Inserted (acquire pairs with `insert`'s release): `sub.mm` is the address
+        // space `self.mm` keeps a reference on, so its notifier state is alive.
         unsafe { bindings::mmu_interval_read_begin(self.sub.get()) as u64 }
     }
 

@@ -341,7 +341,6 @@ impl PinnedPages {
         };
         let cap = npages.min(PIN_BATCH);
         let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
-        let mut translated = KVec::<(u64, bool)>::with_capacity(cap, GFP_KERNEL)?;
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
@@ -365,33 +364,17 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
-            // First pass: translate the batch and count the extents it starts, so the array
-            // grows at most once per batch. A page extends the previous extent when both its
-            // frame number and its `struct page` follow the previous page's: unpinning walks
-            // an extent through `struct page` pointers.
-            translated.clear();
-            let mut new_extents = 0;
             for i in 0..got {
                 // SAFETY: `pin_user_pages_fast` filled the first `got` entries of `batch`.
                 let page = unsafe { batch.as_ptr().add(i).read() };
                 // SAFETY: `page` is a valid page, pinned above.
                 let pfn = unsafe { bindings::page_to_pfn(page) } as u64;
+                // A page extends the previous extent when both its frame number and its
+                // `struct page` follow the previous page's: unpinning walks `struct page`s.
                 let merge = last.is_some_and(|(lpfn, lpage)| {
                     lpfn.checked_add(1) == Some(pfn) && lpage.wrapping_add(1) == page
                 });
-                if !merge {
-                    new_extents += 1;
-                }
                 last = Some((pfn, page));
-                // Cannot fail: `translated` has room for a whole batch.
-                let _ = translated.push_within_capacity((pfn, merge));
-            }
-            if let Err(e) = this.extents.reserve(new_extents) {
-                // SAFETY: The `got` pages of this batch are pinned and not owned by `this`.
-                unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
-                return Err(e);
-            }
-            for (i, &(pfn, merge)) in translated.iter().enumerate() {
                 if let Err(e) = this.extents.push_page_with(pfn, merge) {
                     // SAFETY: Entries `i..got` of `batch` are pages pinned above and not yet
                     // owned by `this`; each is unpinned once here.
@@ -479,10 +462,9 @@ impl PinnedPages {
             return Err(EACCES);
         }
         self.for_each_piece(offset, src.len(), |dst, n, at| {
-            // SAFETY: `dst` is valid for `n` bytes of a mapped, pinned page and `at + n <=
-            // src.len()`. The page is user memory that user space may access concurrently; the
-            // kernel treats such races as benign for user memory (as with DMA), and the C
-            // `memcpy` copies raw bytes without forming Rust references to them.
+            // User space may access the page concurrently: benign for user memory (as with
+            // DMA), and C `memcpy` forms no Rust reference to it.
+            // SAFETY: `dst` is valid for `n` bytes of a mapped, pinned page; `at + n <= len`.
             unsafe { bindings::memcpy(dst.cast(), src.as_ptr().add(at).cast(), n) };
         })
     }
