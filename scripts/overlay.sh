@@ -17,22 +17,16 @@ put() {
 	fi
 }
 
-# Insert line $2 into file $1 after the first line matching $3, once.
-insert_after() {
+# Insert line $2 into file $1 once, after (or with $4 = before, before) the
+# first line matching $3.
+insert_line() {
 	grep -qxF "$2" "$1" && return 0
 	local tmp
 	tmp=$(mktemp)
-	awk -v line="$2" -v pat="$3" '{ print } !done && $0 ~ pat { print line; done = 1 }' "$1" >"$tmp"
-	grep -qxF "$2" "$tmp" || die "overlay: cannot find /$3/ in $1"
-	mv "$tmp" "$1"
-}
-
-# Insert line $2 into file $1 before the first line matching $3, once.
-insert_before() {
-	grep -qxF "$2" "$1" && return 0
-	local tmp
-	tmp=$(mktemp)
-	awk -v line="$2" -v pat="$3" '!done && $0 ~ pat { print line; done = 1 } { print }' "$1" >"$tmp"
+	awk -v line="$2" -v pat="$3" -v before="${4:-}" '
+		!done && $0 ~ pat && before { print line; done = 1 }
+		{ print }
+		!done && $0 ~ pat { print line; done = 1 }' "$1" >"$tmp"
 	grep -qxF "$2" "$tmp" || die "overlay: cannot find /$3/ in $1"
 	mv "$tmp" "$1"
 }
@@ -42,7 +36,7 @@ for f in "$ov"/*.rs; do
 	[ -e "$f" ] || continue
 	put "$f" "$ksrc/rust/kernel/$(basename "$f")"
 	mod=$(basename "$f" .rs)
-	insert_after "$ksrc/rust/kernel/lib.rs" "pub mod $mod;" '^pub mod mm;$'
+	insert_line "$ksrc/rust/kernel/lib.rs" "pub mod $mod;" '^pub mod mm;$'
 done
 
 # Rust modules nested in an existing module of the kernel crate: DIR/x.rs
@@ -53,22 +47,22 @@ for f in "$ov"/*/*.rs; do
 	[ -f "$ksrc/rust/kernel/$dir.rs" ] || die "overlay: rust/kernel/$dir.rs does not exist for $f"
 	mkdir -p "$ksrc/rust/kernel/$dir"
 	put "$f" "$ksrc/rust/kernel/$dir/$(basename "$f")"
-	insert_before "$ksrc/rust/kernel/$dir.rs" "pub mod $(basename "$f" .rs);" '^use '
+	insert_line "$ksrc/rust/kernel/$dir.rs" "pub mod $(basename "$f" .rs);" '^use ' before
 done
 
 # C helpers for inline functions and macros bindgen cannot see.
 for f in "$ov"/helpers/*.c; do
 	[ -e "$f" ] || continue
 	put "$f" "$ksrc/rust/helpers/$(basename "$f")"
-	insert_after "$ksrc/rust/helpers/helpers.c" "#include \"$(basename "$f")\"" '^#include "mm.c"$'
+	insert_line "$ksrc/rust/helpers/helpers.c" "#include \"$(basename "$f")\"" '^#include "mm.c"$'
 done
 
 # Headers for bindgen.
 while read -r hdr; do
 	[ -n "$hdr" ] || continue
-	insert_after "$ksrc/rust/bindings/bindings_helper.h" "#include <$hdr>" '^#include <linux/mm.h>$'
+	insert_line "$ksrc/rust/bindings/bindings_helper.h" "#include <$hdr>" '^#include <linux/mm.h>$'
 done <"$ov/bindings_headers"
 
 # Kconfig symbol selecting what the abstractions need.
 put "$ov/Kconfig" "$ksrc/rust/Kconfig.memreg"
-insert_after "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'
+insert_line "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'

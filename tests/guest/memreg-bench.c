@@ -87,12 +87,14 @@ int main(void)
 
 	printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n\n");
 	printf("REGISTER miss vs pin_user_pages_fast, per page (target: <= 1.3x from 1 MiB)\n");
-	printf("%10s %14s %14s %8s\n", "size", "pin us/page", "miss us/page", "ratio");
+	printf("%10s %14s %14s %8s %9s\n", "size", "pin us/page", "miss us/page", "ratio",
+	       "extents");
 	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		size_t len = sizes[i], pages = len / PAGE;
 		int reps = pages >= 65536 ? 5 : pages >= 4096 ? 9 : 31;
 		char *buf = map_touched(len);
 		double pin, miss, ratio;
+		__u32 extents = 0;
 
 		for (k = 0; k < (unsigned int)reps; k++) {
 			struct gup_test g = {
@@ -120,6 +122,13 @@ int main(void)
 				errno = EEXIST;
 				die("REGISTER was a cache hit");
 			}
+			if (k == 0) {
+				struct memreg_query q = { .key = r.lkey };
+
+				if (ioctl(fd, MEMREG_IOC_QUERY, &q))
+					die("QUERY");
+				extents = q.extents;
+			}
 			d.key = r.lkey;
 			if (ioctl(fd, MEMREG_IOC_DEREGISTER, &d))
 				die("DEREGISTER");
@@ -128,12 +137,13 @@ int main(void)
 		miss = median(w, reps) / 1e3 / pages;
 		ratio = pin > 0 ? miss / pin : 0;
 		if (len >= (1 << 20))
-			printf("%8zu K %14.3f %14.3f %7.2fx  %s\n", len >> 10, pin, miss, ratio,
-			       verdict(ratio, 1.3));
+			printf("%8zu K %14.3f %14.3f %7.2fx %9u  %s\n", len >> 10, pin, miss, ratio,
+			       extents, verdict(ratio, 1.3));
 		else if (pin > 0)
-			printf("%8zu K %14.3f %14.3f %7.2fx\n", len >> 10, pin, miss, ratio);
+			printf("%8zu K %14.3f %14.3f %7.2fx %9u\n", len >> 10, pin, miss, ratio, extents);
 		else
-			printf("%8zu K %14s %14.3f %8s\n", len >> 10, "<1us total", miss, "n/a");
+			printf("%8zu K %14s %14.3f %8s %9u\n", len >> 10, "<1us total", miss, "n/a",
+			       extents);
 		munmap(buf, len);
 	}
 
