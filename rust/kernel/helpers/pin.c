@@ -22,3 +22,13 @@ __rust_helper atomic64_t *rust_helper_mm_pinned_vm(struct mm_struct *mm)
 {
 	return &mm->pinned_vm;
 }
+
+/* Translates a batch at once: one call instead of one per page. */
+__rust_helper void rust_helper_pages_to_pfns(struct page *const *pages, unsigned long *pfns,
+					     unsigned long n)
+{
+	unsigned long i;
+
+	for (i = 0; i < n; i++)
+		pfns[i] = page_to_pfn(pages[i]);
+}

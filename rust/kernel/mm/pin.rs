@@ -341,6 +341,7 @@ impl PinnedPages {
         };
         let cap = npages.min(PIN_BATCH);
         let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
+        let mut pfns = KVec::<usize>::with_capacity(cap, GFP_KERNEL)?;
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
@@ -364,11 +365,14 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
+            // SAFETY: The first `got` entries of `batch` are valid pinned pages, and `pfns` has
+            // room for `got` frame numbers, which the helper writes.
+            unsafe { bindings::pages_to_pfns(batch.as_ptr(), pfns.as_mut_ptr(), got) };
             for i in 0..got {
-                // SAFETY: `pin_user_pages_fast` filled the first `got` entries of `batch`.
-                let page = unsafe { batch.as_ptr().add(i).read() };
-                // SAFETY: `page` is a valid page, pinned above.
-                let pfn = unsafe { bindings::page_to_pfn(page) } as u64;
+                // SAFETY: `pin_user_pages_fast` filled, and the helper translated, `got` entries.
+                let (page, pfn) =
+                    unsafe { (batch.as_ptr().add(i).read(), pfns.as_ptr().add(i).read()) };
+                let pfn = pfn as u64;
                 // A page extends the previous extent when both its frame number and its
                 // `struct page` follow the previous page's: unpinning walks `struct page`s.
                 let merge = last.is_some_and(|(lpfn, lpage)| {
