@@ -77,8 +77,7 @@ pub struct Extent {
 ///     ext.push_page(1000 + 2 * i)?;
 /// }
 /// assert_eq!(ext.as_slice().len(), INLINE_EXTENTS + 3);
-/// // Reserving keeps the extents; shrinking keeps them too.
-/// ext.reserve(1000)?;
+/// // Shrinking the array keeps the extents.
 /// ext.shrink();
 /// assert_eq!(ext.as_slice().len(), INLINE_EXTENTS + 3);
 /// assert_eq!(ext.as_slice()[0], Extent { pfn: 1000, first: 0, pages: 1 });
@@ -174,23 +173,6 @@ impl Extents {
         }
         self.pages = next;
         Ok(())
-    }
-
-    /// Makes room for `additional` more extents, so that pushing that many
-    /// pages allocates nothing. Spills the inline extents into an array first
-    /// when they would not fit.
-    pub fn reserve(&mut self, additional: usize) -> Result {
-        if self.heap.is_empty() {
-            if self.inline_len.saturating_add(additional) <= INLINE_EXTENTS {
-                return Ok(());
-            }
-            let want = self.inline_len.checked_add(additional).ok_or(ENOMEM)?;
-            self.heap.reserve(want, GFP_KERNEL)?;
-            self.heap
-                .extend_from_slice(&self.inline[..self.inline_len], GFP_KERNEL)?;
-            return Ok(());
-        }
-        Ok(self.heap.reserve(additional, GFP_KERNEL)?)
     }
 
     /// Gives back array space beyond what the extents use, when that is more
