@@ -13,16 +13,20 @@ use kernel::{
     ioctl::_IOC_SIZE,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     prelude::*,
-    sync::atomic::{Atomic, Relaxed},
+    sync::atomic::Relaxed,
     uaccess::{UserPtr, UserSlice},
 };
 
+mod accounting;
 mod context;
+mod defs;
+mod error;
 mod key;
-mod region;
-mod uapi;
+mod registration;
+mod stats;
 
 use context::Context;
+use stats::{GLOBAL_CONTEXTS, GLOBAL_PINNED, GLOBAL_REGISTRATIONS};
 
 module! {
     type: MemregModule,
@@ -35,49 +39,16 @@ module! {
             default: 0,
             description: "Pages all contexts together may pin (0: no limit but RLIMIT_MEMLOCK)",
         },
+        max_registrations: u64 {
+            default: 65536,
+            description: "Live registrations one context may hold (REGISTER past it: EDQUOT)",
+        },
     },
 }
 
-/// Open files of `/dev/memreg`.
-pub(crate) static GLOBAL_CONTEXTS: Atomic<u64> = Atomic::new(0);
-/// Region objects alive, including those waiting for teardown.
-pub(crate) static GLOBAL_REGIONS: Atomic<u64> = Atomic::new(0);
-/// Pages pinned by all contexts, charged against `max_pinned_pages`.
-pub(crate) static GLOBAL_PINNED: Atomic<u64> = Atomic::new(0);
-
-/// The configured global budget in pages, `u64::MAX` for none.
-fn budget_pages() -> u64 {
-    match module_parameters::max_pinned_pages.value() {
-        0 => u64::MAX,
-        n => n,
-    }
-}
-
-/// A charge of pages against the module's global budget, released on drop.
-pub(crate) struct BudgetCharge {
-    pages: u64,
-}
-
-impl BudgetCharge {
-    /// Charges `pages`, failing with `ENOSPC` past the budget.
-    pub(crate) fn new(pages: usize) -> Result<Self> {
-        let pages = pages as u64;
-        let before = GLOBAL_PINNED.fetch_add(pages, Relaxed);
-        if before
-            .checked_add(pages)
-            .is_none_or(|now| now > budget_pages())
-        {
-            GLOBAL_PINNED.fetch_sub(pages, Relaxed);
-            return Err(ENOSPC);
-        }
-        Ok(Self { pages })
-    }
-}
-
-impl Drop for BudgetCharge {
-    fn drop(&mut self) {
-        GLOBAL_PINNED.fetch_sub(self.pages, Relaxed);
-    }
+/// The per-context cap on live registrations.
+pub(crate) fn max_registrations() -> u64 {
+    module_parameters::max_registrations.value()
 }
 
 #[pin_data(PinnedDrop)]
@@ -98,10 +69,10 @@ impl kernel::InPlaceModule for MemregModule {
 impl PinnedDrop for MemregModule {
     fn drop(self: Pin<&mut Self>) {
         // Every file is closed before the module can go, and closing a file ends all of its
-        // registrations: anything left here is a leak.
+        // registrations and waits for its deferred work: anything left here is a leak.
         kernel::warn_on!(
             GLOBAL_CONTEXTS.load(Relaxed) != 0
-                || GLOBAL_REGIONS.load(Relaxed) != 0
+                || GLOBAL_REGISTRATIONS.load(Relaxed) != 0
                 || GLOBAL_PINNED.load(Relaxed) != 0
         );
     }
@@ -112,47 +83,42 @@ impl MiscDevice for Context {
     type Ptr = KBox<Self>;
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
-        Ok(KBox::new(Context::new()?, GFP_KERNEL)?)
+        Ok(KBox::new(Context::new()?, GFP_KERNEL_ACCOUNT)?)
     }
 
     fn ioctl(me: &Context, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
         match cmd {
-            uapi::IOC_GET_VERSION => writer.write(&uapi::ABI_VERSION)?,
-            uapi::IOC_GLOBAL_STATS => uapi::GlobalStats {
-                contexts: GLOBAL_CONTEXTS.load(Relaxed),
-                regions: GLOBAL_REGIONS.load(Relaxed),
-                pages_pinned: GLOBAL_PINNED.load(Relaxed),
-                budget_pages: module_parameters::max_pinned_pages.value(),
-            }
-            .write(&mut writer)?,
-            uapi::IOC_REGISTER => {
+            defs::IOC_GET_VERSION => writer.write(&defs::ABI_VERSION)?,
+            defs::IOC_GLOBAL_STATS => writer.write(&stats::global())?,
+            defs::IOC_REGISTER => {
                 me.check_owner()?;
-                let mut req = uapi::Register::read(&mut reader)?;
-                me.register(&mut req)?;
-                if let Err(e) = req.write(&mut writer) {
-                    // The caller cannot learn the keys: take the reference back.
-                    let _ = me.deregister(req.lkey);
+                let mut req: defs::Register = reader.read()?;
+                let done = me.register_ioctl(&mut req)?;
+                if let Err(e) = writer.write(&req) {
+                    // The caller cannot learn the keys: undo the call.
+                    me.unregister(&done);
                     return Err(e);
                 }
             }
-            uapi::IOC_DEREGISTER => {
+            defs::IOC_DEREGISTER => {
                 me.check_owner()?;
-                me.deregister(uapi::read_deregister(&mut reader)?)?;
+                me.deregister(&reader.read()?)?;
             }
-            uapi::IOC_QUERY => {
+            defs::IOC_QUERY => {
                 me.check_owner()?;
-                let key = uapi::Query::read_key(&mut reader)?;
-                me.query(key)?.write(&mut writer)?;
+                let mut req: defs::Query = reader.read()?;
+                me.query(&mut req)?;
+                writer.write(&req)?;
             }
-            uapi::IOC_STATS => {
+            defs::IOC_STATS => {
                 me.check_owner()?;
-                me.stats().write(&mut writer)?;
+                writer.write(&me.stats().to_abi())?;
             }
-            uapi::IOC_COPY => {
+            defs::IOC_COPY => {
                 me.check_owner()?;
-                me.copy(&uapi::Copy::read(&mut reader)?)?;
+                me.copy(&reader.read()?)?;
             }
             _ => return Err(ENOTTY),
         }

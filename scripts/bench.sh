@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # make bench: boots the guest and runs tests/guest/memreg-bench.c, printing
 # its table. Every figure is a ratio against a baseline measured in the same
-# guest run. The serial log is kept in build/bench.log.
+# guest run. The rows also go to build/bench/results.csv
+# (metric,value,baseline,ratio,target), written only by a run that succeeded.
+# The serial log is kept in build/bench.log.
+#
+# The look-up rows hold 100K registrations in one context, one of them 1 GiB:
+# the module is loaded with max_registrations=131072 and the guest gets
+# MEMREG_GUEST_MEM MiB of memory (default 3072 here).
 set -euo pipefail
 export MEMREG_VARIANT=bench
 . "$(dirname "$0")/config.sh"
+export MEMREG_GUEST_MEM=${MEMREG_GUEST_MEM:-3072}
+modargs="max_registrations=131072"
+
 "$MEMREG_TOP/scripts/toolchain.sh"
 "$MEMREG_TOP/scripts/build-kernel.sh"
 "$MEMREG_TOP/scripts/build-module.sh"
@@ -12,10 +21,22 @@ export MEMREG_VARIANT=bench
 script=$MEMREG_BUILD/bench-run.sh
 printf 'echo MEMREG-BENCH-BEGIN\nmemreg-bench\nrc=$?\necho MEMREG-BENCH-END\nexit $rc\n' >"$script"
 log=$MEMREG_BUILD/bench.log
+csv=$MEMREG_BUILD/bench/results.csv
+mkdir -p "$(dirname "$csv")"
+rm -f "$csv"
 set +e
-"$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -k "kunit.enable=0 loglevel=3" -t "${MEMREG_GUEST_TIMEOUT:-1200}" \
-	"$script" "$MEMREG_BUILD/guest-bin/memreg-bench"
+"$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -a "$modargs" -k "kunit.enable=0 loglevel=3" \
+	-t "${MEMREG_GUEST_TIMEOUT:-1200}" "$script" "$MEMREG_BUILD/guest-bin/memreg-bench"
 rc=$?
 set -e
-sed -n '/^MEMREG-BENCH-BEGIN/,/^MEMREG-BENCH-END/p' "$log" | sed '1d;$d'
+# The program's output without its CSV lines: progress and the table.
+sed -n '/^MEMREG-BENCH-BEGIN/,/^MEMREG-BENCH-END/p' "$log" | sed '1d;$d' |
+	grep -v '^MEMREG-CSV ' || true
 [ $rc = 0 ] || die "benchmark failed (status $rc); see $log"
+rows=$(sed -n 's/^MEMREG-CSV //p' "$log" | grep -v '^metric,' || true)
+[ -n "$rows" ] || die "the benchmark printed no results; see $log"
+{
+	echo "metric,value,baseline,ratio,target"
+	printf '%s\n' "$rows"
+} >"$csv"
+log "results: $csv; serial log: $log"

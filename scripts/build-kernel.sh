@@ -17,7 +17,7 @@ fragment=$MEMREG_BUILD/kernel-$MEMREG_VARIANT.config
 mkdir -p "$MEMREG_BUILD"
 # shellcheck disable=SC2086
 cat $KERNEL_FRAGMENTS >"$fragment"
-inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh" "$MEMREG_TOP/include/uapi/linux/memreg.h"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
 stamp=$KOBJ_DIR/.memreg-inputs
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ -f "$KOBJ_DIR/arch/x86/boot/bzImage" ]; then
 	exit 0
@@ -44,8 +44,26 @@ if ! [ -f "$KOBJ_DIR/.config" ] || ! cmp -s "$fragment" "$KOBJ_DIR/.memreg-fragm
 fi
 
 log "building the $MEMREG_VARIANT kernel (a few minutes when cold)"
-kmake -j"$(nproc)" bzImage modules >"$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log" 2>&1 || {
-	tail -n 40 "$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log" >&2
-	die "kernel build failed; full log in $MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log"
+# The kernel's own Rust, the overlay included, goes through Clippy, so the
+# overlay is held to the same lints as the module (undocumented_unsafe_blocks
+# among them).
+klog=$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log
+kmake -j"$(nproc)" CLIPPY=1 bzImage modules >"$klog" 2>&1 || {
+	tail -n 40 "$klog" >&2
+	die "kernel build failed; full log in $klog"
 }
+# A warning in an overlay file fails the build (upstream files are not ours).
+overlay_paths=$(cd "$MEMREG_TOP/rust/kernel" && find . -name '*.rs' | sed 's|^\./|rust/kernel/|')
+warned=0
+while read -r loc; do
+	loc=${loc#"$KSRC_DIR"/}
+	for p in $overlay_paths; do
+		case $loc in "$p":*)
+			grep -n -B1 -A8 -F -- "$KSRC_DIR/$loc" "$klog" >&2
+			warned=1
+			;;
+		esac
+	done
+done < <(grep -A2 -E '^(warning|error)' "$klog" | sed -n 's/^ *--> *//p')
+[ $warned = 0 ] || die "the overlay has compiler or Clippy warnings (full log in $klog)"
 echo "$inputs" >"$stamp"

@@ -46,6 +46,9 @@ fi
 run=$MEMREG_BUILD/check-run.sh
 cat >"$run" <<'GUEST'
 rc=0
+# Leaks are counted from here on: what boot and module load left is not ours.
+kmemleak=/sys/kernel/debug/kmemleak
+[ -w $kmemleak ] && echo clear >$kmemleak
 for t in /bin/*_test; do
 	n=${t##*/}
 	echo "MEMREG-SELFTEST-BEGIN $n"
@@ -54,6 +57,18 @@ for t in /bin/*_test; do
 	echo "MEMREG-SELFTEST-END $n $r"
 	[ "$r" = 0 ] || rc=1
 done
+# Unload (freeing everything the module holds) and load again, then let
+# kmemleak look: an object must be unreferenced for 5 s and two scans.
+if [ -w $kmemleak ]; then
+	rmmod memreg && insmod /memreg.ko $MEMREG_MODULE_ARGS
+	sleep 6
+	echo scan >$kmemleak
+	sleep 1
+	echo scan >$kmemleak
+	echo "MEMREG-KMEMLEAK-BEGIN"
+	cat $kmemleak
+	echo "MEMREG-KMEMLEAK-END $(grep -c 'unreferenced object' $kmemleak)"
+fi
 exit $rc
 GUEST
 log=$MEMREG_BUILD/check.log
@@ -67,8 +82,12 @@ case $status in
 esac
 
 # KUnit: test cases are the indented KTAP result lines the kernel prints.
+# Passes are counted up to the first selftest: tests that reload the module
+# run its suites again, and those runs must not inflate the count; a failure
+# counts wherever it is.
 read -r kpass kfail kskip < <(awk '
-	/^ +ok [0-9]+ / { if ($0 ~ /# SKIP/) s++; else p++ }
+	/^MEMREG-SELFTEST-BEGIN / { selftests = 1 }
+	/^ +ok [0-9]+ / && !selftests { if ($0 ~ /# SKIP/) s++; else p++ }
 	/^ +not ok [0-9]+ / { f++; print "FAIL  kunit: " $0 > "/dev/stderr" }
 	END { print p + 0, f + 0, s + 0 }' "$log")
 printf '%-5s %s\n' "$([ "$kfail" = 0 ] && echo ok || echo FAIL)" \
@@ -106,6 +125,15 @@ done < <(awk '
 	}
 	END { for (p in plan) if (!(p in done)) print "prog", p, "did not finish" }' "$log")
 
+leaks=$(sed -n 's/^MEMREG-KMEMLEAK-END \([0-9]*\)$/\1/p' "$log")
+if [ -z "$leaks" ]; then
+	result FAIL "guest: kmemleak scan after the tests did not run"
+elif [ "$leaks" = 0 ]; then
+	result ok "guest: kmemleak finds no leak after the tests and a module reload"
+else
+	sed -n '/^MEMREG-KMEMLEAK-BEGIN/,/^MEMREG-KMEMLEAK-END/p' "$log" | head -n 40 | sed 's/^/      /'
+	result FAIL "guest: kmemleak finds $leaks leaked objects (log: $log)"
+fi
 if grep -q '^MEMREG-GUEST: rmmod ok' "$log"; then
 	result ok "guest: memreg unloads cleanly"
 else

@@ -63,6 +63,11 @@ while read -r hdr; do
 	insert_line "$ksrc/rust/bindings/bindings_helper.h" "#include <$hdr>" '^#include <linux/mm.h>$'
 done <"$ov/bindings_headers"
 
+# memreg's user ABI header, for the kernel's uapi crate (bindgen): the driver
+# uses the generated structures and constants instead of copies of its own.
+put "$MEMREG_TOP/include/uapi/linux/memreg.h" "$ksrc/include/uapi/linux/memreg.h"
+insert_line "$ksrc/rust/uapi/uapi_helper.h" "#include <uapi/linux/memreg.h>" '^#include <uapi/linux/ioctl.h>$'
+
 # Kconfig symbol selecting what the abstractions need.
 put "$ov/Kconfig" "$ksrc/rust/Kconfig.memreg"
 insert_line "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'

@@ -53,7 +53,7 @@ TEST_F(budget, pinning_stops_at_the_budget)
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &a));
 	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 8 * PAGE, 9 * PAGE, RW, &b));
 	/* The refusal pinned and charged nothing. */
-	EXPECT_EQ(vmpin + 8 * 4, vm_pin_kb());
+	EXPECT_EQ(vmpin + 8 * PAGE_KB, vm_pin_kb());
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(8, s.pages_pinned);
 	ASSERT_EQ(0, mr_global(self->fd, &g));

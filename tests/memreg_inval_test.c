@@ -104,7 +104,7 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	int i;
 
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
-	EXPECT_EQ(vmpin + NPAGES * 4, vm_pin_kb());
+	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
 
 	do_event(_metadata, self->buf, variant->event);
 

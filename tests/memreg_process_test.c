@@ -178,7 +178,7 @@ static int memlock_child(int drop_privileges)
 	if (mr_register(fd, buf + 8 * PAGE, 16 * PAGE, RW, &r2) != -ENOMEM)
 		return 5;
 	/* The failure pinned and charged nothing. */
-	if (vm_pin_kb() != vmpin + 8 * 4 || mr_stats(fd, &s) || s.pages_pinned != 8 ||
+	if (vm_pin_kb() != vmpin + 8 * (long)PAGE_KB || mr_stats(fd, &s) || s.pages_pinned != 8 ||
 	    s.registrations != 1)
 		return 6;
 	/* Up to the limit exactly, then not a page more. */

@@ -17,7 +17,22 @@
 
 #include <linux/memreg.h>
 
-#define PAGE	4096UL
+/* The base page size, read once from sysconf(_SC_PAGESIZE). */
+static inline unsigned long page_size(void)
+{
+	static unsigned long size;
+	unsigned long v = __atomic_load_n(&size, __ATOMIC_RELAXED);
+
+	if (!v) {
+		v = (unsigned long)sysconf(_SC_PAGESIZE);
+		__atomic_store_n(&size, v, __ATOMIC_RELAXED);
+	}
+	return v;
+}
+
+#define PAGE	page_size()
+/* One page in kB, the unit of VmPin. */
+#define PAGE_KB	(PAGE / 1024)
 #define RW	(MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE)
 #define RO	MEMREG_ACCESS_LOCAL_READ
 

@@ -10,10 +10,13 @@
 //! C header: [`include/kunit/test.h`](srctree/include/kunit/test.h)
 #![cfg(CONFIG_KUNIT)]
 
-use crate::{bindings, error::to_result, prelude::*};
+use crate::{bindings, error::to_result, prelude::*, types::NotThreadSafe};
 
 /// A private anonymous read/write mapping in the current task's address
 /// space, unmapped on drop.
+///
+/// It acts on `current->mm`, so it is neither `Send` nor `Sync`: it stays with
+/// the task whose address space holds it.
 ///
 /// # Invariants
 ///
@@ -22,6 +25,7 @@ use crate::{bindings, error::to_result, prelude::*};
 pub struct UserMapping {
     addr: usize,
     len: usize,
+    _not_thread_safe: NotThreadSafe,
 }
 
 impl UserMapping {
@@ -50,6 +54,7 @@ impl UserMapping {
         Ok(Self {
             addr: addr as usize,
             len,
+            _not_thread_safe: NotThreadSafe,
         })
     }
 

@@ -1,17 +1,50 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * memreg benchmark: every figure is a ratio against a baseline measured in
- * the same run (the guest runs under emulation, so absolute times mean
- * little):
+ * memreg benchmark. The guest runs under emulation, so every figure is a
+ * ratio against a baseline measured in the same run, interleaved with it
+ * (the median of several rounds of each):
  *
- *  - REGISTER miss, per page, against raw pin_user_pages_fast(FOLL_LONGTERM |
- *    FOLL_WRITE) timed in the kernel by CONFIG_GUP_TEST's PIN_FAST_BENCHMARK,
- *    for 4 KiB to 256 MiB of pre-faulted, small-page memory;
- *  - REGISTER hit against a no-op ioctl (GET_VERSION on the same file);
- *  - munmap of a registered 1 MiB range against an unregistered one.
+ *  register_miss_per_page_*  REGISTER miss per page against raw
+ *                            pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE)
+ *                            per page, timed in the kernel by CONFIG_GUP_TEST's
+ *                            PIN_FAST_BENCHMARK, on pre-faulted small pages
+ *                            (target <= 1.3 from 1 MiB);
+ *  register_hit_ioctl        REGISTER served from the cache against a no-op
+ *                            ioctl (GET_VERSION on the same file), <= 1.5;
+ *  munmap_registered_1mib    munmap of a registered 1 MiB mapping against an
+ *                            unregistered one, <= 2;
+ *  lookup_1k/10k/100k        REGISTER cache hit in one context holding 1K,
+ *                            10K, 100K registrations of mixed lengths (one of
+ *                            1 GiB, read-only, the others 1-16 pages inside
+ *                            and outside it), against the no-op ioctl;
+ *  lookup_100k_vs_1k         that hit at 100K against the same at 1K, <= 2.
+ *
+ * The clock: the guest may run on a coarse clocksource (jiffies, when the
+ * TSC was found unstable and nothing better was there). The clock is
+ * calibrated first: the clocksource's name, clock_getres() and the smallest
+ * step seen between consecutive clock_gettime() calls. Each measurement
+ * repeats its operation until the timed interval lasts at least 1000 times
+ * that step (and at least 10 ms), then divides. When the clocksource is
+ * jiffies-based or the clock advances in steps coarser than 1 us, or a
+ * figure could not be timed that finely, it is reported "unresolved"
+ * instead of being given a verdict.
+ *
+ * Output: progress lines, a table (metric, value, baseline, ratio, target,
+ * verdict) and the same rows as CSV lines prefixed "MEMREG-CSV ", header
+ * "metric,value,baseline,ratio,target": values in ns, ratio value/baseline
+ * (baseline/value for metrics named *_speedup), target like "<=1.3", and
+ * "metric,unresolved,,,target" for a figure the clock cannot resolve.
+ *
+ * Exits 0 when every operation behaved as expected (a missed target is a
+ * verdict, not a failure), 1 otherwise. The lookup rows need the module
+ * loaded with max_registrations above 100000 (scripts/bench.sh passes
+ * max_registrations=131072) and about 1.7 GiB of free guest memory (with
+ * less, the big registration shrinks to 256 MiB, as the output says).
  */
 #include <errno.h>
-#include <fcntl.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,20 +53,253 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <linux/memreg.h>
-
+#include "../memreg_util.h"
 #include "../../../mm/gup_test.h"
 
-#define PAGE		4096UL
 #define FOLL_WRITE	0x01
 #define FOLL_LONGTERM	0x100
 
-static double now_ns(void)
+#define KIB		1024UL
+#define MIB		(1024UL * KIB)
+#define GIB		(1024UL * MIB)
+#define MS		1e6		/* in ns */
+
+/* Shortest timed interval, whatever the clock. */
+#define MIN_INTERVAL_NS	(10 * MS)
+/* Rounds of each measurement; the median is kept. */
+#define ROUNDS		5
+/* Memory one batch of REGISTER misses or munmaps may use. */
+#define POOL_CAP	(128 * MIB)
+
+static void __attribute__((noreturn, format(printf, 1, 2))) fail(const char *fmt, ...)
+{
+	va_list ap;
+
+	fflush(stdout);
+	fprintf(stderr, "memreg-bench: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	exit(1);
+}
+
+static const char *err_hint(int e)
+{
+	if (e == EDQUOT)
+		return " (the context's cap: load memreg with max_registrations=131072)";
+	if (e == ENOSPC)
+		return " (the module's max_pinned_pages budget)";
+	return "";
+}
+
+static int64_t now_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec * 1e9 + ts.tv_nsec;
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+/* ---- The clock ---------------------------------------------------------- */
+
+static struct {
+	char source[64];	/* current clocksource */
+	int64_t getres_ns;	/* clock_getres(CLOCK_MONOTONIC), -1 if it failed */
+	double step_ns;		/* smallest nonzero difference of consecutive reads */
+	double read_ns;		/* mean time of one read */
+	double repeat;		/* fraction of reads returning the previous value */
+	long reads;
+	int ok;			/* timed figures can be resolved */
+	char note[200];		/* why not, or what the step means */
+	double thr_ns;		/* every timed interval lasts at least this long */
+	double kq_us;		/* quantum of a reading timed in the kernel, in us */
+} clk;
+
+static void read_clocksource(char *buf, size_t len)
+{
+	FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+
+	buf[0] = 0;
+	if (f) {
+		if (!fgets(buf, len, f))
+			buf[0] = 0;
+		fclose(f);
+	}
+	buf[strcspn(buf, "\n")] = 0;
+	if (!buf[0])
+		snprintf(buf, len, "unknown");
+}
+
+static void calibrate_clock(void)
+{
+	struct timespec res;
+	int64_t start, prev, t, d, min = INT64_MAX;
+	long reads = 0, steps = 0, repeats = 0;
+
+	read_clocksource(clk.source, sizeof(clk.source));
+	clk.getres_ns = clock_getres(CLOCK_MONOTONIC, &res) ? -1 :
+			(int64_t)res.tv_sec * 1000000000 + res.tv_nsec;
+	start = prev = now_ns();
+	for (;;) {
+		t = now_ns();
+		d = t - prev;
+		reads++;
+		if (d > 0) {
+			steps++;
+			if (d < min)
+				min = d;
+		} else {
+			repeats++;
+		}
+		prev = t;
+		if ((reads >= 20000 && steps >= 1000) || reads >= 5000000 || t - start >= 1000000000)
+			break;
+	}
+	clk.reads = reads;
+	clk.step_ns = steps ? (double)min : INFINITY;
+	clk.read_ns = (double)(prev - start) / reads;
+	clk.repeat = (double)repeats / reads;
+	clk.ok = 0;
+	if (strstr(clk.source, "jiffies")) {
+		snprintf(clk.note, sizeof(clk.note), "clocksource %s counts timer ticks", clk.source);
+	} else if (!steps) {
+		snprintf(clk.note, sizeof(clk.note), "the clock did not advance in %ld reads", reads);
+	} else if (clk.step_ns > 1000 && clk.repeat >= 0.01) {
+		/* Reads return the same time again and again: the step is the clock's own. */
+		snprintf(clk.note, sizeof(clk.note),
+			 "the clock advances in steps of %.1f us, coarser than 1 us", clk.step_ns / 1e3);
+	} else {
+		clk.ok = 1;
+		if (clk.step_ns > 1000)
+			/*
+			 * No read returned its predecessor's time: the clock is finer than
+			 * one read, and the step is what a read costs (a system call, with
+			 * an emulated HPET or PM timer), which the 1000x rule covers.
+			 */
+			snprintf(clk.note, sizeof(clk.note),
+				 "the %.1f us step is the cost of one read (no read repeated a "
+				 "value), the clock itself is finer", clk.step_ns / 1e3);
+		else
+			clk.note[0] = 0;
+	}
+	/*
+	 * The kernel reports whole microseconds. Its own clock reads cost no
+	 * system call: when the step is the cost of a read on a clocksource known
+	 * to be finer than 1 us, the microsecond is the quantum.
+	 */
+	clk.kq_us = fmax(1.0, clk.step_ns / 1e3);
+	if (clk.ok && clk.repeat < 0.01 &&
+	    (!strcmp(clk.source, "tsc") || !strcmp(clk.source, "hpet") ||
+	     !strcmp(clk.source, "acpi_pm") || !strcmp(clk.source, "kvm-clock")))
+		clk.kq_us = 1.0;
+	if (clk.ok)
+		clk.thr_ns = fmax(MIN_INTERVAL_NS, 1000 * clk.step_ns);
+	else
+		/* Nothing will be resolved: keep the run short. */
+		clk.thr_ns = fmax(MIN_INTERVAL_NS, fmin(3 * clk.step_ns, 100 * MS));
+}
+
+static void print_clock(void)
+{
+	printf("clock: clocksource %s, clock_getres(CLOCK_MONOTONIC) %lld ns, smallest step %.0f ns "
+	       "in %ld reads (%.0f%% repeated the previous value), %.0f ns a read\n",
+	       clk.source, (long long)clk.getres_ns, clk.step_ns, clk.reads, clk.repeat * 100,
+	       clk.read_ns);
+	if (clk.ok)
+		printf("clock: usable%s%s; every timed interval lasts at least %.1f ms\n",
+		       clk.note[0] ? ": " : "", clk.note, clk.thr_ns / MS);
+	else
+		printf("clock: UNRESOLVED: %s; every timed figure is reported as unresolved\n",
+		       clk.note);
+}
+
+/*
+ * Whether the clocksource is still the one `before` names. When it changed
+ * (the kernel dropped an unstable TSC), the clock is calibrated again and the
+ * figure timed across the change is not trusted.
+ */
+static int clock_unchanged(const char *before)
+{
+	char now[64];
+
+	read_clocksource(now, sizeof(now));
+	if (!strcmp(now, before) && !strcmp(now, clk.source))
+		return 1;
+	printf("clock: clocksource changed from %s to %s during the run: calibrating again\n",
+	       before, now);
+	calibrate_clock();
+	print_clock();
+	return 0;
+}
+
+/* ---- Measurements ------------------------------------------------------- */
+
+/* A figure: time per operation, and whether the clock resolved it. */
+struct fig {
+	double ns;
+	int ok;
+};
+
+/*
+ * An operation timed in batches: prepare(n) and finish(n) are untimed, run(n)
+ * performs n operations and is timed as a whole.
+ */
+struct batch {
+	size_t max_n;		/* most operations one batch may hold (memory) */
+	size_t n;		/* batch size found last time */
+	void (*prepare)(void *arg, size_t n);
+	void (*run)(void *arg, size_t n);
+	void (*finish)(void *arg, size_t n);
+	void *arg;
+};
+
+/*
+ * Grows the batch until one batch lasts clk.thr_ns (or holds max_n
+ * operations: then batches are added up until the total does); resolved when
+ * the clock is usable and the batches counted lasted 1000 clock steps each on
+ * average (a batch's time is off by at most about one step).
+ */
+static struct fig measure(struct batch *b)
+{
+	double total = 0, ops = 0;
+	size_t n = b->n ? b->n : 1;
+	int batches = 0;
+	char src[64];
+	struct fig f;
+
+	read_clocksource(src, sizeof(src));
+	for (;;) {
+		int64_t t0, e;
+
+		if (b->prepare)
+			b->prepare(b->arg, n);
+		t0 = now_ns();
+		b->run(b->arg, n);
+		e = now_ns() - t0;
+		if (b->finish)
+			b->finish(b->arg, n);
+		if (ops == 0 && e < clk.thr_ns && n < b->max_n) {
+			/* Too short to count: grow the batch and start again. */
+			double want = e > 0 ? n * 1.25 * clk.thr_ns / e : n * 16.0;
+
+			if (want < 2.0 * n)
+				want = 2.0 * n;
+			n = want >= (double)b->max_n ? b->max_n : (size_t)want;
+			continue;
+		}
+		total += e;
+		ops += n;
+		batches++;
+		/* More batches of the same length would not make them longer. */
+		if (total >= clk.thr_ns || batches >= 256)
+			break;
+	}
+	b->n = n;
+	f.ns = ops > 0 && total > 0 ? total / ops : 0;
+	f.ok = clock_unchanged(src) && clk.ok && f.ns > 0 && total >= clk.thr_ns &&
+	       total >= 1000 * clk.step_ns * batches;
+	return f;
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -43,191 +309,994 @@ static int cmp_double(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static double median(double *v, int n)
+/* The median of n figures; resolved only if all of them are. */
+static struct fig median(struct fig *v, int n)
 {
-	qsort(v, n, sizeof(*v), cmp_double);
-	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+	double x[ROUNDS * 2];
+	struct fig m = { 0, 1 };
+	int i;
+
+	for (i = 0; i < n; i++) {
+		x[i] = v[i].ns;
+		m.ok &= v[i].ok;
+	}
+	qsort(x, n, sizeof(x[0]), cmp_double);
+	m.ns = n % 2 ? x[n / 2] : (x[n / 2 - 1] + x[n / 2]) / 2;
+	return m;
 }
 
-static void die(const char *what)
+static struct fig per(struct fig f, double n)
 {
-	fprintf(stderr, "memreg-bench: %s: %s\n", what, strerror(errno));
-	exit(1);
+	f.ns /= n;
+	return f;
 }
 
+/* A figure for the progress lines: "123.4 ns", or "unresolved". */
+static const char *figstr(struct fig f, const char *unit)
+{
+	static char buf[8][40];
+	static int next;
+	char *b = buf[next++ % 8];
+
+	if (f.ok && f.ns > 0 && isfinite(f.ns))
+		snprintf(b, sizeof(buf[0]), "%.1f %s", f.ns, unit);
+	else
+		snprintf(b, sizeof(buf[0]), "unresolved");
+	return b;
+}
+
+/* ---- Results ------------------------------------------------------------ */
+
+struct row {
+	char name[48];
+	struct fig value, base;
+	char target[16];
+};
+
+static struct row rows[32];
+static int nrows;
+
+static void add_row(const char *name, struct fig value, struct fig base, const char *target)
+{
+	struct row *r = &rows[nrows++];
+
+	snprintf(r->name, sizeof(r->name), "%s", name);
+	r->value = value;
+	r->base = base;
+	snprintf(r->target, sizeof(r->target), "%s", target);
+}
+
+static int row_resolved(const struct row *r)
+{
+	return r->value.ok && r->base.ok && r->value.ns > 0 && r->base.ns > 0 &&
+	       isfinite(r->value.ns) && isfinite(r->base.ns);
+}
+
+static double row_ratio(const struct row *r)
+{
+	size_t l = strlen(r->name);
+
+	if (l > 8 && !strcmp(r->name + l - 8, "_speedup"))
+		return r->base.ns / r->value.ns;
+	return r->value.ns / r->base.ns;
+}
+
+/* "meets", "MISSES", "unresolved", or "-" for an informational row. */
+static const char *row_verdict(const struct row *r)
+{
+	double ratio, limit;
+
+	if (!r->target[0])
+		return "-";
+	if (!row_resolved(r))
+		return "unresolved";
+	ratio = row_ratio(r);
+	limit = strtod(r->target + 2, NULL);
+	if (!strncmp(r->target, "<=", 2))
+		return ratio <= limit ? "meets" : "MISSES";
+	if (!strncmp(r->target, ">=", 2))
+		return ratio >= limit ? "meets" : "MISSES";
+	return "?";
+}
+
+static void print_results(void)
+{
+	int i, meets = 0, misses = 0, unresolved = 0, info = 0;
+	char v[32], b[32], q[32];
+
+	printf("\n%-30s %14s %14s %10s %7s  %s\n", "metric", "value ns", "baseline ns", "ratio",
+	       "target", "verdict");
+	for (i = 0; i < nrows; i++) {
+		const struct row *r = &rows[i];
+		const char *verdict = row_verdict(r);
+
+		snprintf(v, sizeof(v), r->value.ok && r->value.ns > 0 ? "%.1f" : "unresolved",
+			 r->value.ns);
+		snprintf(b, sizeof(b), r->base.ok && r->base.ns > 0 ? "%.1f" : "unresolved",
+			 r->base.ns);
+		if (row_resolved(r))
+			snprintf(q, sizeof(q), "%.2fx", row_ratio(r));
+		else
+			snprintf(q, sizeof(q), "unresolved");
+		printf("%-30s %14s %14s %10s %7s  %s\n", r->name, v, b, q,
+		       r->target[0] ? r->target : "-", r->target[0] ? verdict : "informational");
+		if (!strcmp(verdict, "meets"))
+			meets++;
+		else if (!strcmp(verdict, "MISSES"))
+			misses++;
+		else if (!strcmp(verdict, "unresolved"))
+			unresolved++;
+		else
+			info++;
+	}
+	printf("%d meet their target, %d miss it, %d unresolved, %d informational\n\n", meets,
+	       misses, unresolved, info);
+
+	printf("MEMREG-CSV metric,value,baseline,ratio,target\n");
+	for (i = 0; i < nrows; i++) {
+		const struct row *r = &rows[i];
+
+		if (row_resolved(r))
+			printf("MEMREG-CSV %s,%.1f,%.1f,%.4f,%s\n", r->name, r->value.ns, r->base.ns,
+			       row_ratio(r), r->target);
+		else
+			printf("MEMREG-CSV %s,unresolved,,,%s\n", r->name, r->target);
+	}
+}
+
+/* ---- Helpers ------------------------------------------------------------ */
+
+/* Private anonymous memory in small pages, every page written. */
 static char *map_touched(size_t len)
 {
 	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	size_t i;
 
 	if (p == MAP_FAILED)
-		die("mmap");
+		fail("mmap %zu MiB: %s", len / MIB, strerror(errno));
 	/* Small pages: the per-page worst case for both sides. */
 	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, 1, len);
+	for (i = 0; i < len; i += PAGE)
+		p[i] = 1;
 	return p;
 }
 
-static const char *verdict(double ratio, double target)
+/*
+ * Waits until `regions` registrations are alive in the module, counting
+ * those whose pages a worker is still releasing, so that no teardown runs
+ * during the next timed batch.
+ */
+static void settle(__u64 regions)
 {
-	return ratio <= target ? "meets" : "MISSES";
+	struct memreg_global_stats g;
+	int i, ret;
+
+	for (i = 0; i < 2000; i++) {
+		ret = mr_global_now(&g);
+		if (ret)
+			fail("GLOBAL_STATS: %s", strerror(-ret));
+		if (g.regions == regions)
+			return;
+		usleep(5000);
+	}
+	fail("%llu registrations still alive after 10 s, expected %llu",
+	     (unsigned long long)g.regions, (unsigned long long)regions);
+}
+
+static void register_or_die(int fd, void *addr, __u64 len, __u32 access, struct memreg_register *r)
+{
+	int ret = mr_register(fd, addr, len, access, r);
+
+	if (ret)
+		fail("REGISTER %llu bytes: %s%s", (unsigned long long)len, strerror(-ret),
+		     err_hint(-ret));
+}
+
+static void sizestr(char *buf, size_t n, size_t len)
+{
+	if (len >= GIB && !(len % GIB))
+		snprintf(buf, n, "%zu GiB", len / GIB);
+	else if (len >= MIB && !(len % MIB))
+		snprintf(buf, n, "%zu MiB", len / MIB);
+	else
+		snprintf(buf, n, "%zu KiB", len / KIB);
+}
+
+/* No-op ioctl: GET_VERSION. */
+struct noop_ctx {
+	int fd;
+	int err;
+};
+
+static void noop_run(void *arg, size_t n)
+{
+	struct noop_ctx *c = arg;
+	__u32 version;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (ioctl(c->fd, MEMREG_IOC_GET_VERSION, &version))
+			c->err = errno;
+}
+
+static void noop_finish(void *arg, size_t n)
+{
+	struct noop_ctx *c = arg;
+
+	(void)n;
+	if (c->err)
+		fail("GET_VERSION: %s", strerror(c->err));
+}
+
+static void noop_batch(struct batch *b, struct noop_ctx *c, int fd)
+{
+	c->fd = fd;
+	c->err = 0;
+	memset(b, 0, sizeof(*b));
+	b->max_n = 1 << 24;
+	b->run = noop_run;
+	b->finish = noop_finish;
+	b->arg = c;
+}
+
+/* ---- REGISTER miss against pin_user_pages_fast -------------------------- */
+
+struct miss_ctx {
+	int fd;
+	size_t len;
+	char *pool;		/* `chunks` adjacent ranges of `len` bytes */
+	size_t chunks;
+	__u64 *keys;
+	size_t done;
+	int err, cached;
+};
+
+static void pool_ensure(struct miss_ctx *m, size_t n, size_t max_n)
+{
+	if (n <= m->chunks)
+		return;
+	if (n < 2 * m->chunks)
+		n = 2 * m->chunks < max_n ? 2 * m->chunks : max_n;
+	if (m->pool)
+		munmap(m->pool, m->chunks * m->len);
+	m->pool = map_touched(n * m->len);
+	m->chunks = n;
+	m->keys = realloc(m->keys, n * sizeof(*m->keys));
+	if (!m->keys)
+		fail("out of memory");
+}
+
+static struct batch miss_b;
+
+static void miss_prepare(void *arg, size_t n)
+{
+	pool_ensure(arg, n, miss_b.max_n);
+}
+
+/* n misses: each chunk is its own registration, none covering another. */
+static void miss_run(void *arg, size_t n)
+{
+	struct miss_ctx *m = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_register r = {
+			.addr = (unsigned long)(m->pool + i * m->len),
+			.length = m->len,
+			.access = RW,
+		};
+
+		if (ioctl(m->fd, MEMREG_IOC_REGISTER, &r)) {
+			m->err = errno;
+			break;
+		}
+		m->keys[i] = r.lkey;
+		m->cached |= r.flags & MEMREG_REGISTER_CACHED;
+	}
+	m->done = i;
+}
+
+static void miss_finish(void *arg, size_t n)
+{
+	struct miss_ctx *m = arg;
+	size_t i;
+
+	(void)n;
+	for (i = 0; i < m->done; i++)
+		if (mr_deregister(m->fd, m->keys[i]))
+			fail("DEREGISTER: %s", strerror(errno));
+	if (m->err)
+		fail("REGISTER of %zu bytes (registration %zu of a batch): %s%s", m->len, m->done + 1,
+		     strerror(m->err), err_hint(m->err));
+	if (m->cached)
+		fail("REGISTER of a new %zu-byte range was a cache hit", m->len);
+	settle(0);
+}
+
+/*
+ * PIN_FAST_BENCHMARK, repeated over the pool's chunks until its readings add
+ * up to clk.thr_ns. The kernel reports whole microseconds, truncated: each
+ * reading is corrected by +0.5 us, and the figure is resolved when the
+ * quantum (clk.kq_us) cannot move the mean by more than 1%: at worst (mean >=
+ * 50 quanta), or statistically when the readings scatter over more than one
+ * quantum.
+ */
+static struct fig measure_pin(int gup, struct miss_ctx *m)
+{
+	double sum = 0, sumsq = 0, mean, sd, q;
+	int64_t wall0 = now_ns();
+	char src[64];
+	long k = 0;
+	struct fig f;
+
+	read_clocksource(src, sizeof(src));
+	while (k < 1000000) {
+		struct gup_test g = {
+			.addr = (unsigned long)(m->pool + (k % m->chunks) * m->len),
+			.size = m->len,
+			.nr_pages_per_call = 512,
+			.gup_flags = FOLL_WRITE | FOLL_LONGTERM,
+		};
+		double us;
+
+		if (ioctl(gup, PIN_FAST_BENCHMARK, &g))
+			fail("PIN_FAST_BENCHMARK: %s", strerror(errno));
+		if (g.size != m->len)
+			fail("PIN_FAST_BENCHMARK pinned %llu of %zu bytes",
+			     (unsigned long long)g.size, m->len);
+		us = g.get_delta_usec + 0.5;
+		sum += us;
+		sumsq += us * us;
+		k++;
+		if ((k >= 3 && sum * 1e3 >= clk.thr_ns) || now_ns() - wall0 > 20 * clk.thr_ns + 2e9)
+			break;
+	}
+	mean = sum / k;
+	sd = sqrt(fmax(sumsq / k - mean * mean, 0));
+	q = clk.kq_us;
+	f.ns = mean * 1e3;
+	f.ok = clock_unchanged(src) && clk.ok && sum * 1e3 >= clk.thr_ns &&
+	       (0.5 * q / mean <= 0.01 || (sd >= q && 0.3 * q / sqrt(k) / mean <= 0.01));
+	return f;
+}
+
+static void bench_miss(int gup)
+{
+	static const struct {
+		size_t len;
+		const char *name, *target;
+	} sizes[] = {
+		{ 4 * KIB, "register_miss_per_page_4kib", "" },
+		{ 64 * KIB, "register_miss_per_page_64kib", "" },
+		{ 1 * MIB, "register_miss_per_page_1mib", "<=1.3" },
+		{ 16 * MIB, "register_miss_per_page_16mib", "<=1.3" },
+		{ 256 * MIB, "register_miss_per_page_256mib", "<=1.3" },
+	};
+	int fd = memreg_open();
+	unsigned int i;
+
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	printf("\nREGISTER miss vs pin_user_pages_fast, per page (pre-faulted small pages)\n");
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		struct miss_ctx m = { .fd = fd, .len = sizes[i].len };
+		size_t pages = m.len / PAGE;
+		struct fig pin[ROUNDS], miss[ROUNDS], p, w;
+		struct memreg_register r;
+		struct memreg_query q;
+		int rounds = m.len >= 256 * MIB ? 3 : ROUNDS, k;
+		char sz[32];
+
+		memset(&miss_b, 0, sizeof(miss_b));
+		miss_b.max_n = POOL_CAP / m.len ? POOL_CAP / m.len : 1;
+		miss_b.prepare = miss_prepare;
+		miss_b.run = miss_run;
+		miss_b.finish = miss_finish;
+		miss_b.arg = &m;
+		pool_ensure(&m, 1, miss_b.max_n);
+
+		/* Untimed: the translation entries one registration of this size gets. */
+		register_or_die(fd, m.pool, m.len, RW, &r);
+		if (r.flags & MEMREG_REGISTER_CACHED)
+			fail("REGISTER of a new range was a cache hit");
+		if (mr_query(fd, r.lkey, &q))
+			fail("QUERY: %s", strerror(errno));
+		if (mr_deregister(fd, r.lkey))
+			fail("DEREGISTER: %s", strerror(errno));
+		settle(0);
+
+		for (k = 0; k < rounds; k++) {
+			if (k % 2) {
+				miss[k] = measure(&miss_b);
+				pin[k] = measure_pin(gup, &m);
+			} else {
+				pin[k] = measure_pin(gup, &m);
+				miss[k] = measure(&miss_b);
+			}
+		}
+		p = per(median(pin, rounds), pages);
+		w = per(median(miss, rounds), pages);
+		sizestr(sz, sizeof(sz), m.len);
+		printf("  %7s: miss %s, pin %s; %zu pages, %u extents, %zu registrations a batch\n",
+		       sz, figstr(w, "ns/page"), figstr(p, "ns/page"), pages, q.extents, miss_b.n);
+		add_row(sizes[i].name, w, p, sizes[i].target);
+		munmap(m.pool, m.chunks * m.len);
+		free(m.keys);
+	}
+	close(fd);
+}
+
+/* ---- REGISTER hit against a no-op ioctl --------------------------------- */
+
+struct hit_ctx {
+	int fd;
+	char *buf;
+	__u64 key;
+	size_t refs;
+	int err, bad;
+};
+
+static void hit_run(void *arg, size_t n)
+{
+	struct hit_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_register h = {
+			.addr = (unsigned long)c->buf + PAGE,
+			.length = 4 * PAGE,
+			.access = RO,
+		};
+
+		if (ioctl(c->fd, MEMREG_IOC_REGISTER, &h)) {
+			c->err = errno;
+			break;
+		}
+		c->refs++;
+		c->bad |= !(h.flags & MEMREG_REGISTER_CACHED) || h.lkey != c->key;
+	}
+}
+
+static void hit_finish(void *arg, size_t n)
+{
+	struct hit_ctx *c = arg;
+
+	(void)n;
+	for (; c->refs; c->refs--)
+		if (mr_deregister(c->fd, c->key))
+			fail("DEREGISTER: %s", strerror(errno));
+	if (c->err)
+		fail("REGISTER hit: %s", strerror(c->err));
+	if (c->bad)
+		fail("REGISTER of a covered range was not served from the cache");
+}
+
+static void bench_hit(void)
+{
+	struct hit_ctx c = { 0 };
+	struct noop_ctx nc;
+	struct batch hb = { .max_n = 1 << 24, .run = hit_run, .finish = hit_finish, .arg = &c };
+	struct batch nb;
+	struct fig hit[ROUNDS], noop[ROUNDS], h, z;
+	struct memreg_register r;
+	int k;
+
+	c.fd = memreg_open();
+	if (c.fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	c.buf = map_touched(16 * PAGE);
+	register_or_die(c.fd, c.buf, 16 * PAGE, RW, &r);
+	c.key = r.lkey;
+	noop_batch(&nb, &nc, c.fd);
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			hit[k] = measure(&hb);
+			noop[k] = measure(&nb);
+		} else {
+			noop[k] = measure(&nb);
+			hit[k] = measure(&hb);
+		}
+	}
+	h = median(hit, ROUNDS);
+	z = median(noop, ROUNDS);
+	printf("\nREGISTER hit vs no-op ioctl\n  REGISTER hit %s, GET_VERSION %s\n",
+	       figstr(h, "ns"), figstr(z, "ns"));
+	add_row("register_hit_ioctl", h, z, "<=1.5");
+	if (mr_deregister(c.fd, c.key))
+		fail("DEREGISTER: %s", strerror(errno));
+	munmap(c.buf, 16 * PAGE);
+	close(c.fd);
+}
+
+/* ---- munmap of a registered range --------------------------------------- */
+
+/*
+ * n mappings of 1 MiB, each its own VMA between PROT_NONE guard pages, so a
+ * timed munmap removes one whole VMA and splits nothing.
+ */
+struct unmap_ctx {
+	int fd;
+	int registered;
+	char *area;
+	size_t area_len;
+	size_t mapped;
+};
+
+#define UNMAP_LEN	MIB
+#define UNMAP_SLOT	(UNMAP_LEN + PAGE)
+
+static char *unmap_piece(struct unmap_ctx *c, size_t i)
+{
+	return c->area + PAGE + i * UNMAP_SLOT;
+}
+
+static void unmap_prepare(void *arg, size_t n)
+{
+	struct unmap_ctx *c = arg;
+	size_t i, j;
+
+	c->area_len = PAGE + n * UNMAP_SLOT;
+	c->area = mmap(NULL, c->area_len, PROT_NONE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (c->area == MAP_FAILED)
+		fail("mmap: %s", strerror(errno));
+	for (i = 0; i < n; i++) {
+		char *p = mmap(unmap_piece(c, i), UNMAP_LEN, PROT_READ | PROT_WRITE,
+			       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+		if (p == MAP_FAILED)
+			fail("mmap: %s", strerror(errno));
+		madvise(p, UNMAP_LEN, MADV_NOHUGEPAGE);
+		for (j = 0; j < UNMAP_LEN; j += PAGE)
+			p[j] = 1;
+		if (c->registered) {
+			struct memreg_register r;
+
+			register_or_die(c->fd, p, UNMAP_LEN, RW, &r);
+		}
+	}
+	c->mapped = n;
+}
+
+static void unmap_run(void *arg, size_t n)
+{
+	struct unmap_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		munmap(unmap_piece(c, i), UNMAP_LEN);
+}
+
+static void unmap_finish(void *arg, size_t n)
+{
+	struct unmap_ctx *c = arg;
+	struct memreg_stats s;
+
+	(void)n;
+	munmap(c->area, c->area_len);
+	if (c->registered) {
+		/* Invalidated registrations are torn down by a worker: let it finish. */
+		settle(0);
+		if (mr_stats(c->fd, &s))
+			fail("STATS: %s", strerror(errno));
+		if (s.registrations)
+			fail("munmap left %llu registrations alive",
+			     (unsigned long long)s.registrations);
+	}
+}
+
+static void bench_munmap(void)
+{
+	struct unmap_ctx plain = { 0 }, reg = { .registered = 1 };
+	struct batch pb = { .max_n = POOL_CAP / MIB, .prepare = unmap_prepare, .run = unmap_run,
+			    .finish = unmap_finish, .arg = &plain };
+	struct batch rb = pb;
+	struct fig p[ROUNDS], r[ROUNDS], a, b;
+	int k;
+
+	reg.fd = memreg_open();
+	if (reg.fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	rb.arg = &reg;
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			r[k] = measure(&rb);
+			p[k] = measure(&pb);
+		} else {
+			p[k] = measure(&pb);
+			r[k] = measure(&rb);
+		}
+	}
+	a = median(r, ROUNDS);
+	b = median(p, ROUNDS);
+	printf("\nmunmap of 1 MiB, registered vs not\n  registered %s, unregistered %s\n",
+	       figstr(a, "ns"), figstr(b, "ns"));
+	add_row("munmap_registered_1mib", a, b, "<=2");
+	close(reg.fd);
+}
+
+/* ---- Cache look-up with many registrations ------------------------------ */
+
+/*
+ * One mapping holds three parts: [lo][big][hi]. A context of n registrations
+ * has one registration of all of "big", read-only, registered last, and n - 1
+ * small read-write ones of 1-16 pages: half inside "big", a quarter in each of
+ * "lo" and "hi". Small ones start `stride` bytes apart (any alignment), and
+ * each ends after its predecessor, so none covers another and each REGISTER
+ * is a miss. The timed hits cycle over LK_TARGETS ranges: a small
+ * registration inside "big", a 32-page range only "big" covers, a small
+ * registration outside, and so on.
+ */
+#define LK_SIZES	3
+#define LK_TARGETS	48
+#define LK_MAX_PAGES	16
+#define LK_OUT_STRIDE	(PAGE + 192)	/* between small ones outside, at 100K */
+#define LK_BIG_HIT	(32 * PAGE)	/* longer than any small registration */
+
+static const size_t lk_sizes[LK_SIZES] = { 1000, 10000, 100000 };
+static const char *const lk_names[LK_SIZES] = { "lookup_1k", "lookup_10k", "lookup_100k" };
+
+struct layout {
+	char *area;
+	size_t area_len;
+	char *lo, *big, *hi;
+	size_t side_len, big_len;
+};
+
+struct small {
+	__u64 addr, len, key;
+};
+
+struct lk_target {
+	__u64 addr, len, key;
+	__u32 access;
+};
+
+struct lk_ctx {
+	int fd;
+	size_t n;
+	__u64 big_key;
+	struct lk_target t[LK_TARGETS];
+	__u64 *keys;
+	size_t keys_cap, refs;
+	int err, bad;
+};
+
+static uint64_t rng = 88172645463325252ULL;
+
+static uint32_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 7;
+	rng ^= rng << 17;
+	return rng >> 32;
+}
+
+static long mem_available_mib(void)
+{
+	char line[256];
+	long kb = -1;
+	FILE *f = fopen("/proc/meminfo", "r");
+
+	if (!f)
+		return -1;
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
+			break;
+	fclose(f);
+	return kb < 0 ? -1 : kb / 1024;
+}
+
+/* Length of "lo" and of "hi": room for a quarter of the largest context. */
+static size_t layout_side_len(void)
+{
+	size_t smalls = lk_sizes[LK_SIZES - 1] - 1, side = (smalls - smalls / 2 + 1) / 2;
+
+	return (side * LK_OUT_STRIDE + (LK_MAX_PAGES + 1) * PAGE + PAGE - 1) & ~(PAGE - 1);
+}
+
+static void layout_map(struct layout *L, size_t big_len)
+{
+	size_t i;
+
+	L->big_len = big_len;
+	L->side_len = layout_side_len();
+	L->area_len = 2 * L->side_len + big_len;
+	L->area = mmap(NULL, L->area_len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (L->area == MAP_FAILED)
+		fail("mmap %zu MiB: %s", L->area_len / MIB, strerror(errno));
+	L->lo = L->area;
+	L->big = L->area + L->side_len;
+	L->hi = L->big + big_len;
+	/*
+	 * Pre-fault everything, writing: a read-only long-term pin of untouched
+	 * private memory would allocate it anyway (it may not pin the shared zero
+	 * page), and a later write fault under the big registration would
+	 * invalidate it.
+	 */
+	for (i = 0; i < L->area_len; i += PAGE)
+		L->area[i] = 1;
+}
+
+/*
+ * Registers `count` small read-write ranges in [base, base + span), starting
+ * `span / count` bytes apart; returns them in out[].
+ */
+static void add_smalls(int fd, char *base, size_t span, size_t count, struct small *out)
+{
+	size_t stride, i;
+	__u64 len = PAGE;
+
+	if (!count)
+		return;
+	stride = (span - (LK_MAX_PAGES + 1) * PAGE) / count;
+	for (i = 0; i < count; i++) {
+		/* The shortest length that still ends after the previous one. */
+		__u64 lo = len + 1 > stride ? len + 1 - stride : 1;
+		__u64 k = 1 + rnd() % LK_MAX_PAGES, kmin = (lo + PAGE - 1) / PAGE;
+		struct memreg_register r;
+		int ret;
+
+		len = (k < kmin ? kmin : k) * PAGE;
+		out[i].addr = (unsigned long)base + i * stride;
+		out[i].len = len;
+		ret = mr_register(fd, (void *)(unsigned long)out[i].addr, len, RW, &r);
+		if (ret)
+			fail("REGISTER small registration %zu of %zu: %s%s", i + 1, count,
+			     strerror(-ret), err_hint(-ret));
+		if (r.flags & MEMREG_REGISTER_CACHED)
+			fail("REGISTER of a small range no other covers was a cache hit");
+		out[i].key = r.lkey;
+	}
+}
+
+/* Builds a context of n registrations; -ENOMEM if the big one cannot be pinned. */
+static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
+{
+	size_t smalls = n - 1, n_in = smalls / 2, n_out = smalls - n_in;
+	size_t n_lo = n_out / 2, n_hi = n_out - n_lo, j;
+	struct small *in = calloc(n_in, sizeof(*in));
+	struct small *lo = calloc(n_lo, sizeof(*lo));
+	struct small *hi = calloc(n_hi, sizeof(*hi));
+	struct memreg_register r;
+	struct memreg_stats s;
+	int64_t t0 = now_ns();
+	int ret;
+
+	if (!in || !lo || !hi)
+		fail("out of memory");
+	memset(c, 0, sizeof(*c));
+	c->n = n;
+	c->fd = memreg_open();
+	if (c->fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	rng = 88172645463325252ULL ^ n;
+	add_smalls(c->fd, L->lo, L->side_len, n_lo, lo);
+	add_smalls(c->fd, L->big + 64, L->big_len - 64, n_in, in);
+	add_smalls(c->fd, L->hi, L->side_len, n_hi, hi);
+	/* The big one last: while the small ones go in, no registration is long. */
+	ret = mr_register(c->fd, L->big, L->big_len, RO, &r);
+	if (ret == -ENOMEM) {
+		close(c->fd);
+		free(in);
+		free(lo);
+		free(hi);
+		return -ENOMEM;
+	}
+	if (ret)
+		fail("REGISTER %zu MiB read-only: %s%s", L->big_len / MIB, strerror(-ret),
+		     err_hint(-ret));
+	if (r.flags & MEMREG_REGISTER_CACHED)
+		fail("REGISTER of the big range was a cache hit");
+	c->big_key = r.lkey;
+	if (mr_stats(c->fd, &s))
+		fail("STATS: %s", strerror(errno));
+	if (s.registrations != n)
+		fail("context holds %llu registrations, expected %zu",
+		     (unsigned long long)s.registrations, n);
+
+	/*
+	 * Target j of each kind sits at (2j + 1) / 2k of its part, k targets a
+	 * kind; the ones outside alternate between "lo" and "hi".
+	 */
+	for (j = 0; j < LK_TARGETS / 3; j++) {
+		size_t k = LK_TARGETS / 3, h = j / 2;
+		size_t big_pages = L->big_len / PAGE - 2 - LK_BIG_HIT / PAGE;
+		struct lk_target *a = &c->t[3 * j], *b = a + 1, *o = a + 2;
+		const struct small *sa = &in[(2 * j + 1) * n_in / (2 * k)];
+		const struct small *so = j % 2 ? &hi[(2 * h + 1) * n_hi / k] :
+					 &lo[(2 * h + 1) * n_lo / k];
+
+		*a = (struct lk_target){ sa->addr, sa->len, sa->key, RW };
+		b->addr = (unsigned long)L->big + PAGE + (2 * j + 1) * big_pages / (2 * k) * PAGE;
+		b->len = LK_BIG_HIT;
+		b->key = c->big_key;
+		b->access = RO;
+		*o = (struct lk_target){ so->addr, so->len, so->key, RW };
+	}
+	/* Untimed check: each target hits the registration expected. */
+	for (j = 0; j < LK_TARGETS; j++) {
+		const struct lk_target *t = &c->t[j];
+
+		ret = mr_register(c->fd, (void *)(unsigned long)t->addr, t->len, t->access, &r);
+		if (ret)
+			fail("REGISTER hit: %s", strerror(-ret));
+		if (!(r.flags & MEMREG_REGISTER_CACHED) || r.lkey != t->key)
+			fail("REGISTER of %llu bytes at +%#llx %s (key %#llx, expected %#llx)",
+			     (unsigned long long)t->len,
+			     (unsigned long long)(t->addr - (unsigned long)L->area),
+			     r.flags & MEMREG_REGISTER_CACHED ? "hit another registration" :
+			     "was not a cache hit",
+			     (unsigned long long)r.lkey, (unsigned long long)t->key);
+		if (mr_deregister(c->fd, r.lkey))
+			fail("DEREGISTER: %s", strerror(errno));
+	}
+	printf("  %zu registrations (%zu inside the big one, %zu outside) in %.1f s\n", n, n_in,
+	       n_out, (now_ns() - t0) / 1e9);
+	free(in);
+	free(lo);
+	free(hi);
+	return 0;
+}
+
+static void lk_prepare(void *arg, size_t n)
+{
+	struct lk_ctx *c = arg;
+
+	if (n * LK_TARGETS > c->keys_cap) {
+		c->keys_cap = n * LK_TARGETS;
+		c->keys = realloc(c->keys, c->keys_cap * sizeof(*c->keys));
+		if (!c->keys)
+			fail("out of memory");
+	}
+}
+
+/* n passes over the targets, each REGISTER a cache hit. */
+static void lk_run(void *arg, size_t n)
+{
+	struct lk_ctx *c = arg;
+	size_t p, j;
+
+	for (p = 0; p < n; p++)
+		for (j = 0; j < LK_TARGETS; j++) {
+			struct memreg_register r = {
+				.addr = c->t[j].addr,
+				.length = c->t[j].len,
+				.access = c->t[j].access,
+			};
+
+			if (ioctl(c->fd, MEMREG_IOC_REGISTER, &r)) {
+				c->err = errno;
+				return;
+			}
+			c->keys[c->refs++] = r.lkey;
+			c->bad |= !(r.flags & MEMREG_REGISTER_CACHED);
+		}
+}
+
+static void lk_finish(void *arg, size_t n)
+{
+	struct lk_ctx *c = arg;
+	size_t i;
+
+	(void)n;
+	for (i = 0; i < c->refs; i++)
+		if (mr_deregister(c->fd, c->keys[i]))
+			fail("DEREGISTER: %s", strerror(errno));
+	c->refs = 0;
+	if (c->err)
+		fail("REGISTER hit with %zu registrations: %s", c->n, strerror(c->err));
+	if (c->bad)
+		fail("REGISTER of a covered range was not a cache hit with %zu registrations", c->n);
+}
+
+static void lk_close_all(struct lk_ctx *c, int nr)
+{
+	int i;
+
+	for (i = 0; i < nr; i++) {
+		close(c[i].fd);
+		free(c[i].keys);
+	}
+}
+
+static void bench_lookup(void)
+{
+	struct lk_ctx c[LK_SIZES];
+	struct batch b[LK_SIZES + 1];
+	struct noop_ctx nc;
+	struct fig f[LK_SIZES + 1][ROUNDS], m[LK_SIZES + 1];
+	struct layout L;
+	size_t big_len = GIB;
+	long avail = mem_available_mib();
+	int i, k;
+
+	printf("\nREGISTER cache hit with 1K, 10K, 100K registrations in one context\n");
+	/* The big range, the small ones outside it, and room for the kernel's objects. */
+	if (avail >= 0 && (size_t)avail < (GIB + 2 * layout_side_len() + 384 * MIB) / MIB) {
+		big_len = 256 * MIB;
+		printf("  only %ld MiB of memory available: the big registration covers 256 MiB, not 1 GiB\n",
+		       avail);
+	}
+	for (;;) {
+		layout_map(&L, big_len);
+		for (i = 0; i < LK_SIZES; i++)
+			if (lk_build(&c[i], lk_sizes[i], &L))
+				break;
+		if (i == LK_SIZES)
+			break;
+		lk_close_all(c, i);
+		munmap(L.area, L.area_len);
+		if (big_len == 256 * MIB)
+			fail("REGISTER of 256 MiB read-only: %s", strerror(ENOMEM));
+		printf("  REGISTER of 1 GiB read-only failed with ENOMEM: "
+		       "the big registration covers 256 MiB instead\n");
+		big_len = 256 * MIB;
+	}
+	printf("  big registration: %zu MiB read-only; targets: %d ranges, a third in small "
+	       "registrations inside it, a third only it covers, a third outside\n",
+	       big_len / MIB, LK_TARGETS);
+
+	for (i = 0; i < LK_SIZES; i++)
+		b[i] = (struct batch){ .max_n = 4096, .prepare = lk_prepare, .run = lk_run,
+				       .finish = lk_finish, .arg = &c[i] };
+	noop_batch(&b[LK_SIZES], &nc, c[0].fd);
+	/* Rounds rotate the order, so a drift in the emulator's speed hits all alike. */
+	for (k = 0; k < ROUNDS; k++)
+		for (i = 0; i <= LK_SIZES; i++) {
+			int x = (i + k) % (LK_SIZES + 1);
+
+			f[x][k] = measure(&b[x]);
+		}
+	for (i = 0; i <= LK_SIZES; i++)
+		m[i] = per(median(f[i], ROUNDS), i < LK_SIZES ? LK_TARGETS : 1);
+	printf("  no-op ioctl %s\n", figstr(m[LK_SIZES], "ns"));
+	for (i = 0; i < LK_SIZES; i++) {
+		printf("  %zu registrations: REGISTER hit %s\n", lk_sizes[i], figstr(m[i], "ns"));
+		add_row(lk_names[i], m[i], m[LK_SIZES], "");
+	}
+	add_row("lookup_100k_vs_1k", m[LK_SIZES - 1], m[0], "<=2");
+	lk_close_all(c, LK_SIZES);
+	munmap(L.area, L.area_len);
+}
+
+/* ---- main --------------------------------------------------------------- */
+
+/* The module's limits; fails at once if the look-up rows cannot run. */
+static void print_module_limits(void)
+{
+	struct memreg_global_stats g;
+	int ret = mr_global_now(&g);
+
+	if (ret)
+		fail("GLOBAL_STATS: %s", strerror(-ret));
+	printf("module: max_registrations=%llu, max_pinned_pages=%llu (0: no limit)\n",
+	       (unsigned long long)g.max_registrations, (unsigned long long)g.budget_pages);
+	if (g.max_registrations < lk_sizes[LK_SIZES - 1])
+		fail("max_registrations=%llu is below the %zu registrations the look-up rows "
+		     "hold in one context: load memreg with max_registrations=131072",
+		     (unsigned long long)g.max_registrations, lk_sizes[LK_SIZES - 1]);
 }
 
 int main(void)
 {
-	static const size_t sizes[] = { 4096, 65536, 1 << 20, 16 << 20, 256 << 20 };
-	int fd = open("/dev/memreg", O_RDWR | O_CLOEXEC);
-	int gup = open("/sys/kernel/debug/gup_test", O_RDWR);
-	double v[64], w[64];
-	unsigned int i, k;
+	int gup;
 
-	if (fd < 0)
-		die("open /dev/memreg");
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n");
+	calibrate_clock();
+	print_clock();
+	print_module_limits();
+	gup = open("/sys/kernel/debug/gup_test", O_RDWR);
 	if (gup < 0)
-		die("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST)");
+		fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s", strerror(errno));
 
-	printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n\n");
-	printf("REGISTER miss vs pin_user_pages_fast, per page (target: <= 1.3x from 1 MiB)\n");
-	printf("%10s %14s %14s %8s %9s\n", "size", "pin us/page", "miss us/page", "ratio",
-	       "extents");
-	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		size_t len = sizes[i], pages = len / PAGE;
-		int reps = pages >= 65536 ? 5 : pages >= 4096 ? 9 : 31;
-		char *buf = map_touched(len);
-		double pin, miss, ratio;
-		__u32 extents = 0;
-
-		for (k = 0; k < (unsigned int)reps; k++) {
-			struct gup_test g = {
-				.addr = (unsigned long)buf,
-				.size = len,
-				.nr_pages_per_call = 512,
-				.gup_flags = FOLL_WRITE | FOLL_LONGTERM,
-			};
-			struct memreg_register r = {
-				.addr = (unsigned long)buf,
-				.length = len,
-				.access = MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE,
-			};
-			struct memreg_deregister d = { 0 };
-			double t0;
-
-			if (ioctl(gup, PIN_FAST_BENCHMARK, &g))
-				die("PIN_FAST_BENCHMARK");
-			v[k] = g.get_delta_usec * 1e3;
-			t0 = now_ns();
-			if (ioctl(fd, MEMREG_IOC_REGISTER, &r))
-				die("REGISTER");
-			w[k] = now_ns() - t0;
-			if (r.flags & MEMREG_REGISTER_CACHED) {
-				errno = EEXIST;
-				die("REGISTER was a cache hit");
-			}
-			if (k == 0) {
-				struct memreg_query q = { .key = r.lkey };
-
-				if (ioctl(fd, MEMREG_IOC_QUERY, &q))
-					die("QUERY");
-				extents = q.extents;
-			}
-			d.key = r.lkey;
-			if (ioctl(fd, MEMREG_IOC_DEREGISTER, &d))
-				die("DEREGISTER");
-		}
-		pin = median(v, reps) / 1e3 / pages;
-		miss = median(w, reps) / 1e3 / pages;
-		ratio = pin > 0 ? miss / pin : 0;
-		if (len >= (1 << 20))
-			printf("%8zu K %14.3f %14.3f %7.2fx %9u  %s\n", len >> 10, pin, miss, ratio,
-			       extents, verdict(ratio, 1.3));
-		else if (pin > 0)
-			printf("%8zu K %14.3f %14.3f %7.2fx %9u\n", len >> 10, pin, miss, ratio, extents);
-		else
-			printf("%8zu K %14s %14.3f %8s %9u\n", len >> 10, "<1us total", miss, "n/a",
-			       extents);
-		munmap(buf, len);
-	}
-
-	{
-		const int n = 20000;
-		char *buf = map_touched(16 * PAGE);
-		struct memreg_register r = {
-			.addr = (unsigned long)buf,
-			.length = 16 * PAGE,
-			.access = MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE,
-		};
-		struct memreg_deregister d = { 0 };
-		double t0, null_ns, hit_ns;
-		__u32 version;
-
-		if (ioctl(fd, MEMREG_IOC_REGISTER, &r))
-			die("REGISTER");
-		d.key = r.lkey;
-		for (k = 0; k < 5; k++) {
-			int j;
-
-			t0 = now_ns();
-			for (j = 0; j < n; j++)
-				if (ioctl(fd, MEMREG_IOC_GET_VERSION, &version))
-					die("GET_VERSION");
-			v[k] = (now_ns() - t0) / n;
-			t0 = now_ns();
-			for (j = 0; j < n; j++) {
-				struct memreg_register h = {
-					.addr = (unsigned long)buf + PAGE,
-					.length = 4 * PAGE,
-					.access = MEMREG_ACCESS_LOCAL_READ,
-				};
-
-				if (ioctl(fd, MEMREG_IOC_REGISTER, &h) ||
-				    !(h.flags & MEMREG_REGISTER_CACHED))
-					die("REGISTER hit");
-			}
-			w[k] = (now_ns() - t0) / n;
-			for (j = 0; j < n; j++)
-				if (ioctl(fd, MEMREG_IOC_DEREGISTER, &d))
-					die("DEREGISTER");
-		}
-		null_ns = median(v, 5);
-		hit_ns = median(w, 5);
-		printf("\nREGISTER hit vs no-op ioctl (target: <= 1.5x)\n");
-		printf("%18s %10.0f ns\n%18s %10.0f ns\n%18s %9.2fx  %s\n", "no-op ioctl", null_ns,
-		       "REGISTER hit", hit_ns, "ratio", hit_ns / null_ns,
-		       verdict(hit_ns / null_ns, 1.5));
-		ioctl(fd, MEMREG_IOC_DEREGISTER, &d);
-		munmap(buf, 16 * PAGE);
-	}
-
-	{
-		const int reps = 21;
-		const size_t len = 1 << 20;
-		double plain, registered;
-
-		for (k = 0; k < (unsigned int)reps; k++) {
-			struct memreg_register r = {
-				.length = len,
-				.access = MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE,
-			};
-			char *a = map_touched(len), *b = map_touched(len);
-			double t0;
-
-			r.addr = (unsigned long)b;
-			if (ioctl(fd, MEMREG_IOC_REGISTER, &r))
-				die("REGISTER");
-			t0 = now_ns();
-			munmap(a, len);
-			v[k] = now_ns() - t0;
-			t0 = now_ns();
-			munmap(b, len);
-			w[k] = now_ns() - t0;
-		}
-		plain = median(v, reps);
-		registered = median(w, reps);
-		printf("\nmunmap of 1 MiB, registered vs not (target: <= 2x)\n");
-		printf("%18s %10.1f us\n%18s %10.1f us\n%18s %9.2fx  %s\n", "unregistered",
-		       plain / 1e3, "registered", registered / 1e3, "ratio", registered / plain,
-		       verdict(registered / plain, 2.0));
-	}
+	bench_miss(gup);
 	close(gup);
-	close(fd);
+	bench_hit();
+	bench_munmap();
+	bench_lookup();
+	print_results();
 	return 0;
 }

@@ -41,7 +41,8 @@
  *            registration covering the range with at least @access was
  *            returned
  * @lkey:     out: local key, for this context's own requests
- * @rkey:     out: remote key, to be granted to peers
+ * @rkey:     out: remote key, to be granted to peers: 64 random bits,
+ *            unrelated to @lkey
  * @region_addr:   out: start of the registration the keys name; COPY offsets
  *                 count from here. Equals @addr on a miss, may be lower on a
  *                 cache hit.
@@ -99,19 +100,25 @@ struct memreg_query {
 
 /*
  * Causes of invalidation, the index into struct memreg_stats.invalidations.
- * They are the kernel's MMU notifier events; the ones marked "not counted"
- * never invalidate a registration.
+ * Each kernel MMU notifier event is mapped to one of these explicitly (the
+ * values do not follow the kernel's enum); an event this ABI does not name is
+ * counted as MEMREG_INVAL_OTHER. The causes marked "not counted" never end a
+ * registration. See Documentation/memreg.rst for what produces each one in
+ * Linux 7.3 (a "clear" in particular has many sources).
  */
 enum memreg_inval_cause {
-	MEMREG_INVAL_UNMAP = 0,		/* munmap, mremap */
-	MEMREG_INVAL_CLEAR,		/* madvise(DONTNEED/FREE), zap, THP split */
+	MEMREG_INVAL_UNMAP = 0,		/* munmap, mremap, MAP_FIXED over it */
+	MEMREG_INVAL_CLEAR,		/* madvise(DONTNEED/FREE), truncate, hole
+					 * punch, a VMA split in the same 2 MiB
+					 * block, THP split/collapse, ... */
 	MEMREG_INVAL_PROTECTION_VMA,	/* mprotect */
 	MEMREG_INVAL_PROTECTION_PAGE,	/* not counted: fork's COW protection */
 	MEMREG_INVAL_SOFT_DIRTY,	/* not counted */
 	MEMREG_INVAL_RELEASE,		/* the address space is torn down */
-	MEMREG_INVAL_MIGRATE,		/* page migration */
+	MEMREG_INVAL_MIGRATE,		/* device (HMM) migration of the pages */
 	MEMREG_INVAL_EXCLUSIVE,		/* device-exclusive access */
-	MEMREG_INVAL_NR_CAUSES = 8,
+	MEMREG_INVAL_OTHER,		/* an event this ABI version does not name */
+	MEMREG_INVAL_NR_CAUSES = 9,
 };
 
 /**
@@ -119,7 +126,7 @@ enum memreg_inval_cause {
  * @registrations:     out: live registrations now
  * @cache_hits:        out: REGISTER calls served by an existing registration
  * @cache_misses:      out: REGISTER calls that pinned a new registration
- * @pages_pinned:      out: pages pinned by this context now
+ * @pages_pinned:      out: pages of this context's live registrations
  * @pages_pinned_peak: out: the highest @pages_pinned seen
  * @deregistrations:   out: registrations that ended by DEREGISTER
  * @invalidations:     out: registrations that ended by invalidation, by cause
@@ -133,7 +140,7 @@ struct memreg_stats {
 	__u64 pages_pinned_peak;
 	__u64 deregistrations;
 	__u64 invalidations[MEMREG_INVAL_NR_CAUSES];
-	__u64 reserved[4];
+	__u64 reserved[3];
 };
 
 /**
@@ -141,8 +148,13 @@ struct memreg_stats {
  * @contexts:     out: open /dev/memreg files, including the caller's
  * @regions:      out: registrations alive in all contexts, including those
  *                whose pages are still being released
- * @pages_pinned: out: pages pinned by all contexts
- * @budget_pages: out: the module's pinned-page budget (max_pinned_pages)
+ * @pages_pinned: out: pages charged by the registrations of all contexts
+ *                (a registration's pages are uncharged when it ends, before
+ *                their unpinning, which may be deferred, completes)
+ * @budget_pages: out: the module's pinned-page budget (max_pinned_pages,
+ *                0 for none)
+ * @max_registrations: out: live registrations one context may hold
+ *                (max_registrations); REGISTER past it fails with EDQUOT
  * @reserved:     must be zero
  */
 struct memreg_global_stats {
@@ -150,7 +162,8 @@ struct memreg_global_stats {
 	__u64 regions;
 	__u64 pages_pinned;
 	__u64 budget_pages;
-	__u64 reserved[4];
+	__u64 max_registrations;
+	__u64 reserved[3];
 };
 
 /* struct memreg_copy.direction */

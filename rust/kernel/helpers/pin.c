@@ -2,6 +2,8 @@
 
 #include <linux/mm.h>
 #include <linux/sched/signal.h>
+#include <linux/sched/user.h>
+#include <linux/cred.h>
 
 __rust_helper struct page *rust_helper_pfn_to_page(unsigned long pfn)
 {
@@ -32,3 +34,17 @@ __rust_helper void rust_helper_pages_to_pfns(struct page *const *pages, unsigned
 	for (i = 0; i < n; i++)
 		pfns[i] = page_to_pfn(pages[i]);
 }
+
+#ifdef CONFIG_MEMREG_SUPPORT
+/* The calling task's user, with a new reference (put with free_uid()). */
+__rust_helper struct user_struct *rust_helper_get_current_user(void)
+{
+	return get_current_user();
+}
+
+/* The user's pinned pages charged against RLIMIT_MEMLOCK (needs CONFIG_NET). */
+__rust_helper atomic_long_t *rust_helper_user_locked_vm(struct user_struct *user)
+{
+	return &user->locked_vm;
+}
+#endif

@@ -10,9 +10,11 @@
 //!
 //! A type embeds an [`IntervalNotifier`] field, declares it with
 //! [`impl_has_interval_notifier!`] and implements [`IntervalNotifierOps`]. The
-//! notifier is inserted with [`IntervalNotifier::insert`], which keeps the
-//! containing [`Arc`] alive until [`IntervalNotifier::remove`], so the callback
-//! always sees a live object.
+//! notifier is inserted with [`IntervalNotifier::insert`], which returns a
+//! [`Subscription`]: it owns a reference to the containing [`Arc`], so the
+//! callback always sees a live object, and dropping it removes the notifier
+//! (waiting for callbacks in flight). Safe code cannot leave a notifier
+//! inserted without keeping its subscription alive.
 //!
 //! The sequence API ([`IntervalNotifier::read_begin`],
 //! [`IntervalNotifier::read_retry`], [`IntervalNotifier::set_seq`]) lets a
@@ -20,6 +22,7 @@
 //! as described in `include/linux/mmu_notifier.h`.
 //!
 //! C header: [`include/linux/mmu_notifier.h`](srctree/include/linux/mmu_notifier.h)
+#![cfg(CONFIG_MMU_NOTIFIER)]
 
 use crate::{
     bindings,
@@ -99,12 +102,12 @@ pub struct Range<'a> {
 impl Range<'_> {
     /// First address of the range.
     pub fn start(&self) -> usize {
-        self.raw.start as usize
+        self.raw.start
     }
 
     /// One past the last address of the range.
     pub fn end(&self) -> usize {
-        self.raw.end as usize
+        self.raw.end
     }
 
     /// Why the range changes.
@@ -132,8 +135,8 @@ pub trait IntervalNotifierOps: HasIntervalNotifier<Self> + Send + Sync + Sized {
     /// work needs to sleep.
     ///
     /// Runs with locks of the memory-management code held: it must not
-    /// allocate memory with `GFP_KERNEL`, and must not call
-    /// [`IntervalNotifier::remove`].
+    /// allocate memory with `GFP_KERNEL`, and must not drop a
+    /// [`Subscription`] (removal waits for the callback).
     fn invalidate(this: &Self, range: &Range<'_>, cur_seq: u64) -> bool;
 }
 
@@ -204,12 +207,13 @@ const STATE_FAILED: i32 = 4;
 /// # Invariants
 ///
 /// - While `state` is `STATE_INSERTED`, `sub` is inserted in an address space
-///   with this type's callback table, and one reference of the `Arc<T>` that
-///   contains it is owned by the subscription.
+///   with this type's callback table, and exactly one [`Subscription`] owns a
+///   reference of the `Arc<T>` that contains it.
 /// - `state` only moves forward: idle, inserting, then inserted and removed,
-///   or failed when the insertion fails. Only the
-///   caller that moved it to inserting touches `sub` until it leaves that
-///   state.
+///   or failed when the insertion fails. Only the caller that moved it to
+///   inserting touches `sub` until it leaves that state, and only the
+///   [`Subscription`] moves it from inserted to removed, so a removal never
+///   meets an insertion in progress.
 /// - In the inserted and removed states, `mm` holds a reference on the
 ///   address space `sub` points at, so `sub.mm` stays valid as long as `self`.
 ///
@@ -253,8 +257,13 @@ const STATE_FAILED: i32 = 4;
 /// let current = kernel::current!();
 /// let mm = current.mm().ok_or(EINVAL)?;
 /// // Watch the second half of the mapping.
-/// IntervalNotifier::insert(watch.clone(), mm, map.addr() + 4 * PAGE_SIZE, 4 * PAGE_SIZE)?;
+/// let sub = IntervalNotifier::insert(watch.clone(), mm, map.addr() + 4 * PAGE_SIZE, 4 * PAGE_SIZE)?;
 /// assert_eq!(watch.notifier.start(), Some(map.addr() + 4 * PAGE_SIZE));
+/// // A notifier is inserted once.
+/// assert_eq!(
+///     IntervalNotifier::insert(watch.clone(), mm, map.addr(), PAGE_SIZE).err(),
+///     Some(EBUSY)
+/// );
 ///
 /// // Unmapping outside the interval is not reported; inside it is.
 /// map.unmap(0, PAGE_SIZE)?;
@@ -266,10 +275,10 @@ const STATE_FAILED: i32 = 4;
 /// // The callback did not call `set_seq`, so the sequence still reads as valid.
 /// assert!(!watch.notifier.read_retry(seq));
 ///
-/// // After removal (idempotent) nothing more is reported, and the reference
-/// // the subscription held is released: ours is the only one left.
-/// IntervalNotifier::remove(&*watch);
-/// IntervalNotifier::remove(&*watch);
+/// // Dropping the subscription removes the notifier: nothing more is reported,
+/// // and the reference the subscription held is released: ours is the only
+/// // one left.
+/// drop(sub);
 /// assert!(!watch.notifier.is_inserted());
 /// map.unmap(4 * PAGE_SIZE, PAGE_SIZE)?;
 /// assert_eq!(watch.unmaps.load(Relaxed), 1);
@@ -312,12 +321,17 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     /// Inserts the notifier of `this` for `length` bytes from `start` of the
     /// address space `mm`.
     ///
-    /// On success the subscription owns `this` (one reference of the `Arc`)
-    /// until [`IntervalNotifier::remove`]; the callback may run as soon as
-    /// this returns, or before. A notifier is inserted at most once, and not
-    /// again after a failed insertion: `EBUSY`. May sleep and take `mm`'s
+    /// The returned [`Subscription`] owns a reference to `this` and removes
+    /// the notifier when dropped; the callback may run as soon as this
+    /// returns, or before. A notifier is inserted at most once, and not again
+    /// after a failed insertion: `EBUSY`. May sleep and take `mm`'s
     /// `mmap_lock`.
-    pub fn insert(this: Arc<T>, mm: &MmWithUser, start: usize, length: usize) -> Result {
+    pub fn insert(
+        this: Arc<T>,
+        mm: &MmWithUser,
+        start: usize,
+        length: usize,
+    ) -> Result<Subscription<T>> {
         // SAFETY: `this` is a valid `T`.
         let notifier = unsafe { &*T::raw_get_notifier(&*this) };
         notifier
@@ -344,37 +358,9 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
             notifier.state.store(STATE_FAILED, Release);
             return Err(e);
         }
-        // INVARIANT: The subscription is inserted and owns the reference we leak here.
-        let _ = Arc::into_raw(this);
+        // INVARIANT: The subscription is inserted; the `Subscription` returned owns `this`.
         notifier.state.store(STATE_INSERTED, Release);
-        Ok(())
-    }
-
-    /// Removes the notifier of `this` from its address space, waiting for
-    /// callbacks in flight to return, and drops the reference the subscription
-    /// held. Does nothing if the notifier is not inserted.
-    ///
-    /// May sleep. Must not be called from the notifier's own callback, which
-    /// would wait for itself.
-    pub fn remove(this: &T) {
-        // SAFETY: `this` is a valid `T`.
-        let notifier = unsafe { &*T::raw_get_notifier(this) };
-        if notifier
-            .state
-            .cmpxchg(STATE_INSERTED, STATE_REMOVED, Full)
-            .is_err()
-        {
-            // Not inserted, or still being inserted by another thread: nothing to undo here.
-            return;
-        }
-        // SAFETY: By the type invariant the subscription was inserted; we won the only
-        // transition out of the inserted state, so it is removed exactly once.
-        unsafe { bindings::mmu_interval_notifier_remove(notifier.sub.get()) };
-        // The subscription's reference (leaked by `insert`) is ours now: no callback can run.
-        // The caller's borrow of `this` keeps another reference, so this never frees `this`.
-        // SAFETY: `insert` leaked exactly this pointer with `Arc::into_raw`, reclaimed once.
-        let subscription_ref = unsafe { Arc::from_raw(this) };
-        drop(subscription_ref);
+        Ok(Subscription { this })
     }
 
     /// Whether the notifier is inserted now.
@@ -387,14 +373,14 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         self.is_inserted().then(|| {
             // SAFETY: While inserted, `sub` is an initialised subscription whose interval node
             // only changes under the subscription's own locking, never for a live notifier.
-            unsafe { (*self.sub.get()).interval_tree.start as usize }
+            unsafe { (*self.sub.get()).interval_tree.start }
         })
     }
 
     /// Starts a read of the interval's pages; pass the result to
     /// [`IntervalNotifier::read_retry`]. Waits for an invalidation in
     /// progress to finish. May sleep. Returns 0 before the notifier is
-    /// inserted.
+    /// inserted (or while it is being inserted).
     pub fn read_begin(&self) -> u64 {
         match self.state.load(Acquire) {
             STATE_INSERTED | STATE_REMOVED if self.mm.as_ref().is_some() => {}
@@ -412,16 +398,22 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     pub fn read_retry(&self, seq: u64) -> bool {
         // SAFETY: `sub` is a valid (possibly zeroed) subscription; this only compares sequence
         // numbers.
-        unsafe { bindings::mmu_interval_read_retry(self.sub.get(), seq as _) }
+        unsafe { bindings::mmu_interval_read_retry(self.sub.get(), seq as usize) }
     }
 
     /// Records `cur_seq` from the callback, under the lock that guards
     /// [`IntervalNotifier::read_retry`].
     pub fn set_seq(&self, cur_seq: u64) {
         // SAFETY: `sub` is a valid subscription; this stores a sequence number.
-        unsafe { bindings::mmu_interval_set_seq(self.sub.get(), cur_seq as _) }
+        unsafe { bindings::mmu_interval_set_seq(self.sub.get(), cur_seq as usize) }
     }
 
+    /// The C callback of the notifier.
+    ///
+    /// # Safety
+    ///
+    /// Called by the MMU notifier code only, with a subscription inserted by
+    /// [`IntervalNotifier::insert`] and a valid range.
     unsafe extern "C" fn invalidate_callback(
         sub: *mut bindings::mmu_interval_notifier,
         range: *const bindings::mmu_notifier_range,
@@ -431,13 +423,45 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         // notifier's.
         let notifier = sub.cast::<Self>().cast_const();
         // SAFETY: The C code passes a subscription inserted by `insert`, which lives in a `T`
-        // kept alive by the reference the subscription owns until `remove` returns, and
-        // `remove` waits for this callback.
+        // kept alive by the reference the `Subscription` owns until its removal returns, and
+        // removal waits for this callback.
         let this = unsafe { &*T::notifier_container_of(notifier) };
         // SAFETY: The C code passes a valid range for the duration of the call.
-        let range = Range {
-            raw: unsafe { &*range },
-        };
+        let raw = unsafe { &*range };
+        let range = Range { raw };
         T::invalidate(this, &range, cur_seq as u64)
+    }
+}
+
+/// An inserted [`IntervalNotifier`]: owns a reference to the object that
+/// contains it, and removes it when dropped.
+///
+/// # Invariants
+///
+/// The notifier of `this` is inserted (`STATE_INSERTED`) until `drop`, and
+/// this is the only `Subscription` of it.
+pub struct Subscription<T: IntervalNotifierOps> {
+    this: Arc<T>,
+}
+
+impl<T: IntervalNotifierOps> Subscription<T> {
+    /// The object whose notifier this is.
+    pub fn get(&self) -> &Arc<T> {
+        &self.this
+    }
+}
+
+impl<T: IntervalNotifierOps> Drop for Subscription<T> {
+    /// Removes the notifier, waiting for callbacks in flight to return, then
+    /// releases the reference. May sleep: must not be dropped in the
+    /// notifier's own callback (it would wait for itself) or under a spinlock.
+    fn drop(&mut self) {
+        // SAFETY: `self.this` is a valid `T`.
+        let notifier = unsafe { &*T::raw_get_notifier(&*self.this) };
+        // INVARIANT: We are the only subscription, so this transition is ours alone.
+        notifier.state.store(STATE_REMOVED, Release);
+        // SAFETY: By the type invariant the subscription is inserted, and it is removed exactly
+        // once, here.
+        unsafe { bindings::mmu_interval_notifier_remove(notifier.sub.get()) };
     }
 }

@@ -4,17 +4,22 @@
 //!
 //! [`PinnedPages`] pins a page-aligned range of the current process's address
 //! space with `FOLL_LONGTERM` (and `FOLL_WRITE` when it is to be written), so
-//! the pages can be neither migrated nor reclaimed while pinned. It charges
-//! them to the address space's `pinned_vm` against `RLIMIT_MEMLOCK` (unless the
-//! caller has `CAP_IPC_LOCK`), and describes them as [`Extent`]s: runs of
+//! the pages can be neither migrated nor reclaimed while pinned. The caller
+//! charges each batch of pages before it is kept, typically to a
+//! [`LockedMemory`] (the user's locked memory against `RLIMIT_MEMLOCK`, as
+//! io_uring and RDMA charge pinned pages), so only pages actually pinned are
+//! ever charged. The pages are described as [`Extent`]s: runs of
 //! physically contiguous pages, the translation entries a device (or a software
 //! adapter) works with. A transparent huge page gives one extent, not 512.
 //!
 //! The pinned memory is reached only through those extents, never through the
 //! process's page tables. Dropping the object unpins the pages, marking them
-//! dirty when they were pinned writable, and uncharges `pinned_vm`.
+//! dirty when they were pinned writable. Charges are the caller's to release,
+//! which it may do earlier than the unpinning (when the pages stop being
+//! used, say) since releasing a charge never sleeps.
 //!
 //! C header: [`include/linux/mm.h`](srctree/include/linux/mm.h)
+#![cfg(CONFIG_MEMREG_SUPPORT)]
 
 use crate::{
     alloc::KVVec,
@@ -23,11 +28,19 @@ use crate::{
     mm::Mm,
     page::{PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
-    sync::aref::ARef,
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+    },
+    task::resched::cond_resched,
 };
+use core::ptr::NonNull;
 
 /// Pages asked of `pin_user_pages_fast` in one call.
 const PIN_BATCH: usize = 512;
+
+/// Pages unpinned between two chances to reschedule.
+const UNPIN_BATCH: u32 = 1024;
 
 /// Extents stored inside [`Extents`] before an array is allocated.
 pub const INLINE_EXTENTS: usize = 4;
@@ -195,51 +208,119 @@ impl Extents {
     }
 }
 
-/// A charge of pages to an address space's `pinned_vm`.
+/// Locked memory charged to a user and an address space.
+///
+/// Pages are charged to the user's `locked_vm` against the `RLIMIT_MEMLOCK`
+/// of the task that created the charge, with a compare-and-exchange loop as
+/// io_uring does, so a user cannot multiply the limit by opening more files or
+/// running more processes. A task with `CAP_IPC_LOCK` is not limited. The
+/// pages are also counted in the address space's `pinned_vm` (`VmPin` in
+/// `/proc/PID/status`).
+///
+/// Releasing a charge only does atomic arithmetic: it may be done in atomic
+/// context, such as an MMU notifier callback.
 ///
 /// # Invariants
 ///
-/// `pages` pages were added to `mm`'s `pinned_vm` by [`PinnedVmCharge::new`]
-/// and are subtracted when this is dropped.
-struct PinnedVmCharge {
+/// - `user` holds a reference on a `struct user_struct` (`get_uid`), released
+///   on drop.
+/// - `pages` pages are added to `mm`'s `pinned_vm` and, when `limited`, to
+///   `user`'s `locked_vm`.
+pub struct LockedMemory {
+    user: NonNull<bindings::user_struct>,
     mm: ARef<Mm>,
-    pages: i64,
+    limited: bool,
+    limit: usize,
+    pages: usize,
 }
 
-impl PinnedVmCharge {
-    /// Charges `pages` to `mm`, failing with `ENOMEM` when that would take it
-    /// past the caller's `RLIMIT_MEMLOCK` and the caller lacks `CAP_IPC_LOCK`.
-    fn new(mm: &Mm, pages: usize) -> Result<Self> {
-        let pages = i64::try_from(pages).map_err(|_| ENOMEM)?;
-        // SAFETY: `rlimit` reads the calling task's limits, which are always valid in process
-        // context.
+// SAFETY: The user and address space are reference counted and only touched through atomics.
+unsafe impl Send for LockedMemory {}
+// SAFETY: Shared references only read `pages`.
+unsafe impl Sync for LockedMemory {}
+
+impl LockedMemory {
+    /// Creates an empty charge for the calling task's user and address space,
+    /// limited by its `RLIMIT_MEMLOCK` unless it has `CAP_IPC_LOCK`.
+    ///
+    /// Fails with `EFAULT` when the task has no address space.
+    pub fn for_current() -> Result<Self> {
+        let current = crate::current!();
+        let mm = current.mm().ok_or(EFAULT)?;
+        // SAFETY: `rlimit` reads the calling task's limits, always valid in process context.
         let limit = unsafe { bindings::rlimit(bindings::RLIMIT_MEMLOCK) } >> PAGE_SHIFT;
-        // SAFETY: `mm` is a valid `mm_struct` for the duration of the borrow; the helper returns
-        // the address of its `pinned_vm` counter.
-        let pinned_vm = unsafe { bindings::mm_pinned_vm(mm.as_raw()) };
-        // SAFETY: `pinned_vm` points at a valid `atomic64_t`, see above.
-        let now = unsafe { bindings::atomic64_add_return(pages, pinned_vm) };
         // SAFETY: `capable` may be called from any process context.
-        if u64::try_from(now).unwrap_or(u64::MAX) > limit as u64
-            && !unsafe { bindings::capable(bindings::CAP_IPC_LOCK as i32) }
-        {
-            // SAFETY: As above; this undoes our own addition.
-            unsafe { bindings::atomic64_sub(pages, pinned_vm) };
-            return Err(ENOMEM);
-        }
-        // INVARIANT: We added `pages` to `pinned_vm` above.
+        let limited = !unsafe { bindings::capable(bindings::CAP_IPC_LOCK as i32) };
+        // SAFETY: The helper returns the current task's user with a new reference.
+        let user = NonNull::new(unsafe { bindings::get_current_user() }).ok_or(EFAULT)?;
+        // INVARIANT: We hold a reference on `user` and charged nothing yet.
         Ok(Self {
-            mm: ARef::from(mm),
-            pages,
+            user,
+            mm: ARef::from(&**mm),
+            limited,
+            limit: limit as usize,
+            pages: 0,
         })
+    }
+
+    /// The user's locked memory counter.
+    fn locked_vm(&self) -> &Atomic<isize> {
+        // SAFETY: By the type invariant `user` is alive while we hold it; the helper returns the
+        // address of its `atomic_long_t locked_vm`, which has the layout of an `isize` and is
+        // only accessed atomically.
+        unsafe { Atomic::from_ptr(bindings::user_locked_vm(self.user.as_ptr()).cast()) }
+    }
+
+    /// Charges `pages` more pages. Fails with `ENOMEM`, charging nothing,
+    /// when that would take the user past the limit.
+    pub fn charge(&mut self, pages: usize) -> Result {
+        let delta = isize::try_from(pages).map_err(|_| ENOMEM)?;
+        if self.limited {
+            let locked = self.locked_vm();
+            let mut cur = locked.load(Relaxed);
+            loop {
+                let new = cur.checked_add(delta).ok_or(ENOMEM)?;
+                if usize::try_from(new).map_or(true, |n| n > self.limit) {
+                    return Err(ENOMEM);
+                }
+                match locked.cmpxchg(cur, new, Relaxed) {
+                    Ok(_) => break,
+                    Err(old) => cur = old,
+                }
+            }
+        }
+        // SAFETY: `self.mm` holds a reference on the `mm_struct`; the helper returns its
+        // `pinned_vm` counter.
+        unsafe { bindings::atomic64_add(delta as i64, bindings::mm_pinned_vm(self.mm.as_raw())) };
+        // INVARIANT: `pages` more pages were added to both counters.
+        self.pages += pages;
+        Ok(())
+    }
+
+    /// The pages charged now.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
+    /// Releases every page charged. Never sleeps.
+    pub fn release(&mut self) {
+        let pages = core::mem::take(&mut self.pages);
+        if pages == 0 {
+            return;
+        }
+        if self.limited {
+            self.locked_vm().fetch_sub(pages as isize, Relaxed);
+        }
+        // SAFETY: As in `charge`; this undoes our own additions.
+        unsafe { bindings::atomic64_sub(pages as i64, bindings::mm_pinned_vm(self.mm.as_raw())) };
     }
 }
 
-impl Drop for PinnedVmCharge {
+impl Drop for LockedMemory {
     fn drop(&mut self) {
-        // SAFETY: `self.mm` holds a reference on the `mm_struct` (`mmgrab`), so it is valid, and
-        // by the type invariant we added `pages` to its `pinned_vm`.
-        unsafe { bindings::atomic64_sub(self.pages, bindings::mm_pinned_vm(self.mm.as_raw())) };
+        self.release();
+        // SAFETY: By the type invariant we hold one reference on `user`, dropped once here.
+        unsafe { bindings::free_uid(self.user.as_ptr()) };
     }
 }
 
@@ -259,15 +340,17 @@ impl Drop for PinnedVmCharge {
 ///
 /// ```
 /// use kernel::kunit_mm::UserMapping;
-/// use kernel::mm::pin::PinnedPages;
+/// use kernel::mm::pin::{LockedMemory, PinnedPages};
 /// use kernel::page::PAGE_SIZE;
 ///
 /// let map = UserMapping::anonymous(16 * PAGE_SIZE)?;
 /// let before = map.pinned_vm();
-/// let pinned = PinnedPages::pin_current(map.addr(), 16, true)?;
+/// let mut locked = LockedMemory::for_current()?;
+/// let pinned = PinnedPages::pin_current(map.addr(), 16, true, &mut |n| locked.charge(n))?;
 /// assert_eq!(pinned.pages(), 16);
+/// assert_eq!(locked.pages(), 16);
 /// assert_eq!(map.pinned_vm(), before + 16);
-/// assert!(pinned.extents().len() >= 1 && pinned.extents().len() <= 16);
+/// assert!(!pinned.extents().is_empty() && pinned.extents().len() <= 16);
 ///
 /// pinned.write(PAGE_SIZE - 2, b"memreg")?;
 /// let mut back = [0u8; 6];
@@ -276,50 +359,78 @@ impl Drop for PinnedVmCharge {
 /// // Past the end fails and copies nothing.
 /// assert_eq!(pinned.read(16 * PAGE_SIZE - 1, &mut back), Err(EINVAL));
 ///
+/// // The charge can go before the pages do; it never sleeps.
+/// locked.release();
+/// assert_eq!(map.pinned_vm(), before);
 /// drop(pinned);
+///
+/// // A refused charge unpins the batch: nothing stays pinned or charged.
+/// assert_eq!(
+///     PinnedPages::pin_current(map.addr(), 4, true, &mut |_| Err(ENOMEM)).err(),
+///     Some(ENOMEM)
+/// );
 /// assert_eq!(map.pinned_vm(), before);
 ///
-/// // A read-only pin refuses writes; an unmapped range cannot be pinned.
-/// let ro = PinnedPages::pin_current(map.addr(), 1, false)?;
+/// // A read-only pin refuses writes; an unmapped range cannot be pinned, and
+/// // nothing is charged for it.
+/// let ro = PinnedPages::pin_current(map.addr(), 1, false, &mut |n| locked.charge(n))?;
 /// assert_eq!(ro.write(0, b"x"), Err(EACCES));
 /// drop(ro);
+/// locked.release();
 /// let addr = map.addr();
 /// drop(map);
-/// assert_eq!(PinnedPages::pin_current(addr, 1, true).err(), Some(EFAULT));
-/// assert_eq!(PinnedPages::pin_current(addr + 1, 1, true).err(), Some(EINVAL));
+/// let mut charged = 0;
+/// let mut count = |n| {
+///     charged += n;
+///     Ok(())
+/// };
+/// assert_eq!(PinnedPages::pin_current(addr, 1, true, &mut count).err(), Some(EFAULT));
+/// assert_eq!(charged, 0);
+/// assert_eq!(PinnedPages::pin_current(addr + 1, 1, true, &mut |_| Ok(())).err(), Some(EINVAL));
 /// # Ok::<(), Error>(())
 /// ```
 pub struct PinnedPages {
     extents: Extents,
     writable: bool,
-    _charge: PinnedVmCharge,
 }
 
 impl PinnedPages {
     /// Pins `npages` pages of the current task's address space from the
     /// page-aligned address `start`, for writing when `writable`.
     ///
+    /// `charge` is called with the size of each batch of pages once they are
+    /// pinned and before they are kept; when it fails, the batch and
+    /// everything pinned before are unpinned and its error is returned. So
+    /// the caller charges exactly what is pinned, and a range that cannot be
+    /// pinned is never charged.
+    ///
     /// Errors: `EINVAL` for zero pages, an unaligned start, more than
     /// `u32::MAX` pages or a range that wraps; `EFAULT` when the task has no
     /// address space or part of the range is not mapped with the access asked;
-    /// `ENOMEM` past `RLIMIT_MEMLOCK` or when memory runs out. Nothing stays
-    /// pinned or charged on error.
+    /// what `pin_user_pages_fast` returns otherwise (`ENOMEM`, `EOPNOTSUPP`
+    /// for mappings that cannot be pinned long-term, `EHWPOISON`, `EINTR`);
+    /// `charge`'s error. Nothing stays pinned on error.
     ///
-    /// May sleep; takes the address space's `mmap_lock` when the fast path
-    /// cannot pin a page, so no lock an MMU notifier takes may be held.
-    pub fn pin_current(start: usize, npages: usize, writable: bool) -> Result<Self> {
+    /// May sleep, and reschedules between batches; takes the address space's
+    /// `mmap_lock` when the fast path cannot pin a page, so no lock an MMU
+    /// notifier takes may be held.
+    pub fn pin_current(
+        start: usize,
+        npages: usize,
+        writable: bool,
+        charge: &mut dyn FnMut(usize) -> Result,
+    ) -> Result<Self> {
         if npages == 0 || start % PAGE_SIZE != 0 || u32::try_from(npages).is_err() {
             return Err(EINVAL);
         }
         let len = npages.checked_mul(PAGE_SIZE).ok_or(EINVAL)?;
         start.checked_add(len).ok_or(EINVAL)?;
-        let current = crate::current!();
-        let mm = current.mm().ok_or(EFAULT)?;
-        let charge = PinnedVmCharge::new(mm, npages)?;
+        if crate::current!().mm().is_none() {
+            return Err(EFAULT);
+        }
         let mut this = Self {
             extents: Extents::new(),
             writable,
-            _charge: charge,
         };
         let cap = npages.min(PIN_BATCH);
         let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
@@ -347,6 +458,12 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
+            if let Err(e) = charge(got) {
+                // SAFETY: The first `got` entries of `batch` are pages pinned above and not yet
+                // owned by `this`; each is unpinned once here.
+                unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
+                return Err(e);
+            }
             // SAFETY: The first `got` entries of `batch` are valid pinned pages, and `pfns` has
             // room for `got` frame numbers, which the helper writes.
             unsafe { bindings::pages_to_pfns(batch.as_ptr(), pfns.as_mut_ptr(), got) };
@@ -371,6 +488,7 @@ impl PinnedPages {
             // INVARIANT: Every page pushed into `extents` holds the pin taken above, and the
             // pages of each extent have contiguous `struct page`s.
             done += got;
+            cond_resched();
         }
         this.extents.shrink();
         Ok(this)
@@ -469,18 +587,26 @@ impl PinnedPages {
 }
 
 impl Drop for PinnedPages {
+    /// Unpins the pages, rescheduling every [`UNPIN_BATCH`] pages. May sleep.
     fn drop(&mut self) {
         for e in self.extents.as_slice() {
-            // SAFETY: By the type invariant each page of `e` holds one pin taken by us, and the
-            // extent's pages are contiguous both physically and as `struct page`s, as
-            // `unpin_user_page_range_dirty_lock` walks them; each pin is released once here.
-            unsafe {
-                bindings::unpin_user_page_range_dirty_lock(
-                    bindings::pfn_to_page(e.pfn as usize),
-                    e.pages as usize,
-                    self.writable,
-                )
-            };
+            let mut done = 0;
+            while done < e.pages {
+                let n = (e.pages - done).min(UNPIN_BATCH);
+                // SAFETY: By the type invariant each page of `e` holds one pin taken by us, and
+                // the extent's pages are contiguous both physically and as `struct page`s, as
+                // `unpin_user_page_range_dirty_lock` walks them; pages `done..done + n` lie
+                // within the extent and each pin is released once here.
+                unsafe {
+                    bindings::unpin_user_page_range_dirty_lock(
+                        bindings::pfn_to_page((e.pfn + u64::from(done)) as usize),
+                        n as usize,
+                        self.writable,
+                    )
+                };
+                done += n;
+                cond_resched();
+            }
         }
     }
 }

@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The user ABI: thin wrappers over the structures and constants bindgen
+//! generates from `include/uapi/linux/memreg.h` (the kernel's `uapi` crate),
+//! as Rust Binder's `defs.rs` wraps `uapi::binder_*`.
+//!
+//! Each structure is copied in and out whole, with one user copy; ioctl
+//! numbers are computed from the structures' sizes, so they match the
+//! header's by construction.
+
+use kernel::{
+    ioctl::{_IOR, _IOW, _IOWR},
+    prelude::*,
+    uapi,
+};
+
+/// The ABI version answered by `MEMREG_IOC_GET_VERSION`.
+pub(crate) const ABI_VERSION: u32 = uapi::MEMREG_ABI_VERSION;
+const MAGIC: u32 = uapi::MEMREG_IOC_MAGIC;
+
+/// Largest length one registration may cover.
+pub(crate) const MAX_LENGTH: u64 = uapi::MEMREG_MAX_LENGTH;
+
+pub(crate) const ACCESS_LOCAL_READ: u32 = uapi::MEMREG_ACCESS_LOCAL_READ;
+pub(crate) const ACCESS_LOCAL_WRITE: u32 = uapi::MEMREG_ACCESS_LOCAL_WRITE;
+pub(crate) const ACCESS_REMOTE_WRITE: u32 = uapi::MEMREG_ACCESS_REMOTE_WRITE;
+pub(crate) const ACCESS_ALL: u32 = uapi::MEMREG_ACCESS_ALL;
+pub(crate) const REGISTER_CACHED: u32 = uapi::MEMREG_REGISTER_CACHED;
+pub(crate) const STATE_VALID: u32 = uapi::MEMREG_STATE_VALID;
+pub(crate) const COPY_TO_REGION: u32 = uapi::MEMREG_COPY_TO_REGION;
+pub(crate) const COPY_FROM_REGION: u32 = uapi::MEMREG_COPY_FROM_REGION;
+
+/// Causes of invalidation, indexes into the statistics' `invalidations`.
+pub(crate) const INVAL_UNMAP: usize = uapi::memreg_inval_cause_MEMREG_INVAL_UNMAP as usize;
+pub(crate) const INVAL_CLEAR: usize = uapi::memreg_inval_cause_MEMREG_INVAL_CLEAR as usize;
+pub(crate) const INVAL_PROTECTION_VMA: usize =
+    uapi::memreg_inval_cause_MEMREG_INVAL_PROTECTION_VMA as usize;
+pub(crate) const INVAL_RELEASE: usize = uapi::memreg_inval_cause_MEMREG_INVAL_RELEASE as usize;
+pub(crate) const INVAL_MIGRATE: usize = uapi::memreg_inval_cause_MEMREG_INVAL_MIGRATE as usize;
+pub(crate) const INVAL_EXCLUSIVE: usize = uapi::memreg_inval_cause_MEMREG_INVAL_EXCLUSIVE as usize;
+pub(crate) const INVAL_OTHER: usize = uapi::memreg_inval_cause_MEMREG_INVAL_OTHER as usize;
+pub(crate) const INVAL_NR_CAUSES: usize = uapi::memreg_inval_cause_MEMREG_INVAL_NR_CAUSES as usize;
+
+pub(crate) type Register = uapi::memreg_register;
+pub(crate) type Deregister = uapi::memreg_deregister;
+pub(crate) type Query = uapi::memreg_query;
+pub(crate) type Stats = uapi::memreg_stats;
+pub(crate) type GlobalStats = uapi::memreg_global_stats;
+pub(crate) type Copy = uapi::memreg_copy;
+
+pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
+pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
+pub(crate) const IOC_DEREGISTER: u32 = _IOW::<Deregister>(MAGIC, 0x02);
+pub(crate) const IOC_QUERY: u32 = _IOWR::<Query>(MAGIC, 0x03);
+pub(crate) const IOC_STATS: u32 = _IOR::<Stats>(MAGIC, 0x04);
+pub(crate) const IOC_COPY: u32 = _IOW::<Copy>(MAGIC, 0x05);
+pub(crate) const IOC_GLOBAL_STATS: u32 = _IOR::<GlobalStats>(MAGIC, 0x06);
+
+/// Fails with `EINVAL` unless every reserved word is zero.
+pub(crate) fn check_reserved(words: &[u64]) -> Result {
+    if words.iter().all(|&w| w == 0) {
+        Ok(())
+    } else {
+        Err(EINVAL)
+    }
+}
+
+/// A zeroed structure of the ABI, to fill in before copying it out.
+pub(crate) fn zeroed<T: Zeroable>() -> T {
+    pin_init::zeroed()
+}
+
+#[kunit_tests(memreg_defs)]
+mod tests {
+    use super::*;
+
+    /// The ioctl numbers are the ones `<linux/memreg.h>` computes with the
+    /// generic `_IOC` encoding: direction in bits 30-31 (1 write, 2 read),
+    /// size in 16-29, type in 8-15 and number in 0-7; the sizes are the
+    /// header's.
+    #[test]
+    fn ioctl_numbers_match_the_header() {
+        let ioc = |dir: u32, size: u32, nr: u32| (dir << 30) | (size << 16) | (0xB9 << 8) | nr;
+        assert_eq!(IOC_GET_VERSION, ioc(2, 4, 0));
+        assert_eq!(IOC_REGISTER, ioc(3, 56, 1));
+        assert_eq!(IOC_DEREGISTER, ioc(1, 16, 2));
+        assert_eq!(IOC_QUERY, ioc(3, 64, 3));
+        assert_eq!(IOC_STATS, ioc(2, 144, 4));
+        assert_eq!(IOC_COPY, ioc(1, 48, 5));
+        assert_eq!(IOC_GLOBAL_STATS, ioc(2, 64, 6));
+    }
+
+    #[test]
+    fn causes_have_their_abi_values() {
+        assert_eq!(INVAL_UNMAP, 0);
+        assert_eq!(INVAL_CLEAR, 1);
+        assert_eq!(INVAL_PROTECTION_VMA, 2);
+        assert_eq!(INVAL_RELEASE, 5);
+        assert_eq!(INVAL_MIGRATE, 6);
+        assert_eq!(INVAL_EXCLUSIVE, 7);
+        assert_eq!(INVAL_OTHER, 8);
+        assert_eq!(INVAL_NR_CAUSES, 9);
+    }
+
+    #[test]
+    fn reserved_words_must_be_zero() {
+        assert_eq!(check_reserved(&[0, 0]), Ok(()));
+        assert_eq!(check_reserved(&[0, 1]), Err(EINVAL));
+    }
+}

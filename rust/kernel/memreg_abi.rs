@@ -1,0 +1,61 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! memreg's user ABI structures as plain data.
+//!
+//! The structures of `include/uapi/linux/memreg.h` reach Rust through the
+//! kernel's `uapi` crate (bindgen). Marking them [`FromBytes`] and [`AsBytes`]
+//! lets the driver copy each one from and to user space in one copy, with no
+//! hand-written codec, the way Binder's and DRM drivers' uapi types are used.
+//!
+//! C header: [`include/uapi/linux/memreg.h`](srctree/include/uapi/linux/memreg.h)
+#![cfg(CONFIG_MEMREG_SUPPORT)]
+
+use crate::{
+    transmute::{AsBytes, FromBytes},
+    uapi,
+};
+
+/// The size of what `_p` points at.
+#[allow(
+    dead_code,
+    reason = "only used in unnamed constants, which the lint does not count"
+)]
+const fn size_of_pointee<T>(_p: *const T) -> usize {
+    core::mem::size_of::<T>()
+}
+
+/// Marks each structure as plain data, after checking at compile time that
+/// its size is the sum of its fields' sizes: no padding that a copy to user
+/// space could leak. Every field must be listed (a missing one fails the
+/// check, a wrong name fails to compile).
+macro_rules! plain_data {
+    ($($t:ident { $($f:ident),* $(,)? }),* $(,)?) => {$(
+        const _: () = {
+            let v = core::mem::MaybeUninit::<uapi::$t>::uninit();
+            let p = v.as_ptr();
+            // SAFETY: Only field addresses inside `v` are computed; nothing is read.
+            let fields = 0 $(+ size_of_pointee(unsafe { &raw const (*p).$f }))*;
+            assert!(fields == core::mem::size_of::<uapi::$t>());
+        };
+        // SAFETY: `uapi::$t` is a `repr(C)` structure of integers and arrays of integers, so
+        // every bit pattern is valid.
+        unsafe impl FromBytes for uapi::$t {}
+        // SAFETY: As above, and the check shows it has no padding, so every byte is
+        // initialised.
+        unsafe impl AsBytes for uapi::$t {}
+    )*};
+}
+
+plain_data! {
+    memreg_register { addr, length, access, flags, lkey, rkey, region_addr, region_length },
+    memreg_deregister { key, reserved },
+    memreg_query { key, addr, length, access, state, pages, extents, refcount, reserved },
+    memreg_stats {
+        registrations, cache_hits, cache_misses, pages_pinned, pages_pinned_peak,
+        deregistrations, invalidations, reserved,
+    },
+    memreg_global_stats {
+        contexts, regions, pages_pinned, budget_pages, max_registrations, reserved,
+    },
+    memreg_copy { key, offset, length, buf, direction, flags, reserved },
+}

@@ -1,0 +1,449 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A registration's whole life: pinned pages of one user range, their
+//! translation entries, and the interval notifier that ends them.
+//!
+//! 1. **Created** by a REGISTER that no live registration serves: its
+//!    notifier is inserted, then its pages are pinned, each batch charged as
+//!    it is pinned ([`crate::accounting`]).
+//! 2. **Published** ([`Registration::publish`]) under the table lock: unless
+//!    an invalidation raced with the pinning (the notifier's sequence moved),
+//!    a live registration serving the same request was published meanwhile,
+//!    or the context is at its cap. It is then `live`: data may move through
+//!    it, and REGISTER calls it covers take references on it.
+//! 3. **Unpublished** ([`Registration::unpublish`]) under the table lock, by
+//!    the last DEREGISTER, by an invalidation (the notifier callback, through
+//!    [`Registration::retire`]) or by the file's release: it leaves the table,
+//!    stops being `live` (no data moves through it afterwards) and releases
+//!    every charge at once. None of this allocates or sleeps.
+//! 4. **Torn down** ([`Registration::teardown`]) in process context with no
+//!    lock held: the notifier is removed (waiting for a callback in flight)
+//!    and the pages are unpinned. The notifier callback cannot do this, so it
+//!    hands the registration to its context's deferred work.
+//!
+//! Locks: `Registration::state` nests inside the context's table lock; see
+//! `context.rs` for the whole order.
+
+use crate::{
+    accounting::Charges,
+    context::{table::Nodes, table::RegistrationTable, ContextShared},
+    defs,
+    key::KeyPair,
+    GLOBAL_REGISTRATIONS,
+};
+use kernel::{
+    list::{impl_list_arc_safe, impl_list_item, AtomicTracker, ListLinks, TryNewListArc},
+    mm::{
+        mmu_notifier::{
+            impl_has_interval_notifier, Event, IntervalNotifier, IntervalNotifierOps, Range,
+            Subscription,
+        },
+        pin::PinnedPages,
+    },
+    new_spinlock,
+    page::PAGE_SIZE,
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed},
+        Arc, LockedBy, SpinLock,
+    },
+};
+
+/// What a registration covers, fixed at creation.
+#[derive(Clone, Copy)]
+pub(crate) struct RegistrationInfo {
+    /// Address as registered.
+    pub(crate) addr: u64,
+    /// Length in bytes as registered.
+    pub(crate) length: u64,
+    /// `MEMREG_ACCESS_*` bits.
+    pub(crate) access: u32,
+    /// Number of pages.
+    pub(crate) npages: usize,
+    /// The keys.
+    pub(crate) keys: KeyPair,
+}
+
+impl RegistrationInfo {
+    /// Whether this registration serves a request for `length` bytes at
+    /// `addr` with `access`: it covers the range and grants at least that
+    /// access.
+    pub(crate) fn covers(&self, addr: u64, length: u64, access: u32) -> bool {
+        let (Some(end), Some(my_end)) =
+            (addr.checked_add(length), self.addr.checked_add(self.length))
+        else {
+            return false;
+        };
+        self.addr <= addr && end <= my_end && access & !self.access == 0
+    }
+
+    /// Whether the pages must be pinned for writing.
+    pub(crate) fn writable(&self) -> bool {
+        self.access & (defs::ACCESS_LOCAL_WRITE | defs::ACCESS_REMOTE_WRITE) != 0
+    }
+
+    /// The registered bytes as a closed interval `(first, last)`. A
+    /// registration is never empty and never wraps.
+    pub(crate) fn interval(&self) -> (usize, usize) {
+        let first = self.addr as usize;
+        (
+            first,
+            first.saturating_add((self.length as usize).saturating_sub(1)),
+        )
+    }
+}
+
+/// The resources of a registration, under `Registration::state`.
+pub(crate) struct RegistrationState {
+    /// The pinned pages; taken out at teardown.
+    pinned: Option<PinnedPages>,
+    /// What the pages are charged to; released when the registration leaves
+    /// the table.
+    charges: Option<Charges>,
+    /// The inserted notifier; taken out and dropped (removed) at teardown.
+    subscription: Option<Subscription<Registration>>,
+}
+
+/// One registration.
+#[pin_data(PinnedDrop)]
+pub(crate) struct Registration {
+    #[pin]
+    notifier: IntervalNotifier<Registration>,
+    /// Links on the context's list of registrations awaiting teardown.
+    #[pin]
+    links: ListLinks<0>,
+    #[pin]
+    links_track: AtomicTracker<0>,
+    #[pin]
+    state: SpinLock<RegistrationState>,
+    /// Data may move through the registration. Set once when it is published
+    /// and cleared once when it ends, both under `state`; read under `state`
+    /// by the data path, and without it by the cache look-up.
+    live: Atomic<bool>,
+    /// REGISTER calls not yet matched by DEREGISTER.
+    refs: LockedBy<u32, RegistrationTable>,
+    pub(crate) info: RegistrationInfo,
+    ctx: Arc<ContextShared>,
+}
+
+impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Registration { self.notifier } }
+impl_list_arc_safe! { impl ListArcSafe<0> for Registration { tracked_by links_track: AtomicTracker; } }
+impl_list_item! { impl ListItem<0> for Registration { using ListLinks { self.links }; } }
+
+/// The parts a registration needs to be published, given back when it is
+/// not.
+pub(crate) struct Parts {
+    pub(crate) pages: PinnedPages,
+    pub(crate) charges: Charges,
+    pub(crate) subscription: Subscription<Registration>,
+    pub(crate) nodes: Nodes,
+}
+
+/// Why [`Registration::publish`] did not publish.
+pub(crate) enum Refused {
+    /// An invalidation raced with the pinning: pin again.
+    Raced(Parts),
+    /// A live registration serving the same request was published
+    /// meanwhile; a reference was taken on it for the caller.
+    Covered(Arc<Registration>, Parts),
+    /// The context is at its cap of registrations.
+    Quota(Parts),
+}
+
+impl Registration {
+    /// Creates a registration that is not live, holds no pages and has no
+    /// notifier inserted yet. Its memory is charged to the caller's memory
+    /// cgroup.
+    pub(crate) fn new(ctx: Arc<ContextShared>, info: RegistrationInfo) -> Result<Arc<Self>> {
+        let registration = Arc::pin_init(
+            pin_init!(Self {
+                notifier <- IntervalNotifier::new(),
+                links <- ListLinks::new(),
+                links_track <- AtomicTracker::new(),
+                state <- new_spinlock!(
+                    RegistrationState {
+                        pinned: None,
+                        charges: None,
+                        subscription: None,
+                    },
+                    "memreg::Registration::state"
+                ),
+                live: Atomic::new(false),
+                refs: LockedBy::new(&ctx.table, 0),
+                info,
+                ctx,
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        GLOBAL_REGISTRATIONS.add(1, Relaxed);
+        Ok(registration)
+    }
+
+    /// The interval notifier.
+    pub(crate) fn notifier(&self) -> &IntervalNotifier<Registration> {
+        &self.notifier
+    }
+
+    /// Whether data may move through the registration.
+    pub(crate) fn is_live(&self) -> bool {
+        self.live.load(Relaxed)
+    }
+
+    /// REGISTER calls not yet matched by DEREGISTER.
+    pub(crate) fn refs(&self, t: &RegistrationTable) -> u32 {
+        *self.refs.access(t)
+    }
+
+    /// Takes one more reference for a REGISTER it serves: `EOVERFLOW` past
+    /// `u32::MAX`.
+    pub(crate) fn get(&self, t: &mut RegistrationTable) -> Result {
+        let refs = self.refs.access_mut(t);
+        *refs = refs.checked_add(1).ok_or(EOVERFLOW)?;
+        Ok(())
+    }
+
+    /// Drops one reference; returns how many are left.
+    pub(crate) fn put(&self, t: &mut RegistrationTable) -> u32 {
+        let refs = self.refs.access_mut(t);
+        *refs = refs.saturating_sub(1);
+        *refs
+    }
+
+    /// Publishes the registration with its pinned pages, unless an
+    /// invalidation began since `seq` was read, a live registration serving
+    /// the same request is in the table, or the table is at `max` entries.
+    /// Neither allocates nor sleeps.
+    pub(crate) fn publish(
+        this: &Arc<Self>,
+        t: &mut RegistrationTable,
+        seq: u64,
+        max: u64,
+        parts: Parts,
+    ) -> Result<(), Refused> {
+        let info = &this.info;
+        let mut st = this.state.lock();
+        if this.notifier.read_retry(seq) {
+            return Err(Refused::Raced(parts));
+        }
+        if let Some(winner) = t.find_cover(info.addr, info.length, info.access) {
+            let winner = winner.clone();
+            drop(st);
+            return match winner.get(t) {
+                Ok(()) => Err(Refused::Covered(winner, parts)),
+                // The winner cannot take another reference; publishing our own is fine.
+                Err(_) => Err(Refused::Quota(parts)),
+            };
+        }
+        if t.len() >= max {
+            return Err(Refused::Quota(parts));
+        }
+        let npages = parts.pages.pages() as u64;
+        st.pinned = Some(parts.pages);
+        st.charges = Some(parts.charges);
+        st.subscription = Some(parts.subscription);
+        this.live.store(true, Relaxed);
+        drop(st);
+        *this.refs.access_mut(t) = 1;
+        t.insert(parts.nodes, this.clone());
+        t.stats.cache_misses += 1;
+        t.stats.pages_pinned += npages;
+        t.stats.pages_pinned_peak = t.stats.pages_pinned_peak.max(t.stats.pages_pinned);
+        Ok(())
+    }
+
+    /// Takes the registration with sequence `seq` out of the table: it is no
+    /// longer live and its charges are released. Returns it for teardown, or
+    /// `None` if it already left. Neither allocates nor sleeps.
+    pub(crate) fn unpublish(t: &mut RegistrationTable, seq: u64) -> Option<Arc<Self>> {
+        let this = t.remove(seq)?;
+        let pages = {
+            let mut st = this.state.lock();
+            // Taking the lock waits for a copy in progress; once `live` is clear none starts.
+            this.live.store(false, Relaxed);
+            st.charges.as_mut().map_or(0, |c| {
+                let pages = c.pages();
+                c.release();
+                pages
+            })
+        };
+        t.stats.pages_pinned = t.stats.pages_pinned.saturating_sub(pages);
+        Some(this)
+    }
+
+    /// Ends the registration after an invalidation: unpublishes it, counts
+    /// the cause and hands it to the context's deferred work for teardown.
+    /// Called from the notifier callback: neither allocates nor sleeps.
+    fn retire(this: &Self, cause: usize) {
+        let ctx = &this.ctx;
+        let mut t = ctx.table.lock();
+        let Some(this) = Self::unpublish(&mut t, this.info.keys.seq) else {
+            // Already ended by DEREGISTER, release or an earlier invalidation.
+            return;
+        };
+        if let Some(n) = t.stats.invalidations.get_mut(cause) {
+            *n += 1;
+        }
+        t.defer_teardown(this);
+        drop(t);
+        ContextShared::schedule_teardown(ctx);
+    }
+
+    /// Ends the registration for good: removes the notifier (waiting for a
+    /// callback in flight) and unpins the pages. Idempotent. Process context,
+    /// no lock held; may sleep.
+    pub(crate) fn teardown(&self) {
+        let (pinned, subscription, charges) = {
+            let mut st = self.state.lock();
+            self.live.store(false, Relaxed);
+            (st.pinned.take(), st.subscription.take(), st.charges.take())
+        };
+        // Charges are released before the unpinning (normally they already were).
+        drop(charges);
+        drop(subscription);
+        drop(pinned);
+    }
+
+    /// Copies `buf.len()` bytes of the registered range from byte `offset`
+    /// (relative to the registered address) into `buf`, or from `buf` into the
+    /// range when `to_registration`. Fails with `ENOENT` when the registration
+    /// is no longer live; nothing moves then.
+    pub(crate) fn copy_chunk(&self, offset: u64, buf: &mut [u8], to_registration: bool) -> Result {
+        let page_offset = (self.info.addr as usize) % PAGE_SIZE;
+        let at = usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(page_offset))
+            .ok_or(EINVAL)?;
+        let st = self.state.lock();
+        let pinned = match &st.pinned {
+            Some(p) if self.is_live() => p,
+            _ => return Err(ENOENT),
+        };
+        if to_registration {
+            pinned.write(at, buf)
+        } else {
+            pinned.read(at, buf)
+        }
+    }
+
+    /// The number of translation entries (extents), 0 once torn down.
+    pub(crate) fn extents(&self) -> u32 {
+        let st = self.state.lock();
+        st.pinned
+            .as_ref()
+            .map_or(0, |p| u32::try_from(p.extents().len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// The `MEMREG_INVAL_*` cause a notifier event ends a registration with, or
+/// `None` for events that leave its pages where they are. The mapping is
+/// explicit so the ABI does not follow the kernel's enum order; events this
+/// ABI does not name are counted as "other".
+pub(crate) fn inval_cause(event: Event) -> Option<usize> {
+    match event {
+        // The pinned pages stay mapped where they were: fork's write protection of a
+        // copy-on-write mapping (pinned anonymous pages are copied for the child, the parent
+        // keeps them), writeback cleaning, soft-dirty tracking.
+        Event::ProtectionPage | Event::SoftDirty => None,
+        Event::Unmap => Some(defs::INVAL_UNMAP),
+        Event::Clear => Some(defs::INVAL_CLEAR),
+        Event::ProtectionVma => Some(defs::INVAL_PROTECTION_VMA),
+        Event::Release => Some(defs::INVAL_RELEASE),
+        Event::Migrate => Some(defs::INVAL_MIGRATE),
+        Event::Exclusive => Some(defs::INVAL_EXCLUSIVE),
+        Event::Other(_) => Some(defs::INVAL_OTHER),
+    }
+}
+
+impl IntervalNotifierOps for Registration {
+    fn invalidate(this: &Self, range: &Range<'_>, cur_seq: u64) -> bool {
+        let Some(cause) = inval_cause(range.event()) else {
+            return true;
+        };
+        {
+            // Taking the lock waits for a copy in progress; once `live` is clear no copy starts.
+            let _st = this.state.lock();
+            this.notifier.set_seq(cur_seq);
+            this.live.store(false, Relaxed);
+        }
+        // Leave the table and queue the teardown; neither allocates nor sleeps.
+        Self::retire(this, cause);
+        true
+    }
+}
+
+#[pinned_drop]
+impl PinnedDrop for Registration {
+    fn drop(self: Pin<&mut Self>) {
+        GLOBAL_REGISTRATIONS.fetch_sub(1, Relaxed);
+    }
+}
+
+#[kunit_tests(memreg_registration)]
+mod tests {
+    use super::*;
+
+    fn info(addr: u64, length: u64, access: u32) -> RegistrationInfo {
+        RegistrationInfo {
+            addr,
+            length,
+            access,
+            npages: 0,
+            keys: KeyPair {
+                seq: 1,
+                lkey: 1 << 24,
+                rkey: 2 << 24,
+            },
+        }
+    }
+
+    #[test]
+    fn covers_needs_the_whole_range() {
+        let r = info(0x1000, 0x3000, defs::ACCESS_LOCAL_READ);
+        assert!(r.covers(0x1000, 0x3000, defs::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x2000, 0x10, defs::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x3fff, 1, defs::ACCESS_LOCAL_READ));
+        // Partial overlaps at either end are not covered.
+        assert!(!r.covers(0xfff, 2, defs::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0x3fff, 2, defs::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0x0, 0x8000, defs::ACCESS_LOCAL_READ));
+        // A range that wraps is never covered.
+        assert!(!r.covers(u64::MAX, 2, defs::ACCESS_LOCAL_READ));
+        assert_eq!(r.interval(), (0x1000, 0x3fff));
+    }
+
+    #[test]
+    fn covers_needs_at_least_the_access() {
+        let rw = defs::ACCESS_LOCAL_READ | defs::ACCESS_LOCAL_WRITE;
+        let r = info(0x1000, 0x1000, rw);
+        assert!(r.covers(0x1000, 0x1000, defs::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x1000, 0x1000, rw));
+        assert!(!r.covers(0x1000, 0x1000, rw | defs::ACCESS_REMOTE_WRITE));
+        let ro = info(0x1000, 0x1000, defs::ACCESS_LOCAL_READ);
+        assert!(!ro.covers(0x1000, 0x1000, rw));
+    }
+
+    #[test]
+    fn writable_follows_write_access() {
+        assert!(!info(0, 1, defs::ACCESS_LOCAL_READ).writable());
+        assert!(info(0, 1, defs::ACCESS_LOCAL_WRITE).writable());
+        assert!(info(0, 1, defs::ACCESS_REMOTE_WRITE).writable());
+        assert!(!info(0, 1, defs::ACCESS_LOCAL_READ | 1 << 2).writable());
+    }
+
+    #[test]
+    fn every_event_has_an_explicit_cause() {
+        assert_eq!(inval_cause(Event::Unmap), Some(defs::INVAL_UNMAP));
+        assert_eq!(inval_cause(Event::Clear), Some(defs::INVAL_CLEAR));
+        assert_eq!(
+            inval_cause(Event::ProtectionVma),
+            Some(defs::INVAL_PROTECTION_VMA)
+        );
+        assert_eq!(inval_cause(Event::Release), Some(defs::INVAL_RELEASE));
+        assert_eq!(inval_cause(Event::Migrate), Some(defs::INVAL_MIGRATE));
+        assert_eq!(inval_cause(Event::Exclusive), Some(defs::INVAL_EXCLUSIVE));
+        assert_eq!(inval_cause(Event::ProtectionPage), None);
+        assert_eq!(inval_cause(Event::SoftDirty), None);
+        // A kernel event this ABI does not know lands in "other", never out of bounds.
+        assert_eq!(inval_cause(Event::Other(1000)), Some(defs::INVAL_OTHER));
+    }
+}
