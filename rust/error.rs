@@ -17,6 +17,7 @@ pub(crate) struct MemregError(Error);
 impl MemregError {
     /// The completion status a request on a ring reports: the negative
     /// errno.
+    // TODO(rings): used by the completion rings of the data path.
     #[allow(
         dead_code,
         reason = "the request rings are the next step; used by the tests now"

@@ -356,6 +356,10 @@ pub(crate) fn inval_cause(event: Event) -> Option<usize> {
 
 impl IntervalNotifierOps for Registration {
     fn invalidate(this: &Self, range: &Range<'_>, cur_seq: u64) -> bool {
+        // TODO(revalidate): many clears leave the pinned pages mapped where they were (a
+        // mapping split anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the
+        // range, fork of a PMD-mapped THP, failed compaction of pinned shmem). Suspend the
+        // registration and revalidate it on next use instead of ending it.
         let Some(cause) = inval_cause(range.event()) else {
             return true;
         };
