@@ -173,13 +173,16 @@ impl Context {
     pub(crate) fn unregister(&self, done: &Registered) {
         let ended = {
             let mut t = self.shared.table.lock();
-            let Some(registration) = t.get(done.keys.lkey).cloned() else {
-                // An invalidation ended it meanwhile; that is not ours to undo.
-                return;
-            };
             if done.hit {
                 t.stats.cache_hits = t.stats.cache_hits.saturating_sub(1);
             }
+            let Some(registration) = t.get(done.keys.lkey).cloned() else {
+                // An invalidation ended it meanwhile: its counters are the invalidation's.
+                if !done.hit {
+                    t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
+                }
+                return;
+            };
             if registration.put(&mut t) > 0 {
                 return;
             }
@@ -219,11 +222,15 @@ impl Context {
                     peak_before: 0,
                 });
             }
-            if t.len() >= max {
+            if t.len() >= max || !t.may_overlap_range(addr, length) {
                 return Err(EDQUOT.into());
             }
             t.stats.pages_pinned_peak
         };
+        // Registrations ended by invalidation no longer count against any limit but stay
+        // pinned until torn down: tear this context's down now, so that a loop of REGISTER
+        // and munmap cannot pin more than its limits allow while the worker catches up.
+        self.shared.drain_deferred();
 
         let page_addr = usize::try_from(addr).map_err(|_| EFAULT)? & !(PAGE_SIZE - 1);
         let page_end = usize::try_from(end)
@@ -312,6 +319,10 @@ impl Context {
                 Refused::Quota(parts) => {
                     drop(parts);
                     return Err(EDQUOT.into());
+                }
+                Refused::Overflow(parts) => {
+                    drop(parts);
+                    return Err(EOVERFLOW.into());
                 }
                 Refused::Covered(_, parts) => {
                     drop(parts);

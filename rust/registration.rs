@@ -146,8 +146,11 @@ pub(crate) enum Refused {
     /// A live registration serving the same request was published
     /// meanwhile; a reference was taken on it for the caller.
     Covered(Arc<Registration>, Parts),
-    /// The context is at its cap of registrations.
+    /// The context is at its cap of registrations, or the pages are already
+    /// pinned by too many of its registrations.
     Quota(Parts),
+    /// The registration serving the request cannot take another reference.
+    Overflow(Parts),
 }
 
 impl Registration {
@@ -230,11 +233,11 @@ impl Registration {
             drop(st);
             return match winner.get(t) {
                 Ok(()) => Err(Refused::Covered(winner, parts)),
-                // The winner cannot take another reference; publishing our own is fine.
-                Err(_) => Err(Refused::Quota(parts)),
+                // As a cache hit on it would.
+                Err(_) => Err(Refused::Overflow(parts)),
             };
         }
-        if t.len() >= max {
+        if t.len() >= max || !t.may_overlap(info) {
             return Err(Refused::Quota(parts));
         }
         let npages = parts.pages.pages() as u64;

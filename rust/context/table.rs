@@ -13,7 +13,11 @@
 //! callback takes: nothing here allocates or sleeps. Nodes are reserved
 //! beforehand ([`Nodes`]).
 
-use crate::{key, registration::Registration, stats::Stats};
+use crate::{
+    key,
+    registration::{Registration, RegistrationInfo},
+    stats::Stats,
+};
 use kernel::{
     interval_tree::{self, IntervalTree},
     list::{List, ListArc},
@@ -21,6 +25,10 @@ use kernel::{
     rbtree::{RBTree, RBTreeNodeReservation},
     sync::Arc,
 };
+
+/// Live registrations a new one may overlap: a REGISTER miss over more fails
+/// with `EDQUOT`.
+pub(crate) const MAX_OVERLAP: usize = 64;
 
 /// The memory a registration needs in the table, allocated before the table
 /// lock is taken.
@@ -87,7 +95,32 @@ impl RegistrationTable {
     }
 
     // TODO(partial-overlap): a range only partly covered by live registrations becomes a
-    // registration of its own, and the pages both cover are pinned and charged twice.
+    // registration of its own, and the pages both cover are pinned and charged twice. Until
+    // registrations are extended or split instead, [`MAX_OVERLAP`] bounds how many of them pin
+    // one page.
+
+    /// Whether a new registration `info` overlaps at most [`MAX_OVERLAP`] live
+    /// registrations. Bounds how often the context pins any one page (each pin
+    /// adds to the page's reference count, which must not overflow) and the
+    /// registrations [`RegistrationTable::find_cover`] walks. `O(log n +
+    /// MAX_OVERLAP)`.
+    pub(crate) fn may_overlap(&self, info: &RegistrationInfo) -> bool {
+        let (first, last) = info.interval();
+        self.by_range.iter(first, last).nth(MAX_OVERLAP).is_none()
+    }
+
+    /// Whether `length` bytes at `addr` overlap at most [`MAX_OVERLAP`] live
+    /// registrations; see [`RegistrationTable::may_overlap`].
+    pub(crate) fn may_overlap_range(&self, addr: u64, length: u64) -> bool {
+        let (Ok(first), Some(Ok(last))) = (
+            usize::try_from(addr),
+            addr.checked_add(length.saturating_sub(1))
+                .map(usize::try_from),
+        ) else {
+            return false;
+        };
+        self.by_range.iter(first, last).nth(MAX_OVERLAP).is_none()
+    }
 
     /// Adds a live registration, in the memory of `nodes`.
     pub(crate) fn insert(&mut self, nodes: Nodes, registration: Arc<Registration>) {
@@ -128,9 +161,13 @@ impl RegistrationTable {
 
     /// Queues a registration that left the table for teardown.
     pub(crate) fn defer_teardown(&mut self, registration: Arc<Registration>) {
-        // A registration leaves the table once, so it is on no list yet.
-        if let Ok(item) = ListArc::try_from_arc(registration) {
-            self.pending.push_back(item);
+        // A registration leaves the table once, so it is on no list yet: failing here would
+        // leave it pinned for good.
+        match ListArc::try_from_arc(registration) {
+            Ok(item) => self.pending.push_back(item),
+            Err(_) => {
+                kernel::warn_on!(true);
+            }
         }
     }
 

@@ -146,6 +146,7 @@ impl<V> IntervalTree<V> {
         };
         Iter {
             next,
+            advance: false,
             start,
             last,
             _tree: PhantomData,
@@ -215,7 +216,9 @@ impl<V> Drop for IntervalTree<V> {
 
 /// An iterator over the values of an [`IntervalTree`] overlapping a range.
 pub struct Iter<'a, V> {
+    /// The node returned last (when `advance`) or to return next.
     next: *mut bindings::interval_tree_node,
+    advance: bool,
     start: usize,
     last: usize,
     _tree: PhantomData<&'a IntervalTree<V>>,
@@ -225,18 +228,26 @@ impl<'a, V> Iterator for Iter<'a, V> {
     type Item = (usize, usize, &'a V);
 
     fn next(&mut self) -> Option<Self::Item> {
+        // The successor is looked up only when asked for, so a search that stops at its first
+        // match costs one descent.
+        if self.advance {
+            let (node, start, last) = (self.next, self.start, self.last);
+            // SAFETY: `node` is a node of the tree `'a` borrows unchanged; the tree is valid and
+            // only read.
+            self.next = unsafe { bindings::interval_tree_iter_next(node, start, last) };
+        }
         let raw = self.next;
         if raw.is_null() {
+            self.advance = false;
             return None;
         }
+        self.advance = true;
         // SAFETY: `raw` is a node of the tree `'a` borrows unchanged; by the tree's invariant it
         // is the first field of a live `Node<V>`.
         let item = unsafe {
             let node = raw.cast::<Node<V>>();
             ((*raw).start, (*raw).last, &(*node).value)
         };
-        // SAFETY: As above; the tree is valid and only read.
-        self.next = unsafe { bindings::interval_tree_iter_next(raw, self.start, self.last) };
         Some(item)
     }
 }

@@ -919,7 +919,7 @@ static void bench_munmap(void)
 
 /*
  * One mapping holds three parts: [lo][big][hi]. A context of n registrations
- * has one registration of all of "big", read-only, registered last, and n - 1
+ * has one registration of all of "big", read-only, registered first, and n - 1
  * small read-write ones of 1-16 pages: half inside "big", a quarter in each of
  * "lo" and "hi". Small ones start `stride` bytes apart (any alignment), and
  * each ends after its predecessor, so none covers another and each REGISTER
@@ -1072,10 +1072,10 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 	if (c->fd < 0)
 		fail("open /dev/memreg: %s", strerror(errno));
 	rng = 88172645463325252ULL ^ n;
-	add_smalls(c->fd, L->lo, L->side_len, n_lo, lo);
-	add_smalls(c->fd, L->big + 64, L->big_len - 64, n_in, in);
-	add_smalls(c->fd, L->hi, L->side_len, n_hi, hi);
-	/* The big one last: while the small ones go in, no registration is long. */
+	/*
+	 * The big one first: a registration may overlap at most 64 live ones
+	 * (EDQUOT past that), so it cannot come after the small ones inside it.
+	 */
 	ret = mr_register(c->fd, L->big, L->big_len, RO, &r);
 	if (ret == -ENOMEM) {
 		close(c->fd);
@@ -1090,6 +1090,9 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 	if (r.flags & MEMREG_REGISTER_CACHED)
 		fail("REGISTER of the big range was a cache hit");
 	c->big_key = r.lkey;
+	add_smalls(c->fd, L->lo, L->side_len, n_lo, lo);
+	add_smalls(c->fd, L->big + 64, L->big_len - 64, n_in, in);
+	add_smalls(c->fd, L->hi, L->side_len, n_hi, hi);
 	if (mr_stats(c->fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.registrations != n)

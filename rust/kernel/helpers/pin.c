@@ -25,14 +25,30 @@ __rust_helper atomic64_t *rust_helper_mm_pinned_vm(struct mm_struct *mm)
 	return &mm->pinned_vm;
 }
 
-/* Translates a batch at once: one call instead of one per page. */
-__rust_helper void rust_helper_pages_to_pfns(struct page *const *pages, unsigned long *pfns,
-					     unsigned long n)
+/*
+ * Describes a batch of pages as runs that are contiguous both as frame
+ * numbers and as struct pages (what unpin_user_page_range_dirty_lock()
+ * walks): run i is lens[i] pages from frame pfns[i]. Returns the number of
+ * runs, at most n. One call per batch instead of one per page.
+ */
+__rust_helper unsigned long rust_helper_pages_to_runs(struct page *const *pages, unsigned long n,
+						      unsigned long *pfns, unsigned int *lens)
 {
-	unsigned long i;
+	unsigned long i, runs = 0;
 
-	for (i = 0; i < n; i++)
-		pfns[i] = page_to_pfn(pages[i]);
+	for (i = 0; i < n; i++) {
+		unsigned long pfn = page_to_pfn(pages[i]);
+
+		if (runs && pages[i] == pages[i - 1] + 1 &&
+		    pfn == pfns[runs - 1] + lens[runs - 1]) {
+			lens[runs - 1]++;
+			continue;
+		}
+		pfns[runs] = pfn;
+		lens[runs] = 1;
+		runs++;
+	}
+	return runs;
 }
 
 #ifdef CONFIG_MEMREG_SUPPORT

@@ -144,7 +144,7 @@ impl Extents {
     /// Fails with `EINVAL` past `u32::MAX` pages and with `ENOMEM` when the
     /// array cannot grow; the list is unchanged then.
     pub fn push_page(&mut self, pfn: u64) -> Result {
-        self.push_page_with(pfn, true)
+        self.push_run(pfn, 1, true)
     }
 
     /// Appends the page `pfn`; it extends the last extent only when it
@@ -152,8 +152,44 @@ impl Extents {
     /// through `struct page` pointers refuse merges where those pointers are
     /// not contiguous (memory sections without a virtual memory map).
     pub fn push_page_with(&mut self, pfn: u64, may_merge: bool) -> Result {
+        self.push_run(pfn, 1, may_merge)
+    }
+
+    /// Makes room for `additional` more extents, so that as many pushes
+    /// allocate nothing. Fails with `ENOMEM`; the list is unchanged then.
+    pub fn reserve(&mut self, additional: usize) -> Result {
+        if self.heap.is_empty() {
+            if self.inline_len + additional <= INLINE_EXTENTS {
+                return Ok(());
+            }
+            self.heap
+                .reserve(
+                    self.inline_len + additional.max(INLINE_EXTENTS),
+                    GFP_KERNEL_ACCOUNT,
+                )
+                .map_err(|_| ENOMEM)?;
+            self.heap
+                .extend_from_slice(&self.inline[..self.inline_len], GFP_KERNEL_ACCOUNT)?;
+            self.inline_len = 0;
+            Ok(())
+        } else {
+            self.heap
+                .reserve(additional, GFP_KERNEL_ACCOUNT)
+                .map_err(|_| ENOMEM)
+        }
+    }
+
+    /// Appends `pages` physically contiguous pages from `pfn`; they extend the
+    /// last extent only when they follow it physically and `may_merge`.
+    ///
+    /// Fails with `EINVAL` for zero pages or past `u32::MAX` pages in all and
+    /// with `ENOMEM` when the array cannot grow; the list is unchanged then.
+    pub fn push_run(&mut self, pfn: u64, pages: u32, may_merge: bool) -> Result {
+        if pages == 0 {
+            return Err(EINVAL);
+        }
         let first = self.pages;
-        let next = first.checked_add(1).ok_or(EINVAL)?;
+        let next = first.checked_add(pages).ok_or(EINVAL)?;
         let last = if self.heap.is_empty() {
             self.inline[..self.inline_len].last_mut()
         } else {
@@ -161,28 +197,18 @@ impl Extents {
         };
         if let Some(last) = last.filter(|_| may_merge) {
             if last.pfn.checked_add(u64::from(last.pages)) == Some(pfn) {
-                last.pages += 1;
+                last.pages += pages;
                 self.pages = next;
                 return Ok(());
             }
         }
-        let extent = Extent {
-            pfn,
-            first,
-            pages: 1,
-        };
+        let extent = Extent { pfn, first, pages };
         if self.heap.is_empty() && self.inline_len < INLINE_EXTENTS {
             self.inline[self.inline_len] = extent;
             self.inline_len += 1;
         } else {
-            if self.heap.is_empty() {
-                self.heap
-                    .reserve(2 * INLINE_EXTENTS, GFP_KERNEL)
-                    .map_err(|_| ENOMEM)?;
-                self.heap
-                    .extend_from_slice(&self.inline[..self.inline_len], GFP_KERNEL)?;
-            }
-            self.heap.push(extent, GFP_KERNEL)?;
+            self.reserve(1)?;
+            self.heap.push(extent, GFP_KERNEL_ACCOUNT)?;
         }
         self.pages = next;
         Ok(())
@@ -194,7 +220,7 @@ impl Extents {
         let len = self.heap.len();
         if len > 0 && self.heap.capacity() / 2 > len {
             // Shrinking only reallocates smaller; on failure the array stays as it was.
-            let _ = self.heap.shrink_to(len, GFP_KERNEL);
+            let _ = self.heap.shrink_to(len, GFP_KERNEL_ACCOUNT);
         }
     }
 
@@ -434,12 +460,14 @@ impl PinnedPages {
         };
         let cap = npages.min(PIN_BATCH);
         let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
-        let mut pfns = KVec::<usize>::with_capacity(cap, GFP_KERNEL)?;
+        let mut run_pfns = KVec::<usize>::with_capacity(cap, GFP_KERNEL)?;
+        let mut run_lens = KVec::<u32>::with_capacity(cap, GFP_KERNEL)?;
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
         }
-        // The last page pushed, to decide whether the next one extends its extent.
+        // The frame after the last page pushed and that page, to decide whether the next batch's
+        // first run extends the last extent.
         let mut last: Option<(u64, *mut bindings::page)> = None;
         let mut done = 0;
         while done < npages {
@@ -450,7 +478,7 @@ impl PinnedPages {
                 bindings::pin_user_pages_fast(addr, want as i32, flags, batch.as_mut_ptr())
             };
             if got <= 0 {
-                // `this` unpins and uncharges what was pinned so far.
+                // `this` unpins what was pinned so far.
                 return Err(if got < 0 {
                     Error::from_errno(got)
                 } else {
@@ -458,35 +486,66 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
-            if let Err(e) = charge(got) {
+            // Everything that can fail for this batch comes before its pages are handed to
+            // `this`: on failure they are unpinned here.
+            let fail = |e: Error, batch: &mut KVec<*mut bindings::page>| {
                 // SAFETY: The first `got` entries of `batch` are pages pinned above and not yet
                 // owned by `this`; each is unpinned once here.
                 unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
-                return Err(e);
+                e
+            };
+            if let Err(e) = charge(got) {
+                return Err(fail(e, &mut batch));
             }
-            // SAFETY: The first `got` entries of `batch` are valid pinned pages, and `pfns` has
-            // room for `got` frame numbers, which the helper writes.
-            unsafe { bindings::pages_to_pfns(batch.as_ptr(), pfns.as_mut_ptr(), got) };
-            for i in 0..got {
-                // SAFETY: `pin_user_pages_fast` filled, and the helper translated, `got` entries.
-                let (page, pfn) =
-                    unsafe { (batch.as_ptr().add(i).read(), pfns.as_ptr().add(i).read()) };
+            // SAFETY: The first `got` entries of `batch` are valid pinned pages, and `run_pfns`
+            // and `run_lens` have room for `got` runs, at most one per page.
+            let runs = unsafe {
+                bindings::pages_to_runs(
+                    batch.as_ptr(),
+                    got,
+                    run_pfns.as_mut_ptr(),
+                    run_lens.as_mut_ptr(),
+                )
+            };
+            let runs = (runs as usize).min(got);
+            if let Err(e) = this.extents.reserve(runs) {
+                return Err(fail(e, &mut batch));
+            }
+            // SAFETY: `pin_user_pages_fast` filled `got` entries; the helper wrote `runs` runs.
+            let (first_page, last_page) =
+                unsafe { (batch.as_ptr().read(), batch.as_ptr().add(got - 1).read()) };
+            // Pages of this batch handed to `this` so far.
+            let mut pushed = 0usize;
+            for i in 0..runs {
+                // SAFETY: The helper wrote `runs` entries of both arrays.
+                let (pfn, len) = unsafe {
+                    (
+                        run_pfns.as_ptr().add(i).read(),
+                        run_lens.as_ptr().add(i).read(),
+                    )
+                };
                 let pfn = pfn as u64;
-                // A page extends the previous extent when both its frame number and its
-                // `struct page` follow the previous page's: unpinning walks `struct page`s.
-                let merge = last.is_some_and(|(lpfn, lpage)| {
-                    lpfn.checked_add(1) == Some(pfn) && lpage.wrapping_add(1) == page
-                });
-                last = Some((pfn, page));
-                if let Err(e) = this.extents.push_page_with(pfn, merge) {
-                    // SAFETY: Entries `i..got` of `batch` are pages pinned above and not yet
-                    // owned by `this`; each is unpinned once here.
-                    unsafe { bindings::unpin_user_pages(batch.as_mut_ptr().add(i), got - i) };
+                // The first run extends the last extent when both its frame number and its
+                // `struct page` follow: unpinning walks `struct page`s.
+                let merge = i == 0
+                    && last.is_some_and(|(next_pfn, lpage)| {
+                        next_pfn == pfn && lpage.wrapping_add(1) == first_page
+                    });
+                // Room was reserved, so this fails only past `u32::MAX` pages, which `npages`
+                // excludes; still, nothing stays pinned if it does.
+                if let Err(e) = this.extents.push_run(pfn, len, merge) {
+                    // SAFETY: Entries `pushed..got` of `batch` are pinned and not yet owned by
+                    // `this`; each is unpinned once here.
+                    unsafe {
+                        bindings::unpin_user_pages(batch.as_mut_ptr().add(pushed), got - pushed)
+                    };
                     return Err(e);
                 }
+                pushed += len as usize;
+                last = Some((pfn + u64::from(len), last_page));
             }
             // INVARIANT: Every page pushed into `extents` holds the pin taken above, and the
-            // pages of each extent have contiguous `struct page`s.
+            // helper joins pages into a run only where their `struct page`s are contiguous.
             done += got;
             cond_resched();
         }

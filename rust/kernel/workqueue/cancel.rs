@@ -21,7 +21,10 @@ use crate::{
 /// it is running, this waits for it to return. Returns whether it was queued.
 ///
 /// The item may be queued again afterwards; the caller makes sure it is not
-/// when it needs no work to remain. May sleep.
+/// when it needs no work to remain. May sleep. Meant for plain work items:
+/// for one embedded in a delayed work item whose timer is pending, this
+/// waits for the timer to fire.
+// TODO(cancel-delayed): a `cancel_delayed_sync` for `DelayedWork` items.
 ///
 /// # Examples
 ///
