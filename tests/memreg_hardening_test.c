@@ -1135,4 +1135,49 @@ TEST_F_TIMEOUT(copy_kill, fatal_signal_stops_copy_between_chunks, 120)
 				    self->base.pages_pinned));
 }
 
+/* ---- Overlapping registrations ---- */
+
+#define MAX_OVERLAP 64
+
+/*
+ * A miss may overlap at most MAX_OVERLAP live registrations: each pins the
+ * shared pages again, and a page's reference count must not overflow.
+ */
+TEST(overlap_is_bounded)
+{
+	const size_t npages = MAX_OVERLAP + 8;
+	struct memreg_register r[MAX_OVERLAP + 1], big;
+	struct memreg_stats before, after;
+	char *buf = map_filled(npages * PAGE, 'o');
+	long vmpin;
+	int fd = memreg_open();
+	int i;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_NE(NULL, buf);
+	/* MAX_OVERLAP + 1 one-page registrations, each of its own page. */
+	for (i = 0; i <= MAX_OVERLAP; i++)
+		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, RW, &r[i]));
+	ASSERT_EQ(0, mr_stats(fd, &before));
+	vmpin = vm_pin_kb();
+
+	/* The whole range overlaps one too many: refused, nothing changed. */
+	EXPECT_EQ(-EDQUOT, mr_register(fd, buf, npages * PAGE, RW, &big));
+	ASSERT_EQ(0, mr_stats(fd, &after));
+	EXPECT_EQ(0, memcmp(&before, &after, sizeof(before)));
+	EXPECT_EQ(vmpin, vm_pin_kb());
+	/* A range overlapping fewer is fine. */
+	EXPECT_EQ(0, mr_register(fd, buf + PAGE, MAX_OVERLAP * PAGE, RW, &big));
+	EXPECT_EQ(0, mr_deregister(fd, big.lkey));
+
+	/* One fewer overlapping registration, and the whole range fits. */
+	ASSERT_EQ(0, mr_deregister(fd, r[0].lkey));
+	EXPECT_EQ(0, mr_register(fd, buf, npages * PAGE, RW, &big));
+	/* A cache hit on it is not a new pin, whatever it overlaps. */
+	EXPECT_EQ(0, mr_register(fd, buf + 2 * PAGE, PAGE, RO, &big));
+	EXPECT_TRUE(big.flags & MEMREG_REGISTER_CACHED);
+	close(fd);
+	munmap(buf, npages * PAGE);
+}
+
 TEST_HARNESS_MAIN
