@@ -25,27 +25,46 @@ __rust_helper atomic64_t *rust_helper_mm_pinned_vm(struct mm_struct *mm)
 	return &mm->pinned_vm;
 }
 
-/*
- * Describes a batch of pages as runs that are contiguous both as frame
- * numbers and as struct pages (what unpin_user_page_range_dirty_lock()
- * walks): run i is lens[i] pages from frame pfns[i]. Returns the number of
- * runs, at most n. One call per batch instead of one per page.
- */
-__rust_helper unsigned long rust_helper_pages_to_runs(struct page *const *pages, unsigned long n,
-						      unsigned long *pfns, unsigned int *lens)
-{
-	unsigned long i, runs = 0;
+/* The layout of kernel::mm::pin::Extent (asserted on the Rust side). */
+struct rust_pin_extent {
+	u64 pfn;
+	u32 first;
+	u32 pages;
+};
 
-	for (i = 0; i < n; i++) {
+/*
+ * Describes a batch of pinned pages as extents: runs contiguous both as frame
+ * numbers and as struct pages (what unpin_user_page_range_dirty_lock()
+ * walks). The leading pages that continue @prev (the last page of the last
+ * extent so far, or NULL), whose frame would be @prev_next_pfn, are only
+ * counted in *@extend; the others go into @out (room for @n extents), their
+ * indexes counted from @first. Returns the number of extents written. One
+ * call per batch instead of work per page in Rust.
+ */
+__rust_helper unsigned long rust_helper_pages_to_extents(struct page *const *pages, unsigned long n,
+							 struct page *prev, unsigned long prev_next_pfn,
+							 u32 first, void *out_, unsigned long *extend)
+{
+	struct rust_pin_extent *out = out_;
+	unsigned long i = 0, runs = 0;
+
+	while (prev && i < n && pages[i] == prev + 1 && page_to_pfn(pages[i]) == prev_next_pfn) {
+		prev = pages[i];
+		prev_next_pfn++;
+		i++;
+	}
+	*extend = i;
+	for (; i < n; i++) {
 		unsigned long pfn = page_to_pfn(pages[i]);
 
 		if (runs && pages[i] == pages[i - 1] + 1 &&
-		    pfn == pfns[runs - 1] + lens[runs - 1]) {
-			lens[runs - 1]++;
+		    pfn == out[runs - 1].pfn + out[runs - 1].pages) {
+			out[runs - 1].pages++;
 			continue;
 		}
-		pfns[runs] = pfn;
-		lens[runs] = 1;
+		out[runs].pfn = pfn;
+		out[runs].first = first + i;
+		out[runs].pages = 1;
 		runs++;
 	}
 	return runs;

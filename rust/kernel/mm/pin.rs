@@ -39,6 +39,14 @@ use core::ptr::NonNull;
 /// Pages asked of `pin_user_pages_fast` in one call.
 const PIN_BATCH: usize = 512;
 
+// The C helper writes `Extent`s as `struct rust_pin_extent { u64 pfn; u32 first; u32 pages; }`.
+const _: () = {
+    assert!(core::mem::size_of::<Extent>() == 16);
+    assert!(core::mem::offset_of!(Extent, pfn) == 0);
+    assert!(core::mem::offset_of!(Extent, first) == 8);
+    assert!(core::mem::offset_of!(Extent, pages) == 12);
+};
+
 /// Pages unpinned between two chances to reschedule.
 const UNPIN_BATCH: u32 = 1024;
 
@@ -47,6 +55,7 @@ pub const INLINE_EXTENTS: usize = 4;
 
 /// A run of physically contiguous pinned pages: one translation entry.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
 pub struct Extent {
     /// Page frame number of the first page.
     pub pfn: u64,
@@ -211,6 +220,77 @@ impl Extents {
             self.heap.push(extent, GFP_KERNEL_ACCOUNT)?;
         }
         self.pages = next;
+        Ok(())
+    }
+
+    /// Appends a batch of pinned `pages`, the next pages of the range;
+    /// `prev` is the last page appended before (null for none). Consecutive
+    /// pages join an extent where both their frame numbers and their `struct
+    /// page`s are contiguous. The work per page is done by one C call.
+    ///
+    /// Fails with `EINVAL` past `u32::MAX` pages and with `ENOMEM` when the
+    /// array cannot grow; the list is unchanged then.
+    fn push_pinned(&mut self, pages: &[*mut bindings::page], prev: *mut bindings::page) -> Result {
+        let n = pages.len();
+        let total = u32::try_from(n)
+            .ok()
+            .and_then(|n| self.pages.checked_add(n))
+            .ok_or(EINVAL)?;
+        let prev_next_pfn = self
+            .as_slice()
+            .last()
+            .map_or(0, |e| e.pfn + u64::from(e.pages)) as usize;
+        let mut extend = 0usize;
+        let written;
+        if self.heap.is_empty() && self.inline_len + n <= INLINE_EXTENTS {
+            let mut out = [Extent::default(); INLINE_EXTENTS];
+            // SAFETY: `pages` holds `n` valid pinned pages and `out` has room for `n` extents,
+            // laid out as the helper's `struct rust_pin_extent` (asserted below).
+            written = unsafe {
+                bindings::pages_to_extents(
+                    pages.as_ptr(),
+                    n,
+                    prev,
+                    prev_next_pfn,
+                    self.pages,
+                    out.as_mut_ptr().cast(),
+                    &mut extend,
+                )
+            };
+            let written = written.min(n);
+            if let Some(last) = self.inline[..self.inline_len].last_mut() {
+                last.pages += extend as u32;
+            }
+            for e in &out[..written] {
+                self.inline[self.inline_len] = *e;
+                self.inline_len += 1;
+            }
+        } else {
+            self.reserve(n)?;
+            let spare = self.heap.spare_capacity_mut();
+            if spare.len() < n {
+                return Err(ENOMEM);
+            }
+            // SAFETY: As above, with room for `n` extents in the array's spare capacity.
+            written = unsafe {
+                bindings::pages_to_extents(
+                    pages.as_ptr(),
+                    n,
+                    prev,
+                    prev_next_pfn,
+                    self.pages,
+                    spare.as_mut_ptr().cast(),
+                    &mut extend,
+                )
+            }
+            .min(n);
+            if let Some(last) = self.heap.last_mut() {
+                last.pages += extend as u32;
+            }
+            // SAFETY: The helper initialised the first `written` entries of the spare capacity.
+            unsafe { self.heap.inc_len(written) };
+        }
+        self.pages = total;
         Ok(())
     }
 
@@ -460,15 +540,12 @@ impl PinnedPages {
         };
         let cap = npages.min(PIN_BATCH);
         let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
-        let mut run_pfns = KVec::<usize>::with_capacity(cap, GFP_KERNEL)?;
-        let mut run_lens = KVec::<u32>::with_capacity(cap, GFP_KERNEL)?;
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
         }
-        // The frame after the last page pushed and that page, to decide whether the next batch's
-        // first run extends the last extent.
-        let mut last: Option<(u64, *mut bindings::page)> = None;
+        // The last page appended, to decide whether the next batch extends its extent.
+        let mut prev: *mut bindings::page = core::ptr::null_mut();
         let mut done = 0;
         while done < npages {
             let want = (npages - done).min(PIN_BATCH);
@@ -486,66 +563,19 @@ impl PinnedPages {
                 });
             }
             let got = (got as usize).min(want);
-            // Everything that can fail for this batch comes before its pages are handed to
-            // `this`: on failure they are unpinned here.
-            let fail = |e: Error, batch: &mut KVec<*mut bindings::page>| {
-                // SAFETY: The first `got` entries of `batch` are pages pinned above and not yet
-                // owned by `this`; each is unpinned once here.
+            // SAFETY: `pin_user_pages_fast` initialised the first `got` entries.
+            unsafe { batch.inc_len(got) };
+            let pushed = charge(got).and_then(|()| this.extents.push_pinned(&batch, prev));
+            if let Err(e) = pushed {
+                // SAFETY: The `got` pages of `batch` were pinned above and not handed to `this`
+                // (a failed push changes nothing); each is unpinned once here.
                 unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
-                e
-            };
-            if let Err(e) = charge(got) {
-                return Err(fail(e, &mut batch));
+                return Err(e);
             }
-            // SAFETY: The first `got` entries of `batch` are valid pinned pages, and `run_pfns`
-            // and `run_lens` have room for `got` runs, at most one per page.
-            let runs = unsafe {
-                bindings::pages_to_runs(
-                    batch.as_ptr(),
-                    got,
-                    run_pfns.as_mut_ptr(),
-                    run_lens.as_mut_ptr(),
-                )
-            };
-            let runs = (runs as usize).min(got);
-            if let Err(e) = this.extents.reserve(runs) {
-                return Err(fail(e, &mut batch));
-            }
-            // SAFETY: `pin_user_pages_fast` filled `got` entries; the helper wrote `runs` runs.
-            let (first_page, last_page) =
-                unsafe { (batch.as_ptr().read(), batch.as_ptr().add(got - 1).read()) };
-            // Pages of this batch handed to `this` so far.
-            let mut pushed = 0usize;
-            for i in 0..runs {
-                // SAFETY: The helper wrote `runs` entries of both arrays.
-                let (pfn, len) = unsafe {
-                    (
-                        run_pfns.as_ptr().add(i).read(),
-                        run_lens.as_ptr().add(i).read(),
-                    )
-                };
-                let pfn = pfn as u64;
-                // The first run extends the last extent when both its frame number and its
-                // `struct page` follow: unpinning walks `struct page`s.
-                let merge = i == 0
-                    && last.is_some_and(|(next_pfn, lpage)| {
-                        next_pfn == pfn && lpage.wrapping_add(1) == first_page
-                    });
-                // Room was reserved, so this fails only past `u32::MAX` pages, which `npages`
-                // excludes; still, nothing stays pinned if it does.
-                if let Err(e) = this.extents.push_run(pfn, len, merge) {
-                    // SAFETY: Entries `pushed..got` of `batch` are pinned and not yet owned by
-                    // `this`; each is unpinned once here.
-                    unsafe {
-                        bindings::unpin_user_pages(batch.as_mut_ptr().add(pushed), got - pushed)
-                    };
-                    return Err(e);
-                }
-                pushed += len as usize;
-                last = Some((pfn + u64::from(len), last_page));
-            }
-            // INVARIANT: Every page pushed into `extents` holds the pin taken above, and the
-            // helper joins pages into a run only where their `struct page`s are contiguous.
+            // INVARIANT: Every page appended to `extents` holds the pin taken above, and the
+            // helper joins pages into an extent only where their `struct page`s are contiguous.
+            prev = batch.last().copied().unwrap_or(prev);
+            batch.clear();
             done += got;
             cond_resched();
         }
