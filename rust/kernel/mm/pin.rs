@@ -47,6 +47,9 @@ const _: () = {
     assert!(core::mem::offset_of!(Extent, pages) == 12);
 };
 
+/// Pages pinned with a batch array on the stack rather than allocated.
+const STACK_BATCH: usize = 16;
+
 /// Pages unpinned between two chances to reschedule.
 const UNPIN_BATCH: u32 = 1024;
 
@@ -539,7 +542,15 @@ impl PinnedPages {
             writable,
         };
         let cap = npages.min(PIN_BATCH);
-        let mut batch = KVec::<*mut bindings::page>::with_capacity(cap, GFP_KERNEL)?;
+        // Small registrations, the common case, pin without allocating a batch array.
+        let mut on_stack = [core::ptr::null_mut::<bindings::page>(); STACK_BATCH];
+        let mut on_heap;
+        let batch: &mut [*mut bindings::page] = if cap <= STACK_BATCH {
+            &mut on_stack[..cap]
+        } else {
+            on_heap = KVec::from_elem(core::ptr::null_mut(), cap, GFP_KERNEL)?;
+            &mut on_heap[..]
+        };
         let mut flags = bindings::FOLL_LONGTERM;
         if writable {
             flags |= bindings::FOLL_WRITE;
@@ -562,20 +573,19 @@ impl PinnedPages {
                     EFAULT
                 });
             }
-            let got = (got as usize).min(want);
-            // SAFETY: `pin_user_pages_fast` initialised the first `got` entries.
-            unsafe { batch.inc_len(got) };
-            let pushed = charge(got).and_then(|()| this.extents.push_pinned(&batch, prev));
+            // `want` is at most the batch's length, so `got` is too.
+            let got = (got as usize).min(want).min(batch.len());
+            let pinned = &mut batch[..got];
+            let pushed = charge(got).and_then(|()| this.extents.push_pinned(pinned, prev));
             if let Err(e) = pushed {
-                // SAFETY: The `got` pages of `batch` were pinned above and not handed to `this`
+                // SAFETY: The `got` pages of `pinned` were pinned above and not handed to `this`
                 // (a failed push changes nothing); each is unpinned once here.
-                unsafe { bindings::unpin_user_pages(batch.as_mut_ptr(), got) };
+                unsafe { bindings::unpin_user_pages(pinned.as_mut_ptr(), got) };
                 return Err(e);
             }
             // INVARIANT: Every page appended to `extents` holds the pin taken above, and the
             // helper joins pages into an extent only where their `struct page`s are contiguous.
-            prev = batch.last().copied().unwrap_or(prev);
-            batch.clear();
+            prev = pinned.last().copied().unwrap_or(prev);
             done += got;
             cond_resched();
         }
