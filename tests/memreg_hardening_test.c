@@ -18,6 +18,7 @@
  * other memreg file open, as root.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -1133,6 +1134,96 @@ TEST_F_TIMEOUT(copy_kill, fatal_signal_stops_copy_between_chunks, 120)
 	close(mfd);
 	ASSERT_EQ(0, mr_wait_global(self->base.contexts, self->base.regions,
 				    self->base.pages_pinned));
+}
+
+/* ---- Charges leave with the registration, not with the worker ---- */
+
+static _Atomic int spin_stop;
+
+static void *spin(void *arg)
+{
+	(void)arg;
+	while (!spin_stop)
+		;
+	return NULL;
+}
+
+/* Pins the calling thread to `cpu` with SCHED_FIFO priority `prio`. */
+static int realtime_on(int cpu, int prio)
+{
+	struct sched_param sp = { .sched_priority = prio };
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(cpu, &set);
+	if (sched_setaffinity(0, sizeof(set), &set))
+		return -errno;
+	return sched_setscheduler(0, SCHED_FIFO, &sp) ? -errno : 0;
+}
+
+static void *spin_on_cpu1(void *arg)
+{
+	if (realtime_on(1, 50))
+		return NULL;
+	return spin(arg);
+}
+
+/*
+ * Runs in a child that keeps both CPUs busy with real-time threads, so the
+ * kernel worker that unpins an invalidated registration cannot run: the
+ * registration's charges must still be gone when munmap returns.
+ */
+static int uncharged_while_worker_starved(void)
+{
+	const size_t npages = 64;
+	struct memreg_global_stats g0, g1;
+	struct memreg_register r;
+	struct memreg_stats s;
+	pthread_t th;
+	long vmpin;
+	char *buf = map_filled(npages * PAGE, 'w');
+	int fd = memreg_open(), ret = 0;
+
+	if (fd < 0 || !buf || mr_global(fd, &g0))
+		return 1;
+	if (pthread_create(&th, NULL, spin_on_cpu1, NULL))
+		return 2;
+	if (realtime_on(0, 50))
+		return 3;
+	vmpin = vm_pin_kb();
+	if (mr_register(fd, buf, npages * PAGE, RW, &r))
+		ret = 4;
+	else if (munmap(buf, npages * PAGE))
+		ret = 5;
+	/* Nothing has yielded the CPUs since the invalidation queued the unpinning. */
+	else if (vm_pin_kb() != vmpin || mr_stats(fd, &s) || s.pages_pinned != 0 ||
+		 mr_global(fd, &g1) || g1.pages_pinned != g0.pages_pinned)
+		ret = 6;
+	spin_stop = 1;
+	pthread_join(th, NULL);
+	if (!ret && g1.regions == g0.regions)
+		/* The worker ran anyway: the check above proved nothing. */
+		ret = 7;
+	close(fd);
+	return ret;
+}
+
+TEST(charges_leave_with_the_registration_not_the_worker)
+{
+	int status;
+	pid_t pid;
+
+	if (sysconf(_SC_NPROCESSORS_ONLN) < 2)
+		SKIP(return, "needs two CPUs");
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0)
+		_exit(uncharged_while_worker_starved());
+	status = wait_exit(pid);
+	if (status == 7)
+		SKIP(return, "the unpinning worker ran despite the real-time load");
+	EXPECT_EQ(0, status);
+	ASSERT_EQ(0, mr_wait_global(0, 0, 0));
 }
 
 /* ---- Overlapping registrations ---- */
