@@ -17,9 +17,17 @@ fragment=$MEMREG_BUILD/kernel-$MEMREG_VARIANT.config
 mkdir -p "$MEMREG_BUILD"
 # shellcheck disable=SC2086
 cat $KERNEL_FRAGMENTS >"$fragment"
-inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh" "$MEMREG_TOP/include/uapi/linux/memreg.h"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh" "$MEMREG_TOP/scripts/build-kernel.sh" "$MEMREG_TOP/include/uapi/linux/memreg.h"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+# Whether every line of the fragment is in the kernel's configuration.
+config_has_fragment() {
+	while IFS= read -r line; do
+		case "$line" in CONFIG_*) grep -qxF "$line" "$KOBJ_DIR/.config" || return 1 ;; esac
+	done <"$fragment"
+}
+
 stamp=$KOBJ_DIR/.memreg-inputs
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ -f "$KOBJ_DIR/arch/x86/boot/bzImage" ]; then
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$inputs" ] && [ -f "$KOBJ_DIR/arch/x86/boot/bzImage" ] &&
+	config_has_fragment; then
 	exit 0
 fi
 
@@ -28,7 +36,8 @@ mkdir -p "$KOBJ_DIR"
 # shellcheck disable=SC2046
 kmake() { make -s -C "$KSRC_DIR" O="$KOBJ_DIR" $(kmake_args) "$@"; }
 
-if ! [ -f "$KOBJ_DIR/.config" ] || ! cmp -s "$fragment" "$KOBJ_DIR/.memreg-fragment"; then
+if ! [ -f "$KOBJ_DIR/.config" ] || ! cmp -s "$fragment" "$KOBJ_DIR/.memreg-fragment" ||
+	! config_has_fragment; then
 	log "configuring the $MEMREG_VARIANT kernel (tinyconfig + $(cd "$MEMREG_TOP" && echo $KERNEL_FRAGMENTS | sed "s|$MEMREG_TOP/||g"))"
 	kmake rustavailable >/dev/null || die "the Rust toolchain is not usable for the kernel (make rustavailable)"
 	kmake tinyconfig >/dev/null

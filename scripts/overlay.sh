@@ -7,11 +7,20 @@
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 
-ksrc=${1:?usage: overlay.sh KERNEL_SOURCE_DIR}
+ksrc=$(cd "${1:?usage: overlay.sh KERNEL_SOURCE_DIR}" && pwd)
 ov=$MEMREG_TOP/rust/kernel
+
+# What this run installs, one entry per line: "file PATH" for a file copied
+# in, "line PATH<TAB>TEXT" for a line inserted into a kernel file. Entries of
+# the previous run that are gone (an overlay file deleted or renamed) are
+# undone at the end, so a warm tree never keeps what a fresh one would lack.
+manifest=$ksrc/.memreg-overlay-manifest
+new_manifest=$(mktemp)
+trap 'rm -f "$new_manifest"' EXIT
 
 # Copy a file only when its content differs.
 put() {
+	printf 'file %s\n' "$2" >>"$new_manifest"
 	if ! cmp -s "$1" "$2"; then
 		cp "$1" "$2"
 	fi
@@ -20,6 +29,7 @@ put() {
 # Insert line $2 into file $1 once, after (or with $4 = before, before) the
 # first line matching $3.
 insert_line() {
+	printf 'line %s\t%s\n' "$1" "$2" >>"$new_manifest"
 	grep -qxF "$2" "$1" && return 0
 	local tmp
 	tmp=$(mktemp)
@@ -71,3 +81,27 @@ insert_line "$ksrc/rust/uapi/uapi_helper.h" "#include <uapi/linux/memreg.h>" '^#
 # Kconfig symbol selecting what the abstractions need.
 put "$ov/Kconfig" "$ksrc/rust/Kconfig.memreg"
 insert_line "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'
+
+# Undo what the previous run installed and this one did not.
+if [ -f "$manifest" ]; then
+	sort -u "$new_manifest" -o "$new_manifest"
+	sort -u "$manifest" | comm -23 - "$new_manifest" | while IFS= read -r entry; do
+		case $entry in
+		"file "*)
+			rm -f "${entry#file }"
+			;;
+		"line "*)
+			rest=${entry#line }
+			target=${rest%%$'\t'*}
+			text=${rest#*$'\t'}
+			if [ -f "$target" ] && grep -qxF "$text" "$target"; then
+				tmp=$(mktemp)
+				grep -vxF "$text" "$target" >"$tmp" || true
+				cat "$tmp" >"$target"
+				rm -f "$tmp"
+			fi
+			;;
+		esac
+	done
+fi
+cp "$new_manifest" "$manifest"
