@@ -10,14 +10,6 @@
 
 #define BUDGET 16
 
-static int reload(const char *args)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "rmmod memreg && insmod /memreg.ko %s", args);
-	return system(cmd);
-}
-
 FIXTURE(budget)
 {
 	int fd;
@@ -26,7 +18,7 @@ FIXTURE(budget)
 
 FIXTURE_SETUP(budget)
 {
-	ASSERT_EQ(0, reload("max_pinned_pages=16"));
+	ASSERT_EQ(0, mr_reload_module("max_pinned_pages=16"));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
 	self->buf = map_filled(64 * PAGE, 'b');
@@ -37,7 +29,7 @@ FIXTURE_TEARDOWN(budget)
 {
 	close(self->fd);
 	munmap(self->buf, 64 * PAGE);
-	ASSERT_EQ(0, reload(""));
+	ASSERT_EQ(0, mr_reload_module(""));
 }
 
 TEST_F(budget, pinning_stops_at_the_budget)

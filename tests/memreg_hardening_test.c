@@ -34,14 +34,6 @@
 #define LIMIT		16	/* RLIMIT_MEMLOCK and max_pinned_pages, in pages */
 #define NOBODY		65534
 
-static int reload(const char *args)
-{
-	char cmd[256];
-
-	snprintf(cmd, sizeof(cmd), "rmmod memreg && insmod /memreg.ko %s", args);
-	return system(cmd);
-}
-
 static __u64 now_ms(void)
 {
 	struct timespec ts;
@@ -315,7 +307,7 @@ FIXTURE(cap)
 
 FIXTURE_SETUP(cap)
 {
-	ASSERT_EQ(0, reload("max_registrations=8"));
+	ASSERT_EQ(0, mr_reload_module("max_registrations=8"));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
 	self->buf = map_filled(4 * CAP * PAGE, 'c');
@@ -326,7 +318,7 @@ FIXTURE_TEARDOWN(cap)
 {
 	close(self->fd);
 	munmap(self->buf, 4 * CAP * PAGE);
-	ASSERT_EQ(0, reload(""));
+	ASSERT_EQ(0, mr_reload_module(""));
 }
 
 TEST_F(cap, registrations_stop_at_the_cap)
@@ -544,7 +536,7 @@ FIXTURE_VARIANT_ADD(follow_budget, close) { .how = END_CLOSE };
 
 FIXTURE_SETUP(follow_budget)
 {
-	ASSERT_EQ(0, reload("max_pinned_pages=16"));
+	ASSERT_EQ(0, mr_reload_module("max_pinned_pages=16"));
 	self->fd2 = -1;
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
@@ -561,7 +553,7 @@ FIXTURE_TEARDOWN(follow_budget)
 		close(self->fd);
 	close(self->fd2);
 	munmap(self->buf, 4 * LIMIT * PAGE);
-	ASSERT_EQ(0, reload(""));
+	ASSERT_EQ(0, mr_reload_module(""));
 }
 
 /* The same with the module budget, max_pinned_pages=16: no ENOSPC. */
@@ -709,7 +701,7 @@ FIXTURE(budget)
 
 FIXTURE_SETUP(budget)
 {
-	ASSERT_EQ(0, reload("max_pinned_pages=16"));
+	ASSERT_EQ(0, mr_reload_module("max_pinned_pages=16"));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
 	self->buf = map_filled(4 * LIMIT * PAGE, 'b');
@@ -720,7 +712,7 @@ FIXTURE_TEARDOWN(budget)
 {
 	close(self->fd);
 	munmap(self->buf, 4 * LIMIT * PAGE);
-	ASSERT_EQ(0, reload(""));
+	ASSERT_EQ(0, mr_reload_module(""));
 }
 
 TEST_F(budget, unmapped_register_leaks_no_budget)

@@ -148,20 +148,39 @@ static inline int mr_wait_pinned(int fd, __u64 pages)
 	return -ETIMEDOUT;
 }
 
-/* VmPin of this process from /proc/self/status, in kB, or -1. */
-static inline long vm_pin_kb(void)
+/*
+ * Reloads the module with `args` (the guest keeps it at /memreg.ko); the
+ * caller must have no memreg file open. Returns system()'s status.
+ */
+static inline int mr_reload_module(const char *args)
 {
-	char line[256];
+	char cmd[256];
+
+	snprintf(cmd, sizeof(cmd), "rmmod memreg && insmod /memreg.ko %s", args);
+	return system(cmd);
+}
+
+/* The "<key>: N kB" line of a /proc file, in kB, or -1. */
+static inline long proc_kb(const char *path, const char *key)
+{
+	char line[256], fmt[64];
 	long kb = -1;
-	FILE *f = fopen("/proc/self/status", "r");
+	FILE *f = fopen(path, "r");
 
 	if (!f)
 		return -1;
+	snprintf(fmt, sizeof(fmt), "%s: %%ld kB", key);
 	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "VmPin: %ld kB", &kb) == 1)
+		if (sscanf(line, fmt, &kb) == 1)
 			break;
 	fclose(f);
 	return kb;
+}
+
+/* VmPin of this process from /proc/self/status, in kB, or -1. */
+static inline long vm_pin_kb(void)
+{
+	return proc_kb("/proc/self/status", "VmPin");
 }
 
 /* Maps `len` bytes of private anonymous memory, filled with `fill`. */

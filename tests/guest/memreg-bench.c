@@ -974,16 +974,8 @@ static uint32_t rnd(void)
 
 static long mem_available_mib(void)
 {
-	char line[256];
-	long kb = -1;
-	FILE *f = fopen("/proc/meminfo", "r");
+	long kb = proc_kb("/proc/meminfo", "MemAvailable");
 
-	if (!f)
-		return -1;
-	while (fgets(line, sizeof(line), f))
-		if (sscanf(line, "MemAvailable: %ld kB", &kb) == 1)
-			break;
-	fclose(f);
 	return kb < 0 ? -1 : kb / 1024;
 }
 

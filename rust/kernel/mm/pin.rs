@@ -136,6 +136,15 @@ impl Extents {
         }
     }
 
+    /// The last extent, if any.
+    fn last_mut(&mut self) -> Option<&mut Extent> {
+        if self.heap.is_empty() {
+            self.inline[..self.inline_len].last_mut()
+        } else {
+            self.heap.last_mut()
+        }
+    }
+
     /// Total number of pages in all extents.
     pub fn pages(&self) -> u32 {
         self.pages
@@ -202,12 +211,7 @@ impl Extents {
         }
         let first = self.pages;
         let next = first.checked_add(pages).ok_or(EINVAL)?;
-        let last = if self.heap.is_empty() {
-            self.inline[..self.inline_len].last_mut()
-        } else {
-            self.heap.last_mut()
-        };
-        if let Some(last) = last.filter(|_| may_merge) {
+        if let Some(last) = self.last_mut().filter(|_| may_merge) {
             if last.pfn.checked_add(u64::from(last.pages)) == Some(pfn) {
                 last.pages += pages;
                 self.pages = next;
@@ -244,52 +248,45 @@ impl Extents {
             .last()
             .map_or(0, |e| e.pfn + u64::from(e.pages)) as usize;
         let mut extend = 0usize;
-        let written;
-        if self.heap.is_empty() && self.inline_len + n <= INLINE_EXTENTS {
-            let mut out = [Extent::default(); INLINE_EXTENTS];
-            // SAFETY: `pages` holds `n` valid pinned pages and `out` has room for `n` extents,
-            // laid out as the helper's `struct rust_pin_extent` (asserted below).
-            written = unsafe {
-                bindings::pages_to_extents(
-                    pages.as_ptr(),
-                    n,
-                    prev,
-                    prev_next_pfn,
-                    self.pages,
-                    out.as_mut_ptr().cast(),
-                    &mut extend,
-                )
-            };
-            let written = written.min(n);
-            if let Some(last) = self.inline[..self.inline_len].last_mut() {
-                last.pages += extend as u32;
-            }
-            for e in &out[..written] {
-                self.inline[self.inline_len] = *e;
-                self.inline_len += 1;
-            }
+        // Small lists stay inline: the helper writes into a buffer on the stack, copied in
+        // after; larger ones get the extents straight into the array's spare capacity.
+        let inline = self.heap.is_empty() && self.inline_len + n <= INLINE_EXTENTS;
+        let mut on_stack = [Extent::default(); INLINE_EXTENTS];
+        let out: *mut Extent = if inline {
+            on_stack.as_mut_ptr()
         } else {
             self.reserve(n)?;
             let spare = self.heap.spare_capacity_mut();
             if spare.len() < n {
                 return Err(ENOMEM);
             }
-            // SAFETY: As above, with room for `n` extents in the array's spare capacity.
-            written = unsafe {
-                bindings::pages_to_extents(
-                    pages.as_ptr(),
-                    n,
-                    prev,
-                    prev_next_pfn,
-                    self.pages,
-                    spare.as_mut_ptr().cast(),
-                    &mut extend,
-                )
+            spare.as_mut_ptr().cast()
+        };
+        // SAFETY: `pages` holds `n` valid pinned pages and `out` has room for `n` extents, laid
+        // out as the helper's `struct rust_pin_extent` (asserted at the top of this file).
+        let written = unsafe {
+            bindings::pages_to_extents(
+                pages.as_ptr(),
+                n,
+                prev,
+                prev_next_pfn,
+                self.pages,
+                out.cast(),
+                &mut extend,
+            )
+        }
+        .min(n);
+        // The leading pages that continue the last extent extend it; it lies below what the
+        // helper wrote.
+        if let Some(last) = self.last_mut() {
+            last.pages += extend as u32;
+        }
+        if inline {
+            for e in &on_stack[..written] {
+                self.inline[self.inline_len] = *e;
+                self.inline_len += 1;
             }
-            .min(n);
-            if let Some(last) = self.heap.last_mut() {
-                last.pages += extend as u32;
-            }
+        } else {
             // SAFETY: The helper initialised the first `written` entries of the spare capacity.
             unsafe { self.heap.inc_len(written) };
         }
@@ -692,16 +689,14 @@ impl Drop for PinnedPages {
             let mut done = 0;
             while done < e.pages {
                 let n = (e.pages - done).min(UNPIN_BATCH);
+                // SAFETY: By the type invariant the frame is a page we hold a pin on.
+                let page = unsafe { bindings::pfn_to_page((e.pfn + u64::from(done)) as usize) };
                 // SAFETY: By the type invariant each page of `e` holds one pin taken by us, and
                 // the extent's pages are contiguous both physically and as `struct page`s, as
                 // `unpin_user_page_range_dirty_lock` walks them; pages `done..done + n` lie
                 // within the extent and each pin is released once here.
                 unsafe {
-                    bindings::unpin_user_page_range_dirty_lock(
-                        bindings::pfn_to_page((e.pfn + u64::from(done)) as usize),
-                        n as usize,
-                        self.writable,
-                    )
+                    bindings::unpin_user_page_range_dirty_lock(page, n as usize, self.writable)
                 };
                 done += n;
                 cond_resched();
