@@ -21,12 +21,16 @@
 //!
 //! # Deferred work
 //!
-//! The callback cannot unpin pages or remove a notifier, so it puts the
-//! registration it ended on the table's pending list and queues the
-//! context's one work item on the kernel's unbound workqueue (queueing an item
+//! The callback cannot unpin pages, remove a notifier or look at page tables,
+//! so it puts the registration it ended on the table's pending list (or the
+//! one it suspended on the list awaiting revalidation) and queues the
+//! context's work item on the kernel's unbound workqueue (queueing an item
 //! already queued does nothing, so a burst of invalidations costs one run).
-//! The release of the file tears down what is still pending itself and
-//! cancels the work item, so nothing of the context outlives it.
+//! A second, delayed, work item ends parked registrations once the context
+//! has been idle for its `idle_ms`, and the context's shrinker ends them under
+//! memory pressure (leaving the unpinning to the work item). The release of
+//! the file unregisters the shrinker, cancels both items and tears down what
+//! is still pending itself, so nothing of the context outlives it.
 
 pub(crate) mod table;
 
@@ -35,26 +39,32 @@ use crate::{
     defs,
     error::OpResult,
     key::KeyPair,
-    registration::{Parts, Refused, Registration, RegistrationInfo},
-    stats::{Stats, GLOBAL_CONTEXTS},
+    registration::{Parts, Refused, Registration, RegistrationInfo, Revalidated},
+    stats::{Stats, GLOBAL_CONTEXTS, TOTALS},
 };
 use kernel::{
-    impl_has_work,
+    impl_has_delayed_work, impl_has_work,
     mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, Mm},
-    new_spinlock, new_work,
+    new_delayed_work, new_spinlock, new_work,
     page::PAGE_SIZE,
     prelude::*,
     random::{get_random_u32, get_random_u64},
+    shrinker::{Shrinker, ShrinkerOps},
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
-        Arc, SpinLock,
+        Arc, ArcBorrow, SpinLock,
     },
     task::resched::{cond_resched, fatal_signal_pending},
+    time::{msecs_to_jiffies, Instant, Monotonic},
     uaccess::{UserPtr, UserSlice},
-    workqueue::{self, cancel::cancel_sync, Work, WorkItem},
+    workqueue::{
+        self,
+        cancel::{cancel_delayed_sync, cancel_sync},
+        DelayedWork, Work, WorkItem,
+    },
 };
-use table::{Nodes, RegistrationTable};
+use table::{CacheConfig, Nodes, RegistrationTable};
 
 /// Times a registration is retried when an invalidation races with pinning.
 const REGISTER_RETRIES: u32 = 3;
@@ -62,27 +72,79 @@ const REGISTER_RETRIES: u32 = 3;
 /// Bytes moved under the registration lock at a time by COPY.
 const COPY_CHUNK: usize = 16 * 1024;
 
+/// Registrations evicted under one hold of the table lock.
+const EVICT_BATCH: usize = 64;
+
+/// Times a REGISTER or a COPY revalidates a suspended registration before
+/// giving up with `EAGAIN`.
+const USE_TRIES: u32 = 3;
+
 /// The part of a context that registrations refer to.
 #[pin_data]
 pub(crate) struct ContextShared {
     /// The address space this context serves.
-    mm: ARef<Mm>,
+    pub(crate) mm: ARef<Mm>,
     #[pin]
     pub(crate) table: SpinLock<RegistrationTable>,
-    /// Tears down registrations ended by invalidation.
+    /// Tears down registrations that ended and revalidates suspended ones.
     #[pin]
     work: Work<ContextShared>,
+    /// Ends parked registrations once the context has been idle long enough.
+    #[pin]
+    idle_work: DelayedWork<ContextShared, 1>,
+    /// When the context was created.
+    created: Instant<Monotonic>,
+    /// Milliseconds from `created` to the context's last ioctl.
+    last_use_ms: Atomic<i64>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
 }
 
 impl_has_work! { impl HasWork<Self> for ContextShared { self.work } }
+impl_has_delayed_work! { impl HasDelayedWork<Self, 1> for ContextShared { self.idle_work } }
 
 impl WorkItem for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
         this.drain_deferred();
+        this.revalidate_suspended();
+    }
+}
+
+impl WorkItem<1> for ContextShared {
+    type Pointer = Arc<ContextShared>;
+
+    fn run(this: Arc<ContextShared>) {
+        ContextShared::idle_check(this);
+    }
+}
+
+impl ShrinkerOps for ContextShared {
+    /// Parked pages: what evicting gives back.
+    fn count(this: ArcBorrow<'_, Self>) -> usize {
+        usize::try_from(this.table.lock().stats.parked_pages).unwrap_or(usize::MAX)
+    }
+
+    /// Evicts parked registrations, least recently parked first, until
+    /// `nr_to_scan` pages are uncharged; the deferred work unpins them (the
+    /// notifier removal it needs may wait for an invalidation, which must not
+    /// happen in reclaim).
+    fn scan(this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
+        let mut freed = 0usize;
+        {
+            let mut t = this.table.lock();
+            while freed < nr_to_scan {
+                match Registration::evict_oldest(&mut t, defs::EVICT_SHRINKER) {
+                    Some(pages) => freed = freed.saturating_add(pages as usize),
+                    None => break,
+                }
+            }
+        }
+        if freed > 0 {
+            ContextShared::schedule_teardown(&this.into());
+        }
+        Some(freed)
     }
 }
 
@@ -90,7 +152,7 @@ impl ContextShared {
     /// Queues the context's deferred work. Neither allocates nor sleeps.
     pub(crate) fn schedule_teardown(this: &Arc<Self>) {
         // Already queued: the queued run will see the new registration too.
-        let _ = workqueue::system_unbound().enqueue(this.clone());
+        let _ = workqueue::system_unbound().enqueue::<_, 0>(this.clone());
     }
 
     /// Tears down every registration awaiting it. Process context.
@@ -104,6 +166,111 @@ impl ContextShared {
             cond_resched();
         }
     }
+
+    /// Revalidates every registration suspended since the last run: those
+    /// whose pages are in place resume, the others end. Process context.
+    fn revalidate_suspended(&self) {
+        loop {
+            let next = self.table.lock().next_suspended();
+            let Some(registration) = next else {
+                break;
+            };
+            // One that invalidations keep restarting stays suspended; its next use looks again.
+            let _ = Registration::revalidate(&registration);
+            cond_resched();
+        }
+    }
+
+    /// Milliseconds since `created`.
+    fn now_ms(&self) -> i64 {
+        self.created.elapsed().as_millis()
+    }
+
+    /// Records a use of the context, for idle eviction.
+    pub(crate) fn touch(&self) {
+        self.last_use_ms.store(self.now_ms(), Relaxed);
+    }
+
+    /// Ends parked registrations with `reason` until `keep` says the rest may
+    /// stay (or none is left), and tears them down. Returns how many ended
+    /// and their pages. Process context.
+    fn evict_while(
+        &self,
+        reason: usize,
+        keep: impl Fn(&RegistrationTable) -> bool,
+    ) -> (u64, u64) {
+        let (mut n, mut pages) = (0u64, 0u64);
+        loop {
+            let mut more = false;
+            {
+                let mut t = self.table.lock();
+                for _ in 0..EVICT_BATCH {
+                    if keep(&t) {
+                        break;
+                    }
+                    match Registration::evict_oldest(&mut t, reason) {
+                        Some(p) => {
+                            n += 1;
+                            pages += p;
+                            more = true;
+                        }
+                        None => {
+                            more = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            self.drain_deferred();
+            if !more {
+                return (n, pages);
+            }
+            cond_resched();
+        }
+    }
+
+    /// Ends the least recently parked registration to make room for a new
+    /// one; returns whether there was one. Process context.
+    fn evict_for_room(&self) -> bool {
+        let evicted =
+            Registration::evict_oldest(&mut self.table.lock(), defs::EVICT_PIN_LIMIT).is_some();
+        if evicted {
+            self.drain_deferred();
+        }
+        evicted
+    }
+
+    /// Arms the idle eviction if the configuration asks for it and nothing
+    /// armed it yet.
+    fn arm_idle(this: &Arc<Self>, idle_ms: u64) {
+        if idle_ms == 0 {
+            return;
+        }
+        let delay = msecs_to_jiffies(u32::try_from(idle_ms).unwrap_or(u32::MAX));
+        // Already armed: it looks again when it fires.
+        let _ = workqueue::system_unbound().enqueue_delayed(this.clone(), delay);
+    }
+
+    /// The idle eviction: ends every parked registration if the context was
+    /// not used for `idle_ms`, or looks again when it will have been.
+    fn idle_check(this: Arc<Self>) {
+        let (idle_ms, parked) = {
+            let t = this.table.lock();
+            (t.config.idle_ms, t.stats.parked)
+        };
+        if idle_ms == 0 || parked == 0 {
+            return;
+        }
+        let idle_for = this
+            .now_ms()
+            .saturating_sub(this.last_use_ms.load(Relaxed))
+            .max(0) as u64;
+        if idle_for >= idle_ms {
+            this.evict_while(defs::EVICT_IDLE, |_| false);
+        } else {
+            Self::arm_idle(&this, idle_ms - idle_for);
+        }
+    }
 }
 
 /// What a REGISTER returned.
@@ -113,13 +280,32 @@ pub(crate) struct Registered {
     length: u64,
     /// Served by a registration that was already live.
     hit: bool,
+    /// Served by reviving a parked registration.
+    revived: bool,
     /// The context's peak of pinned pages before a miss, to roll back to.
     peak_before: u64,
+}
+
+impl Registered {
+    /// A REGISTER served by `registration`, already live.
+    fn hit(registration: &Registration, revived: bool) -> Self {
+        let info = &registration.info;
+        Self {
+            keys: info.keys,
+            addr: info.addr,
+            length: info.length,
+            hit: true,
+            revived,
+            peak_before: 0,
+        }
+    }
 }
 
 /// One open file of `/dev/memreg`.
 pub(crate) struct Context {
     shared: Arc<ContextShared>,
+    /// Evicts parked registrations under memory pressure.
+    shrinker: Option<Shrinker<ContextShared>>,
 }
 
 impl Context {
@@ -127,17 +313,33 @@ impl Context {
     pub(crate) fn new() -> Result<Self> {
         let current = kernel::current!();
         let mm = current.mm().ok_or(EINVAL)?;
+        let config = crate::default_cache_config();
         let shared = Arc::pin_init(
             pin_init!(ContextShared {
                 mm: ARef::from(&**mm),
-                table <- new_spinlock!(RegistrationTable::new(), "memreg::ContextShared::table"),
+                table <- new_spinlock!(
+                    RegistrationTable::new(config),
+                    "memreg::ContextShared::table"
+                ),
                 work <- new_work!("memreg::ContextShared::work"),
+                idle_work <- new_delayed_work!("memreg::ContextShared::idle_work"),
+                created: Instant::now(),
+                last_use_ms: Atomic::new(0),
                 next_seq: Atomic::new(1),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
+        let shrinker = Shrinker::register(c"memreg", shared.clone())?;
         GLOBAL_CONTEXTS.add(1, Relaxed);
-        Ok(Self { shared })
+        Ok(Self {
+            shared,
+            shrinker: Some(shrinker),
+        })
+    }
+
+    /// Records a use of the context, for idle eviction.
+    pub(crate) fn touch(&self) {
+        self.shared.touch();
     }
 
     /// Fails with `EPERM` unless the caller runs in the context's address
@@ -158,12 +360,21 @@ impl Context {
         if req.flags != 0 {
             return Err(EINVAL.into());
         }
+        if req.reserved != 0 {
+            return Err(EINVAL.into());
+        }
         let done = self.register(req.addr, req.length, req.access)?;
         req.lkey = done.keys.lkey;
         req.rkey = done.keys.rkey;
         req.region_addr = done.addr;
         req.region_length = done.length;
-        req.flags = if done.hit { defs::REGISTER_CACHED } else { 0 };
+        req.flags = match (done.hit, done.revived) {
+            (true, true) => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
+            (true, false) => defs::REGISTER_CACHED,
+            _ => 0,
+        };
+        req.slot = defs::NO_SLOT;
+        req.generation = 0;
         Ok(done)
     }
 
@@ -173,7 +384,10 @@ impl Context {
     pub(crate) fn unregister(&self, done: &Registered) {
         let ended = {
             let mut t = self.shared.table.lock();
-            if done.hit {
+            if done.revived {
+                t.stats.revives = t.stats.revives.saturating_sub(1);
+                TOTALS.revives.fetch_sub(1, Relaxed);
+            } else if done.hit {
                 t.stats.cache_hits = t.stats.cache_hits.saturating_sub(1);
             }
             let Some(registration) = t.get(done.keys.lkey).cloned() else {
@@ -184,6 +398,12 @@ impl Context {
                 return;
             };
             if registration.put(&mut t) > 0 {
+                return;
+            }
+            if done.revived && Registration::park(&registration, &mut t) {
+                // Back where it was: parked, not counted as a new parking.
+                t.stats.parks = t.stats.parks.saturating_sub(1);
+                TOTALS.parks.fetch_sub(1, Relaxed);
                 return;
             }
             let ended = Registration::unpublish(&mut t, registration.info.keys.seq);
@@ -206,26 +426,50 @@ impl Context {
             return Err(E2BIG.into());
         }
         let end = addr.checked_add(length).ok_or(EINVAL)?;
+        let first = usize::try_from(addr).map_err(|_| EFAULT)?;
+        let last = usize::try_from(end - 1).map_err(|_| EFAULT)?;
         let max = crate::max_registrations();
 
-        // The cache: a live registration covering the range with enough access.
-        let peak_before = {
-            let mut t = self.shared.table.lock();
-            if let Some(registration) = t.find_cover(addr, length, access).cloned() {
-                registration.get(&mut t)?;
-                t.stats.cache_hits += 1;
-                return Ok(Registered {
-                    keys: registration.info.keys,
-                    addr: registration.info.addr,
-                    length: registration.info.length,
-                    hit: true,
-                    peak_before: 0,
-                });
+        // The cache: a live registration covering the range with enough access, revived if
+        // parked, revalidated if suspended.
+        let mut tries = 0;
+        let peak_before = loop {
+            let suspended = {
+                let mut t = self.shared.table.lock();
+                match t.find_cover(addr, length, access).cloned() {
+                    Some(r) if !r.is_suspended() => {
+                        let revived = r.take_ref(&mut t)?;
+                        return Ok(Registered::hit(&r, revived));
+                    }
+                    Some(r) => r,
+                    None => {
+                        // Make room by evicting parked registrations: for the cap first, then
+                        // those the new one would overlap.
+                        while t.len() >= max
+                            && Registration::evict_oldest(&mut t, defs::EVICT_PIN_LIMIT).is_some()
+                        {}
+                        while !t.may_overlap_range(addr, length) {
+                            let Some(seq) = t.parked_overlapping(first, last) else {
+                                break;
+                            };
+                            Registration::evict(&mut t, seq, defs::EVICT_PIN_LIMIT);
+                        }
+                        if t.len() >= max || !t.may_overlap_range(addr, length) {
+                            drop(t);
+                            self.shared.drain_deferred();
+                            return Err(EDQUOT.into());
+                        }
+                        break t.stats.pages_pinned_peak;
+                    }
+                }
+            };
+            // Suspended by an invalidation: look at its pages, then look the range up again.
+            tries += 1;
+            if let Err(e) = Registration::revalidate(&suspended) {
+                if tries >= USE_TRIES {
+                    return Err(e.into());
+                }
             }
-            if t.len() >= max || !t.may_overlap_range(addr, length) {
-                return Err(EDQUOT.into());
-            }
-            t.stats.pages_pinned_peak
         };
         // Registrations ended by invalidation no longer count against any limit but stay
         // pinned until torn down: tear this context's down now, so that a loop of REGISTER
@@ -261,8 +505,19 @@ impl Context {
 
         for _ in 0..REGISTER_RETRIES {
             let seq = registration.notifier().read_begin();
+            let shared = &self.shared;
             let pages = PinnedPages::pin_current(page_addr, npages, info.writable(), &mut |n| {
-                charges.charge(n)
+                // Past RLIMIT_MEMLOCK or the module budget: parked registrations go first.
+                loop {
+                    match charges.charge(n) {
+                        Ok(()) => return Ok(()),
+                        Err(e) => {
+                            if !shared.evict_for_room() {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
             })?;
             let parts = Parts {
                 pages,
@@ -279,24 +534,18 @@ impl Context {
                             addr,
                             length,
                             hit: false,
+                            revived: false,
                             peak_before,
                         })
                     }
-                    Err(Refused::Covered(winner, parts)) => {
-                        // A concurrent REGISTER published a registration serving ours: use it.
-                        t.stats.cache_hits += 1;
-                        let info = winner.info;
+                    Err(Refused::Covered(winner, revived, parts)) => {
+                        // A concurrent REGISTER published a registration serving ours, and a
+                        // reference was taken on it (a hit, or a revival): use it.
                         drop(t);
                         // Our parts go outside the locks: unpinned, uncharged, the notifier
                         // removed.
                         drop(parts);
-                        return Ok(Registered {
-                            keys: info.keys,
-                            addr: info.addr,
-                            length: info.length,
-                            hit: true,
-                            peak_before: 0,
-                        });
+                        return Ok(Registered::hit(&winner, revived));
                     }
                     Err(refused) => refused,
                 }
@@ -324,7 +573,7 @@ impl Context {
                     drop(parts);
                     return Err(EOVERFLOW.into());
                 }
-                Refused::Covered(_, parts) => {
+                Refused::Covered(_, _, parts) => {
                     drop(parts);
                     return Err(EAGAIN.into());
                 }
@@ -333,32 +582,85 @@ impl Context {
         Err(EAGAIN.into())
     }
 
-    /// DEREGISTER: drops one reference; the last one ends the registration.
+    /// DEREGISTER: drops one reference; the last one parks the registration
+    /// or, when it may not be parked, ends it. `EINVAL` for a parked one:
+    /// there is no reference to drop.
     pub(crate) fn deregister(&self, req: &defs::Deregister) -> OpResult {
         defs::check_reserved(&[req.reserved])?;
-        let ended = {
+        let (ended, idle_ms) = {
             let mut t = self.shared.table.lock();
             let registration = t.get(req.key).ok_or(ENOENT)?.clone();
+            if registration.refs(&t) == 0 {
+                return Err(EINVAL.into());
+            }
             if registration.put(&mut t) > 0 {
                 return Ok(());
             }
-            t.stats.deregistrations += 1;
-            Registration::unpublish(&mut t, registration.info.keys.seq)
+            if Registration::park(&registration, &mut t) {
+                (None, Some(t.config.idle_ms))
+            } else {
+                t.stats.deregistrations += 1;
+                (
+                    Registration::unpublish(&mut t, registration.info.keys.seq),
+                    None,
+                )
+            }
         };
         if let Some(r) = ended {
             r.teardown();
         }
+        if let Some(idle_ms) = idle_ms {
+            // Parking may have evicted others to stay within the limits.
+            self.shared.drain_deferred();
+            ContextShared::arm_idle(&self.shared, idle_ms);
+        }
+        Ok(())
+    }
+
+    /// FLUSH: ends every parked registration; their pages are uncharged when
+    /// this returns.
+    pub(crate) fn flush(&self, req: &mut defs::Flush) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        let (evicted, pages) = self.shared.evict_while(defs::EVICT_FLUSH, |_| false);
+        *req = defs::zeroed();
+        req.evicted = evicted;
+        req.pages = pages;
+        Ok(())
+    }
+
+    /// GET_CACHE: the context's cache configuration.
+    pub(crate) fn cache_config(&self) -> defs::CacheConfig {
+        self.shared.table.lock().config.to_abi()
+    }
+
+    /// SET_CACHE: replaces the context's cache configuration and ends the
+    /// parked registrations past its limits.
+    pub(crate) fn set_cache_config(&self, req: &defs::CacheConfig) -> OpResult {
+        let config = CacheConfig::from_abi(req)?;
+        self.shared.table.lock().config = config;
+        if !config.parking {
+            self.shared.evict_while(defs::EVICT_FLUSH, |_| false);
+        } else {
+            self.shared.evict_while(defs::EVICT_PARK_LIMIT, |t| {
+                t.stats.parked <= config.max_parked
+                    && t.stats.parked_pages <= config.max_parked_pages
+            });
+        }
+        // The idle eviction follows the new delay.
+        cancel_delayed_sync(&self.shared);
+        ContextShared::arm_idle(&self.shared, config.idle_ms);
         Ok(())
     }
 
     /// QUERY: describes the registration whose local key is `req.key`.
     pub(crate) fn query(&self, req: &mut defs::Query) -> OpResult {
         defs::check_reserved(&req.reserved)?;
-        let (registration, refcount) = {
+        let (registration, refcount, parked) = {
             let t = self.shared.table.lock();
             let r = t.get(req.key).ok_or(ENOENT)?.clone();
             let refs = r.refs(&t);
-            (r, refs)
+            let parked = r.is_parked(&t);
+            (r, refs, parked)
         };
         let info = registration.info;
         let key = req.key;
@@ -367,11 +669,16 @@ impl Context {
         req.addr = info.addr;
         req.length = info.length;
         req.access = info.access;
-        req.state = if registration.is_live() {
-            defs::STATE_VALID
-        } else {
-            0
-        };
+        if registration.is_live() {
+            req.state |= if registration.is_suspended() {
+                defs::STATE_SUSPENDED
+            } else {
+                defs::STATE_VALID
+            };
+        }
+        if parked {
+            req.state |= defs::STATE_PARKED;
+        }
         req.pages = info.npages as u64;
         req.extents = registration.extents();
         req.refcount = refcount;
@@ -433,9 +740,21 @@ impl Context {
             let offset = req.offset + done as u64;
             if to_registration {
                 reader.read_slice(chunk)?;
-                registration.copy_chunk(offset, chunk, true)?;
-            } else {
-                registration.copy_chunk(offset, chunk, false)?;
+            }
+            let mut tries = 0;
+            loop {
+                match registration.copy_chunk(offset, chunk, to_registration) {
+                    Err(e) if e == EAGAIN && tries < USE_TRIES => {
+                        // Suspended: look at its pages before moving anything.
+                        tries += 1;
+                        if Registration::revalidate(&registration)? == Revalidated::Ended {
+                            return Err(ENOENT.into());
+                        }
+                    }
+                    result => break result?,
+                }
+            }
+            if !to_registration {
                 writer.write_slice(chunk)?;
             }
             done += n;
@@ -450,6 +769,9 @@ impl Drop for Context {
     /// awaiting deferred teardown and cancels the deferred work, so nothing of
     /// this context remains.
     fn drop(&mut self) {
+        // Unregistered first: it waits for a scan in progress, and none runs afterwards.
+        drop(self.shrinker.take());
+        cancel_delayed_sync(&self.shared);
         loop {
             let ended = {
                 let mut t = self.shared.table.lock();
@@ -463,9 +785,17 @@ impl Drop for Context {
             }
             cond_resched();
         }
-        // Every notifier is removed now, so nothing is queued for teardown any more.
+        // Every notifier is removed now, so nothing is queued for teardown or revalidation any
+        // more. The queued entries hold references on the context through their registrations.
+        loop {
+            let next = self.shared.table.lock().next_suspended();
+            if next.is_none() {
+                break;
+            }
+        }
         self.shared.drain_deferred();
-        cancel_sync(&self.shared);
+        cancel_sync::<_, 0>(&self.shared);
+        self.shared.drain_deferred();
         GLOBAL_CONTEXTS.fetch_sub(1, Relaxed);
     }
 }

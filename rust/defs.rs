@@ -26,7 +26,12 @@ pub(crate) const ACCESS_LOCAL_WRITE: u32 = uapi::MEMREG_ACCESS_LOCAL_WRITE;
 pub(crate) const ACCESS_REMOTE_WRITE: u32 = uapi::MEMREG_ACCESS_REMOTE_WRITE;
 pub(crate) const ACCESS_ALL: u32 = uapi::MEMREG_ACCESS_ALL;
 pub(crate) const REGISTER_CACHED: u32 = uapi::MEMREG_REGISTER_CACHED;
+pub(crate) const REGISTER_REVIVED: u32 = uapi::MEMREG_REGISTER_REVIVED;
 pub(crate) const STATE_VALID: u32 = uapi::MEMREG_STATE_VALID;
+pub(crate) const STATE_PARKED: u32 = uapi::MEMREG_STATE_PARKED;
+pub(crate) const STATE_SUSPENDED: u32 = uapi::MEMREG_STATE_SUSPENDED;
+pub(crate) const NO_SLOT: u32 = uapi::MEMREG_NO_SLOT;
+pub(crate) const MAX_IDLE_MS: u64 = uapi::MEMREG_MAX_IDLE_MS as u64;
 pub(crate) const COPY_TO_REGION: u32 = uapi::MEMREG_COPY_TO_REGION;
 pub(crate) const COPY_FROM_REGION: u32 = uapi::MEMREG_COPY_FROM_REGION;
 
@@ -41,12 +46,24 @@ pub(crate) const INVAL_EXCLUSIVE: usize = uapi::memreg_inval_cause_MEMREG_INVAL_
 pub(crate) const INVAL_OTHER: usize = uapi::memreg_inval_cause_MEMREG_INVAL_OTHER as usize;
 pub(crate) const INVAL_NR_CAUSES: usize = uapi::memreg_inval_cause_MEMREG_INVAL_NR_CAUSES as usize;
 
+/// Reasons of eviction, indexes into the statistics' `evictions`.
+pub(crate) const EVICT_IDLE: usize = uapi::memreg_evict_reason_MEMREG_EVICT_IDLE as usize;
+pub(crate) const EVICT_PIN_LIMIT: usize = uapi::memreg_evict_reason_MEMREG_EVICT_PIN_LIMIT as usize;
+pub(crate) const EVICT_PARK_LIMIT: usize =
+    uapi::memreg_evict_reason_MEMREG_EVICT_PARK_LIMIT as usize;
+pub(crate) const EVICT_SHRINKER: usize = uapi::memreg_evict_reason_MEMREG_EVICT_SHRINKER as usize;
+pub(crate) const EVICT_FLUSH: usize = uapi::memreg_evict_reason_MEMREG_EVICT_FLUSH as usize;
+pub(crate) const EVICT_NR_REASONS: usize =
+    uapi::memreg_evict_reason_MEMREG_EVICT_NR_REASONS as usize;
+
 pub(crate) type Register = uapi::memreg_register;
 pub(crate) type Deregister = uapi::memreg_deregister;
 pub(crate) type Query = uapi::memreg_query;
 pub(crate) type Stats = uapi::memreg_stats;
 pub(crate) type GlobalStats = uapi::memreg_global_stats;
 pub(crate) type Copy = uapi::memreg_copy;
+pub(crate) type CacheConfig = uapi::memreg_cache_config;
+pub(crate) type Flush = uapi::memreg_flush;
 
 pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
 pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
@@ -55,6 +72,9 @@ pub(crate) const IOC_QUERY: u32 = _IOWR::<Query>(MAGIC, 0x03);
 pub(crate) const IOC_STATS: u32 = _IOR::<Stats>(MAGIC, 0x04);
 pub(crate) const IOC_COPY: u32 = _IOW::<Copy>(MAGIC, 0x05);
 pub(crate) const IOC_GLOBAL_STATS: u32 = _IOR::<GlobalStats>(MAGIC, 0x06);
+pub(crate) const IOC_GET_CACHE: u32 = _IOR::<CacheConfig>(MAGIC, 0x07);
+pub(crate) const IOC_SET_CACHE: u32 = _IOW::<CacheConfig>(MAGIC, 0x08);
+pub(crate) const IOC_FLUSH: u32 = _IOWR::<Flush>(MAGIC, 0x09);
 
 /// Fails with `EINVAL` unless every reserved word is zero.
 pub(crate) fn check_reserved(words: &[u64]) -> Result {
@@ -82,12 +102,15 @@ mod tests {
     fn ioctl_numbers_match_the_header() {
         let ioc = |dir: u32, size: u32, nr: u32| (dir << 30) | (size << 16) | (0xB9 << 8) | nr;
         assert_eq!(IOC_GET_VERSION, ioc(2, 4, 0));
-        assert_eq!(IOC_REGISTER, ioc(3, 56, 1));
+        assert_eq!(IOC_REGISTER, ioc(3, 72, 1));
         assert_eq!(IOC_DEREGISTER, ioc(1, 16, 2));
         assert_eq!(IOC_QUERY, ioc(3, 64, 3));
-        assert_eq!(IOC_STATS, ioc(2, 144, 4));
+        assert_eq!(IOC_STATS, ioc(2, 248, 4));
         assert_eq!(IOC_COPY, ioc(1, 48, 5));
         assert_eq!(IOC_GLOBAL_STATS, ioc(2, 64, 6));
+        assert_eq!(IOC_GET_CACHE, ioc(2, 64, 7));
+        assert_eq!(IOC_SET_CACHE, ioc(1, 64, 8));
+        assert_eq!(IOC_FLUSH, ioc(3, 32, 9));
     }
 
     #[test]
@@ -100,6 +123,12 @@ mod tests {
         assert_eq!(INVAL_EXCLUSIVE, 7);
         assert_eq!(INVAL_OTHER, 8);
         assert_eq!(INVAL_NR_CAUSES, 9);
+        assert_eq!(EVICT_IDLE, 0);
+        assert_eq!(EVICT_PIN_LIMIT, 1);
+        assert_eq!(EVICT_PARK_LIMIT, 2);
+        assert_eq!(EVICT_SHRINKER, 3);
+        assert_eq!(EVICT_FLUSH, 4);
+        assert_eq!(EVICT_NR_REASONS, 5);
     }
 
     #[test]

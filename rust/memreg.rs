@@ -9,10 +9,13 @@
 //! `Documentation/memreg.rst`.
 
 use kernel::{
+    debugfs,
     fs::File,
     ioctl::_IOC_SIZE,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     prelude::*,
+    seq_file::SeqFile,
+    seq_print,
     sync::atomic::Relaxed,
     uaccess::{UserPtr, UserSlice},
 };
@@ -25,7 +28,7 @@ mod key;
 mod registration;
 mod stats;
 
-use context::Context;
+use context::{table::CacheConfig, Context};
 use stats::{GLOBAL_CONTEXTS, GLOBAL_PINNED, GLOBAL_REGISTRATIONS};
 
 module! {
@@ -43,6 +46,22 @@ module! {
             default: 65536,
             description: "Live registrations one context may hold (REGISTER past it: EDQUOT)",
         },
+        park: u32 {
+            default: 1,
+            description: "New files park registrations on their last DEREGISTER (1) or end them (0)",
+        },
+        park_max: u64 {
+            default: 1024,
+            description: "Parked registrations a new file keeps at most",
+        },
+        park_max_pages: u64 {
+            default: 262144,
+            description: "Pages of parked registrations a new file keeps at most",
+        },
+        park_idle_ms: u64 {
+            default: 5000,
+            description: "A new file ends its parked registrations after this long idle (0: never)",
+        },
     },
 }
 
@@ -51,16 +70,39 @@ pub(crate) fn max_registrations() -> u64 {
     module_parameters::max_registrations.value()
 }
 
+/// The cache configuration a new file starts with, from the module
+/// parameters (out-of-range values are clamped).
+pub(crate) fn default_cache_config() -> CacheConfig {
+    CacheConfig {
+        parking: module_parameters::park.value() != 0,
+        max_parked: module_parameters::park_max.value(),
+        max_parked_pages: module_parameters::park_max_pages.value(),
+        idle_ms: module_parameters::park_idle_ms
+            .value()
+            .min(defs::MAX_IDLE_MS),
+    }
+}
+
 #[pin_data(PinnedDrop)]
 struct MemregModule {
     #[pin]
     _miscdev: MiscDeviceRegistration<Context>,
+    /// `memreg/stats`: the module's counters and limits.
+    _stats: Pin<KBox<debugfs::File<()>>>,
+    _debugfs: debugfs::Dir,
 }
 
 impl kernel::InPlaceModule for MemregModule {
     fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        let dir = debugfs::Dir::new(c"memreg");
+        let stats = KBox::pin_init(
+            dir.read_callback_file(c"stats", (), &|&(), f| stats::show_global(f)),
+            GFP_KERNEL,
+        );
         try_pin_init!(Self {
             _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"memreg" }),
+            _stats: stats?,
+            _debugfs: dir,
         })
     }
 }
@@ -86,9 +128,20 @@ impl MiscDevice for Context {
         Ok(KBox::new(Context::new()?, GFP_KERNEL_ACCOUNT)?)
     }
 
+    fn show_fdinfo(me: &Context, m: &SeqFile, _file: &File) {
+        let stats = me.stats();
+        let config = me.cache_config();
+        seq_print!(m, "memreg-park:\t{}\n", config.parking);
+        seq_print!(m, "memreg-park_max:\t{}\n", config.max_parked);
+        seq_print!(m, "memreg-park_max_pages:\t{}\n", config.max_parked_pages);
+        seq_print!(m, "memreg-park_idle_ms:\t{}\n", config.idle_ms);
+        seq_print!(m, "{}", stats::Shown(&stats));
+    }
+
     fn ioctl(me: &Context, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
+        me.touch();
         match cmd {
             defs::IOC_GET_VERSION => writer.write(&defs::ABI_VERSION)?,
             defs::IOC_GLOBAL_STATS => writer.write(&stats::global())?,
@@ -119,6 +172,20 @@ impl MiscDevice for Context {
             defs::IOC_COPY => {
                 me.check_owner()?;
                 me.copy(&reader.read()?)?;
+            }
+            defs::IOC_GET_CACHE => {
+                me.check_owner()?;
+                writer.write(&me.cache_config())?;
+            }
+            defs::IOC_SET_CACHE => {
+                me.check_owner()?;
+                me.set_cache_config(&reader.read()?)?;
+            }
+            defs::IOC_FLUSH => {
+                me.check_owner()?;
+                let mut req: defs::Flush = reader.read()?;
+                me.flush(&mut req)?;
+                writer.write(&req)?;
             }
             _ => return Err(ENOTTY),
         }

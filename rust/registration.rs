@@ -11,12 +11,23 @@
 //!    a live registration serving the same request was published meanwhile,
 //!    or the context is at its cap. It is then `live`: data may move through
 //!    it, and REGISTER calls it covers take references on it.
-//! 3. **Unpublished** ([`Registration::unpublish`]) under the table lock, by
+//! 3. **Parked** ([`Registration::park`]) by the last DEREGISTER when the
+//!    context's cache configuration allows: it stays live, pinned, charged
+//!    and watched, without references, on the context's deregistration list.
+//!    A REGISTER it covers revives it ([`Registration::take_ref`]); eviction
+//!    ends it least recently parked first.
+//! 4. **Suspended** ([`Registration::suspend`]) by a "clear" invalidation,
+//!    which often leaves the pages where they were: no data moves through it
+//!    until [`Registration::revalidate`] finds every registered page still
+//!    mapping its pinned page with the registered access (it resumes) or not
+//!    (it ends). Parked or not, a registration may be suspended.
+//! 5. **Unpublished** ([`Registration::unpublish`]) under the table lock, by
 //!    the last DEREGISTER, by an invalidation (the notifier callback, through
-//!    [`Registration::retire`]) or by the file's release: it leaves the table,
-//!    stops being `live` (no data moves through it afterwards) and releases
-//!    every charge at once. None of this allocates or sleeps.
-//! 4. **Torn down** ([`Registration::teardown`]) in process context with no
+//!    [`Registration::retire`]), a failed revalidation, an eviction or the
+//!    file's release: it leaves the table, stops being `live` (no data moves
+//!    through it afterwards) and releases every charge at once. None of this
+//!    allocates or sleeps.
+//! 6. **Torn down** ([`Registration::teardown`]) in process context with no
 //!    lock held: the notifier is removed (waiting for a callback in flight)
 //!    and the pages are unpinned. The notifier callback cannot do this, so it
 //!    hands the registration to its context's deferred work.
@@ -29,11 +40,13 @@ use crate::{
     context::{table::Nodes, table::RegistrationTable, ContextShared},
     defs,
     key::KeyPair,
+    stats::{bump, TOTALS},
     GLOBAL_REGISTRATIONS,
 };
 use kernel::{
     list::{impl_list_arc_safe, impl_list_item, AtomicTracker, ListLinks, TryNewListArc},
     mm::{
+        hmm::PageState,
         mmu_notifier::{
             impl_has_interval_notifier, Event, IntervalNotifier, IntervalNotifierOps, Range,
             Subscription,
@@ -43,11 +56,20 @@ use kernel::{
     new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
+    rbtree::RBTreeNodeReservation,
     sync::{
         atomic::{Atomic, Relaxed},
         Arc, LockedBy, SpinLock,
     },
+    task::resched::cond_resched,
 };
+
+/// Pages compared per look at the page tables when revalidating.
+const REVALIDATE_BATCH: usize = 32;
+
+/// Looks at the page tables a suspended registration makes before giving up
+/// for now (each is restarted by an invalidation of its range).
+const REVALIDATE_TRIES: u32 = 4;
 
 /// What a registration covers, fixed at creation.
 #[derive(Clone, Copy)]
@@ -65,6 +87,11 @@ pub(crate) struct RegistrationInfo {
 }
 
 impl RegistrationInfo {
+    /// The first byte of the first page.
+    pub(crate) fn page_addr(&self) -> usize {
+        self.addr as usize & !(PAGE_SIZE - 1)
+    }
+
     /// Whether this registration serves a request for `length` bytes at
     /// `addr` with `access`: it covers the range and grants at least that
     /// access.
@@ -104,6 +131,16 @@ pub(crate) struct RegistrationState {
     subscription: Option<Subscription<Registration>>,
 }
 
+/// What the table keeps of a registration, under the table lock.
+pub(crate) struct TableState {
+    /// REGISTER calls not yet matched by DEREGISTER.
+    refs: u32,
+    /// The stamp of its entry on the deregistration list, while parked.
+    parked_at: Option<u64>,
+    /// The memory of that entry, while not parked.
+    lru_node: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
+}
+
 /// One registration.
 #[pin_data(PinnedDrop)]
 pub(crate) struct Registration {
@@ -114,21 +151,36 @@ pub(crate) struct Registration {
     links: ListLinks<0>,
     #[pin]
     links_track: AtomicTracker<0>,
+    /// Links on the context's list of registrations awaiting revalidation.
+    #[pin]
+    suspended_links: ListLinks<1>,
+    #[pin]
+    suspended_track: AtomicTracker<1>,
     #[pin]
     state: SpinLock<RegistrationState>,
-    /// Data may move through the registration. Set once when it is published
-    /// and cleared once when it ends, both under `state`; read under `state`
-    /// by the data path, and without it by the cache look-up.
+    /// Data may move through the registration (unless it is suspended). Set
+    /// once when it is published and cleared once when it ends, both under
+    /// `state`; read under `state` by the data path, and without it by the
+    /// cache look-up.
     live: Atomic<bool>,
-    /// REGISTER calls not yet matched by DEREGISTER.
-    refs: LockedBy<u32, RegistrationTable>,
+    /// An invalidation may have moved the pages: no data moves until
+    /// revalidated. Changes under `state`.
+    suspended: Atomic<bool>,
+    /// References and the deregistration list.
+    table_state: LockedBy<TableState, RegistrationTable>,
     pub(crate) info: RegistrationInfo,
     ctx: Arc<ContextShared>,
 }
 
 impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Registration { self.notifier } }
-impl_list_arc_safe! { impl ListArcSafe<0> for Registration { tracked_by links_track: AtomicTracker; } }
-impl_list_item! { impl ListItem<0> for Registration { using ListLinks { self.links }; } }
+impl_list_arc_safe! {
+    impl ListArcSafe<0> for Registration { tracked_by links_track: AtomicTracker<0>; }
+    impl ListArcSafe<1> for Registration { tracked_by suspended_track: AtomicTracker<1>; }
+}
+impl_list_item! {
+    impl ListItem<0> for Registration { using ListLinks { self.links }; }
+    impl ListItem<1> for Registration { using ListLinks { self.suspended_links }; }
+}
 
 /// The parts a registration needs to be published, given back when it is
 /// not.
@@ -144,8 +196,9 @@ pub(crate) enum Refused {
     /// An invalidation raced with the pinning: pin again.
     Raced(Parts),
     /// A live registration serving the same request was published
-    /// meanwhile; a reference was taken on it for the caller.
-    Covered(Arc<Registration>, Parts),
+    /// meanwhile; a reference was taken on it for the caller (reviving it if
+    /// it was parked: the flag).
+    Covered(Arc<Registration>, bool, Parts),
     /// The context is at its cap of registrations, or the pages are already
     /// pinned by too many of its registrations.
     Quota(Parts),
@@ -153,16 +206,28 @@ pub(crate) enum Refused {
     Overflow(Parts),
 }
 
+/// The outcome of [`Registration::revalidate`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Revalidated {
+    /// Usable: it was not suspended, or its pages were found in place.
+    Usable,
+    /// Ended, now or before.
+    Ended,
+}
+
 impl Registration {
     /// Creates a registration that is not live, holds no pages and has no
     /// notifier inserted yet. Its memory is charged to the caller's memory
     /// cgroup.
     pub(crate) fn new(ctx: Arc<ContextShared>, info: RegistrationInfo) -> Result<Arc<Self>> {
+        let lru_node = RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?;
         let registration = Arc::pin_init(
             pin_init!(Self {
                 notifier <- IntervalNotifier::new(),
                 links <- ListLinks::new(),
                 links_track <- AtomicTracker::new(),
+                suspended_links <- ListLinks::new(),
+                suspended_track <- AtomicTracker::new(),
                 state <- new_spinlock!(
                     RegistrationState {
                         pinned: None,
@@ -172,7 +237,15 @@ impl Registration {
                     "memreg::Registration::state"
                 ),
                 live: Atomic::new(false),
-                refs: LockedBy::new(&ctx.table, 0),
+                suspended: Atomic::new(false),
+                table_state: LockedBy::new(
+                    &ctx.table,
+                    TableState {
+                        refs: 0,
+                        parked_at: None,
+                        lru_node: Some(lru_node),
+                    }
+                ),
                 info,
                 ctx,
             }),
@@ -192,24 +265,112 @@ impl Registration {
         self.live.load(Relaxed)
     }
 
-    /// REGISTER calls not yet matched by DEREGISTER.
-    pub(crate) fn refs(&self, t: &RegistrationTable) -> u32 {
-        *self.refs.access(t)
+    /// Whether an invalidation suspended it.
+    pub(crate) fn is_suspended(&self) -> bool {
+        self.suspended.load(Relaxed)
     }
 
-    /// Takes one more reference for a REGISTER it serves: `EOVERFLOW` past
-    /// `u32::MAX`.
-    pub(crate) fn get(&self, t: &mut RegistrationTable) -> Result {
-        let refs = self.refs.access_mut(t);
-        *refs = refs.checked_add(1).ok_or(EOVERFLOW)?;
-        Ok(())
+    /// REGISTER calls not yet matched by DEREGISTER.
+    pub(crate) fn refs(&self, t: &RegistrationTable) -> u32 {
+        self.table_state.access(t).refs
+    }
+
+    /// Whether it is parked on the deregistration list.
+    pub(crate) fn is_parked(&self, t: &RegistrationTable) -> bool {
+        self.table_state.access(t).parked_at.is_some()
+    }
+
+    /// Takes one more reference for a REGISTER it serves, reviving it when
+    /// parked, and counts the hit or the revival. Returns whether it was
+    /// revived; `EOVERFLOW` past `u32::MAX` references.
+    pub(crate) fn take_ref(&self, t: &mut RegistrationTable) -> Result<bool> {
+        let ts = self.table_state.access_mut(t);
+        ts.refs = ts.refs.checked_add(1).ok_or(EOVERFLOW)?;
+        let revived = self.unpark(t);
+        if revived {
+            bump(&mut t.stats.revives, &TOTALS.revives, 1);
+        } else {
+            t.stats.cache_hits += 1;
+        }
+        Ok(revived)
     }
 
     /// Drops one reference; returns how many are left.
     pub(crate) fn put(&self, t: &mut RegistrationTable) -> u32 {
-        let refs = self.refs.access_mut(t);
-        *refs = refs.saturating_sub(1);
-        *refs
+        let ts = self.table_state.access_mut(t);
+        ts.refs = ts.refs.saturating_sub(1);
+        ts.refs
+    }
+
+    /// Parks a registration without references on the deregistration list,
+    /// evicting the least recently parked ones first when the list is at the
+    /// context's limits. Returns `false`, having changed nothing, when the
+    /// configuration does not let it park; the caller then ends it. Evicted
+    /// registrations await teardown on the table's pending list. Neither
+    /// allocates nor sleeps.
+    pub(crate) fn park(this: &Arc<Self>, t: &mut RegistrationTable) -> bool {
+        let npages = this.info.npages as u64;
+        let config = t.config;
+        if !config.may_park(npages) || this.refs(t) != 0 || this.is_parked(t) {
+            return false;
+        }
+        while t.stats.parked >= config.max_parked
+            || t.stats.parked_pages.saturating_add(npages) > config.max_parked_pages
+        {
+            if Self::evict_oldest(t, defs::EVICT_PARK_LIMIT).is_none() {
+                return false;
+            }
+        }
+        let Some(node) = this.table_state.access_mut(t).lru_node.take() else {
+            return false;
+        };
+        let stamp = t.next_stamp;
+        t.next_stamp += 1;
+        // Stamps only grow, so the key is new.
+        let _ = t.parked.insert(node.into_node(stamp, this.clone()));
+        this.table_state.access_mut(t).parked_at = Some(stamp);
+        bump(&mut t.stats.parked, &TOTALS.parked, 1);
+        bump(&mut t.stats.parked_pages, &TOTALS.parked_pages, npages);
+        bump(&mut t.stats.parks, &TOTALS.parks, 1);
+        true
+    }
+
+    /// Takes the registration off the deregistration list if it is on it;
+    /// returns whether it was.
+    fn unpark(&self, t: &mut RegistrationTable) -> bool {
+        let Some(stamp) = self.table_state.access_mut(t).parked_at.take() else {
+            return false;
+        };
+        let node = t.parked.remove_node(&stamp);
+        let npages = self.info.npages as u64;
+        t.stats.parked = t.stats.parked.saturating_sub(1);
+        t.stats.parked_pages = t.stats.parked_pages.saturating_sub(npages);
+        TOTALS.parked.fetch_sub(1, Relaxed);
+        TOTALS.parked_pages.fetch_sub(npages, Relaxed);
+        // Keep the entry's memory for the next parking.
+        self.table_state.access_mut(t).lru_node = node.map(|n| n.into_reservation());
+        true
+    }
+
+    /// Ends the least recently parked registration, counting `reason`: it
+    /// leaves the table (its charges released at once) and awaits teardown
+    /// on the table's pending list. Returns its pages, or `None` when nothing
+    /// is parked. Neither allocates nor sleeps.
+    pub(crate) fn evict_oldest(t: &mut RegistrationTable, reason: usize) -> Option<u64> {
+        let seq = t.oldest_parked()?;
+        Self::evict(t, seq, reason)
+    }
+
+    /// Ends the parked registration `seq` as [`Registration::evict_oldest`]
+    /// does.
+    pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<u64> {
+        let this = Self::unpublish(t, seq)?;
+        let pages = this.info.npages as u64;
+        if let (Some(n), Some(total)) = (t.stats.evictions.get_mut(reason), TOTALS.evictions.get(reason)) {
+            bump(n, total, 1);
+        }
+        t.defer_teardown(this);
+        Some(pages)
     }
 
     /// Publishes the registration with its pinned pages, unless an
@@ -231,8 +392,8 @@ impl Registration {
         if let Some(winner) = t.find_cover(info.addr, info.length, info.access) {
             let winner = winner.clone();
             drop(st);
-            return match winner.get(t) {
-                Ok(()) => Err(Refused::Covered(winner, parts)),
+            return match winner.take_ref(t) {
+                Ok(revived) => Err(Refused::Covered(winner, revived, parts)),
                 // As a cache hit on it would.
                 Err(_) => Err(Refused::Overflow(parts)),
             };
@@ -246,7 +407,7 @@ impl Registration {
         st.subscription = Some(parts.subscription);
         this.live.store(true, Relaxed);
         drop(st);
-        *this.refs.access_mut(t) = 1;
+        this.table_state.access_mut(t).refs = 1;
         t.insert(parts.nodes, this.clone());
         t.stats.cache_misses += 1;
         t.stats.pages_pinned += npages;
@@ -259,6 +420,7 @@ impl Registration {
     /// `None` if it already left. Neither allocates nor sleeps.
     pub(crate) fn unpublish(t: &mut RegistrationTable, seq: u64) -> Option<Arc<Self>> {
         let this = t.remove(seq)?;
+        this.unpark(t);
         let pages = {
             let mut st = this.state.lock();
             // Taking the lock waits for a copy in progress; once `live` is clear none starts.
@@ -291,6 +453,137 @@ impl Registration {
         ContextShared::schedule_teardown(ctx);
     }
 
+    /// Suspends the registration after an invalidation that may have left
+    /// its pages where they were: no data moves through it until it is
+    /// revalidated, which the context's deferred work does soon (and any use
+    /// before). Called from the notifier callback: neither allocates nor
+    /// sleeps.
+    fn suspend(this: &Self, cur_seq: u64) {
+        let newly = {
+            // Taking the lock waits for a copy in progress; once `suspended` is set no copy
+            // starts.
+            let _st = this.state.lock();
+            this.notifier.set_seq(cur_seq);
+            this.is_live() && !this.suspended.xchg(true, Relaxed)
+        };
+        if !newly {
+            // Ended, or suspended and queued for revalidation already.
+            return;
+        }
+        let ctx = &this.ctx;
+        let mut t = ctx.table.lock();
+        let Some(me) = t.get_seq(this.info.keys.seq).cloned() else {
+            return;
+        };
+        bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
+        t.queue_revalidation(me);
+        drop(t);
+        ContextShared::schedule_teardown(ctx);
+    }
+
+    /// Whether every registered page still maps its pinned page with the
+    /// registered access, as of the notifier's read sequence `seq`. `EBUSY`
+    /// when an invalidation began since. May sleep; no lock held.
+    fn pages_in_place(&self, seq: u64) -> Result<bool> {
+        let Some(mm) = self.ctx.mm.mmget_not_zero() else {
+            // The address space is being torn down.
+            return Ok(false);
+        };
+        let npages = self.info.npages;
+        let writable = self.info.writable();
+        let start = self.info.page_addr();
+        let mut expected = [0u64; REVALIDATE_BATCH];
+        let mut seen = [PageState::default(); REVALIDATE_BATCH];
+        let mut done = 0;
+        while done < npages {
+            let n = (npages - done).min(REVALIDATE_BATCH);
+            {
+                let st = self.state.lock();
+                match &st.pinned {
+                    Some(p) => p.pfns(done, &mut expected[..n])?,
+                    None => return Ok(false),
+                }
+            }
+            match self
+                .notifier
+                .snapshot(&mm, seq, start + done * PAGE_SIZE, &mut seen[..n])
+            {
+                Ok(()) => {}
+                // Part of the range is no longer mapped.
+                Err(e) if e == EFAULT => return Ok(false),
+                Err(e) => return Err(e),
+            }
+            let intact = expected[..n]
+                .iter()
+                .zip(&seen[..n])
+                .all(|(&pfn, s)| s.pfn() == Some(pfn) && (!writable || s.writable()));
+            if !intact {
+                return Ok(false);
+            }
+            done += n;
+            cond_resched();
+        }
+        Ok(true)
+    }
+
+    /// Revalidates a suspended registration: waits for the invalidation to
+    /// finish, then looks at the page tables. It resumes when every page
+    /// still maps its pinned page with the registered access, and ends
+    /// otherwise (counted as a revalidation failure and under the "clear"
+    /// cause). `EAGAIN` when invalidations kept restarting the look (it stays
+    /// suspended). Process context, no lock held; may sleep.
+    pub(crate) fn revalidate(this: &Arc<Self>) -> Result<Revalidated> {
+        for _ in 0..REVALIDATE_TRIES {
+            if !this.is_live() {
+                return Ok(Revalidated::Ended);
+            }
+            if !this.is_suspended() {
+                return Ok(Revalidated::Usable);
+            }
+            let seq = this.notifier.read_begin();
+            let intact = match this.pages_in_place(seq) {
+                Ok(intact) => intact,
+                Err(e) if e == EBUSY => continue,
+                Err(e) => return Err(e),
+            };
+            let ctx = &this.ctx;
+            let mut t = ctx.table.lock();
+            {
+                let st = this.state.lock();
+                if !this.is_live() {
+                    return Ok(Revalidated::Ended);
+                }
+                if this.notifier.read_retry(seq) {
+                    continue;
+                }
+                if intact {
+                    if this.suspended.xchg(false, Relaxed) {
+                        bump(&mut t.stats.resumptions, &TOTALS.resumptions, 1);
+                    }
+                    drop(st);
+                    return Ok(Revalidated::Usable);
+                }
+            }
+            let ended = Self::unpublish(&mut t, this.info.keys.seq);
+            if ended.is_some() {
+                if let Some(n) = t.stats.invalidations.get_mut(defs::INVAL_CLEAR) {
+                    *n += 1;
+                }
+                bump(
+                    &mut t.stats.revalidation_failures,
+                    &TOTALS.revalidation_failures,
+                    1,
+                );
+            }
+            drop(t);
+            if let Some(r) = ended {
+                r.teardown();
+            }
+            return Ok(Revalidated::Ended);
+        }
+        Err(EAGAIN)
+    }
+
     /// Ends the registration for good: removes the notifier (waiting for a
     /// callback in flight) and unpins the pages. Idempotent. Process context,
     /// no lock held; may sleep.
@@ -309,7 +602,8 @@ impl Registration {
     /// Copies `buf.len()` bytes of the registered range from byte `offset`
     /// (relative to the registered address) into `buf`, or from `buf` into the
     /// range when `to_registration`. Fails with `ENOENT` when the registration
-    /// is no longer live; nothing moves then.
+    /// is no longer live and `EAGAIN` while it is suspended; nothing moves
+    /// then.
     pub(crate) fn copy_chunk(&self, offset: u64, buf: &mut [u8], to_registration: bool) -> Result {
         let page_offset = (self.info.addr as usize) % PAGE_SIZE;
         let at = usize::try_from(offset)
@@ -318,6 +612,7 @@ impl Registration {
             .ok_or(EINVAL)?;
         let st = self.state.lock();
         let pinned = match &st.pinned {
+            Some(_) if self.is_suspended() => return Err(EAGAIN),
             Some(p) if self.is_live() => p,
             _ => return Err(ENOENT),
         };
@@ -359,13 +654,17 @@ pub(crate) fn inval_cause(event: Event) -> Option<usize> {
 
 impl IntervalNotifierOps for Registration {
     fn invalidate(this: &Self, range: &Range<'_>, cur_seq: u64) -> bool {
-        // TODO(revalidate): many clears leave the pinned pages mapped where they were (a
-        // mapping split anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the
-        // range, fork of a PMD-mapped THP, failed compaction of pinned shmem). Suspend the
-        // registration and revalidate it on next use instead of ending it.
         let Some(cause) = inval_cause(range.event()) else {
             return true;
         };
+        if cause == defs::INVAL_CLEAR {
+            // Many clears leave the pinned pages mapped where they were (a mapping split
+            // anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork
+            // of a PMD-mapped THP, failed compaction of pinned shmem): look again before ending
+            // it.
+            Self::suspend(this, cur_seq);
+            return true;
+        }
         {
             // Taking the lock waits for a copy in progress; once `live` is clear no copy starts.
             let _st = this.state.lock();

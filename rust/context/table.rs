@@ -5,16 +5,19 @@
 //! Live registrations are found two ways: by key (a red-black tree on the
 //! key's sequence number) and by address (an interval tree, so the cache
 //! look-up that a REGISTER does, and that competes with the notifier callback
-//! for the table lock, is logarithmic whatever the mix of lengths). The table
-//! also holds the registrations that left it after an invalidation and wait
-//! for their teardown, and the context's counters.
+//! for the table lock, is logarithmic whatever the mix of lengths). Parked
+//! registrations (live, pinned, without references) are also on the
+//! deregistration list, ordered by when they were parked, which is the order
+//! they are evicted in. The table also holds the registrations that left it
+//! and wait for their teardown, those suspended by an invalidation that wait
+//! for revalidation, the context's cache configuration and its counters.
 //!
 //! The table lives under the context's spinlock, which the MMU notifier
 //! callback takes: nothing here allocates or sleeps. Nodes are reserved
 //! beforehand ([`Nodes`]).
 
 use crate::{
-    key,
+    defs, key,
     registration::{Registration, RegistrationInfo},
     stats::Stats,
 };
@@ -47,26 +50,88 @@ impl Nodes {
     }
 }
 
+/// How a context keeps registrations nobody references (`struct
+/// memreg_cache_config`).
+#[derive(Clone, Copy)]
+pub(crate) struct CacheConfig {
+    /// The last DEREGISTER parks a registration.
+    pub(crate) parking: bool,
+    /// Parked registrations at most.
+    pub(crate) max_parked: u64,
+    /// Their pages at most.
+    pub(crate) max_parked_pages: u64,
+    /// Parked registrations end after the context was idle this long; 0:
+    /// never.
+    pub(crate) idle_ms: u64,
+}
+
+impl CacheConfig {
+    /// The configuration given by user space, validated: `EINVAL` for a
+    /// nonzero reserved field or a value out of range.
+    pub(crate) fn from_abi(c: &defs::CacheConfig) -> Result<Self> {
+        defs::check_reserved(&c.reserved)?;
+        if c.reserved0 != 0 || c.parking > 1 || c.idle_ms > defs::MAX_IDLE_MS {
+            return Err(EINVAL);
+        }
+        Ok(Self {
+            parking: c.parking == 1,
+            max_parked: c.max_parked,
+            max_parked_pages: c.max_parked_pages,
+            idle_ms: c.idle_ms,
+        })
+    }
+
+    /// The configuration in the ABI's layout.
+    pub(crate) fn to_abi(self) -> defs::CacheConfig {
+        let mut out: defs::CacheConfig = defs::zeroed();
+        out.parking = u32::from(self.parking);
+        out.max_parked = self.max_parked;
+        out.max_parked_pages = self.max_parked_pages;
+        out.idle_ms = self.idle_ms;
+        out
+    }
+
+    /// Whether a registration of `npages` pages may be parked at all.
+    pub(crate) fn may_park(&self, npages: u64) -> bool {
+        self.parking && self.max_parked > 0 && npages <= self.max_parked_pages
+    }
+}
+
 /// The registration table of a context.
 pub(crate) struct RegistrationTable {
     /// Live registrations by key sequence number.
     by_key: RBTree<u64, Arc<Registration>>,
     /// Live registrations by registered range.
     by_range: IntervalTree<Arc<Registration>>,
-    /// Registrations that left the table after an invalidation, awaiting
-    /// teardown by the context's deferred work.
+    /// Registrations that left the table, awaiting teardown by the context's
+    /// deferred work or by the caller that evicted them.
     pending: List<Registration>,
+    /// Registrations suspended by an invalidation, awaiting revalidation by
+    /// the context's deferred work. An entry may have ended or resumed since
+    /// it was queued.
+    suspended: List<Registration, 1>,
+    /// The deregistration list: parked registrations by the stamp of their
+    /// parking, oldest first.
+    pub(crate) parked: RBTree<u64, Arc<Registration>>,
+    /// The stamp of the next parking.
+    pub(crate) next_stamp: u64,
+    /// How registrations nobody references are kept.
+    pub(crate) config: CacheConfig,
     /// The context's counters.
     pub(crate) stats: Stats,
 }
 
 impl RegistrationTable {
     /// Creates an empty table.
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(config: CacheConfig) -> Self {
         Self {
             by_key: RBTree::new(),
             by_range: IntervalTree::new(),
             pending: List::new(),
+            suspended: List::new(),
+            parked: RBTree::new(),
+            next_stamp: 0,
+            config,
             stats: Stats::default(),
         }
     }
@@ -147,6 +212,28 @@ impl RegistrationTable {
         Some(registration)
     }
 
+    /// The sequence number of a parked registration overlapping the bytes
+    /// `first..=last`, if any.
+    pub(crate) fn parked_overlapping(&self, first: usize, last: usize) -> Option<u64> {
+        self.by_range
+            .iter(first, last)
+            .map(|(_, _, r)| r)
+            .find(|r| r.is_parked(self))
+            .map(|r| r.info.keys.seq)
+    }
+
+    /// The sequence number of the least recently parked registration.
+    pub(crate) fn oldest_parked(&self) -> Option<u64> {
+        self.parked
+            .cursor_front()
+            .map(|c| c.current().1.info.keys.seq)
+    }
+
+    /// The live registration with sequence number `seq`.
+    pub(crate) fn get_seq(&self, seq: u64) -> Option<&Arc<Registration>> {
+        self.by_key.get(&seq)
+    }
+
     /// The live registration whose local key is `lkey`.
     pub(crate) fn get(&self, lkey: u64) -> Option<&Arc<Registration>> {
         self.by_key
@@ -174,5 +261,19 @@ impl RegistrationTable {
     /// Takes the next registration awaiting teardown.
     pub(crate) fn next_deferred(&mut self) -> Option<Arc<Registration>> {
         self.pending.pop_front().map(ListArc::into_arc)
+    }
+
+    /// Queues a suspended registration for revalidation, unless it is
+    /// queued already.
+    pub(crate) fn queue_revalidation(&mut self, registration: Arc<Registration>) {
+        // Already queued: the queued entry is revalidated once, which serves this too.
+        if let Ok(item) = ListArc::try_from_arc(registration) {
+            self.suspended.push_back(item);
+        }
+    }
+
+    /// Takes the next registration awaiting revalidation.
+    pub(crate) fn next_suspended(&mut self) -> Option<Arc<Registration>> {
+        self.suspended.pop_front().map(ListArc::into_arc)
     }
 }

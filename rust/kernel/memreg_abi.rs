@@ -47,15 +47,21 @@ macro_rules! plain_data {
 }
 
 plain_data! {
-    memreg_register { addr, length, access, flags, lkey, rkey, region_addr, region_length },
+    memreg_register {
+        addr, length, access, flags, lkey, rkey, region_addr, region_length, slot, reserved,
+        generation,
+    },
     memreg_deregister { key, reserved },
     memreg_query { key, addr, length, access, state, pages, extents, refcount, reserved },
     memreg_stats {
         registrations, cache_hits, cache_misses, pages_pinned, pages_pinned_peak,
-        deregistrations, invalidations, reserved,
+        deregistrations, invalidations, parked, parked_pages, parks, revives, evictions,
+        suspensions, resumptions, revalidation_failures, reserved,
     },
     memreg_global_stats {
         contexts, regions, pages_pinned, budget_pages, max_registrations, reserved,
     },
     memreg_copy { key, offset, length, buf, direction, flags, reserved },
+    memreg_cache_config { parking, reserved0, max_parked, max_parked_pages, idle_ms, reserved },
+    memreg_flush { evicted, pages, reserved },
 }

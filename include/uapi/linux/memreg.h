@@ -15,7 +15,7 @@
 #include <linux/types.h>
 
 /* The ABI version this header describes, answered by MEMREG_IOC_GET_VERSION. */
-#define MEMREG_ABI_VERSION		1
+#define MEMREG_ABI_VERSION		2
 
 #define MEMREG_IOC_MAGIC		0xB9
 
@@ -31,6 +31,29 @@
 
 /* struct memreg_register.flags, output: served from the registration cache. */
 #define MEMREG_REGISTER_CACHED		(1U << 0)
+/* struct memreg_register.flags, output: served by reviving a parked registration. */
+#define MEMREG_REGISTER_REVIVED		(1U << 1)
+
+/*
+ * State words (see "State words" in Documentation/memreg.rst). The file's
+ * mapping at MEMREG_MMAP_STATE_WORDS is a read-only array of __u64, one word
+ * per slot. While a registration is usable its word equals the @generation
+ * REGISTER returned, a nonzero multiple of 4. The kernel changes the word,
+ * before the event that suspends or ends the registration returns, to
+ * @generation | MEMREG_WORD_SUSPENDED (call REGISTER again: it revalidates)
+ * or to @generation | MEMREG_WORD_ENDED. A slot is reused only with a larger
+ * generation. Read a word with an acquire load; a cache hit is valid when it
+ * equals the generation.
+ */
+#define MEMREG_NO_SLOT			0xffffffffU
+#define MEMREG_WORD_SUSPENDED		1ULL
+#define MEMREG_WORD_ENDED		2ULL
+/* Most slots a context has (a 512 KiB mapping). */
+#define MEMREG_MAX_SLOTS		65536
+
+/* mmap offsets of the areas a /dev/memreg file maps (MAP_SHARED, read-only). */
+#define MEMREG_MMAP_STATE_WORDS		0x00000000ULL
+#define MEMREG_MMAP_EVENTS		0x10000000ULL
 
 /**
  * struct memreg_register - register a user range (MEMREG_IOC_REGISTER)
@@ -47,8 +70,15 @@
  *                 count from here. Equals @addr on a miss, may be lower on a
  *                 cache hit.
  * @region_length: out: its length
+ * @slot:     out: the index of the registration's state word, or
+ *            MEMREG_NO_SLOT when the file has no state words mapped (or all
+ *            slots are taken)
+ * @reserved: must be zero
+ * @generation: out: the value of the state word while the registration is
+ *            usable (0 with MEMREG_NO_SLOT)
  *
- * Output fields are ignored on input.
+ * Output fields are ignored on input; @flags also reports
+ * MEMREG_REGISTER_REVIVED when a parked registration was revived.
  */
 struct memreg_register {
 	__u64 addr;
@@ -59,10 +89,18 @@ struct memreg_register {
 	__u64 rkey;
 	__u64 region_addr;
 	__u64 region_length;
+	__u32 slot;
+	__u32 reserved;
+	__u64 generation;
 };
 
 /**
  * struct memreg_deregister - drop one reference (MEMREG_IOC_DEREGISTER)
+ *
+ * The last reference parks the registration when parking is on (the
+ * default): it stays pinned and watched, and a later REGISTER it covers
+ * revives it. Otherwise, or when it cannot be parked, it ends.
+ *
  * @key:      in: the local key REGISTER returned
  * @reserved: must be zero
  */
@@ -71,8 +109,10 @@ struct memreg_deregister {
 	__u64 reserved;
 };
 
-/* struct memreg_query.state */
-#define MEMREG_STATE_VALID		1
+/* struct memreg_query.state, bits */
+#define MEMREG_STATE_VALID		(1U << 0)	/* data may move through it */
+#define MEMREG_STATE_PARKED		(1U << 1)	/* no reference left, kept pinned */
+#define MEMREG_STATE_SUSPENDED		(1U << 2)	/* revalidated on next use */
 
 /**
  * struct memreg_query - describe a registration (MEMREG_IOC_QUERY)
@@ -121,6 +161,18 @@ enum memreg_inval_cause {
 	MEMREG_INVAL_NR_CAUSES = 9,
 };
 
+/* Why parked registrations were ended: struct memreg_stats.evictions. */
+enum memreg_evict_reason {
+	MEMREG_EVICT_IDLE = 0,		/* the context was idle for idle_ms */
+	MEMREG_EVICT_PIN_LIMIT,		/* room for a new registration under
+					 * RLIMIT_MEMLOCK, max_pinned_pages or
+					 * max_registrations */
+	MEMREG_EVICT_PARK_LIMIT,	/* max_parked or max_parked_pages */
+	MEMREG_EVICT_SHRINKER,		/* memory pressure */
+	MEMREG_EVICT_FLUSH,		/* MEMREG_IOC_FLUSH, or parking turned off */
+	MEMREG_EVICT_NR_REASONS = 5,
+};
+
 /**
  * struct memreg_stats - per-context counters (MEMREG_IOC_STATS)
  * @registrations:     out: live registrations now
@@ -130,7 +182,22 @@ enum memreg_inval_cause {
  * @pages_pinned_peak: out: the highest @pages_pinned seen
  * @deregistrations:   out: registrations that ended by DEREGISTER
  * @invalidations:     out: registrations that ended by invalidation, by cause
+ *                     (a suspended registration whose revalidation fails is
+ *                     counted under the cause that suspended it)
+ * @parked:            out: parked registrations now (part of @registrations)
+ * @parked_pages:      out: their pages (part of @pages_pinned)
+ * @parks:             out: registrations parked by their last DEREGISTER
+ * @revives:           out: REGISTER calls served by reviving a parked one
+ * @evictions:         out: parked registrations ended, by reason
+ * @suspensions:       out: registrations suspended by an event that may
+ *                     have left their pages in place
+ * @resumptions:       out: suspended registrations found intact and resumed
+ * @revalidation_failures: out: suspended registrations that ended because
+ *                     their pages were no longer mapped as registered
  * @reserved:          must be zero
+ *
+ * @deregistrations counts registrations ended by DEREGISTER (parking off or
+ * not possible); @parks those parked instead.
  */
 struct memreg_stats {
 	__u64 registrations;
@@ -140,7 +207,15 @@ struct memreg_stats {
 	__u64 pages_pinned_peak;
 	__u64 deregistrations;
 	__u64 invalidations[MEMREG_INVAL_NR_CAUSES];
-	__u64 reserved[3];
+	__u64 parked;
+	__u64 parked_pages;
+	__u64 parks;
+	__u64 revives;
+	__u64 evictions[MEMREG_EVICT_NR_REASONS];
+	__u64 suspensions;
+	__u64 resumptions;
+	__u64 revalidation_failures;
+	__u64 reserved[4];
 };
 
 /**
@@ -193,6 +268,47 @@ struct memreg_copy {
 	__u64 reserved;
 };
 
+/**
+ * struct memreg_cache_config - the context's deregistration list
+ *                              (MEMREG_IOC_GET_CACHE, MEMREG_IOC_SET_CACHE)
+ * @parking:          1: the last DEREGISTER parks a registration; 0: it ends
+ *                    it (setting 0 ends every parked registration now)
+ * @reserved0:        must be zero
+ * @max_parked:       parked registrations at most; parking one more ends the
+ *                    least recently used first
+ * @max_parked_pages: their pages at most; a registration larger than this
+ *                    is never parked
+ * @idle_ms:          parked registrations end once the context made no call
+ *                    for this long; 0: never. At most 86400000 (a day).
+ * @reserved:         must be zero
+ *
+ * A new file starts with the module parameters park, park_max,
+ * park_max_pages and park_idle_ms. SET replaces all fields at once and ends
+ * parked registrations past the new limits; values out of range: EINVAL.
+ */
+struct memreg_cache_config {
+	__u32 parking;
+	__u32 reserved0;
+	__u64 max_parked;
+	__u64 max_parked_pages;
+	__u64 idle_ms;
+	__u64 reserved[4];
+};
+
+#define MEMREG_MAX_IDLE_MS		86400000ULL
+
+/**
+ * struct memreg_flush - end every parked registration (MEMREG_IOC_FLUSH)
+ * @evicted:  out: parked registrations ended
+ * @pages:    out: their pages, now unpinned and uncharged
+ * @reserved: must be zero
+ */
+struct memreg_flush {
+	__u64 evicted;
+	__u64 pages;
+	__u64 reserved[2];
+};
+
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
 #define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
 #define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
@@ -200,5 +316,8 @@ struct memreg_copy {
 #define MEMREG_IOC_STATS	_IOR(MEMREG_IOC_MAGIC, 0x04, struct memreg_stats)
 #define MEMREG_IOC_COPY		_IOW(MEMREG_IOC_MAGIC, 0x05, struct memreg_copy)
 #define MEMREG_IOC_GLOBAL_STATS	_IOR(MEMREG_IOC_MAGIC, 0x06, struct memreg_global_stats)
+#define MEMREG_IOC_GET_CACHE	_IOR(MEMREG_IOC_MAGIC, 0x07, struct memreg_cache_config)
+#define MEMREG_IOC_SET_CACHE	_IOW(MEMREG_IOC_MAGIC, 0x08, struct memreg_cache_config)
+#define MEMREG_IOC_FLUSH	_IOWR(MEMREG_IOC_MAGIC, 0x09, struct memreg_flush)
 
 #endif /* _UAPI_LINUX_MEMREG_H */

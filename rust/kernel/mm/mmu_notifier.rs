@@ -363,6 +363,11 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         Ok(Subscription { this })
     }
 
+    /// The C subscription, for the other abstractions of this crate.
+    pub(crate) fn as_raw(&self) -> *mut bindings::mmu_interval_notifier {
+        self.sub.get()
+    }
+
     /// Whether the notifier is inserted now.
     pub fn is_inserted(&self) -> bool {
         self.state.load(Relaxed) == STATE_INSERTED

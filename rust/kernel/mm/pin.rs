@@ -605,6 +605,32 @@ impl PinnedPages {
         self.writable
     }
 
+    /// Fills `out` with the page frame numbers of the pinned pages from index
+    /// `first` on. Fails with `EINVAL`, filling nothing, when they are not all
+    /// pinned pages.
+    pub fn pfns(&self, first: usize, out: &mut [u64]) -> Result {
+        let end = first.checked_add(out.len()).ok_or(EINVAL)?;
+        if end > self.pages() {
+            return Err(EINVAL);
+        }
+        if out.is_empty() {
+            return Ok(());
+        }
+        let extents = self.extents.as_slice();
+        let mut idx = self.extents.find(first as u32).ok_or(EINVAL)?;
+        for (i, slot) in out.iter_mut().enumerate() {
+            // `first + i < pages() <= u32::MAX`.
+            let index = (first + i) as u32;
+            let mut e = extents.get(idx).ok_or(EINVAL)?;
+            if index - e.first >= e.pages {
+                idx += 1;
+                e = extents.get(idx).ok_or(EINVAL)?;
+            }
+            *slot = e.pfn + u64::from(index - e.first);
+        }
+        Ok(())
+    }
+
     /// Calls `op` with the kernel address and length of each piece of the
     /// byte range `offset..offset + len` of the pinned pages, in order, and the
     /// piece's offset from `offset`.

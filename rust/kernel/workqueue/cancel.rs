@@ -13,8 +13,19 @@
 use crate::{
     bindings,
     sync::Arc,
-    workqueue::{HasWork, Work, WorkItem},
+    workqueue::{HasDelayedWork, HasWork, Work, WorkItem},
 };
+
+/// Takes the reference a queue held on `this` back after a cancel found the
+/// item queued.
+fn reclaim<T>(this: &Arc<T>, queued: bool) -> bool {
+    if queued {
+        // SAFETY: The item was queued, so `enqueue` leaked one reference with `Arc::into_raw`
+        // of this very pointer, and the queue no longer owns it: we reclaim it once.
+        drop(unsafe { Arc::from_raw(Arc::as_ptr(this)) });
+    }
+    queued
+}
 
 /// Cancels the work item `ID` of `this`: if it is queued, it is taken off
 /// its queue without running and the reference the queue held is dropped; if
@@ -22,9 +33,8 @@ use crate::{
 ///
 /// The item may be queued again afterwards; the caller makes sure it is not
 /// when it needs no work to remain. May sleep. Meant for plain work items:
-/// for one embedded in a delayed work item whose timer is pending, this
-/// waits for the timer to fire.
-// TODO(cancel-delayed): a `cancel_delayed_sync` for `DelayedWork` items.
+/// for a [`DelayedWork`](crate::workqueue::DelayedWork) use
+/// [`cancel_delayed_sync`].
 ///
 /// # Examples
 ///
@@ -68,10 +78,60 @@ where
     let work = unsafe { Work::raw_get(T::raw_get_work(ptr)) };
     // SAFETY: `work` is an initialised `work_struct` inside a live `T`.
     let queued = unsafe { bindings::cancel_work_sync(work) };
-    if queued {
-        // SAFETY: The item was queued, so `enqueue` leaked one reference with `Arc::into_raw`
-        // of this very pointer, and the queue no longer owns it: we reclaim it once.
-        drop(unsafe { Arc::from_raw(ptr) });
-    }
-    queued
+    reclaim(this, queued)
+}
+
+/// Cancels the delayed work item `ID` of `this`: if its timer is pending or
+/// it is queued, it is stopped without running and the reference the queue
+/// held is dropped; if it is running, this waits for it to return (a run
+/// that queues the item again is cancelled too). Returns whether it was
+/// pending. May sleep.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::sync::{Arc, atomic::{Atomic, Relaxed}};
+/// use kernel::workqueue::{
+///     self, cancel::cancel_delayed_sync, impl_has_delayed_work, new_delayed_work, DelayedWork,
+///     WorkItem,
+/// };
+///
+/// #[pin_data]
+/// struct Job {
+///     runs: Atomic<u32>,
+///     #[pin]
+///     work: DelayedWork<Job>,
+/// }
+/// impl_has_delayed_work! { impl HasDelayedWork<Self> for Job { self.work } }
+/// impl WorkItem for Job {
+///     type Pointer = Arc<Job>;
+///     fn run(this: Arc<Job>) {
+///         this.runs.add(1, Relaxed);
+///     }
+/// }
+///
+/// let job = Arc::pin_init(
+///     pin_init!(Job { runs: Atomic::new(0), work <- new_delayed_work!("Job::work") }),
+///     GFP_KERNEL,
+/// )?;
+/// // An hour from now: cancelling stops the timer and gives the reference back.
+/// assert!(workqueue::system().enqueue_delayed(job.clone(), 3600 * 1000).is_ok());
+/// assert!(cancel_delayed_sync(&job));
+/// assert_eq!(job.runs.load(Relaxed), 0);
+/// assert!(!cancel_delayed_sync(&job));
+/// assert!(Arc::into_unique_or_drop(job).is_some());
+/// # Ok::<(), Error>(())
+/// ```
+pub fn cancel_delayed_sync<T, const ID: u64>(this: &Arc<T>) -> bool
+where
+    T: WorkItem<ID, Pointer = Arc<T>> + HasDelayedWork<T, ID>,
+{
+    let ptr = Arc::as_ptr(this).cast_mut();
+    // SAFETY: `ptr` points at a valid `T` kept alive by `this`.
+    let work = unsafe { Work::raw_get(T::raw_get_work(ptr)) };
+    // SAFETY: By `HasDelayedWork`, `work` is the `work` field of a `delayed_work`.
+    let dwork = unsafe { crate::container_of!(work, bindings::delayed_work, work) };
+    // SAFETY: `dwork` is an initialised `delayed_work` inside a live `T`.
+    let queued = unsafe { bindings::cancel_delayed_work_sync(dwork) };
+    reclaim(this, queued)
 }
