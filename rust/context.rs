@@ -44,7 +44,13 @@ use crate::{
 };
 use kernel::{
     impl_has_delayed_work, impl_has_work,
-    mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, Mm},
+    mm::{
+        mmu_notifier::IntervalNotifier,
+        pin::PinnedPages,
+        shared_pages::vma_pgoff,
+        virt::VmaNew,
+        Mm,
+    },
     new_delayed_work, new_spinlock, new_work,
     page::PAGE_SIZE,
     prelude::*,
@@ -64,7 +70,7 @@ use kernel::{
         DelayedWork, Work, WorkItem,
     },
 };
-use table::{CacheConfig, Nodes, RegistrationTable};
+use table::{CacheConfig, Nodes, RegistrationTable, Slots};
 
 /// Times a registration is retried when an invalidation races with pinning.
 const REGISTER_RETRIES: u32 = 3;
@@ -282,13 +288,15 @@ pub(crate) struct Registered {
     hit: bool,
     /// Served by reviving a parked registration.
     revived: bool,
+    /// The state word's slot and generation.
+    slot: (u32, u64),
     /// The context's peak of pinned pages before a miss, to roll back to.
     peak_before: u64,
 }
 
 impl Registered {
     /// A REGISTER served by `registration`, already live.
-    fn hit(registration: &Registration, revived: bool) -> Self {
+    fn hit(registration: &Registration, t: &RegistrationTable, revived: bool) -> Self {
         let info = &registration.info;
         Self {
             keys: info.keys,
@@ -296,6 +304,7 @@ impl Registered {
             length: info.length,
             hit: true,
             revived,
+            slot: registration.slot(t),
             peak_before: 0,
         }
     }
@@ -373,8 +382,7 @@ impl Context {
             (true, false) => defs::REGISTER_CACHED,
             _ => 0,
         };
-        req.slot = defs::NO_SLOT;
-        req.generation = 0;
+        (req.slot, req.generation) = done.slot;
         Ok(done)
     }
 
@@ -439,7 +447,7 @@ impl Context {
                 match t.find_cover(addr, length, access).cloned() {
                     Some(r) if !r.is_suspended() => {
                         let revived = r.take_ref(&mut t)?;
-                        return Ok(Registered::hit(&r, revived));
+                        return Ok(Registered::hit(&r, &t, revived));
                     }
                     Some(r) => r,
                     None => {
@@ -535,17 +543,19 @@ impl Context {
                             length,
                             hit: false,
                             revived: false,
+                            slot: registration.slot(&t),
                             peak_before,
                         })
                     }
                     Err(Refused::Covered(winner, revived, parts)) => {
                         // A concurrent REGISTER published a registration serving ours, and a
                         // reference was taken on it (a hit, or a revival): use it.
+                        let done = Registered::hit(&winner, &t, revived);
                         drop(t);
                         // Our parts go outside the locks: unpinned, uncharged, the notifier
                         // removed.
                         drop(parts);
-                        return Ok(Registered::hit(&winner, revived));
+                        return Ok(done);
                     }
                     Err(refused) => refused,
                 }
@@ -615,6 +625,54 @@ impl Context {
             ContextShared::arm_idle(&self.shared, idle_ms);
         }
         Ok(())
+    }
+
+    /// `mmap`: maps an area of the context into the process, read-only.
+    /// `MEMREG_MMAP_STATE_WORDS` maps the state words; the first such mapping
+    /// creates one word per 8 bytes of its length (up to `MEMREG_MAX_SLOTS`),
+    /// and registrations made afterwards get a slot. Later mappings may be no
+    /// longer. `EINVAL` for any other offset or a bad length.
+    pub(crate) fn mmap(&self, vma: &VmaNew) -> Result {
+        self.check_owner()?;
+        let offset = (vma_pgoff(vma) as u64)
+            .checked_mul(PAGE_SIZE as u64)
+            .ok_or(EINVAL)?;
+        if offset != defs::MMAP_STATE_WORDS {
+            return Err(EINVAL);
+        }
+        let nslots = (vma.end() - vma.start()) / 8;
+        if nslots == 0 || nslots > defs::MAX_SLOTS {
+            return Err(EINVAL);
+        }
+        let existing = self
+            .shared
+            .table
+            .lock()
+            .slots
+            .as_ref()
+            .map(|s| s.words.clone());
+        let words = match existing {
+            Some(words) => words,
+            None => {
+                let new = Slots::new(nslots)?;
+                let mut t = self.shared.table.lock();
+                match &t.slots {
+                    // Another mapping won the race: ours is freed outside the lock.
+                    Some(s) => {
+                        let words = s.words.clone();
+                        drop(t);
+                        drop(new);
+                        words
+                    }
+                    None => {
+                        let words = new.words.clone();
+                        t.slots = Some(new);
+                        words
+                    }
+                }
+            }
+        };
+        words.map_into(vma, 0, false)
     }
 
     /// FLUSH: ends every parked registration; their pages are uncharged when

@@ -13,6 +13,7 @@ use kernel::{
     fs::File,
     ioctl::_IOC_SIZE,
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    mm::virt::VmaNew,
     prelude::*,
     seq_file::SeqFile,
     seq_print,
@@ -126,6 +127,10 @@ impl MiscDevice for Context {
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<KBox<Self>> {
         Ok(KBox::new(Context::new()?, GFP_KERNEL_ACCOUNT)?)
+    }
+
+    fn mmap(me: &Context, _file: &File, vma: &VmaNew) -> Result {
+        me.mmap(vma)
     }
 
     fn show_fdinfo(me: &Context, m: &SeqFile, _file: &File) {

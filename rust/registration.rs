@@ -139,6 +139,8 @@ pub(crate) struct TableState {
     parked_at: Option<u64>,
     /// The memory of that entry, while not parked.
     lru_node: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
+    /// Its state word's slot and generation, if it has one.
+    slot: Option<(u32, u64)>,
 }
 
 /// One registration.
@@ -244,6 +246,7 @@ impl Registration {
                         refs: 0,
                         parked_at: None,
                         lru_node: Some(lru_node),
+                        slot: None,
                     }
                 ),
                 info,
@@ -273,6 +276,24 @@ impl Registration {
     /// REGISTER calls not yet matched by DEREGISTER.
     pub(crate) fn refs(&self, t: &RegistrationTable) -> u32 {
         self.table_state.access(t).refs
+    }
+
+    /// Its state word's slot and generation: `(MEMREG_NO_SLOT, 0)` when it
+    /// has none.
+    pub(crate) fn slot(&self, t: &RegistrationTable) -> (u32, u64) {
+        self.table_state
+            .access(t)
+            .slot
+            .unwrap_or((defs::NO_SLOT, 0))
+    }
+
+    /// Sets its state word, if it has one, to its generation with `flags`.
+    fn set_word(&self, t: &RegistrationTable, flags: u64) {
+        if let (Some((slot, generation)), Some(slots)) =
+            (self.table_state.access(t).slot, t.slots.as_ref())
+        {
+            slots.set(slot, generation | flags);
+        }
     }
 
     /// Whether it is parked on the deregistration list.
@@ -407,7 +428,10 @@ impl Registration {
         st.subscription = Some(parts.subscription);
         this.live.store(true, Relaxed);
         drop(st);
-        this.table_state.access_mut(t).refs = 1;
+        let slot = t.slots.as_mut().and_then(|s| s.take());
+        let ts = this.table_state.access_mut(t);
+        ts.refs = 1;
+        ts.slot = slot;
         t.insert(parts.nodes, this.clone());
         t.stats.cache_misses += 1;
         t.stats.pages_pinned += npages;
@@ -421,6 +445,12 @@ impl Registration {
     pub(crate) fn unpublish(t: &mut RegistrationTable, seq: u64) -> Option<Arc<Self>> {
         let this = t.remove(seq)?;
         this.unpark(t);
+        // The state word tells user space before the event that ended it returns.
+        if let Some((slot, generation)) = this.table_state.access_mut(t).slot.take() {
+            if let Some(slots) = t.slots.as_mut() {
+                slots.release(slot, generation);
+            }
+        }
         let pages = {
             let mut st = this.state.lock();
             // Taking the lock waits for a copy in progress; once `live` is clear none starts.
@@ -476,6 +506,7 @@ impl Registration {
             return;
         };
         bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
+        me.set_word(&t, defs::WORD_SUSPENDED);
         t.queue_revalidation(me);
         drop(t);
         ContextShared::schedule_teardown(ctx);
@@ -559,6 +590,7 @@ impl Registration {
                 if intact {
                     if this.suspended.xchg(false, Relaxed) {
                         bump(&mut t.stats.resumptions, &TOTALS.resumptions, 1);
+                        this.set_word(&t, 0);
                     }
                     drop(st);
                     return Ok(Revalidated::Usable);

@@ -24,6 +24,8 @@ use crate::{
 use kernel::{
     interval_tree::{self, IntervalTree},
     list::{List, ListArc},
+    mm::shared_pages::SharedPages,
+    page::PAGE_SIZE,
     prelude::*,
     rbtree::{RBTree, RBTreeNodeReservation},
     sync::Arc,
@@ -47,6 +49,59 @@ impl Nodes {
             by_key: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
             by_range: interval_tree::Reservation::new(GFP_KERNEL_ACCOUNT)?,
         })
+    }
+}
+
+/// The context's state words (`MEMREG_MMAP_STATE_WORDS`): one `u64` per
+/// slot, mapped read-only into the process, and the slots not in use.
+///
+/// A slot's word is its registration's generation while the registration is
+/// usable, the generation with `MEMREG_WORD_SUSPENDED` while it is
+/// suspended, and with `MEMREG_WORD_ENDED` once it ended. A slot taken again
+/// gets a larger generation, so a stale copy never matches.
+pub(crate) struct Slots {
+    pub(crate) words: Arc<SharedPages>,
+    /// Free slots, the lowest on top.
+    free: KVVec<u32>,
+}
+
+impl Slots {
+    /// Creates `nslots` zeroed words, all free.
+    pub(crate) fn new(nslots: usize) -> Result<Self> {
+        let nslots_u32 = u32::try_from(nslots).map_err(|_| EINVAL)?;
+        let npages = nslots.checked_mul(8).ok_or(EINVAL)?.div_ceil(PAGE_SIZE);
+        let words = Arc::new(SharedPages::new(npages)?, GFP_KERNEL_ACCOUNT)?;
+        let mut free = KVVec::with_capacity(nslots, GFP_KERNEL_ACCOUNT)?;
+        for slot in (0..nslots_u32).rev() {
+            free.push(slot, GFP_KERNEL_ACCOUNT)?;
+        }
+        Ok(Self { words, free })
+    }
+
+    /// Takes a free slot and gives it a new generation, published in its
+    /// word. Never sleeps.
+    pub(crate) fn take(&mut self) -> Option<(u32, u64)> {
+        loop {
+            let slot = self.free.pop()?;
+            let old = self.words.load_u64(slot as usize)?;
+            // A slot whose generations ran out is never used again.
+            if let Some(generation) = (old & !3).checked_add(4) {
+                self.words.store_u64(slot as usize, generation);
+                return Some((slot, generation));
+            }
+        }
+    }
+
+    /// Sets the word of `slot`.
+    pub(crate) fn set(&self, slot: u32, value: u64) {
+        self.words.store_u64(slot as usize, value);
+    }
+
+    /// Marks the registration of `slot` ended and frees the slot. Never
+    /// sleeps (the free list has room for every slot).
+    pub(crate) fn release(&mut self, slot: u32, generation: u64) {
+        self.set(slot, generation | defs::WORD_ENDED);
+        let _ = self.free.push_within_capacity(slot);
     }
 }
 
@@ -117,6 +172,8 @@ pub(crate) struct RegistrationTable {
     pub(crate) next_stamp: u64,
     /// How registrations nobody references are kept.
     pub(crate) config: CacheConfig,
+    /// The state words, once mapped.
+    pub(crate) slots: Option<Slots>,
     /// The context's counters.
     pub(crate) stats: Stats,
 }
@@ -132,6 +189,7 @@ impl RegistrationTable {
             parked: RBTree::new(),
             next_stamp: 0,
             config,
+            slots: None,
             stats: Stats::default(),
         }
     }

@@ -83,3 +83,8 @@ __rust_helper atomic_long_t *rust_helper_user_locked_vm(struct user_struct *user
 	return &user->locked_vm;
 }
 #endif
+
+__rust_helper void *rust_helper_page_address(const struct page *page)
+{
+	return page_address(page);
+}

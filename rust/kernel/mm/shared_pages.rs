@@ -1,0 +1,215 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Pages the kernel writes and user space maps read-only.
+//!
+//! A driver that publishes state to user space without system calls (state
+//! words, event rings) allocates [`SharedPages`], writes them with atomic
+//! stores, and maps them into a process from its `mmap` file operation with
+//! [`SharedPages::map_into`], which refuses private and writable mappings,
+//! takes away the right to make the mapping writable or executable later, and
+//! keeps the mapping out of children and from growing.
+//!
+//! The pages are allocated without `__GFP_HIGHMEM`, so they are always in
+//! the kernel's direct map: stores need no temporary mapping and may be made
+//! in any context, including under spinlocks and in MMU notifier callbacks.
+#![cfg(CONFIG_MEMREG_SUPPORT)]
+
+use crate::{
+    bindings,
+    mm::virt::{flags, VmaNew, VmaRef},
+    page::{Page, PAGE_SIZE},
+    prelude::*,
+    sync::atomic::{Acquire, Atomic, Release},
+};
+
+/// The page offset a mapping was requested at (`vm_pgoff`): which area of
+/// a device's file it maps.
+pub fn vma_pgoff(vma: &VmaRef) -> usize {
+    // SAFETY: `vma` is a valid VMA; `vm_pgoff` is set when the VMA is created and changes only
+    // under the address space's `mmap_lock` held for writing, which a caller holding a
+    // `VmaRef` excludes or holds itself.
+    unsafe { (*vma.as_ptr()).vm_pgoff }
+}
+
+/// Zeroed pages shared read-only with user space.
+///
+/// # Invariants
+///
+/// Every page in `pages` was allocated without `__GFP_HIGHMEM`, so
+/// `page_address` of it is a valid, permanent kernel address; `addrs[i]` is
+/// that address for `pages[i]`.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::mm::shared_pages::SharedPages;
+/// use kernel::page::PAGE_SIZE;
+///
+/// let shared = SharedPages::new(2)?;
+/// assert_eq!(shared.len(), 2 * PAGE_SIZE);
+/// // Words straddle no page: word 512 is the first of the second page.
+/// assert_eq!(shared.load_u64(512), Some(0));
+/// assert!(shared.store_u64(512, 0xfeed));
+/// assert_eq!(shared.load_u64(512), Some(0xfeed));
+/// assert!(shared.store_u32(1, 7));
+/// assert_eq!(shared.load_u32(1), Some(7));
+/// // Out of bounds is refused, not written.
+/// assert!(!shared.store_u64(1024, 1));
+/// assert_eq!(shared.load_u64(1024), None);
+/// assert!(shared.write_bytes(PAGE_SIZE - 2, &[1, 2, 3, 4]));
+/// assert_eq!(shared.load_u32(1023), Some(0x0000_0201));
+/// assert_eq!(shared.load_u32(1024), Some(0x0000_0403));
+/// assert!(!shared.write_bytes(2 * PAGE_SIZE - 1, &[1, 2]));
+/// # Ok::<(), Error>(())
+/// ```
+pub struct SharedPages {
+    pages: KVec<Page>,
+    addrs: KVec<usize>,
+}
+
+impl SharedPages {
+    /// Allocates `npages` zeroed pages, charged to the caller's memory
+    /// cgroup.
+    pub fn new(npages: usize) -> Result<Self> {
+        if npages == 0 {
+            return Err(EINVAL);
+        }
+        let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
+        let mut addrs = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..npages {
+            let page = Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?;
+            // SAFETY: `page` is a valid page allocated without `__GFP_HIGHMEM` (in the direct
+            // map), so `page_address` returns its permanent kernel address.
+            let addr = unsafe { bindings::page_address(page.as_ptr()) } as usize;
+            pages.push(page, GFP_KERNEL_ACCOUNT)?;
+            addrs.push(addr, GFP_KERNEL_ACCOUNT)?;
+        }
+        // INVARIANT: Each address is its page's `page_address`.
+        Ok(Self { pages, addrs })
+    }
+
+    /// The size in bytes.
+    pub fn len(&self) -> usize {
+        self.pages.len() * PAGE_SIZE
+    }
+
+    /// Whether there are no pages (never, once created).
+    pub fn is_empty(&self) -> bool {
+        self.pages.is_empty()
+    }
+
+    /// The kernel address of byte `offset`, if `size` bytes from it are in
+    /// bounds, aligned to `size` and within one page.
+    fn at(&self, offset: usize, size: usize) -> Option<usize> {
+        let in_page = offset % PAGE_SIZE;
+        if offset % size != 0 || in_page + size > PAGE_SIZE {
+            return None;
+        }
+        self.addrs.get(offset / PAGE_SIZE).map(|a| a + in_page)
+    }
+
+    fn word64(&self, index: usize) -> Option<&Atomic<u64>> {
+        let addr = self.at(index.checked_mul(8)?, 8)?;
+        // SAFETY: `addr` is an aligned, in-bounds `u64` of a page `self` owns, valid for as long
+        // as `self`; it is only accessed atomically from the kernel (user space can only read
+        // it).
+        Some(unsafe { Atomic::from_ptr(addr as *mut u64) })
+    }
+
+    fn word32(&self, index: usize) -> Option<&Atomic<u32>> {
+        let addr = self.at(index.checked_mul(4)?, 4)?;
+        // SAFETY: As in `word64`, for an aligned `u32`.
+        Some(unsafe { Atomic::from_ptr(addr as *mut u32) })
+    }
+
+    /// Stores `value` into the `index`-th `u64` with release ordering;
+    /// returns `false`, storing nothing, when out of bounds. Never sleeps.
+    pub fn store_u64(&self, index: usize, value: u64) -> bool {
+        self.word64(index).map(|w| w.store(value, Release)).is_some()
+    }
+
+    /// Loads the `index`-th `u64` with acquire ordering.
+    pub fn load_u64(&self, index: usize) -> Option<u64> {
+        self.word64(index).map(|w| w.load(Acquire))
+    }
+
+    /// Stores `value` into the `index`-th `u32` with release ordering;
+    /// returns `false`, storing nothing, when out of bounds. Never sleeps.
+    pub fn store_u32(&self, index: usize, value: u32) -> bool {
+        self.word32(index).map(|w| w.store(value, Release)).is_some()
+    }
+
+    /// Loads the `index`-th `u32` with acquire ordering (a value user space
+    /// may have written, if it maps these pages writable: validate it).
+    pub fn load_u32(&self, index: usize) -> Option<u32> {
+        self.word32(index).map(|w| w.load(Acquire))
+    }
+
+    /// Copies `src` to byte `offset`; returns `false`, copying nothing, when
+    /// it does not fit. Plain stores: publish them with a later release
+    /// store. Never sleeps.
+    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> bool {
+        match offset.checked_add(src.len()) {
+            Some(end) if end <= self.len() => {}
+            _ => return false,
+        }
+        let mut done = 0;
+        while done < src.len() {
+            let at = offset + done;
+            let n = (PAGE_SIZE - at % PAGE_SIZE).min(src.len() - done);
+            let Some(&base) = self.addrs.get(at / PAGE_SIZE) else {
+                return false;
+            };
+            // SAFETY: `base + at % PAGE_SIZE .. + n` lies within one page `self` owns (checked
+            // above), `src[done..done + n]` is in bounds, and the two do not overlap (the pages
+            // are never handed out as Rust references).
+            unsafe {
+                core::ptr::copy_nonoverlapping(
+                    src.as_ptr().add(done),
+                    (base + at % PAGE_SIZE) as *mut u8,
+                    n,
+                )
+            };
+            done += n;
+        }
+        true
+    }
+
+    /// Maps the pages from `first_page` on into `vma`, which must be a
+    /// shared mapping no longer than what is left of them. Read-only unless
+    /// `writable`: then the caller reads everything it finds there as
+    /// untrusted input. The mapping can never become executable (nor
+    /// writable, when read-only), is not inherited across fork and cannot
+    /// grow.
+    ///
+    /// Errors: `EINVAL` for a private mapping, one that is too long, or one
+    /// asking for write access when read-only or for execute access; what
+    /// inserting the pages returns otherwise. Called from an `mmap` file
+    /// operation; may sleep.
+    pub fn map_into(&self, vma: &VmaNew, first_page: usize, writable: bool) -> Result {
+        if vma.flags() & flags::SHARED == 0 || vma.executable() {
+            return Err(EINVAL);
+        }
+        if !writable && vma.writable() {
+            return Err(EINVAL);
+        }
+        let len = vma.end() - vma.start();
+        let npages = len / PAGE_SIZE;
+        let end = first_page.checked_add(npages).ok_or(EINVAL)?;
+        if end > self.pages.len() {
+            return Err(EINVAL);
+        }
+        vma.try_clear_mayexec()?;
+        if !writable {
+            vma.try_clear_maywrite()?;
+        }
+        vma.set_dontcopy();
+        vma.set_dontexpand();
+        let mixed = vma.set_mixedmap();
+        let pages = self.pages.get(first_page..end).ok_or(EINVAL)?;
+        for (i, page) in pages.iter().enumerate() {
+            mixed.vm_insert_page(vma.start() + i * PAGE_SIZE, page)?;
+        }
+        Ok(())
+    }
+}
