@@ -38,11 +38,15 @@ use crate::{
     accounting::Charges,
     defs,
     error::OpResult,
+    events::EventRing,
     key::KeyPair,
     registration::{Parts, Refused, Registration, RegistrationInfo, Revalidated},
     stats::{Stats, GLOBAL_CONTEXTS, TOTALS},
 };
 use kernel::{
+    bindings,
+    eventfd::EventFd,
+    fs::File,
     impl_has_delayed_work, impl_has_work,
     mm::{
         mmu_notifier::IntervalNotifier,
@@ -59,6 +63,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
+        poll::PollTable,
         Arc, ArcBorrow, SpinLock,
     },
     task::resched::{cond_resched, fatal_signal_pending},
@@ -77,6 +82,9 @@ const REGISTER_RETRIES: u32 = 3;
 
 /// Bytes moved under the registration lock at a time by COPY.
 const COPY_CHUNK: usize = 16 * 1024;
+
+/// Most entries EVENTS_RESYNC lists at once.
+const MAX_RESYNC: u32 = 1 << 20;
 
 /// Registrations evicted under one hold of the table lock.
 const EVICT_BATCH: usize = 64;
@@ -637,6 +645,18 @@ impl Context {
         let offset = (vma_pgoff(vma) as u64)
             .checked_mul(PAGE_SIZE as u64)
             .ok_or(EINVAL)?;
+        if offset == defs::MMAP_EVENTS || offset == defs::MMAP_EVENTS_HEAD {
+            let pages = {
+                let t = self.shared.table.lock();
+                let ring = t.events.as_ref().ok_or(EINVAL)?;
+                if offset == defs::MMAP_EVENTS {
+                    ring.ring.clone()
+                } else {
+                    ring.head.clone()
+                }
+            };
+            return pages.map_into(vma, 0, offset == defs::MMAP_EVENTS_HEAD);
+        }
         if offset != defs::MMAP_STATE_WORDS {
             return Err(EINVAL);
         }
@@ -673,6 +693,106 @@ impl Context {
             }
         };
         words.map_into(vma, 0, false)
+    }
+
+    /// EVENTS_SETUP: creates the event ring. `EBUSY` when there is one.
+    pub(crate) fn events_setup(&self, req: &mut defs::EventsSetup) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        if !req.entries.is_power_of_two() || req.entries > defs::MAX_EVENTS {
+            return Err(EINVAL.into());
+        }
+        let eventfd = match req.eventfd {
+            -1 => None,
+            fd => Some(EventFd::from_fd(fd)?),
+        };
+        let ring = EventRing::new(req.entries, eventfd)?;
+        let refused = {
+            let mut t = self.shared.table.lock();
+            if t.events.is_some() {
+                Some(ring)
+            } else {
+                t.events = Some(ring);
+                None
+            }
+        };
+        if refused.is_some() {
+            // Freed outside the lock.
+            drop(refused);
+            return Err(EBUSY.into());
+        }
+        req.ring_bytes = EventRing::ring_bytes(req.entries) as u64;
+        Ok(())
+    }
+
+    /// EVENTS_RESYNC: discards unread events, clears the overflow flag and
+    /// lists the registrations valid now, in one step.
+    pub(crate) fn events_resync(&self, req: &mut defs::EventsResync) -> OpResult {
+        defs::check_reserved(&[req.reserved])?;
+        if req.capacity > MAX_RESYNC {
+            return Err(EINVAL.into());
+        }
+        let capacity = (req.capacity as usize).min(crate::max_registrations() as usize);
+        let mut list = KVVec::<defs::ResyncEntry>::with_capacity(capacity, GFP_KERNEL)?;
+        let count = {
+            let mut t = self.shared.table.lock();
+            if let Some(ring) = t.events.as_mut() {
+                ring.resync();
+            }
+            for r in t.iter() {
+                let mut e: defs::ResyncEntry = defs::zeroed();
+                e.key = r.info.keys.lkey;
+                e.addr = r.info.addr;
+                e.length = r.info.length;
+                e.state = if r.is_suspended() {
+                    defs::STATE_SUSPENDED
+                } else {
+                    defs::STATE_VALID
+                };
+                if r.is_parked(&t) {
+                    e.state |= defs::STATE_PARKED;
+                }
+                e.slot = r.slot(&t).0;
+                if list.push_within_capacity(e).is_err() {
+                    break;
+                }
+            }
+            t.len()
+        };
+        let buf = usize::try_from(req.entries).map_err(|_| EFAULT)?;
+        let bytes = list.len() * core::mem::size_of::<defs::ResyncEntry>();
+        let mut writer = UserSlice::new(UserPtr::from_addr(buf), bytes).writer();
+        for e in list.iter() {
+            writer.write(e)?;
+        }
+        req.count = u32::try_from(count).unwrap_or(u32::MAX);
+        Ok(())
+    }
+
+    /// `poll`: readable when the event ring has unread events or overflowed.
+    pub(crate) fn poll(&self, file: &File, table: PollTable<'_>) -> u32 {
+        let waiters = self
+            .shared
+            .table
+            .lock()
+            .events
+            .as_ref()
+            .map(|r| r.waiters.clone());
+        let Some(waiters) = waiters else {
+            return 0;
+        };
+        table.register_wait(file, &waiters.cv);
+        let readable = self
+            .shared
+            .table
+            .lock()
+            .events
+            .as_ref()
+            .is_some_and(|r| r.readable());
+        if readable {
+            bindings::POLLIN | bindings::POLLRDNORM
+        } else {
+            0
+        }
     }
 
     /// FLUSH: ends every parked registration; their pages are uncharged when

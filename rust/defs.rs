@@ -35,6 +35,14 @@ pub(crate) const MAX_SLOTS: usize = uapi::MEMREG_MAX_SLOTS as usize;
 pub(crate) const WORD_SUSPENDED: u64 = uapi::MEMREG_WORD_SUSPENDED as u64;
 pub(crate) const WORD_ENDED: u64 = uapi::MEMREG_WORD_ENDED as u64;
 pub(crate) const MMAP_STATE_WORDS: u64 = uapi::MEMREG_MMAP_STATE_WORDS as u64;
+pub(crate) const MMAP_EVENTS: u64 = uapi::MEMREG_MMAP_EVENTS as u64;
+pub(crate) const MMAP_EVENTS_HEAD: u64 = uapi::MEMREG_MMAP_EVENTS_HEAD as u64;
+pub(crate) const EVENT_SUSPENDED: u32 = uapi::MEMREG_EVENT_SUSPENDED;
+pub(crate) const EVENT_ENDED: u32 = uapi::MEMREG_EVENT_ENDED;
+pub(crate) const EVENT_EVICTED: u32 = uapi::MEMREG_EVENT_EVICTED;
+pub(crate) const EVENTS_OVERFLOW: u32 = uapi::MEMREG_EVENTS_OVERFLOW;
+pub(crate) const EVENTS_OFFSET: usize = uapi::MEMREG_EVENTS_OFFSET as usize;
+pub(crate) const MAX_EVENTS: u32 = uapi::MEMREG_MAX_EVENTS;
 pub(crate) const MAX_IDLE_MS: u64 = uapi::MEMREG_MAX_IDLE_MS as u64;
 pub(crate) const COPY_TO_REGION: u32 = uapi::MEMREG_COPY_TO_REGION;
 pub(crate) const COPY_FROM_REGION: u32 = uapi::MEMREG_COPY_FROM_REGION;
@@ -68,6 +76,10 @@ pub(crate) type GlobalStats = uapi::memreg_global_stats;
 pub(crate) type Copy = uapi::memreg_copy;
 pub(crate) type CacheConfig = uapi::memreg_cache_config;
 pub(crate) type Flush = uapi::memreg_flush;
+pub(crate) type Event = uapi::memreg_event;
+pub(crate) type EventsSetup = uapi::memreg_events_setup;
+pub(crate) type ResyncEntry = uapi::memreg_resync_entry;
+pub(crate) type EventsResync = uapi::memreg_events_resync;
 
 pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
 pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
@@ -79,6 +91,8 @@ pub(crate) const IOC_GLOBAL_STATS: u32 = _IOR::<GlobalStats>(MAGIC, 0x06);
 pub(crate) const IOC_GET_CACHE: u32 = _IOR::<CacheConfig>(MAGIC, 0x07);
 pub(crate) const IOC_SET_CACHE: u32 = _IOW::<CacheConfig>(MAGIC, 0x08);
 pub(crate) const IOC_FLUSH: u32 = _IOWR::<Flush>(MAGIC, 0x09);
+pub(crate) const IOC_EVENTS_SETUP: u32 = _IOWR::<EventsSetup>(MAGIC, 0x0a);
+pub(crate) const IOC_EVENTS_RESYNC: u32 = _IOWR::<EventsResync>(MAGIC, 0x0b);
 
 /// Fails with `EINVAL` unless every reserved word is zero.
 pub(crate) fn check_reserved(words: &[u64]) -> Result {
@@ -115,6 +129,10 @@ mod tests {
         assert_eq!(IOC_GET_CACHE, ioc(2, 64, 7));
         assert_eq!(IOC_SET_CACHE, ioc(1, 64, 8));
         assert_eq!(IOC_FLUSH, ioc(3, 32, 9));
+        assert_eq!(IOC_EVENTS_SETUP, ioc(3, 32, 10));
+        assert_eq!(IOC_EVENTS_RESYNC, ioc(3, 24, 11));
+        assert_eq!(core::mem::size_of::<Event>(), 32);
+        assert_eq!(core::mem::size_of::<uapi::memreg_event_ring>(), EVENTS_OFFSET);
     }
 
     #[test]

@@ -12,7 +12,9 @@ use kernel::{
     debugfs,
     fs::File,
     ioctl::_IOC_SIZE,
-    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    miscdevice::{
+        ext::MiscDevicePoll, MiscDevice, MiscDeviceOptions, MiscDeviceRegistration,
+    },
     mm::virt::VmaNew,
     prelude::*,
     seq_file::SeqFile,
@@ -25,6 +27,7 @@ mod accounting;
 mod context;
 mod defs;
 mod error;
+mod events;
 mod key;
 mod registration;
 mod stats;
@@ -101,7 +104,9 @@ impl kernel::InPlaceModule for MemregModule {
             GFP_KERNEL,
         );
         try_pin_init!(Self {
-            _miscdev <- MiscDeviceRegistration::register(MiscDeviceOptions { name: c"memreg" }),
+            _miscdev <- MiscDeviceRegistration::register_with_poll(MiscDeviceOptions {
+                name: c"memreg",
+            }),
             _stats: stats?,
             _debugfs: dir,
         })
@@ -118,6 +123,12 @@ impl PinnedDrop for MemregModule {
                 || GLOBAL_REGISTRATIONS.load(Relaxed) != 0
                 || GLOBAL_PINNED.load(Relaxed) != 0
         );
+    }
+}
+
+impl MiscDevicePoll for Context {
+    fn poll(me: &Context, file: &File, table: kernel::sync::poll::PollTable<'_>) -> u32 {
+        me.poll(file, table)
     }
 }
 
@@ -185,6 +196,18 @@ impl MiscDevice for Context {
             defs::IOC_SET_CACHE => {
                 me.check_owner()?;
                 me.set_cache_config(&reader.read()?)?;
+            }
+            defs::IOC_EVENTS_SETUP => {
+                me.check_owner()?;
+                let mut req: defs::EventsSetup = reader.read()?;
+                me.events_setup(&mut req)?;
+                writer.write(&req)?;
+            }
+            defs::IOC_EVENTS_RESYNC => {
+                me.check_owner()?;
+                let mut req: defs::EventsResync = reader.read()?;
+                me.events_resync(&mut req)?;
+                writer.write(&req)?;
             }
             defs::IOC_FLUSH => {
                 me.check_owner()?;

@@ -387,6 +387,7 @@ impl Registration {
     pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<u64> {
         let this = Self::unpublish(t, seq)?;
         let pages = this.info.npages as u64;
+        t.emit(&this.info, defs::EVENT_EVICTED, reason);
         if let (Some(n), Some(total)) = (t.stats.evictions.get_mut(reason), TOTALS.evictions.get(reason)) {
             bump(n, total, 1);
         }
@@ -478,6 +479,7 @@ impl Registration {
         if let Some(n) = t.stats.invalidations.get_mut(cause) {
             *n += 1;
         }
+        t.emit(&this.info, defs::EVENT_ENDED, cause);
         t.defer_teardown(this);
         drop(t);
         ContextShared::schedule_teardown(ctx);
@@ -507,6 +509,7 @@ impl Registration {
         };
         bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
         me.set_word(&t, defs::WORD_SUSPENDED);
+        t.emit(&me.info, defs::EVENT_SUSPENDED, defs::INVAL_CLEAR);
         t.queue_revalidation(me);
         drop(t);
         ContextShared::schedule_teardown(ctx);
@@ -606,6 +609,7 @@ impl Registration {
                     &TOTALS.revalidation_failures,
                     1,
                 );
+                t.emit(&this.info, defs::EVENT_ENDED, defs::INVAL_CLEAR);
             }
             drop(t);
             if let Some(r) = ended {

@@ -3,6 +3,8 @@
  * memreg kselftests: the module's global pinned-page budget
  * (max_pinned_pages). Reloads the module with a small budget, and with the
  * default again at the end; it must run with no other memreg file open.
+ * Parking is off here: DEREGISTER ends a registration. Eviction of parked
+ * registrations to stay within the budget is in memreg_lifecycle_test.c.
  */
 #include "memreg_util.h"
 
@@ -21,6 +23,7 @@ FIXTURE_SETUP(budget)
 	ASSERT_EQ(0, mr_reload_module("max_pinned_pages=16"));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 	self->buf = map_filled(64 * PAGE, 'b');
 	ASSERT_NE(NULL, self->buf);
 }
@@ -55,7 +58,13 @@ TEST_F(budget, pinning_stops_at_the_budget)
 	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 16 * PAGE, PAGE, RO, &b));
 	/* Ending a registration gives its pages back to the budget. */
 	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
+	ASSERT_EQ(0, mr_global(self->fd, &g));
+	EXPECT_EQ(8, g.pages_pinned);
 	EXPECT_EQ(0, mr_register(self->fd, self->buf + 16 * PAGE, 8 * PAGE, RO, &b));
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(1, s.deregistrations);
+	EXPECT_EQ(0, s.parks);
+	EXPECT_EQ(0, s.evictions[MEMREG_EVICT_PIN_LIMIT]);
 }
 
 TEST_HARNESS_MAIN

@@ -29,12 +29,15 @@ FIXTURE_TEARDOWN(cache)
 	munmap(self->buf, NPAGES * PAGE);
 }
 
+/* Without parking: the last DEREGISTER ends the registration. */
 TEST_F(cache, miss_then_hit)
 {
 	struct memreg_register a, b;
 	struct memreg_stats s;
 	struct memreg_query q;
 	long vmpin = vm_pin_kb();
+
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
 	EXPECT_EQ(0, a.flags);
@@ -56,7 +59,8 @@ TEST_F(cache, miss_then_hit)
 
 	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(2, q.refcount);
-	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
+	EXPECT_FALSE(q.state & (MEMREG_STATE_PARKED | MEMREG_STATE_SUSPENDED));
 	EXPECT_EQ((unsigned long)self->buf, q.addr);
 	EXPECT_EQ(NPAGES * PAGE, q.length);
 	EXPECT_EQ(RW, q.access);
@@ -76,6 +80,8 @@ TEST_F(cache, miss_then_hit)
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(1, s.deregistrations);
+	EXPECT_EQ(0, s.parks);
+	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.pages_pinned);
 	EXPECT_EQ(NPAGES, s.pages_pinned_peak);
 
@@ -83,6 +89,53 @@ TEST_F(cache, miss_then_hit)
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
 	EXPECT_EQ(0, b.flags);
 	EXPECT_NE(a.lkey, b.lkey);
+}
+
+/* With parking (the default): the last DEREGISTER parks, REGISTER revives. */
+TEST_F(cache, miss_park_revive)
+{
+	struct memreg_register a, b;
+	struct memreg_stats s;
+	struct memreg_query q;
+	long vmpin = vm_pin_kb();
+
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
+	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
+	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
+	/* Parked: still there, pinned and charged, with no reference. */
+	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(0, q.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
+	EXPECT_EQ(NPAGES, q.pages);
+	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(1, s.registrations);
+	EXPECT_EQ(1, s.parked);
+	EXPECT_EQ(NPAGES, s.parked_pages);
+	EXPECT_EQ(1, s.parks);
+	EXPECT_EQ(0, s.deregistrations);
+	EXPECT_EQ(NPAGES, s.pages_pinned);
+
+	/* A covered range revives it: same keys, nothing pinned again. */
+	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, PAGE, RO, &b));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, b.flags);
+	EXPECT_EQ(a.lkey, b.lkey);
+	EXPECT_EQ(a.rkey, b.rkey);
+	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
+	EXPECT_EQ(NPAGES * PAGE, b.region_length);
+	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
+	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(1, q.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(1, s.revives);
+	EXPECT_EQ(1, s.cache_hits);
+	EXPECT_EQ(1, s.cache_misses);
+	EXPECT_EQ(0, s.parked);
+	EXPECT_EQ(0, s.parked_pages);
+	EXPECT_EQ(NPAGES, s.pages_pinned);
 }
 
 TEST_F(cache, covered_subrange_hits)
@@ -146,6 +199,7 @@ TEST_F(cache, partial_overlap_is_a_new_registration)
 	EXPECT_EQ(12, s.pages_pinned);
 	/* Ending one leaves the others intact. */
 	EXPECT_EQ(0, mr_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, mr_flush(self->fd, NULL));
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, PAGE, RW, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
 	EXPECT_TRUE(b.lkey == a.lkey || b.lkey == c.lkey);
@@ -187,20 +241,6 @@ TEST_F(cache, read_only_registration_reads)
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RO, &r));
 	EXPECT_EQ(0, mr_copy(self->fd, r.lkey, 7, out, sizeof(out), MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(out, sizeof(out), 'a'));
-}
-
-/* The PMD-sized transparent huge page size, 2 MiB if sysfs does not say. */
-static size_t thp_size(void)
-{
-	unsigned long size = 0;
-	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
-
-	if (f) {
-		if (fscanf(f, "%lu", &size) != 1)
-			size = 0;
-		fclose(f);
-	}
-	return size ? size : 2UL << 20;
 }
 
 /* A transparent huge page is one translation entry, not one per page. */

@@ -4,10 +4,11 @@
  * others), with every direction and size, random structure contents, keys
  * that were valid, stale or made up, and argument pointers that are valid,
  * unmapped, read-only or kernel addresses, interleaved with munmap and
- * mprotect of registered memory. The kernel must answer each call with an
- * errno the documentation lists (or success), never crash or warn (the
- * check kernel has KASAN and lockdep), and after close every counter must
- * be back where it was.
+ * mprotect of registered memory. The deregistration list's settings change
+ * at random too (parking, its limits, idle eviction), and FLUSH ends what is
+ * parked. The kernel must answer each call with an errno the documentation
+ * lists (or success), never crash or warn (the check kernel has KASAN and
+ * lockdep), and after close every counter must be back where it was.
  */
 #include "memreg_util.h"
 
@@ -111,6 +112,19 @@ static void fill_arg(struct fuzz *f, unsigned int nr)
 		memset(f->arg, 0, 64);
 		w[0] = some_key(f);
 		break;
+	case 8: {
+		struct memreg_cache_config *c = (void *)f->arg;
+
+		memset(c, 0, sizeof(*c));
+		c->parking = rnd() % 8 ? rnd() % 2 : rnd();
+		c->max_parked = rnd() % 4 ? rnd() % 64 : rnd();
+		c->max_parked_pages = rnd() % 4 ? rnd() % (AREA_PAGES * 2) : rnd();
+		c->idle_ms = rnd() % 4 ? rnd() % 1000 : rnd();
+		break;
+	}
+	case 9:
+		memset(f->arg, 0, 32);
+		break;
 	case 5: {
 		struct memreg_copy *c = (void *)f->arg;
 
@@ -130,7 +144,7 @@ static int one_call(struct fuzz *f)
 {
 	static const unsigned int dirs[] = { _IOC_NONE, _IOC_READ, _IOC_WRITE,
 					     _IOC_READ | _IOC_WRITE };
-	static const unsigned int sizes[] = { 4, 16, 48, 56, 64, 144 };
+	static const unsigned int sizes[] = { 4, 16, 32, 48, 56, 64, 72, 144, 248 };
 	unsigned int nr = rnd() % 10, dir, size, type = rnd() % 16 ? MEMREG_IOC_MAGIC : rnd() % 256;
 	unsigned long cmd, arg;
 
@@ -138,17 +152,18 @@ static int one_call(struct fuzz *f)
 	switch (rnd() % 4) {
 	case 0:
 		dir = dirs[rnd() % 4];
-		size = rnd() % 4 ? sizes[rnd() % 6] : rnd() % 4096;
+		size = rnd() % 4 ? sizes[rnd() % (sizeof(sizes) / sizeof(sizes[0]))] : rnd() % 4096;
 		cmd = _IOC(dir, type, nr, size);
 		break;
 	default: {
 		static const unsigned long real[] = {
 			MEMREG_IOC_GET_VERSION, MEMREG_IOC_REGISTER, MEMREG_IOC_DEREGISTER,
 			MEMREG_IOC_QUERY, MEMREG_IOC_STATS, MEMREG_IOC_COPY,
-			MEMREG_IOC_GLOBAL_STATS,
+			MEMREG_IOC_GLOBAL_STATS, MEMREG_IOC_GET_CACHE, MEMREG_IOC_SET_CACHE,
+			MEMREG_IOC_FLUSH,
 		};
 
-		cmd = real[rnd() % 7];
+		cmd = real[rnd() % (sizeof(real) / sizeof(real[0]))];
 		nr = _IOC_NR(cmd);
 		break;
 	}

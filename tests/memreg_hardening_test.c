@@ -6,11 +6,15 @@
  * - RLIMIT_MEMLOCK charged per user, across processes and files;
  * - charges that follow the pages: a registration that ends gives its pages
  *   back to RLIMIT_MEMLOCK and to max_pinned_pages before the call that
- *   ended it returns, although unpinning may be deferred;
+ *   ended it (DEREGISTER without parking, FLUSH of a parked one, munmap,
+ *   mprotect, close) returns, although unpinning may be deferred; a CLEAR
+ *   (MADV_DONTNEED) suspends it, and it ends when revalidation finds the
+ *   pages gone;
  * - a REGISTER of unmapped memory changing no counter;
  * - concurrent misses of one range publishing one registration;
  * - remote keys carrying random bits of their own;
- * - a REGISTER whose result cannot be written back changing nothing;
+ * - a REGISTER whose result cannot be written back changing nothing (a
+ *   miss, a hit, a revival of a parked registration);
  * - COPY stopping on a fatal signal.
  *
  * Some tests reload the module (rmmod/insmod /memreg.ko) with small limits
@@ -54,7 +58,8 @@ static int wait_exit(pid_t pid)
 
 /* Ways for a registration of [p, p + len) to end. */
 enum end {
-	END_DEREGISTER,
+	END_DEREGISTER,	/* with parking off */
+	END_FLUSH,	/* DEREGISTER, parking on, then FLUSH */
 	END_MUNMAP,
 	END_MPROTECT,
 	END_DONTNEED,
@@ -106,6 +111,8 @@ enum w_op {
 	W_DEREGISTER,	/* ctx, slot */
 	W_EVENT,	/* off, n, how (not END_DEREGISTER/END_CLOSE) */
 	W_CLOSE,	/* ctx */
+	W_PARKING,	/* ctx, how: SET_CACHE with parking `how` */
+	W_FLUSH,	/* ctx: FLUSH, the pages it ended */
 	W_PINNED,	/* ctx: stats.pages_pinned */
 	W_REGS,		/* ctx: stats.registrations */
 	W_VMPIN,	/* VmPin in kB */
@@ -173,6 +180,17 @@ static long worker_run(int in, int out)
 			ret = close(fds[c.ctx]) ? -errno : 0;
 			fds[c.ctx] = -1;
 			break;
+		case W_PARKING:
+			ret = mr_set_parking(fds[c.ctx], c.how);
+			break;
+		case W_FLUSH: {
+			struct memreg_flush f;
+
+			ret = mr_flush(fds[c.ctx], &f);
+			if (!ret)
+				ret = (long)f.pages;
+			break;
+		}
 		case W_PINNED:
 		case W_REGS:
 			ret = mr_stats(fds[c.ctx], &s);
@@ -266,6 +284,33 @@ static long w_close(struct worker *w, int ctx)
 	return ask(w, (struct w_cmd){ .op = W_CLOSE, .ctx = ctx });
 }
 
+static long w_pinned(struct worker *w, int ctx);
+
+static long w_parking(struct worker *w, int ctx, int on)
+{
+	return ask(w, (struct w_cmd){ .op = W_PARKING, .ctx = ctx, .how = on });
+}
+
+static long w_flush(struct worker *w, int ctx)
+{
+	return ask(w, (struct w_cmd){ .op = W_FLUSH, .ctx = ctx });
+}
+
+/* Waits (at most 5 s) until the worker's context pins `pages`. */
+static long w_wait_pinned(struct worker *w, int ctx, long pages)
+{
+	long ret = -1;
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		ret = w_pinned(w, ctx);
+		if (ret == pages || ret < 0)
+			break;
+		usleep(10000);
+	}
+	return ret;
+}
+
 static long w_pinned(struct worker *w, int ctx)
 {
 	return ask(w, (struct w_cmd){ .op = W_PINNED, .ctx = ctx });
@@ -310,6 +355,11 @@ FIXTURE_SETUP(cap)
 	ASSERT_EQ(0, mr_reload_module("max_registrations=8"));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
+	/*
+	 * DEREGISTER ends registrations here; evicting parked ones to make
+	 * room under the cap is in memreg_lifecycle_test.c.
+	 */
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 	self->buf = map_filled(4 * CAP * PAGE, 'c');
 	ASSERT_NE(NULL, self->buf);
 }
@@ -458,6 +508,7 @@ FIXTURE_VARIANT(follow_rlimit)
 };
 
 FIXTURE_VARIANT_ADD(follow_rlimit, deregister) { .how = END_DEREGISTER };
+FIXTURE_VARIANT_ADD(follow_rlimit, deregister_flush) { .how = END_FLUSH };
 FIXTURE_VARIANT_ADD(follow_rlimit, munmap) { .how = END_MUNMAP };
 FIXTURE_VARIANT_ADD(follow_rlimit, mprotect) { .how = END_MPROTECT };
 FIXTURE_VARIANT_ADD(follow_rlimit, madvise_dontneed) { .how = END_DONTNEED };
@@ -468,6 +519,8 @@ FIXTURE_SETUP(follow_rlimit)
 	ASSERT_EQ(0, mr_global_now(&self->base));
 	ASSERT_EQ(0, worker_start(&self->w));
 	self->started = true;
+	if (variant->how == END_DEREGISTER)
+		ASSERT_EQ(0, w_parking(&self->w, 0, 0));
 }
 
 FIXTURE_TEARDOWN(follow_rlimit)
@@ -496,9 +549,24 @@ TEST_F(follow_rlimit, ended_registration_is_uncharged_at_once)
 	case END_DEREGISTER:
 		ASSERT_EQ(0, w_deregister(w, 0, 0));
 		break;
+	case END_FLUSH:
+		ASSERT_EQ(0, w_deregister(w, 0, 0));
+		/* Parked: still charged. */
+		EXPECT_EQ(LIMIT, w_pinned(w, 0));
+		EXPECT_EQ(vmpin + LIMIT * (long)PAGE_KB, w_vmpin(w));
+		ASSERT_EQ(LIMIT, w_flush(w, 0));
+		break;
 	case END_CLOSE:
 		ASSERT_EQ(0, w_close(w, 0));
 		ctx = 1;
+		break;
+	case END_DONTNEED:
+		ASSERT_EQ(0, w_event(w, 0, LIMIT, variant->how));
+		/*
+		 * A CLEAR suspends the registration; a worker revalidates it
+		 * shortly after, finds the pages gone and ends it.
+		 */
+		ASSERT_EQ(0, w_wait_pinned(w, 0, 0));
 		break;
 	default:
 		ASSERT_EQ(0, w_event(w, 0, LIMIT, variant->how));
@@ -529,6 +597,7 @@ FIXTURE_VARIANT(follow_budget)
 };
 
 FIXTURE_VARIANT_ADD(follow_budget, deregister) { .how = END_DEREGISTER };
+FIXTURE_VARIANT_ADD(follow_budget, deregister_flush) { .how = END_FLUSH };
 FIXTURE_VARIANT_ADD(follow_budget, munmap) { .how = END_MUNMAP };
 FIXTURE_VARIANT_ADD(follow_budget, mprotect) { .how = END_MPROTECT };
 FIXTURE_VARIANT_ADD(follow_budget, madvise_dontneed) { .how = END_DONTNEED };
@@ -542,6 +611,8 @@ FIXTURE_SETUP(follow_budget)
 	ASSERT_GE(self->fd, 0);
 	self->fd2 = memreg_open();
 	ASSERT_GE(self->fd2, 0);
+	if (variant->how == END_DEREGISTER)
+		ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 	self->buf = map_filled(4 * LIMIT * PAGE, 'b');
 	ASSERT_NE(NULL, self->buf);
 	ASSERT_EQ(0, mr_global_now(&self->base));
@@ -561,6 +632,7 @@ TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
 {
 	struct memreg_global_stats g;
 	struct memreg_register r, other;
+	struct memreg_flush f;
 	struct memreg_stats s;
 	long vmpin = vm_pin_kb();
 	int fd = self->fd;
@@ -574,10 +646,23 @@ TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
 	case END_DEREGISTER:
 		ASSERT_EQ(0, mr_deregister(fd, r.lkey));
 		break;
+	case END_FLUSH:
+		ASSERT_EQ(0, mr_deregister(fd, r.lkey));
+		/* Parked: still charged. */
+		EXPECT_EQ(self->base.pages_pinned + LIMIT, global_pinned());
+		ASSERT_EQ(0, mr_flush(fd, &f));
+		EXPECT_EQ(1, f.evicted);
+		EXPECT_EQ(LIMIT, f.pages);
+		break;
 	case END_CLOSE:
 		ASSERT_EQ(0, close(fd));
 		self->fd = -1;
 		fd = self->fd2;
+		break;
+	case END_DONTNEED:
+		ASSERT_EQ(0, mem_event(self->buf, LIMIT * PAGE, variant->how));
+		/* Suspended, then ended by the worker's revalidation. */
+		ASSERT_EQ(0, mr_wait_pinned(fd, 0));
 		break;
 	default:
 		ASSERT_EQ(0, mem_event(self->buf, LIMIT * PAGE, variant->how));
@@ -771,6 +856,8 @@ TEST(concurrent_misses_publish_one_registration)
 	ASSERT_EQ(0, mr_global_now(&base));
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
+	/* Each round must be a miss: no parked registration to revive. */
+	ASSERT_EQ(0, mr_set_parking(fd, 0));
 	for (round = 0; round < ROUNDS; round++) {
 		ASSERT_EQ(0, pthread_barrier_init(&barrier, NULL, RACERS));
 		for (i = 0; i < RACERS; i++) {
@@ -954,6 +1041,8 @@ TEST(write_back_failure_on_hit_changes_nothing)
 
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
+	/* One DEREGISTER must end it below. */
+	ASSERT_EQ(0, mr_set_parking(fd, 0));
 	/* Before registering: mprotect may split a VMA next to the registration. */
 	arg = read_only_arg(buf + PAGE, 2 * PAGE, RO);
 	ASSERT_NE(NULL, arg);
@@ -976,6 +1065,51 @@ TEST(write_back_failure_on_hit_changes_nothing)
 	EXPECT_EQ(0, s.pages_pinned);
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(vmpin - 8 * (long)PAGE_KB, vm_pin_kb());
+	close(fd);
+	munmap(arg, PAGE);
+	munmap(buf, 8 * PAGE);
+}
+
+/* A REGISTER that would revive a parked registration, failing, leaves it parked. */
+TEST(write_back_failure_on_revive_changes_nothing)
+{
+	struct memreg_global_stats g0;
+	struct memreg_register *arg, r;
+	struct memreg_stats s0, s;
+	struct memreg_query q;
+	char *buf = map_filled(8 * PAGE, 'v');
+	int fd = memreg_open();
+	long vmpin;
+	__u64 key;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_NE(NULL, buf);
+	arg = read_only_arg(buf + PAGE, 2 * PAGE, RO);
+	ASSERT_NE(NULL, arg);
+	ASSERT_EQ(0, mr_register(fd, buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, mr_deregister(fd, r.lkey));
+	ASSERT_EQ(0, mr_stats(fd, &s0));
+	ASSERT_EQ(1, s0.parked);
+	ASSERT_EQ(0, mr_global(fd, &g0));
+	vmpin = vm_pin_kb();
+
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_REGISTER, arg));
+	EXPECT_EQ(EFAULT, errno);
+	expect_same_counters(_metadata, fd, &s0, &g0, vmpin);
+	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
+	EXPECT_EQ(0, q.refcount);
+
+	/* It is still there to revive, once. */
+	key = r.lkey;
+	ASSERT_EQ(0, mr_register(fd, buf + PAGE, 2 * PAGE, RO, &r));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
+	EXPECT_EQ(key, r.lkey);
+	ASSERT_EQ(0, mr_stats(fd, &s));
+	EXPECT_EQ(1, s.revives);
+	EXPECT_EQ(0, s.parked);
+	EXPECT_EQ(1, s.parks);
+	EXPECT_EQ(vmpin, vm_pin_kb());
 	close(fd);
 	munmap(arg, PAGE);
 	munmap(buf, 8 * PAGE);
@@ -1238,6 +1372,8 @@ TEST(overlap_is_bounded)
 
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
+	/* A DEREGISTER must end a registration, not park it (still pinned). */
+	ASSERT_EQ(0, mr_set_parking(fd, 0));
 	/* MAX_OVERLAP + 1 one-page registrations, each of its own page. */
 	for (i = 0; i <= MAX_OVERLAP; i++)
 		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, RW, &r[i]));

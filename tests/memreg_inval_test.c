@@ -4,8 +4,17 @@
  * changes. For each cause: after the event, fresh memory mapped at the same
  * address is neither read nor written through the old key, the old key is
  * gone, the cause is counted, the pages are unpinned, and registering again
- * pins the new pages and data lands there.
+ * pins the new pages and data lands there. The same for a parked
+ * registration (parking is on, the default, throughout).
+ *
+ * A CLEAR suspends a registration and its next use revalidates it: after
+ * MADV_DONTNEED the page is gone and it ends. MADV_FREE leaves the pages
+ * mapped (they are pinned, and written again), so revalidation may find them
+ * and resume it: then data must reach the memory mapped at the address.
+ * memreg_revalidate_test.c covers the events that leave the pages in place.
  */
+#include <stdbool.h>
+
 #include "memreg_util.h"
 
 #include "kselftest_harness.h"
@@ -25,6 +34,8 @@ FIXTURE_VARIANT(inval)
 {
 	enum event event;
 	int cause;
+	/* The pages stay mapped: revalidation may keep the registration. */
+	bool may_survive;
 };
 
 FIXTURE_VARIANT_ADD(inval, munmap) { .event = EV_MUNMAP, .cause = MEMREG_INVAL_UNMAP };
@@ -34,7 +45,8 @@ FIXTURE_VARIANT_ADD(inval, mprotect_read_only) {
 	.event = EV_MPROTECT, .cause = MEMREG_INVAL_PROTECTION_VMA };
 FIXTURE_VARIANT_ADD(inval, madvise_dontneed) {
 	.event = EV_DONTNEED, .cause = MEMREG_INVAL_CLEAR };
-FIXTURE_VARIANT_ADD(inval, madvise_free) { .event = EV_FREE, .cause = MEMREG_INVAL_CLEAR };
+FIXTURE_VARIANT_ADD(inval, madvise_free) {
+	.event = EV_FREE, .cause = MEMREG_INVAL_CLEAR, .may_survive = true };
 FIXTURE_VARIANT_ADD(inval, mremap) { .event = EV_MREMAP, .cause = MEMREG_INVAL_UNMAP };
 
 FIXTURE_SETUP(inval)
@@ -49,6 +61,27 @@ FIXTURE_TEARDOWN(inval)
 {
 	close(self->fd);
 	munmap(self->buf, LEN);
+}
+
+/*
+ * Data moves between `key`'s registration of LEN bytes and the memory mapped
+ * at `buf`, both ways: the registration holds the pages mapped there.
+ */
+static void expect_same_pages(struct __test_metadata *_metadata, int fd, __u64 key, char *buf)
+{
+	struct memreg_query q;
+	char data[LEN];
+
+	memset(buf, 'm', LEN);
+	memset(data, 0, sizeof(data));
+	ASSERT_EQ(0, mr_copy(fd, key, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, LEN, 'm'));
+	memset(data, 'n', sizeof(data));
+	ASSERT_EQ(0, mr_copy(fd, key, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(buf, LEN, 'n'));
+	ASSERT_EQ(0, mr_query(fd, key, &q));
+	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
+	EXPECT_FALSE(q.state & MEMREG_STATE_SUSPENDED);
 }
 
 /* Makes the event happen and leaves fresh, writable memory filled with 'b'. */
@@ -101,7 +134,7 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	struct memreg_query q;
 	char data[LEN];
 	long vmpin = vm_pin_kb();
-	int i;
+	int i, err;
 
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
@@ -110,7 +143,20 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 
 	/* The old key moves no data: not into the new pages... */
 	memset(data, 'c', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	err = mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION);
+	if (variant->may_survive && !err) {
+		/* Revalidated: its pages are the ones mapped at the address. */
+		TH_LOG("the registration survived (revalidated)");
+		EXPECT_TRUE(all_bytes(self->buf, LEN, 'c'));
+		expect_same_pages(_metadata, self->fd, r.lkey, self->buf);
+		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
+			EXPECT_EQ(0, s.invalidations[i]);
+		EXPECT_EQ(0, s.revalidation_failures);
+		EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
+		return;
+	}
+	EXPECT_EQ(-ENOENT, err);
 	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
 	/* ...and nothing out of the old ones. */
 	memset(data, 0, sizeof(data));
@@ -150,8 +196,77 @@ TEST_F(inval, cache_forgets_invalidated_registration)
 	EXPECT_EQ(r.lkey, again.lkey);
 	do_event(_metadata, self->buf, variant->event);
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &again));
+	if (variant->may_survive && again.lkey == r.lkey) {
+		TH_LOG("the registration survived (revalidated)");
+		EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
+		expect_same_pages(_metadata, self->fd, r.lkey, self->buf);
+		return;
+	}
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(r.lkey, again.lkey);
+}
+
+/*
+ * The same with a parked registration: the event ends it (or, for an event
+ * that leaves the pages, revalidation may keep it), its key moves no data to
+ * fresh memory, and REGISTER pins the new pages instead of reviving it.
+ */
+TEST_F(inval, parked_registration_never_reaches_new_memory)
+{
+	struct memreg_register r, again;
+	struct memreg_stats s;
+	struct memreg_query q;
+	char data[LEN];
+	long vmpin = vm_pin_kb();
+	int i, err;
+
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
+	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
+	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
+
+	do_event(_metadata, self->buf, variant->event);
+
+	memset(data, 'c', sizeof(data));
+	err = mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION);
+	if (variant->may_survive && !err) {
+		TH_LOG("the parked registration survived (revalidated)");
+		EXPECT_TRUE(all_bytes(self->buf, LEN, 'c'));
+		ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+		EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
+		EXPECT_EQ(r.lkey, again.lkey);
+		expect_same_pages(_metadata, self->fd, r.lkey, self->buf);
+		return;
+	}
+	EXPECT_EQ(-ENOENT, err);
+	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
+	memset(data, 0, sizeof(data));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, LEN, 0));
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+
+	/* Counted as an invalidation, not an eviction; nothing parked or pinned. */
+	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(0, s.registrations);
+	EXPECT_EQ(0, s.parked);
+	EXPECT_EQ(0, s.parked_pages);
+	EXPECT_EQ(1, s.parks);
+	EXPECT_EQ(0, s.deregistrations);
+	EXPECT_EQ(0, s.revives);
+	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
+		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
+	for (i = 0; i < MEMREG_EVICT_NR_REASONS; i++)
+		EXPECT_EQ(0, s.evictions[i]);
+	EXPECT_EQ(vmpin, vm_pin_kb());
+
+	/* Not revived: a miss that pins the new pages. */
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+	EXPECT_EQ(0, again.flags);
+	EXPECT_NE(r.lkey, again.lkey);
+	expect_same_pages(_metadata, self->fd, again.lkey, self->buf);
 }
 
 /* Changes next to a registration leave it alone. */
@@ -177,7 +292,8 @@ TEST(unrelated_changes_do_not_invalidate)
 	/* Reading the memory, or writing it, changes no mapping either. */
 	memset(a, 'z', LEN);
 	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
-	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
+	EXPECT_EQ(1, q.refcount);
 	ASSERT_EQ(0, mr_stats(fd, &s));
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(0, s.invalidations[i]);

@@ -7,12 +7,16 @@
 
 #include "kselftest_harness.h"
 
-_Static_assert(sizeof(struct memreg_register) == 56, "ABI size");
+_Static_assert(sizeof(struct memreg_register) == 72, "ABI size");
 _Static_assert(sizeof(struct memreg_deregister) == 16, "ABI size");
 _Static_assert(sizeof(struct memreg_query) == 64, "ABI size");
-_Static_assert(sizeof(struct memreg_stats) == 144, "ABI size");
+_Static_assert(sizeof(struct memreg_stats) == 248, "ABI size");
 _Static_assert(sizeof(struct memreg_copy) == 48, "ABI size");
 _Static_assert(sizeof(struct memreg_global_stats) == 64, "ABI size");
+_Static_assert(sizeof(struct memreg_cache_config) == 64, "ABI size");
+_Static_assert(sizeof(struct memreg_flush) == 32, "ABI size");
+_Static_assert(MEMREG_ABI_VERSION == 2, "ABI version");
+_Static_assert(MEMREG_INVAL_NR_CAUSES == 9 && MEMREG_EVICT_NR_REASONS == 5, "ABI arrays");
 
 FIXTURE(dev)
 {
@@ -75,6 +79,13 @@ TEST_F(dev, unknown_ioctl)
 	EXPECT_EQ(ENOTTY, errno);
 	EXPECT_EQ(-1, ioctl(self->fd, _IOWR(MEMREG_IOC_MAGIC, 0x01, char[64]), big));
 	EXPECT_EQ(ENOTTY, errno);
+	/* The cache commands with a wrong size. */
+	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC, 0x07, char[56]), big));
+	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(self->fd, _IOW(MEMREG_IOC_MAGIC, 0x08, char[72]), big));
+	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(self->fd, _IOWR(MEMREG_IOC_MAGIC, 0x09, char[16]), big));
+	EXPECT_EQ(ENOTTY, errno);
 	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 
@@ -99,6 +110,11 @@ TEST_F(dev, register_bad_arguments)
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_REGISTER, &r));
 	EXPECT_EQ(EINVAL, errno);
 	r.flags = 0;
+	/* The reserved word between slot and generation. */
+	r.reserved = 1;
+	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_REGISTER, &r));
+	EXPECT_EQ(EINVAL, errno);
+	r.reserved = 0;
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_REGISTER, (void *)16));
 	EXPECT_EQ(EFAULT, errno);
 
@@ -167,8 +183,22 @@ TEST_F(dev, bad_keys)
 	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	/* A key is not valid twice. */
+	/* Parked (the default): no reference left to drop. */
+	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(0, q.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
+	/* Once it has ended, the key is unknown. */
+	ASSERT_EQ(0, mr_flush(self->fd, NULL));
 	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+
+	/* Without parking, the last DEREGISTER ends it: a key is not valid twice. */
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &r));
+	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
 	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 
@@ -222,9 +252,47 @@ TEST_F(dev, global_stats)
 	ASSERT_EQ(0, mr_global(self->fd, &g2));
 	EXPECT_EQ(g.regions + 1, g2.regions);
 	EXPECT_EQ(g.pages_pinned + 3, g2.pages_pinned);
+	/* Parked, it is still pinned and charged; FLUSH ends it. */
 	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
 	ASSERT_EQ(0, mr_global(self->fd, &g));
+	EXPECT_EQ(g2.regions, g.regions);
+	EXPECT_EQ(g2.pages_pinned, g.pages_pinned);
+	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	ASSERT_EQ(0, mr_global(self->fd, &g));
 	EXPECT_EQ(0, g.pages_pinned);
+}
+
+/* Without state words mapped, REGISTER reports no slot and generation 0. */
+TEST_F(dev, register_reports_no_slot)
+{
+	struct memreg_register r, hit, revived;
+
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	EXPECT_EQ(0, r.flags);
+	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
+	EXPECT_EQ(0, r.generation);
+	EXPECT_EQ(0, r.reserved);
+	/* Output fields left over from an earlier call are ignored. */
+	hit = r;
+	hit.flags = 0;
+	hit.length = PAGE;
+	hit.slot = 7;
+	hit.generation = 12;
+	ASSERT_EQ(0, ioctl(self->fd, MEMREG_IOC_REGISTER, &hit));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED, hit.flags);
+	EXPECT_EQ(r.lkey, hit.lkey);
+	EXPECT_EQ(MEMREG_NO_SLOT, hit.slot);
+	EXPECT_EQ(0, hit.generation);
+	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &revived));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, revived.flags);
+	EXPECT_EQ(r.lkey, revived.lkey);
+	EXPECT_EQ(MEMREG_NO_SLOT, revived.slot);
+	EXPECT_EQ(0, revived.generation);
+	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 
 TEST_HARNESS_MAIN

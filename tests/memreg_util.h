@@ -148,6 +148,96 @@ static inline int mr_wait_pinned(int fd, __u64 pages)
 	return -ETIMEDOUT;
 }
 
+/* GET_CACHE; returns 0 or -errno. */
+static inline int mr_get_cache(int fd, struct memreg_cache_config *c)
+{
+	memset(c, 0, sizeof(*c));
+	return ioctl(fd, MEMREG_IOC_GET_CACHE, c) ? -errno : 0;
+}
+
+/* SET_CACHE; returns 0 or -errno. */
+static inline int mr_set_cache(int fd, const struct memreg_cache_config *c)
+{
+	return ioctl(fd, MEMREG_IOC_SET_CACHE, c) ? -errno : 0;
+}
+
+/* Turns parking (the deregistration list) on or off, other settings kept. */
+static inline int mr_set_parking(int fd, int on)
+{
+	struct memreg_cache_config c;
+	int ret = mr_get_cache(fd, &c);
+
+	if (ret)
+		return ret;
+	c.parking = !!on;
+	return mr_set_cache(fd, &c);
+}
+
+/* FLUSH: ends every parked registration; `f` (may be NULL) gets the result. */
+static inline int mr_flush(int fd, struct memreg_flush *f)
+{
+	struct memreg_flush tmp;
+
+	if (!f)
+		f = &tmp;
+	memset(f, 0, sizeof(*f));
+	return ioctl(fd, MEMREG_IOC_FLUSH, f) ? -errno : 0;
+}
+
+/* Waits (at most 5 s) until this context has `parked` parked registrations. */
+static inline int mr_wait_parked(int fd, __u64 parked)
+{
+	struct memreg_stats s;
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		if (mr_stats(fd, &s))
+			return -EIO;
+		if (s.parked == parked)
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+/*
+ * Waits (at most 5 s) until QUERY of `key` answers `state`, or, when `state`
+ * is 0, until it fails with ENOENT. Returns 0, -ETIMEDOUT, or the error
+ * QUERY gave otherwise.
+ */
+static inline int mr_wait_state(int fd, __u64 key, __u32 state)
+{
+	struct memreg_query q;
+	int i, ret;
+
+	for (i = 0; i < 500; i++) {
+		ret = mr_query(fd, key, &q);
+		if (!state && ret == -ENOENT)
+			return 0;
+		if (state && !ret && q.state == state)
+			return 0;
+		/* Gone while waiting for a state: it will not come back. */
+		if (ret && (state || ret != -ENOENT))
+			return ret;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
+/* Runs every shrinker (echo 2 > /proc/sys/vm/drop_caches); 0 or -errno. */
+static inline int drop_caches(void)
+{
+	int fd = open("/proc/sys/vm/drop_caches", O_WRONLY | O_CLOEXEC);
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, "2\n", 2) != 2)
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
 /*
  * Reloads the module with `args` (the guest keeps it at /memreg.ko); the
  * caller must have no memreg file open. Returns system()'s status.
@@ -181,6 +271,52 @@ static inline long proc_kb(const char *path, const char *key)
 static inline long vm_pin_kb(void)
 {
 	return proc_kb("/proc/self/status", "VmPin");
+}
+
+/* The PMD-sized transparent huge page size, 2 MiB if sysfs does not say. */
+static inline size_t thp_size(void)
+{
+	unsigned long size = 0;
+	FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size", "r");
+
+	if (f) {
+		if (fscanf(f, "%lu", &size) != 1)
+			size = 0;
+		fclose(f);
+	}
+	return size ? size : 2UL << 20;
+}
+
+/*
+ * The "<key>: N kB" line of the /proc/self/smaps entry of the mapping that
+ * contains `addr` ("AnonHugePages", "Rss", ...), in kB, or -1.
+ */
+static inline long smaps_kb(const void *addr, const char *key)
+{
+	unsigned long a = (unsigned long)addr, start, end;
+	char line[512], fmt[64];
+	int inside = 0;
+	long kb = -1, v;
+	FILE *f = fopen("/proc/self/smaps", "r");
+
+	if (!f)
+		return -1;
+	snprintf(fmt, sizeof(fmt), "%s: %%ld kB", key);
+	while (fgets(line, sizeof(line), f)) {
+		/* A mapping's first line: "start-end perms offset dev inode [path]". */
+		if (sscanf(line, "%lx-%lx ", &start, &end) == 2 && !strstr(line, " kB")) {
+			if (inside)
+				break;
+			inside = a >= start && a < end;
+			continue;
+		}
+		if (inside && sscanf(line, fmt, &v) == 1) {
+			kb = v;
+			break;
+		}
+	}
+	fclose(f);
+	return kb;
 }
 
 /* Maps `len` bytes of private anonymous memory, filled with `fill`. */

@@ -17,7 +17,9 @@
 //! beforehand ([`Nodes`]).
 
 use crate::{
-    defs, key,
+    defs,
+    events::EventRing,
+    key,
     registration::{Registration, RegistrationInfo},
     stats::Stats,
 };
@@ -174,6 +176,8 @@ pub(crate) struct RegistrationTable {
     pub(crate) config: CacheConfig,
     /// The state words, once mapped.
     pub(crate) slots: Option<Slots>,
+    /// The event ring, once set up.
+    pub(crate) events: Option<EventRing>,
     /// The context's counters.
     pub(crate) stats: Stats,
 }
@@ -190,6 +194,7 @@ impl RegistrationTable {
             next_stamp: 0,
             config,
             slots: None,
+            events: None,
             stats: Stats::default(),
         }
     }
@@ -297,6 +302,19 @@ impl RegistrationTable {
         self.by_key
             .get(&key::seq_of(lkey))
             .filter(|r| r.info.keys.lkey == lkey)
+    }
+
+    /// Writes an event about the registration `info` to the event ring, if
+    /// there is one. Never sleeps.
+    pub(crate) fn emit(&mut self, info: &RegistrationInfo, kind: u32, cause: usize) {
+        if let Some(ring) = self.events.as_mut() {
+            ring.push(info, kind, cause as u32);
+        }
+    }
+
+    /// The live registrations, by key.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Arc<Registration>> {
+        self.by_key.values()
     }
 
     /// The sequence number of some live registration, if any.

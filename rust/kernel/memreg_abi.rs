@@ -64,4 +64,9 @@ plain_data! {
     memreg_copy { key, offset, length, buf, direction, flags, reserved },
     memreg_cache_config { parking, reserved0, max_parked, max_parked_pages, idle_ms, reserved },
     memreg_flush { evicted, pages, reserved },
+    memreg_event { key, addr, length, kind, cause },
+    memreg_event_ring { tail, entries, flags, reserved0, overflows, reserved },
+    memreg_events_setup { entries, eventfd, ring_bytes, reserved },
+    memreg_resync_entry { key, addr, length, state, slot },
+    memreg_events_resync { entries, capacity, count, reserved },
 }

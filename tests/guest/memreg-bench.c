@@ -677,6 +677,9 @@ static void bench_miss(int gup)
 
 	if (fd < 0)
 		fail("open /dev/memreg: %s", strerror(errno));
+	/* Every REGISTER must be a miss: nothing parked to revive. */
+	if (mr_set_parking(fd, 0))
+		fail("SET_CACHE: %s", strerror(errno));
 	printf("\nREGISTER miss vs pin_user_pages_fast, per page (pre-faulted small pages)\n");
 	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
 		struct miss_ctx m = { .fd = fd, .len = sizes[i].len };

@@ -51,9 +51,14 @@
 /* Most slots a context has (a 512 KiB mapping). */
 #define MEMREG_MAX_SLOTS		65536
 
-/* mmap offsets of the areas a /dev/memreg file maps (MAP_SHARED, read-only). */
+/*
+ * mmap offsets of the areas a /dev/memreg file maps, all MAP_SHARED and
+ * never executable: the state words and the event ring read-only, the event
+ * ring's head page read-write.
+ */
 #define MEMREG_MMAP_STATE_WORDS		0x00000000ULL
 #define MEMREG_MMAP_EVENTS		0x10000000ULL
+#define MEMREG_MMAP_EVENTS_HEAD		0x20000000ULL
 
 /**
  * struct memreg_register - register a user range (MEMREG_IOC_REGISTER)
@@ -309,6 +314,122 @@ struct memreg_flush {
 	__u64 reserved[2];
 };
 
+/*
+ * The event ring (see "Event ring" in Documentation/memreg.rst), created by
+ * MEMREG_IOC_EVENTS_SETUP. Its mapping at MEMREG_MMAP_EVENTS (read-only,
+ * ring_bytes long) starts with struct memreg_event_ring, followed at
+ * MEMREG_EVENTS_OFFSET by @entries struct memreg_event. The one-page mapping
+ * at MEMREG_MMAP_EVENTS_HEAD (read-write) holds the reader's __u32 head.
+ *
+ * The kernel writes an event when a registration is suspended, ends by an
+ * invalidation or a failed revalidation, or is evicted (not when DEREGISTER
+ * or closing the file ends it). Entry i lives at index i & (entries - 1).
+ * Producer: writes the entry, then stores tail + 1 with release ordering,
+ * then wakes poll/epoll and signals the eventfd. Reader: loads tail with
+ * acquire ordering, reads entries head .. tail - 1, then stores the new head
+ * with release ordering. When tail - head == entries the ring is full: the
+ * event is not written, MEMREG_EVENTS_OVERFLOW is set in @flags and
+ * @overflows counts it; nothing is overwritten. The reader then calls
+ * MEMREG_IOC_EVENTS_RESYNC.
+ */
+#define MEMREG_EVENT_SUSPENDED		1	/* revalidated on next use */
+#define MEMREG_EVENT_ENDED		2	/* @cause: MEMREG_INVAL_* */
+#define MEMREG_EVENT_EVICTED		3	/* @cause: MEMREG_EVICT_* */
+
+#define MEMREG_EVENTS_OVERFLOW		(1U << 0)
+#define MEMREG_EVENTS_OFFSET		64
+#define MEMREG_MAX_EVENTS		65536
+
+/**
+ * struct memreg_event - one event of the event ring
+ * @key:    the registration's local key
+ * @addr:   its start address as registered
+ * @length: its length
+ * @kind:   MEMREG_EVENT_*
+ * @cause:  MEMREG_INVAL_* (SUSPENDED, ENDED) or MEMREG_EVICT_* (EVICTED)
+ */
+struct memreg_event {
+	__u64 key;
+	__u64 addr;
+	__u64 length;
+	__u32 kind;
+	__u32 cause;
+};
+
+/**
+ * struct memreg_event_ring - the header of the event ring mapping
+ * @tail:      events written so far (wraps)
+ * @entries:   number of entries, a power of two
+ * @flags:     MEMREG_EVENTS_OVERFLOW once an event could not be written;
+ *             cleared by MEMREG_IOC_EVENTS_RESYNC
+ * @reserved0: zero
+ * @overflows: events not written because the ring was full, in all
+ * @reserved:  zero
+ */
+struct memreg_event_ring {
+	__u32 tail;
+	__u32 entries;
+	__u32 flags;
+	__u32 reserved0;
+	__u64 overflows;
+	__u64 reserved[5];
+};
+
+/**
+ * struct memreg_events_setup - create the event ring (MEMREG_IOC_EVENTS_SETUP)
+ * @entries:    in: a power of two, 1 .. MEMREG_MAX_EVENTS
+ * @eventfd:    in: an eventfd to signal with each event, or -1
+ * @ring_bytes: out: the length of the MEMREG_MMAP_EVENTS mapping
+ * @reserved:   must be zero
+ *
+ * Once per file: EBUSY afterwards. EINVAL for a bad @entries, EBADF or
+ * EINVAL for a bad @eventfd.
+ */
+struct memreg_events_setup {
+	__u32 entries;
+	__s32 eventfd;
+	__u64 ring_bytes;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_resync_entry - a registration still valid
+ * @key:    its local key
+ * @addr:   its start address as registered
+ * @length: its length
+ * @state:  MEMREG_STATE_* bits
+ * @slot:   its state word's slot, or MEMREG_NO_SLOT
+ */
+struct memreg_resync_entry {
+	__u64 key;
+	__u64 addr;
+	__u64 length;
+	__u32 state;
+	__u32 slot;
+};
+
+/**
+ * struct memreg_events_resync - start over after an overflow
+ *                               (MEMREG_IOC_EVENTS_RESYNC)
+ * @entries:  in: user array of @capacity struct memreg_resync_entry, filled
+ *            with the registrations valid now
+ * @capacity: in: its length, at most 1048576
+ * @count:    out: the number of valid registrations; only the first
+ *            @capacity are written when it is larger (call again)
+ * @reserved: must be zero
+ *
+ * In one step, under the lock that orders events: every unread event is
+ * discarded (the head is set to the tail), MEMREG_EVENTS_OVERFLOW is
+ * cleared, and the registrations valid at that moment are listed. Every
+ * change after it is in the ring. Works without an event ring too.
+ */
+struct memreg_events_resync {
+	__u64 entries;
+	__u32 capacity;
+	__u32 count;
+	__u64 reserved;
+};
+
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
 #define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
 #define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
@@ -319,5 +440,7 @@ struct memreg_flush {
 #define MEMREG_IOC_GET_CACHE	_IOR(MEMREG_IOC_MAGIC, 0x07, struct memreg_cache_config)
 #define MEMREG_IOC_SET_CACHE	_IOW(MEMREG_IOC_MAGIC, 0x08, struct memreg_cache_config)
 #define MEMREG_IOC_FLUSH	_IOWR(MEMREG_IOC_MAGIC, 0x09, struct memreg_flush)
+#define MEMREG_IOC_EVENTS_SETUP	_IOWR(MEMREG_IOC_MAGIC, 0x0a, struct memreg_events_setup)
+#define MEMREG_IOC_EVENTS_RESYNC _IOWR(MEMREG_IOC_MAGIC, 0x0b, struct memreg_events_resync)
 
 #endif /* _UAPI_LINUX_MEMREG_H */
