@@ -49,11 +49,7 @@ use kernel::{
     fs::File,
     impl_has_delayed_work, impl_has_work,
     mm::{
-        mmu_notifier::IntervalNotifier,
-        pin::PinnedPages,
-        shared_pages::vma_pgoff,
-        virt::VmaNew,
-        Mm,
+        mmu_notifier::IntervalNotifier, pin::PinnedPages, shared_pages::vma_pgoff, virt::VmaNew, Mm,
     },
     new_delayed_work, new_spinlock, new_work,
     page::PAGE_SIZE,
@@ -208,11 +204,7 @@ impl ContextShared {
     /// Ends parked registrations with `reason` until `keep` says the rest may
     /// stay (or none is left), and tears them down. Returns how many ended
     /// and their pages. Process context.
-    fn evict_while(
-        &self,
-        reason: usize,
-        keep: impl Fn(&RegistrationTable) -> bool,
-    ) -> (u64, u64) {
+    fn evict_while(&self, reason: usize, keep: impl Fn(&RegistrationTable) -> bool) -> (u64, u64) {
         let (mut n, mut pages) = (0u64, 0u64);
         loop {
             let mut more = false;
@@ -463,7 +455,8 @@ impl Context {
                         // those the new one would overlap.
                         while t.len() >= max
                             && Registration::evict_oldest(&mut t, defs::EVICT_PIN_LIMIT).is_some()
-                        {}
+                        {
+                        }
                         while !t.may_overlap_range(addr, length) {
                             let Some(seq) = t.parked_overlapping(first, last) else {
                                 break;

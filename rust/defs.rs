@@ -132,7 +132,10 @@ mod tests {
         assert_eq!(IOC_EVENTS_SETUP, ioc(3, 32, 10));
         assert_eq!(IOC_EVENTS_RESYNC, ioc(3, 24, 11));
         assert_eq!(core::mem::size_of::<Event>(), 32);
-        assert_eq!(core::mem::size_of::<uapi::memreg_event_ring>(), EVENTS_OFFSET);
+        assert_eq!(
+            core::mem::size_of::<uapi::memreg_event_ring>(),
+            EVENTS_OFFSET
+        );
     }
 
     #[test]

@@ -12,9 +12,7 @@ use kernel::{
     debugfs,
     fs::File,
     ioctl::_IOC_SIZE,
-    miscdevice::{
-        ext::MiscDevicePoll, MiscDevice, MiscDeviceOptions, MiscDeviceRegistration,
-    },
+    miscdevice::{ext::MiscDevicePoll, MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
     prelude::*,
     seq_file::SeqFile,

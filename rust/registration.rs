@@ -388,7 +388,10 @@ impl Registration {
         let this = Self::unpublish(t, seq)?;
         let pages = this.info.npages as u64;
         t.emit(&this.info, defs::EVENT_EVICTED, reason);
-        if let (Some(n), Some(total)) = (t.stats.evictions.get_mut(reason), TOTALS.evictions.get(reason)) {
+        if let (Some(n), Some(total)) = (
+            t.stats.evictions.get_mut(reason),
+            TOTALS.evictions.get(reason),
+        ) {
             bump(n, total, 1);
         }
         t.defer_teardown(this);

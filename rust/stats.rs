@@ -80,7 +80,8 @@ const CAUSE_NAMES: [&str; INVAL_NR_CAUSES] = [
 ];
 
 /// Names of the reasons of eviction, as shown in fdinfo and debugfs.
-const EVICT_NAMES: [&str; EVICT_NR_REASONS] = ["idle", "pin_limit", "park_limit", "shrinker", "flush"];
+const EVICT_NAMES: [&str; EVICT_NR_REASONS] =
+    ["idle", "pin_limit", "park_limit", "shrinker", "flush"];
 
 impl Stats {
     /// The counters in the ABI's layout.
@@ -176,7 +177,10 @@ pub(crate) fn show_global(f: &mut impl Write) -> fmt::Result {
         ("revives", t.revives.load(Relaxed)),
         ("suspensions", t.suspensions.load(Relaxed)),
         ("resumptions", t.resumptions.load(Relaxed)),
-        ("revalidation_failures", t.revalidation_failures.load(Relaxed)),
+        (
+            "revalidation_failures",
+            t.revalidation_failures.load(Relaxed),
+        ),
     ];
     for (name, value) in plain {
         writeln!(f, "{name} {value}")?;

@@ -79,7 +79,9 @@ FIXTURE_SETUP(rv)
 	self->raw = mmap(NULL, 3 * self->huge, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, self->raw);
-	self->block = (char *)(((unsigned long)self->raw + self->huge - 1) & ~(self->huge - 1));
+	/* Aligned, with at least a page of the mapping before and after it. */
+	self->block = (char *)(((unsigned long)self->raw + PAGE + self->huge - 1) &
+			       ~(self->huge - 1));
 	if (variant->thp) {
 		if (!thp_configured() || madvise(self->block, self->huge, MADV_HUGEPAGE))
 			SKIP(return, "no transparent huge pages");

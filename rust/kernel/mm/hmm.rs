@@ -51,7 +51,7 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     /// Fills `out` with what `mm` maps at the `out.len()` pages from the
     /// page-aligned address `start`, as of `seq` (from
     /// [`IntervalNotifier::read_begin`]), faulting nothing in: a page that is
-    /// not present is reported without a frame.
+    /// not present, or not mapped at all, is reported without a frame.
     ///
     /// Takes `mm`'s `mmap_lock` for reading, so the caller holds no lock the
     /// notifier callback takes. The result is only good until the next
@@ -59,8 +59,8 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     /// callback takes before relying on it.
     ///
     /// Errors: `EBUSY` when an invalidation of the interval began since
-    /// `seq` (read again); `EFAULT` when part of the range has no mapping, or
-    /// a mapping page tables cannot be read from (`VM_IO`, `VM_PFNMAP`);
+    /// `seq` (read again); `EFAULT` when part of the range is a mapping whose
+    /// page tables cannot be read from (`VM_IO`, `VM_PFNMAP`);
     /// `EINVAL` when the notifier is not inserted, `start` is not aligned or
     /// the range wraps. May sleep.
     ///
@@ -106,9 +106,11 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     /// // An invalidation since `seq` makes the snapshot fail.
     /// map.unmap(3 * PAGE_SIZE, PAGE_SIZE)?;
     /// assert_eq!(watch.notifier.snapshot(mm, seq, map.addr(), &mut seen), Err(EBUSY));
-    /// // A fresh look finds no mapping there any more.
+    /// // A fresh look finds no page there any more.
     /// let seq = watch.notifier.read_begin();
-    /// assert_eq!(watch.notifier.snapshot(mm, seq, map.addr(), &mut seen), Err(EFAULT));
+    /// watch.notifier.snapshot(mm, seq, map.addr(), &mut seen)?;
+    /// assert_eq!(seen[0].pfn(), Some(pinned.extents()[0].pfn));
+    /// assert_eq!(seen[3].pfn(), None);
     /// drop(pinned);
     /// drop(sub);
     /// # Ok::<(), Error>(())

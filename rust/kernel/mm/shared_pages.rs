@@ -57,7 +57,7 @@ pub fn vma_pgoff(vma: &VmaRef) -> usize {
 /// assert!(!shared.store_u64(1024, 1));
 /// assert_eq!(shared.load_u64(1024), None);
 /// assert!(shared.write_bytes(PAGE_SIZE - 2, &[1, 2, 3, 4]));
-/// assert_eq!(shared.load_u32(1023), Some(0x0000_0201));
+/// assert_eq!(shared.load_u32(1023), Some(0x0201_0000));
 /// assert_eq!(shared.load_u32(1024), Some(0x0000_0403));
 /// assert!(!shared.write_bytes(2 * PAGE_SIZE - 1, &[1, 2]));
 /// # Ok::<(), Error>(())
@@ -125,7 +125,9 @@ impl SharedPages {
     /// Stores `value` into the `index`-th `u64` with release ordering;
     /// returns `false`, storing nothing, when out of bounds. Never sleeps.
     pub fn store_u64(&self, index: usize, value: u64) -> bool {
-        self.word64(index).map(|w| w.store(value, Release)).is_some()
+        self.word64(index)
+            .map(|w| w.store(value, Release))
+            .is_some()
     }
 
     /// Loads the `index`-th `u64` with acquire ordering.
@@ -136,7 +138,9 @@ impl SharedPages {
     /// Stores `value` into the `index`-th `u32` with release ordering;
     /// returns `false`, storing nothing, when out of bounds. Never sleeps.
     pub fn store_u32(&self, index: usize, value: u32) -> bool {
-        self.word32(index).map(|w| w.store(value, Release)).is_some()
+        self.word32(index)
+            .map(|w| w.store(value, Release))
+            .is_some()
     }
 
     /// Loads the `index`-th `u32` with acquire ordering (a value user space
