@@ -63,7 +63,7 @@ use kernel::{
         Arc, ArcBorrow, SpinLock,
     },
     task::resched::{cond_resched, fatal_signal_pending},
-    time::{msecs_to_jiffies, Instant, Monotonic},
+    time::msecs_to_jiffies,
     uaccess::{UserPtr, UserSlice},
     workqueue::{
         self,
@@ -102,10 +102,8 @@ pub(crate) struct ContextShared {
     /// Ends parked registrations once the context has been idle long enough.
     #[pin]
     idle_work: DelayedWork<ContextShared, 1>,
-    /// When the context was created.
-    created: Instant<Monotonic>,
-    /// Milliseconds from `created` to the context's last ioctl.
-    last_use_ms: Atomic<i64>,
+    /// An ioctl ran since the idle eviction last looked.
+    used: Atomic<bool>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
 }
@@ -191,14 +189,12 @@ impl ContextShared {
         }
     }
 
-    /// Milliseconds since `created`.
-    fn now_ms(&self) -> i64 {
-        self.created.elapsed().as_millis()
-    }
-
-    /// Records a use of the context, for idle eviction.
+    /// Records a use of the context, for idle eviction. A load, and a store
+    /// only for the first use after the idle eviction looked.
     pub(crate) fn touch(&self) {
-        self.last_use_ms.store(self.now_ms(), Relaxed);
+        if !self.used.load(Relaxed) {
+            self.used.store(true, Relaxed);
+        }
     }
 
     /// Ends parked registrations with `reason` until `keep` says the rest may
@@ -246,19 +242,27 @@ impl ContextShared {
         evicted
     }
 
-    /// Arms the idle eviction if the configuration asks for it and nothing
-    /// armed it yet.
+    /// Arms the idle eviction if the configuration asks for it: `idle_ms`
+    /// from now, unless it is armed already (it then counts this call as a
+    /// use when it fires).
     fn arm_idle(this: &Arc<Self>, idle_ms: u64) {
         if idle_ms == 0 {
             return;
         }
         let delay = msecs_to_jiffies(u32::try_from(idle_ms).unwrap_or(u32::MAX));
-        // Already armed: it looks again when it fires.
-        let _ = workqueue::system_unbound().enqueue_delayed(this.clone(), delay);
+        if workqueue::system_unbound()
+            .enqueue_delayed(this.clone(), delay)
+            .is_ok()
+        {
+            // Armed by this call, which is the last use so far.
+            this.used.store(false, Relaxed);
+        }
     }
 
-    /// The idle eviction: ends every parked registration if the context was
-    /// not used for `idle_ms`, or looks again when it will have been.
+    /// The idle eviction, `idle_ms` after it was armed: ends every parked
+    /// registration if no ioctl ran since, or looks again `idle_ms` later.
+    /// So parked registrations end between `idle_ms` and twice that after the
+    /// context's last use, without a clock read on every ioctl.
     fn idle_check(this: Arc<Self>) {
         let (idle_ms, parked) = {
             let t = this.table.lock();
@@ -267,14 +271,10 @@ impl ContextShared {
         if idle_ms == 0 || parked == 0 {
             return;
         }
-        let idle_for = this
-            .now_ms()
-            .saturating_sub(this.last_use_ms.load(Relaxed))
-            .max(0) as u64;
-        if idle_for >= idle_ms {
-            this.evict_while(defs::EVICT_IDLE, |_| false);
+        if this.used.xchg(false, Relaxed) {
+            Self::arm_idle(&this, idle_ms);
         } else {
-            Self::arm_idle(&this, idle_ms - idle_for);
+            this.evict_while(defs::EVICT_IDLE, |_| false);
         }
     }
 }
@@ -332,8 +332,7 @@ impl Context {
                 ),
                 work <- new_work!("memreg::ContextShared::work"),
                 idle_work <- new_delayed_work!("memreg::ContextShared::idle_work"),
-                created: Instant::now(),
-                last_use_ms: Atomic::new(0),
+                used: Atomic::new(false),
                 next_seq: Atomic::new(1),
             }),
             GFP_KERNEL_ACCOUNT,

@@ -16,10 +16,10 @@ use crate::{defs, registration::RegistrationInfo};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
-    new_poll_condvar,
     page::PAGE_SIZE,
     prelude::*,
-    sync::{poll::PollCondVar, Arc},
+    static_lock_class,
+    sync::{poll::PollCondVarBox, Arc},
     transmute::AsBytes,
 };
 
@@ -32,11 +32,10 @@ const FLAGS: usize = 2;
 /// Index of the `overflows` `u64` in the header.
 const OVERFLOWS: usize = 1;
 
-/// Those waiting in `poll` for events.
-#[pin_data]
+/// Those waiting in `poll` for events. Boxed so that freeing it waits for
+/// no RCU grace period (the box is freed after one instead).
 pub(crate) struct Waiters {
-    #[pin]
-    pub(crate) cv: PollCondVar,
+    pub(crate) cv: PollCondVarBox,
 }
 
 /// A context's event ring.
@@ -74,10 +73,10 @@ impl EventRing {
             GFP_KERNEL_ACCOUNT,
         )?;
         let head = Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?;
-        let waiters = Arc::pin_init(
-            pin_init!(Waiters {
-                cv <- new_poll_condvar!("memreg::Waiters::cv"),
-            }),
+        let waiters = Arc::new(
+            Waiters {
+                cv: PollCondVarBox::new(c"memreg::Waiters::cv", static_lock_class!())?,
+            },
             GFP_KERNEL_ACCOUNT,
         )?;
         ring.store_u32(ENTRIES, entries);
