@@ -353,3 +353,89 @@ impl RegistrationTable {
         self.suspended.pop_front().map(ListArc::into_arc)
     }
 }
+
+#[kunit_tests(memreg_table)]
+mod tests {
+    use super::*;
+
+    fn abi(
+        parking: u32,
+        max_parked: u64,
+        max_parked_pages: u64,
+        idle_ms: u64,
+    ) -> defs::CacheConfig {
+        let mut c: defs::CacheConfig = defs::zeroed();
+        c.parking = parking;
+        c.max_parked = max_parked;
+        c.max_parked_pages = max_parked_pages;
+        c.idle_ms = idle_ms;
+        c
+    }
+
+    #[test]
+    fn cache_config_is_validated() {
+        let ok = CacheConfig::from_abi(&abi(1, 10, 100, defs::MAX_IDLE_MS));
+        assert!(ok.is_ok());
+        assert_eq!(
+            CacheConfig::from_abi(&abi(2, 10, 100, 0)).err(),
+            Some(EINVAL)
+        );
+        assert_eq!(
+            CacheConfig::from_abi(&abi(1, 10, 100, defs::MAX_IDLE_MS + 1)).err(),
+            Some(EINVAL)
+        );
+        let mut c = abi(0, 0, 0, 0);
+        c.reserved0 = 1;
+        assert_eq!(CacheConfig::from_abi(&c).err(), Some(EINVAL));
+        let mut c = abi(0, 0, 0, 0);
+        c.reserved[3] = 1;
+        assert_eq!(CacheConfig::from_abi(&c).err(), Some(EINVAL));
+        // What goes in comes out.
+        let back = CacheConfig::from_abi(&abi(1, 7, 99, 1234)).map(|c| c.to_abi());
+        assert!(back.is_ok_and(|b| b.parking == 1
+            && b.max_parked == 7
+            && b.max_parked_pages == 99
+            && b.idle_ms == 1234));
+    }
+
+    #[test]
+    fn what_may_park() {
+        let on = CacheConfig {
+            parking: true,
+            max_parked: 4,
+            max_parked_pages: 16,
+            idle_ms: 0,
+        };
+        assert!(on.may_park(16));
+        assert!(!on.may_park(17));
+        assert!(!CacheConfig {
+            parking: false,
+            ..on
+        }
+        .may_park(1));
+        assert!(!CacheConfig {
+            max_parked: 0,
+            ..on
+        }
+        .may_park(1));
+    }
+
+    #[test]
+    fn slots_take_new_generations() {
+        let slots = Slots::new(2);
+        assert!(slots.is_ok());
+        let Ok(mut slots) = slots else {
+            return;
+        };
+        let a = slots.take();
+        let b = slots.take();
+        assert_eq!(a, Some((0, 4)));
+        assert_eq!(b, Some((1, 4)));
+        assert_eq!(slots.take(), None);
+        slots.release(0, 4);
+        assert_eq!(slots.words.load_u64(0), Some(4 | defs::WORD_ENDED));
+        // Reused with a larger generation.
+        assert_eq!(slots.take(), Some((0, 8)));
+        assert_eq!(slots.words.load_u64(0), Some(8));
+    }
+}
