@@ -279,33 +279,51 @@ impl ContextShared {
     }
 }
 
-/// What a REGISTER returned.
+/// How a REGISTER was served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// A new registration was pinned.
+    Miss,
+    /// A live registration in use served it.
+    Hit,
+    /// A parked registration was revived.
+    Revived,
+}
+
+/// What undoing a REGISTER needs ([`Context::unregister`]). Small, so that
+/// returning it moves little: the hit path is dominated by copies.
 pub(crate) struct Registered {
-    keys: KeyPair,
-    addr: u64,
-    length: u64,
-    /// Served by a registration that was already live.
-    hit: bool,
-    /// Served by reviving a parked registration.
-    revived: bool,
-    /// The state word's slot and generation.
-    slot: (u32, u64),
+    lkey: u64,
+    served: Served,
     /// The context's peak of pinned pages before a miss, to roll back to.
     peak_before: u64,
 }
 
 impl Registered {
-    /// A REGISTER served by `registration`, already live.
-    fn hit(registration: &Registration, t: &RegistrationTable, revived: bool) -> Self {
+    /// Fills in the result of a REGISTER served by `registration` and
+    /// returns what undoing it needs.
+    fn fill(
+        req: &mut defs::Register,
+        registration: &Registration,
+        t: &RegistrationTable,
+        served: Served,
+        peak_before: u64,
+    ) -> Self {
         let info = &registration.info;
+        req.lkey = info.keys.lkey;
+        req.rkey = info.keys.rkey;
+        req.region_addr = info.addr;
+        req.region_length = info.length;
+        req.flags = match served {
+            Served::Miss => 0,
+            Served::Hit => defs::REGISTER_CACHED,
+            Served::Revived => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
+        };
+        (req.slot, req.generation) = registration.slot(t);
         Self {
-            keys: info.keys,
-            addr: info.addr,
-            length: info.length,
-            hit: true,
-            revived,
-            slot: registration.slot(t),
-            peak_before: 0,
+            lkey: info.keys.lkey,
+            served,
+            peak_before,
         }
     }
 }
@@ -371,18 +389,7 @@ impl Context {
         if req.reserved != 0 {
             return Err(EINVAL.into());
         }
-        let done = self.register(req.addr, req.length, req.access)?;
-        req.lkey = done.keys.lkey;
-        req.rkey = done.keys.rkey;
-        req.region_addr = done.addr;
-        req.region_length = done.length;
-        req.flags = match (done.hit, done.revived) {
-            (true, true) => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
-            (true, false) => defs::REGISTER_CACHED,
-            _ => 0,
-        };
-        (req.slot, req.generation) = done.slot;
-        Ok(done)
+        self.register(req)
     }
 
     /// Undoes a REGISTER whose result could not reach the caller: drops the
@@ -391,15 +398,17 @@ impl Context {
     pub(crate) fn unregister(&self, done: &Registered) {
         let ended = {
             let mut t = self.shared.table.lock();
-            if done.revived {
-                t.stats.revives = t.stats.revives.saturating_sub(1);
-                TOTALS.revives.fetch_sub(1, Relaxed);
-            } else if done.hit {
-                t.stats.cache_hits = t.stats.cache_hits.saturating_sub(1);
+            match done.served {
+                Served::Revived => {
+                    t.stats.revives = t.stats.revives.saturating_sub(1);
+                    TOTALS.revives.fetch_sub(1, Relaxed);
+                }
+                Served::Hit => t.stats.cache_hits = t.stats.cache_hits.saturating_sub(1),
+                Served::Miss => {}
             }
-            let Some(registration) = t.get(done.keys.lkey).cloned() else {
+            let Some(registration) = t.get(done.lkey).cloned() else {
                 // An invalidation ended it meanwhile: its counters are the invalidation's.
-                if !done.hit {
+                if done.served == Served::Miss {
                     t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
                 }
                 return;
@@ -407,14 +416,14 @@ impl Context {
             if registration.put(&mut t) > 0 {
                 return;
             }
-            if done.revived && Registration::park(&registration, &mut t) {
+            if done.served == Served::Revived && Registration::park(&registration, &mut t) {
                 // Back where it was: parked, not counted as a new parking.
                 t.stats.parks = t.stats.parks.saturating_sub(1);
                 TOTALS.parks.fetch_sub(1, Relaxed);
                 return;
             }
             let ended = Registration::unpublish(&mut t, registration.info.keys.seq);
-            if !done.hit {
+            if done.served == Served::Miss {
                 t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
                 t.stats.pages_pinned_peak = done.peak_before.max(t.stats.pages_pinned);
             }
@@ -425,7 +434,8 @@ impl Context {
         }
     }
 
-    fn register(&self, addr: u64, length: u64, access: u32) -> OpResult<Registered> {
+    fn register(&self, req: &mut defs::Register) -> OpResult<Registered> {
+        let (addr, length, access) = (req.addr, req.length, req.access);
         if access == 0 || access & !defs::ACCESS_ALL != 0 || length == 0 {
             return Err(EINVAL.into());
         }
@@ -445,8 +455,12 @@ impl Context {
                 let mut t = self.shared.table.lock();
                 match t.find_cover(addr, length, access).cloned() {
                     Some(r) if !r.is_suspended() => {
-                        let revived = r.take_ref(&mut t)?;
-                        return Ok(Registered::hit(&r, &t, revived));
+                        let served = if r.take_ref(&mut t)? {
+                            Served::Revived
+                        } else {
+                            Served::Hit
+                        };
+                        return Ok(Registered::fill(req, &r, &t, served, 0));
                     }
                     Some(r) => r,
                     None => {
@@ -537,20 +551,23 @@ impl Context {
                 let mut t = self.shared.table.lock();
                 match Registration::publish(&registration, &mut t, seq, max, parts) {
                     Ok(()) => {
-                        return Ok(Registered {
-                            keys,
-                            addr,
-                            length,
-                            hit: false,
-                            revived: false,
-                            slot: registration.slot(&t),
+                        return Ok(Registered::fill(
+                            req,
+                            &registration,
+                            &t,
+                            Served::Miss,
                             peak_before,
-                        })
+                        ))
                     }
                     Err(Refused::Covered(winner, revived, parts)) => {
                         // A concurrent REGISTER published a registration serving ours, and a
                         // reference was taken on it (a hit, or a revival): use it.
-                        let done = Registered::hit(&winner, &t, revived);
+                        let served = if revived {
+                            Served::Revived
+                        } else {
+                            Served::Hit
+                        };
+                        let done = Registered::fill(req, &winner, &t, served, 0);
                         drop(t);
                         // Our parts go outside the locks: unpinned, uncharged, the notifier
                         // removed.

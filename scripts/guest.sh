@@ -48,7 +48,7 @@ initrd=$MEMREG_BUILD/initramfs.cpio
 
 mkdir -p "$(dirname "$logf")"
 set +e
-timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max -m "${MEMREG_GUEST_MEM:-1024}" -smp 2 \
+timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu "${MEMREG_QEMU_CPU:-max}" -m "${MEMREG_GUEST_MEM:-1024}" -smp 2 \
 	-nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
 	-kernel "$MODULE_KDIR/arch/x86/boot/bzImage" -initrd "$initrd" \
 	-append "console=ttyS0 panic=-1 oops=panic transparent_hugepage=always MEMREG_MODULE_ARGS=\"$modargs\" $kargs" \

@@ -8,11 +8,59 @@
  *                            pin_user_pages_fast(FOLL_LONGTERM | FOLL_WRITE)
  *                            per page, timed in the kernel by CONFIG_GUP_TEST's
  *                            PIN_FAST_BENCHMARK, on pre-faulted small pages
- *                            (target <= 1.3 from 1 MiB);
+ *                            (target <= 1.3 from 1 MiB); on a file with
+ *                            parking off, so no REGISTER is served by
+ *                            reviving (each one is checked to be a miss);
  *  register_hit_ioctl        REGISTER served from the cache against a no-op
- *                            ioctl (GET_VERSION on the same file), <= 1.5;
+ *                            ioctl (GET_VERSION on the same file), <= 1.2: a
+ *                            hit on a live registration (16 pages, keeping
+ *                            its own reference throughout, so it never parks
+ *                            and no hit is a revival; parking stays at its
+ *                            default, checked by QUERY and STATS);
+ *  userspace_hit_vs_noop_ioctl  a cache hit validated in user space through
+ *                            the state words, against one no-op ioctl
+ *                            (GET_VERSION on the same file), <= 0.1. The file
+ *                            maps one page of state words
+ *                            (MEMREG_MMAP_STATE_WORDS) before it registers a
+ *                            16-page range, whose slot and generation go into
+ *                            a user-space cache entry, an array indexed by
+ *                            slot. One timed hit: a compiler barrier (nothing
+ *                            stays in registers from the previous hit), the
+ *                            entry's address taken from the array by slot, a
+ *                            check that the entry covers the requested range
+ *                            (two compares), one acquire load of
+ *                            words[entry's slot] compared with the entry's
+ *                            generation, and the entry's lkey consumed; no
+ *                            system call. The registration stays live
+ *                            throughout; every hit must validate, and after
+ *                            FLUSH ends it the word must no longer validate;
+ *  reg_dereg_loop_1mib_speedup  REGISTER + DEREGISTER of one pre-faulted
+ *                            1 MiB buffer (small pages, read-write) in a loop,
+ *                            on a file with parking on (every REGISTER
+ *                            revives the registration the previous DEREGISTER
+ *                            parked), against the same loop on a second file
+ *                            with parking off (every REGISTER pins the 256
+ *                            pages of its own 1 MiB buffer, every DEREGISTER
+ *                            unpins them), >= 20. Each REGISTER is checked:
+ *                            MEMREG_REGISTER_REVIVED with parking on, no flag
+ *                            with it off. Before each timed batch with parking
+ *                            on, an untimed REGISTER + DEREGISTER makes sure
+ *                            the registration is parked (the idle eviction
+ *                            may have ended it while the other side was
+ *                            timed), so the first REGISTER of a batch revives
+ *                            too. Afterwards both files get back the cache
+ *                            configuration they opened with, then FLUSH;
+ *  revive_vs_noop_ioctl      the pair REGISTER (revives) + DEREGISTER (parks)
+ *                            of that loop with parking on, against two no-op
+ *                            ioctls (GET_VERSION, on the same file, timed as
+ *                            one and doubled), so the ratio is the mean cost
+ *                            of those two ioctls against one no-op ioctl,
+ *                            <= 1.2. The three loops (parking off, parking on,
+ *                            no-op) are measured in an order that rotates
+ *                            from round to round;
  *  munmap_registered_1mib    munmap of a registered 1 MiB mapping against an
- *                            unregistered one, <= 2;
+ *                            unregistered one, <= 1.5 (live registrations,
+ *                            never deregistered, so parking plays no part);
  *  lookup_1k/10k/100k        REGISTER cache hit in one context holding 1K,
  *                            10K, 100K registrations of mixed lengths (one of
  *                            1 GiB, read-only, the others 1-16 pages inside
@@ -756,7 +804,9 @@ static void hit_run(void *arg, size_t n)
 			break;
 		}
 		c->refs++;
-		c->bad |= !(h.flags & MEMREG_REGISTER_CACHED) || h.lkey != c->key;
+		/* A hit on the live registration, not a revival. */
+		c->bad |= !(h.flags & MEMREG_REGISTER_CACHED) ||
+			  (h.flags & MEMREG_REGISTER_REVIVED) || h.lkey != c->key;
 	}
 }
 
@@ -771,7 +821,7 @@ static void hit_finish(void *arg, size_t n)
 	if (c->err)
 		fail("REGISTER hit: %s", strerror(c->err));
 	if (c->bad)
-		fail("REGISTER of a covered range was not served from the cache");
+		fail("REGISTER of a covered range was not served from the live registration");
 }
 
 static void bench_hit(void)
@@ -782,6 +832,8 @@ static void bench_hit(void)
 	struct batch nb;
 	struct fig hit[ROUNDS], noop[ROUNDS], h, z;
 	struct memreg_register r;
+	struct memreg_query q;
+	struct memreg_stats s;
 	int k;
 
 	c.fd = memreg_open();
@@ -790,6 +842,11 @@ static void bench_hit(void)
 	c.buf = map_touched(16 * PAGE);
 	register_or_die(c.fd, c.buf, 16 * PAGE, RW, &r);
 	c.key = r.lkey;
+	/* Live, with the one reference it keeps while every hit is timed. */
+	if (mr_query(c.fd, c.key, &q))
+		fail("QUERY: %s", strerror(errno));
+	if (q.refcount != 1 || q.state != MEMREG_STATE_VALID)
+		fail("a new registration has refcount %u, state %#x", q.refcount, q.state);
 	noop_batch(&nb, &nc, c.fd);
 	for (k = 0; k < ROUNDS; k++) {
 		if (k % 2) {
@@ -802,13 +859,311 @@ static void bench_hit(void)
 	}
 	h = median(hit, ROUNDS);
 	z = median(noop, ROUNDS);
-	printf("\nREGISTER hit vs no-op ioctl\n  REGISTER hit %s, GET_VERSION %s\n",
-	       figstr(h, "ns"), figstr(z, "ns"));
-	add_row("register_hit_ioctl", h, z, "<=1.5");
+	/* Every timed REGISTER was a hit on the live registration: none parked or revived. */
+	if (mr_stats(c.fd, &s))
+		fail("STATS: %s", strerror(errno));
+	if (s.parks || s.revives || s.cache_misses != 1)
+		fail("the hit loop parked %llu, revived %llu, missed %llu times",
+		     (unsigned long long)s.parks, (unsigned long long)s.revives,
+		     (unsigned long long)s.cache_misses);
+	printf("\nREGISTER hit (live registration) vs no-op ioctl\n"
+	       "  REGISTER hit %s, GET_VERSION %s\n", figstr(h, "ns"), figstr(z, "ns"));
+	add_row("register_hit_ioctl", h, z, "<=1.2");
 	if (mr_deregister(c.fd, c.key))
 		fail("DEREGISTER: %s", strerror(errno));
 	munmap(c.buf, 16 * PAGE);
 	close(c.fd);
+}
+
+/* ---- A user-space cache hit validated by the state word ------------------ */
+
+/* One entry of a user-space registration cache. */
+struct uhit_entry {
+	__u64 addr, len, lkey, generation;
+	__u32 slot;
+};
+
+struct uhit_ctx {
+	const __u64 *words;		/* the state words, mapped read-only */
+	const struct uhit_entry *cache;	/* indexed by slot */
+	__u32 slot;			/* where the looked-up range's entry is */
+	__u64 addr, len;		/* the range looked up */
+	size_t bad;
+};
+
+static volatile __u64 uhit_sink;
+
+/* n hits, no system call. */
+static void uhit_run(void *arg, size_t n)
+{
+	struct uhit_ctx *c = arg;
+	__u64 acc = 0;
+	size_t bad = 0, i;
+
+	for (i = 0; i < n; i++) {
+		const struct uhit_entry *e;
+
+		/* Nothing read by the previous hit stays in a register. */
+		asm volatile("" ::: "memory");
+		e = &c->cache[c->slot];
+		if (e->addr <= c->addr && c->addr + c->len <= e->addr + e->len &&
+		    __atomic_load_n(&c->words[e->slot], __ATOMIC_ACQUIRE) == e->generation)
+			acc += e->lkey;
+		else
+			bad++;
+	}
+	uhit_sink = acc;
+	c->bad += bad;
+}
+
+static void uhit_finish(void *arg, size_t n)
+{
+	struct uhit_ctx *c = arg;
+
+	(void)n;
+	if (c->bad)
+		fail("%zu user-space cache hits of a live registration did not validate", c->bad);
+}
+
+static void bench_userspace_hit(void)
+{
+	struct uhit_ctx c = { 0 };
+	struct noop_ctx nc;
+	struct batch ub = { .max_n = (size_t)1 << 32, .run = uhit_run, .finish = uhit_finish,
+			    .arg = &c };
+	struct batch nb;
+	struct fig hit[ROUNDS], noop[ROUNDS], h, z;
+	struct uhit_entry *cache;
+	struct memreg_register r;
+	size_t nslots = PAGE / sizeof(__u64);
+	__u64 *words, w;
+	char *buf;
+	int fd, k;
+
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	/* The state words first: only registrations made afterwards get a slot. */
+	words = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
+	if (words == MAP_FAILED)
+		fail("mmap of the state words: %s", strerror(errno));
+	cache = calloc(nslots, sizeof(*cache));
+	if (!cache)
+		fail("out of memory");
+	buf = map_touched(16 * PAGE);
+	register_or_die(fd, buf, 16 * PAGE, RW, &r);
+	if (r.slot == MEMREG_NO_SLOT)
+		fail("REGISTER with the state words mapped returned no slot");
+	if (r.slot >= nslots)
+		fail("REGISTER returned slot %u, past the %zu words mapped", r.slot, nslots);
+	if (!r.generation || r.generation % 4)
+		fail("REGISTER returned generation %#llx, not a nonzero multiple of 4",
+		     (unsigned long long)r.generation);
+	w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
+	if (w != r.generation)
+		fail("state word %u of a new registration is %#llx, not its generation %#llx",
+		     r.slot, (unsigned long long)w, (unsigned long long)r.generation);
+	cache[r.slot] = (struct uhit_entry){ r.region_addr, r.region_length, r.lkey,
+					     r.generation, r.slot };
+	c.words = words;
+	c.cache = cache;
+	c.slot = r.slot;
+	/* A range inside the registration, as a cache hit asks for. */
+	c.addr = (unsigned long)buf + PAGE;
+	c.len = 4 * PAGE;
+	noop_batch(&nb, &nc, fd);
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			hit[k] = measure(&ub);
+			noop[k] = measure(&nb);
+		} else {
+			noop[k] = measure(&nb);
+			hit[k] = measure(&ub);
+		}
+	}
+	h = median(hit, ROUNDS);
+	z = median(noop, ROUNDS);
+	printf("\nUser-space cache hit validated by the state word vs no-op ioctl\n"
+	       "  slot %u, generation %#llx: hit %s, GET_VERSION %s, %zu hits a batch\n", r.slot,
+	       (unsigned long long)r.generation, figstr(h, "ns"), figstr(z, "ns"), ub.n);
+	add_row("userspace_hit_vs_noop_ioctl", h, z, "<=0.1");
+
+	/* Ended, the registration must fail the same check. */
+	if (mr_deregister(fd, r.lkey))
+		fail("DEREGISTER: %s", strerror(errno));
+	if (mr_flush(fd, NULL))
+		fail("FLUSH: %s", strerror(errno));
+	w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
+	if (w == r.generation)
+		fail("state word %u still equals the generation after the registration ended",
+		     r.slot);
+	munmap(words, PAGE);
+	munmap(buf, 16 * PAGE);
+	free(cache);
+	close(fd);
+	settle(0);
+}
+
+/* ---- REGISTER + DEREGISTER loop, parking off and on ---------------------- */
+
+#define LOOP_LEN	MIB
+
+/* A loop over one buffer on one file, parking on or off. */
+struct loop_ctx {
+	int fd;
+	int parking;
+	char *buf;
+	struct memreg_cache_config saved;	/* the file's configuration at open */
+	const char *op;
+	int err, bad;
+};
+
+static void loop_open(struct loop_ctx *c, int parking)
+{
+	struct memreg_cache_config cfg;
+	size_t pages = LOOP_LEN / PAGE;
+
+	memset(c, 0, sizeof(*c));
+	c->parking = parking;
+	c->fd = memreg_open();
+	if (c->fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	if (mr_get_cache(c->fd, &c->saved))
+		fail("GET_CACHE: %s", strerror(errno));
+	cfg = c->saved;
+	cfg.parking = parking;
+	/* Room for the one registration, should the module's defaults be smaller. */
+	if (parking && cfg.max_parked < 1)
+		cfg.max_parked = 1;
+	if (parking && cfg.max_parked_pages < pages)
+		cfg.max_parked_pages = pages;
+	if (mr_set_cache(c->fd, &cfg))
+		fail("SET_CACHE: %s", strerror(errno));
+	c->buf = map_touched(LOOP_LEN);
+}
+
+static void loop_close(struct loop_ctx *c)
+{
+	struct memreg_stats s;
+
+	/* The configuration it opened with, then nothing left parked. */
+	if (mr_set_cache(c->fd, &c->saved))
+		fail("SET_CACHE: %s", strerror(errno));
+	if (mr_flush(c->fd, NULL))
+		fail("FLUSH: %s", strerror(errno));
+	if (mr_stats(c->fd, &s))
+		fail("STATS: %s", strerror(errno));
+	if (s.registrations)
+		fail("%llu registrations alive after FLUSH", (unsigned long long)s.registrations);
+	munmap(c->buf, LOOP_LEN);
+	close(c->fd);
+}
+
+/* Parking on: makes sure the registration is parked, so the first REGISTER revives. */
+static void loop_prepare(void *arg, size_t n)
+{
+	struct loop_ctx *c = arg;
+	struct memreg_register r;
+	struct memreg_stats s;
+
+	(void)n;
+	if (!c->parking)
+		return;
+	register_or_die(c->fd, c->buf, LOOP_LEN, RW, &r);
+	if (mr_deregister(c->fd, r.lkey))
+		fail("DEREGISTER: %s", strerror(errno));
+	if (mr_stats(c->fd, &s))
+		fail("STATS: %s", strerror(errno));
+	if (s.parked != 1 || s.registrations != 1)
+		fail("DEREGISTER with parking on left %llu parked of %llu registrations, "
+		     "expected 1 of 1", (unsigned long long)s.parked,
+		     (unsigned long long)s.registrations);
+}
+
+/* n times REGISTER + DEREGISTER of the whole buffer. */
+static void loop_run(void *arg, size_t n)
+{
+	struct loop_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_register r = {
+			.addr = (unsigned long)c->buf,
+			.length = LOOP_LEN,
+			.access = RW,
+		};
+		struct memreg_deregister d = { 0 };
+
+		if (ioctl(c->fd, MEMREG_IOC_REGISTER, &r)) {
+			c->op = "REGISTER";
+			c->err = errno;
+			break;
+		}
+		/* Parking on: a revival; off: a miss, which pins. */
+		c->bad |= c->parking ? !(r.flags & MEMREG_REGISTER_REVIVED) : r.flags != 0;
+		d.key = r.lkey;
+		if (ioctl(c->fd, MEMREG_IOC_DEREGISTER, &d)) {
+			c->op = "DEREGISTER";
+			c->err = errno;
+			break;
+		}
+	}
+}
+
+static void loop_finish(void *arg, size_t n)
+{
+	struct loop_ctx *c = arg;
+	struct memreg_stats s;
+
+	(void)n;
+	if (c->err)
+		fail("%s of 1 MiB with parking %s: %s%s", c->op, c->parking ? "on" : "off",
+		     strerror(c->err), err_hint(c->err));
+	if (c->bad)
+		fail(c->parking ? "REGISTER of a parked registration's range did not revive it" :
+		     "REGISTER with parking off was served from the cache");
+	if (mr_stats(c->fd, &s))
+		fail("STATS: %s", strerror(errno));
+	/* Parking on: parked again; off: ended, its pages unpinned. */
+	if (s.registrations != (__u64)c->parking || s.parked != (__u64)c->parking)
+		fail("after the loop with parking %s: %llu registrations, %llu parked",
+		     c->parking ? "on" : "off", (unsigned long long)s.registrations,
+		     (unsigned long long)s.parked);
+}
+
+static void bench_park(void)
+{
+	struct loop_ctx off, on;
+	struct noop_ctx nc;
+	struct batch b[3];
+	struct fig f[3][ROUNDS], m[3], two;
+	int i, k;
+
+	loop_open(&off, 0);
+	loop_open(&on, 1);
+	for (i = 0; i < 2; i++)
+		b[i] = (struct batch){ .max_n = 1 << 24, .prepare = loop_prepare, .run = loop_run,
+				       .finish = loop_finish, .arg = i ? &on : &off };
+	noop_batch(&b[2], &nc, on.fd);
+	/* Rounds rotate the order, so a drift in the emulator's speed hits all alike. */
+	for (k = 0; k < ROUNDS; k++)
+		for (i = 0; i < 3; i++) {
+			int x = (i + k) % 3;
+
+			f[x][k] = measure(&b[x]);
+		}
+	for (i = 0; i < 3; i++)
+		m[i] = median(f[i], ROUNDS);
+	two = m[2];
+	two.ns *= 2;
+	printf("\nREGISTER + DEREGISTER of 1 MiB in a loop, parking off vs on\n"
+	       "  parking off (pin + unpin) %s, parking on (revive + park) %s, GET_VERSION %s\n",
+	       figstr(m[0], "ns"), figstr(m[1], "ns"), figstr(m[2], "ns"));
+	add_row("reg_dereg_loop_1mib_speedup", m[1], m[0], ">=20");
+	add_row("revive_vs_noop_ioctl", m[1], two, "<=1.2");
+	loop_close(&on);
+	loop_close(&off);
+	settle(0);
 }
 
 /* ---- munmap of a registered range --------------------------------------- */
@@ -914,7 +1269,7 @@ static void bench_munmap(void)
 	b = median(p, ROUNDS);
 	printf("\nmunmap of 1 MiB, registered vs not\n  registered %s, unregistered %s\n",
 	       figstr(a, "ns"), figstr(b, "ns"));
-	add_row("munmap_registered_1mib", a, b, "<=2");
+	add_row("munmap_registered_1mib", a, b, "<=1.5");
 	close(reg.fd);
 }
 
@@ -1293,6 +1648,8 @@ int main(void)
 	bench_miss(gup);
 	close(gup);
 	bench_hit();
+	bench_userspace_hit();
+	bench_park();
 	bench_munmap();
 	bench_lookup();
 	print_results();
