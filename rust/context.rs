@@ -49,7 +49,11 @@ use kernel::{
     fs::File,
     impl_has_delayed_work, impl_has_work,
     mm::{
-        mmu_notifier::IntervalNotifier, pin::PinnedPages, shared_pages::vma_pgoff, virt::VmaNew, Mm,
+        mmu_notifier::IntervalNotifier,
+        pin::PinnedPages,
+        shared_pages::{vma_pgoff, SharedPages},
+        virt::VmaNew,
+        Mm,
     },
     new_delayed_work, new_spinlock, new_work,
     page::PAGE_SIZE,
@@ -63,7 +67,7 @@ use kernel::{
         Arc, ArcBorrow, SpinLock,
     },
     task::resched::{cond_resched, fatal_signal_pending},
-    time::msecs_to_jiffies,
+    time::{jiffies, msecs_to_jiffies},
     uaccess::{UserPtr, UserSlice},
     workqueue::{
         self,
@@ -102,8 +106,8 @@ pub(crate) struct ContextShared {
     /// Ends parked registrations once the context has been idle long enough.
     #[pin]
     idle_work: DelayedWork<ContextShared, 1>,
-    /// An ioctl ran since the idle eviction last looked.
-    used: Atomic<bool>,
+    /// The jiffies counter at the context's last ioctl.
+    last_use: Atomic<usize>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
 }
@@ -189,11 +193,12 @@ impl ContextShared {
         }
     }
 
-    /// Records a use of the context, for idle eviction. A load, and a store
-    /// only for the first use after the idle eviction looked.
+    /// Records a use of the context, for idle eviction: a read of the
+    /// jiffies counter and at most one store per tick, no clock source read.
     pub(crate) fn touch(&self) {
-        if !self.used.load(Relaxed) {
-            self.used.store(true, Relaxed);
+        let now = jiffies::now();
+        if self.last_use.load(Relaxed) != now {
+            self.last_use.store(now, Relaxed);
         }
     }
 
@@ -242,27 +247,20 @@ impl ContextShared {
         evicted
     }
 
-    /// Arms the idle eviction if the configuration asks for it: `idle_ms`
-    /// from now, unless it is armed already (it then counts this call as a
-    /// use when it fires).
-    fn arm_idle(this: &Arc<Self>, idle_ms: u64) {
-        if idle_ms == 0 {
+    /// Arms the idle eviction `delay_ms` from now if the configuration asks
+    /// for it, unless it is armed already (it then looks at the last use when
+    /// it fires).
+    fn arm_idle(this: &Arc<Self>, delay_ms: u64) {
+        if delay_ms == 0 {
             return;
         }
-        let delay = msecs_to_jiffies(u32::try_from(idle_ms).unwrap_or(u32::MAX));
-        if workqueue::system_unbound()
-            .enqueue_delayed(this.clone(), delay)
-            .is_ok()
-        {
-            // Armed by this call, which is the last use so far.
-            this.used.store(false, Relaxed);
-        }
+        let delay = msecs_to_jiffies(u32::try_from(delay_ms).unwrap_or(u32::MAX));
+        // Already armed: it looks again when it fires.
+        let _ = workqueue::system_unbound().enqueue_delayed(this.clone(), delay);
     }
 
-    /// The idle eviction, `idle_ms` after it was armed: ends every parked
-    /// registration if no ioctl ran since, or looks again `idle_ms` later.
-    /// So parked registrations end between `idle_ms` and twice that after the
-    /// context's last use, without a clock read on every ioctl.
+    /// The idle eviction: ends every parked registration if the context made
+    /// no ioctl for `idle_ms` (to the tick), or looks again when it will have.
     fn idle_check(this: Arc<Self>) {
         let (idle_ms, parked) = {
             let t = this.table.lock();
@@ -271,10 +269,11 @@ impl ContextShared {
         if idle_ms == 0 || parked == 0 {
             return;
         }
-        if this.used.xchg(false, Relaxed) {
-            Self::arm_idle(&this, idle_ms);
-        } else {
+        let idle_for = jiffies::elapsed_ms(this.last_use.load(Relaxed));
+        if idle_for >= idle_ms {
             this.evict_while(defs::EVICT_IDLE, |_| false);
+        } else {
+            Self::arm_idle(&this, idle_ms - idle_for);
         }
     }
 }
@@ -350,7 +349,7 @@ impl Context {
                 ),
                 work <- new_work!("memreg::ContextShared::work"),
                 idle_work <- new_delayed_work!("memreg::ContextShared::idle_work"),
-                used: Atomic::new(false),
+                last_use: Atomic::new(jiffies::now()),
                 next_seq: Atomic::new(1),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -673,6 +672,8 @@ impl Context {
         if nslots == 0 || nslots > defs::MAX_SLOTS {
             return Err(EINVAL);
         }
+        // A refused mapping creates nothing.
+        SharedPages::check_mapping(vma, false)?;
         let existing = self
             .shared
             .table

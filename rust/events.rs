@@ -29,8 +29,8 @@ const TAIL: usize = 0;
 const ENTRIES: usize = 1;
 /// Index of the `flags` `u32` in the header.
 const FLAGS: usize = 2;
-/// Index of the `overflows` `u64` in the header.
-const OVERFLOWS: usize = 1;
+/// Index of the `overflows` `u64` in the header (byte 16).
+const OVERFLOWS: usize = 2;
 
 /// Those waiting in `poll` for events. Boxed so that freeing it waits for
 /// no RCU grace period (the box is freed after one instead).

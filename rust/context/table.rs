@@ -63,7 +63,9 @@ impl Nodes {
 /// gets a larger generation, so a stale copy never matches.
 pub(crate) struct Slots {
     pub(crate) words: Arc<SharedPages>,
-    /// Free slots, the lowest on top.
+    /// Free slots: at first in increasing order, the lowest on top; a slot
+    /// freed goes on top, so it is the next taken (its word's cache line is
+    /// warm).
     free: KVVec<u32>,
 }
 

@@ -179,6 +179,17 @@ impl SharedPages {
         true
     }
 
+    /// Whether [`SharedPages::map_into`] accepts the access `vma` asks for,
+    /// so a caller can check before it creates anything: `EINVAL` for a
+    /// private mapping, an executable one, or a writable one unless
+    /// `writable`.
+    pub fn check_mapping(vma: &VmaNew, writable: bool) -> Result {
+        if vma.flags() & flags::SHARED == 0 || vma.executable() || (!writable && vma.writable()) {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
     /// Maps the pages from `first_page` on into `vma`, which must be a
     /// shared mapping no longer than what is left of them. Read-only unless
     /// `writable`: then the caller reads everything it finds there as
@@ -191,12 +202,7 @@ impl SharedPages {
     /// inserting the pages returns otherwise. Called from an `mmap` file
     /// operation; may sleep.
     pub fn map_into(&self, vma: &VmaNew, first_page: usize, writable: bool) -> Result {
-        if vma.flags() & flags::SHARED == 0 || vma.executable() {
-            return Err(EINVAL);
-        }
-        if !writable && vma.writable() {
-            return Err(EINVAL);
-        }
+        Self::check_mapping(vma, writable)?;
         let len = vma.end() - vma.start();
         let npages = len / PAGE_SIZE;
         let end = first_page.checked_add(npages).ok_or(EINVAL)?;
