@@ -135,3 +135,82 @@ impl EventRing {
         self.ring.store_u32(FLAGS, 0);
     }
 }
+
+#[kunit_tests(memreg_events)]
+mod tests {
+    use super::*;
+    use crate::key::KeyPair;
+
+    fn info(n: u64) -> RegistrationInfo {
+        RegistrationInfo {
+            addr: 0x1000 * n,
+            length: 0x1000,
+            access: 1,
+            npages: 1,
+            keys: KeyPair {
+                seq: n,
+                lkey: n << 24,
+                rkey: n,
+            },
+        }
+    }
+
+    /// The `i`-th entry's key, as user space reads it.
+    fn key_at(ring: &EventRing, i: usize) -> Option<u64> {
+        ring.ring
+            .load_u64((defs::EVENTS_OFFSET + i * core::mem::size_of::<defs::Event>()) / 8)
+    }
+
+    #[test]
+    fn a_full_ring_counts_overflows_and_keeps_its_entries() {
+        let ring = EventRing::new(2, None);
+        assert!(ring.is_ok());
+        let Ok(mut ring) = ring else {
+            return;
+        };
+        assert_eq!(ring.ring.load_u32(ENTRIES), Some(2));
+        assert!(!ring.readable());
+        for n in 1..=3 {
+            ring.push(&info(n), defs::EVENT_ENDED, 0);
+        }
+        // Two written, the third dropped and counted; nothing overwritten.
+        assert_eq!(ring.ring.load_u32(TAIL), Some(2));
+        assert_eq!(ring.ring.load_u32(FLAGS), Some(defs::EVENTS_OVERFLOW));
+        assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
+        assert_eq!(key_at(&ring, 0), Some(1 << 24));
+        assert_eq!(key_at(&ring, 1), Some(2 << 24));
+        assert!(ring.readable());
+        // The reader consumes one: there is room for one more.
+        ring.head.store_u32(0, 1);
+        ring.push(&info(4), defs::EVENT_EVICTED, 4);
+        assert_eq!(ring.ring.load_u32(TAIL), Some(3));
+        assert_eq!(key_at(&ring, 0), Some(4 << 24));
+        // Resync discards the rest and clears the flag, not the count.
+        ring.resync();
+        assert_eq!(ring.head.load_u32(0), Some(3));
+        assert_eq!(ring.ring.load_u32(FLAGS), Some(0));
+        assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
+        assert!(!ring.readable());
+    }
+
+    #[test]
+    fn a_head_that_makes_no_sense_reads_as_full() {
+        let Ok(mut ring) = EventRing::new(4, None) else {
+            return;
+        };
+        // A head ahead of the tail: the ring looks fuller than it can be.
+        ring.head.store_u32(0, 100);
+        ring.push(&info(1), defs::EVENT_ENDED, 0);
+        assert_eq!(ring.ring.load_u32(TAIL), Some(0));
+        assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
+    }
+
+    #[test]
+    fn sizes_must_be_powers_of_two() {
+        assert!(EventRing::new(0, None).is_err());
+        assert!(EventRing::new(3, None).is_err());
+        assert!(EventRing::new(defs::MAX_EVENTS * 2, None).is_err());
+        assert_eq!(EventRing::ring_bytes(1), PAGE_SIZE);
+        assert_eq!(EventRing::ring_bytes(128), 2 * PAGE_SIZE);
+    }
+}
