@@ -38,9 +38,11 @@ use crate::{
     accounting::Charges,
     defs,
     error::OpResult,
-    events::EventRing,
+    events::{EventRing, Waiters},
     key::KeyPair,
-    registration::{Parts, Refused, Registration, RegistrationInfo, Revalidated},
+    registration::{
+        push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo, Revalidated,
+    },
     stats::{Stats, GLOBAL_CONTEXTS, TOTALS},
 };
 use kernel::{
@@ -48,6 +50,7 @@ use kernel::{
     eventfd::EventFd,
     fs::File,
     impl_has_delayed_work, impl_has_work,
+    list::List,
     mm::{
         mmu_notifier::IntervalNotifier,
         pin::PinnedPages,
@@ -108,6 +111,11 @@ pub(crate) struct ContextShared {
     idle_work: DelayedWork<ContextShared, 1>,
     /// The jiffies counter at the context's last ioctl.
     last_use: Atomic<usize>,
+    /// Pages of parked registrations (a copy of the table's count that the
+    /// shrinker reads without the lock).
+    pub(crate) parked_pages: Atomic<u64>,
+    /// Those waiting in `poll` for events.
+    waiters: Arc<Waiters>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
 }
@@ -133,22 +141,27 @@ impl WorkItem<1> for ContextShared {
 }
 
 impl ShrinkerOps for ContextShared {
-    /// Parked pages: what evicting gives back.
+    /// Parked pages: what evicting gives back. Reads an atomic, no lock.
     fn count(this: ArcBorrow<'_, Self>) -> usize {
-        usize::try_from(this.table.lock().stats.parked_pages).unwrap_or(usize::MAX)
+        usize::try_from(this.parked_pages.load(Relaxed)).unwrap_or(usize::MAX)
     }
 
     /// Evicts parked registrations, least recently parked first, until
-    /// `nr_to_scan` pages are uncharged; the deferred work unpins them (the
-    /// notifier removal it needs may wait for an invalidation, which must not
-    /// happen in reclaim).
+    /// `nr_to_scan` pages are unpinned or nothing is parked, and reports
+    /// those pages (freed once the process no longer maps them). The deferred
+    /// work unpins them: the notifier removal that needs may wait for an
+    /// invalidation, which must not happen in reclaim. Gives up at once when
+    /// the table lock is contended.
     fn scan(this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
         let mut freed = 0usize;
         {
-            let mut t = this.table.lock();
+            let mut t = this.table.try_lock()?;
             while freed < nr_to_scan {
                 match Registration::evict_oldest(&mut t, defs::EVICT_SHRINKER) {
-                    Some(pages) => freed = freed.saturating_add(pages as usize),
+                    Some(r) => {
+                        freed = freed.saturating_add(r.info.npages);
+                        t.defer_teardown(r);
+                    }
                     None => break,
                 }
             }
@@ -202,49 +215,82 @@ impl ContextShared {
         }
     }
 
-    /// Ends parked registrations with `reason` until `keep` says the rest may
-    /// stay (or none is left), and tears them down. Returns how many ended
-    /// and their pages. Process context.
+    /// Ends parked registrations with `reason`, least recently parked first,
+    /// until `keep` says the rest may stay (or none is left), and tears them
+    /// down: their pages are unpinned when this returns. Returns how many
+    /// ended and their pages. Process context.
     fn evict_while(&self, reason: usize, keep: impl Fn(&RegistrationTable) -> bool) -> (u64, u64) {
         let (mut n, mut pages) = (0u64, 0u64);
         loop {
-            let mut more = false;
+            let mut evicted = List::new();
+            let mut done = false;
             {
                 let mut t = self.table.lock();
                 for _ in 0..EVICT_BATCH {
                     if keep(&t) {
+                        done = true;
                         break;
                     }
                     match Registration::evict_oldest(&mut t, reason) {
-                        Some(p) => {
+                        Some(r) => {
                             n += 1;
-                            pages += p;
-                            more = true;
+                            pages += r.info.npages as u64;
+                            push_teardown(&mut evicted, r);
                         }
                         None => {
-                            more = false;
+                            done = true;
                             break;
                         }
                     }
                 }
             }
-            self.drain_deferred();
-            if !more {
+            teardown_list(&mut evicted);
+            if done {
                 return (n, pages);
             }
-            cond_resched();
         }
     }
 
     /// Ends the least recently parked registration to make room for a new
-    /// one; returns whether there was one. Process context.
+    /// one and tears it down; returns whether there was one. Process
+    /// context.
     fn evict_for_room(&self) -> bool {
-        let evicted =
-            Registration::evict_oldest(&mut self.table.lock(), defs::EVICT_PIN_LIMIT).is_some();
-        if evicted {
-            self.drain_deferred();
+        let evicted = Registration::evict_oldest(&mut self.table.lock(), defs::EVICT_PIN_LIMIT);
+        match evicted {
+            Some(r) => {
+                r.teardown();
+                true
+            }
+            None => false,
         }
-        evicted
+    }
+
+    /// Ends parked registrations until a registration `info` fits the
+    /// context's cap and overlap bound: the least recently parked for the
+    /// cap, those it overlaps for the bound. Returns whether it fits, the
+    /// evicted ones on `evicted` for teardown. Neither allocates nor sleeps.
+    fn make_room(
+        t: &mut RegistrationTable,
+        first: usize,
+        last: usize,
+        max: u64,
+        evicted: &mut List<Registration>,
+    ) -> bool {
+        while t.len() >= max {
+            match Registration::evict_oldest(t, defs::EVICT_PIN_LIMIT) {
+                Some(r) => push_teardown(evicted, r),
+                None => break,
+            }
+        }
+        while !t.may_overlap_span(first, last) {
+            let Some(seq) = t.parked_overlapping(first, last) else {
+                break;
+            };
+            if let Some(r) = Registration::evict(t, seq, defs::EVICT_PIN_LIMIT) {
+                push_teardown(evicted, r);
+            }
+        }
+        t.len() < max && t.may_overlap_span(first, last)
     }
 
     /// Arms the idle eviction `delay_ms` from now if the configuration asks
@@ -340,6 +386,7 @@ impl Context {
         let current = kernel::current!();
         let mm = current.mm().ok_or(EINVAL)?;
         let config = crate::default_cache_config();
+        let waiters = Waiters::new()?;
         let shared = Arc::pin_init(
             pin_init!(ContextShared {
                 mm: ARef::from(&**mm),
@@ -350,6 +397,8 @@ impl Context {
                 work <- new_work!("memreg::ContextShared::work"),
                 idle_work <- new_delayed_work!("memreg::ContextShared::idle_work"),
                 last_use: Atomic::new(jiffies::now()),
+                parked_pages: Atomic::new(0),
+                waiters,
                 next_seq: Atomic::new(1),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -395,7 +444,9 @@ impl Context {
     /// reference it took and takes back the counters it moved, so that the
     /// failed call changed nothing.
     pub(crate) fn unregister(&self, done: &Registered) {
-        let ended = {
+        let mut evicted = List::new();
+        let mut idle_ms = None;
+        let ended = 'ended: {
             let mut t = self.shared.table.lock();
             match done.served {
                 Served::Revived => {
@@ -410,16 +461,22 @@ impl Context {
                 if done.served == Served::Miss {
                     t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
                 }
-                return;
+                break 'ended None;
             };
             if registration.put(&mut t) > 0 {
-                return;
+                break 'ended None;
             }
-            if done.served == Served::Revived && Registration::park(&registration, &mut t) {
-                // Back where it was: parked, not counted as a new parking.
-                t.stats.parks = t.stats.parks.saturating_sub(1);
-                TOTALS.parks.fetch_sub(1, Relaxed);
-                return;
+            if done.served != Served::Miss
+                && Registration::park(&registration, &mut t, &mut evicted)
+            {
+                // Parked, as the DEREGISTER it stands for would have; a revived one is back
+                // where it was, not counted as a new parking.
+                if done.served == Served::Revived {
+                    t.stats.parks = t.stats.parks.saturating_sub(1);
+                    TOTALS.parks.fetch_sub(1, Relaxed);
+                }
+                idle_ms = Some(t.config.idle_ms);
+                break 'ended None;
             }
             let ended = Registration::unpublish(&mut t, registration.info.keys.seq);
             if done.served == Served::Miss {
@@ -430,6 +487,11 @@ impl Context {
         };
         if let Some(r) = ended {
             r.teardown();
+        }
+        teardown_list(&mut evicted);
+        if let Some(idle_ms) = idle_ms {
+            // The idle eviction may have stopped looking while it was revived.
+            ContextShared::arm_idle(&self.shared, idle_ms);
         }
     }
 
@@ -450,7 +512,8 @@ impl Context {
         // parked, revalidated if suspended.
         let mut tries = 0;
         let peak_before = loop {
-            let suspended = {
+            let mut evicted = List::new();
+            let found = {
                 let mut t = self.shared.table.lock();
                 match t.find_cover(addr, length, access).cloned() {
                     Some(r) if !r.is_suspended() => {
@@ -461,31 +524,31 @@ impl Context {
                         };
                         return Ok(Registered::fill(req, &r, &t, served, 0));
                     }
-                    Some(r) => r,
+                    Some(r) => Some(r),
                     None => {
-                        // Make room by evicting parked registrations: for the cap first, then
-                        // those the new one would overlap.
-                        while t.len() >= max
-                            && Registration::evict_oldest(&mut t, defs::EVICT_PIN_LIMIT).is_some()
-                        {
-                        }
-                        while !t.may_overlap_range(addr, length) {
-                            let Some(seq) = t.parked_overlapping(first, last) else {
-                                break;
-                            };
-                            Registration::evict(&mut t, seq, defs::EVICT_PIN_LIMIT);
-                        }
-                        if t.len() >= max || !t.may_overlap_range(addr, length) {
+                        // Make room by evicting parked registrations.
+                        if !ContextShared::make_room(&mut t, first, last, max, &mut evicted) {
                             drop(t);
-                            self.shared.drain_deferred();
+                            teardown_list(&mut evicted);
                             return Err(EDQUOT.into());
                         }
-                        break t.stats.pages_pinned_peak;
+                        None
                     }
                 }
             };
+            teardown_list(&mut evicted);
+            let Some(suspended) = found else {
+                break self.shared.table.lock().stats.pages_pinned_peak;
+            };
             // Suspended by an invalidation: look at its pages, then look the range up again.
+            // Bounded: invalidations may keep suspending it.
             tries += 1;
+            if tries > USE_TRIES {
+                return Err(EAGAIN.into());
+            }
+            if fatal_signal_pending() {
+                return Err(EINTR.into());
+            }
             if let Err(e) = Registration::revalidate(&suspended) {
                 if tries >= USE_TRIES {
                     return Err(e.into());
@@ -546,17 +609,18 @@ impl Context {
                 subscription,
                 nodes,
             };
+            let mut evicted = List::new();
             let refused = {
                 let mut t = self.shared.table.lock();
+                // Registrations parked since the look-up may be in the way: they go first.
+                ContextShared::make_room(&mut t, first, last, max, &mut evicted);
                 match Registration::publish(&registration, &mut t, seq, max, parts) {
                     Ok(()) => {
-                        return Ok(Registered::fill(
-                            req,
-                            &registration,
-                            &t,
-                            Served::Miss,
-                            peak_before,
-                        ))
+                        let done =
+                            Registered::fill(req, &registration, &t, Served::Miss, peak_before);
+                        drop(t);
+                        teardown_list(&mut evicted);
+                        return Ok(done);
                     }
                     Err(Refused::Covered(winner, revived, parts)) => {
                         // A concurrent REGISTER published a registration serving ours, and a
@@ -571,11 +635,13 @@ impl Context {
                         // Our parts go outside the locks: unpinned, uncharged, the notifier
                         // removed.
                         drop(parts);
+                        teardown_list(&mut evicted);
                         return Ok(done);
                     }
                     Err(refused) => refused,
                 }
             };
+            teardown_list(&mut evicted);
             match refused {
                 Refused::Raced(parts) => {
                     // Something changed the range while we pinned it: pin again.
@@ -613,6 +679,8 @@ impl Context {
     /// there is no reference to drop.
     pub(crate) fn deregister(&self, req: &defs::Deregister) -> OpResult {
         defs::check_reserved(&[req.reserved])?;
+        // Parking may evict others to stay within the limits.
+        let mut evicted = List::new();
         let (ended, idle_ms) = {
             let mut t = self.shared.table.lock();
             let registration = t.get(req.key).ok_or(ENOENT)?.clone();
@@ -622,7 +690,7 @@ impl Context {
             if registration.put(&mut t) > 0 {
                 return Ok(());
             }
-            if Registration::park(&registration, &mut t) {
+            if Registration::park(&registration, &mut t, &mut evicted) {
                 (None, Some(t.config.idle_ms))
             } else {
                 t.stats.deregistrations += 1;
@@ -635,9 +703,8 @@ impl Context {
         if let Some(r) = ended {
             r.teardown();
         }
+        teardown_list(&mut evicted);
         if let Some(idle_ms) = idle_ms {
-            // Parking may have evicted others to stay within the limits.
-            self.shared.drain_deferred();
             ContextShared::arm_idle(&self.shared, idle_ms);
         }
         Ok(())
@@ -706,7 +773,13 @@ impl Context {
     }
 
     /// EVENTS_SETUP: creates the event ring. `EBUSY` when there is one.
-    pub(crate) fn events_setup(&self, req: &mut defs::EventsSetup) -> OpResult {
+    /// The result is written back with `write_back` before the ring is
+    /// installed, so a call that fails changes nothing.
+    pub(crate) fn events_setup(
+        &self,
+        req: &mut defs::EventsSetup,
+        write_back: impl FnOnce(&defs::EventsSetup) -> Result,
+    ) -> OpResult {
         defs::check_reserved(&req.reserved)?;
         if !req.entries.is_power_of_two() || req.entries > defs::MAX_EVENTS {
             return Err(EINVAL.into());
@@ -715,7 +788,12 @@ impl Context {
             -1 => None,
             fd => Some(EventFd::from_fd(fd)?),
         };
-        let ring = EventRing::new(req.entries, eventfd)?;
+        let ring = EventRing::new(req.entries, eventfd, self.shared.waiters.clone())?;
+        if self.shared.table.lock().events.is_some() {
+            return Err(EBUSY.into());
+        }
+        req.ring_bytes = EventRing::ring_bytes(req.entries) as u64;
+        write_back(req)?;
         let refused = {
             let mut t = self.shared.table.lock();
             if t.events.is_some() {
@@ -726,11 +804,10 @@ impl Context {
             }
         };
         if refused.is_some() {
-            // Freed outside the lock.
+            // A concurrent EVENTS_SETUP won. Freed outside the lock.
             drop(refused);
             return Err(EBUSY.into());
         }
-        req.ring_bytes = EventRing::ring_bytes(req.entries) as u64;
         Ok(())
     }
 
@@ -780,17 +857,8 @@ impl Context {
 
     /// `poll`: readable when the event ring has unread events or overflowed.
     pub(crate) fn poll(&self, file: &File, table: PollTable<'_>) -> u32 {
-        let waiters = self
-            .shared
-            .table
-            .lock()
-            .events
-            .as_ref()
-            .map(|r| r.waiters.clone());
-        let Some(waiters) = waiters else {
-            return 0;
-        };
-        table.register_wait(file, &waiters.cv);
+        // Registered even before EVENTS_SETUP, which wakes it.
+        table.register_wait(file, &self.shared.waiters.cv);
         let readable = self
             .shared
             .table

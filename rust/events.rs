@@ -38,14 +38,26 @@ pub(crate) struct Waiters {
     pub(crate) cv: PollCondVarBox,
 }
 
+impl Waiters {
+    /// Creates an empty set of waiters.
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        Ok(Arc::new(
+            Waiters {
+                cv: PollCondVarBox::new(c"memreg::Waiters::cv", static_lock_class!())?,
+            },
+            GFP_KERNEL_ACCOUNT,
+        )?)
+    }
+}
+
 /// A context's event ring.
 pub(crate) struct EventRing {
     /// The header and the entries, read-only to user space.
     pub(crate) ring: Arc<SharedPages>,
     /// The reader's head, written by user space.
     pub(crate) head: Arc<SharedPages>,
-    /// Those waiting in `poll`.
-    pub(crate) waiters: Arc<Waiters>,
+    /// Those waiting in `poll` (the context's).
+    waiters: Arc<Waiters>,
     eventfd: Option<EventFd>,
     /// A power of two.
     entries: u32,
@@ -63,8 +75,13 @@ impl EventRing {
     }
 
     /// Creates a ring of `entries` entries (a power of two up to
-    /// `MEMREG_MAX_EVENTS`, else `EINVAL`) that signals `eventfd`.
-    pub(crate) fn new(entries: u32, eventfd: Option<EventFd>) -> Result<Self> {
+    /// `MEMREG_MAX_EVENTS`, else `EINVAL`) that wakes `waiters` and signals
+    /// `eventfd`.
+    pub(crate) fn new(
+        entries: u32,
+        eventfd: Option<EventFd>,
+        waiters: Arc<Waiters>,
+    ) -> Result<Self> {
         if !entries.is_power_of_two() || entries > defs::MAX_EVENTS {
             return Err(EINVAL);
         }
@@ -73,12 +90,6 @@ impl EventRing {
             GFP_KERNEL_ACCOUNT,
         )?;
         let head = Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?;
-        let waiters = Arc::new(
-            Waiters {
-                cv: PollCondVarBox::new(c"memreg::Waiters::cv", static_lock_class!())?,
-            },
-            GFP_KERNEL_ACCOUNT,
-        )?;
         ring.store_u32(ENTRIES, entries);
         Ok(Self {
             ring,
@@ -117,7 +128,7 @@ impl EventRing {
             event.cause = cause;
             let index = (self.tail & (self.entries - 1)) as usize;
             let offset = defs::EVENTS_OFFSET + index * core::mem::size_of::<defs::Event>();
-            self.ring.write_bytes(offset, event.as_bytes());
+            self.ring.write_words(offset, event.as_bytes());
             self.tail = self.tail.wrapping_add(1);
             // Release: the entry is visible before the tail that covers it.
             self.ring.store_u32(TAIL, self.tail);
@@ -162,11 +173,11 @@ mod tests {
     }
 
     #[test]
-    fn a_full_ring_counts_overflows_and_keeps_its_entries() {
-        let ring = EventRing::new(2, None);
+    fn a_full_ring_counts_overflows_and_keeps_its_entries() -> Result {
+        let ring = EventRing::new(2, None, Waiters::new()?);
         assert!(ring.is_ok());
         let Ok(mut ring) = ring else {
-            return;
+            return Ok(());
         };
         assert_eq!(ring.ring.load_u32(ENTRIES), Some(2));
         assert!(!ring.readable());
@@ -191,26 +202,30 @@ mod tests {
         assert_eq!(ring.ring.load_u32(FLAGS), Some(0));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         assert!(!ring.readable());
+        Ok(())
     }
 
     #[test]
-    fn a_head_that_makes_no_sense_reads_as_full() {
-        let Ok(mut ring) = EventRing::new(4, None) else {
-            return;
+    fn a_head_that_makes_no_sense_reads_as_full() -> Result {
+        let Ok(mut ring) = EventRing::new(4, None, Waiters::new()?) else {
+            return Ok(());
         };
         // A head ahead of the tail: the ring looks fuller than it can be.
         ring.head.store_u32(0, 100);
         ring.push(&info(1), defs::EVENT_ENDED, 0);
         assert_eq!(ring.ring.load_u32(TAIL), Some(0));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
+        Ok(())
     }
 
     #[test]
-    fn sizes_must_be_powers_of_two() {
-        assert!(EventRing::new(0, None).is_err());
-        assert!(EventRing::new(3, None).is_err());
-        assert!(EventRing::new(defs::MAX_EVENTS * 2, None).is_err());
+    fn sizes_must_be_powers_of_two() -> Result {
+        let w = Waiters::new()?;
+        assert!(EventRing::new(0, None, w.clone()).is_err());
+        assert!(EventRing::new(3, None, w.clone()).is_err());
+        assert!(EventRing::new(defs::MAX_EVENTS * 2, None, w).is_err());
         assert_eq!(EventRing::ring_bytes(1), PAGE_SIZE);
         assert_eq!(EventRing::ring_bytes(128), 2 * PAGE_SIZE);
+        Ok(())
     }
 }

@@ -155,12 +155,28 @@ impl MiscDevice for Context {
     fn ioctl(me: &Context, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
-        me.touch();
+        match cmd {
+            defs::IOC_GET_VERSION | defs::IOC_GLOBAL_STATS => {}
+            // The calls on the context are the owner's, and count as a use of it.
+            defs::IOC_REGISTER
+            | defs::IOC_DEREGISTER
+            | defs::IOC_QUERY
+            | defs::IOC_STATS
+            | defs::IOC_COPY
+            | defs::IOC_GET_CACHE
+            | defs::IOC_SET_CACHE
+            | defs::IOC_EVENTS_SETUP
+            | defs::IOC_EVENTS_RESYNC
+            | defs::IOC_FLUSH => {
+                me.check_owner()?;
+                me.touch();
+            }
+            _ => return Err(ENOTTY),
+        }
         match cmd {
             defs::IOC_GET_VERSION => writer.write(&defs::ABI_VERSION)?,
             defs::IOC_GLOBAL_STATS => writer.write(&stats::global())?,
             defs::IOC_REGISTER => {
-                me.check_owner()?;
                 let mut req: defs::Register = reader.read()?;
                 let done = me.register_ioctl(&mut req)?;
                 if let Err(e) = writer.write(&req) {
@@ -170,45 +186,35 @@ impl MiscDevice for Context {
                 }
             }
             defs::IOC_DEREGISTER => {
-                me.check_owner()?;
                 me.deregister(&reader.read()?)?;
             }
             defs::IOC_QUERY => {
-                me.check_owner()?;
                 let mut req: defs::Query = reader.read()?;
                 me.query(&mut req)?;
                 writer.write(&req)?;
             }
             defs::IOC_STATS => {
-                me.check_owner()?;
                 writer.write(&me.stats().to_abi())?;
             }
             defs::IOC_COPY => {
-                me.check_owner()?;
                 me.copy(&reader.read()?)?;
             }
             defs::IOC_GET_CACHE => {
-                me.check_owner()?;
                 writer.write(&me.cache_config())?;
             }
             defs::IOC_SET_CACHE => {
-                me.check_owner()?;
                 me.set_cache_config(&reader.read()?)?;
             }
             defs::IOC_EVENTS_SETUP => {
-                me.check_owner()?;
                 let mut req: defs::EventsSetup = reader.read()?;
-                me.events_setup(&mut req)?;
-                writer.write(&req)?;
+                me.events_setup(&mut req, |req| writer.write(req))?;
             }
             defs::IOC_EVENTS_RESYNC => {
-                me.check_owner()?;
                 let mut req: defs::EventsResync = reader.read()?;
                 me.events_resync(&mut req)?;
                 writer.write(&req)?;
             }
             defs::IOC_FLUSH => {
-                me.check_owner()?;
                 let mut req: defs::Flush = reader.read()?;
                 me.flush(&mut req)?;
                 writer.write(&req)?;

@@ -44,7 +44,9 @@ use crate::{
     GLOBAL_REGISTRATIONS,
 };
 use kernel::{
-    list::{impl_list_arc_safe, impl_list_item, AtomicTracker, ListLinks, TryNewListArc},
+    list::{
+        impl_list_arc_safe, impl_list_item, AtomicTracker, List, ListArc, ListLinks, TryNewListArc,
+    },
     mm::{
         hmm::PageState,
         mmu_notifier::{
@@ -61,11 +63,12 @@ use kernel::{
         atomic::{Atomic, Relaxed},
         Arc, LockedBy, SpinLock,
     },
-    task::resched::cond_resched,
+    task::resched::{cond_resched, fatal_signal_pending},
 };
 
-/// Pages compared per look at the page tables when revalidating.
-const REVALIDATE_BATCH: usize = 32;
+/// Pages compared per look at the page tables when revalidating: a page
+/// table's worth.
+const REVALIDATE_BATCH: usize = 512;
 
 /// Looks at the page tables a suspended registration makes before giving up
 /// for now (each is restarted by an invalidation of its range).
@@ -129,6 +132,10 @@ pub(crate) struct RegistrationState {
     charges: Option<Charges>,
     /// The inserted notifier; taken out and dropped (removed) at teardown.
     subscription: Option<Subscription<Registration>>,
+    /// While suspended: the pages (`first..end`, indexes into the
+    /// registration) the invalidations since it was last found intact may
+    /// have changed, all that revalidation needs to look at.
+    unchecked: Option<(usize, usize)>,
 }
 
 /// What the table keeps of a registration, under the table lock.
@@ -235,6 +242,7 @@ impl Registration {
                         pinned: None,
                         charges: None,
                         subscription: None,
+                        unchecked: None,
                     },
                     "memreg::Registration::state"
                 ),
@@ -325,11 +333,15 @@ impl Registration {
 
     /// Parks a registration without references on the deregistration list,
     /// evicting the least recently parked ones first when the list is at the
-    /// context's limits. Returns `false`, having changed nothing, when the
-    /// configuration does not let it park; the caller then ends it. Evicted
-    /// registrations await teardown on the table's pending list. Neither
-    /// allocates nor sleeps.
-    pub(crate) fn park(this: &Arc<Self>, t: &mut RegistrationTable) -> bool {
+    /// context's limits; those are put on `evicted` for the caller to tear
+    /// down once it dropped the lock. Returns `false`, having changed nothing,
+    /// when the configuration does not let it park; the caller then ends it.
+    /// Neither allocates nor sleeps.
+    pub(crate) fn park(
+        this: &Arc<Self>,
+        t: &mut RegistrationTable,
+        evicted: &mut List<Registration>,
+    ) -> bool {
         let npages = this.info.npages as u64;
         let config = t.config;
         if !config.may_park(npages) || this.refs(t) != 0 || this.is_parked(t) {
@@ -338,8 +350,9 @@ impl Registration {
         while t.stats.parked >= config.max_parked
             || t.stats.parked_pages.saturating_add(npages) > config.max_parked_pages
         {
-            if Self::evict_oldest(t, defs::EVICT_PARK_LIMIT).is_none() {
-                return false;
+            match Self::evict_oldest(t, defs::EVICT_PARK_LIMIT) {
+                Some(r) => push_teardown(evicted, r),
+                None => return false,
             }
         }
         let Some(node) = this.table_state.access_mut(t).lru_node.take() else {
@@ -353,6 +366,7 @@ impl Registration {
         bump(&mut t.stats.parked, &TOTALS.parked, 1);
         bump(&mut t.stats.parked_pages, &TOTALS.parked_pages, npages);
         bump(&mut t.stats.parks, &TOTALS.parks, 1);
+        this.ctx.parked_pages.add(npages, Relaxed);
         true
     }
 
@@ -368,25 +382,25 @@ impl Registration {
         t.stats.parked_pages = t.stats.parked_pages.saturating_sub(npages);
         TOTALS.parked.fetch_sub(1, Relaxed);
         TOTALS.parked_pages.fetch_sub(npages, Relaxed);
+        self.ctx.parked_pages.fetch_sub(npages, Relaxed);
         // Keep the entry's memory for the next parking.
         self.table_state.access_mut(t).lru_node = node.map(|n| n.into_reservation());
         true
     }
 
     /// Ends the least recently parked registration, counting `reason`: it
-    /// leaves the table (its charges released at once) and awaits teardown
-    /// on the table's pending list. Returns its pages, or `None` when nothing
-    /// is parked. Neither allocates nor sleeps.
-    pub(crate) fn evict_oldest(t: &mut RegistrationTable, reason: usize) -> Option<u64> {
+    /// leaves the table (its charges released at once) and is returned for
+    /// teardown, or `None` when nothing is parked. Neither allocates nor
+    /// sleeps.
+    pub(crate) fn evict_oldest(t: &mut RegistrationTable, reason: usize) -> Option<Arc<Self>> {
         let seq = t.oldest_parked()?;
         Self::evict(t, seq, reason)
     }
 
     /// Ends the parked registration `seq` as [`Registration::evict_oldest`]
     /// does.
-    pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<u64> {
+    pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<Arc<Self>> {
         let this = Self::unpublish(t, seq)?;
-        let pages = this.info.npages as u64;
         t.emit(&this.info, defs::EVENT_EVICTED, reason);
         if let (Some(n), Some(total)) = (
             t.stats.evictions.get_mut(reason),
@@ -394,8 +408,7 @@ impl Registration {
         ) {
             bump(n, total, 1);
         }
-        t.defer_teardown(this);
-        Some(pages)
+        Some(this)
     }
 
     /// Publishes the registration with its pinned pages, unless an
@@ -414,7 +427,11 @@ impl Registration {
         if this.notifier.read_retry(seq) {
             return Err(Refused::Raced(parts));
         }
-        if let Some(winner) = t.find_cover(info.addr, info.length, info.access) {
+        // A suspended one is not taken: its pages may have moved. Ours serves the request then.
+        if let Some(winner) = t
+            .find_cover(info.addr, info.length, info.access)
+            .filter(|w| !w.is_suspended())
+        {
             let winner = winner.clone();
             drop(st);
             return match winner.take_ref(t) {
@@ -493,12 +510,25 @@ impl Registration {
     /// revalidated, which the context's deferred work does soon (and any use
     /// before). Called from the notifier callback: neither allocates nor
     /// sleeps.
-    fn suspend(this: &Self, cur_seq: u64) {
+    fn suspend(this: &Self, range: &Range<'_>, cur_seq: u64) {
         let newly = {
             // Taking the lock waits for a copy in progress; once `suspended` is set no copy
             // starts.
-            let _st = this.state.lock();
+            let mut st = this.state.lock();
             this.notifier.set_seq(cur_seq);
+            // The pages of the registration the clear covers.
+            let base = this.info.page_addr();
+            let first = range.start().saturating_sub(base) / PAGE_SIZE;
+            let end = range
+                .end()
+                .saturating_sub(base)
+                .div_ceil(PAGE_SIZE)
+                .min(this.info.npages);
+            let first = first.min(end);
+            st.unchecked = Some(match st.unchecked {
+                Some((f, e)) => (f.min(first), e.max(end)),
+                None => (first, end),
+            });
             this.is_live() && !this.suspended.xchg(true, Relaxed)
         };
         if !newly {
@@ -518,46 +548,47 @@ impl Registration {
         ContextShared::schedule_teardown(ctx);
     }
 
-    /// Whether every registered page still maps its pinned page with the
-    /// registered access, as of the notifier's read sequence `seq`. `EBUSY`
-    /// when an invalidation began since. May sleep; no lock held.
+    /// Whether every page the invalidations since the suspension may have
+    /// changed still maps its pinned page with the registered access, as of
+    /// the notifier's read sequence `seq`. `EBUSY` when an invalidation began
+    /// since, `EINTR` on a fatal signal between page tables. May sleep; no
+    /// lock held.
     fn pages_in_place(&self, seq: u64) -> Result<bool> {
         let Some(mm) = self.ctx.mm.mmget_not_zero() else {
             // The address space is being torn down.
             return Ok(false);
         };
-        let npages = self.info.npages;
+        let (first, end) = self.state.lock().unchecked.unwrap_or((0, self.info.npages));
         let writable = self.info.writable();
         let start = self.info.page_addr();
-        let mut expected = [0u64; REVALIDATE_BATCH];
-        let mut seen = [PageState::default(); REVALIDATE_BATCH];
-        let mut done = 0;
-        while done < npages {
-            let n = (npages - done).min(REVALIDATE_BATCH);
+        let mut expected = KVec::from_elem(0u64, REVALIDATE_BATCH, GFP_KERNEL)?;
+        let mut seen = KVec::from_elem(PageState::default(), REVALIDATE_BATCH, GFP_KERNEL)?;
+        let mut at = first;
+        while at < end {
+            let n = (end - at).min(REVALIDATE_BATCH);
+            let (Some(expected), Some(seen)) = (expected.get_mut(..n), seen.get_mut(..n)) else {
+                return Err(EINVAL);
+            };
             {
                 let st = self.state.lock();
                 match &st.pinned {
-                    Some(p) => p.pfns(done, &mut expected[..n])?,
+                    Some(p) => p.pfns(at, expected)?,
                     None => return Ok(false),
                 }
             }
-            match self
-                .notifier
-                .snapshot(&mm, seq, start + done * PAGE_SIZE, &mut seen[..n])
-            {
-                Ok(()) => {}
-                // Part of the range is no longer mapped.
-                Err(e) if e == EFAULT => return Ok(false),
-                Err(e) => return Err(e),
-            }
-            let intact = expected[..n]
+            self.notifier
+                .snapshot(&mm, seq, start + at * PAGE_SIZE, seen)?;
+            let intact = expected
                 .iter()
-                .zip(&seen[..n])
+                .zip(seen.iter())
                 .all(|(&pfn, s)| s.pfn() == Some(pfn) && (!writable || s.writable()));
             if !intact {
                 return Ok(false);
             }
-            done += n;
+            at += n;
+            if fatal_signal_pending() {
+                return Err(EINTR);
+            }
             cond_resched();
         }
         Ok(true)
@@ -581,12 +612,16 @@ impl Registration {
             let intact = match this.pages_in_place(seq) {
                 Ok(intact) => intact,
                 Err(e) if e == EBUSY => continue,
+                // Ended meanwhile (its notifier removed), or part of the range is a mapping
+                // whose page tables cannot be read (`EFAULT`: not the pinned pages).
+                Err(_) if !this.is_live() => return Ok(Revalidated::Ended),
+                Err(e) if e == EFAULT => false,
                 Err(e) => return Err(e),
             };
             let ctx = &this.ctx;
             let mut t = ctx.table.lock();
             {
-                let st = this.state.lock();
+                let mut st = this.state.lock();
                 if !this.is_live() {
                     return Ok(Revalidated::Ended);
                 }
@@ -594,6 +629,7 @@ impl Registration {
                     continue;
                 }
                 if intact {
+                    st.unchecked = None;
                     if this.suspended.xchg(false, Relaxed) {
                         bump(&mut t.stats.resumptions, &TOTALS.resumptions, 1);
                         this.set_word(&t, 0);
@@ -671,6 +707,27 @@ impl Registration {
     }
 }
 
+/// Puts a registration that left its table on `list`, for teardown once the
+/// caller dropped the table lock. Neither allocates nor sleeps.
+pub(crate) fn push_teardown(list: &mut List<Registration>, registration: Arc<Registration>) {
+    // A registration leaves the table once, so it is on no list yet: failing here would leave
+    // it pinned for good.
+    match ListArc::try_from_arc(registration) {
+        Ok(item) => list.push_back(item),
+        Err(_) => {
+            kernel::warn_on!(true);
+        }
+    }
+}
+
+/// Tears down every registration on `list`. Process context, no lock held.
+pub(crate) fn teardown_list(list: &mut List<Registration>) {
+    while let Some(item) = list.pop_front() {
+        item.teardown();
+        cond_resched();
+    }
+}
+
 /// The `MEMREG_INVAL_*` cause a notifier event ends a registration with, or
 /// `None` for events that leave its pages where they are. The mapping is
 /// explicit so the ABI does not follow the kernel's enum order; events this
@@ -701,7 +758,7 @@ impl IntervalNotifierOps for Registration {
             // anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork
             // of a PMD-mapped THP, failed compaction of pinned shmem): look again before ending
             // it.
-            Self::suspend(this, cur_seq);
+            Self::suspend(this, range, cur_seq);
             return true;
         }
         {

@@ -20,7 +20,7 @@ use crate::{
     defs,
     events::EventRing,
     key,
-    registration::{Registration, RegistrationInfo},
+    registration::{push_teardown, Registration, RegistrationInfo},
     stats::Stats,
 };
 use kernel::{
@@ -236,19 +236,12 @@ impl RegistrationTable {
     /// MAX_OVERLAP)`.
     pub(crate) fn may_overlap(&self, info: &RegistrationInfo) -> bool {
         let (first, last) = info.interval();
-        self.by_range.iter(first, last).nth(MAX_OVERLAP).is_none()
+        self.may_overlap_span(first, last)
     }
 
-    /// Whether `length` bytes at `addr` overlap at most [`MAX_OVERLAP`] live
+    /// Whether the bytes `first..=last` overlap at most [`MAX_OVERLAP`] live
     /// registrations; see [`RegistrationTable::may_overlap`].
-    pub(crate) fn may_overlap_range(&self, addr: u64, length: u64) -> bool {
-        let (Ok(first), Some(Ok(last))) = (
-            usize::try_from(addr),
-            addr.checked_add(length.saturating_sub(1))
-                .map(usize::try_from),
-        ) else {
-            return false;
-        };
+    pub(crate) fn may_overlap_span(&self, first: usize, last: usize) -> bool {
         self.by_range.iter(first, last).nth(MAX_OVERLAP).is_none()
     }
 
@@ -324,16 +317,10 @@ impl RegistrationTable {
         self.by_key.cursor_front().map(|c| *c.current().0)
     }
 
-    /// Queues a registration that left the table for teardown.
+    /// Queues a registration that left the table for teardown by the
+    /// context's deferred work.
     pub(crate) fn defer_teardown(&mut self, registration: Arc<Registration>) {
-        // A registration leaves the table once, so it is on no list yet: failing here would
-        // leave it pinned for good.
-        match ListArc::try_from_arc(registration) {
-            Ok(item) => self.pending.push_back(item),
-            Err(_) => {
-                kernel::warn_on!(true);
-            }
-        }
+        push_teardown(&mut self.pending, registration);
     }
 
     /// Takes the next registration awaiting teardown.

@@ -61,8 +61,8 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
     /// Errors: `EBUSY` when an invalidation of the interval began since
     /// `seq` (read again); `EFAULT` when part of the range is a mapping whose
     /// page tables cannot be read from (`VM_IO`, `VM_PFNMAP`);
-    /// `EINVAL` when the notifier is not inserted, `start` is not aligned or
-    /// the range wraps. May sleep.
+    /// `EINVAL` when the notifier is not inserted, `mm` is not the address
+    /// space it watches, `start` is not aligned or the range wraps. May sleep.
     ///
     /// # Examples
     ///
@@ -122,7 +122,7 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         start: usize,
         out: &mut [PageState],
     ) -> Result {
-        if !self.is_inserted() || start % PAGE_SIZE != 0 {
+        if !self.is_inserted() || !self.watches(mm) || start % PAGE_SIZE != 0 {
             return Err(EINVAL);
         }
         let end = out
@@ -147,10 +147,11 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         };
         let _lock = mm.mmap_read_lock();
         // SAFETY: `range` describes `out.len()` pages and points at `out.len()` writable
-        // entries; its notifier is inserted (checked above, and it stays so while `self` is
-        // borrowed or the read sequence would move, which `hmm_range_fault` reports as
-        // `EBUSY`); `mm` is the notifier's address space with users, and its `mmap_lock` is
-        // held for reading.
+        // entries. Its notifier's memory lives as long as `self`; the notifier was inserted into
+        // `mm` (checked above), so `hmm_range_fault` walks `mm`, which has users (the caller's
+        // `MmWithUser`) and whose `mmap_lock` is held for reading. If the notifier is removed
+        // meanwhile, its subscription still names `mm` and its sequence only compares, which
+        // `hmm_range_fault` reports as `EBUSY` when it moved.
         to_result(unsafe { bindings::hmm_range_fault(&mut range) })
     }
 }

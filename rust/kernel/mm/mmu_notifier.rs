@@ -368,6 +368,14 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         self.sub.get()
     }
 
+    /// Whether the notifier was inserted into `mm` (it may have been removed
+    /// since).
+    pub(crate) fn watches(&self, mm: &Mm) -> bool {
+        self.mm
+            .as_ref()
+            .is_some_and(|m| core::ptr::eq(m.as_raw(), mm.as_raw()))
+    }
+
     /// Whether the notifier is inserted now.
     pub fn is_inserted(&self) -> bool {
         self.state.load(Relaxed) == STATE_INSERTED

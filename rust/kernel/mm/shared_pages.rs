@@ -12,6 +12,8 @@
 //! The pages are allocated without `__GFP_HIGHMEM`, so they are always in
 //! the kernel's direct map: stores need no temporary mapping and may be made
 //! in any context, including under spinlocks and in MMU notifier callbacks.
+//! Every access from the kernel is atomic, so kernel writers racing each
+//! other or user space race on values, never on memory.
 #![cfg(CONFIG_MEMREG_SUPPORT)]
 
 use crate::{
@@ -19,7 +21,7 @@ use crate::{
     mm::virt::{flags, VmaNew, VmaRef},
     page::{Page, PAGE_SIZE},
     prelude::*,
-    sync::atomic::{Acquire, Atomic, Release},
+    sync::atomic::{Acquire, Atomic, Relaxed, Release},
 };
 
 /// The page offset a mapping was requested at (`vm_pgoff`): which area of
@@ -56,10 +58,17 @@ pub fn vma_pgoff(vma: &VmaRef) -> usize {
 /// // Out of bounds is refused, not written.
 /// assert!(!shared.store_u64(1024, 1));
 /// assert_eq!(shared.load_u64(1024), None);
-/// assert!(shared.write_bytes(PAGE_SIZE - 2, &[1, 2, 3, 4]));
-/// assert_eq!(shared.load_u32(1023), Some(0x0201_0000));
-/// assert_eq!(shared.load_u32(1024), Some(0x0000_0403));
-/// assert!(!shared.write_bytes(2 * PAGE_SIZE - 1, &[1, 2]));
+/// // Words straddling pages, written as 8-byte stores.
+/// let bytes = 0x0807_0605_0403_0201u64.to_ne_bytes();
+/// let mut two = [0u8; 16];
+/// two[..8].copy_from_slice(&bytes);
+/// two[8..].copy_from_slice(&bytes);
+/// assert!(shared.write_words(PAGE_SIZE - 8, &two));
+/// assert_eq!(shared.load_u64(511), Some(0x0807_0605_0403_0201));
+/// assert_eq!(shared.load_u64(512), Some(0x0807_0605_0403_0201));
+/// // Unaligned, or past the end: refused.
+/// assert!(!shared.write_words(4, &bytes));
+/// assert!(!shared.write_words(2 * PAGE_SIZE - 8, &two));
 /// # Ok::<(), Error>(())
 /// ```
 pub struct SharedPages {
@@ -149,32 +158,23 @@ impl SharedPages {
         self.word32(index).map(|w| w.load(Acquire))
     }
 
-    /// Copies `src` to byte `offset`; returns `false`, copying nothing, when
-    /// it does not fit. Plain stores: publish them with a later release
+    /// Copies `src` to byte `offset`, both multiples of 8, as relaxed atomic
+    /// stores of 8 bytes each (so concurrent writers and readers race on
+    /// values, never on memory); returns `false`, copying nothing, when it
+    /// does not fit or is not aligned. Publish the bytes with a later release
     /// store. Never sleeps.
-    pub fn write_bytes(&self, offset: usize, src: &[u8]) -> bool {
+    pub fn write_words(&self, offset: usize, src: &[u8]) -> bool {
         match offset.checked_add(src.len()) {
-            Some(end) if end <= self.len() => {}
+            Some(end) if end <= self.len() && offset % 8 == 0 && src.len() % 8 == 0 => {}
             _ => return false,
         }
-        let mut done = 0;
-        while done < src.len() {
-            let at = offset + done;
-            let n = (PAGE_SIZE - at % PAGE_SIZE).min(src.len() - done);
-            let Some(&base) = self.addrs.get(at / PAGE_SIZE) else {
-                return false;
-            };
-            // SAFETY: `base + at % PAGE_SIZE .. + n` lies within one page `self` owns (checked
-            // above), `src[done..done + n]` is in bounds, and the two do not overlap (the pages
-            // are never handed out as Rust references).
-            unsafe {
-                core::ptr::copy_nonoverlapping(
-                    src.as_ptr().add(done),
-                    (base + at % PAGE_SIZE) as *mut u8,
-                    n,
-                )
-            };
-            done += n;
+        for (i, chunk) in src.chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            match self.word64(offset / 8 + i) {
+                Some(w) => w.store(u64::from_ne_bytes(word), Relaxed),
+                None => return false,
+            }
         }
         true
     }
@@ -213,8 +213,12 @@ impl SharedPages {
         if !writable {
             vma.try_clear_maywrite()?;
         }
+        // `VM_IO` as well as `VM_DONTCOPY`: `MADV_DOFORK` cannot make the mapping inherited,
+        // and nothing can pin these pages through it.
+        vma.set_io();
         vma.set_dontcopy();
         vma.set_dontexpand();
+        vma.set_dontdump();
         let mixed = vma.set_mixedmap();
         let pages = self.pages.get(first_page..end).ok_or(EINVAL)?;
         for (i, page) in pages.iter().enumerate() {

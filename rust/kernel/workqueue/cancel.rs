@@ -18,10 +18,16 @@ use crate::{
 
 /// Takes the reference a queue held on `this` back after a cancel found the
 /// item queued.
-fn reclaim<T>(this: &Arc<T>, queued: bool) -> bool {
+///
+/// # Safety
+///
+/// When `queued` is true, the item of `this` was queued by `enqueue` (which
+/// leaked one reference with [`Arc::into_raw`]) and a cancel just took it
+/// off its queue without running it, so that reference is owned by nobody.
+unsafe fn reclaim<T>(this: &Arc<T>, queued: bool) -> bool {
     if queued {
-        // SAFETY: The item was queued, so `enqueue` leaked one reference with `Arc::into_raw`
-        // of this very pointer, and the queue no longer owns it: we reclaim it once.
+        // SAFETY: By the function's safety requirements the queue's reference, from
+        // `Arc::into_raw` of this very pointer, is ours to drop, once.
         drop(unsafe { Arc::from_raw(Arc::as_ptr(this)) });
     }
     queued
@@ -78,7 +84,9 @@ where
     let work = unsafe { Work::raw_get(T::raw_get_work(ptr)) };
     // SAFETY: `work` is an initialised `work_struct` inside a live `T`.
     let queued = unsafe { bindings::cancel_work_sync(work) };
-    reclaim(this, queued)
+    // SAFETY: `cancel_work_sync` returns true only when it took the pending item, queued by
+    // `enqueue` of an `Arc<T>` (the only way to queue it), off its queue.
+    unsafe { reclaim(this, queued) }
 }
 
 /// Cancels the delayed work item `ID` of `this`: if its timer is pending or
@@ -133,5 +141,7 @@ where
     let dwork = unsafe { crate::container_of!(work, bindings::delayed_work, work) };
     // SAFETY: `dwork` is an initialised `delayed_work` inside a live `T`.
     let queued = unsafe { bindings::cancel_delayed_work_sync(dwork) };
-    reclaim(this, queued)
+    // SAFETY: `cancel_delayed_work_sync` returns true only when it took the pending item,
+    // queued by `enqueue_delayed` of an `Arc<T>` (the only way to queue it), off its queue.
+    unsafe { reclaim(this, queued) }
 }
