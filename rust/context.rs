@@ -10,7 +10,11 @@
 //!    context's counters, the list of registrations awaiting teardown, and
 //!    each registration's reference count (`LockedBy` the table).
 //! 2. `Registration::state` (spinlock): a registration's pages, charges and
-//!    notifier subscription; `live` changes under it.
+//!    notifier subscription; `live` and `suspended` change under it.
+//!
+//! Under the table lock, writing an event wakes the `poll` waiters and
+//! signals the eventfd: their wait-queue and eventfd locks nest inside it
+//! (and never call back into memreg). The shrinker only try-locks the table.
 //!
 //! The MMU notifier callback takes both, and it runs under the memory
 //! management code's locks (`mmap_lock`, `i_mmap_rwsem`, the notifier's own
