@@ -430,6 +430,270 @@ struct memreg_events_resync {
 	__u64 reserved;
 };
 
+/*
+ * The data path (see "Queues" in Documentation/memreg.rst): requests posted
+ * through shared rings, executed by the context's worker through the
+ * registrations' translation entries, completed through shared rings.
+ *
+ * A queue (MEMREG_IOC_QUEUE_CREATE) has two mappings:
+ * - MEMREG_MMAP_SQ(q), read-write, what user space writes: struct
+ *   memreg_sq_user, then at MEMREG_SQ_SLOTS_OFFSET @sq_entries struct
+ *   memreg_sq_slot;
+ * - MEMREG_MMAP_CQ(q), read-only, what the kernel writes: struct
+ *   memreg_cq_ring, then at MEMREG_CQ_ENTRIES_OFFSET @cq_entries struct
+ *   memreg_cqe.
+ * The context's master ring (created with its first queue) names queues
+ * with new completions: MEMREG_MMAP_MASTER, read-only, struct
+ * memreg_master_ring then MEMREG_MASTER_ENTRIES __u32 queue indexes at
+ * MEMREG_MASTER_ENTRIES_OFFSET; MEMREG_MMAP_MASTER_USER, read-write, one
+ * page, struct memreg_master_user.
+ *
+ * Posting (any number of threads, no lock): slot i of the submission ring
+ * starts with seq == i. A poster loads pos = insert (relaxed); the slot is
+ * slots[pos & (sq_entries - 1)]; it loads the slot's seq (acquire): equal to
+ * pos, it claims the slot with a compare-and-swap of insert from pos to
+ * pos + 1 (on failure it retries with the value found); less than pos, the
+ * ring is full (wait: poll for POLLOUT, or retry); greater, another poster
+ * took it (reload insert). It writes the descriptor, then stores seq =
+ * pos + 1 (release): the slot is published. Then a full barrier
+ * (__atomic_thread_fence(__ATOMIC_SEQ_CST)), then if the CQ ring's flags have
+ * MEMREG_QUEUE_NEED_WAKEUP and its sq_head equals pos, it rings the doorbell
+ * (MEMREG_IOC_DOORBELL); otherwise posting took no system call.
+ *
+ * The worker takes slot h (h = sq_head) when its seq is h + 1: it copies the
+ * descriptor once, stores seq = h + sq_entries (release: the slot is free
+ * for the next lap), then publishes sq_head = h + 1 (release), validates its
+ * copy and executes it. Before it sleeps it sets MEMREG_QUEUE_NEED_WAKEUP,
+ * issues a full barrier and looks at slot sq_head again.
+ *
+ * Completing: the worker writes the entry at cq_tail & (cq_entries - 1),
+ * then stores cq_tail + 1 (release). The reader loads cq_tail (acquire),
+ * reads the entries up to it, then stores its cq_head (release). The worker
+ * takes a descriptor only when the completion ring has room for it
+ * (cq_tail - cq_head < cq_entries, a head that makes no sense reading as
+ * full): otherwise it sets MEMREG_QUEUE_CQ_FULL and MEMREG_QUEUE_NEED_WAKEUP
+ * and stops taking from that queue; the reader, after moving its head, rings
+ * the doorbell when MEMREG_QUEUE_CQ_FULL is set. A completion is never
+ * dropped, overwritten or duplicated.
+ *
+ * Arming: storing a nonzero cq_arm (or the master's arm) asks for one
+ * wake-up: the next completion of that ring clears the arm word, wakes
+ * poll/epoll on the file and signals the queue's eventfd (the master ring
+ * wakes poll/epoll only). Unarmed completions wake nothing.
+ */
+#define MEMREG_MAX_QUEUES		64
+#define MEMREG_MAX_SQ_ENTRIES		4096
+#define MEMREG_MAX_CQ_ENTRIES		16384
+#define MEMREG_MASTER_ENTRIES		1024
+
+#define MEMREG_MMAP_MASTER		0x30000000ULL
+#define MEMREG_MMAP_MASTER_USER		0x38000000ULL
+#define MEMREG_MMAP_SQ(q)		(0x40000000ULL + ((__u64)(q) << 24))
+#define MEMREG_MMAP_CQ(q)		(0x80000000ULL + ((__u64)(q) << 24))
+
+#define MEMREG_SQ_SLOTS_OFFSET		64
+#define MEMREG_CQ_ENTRIES_OFFSET	64
+#define MEMREG_MASTER_ENTRIES_OFFSET	64
+
+/* struct memreg_sqe.opcode */
+#define MEMREG_OP_NOP			0	/* completes with status 0 */
+#define MEMREG_OP_COPY			1	/* @length bytes from (src_key,
+						 * src_offset) to (key, offset) */
+#define MEMREG_OP_FENCE			2	/* completes after everything
+						 * posted before it */
+#define MEMREG_OP_DEREGISTER		3	/* drops a reference on @key */
+
+/**
+ * struct memreg_sqe - a request (a descriptor of the token table)
+ * @opcode:     MEMREG_OP_*
+ * @flags:      must be zero
+ * @reserved0:  must be zero
+ * @reserved1:  must be zero
+ * @user_data:  returned as is in the completion
+ * @key:        COPY: the destination's local key (LOCAL_WRITE);
+ *              DEREGISTER: the key; otherwise zero
+ * @offset:     COPY: byte offset into the destination; otherwise zero
+ * @src_key:    COPY: the source's local key (LOCAL_READ); otherwise zero
+ * @src_offset: COPY: byte offset into the source; otherwise zero
+ * @length:     COPY: bytes to move, at most MEMREG_MAX_LENGTH; otherwise 0
+ */
+struct memreg_sqe {
+	__u8 opcode;
+	__u8 flags;
+	__u16 reserved0;
+	__u32 reserved1;
+	__u64 user_data;
+	__u64 key;
+	__u64 offset;
+	__u64 src_key;
+	__u64 src_offset;
+	__u64 length;
+};
+
+/**
+ * struct memreg_sq_slot - a slot of the submission ring
+ * @seq: the slot's sequence (see the posting protocol above)
+ * @sqe: the descriptor
+ */
+struct memreg_sq_slot {
+	__u64 seq;
+	struct memreg_sqe sqe;
+};
+
+/**
+ * struct memreg_sq_user - the header of a queue's read-write mapping
+ * @insert:   slots claimed by posters
+ * @cq_head:  completions the reader consumed
+ * @cq_arm:   nonzero: wake on the next completion (the kernel clears it)
+ * @reserved: zero; not read by the kernel
+ */
+struct memreg_sq_user {
+	__u64 insert;
+	__u32 cq_head;
+	__u32 cq_arm;
+	__u64 reserved[6];
+};
+
+/* struct memreg_cq_ring.flags */
+#define MEMREG_QUEUE_NEED_WAKEUP	(1U << 0)	/* the worker sleeps */
+#define MEMREG_QUEUE_CQ_FULL		(1U << 1)	/* stopped: no room */
+
+/**
+ * struct memreg_cq_ring - the header of a queue's read-only mapping
+ * @sq_head:    submissions the worker took
+ * @cq_tail:    completions written
+ * @flags:      MEMREG_QUEUE_*
+ * @sq_entries: submission ring entries
+ * @cq_entries: completion ring entries
+ * @reserved:   zero
+ */
+struct memreg_cq_ring {
+	__u64 sq_head;
+	__u32 cq_tail;
+	__u32 flags;
+	__u32 sq_entries;
+	__u32 cq_entries;
+	__u64 reserved[5];
+};
+
+/**
+ * struct memreg_cqe - a completion
+ * @user_data: the request's
+ * @bytes:     bytes moved (COPY), 0 otherwise
+ * @status:    0, or a negative errno: -EINVAL (bad opcode, flags, reserved
+ *             field or length, or an offset past the registration),
+ *             -ENOENT (a key that names no registration, or one that ended),
+ *             -EACCES (a registration without the access), -EAGAIN (a
+ *             suspended registration still being invalidated), -EOVERFLOW
+ *             (offset + length wraps)
+ * @reserved:  zero
+ */
+struct memreg_cqe {
+	__u64 user_data;
+	__u64 bytes;
+	__s32 status;
+	__u32 reserved0;
+	__u64 reserved;
+};
+
+/**
+ * struct memreg_master_ring - the header of the master ring mapping
+ * @tail:      queue indexes written
+ * @flags:     MEMREG_EVENTS_OVERFLOW once an entry could not be written
+ * @overflows: entries not written; a reader that sees it grow looks at
+ *             every queue (the completion rings are what counts)
+ * @reserved:  zero
+ *
+ * After a batch of completions to a queue, the worker writes its index,
+ * unless the ring is full (tail - head == MEMREG_MASTER_ENTRIES).
+ */
+struct memreg_master_ring {
+	__u32 tail;
+	__u32 flags;
+	__u64 overflows;
+	__u64 reserved[6];
+};
+
+/**
+ * struct memreg_master_user - the read-write page of the master ring
+ * @head:     entries the reader consumed
+ * @arm:      nonzero: wake poll/epoll on the next entry (cleared)
+ * @reserved: zero; not read by the kernel
+ */
+struct memreg_master_user {
+	__u32 head;
+	__u32 arm;
+	__u64 reserved[7];
+};
+
+/**
+ * struct memreg_queue_create - create a queue (MEMREG_IOC_QUEUE_CREATE)
+ * @sq_entries: in: a power of two, 1 .. MEMREG_MAX_SQ_ENTRIES
+ * @cq_entries: in: a power of two, @sq_entries .. MEMREG_MAX_CQ_ENTRIES
+ * @eventfd:    in: an eventfd signalled by armed completions, or -1
+ * @queue:      out: the queue's index, 0 .. MEMREG_MAX_QUEUES - 1
+ * @sq_bytes:   out: the length of the MEMREG_MMAP_SQ(queue) mapping
+ * @cq_bytes:   out: the length of the MEMREG_MMAP_CQ(queue) mapping
+ * @reserved:   must be zero
+ *
+ * EINVAL for bad sizes or eventfd, ENOSPC past MEMREG_MAX_QUEUES. Queues
+ * last as long as the file.
+ */
+struct memreg_queue_create {
+	__u32 sq_entries;
+	__u32 cq_entries;
+	__s32 eventfd;
+	__u32 queue;
+	__u64 sq_bytes;
+	__u64 cq_bytes;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_doorbell - wake the worker (MEMREG_IOC_DOORBELL)
+ * @queue:    in: the queue whose ring has new requests or room
+ * @reserved: must be zero
+ */
+struct memreg_doorbell {
+	__u32 queue;
+	__u32 reserved;
+};
+
+/**
+ * struct memreg_queue_stats - the data path's counters (MEMREG_IOC_QUEUE_STATS)
+ * @requests:       descriptors taken from the submission rings
+ * @completions:    completions written
+ * @errors:         completions with a nonzero status
+ * @doorbells:      MEMREG_IOC_DOORBELL calls
+ * @wakeups:        times the worker started running
+ * @batches:        batches taken
+ * @batch_max:      the largest batch
+ * @batch_limit:    the batch size the worker uses now (follows the backlog)
+ * @poll_us:        how long the worker polls before it sleeps now (adapts
+ *                  to the arrival rate)
+ * @cq_full_stalls: times a queue stopped for a full completion ring
+ * @shadow_hits:    keys resolved by the shadow translation table
+ * @shadow_misses:  keys looked up in the registration table
+ * @master_overflows: master ring entries not written
+ * @reserved:       must be zero
+ */
+struct memreg_queue_stats {
+	__u64 requests;
+	__u64 completions;
+	__u64 errors;
+	__u64 doorbells;
+	__u64 wakeups;
+	__u64 batches;
+	__u64 batch_max;
+	__u64 batch_limit;
+	__u64 poll_us;
+	__u64 cq_full_stalls;
+	__u64 shadow_hits;
+	__u64 shadow_misses;
+	__u64 master_overflows;
+	__u64 reserved[3];
+};
+
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
 #define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
 #define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
@@ -442,5 +706,8 @@ struct memreg_events_resync {
 #define MEMREG_IOC_FLUSH	_IOWR(MEMREG_IOC_MAGIC, 0x09, struct memreg_flush)
 #define MEMREG_IOC_EVENTS_SETUP	_IOWR(MEMREG_IOC_MAGIC, 0x0a, struct memreg_events_setup)
 #define MEMREG_IOC_EVENTS_RESYNC _IOWR(MEMREG_IOC_MAGIC, 0x0b, struct memreg_events_resync)
+#define MEMREG_IOC_QUEUE_CREATE	_IOWR(MEMREG_IOC_MAGIC, 0x0c, struct memreg_queue_create)
+#define MEMREG_IOC_DOORBELL	_IOW(MEMREG_IOC_MAGIC, 0x0d, struct memreg_doorbell)
+#define MEMREG_IOC_QUEUE_STATS	_IOR(MEMREG_IOC_MAGIC, 0x0e, struct memreg_queue_stats)
 
 #endif /* _UAPI_LINUX_MEMREG_H */
