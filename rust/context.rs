@@ -44,10 +44,12 @@ use crate::{
     error::OpResult,
     events::{EventRing, Waiters},
     key::KeyPair,
+    queue::Queue,
     registration::{
         push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo, Revalidated,
     },
     stats::{Stats, GLOBAL_CONTEXTS, TOTALS},
+    worker::{self, DataPath},
 };
 use kernel::{
     bindings,
@@ -118,14 +120,29 @@ pub(crate) struct ContextShared {
     /// Pages of parked registrations (a copy of the table's count that the
     /// shrinker reads without the lock).
     pub(crate) parked_pages: Atomic<u64>,
-    /// Those waiting in `poll` for events.
-    waiters: Arc<Waiters>,
+    /// Those waiting in `poll` for events and completions.
+    pub(crate) waiters: Arc<Waiters>,
+    /// The data path: queues, master ring, worker state.
+    #[pin]
+    pub(crate) data: DataPath,
+    /// The worker of the data path.
+    #[pin]
+    data_work: Work<ContextShared, 2>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
 }
 
 impl_has_work! { impl HasWork<Self> for ContextShared { self.work } }
 impl_has_delayed_work! { impl HasDelayedWork<Self, 1> for ContextShared { self.idle_work } }
+impl_has_work! { impl HasWork<Self, 2> for ContextShared { self.data_work } }
+
+impl WorkItem<2> for ContextShared {
+    type Pointer = Arc<ContextShared>;
+
+    fn run(this: Arc<ContextShared>) {
+        worker::run(this);
+    }
+}
 
 impl WorkItem for ContextShared {
     type Pointer = Arc<ContextShared>;
@@ -208,6 +225,42 @@ impl ContextShared {
             let _ = Registration::revalidate(&registration);
             cond_resched();
         }
+    }
+
+    /// Drops one reference on the registration of `key` (DEREGISTER, from
+    /// the ioctl or a ring); the last one parks it or, when it may not be
+    /// parked, ends it. `ENOENT` for an unknown key, `EINVAL` for a parked
+    /// one: there is no reference to drop. Process context.
+    pub(crate) fn deregister_key(this: &Arc<Self>, key: u64) -> OpResult {
+        // Parking may evict others to stay within the limits.
+        let mut evicted = List::new();
+        let (ended, idle_ms) = {
+            let mut t = this.table.lock();
+            let registration = t.get(key).ok_or(ENOENT)?.clone();
+            if registration.refs(&t) == 0 {
+                return Err(EINVAL.into());
+            }
+            if registration.put(&mut t) > 0 {
+                return Ok(());
+            }
+            if Registration::park(&registration, &mut t, &mut evicted) {
+                (None, Some(t.config.idle_ms))
+            } else {
+                t.stats.deregistrations += 1;
+                (
+                    Registration::unpublish(&mut t, registration.info.keys.seq),
+                    None,
+                )
+            }
+        };
+        if let Some(r) = ended {
+            r.teardown();
+        }
+        teardown_list(&mut evicted);
+        if let Some(idle_ms) = idle_ms {
+            Self::arm_idle(this, idle_ms);
+        }
+        Ok(())
     }
 
     /// Records a use of the context, for idle eviction: a read of the
@@ -392,7 +445,7 @@ impl Context {
         let config = crate::default_cache_config();
         let waiters = Waiters::new()?;
         let shared = Arc::pin_init(
-            pin_init!(ContextShared {
+            try_pin_init!(ContextShared {
                 mm: ARef::from(&**mm),
                 table <- new_spinlock!(
                     RegistrationTable::new(config),
@@ -403,6 +456,8 @@ impl Context {
                 last_use: Atomic::new(jiffies::now()),
                 parked_pages: Atomic::new(0),
                 waiters,
+                data <- DataPath::new(),
+                data_work <- new_work!("memreg::ContextShared::data_work"),
                 next_seq: Atomic::new(1),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -683,35 +738,7 @@ impl Context {
     /// there is no reference to drop.
     pub(crate) fn deregister(&self, req: &defs::Deregister) -> OpResult {
         defs::check_reserved(&[req.reserved])?;
-        // Parking may evict others to stay within the limits.
-        let mut evicted = List::new();
-        let (ended, idle_ms) = {
-            let mut t = self.shared.table.lock();
-            let registration = t.get(req.key).ok_or(ENOENT)?.clone();
-            if registration.refs(&t) == 0 {
-                return Err(EINVAL.into());
-            }
-            if registration.put(&mut t) > 0 {
-                return Ok(());
-            }
-            if Registration::park(&registration, &mut t, &mut evicted) {
-                (None, Some(t.config.idle_ms))
-            } else {
-                t.stats.deregistrations += 1;
-                (
-                    Registration::unpublish(&mut t, registration.info.keys.seq),
-                    None,
-                )
-            }
-        };
-        if let Some(r) = ended {
-            r.teardown();
-        }
-        teardown_list(&mut evicted);
-        if let Some(idle_ms) = idle_ms {
-            ContextShared::arm_idle(&self.shared, idle_ms);
-        }
-        Ok(())
+        ContextShared::deregister_key(&self.shared, req.key)
     }
 
     /// `mmap`: maps an area of the context into the process, read-only.
@@ -724,6 +751,9 @@ impl Context {
         let offset = (vma_pgoff(vma) as u64)
             .checked_mul(PAGE_SIZE as u64)
             .ok_or(EINVAL)?;
+        if let Some((pages, writable)) = self.data_area(offset)? {
+            return pages.map_into(vma, 0, writable);
+        }
         if offset == defs::MMAP_EVENTS || offset == defs::MMAP_EVENTS_HEAD {
             let pages = {
                 let t = self.shared.table.lock();
@@ -863,18 +893,114 @@ impl Context {
     pub(crate) fn poll(&self, file: &File, table: PollTable<'_>) -> u32 {
         // Registered even before EVENTS_SETUP, which wakes it.
         table.register_wait(file, &self.shared.waiters.cv);
-        let readable = self
+        let data = &self.shared.data;
+        let mut readable = self
             .shared
             .table
             .lock()
             .events
             .as_ref()
             .is_some_and(|r| r.readable());
-        if readable {
-            bindings::POLLIN | bindings::POLLRDNORM
-        } else {
-            0
+        let mut writable = true;
+        {
+            let queues = data.queues.lock();
+            for q in queues.iter() {
+                readable |= q.cq_pending();
+                writable &= !q.sq_full();
+            }
         }
+        readable |= data.master.as_ref().is_some_and(|m| m.pending());
+        if !writable {
+            // The worker wakes us when it frees a slot.
+            data.pollout_waiting.store(true, Relaxed);
+        }
+        let mut mask = 0;
+        if readable {
+            mask |= bindings::POLLIN | bindings::POLLRDNORM;
+        }
+        if writable {
+            mask |= bindings::POLLOUT | bindings::POLLWRNORM;
+        }
+        mask
+    }
+
+    /// The data path's area at mmap offset `offset`, and whether user space
+    /// may write it: `None` for an offset that is not the data path's,
+    /// `EINVAL` for a queue or master ring that does not exist.
+    fn data_area(&self, offset: u64) -> Result<Option<(Arc<SharedPages>, bool)>> {
+        let data = &self.shared.data;
+        let queue_at = |base: u64| {
+            let rel = offset.checked_sub(base)?;
+            let q = rel >> 24;
+            (rel & 0xff_ffff == 0 && q < u64::from(defs::MAX_QUEUES)).then_some(q as u32)
+        };
+        if offset == defs::MMAP_MASTER || offset == defs::MMAP_MASTER_USER {
+            let master = data.master.as_ref().ok_or(EINVAL)?;
+            return Ok(Some(if offset == defs::MMAP_MASTER {
+                (master.ring.clone(), false)
+            } else {
+                (master.user.clone(), true)
+            }));
+        }
+        if let Some(q) = queue_at(defs::MMAP_CQ_BASE) {
+            return Ok(Some((data.queue(q).ok_or(EINVAL)?.kernel.clone(), false)));
+        }
+        if let Some(q) = queue_at(defs::MMAP_SQ_BASE) {
+            return Ok(Some((data.queue(q).ok_or(EINVAL)?.user.clone(), true)));
+        }
+        Ok(None)
+    }
+
+    /// QUEUE_CREATE: creates a queue (and the master ring with the first).
+    /// The result is written back with `write_back` before the queue is
+    /// installed, so a call that fails changes nothing.
+    pub(crate) fn queue_create(
+        &self,
+        req: &mut defs::QueueCreate,
+        write_back: impl FnOnce(&defs::QueueCreate) -> Result,
+    ) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        let eventfd = match req.eventfd {
+            -1 => None,
+            fd => Some(EventFd::from_fd(fd)?),
+        };
+        let data = &self.shared.data;
+        let _create = data.create.lock();
+        let index = u32::try_from(data.queues.lock().len()).map_err(|_| ENOSPC)?;
+        if index >= defs::MAX_QUEUES {
+            return Err(ENOSPC.into());
+        }
+        let queue = Arc::new(
+            Queue::new(index, req.sq_entries, req.cq_entries, eventfd)?,
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        worker::master(data)?;
+        req.queue = index;
+        req.sq_bytes = Queue::sq_bytes(req.sq_entries) as u64;
+        req.cq_bytes = Queue::cq_bytes(req.cq_entries) as u64;
+        write_back(req)?;
+        // Room for every queue was reserved; creation is serialized, so this is index.
+        data.queues
+            .lock()
+            .push_within_capacity(queue)
+            .map_err(|_| ENOSPC)?;
+        Ok(())
+    }
+
+    /// DOORBELL: wakes the worker for queue `req.queue`.
+    pub(crate) fn doorbell(&self, req: &defs::Doorbell) -> OpResult {
+        if req.reserved != 0 || self.shared.data.queue(req.queue).is_none() {
+            return Err(EINVAL.into());
+        }
+        self.shared.data.stats.doorbells.add(1, Relaxed);
+        // Already queued: the queued run sees this queue too. Running: it runs again.
+        let _ = workqueue::system_unbound().enqueue::<_, 2>(self.shared.clone());
+        Ok(())
+    }
+
+    /// QUEUE_STATS: the data path's counters.
+    pub(crate) fn queue_stats(&self) -> defs::QueueStats {
+        self.shared.data.stats.to_abi()
     }
 
     /// FLUSH: ends every parked registration; their pages are uncharged when
@@ -1029,6 +1155,10 @@ impl Drop for Context {
     /// awaiting deferred teardown and cancels the deferred work, so nothing of
     /// this context remains.
     fn drop(&mut self) {
+        // The worker stops (a COPY in progress gives up at its next step) and is not queued
+        // again: no doorbell can come any more.
+        self.shared.data.closing.store(true, Relaxed);
+        cancel_sync::<_, 2>(&self.shared);
         // Unregistered first: it waits for a scan in progress, and none runs afterwards.
         drop(self.shrinker.take());
         cancel_delayed_sync(&self.shared);
@@ -1056,6 +1186,9 @@ impl Drop for Context {
         self.shared.drain_deferred();
         cancel_sync::<_, 0>(&self.shared);
         self.shared.drain_deferred();
+        // The shadow's references on registrations would keep the context alive.
+        let shadowed = self.shared.data.shadow.lock().clear();
+        drop(shadowed);
         GLOBAL_CONTEXTS.fetch_sub(1, Relaxed);
     }
 }

@@ -11,6 +11,7 @@
 use kernel::{
     ioctl::{_IOR, _IOW, _IOWR},
     prelude::*,
+    transmute::FromBytes,
     uapi,
 };
 
@@ -43,6 +44,28 @@ pub(crate) const EVENT_EVICTED: u32 = uapi::MEMREG_EVENT_EVICTED;
 pub(crate) const EVENTS_OVERFLOW: u32 = uapi::MEMREG_EVENTS_OVERFLOW;
 pub(crate) const EVENTS_OFFSET: usize = uapi::MEMREG_EVENTS_OFFSET as usize;
 pub(crate) const MAX_EVENTS: u32 = uapi::MEMREG_MAX_EVENTS;
+
+pub(crate) const MAX_QUEUES: u32 = uapi::MEMREG_MAX_QUEUES;
+pub(crate) const MAX_SQ_ENTRIES: u32 = uapi::MEMREG_MAX_SQ_ENTRIES;
+pub(crate) const MAX_CQ_ENTRIES: u32 = uapi::MEMREG_MAX_CQ_ENTRIES;
+pub(crate) const MASTER_ENTRIES: u32 = uapi::MEMREG_MASTER_ENTRIES;
+pub(crate) const MMAP_MASTER: u64 = uapi::MEMREG_MMAP_MASTER as u64;
+pub(crate) const MMAP_MASTER_USER: u64 = uapi::MEMREG_MMAP_MASTER_USER as u64;
+/// `MEMREG_MMAP_SQ(0)`: the read-write mapping of queue `q` is at this plus
+/// `q << 24`.
+pub(crate) const MMAP_SQ_BASE: u64 = 0x4000_0000;
+/// `MEMREG_MMAP_CQ(0)`: the read-only mapping of queue `q` is at this plus
+/// `q << 24`.
+pub(crate) const MMAP_CQ_BASE: u64 = 0x8000_0000;
+pub(crate) const SQ_SLOTS_OFFSET: usize = uapi::MEMREG_SQ_SLOTS_OFFSET as usize;
+pub(crate) const CQ_ENTRIES_OFFSET: usize = uapi::MEMREG_CQ_ENTRIES_OFFSET as usize;
+pub(crate) const MASTER_ENTRIES_OFFSET: usize = uapi::MEMREG_MASTER_ENTRIES_OFFSET as usize;
+pub(crate) const OP_NOP: u8 = uapi::MEMREG_OP_NOP as u8;
+pub(crate) const OP_COPY: u8 = uapi::MEMREG_OP_COPY as u8;
+pub(crate) const OP_FENCE: u8 = uapi::MEMREG_OP_FENCE as u8;
+pub(crate) const OP_DEREGISTER: u8 = uapi::MEMREG_OP_DEREGISTER as u8;
+pub(crate) const QUEUE_NEED_WAKEUP: u32 = uapi::MEMREG_QUEUE_NEED_WAKEUP;
+pub(crate) const QUEUE_CQ_FULL: u32 = uapi::MEMREG_QUEUE_CQ_FULL;
 pub(crate) const MAX_IDLE_MS: u64 = uapi::MEMREG_MAX_IDLE_MS as u64;
 pub(crate) const COPY_TO_REGION: u32 = uapi::MEMREG_COPY_TO_REGION;
 pub(crate) const COPY_FROM_REGION: u32 = uapi::MEMREG_COPY_FROM_REGION;
@@ -80,6 +103,12 @@ pub(crate) type Event = uapi::memreg_event;
 pub(crate) type EventsSetup = uapi::memreg_events_setup;
 pub(crate) type ResyncEntry = uapi::memreg_resync_entry;
 pub(crate) type EventsResync = uapi::memreg_events_resync;
+pub(crate) type Sqe = uapi::memreg_sqe;
+pub(crate) type SqSlot = uapi::memreg_sq_slot;
+pub(crate) type Cqe = uapi::memreg_cqe;
+pub(crate) type QueueCreate = uapi::memreg_queue_create;
+pub(crate) type Doorbell = uapi::memreg_doorbell;
+pub(crate) type QueueStats = uapi::memreg_queue_stats;
 
 pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
 pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
@@ -93,6 +122,9 @@ pub(crate) const IOC_SET_CACHE: u32 = _IOW::<CacheConfig>(MAGIC, 0x08);
 pub(crate) const IOC_FLUSH: u32 = _IOWR::<Flush>(MAGIC, 0x09);
 pub(crate) const IOC_EVENTS_SETUP: u32 = _IOWR::<EventsSetup>(MAGIC, 0x0a);
 pub(crate) const IOC_EVENTS_RESYNC: u32 = _IOWR::<EventsResync>(MAGIC, 0x0b);
+pub(crate) const IOC_QUEUE_CREATE: u32 = _IOWR::<QueueCreate>(MAGIC, 0x0c);
+pub(crate) const IOC_DOORBELL: u32 = _IOW::<Doorbell>(MAGIC, 0x0d);
+pub(crate) const IOC_QUEUE_STATS: u32 = _IOR::<QueueStats>(MAGIC, 0x0e);
 
 /// Fails with `EINVAL` unless every reserved word is zero.
 pub(crate) fn check_reserved(words: &[u64]) -> Result {
@@ -101,6 +133,18 @@ pub(crate) fn check_reserved(words: &[u64]) -> Result {
     } else {
         Err(EINVAL)
     }
+}
+
+/// The descriptor whose bytes are the seven words `words`, as they lie in
+/// memory (a submission slot after its sequence).
+pub(crate) fn sqe_from_words(words: &[u64; 7]) -> Sqe {
+    let mut bytes = [0u8; 56];
+    for (i, w) in words.iter().enumerate() {
+        if let Some(chunk) = bytes.get_mut(i * 8..i * 8 + 8) {
+            chunk.copy_from_slice(&w.to_ne_bytes());
+        }
+    }
+    Sqe::from_bytes_copy(&bytes).unwrap_or_else(zeroed)
 }
 
 /// A zeroed structure of the ABI, to fill in before copying it out.
@@ -154,6 +198,19 @@ mod tests {
         assert_eq!(EVICT_SHRINKER, 3);
         assert_eq!(EVICT_FLUSH, 4);
         assert_eq!(EVICT_NR_REASONS, 5);
+    }
+
+    #[test]
+    fn a_descriptor_is_read_from_its_words() {
+        let mut first = [0u8; 8];
+        first[0] = OP_COPY;
+        let words = [u64::from_ne_bytes(first), 7, 1, 2, 3, 4, 5];
+        let sqe = sqe_from_words(&words);
+        assert_eq!(sqe.opcode, OP_COPY);
+        assert_eq!(sqe.flags, 0);
+        assert_eq!(sqe.user_data, 7);
+        assert_eq!(sqe.key, 1);
+        assert_eq!(sqe.length, 5);
     }
 
     #[test]

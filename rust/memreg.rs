@@ -27,8 +27,10 @@ mod defs;
 mod error;
 mod events;
 mod key;
+mod queue;
 mod registration;
 mod stats;
+mod worker;
 
 use context::{table::CacheConfig, Context};
 use stats::{GLOBAL_CONTEXTS, GLOBAL_PINNED, GLOBAL_REGISTRATIONS};
@@ -167,7 +169,10 @@ impl MiscDevice for Context {
             | defs::IOC_SET_CACHE
             | defs::IOC_EVENTS_SETUP
             | defs::IOC_EVENTS_RESYNC
-            | defs::IOC_FLUSH => {
+            | defs::IOC_FLUSH
+            | defs::IOC_QUEUE_CREATE
+            | defs::IOC_DOORBELL
+            | defs::IOC_QUEUE_STATS => {
                 me.check_owner()?;
                 me.touch();
             }
@@ -218,6 +223,16 @@ impl MiscDevice for Context {
                 let mut req: defs::Flush = reader.read()?;
                 me.flush(&mut req)?;
                 writer.write(&req)?;
+            }
+            defs::IOC_QUEUE_CREATE => {
+                let mut req: defs::QueueCreate = reader.read()?;
+                me.queue_create(&mut req, |req| writer.write(req))?;
+            }
+            defs::IOC_DOORBELL => {
+                me.doorbell(&reader.read()?)?;
+            }
+            defs::IOC_QUEUE_STATS => {
+                writer.write(&me.queue_stats())?;
             }
             _ => return Err(ENOTTY),
         }

@@ -466,6 +466,10 @@ impl Registration {
     pub(crate) fn unpublish(t: &mut RegistrationTable, seq: u64) -> Option<Arc<Self>> {
         let this = t.remove(seq)?;
         this.unpark(t);
+        // Out of the worker's shadow before the event that ended it returns. Not the last
+        // reference (`this` is another), so nothing is freed here.
+        let shadowed = this.ctx.data.shadow.lock().remove(this.info.keys.lkey);
+        drop(shadowed);
         // The state word tells user space before the event that ended it returns.
         if let Some((slot, generation)) = this.table_state.access_mut(t).slot.take() {
             if let Some(slots) = t.slots.as_mut() {

@@ -69,4 +69,19 @@ plain_data! {
     memreg_events_setup { entries, eventfd, ring_bytes, reserved },
     memreg_resync_entry { key, addr, length, state, slot },
     memreg_events_resync { entries, capacity, count, reserved },
+    memreg_sqe {
+        opcode, flags, reserved0, reserved1, user_data, key, offset, src_key, src_offset, length,
+    },
+    memreg_sq_slot { seq, sqe },
+    memreg_sq_user { insert, cq_head, cq_arm, reserved },
+    memreg_cq_ring { sq_head, cq_tail, flags, sq_entries, cq_entries, reserved },
+    memreg_cqe { user_data, bytes, status, reserved0, reserved },
+    memreg_master_ring { tail, flags, overflows, reserved },
+    memreg_master_user { head, arm, reserved },
+    memreg_queue_create { sq_entries, cq_entries, eventfd, queue, sq_bytes, cq_bytes, reserved },
+    memreg_doorbell { queue, reserved },
+    memreg_queue_stats {
+        requests, completions, errors, doorbells, wakeups, batches, batch_max, batch_limit,
+        poll_us, cq_full_stalls, shadow_hits, shadow_misses, master_overflows, reserved,
+    },
 }

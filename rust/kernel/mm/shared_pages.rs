@@ -21,7 +21,7 @@ use crate::{
     mm::virt::{flags, VmaNew, VmaRef},
     page::{Page, PAGE_SIZE},
     prelude::*,
-    sync::atomic::{Acquire, Atomic, Relaxed, Release},
+    sync::atomic::{Acquire, Atomic, Full, Relaxed, Release},
 };
 
 /// The page offset a mapping was requested at (`vm_pgoff`): which area of
@@ -55,6 +55,8 @@ pub fn vma_pgoff(vma: &VmaRef) -> usize {
 /// assert_eq!(shared.load_u64(512), Some(0xfeed));
 /// assert!(shared.store_u32(1, 7));
 /// assert_eq!(shared.load_u32(1), Some(7));
+/// assert_eq!(shared.xchg_u32(1, 0), Some(7));
+/// assert_eq!(shared.load_u32(1), Some(0));
 /// // Out of bounds is refused, not written.
 /// assert!(!shared.store_u64(1024, 1));
 /// assert_eq!(shared.load_u64(1024), None);
@@ -156,6 +158,17 @@ impl SharedPages {
     /// may have written, if it maps these pages writable: validate it).
     pub fn load_u32(&self, index: usize) -> Option<u32> {
         self.word32(index).map(|w| w.load(Acquire))
+    }
+
+    /// Exchanges the `index`-th `u32` for `value` (full ordering) and
+    /// returns what was there, or `None` when out of bounds. Never sleeps.
+    pub fn xchg_u32(&self, index: usize, value: u32) -> Option<u32> {
+        self.word32(index).map(|w| w.xchg(value, Full))
+    }
+
+    /// Loads the `index`-th `u64` without ordering.
+    pub fn load_u64_relaxed(&self, index: usize) -> Option<u64> {
+        self.word64(index).map(|w| w.load(Relaxed))
     }
 
     /// Copies `src` to byte `offset`, both multiples of 8, as relaxed atomic

@@ -1,0 +1,439 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Queues of the data path: a submission ring (the seed's token table) that
+//! any number of user threads post into without a lock, and a completion
+//! ring the context's worker writes; and the context's master ring, which
+//! names the queues with new completions.
+//!
+//! Each ring is kernel pages mapped into the process
+//! ([`SharedPages`]): what user space writes (the submission slots, its
+//! completion head and arm word) in one read-write mapping per queue, what
+//! the kernel writes (the heads and tails it publishes, its flags, the
+//! completions) in one read-only mapping. Everything the kernel reads from
+//! the read-write pages is untrusted: a descriptor is copied out once and
+//! only the copy is validated and used, and an index that makes no sense
+//! reads as "not ready" or "full". The protocols and their barriers are in
+//! `include/uapi/linux/memreg.h`.
+//!
+//! Only the context's worker takes descriptors and writes completions (a
+//! work item never runs twice at once), so the kernel-side indexes are
+//! atomics written by one thread and read by `poll` and the ioctls.
+
+use crate::{defs, events::Waiters};
+use kernel::{
+    eventfd::EventFd,
+    mm::shared_pages::SharedPages,
+    page::PAGE_SIZE,
+    prelude::*,
+    sync::{
+        atomic::{Atomic, Relaxed, Release},
+        barrier::{smp_mb, Full},
+        Arc,
+    },
+    transmute::AsBytes,
+};
+
+/// Bytes of a submission slot.
+const SLOT_BYTES: usize = core::mem::size_of::<defs::SqSlot>();
+/// Bytes of a completion.
+const CQE_BYTES: usize = core::mem::size_of::<defs::Cqe>();
+
+// Word indexes in the read-write mapping (`struct memreg_sq_user`).
+/// `insert`, a `u64`.
+const SQ_INSERT: usize = 0;
+/// `cq_head`, a `u32`.
+const SQ_CQ_HEAD: usize = 2;
+/// `cq_arm`, a `u32`.
+const SQ_CQ_ARM: usize = 3;
+
+// Word indexes in the read-only mapping (`struct memreg_cq_ring`).
+/// `sq_head`, a `u64`.
+const CQ_SQ_HEAD: usize = 0;
+/// `cq_tail`, a `u32`.
+const CQ_TAIL: usize = 2;
+/// `flags`, a `u32`.
+const CQ_FLAGS: usize = 3;
+/// `sq_entries`, a `u32`.
+const CQ_SQ_ENTRIES: usize = 4;
+/// `cq_entries`, a `u32`.
+const CQ_CQ_ENTRIES: usize = 5;
+
+// Word indexes of the master ring.
+/// `tail`, a `u32` of the read-only page.
+const MASTER_TAIL: usize = 0;
+/// `flags`, a `u32` of the read-only page.
+const MASTER_FLAGS: usize = 1;
+/// `overflows`, a `u64` of the read-only page.
+const MASTER_OVERFLOWS: usize = 1;
+/// `head`, a `u32` of the read-write page.
+const MASTER_HEAD: usize = 0;
+/// `arm`, a `u32` of the read-write page.
+const MASTER_ARM: usize = 1;
+
+/// The bytes of a mapping holding a 64-byte header and `entries` entries of
+/// `size` bytes, in whole pages.
+fn area_bytes(entries: u32, size: usize) -> usize {
+    (64 + entries as usize * size).next_multiple_of(PAGE_SIZE)
+}
+
+/// One queue: its two rings.
+pub(crate) struct Queue {
+    /// Its index, `0..MEMREG_MAX_QUEUES`.
+    pub(crate) index: u32,
+    /// What user space writes: the submission slots, its completion head
+    /// and arm word.
+    pub(crate) user: Arc<SharedPages>,
+    /// What the kernel writes: the heads and tails it publishes, its flags,
+    /// the completions.
+    pub(crate) kernel: Arc<SharedPages>,
+    sq_entries: u32,
+    cq_entries: u32,
+    /// Signalled by armed completions.
+    eventfd: Option<EventFd>,
+    /// Submissions taken (the published `sq_head`).
+    sq_head: Atomic<u64>,
+    /// Completions written (the published `cq_tail`).
+    cq_tail: Atomic<u32>,
+    /// The published flags (`MEMREG_QUEUE_*`).
+    flags: Atomic<u32>,
+}
+
+/// The outcome of looking at a queue's next slot.
+pub(crate) enum Next {
+    /// A descriptor, copied out of the slot, which is free again.
+    Taken(defs::Sqe),
+    /// Nothing published there yet.
+    Empty,
+    /// The completion ring has no room: nothing was taken.
+    CqFull,
+}
+
+impl Queue {
+    /// The length of the read-write mapping of a queue of `sq_entries`.
+    pub(crate) fn sq_bytes(sq_entries: u32) -> usize {
+        area_bytes(sq_entries, SLOT_BYTES)
+    }
+
+    /// The length of the read-only mapping of a queue of `cq_entries`.
+    pub(crate) fn cq_bytes(cq_entries: u32) -> usize {
+        area_bytes(cq_entries, CQE_BYTES)
+    }
+
+    /// Creates queue `index`: sizes are powers of two, `1 ..=
+    /// MEMREG_MAX_SQ_ENTRIES` and `sq_entries ..= MEMREG_MAX_CQ_ENTRIES`
+    /// (else `EINVAL`). Its pages are charged to the caller.
+    pub(crate) fn new(
+        index: u32,
+        sq_entries: u32,
+        cq_entries: u32,
+        eventfd: Option<EventFd>,
+    ) -> Result<Self> {
+        if !sq_entries.is_power_of_two()
+            || sq_entries > defs::MAX_SQ_ENTRIES
+            || !cq_entries.is_power_of_two()
+            || cq_entries < sq_entries
+            || cq_entries > defs::MAX_CQ_ENTRIES
+        {
+            return Err(EINVAL);
+        }
+        let user = Arc::new(
+            SharedPages::new(Self::sq_bytes(sq_entries) / PAGE_SIZE)?,
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        let kernel = Arc::new(
+            SharedPages::new(Self::cq_bytes(cq_entries) / PAGE_SIZE)?,
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        // Slot `i` starts free for lap 0: its sequence is `i`.
+        for i in 0..sq_entries as usize {
+            user.store_u64(Self::seq_word(i), i as u64);
+        }
+        kernel.store_u32(CQ_SQ_ENTRIES, sq_entries);
+        kernel.store_u32(CQ_CQ_ENTRIES, cq_entries);
+        // No worker runs yet: a poster rings the doorbell.
+        kernel.store_u32(CQ_FLAGS, defs::QUEUE_NEED_WAKEUP);
+        Ok(Self {
+            index,
+            user,
+            kernel,
+            sq_entries,
+            cq_entries,
+            eventfd,
+            sq_head: Atomic::new(0),
+            cq_tail: Atomic::new(0),
+            flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
+        })
+    }
+
+    /// The `u64` index of the sequence of slot `i`.
+    fn seq_word(i: usize) -> usize {
+        (defs::SQ_SLOTS_OFFSET + i * SLOT_BYTES) / 8
+    }
+
+    /// Publishes `flags`.
+    fn set_flags(&self, flags: u32) {
+        if self.flags.load(Relaxed) != flags {
+            self.flags.store(flags, Relaxed);
+            self.kernel.store_u32(CQ_FLAGS, flags);
+        }
+    }
+
+    /// Says the worker is awake (clears `MEMREG_QUEUE_NEED_WAKEUP`).
+    pub(crate) fn wake(&self) {
+        self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_NEED_WAKEUP);
+    }
+
+    /// Says the worker goes to sleep: sets `MEMREG_QUEUE_NEED_WAKEUP`, then
+    /// a full barrier, then returns whether a descriptor is ready after all
+    /// (the worker must then not sleep). Pairs with the poster's barrier
+    /// between publishing a slot and reading the flags.
+    pub(crate) fn sleep(&self) -> bool {
+        self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_NEED_WAKEUP);
+        smp_mb(Full);
+        self.ready()
+    }
+
+    /// Whether the next slot is published and the completion ring has room
+    /// for its completion.
+    pub(crate) fn ready(&self) -> bool {
+        let head = self.sq_head.load(Relaxed);
+        let slot = (head & u64::from(self.sq_entries - 1)) as usize;
+        self.user.load_u64(Self::seq_word(slot)) == Some(head.wrapping_add(1)) && self.cq_room()
+    }
+
+    /// Whether the completion ring has room for one more completion. A head
+    /// that makes no sense reads as full.
+    fn cq_room(&self) -> bool {
+        let head = self.user.load_u32(SQ_CQ_HEAD).unwrap_or(0);
+        self.cq_tail.load(Relaxed).wrapping_sub(head) < self.cq_entries
+    }
+
+    /// Submissions posted and not taken, as far as the untrusted insert
+    /// index says, at most the ring's size.
+    pub(crate) fn backlog(&self) -> u32 {
+        let insert = self.user.load_u64(SQ_INSERT).unwrap_or(0);
+        let pending = insert.wrapping_sub(self.sq_head.load(Relaxed));
+        pending.min(u64::from(self.sq_entries)) as u32
+    }
+
+    /// Whether a poster would find the submission ring full now.
+    pub(crate) fn sq_full(&self) -> bool {
+        let insert = self.user.load_u64(SQ_INSERT).unwrap_or(0);
+        insert.wrapping_sub(self.sq_head.load(Relaxed)) >= u64::from(self.sq_entries)
+    }
+
+    /// Whether the queue is stopped for a full completion ring.
+    pub(crate) fn cq_full(&self) -> bool {
+        self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0
+    }
+
+    /// Whether completions wait for the reader.
+    pub(crate) fn cq_pending(&self) -> bool {
+        let head = self.user.load_u32(SQ_CQ_HEAD).unwrap_or(0);
+        head != self.cq_tail.load(Relaxed)
+    }
+
+    /// Takes the next descriptor: copies it out of its slot once, frees the
+    /// slot for the next lap and publishes the new head. Only when the
+    /// completion ring has room for its completion. Worker only.
+    pub(crate) fn take(&self) -> Next {
+        if !self.cq_room() {
+            self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
+            return Next::CqFull;
+        }
+        if self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0 {
+            self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_CQ_FULL);
+        }
+        let head = self.sq_head.load(Relaxed);
+        let slot = (head & u64::from(self.sq_entries - 1)) as usize;
+        let seq_word = Self::seq_word(slot);
+        // Acquire: the descriptor the poster wrote before publishing.
+        if self.user.load_u64(seq_word) != Some(head.wrapping_add(1)) {
+            return Next::Empty;
+        }
+        let mut words = [0u64; 7];
+        for (i, w) in words.iter_mut().enumerate() {
+            *w = self.user.load_u64_relaxed(seq_word + 1 + i).unwrap_or(0);
+        }
+        // The one copy: the slot may change under us from now on.
+        let sqe = defs::sqe_from_words(&words);
+        // Release: our reads of the slot happen before a poster of the next lap may write it.
+        self.user
+            .store_u64(seq_word, head.wrapping_add(u64::from(self.sq_entries)));
+        let head = head.wrapping_add(1);
+        self.sq_head.store(head, Relaxed);
+        self.kernel.store_u64(CQ_SQ_HEAD, head);
+        Next::Taken(sqe)
+    }
+
+    /// Writes a completion and publishes it; wakes `waiters` and signals the
+    /// eventfd if the ring was armed. The caller made sure there is room
+    /// ([`Queue::take`]). Worker only.
+    pub(crate) fn complete(&self, cqe: &defs::Cqe, waiters: &Waiters) {
+        let tail = self.cq_tail.load(Relaxed);
+        let index = (tail & (self.cq_entries - 1)) as usize;
+        self.kernel
+            .write_words(defs::CQ_ENTRIES_OFFSET + index * CQE_BYTES, cqe.as_bytes());
+        let tail = tail.wrapping_add(1);
+        self.cq_tail.store(tail, Release);
+        // Release: the entry before the tail that covers it.
+        self.kernel.store_u32(CQ_TAIL, tail);
+        if self.user.load_u32(SQ_CQ_ARM).unwrap_or(0) != 0
+            && self.user.xchg_u32(SQ_CQ_ARM, 0).unwrap_or(0) != 0
+        {
+            waiters.cv.notify_all();
+            if let Some(eventfd) = &self.eventfd {
+                eventfd.signal();
+            }
+        }
+    }
+}
+
+/// The master ring: the queues with new completions, in order.
+pub(crate) struct Master {
+    /// The header and the entries, read-only to user space.
+    pub(crate) ring: Arc<SharedPages>,
+    /// The reader's head and arm word.
+    pub(crate) user: Arc<SharedPages>,
+    tail: Atomic<u32>,
+    overflows: Atomic<u64>,
+}
+
+impl Master {
+    /// The length of the read-only mapping.
+    pub(crate) fn ring_bytes() -> usize {
+        area_bytes(defs::MASTER_ENTRIES, 4)
+    }
+
+    /// Creates an empty master ring, charged to the caller.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            ring: Arc::new(
+                SharedPages::new(Self::ring_bytes() / PAGE_SIZE)?,
+                GFP_KERNEL_ACCOUNT,
+            )?,
+            user: Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?,
+            tail: Atomic::new(0),
+            overflows: Atomic::new(0),
+        })
+    }
+
+    /// Whether entries wait for the reader.
+    pub(crate) fn pending(&self) -> bool {
+        self.user.load_u32(MASTER_HEAD).unwrap_or(0) != self.tail.load(Relaxed)
+    }
+
+    /// Names queue `index` as having new completions, or counts an
+    /// overflow when the ring is full; wakes `waiters` if armed. Returns
+    /// whether it overflowed. Worker only.
+    pub(crate) fn push(&self, index: u32, waiters: &Waiters) -> bool {
+        let head = self.user.load_u32(MASTER_HEAD).unwrap_or(0);
+        let tail = self.tail.load(Relaxed);
+        let overflowed = tail.wrapping_sub(head) >= defs::MASTER_ENTRIES;
+        if overflowed {
+            let n = self.overflows.load(Relaxed).saturating_add(1);
+            self.overflows.store(n, Relaxed);
+            self.ring.store_u64(MASTER_OVERFLOWS, n);
+            self.ring.store_u32(MASTER_FLAGS, defs::EVENTS_OVERFLOW);
+        } else {
+            let at = (tail & (defs::MASTER_ENTRIES - 1)) as usize;
+            self.ring
+                .store_u32(defs::MASTER_ENTRIES_OFFSET / 4 + at, index);
+            let tail = tail.wrapping_add(1);
+            self.tail.store(tail, Relaxed);
+            // Release: the entry before the tail that covers it.
+            self.ring.store_u32(MASTER_TAIL, tail);
+        }
+        if self.user.load_u32(MASTER_ARM).unwrap_or(0) != 0
+            && self.user.xchg_u32(MASTER_ARM, 0).unwrap_or(0) != 0
+        {
+            waiters.cv.notify_all();
+        }
+        overflowed
+    }
+}
+
+#[kunit_tests(memreg_queue)]
+mod tests {
+    use super::*;
+
+    fn post(q: &Queue, pos: u64, words: [u64; 7]) {
+        let slot = (pos & u64::from(q.sq_entries - 1)) as usize;
+        for (i, w) in words.iter().enumerate() {
+            q.user.store_u64(Queue::seq_word(slot) + 1 + i, *w);
+        }
+        q.user.store_u64(Queue::seq_word(slot), pos + 1);
+        q.user.store_u64(SQ_INSERT, pos + 1);
+    }
+
+    #[test]
+    fn a_published_slot_is_taken_once_and_freed_for_the_next_lap() -> Result {
+        let q = Queue::new(0, 2, 2, None)?;
+        let waiters = Waiters::new()?;
+        assert!(matches!(q.take(), Next::Empty));
+        // opcode 1 (COPY) in the first byte, user_data 42.
+        post(&q, 0, [1, 42, 0, 0, 0, 0, 0]);
+        assert_eq!(q.backlog(), 1);
+        let Next::Taken(sqe) = q.take() else {
+            return Err(EINVAL);
+        };
+        assert_eq!(sqe.opcode, 1);
+        assert_eq!(sqe.user_data, 42);
+        // Freed for lap 1 (2 entries): its sequence is 0 + 2.
+        assert_eq!(q.user.load_u64(Queue::seq_word(0)), Some(2));
+        assert_eq!(q.kernel.load_u64(CQ_SQ_HEAD), Some(1));
+        assert!(matches!(q.take(), Next::Empty));
+        let mut cqe: defs::Cqe = defs::zeroed();
+        cqe.user_data = 42;
+        q.complete(&cqe, &waiters);
+        assert_eq!(q.kernel.load_u32(CQ_TAIL), Some(1));
+        assert_eq!(q.kernel.load_u64(defs::CQ_ENTRIES_OFFSET / 8), Some(42));
+        Ok(())
+    }
+
+    #[test]
+    fn a_full_completion_ring_stops_taking() -> Result {
+        let q = Queue::new(0, 1, 1, None)?;
+        let waiters = Waiters::new()?;
+        let cqe: defs::Cqe = defs::zeroed();
+        post(&q, 0, [0; 7]);
+        assert!(matches!(q.take(), Next::Taken(_)));
+        q.complete(&cqe, &waiters);
+        post(&q, 1, [0; 7]);
+        // One completion unread in a ring of one: nothing is taken.
+        assert!(matches!(q.take(), Next::CqFull));
+        assert_ne!(
+            q.kernel.load_u32(CQ_FLAGS).unwrap_or(0) & defs::QUEUE_CQ_FULL,
+            0
+        );
+        // The reader consumes it: the request is taken.
+        q.user.store_u32(SQ_CQ_HEAD, 1);
+        assert!(matches!(q.take(), Next::Taken(_)));
+        // A head that makes no sense reads as full.
+        q.complete(&cqe, &waiters);
+        q.user.store_u32(SQ_CQ_HEAD, 100);
+        assert!(!q.cq_room());
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_in_a_slot_is_not_taken() -> Result {
+        let q = Queue::new(0, 4, 4, None)?;
+        // A sequence from another lap, or from the future.
+        q.user.store_u64(Queue::seq_word(0), 7);
+        assert!(matches!(q.take(), Next::Empty));
+        q.user.store_u64(SQ_INSERT, u64::MAX);
+        assert_eq!(q.backlog(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn sizes_are_checked() {
+        assert!(Queue::new(0, 0, 1, None).is_err());
+        assert!(Queue::new(0, 3, 4, None).is_err());
+        assert!(Queue::new(0, 4, 2, None).is_err());
+        assert!(Queue::new(0, defs::MAX_SQ_ENTRIES * 2, defs::MAX_CQ_ENTRIES, None).is_err());
+        assert_eq!(Queue::sq_bytes(64), 2 * PAGE_SIZE);
+        assert_eq!(Queue::cq_bytes(1), PAGE_SIZE);
+    }
+}
