@@ -3,9 +3,9 @@
 //! The error of a memreg operation.
 //!
 //! An operation fails with one [`MemregError`]. Through an ioctl it reaches
-//! user space as an errno; through the request rings (later) it becomes the
-//! status of a completion, the same number negated, so a program reads one
-//! vocabulary of failures whichever way it asked. The errors each operation
+//! user space as an errno; through the request rings it becomes the status of
+//! a completion, the same number negated, so a program reads one vocabulary
+//! of failures whichever way it asked. The errors each operation
 //! returns are listed in `Documentation/memreg.rst`.
 
 use kernel::{alloc::AllocError, prelude::*};
@@ -17,11 +17,6 @@ pub(crate) struct MemregError(Error);
 impl MemregError {
     /// The completion status a request on a ring reports: the negative
     /// errno.
-    // TODO(rings): used by the completion rings of the data path.
-    #[allow(
-        dead_code,
-        reason = "the request rings are the next step; used by the tests now"
-    )]
     pub(crate) fn status(self) -> i32 {
         self.0.to_errno()
     }
