@@ -119,9 +119,11 @@ impl Queue {
         area_bytes(cq_entries, CQE_BYTES)
     }
 
-    /// Creates queue `index`: sizes are powers of two, `1 ..=
-    /// MEMREG_MAX_SQ_ENTRIES` and `sq_entries ..= MEMREG_MAX_CQ_ENTRIES`
-    /// (else `EINVAL`). Its pages are charged to the caller.
+    /// Creates queue `index`: sizes are powers of two, `2 ..=
+    /// MEMREG_MAX_SQ_ENTRIES` (with one slot, a published slot and a slot
+    /// free for the next lap would have the same sequence) and `sq_entries
+    /// ..= MEMREG_MAX_CQ_ENTRIES` (else `EINVAL`). Its pages are charged to
+    /// the caller.
     pub(crate) fn new(
         index: u32,
         sq_entries: u32,
@@ -129,6 +131,7 @@ impl Queue {
         eventfd: Option<EventFd>,
     ) -> Result<Self> {
         if !sq_entries.is_power_of_two()
+            || sq_entries < 2
             || sq_entries > defs::MAX_SQ_ENTRIES
             || !cq_entries.is_power_of_two()
             || cq_entries < sq_entries
@@ -239,7 +242,12 @@ impl Queue {
     pub(crate) fn take(&self) -> Next {
         if !self.cq_room() {
             self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
-            return Next::CqFull;
+            // Pairs with the reader's barrier between storing its head and reading the flags:
+            // either it sees the flag and rings, or we see its head.
+            smp_mb(Full);
+            if !self.cq_room() {
+                return Next::CqFull;
+            }
         }
         if self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0 {
             self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_CQ_FULL);
@@ -430,6 +438,7 @@ mod tests {
     #[test]
     fn sizes_are_checked() {
         assert!(Queue::new(0, 0, 1, None).is_err());
+        assert!(Queue::new(0, 1, 1, None).is_err());
         assert!(Queue::new(0, 3, 4, None).is_err());
         assert!(Queue::new(0, 4, 2, None).is_err());
         assert!(Queue::new(0, defs::MAX_SQ_ENTRIES * 2, defs::MAX_CQ_ENTRIES, None).is_err());

@@ -11,9 +11,10 @@ cflags=(-static -O2 -g0 -Wall -Werror -D_GNU_SOURCE -pthread
 for src in "$MEMREG_TOP"/tests/guest/*.c "$MEMREG_TOP"/tests/*.c; do
 	[ -e "$src" ] || continue
 	bin=$out/$(basename "$src" .c)
-	if [ "$bin" -nt "$src" ] && [ "$bin" -nt "$MEMREG_TOP/include/uapi/linux/memreg.h" ] &&
-		[ "$bin" -nt "$MEMREG_TOP/tests/memreg_util.h" ]; then
-		continue
-	fi
+	fresh=1
+	for dep in "$src" "$MEMREG_TOP/include/uapi/linux/memreg.h" "$MEMREG_TOP"/tests/*.h; do
+		[ "$bin" -nt "$dep" ] || fresh=0
+	done
+	[ "$fresh" = 1 ] && continue
 	gcc "${cflags[@]}" -o "$bin" "$src" -lm || die "cannot compile $src"
 done

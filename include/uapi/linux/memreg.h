@@ -472,9 +472,11 @@ struct memreg_events_resync {
  * takes a descriptor only when the completion ring has room for it
  * (cq_tail - cq_head < cq_entries, a head that makes no sense reading as
  * full): otherwise it sets MEMREG_QUEUE_CQ_FULL and MEMREG_QUEUE_NEED_WAKEUP
- * and stops taking from that queue; the reader, after moving its head, rings
- * the doorbell when MEMREG_QUEUE_CQ_FULL is set. A completion is never
- * dropped, overwritten or duplicated.
+ * and stops taking from that queue (it sets the flags, issues a full barrier
+ * and looks at cq_head once more before it stops); the reader, after storing
+ * its head, issues a full barrier and rings the doorbell when
+ * MEMREG_QUEUE_CQ_FULL is set. A completion is never dropped, overwritten or
+ * duplicated.
  *
  * Arming: storing a nonzero cq_arm (or the master's arm) asks for one
  * wake-up: the next completion of that ring clears the arm word, wakes
@@ -628,7 +630,9 @@ struct memreg_master_user {
 
 /**
  * struct memreg_queue_create - create a queue (MEMREG_IOC_QUEUE_CREATE)
- * @sq_entries: in: a power of two, 1 .. MEMREG_MAX_SQ_ENTRIES
+ * @sq_entries: in: a power of two, 2 .. MEMREG_MAX_SQ_ENTRIES (with one
+ *              slot, "published" and "free for the next lap" would be the
+ *              same sequence)
  * @cq_entries: in: a power of two, @sq_entries .. MEMREG_MAX_CQ_ENTRIES
  * @eventfd:    in: an eventfd signalled by armed completions, or -1
  * @queue:      out: the queue's index, 0 .. MEMREG_MAX_QUEUES - 1

@@ -1,0 +1,2422 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * memreg kselftests: the data path (queues, submission and completion
+ * rings, the master ring, the doorbell and the queue counters), through the
+ * small library in memreg_ring.h.
+ *
+ * - QUEUE_CREATE: sizes, eventfd and reserved checks, indexes 0, 1, 2, ...,
+ *   mapping lengths, MEMREG_MAX_QUEUES, owner only;
+ * - the mappings: which may be written, lengths, unknown queues, the fresh
+ *   state of the rings;
+ * - the requests: NOP, COPY (rights, keys, bounds), FENCE, DEREGISTER, and
+ *   every field a request must leave zero;
+ * - registrations that end under the requests: -ENOENT, and memory mapped
+ *   at the same address afterwards never written;
+ * - the doorbell rule, the sleeping worker, batches;
+ * - backpressure: a full submission ring, a full completion ring (the
+ *   worker stops, overwrites nothing, continues after the doorbell);
+ * - many posting threads into one queue: every completion exactly once, in
+ *   each thread's order;
+ * - arming: poll/epoll and the queue's eventfd; the master ring; POLLOUT;
+ * - garbage written into the shared areas;
+ * - teardown with requests in flight, and by SIGKILL.
+ *
+ * Buffers are private anonymous memory with MADV_NOHUGEPAGE, so that no
+ * huge page split suspends a registration under a test. Run as root, with
+ * no other memreg file open.
+ */
+#include <poll.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/eventfd.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "memreg_util.h"
+#include "memreg_ring.h"
+
+#include "kselftest_harness.h"
+
+#define QSQ		64	/* the fixture's queue */
+#define QCQ		256
+#define BUF_PAGES	16	/* the fixture's buffers */
+#define BUF_LEN		(BUF_PAGES * PAGE)
+
+/* How long "nothing happens" is watched for. */
+#define QUIET_MS	300
+
+/* ---- Helpers ---- */
+
+/*
+ * Maps `len` bytes of private anonymous memory filled with `fill`, with
+ * small pages only.
+ */
+static char *map_buf(size_t len, int fill)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, fill, len);
+	return p;
+}
+
+/* Fresh memory at `addr` (MAP_FIXED over whatever was there), filled with `fill`. */
+static char *map_fixed(void *addr, size_t len, int fill)
+{
+	char *p = mmap(addr, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, fill, len);
+	return p;
+}
+
+/* mmap of the file; 0 (the mapping is removed again) or -errno. */
+static int try_mmap(int fd, size_t len, int prot, int flags, off_t offset)
+{
+	void *p = mmap(NULL, len, prot, flags, fd, offset);
+
+	if (p == MAP_FAILED)
+		return -errno;
+	munmap(p, len);
+	return 0;
+}
+
+/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
+static int wait_exit(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		return 255;
+	return WEXITSTATUS(status);
+}
+
+/* Waits for `pid`; returns the signal that killed it, or 0. */
+static int wait_signal(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
+		return 0;
+	return WTERMSIG(status);
+}
+
+/* No core file for the children that are meant to fault. */
+static void no_core(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	setrlimit(RLIMIT_CORE, &rl);
+}
+
+/* The counter of a non-blocking eventfd, reset by reading it (0 when it is 0). */
+static __u64 efd_count(int efd)
+{
+	uint64_t v = 0;
+
+	if (read(efd, &v, sizeof(v)) != sizeof(v))
+		return 0;
+	return v;
+}
+
+/* poll() of `events` with timeout 0: the returned events, 0, or -1 on error. */
+static int poll_now(int fd, short events)
+{
+	struct pollfd p = { .fd = fd, .events = events };
+	int n = poll(&p, 1, 0);
+
+	if (n < 0)
+		return -1;
+	return n ? p.revents : 0;
+}
+
+/* A context that never evicts for idleness and parks (1024 at most). */
+static int open_ctx(void)
+{
+	struct memreg_cache_config c = { .parking = 1, .max_parked = 1024,
+					 .max_parked_pages = 262144, .idle_ms = 0 };
+	int fd = memreg_open();
+
+	if (fd < 0)
+		return -1;
+	if (mr_set_cache(fd, &c)) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* Waits until no memreg file is open and nothing is pinned; `base` gets what is left. */
+static void settle(struct memreg_global_stats *base)
+{
+	mr_wait_global(0, 0, 0);
+	if (mr_global_now(base))
+		memset(base, 0xff, sizeof(*base));
+}
+
+/* Waits up to `ms` for the module-wide counters to be back at `base`. */
+static int wait_baseline(const struct memreg_global_stats *base, int ms)
+{
+	struct memreg_global_stats g;
+	int i;
+
+	for (i = 0; i <= ms / 10; i++) {
+		if (mr_global_now(&g))
+			return -EIO;
+		if (g.contexts == base->contexts && g.regions == base->regions &&
+		    g.pages_pinned == base->pages_pinned)
+			return 0;
+		usleep(10000);
+	}
+	fprintf(stderr, "global: contexts %llu regions %llu pages %llu, want %llu %llu %llu\n",
+		(unsigned long long)g.contexts, (unsigned long long)g.regions,
+		(unsigned long long)g.pages_pinned, (unsigned long long)base->contexts,
+		(unsigned long long)base->regions, (unsigned long long)base->pages_pinned);
+	return -ETIMEDOUT;
+}
+
+/* Whether thread `tid` of this process is asleep ("S"). */
+static bool thread_sleeping(pid_t tid)
+{
+	char path[64], line[512], *p;
+	bool asleep = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (fgets(line, sizeof(line), f)) {
+		p = strrchr(line, ')');
+		asleep = p && p[1] == ' ' && p[2] == 'S';
+	}
+	fclose(f);
+	return asleep;
+}
+
+/* A thread blocked in poll(). */
+struct waiter {
+	int fd;
+	short events;
+	int timeout_ms;
+	pid_t tid;
+	int done;
+	int n;
+	short revents;
+	__u64 elapsed_us;
+	pthread_t th;
+};
+
+static void *poll_waiter(void *arg)
+{
+	struct waiter *w = arg;
+	struct pollfd p = { .fd = w->fd, .events = w->events };
+	__u64 t0;
+
+	__atomic_store_n(&w->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+	t0 = mrq_now_us();
+	w->n = poll(&p, 1, w->timeout_ms);
+	w->elapsed_us = mrq_now_us() - t0;
+	w->revents = p.revents;
+	__atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * Starts a thread polling `fd` for `events` (timeout `timeout_ms`) and waits
+ * until it sleeps; returns 0, or -1 if it could not start or already
+ * returned.
+ */
+static int start_waiter(struct waiter *w, int fd, short events, int timeout_ms)
+{
+	int i;
+
+	memset(w, 0, sizeof(*w));
+	w->fd = fd;
+	w->events = events;
+	w->timeout_ms = timeout_ms;
+	if (pthread_create(&w->th, NULL, poll_waiter, w))
+		return -1;
+	for (i = 0; i < 500 && !__atomic_load_n(&w->tid, __ATOMIC_ACQUIRE); i++)
+		usleep(10000);
+	for (i = 0; i < 500 && !thread_sleeping(w->tid); i++)
+		usleep(10000);
+	usleep(100000);
+	return __atomic_load_n(&w->done, __ATOMIC_ACQUIRE) ? -1 : 0;
+}
+
+static void expect_cqe(struct __test_metadata *_metadata, const struct memreg_cqe *c,
+		       __u64 user_data, int status, __u64 bytes)
+{
+	EXPECT_EQ(user_data, c->user_data);
+	EXPECT_EQ(status, c->status) TH_LOG("user_data %#llx: status %d, want %d",
+					    (unsigned long long)c->user_data, c->status, status);
+	EXPECT_EQ(bytes, c->bytes) TH_LOG("user_data %#llx", (unsigned long long)c->user_data);
+	EXPECT_EQ(0, c->reserved0);
+	EXPECT_EQ(0, c->reserved);
+}
+
+/* Posts `sqe`, reaps its completion and checks it. */
+static void run_expect(struct __test_metadata *_metadata, struct mrq *q,
+		       const struct memreg_sqe *sqe, int status, __u64 bytes)
+{
+	struct memreg_cqe c;
+
+	ASSERT_EQ(0, mrq_run(q, sqe, &c)) TH_LOG("opcode %u user_data %#llx", sqe->opcode,
+						 (unsigned long long)sqe->user_data);
+	expect_cqe(_metadata, &c, sqe->user_data, status, bytes);
+}
+
+/* Nothing more completes on `q` for QUIET_MS; cq_tail stays `tail`. */
+static void expect_quiet(struct __test_metadata *_metadata, const struct mrq *q, __u32 tail)
+{
+	usleep(QUIET_MS * 1000);
+	EXPECT_EQ(tail, mrq_cq_tail(q));
+}
+
+/* The time the worker may take to go back to sleep, in ms. */
+static int sleep_ms(int fd)
+{
+	struct memreg_queue_stats s;
+
+	if (mr_queue_stats(fd, &s))
+		return 2000;
+	return 2000 + (int)(s.poll_us / 1000);
+}
+
+/*
+ * Makes `q` (sq_entries == cq_entries == 4) stop for a full completion
+ * ring with a full submission ring: user_data 0..3 completed and not
+ * reaped, 4..7 posted and not taken.
+ */
+static void fill_both_rings(struct __test_metadata *_metadata, struct mrq *q)
+{
+	struct memreg_sqe s;
+	__u64 i;
+
+	ASSERT_EQ(4, q->sq_entries);
+	ASSERT_EQ(4, q->cq_entries);
+	for (i = 0; i < 4; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_post(q, &s, 5000));
+	}
+	ASSERT_EQ(0, mrq_wait_tail(q, 4, 5000));
+	for (i = 4; i < 8; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_post(q, &s, 5000)) TH_LOG("post %llu", (unsigned long long)i);
+	}
+	ASSERT_EQ(0, mrq_wait_flags(q, MEMREG_QUEUE_CQ_FULL, MEMREG_QUEUE_CQ_FULL, 5000))
+		TH_LOG("flags %#x", mrq_flags(q));
+	/* Then, its polling window over, it sleeps. */
+	EXPECT_EQ(0, mrq_wait_flags(q, ~0U, MEMREG_QUEUE_CQ_FULL | MEMREG_QUEUE_NEED_WAKEUP,
+				    sleep_ms(q->fd))) TH_LOG("flags %#x", mrq_flags(q));
+	EXPECT_EQ(4, mrq_sq_head(q));
+	EXPECT_EQ(4, mrq_cq_tail(q));
+}
+
+/* ---- The fixture: a context with one queue and two registered buffers ---- */
+
+FIXTURE(dp)
+{
+	int fd;
+	int efd;		/* the queue's eventfd, non-blocking */
+	struct mrq q;		/* queue 0: QSQ, QCQ */
+	struct mr_master m;
+	char *src, *dst;	/* BUF_LEN each, filled with 's' and 'd' */
+	struct memreg_register rs, rd;	/* both RW */
+};
+
+FIXTURE_SETUP(dp)
+{
+	self->efd = -1;
+	self->src = self->dst = NULL;
+	memset(&self->q, 0, sizeof(self->q));
+	memset(&self->m, 0, sizeof(self->m));
+	self->fd = open_ctx();
+	ASSERT_GE(self->fd, 0);
+	self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	ASSERT_GE(self->efd, 0);
+	ASSERT_EQ(0, mrq_open(self->fd, QSQ, QCQ, self->efd, &self->q));
+	ASSERT_EQ(0, self->q.index);
+	ASSERT_EQ(0, mr_master_map(self->fd, &self->m));
+	self->src = map_buf(BUF_LEN, 's');
+	self->dst = map_buf(BUF_LEN, 'd');
+	ASSERT_NE(NULL, self->src);
+	ASSERT_NE(NULL, self->dst);
+	ASSERT_EQ(0, mr_register(self->fd, self->src, BUF_LEN, RW, &self->rs));
+	ASSERT_EQ(0, mr_register(self->fd, self->dst, BUF_LEN, RW, &self->rd));
+	ASSERT_EQ((__u64)(unsigned long)self->src, self->rs.region_addr);
+	ASSERT_EQ((__u64)(unsigned long)self->dst, self->rd.region_addr);
+}
+
+FIXTURE_TEARDOWN(dp)
+{
+	mrq_unmap(&self->q);
+	mr_master_unmap(&self->m);
+	if (self->fd >= 0)
+		close(self->fd);
+	if (self->efd >= 0)
+		close(self->efd);
+	if (self->src)
+		munmap(self->src, BUF_LEN);
+	if (self->dst)
+		munmap(self->dst, BUF_LEN);
+}
+
+/* Consumes every completion, every master entry and the eventfd's count. */
+static void drain(FIXTURE_DATA(dp) *self)
+{
+	mrq_reap(&self->q, NULL, ~0U);
+	mr_master_set_head(&self->m, mr_master_tail(&self->m));
+	efd_count(self->efd);
+}
+
+/* ---- QUEUE_CREATE ---- */
+
+TEST(queue_create_refuses_bad_arguments)
+{
+	static const struct { __u32 sq, cq; } bad[] = {
+		{ 0, 0 }, { 0, 1 }, { 3, 4 }, { 4, 2 }, { 4, 6 }, { 1, 0 }, { 2, 1 },
+		{ 1, 3 }, { 6, 8 }, { MEMREG_MAX_SQ_ENTRIES * 2, MEMREG_MAX_CQ_ENTRIES },
+		{ 4, MEMREG_MAX_CQ_ENTRIES * 2 }, { 0x80000000u, 0x80000000u },
+		{ MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_SQ_ENTRIES / 2 },
+	};
+	struct memreg_queue_create c;
+	int fd = open_ctx(), pfd[2], closed, efd;
+	size_t i;
+
+	ASSERT_GE(fd, 0);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		EXPECT_EQ(-EINVAL, mrq_create(fd, bad[i].sq, bad[i].cq, -1, &c))
+			TH_LOG("sq %u cq %u", bad[i].sq, bad[i].cq);
+	}
+	/* The eventfd: a file that is not one, a number that is no file. */
+	ASSERT_EQ(0, pipe(pfd));
+	EXPECT_EQ(-EINVAL, mrq_create(fd, 4, 4, pfd[0], &c));
+	EXPECT_EQ(-EINVAL, mrq_create(fd, 4, 4, fd, &c));
+	closed = dup(pfd[1]);
+	ASSERT_GE(closed, 0);
+	close(closed);
+	EXPECT_EQ(-EBADF, mrq_create(fd, 4, 4, closed, &c));
+	i = -mrq_create(fd, 4, 4, -2, &c);
+	EXPECT_TRUE(i == EBADF || i == EINVAL) TH_LOG("eventfd -2: %zu", i);
+	/* Reserved fields. */
+	memset(&c, 0, sizeof(c));
+	c.sq_entries = c.cq_entries = 4;
+	c.eventfd = -1;
+	c.reserved[0] = 1;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_QUEUE_CREATE, &c));
+	EXPECT_EQ(EINVAL, errno);
+	c.reserved[0] = 0;
+	c.reserved[1] = 1ULL << 63;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_QUEUE_CREATE, &c));
+	EXPECT_EQ(EINVAL, errno);
+
+	/* Nothing was created: no master ring, no queue 0. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+				    MEMREG_MMAP_MASTER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
+
+	/* The first good one is queue 0, with an eventfd or without. */
+	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	ASSERT_GE(efd, 0);
+	/* A one-slot submission ring is refused: published and free would look alike. */
+	EXPECT_EQ(-EINVAL, mrq_create(fd, 1, 1, -1, &c));
+	EXPECT_EQ(-EINVAL, mrq_create(fd, 1, 2, -1, &c));
+	ASSERT_EQ(0, mrq_create(fd, 2, 2, -1, &c));
+	EXPECT_EQ(0, c.queue);
+	EXPECT_EQ(2, c.sq_entries);
+	EXPECT_EQ(2, c.cq_entries);
+	EXPECT_EQ(mrq_sq_bytes(2), c.sq_bytes);
+	EXPECT_EQ(mrq_cq_bytes(2), c.cq_bytes);
+	EXPECT_EQ(0, c.reserved[0]);
+	EXPECT_EQ(0, c.reserved[1]);
+	ASSERT_EQ(0, mrq_create(fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_CQ_ENTRIES, efd, &c));
+	EXPECT_EQ(1, c.queue);
+	EXPECT_EQ(mrq_sq_bytes(MEMREG_MAX_SQ_ENTRIES), c.sq_bytes);
+	EXPECT_EQ(mrq_cq_bytes(MEMREG_MAX_CQ_ENTRIES), c.cq_bytes);
+	/* A failure in between takes no index. */
+	EXPECT_EQ(-EINVAL, mrq_create(fd, 8, 4, -1, &c));
+	ASSERT_EQ(0, mrq_create(fd, 2, 2, efd, &c));
+	EXPECT_EQ(2, c.queue);
+	/* Now the master ring exists. */
+	EXPECT_EQ(0, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
+	close(efd);
+	close(pfd[0]);
+	close(pfd[1]);
+	close(fd);
+}
+
+/* A result that cannot be written back: EFAULT, and no queue. */
+TEST(queue_create_result_not_written_creates_no_queue)
+{
+	struct memreg_queue_create c, *ro;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	ro = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	*ro = (struct memreg_queue_create){ .sq_entries = 4, .cq_entries = 4, .eventfd = -1 };
+	ASSERT_EQ(0, mprotect(ro, PAGE, PROT_READ));
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_QUEUE_CREATE, ro));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, mr_doorbell(fd, 0));
+	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	EXPECT_EQ(0, c.queue);
+	munmap(ro, PAGE);
+	close(fd);
+}
+
+/* Mapping lengths follow the sizes; the 65th queue is refused. */
+TEST(queue_sizes_and_limit)
+{
+	static const struct { __u32 sq, cq; } sizes[] = {
+		{ 2, 2 }, { 2, 8 }, { 2, 4 }, { 4, 4 }, { 8, 1024 }, { 16, 16 }, { 32, 64 },
+		{ 64, 128 }, { 128, 128 }, { 256, 4096 },
+	};
+	struct memreg_queue_create c;
+	int fd = open_ctx(), i, n = sizeof(sizes) / sizeof(sizes[0]);
+
+	ASSERT_GE(fd, 0);
+	for (i = 0; i < MEMREG_MAX_QUEUES; i++) {
+		__u32 sq = sizes[i % n].sq, cq = sizes[i % n].cq;
+
+		if (i == MEMREG_MAX_QUEUES - 1)
+			sq = MEMREG_MAX_SQ_ENTRIES, cq = MEMREG_MAX_SQ_ENTRIES;
+		ASSERT_EQ(0, mrq_create(fd, sq, cq, -1, &c)) TH_LOG("queue %d", i);
+		EXPECT_EQ(i, c.queue);
+		EXPECT_EQ(mrq_sq_bytes(sq), c.sq_bytes) TH_LOG("queue %d sq %u", i, sq);
+		EXPECT_EQ(mrq_cq_bytes(cq), c.cq_bytes) TH_LOG("queue %d cq %u", i, cq);
+		EXPECT_EQ(0, c.sq_bytes % PAGE);
+		EXPECT_EQ(0, c.cq_bytes % PAGE);
+	}
+	EXPECT_EQ(-ENOSPC, mrq_create(fd, 2, 2, -1, &c));
+	EXPECT_EQ(-ENOSPC, mrq_create(fd, 4, 8, -1, &c));
+	/* The last one is there and mapped like any other. */
+	EXPECT_EQ(0, try_mmap(fd, mrq_sq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ | PROT_WRITE,
+			      MAP_SHARED, MEMREG_MMAP_SQ(MEMREG_MAX_QUEUES - 1)));
+	EXPECT_EQ(0, try_mmap(fd, mrq_cq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ, MAP_SHARED,
+			      MEMREG_MMAP_CQ(MEMREG_MAX_QUEUES - 1)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED,
+				    MEMREG_MMAP_CQ(MEMREG_MAX_QUEUES)));
+	close(fd);
+}
+
+/* What a new queue's mappings hold. */
+TEST(queue_fresh_state)
+{
+	struct memreg_queue_create c;
+	struct mr_master m;
+	struct mrq q, q2;
+	struct memreg_sq_user *again;
+	size_t i;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_create(fd, 8, 32, -1, &c));
+	ASSERT_EQ(0, mrq_map(fd, &c, &q));
+	for (i = 0; i < 8; i++) {
+		static const struct memreg_sqe zero;
+
+		EXPECT_EQ(i, q.slots[i].seq) TH_LOG("slot %zu", i);
+		EXPECT_EQ(0, memcmp(&zero, &q.slots[i].sqe, sizeof(zero))) TH_LOG("slot %zu", i);
+	}
+	EXPECT_EQ(0, q.user->insert);
+	EXPECT_EQ(0, q.user->cq_head);
+	EXPECT_EQ(0, q.user->cq_arm);
+	EXPECT_EQ(0, q.ring->sq_head);
+	EXPECT_EQ(0, q.ring->cq_tail);
+	EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, q.ring->flags);
+	EXPECT_EQ(8, q.ring->sq_entries);
+	EXPECT_EQ(32, q.ring->cq_entries);
+	for (i = 0; i < 5; i++)
+		EXPECT_EQ(0, q.ring->reserved[i]);
+	for (i = 0; i < 32; i++) {
+		EXPECT_EQ(0, q.cqes[i].user_data);
+		EXPECT_EQ(0, q.cqes[i].status);
+	}
+
+	ASSERT_EQ(0, mr_master_map(fd, &m));
+	EXPECT_EQ(0, m.ring->tail);
+	EXPECT_EQ(0, m.ring->flags);
+	EXPECT_EQ(0, m.ring->overflows);
+	EXPECT_EQ(0, m.user->head);
+	EXPECT_EQ(0, m.user->arm);
+
+	/* A second, shorter mapping of the submission ring is the same memory. */
+	again = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, MEMREG_MMAP_SQ(0));
+	ASSERT_NE(MAP_FAILED, again);
+	again->reserved[0] = 0x1234567890ULL;
+	EXPECT_EQ(0x1234567890ULL, __atomic_load_n(&q.user->reserved[0], __ATOMIC_ACQUIRE));
+	q.user->reserved[0] = 0;
+	munmap(again, PAGE);
+
+	/* The next queue has its own sizes and state. */
+	ASSERT_EQ(0, mrq_open(fd, 2, 16, -1, &q2));
+	EXPECT_EQ(1, q2.index);
+	EXPECT_EQ(2, q2.ring->sq_entries);
+	EXPECT_EQ(16, q2.ring->cq_entries);
+	EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, q2.ring->flags);
+	EXPECT_EQ(0, q2.slots[0].seq);
+	EXPECT_EQ(1, q2.slots[1].seq);
+	EXPECT_EQ(8, q.ring->sq_entries);
+	mrq_unmap(&q2);
+	mrq_unmap(&q);
+	mr_master_unmap(&m);
+	close(fd);
+}
+
+TEST(queue_mmap_refuses_bad_requests)
+{
+	struct memreg_queue_create c;
+	void *cq;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	/* Nothing before the first queue. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_SQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+				    MEMREG_MMAP_MASTER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_MASTER_USER));
+
+	ASSERT_EQ(0, mrq_create(fd, 4, 8, -1, &c));
+	ASSERT_EQ(0, c.queue);
+	/* Unknown queues. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_SQ(1)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(1)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(63)));
+	/* The submission ring: shared, not executable, not longer than sq_bytes. */
+	EXPECT_EQ(0, try_mmap(fd, c.sq_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+			      MEMREG_MMAP_SQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.sq_bytes + PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_SQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.sq_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+				    MEMREG_MMAP_SQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.sq_bytes, PROT_READ | PROT_WRITE | PROT_EXEC,
+				    MAP_SHARED, MEMREG_MMAP_SQ(0)));
+	/* The completion ring: read-only. */
+	EXPECT_EQ(0, try_mmap(fd, c.cq_bytes, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes, PROT_WRITE, MAP_SHARED, MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes, PROT_READ, MAP_PRIVATE, MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes, PROT_READ | PROT_EXEC, MAP_SHARED,
+				    MEMREG_MMAP_CQ(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes + PAGE, PROT_READ, MAP_SHARED,
+				    MEMREG_MMAP_CQ(0)));
+	/* The master ring: read-only; its user page: read-write, one page. */
+	EXPECT_EQ(0, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_MASTER));
+	EXPECT_EQ(0, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+			      MEMREG_MMAP_MASTER_USER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, 2 * PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_MASTER_USER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+				    MEMREG_MMAP_MASTER_USER));
+	/* Each area is mapped from its first byte. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_SQ(0) + PAGE));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0) + PAGE));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER + PAGE));
+	/* A read-only mapping cannot become writable, nor any grow. */
+	cq = mmap(NULL, c.cq_bytes, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_CQ(0));
+	ASSERT_NE(MAP_FAILED, cq);
+	EXPECT_EQ(-1, mprotect(cq, c.cq_bytes, PROT_READ | PROT_WRITE));
+	EXPECT_EQ(EACCES, errno);
+	EXPECT_EQ(MAP_FAILED, mremap(cq, c.cq_bytes, c.cq_bytes + PAGE, MREMAP_MAYMOVE));
+	munmap(cq, c.cq_bytes);
+	cq = mmap(NULL, c.sq_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, MEMREG_MMAP_SQ(0));
+	ASSERT_NE(MAP_FAILED, cq);
+	EXPECT_EQ(MAP_FAILED, mremap(cq, c.sq_bytes, c.sq_bytes + PAGE, MREMAP_MAYMOVE));
+	munmap(cq, c.sq_bytes);
+	close(fd);
+}
+
+/* The read-only mappings cannot be written; the read-write ones can. */
+TEST(queue_written_mappings)
+{
+	enum { SQ, CQ, MASTER, MASTER_USER, NR };
+	int what;
+
+	for (what = SQ; what < NR; what++) {
+		pid_t pid = fork();
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			struct mr_master m;
+			struct mrq q;
+			int fd = open_ctx();
+
+			no_core();
+			if (fd < 0 || mrq_open(fd, 4, 4, -1, &q) || mr_master_map(fd, &m))
+				_exit(1);
+			switch (what) {
+			case SQ:
+				*(volatile __u64 *)&q.user->reserved[5] = 7;
+				if (__atomic_load_n(&q.user->reserved[5], __ATOMIC_ACQUIRE) != 7)
+					_exit(2);
+				break;
+			case CQ:
+				*(volatile __u32 *)&q.ring->cq_tail = 1;
+				break;
+			case MASTER:
+				*(volatile __u32 *)&m.ring->tail = 1;
+				break;
+			case MASTER_USER:
+				*(volatile __u64 *)&m.user->reserved[6] = 1;
+				break;
+			}
+			_exit(0);
+		}
+		if (what == SQ || what == MASTER_USER) {
+			EXPECT_EQ(0, wait_exit(pid)) TH_LOG("area %d", what);
+		} else {
+			EXPECT_EQ(SIGSEGV, wait_signal(pid)) TH_LOG("area %d", what);
+		}
+	}
+}
+
+/* The queue calls and mappings belong to the file's owner, not to a fork child. */
+TEST(queue_calls_are_owner_only)
+{
+	struct memreg_queue_stats s;
+	struct memreg_queue_create c;
+	int fd = open_ctx();
+	pid_t pid;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		struct memreg_queue_create c2;
+
+		if (mrq_create(fd, 4, 4, -1, &c2) != -EPERM)
+			_exit(1);
+		if (mr_doorbell(fd, 0) != -EPERM)
+			_exit(2);
+		if (mr_queue_stats(fd, &s) != -EPERM)
+			_exit(3);
+		if (try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, MEMREG_MMAP_SQ(0)) != -EPERM)
+			_exit(4);
+		if (try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)) != -EPERM)
+			_exit(5);
+		if (try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+			     MEMREG_MMAP_MASTER) != -EPERM)
+			_exit(6);
+		_exit(0);
+	}
+	EXPECT_EQ(0, wait_exit(pid));
+	/* The child created nothing and rang nothing. */
+	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	EXPECT_EQ(1, c.queue);
+	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+	EXPECT_EQ(0, s.doorbells);
+	close(fd);
+}
+
+/* A child does not inherit the queue mappings. */
+TEST(queue_mappings_are_not_inherited)
+{
+	struct mr_master m;
+	struct mrq q;
+	const void *areas[4];
+	int fd = open_ctx();
+	size_t i;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, mr_master_map(fd, &m));
+	areas[0] = q.user;
+	areas[1] = q.ring;
+	areas[2] = m.ring;
+	areas[3] = m.user;
+	for (i = 0; i < 4; i++) {
+		pid_t pid = fork();
+
+		ASSERT_GE(pid, 0);
+		if (pid == 0) {
+			no_core();
+			(void)*(const volatile __u32 *)areas[i];
+			_exit(0);
+		}
+		EXPECT_EQ(SIGSEGV, wait_signal(pid)) TH_LOG("area %zu", i);
+	}
+	EXPECT_EQ(4, q.ring->sq_entries);
+	mrq_unmap(&q);
+	mr_master_unmap(&m);
+	close(fd);
+}
+
+TEST(doorbell_refuses_bad_requests)
+{
+	struct memreg_queue_stats s;
+	struct memreg_doorbell d = { .queue = 0, .reserved = 1 };
+	struct mrq q;
+	int fd = open_ctx(), fd0 = open_ctx(), i;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_GE(fd0, 0);
+	/* Before any queue. */
+	EXPECT_EQ(-EINVAL, mr_doorbell(fd0, 0));
+	close(fd0);
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+	EXPECT_EQ(0, s.doorbells);
+	/* On an empty ring: counted, nothing to do. */
+	for (i = 0; i < 3; i++)
+		EXPECT_EQ(0, mr_doorbell(fd, 0));
+	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+	EXPECT_EQ(3, s.doorbells);
+	EXPECT_EQ(0, s.requests);
+	EXPECT_EQ(0, s.completions);
+	EXPECT_EQ(0, mrq_cq_tail(&q));
+	EXPECT_EQ(0, mrq_sq_head(&q));
+	EXPECT_EQ(-EINVAL, mr_doorbell(fd, 1));
+	EXPECT_EQ(-EINVAL, mr_doorbell(fd, MEMREG_MAX_QUEUES));
+	EXPECT_EQ(-EINVAL, mr_doorbell(fd, ~0U));
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_DOORBELL, &d));
+	EXPECT_EQ(EINVAL, errno);
+	/* The worker goes back to sleep. */
+	EXPECT_EQ(0, mrq_wait_flags(&q, ~0U, MEMREG_QUEUE_NEED_WAKEUP, sleep_ms(fd)));
+	mrq_unmap(&q);
+	close(fd);
+}
+
+/* ---- The requests ---- */
+
+TEST_F(dp, nop_returns_user_data)
+{
+	static const __u64 ud[] = { 0xfedcba9876543210ULL, 0, ~0ULL, 1 };
+	struct memreg_sqe s;
+	size_t i;
+
+	for (i = 0; i < sizeof(ud) / sizeof(ud[0]); i++) {
+		s = mr_sqe_nop(ud[i]);
+		run_expect(_metadata, &self->q, &s, 0, 0);
+	}
+	EXPECT_EQ(4, mrq_sq_head(&self->q));
+	EXPECT_EQ(4, mrq_cq_tail(&self->q));
+	EXPECT_EQ(4, self->q.user->insert);
+	/* A taken slot is free for the next lap. */
+	for (i = 0; i < 4; i++)
+		EXPECT_EQ(i + QSQ, mrq_seq(&self->q, i));
+	for (i = 4; i < QSQ; i++)
+		EXPECT_EQ(i, mrq_seq(&self->q, i));
+}
+
+TEST_F(dp, copy_moves_bytes)
+{
+	struct memreg_sqe s;
+	size_t i;
+
+	for (i = 0; i < BUF_LEN; i++)
+		self->src[i] = (char)(i * 7 + 3);
+
+	/* Across pages, at unaligned offsets. */
+	s = mr_sqe_copy(1, self->rd.lkey, 100, self->rs.lkey, 3000, 5000);
+	run_expect(_metadata, &self->q, &s, 0, 5000);
+	EXPECT_EQ(0, memcmp(self->dst + 100, self->src + 3000, 5000));
+	EXPECT_TRUE(all_bytes(self->dst, 100, 'd'));
+	EXPECT_TRUE(all_bytes(self->dst + 5100, BUF_LEN - 5100, 'd'));
+
+	/* Up to the last byte of both. */
+	s = mr_sqe_copy(2, self->rd.lkey, BUF_LEN - 10, self->rs.lkey, BUF_LEN - 10, 10);
+	run_expect(_metadata, &self->q, &s, 0, 10);
+	EXPECT_EQ(0, memcmp(self->dst + BUF_LEN - 10, self->src + BUF_LEN - 10, 10));
+
+	/* Nothing at all. */
+	memset(self->dst, 'd', BUF_LEN);
+	s = mr_sqe_copy(3, self->rd.lkey, 0, self->rs.lkey, 0, 0);
+	run_expect(_metadata, &self->q, &s, 0, 0);
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+
+	/* Everything. */
+	s = mr_sqe_copy(4, self->rd.lkey, 0, self->rs.lkey, 0, BUF_LEN);
+	run_expect(_metadata, &self->q, &s, 0, BUF_LEN);
+	EXPECT_EQ(0, memcmp(self->dst, self->src, BUF_LEN));
+
+	/* Within one registration. */
+	s = mr_sqe_copy(5, self->rs.lkey, 2 * PAGE, self->rs.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, 0, PAGE);
+	for (i = 0; i < PAGE; i++)
+		if (self->src[2 * PAGE + i] != (char)(i * 7 + 3))
+			break;
+	EXPECT_EQ(PAGE, i);
+}
+
+/*
+ * Within one registration: overlapping ranges are copied as by memmove
+ * when the destination starts below the source, or when the length is at
+ * most one 16 KiB step.
+ */
+TEST_F(dp, copy_overlapping_ranges)
+{
+	char *want = malloc(BUF_LEN);
+	struct memreg_sqe s;
+	size_t i;
+
+	ASSERT_NE(NULL, want);
+	for (i = 0; i < BUF_LEN; i++)
+		self->src[i] = (char)(i * 7 + i / 251);
+	memcpy(want, self->src, BUF_LEN);
+
+	/* Down, longer than a step. */
+	s = mr_sqe_copy(1, self->rs.lkey, 0, self->rs.lkey, 100, 40000);
+	run_expect(_metadata, &self->q, &s, 0, 40000);
+	memmove(want, want + 100, 40000);
+	EXPECT_EQ(0, memcmp(want, self->src, BUF_LEN));
+
+	/* Up, within one step. */
+	s = mr_sqe_copy(2, self->rs.lkey, 1000, self->rs.lkey, 900, 12000);
+	run_expect(_metadata, &self->q, &s, 0, 12000);
+	memmove(want + 1000, want + 900, 12000);
+	EXPECT_EQ(0, memcmp(want, self->src, BUF_LEN));
+
+	/* Onto itself. */
+	s = mr_sqe_copy(3, self->rs.lkey, 5, self->rs.lkey, 5, 30000);
+	run_expect(_metadata, &self->q, &s, 0, 30000);
+	EXPECT_EQ(0, memcmp(want, self->src, BUF_LEN));
+	free(want);
+}
+
+TEST_F(dp, copy_checks_access)
+{
+	struct memreg_register ro, wo, rem;
+	char *bro = map_buf(2 * PAGE, 'r');
+	char *bwo = map_buf(2 * PAGE, 'w');
+	char *brem = map_buf(2 * PAGE, 'x');
+	struct memreg_queue_stats st;
+	struct memreg_sqe s;
+
+	ASSERT_NE(NULL, bro);
+	ASSERT_NE(NULL, bwo);
+	ASSERT_NE(NULL, brem);
+	ASSERT_EQ(0, mr_register(self->fd, bro, 2 * PAGE, MEMREG_ACCESS_LOCAL_READ, &ro));
+	ASSERT_EQ(0, mr_register(self->fd, bwo, 2 * PAGE, MEMREG_ACCESS_LOCAL_WRITE, &wo));
+	ASSERT_EQ(0, mr_register(self->fd, brem, 2 * PAGE,
+				 MEMREG_ACCESS_REMOTE_READ | MEMREG_ACCESS_REMOTE_WRITE, &rem));
+
+	/* A destination without LOCAL_WRITE. */
+	s = mr_sqe_copy(1, ro.lkey, 0, self->rs.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, -EACCES, 0);
+	s = mr_sqe_copy(2, rem.lkey, 0, self->rs.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, -EACCES, 0);
+	/* A source without LOCAL_READ. */
+	s = mr_sqe_copy(3, self->rd.lkey, 0, wo.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, -EACCES, 0);
+	s = mr_sqe_copy(4, self->rd.lkey, 0, rem.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, -EACCES, 0);
+	/* Nothing moved. */
+	EXPECT_TRUE(all_bytes(bro, 2 * PAGE, 'r'));
+	EXPECT_TRUE(all_bytes(brem, 2 * PAGE, 'x'));
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+
+	/* Read-only to write-only is what the rights allow. */
+	s = mr_sqe_copy(5, wo.lkey, PAGE, ro.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, 0, PAGE);
+	EXPECT_TRUE(all_bytes(bwo, PAGE, 'w'));
+	EXPECT_TRUE(all_bytes(bwo + PAGE, PAGE, 'r'));
+
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(5, st.requests);
+	EXPECT_EQ(5, st.completions);
+	EXPECT_EQ(4, st.errors);
+	munmap(bro, 2 * PAGE);
+	munmap(bwo, 2 * PAGE);
+	munmap(brem, 2 * PAGE);
+}
+
+TEST_F(dp, copy_checks_keys)
+{
+	struct memreg_register e, o, p;
+	struct memreg_sqe s;
+	struct memreg_query qr;
+	char *be = map_buf(2 * PAGE, 'e');
+	char *bp = map_buf(2 * PAGE, 'p');
+	__u64 future = (self->rd.lkey & 0xffffffULL) | (0xfffffULL << 24);
+	int fd2;
+
+	ASSERT_NE(NULL, be);
+	ASSERT_NE(NULL, bp);
+	/* Keys that name nothing: wrong random bits, an unused sequence. */
+	s = mr_sqe_copy(1, self->rd.lkey ^ 1, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(2, self->rd.lkey, 0, self->rs.lkey ^ 0x800000, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(3, future, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	/* Remote keys are not local keys. */
+	s = mr_sqe_copy(30, self->rd.rkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(31, self->rd.lkey, 0, self->rs.rkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_deregister(32, self->rd.rkey);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+
+	/* Another context's key. */
+	fd2 = open_ctx();
+	ASSERT_GE(fd2, 0);
+	ASSERT_EQ(0, mr_register(fd2, self->dst, BUF_LEN, RW, &o));
+	if (o.lkey != self->rd.lkey && o.lkey != self->rs.lkey) {
+		s = mr_sqe_copy(4, o.lkey, 0, self->rs.lkey, 0, 64);
+		run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	}
+	close(fd2);
+
+	/* A registration used (the key is known to the worker), then unmapped. */
+	ASSERT_EQ(0, mr_register(self->fd, be, 2 * PAGE, RW, &e));
+	s = mr_sqe_copy(5, e.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	s = mr_sqe_copy(6, self->rd.lkey, 0, e.lkey, PAGE, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	EXPECT_TRUE(all_bytes(self->dst, 64, 'e'));
+	memset(self->dst, 'd', 64);
+	ASSERT_EQ(0, munmap(be, 2 * PAGE));
+	s = mr_sqe_copy(7, e.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(8, self->rd.lkey, 0, e.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+
+	/* Parked: still usable; evicted by FLUSH: gone. */
+	ASSERT_EQ(0, mr_register(self->fd, bp, 2 * PAGE, RW, &p));
+	s = mr_sqe_copy(9, p.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	ASSERT_EQ(0, mr_deregister(self->fd, p.lkey));
+	ASSERT_EQ(0, mr_query(self->fd, p.lkey, &qr));
+	ASSERT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
+	s = mr_sqe_copy(10, p.lkey, 64, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	EXPECT_TRUE(all_bytes(bp, 128, 's'));
+	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	s = mr_sqe_copy(11, p.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+
+	/* Ended by DEREGISTER with parking off. */
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
+	memset(bp, 'p', 2 * PAGE);
+	ASSERT_EQ(0, mr_register(self->fd, bp, 2 * PAGE, RW, &p));
+	s = mr_sqe_copy(12, self->rd.lkey, 0, p.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	EXPECT_TRUE(all_bytes(self->dst, 64, 'p'));
+	memset(self->dst, 'd', 64);
+	ASSERT_EQ(0, mr_deregister(self->fd, p.lkey));
+	ASSERT_EQ(-ENOENT, mr_query(self->fd, p.lkey, &qr));
+	s = mr_sqe_copy(13, self->rd.lkey, 0, p.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(14, p.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+	EXPECT_TRUE(all_bytes(bp, 2 * PAGE, 'p'));
+	munmap(bp, 2 * PAGE);
+}
+
+TEST_F(dp, copy_checks_bounds)
+{
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	__u64 big = ~0ULL - 5;
+
+	s = mr_sqe_copy(1, self->rd.lkey, BUF_LEN - 10, self->rs.lkey, 0, 11);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	s = mr_sqe_copy(2, self->rd.lkey, 0, self->rs.lkey, BUF_LEN - 10, 11);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	s = mr_sqe_copy(3, self->rd.lkey, BUF_LEN, self->rs.lkey, 0, 1);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	s = mr_sqe_copy(4, self->rd.lkey, 0, self->rs.lkey, 0, BUF_LEN + 1);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	s = mr_sqe_copy(5, self->rd.lkey, 0, self->rs.lkey, 0, MEMREG_MAX_LENGTH + 1);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	s = mr_sqe_copy(6, self->rd.lkey, 1ULL << 40, self->rs.lkey, 0, 1);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+
+	/* offset + length wraps. */
+	s = mr_sqe_copy(7, self->rd.lkey, big, self->rs.lkey, 0, 10);
+	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
+	EXPECT_EQ(0, c.bytes);
+	s = mr_sqe_copy(8, self->rd.lkey, 0, self->rs.lkey, big, 10);
+	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
+	EXPECT_EQ(0, c.bytes);
+	s = mr_sqe_copy(9, self->rd.lkey, 1, self->rs.lkey, 1, ~0ULL);
+	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
+
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+	EXPECT_TRUE(all_bytes(self->src, BUF_LEN, 's'));
+}
+
+/* A field a request must leave zero, set: -EINVAL, and the request does nothing. */
+TEST_F(dp, nonzero_unused_fields_are_refused)
+{
+	enum { F_FLAGS, F_FLAGS_HIGH, F_RES0, F_RES1, F_RES1_HIGH, F_KEY, F_OFFSET, F_SRC_KEY,
+	       F_SRC_OFFSET, F_LENGTH, F_NR };
+	struct memreg_register d;
+	struct memreg_query qr;
+	struct memreg_queue_stats st;
+	struct memreg_sqe base[4], list[4 * F_NR];
+	struct memreg_cqe c[4 * F_NR];
+	char *bd = map_buf(PAGE, 'k');
+	unsigned int n = 0, i, b, f;
+
+	ASSERT_NE(NULL, bd);
+	for (i = 0; i < 5; i++)
+		ASSERT_EQ(0, mr_register(self->fd, bd, PAGE, RW, &d));
+	base[0] = mr_sqe_nop(0);
+	base[1] = mr_sqe_fence(0);
+	base[2] = mr_sqe_deregister(0, d.lkey);
+	base[3] = mr_sqe_copy(0, self->rd.lkey, 0, self->rs.lkey, 0, 256);
+	for (b = 0; b < 4; b++) {
+		for (f = 0; f < F_NR; f++) {
+			struct memreg_sqe s = base[b];
+
+			switch (f) {
+			case F_FLAGS: s.flags = 1; break;
+			case F_FLAGS_HIGH: s.flags = 0x80; break;
+			case F_RES0: s.reserved0 = 1; break;
+			case F_RES1: s.reserved1 = 1; break;
+			case F_RES1_HIGH: s.reserved1 = 0x80000000u; break;
+			case F_KEY: s.key = self->rd.lkey; break;
+			case F_OFFSET: s.offset = 1; break;
+			case F_SRC_KEY: s.src_key = self->rs.lkey; break;
+			case F_SRC_OFFSET: s.src_offset = 1; break;
+			case F_LENGTH: s.length = 1; break;
+			}
+			/* Fields the opcode uses. */
+			if (b == 2 && f == F_KEY)
+				continue;
+			if (b == 3 && f >= F_KEY)
+				continue;
+			s.user_data = b << 8 | f;
+			list[n++] = s;
+		}
+	}
+	for (i = 0; i < n; i++)
+		ASSERT_EQ(0, mrq_post(&self->q, &list[i], 5000));
+	ASSERT_EQ(n, mrq_wait(&self->q, c, n, 5000));
+	for (i = 0; i < n; i++)
+		expect_cqe(_metadata, &c[i], list[i].user_data, -EINVAL, 0);
+	/* Nothing moved, no reference dropped. */
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	EXPECT_EQ(5, qr.refcount);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(n, st.requests);
+	EXPECT_EQ(n, st.errors);
+	munmap(bd, PAGE);
+}
+
+TEST_F(dp, unknown_opcodes_are_refused)
+{
+	static const __u8 ops[] = { 4, 5, 0x7f, 0x80, 0xfe, 0xff };
+	struct memreg_sqe s;
+	size_t i;
+
+	for (i = 0; i < sizeof(ops) / sizeof(ops[0]); i++) {
+		s = (struct memreg_sqe){ .opcode = ops[i], .user_data = 100 + i };
+		run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+		/* With the fields of a good COPY. */
+		s = mr_sqe_copy(200 + i, self->rd.lkey, 0, self->rs.lkey, 0, 128);
+		s.opcode = ops[i];
+		run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	}
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+}
+
+TEST_F(dp, fence_completes_after_everything_before_it)
+{
+	struct memreg_cqe c[40];
+	struct memreg_sqe s;
+	__u64 i;
+
+	for (i = 0; i < BUF_LEN; i++)
+		self->src[i] = (char)(i * 13 + 1);
+	for (i = 0; i < 32; i++) {
+		s = mr_sqe_copy(i, self->rd.lkey, (i % 16) * PAGE, self->rs.lkey,
+				(i % 16) * PAGE, PAGE);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	s = mr_sqe_fence(1000);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	s = mr_sqe_nop(1001);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	s = mr_sqe_fence(1002);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(35, mrq_wait(&self->q, c, 35, 10000));
+	for (i = 0; i < 32; i++)
+		expect_cqe(_metadata, &c[i], i, 0, PAGE);
+	expect_cqe(_metadata, &c[32], 1000, 0, 0);
+	expect_cqe(_metadata, &c[33], 1001, 0, 0);
+	expect_cqe(_metadata, &c[34], 1002, 0, 0);
+	EXPECT_EQ(0, memcmp(self->dst, self->src, BUF_LEN));
+}
+
+TEST_F(dp, deregister_request_drops_a_reference)
+{
+	struct memreg_register d, again;
+	struct memreg_query qr;
+	struct memreg_stats st;
+	struct memreg_cqe c[2];
+	struct memreg_sqe s;
+	char *bd = map_buf(4 * PAGE, 'k');
+	int i;
+
+	ASSERT_NE(NULL, bd);
+	for (i = 0; i < 3; i++)
+		ASSERT_EQ(0, mr_register(self->fd, bd, 4 * PAGE, RW, &d));
+	s = mr_sqe_deregister(1, d.lkey);
+	run_expect(_metadata, &self->q, &s, 0, 0);
+	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	EXPECT_EQ(2, qr.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID, qr.state);
+	/* Two at once. */
+	s = mr_sqe_deregister(2, d.lkey);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	s = mr_sqe_deregister(3, d.lkey);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	expect_cqe(_metadata, &c[0], 2, 0, 0);
+	expect_cqe(_metadata, &c[1], 3, 0, 0);
+	/* The last reference parks it, as the ioctl would. */
+	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	EXPECT_EQ(0, qr.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
+	/* Parked: no reference to drop. */
+	s = mr_sqe_deregister(4, d.lkey);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
+	/* Unknown keys. */
+	s = mr_sqe_deregister(5, d.lkey ^ 2);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_deregister(6, (0xfffffULL << 24) | 1);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+
+	/* Revived, then ended by the request with parking off. */
+	ASSERT_EQ(0, mr_register(self->fd, bd, 4 * PAGE, RW, &again));
+	EXPECT_EQ(d.lkey, again.lkey);
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
+	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	EXPECT_EQ(3, st.registrations);
+	s = mr_sqe_deregister(7, d.lkey);
+	run_expect(_metadata, &self->q, &s, 0, 0);
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, d.lkey, &qr));
+	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	EXPECT_EQ(2, st.registrations);
+	EXPECT_EQ(1, st.deregistrations);
+	s = mr_sqe_deregister(8, d.lkey);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	s = mr_sqe_copy(9, d.lkey, 0, self->rs.lkey, 0, 64);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	EXPECT_TRUE(all_bytes(bd, 4 * PAGE, 'k'));
+	munmap(bd, 4 * PAGE);
+}
+
+/* ---- Registrations that end under the requests ---- */
+
+/*
+ * A registration used by the worker, then unmapped and the address mapped
+ * afresh: requests naming its key fail with -ENOENT and the new memory
+ * never receives a byte.
+ */
+TEST_F(dp, ended_registration_never_reaches_new_memory)
+{
+	struct memreg_register v;
+	struct memreg_cqe c[16];
+	struct memreg_sqe s;
+	char *bv = map_buf(4 * PAGE, 'v');
+	__u64 i;
+
+	ASSERT_NE(NULL, bv);
+	ASSERT_EQ(0, mr_register(self->fd, bv, 4 * PAGE, RW, &v));
+	for (i = 0; i < 4; i++) {
+		s = mr_sqe_copy(i, v.lkey, i * PAGE, self->rs.lkey, 0, PAGE);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(4, mrq_wait(&self->q, c, 4, 5000));
+	for (i = 0; i < 4; i++)
+		expect_cqe(_metadata, &c[i], i, 0, PAGE);
+	ASSERT_TRUE(all_bytes(bv, 4 * PAGE, 's'));
+
+	ASSERT_EQ(0, munmap(bv, 4 * PAGE));
+	ASSERT_EQ(bv, map_fixed(bv, 4 * PAGE, 'n'));
+	for (i = 0; i < 16; i++) {
+		s = mr_sqe_copy(100 + i, v.lkey, (i % 4) * PAGE + i, self->rs.lkey, 0, PAGE - 16);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(16, mrq_wait(&self->q, c, 16, 5000));
+	for (i = 0; i < 16; i++)
+		expect_cqe(_metadata, &c[i], 100 + i, -ENOENT, 0);
+	/* As a source too. */
+	s = mr_sqe_copy(200, self->rd.lkey, 0, v.lkey, 0, PAGE);
+	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
+	EXPECT_TRUE(all_bytes(bv, 4 * PAGE, 'n'));
+	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
+	/* Registered again: a new key, and the old one stays dead. */
+	ASSERT_EQ(0, mr_register(self->fd, bv, 4 * PAGE, RW, &v));
+	s = mr_sqe_copy(201, v.lkey, 0, self->rs.lkey, 0, 8);
+	run_expect(_metadata, &self->q, &s, 0, 8);
+	EXPECT_TRUE(all_bytes(bv, 8, 's'));
+	EXPECT_TRUE(all_bytes(bv + 8, 4 * PAGE - 8, 'n'));
+	munmap(bv, 4 * PAGE);
+}
+
+struct stale {
+	struct mrq *q;
+	__u64 src_key;
+	__u64 key;		/* the current victim key */
+	int stop;
+	__u64 posted;
+	int failed;
+};
+
+static void *stale_poster(void *arg)
+{
+	struct stale *st = arg;
+	struct memreg_sqe s;
+	__u64 i = 0;
+
+	while (!__atomic_load_n(&st->stop, __ATOMIC_ACQUIRE)) {
+		__u64 key = __atomic_load_n(&st->key, __ATOMIC_ACQUIRE);
+
+		s = mr_sqe_copy(i, key, (i % 8) * 512, st->src_key, 0, 512);
+		if (mrq_post(st->q, &s, 10000)) {
+			__atomic_store_n(&st->failed, 1, __ATOMIC_RELEASE);
+			break;
+		}
+		__atomic_store_n(&st->posted, ++i, __ATOMIC_RELEASE);
+	}
+	return NULL;
+}
+
+/*
+ * The same with requests streaming in while the range is unmapped and
+ * mapped afresh, twenty times: every request completes, with 0 or -ENOENT,
+ * in order, and each fresh mapping keeps what was written into it.
+ */
+TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
+{
+	struct memreg_register v;
+	struct memreg_cqe c[64];
+	struct stale st = { .q = &self->q, .src_key = self->rs.lkey };
+	char *bv = map_buf(PAGE, 'v');
+	__u64 reaped = 0, enoent = 0, ok = 0, bad = 0, target;
+	pthread_t th;
+	int round;
+	unsigned int i, n;
+
+	ASSERT_NE(NULL, bv);
+	ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
+	st.key = v.lkey;
+	ASSERT_EQ(0, pthread_create(&th, NULL, stale_poster, &st));
+	for (round = 0; round < 20; round++) {
+		usleep(2000);
+		ASSERT_EQ(0, munmap(bv, PAGE));
+		ASSERT_EQ(bv, map_fixed(bv, PAGE, 'n'));
+		/* Everything posted so far has completed: none of it landed here. */
+		target = __atomic_load_n(&st.posted, __ATOMIC_ACQUIRE);
+		while (reaped < target && !__atomic_load_n(&st.failed, __ATOMIC_ACQUIRE)) {
+			n = mrq_wait(&self->q, c, 64, 10);
+			for (i = 0; i < n; i++, reaped++) {
+				if (c[i].user_data != reaped)
+					bad++;
+				if (c[i].status == 0 && c[i].bytes == 512)
+					ok++;
+				else if (c[i].status == -ENOENT && c[i].bytes == 0)
+					enoent++;
+				else
+					bad++;
+			}
+		}
+		EXPECT_TRUE(all_bytes(bv, PAGE, 'n')) TH_LOG("round %d", round);
+		ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
+		__atomic_store_n(&st.key, v.lkey, __ATOMIC_RELEASE);
+	}
+	__atomic_store_n(&st.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	EXPECT_EQ(0, st.failed);
+	target = st.posted;
+	while (reaped < target) {
+		n = mrq_wait(&self->q, c, 64, 5000);
+		if (!n)
+			break;
+		for (i = 0; i < n; i++, reaped++) {
+			if (c[i].user_data != reaped ||
+			    !((c[i].status == 0 && c[i].bytes == 512) ||
+			      (c[i].status == -ENOENT && c[i].bytes == 0)))
+				bad++;
+			else if (c[i].status)
+				enoent++;
+			else
+				ok++;
+		}
+	}
+	EXPECT_EQ(target, reaped);
+	EXPECT_EQ(0, bad);
+	EXPECT_LT(0, enoent);
+	EXPECT_LT(0, ok);
+	TH_LOG("%llu requests: %llu copied, %llu -ENOENT", (unsigned long long)reaped,
+	       (unsigned long long)ok, (unsigned long long)enoent);
+	munmap(bv, PAGE);
+}
+
+/* ---- The doorbell and the worker ---- */
+
+/*
+ * The worker sleeps until a doorbell: a request published without one is
+ * not taken. The poster whose position is sq_head rings it; a later one
+ * does not.
+ */
+TEST_F(dp, worker_sleeps_until_the_doorbell)
+{
+	struct memreg_queue_stats st;
+	struct memreg_cqe c[2];
+	struct memreg_sqe s;
+	__u64 pos;
+
+	ASSERT_EQ(MEMREG_QUEUE_NEED_WAKEUP, mrq_flags(&self->q));
+	s = mr_sqe_nop(1);
+	ASSERT_EQ(0, mrq_try_post(&self->q, &s, MRQ_NO_DOORBELL, &pos));
+	EXPECT_EQ(0, pos);
+	EXPECT_EQ(1, mrq_seq(&self->q, 0));
+	/* By the rule: position 1 is not sq_head (0), so no doorbell. */
+	s = mr_sqe_nop(2);
+	ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, &pos));
+	EXPECT_EQ(1, pos);
+	EXPECT_EQ(0, mrq_doorbells(&self->q));
+	expect_quiet(_metadata, &self->q, 0);
+	EXPECT_EQ(0, mrq_sq_head(&self->q));
+	EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, mrq_flags(&self->q));
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(0, st.requests);
+	EXPECT_EQ(0, st.wakeups);
+
+	ASSERT_EQ(0, mrq_doorbell(&self->q));
+	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	expect_cqe(_metadata, &c[0], 1, 0, 0);
+	expect_cqe(_metadata, &c[1], 2, 0, 0);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(1, st.doorbells);
+	EXPECT_LE(1, st.wakeups);
+
+	/* It polls for a while, then sleeps again. */
+	ASSERT_EQ(0, mrq_wait_flags(&self->q, ~0U, MEMREG_QUEUE_NEED_WAKEUP, sleep_ms(self->fd)));
+	s = mr_sqe_nop(3);
+	ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, &pos));
+	EXPECT_EQ(2, pos);
+	/* sq_head was 2 and the worker asleep: this poster rang. */
+	EXPECT_EQ(2, mrq_doorbells(&self->q));
+	ASSERT_EQ(1, mrq_wait(&self->q, c, 1, 5000));
+	expect_cqe(_metadata, &c[0], 3, 0, 0);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(2, st.doorbells);
+	EXPECT_LE(2, st.wakeups);
+	EXPECT_EQ(3, st.requests);
+	EXPECT_EQ(3, st.completions);
+}
+
+/* Requests waiting when the worker wakes are taken in batches. */
+TEST_F(dp, backlog_is_taken_in_batches)
+{
+	struct memreg_queue_stats st;
+	struct memreg_cqe c[QSQ];
+	struct memreg_sqe s;
+	__u64 i;
+
+	for (i = 0; i < 32; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_try_post(&self->q, &s, MRQ_NO_DOORBELL, NULL));
+	}
+	ASSERT_EQ(0, mrq_doorbell(&self->q));
+	ASSERT_EQ(32, mrq_wait(&self->q, c, 32, 5000));
+	for (i = 0; i < 32; i++)
+		expect_cqe(_metadata, &c[i], i, 0, 0);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(32, st.requests);
+	EXPECT_LE(1, st.batches);
+	EXPECT_GT(32, st.batches);
+	EXPECT_LE(2, st.batch_max);
+	EXPECT_GE(32, st.batch_max);
+	EXPECT_EQ(1, st.doorbells);
+}
+
+TEST_F(dp, queue_stats_follow_the_requests)
+{
+	struct memreg_queue_stats st;
+	struct memreg_cqe c[40];
+	struct memreg_sqe s;
+	__u64 i;
+	int r;
+
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(0, st.requests);
+	EXPECT_EQ(0, st.completions);
+	EXPECT_EQ(0, st.errors);
+	EXPECT_EQ(0, st.doorbells);
+	EXPECT_EQ(0, st.wakeups);
+	EXPECT_EQ(0, st.batches);
+	EXPECT_EQ(0, st.batch_max);
+	EXPECT_EQ(0, st.cq_full_stalls);
+	EXPECT_EQ(0, st.shadow_hits);
+	EXPECT_EQ(0, st.shadow_misses);
+	EXPECT_EQ(0, st.master_overflows);
+	for (r = 0; r < 3; r++)
+		EXPECT_EQ(0, st.reserved[r]);
+
+	/* 10 NOPs, 3 refused, 20 COPYs through the same two keys. */
+	for (i = 0; i < 33; i++) {
+		if (i < 10)
+			s = mr_sqe_nop(i);
+		else if (i < 13)
+			s = (struct memreg_sqe){ .opcode = 9, .user_data = i };
+		else
+			s = mr_sqe_copy(i, self->rd.lkey, (i - 13) * 100, self->rs.lkey,
+					(i - 13) * 100, 100);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(33, mrq_wait(&self->q, c, 33, 5000));
+	for (i = 0; i < 33; i++)
+		expect_cqe(_metadata, &c[i], i, i >= 10 && i < 13 ? -EINVAL : 0,
+			   i >= 13 ? 100 : 0);
+	EXPECT_TRUE(all_bytes(self->dst, 2000, 's'));
+	EXPECT_TRUE(all_bytes(self->dst + 2000, BUF_LEN - 2000, 'd'));
+
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(33, st.requests);
+	EXPECT_EQ(33, st.completions);
+	EXPECT_EQ(3, st.errors);
+	EXPECT_LE(1, st.doorbells);
+	EXPECT_EQ(mrq_doorbells(&self->q), st.doorbells);
+	EXPECT_LE(1, st.wakeups);
+	EXPECT_LE(1, st.batches);
+	EXPECT_GE(33, st.batches);
+	EXPECT_LE(1, st.batch_max);
+	EXPECT_GE(33, st.batch_max);
+	EXPECT_EQ(0, st.cq_full_stalls);
+	EXPECT_LT(0, st.shadow_hits);
+	EXPECT_EQ(0, st.master_overflows);
+	for (r = 0; r < 3; r++)
+		EXPECT_EQ(0, st.reserved[r]);
+	TH_LOG("batches %llu batch_max %llu batch_limit %llu poll_us %llu shadow %llu/%llu",
+	       (unsigned long long)st.batches, (unsigned long long)st.batch_max,
+	       (unsigned long long)st.batch_limit, (unsigned long long)st.poll_us,
+	       (unsigned long long)st.shadow_hits, (unsigned long long)st.shadow_misses);
+}
+
+/* ---- Backpressure ---- */
+
+/*
+ * A full completion ring stops the worker (CQ_FULL), which then leaves the
+ * submission ring full; the poster sees that at once. Nothing is
+ * overwritten; after reaping and the doorbell it goes on.
+ */
+TEST(full_rings_stop_and_resume)
+{
+	struct memreg_queue_stats st;
+	struct memreg_cqe c[8], before[4];
+	struct memreg_sqe s;
+	struct mrq q;
+	int fd = open_ctx();
+	__u64 i;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	fill_both_rings(_metadata, &q);
+	memcpy(before, q.cqes, sizeof(before));
+	for (i = 0; i < 4; i++)
+		EXPECT_EQ(i, before[i].user_data);
+
+	/* The submission ring is full: slot 0 still holds position 4's request. */
+	s = mr_sqe_nop(8);
+	EXPECT_EQ(-EAGAIN, mrq_try_post(&q, &s, 0, NULL));
+	EXPECT_EQ(5, mrq_seq(&q, 0));
+	EXPECT_EQ(8, q.user->insert);
+	/* A doorbell changes nothing while the ring is full. */
+	EXPECT_EQ(0, mrq_doorbell(&q));
+	expect_quiet(_metadata, &q, 4);
+	EXPECT_EQ(4, mrq_sq_head(&q));
+	EXPECT_EQ(0, memcmp(before, q.cqes, sizeof(before)));
+	ASSERT_EQ(0, mr_queue_stats(fd, &st));
+	EXPECT_LE(1, st.cq_full_stalls);
+	EXPECT_EQ(4, st.requests);
+	EXPECT_EQ(4, st.completions);
+
+	/* Reaping rings the doorbell (CQ_FULL): the next four come. */
+	ASSERT_EQ(4, mrq_reap(&q, c, 8));
+	for (i = 0; i < 4; i++)
+		expect_cqe(_metadata, &c[i], i, 0, 0);
+	ASSERT_EQ(4, mrq_wait(&q, c, 4, 5000));
+	for (i = 0; i < 4; i++)
+		expect_cqe(_metadata, &c[i], 4 + i, 0, 0);
+	EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, 0, 5000));
+	s = mr_sqe_nop(8);
+	ASSERT_EQ(0, mrq_post(&q, &s, 5000));
+	ASSERT_EQ(1, mrq_wait(&q, c, 1, 5000));
+	expect_cqe(_metadata, &c[0], 8, 0, 0);
+	ASSERT_EQ(0, mr_queue_stats(fd, &st));
+	EXPECT_EQ(9, st.requests);
+	EXPECT_EQ(9, st.completions);
+	EXPECT_EQ(mrq_doorbells(&q), st.doorbells);
+	mrq_unmap(&q);
+	close(fd);
+}
+
+struct streamer {
+	struct mrq *q;
+	__u64 n;
+	int failed;
+};
+
+static void *nop_streamer(void *arg)
+{
+	struct streamer *t = arg;
+	struct memreg_sqe s;
+	__u64 i;
+
+	for (i = 0; i < t->n; i++) {
+		s = mr_sqe_nop(i);
+		if (mrq_post(t->q, &s, 20000)) {
+			__atomic_store_n(&t->failed, 1, __ATOMIC_RELEASE);
+			break;
+		}
+	}
+	return NULL;
+}
+
+/* Tiny rings and a slow reader: every request completes once, in order. */
+TEST_F_TIMEOUT(dp, tiny_rings_lose_nothing, 120)
+{
+	struct memreg_queue_stats st;
+	struct memreg_cqe c[4];
+	struct streamer t = { .n = 20000 };
+	struct mrq q;
+	__u64 next = 0, bad = 0;
+	__u64 deadline = mrq_now_us() + 60000000ULL;
+	pthread_t th;
+	unsigned int i, n;
+
+	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q));
+	ASSERT_EQ(1, q.index);
+	t.q = &q;
+	ASSERT_EQ(0, pthread_create(&th, NULL, nop_streamer, &t));
+	while (next < t.n && mrq_now_us() < deadline) {
+		n = mrq_wait(&q, c, 4, 100);
+		for (i = 0; i < n; i++, next++)
+			if (c[i].user_data != next || c[i].status)
+				bad++;
+		/* Slow now and then: the ring fills. */
+		if (n && next % 64 < 4)
+			usleep(1000);
+	}
+	pthread_join(th, NULL);
+	EXPECT_EQ(0, t.failed);
+	EXPECT_EQ(t.n, next);
+	EXPECT_EQ(0, bad);
+	expect_quiet(_metadata, &q, (__u32)t.n);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(t.n, st.requests);
+	EXPECT_EQ(t.n, st.completions);
+	EXPECT_LE(1, st.cq_full_stalls);
+	EXPECT_EQ(mrq_doorbells(&q), st.doorbells);
+	mrq_unmap(&q);
+}
+
+/* ---- Many posters ---- */
+
+#define POSTERS		4
+#define PER_POSTER	10000
+
+struct poster {
+	struct mrq *q;
+	__u64 thread;
+	__u64 dst_key, src_key;
+	int failed;
+};
+
+static void *mixed_poster(void *arg)
+{
+	struct poster *p = arg;
+	struct memreg_sqe s;
+	__u64 i;
+
+	for (i = 0; i < PER_POSTER; i++) {
+		__u64 ud = p->thread << 32 | i;
+
+		if (i & 1)
+			s = mr_sqe_copy(ud, p->dst_key, p->thread * 256 + (i % 4) * 64, p->src_key,
+					p->thread * 256 + (i % 4) * 64, 64);
+		else
+			s = mr_sqe_nop(ud);
+		if (mrq_post(p->q, &s, 30000)) {
+			__atomic_store_n(&p->failed, 1, __ATOMIC_RELEASE);
+			break;
+		}
+	}
+	return NULL;
+}
+
+/*
+ * POSTERS threads post into one queue while one thread reaps: each
+ * user_data exactly once, each thread's requests in its order; at
+ * saturation the worker keeps polling, so few doorbells are rung.
+ */
+TEST_F_TIMEOUT(dp, many_posters_one_reaper, 180)
+{
+	struct poster p[POSTERS];
+	pthread_t th[POSTERS];
+	struct memreg_queue_stats st0, st;
+	struct memreg_cqe c[256];
+	__u64 next[POSTERS] = { 0 }, total = 0, bad = 0, want = POSTERS * PER_POSTER;
+	__u64 deadline = mrq_now_us() + 150000000ULL;
+	unsigned int i, n;
+	int t;
+
+	for (i = 0; i < BUF_LEN; i++)
+		self->src[i] = (char)(i * 3 + 5);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st0));
+	for (t = 0; t < POSTERS; t++) {
+		p[t] = (struct poster){ .q = &self->q, .thread = t, .dst_key = self->rd.lkey,
+					.src_key = self->rs.lkey };
+		ASSERT_EQ(0, pthread_create(&th[t], NULL, mixed_poster, &p[t]));
+	}
+	while (total < want && mrq_now_us() < deadline) {
+		n = mrq_wait(&self->q, c, 256, 100);
+		for (i = 0; i < n; i++, total++) {
+			__u64 ud = c[i].user_data, thread = ud >> 32, seq = ud & 0xffffffffULL;
+
+			if (thread >= POSTERS || seq != next[thread] || c[i].status ||
+			    c[i].bytes != (seq & 1 ? 64 : 0)) {
+				if (bad++ < 5)
+					TH_LOG("completion %llu: user_data %#llx status %d bytes %llu",
+					       (unsigned long long)total, (unsigned long long)ud,
+					       c[i].status, (unsigned long long)c[i].bytes);
+				continue;
+			}
+			next[thread]++;
+		}
+	}
+	for (t = 0; t < POSTERS; t++) {
+		pthread_join(th[t], NULL);
+		EXPECT_EQ(0, p[t].failed) TH_LOG("poster %d", t);
+		EXPECT_EQ(PER_POSTER, next[t]) TH_LOG("poster %d", t);
+	}
+	EXPECT_EQ(want, total);
+	EXPECT_EQ(0, bad);
+	expect_quiet(_metadata, &self->q, (__u32)want);
+	EXPECT_EQ(0, memcmp(self->dst, self->src, POSTERS * 256));
+	EXPECT_TRUE(all_bytes(self->dst + POSTERS * 256, BUF_LEN - POSTERS * 256, 'd'));
+
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(want, st.requests - st0.requests);
+	EXPECT_EQ(want, st.completions - st0.completions);
+	EXPECT_EQ(0, st.errors - st0.errors);
+	EXPECT_EQ(mrq_doorbells(&self->q), st.doorbells - st0.doorbells);
+	EXPECT_GT(want / 4, st.doorbells - st0.doorbells);
+	EXPECT_LT(0, st.shadow_hits);
+	EXPECT_LE(st.batch_max, want);
+	TH_LOG("%llu requests: %llu doorbells, %llu wakeups, %llu batches (max %llu), "
+	       "%llu full stalls, shadow %llu/%llu", (unsigned long long)want,
+	       (unsigned long long)(st.doorbells - st0.doorbells),
+	       (unsigned long long)st.wakeups, (unsigned long long)st.batches,
+	       (unsigned long long)st.batch_max, (unsigned long long)st.cq_full_stalls,
+	       (unsigned long long)st.shadow_hits, (unsigned long long)st.shadow_misses);
+}
+
+/* ---- Arming ---- */
+
+/* An armed queue's next completion wakes poll and signals its eventfd, once. */
+TEST_F(dp, armed_completion_wakes_poll_and_eventfd)
+{
+	struct memreg_cqe c[3];
+	struct memreg_sqe s;
+	struct waiter w;
+	__u64 i;
+
+	drain(self);
+	EXPECT_EQ(0, mrq_armed(&self->q));
+	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 10000));
+	mrq_arm(&self->q);
+	EXPECT_EQ(1, mrq_armed(&self->q));
+	s = mr_sqe_nop(1);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	pthread_join(w.th, NULL);
+	EXPECT_EQ(1, w.n);
+	EXPECT_TRUE(w.revents & POLLIN);
+	/* Woken by the completion, not by the timeout. */
+	EXPECT_GT(5000000, w.elapsed_us);
+	ASSERT_EQ(1, mrq_wait(&self->q, c, 1, 5000));
+	expect_cqe(_metadata, &c[0], 1, 0, 0);
+	EXPECT_EQ(0, mrq_armed(&self->q));
+	EXPECT_EQ(1, efd_count(self->efd));
+
+	/* One arm, one wake-up: the next completions signal nothing. */
+	mrq_arm(&self->q);
+	for (i = 0; i < 3; i++) {
+		s = mr_sqe_nop(10 + i);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(3, mrq_wait(&self->q, c, 3, 5000));
+	EXPECT_EQ(0, mrq_armed(&self->q));
+	EXPECT_EQ(1, efd_count(self->efd));
+	for (i = 0; i < 3; i++) {
+		s = mr_sqe_nop(20 + i);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(3, mrq_wait(&self->q, c, 3, 5000));
+	EXPECT_EQ(0, efd_count(self->efd));
+}
+
+/* Unarmed completions wake nothing and signal nothing. */
+TEST_F(dp, unarmed_completions_wake_nothing)
+{
+	struct memreg_cqe c[8];
+	struct memreg_sqe s;
+	struct waiter w;
+	__u64 i;
+
+	drain(self);
+	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 1500));
+	for (i = 0; i < 8; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(8, mrq_wait(&self->q, c, 8, 5000));
+	pthread_join(w.th, NULL);
+	/* It slept its whole timeout. */
+	EXPECT_LE(1400000, w.elapsed_us) TH_LOG("poll returned %d (%#x) after %llu us", w.n,
+						w.revents, (unsigned long long)w.elapsed_us);
+	EXPECT_EQ(0, efd_count(self->efd));
+	EXPECT_EQ(0, mrq_armed(&self->q));
+}
+
+/* Each queue signals its own eventfd, when it is armed. */
+TEST_F(dp, eventfd_per_queue)
+{
+	struct memreg_cqe c;
+	struct memreg_sqe s = mr_sqe_nop(7);
+	struct mrq q1, q2;
+	int efd1 = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+
+	ASSERT_GE(efd1, 0);
+	ASSERT_EQ(0, mrq_open(self->fd, 8, 8, efd1, &q1));
+	ASSERT_EQ(0, mrq_open(self->fd, 8, 8, -1, &q2));
+	drain(self);
+	mrq_arm(&q1);
+	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	EXPECT_EQ(0, efd_count(self->efd));
+	EXPECT_EQ(0, efd_count(efd1));
+	EXPECT_EQ(1, mrq_armed(&q1));
+	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	EXPECT_EQ(0, mrq_armed(&q1));
+	EXPECT_EQ(1, efd_count(efd1));
+	EXPECT_EQ(0, efd_count(self->efd));
+
+	mrq_arm(&self->q);
+	mrq_arm(&q2);
+	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	EXPECT_EQ(1, efd_count(self->efd));
+	EXPECT_EQ(0, efd_count(efd1));
+	/* Without an eventfd, arming works all the same. */
+	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	EXPECT_EQ(0, mrq_armed(&q2));
+	mrq_unmap(&q1);
+	mrq_unmap(&q2);
+	close(efd1);
+}
+
+/* ---- The master ring ---- */
+
+TEST_F(dp, master_ring_names_queues_with_completions)
+{
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	struct mrq q1, q2;
+	__u32 idx[MEMREG_MASTER_ENTRIES];
+	unsigned int n, i, seen0 = 0, seen2 = 0, first2 = ~0U, last0 = 0;
+
+	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q1));
+	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q2));
+	ASSERT_EQ(2, q2.index);
+	EXPECT_EQ(0, mr_master_tail(&self->m));
+	for (i = 0; i < 3; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	}
+	s = mr_sqe_nop(100);
+	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	/* The master entry may follow the completion: wait for it. */
+	for (i = 0; i < 200 && mr_master_tail(&self->m) < 4; i++)
+		usleep(10000);
+	n = mr_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
+	EXPECT_LE(2, n);
+	EXPECT_GE(4, n);
+	for (i = 0; i < n; i++) {
+		if (idx[i] == 0) {
+			seen0++;
+			last0 = i;
+		} else if (idx[i] == 2) {
+			seen2++;
+			if (first2 == ~0U)
+				first2 = i;
+		} else {
+			TH_LOG("entry %u names queue %u", i, idx[i]);
+			EXPECT_TRUE(0);
+		}
+	}
+	EXPECT_LE(1, seen0);
+	EXPECT_EQ(1, seen2);
+	EXPECT_LT(last0, first2);
+	EXPECT_EQ(0, self->m.ring->flags);
+	EXPECT_EQ(0, self->m.ring->overflows);
+
+	/* Read: the next entries name only what completed since. */
+	s = mr_sqe_nop(200);
+	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	for (i = 0; i < 200 && mr_master_tail(&self->m) == mr_master_head(&self->m); i++)
+		usleep(10000);
+	n = mr_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
+	ASSERT_EQ(1, n);
+	EXPECT_EQ(1, idx[0]);
+	mrq_unmap(&q1);
+	mrq_unmap(&q2);
+}
+
+/* An armed master ring wakes poll on its next entry (and signals no eventfd). */
+TEST_F(dp, master_arm_wakes_poll)
+{
+	struct memreg_cqe c;
+	struct memreg_sqe s = mr_sqe_nop(5);
+	struct waiter w;
+
+	drain(self);
+	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 10000));
+	mr_master_arm(&self->m);
+	EXPECT_EQ(1, mr_master_armed(&self->m));
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	pthread_join(w.th, NULL);
+	EXPECT_EQ(1, w.n);
+	EXPECT_TRUE(w.revents & POLLIN);
+	EXPECT_GT(5000000, w.elapsed_us);
+	EXPECT_EQ(0, mr_master_armed(&self->m));
+	ASSERT_EQ(1, mrq_wait(&self->q, &c, 1, 5000));
+	expect_cqe(_metadata, &c, 5, 0, 0);
+	EXPECT_LE(1, mr_master_tail(&self->m));
+	EXPECT_EQ(0, mr_master_at(&self->m, 0));
+	/* The queue was not armed: its eventfd is quiet. */
+	EXPECT_EQ(0, efd_count(self->efd));
+}
+
+/* A full master ring drops new entries, keeps the old ones, and counts. */
+TEST_F_TIMEOUT(dp, master_overflow_counts_unwritten_entries, 120)
+{
+	const __u32 cycles = MEMREG_MASTER_ENTRIES + 76;
+	struct memreg_queue_stats st;
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	struct mrq q1, *qs[2] = { &self->q, &q1 };
+	__u32 i, tail;
+
+	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q1));
+	/* One request at a time, alternately on queues 0 and 1: one entry each. */
+	for (i = 0; i < cycles; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_run(qs[i & 1], &s, &c)) TH_LOG("cycle %u", i);
+		ASSERT_EQ(i, c.user_data);
+	}
+	for (i = 0; i < 200; i++) {
+		if (mr_master_tail(&self->m) + self->m.ring->overflows == cycles)
+			break;
+		usleep(10000);
+	}
+	tail = mr_master_tail(&self->m);
+	EXPECT_EQ(MEMREG_MASTER_ENTRIES, tail);
+	EXPECT_EQ(cycles - MEMREG_MASTER_ENTRIES, self->m.ring->overflows);
+	EXPECT_EQ(MEMREG_EVENTS_OVERFLOW, self->m.ring->flags & MEMREG_EVENTS_OVERFLOW);
+	for (i = 0; i < MEMREG_MASTER_ENTRIES; i++) {
+		if (mr_master_at(&self->m, i) != (i & 1)) {
+			TH_LOG("entry %u names queue %u", i, mr_master_at(&self->m, i));
+			EXPECT_TRUE(0);
+			break;
+		}
+	}
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(self->m.ring->overflows, st.master_overflows);
+	EXPECT_EQ(cycles, st.completions);
+
+	/* Read: room again. */
+	mr_master_set_head(&self->m, tail);
+	s = mr_sqe_nop(cycles);
+	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	for (i = 0; i < 200 && mr_master_tail(&self->m) == tail; i++)
+		usleep(10000);
+	EXPECT_EQ(tail + 1, mr_master_tail(&self->m));
+	EXPECT_EQ(1, mr_master_at(&self->m, tail));
+	EXPECT_EQ(cycles - MEMREG_MASTER_ENTRIES, self->m.ring->overflows);
+	mrq_unmap(&q1);
+}
+
+/* ---- POLLOUT ---- */
+
+/* The file is writable while no queue's submission ring is full. */
+TEST(pollout_while_no_submission_ring_is_full)
+{
+	struct memreg_cqe c[8];
+	struct waiter w;
+	struct mrq q0, q1;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q0));
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q1));
+	EXPECT_EQ(POLLOUT, poll_now(fd, POLLOUT) & POLLOUT);
+	fill_both_rings(_metadata, &q0);
+	/* Queue 0's ring is full, queue 1's is empty: not writable. */
+	EXPECT_EQ(0, poll_now(fd, POLLOUT) & POLLOUT);
+
+	/* A poller for POLLOUT is woken when the worker makes room. */
+	ASSERT_EQ(0, start_waiter(&w, fd, POLLOUT, 10000));
+	ASSERT_EQ(4, mrq_reap(&q0, c, 8));
+	pthread_join(w.th, NULL);
+	EXPECT_EQ(1, w.n);
+	EXPECT_TRUE(w.revents & POLLOUT);
+	EXPECT_GT(5000000, w.elapsed_us);
+	ASSERT_EQ(4, mrq_wait(&q0, c, 4, 5000));
+	EXPECT_EQ(POLLOUT, poll_now(fd, POLLOUT) & POLLOUT);
+	mrq_unmap(&q0);
+	mrq_unmap(&q1);
+	close(fd);
+}
+
+/* ---- Garbage in the shared areas ---- */
+
+/*
+ * The worker takes only a slot whose seq says published for its lap: not
+ * one merely claimed (insert moved), nor one with any other seq; insert
+ * itself is never read by it.
+ */
+TEST(unpublished_slots_are_never_taken)
+{
+	static const __u64 wrong[] = { 0, 2, 8, 9, 17, ~0ULL, 1ULL << 63 };
+	struct memreg_cqe c[2];
+	struct mrq q;
+	size_t i;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_open(fd, 8, 8, -1, &q));
+	/* Claimed and written, never published. */
+	q.slots[0].sqe = mr_sqe_nop(0xa0);
+	q.slots[1].sqe = mr_sqe_nop(0xa1);
+	q.user->insert = 2;
+	ASSERT_EQ(0, mrq_doorbell(&q));
+	expect_quiet(_metadata, &q, 0);
+	EXPECT_EQ(0, mrq_sq_head(&q));
+	/* Published with the wrong sequence. */
+	for (i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
+		__atomic_store_n(&q.slots[0].seq, wrong[i], __ATOMIC_RELEASE);
+		ASSERT_EQ(0, mrq_doorbell(&q));
+		usleep(50000);
+		EXPECT_EQ(0, mrq_cq_tail(&q)) TH_LOG("seq %#llx", (unsigned long long)wrong[i]);
+		EXPECT_EQ(0, mrq_sq_head(&q));
+	}
+	/* Slot 1 published, slot 0 not: slot 1 waits its turn. */
+	__atomic_store_n(&q.slots[0].seq, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&q.slots[1].seq, 2, __ATOMIC_RELEASE);
+	ASSERT_EQ(0, mrq_doorbell(&q));
+	expect_quiet(_metadata, &q, 0);
+	/* Garbage insert, slot 0 published right: taken, then slot 1. */
+	q.user->insert = 0xdeadbeefcafeULL;
+	__atomic_store_n(&q.slots[0].seq, 1, __ATOMIC_RELEASE);
+	ASSERT_EQ(0, mrq_doorbell(&q));
+	ASSERT_EQ(2, mrq_wait(&q, c, 2, 5000));
+	expect_cqe(_metadata, &c[0], 0xa0, 0, 0);
+	expect_cqe(_metadata, &c[1], 0xa1, 0, 0);
+	EXPECT_EQ(2, mrq_sq_head(&q));
+	/* Freed for the next lap; insert is user space's. */
+	EXPECT_EQ(8, mrq_seq(&q, 0));
+	EXPECT_EQ(9, mrq_seq(&q, 1));
+	EXPECT_EQ(0xdeadbeefcafeULL, q.user->insert);
+	/* Taken once: another doorbell takes nothing again. */
+	ASSERT_EQ(0, mrq_doorbell(&q));
+	expect_quiet(_metadata, &q, 2);
+	EXPECT_EQ(2, mrq_sq_head(&q));
+	mrq_unmap(&q);
+	close(fd);
+}
+
+/* A completion head that makes no sense reads as a full ring. */
+TEST(garbage_cq_head_reads_as_full)
+{
+	struct memreg_cqe c[8], before[4];
+	struct memreg_sqe s;
+	struct mrq q;
+	__u32 heads[] = { 0xffffffffu, 9, 8 + 0x80000000u, 8 + 5, 8 - 5 };
+	size_t i;
+	int fd = open_ctx();
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	for (i = 0; i < 8; i++) {
+		s = mr_sqe_nop(i);
+		ASSERT_EQ(0, mrq_run(&q, &s, c));
+	}
+	ASSERT_EQ(8, mrq_cq_tail(&q));
+	memcpy(before, q.cqes, sizeof(before));
+	s = mr_sqe_nop(100);
+	ASSERT_EQ(0, mrq_try_post(&q, &s, MRQ_NO_DOORBELL, NULL));
+	for (i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
+		mrq_set_cq_head(&q, heads[i]);
+		ASSERT_EQ(0, mrq_doorbell(&q));
+		EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, MEMREG_QUEUE_CQ_FULL, 5000))
+			TH_LOG("head %#x", heads[i]);
+		usleep(100000);
+		EXPECT_EQ(8, mrq_cq_tail(&q)) TH_LOG("head %#x", heads[i]);
+		EXPECT_EQ(8, mrq_sq_head(&q)) TH_LOG("head %#x", heads[i]);
+		EXPECT_EQ(0, memcmp(before, q.cqes, sizeof(before)));
+		/* The kernel does not write the head. */
+		EXPECT_EQ(heads[i], mrq_cq_head(&q));
+	}
+	/* Put right: it goes on. */
+	mrq_set_cq_head(&q, 8);
+	ASSERT_EQ(0, mrq_doorbell(&q));
+	ASSERT_EQ(1, mrq_wait(&q, c, 1, 5000));
+	expect_cqe(_metadata, &c[0], 100, 0, 0);
+	EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, 0, 5000));
+	mrq_unmap(&q);
+	close(fd);
+}
+
+struct scribble {
+	struct mrq *q;
+	__u64 keys[2];
+	int stop;
+	int failed;
+	__u64 posted;
+	__u64 ops;
+};
+
+#define LEGIT		0x1000000000000000ULL
+#define GARBAGE		0xbad0000000000000ULL
+
+static void *legit_poster(void *arg)
+{
+	struct scribble *sc = arg;
+	struct memreg_sqe s;
+	__u64 i = 0;
+	int ret;
+
+	while (!__atomic_load_n(&sc->stop, __ATOMIC_ACQUIRE)) {
+		if (i & 1)
+			s = mr_sqe_copy(LEGIT | i, sc->keys[1], (i % 64) * 64, sc->keys[0], 0, 64);
+		else
+			s = mr_sqe_nop(LEGIT | i);
+		ret = mrq_try_post(sc->q, &s, 0, NULL);
+		if (ret == -EAGAIN || ret == -EBUSY) {
+			sched_yield();
+			continue;
+		}
+		/* Posted (a failed doorbell would be a failure of its own). */
+		if (ret)
+			__atomic_store_n(&sc->failed, 1, __ATOMIC_RELEASE);
+		__atomic_store_n(&sc->posted, ++i, __ATOMIC_RELAXED);
+	}
+	return NULL;
+}
+
+static __u64 rnd64(unsigned int *seed)
+{
+	return (__u64)rand_r(seed) << 40 ^ (__u64)rand_r(seed) << 20 ^ (__u64)rand_r(seed);
+}
+
+static void *scribbler(void *arg)
+{
+	struct scribble *sc = arg;
+	struct mrq *q = sc->q;
+	unsigned int seed = 12345;
+	__u64 n = 0;
+
+	while (!__atomic_load_n(&sc->stop, __ATOMIC_ACQUIRE)) {
+		__u32 slot = rand_r(&seed) % q->sq_entries;
+		struct memreg_sq_slot *sl = &q->slots[slot];
+		struct memreg_sqe s;
+
+		switch (rand_r(&seed) % 10) {
+		case 0:
+			__atomic_store_n(&sl->seq, rnd64(&seed), __ATOMIC_RELEASE);
+			break;
+		case 1:
+		case 2: {
+			/* Published for some lap, near the worker's. */
+			__u64 head = mrq_sq_head(q);
+			__u64 lap = head + (rand_r(&seed) % (3 * q->sq_entries));
+
+			__atomic_store_n(&q->slots[lap % q->sq_entries].seq, lap + 1,
+					 __ATOMIC_RELEASE);
+			break;
+		}
+		case 3:
+			__atomic_store_n(&q->user->insert, rnd64(&seed), __ATOMIC_RELAXED);
+			break;
+		case 4:
+			__atomic_store_n(&q->user->insert,
+					 q->user->insert + (rand_r(&seed) % 7) - 3, __ATOMIC_RELAXED);
+			break;
+		case 5:
+			for (size_t i = 0; i < sizeof(s); i++)
+				((unsigned char *)&s)[i] = rand_r(&seed);
+			s.user_data = GARBAGE | (n & 0xffffffff);
+			memcpy(&sl->sqe, &s, sizeof(s));
+			break;
+		case 6:
+		case 7:
+			/* Plausible: a real opcode, real keys, odd offsets and lengths. */
+			memset(&s, 0, sizeof(s));
+			s.opcode = rand_r(&seed) % 5;
+			s.user_data = GARBAGE | (n & 0xffffffff);
+			s.key = rand_r(&seed) % 4 ? sc->keys[rand_r(&seed) % 2] : rnd64(&seed);
+			s.src_key = rand_r(&seed) % 4 ? sc->keys[rand_r(&seed) % 2] : rnd64(&seed);
+			s.offset = rand_r(&seed) % 3 ? rand_r(&seed) % BUF_LEN : rnd64(&seed);
+			s.src_offset = rand_r(&seed) % 3 ? rand_r(&seed) % BUF_LEN : rnd64(&seed);
+			s.length = rand_r(&seed) % 3 ? rand_r(&seed) % (BUF_LEN + 2) : rnd64(&seed);
+			if (!(rand_r(&seed) % 8))
+				s.flags = rand_r(&seed);
+			memcpy(&sl->sqe, &s, sizeof(s));
+			break;
+		case 8:
+			__atomic_store_n(&q->user->cq_arm, rand_r(&seed), __ATOMIC_RELAXED);
+			break;
+		case 9:
+			q->user->reserved[rand_r(&seed) % 6] = rnd64(&seed);
+			break;
+		}
+		if (!(++n % 64))
+			sched_yield();
+	}
+	__atomic_store_n(&sc->ops, n, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static bool allowed_status(int status)
+{
+	return status == 0 || status == -EINVAL || status == -ENOENT || status == -EACCES ||
+	       status == -EAGAIN || status == -EOVERFLOW;
+}
+
+/*
+ * One thread posts properly while another writes garbage over the
+ * submission ring (sequences, insert, descriptors, arm). Every completion
+ * is a taken descriptor with a documented status; every taken descriptor
+ * completes; the context still goes away cleanly, and the module works.
+ */
+TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
+{
+	struct memreg_global_stats base;
+	struct memreg_queue_stats st;
+	struct scribble sc = { .q = &self->q, .keys = { self->rs.lkey, self->rd.lkey } };
+	struct memreg_cqe c[QCQ];
+	pthread_t tp, ts;
+	__u64 reaped = 0, bad = 0, legit = 0, garbage = 0, end, last;
+	unsigned int i, n;
+	struct mrq q2;
+	int fd2;
+
+	ASSERT_EQ(0, pthread_create(&tp, NULL, legit_poster, &sc));
+	ASSERT_EQ(0, pthread_create(&ts, NULL, scribbler, &sc));
+	end = mrq_now_us() + 1500000;
+	while (mrq_now_us() < end) {
+		__u32 tail = mrq_cq_tail(&self->q);
+
+		EXPECT_GE(mrq_sq_head(&self->q), (__u64)tail);
+		n = mrq_wait(&self->q, c, QCQ, 10);
+		for (i = 0; i < n; i++, reaped++) {
+			if (!allowed_status(c[i].status) || c[i].reserved0 || c[i].reserved ||
+			    (c[i].status && c[i].bytes) || c[i].bytes > BUF_LEN) {
+				if (bad++ < 5)
+					TH_LOG("completion %llu: user_data %#llx status %d bytes %llu",
+					       (unsigned long long)reaped,
+					       (unsigned long long)c[i].user_data, c[i].status,
+					       (unsigned long long)c[i].bytes);
+			}
+			if ((c[i].user_data & 0xf000000000000000ULL) == LEGIT)
+				legit++;
+			else
+				garbage++;
+		}
+	}
+	__atomic_store_n(&sc.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(tp, NULL);
+	pthread_join(ts, NULL);
+
+	/* Quiet down: reap (ringing when stopped) until nothing comes for 300 ms. */
+	last = mrq_now_us();
+	while (mrq_now_us() - last < QUIET_MS * 1000) {
+		n = mrq_wait(&self->q, c, QCQ, 10);
+		for (i = 0; i < n; i++, reaped++)
+			if (!allowed_status(c[i].status))
+				bad++;
+		if (n)
+			last = mrq_now_us();
+	}
+	EXPECT_EQ(0, bad);
+	EXPECT_EQ(0, sc.failed);
+	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(reaped, st.completions);
+	EXPECT_EQ((__u32)reaped, mrq_cq_tail(&self->q));
+	EXPECT_EQ(st.requests, st.completions);
+	EXPECT_EQ(st.requests, mrq_sq_head(&self->q));
+	TH_LOG("%llu posted, %llu scribbles; %llu completions: %llu legit, %llu garbage, "
+	       "%llu errors", (unsigned long long)sc.posted, (unsigned long long)sc.ops,
+	       (unsigned long long)reaped, (unsigned long long)legit,
+	       (unsigned long long)garbage, (unsigned long long)st.errors);
+
+	/* The context still goes away whole. */
+	mrq_unmap(&self->q);
+	mr_master_unmap(&self->m);
+	close(self->fd);
+	self->fd = -1;
+	memset(&base, 0, sizeof(base));
+	EXPECT_EQ(0, wait_baseline(&base, 2000));
+
+	/* And the module still works. */
+	fd2 = open_ctx();
+	ASSERT_GE(fd2, 0);
+	ASSERT_EQ(0, mrq_open(fd2, 4, 4, -1, &q2));
+	for (i = 0; i < 10; i++) {
+		struct memreg_sqe s = mr_sqe_nop(i);
+
+		ASSERT_EQ(0, mrq_run(&q2, &s, c));
+		expect_cqe(_metadata, c, i, 0, 0);
+	}
+	mrq_unmap(&q2);
+	close(fd2);
+}
+
+/* ---- Teardown ---- */
+
+/* close() and munmap() with thousands of requests in flight. */
+TEST_F_TIMEOUT(dp, close_with_requests_in_flight, 60)
+{
+	struct memreg_global_stats base;
+	struct memreg_sqe s;
+	struct mrq q;
+	__u64 i;
+	__u32 tail;
+
+	ASSERT_EQ(0, mrq_open(self->fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_SQ_ENTRIES, -1, &q));
+	for (i = 0; i < MEMREG_MAX_SQ_ENTRIES; i++) {
+		s = mr_sqe_copy(i, self->rd.lkey, (i % 4) * 4 * PAGE, self->rs.lkey,
+				(i % 3) * 4 * PAGE, 4 * PAGE);
+		ASSERT_EQ(0, mrq_try_post(&q, &s, 0, NULL)) TH_LOG("request %llu",
+								  (unsigned long long)i);
+	}
+	tail = mrq_cq_tail(&q);
+	mrq_unmap(&q);
+	mrq_unmap(&self->q);
+	mr_master_unmap(&self->m);
+	close(self->fd);
+	self->fd = -1;
+	TH_LOG("%u of %u completed at close", tail, MEMREG_MAX_SQ_ENTRIES);
+	memset(&base, 0, sizeof(base));
+	EXPECT_EQ(0, wait_baseline(&base, 2000));
+}
+
+/* The context stays while mapped, the worker with it; unmapping releases it. */
+TEST_F_TIMEOUT(dp, close_while_mapped_then_unmap, 60)
+{
+	struct memreg_global_stats base = { 0 }, g;
+	struct memreg_sqe s;
+	__u64 i;
+
+	for (i = 0; i < QSQ; i++) {
+		s = mr_sqe_copy(i, self->rd.lkey, 0, self->rs.lkey, 0, BUF_LEN);
+		ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, NULL));
+	}
+	close(self->fd);
+	self->fd = -1;
+	ASSERT_EQ(0, mr_global_now(&g));
+	EXPECT_EQ(1, g.contexts);
+	EXPECT_EQ(2, g.regions);
+	/* The rings are still there to read. */
+	EXPECT_EQ(QSQ, self->q.ring->sq_entries);
+	mrq_unmap(&self->q);
+	usleep(10000);
+	/* The master ring's mappings still hold it. */
+	ASSERT_EQ(0, mr_global_now(&g));
+	EXPECT_EQ(1, g.contexts);
+	mr_master_unmap(&self->m);
+	EXPECT_EQ(0, wait_baseline(&base, 2000));
+}
+
+/* SIGKILL of a process in the middle of a stream releases everything. */
+TEST_F_TIMEOUT(dp, sigkill_mid_stream, 60)
+{
+	struct memreg_global_stats base;
+	int ready[2];
+	char ch = 0;
+	pid_t pid;
+
+	/* Only the child's context counts here. */
+	mrq_unmap(&self->q);
+	mr_master_unmap(&self->m);
+	close(self->fd);
+	self->fd = -1;
+	settle(&base);
+	ASSERT_EQ(0, pipe(ready));
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (pid == 0) {
+		struct memreg_register a, b;
+		struct memreg_cqe c[256];
+		struct memreg_sqe s;
+		struct mrq q;
+		char *x = map_buf(64 * PAGE, 'x'), *y = map_buf(64 * PAGE, 'y');
+		__u64 i = 0, done = 0;
+		int fd = open_ctx(), told = 0;
+
+		/* Never outlive a parent that failed before its kill. */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		close(ready[0]);
+		if (fd < 0 || !x || !y || mr_register(fd, x, 64 * PAGE, RW, &a) ||
+		    mr_register(fd, y, 64 * PAGE, RW, &b) || mrq_open(fd, 1024, 4096, -1, &q))
+			_exit(1);
+		for (;;) {
+			s = mr_sqe_copy(i, b.lkey, (i % 64) * PAGE, a.lkey, (i % 63) * PAGE, PAGE);
+			if (!mrq_try_post(&q, &s, 0, NULL))
+				i++;
+			done += mrq_reap(&q, c, 256);
+			if (done >= 2000 && !told) {
+				if (write(ready[1], "r", 1) != 1)
+					_exit(2);
+				told = 1;
+			}
+		}
+	}
+	close(ready[1]);
+	ASSERT_EQ(1, read(ready[0], &ch, 1));
+	usleep(20000);
+	ASSERT_EQ(0, kill(pid, SIGKILL));
+	EXPECT_EQ(SIGKILL, wait_signal(pid));
+	EXPECT_EQ(0, wait_baseline(&base, 2000));
+	close(ready[0]);
+}
+
+TEST_HARNESS_MAIN
