@@ -72,6 +72,7 @@ use kernel::{
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
+        barrier::{smp_mb, Full},
         poll::PollTable,
         Arc, ArcBorrow, SpinLock,
     },
@@ -902,6 +903,10 @@ impl Context {
             .as_ref()
             .is_some_and(|r| r.readable());
         let mut writable = true;
+        // Set before looking at the rings: the worker, after it frees a slot, either sees the
+        // flag and wakes us, or we see the slot free.
+        data.pollout_waiting.store(true, Relaxed);
+        smp_mb(Full);
         {
             let queues = data.queues.lock();
             for q in queues.iter() {
@@ -910,9 +915,8 @@ impl Context {
             }
         }
         readable |= data.master.as_ref().is_some_and(|m| m.pending());
-        if !writable {
-            // The worker wakes us when it frees a slot.
-            data.pollout_waiting.store(true, Relaxed);
+        if writable {
+            data.pollout_waiting.store(false, Relaxed);
         }
         let mut mask = 0;
         if readable {

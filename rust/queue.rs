@@ -131,8 +131,7 @@ impl Queue {
         eventfd: Option<EventFd>,
     ) -> Result<Self> {
         if !sq_entries.is_power_of_two()
-            || sq_entries < 2
-            || sq_entries > defs::MAX_SQ_ENTRIES
+            || !(2..=defs::MAX_SQ_ENTRIES).contains(&sq_entries)
             || !cq_entries.is_power_of_two()
             || cq_entries < sq_entries
             || cq_entries > defs::MAX_CQ_ENTRIES
@@ -286,6 +285,9 @@ impl Queue {
         self.cq_tail.store(tail, Release);
         // Release: the entry before the tail that covers it.
         self.kernel.store_u32(CQ_TAIL, tail);
+        // Pairs with the reader's barrier between arming and looking at the tail again:
+        // either it sees the new tail, or we see its arm word.
+        smp_mb(Full);
         if self.user.load_u32(SQ_CQ_ARM).unwrap_or(0) != 0
             && self.user.xchg_u32(SQ_CQ_ARM, 0).unwrap_or(0) != 0
         {
@@ -352,6 +354,8 @@ impl Master {
             // Release: the entry before the tail that covers it.
             self.ring.store_u32(MASTER_TAIL, tail);
         }
+        // As in `Queue::complete`.
+        smp_mb(Full);
         if self.user.load_u32(MASTER_ARM).unwrap_or(0) != 0
             && self.user.xchg_u32(MASTER_ARM, 0).unwrap_or(0) != 0
         {

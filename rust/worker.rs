@@ -37,7 +37,7 @@ use kernel::{
     new_mutex, new_spinlock,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed},
+        atomic::{Atomic, Full, Relaxed},
         Arc, Mutex, SetOnce, SpinLock,
     },
     task::resched::cond_resched,
@@ -371,7 +371,9 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                 data.stats.master_overflows.add(1, Relaxed);
             }
         }
-        if data.pollout_waiting.xchg(false, Relaxed) {
+        // Fully ordered after the new head was published: pairs with `poll` setting the flag
+        // before it looks at the ring.
+        if data.pollout_waiting.xchg(false, Full) {
             ctx.waiters.cv.notify_all();
         }
     }

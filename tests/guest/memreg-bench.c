@@ -70,7 +70,41 @@
  *                            10K, 100K registrations of mixed lengths (one of
  *                            1 GiB, read-only, the others 1-16 pages inside
  *                            and outside it), against the no-op ioctl;
- *  lookup_100k_vs_1k         that hit at 100K against the same at 1K, <= 2.
+ *  lookup_100k_vs_1k         that hit at 100K against the same at 1K, <= 2;
+ *  ring_copy_{64b,4kib}_batch{1,8,32,128}_speedup  requests through a
+ *                            queue against one COPY ioctl each: time per
+ *                            request of COPYs of 64 bytes or 4 KiB between
+ *                            two registrations of one context (512 KiB each,
+ *                            read-write), posted N at a time with the
+ *                            lock-free protocol of the header (the doorbell
+ *                            rung when the rule says so), then reaped by
+ *                            spinning (yielding the CPU now and then) until
+ *                            the N completions arrived, each checked in order:
+ *                            user_data, status 0, bytes == length. Baseline:
+ *                            MEMREG_IOC_COPY of the same length from a user
+ *                            buffer into the destination registration. The
+ *                            ioctl and the four batch sizes of one length are
+ *                            measured in an order that rotates from round to
+ *                            round; ratio baseline/value, so the ratio of
+ *                            request rates. Target >= 3 for 64 bytes in
+ *                            batches of 32, the others informational. One
+ *                            queue of 256 submission and 1024 completion
+ *                            entries; an untimed COPY through it is checked
+ *                            to move the bytes asked first;
+ *  ring_round_trip_vs_ioctl  one 64-byte COPY posted, the doorbell rung if
+ *                            the worker sleeps, its completion seen: the
+ *                            batch-1 figure of the 64-byte rows, against one
+ *                            COPY ioctl of 64 bytes, <= 2;
+ *  ring_doorbells_per_request  a count, not a time: 100000 64-byte COPYs
+ *                            posted continuously, 32 at a time, by one thread
+ *                            that reaps between batches (never more
+ *                            outstanding than the completion ring holds);
+ *                            DOORBELL calls (the delta of QUEUE_STATS
+ *                            .doorbells, checked equal to the program's own
+ *                            count) per request, median of five runs;
+ *                            baseline 1, ratio = value, <= 0.05. Needs no
+ *                            clock, so it is never unresolved; the run's time
+ *                            per request is printed for information.
  *
  * The clock: the guest may run on a coarse clocksource (jiffies, when the
  * TSC was found unstable and nothing better was there). The clock is
@@ -84,9 +118,11 @@
  *
  * Output: progress lines, a table (metric, value, baseline, ratio, target,
  * verdict) and the same rows as CSV lines prefixed "MEMREG-CSV ", header
- * "metric,value,baseline,ratio,target": values in ns, ratio value/baseline
- * (baseline/value for metrics named *_speedup), target like "<=1.3", and
- * "metric,unresolved,,,target" for a figure the clock cannot resolve.
+ * "metric,value,baseline,ratio,target": values in ns (for
+ * ring_doorbells_per_request a count per request, to six decimals, against
+ * a baseline of 1), ratio value/baseline (baseline/value for metrics named
+ * *_speedup), target like "<=1.3", and "metric,unresolved,,,target" for a
+ * figure the clock cannot resolve.
  *
  * Exits 0 when every operation behaved as expected (a missed target is a
  * verdict, not a failure), 1 otherwise. The lookup rows need the module
@@ -96,6 +132,7 @@
  */
 #include <errno.h>
 #include <math.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -404,9 +441,10 @@ struct row {
 	char name[48];
 	struct fig value, base;
 	char target[16];
+	int count;		/* value and baseline are counts, not times */
 };
 
-static struct row rows[32];
+static struct row rows[48];
 static int nrows;
 
 static void add_row(const char *name, struct fig value, struct fig base, const char *target)
@@ -417,10 +455,27 @@ static void add_row(const char *name, struct fig value, struct fig base, const c
 	r->value = value;
 	r->base = base;
 	snprintf(r->target, sizeof(r->target), "%s", target);
+	r->count = 0;
+}
+
+/*
+ * A row whose value is a count per operation (it may be 0) against a count
+ * baseline, ratio value/baseline. A count needs no clock: it is resolved
+ * when it was measured at all.
+ */
+static void add_count_row(const char *name, struct fig value, double base, const char *target)
+{
+	struct fig b = { base, 1 };
+
+	add_row(name, value, b, target);
+	rows[nrows - 1].count = 1;
 }
 
 static int row_resolved(const struct row *r)
 {
+	if (r->count)
+		return r->value.ok && r->base.ok && r->value.ns >= 0 && r->base.ns > 0 &&
+		       isfinite(r->value.ns) && isfinite(r->base.ns);
 	return r->value.ok && r->base.ok && r->value.ns > 0 && r->base.ns > 0 &&
 	       isfinite(r->value.ns) && isfinite(r->base.ns);
 }
@@ -452,26 +507,35 @@ static const char *row_verdict(const struct row *r)
 	return "?";
 }
 
+/* A value or baseline of a row as printed: ns to 0.1, a count to 1e-6. */
+static void row_num(char *buf, size_t n, const struct row *r, struct fig f)
+{
+	if (r->count ? !(f.ok && f.ns >= 0) : !(f.ok && f.ns > 0))
+		snprintf(buf, n, "unresolved");
+	else if (r->count)
+		snprintf(buf, n, f.ns == floor(f.ns) ? "%.0f" : "%.6f", f.ns);
+	else
+		snprintf(buf, n, "%.1f", f.ns);
+}
+
 static void print_results(void)
 {
 	int i, meets = 0, misses = 0, unresolved = 0, info = 0;
 	char v[32], b[32], q[32];
 
-	printf("\n%-30s %14s %14s %10s %7s  %s\n", "metric", "value ns", "baseline ns", "ratio",
+	printf("\n%-34s %14s %14s %10s %7s  %s\n", "metric", "value", "baseline", "ratio",
 	       "target", "verdict");
 	for (i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
 		const char *verdict = row_verdict(r);
 
-		snprintf(v, sizeof(v), r->value.ok && r->value.ns > 0 ? "%.1f" : "unresolved",
-			 r->value.ns);
-		snprintf(b, sizeof(b), r->base.ok && r->base.ns > 0 ? "%.1f" : "unresolved",
-			 r->base.ns);
+		row_num(v, sizeof(v), r, r->value);
+		row_num(b, sizeof(b), r, r->base);
 		if (row_resolved(r))
-			snprintf(q, sizeof(q), "%.2fx", row_ratio(r));
+			snprintf(q, sizeof(q), r->count ? "%.6fx" : "%.2fx", row_ratio(r));
 		else
 			snprintf(q, sizeof(q), "unresolved");
-		printf("%-30s %14s %14s %10s %7s  %s\n", r->name, v, b, q,
+		printf("%-34s %14s %14s %10s %7s  %s\n", r->name, v, b, q,
 		       r->target[0] ? r->target : "-", r->target[0] ? verdict : "informational");
 		if (!strcmp(verdict, "meets"))
 			meets++;
@@ -489,11 +553,17 @@ static void print_results(void)
 	for (i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
 
-		if (row_resolved(r))
-			printf("MEMREG-CSV %s,%.1f,%.1f,%.4f,%s\n", r->name, r->value.ns, r->base.ns,
-			       row_ratio(r), r->target);
-		else
+		if (!row_resolved(r)) {
 			printf("MEMREG-CSV %s,unresolved,,,%s\n", r->name, r->target);
+		} else if (r->count) {
+			row_num(v, sizeof(v), r, r->value);
+			row_num(b, sizeof(b), r, r->base);
+			printf("MEMREG-CSV %s,%s,%s,%.6f,%s\n", r->name, v, b, row_ratio(r),
+			       r->target);
+		} else {
+			printf("MEMREG-CSV %s,%.1f,%.1f,%.4f,%s\n", r->name, r->value.ns,
+			       r->base.ns, row_ratio(r), r->target);
+		}
 	}
 }
 
@@ -1308,6 +1378,485 @@ static void bench_munmap(void)
 	close(reg.fd);
 }
 
+/* ---- The data path: requests through a queue ----------------------------- */
+
+/*
+ * One queue of the file, mapped, and what the program has consumed of it.
+ * Requests are COPYs of `len` bytes; their completions come back in order
+ * (one queue, executed in order), each checked: user_data the next expected,
+ * status 0, bytes == len.
+ */
+struct ring {
+	int fd;
+	__u32 q, sq_entries, cq_entries;
+	struct memreg_sq_user *su;		/* read-write: insert, cq_head, cq_arm */
+	const struct memreg_cq_ring *cr;	/* read-only: sq_head, cq_tail, flags */
+	struct memreg_sq_slot *slots;
+	const struct memreg_cqe *cqes;
+	size_t sq_bytes, cq_bytes;
+	__u32 head;		/* completions consumed, as stored in cq_head */
+	__u64 posted;		/* user_data of the next request */
+	__u64 reaped;		/* user_data the next completion must carry */
+	__u64 doorbells;	/* DOORBELL calls made */
+	__u64 len;		/* bytes each request moves */
+};
+
+#define RING_SQ		256
+#define RING_CQ		1024
+#define RING_BUF	(512 * KIB)
+/* Requests of the saturation run, and how many are posted at a time. */
+#define SAT_REQUESTS	100000
+#define SAT_BATCH	32
+
+static void cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+	asm volatile("pause" ::: "memory");
+#else
+	asm volatile("" ::: "memory");
+#endif
+}
+
+static void ring_open(struct ring *r, int fd)
+{
+	struct memreg_queue_create c = {
+		.sq_entries = RING_SQ,
+		.cq_entries = RING_CQ,
+		.eventfd = -1,
+	};
+	void *p;
+
+	memset(r, 0, sizeof(*r));
+	r->fd = fd;
+	if (ioctl(fd, MEMREG_IOC_QUEUE_CREATE, &c))
+		fail("QUEUE_CREATE: %s", strerror(errno));
+	r->q = c.queue;
+	r->sq_bytes = c.sq_bytes;
+	r->cq_bytes = c.cq_bytes;
+	p = mmap(NULL, c.sq_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, MEMREG_MMAP_SQ(c.queue));
+	if (p == MAP_FAILED)
+		fail("mmap of the submission ring: %s", strerror(errno));
+	r->su = p;
+	r->slots = (struct memreg_sq_slot *)((char *)p + MEMREG_SQ_SLOTS_OFFSET);
+	p = mmap(NULL, c.cq_bytes, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_CQ(c.queue));
+	if (p == MAP_FAILED)
+		fail("mmap of the completion ring: %s", strerror(errno));
+	r->cr = p;
+	r->cqes = (const struct memreg_cqe *)((const char *)p + MEMREG_CQ_ENTRIES_OFFSET);
+	r->sq_entries = r->cr->sq_entries;
+	r->cq_entries = r->cr->cq_entries;
+	if (r->sq_entries != RING_SQ || r->cq_entries != RING_CQ)
+		fail("a queue of %u/%u entries reports %u/%u", RING_SQ, RING_CQ, r->sq_entries,
+		     r->cq_entries);
+}
+
+static void ring_close(struct ring *r)
+{
+	munmap(r->su, r->sq_bytes);
+	munmap((void *)r->cr, r->cq_bytes);
+}
+
+static void ring_doorbell(struct ring *r)
+{
+	struct memreg_doorbell d = { .queue = r->q };
+
+	if (ioctl(r->fd, MEMREG_IOC_DOORBELL, &d))
+		fail("DOORBELL: %s", strerror(errno));
+	r->doorbells++;
+}
+
+static void queue_stats(int fd, struct memreg_queue_stats *s)
+{
+	memset(s, 0, sizeof(*s));
+	if (ioctl(fd, MEMREG_IOC_QUEUE_STATS, s))
+		fail("QUEUE_STATS: %s", strerror(errno));
+}
+
+/*
+ * Posts a COPY of r->len bytes from (src, soff) to (dst, doff) with the
+ * lock-free protocol, and rings the doorbell when the rule says so; 0 when
+ * the submission ring is full (nothing posted).
+ */
+static int ring_post_copy(struct ring *r, __u64 dst, __u64 doff, __u64 src, __u64 soff)
+{
+	__u64 pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED), seq;
+	struct memreg_sq_slot *s;
+
+	for (;;) {
+		s = &r->slots[pos & (r->sq_entries - 1)];
+		seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+		if (seq == pos) {
+			/* Free: claim it. On failure, pos gets the value found. */
+			if (__atomic_compare_exchange_n(&r->su->insert, &pos, pos + 1, 0,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+				break;
+			continue;
+		}
+		/* Still holding the previous lap's descriptor: full. */
+		if ((__s64)(seq - pos) < 0)
+			return 0;
+		/* Another poster took it. */
+		pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED);
+	}
+	s->sqe = (struct memreg_sqe){
+		.opcode = MEMREG_OP_COPY,
+		.user_data = r->posted++,
+		.key = dst,
+		.offset = doff,
+		.src_key = src,
+		.src_offset = soff,
+		.length = r->len,
+	};
+	__atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if ((__atomic_load_n(&r->cr->flags, __ATOMIC_RELAXED) & MEMREG_QUEUE_NEED_WAKEUP) &&
+	    __atomic_load_n(&r->cr->sq_head, __ATOMIC_RELAXED) == pos)
+		ring_doorbell(r);
+	return 1;
+}
+
+/* Consumes the completions there are, checking each; returns how many. */
+static __u32 ring_reap(struct ring *r)
+{
+	__u32 tail = __atomic_load_n(&r->cr->cq_tail, __ATOMIC_ACQUIRE), n = 0;
+
+	while (r->head != tail) {
+		const struct memreg_cqe *c = &r->cqes[r->head & (r->cq_entries - 1)];
+
+		if (c->user_data != r->reaped || c->status || c->bytes != r->len)
+			fail("completion %llu: user_data %llu, status %d (%s), %llu bytes; "
+			     "expected user_data %llu, status 0, %llu bytes",
+			     (unsigned long long)r->head, (unsigned long long)c->user_data,
+			     c->status, strerror(-c->status), (unsigned long long)c->bytes,
+			     (unsigned long long)r->reaped, (unsigned long long)r->len);
+		r->reaped++;
+		r->head++;
+		n++;
+	}
+	if (n) {
+		/* The entries are read: the kernel may write them again. */
+		__atomic_store_n(&r->su->cq_head, r->head, __ATOMIC_RELEASE);
+		__atomic_thread_fence(__ATOMIC_SEQ_CST);
+		if (__atomic_load_n(&r->cr->flags, __ATOMIC_RELAXED) & MEMREG_QUEUE_CQ_FULL)
+			ring_doorbell(r);
+	}
+	return n;
+}
+
+/*
+ * One step of waiting for completions: spins, and yields the CPU now and
+ * then (the worker may be queued on this one). Fails after 10 s without a
+ * completion.
+ */
+static void ring_idle(struct ring *r, unsigned long *spins, int64_t *since)
+{
+	if (++*spins % 1024) {
+		cpu_relax();
+		return;
+	}
+	sched_yield();
+	if (*spins % (64 * 1024))
+		return;
+	if (!*since) {
+		*since = now_ns();
+	} else if (now_ns() - *since > 10000 * MS) {
+		struct memreg_queue_stats s;
+
+		queue_stats(r->fd, &s);
+		fail("no completion for 10 s: %llu posted, %llu completed (sq_head %llu, "
+		     "cq_tail %u, flags %#x; worker: %llu requests, %llu completions)",
+		     (unsigned long long)r->posted, (unsigned long long)r->reaped,
+		     (unsigned long long)r->cr->sq_head, r->cr->cq_tail, r->cr->flags,
+		     (unsigned long long)s.requests, (unsigned long long)s.completions);
+	}
+}
+
+/* Reaps until every request posted has completed. */
+static void ring_drain(struct ring *r)
+{
+	unsigned long spins = 0;
+	int64_t since = 0;
+
+	while (r->reaped != r->posted)
+		if (ring_reap(r)) {
+			spins = 0;
+			since = 0;
+		} else {
+			ring_idle(r, &spins, &since);
+		}
+}
+
+/* Two registrations of one context for the ring, a user buffer for the ioctl. */
+struct ring_ctx {
+	struct ring r;
+	__u64 src, dst;		/* local keys, RING_BUF bytes each */
+	char *src_buf, *dst_buf, *ubuf;
+	__u64 len;		/* bytes a request moves */
+	size_t next;		/* position in the buffers, in requests */
+};
+
+/* The timed runs of one batch size on the shared queue. */
+struct ring_run {
+	struct ring_ctx *c;
+	unsigned int batch;	/* requests posted before waiting */
+	__u64 requests, doorbells;	/* what the timed runs did */
+};
+
+static __u64 ring_offset(struct ring_ctx *c)
+{
+	size_t slots = RING_BUF / c->len;
+
+	return (c->next++ % slots) * c->len;
+}
+
+/* One operation: `batch` COPYs posted, then reaped until all completed. */
+static void ring_copy_run(void *arg, size_t n)
+{
+	struct ring_run *rr = arg;
+	struct ring_ctx *c = rr->c;
+	__u64 bells = c->r.doorbells;
+	size_t i;
+	unsigned int j;
+
+	c->r.len = c->len;
+	for (i = 0; i < n; i++) {
+		for (j = 0; j < rr->batch; j++) {
+			__u64 off = ring_offset(c);
+
+			if (!ring_post_copy(&c->r, c->dst, off, c->src, off))
+				fail("the submission ring (%u entries) was full with %u requests "
+				     "posted", c->r.sq_entries, j);
+		}
+		ring_drain(&c->r);
+	}
+	rr->requests += (__u64)n * rr->batch;
+	rr->doorbells += c->r.doorbells - bells;
+}
+
+/* The baseline: one COPY ioctl per request, from the user buffer. */
+struct copy_ioctl_ctx {
+	struct ring_ctx *rc;
+	int err;
+};
+
+static void copy_ioctl_run(void *arg, size_t n)
+{
+	struct copy_ioctl_ctx *x = arg;
+	struct ring_ctx *c = x->rc;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		__u64 off = ring_offset(c);
+		struct memreg_copy cp = {
+			.key = c->dst,
+			.offset = off,
+			.length = c->len,
+			.buf = (unsigned long)(c->ubuf + off),
+			.direction = MEMREG_COPY_TO_REGION,
+		};
+
+		if (ioctl(c->r.fd, MEMREG_IOC_COPY, &cp)) {
+			x->err = errno;
+			break;
+		}
+	}
+}
+
+static void copy_ioctl_finish(void *arg, size_t n)
+{
+	struct copy_ioctl_ctx *x = arg;
+
+	(void)n;
+	if (x->err)
+		fail("COPY of %llu bytes: %s", (unsigned long long)x->rc->len, strerror(x->err));
+}
+
+#define RING_BATCHES	4
+
+/* Requests per second of a figure in ns a request, for the progress lines. */
+static const char *ratestr(struct fig f)
+{
+	static char buf[4][40];
+	static int next;
+	char *b = buf[next++ % 4];
+
+	if (f.ok && f.ns > 0 && isfinite(f.ns))
+		snprintf(b, sizeof(buf[0]), "%.0f requests/s", 1e9 / f.ns);
+	else
+		snprintf(b, sizeof(buf[0]), "unresolved");
+	return b;
+}
+
+static const unsigned int ring_batches[RING_BATCHES] = { 1, 8, 32, 128 };
+
+/*
+ * Ring against ioctl for one request size: the ioctl and the four batch
+ * sizes measured in an order that rotates from round to round. Returns the
+ * batch-1 figure and the ioctl's, per request, for the round trip.
+ */
+static void bench_ring_size(struct ring_ctx *c, __u64 len, const char *tag, struct fig *rt,
+			    struct fig *io)
+{
+	struct ring_run rr[RING_BATCHES];
+	struct copy_ioctl_ctx x = { .rc = c };
+	struct batch b[RING_BATCHES + 1];
+	struct fig f[RING_BATCHES + 1][ROUNDS], m[RING_BATCHES + 1];
+	char name[48];
+	int i, k;
+
+	c->len = len;
+	for (i = 0; i < RING_BATCHES; i++) {
+		rr[i] = (struct ring_run){ .c = c, .batch = ring_batches[i] };
+		b[i] = (struct batch){ .max_n = 1 << 20, .run = ring_copy_run, .arg = &rr[i] };
+	}
+	b[RING_BATCHES] = (struct batch){ .max_n = 1 << 24, .run = copy_ioctl_run,
+					  .finish = copy_ioctl_finish, .arg = &x };
+	/* Rounds rotate the order, so a drift in the emulator's speed hits all alike. */
+	for (k = 0; k < ROUNDS; k++)
+		for (i = 0; i <= RING_BATCHES; i++) {
+			int y = (i + k) % (RING_BATCHES + 1);
+
+			f[y][k] = measure(&b[y]);
+		}
+	m[RING_BATCHES] = median(f[RING_BATCHES], ROUNDS);
+	printf("  %s: COPY ioctl %s a request (%s)\n", tag, figstr(m[RING_BATCHES], "ns"),
+	       ratestr(m[RING_BATCHES]));
+	for (i = 0; i < RING_BATCHES; i++) {
+		m[i] = per(median(f[i], ROUNDS), ring_batches[i]);
+		printf("  %s, batches of %3u: ring %s a request (%s), %.4f doorbells a request\n",
+		       tag, ring_batches[i], figstr(m[i], "ns"), ratestr(m[i]),
+		       rr[i].requests ? (double)rr[i].doorbells / rr[i].requests : 0);
+		snprintf(name, sizeof(name), "ring_copy_%s_batch%u_speedup", tag, ring_batches[i]);
+		add_row(name, m[i], m[RING_BATCHES],
+			!strcmp(tag, "64b") && ring_batches[i] == 32 ? ">=3" : "");
+	}
+	*rt = m[0];
+	*io = m[RING_BATCHES];
+}
+
+/*
+ * Saturation: SAT_REQUESTS 64-byte COPYs posted continuously, SAT_BATCH at a
+ * time, by one thread that reaps between batches (never more outstanding
+ * than the completion ring holds); doorbells per request from QUEUE_STATS.
+ */
+static struct fig ring_saturate(struct ring_ctx *c, struct fig *ns)
+{
+	struct memreg_queue_stats s0, s1;
+	__u64 bells = c->r.doorbells, start = c->r.posted, end = start + SAT_REQUESTS;
+	unsigned long spins = 0;
+	int64_t since = 0, t0;
+	struct fig f = { 0, 1 };
+	unsigned int j;
+	char src[64];
+
+	c->len = 64;
+	c->r.len = 64;
+	queue_stats(c->r.fd, &s0);
+	read_clocksource(src, sizeof(src));
+	t0 = now_ns();
+	while (c->r.reaped != end) {
+		int progress = 0;
+
+		if (c->r.posted != end && c->r.posted - c->r.reaped + SAT_BATCH <= c->r.cq_entries)
+			for (j = 0; j < SAT_BATCH && c->r.posted != end; j++) {
+				__u64 off = ring_offset(c);
+
+				if (!ring_post_copy(&c->r, c->dst, off, c->src, off))
+					break;	/* full: reap first */
+				progress = 1;
+			}
+		if (ring_reap(&c->r))
+			progress = 1;
+		if (progress) {
+			spins = 0;
+			since = 0;
+		} else {
+			ring_idle(&c->r, &spins, &since);
+		}
+	}
+	t0 = now_ns() - t0;
+	ns->ns = (double)t0 / SAT_REQUESTS;
+	ns->ok = clock_unchanged(src) && clk.ok && t0 >= clk.thr_ns;
+	queue_stats(c->r.fd, &s1);
+	if (s1.doorbells - s0.doorbells != c->r.doorbells - bells)
+		fail("QUEUE_STATS counted %llu doorbells, the program rang %llu",
+		     (unsigned long long)(s1.doorbells - s0.doorbells),
+		     (unsigned long long)(c->r.doorbells - bells));
+	if (s1.completions - s0.completions != SAT_REQUESTS || s1.errors != s0.errors)
+		fail("QUEUE_STATS counted %llu completions (%llu errors) for %u requests",
+		     (unsigned long long)(s1.completions - s0.completions),
+		     (unsigned long long)(s1.errors - s0.errors), SAT_REQUESTS);
+	f.ns = (double)(s1.doorbells - s0.doorbells) / SAT_REQUESTS;
+	return f;
+}
+
+static void bench_ring(void)
+{
+	struct ring_ctx c = { 0 };
+	struct memreg_register r;
+	struct memreg_queue_stats s;
+	struct fig rt, io, dpr[ROUNDS], sat[ROUNDS], d, t;
+	size_t i;
+	int fd, k;
+
+	printf("\nRequests through a queue (COPY between two registrations) vs one COPY "
+	       "ioctl each\n");
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	ring_open(&c.r, fd);
+	c.src_buf = map_touched(RING_BUF);
+	c.dst_buf = map_touched(RING_BUF);
+	c.ubuf = map_touched(RING_BUF);
+	register_or_die(fd, c.src_buf, RING_BUF, RW, &r);
+	c.src = r.lkey;
+	register_or_die(fd, c.dst_buf, RING_BUF, RW, &r);
+	c.dst = r.lkey;
+
+	/* Untimed: one COPY through the ring moves the right bytes. */
+	for (i = 0; i < RING_BUF; i++) {
+		c.src_buf[i] = (char)(i * 7 + 1);
+		c.dst_buf[i] = 0;
+	}
+	c.r.len = 4 * KIB;
+	if (!ring_post_copy(&c.r, c.dst, 8 * KIB, c.src, 4 * KIB))
+		fail("the submission ring of a new queue is full");
+	ring_drain(&c.r);
+	if (memcmp(c.dst_buf + 8 * KIB, c.src_buf + 4 * KIB, 4 * KIB) || c.dst_buf[8 * KIB - 1] ||
+	    c.dst_buf[12 * KIB])
+		fail("a COPY through the ring did not move the bytes asked");
+
+	bench_ring_size(&c, 64, "64b", &rt, &io);
+	add_row("ring_round_trip_vs_ioctl", rt, io, "<=2");
+	printf("  64b round trip (post, doorbell when asleep, completion seen): %s, COPY ioctl "
+	       "%s\n", figstr(rt, "ns"), figstr(io, "ns"));
+	bench_ring_size(&c, 4 * KIB, "4kib", &rt, &io);
+
+	for (k = 0; k < ROUNDS; k++)
+		dpr[k] = ring_saturate(&c, &sat[k]);
+	d = median(dpr, ROUNDS);
+	t = median(sat, ROUNDS);
+	queue_stats(fd, &s);
+	printf("  saturation: %u 64-byte COPYs posted %u at a time while reaping, %d rounds: "
+	       "%.6f doorbells a request, %s a request (%s); worker: batch_max %llu, "
+	       "poll %llu us, %llu wake-ups, %llu shadow hits, %llu misses\n",
+	       SAT_REQUESTS, SAT_BATCH, ROUNDS, d.ns, figstr(t, "ns"), ratestr(t),
+	       (unsigned long long)s.batch_max, (unsigned long long)s.poll_us,
+	       (unsigned long long)s.wakeups, (unsigned long long)s.shadow_hits,
+	       (unsigned long long)s.shadow_misses);
+	add_count_row("ring_doorbells_per_request", d, 1, "<=0.05");
+	if (s.errors || s.cq_full_stalls)
+		fail("QUEUE_STATS: %llu errors, %llu stalls for a full completion ring",
+		     (unsigned long long)s.errors, (unsigned long long)s.cq_full_stalls);
+
+	ring_close(&c.r);
+	munmap(c.src_buf, RING_BUF);
+	munmap(c.dst_buf, RING_BUF);
+	munmap(c.ubuf, RING_BUF);
+	close(fd);
+	settle(0);
+}
+
 /* ---- Cache look-up with many registrations ------------------------------ */
 
 /*
@@ -1686,6 +2235,7 @@ int main(void)
 	bench_userspace_hit();
 	bench_park();
 	bench_munmap();
+	bench_ring();
 	bench_lookup();
 	print_results();
 	return 0;

@@ -471,15 +471,17 @@ struct memreg_events_resync {
  * reads the entries up to it, then stores its cq_head (release). The worker
  * takes a descriptor only when the completion ring has room for it
  * (cq_tail - cq_head < cq_entries, a head that makes no sense reading as
- * full): otherwise it sets MEMREG_QUEUE_CQ_FULL and MEMREG_QUEUE_NEED_WAKEUP
- * and stops taking from that queue (it sets the flags, issues a full barrier
+ * full): otherwise it sets MEMREG_QUEUE_CQ_FULL and stops taking from that
+ * queue (it sets the flags, issues a full barrier
  * and looks at cq_head once more before it stops); the reader, after storing
  * its head, issues a full barrier and rings the doorbell when
  * MEMREG_QUEUE_CQ_FULL is set. A completion is never dropped, overwritten or
  * duplicated.
  *
  * Arming: storing a nonzero cq_arm (or the master's arm) asks for one
- * wake-up: the next completion of that ring clears the arm word, wakes
+ * wake-up; the reader then issues a full barrier and looks at the tail once
+ * more (the kernel issues one between publishing a tail and reading the arm
+ * word). The next completion of that ring clears the arm word, wakes
  * poll/epoll on the file and signals the queue's eventfd (the master ring
  * wakes poll/epoll only). Unarmed completions wake nothing.
  */
