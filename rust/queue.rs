@@ -94,6 +94,8 @@ pub(crate) struct Queue {
     sq_head: Atomic<u64>,
     /// Completions written (the published `cq_tail`).
     cq_tail: Atomic<u32>,
+    /// The last completion head read that made sense.
+    cq_head_seen: Atomic<u32>,
     /// The published flags (`MEMREG_QUEUE_*`).
     flags: Atomic<u32>,
 }
@@ -163,6 +165,7 @@ impl Queue {
             eventfd,
             sq_head: Atomic::new(0),
             cq_tail: Atomic::new(0),
+            cq_head_seen: Atomic::new(0),
             flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
         })
     }
@@ -204,10 +207,17 @@ impl Queue {
     }
 
     /// Whether the completion ring has room for one more completion. A head
-    /// that makes no sense reads as full.
+    /// that makes no sense reads as full: one past the tail, or behind the
+    /// last head seen (a reader never moves back).
     fn cq_room(&self) -> bool {
         let head = self.user.load_u32(SQ_CQ_HEAD).unwrap_or(0);
-        self.cq_tail.load(Relaxed).wrapping_sub(head) < self.cq_entries
+        let seen = self.cq_head_seen.load(Relaxed);
+        let tail = self.cq_tail.load(Relaxed);
+        if head.wrapping_sub(seen) > tail.wrapping_sub(seen) {
+            return false;
+        }
+        self.cq_head_seen.store(head, Relaxed);
+        tail.wrapping_sub(head) < self.cq_entries
     }
 
     /// Submissions posted and not taken, as far as the untrusted insert
@@ -405,26 +415,34 @@ mod tests {
 
     #[test]
     fn a_full_completion_ring_stops_taking() -> Result {
-        let q = Queue::new(0, 1, 1, None)?;
+        let q = Queue::new(0, 2, 2, None)?;
         let waiters = Waiters::new()?;
         let cqe: defs::Cqe = defs::zeroed();
-        post(&q, 0, [0; 7]);
-        assert!(matches!(q.take(), Next::Taken(_)));
-        q.complete(&cqe, &waiters);
-        post(&q, 1, [0; 7]);
-        // One completion unread in a ring of one: nothing is taken.
+        for pos in 0..2 {
+            post(&q, pos, [0; 7]);
+            assert!(matches!(q.take(), Next::Taken(_)));
+            q.complete(&cqe, &waiters);
+        }
+        post(&q, 2, [0; 7]);
+        // Two completions unread in a ring of two: nothing is taken.
         assert!(matches!(q.take(), Next::CqFull));
+        assert!(q.cq_full());
         assert_ne!(
             q.kernel.load_u32(CQ_FLAGS).unwrap_or(0) & defs::QUEUE_CQ_FULL,
             0
         );
-        // The reader consumes it: the request is taken.
+        // The reader consumes one: the request is taken.
         q.user.store_u32(SQ_CQ_HEAD, 1);
         assert!(matches!(q.take(), Next::Taken(_)));
-        // A head that makes no sense reads as full.
+        assert!(!q.cq_full());
         q.complete(&cqe, &waiters);
+        // Heads that make no sense read as full: past the tail, or behind one seen before.
         q.user.store_u32(SQ_CQ_HEAD, 100);
         assert!(!q.cq_room());
+        q.user.store_u32(SQ_CQ_HEAD, 0);
+        assert!(!q.cq_room());
+        q.user.store_u32(SQ_CQ_HEAD, 3);
+        assert!(q.cq_room());
         Ok(())
     }
 

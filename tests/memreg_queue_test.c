@@ -1661,8 +1661,9 @@ static void *mixed_poster(void *arg)
 		__u64 ud = p->thread << 32 | i;
 
 		if (i & 1)
-			s = mr_sqe_copy(ud, p->dst_key, p->thread * 256 + (i % 4) * 64, p->src_key,
-					p->thread * 256 + (i % 4) * 64, 64);
+			/* Odd requests copy, and cover all four 64-byte blocks in turn. */
+			s = mr_sqe_copy(ud, p->dst_key, p->thread * 256 + (i / 2 % 4) * 64,
+					p->src_key, p->thread * 256 + (i / 2 % 4) * 64, 64);
 		else
 			s = mr_sqe_nop(ud);
 		if (mrq_post(p->q, &s, 30000)) {
@@ -2081,7 +2082,10 @@ TEST(garbage_cq_head_reads_as_full)
 	}
 	ASSERT_EQ(8, mrq_cq_tail(&q));
 	memcpy(before, q.cqes, sizeof(before));
+	/* The worker asleep first (it polls a while after its last request). */
+	ASSERT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_NEED_WAKEUP, MEMREG_QUEUE_NEED_WAKEUP, 5000));
 	s = mr_sqe_nop(100);
+	mrq_set_cq_head(&q, heads[0]);
 	ASSERT_EQ(0, mrq_try_post(&q, &s, MRQ_NO_DOORBELL, NULL));
 	for (i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
 		mrq_set_cq_head(&q, heads[i]);
