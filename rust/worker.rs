@@ -115,25 +115,50 @@ impl DataStats {
     }
 }
 
-/// The shadow translation table: recently used registrations by key.
+/// Ways of a set of the shadow translation table.
+const SHADOW_WAYS: usize = 2;
+
+/// The shadow translation table: recently used registrations by key, in
+/// sets of [`SHADOW_WAYS`] entries (so the source and destination of a COPY
+/// never evict each other), the most recently inserted first.
 pub(crate) struct Shadow {
     entries: [Option<Arc<Registration>>; SHADOW_ENTRIES],
 }
 
 impl Shadow {
-    fn slot(lkey: u64) -> usize {
-        // The key's random low bits spread the entries.
-        (lkey as usize) % SHADOW_ENTRIES
+    /// The first entry of the set of `lkey`.
+    fn set(lkey: u64) -> usize {
+        // The key's random low bits spread the sets.
+        (lkey as usize) % (SHADOW_ENTRIES / SHADOW_WAYS) * SHADOW_WAYS
+    }
+
+    /// The registration of `lkey`, if it is there and live.
+    fn get(&self, lkey: u64) -> Option<&Arc<Registration>> {
+        let set = Self::set(lkey);
+        self.entries
+            .get(set..set + SHADOW_WAYS)?
+            .iter()
+            .flatten()
+            .find(|r| r.info.keys.lkey == lkey && r.is_live())
+    }
+
+    /// Inserts `r` first in its set; returns the entry pushed out.
+    fn insert(&mut self, r: Arc<Registration>) -> Option<Arc<Registration>> {
+        let set = Self::set(r.info.keys.lkey);
+        let ways = self.entries.get_mut(set..set + SHADOW_WAYS)?;
+        // The last way leaves; the others move down one.
+        ways.rotate_right(1);
+        ways.first_mut().and_then(|e| e.replace(r))
     }
 
     /// Takes the registration of `lkey` out, if it is there.
     pub(crate) fn remove(&mut self, lkey: u64) -> Option<Arc<Registration>> {
-        let entry = self.entries.get_mut(Self::slot(lkey))?;
-        if entry.as_ref().is_some_and(|r| r.info.keys.lkey == lkey) {
-            entry.take()
-        } else {
-            None
-        }
+        let set = Self::set(lkey);
+        self.entries
+            .get_mut(set..set + SHADOW_WAYS)?
+            .iter_mut()
+            .find(|e| e.as_ref().is_some_and(|r| r.info.keys.lkey == lkey))
+            .and_then(|e| e.take())
     }
 
     /// Takes every entry out.
@@ -219,15 +244,7 @@ type Outcome = core::result::Result<u64, MemregError>;
 /// Resolves a local key to its registration, through the shadow first.
 fn resolve(ctx: &ContextShared, lkey: u64) -> Result<Arc<Registration>> {
     let data = &ctx.data;
-    if let Some(r) = data
-        .shadow
-        .lock()
-        .entries
-        .get(Shadow::slot(lkey))
-        .and_then(|e| e.as_ref())
-        .filter(|r| r.info.keys.lkey == lkey && r.is_live())
-        .cloned()
-    {
+    if let Some(r) = data.shadow.lock().get(lkey).cloned() {
         data.stats.shadow_hits.add(1, Relaxed);
         return Ok(r);
     }
@@ -237,12 +254,7 @@ fn resolve(ctx: &ContextShared, lkey: u64) -> Result<Arc<Registration>> {
         let r = t.get(lkey).ok_or(ENOENT)?.clone();
         // Under the table lock, so that a registration that leaves the table also leaves the
         // shadow.
-        let old = data
-            .shadow
-            .lock()
-            .entries
-            .get_mut(Shadow::slot(lkey))
-            .and_then(|e| e.replace(r.clone()));
+        let old = data.shadow.lock().insert(r.clone());
         (r, old)
     };
     // The entry it replaced is dropped outside the locks.
