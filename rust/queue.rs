@@ -26,7 +26,7 @@ use kernel::{
     page::PAGE_SIZE,
     prelude::*,
     sync::{
-        atomic::{Atomic, Relaxed, Release},
+        atomic::{Atomic, Relaxed},
         barrier::{smp_mb, Full},
         Arc,
     },
@@ -239,10 +239,10 @@ impl Queue {
         self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0
     }
 
-    /// Whether completions wait for the reader.
+    /// Whether published completions wait for the reader.
     pub(crate) fn cq_pending(&self) -> bool {
         let head = self.user.load_u32(SQ_CQ_HEAD).unwrap_or(0);
-        head != self.cq_tail.load(Relaxed)
+        Some(head) != self.kernel.load_u32(CQ_TAIL)
     }
 
     /// Takes the next descriptor: copies it out of its slot once, frees the
@@ -283,17 +283,22 @@ impl Queue {
         Next::Taken(sqe)
     }
 
-    /// Writes a completion and publishes it; wakes `waiters` and signals the
-    /// eventfd if the ring was armed. The caller made sure there is room
-    /// ([`Queue::take`]). Worker only.
-    pub(crate) fn complete(&self, cqe: &defs::Cqe, waiters: &Waiters) {
+    /// Writes a completion, to be published by [`Queue::publish`]. The
+    /// caller made sure there is room ([`Queue::take`]). Worker only.
+    pub(crate) fn complete(&self, cqe: &defs::Cqe) {
         let tail = self.cq_tail.load(Relaxed);
         let index = (tail & (self.cq_entries - 1)) as usize;
         self.kernel
             .write_words(defs::CQ_ENTRIES_OFFSET + index * CQE_BYTES, cqe.as_bytes());
-        let tail = tail.wrapping_add(1);
-        self.cq_tail.store(tail, Release);
-        // Release: the entry before the tail that covers it.
+        self.cq_tail.store(tail.wrapping_add(1), Relaxed);
+    }
+
+    /// Publishes the completions written since the last call (once per
+    /// batch); wakes `waiters` and signals the eventfd if the ring was
+    /// armed. Worker only.
+    pub(crate) fn publish(&self, waiters: &Waiters) {
+        let tail = self.cq_tail.load(Relaxed);
+        // Release: the entries before the tail that covers them.
         self.kernel.store_u32(CQ_TAIL, tail);
         // Pairs with the reader's barrier between arming and looking at the tail again:
         // either it sees the new tail, or we see its arm word.
@@ -407,7 +412,9 @@ mod tests {
         assert!(matches!(q.take(), Next::Empty));
         let mut cqe: defs::Cqe = defs::zeroed();
         cqe.user_data = 42;
-        q.complete(&cqe, &waiters);
+        q.complete(&cqe);
+        assert_eq!(q.kernel.load_u32(CQ_TAIL), Some(0));
+        q.publish(&waiters);
         assert_eq!(q.kernel.load_u32(CQ_TAIL), Some(1));
         assert_eq!(q.kernel.load_u64(defs::CQ_ENTRIES_OFFSET / 8), Some(42));
         Ok(())
@@ -421,7 +428,8 @@ mod tests {
         for pos in 0..2 {
             post(&q, pos, [0; 7]);
             assert!(matches!(q.take(), Next::Taken(_)));
-            q.complete(&cqe, &waiters);
+            q.complete(&cqe);
+            q.publish(&waiters);
         }
         post(&q, 2, [0; 7]);
         // Two completions unread in a ring of two: nothing is taken.
@@ -435,7 +443,8 @@ mod tests {
         q.user.store_u32(SQ_CQ_HEAD, 1);
         assert!(matches!(q.take(), Next::Taken(_)));
         assert!(!q.cq_full());
-        q.complete(&cqe, &waiters);
+        q.complete(&cqe);
+        q.publish(&waiters);
         // Heads that make no sense read as full: past the tail, or behind one seen before.
         q.user.store_u32(SQ_CQ_HEAD, 100);
         assert!(!q.cq_room());

@@ -177,6 +177,9 @@ pub(crate) struct WorkerState {
     bounce: KVec<u8>,
     /// The queues this run serves.
     queues: KVec<Arc<Queue>>,
+    /// Shadow hits and misses not yet added to the counters.
+    shadow_hits: u64,
+    shadow_misses: u64,
 }
 
 /// A context's data path: its queues, master ring and worker state.
@@ -217,6 +220,8 @@ impl DataPath {
                     poll_us: INITIAL_POLL_US,
                     bounce: KVec::new(),
                     queues: KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
+                    shadow_hits: 0,
+                    shadow_misses: 0,
                 },
                 "memreg::DataPath::worker"
             ),
@@ -242,13 +247,13 @@ impl DataPath {
 type Outcome = core::result::Result<u64, MemregError>;
 
 /// Resolves a local key to its registration, through the shadow first.
-fn resolve(ctx: &ContextShared, lkey: u64) -> Result<Arc<Registration>> {
+fn resolve(ctx: &ContextShared, ws: &mut WorkerState, lkey: u64) -> Result<Arc<Registration>> {
     let data = &ctx.data;
     if let Some(r) = data.shadow.lock().get(lkey).cloned() {
-        data.stats.shadow_hits.add(1, Relaxed);
+        ws.shadow_hits += 1;
         return Ok(r);
     }
-    data.stats.shadow_misses.add(1, Relaxed);
+    ws.shadow_misses += 1;
     let (found, old) = {
         let t = ctx.table.lock();
         let r = t.get(lkey).ok_or(ENOENT)?.clone();
@@ -281,8 +286,8 @@ fn move_chunk(r: &Arc<Registration>, offset: u64, buf: &mut [u8], to: bool) -> R
 
 /// COPY: `length` bytes from `(src_key, src_offset)` to `(key, offset)`.
 fn copy(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
-    let dst = resolve(ctx, sqe.key)?;
-    let src = resolve(ctx, sqe.src_key)?;
+    let dst = resolve(ctx, ws, sqe.key)?;
+    let src = resolve(ctx, ws, sqe.src_key)?;
     if src.info.access & defs::ACCESS_LOCAL_READ == 0
         || dst.info.access & defs::ACCESS_LOCAL_WRITE == 0
     {
@@ -345,11 +350,11 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
     let limit = q.backlog().clamp(1, MAX_BATCH);
     ws.batch_limit = limit;
     let mut taken = 0;
+    let mut errors = 0;
     while taken < limit {
         let was_full = q.cq_full();
         match q.take() {
             Next::Taken(sqe) => {
-                data.stats.requests.add(1, Relaxed);
                 let outcome = execute(ctx, ws, &sqe);
                 let mut cqe: defs::Cqe = defs::zeroed();
                 cqe.user_data = sqe.user_data;
@@ -357,11 +362,10 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                     Ok(bytes) => cqe.bytes = bytes,
                     Err(e) => {
                         cqe.status = e.status();
-                        data.stats.errors.add(1, Relaxed);
+                        errors += 1;
                     }
                 }
-                q.complete(&cqe, &ctx.waiters);
-                data.stats.completions.add(1, Relaxed);
+                q.complete(&cqe);
                 taken += 1;
             }
             Next::Empty => break,
@@ -374,7 +378,18 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
         }
     }
     if taken > 0 {
+        // One publication, one barrier and one look at the arm word per batch.
+        q.publish(&ctx.waiters);
+        data.stats.requests.add(u64::from(taken), Relaxed);
+        data.stats.completions.add(u64::from(taken), Relaxed);
+        data.stats.errors.add(errors, Relaxed);
         data.stats.batches.add(1, Relaxed);
+        data.stats
+            .shadow_hits
+            .add(core::mem::take(&mut ws.shadow_hits), Relaxed);
+        data.stats
+            .shadow_misses
+            .add(core::mem::take(&mut ws.shadow_misses), Relaxed);
         if u64::from(taken) > data.stats.batch_max.load(Relaxed) {
             data.stats.batch_max.store(u64::from(taken), Relaxed);
         }
