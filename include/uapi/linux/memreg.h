@@ -466,9 +466,10 @@ struct memreg_events_resync {
  * copy and executes it. Before it sleeps it sets MEMREG_QUEUE_NEED_WAKEUP,
  * issues a full barrier and looks at slot sq_head again.
  *
- * Completing: the worker writes the entry at cq_tail & (cq_entries - 1),
- * then stores cq_tail + 1 (release). The reader loads cq_tail (acquire),
- * reads the entries up to it, then stores its cq_head (release). The worker
+ * Completing: the worker writes each entry of a batch at its position
+ * (tail & (cq_entries - 1)), then stores the new cq_tail once (release).
+ * The reader loads cq_tail (acquire), reads the entries up to it, then
+ * stores its cq_head (release). The worker
  * takes a descriptor only when the completion ring has room for it
  * (cq_tail - cq_head < cq_entries, a head that makes no sense reading as
  * full): otherwise it sets MEMREG_QUEUE_CQ_FULL and stops taking from that
