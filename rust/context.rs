@@ -9,8 +9,14 @@
 //! 1. `ContextShared::table` (spinlock): the registration table, the
 //!    context's counters, the list of registrations awaiting teardown, and
 //!    each registration's reference count (`LockedBy` the table).
-//! 2. `Registration::state` (spinlock): a registration's pages, charges and
+//! 2. `DataPath::shadow` (spinlock): the data path's shadow translation
+//!    table, which a registration leaves under the table lock.
+//! 3. `Registration::state` (spinlock): a registration's pages, charges and
 //!    notifier subscription; `live` and `suspended` change under it.
+//!
+//! The data path's mutexes (`DataPath::create`, `DataPath::worker`) come
+//! before all of these, and its `queues` spinlock is a leaf; see
+//! `worker.rs`.
 //!
 //! Under the table lock, writing an event wakes the `poll` waiters and
 //! signals the eventfd: their wait-queue and eventfd locks nest inside it
@@ -80,9 +86,8 @@ use kernel::{
     time::{jiffies, msecs_to_jiffies},
     uaccess::{UserPtr, UserSlice},
     workqueue::{
-        self,
         cancel::{cancel_delayed_sync, cancel_sync},
-        DelayedWork, Work, WorkItem,
+        dfl, DelayedWork, Work, WorkItem,
     },
 };
 use table::{CacheConfig, Nodes, RegistrationTable, Slots};
@@ -199,7 +204,7 @@ impl ContextShared {
     /// Queues the context's deferred work. Neither allocates nor sleeps.
     pub(crate) fn schedule_teardown(this: &Arc<Self>) {
         // Already queued: the queued run will see the new registration too.
-        let _ = workqueue::system_unbound().enqueue::<_, 0>(this.clone());
+        let _ = dfl::system_dfl().enqueue::<_, 0>(this.clone());
     }
 
     /// Tears down every registration awaiting it. Process context.
@@ -360,7 +365,7 @@ impl ContextShared {
         }
         let delay = msecs_to_jiffies(u32::try_from(delay_ms).unwrap_or(u32::MAX));
         // Already armed: it looks again when it fires.
-        let _ = workqueue::system_unbound().enqueue_delayed(this.clone(), delay);
+        let _ = dfl::system_dfl().enqueue_delayed(this.clone(), delay);
     }
 
     /// The idle eviction: ends every parked registration if the context made
@@ -890,7 +895,9 @@ impl Context {
         Ok(())
     }
 
-    /// `poll`: readable when the event ring has unread events or overflowed.
+    /// `poll`: readable when the event ring has unread events or overflowed,
+    /// a completion ring has unread completions or the master ring unread
+    /// entries; writable when no submission ring is full.
     pub(crate) fn poll(&self, file: &File, table: PollTable<'_>) -> u32 {
         // Registered even before EVENTS_SETUP, which wakes it.
         table.register_wait(file, &self.shared.waiters.cv);
@@ -902,21 +909,16 @@ impl Context {
             .events
             .as_ref()
             .is_some_and(|r| r.readable());
-        let mut writable = true;
-        // Set before looking at the rings: the worker, after it frees a slot, either sees the
-        // flag and wakes us, or we see the slot free.
-        data.pollout_waiting.store(true, Relaxed);
-        smp_mb(Full);
-        {
-            let queues = data.queues.lock();
-            for q in queues.iter() {
-                readable |= q.cq_pending();
-                writable &= !q.sq_full();
-            }
-        }
+        let any_full = || data.queues.lock().iter().any(|q| q.sq_full());
+        readable |= data.queues.lock().iter().any(|q| q.cq_pending());
         readable |= data.master.as_ref().is_some_and(|m| m.pending());
-        if writable {
-            data.pollout_waiting.store(false, Relaxed);
+        let mut writable = !any_full();
+        if !writable {
+            // Only the worker clears the flag. Set, then look again: the worker, after it
+            // frees a slot, either sees the flag and wakes us, or we see the slot free.
+            data.pollout_waiting.store(true, Relaxed);
+            smp_mb(Full);
+            writable = !any_full();
         }
         let mut mask = 0;
         if readable {
@@ -998,7 +1000,7 @@ impl Context {
         }
         self.shared.data.stats.doorbells.add(1, Relaxed);
         // Already queued: the queued run sees this queue too. Running: it runs again.
-        let _ = workqueue::system_unbound().enqueue::<_, 2>(self.shared.clone());
+        let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
         Ok(())
     }
 

@@ -86,7 +86,9 @@ pub(crate) struct Queue {
     /// What the kernel writes: the heads and tails it publishes, its flags,
     /// the completions.
     pub(crate) kernel: Arc<SharedPages>,
+    /// Slots of the submission ring, a power of two.
     sq_entries: u32,
+    /// Entries of the completion ring, a power of two.
     cq_entries: u32,
     /// Signalled by armed completions.
     eventfd: Option<EventFd>,
@@ -249,6 +251,15 @@ impl Queue {
     /// slot for the next lap and publishes the new head. Only when the
     /// completion ring has room for its completion. Worker only.
     pub(crate) fn take(&self) -> Next {
+        let head = self.sq_head.load(Relaxed);
+        let slot = (head & u64::from(self.sq_entries - 1)) as usize;
+        let seq_word = Self::seq_word(slot);
+        // Acquire: the descriptor the poster wrote before publishing.
+        if self.user.load_u64(seq_word) != Some(head.wrapping_add(1)) {
+            return Next::Empty;
+        }
+        // Only a published request needs room: a reader that keeps its ring exactly full
+        // does not stall the queue.
         if !self.cq_room() {
             self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
             // Pairs with the reader's barrier between storing its head and reading the flags:
@@ -260,13 +271,6 @@ impl Queue {
         }
         if self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0 {
             self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_CQ_FULL);
-        }
-        let head = self.sq_head.load(Relaxed);
-        let slot = (head & u64::from(self.sq_entries - 1)) as usize;
-        let seq_word = Self::seq_word(slot);
-        // Acquire: the descriptor the poster wrote before publishing.
-        if self.user.load_u64(seq_word) != Some(head.wrapping_add(1)) {
-            return Next::Empty;
         }
         let mut words = [0u64; 7];
         for (i, w) in words.iter_mut().enumerate() {
@@ -320,7 +324,9 @@ pub(crate) struct Master {
     pub(crate) ring: Arc<SharedPages>,
     /// The reader's head and arm word.
     pub(crate) user: Arc<SharedPages>,
+    /// Entries written (the published tail).
     tail: Atomic<u32>,
+    /// Entries not written for a full ring.
     overflows: Atomic<u64>,
 }
 

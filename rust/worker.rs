@@ -4,9 +4,12 @@
 //! submission rings, executes them through the registrations' translation
 //! entries only, and posts their completions.
 //!
-//! The worker is a work item of the context on the kernel's unbound
-//! workqueue (a work item never runs twice at once, so the rings have one
-//! consumer). A doorbell queues it. It takes each queue's published
+//! The worker is a work item of the context on the kernel's default unbound
+//! workqueue for long work (a work item never runs twice at once, so the
+//! rings have one consumer). A doorbell queues it. A run that has served
+//! requests for [`RUN_BUDGET_US`] queues itself again and returns, so one
+//! busy context never holds a worker of the shared workqueue for good (a
+//! single COPY still runs to its end, rescheduling between its steps). It takes each queue's published
 //! descriptors in batches whose size follows the backlog, and when it finds
 //! nothing it keeps polling the rings for a while before it sleeps: that
 //! while doubles when requests arrive during it and halves when it passes
@@ -15,16 +18,20 @@
 //! [`Queue::sleep`]).
 //!
 //! Keys resolve through a small shadow of hot translation entries (claim 2's
-//! shadow MRT): a direct-mapped table of recently used registrations that
-//! skips the registration table's look-up. A registration leaves the shadow
+//! shadow MRT): a two-way set-associative table of recently used
+//! registrations that skips the registration table's look-up. A registration leaves the shadow
 //! when it leaves the table, under the table lock, so before the munmap
 //! that ended it returns.
 //!
 //! # Lock order
 //!
-//! `DataPath::worker` (mutex, held for a whole run) → `ContextShared::table`
-//! → `DataPath::shadow` (spinlock) → `Registration::state`. The worker takes
-//! none of the spinlocks across an operation that sleeps.
+//! `DataPath::create` (mutex, creating a queue: allocates, copies to user
+//! space) and `DataPath::worker` (mutex, held for a whole run, across
+//! revalidation's `mmap_lock` and a DEREGISTER's teardown) are outermost and
+//! never held together. Then `ContextShared::table` → `DataPath::shadow`
+//! (spinlock) → `Registration::state`, as in `context.rs`;
+//! `DataPath::queues` (spinlock) is a leaf. The worker holds none of the
+//! spinlocks across an operation that sleeps.
 
 use crate::{
     context::ContextShared,
@@ -42,6 +49,7 @@ use kernel::{
     },
     task::resched::cond_resched,
     time::{Instant, Monotonic},
+    workqueue::dfl,
 };
 
 /// The largest batch taken from one queue at a time.
@@ -58,21 +66,37 @@ const COPY_CHUNK: usize = 16 * 1024;
 const SHADOW_ENTRIES: usize = 16;
 /// Times a request revalidates a suspended registration before it gives up.
 const USE_TRIES: u32 = 3;
+/// How long one run serves requests before it queues itself again.
+const RUN_BUDGET_US: i64 = 2000;
 
-/// The data path's counters (`struct memreg_queue_stats`).
+/// The data path's counters (`struct memreg_queue_stats`, where each is
+/// described).
 pub(crate) struct DataStats {
+    /// Descriptors taken.
     requests: Atomic<u64>,
+    /// Completions written.
     completions: Atomic<u64>,
+    /// Completions with a nonzero status.
     errors: Atomic<u64>,
+    /// DOORBELL calls.
     pub(crate) doorbells: Atomic<u64>,
+    /// Runs of the worker.
     wakeups: Atomic<u64>,
+    /// Batches taken.
     batches: Atomic<u64>,
+    /// The largest batch.
     batch_max: Atomic<u64>,
+    /// The batch size used last.
     batch_limit: Atomic<u64>,
+    /// The polling window now.
     poll_us: Atomic<u64>,
+    /// Stops for a full completion ring.
     cq_full_stalls: Atomic<u64>,
+    /// Keys the shadow resolved.
     shadow_hits: Atomic<u64>,
+    /// Keys looked up in the table.
     shadow_misses: Atomic<u64>,
+    /// Master ring entries not written.
     master_overflows: Atomic<u64>,
 }
 
@@ -122,6 +146,7 @@ const SHADOW_WAYS: usize = 2;
 /// sets of [`SHADOW_WAYS`] entries (so the source and destination of a COPY
 /// never evict each other), the most recently inserted first.
 pub(crate) struct Shadow {
+    /// The sets, one after the other.
     entries: [Option<Arc<Registration>>; SHADOW_ENTRIES],
 }
 
@@ -142,12 +167,22 @@ impl Shadow {
             .find(|r| r.info.keys.lkey == lkey && r.is_live())
     }
 
-    /// Inserts `r` first in its set; returns the entry pushed out.
+    /// Inserts `r` first in its set; returns the entry pushed out (an
+    /// ended entry of the same key, or the last way).
     fn insert(&mut self, r: Arc<Registration>) -> Option<Arc<Registration>> {
         let set = Self::set(r.info.keys.lkey);
         let ways = self.entries.get_mut(set..set + SHADOW_WAYS)?;
-        // The last way leaves; the others move down one.
-        ways.rotate_right(1);
+        // A key is in a set at most once: an ended entry of it goes first.
+        if let Some(i) = ways.iter().position(|e| {
+            e.as_ref()
+                .is_some_and(|o| o.info.keys.lkey == r.info.keys.lkey)
+        }) {
+            ways.get_mut(i..)?.rotate_left(1);
+            ways.rotate_right(1);
+        } else {
+            // The last way leaves; the others move down one.
+            ways.rotate_right(1);
+        }
         ways.first_mut().and_then(|e| e.replace(r))
     }
 
@@ -193,10 +228,13 @@ pub(crate) struct DataPath {
     pub(crate) create: Mutex<()>,
     /// The master ring, created with the first queue.
     pub(crate) master: SetOnce<Arc<Master>>,
+    /// The worker's own state.
     #[pin]
     worker: Mutex<WorkerState>,
+    /// The shadow translation table.
     #[pin]
     pub(crate) shadow: SpinLock<Shadow>,
+    /// The counters.
     pub(crate) stats: DataStats,
     /// The file is being released: a COPY in progress stops.
     pub(crate) closing: Atomic<bool>,
@@ -309,11 +347,15 @@ fn copy(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
         if ctx.data.closing.load(Relaxed) {
             return Err(ECANCELED.into());
         }
-        let n = (sqe.length - done).min(COPY_CHUNK as u64) as usize;
+        let left = sqe.length.checked_sub(done).ok_or(EINVAL)?;
+        let n = left.min(COPY_CHUNK as u64) as usize;
         let buf = ws.bounce.get_mut(..n).ok_or(EINVAL)?;
-        move_chunk(&src, sqe.src_offset + done, buf, false)?;
-        move_chunk(&dst, sqe.offset + done, buf, true)?;
-        done += n as u64;
+        // Both within their registrations: checked above.
+        let src_at = sqe.src_offset.checked_add(done).ok_or(EOVERFLOW)?;
+        let dst_at = sqe.offset.checked_add(done).ok_or(EOVERFLOW)?;
+        move_chunk(&src, src_at, buf, false)?;
+        move_chunk(&dst, dst_at, buf, true)?;
+        done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
         cond_resched();
     }
     Ok(sqe.length)
@@ -352,6 +394,10 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
     let mut taken = 0;
     let mut errors = 0;
     while taken < limit {
+        if data.closing.load(Relaxed) {
+            // The file is being released: the rest stays untaken.
+            break;
+        }
         let was_full = q.cq_full();
         match q.take() {
             Next::Taken(sqe) => {
@@ -416,6 +462,7 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
     let ws = &mut *guard;
     let mut seen_queues = usize::MAX;
     let mut idle_since: Option<Instant<Monotonic>> = None;
+    let started = Instant::<Monotonic>::now();
     loop {
         if data.closing.load(Relaxed) {
             break;
@@ -447,6 +494,12 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
             if idle_since.take().is_some() {
                 // Requests arrived while polling: poll longer next time.
                 ws.poll_us = (ws.poll_us * 2).min(MAX_POLL_US);
+            }
+            if started.elapsed().as_micros_ceil() >= RUN_BUDGET_US {
+                // Served long enough: let the workqueue's other items run, and go on in a new
+                // run (the queues stay awake, so no doorbell is needed meanwhile).
+                let _ = dfl::system_dfl_long().enqueue::<_, 2>(ctx.clone());
+                break;
             }
             cond_resched();
             continue;

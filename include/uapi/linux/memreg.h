@@ -586,11 +586,13 @@ struct memreg_cq_ring {
  * @user_data: the request's
  * @bytes:     bytes moved (COPY), 0 otherwise
  * @status:    0, or a negative errno: -EINVAL (bad opcode, flags, reserved
- *             field or length, or an offset past the registration),
+ *             field, a nonzero field the opcode does not use, a range past
+ *             the registration, DEREGISTER of a parked registration),
  *             -ENOENT (a key that names no registration, or one that ended),
  *             -EACCES (a registration without the access), -EAGAIN (a
  *             suspended registration still being invalidated), -EOVERFLOW
- *             (offset + length wraps)
+ *             (offset + length wraps), -ENOMEM (out of memory), -ECANCELED
+ *             (the file is being released)
  * @reserved:  zero
  */
 struct memreg_cqe {
@@ -610,7 +612,8 @@ struct memreg_cqe {
  * @reserved:  zero
  *
  * After a batch of completions to a queue, the worker writes its index,
- * unless the ring is full (tail - head == MEMREG_MASTER_ENTRIES).
+ * unless the ring is full (tail - head >= MEMREG_MASTER_ENTRIES, which a
+ * head that makes no sense also reads as).
  */
 struct memreg_master_ring {
 	__u32 tail;
@@ -643,7 +646,9 @@ struct memreg_master_user {
  * @cq_bytes:   out: the length of the MEMREG_MMAP_CQ(queue) mapping
  * @reserved:   must be zero
  *
- * EINVAL for bad sizes or eventfd, ENOSPC past MEMREG_MAX_QUEUES. Queues
+ * EINVAL for bad sizes, reserved fields or a file that is not an eventfd,
+ * EBADF for a descriptor that is not open, ENOSPC past MEMREG_MAX_QUEUES,
+ * ENOMEM. Queues
  * last as long as the file.
  */
 struct memreg_queue_create {

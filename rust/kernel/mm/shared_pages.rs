@@ -1,13 +1,18 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Pages the kernel writes and user space maps read-only.
+//! Pages the kernel and user space share: the kernel's own pages, mapped
+//! into a process read-only (state the kernel publishes) or read-write
+//! (rings user space posts into).
 //!
-//! A driver that publishes state to user space without system calls (state
-//! words, event rings) allocates [`SharedPages`], writes them with atomic
-//! stores, and maps them into a process from its `mmap` file operation with
-//! [`SharedPages::map_into`], which refuses private and writable mappings,
-//! takes away the right to make the mapping writable or executable later, and
-//! keeps the mapping out of children and from growing.
+//! A driver that shares state with user space without system calls (state
+//! words, event and request rings) allocates [`SharedPages`], accesses them
+//! with atomic loads and stores only, and maps them into a process from its
+//! `mmap` file operation with [`SharedPages::map_into`], which refuses private
+//! mappings and, for read-only ones, writable requests; takes away the right
+//! to make the mapping executable (and, read-only, writable) later; and keeps
+//! the mapping out of children and from growing. Whatever a page mapped
+//! read-write holds is untrusted input: user space may write any byte of it at
+//! any time.
 //!
 //! The pages are allocated without `__GFP_HIGHMEM`, so they are always in
 //! the kernel's direct map: stores need no temporary mapping and may be made
@@ -33,7 +38,7 @@ pub fn vma_pgoff(vma: &VmaRef) -> usize {
     unsafe { (*vma.as_ptr()).vm_pgoff }
 }
 
-/// Zeroed pages shared read-only with user space.
+/// Zeroed pages shared with user space.
 ///
 /// # Invariants
 ///
@@ -122,8 +127,9 @@ impl SharedPages {
     fn word64(&self, index: usize) -> Option<&Atomic<u64>> {
         let addr = self.at(index.checked_mul(8)?, 8)?;
         // SAFETY: `addr` is an aligned, in-bounds `u64` of a page `self` owns, valid for as long
-        // as `self`; it is only accessed atomically from the kernel (user space can only read
-        // it).
+        // as `self`. The kernel only accesses it atomically; user space may read or write it
+        // concurrently (it is not Rust memory to it), so only its value is racy, and callers
+        // treat what they load from a writable mapping as untrusted.
         Some(unsafe { Atomic::from_ptr(addr as *mut u64) })
     }
 
@@ -141,7 +147,8 @@ impl SharedPages {
             .is_some()
     }
 
-    /// Loads the `index`-th `u64` with acquire ordering.
+    /// Loads the `index`-th `u64` with acquire ordering (a value user space
+    /// may have written, if it maps these pages writable: validate it).
     pub fn load_u64(&self, index: usize) -> Option<u64> {
         self.word64(index).map(|w| w.load(Acquire))
     }
@@ -166,7 +173,8 @@ impl SharedPages {
         self.word32(index).map(|w| w.xchg(value, Full))
     }
 
-    /// Loads the `index`-th `u64` without ordering.
+    /// Loads the `index`-th `u64` without ordering (untrusted, as
+    /// [`SharedPages::load_u64`]).
     pub fn load_u64_relaxed(&self, index: usize) -> Option<u64> {
         self.word64(index).map(|w| w.load(Relaxed))
     }
