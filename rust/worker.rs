@@ -67,7 +67,7 @@ const SHADOW_ENTRIES: usize = 16;
 /// Times a request revalidates a suspended registration before it gives up.
 const USE_TRIES: u32 = 3;
 /// How long one run serves requests before it queues itself again.
-const RUN_BUDGET_US: i64 = 2000;
+const RUN_BUDGET_US: i64 = 20000;
 
 /// The data path's counters (`struct memreg_queue_stats`, where each is
 /// described).
