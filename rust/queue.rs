@@ -201,11 +201,29 @@ impl Queue {
     }
 
     /// Whether the next slot is published and the completion ring has room
-    /// for its completion.
+    /// for its completion. A published slot without room sets
+    /// `MEMREG_QUEUE_CQ_FULL` first (then a full barrier and a second look),
+    /// so that the reader, once it makes room, rings the doorbell.
     pub(crate) fn ready(&self) -> bool {
         let head = self.sq_head.load(Relaxed);
         let slot = (head & u64::from(self.sq_entries - 1)) as usize;
-        self.user.load_u64(Self::seq_word(slot)) == Some(head.wrapping_add(1)) && self.cq_room()
+        if self.user.load_u64(Self::seq_word(slot)) != Some(head.wrapping_add(1)) {
+            return false;
+        }
+        self.room_or_flag()
+    }
+
+    /// Whether the completion ring has room; if not, sets
+    /// `MEMREG_QUEUE_CQ_FULL`, issues a full barrier and looks once more.
+    /// Pairs with the reader's barrier between storing its head and reading
+    /// the flags: either it sees the flag and rings, or this sees its head.
+    fn room_or_flag(&self) -> bool {
+        if self.cq_room() {
+            return true;
+        }
+        self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
+        smp_mb(Full);
+        self.cq_room()
     }
 
     /// Whether the completion ring has room for one more completion. A head
@@ -260,14 +278,8 @@ impl Queue {
         }
         // Only a published request needs room: a reader that keeps its ring exactly full
         // does not stall the queue.
-        if !self.cq_room() {
-            self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
-            // Pairs with the reader's barrier between storing its head and reading the flags:
-            // either it sees the flag and rings, or we see its head.
-            smp_mb(Full);
-            if !self.cq_room() {
-                return Next::CqFull;
-            }
+        if !self.room_or_flag() {
+            return Next::CqFull;
         }
         if self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0 {
             self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_CQ_FULL);

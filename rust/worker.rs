@@ -424,8 +424,7 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
         }
     }
     if taken > 0 {
-        // One publication, one barrier and one look at the arm word per batch.
-        q.publish(&ctx.waiters);
+        // Counted before the completions are seen, so a reader that saw them sees the counts.
         data.stats.requests.add(u64::from(taken), Relaxed);
         data.stats.completions.add(u64::from(taken), Relaxed);
         data.stats.errors.add(errors, Relaxed);
@@ -439,6 +438,8 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
         if u64::from(taken) > data.stats.batch_max.load(Relaxed) {
             data.stats.batch_max.store(u64::from(taken), Relaxed);
         }
+        // One publication, one barrier and one look at the arm word per batch.
+        q.publish(&ctx.waiters);
         if let Some(master) = data.master.as_ref() {
             if master.push(q.index, &ctx.waiters) {
                 data.stats.master_overflows.add(1, Relaxed);

@@ -3,7 +3,16 @@
  * memreg demo, what `make run` shows: a program registers a buffer once,
  * registers part of it again and is served from the cache, moves data
  * through the registration, then unmaps the buffer and the registration is
- * gone by itself. Exits 0 only if every step behaved as expected.
+ * gone by itself. Then, each in a context of its own:
+ * - parking: the last DEREGISTER keeps a registration for the next
+ *   REGISTER, which revives it without pinning anything; FLUSH ends it;
+ * - suspension: splitting the huge page under a registration suspends it,
+ *   and it resumes because its pages are still in place;
+ * - state words and the event ring: how a program learns, without a system
+ *   call, that a registration ended;
+ * - the data path: a COPY posted through a queue's shared rings with no
+ *   lock, executed by the context's worker, and its completion.
+ * Exits 0 only if every step behaved as expected.
  */
 #include <errno.h>
 #include <stdarg.h>
@@ -13,9 +22,14 @@
 #include <unistd.h>
 
 #include "../memreg_util.h"
+#include "../memreg_ring.h"
 
 #define BUF_PAGES	16
 #define BUF_LEN		(BUF_PAGES * PAGE)
+
+#ifndef ARRAY_SIZE
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
+#endif
 
 static int failures;
 
@@ -35,21 +49,402 @@ static int step(int ok, const char *fmt, ...)
 	return ok;
 }
 
+/* Prints a step that could not be shown here; not a failure. */
+static void skipped(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void skipped(const char *fmt, ...)
+{
+	va_list ap;
+
+	printf("  skip   ");
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+	putchar('\n');
+}
+
+static const char *const causes[MEMREG_INVAL_NR_CAUSES] = {
+	[MEMREG_INVAL_UNMAP] = "unmap",
+	[MEMREG_INVAL_CLEAR] = "clear",
+	[MEMREG_INVAL_PROTECTION_VMA] = "mprotect",
+	[MEMREG_INVAL_PROTECTION_PAGE] = "cow",
+	[MEMREG_INVAL_SOFT_DIRTY] = "soft-dirty",
+	[MEMREG_INVAL_RELEASE] = "exit",
+	[MEMREG_INVAL_MIGRATE] = "migrate",
+	[MEMREG_INVAL_EXCLUSIVE] = "exclusive",
+	[MEMREG_INVAL_OTHER] = "other",
+};
+
+static const char *const event_kinds[] = {
+	[MEMREG_EVENT_SUSPENDED] = "SUSPENDED",
+	[MEMREG_EVENT_ENDED] = "ENDED",
+	[MEMREG_EVENT_EVICTED] = "EVICTED",
+};
+
+/* "VALID|PARKED" and the like: the names of the bits set in `v`, into `out`. */
+static const char *bit_names(char *out, size_t size, __u32 v, const char *const names[],
+			     size_t n)
+{
+	size_t i, len = 0;
+
+	snprintf(out, size, "none");
+	for (i = 0; i < n && len < size; i++)
+		if (v & (1U << i))
+			len += snprintf(out + len, size - len, "%s%s", len ? "|" : "", names[i]);
+	return out;
+}
+
+/* QUERY's state, by name (a static buffer: one use per printf). */
+static const char *state_names(__u32 state)
+{
+	static const char *const names[] = { "VALID", "PARKED", "SUSPENDED" };
+	static char out[64];
+
+	return bit_names(out, sizeof(out), state, names, ARRAY_SIZE(names));
+}
+
+/* REGISTER's output flags, by name (a static buffer: one use per printf). */
+static const char *register_names(__u32 flags)
+{
+	static const char *const names[] = { "CACHED", "REVIVED" };
+	static char out[64];
+
+	return bit_names(out, sizeof(out), flags, names, ARRAY_SIZE(names));
+}
+
+/*
+ * Private anonymous memory filled with `fill`, in small pages only: the split
+ * of a huge page under a registration would suspend it (see
+ * demo_suspension()), which is not what the other parts show.
+ */
+static char *map_small(size_t len, int fill)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	/* Fails only without THP support, which is as good. */
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, fill, len);
+	return p;
+}
+
+/*
+ * Parking: the last DEREGISTER keeps the registration, pinned and watched,
+ * for a later REGISTER it covers, which revives it without pinning anything.
+ * FLUSH ends every parked registration.
+ */
+static void demo_parking(void)
+{
+	struct memreg_register r, again = { 0 };
+	struct memreg_query q = { 0 };
+	struct memreg_stats s = { 0 };
+	struct memreg_flush f = { 0 };
+	char *buf = NULL;
+	int fd, ret;
+
+	printf("parking: DEREGISTER keeps the registration for the next REGISTER\n");
+	fd = memreg_open();
+	ret = fd < 0 ? -errno : mr_set_parking(fd, 1);
+	if (!ret) {
+		buf = map_small(8 * PAGE, 'p');
+		ret = buf ? 0 : -ENOMEM;
+	}
+	if (!step(!ret, "new context, parking on (the default), a %lu KiB buffer%s%s",
+		  8 * PAGE / 1024, ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+
+	ret = mr_register(fd, buf, 8 * PAGE, RW, &r);
+	if (!step(!ret && !r.flags, "REGISTER all %lu KiB: new registration, lkey %#llx",
+		  8 * PAGE / 1024, (unsigned long long)r.lkey))
+		goto out;
+	ret = mr_deregister(fd, r.lkey);
+	if (!ret)
+		ret = mr_query(fd, r.lkey, &q);
+	step(!ret && q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED) && !q.refcount &&
+	     q.pages == 8,
+	     "DEREGISTER its only reference: QUERY says %s, refcount %u, %llu pages still pinned",
+	     ret ? strerror(-ret) : state_names(q.state), q.refcount,
+	     (unsigned long long)q.pages);
+
+	ret = mr_register(fd, buf + PAGE, 2 * PAGE, RO, &again);
+	if (!ret)
+		ret = mr_stats(fd, &s);
+	step(!ret && again.flags == (MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED) &&
+	     again.lkey == r.lkey && s.cache_misses == 1 && s.pages_pinned == 8,
+	     "REGISTER %lu KiB inside it: flags %s, %s lkey, nothing pinned again (pages_pinned %llu)",
+	     2 * PAGE / 1024, ret ? strerror(-ret) : register_names(again.flags),
+	     again.lkey == r.lkey ? "the same" : "a different", (unsigned long long)s.pages_pinned);
+
+	/* Parked again, then ended by FLUSH. */
+	ret = mr_deregister(fd, r.lkey);
+	if (!ret)
+		ret = mr_flush(fd, &f);
+	step(!ret && f.evicted == 1 && f.pages == 8 && mr_query(fd, r.lkey, &q) == -ENOENT,
+	     "DEREGISTER parks it again; FLUSH ends it: %llu evicted, %llu pages unpinned, key gone",
+	     (unsigned long long)f.evicted, (unsigned long long)f.pages);
+	ret = mr_stats(fd, &s);
+	step(!ret && s.parks == 2 && s.revives == 1 && s.evictions[MEMREG_EVICT_FLUSH] == 1 &&
+	     !s.parked && !s.pages_pinned && !s.deregistrations,
+	     "STATS: parks %llu, revives %llu, evictions[MEMREG_EVICT_FLUSH] %llu, %llu pages pinned",
+	     (unsigned long long)s.parks, (unsigned long long)s.revives,
+	     (unsigned long long)s.evictions[MEMREG_EVICT_FLUSH],
+	     (unsigned long long)s.pages_pinned);
+out:
+	if (fd >= 0)
+		close(fd);
+	if (buf)
+		munmap(buf, 8 * PAGE);
+}
+
+/*
+ * Suspension: an event that may leave the pages where they are suspends a
+ * registration instead of ending it. Here: a 2 MiB transparent huge page, all
+ * of it registered but its last page; mprotect of that last page splits the
+ * huge page (a "clear" over the whole of it), yet every registered page stays
+ * mapped. The next use, or the context's worker, finds them in place and
+ * resumes the registration.
+ */
+static void demo_suspension(void)
+{
+	static const char text[] = "still in the huge page";
+	size_t huge = thp_size(), len = huge - PAGE;
+	char back[sizeof(text)] = { 0 };
+	struct memreg_register r;
+	struct memreg_query q = { 0 };
+	struct memreg_stats s = { 0 };
+	char *raw, *block;
+	int fd = -1, ret;
+	long kb;
+
+	printf("suspension: a huge page split suspends a registration, which resumes\n");
+	raw = mmap(NULL, 3 * huge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (!step(raw != MAP_FAILED, "map %zu MiB, to find a %zu MiB-aligned block in it",
+		  3 * huge >> 20, huge >> 20))
+		return;
+	/* A huge-aligned block with a page of the mapping on either side. */
+	block = (char *)(((unsigned long)raw + PAGE + huge - 1) & ~(huge - 1));
+	if (access("/sys/kernel/mm/transparent_hugepage", F_OK) ||
+	    madvise(block, huge, MADV_HUGEPAGE)) {
+		skipped("no transparent huge pages in this kernel: nothing to split");
+		goto out;
+	}
+	memset(block, 'h', huge);
+	memcpy(block, text, sizeof(text));
+	kb = smaps_kb(block, "AnonHugePages");
+	if (kb < (long)(huge >> 10)) {
+		skipped("no huge page formed (AnonHugePages %ld kB): nothing to split", kb);
+		goto out;
+	}
+
+	fd = memreg_open();
+	ret = fd < 0 ? -errno : mr_register(fd, block, len, RW, &r);
+	if (!step(!ret, "new context; REGISTER a %zu MiB huge page but its last page (%zu KiB)%s%s",
+		  huge >> 20, len >> 10, ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+	ret = mprotect(block + len, PAGE, PROT_READ) ? -errno : 0;
+	if (!ret)
+		ret = mr_query(fd, r.lkey, &q);
+	step(!ret && (q.state == MEMREG_STATE_SUSPENDED || q.state == MEMREG_STATE_VALID),
+	     "mprotect the last page PROT_READ (the huge page splits): QUERY says %s%s",
+	     ret ? strerror(-ret) : state_names(q.state),
+	     ret ? "" : q.state == MEMREG_STATE_VALID ? " (the worker already resumed it)" :
+	     " (revalidated on next use)");
+	ret = mr_copy(fd, r.lkey, 0, back, sizeof(text), MEMREG_COPY_FROM_REGION);
+	step(!ret && !memcmp(back, text, sizeof(text)),
+	     "COPY out of it still reads \"%.*s\": the pages are where they were",
+	     (int)sizeof(text) - 1, back);
+	ret = mr_query(fd, r.lkey, &q);
+	if (!ret)
+		ret = mr_stats(fd, &s);
+	step(!ret && q.state == MEMREG_STATE_VALID && s.suspensions == 1 && s.resumptions == 1 &&
+	     !s.revalidation_failures,
+	     "QUERY says %s; STATS: suspensions %llu, resumptions %llu, revalidation_failures %llu",
+	     ret ? strerror(-ret) : state_names(q.state),
+	     (unsigned long long)s.suspensions, (unsigned long long)s.resumptions,
+	     (unsigned long long)s.revalidation_failures);
+out:
+	if (fd >= 0)
+		close(fd);
+	munmap(raw, 3 * huge);
+}
+
+/*
+ * State words and the event ring: how a program learns that a registration
+ * ended without asking. Each registration made while the state words are
+ * mapped gets a word that equals its generation while it is usable; the
+ * kernel changes it, and writes an event into the ring, before the call that
+ * ended the registration (here munmap) returns.
+ */
+static void demo_word_and_events(void)
+{
+	struct memreg_events_setup es = { .entries = 16, .eventfd = -1 };
+	const struct memreg_event_ring *ring = MAP_FAILED;
+	const struct memreg_event *e;
+	const __u64 *words = MAP_FAILED;
+	__u32 *head = MAP_FAILED;
+	struct memreg_register r = { 0 };
+	unsigned long addr;
+	__u32 tail, h;
+	char *buf = NULL;
+	int fd, ret;
+	__u64 w;
+
+	printf("state words and the event ring: seeing a registration end, without a call\n");
+	fd = memreg_open();
+	if (fd >= 0)
+		words = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
+	if (!step(words != MAP_FAILED,
+		  "new context; mmap a page of state words (%lu words, read-only) before registering",
+		  PAGE / 8))
+		goto out;
+	ret = ioctl(fd, MEMREG_IOC_EVENTS_SETUP, &es) ? -errno : 0;
+	if (!ret) {
+		ring = mmap(NULL, es.ring_bytes, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_EVENTS);
+		head = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+			    MEMREG_MMAP_EVENTS_HEAD);
+	}
+	if (!step(!ret && ring != MAP_FAILED && head != MAP_FAILED,
+		  "EVENTS_SETUP with 16 entries; map the ring (%llu bytes) and its head page",
+		  (unsigned long long)es.ring_bytes))
+		goto out;
+
+	buf = map_small(4 * PAGE, 'w');
+	ret = buf ? mr_register(fd, buf, 4 * PAGE, RW, &r) : -ENOMEM;
+	if (!ret && r.slot < PAGE / 8)
+		w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
+	else
+		w = 0;
+	if (!step(!ret && r.slot < PAGE / 8 && r.generation && w == r.generation,
+		  "REGISTER %lu KiB: slot %u, generation %#llx; its word reads %#llx: usable",
+		  4 * PAGE / 1024, r.slot, (unsigned long long)r.generation, (unsigned long long)w))
+		goto out;
+
+	addr = (unsigned long)buf;
+	munmap(buf, 4 * PAGE);
+	buf = NULL;
+	w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
+	step(w == (r.generation | MEMREG_WORD_ENDED),
+	     "munmap it: when munmap returns, the word reads %#llx (generation | MEMREG_WORD_ENDED)",
+	     (unsigned long long)w);
+
+	/* The reader's side of the ring: tail (acquire), the entries, head (release). */
+	tail = __atomic_load_n(&ring->tail, __ATOMIC_ACQUIRE);
+	h = __atomic_load_n(head, __ATOMIC_RELAXED);
+	if (!step(tail - h == 1, "the event ring holds %u new event(s)", tail - h))
+		goto out;
+	e = (const struct memreg_event *)((const char *)ring + MEMREG_EVENTS_OFFSET) +
+	    (h & (ring->entries - 1));
+	step(e->kind == MEMREG_EVENT_ENDED && e->cause == MEMREG_INVAL_UNMAP &&
+	     e->key == r.lkey && e->addr == addr && e->length == 4 * PAGE,
+	     "event: kind %s, cause %s, key %#llx (%s), %llu KiB at its address",
+	     e->kind < ARRAY_SIZE(event_kinds) && event_kinds[e->kind] ? event_kinds[e->kind] : "?",
+	     e->kind != MEMREG_EVENT_EVICTED && e->cause < MEMREG_INVAL_NR_CAUSES ?
+	     causes[e->cause] : "?", (unsigned long long)e->key,
+	     e->key == r.lkey ? "the registration's" : "another key",
+	     (unsigned long long)e->length >> 10);
+	__atomic_store_n(head, tail, __ATOMIC_RELEASE);
+out:
+	if (head != MAP_FAILED)
+		munmap(head, PAGE);
+	if (ring != MAP_FAILED)
+		munmap((void *)ring, es.ring_bytes);
+	if (words != MAP_FAILED)
+		munmap((void *)words, PAGE);
+	if (fd >= 0)
+		close(fd);
+	if (buf)
+		munmap(buf, 4 * PAGE);
+}
+
+/*
+ * The data path: a request posted into a queue's submission ring with no
+ * lock and, unless the worker is asleep and this request is the next it
+ * takes, no system call (mrq_try_post() in ../memreg_ring.h follows the
+ * protocol of include/uapi/linux/memreg.h); the context's worker executes it
+ * through the registrations and writes its completion.
+ */
+static void demo_queue(void)
+{
+	static const char text[] = "copied by the worker";
+	struct memreg_register rs, rd;
+	struct memreg_queue_stats st = { 0 };
+	struct memreg_cqe cqe = { 0 };
+	struct memreg_sqe sqe;
+	struct mrq q = { 0 };
+	char *src = NULL, *dst = NULL;
+	__u64 pos = 0;
+	int fd, ret, i;
+	__u32 flags;
+
+	printf("the data path: a COPY posted through shared rings, run by the context's worker\n");
+	fd = memreg_open();
+	ret = fd < 0 ? -errno : 0;
+	if (!ret) {
+		src = map_small(4 * PAGE, 's');
+		dst = map_small(4 * PAGE, 'd');
+		ret = src && dst ? 0 : -ENOMEM;
+	}
+	if (!ret) {
+		memcpy(src + 100, text, sizeof(text));
+		ret = mr_register(fd, src, 4 * PAGE, RO, &rs);
+	}
+	if (!ret)
+		ret = mr_register(fd, dst, 4 * PAGE, RW, &rd);
+	if (!step(!ret, "new context; REGISTER a source (read-only) and a destination, %lu KiB each%s%s",
+		  4 * PAGE / 1024, ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+
+	ret = mrq_open(fd, 8, 16, -1, &q);
+	flags = ret ? 0 : mrq_flags(&q);
+	if (!step(!ret, "QUEUE_CREATE: queue %u, 8 slots, 16 completions, rings mapped; worker %s",
+		  q.index, flags & MEMREG_QUEUE_NEED_WAKEUP ? "asleep (NEED_WAKEUP)" : "awake"))
+		goto out;
+
+	/* COPY the text from the source at offset 100 to the destination at 200. */
+	sqe = mr_sqe_copy(7, rd.lkey, 200, rs.lkey, 100, sizeof(text));
+	ret = mrq_try_post(&q, &sqe, 0, &pos);
+	if (!step(!ret, "post a COPY, no lock: position %llu claimed (insert %llu -> %llu), published (seq %llu)%s%s",
+		  (unsigned long long)pos, (unsigned long long)pos, (unsigned long long)pos + 1,
+		  (unsigned long long)pos + 1, ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+	/* Nothing else wakes the worker of a new queue: it still sleeps. */
+	step(mrq_doorbells(&q) == (flags & MEMREG_QUEUE_NEED_WAKEUP ? 1 : 0),
+	     "doorbell rule: %s", mrq_doorbells(&q) ?
+	     "the worker slept and sq_head was this position, so the poster rang DOORBELL" :
+	     "the worker was awake, so posting took no system call");
+
+	ret = mrq_wait(&q, &cqe, 1, 5000) == 1 ? 0 : -ETIMEDOUT;
+	step(!ret && cqe.user_data == 7 && !cqe.status && cqe.bytes == sizeof(text) &&
+	     !memcmp(dst + 200, text, sizeof(text)),
+	     "reap the completion: user_data %llu, status %d, bytes %llu; destination reads \"%.*s\"",
+	     (unsigned long long)cqe.user_data, cqe.status, (unsigned long long)cqe.bytes,
+	     (int)sizeof(text) - 1, dst + 200);
+	/* The worker adds to its counters just after publishing the completions. */
+	for (i = 0; i < 100; i++) {
+		ret = mr_queue_stats(fd, &st);
+		if (ret || st.requests)
+			break;
+		usleep(10000);
+	}
+	step(!ret && st.requests == 1 && st.completions == 1 && !st.errors &&
+	     st.doorbells == mrq_doorbells(&q) && st.batches == 1,
+	     "QUEUE_STATS: requests %llu, doorbells %llu, batches %llu, completions %llu",
+	     (unsigned long long)st.requests, (unsigned long long)st.doorbells,
+	     (unsigned long long)st.batches, (unsigned long long)st.completions);
+out:
+	mrq_unmap(&q);
+	if (fd >= 0)
+		close(fd);
+	if (src)
+		munmap(src, 4 * PAGE);
+	if (dst)
+		munmap(dst, 4 * PAGE);
+}
+
 int main(void)
 {
 	static const char to_region[] = "written through the registration";
 	static const char by_program[] = "written by the program";
-	static const char *const causes[MEMREG_INVAL_NR_CAUSES] = {
-		[MEMREG_INVAL_UNMAP] = "unmap",
-		[MEMREG_INVAL_CLEAR] = "clear",
-		[MEMREG_INVAL_PROTECTION_VMA] = "mprotect",
-		[MEMREG_INVAL_PROTECTION_PAGE] = "cow",
-		[MEMREG_INVAL_SOFT_DIRTY] = "soft-dirty",
-		[MEMREG_INVAL_RELEASE] = "exit",
-		[MEMREG_INVAL_MIGRATE] = "migrate",
-		[MEMREG_INVAL_EXCLUSIVE] = "exclusive",
-		[MEMREG_INVAL_OTHER] = "other",
-	};
 	struct memreg_register r, sub;
 	struct memreg_query q;
 	struct memreg_stats s;
@@ -139,6 +534,11 @@ int main(void)
 	     !inval_other,
 	     "counters as expected: 1 miss, 1 hit, nothing left registered or pinned");
 	close(fd);
+
+	demo_parking();
+	demo_suspension();
+	demo_word_and_events();
+	demo_queue();
 
 	if (failures)
 		printf("memreg demo: %d step(s) did not behave as expected\n", failures);
