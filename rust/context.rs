@@ -1006,7 +1006,7 @@ impl Context {
 
     /// QUEUE_STATS: the data path's counters.
     pub(crate) fn queue_stats(&self) -> defs::QueueStats {
-        self.shared.data.stats.to_abi()
+        self.shared.data.stats()
     }
 
     /// FLUSH: ends every parked registration; their pages are uncharged when

@@ -100,6 +100,8 @@ pub(crate) struct Queue {
     cq_head_seen: Atomic<u32>,
     /// The published flags (`MEMREG_QUEUE_*`).
     flags: Atomic<u32>,
+    /// Times the queue stopped for a full completion ring.
+    stalls: Atomic<u64>,
 }
 
 /// The outcome of looking at a queue's next slot.
@@ -169,6 +171,7 @@ impl Queue {
             cq_tail: Atomic::new(0),
             cq_head_seen: Atomic::new(0),
             flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
+            stalls: Atomic::new(0),
         })
     }
 
@@ -221,9 +224,18 @@ impl Queue {
         if self.cq_room() {
             return true;
         }
-        self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_CQ_FULL);
+        let flags = self.flags.load(Relaxed);
+        if flags & defs::QUEUE_CQ_FULL == 0 {
+            self.stalls.add(1, Relaxed);
+            self.set_flags(flags | defs::QUEUE_CQ_FULL);
+        }
         smp_mb(Full);
         self.cq_room()
+    }
+
+    /// Times the queue stopped for a full completion ring.
+    pub(crate) fn stalls(&self) -> u64 {
+        self.stalls.load(Relaxed)
     }
 
     /// Whether the completion ring has room for one more completion. A head

@@ -90,8 +90,6 @@ pub(crate) struct DataStats {
     batch_limit: Atomic<u64>,
     /// The polling window now.
     poll_us: Atomic<u64>,
-    /// Stops for a full completion ring.
-    cq_full_stalls: Atomic<u64>,
     /// Keys the shadow resolved.
     shadow_hits: Atomic<u64>,
     /// Keys looked up in the table.
@@ -112,7 +110,6 @@ impl DataStats {
             batch_max: Atomic::new(0),
             batch_limit: Atomic::new(1),
             poll_us: Atomic::new(u64::from(INITIAL_POLL_US)),
-            cq_full_stalls: Atomic::new(0),
             shadow_hits: Atomic::new(0),
             shadow_misses: Atomic::new(0),
             master_overflows: Atomic::new(0),
@@ -131,7 +128,6 @@ impl DataStats {
         out.batch_max = self.batch_max.load(Relaxed);
         out.batch_limit = self.batch_limit.load(Relaxed);
         out.poll_us = self.poll_us.load(Relaxed);
-        out.cq_full_stalls = self.cq_full_stalls.load(Relaxed);
         out.shadow_hits = self.shadow_hits.load(Relaxed);
         out.shadow_misses = self.shadow_misses.load(Relaxed);
         out.master_overflows = self.master_overflows.load(Relaxed);
@@ -275,6 +271,17 @@ impl DataPath {
         })
     }
 
+    /// The counters, with the queues' stops for a full completion ring.
+    pub(crate) fn stats(&self) -> defs::QueueStats {
+        let mut out = self.stats.to_abi();
+        out.cq_full_stalls = self
+            .queues
+            .lock()
+            .iter()
+            .fold(0u64, |n, q| n.saturating_add(q.stalls()));
+        out
+    }
+
     /// The queue with index `index`.
     pub(crate) fn queue(&self, index: u32) -> Option<Arc<Queue>> {
         self.queues.lock().get(index as usize).cloned()
@@ -398,7 +405,6 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
             // The file is being released: the rest stays untaken.
             break;
         }
-        let was_full = q.cq_full();
         match q.take() {
             Next::Taken(sqe) => {
                 let outcome = execute(ctx, ws, &sqe);
@@ -415,12 +421,8 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                 taken += 1;
             }
             Next::Empty => break,
-            Next::CqFull => {
-                if !was_full {
-                    data.stats.cq_full_stalls.add(1, Relaxed);
-                }
-                break;
-            }
+            // Counted by the queue when it set the flag.
+            Next::CqFull => break,
         }
     }
     if taken > 0 {
