@@ -129,6 +129,31 @@ static __u64 efd_count(int efd)
 	return v;
 }
 
+/*
+ * The eventfd's count once it is nonzero, waiting up to 1 s: the kernel
+ * signals it just after it publishes the completion the caller already saw.
+ */
+static __u64 efd_count_wait(int efd)
+{
+	struct pollfd p = { .fd = efd, .events = POLLIN };
+
+	poll(&p, 1, 1000);
+	return efd_count(efd);
+}
+
+/*
+ * The arm word once the kernel cleared it, waiting up to 1 s: it clears it
+ * just after it publishes the completion the caller already saw.
+ */
+static __u32 armed_wait(const struct mrq *q)
+{
+	int i;
+
+	for (i = 0; i < 1000 && mrq_armed(q); i++)
+		usleep(1000);
+	return mrq_armed(q);
+}
+
 /* poll() of `events` with timeout 0: the returned events, 0, or -1 on error. */
 static int poll_now(int fd, short events)
 {
@@ -1765,8 +1790,8 @@ TEST_F(dp, armed_completion_wakes_poll_and_eventfd)
 	EXPECT_GT(5000000, w.elapsed_us);
 	ASSERT_EQ(1, mrq_wait(&self->q, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 1, 0, 0);
-	EXPECT_EQ(0, mrq_armed(&self->q));
-	EXPECT_EQ(1, efd_count(self->efd));
+	EXPECT_EQ(0, armed_wait(&self->q));
+	EXPECT_EQ(1, efd_count_wait(self->efd));
 
 	/* One arm, one wake-up: the next completions signal nothing. */
 	mrq_arm(&self->q);
@@ -1775,8 +1800,8 @@ TEST_F(dp, armed_completion_wakes_poll_and_eventfd)
 		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
 	}
 	ASSERT_EQ(3, mrq_wait(&self->q, c, 3, 5000));
-	EXPECT_EQ(0, mrq_armed(&self->q));
-	EXPECT_EQ(1, efd_count(self->efd));
+	EXPECT_EQ(0, armed_wait(&self->q));
+	EXPECT_EQ(1, efd_count_wait(self->efd));
 	for (i = 0; i < 3; i++) {
 		s = mr_sqe_nop(20 + i);
 		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
@@ -1827,18 +1852,18 @@ TEST_F(dp, eventfd_per_queue)
 	EXPECT_EQ(0, efd_count(efd1));
 	EXPECT_EQ(1, mrq_armed(&q1));
 	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
-	EXPECT_EQ(0, mrq_armed(&q1));
-	EXPECT_EQ(1, efd_count(efd1));
+	EXPECT_EQ(0, armed_wait(&q1));
+	EXPECT_EQ(1, efd_count_wait(efd1));
 	EXPECT_EQ(0, efd_count(self->efd));
 
 	mrq_arm(&self->q);
 	mrq_arm(&q2);
 	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
-	EXPECT_EQ(1, efd_count(self->efd));
+	EXPECT_EQ(1, efd_count_wait(self->efd));
 	EXPECT_EQ(0, efd_count(efd1));
 	/* Without an eventfd, arming works all the same. */
 	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
-	EXPECT_EQ(0, mrq_armed(&q2));
+	EXPECT_EQ(0, armed_wait(&q2));
 	mrq_unmap(&q1);
 	mrq_unmap(&q2);
 	close(efd1);
