@@ -468,6 +468,8 @@ impl Context {
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
+        // TODO(global-shrinker): one shrinker per open file; a module-wide one over a list of
+        // parked registrations would spare reclaim walking one per file.
         let shrinker = Shrinker::register(c"memreg", shared.clone())?;
         GLOBAL_CONTEXTS.add(1, Relaxed);
         Ok(Self {
