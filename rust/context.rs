@@ -436,6 +436,14 @@ impl Registered {
     }
 }
 
+/// The eventfd an argument names: none for -1.
+fn eventfd_arg(fd: i32) -> Result<Option<EventFd>> {
+    match fd {
+        -1 => Ok(None),
+        fd => EventFd::from_fd(fd).map(Some),
+    }
+}
+
 /// One open file of `/dev/memreg`.
 pub(crate) struct Context {
     shared: Arc<ContextShared>,
@@ -826,10 +834,7 @@ impl Context {
         if !req.entries.is_power_of_two() || req.entries > defs::MAX_EVENTS {
             return Err(EINVAL.into());
         }
-        let eventfd = match req.eventfd {
-            -1 => None,
-            fd => Some(EventFd::from_fd(fd)?),
-        };
+        let eventfd = eventfd_arg(req.eventfd)?;
         let ring = EventRing::new(req.entries, eventfd, self.shared.waiters.clone())?;
         if self.shared.table.lock().events.is_some() {
             return Err(EBUSY.into());
@@ -968,10 +973,7 @@ impl Context {
         write_back: impl FnOnce(&defs::QueueCreate) -> Result,
     ) -> OpResult {
         defs::check_reserved(&req.reserved)?;
-        let eventfd = match req.eventfd {
-            -1 => None,
-            fd => Some(EventFd::from_fd(fd)?),
-        };
+        let eventfd = eventfd_arg(req.eventfd)?;
         let data = &self.shared.data;
         let _create = data.create.lock();
         let index = u32::try_from(data.queues.lock().len()).map_err(|_| ENOSPC)?;

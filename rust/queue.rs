@@ -76,6 +76,12 @@ fn area_bytes(entries: u32, size: usize) -> usize {
     (64 + entries as usize * size).next_multiple_of(PAGE_SIZE)
 }
 
+/// Clears the arm word at `index` of `user`; returns whether it was armed.
+/// A load first, so an unarmed ring costs no atomic exchange.
+fn disarm(user: &SharedPages, index: usize) -> bool {
+    user.load_u32(index).unwrap_or(0) != 0 && user.xchg_u32(index, 0).unwrap_or(0) != 0
+}
+
 /// One queue: its two rings.
 pub(crate) struct Queue {
     /// Its index, `0..MEMREG_MAX_QUEUES`.
@@ -208,12 +214,17 @@ impl Queue {
     /// `MEMREG_QUEUE_CQ_FULL` first (then a full barrier and a second look),
     /// so that the reader, once it makes room, rings the doorbell.
     pub(crate) fn ready(&self) -> bool {
+        self.published().is_some() && self.room_or_flag()
+    }
+
+    /// The head and the index of its slot's sequence word, if the slot at
+    /// the head is published. Acquire: the descriptor the poster wrote before
+    /// publishing is visible then.
+    fn published(&self) -> Option<(u64, usize)> {
         let head = self.sq_head.load(Relaxed);
         let slot = (head & u64::from(self.sq_entries - 1)) as usize;
-        if self.user.load_u64(Self::seq_word(slot)) != Some(head.wrapping_add(1)) {
-            return false;
-        }
-        self.room_or_flag()
+        let seq_word = Self::seq_word(slot);
+        (self.user.load_u64(seq_word) == Some(head.wrapping_add(1))).then_some((head, seq_word))
     }
 
     /// Whether the completion ring has room; if not, sets
@@ -281,13 +292,9 @@ impl Queue {
     /// slot for the next lap and publishes the new head. Only when the
     /// completion ring has room for its completion. Worker only.
     pub(crate) fn take(&self) -> Next {
-        let head = self.sq_head.load(Relaxed);
-        let slot = (head & u64::from(self.sq_entries - 1)) as usize;
-        let seq_word = Self::seq_word(slot);
-        // Acquire: the descriptor the poster wrote before publishing.
-        if self.user.load_u64(seq_word) != Some(head.wrapping_add(1)) {
+        let Some((head, seq_word)) = self.published() else {
             return Next::Empty;
-        }
+        };
         // Only a published request needs room: a reader that keeps its ring exactly full
         // does not stall the queue.
         if !self.room_or_flag() {
@@ -331,9 +338,7 @@ impl Queue {
         // Pairs with the reader's barrier between arming and looking at the tail again:
         // either it sees the new tail, or we see its arm word.
         smp_mb(Full);
-        if self.user.load_u32(SQ_CQ_ARM).unwrap_or(0) != 0
-            && self.user.xchg_u32(SQ_CQ_ARM, 0).unwrap_or(0) != 0
-        {
+        if disarm(&self.user, SQ_CQ_ARM) {
             waiters.cv.notify_all();
             if let Some(eventfd) = &self.eventfd {
                 eventfd.signal();
@@ -401,9 +406,7 @@ impl Master {
         }
         // As in `Queue::complete`.
         smp_mb(Full);
-        if self.user.load_u32(MASTER_ARM).unwrap_or(0) != 0
-            && self.user.xchg_u32(MASTER_ARM, 0).unwrap_or(0) != 0
-        {
+        if disarm(&self.user, MASTER_ARM) {
             waiters.cv.notify_all();
         }
         overflowed

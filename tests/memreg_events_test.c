@@ -93,44 +93,6 @@ static void settle(struct memreg_global_stats *base)
 		memset(base, 0xff, sizeof(*base));
 }
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
-/* Waits for `pid`; returns the signal that killed it, or 0. */
-static int wait_signal(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
-		return 0;
-	return WTERMSIG(status);
-}
-
-/* No core file for the children that are meant to fault. */
-static void no_core(void)
-{
-	struct rlimit rl = { 0, 0 };
-
-	setrlimit(RLIMIT_CORE, &rl);
-}
-
-/* The counter of a non-blocking eventfd, reset by reading it (0 when it is 0). */
-static __u64 efd_count(int efd)
-{
-	uint64_t v = 0;
-
-	if (read(efd, &v, sizeof(v)) != sizeof(v))
-		return 0;
-	return v;
-}
-
 /* poll() with timeout 0: the returned events, 0, or -1 on error. */
 static int poll_now(int fd)
 {

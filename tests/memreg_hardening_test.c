@@ -46,16 +46,6 @@ static __u64 now_ms(void)
 	return ts.tv_sec * 1000ULL + ts.tv_nsec / 1000000;
 }
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
 /* Ways for a registration of [p, p + len) to end. */
 enum end {
 	END_DEREGISTER,	/* with parking off */

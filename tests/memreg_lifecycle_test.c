@@ -41,16 +41,6 @@
 #define LIMIT		16	/* RLIMIT_MEMLOCK and max_pinned_pages, in pages */
 #define NOBODY		65534
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
 /* Waits until no memreg file is open and nothing is pinned (a fresh start). */
 static void settle(struct memreg_global_stats *base)
 {

@@ -16,16 +16,6 @@
 
 #define LEN (4 * PAGE)
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
 TEST(fork_parent_keeps_registrations_child_is_refused)
 {
 	struct memreg_cache_config cc;

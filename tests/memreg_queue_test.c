@@ -91,44 +91,6 @@ static int try_mmap(int fd, size_t len, int prot, int flags, off_t offset)
 	return 0;
 }
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
-/* Waits for `pid`; returns the signal that killed it, or 0. */
-static int wait_signal(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
-		return 0;
-	return WTERMSIG(status);
-}
-
-/* No core file for the children that are meant to fault. */
-static void no_core(void)
-{
-	struct rlimit rl = { 0, 0 };
-
-	setrlimit(RLIMIT_CORE, &rl);
-}
-
-/* The counter of a non-blocking eventfd, reset by reading it (0 when it is 0). */
-static __u64 efd_count(int efd)
-{
-	uint64_t v = 0;
-
-	if (read(efd, &v, sizeof(v)) != sizeof(v))
-		return 0;
-	return v;
-}
-
 /*
  * The eventfd's count once it is nonzero, waiting up to 1 s: the kernel
  * signals it just after it publishes the completion the caller already saw.

@@ -38,16 +38,6 @@ static bool thp_configured(void)
 	return access("/sys/kernel/mm/transparent_hugepage", F_OK) == 0;
 }
 
-/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
-static int wait_exit(pid_t pid)
-{
-	int status;
-
-	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
-		return 255;
-	return WEXITSTATUS(status);
-}
-
 FIXTURE(rv)
 {
 	int fd;

@@ -12,10 +12,50 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <linux/memreg.h>
+
+/* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
+static inline int wait_exit(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status))
+		return 255;
+	return WEXITSTATUS(status);
+}
+
+/* Waits for `pid`; returns the signal that killed it, or 0. */
+static inline int wait_signal(pid_t pid)
+{
+	int status;
+
+	if (waitpid(pid, &status, 0) != pid || !WIFSIGNALED(status))
+		return 0;
+	return WTERMSIG(status);
+}
+
+/* No core file for the children that are meant to fault. */
+static inline void no_core(void)
+{
+	struct rlimit rl = { 0, 0 };
+
+	setrlimit(RLIMIT_CORE, &rl);
+}
+
+/* The counter of a non-blocking eventfd, reset by reading it (0 when it is 0). */
+static inline __u64 efd_count(int efd)
+{
+	__u64 v = 0;
+
+	if (read(efd, &v, sizeof(v)) != sizeof(v))
+		return 0;
+	return v;
+}
 
 /* The base page size, read once from sysconf(_SC_PAGESIZE). */
 static inline unsigned long page_size(void)
