@@ -249,8 +249,8 @@ static void expect_cqe(struct __test_metadata *_metadata, const struct memreg_cq
 	EXPECT_EQ(status, c->status) TH_LOG("user_data %#llx: status %d, want %d",
 					    (unsigned long long)c->user_data, c->status, status);
 	EXPECT_EQ(bytes, c->bytes) TH_LOG("user_data %#llx", (unsigned long long)c->user_data);
-	EXPECT_EQ(0, c->reserved0);
-	EXPECT_EQ(0, c->reserved);
+	EXPECT_EQ(0, c->flags);
+	EXPECT_EQ(0, c->imm_data);
 }
 
 /* Posts `sqe`, reaps its completion and checks it. */
@@ -1079,8 +1079,8 @@ TEST_F(dp, nonzero_unused_fields_are_refused)
 			case F_FLAGS: s.flags = 1; break;
 			case F_FLAGS_HIGH: s.flags = 0x80; break;
 			case F_RES0: s.reserved0 = 1; break;
-			case F_RES1: s.reserved1 = 1; break;
-			case F_RES1_HIGH: s.reserved1 = 0x80000000u; break;
+			case F_RES1: s.peer = 1; break;
+			case F_RES1_HIGH: s.peer = 0x80000000u; break;
 			case F_KEY: s.key = self->rd.lkey; break;
 			case F_OFFSET: s.offset = 1; break;
 			case F_SRC_KEY: s.src_key = self->rs.lkey; break;
@@ -1451,7 +1451,6 @@ TEST_F(dp, queue_stats_follow_the_requests)
 	struct memreg_cqe c[40];
 	struct memreg_sqe s;
 	__u64 i;
-	int r;
 
 	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
 	EXPECT_EQ(0, st.requests);
@@ -1465,8 +1464,9 @@ TEST_F(dp, queue_stats_follow_the_requests)
 	EXPECT_EQ(0, st.shadow_hits);
 	EXPECT_EQ(0, st.shadow_misses);
 	EXPECT_EQ(0, st.master_overflows);
-	for (r = 0; r < 3; r++)
-		EXPECT_EQ(0, st.reserved[r]);
+	EXPECT_EQ(0, st.remote_bytes);
+	EXPECT_EQ(0, st.messages);
+	EXPECT_EQ(0, st.rnr_timeouts);
 
 	/* 10 NOPs, 3 refused, 20 COPYs through the same two keys. */
 	for (i = 0; i < 33; i++) {
@@ -1500,8 +1500,9 @@ TEST_F(dp, queue_stats_follow_the_requests)
 	EXPECT_EQ(0, st.cq_full_stalls);
 	EXPECT_LT(0, st.shadow_hits);
 	EXPECT_EQ(0, st.master_overflows);
-	for (r = 0; r < 3; r++)
-		EXPECT_EQ(0, st.reserved[r]);
+	EXPECT_EQ(0, st.remote_bytes);
+	EXPECT_EQ(0, st.messages);
+	EXPECT_EQ(0, st.rnr_timeouts);
 	TH_LOG("batches %llu batch_max %llu batch_limit %llu poll_us %llu shadow %llu/%llu",
 	       (unsigned long long)st.batches, (unsigned long long)st.batch_max,
 	       (unsigned long long)st.batch_limit, (unsigned long long)st.poll_us,
@@ -2239,7 +2240,7 @@ TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
 		EXPECT_GE(mrq_sq_head(&self->q), (__u64)tail);
 		n = mrq_wait(&self->q, c, QCQ, 10);
 		for (i = 0; i < n; i++, reaped++) {
-			if (!allowed_status(c[i].status) || c[i].reserved0 || c[i].reserved ||
+			if (!allowed_status(c[i].status) || c[i].flags || c[i].imm_data ||
 			    (c[i].status && c[i].bytes) || c[i].bytes > BUF_LEN) {
 				if (bad++ < 5)
 					TH_LOG("completion %llu: user_data %#llx status %d bytes %llu",

@@ -20,6 +20,8 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -242,6 +244,141 @@ static inline struct memreg_sqe mr_sqe_copy(__u64 user_data, __u64 key, __u64 of
 	return (struct memreg_sqe){ .opcode = MEMREG_OP_COPY, .user_data = user_data,
 				    .key = key, .offset = offset, .src_key = src_key,
 				    .src_offset = src_offset, .length = length };
+}
+
+/*
+ * One-sided WRITE of `length` bytes from the local (lkey, loffset) to the
+ * peer's (rkey, roffset).
+ */
+static inline struct memreg_sqe mr_sqe_write(__u64 user_data, __u32 peer, __u64 rkey,
+					     __u64 roffset, __u64 lkey, __u64 loffset,
+					     __u64 length)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_WRITE, .user_data = user_data,
+				    .peer = peer, .key = rkey, .offset = roffset,
+				    .src_key = lkey, .src_offset = loffset, .length = length };
+}
+
+/*
+ * One-sided READ of `length` bytes from the peer's (rkey, roffset) to the
+ * local (lkey, loffset).
+ */
+static inline struct memreg_sqe mr_sqe_read(__u64 user_data, __u32 peer, __u64 lkey,
+					    __u64 loffset, __u64 rkey, __u64 roffset,
+					    __u64 length)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_READ, .user_data = user_data,
+				    .peer = peer, .key = lkey, .offset = loffset,
+				    .src_key = rkey, .src_offset = roffset, .length = length };
+}
+
+/* SEND of `length` bytes at (lkey, offset), without immediate data. */
+static inline struct memreg_sqe mr_sqe_send(__u64 user_data, __u64 lkey, __u64 offset,
+					    __u64 length)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_SEND, .user_data = user_data,
+				    .src_key = lkey, .src_offset = offset, .length = length };
+}
+
+/* SEND with immediate data `imm`. */
+static inline struct memreg_sqe mr_sqe_send_imm(__u64 user_data, __u64 lkey, __u64 offset,
+						__u64 length, __u64 imm)
+{
+	struct memreg_sqe s = mr_sqe_send(user_data, lkey, offset, length);
+
+	s.flags = MEMREG_SQE_IMM;
+	s.key = imm;
+	return s;
+}
+
+/* RECV into the buffer of `length` bytes at (lkey, offset). */
+static inline struct memreg_sqe mr_sqe_recv(__u64 user_data, __u64 lkey, __u64 offset,
+					    __u64 length)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_RECV, .user_data = user_data,
+				    .key = lkey, .offset = offset, .length = length };
+}
+
+/* ---- Peers ---- */
+
+/* Attaches the memreg descriptor `peer_fd` to `fd`; the handle in *peer. */
+static inline int mr_peer_attach(int fd, int peer_fd, __u32 *peer)
+{
+	struct memreg_peer_attach a = { .fd = peer_fd };
+
+	if (ioctl(fd, MEMREG_IOC_PEER_ATTACH, &a))
+		return -errno;
+	*peer = a.peer;
+	return 0;
+}
+
+static inline int mr_peer_detach(int fd, __u32 peer)
+{
+	struct memreg_peer_detach d = { .peer = peer };
+
+	return ioctl(fd, MEMREG_IOC_PEER_DETACH, &d) ? -errno : 0;
+}
+
+static inline int mr_peer_revoke(int fd)
+{
+	return ioctl(fd, MEMREG_IOC_PEER_REVOKE) ? -errno : 0;
+}
+
+/* SENDs on `queue` of `fd` go to `remote_queue` of the peer `peer`. */
+static inline int mr_queue_connect(int fd, __u32 queue, __u32 peer, __u32 remote_queue,
+				   __u32 rnr_timeout_ms)
+{
+	struct memreg_queue_connect c = { .queue = queue, .peer = peer,
+					  .remote_queue = remote_queue,
+					  .rnr_timeout_ms = rnr_timeout_ms };
+
+	return ioctl(fd, MEMREG_IOC_QUEUE_CONNECT, &c) ? -errno : 0;
+}
+
+/* Sends descriptor `fd` over the unix socket `sock` (SCM_RIGHTS). */
+static inline int mr_send_fd(int sock, int fd)
+{
+	char byte = 'F';
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			      .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c;
+
+	memset(&u, 0, sizeof(u));
+	c = CMSG_FIRSTHDR(&msg);
+	c->cmsg_level = SOL_SOCKET;
+	c->cmsg_type = SCM_RIGHTS;
+	c->cmsg_len = CMSG_LEN(sizeof(int));
+	memcpy(CMSG_DATA(c), &fd, sizeof(int));
+	return sendmsg(sock, &msg, 0) == 1 ? 0 : -errno;
+}
+
+/* Receives a descriptor sent by mr_send_fd(); returns it or a negative errno. */
+static inline int mr_recv_fd(int sock)
+{
+	char byte;
+	struct iovec iov = { .iov_base = &byte, .iov_len = 1 };
+	union {
+		struct cmsghdr h;
+		char buf[CMSG_SPACE(sizeof(int))];
+	} u;
+	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = u.buf,
+			      .msg_controllen = sizeof(u.buf) };
+	struct cmsghdr *c;
+	int fd;
+
+	if (recvmsg(sock, &msg, 0) != 1)
+		return -errno ? -errno : -EIO;
+	c = CMSG_FIRSTHDR(&msg);
+	if (!c || c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS ||
+	    c->cmsg_len != CMSG_LEN(sizeof(int)))
+		return -EPROTO;
+	memcpy(&fd, CMSG_DATA(c), sizeof(int));
+	return fd;
 }
 
 /* ---- Posting ---- */

@@ -15,7 +15,7 @@
 #include <linux/types.h>
 
 /* The ABI version this header describes, answered by MEMREG_IOC_GET_VERSION. */
-#define MEMREG_ABI_VERSION		2
+#define MEMREG_ABI_VERSION		3
 
 #define MEMREG_IOC_MAGIC		0xB9
 
@@ -235,6 +235,10 @@ struct memreg_stats {
  *                0 for none)
  * @max_registrations: out: live registrations one context may hold
  *                (max_registrations); REGISTER past it fails with EDQUOT
+ * @peers:        out: peer attachments alive in all contexts
+ * @contexts_alive: out: contexts whose memory is still allocated (a file
+ *                closed a moment ago may still be counted while its last
+ *                work finishes; one counted for good is a leak)
  * @reserved:     must be zero
  */
 struct memreg_global_stats {
@@ -243,7 +247,9 @@ struct memreg_global_stats {
 	__u64 pages_pinned;
 	__u64 budget_pages;
 	__u64 max_registrations;
-	__u64 reserved[3];
+	__u64 peers;
+	__u64 contexts_alive;
+	__u64 reserved;
 };
 
 /* struct memreg_copy.direction */
@@ -507,26 +513,51 @@ struct memreg_events_resync {
 #define MEMREG_OP_FENCE			2	/* completes after everything
 						 * posted before it */
 #define MEMREG_OP_DEREGISTER		3	/* drops a reference on @key */
+#define MEMREG_OP_WRITE			4	/* one-sided: @length bytes from
+						 * the local (src_key, src_offset)
+						 * to the peer's (key, offset) */
+#define MEMREG_OP_READ			5	/* one-sided: @length bytes from
+						 * the peer's (src_key,
+						 * src_offset) to the local (key,
+						 * offset) */
+#define MEMREG_OP_SEND			6	/* two-sided: @length bytes at
+						 * (src_key, src_offset) to the
+						 * oldest RECV posted on the
+						 * connected queue */
+#define MEMREG_OP_RECV			7	/* two-sided: a buffer of @length
+						 * bytes at (key, offset) for the
+						 * next SEND to this queue */
+
+/* struct memreg_sqe.flags */
+#define MEMREG_SQE_IMM			(1U << 0)	/* SEND: @imm_data is
+							 * delivered with it */
 
 /**
  * struct memreg_sqe - a request (a descriptor of the token table)
  * @opcode:     MEMREG_OP_*
- * @flags:      must be zero
+ * @flags:      MEMREG_SQE_IMM with SEND; otherwise zero
  * @reserved0:  must be zero
- * @reserved1:  must be zero
+ * @peer:       WRITE, READ: the peer handle (MEMREG_IOC_PEER_ATTACH) whose
+ *              registration the remote key names; otherwise zero
  * @user_data:  returned as is in the completion
- * @key:        COPY: the destination's local key (LOCAL_WRITE);
- *              DEREGISTER: the key; otherwise zero
- * @offset:     COPY: byte offset into the destination; otherwise zero
- * @src_key:    COPY: the source's local key (LOCAL_READ); otherwise zero
- * @src_offset: COPY: byte offset into the source; otherwise zero
- * @length:     COPY: bytes to move, at most MEMREG_MAX_LENGTH; otherwise 0
+ * @key:        the destination: COPY, READ, RECV: a local key (LOCAL_WRITE);
+ *              WRITE: the peer's remote key (REMOTE_WRITE); DEREGISTER:
+ *              the key; SEND: the immediate data when @flags has
+ *              MEMREG_SQE_IMM, else zero; otherwise zero
+ * @offset:     COPY, WRITE, READ, RECV: byte offset into the destination;
+ *              otherwise zero
+ * @src_key:    the source: COPY, WRITE, SEND: a local key (LOCAL_READ);
+ *              READ: the peer's remote key (REMOTE_READ); otherwise zero
+ * @src_offset: COPY, WRITE, READ, SEND: byte offset into the source;
+ *              otherwise zero
+ * @length:     COPY, WRITE, READ, SEND: bytes to move; RECV: the buffer's
+ *              length; at most MEMREG_MAX_LENGTH; otherwise 0
  */
 struct memreg_sqe {
 	__u8 opcode;
 	__u8 flags;
 	__u16 reserved0;
-	__u32 reserved1;
+	__u32 peer;
 	__u64 user_data;
 	__u64 key;
 	__u64 offset;
@@ -581,26 +612,39 @@ struct memreg_cq_ring {
 	__u64 reserved[5];
 };
 
+/* struct memreg_cqe.flags */
+#define MEMREG_CQE_IMM			(1U << 0)	/* RECV: @imm_data holds
+							 * the sender's */
+
 /**
  * struct memreg_cqe - a completion
  * @user_data: the request's
- * @bytes:     bytes moved (COPY), 0 otherwise
+ * @bytes:     bytes moved (COPY, WRITE, READ, SEND, RECV), 0 otherwise
  * @status:    0, or a negative errno: -EINVAL (bad opcode, flags, reserved
  *             field, a nonzero field the opcode does not use, a range past
  *             the registration, DEREGISTER of a parked registration),
- *             -ENOENT (a key that names no registration, or one that ended),
- *             -EACCES (a registration without the access), -EAGAIN (a
- *             suspended registration still being invalidated), -EOVERFLOW
- *             (offset + length wraps), -ENOMEM (out of memory), -ECANCELED
- *             (the file is being released)
- * @reserved:  zero
+ *             -ENOENT (a key that names no registration, or one that ended;
+ *             for a remote key also one that is parked or that the peer
+ *             never gave out), -EACCES (a registration without the access),
+ *             -EAGAIN (a suspended registration still being invalidated),
+ *             -EOVERFLOW (offset + length wraps), -ENOMEM (out of memory),
+ *             -ECANCELED (the file is being released; a RECV still posted
+ *             then), -ENOTCONN (a peer handle this file does not have, or a
+ *             SEND on a queue that is not connected), -ECONNRESET (the peer
+ *             closed its file or revoked its grants), -ENOBUFS (SEND: no
+ *             RECV was posted within the connection's rnr_timeout_ms),
+ *             -EMSGSIZE (SEND and the RECV it met: the message is longer
+ *             than the buffer; nothing moved), -ENOSPC (RECV: the queue
+ *             already has cq_entries RECVs posted)
+ * @flags:     MEMREG_CQE_*
+ * @imm_data:  RECV with MEMREG_CQE_IMM: the sender's immediate data; else 0
  */
 struct memreg_cqe {
 	__u64 user_data;
 	__u64 bytes;
 	__s32 status;
-	__u32 reserved0;
-	__u64 reserved;
+	__u32 flags;
+	__u64 imm_data;
 };
 
 /**
@@ -687,7 +731,9 @@ struct memreg_doorbell {
  * @shadow_hits:    keys resolved by the shadow translation table
  * @shadow_misses:  keys looked up in the registration table
  * @master_overflows: master ring entries not written
- * @reserved:       must be zero
+ * @remote_bytes:   bytes moved by WRITE, READ and SEND
+ * @messages:       SENDs delivered to a RECV
+ * @rnr_timeouts:   SENDs completed with -ENOBUFS
  */
 struct memreg_queue_stats {
 	__u64 requests;
@@ -703,7 +749,84 @@ struct memreg_queue_stats {
 	__u64 shadow_hits;
 	__u64 shadow_misses;
 	__u64 master_overflows;
-	__u64 reserved[3];
+	__u64 remote_bytes;
+	__u64 messages;
+	__u64 rnr_timeouts;
+};
+
+/*
+ * Peers (see "Peers" in Documentation/memreg.rst). Process A grants process
+ * B access to its registrations by passing its /dev/memreg descriptor (over
+ * a unix socket with SCM_RIGHTS, or any other way a descriptor travels); B
+ * attaches it to its own file with MEMREG_IOC_PEER_ATTACH and gets a peer
+ * handle. Holding A's descriptor is the grant: a process that inherits it
+ * (fork) holds it too. B then names A's registrations by their remote keys
+ * in WRITE and READ, which check the REMOTE_WRITE and REMOTE_READ rights A
+ * registered them with, and connects its queues to A's for SEND and RECV.
+ * A revokes every grant at once with MEMREG_IOC_PEER_REVOKE, or by closing
+ * its file; B drops one with MEMREG_IOC_PEER_DETACH.
+ */
+#define MEMREG_MAX_PEERS		64	/* attachments per file */
+#define MEMREG_MAX_SENDERS		64	/* queues connected to one queue */
+#define MEMREG_MAX_RNR_TIMEOUT_MS	60000
+
+/**
+ * struct memreg_peer_attach - attach a peer (MEMREG_IOC_PEER_ATTACH)
+ * @fd:       in: a /dev/memreg descriptor of the peer (EBADF if not open,
+ *            EINVAL if not a /dev/memreg file)
+ * @peer:     out: the peer handle, nonzero, never reused by this file
+ * @reserved: must be zero
+ *
+ * The handle holds the peer's context, not its file: closing the
+ * descriptor afterwards changes nothing, and two files attached to each
+ * other are freed when both are closed. ENOSPC past MEMREG_MAX_PEERS.
+ */
+struct memreg_peer_attach {
+	__s32 fd;
+	__u32 peer;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_peer_detach - drop a peer handle (MEMREG_IOC_PEER_DETACH)
+ * @peer:     in: the handle (ENOENT if this file has no such handle)
+ * @reserved: must be zero
+ *
+ * Later requests naming the handle complete with -ENOTCONN, the queues
+ * connected through it are disconnected, and a SEND waiting on one of them
+ * completes with -ENOTCONN.
+ */
+struct memreg_peer_detach {
+	__u32 peer;
+	__u32 reserved;
+};
+
+/**
+ * struct memreg_queue_connect - send from a queue to a peer's queue
+ *                               (MEMREG_IOC_QUEUE_CONNECT)
+ * @queue:          in: this file's queue, whose SENDs go to ...
+ * @peer:           in: ... the peer of this handle's ...
+ * @remote_queue:   in: ... queue of this index, filling its posted RECVs
+ * @rnr_timeout_ms: in: how long a SEND waits for a RECV to be posted
+ *                  before it completes with -ENOBUFS, 0 .. 
+ *                  MEMREG_MAX_RNR_TIMEOUT_MS (0: not at all)
+ * @reserved:       must be zero
+ *
+ * EINVAL for a bad @queue, @remote_queue or @rnr_timeout_ms or a nonzero
+ * reserved field, ENOTCONN for an unknown @peer, ECONNRESET when the peer
+ * closed its file or revoked the grant, EISCONN when @queue is connected
+ * already, ENOSPC when @remote_queue has MEMREG_MAX_SENDERS connected
+ * queues. A queue may connect to one of its own file's queues through a
+ * handle of its own file (loopback). Several queues may send to one queue;
+ * each SEND takes the oldest posted RECV. A queue whose SEND waits for a
+ * RECV takes nothing else meanwhile, so its requests stay in order.
+ */
+struct memreg_queue_connect {
+	__u32 queue;
+	__u32 peer;
+	__u32 remote_queue;
+	__u32 rnr_timeout_ms;
+	__u64 reserved[2];
 };
 
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
@@ -721,5 +844,9 @@ struct memreg_queue_stats {
 #define MEMREG_IOC_QUEUE_CREATE	_IOWR(MEMREG_IOC_MAGIC, 0x0c, struct memreg_queue_create)
 #define MEMREG_IOC_DOORBELL	_IOW(MEMREG_IOC_MAGIC, 0x0d, struct memreg_doorbell)
 #define MEMREG_IOC_QUEUE_STATS	_IOR(MEMREG_IOC_MAGIC, 0x0e, struct memreg_queue_stats)
+#define MEMREG_IOC_PEER_ATTACH	_IOWR(MEMREG_IOC_MAGIC, 0x0f, struct memreg_peer_attach)
+#define MEMREG_IOC_PEER_DETACH	_IOW(MEMREG_IOC_MAGIC, 0x10, struct memreg_peer_detach)
+#define MEMREG_IOC_PEER_REVOKE	_IO(MEMREG_IOC_MAGIC, 0x11)
+#define MEMREG_IOC_QUEUE_CONNECT _IOW(MEMREG_IOC_MAGIC, 0x12, struct memreg_queue_connect)
 
 #endif /* _UAPI_LINUX_MEMREG_H */
