@@ -50,11 +50,12 @@ use crate::{
     error::OpResult,
     events::{EventRing, Waiters},
     key::KeyPair,
-    queue::Queue,
+    peer::{self, Peers},
+    queue::{Connection, Queue},
     registration::{
         push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo, Revalidated,
     },
-    stats::{Stats, GLOBAL_CONTEXTS, TOTALS},
+    stats::{Stats, GLOBAL_CONTEXTS, GLOBAL_CONTEXTS_ALIVE, TOTALS},
     worker::{self, DataPath},
 };
 use kernel::{
@@ -108,8 +109,8 @@ const EVICT_BATCH: usize = 64;
 /// giving up with `EAGAIN`.
 const USE_TRIES: u32 = 3;
 
-/// The part of a context that registrations refer to.
-#[pin_data]
+/// The part of a context that registrations, work items and peers refer to.
+#[pin_data(PinnedDrop)]
 pub(crate) struct ContextShared {
     /// The address space this context serves.
     pub(crate) mm: ARef<Mm>,
@@ -134,13 +135,41 @@ pub(crate) struct ContextShared {
     /// The worker of the data path.
     #[pin]
     data_work: Work<ContextShared, 2>,
+    /// Wakes the worker when a SEND waiting for a RECV times out.
+    #[pin]
+    data_timer: DelayedWork<ContextShared, 3>,
     /// The next key sequence number.
     next_seq: Atomic<u64>,
+    /// The contexts this one attached (`peer.rs`).
+    #[pin]
+    pub(crate) peers: SpinLock<Peers>,
+    /// The grant epoch: attachments made to this context before its last
+    /// PEER_REVOKE no longer hold.
+    pub(crate) grant_epoch: Atomic<u64>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for ContextShared {
+    fn drop(self: Pin<&mut Self>) {
+        GLOBAL_CONTEXTS_ALIVE.fetch_sub(1, Relaxed);
+    }
 }
 
 impl_has_work! { impl HasWork<Self> for ContextShared { self.work } }
 impl_has_delayed_work! { impl HasDelayedWork<Self, 1> for ContextShared { self.idle_work } }
 impl_has_work! { impl HasWork<Self, 2> for ContextShared { self.data_work } }
+impl_has_delayed_work! { impl HasDelayedWork<Self, 3> for ContextShared { self.data_timer } }
+
+impl WorkItem<3> for ContextShared {
+    type Pointer = Arc<ContextShared>;
+
+    fn run(this: Arc<ContextShared>) {
+        // The release cancels this item, then the worker again.
+        if !this.data.closing.load(Relaxed) {
+            let _ = dfl::system_dfl_long().enqueue::<_, 2>(this);
+        }
+    }
+}
 
 impl WorkItem<2> for ContextShared {
     type Pointer = Arc<ContextShared>;
@@ -365,7 +394,7 @@ impl ContextShared {
         }
         let delay = msecs_to_jiffies(u32::try_from(delay_ms).unwrap_or(u32::MAX));
         // Already armed: it looks again when it fires.
-        let _ = dfl::system_dfl().enqueue_delayed(this.clone(), delay);
+        let _ = dfl::system_dfl().enqueue_delayed::<_, 1>(this.clone(), delay);
     }
 
     /// The idle eviction: ends every parked registration if the context made
@@ -472,10 +501,14 @@ impl Context {
                 waiters,
                 data <- DataPath::new(),
                 data_work <- new_work!("memreg::ContextShared::data_work"),
+                data_timer <- new_delayed_work!("memreg::ContextShared::data_timer"),
                 next_seq: Atomic::new(1),
+                peers <- new_spinlock!(Peers::new(), "memreg::ContextShared::peers"),
+                grant_epoch: Atomic::new(0),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
+        GLOBAL_CONTEXTS_ALIVE.add(1, Relaxed);
         // TODO(global-shrinker): one shrinker per open file; a module-wide one over a list of
         // parked registrations would spare reclaim walking one per file.
         let shrinker = Shrinker::register(c"memreg", shared.clone())?;
@@ -652,7 +685,8 @@ impl Context {
         };
 
         // Everything the table needs is allocated before its lock is taken.
-        let mut nodes = Nodes::new()?;
+        let mut nodes =
+            Nodes::new(access & (defs::ACCESS_REMOTE_READ | defs::ACCESS_REMOTE_WRITE) != 0)?;
         let mut charges = Charges::for_current()?;
         let registration = Registration::new(self.shared.clone(), info)?;
         let current = kernel::current!();
@@ -980,10 +1014,7 @@ impl Context {
         if index >= defs::MAX_QUEUES {
             return Err(ENOSPC.into());
         }
-        let queue = Arc::new(
-            Queue::new(index, req.sq_entries, req.cq_entries, eventfd)?,
-            GFP_KERNEL_ACCOUNT,
-        )?;
+        let queue = Queue::new(index, req.sq_entries, req.cq_entries, eventfd)?;
         worker::master(data)?;
         req.queue = index;
         req.sq_bytes = Queue::sq_bytes(req.sq_entries) as u64;
@@ -1006,6 +1037,106 @@ impl Context {
         // Already queued: the queued run sees this queue too. Running: it runs again.
         let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
         Ok(())
+    }
+
+    /// The part of the context that peers hold.
+    pub(crate) fn shared(&self) -> Arc<ContextShared> {
+        self.shared.clone()
+    }
+
+    /// PEER_ATTACH: attaches the context `open` finds behind descriptor
+    /// `req.fd` and returns its handle in `req.peer`.
+    pub(crate) fn peer_attach(
+        &self,
+        req: &mut defs::PeerAttach,
+        open: impl FnOnce(u32) -> Result<Arc<ContextShared>>,
+    ) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        let fd = u32::try_from(req.fd).map_err(|_| EBADF)?;
+        let peer = open(fd)?;
+        // Read once the file was found open: a revocation afterwards ends this attachment.
+        let epoch = peer.grant_epoch.load(Relaxed);
+        let mut room = if self.shared.peers.lock().needs_room() {
+            peer::room()?
+        } else {
+            KVec::new()
+        };
+        let attached = self.shared.peers.lock().attach(peer, epoch, &mut room);
+        // Outside the lock: a refused attachment may hold the last reference to the peer.
+        drop(room);
+        match attached {
+            Ok(handle) => {
+                req.peer = handle;
+                Ok(())
+            }
+            Err((e, peer)) => {
+                drop(peer);
+                Err(e.into())
+            }
+        }
+    }
+
+    /// Undoes a PEER_ATTACH whose result could not reach the caller.
+    pub(crate) fn peer_undo_attach(&self, handle: u32) {
+        let peer = self.shared.peers.lock().detach(handle);
+        drop(peer);
+    }
+
+    /// PEER_DETACH: drops handle `req.peer` and disconnects the queues
+    /// connected through it.
+    pub(crate) fn peer_detach(&self, req: &defs::PeerDetach) -> OpResult {
+        if req.reserved != 0 {
+            return Err(EINVAL.into());
+        }
+        let data = &self.shared.data;
+        let _serial = data.create.lock();
+        let peer = self.shared.peers.lock().detach(req.peer).ok_or(ENOENT)?;
+        data.disconnect(&self.shared, Some(req.peer))?;
+        drop(peer);
+        Ok(())
+    }
+
+    /// PEER_REVOKE: every attachment made to this context so far stops
+    /// working, and the queues connected to its queues are disconnected.
+    pub(crate) fn peer_revoke(&self) -> OpResult {
+        let data = &self.shared.data;
+        let _serial = data.create.lock();
+        self.shared.grant_epoch.add(1, Relaxed);
+        data.remove_senders()?;
+        Ok(())
+    }
+
+    /// QUEUE_CONNECT: SENDs on queue `req.queue` go to the RECVs posted on
+    /// queue `req.remote_queue` of the peer `req.peer`.
+    pub(crate) fn queue_connect(&self, req: &defs::QueueConnect) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        if req.rnr_timeout_ms > defs::MAX_RNR_TIMEOUT_MS {
+            return Err(EINVAL.into());
+        }
+        let data = &self.shared.data;
+        // Connections, detaching and revoking are serialized with the creation of queues.
+        let _serial = data.create.lock();
+        let queue = data.queue(req.queue).ok_or(EINVAL)?;
+        let (peer, epoch) = peer::lookup(&self.shared, req.peer)?;
+        let remote = peer.data.queue(req.remote_queue).ok_or(EINVAL)?;
+        if queue.send.lock().is_some() {
+            return Err(EISCONN.into());
+        }
+        remote.add_sender(self.shared.clone(), req.queue)?;
+        let conn = Connection {
+            handle: req.peer,
+            ctx: peer,
+            epoch,
+            queue: remote,
+            rnr_timeout_ms: req.rnr_timeout_ms,
+        };
+        *queue.send.lock() = Some(conn);
+        Ok(())
+    }
+
+    /// Attachments this context holds.
+    pub(crate) fn peer_count(&self) -> usize {
+        self.shared.peers.lock().len()
     }
 
     /// QUEUE_STATS: the data path's counters.
@@ -1043,7 +1174,7 @@ impl Context {
             });
         }
         // The idle eviction follows the new delay.
-        cancel_delayed_sync(&self.shared);
+        cancel_delayed_sync::<_, 1>(&self.shared);
         ContextShared::arm_idle(&self.shared, config.idle_ms);
         Ok(())
     }
@@ -1168,10 +1299,22 @@ impl Drop for Context {
         // The worker stops (a COPY in progress gives up at its next step) and is not queued
         // again: no doorbell can come any more.
         self.shared.data.closing.store(true, Relaxed);
+        // No other context's worker wakes this one's from now on: its receiving queues close,
+        // and its queues leave the receiving queues they were connected to (both under the
+        // locks those wake-ups happen under).
+        self.shared.data.close_queues(&self.shared);
         cancel_sync::<_, 2>(&self.shared);
+        // The timer may have queued the worker again before it was cancelled.
+        cancel_delayed_sync::<_, 3>(&self.shared);
+        cancel_sync::<_, 2>(&self.shared);
+        // The handles' references on other contexts go (the cycle of two files attached to
+        // each other breaks here), and what the worker kept of waiting SENDs.
+        let peers = self.shared.peers.lock().take_all();
+        drop(peers);
+        self.shared.data.clear_worker();
         // Unregistered first: it waits for a scan in progress, and none runs afterwards.
         drop(self.shrinker.take());
-        cancel_delayed_sync(&self.shared);
+        cancel_delayed_sync::<_, 1>(&self.shared);
         loop {
             let ended = {
                 let mut t = self.shared.table.lock();

@@ -9,7 +9,7 @@
 //! header's by construction.
 
 use kernel::{
-    ioctl::{_IOR, _IOW, _IOWR},
+    ioctl::{_IO, _IOR, _IOW, _IOWR},
     prelude::*,
     transmute::FromBytes,
     uapi,
@@ -24,6 +24,7 @@ pub(crate) const MAX_LENGTH: u64 = uapi::MEMREG_MAX_LENGTH;
 
 pub(crate) const ACCESS_LOCAL_READ: u32 = uapi::MEMREG_ACCESS_LOCAL_READ;
 pub(crate) const ACCESS_LOCAL_WRITE: u32 = uapi::MEMREG_ACCESS_LOCAL_WRITE;
+pub(crate) const ACCESS_REMOTE_READ: u32 = uapi::MEMREG_ACCESS_REMOTE_READ;
 pub(crate) const ACCESS_REMOTE_WRITE: u32 = uapi::MEMREG_ACCESS_REMOTE_WRITE;
 pub(crate) const ACCESS_ALL: u32 = uapi::MEMREG_ACCESS_ALL;
 pub(crate) const REGISTER_CACHED: u32 = uapi::MEMREG_REGISTER_CACHED;
@@ -64,6 +65,15 @@ pub(crate) const OP_NOP: u8 = uapi::MEMREG_OP_NOP as u8;
 pub(crate) const OP_COPY: u8 = uapi::MEMREG_OP_COPY as u8;
 pub(crate) const OP_FENCE: u8 = uapi::MEMREG_OP_FENCE as u8;
 pub(crate) const OP_DEREGISTER: u8 = uapi::MEMREG_OP_DEREGISTER as u8;
+pub(crate) const OP_WRITE: u8 = uapi::MEMREG_OP_WRITE as u8;
+pub(crate) const OP_READ: u8 = uapi::MEMREG_OP_READ as u8;
+pub(crate) const OP_SEND: u8 = uapi::MEMREG_OP_SEND as u8;
+pub(crate) const OP_RECV: u8 = uapi::MEMREG_OP_RECV as u8;
+pub(crate) const SQE_IMM: u8 = uapi::MEMREG_SQE_IMM as u8;
+pub(crate) const CQE_IMM: u32 = uapi::MEMREG_CQE_IMM;
+pub(crate) const MAX_PEERS: usize = uapi::MEMREG_MAX_PEERS as usize;
+pub(crate) const MAX_SENDERS: usize = uapi::MEMREG_MAX_SENDERS as usize;
+pub(crate) const MAX_RNR_TIMEOUT_MS: u32 = uapi::MEMREG_MAX_RNR_TIMEOUT_MS;
 pub(crate) const QUEUE_NEED_WAKEUP: u32 = uapi::MEMREG_QUEUE_NEED_WAKEUP;
 pub(crate) const QUEUE_CQ_FULL: u32 = uapi::MEMREG_QUEUE_CQ_FULL;
 pub(crate) const MAX_IDLE_MS: u64 = uapi::MEMREG_MAX_IDLE_MS as u64;
@@ -109,6 +119,9 @@ pub(crate) type Cqe = uapi::memreg_cqe;
 pub(crate) type QueueCreate = uapi::memreg_queue_create;
 pub(crate) type Doorbell = uapi::memreg_doorbell;
 pub(crate) type QueueStats = uapi::memreg_queue_stats;
+pub(crate) type PeerAttach = uapi::memreg_peer_attach;
+pub(crate) type PeerDetach = uapi::memreg_peer_detach;
+pub(crate) type QueueConnect = uapi::memreg_queue_connect;
 
 pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
 pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
@@ -125,6 +138,10 @@ pub(crate) const IOC_EVENTS_RESYNC: u32 = _IOWR::<EventsResync>(MAGIC, 0x0b);
 pub(crate) const IOC_QUEUE_CREATE: u32 = _IOWR::<QueueCreate>(MAGIC, 0x0c);
 pub(crate) const IOC_DOORBELL: u32 = _IOW::<Doorbell>(MAGIC, 0x0d);
 pub(crate) const IOC_QUEUE_STATS: u32 = _IOR::<QueueStats>(MAGIC, 0x0e);
+pub(crate) const IOC_PEER_ATTACH: u32 = _IOWR::<PeerAttach>(MAGIC, 0x0f);
+pub(crate) const IOC_PEER_DETACH: u32 = _IOW::<PeerDetach>(MAGIC, 0x10);
+pub(crate) const IOC_PEER_REVOKE: u32 = _IO(MAGIC, 0x11);
+pub(crate) const IOC_QUEUE_CONNECT: u32 = _IOW::<QueueConnect>(MAGIC, 0x12);
 
 /// Fails with `EINVAL` unless every reserved word is zero.
 pub(crate) fn check_reserved(words: &[u64]) -> Result {
@@ -175,6 +192,12 @@ mod tests {
         assert_eq!(IOC_FLUSH, ioc(3, 32, 9));
         assert_eq!(IOC_EVENTS_SETUP, ioc(3, 32, 10));
         assert_eq!(IOC_EVENTS_RESYNC, ioc(3, 24, 11));
+        assert_eq!(IOC_PEER_ATTACH, ioc(3, 24, 15));
+        assert_eq!(IOC_PEER_DETACH, ioc(1, 8, 16));
+        assert_eq!(IOC_PEER_REVOKE, ioc(0, 0, 17));
+        assert_eq!(IOC_QUEUE_CONNECT, ioc(1, 32, 18));
+        assert_eq!(core::mem::size_of::<Cqe>(), 32);
+        assert_eq!(core::mem::size_of::<Sqe>(), 56);
         assert_eq!(core::mem::size_of::<Event>(), 32);
         assert_eq!(
             core::mem::size_of::<uapi::memreg_event_ring>(),

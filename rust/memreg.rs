@@ -10,7 +10,7 @@
 
 use kernel::{
     debugfs,
-    fs::File,
+    fs::{File, LocalFile},
     ioctl::_IOC_SIZE,
     miscdevice::{ext::MiscDevicePoll, MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     mm::virt::VmaNew,
@@ -27,6 +27,7 @@ mod defs;
 mod error;
 mod events;
 mod key;
+mod peer;
 mod queue;
 mod registration;
 mod stats;
@@ -122,6 +123,8 @@ impl PinnedDrop for MemregModule {
             GLOBAL_CONTEXTS.load(Relaxed) != 0
                 || GLOBAL_REGISTRATIONS.load(Relaxed) != 0
                 || GLOBAL_PINNED.load(Relaxed) != 0
+                || stats::GLOBAL_PEERS.load(Relaxed) != 0
+                || stats::GLOBAL_CONTEXTS_ALIVE.load(Relaxed) != 0
         );
     }
 }
@@ -151,6 +154,7 @@ impl MiscDevice for Context {
         seq_print!(m, "memreg-park_max:\t{}\n", config.max_parked);
         seq_print!(m, "memreg-park_max_pages:\t{}\n", config.max_parked_pages);
         seq_print!(m, "memreg-park_idle_ms:\t{}\n", config.idle_ms);
+        seq_print!(m, "memreg-peers:\t{}\n", me.peer_count());
         seq_print!(m, "{}", stats::Shown(&stats));
     }
 
@@ -172,7 +176,11 @@ impl MiscDevice for Context {
             | defs::IOC_FLUSH
             | defs::IOC_QUEUE_CREATE
             | defs::IOC_DOORBELL
-            | defs::IOC_QUEUE_STATS => {
+            | defs::IOC_QUEUE_STATS
+            | defs::IOC_PEER_ATTACH
+            | defs::IOC_PEER_DETACH
+            | defs::IOC_PEER_REVOKE
+            | defs::IOC_QUEUE_CONNECT => {
                 me.check_owner()?;
                 me.touch();
             }
@@ -233,6 +241,30 @@ impl MiscDevice for Context {
             }
             defs::IOC_QUEUE_STATS => {
                 writer.write(&me.queue_stats())?;
+            }
+            defs::IOC_PEER_ATTACH => {
+                let mut req: defs::PeerAttach = reader.read()?;
+                me.peer_attach(&mut req, |fd| {
+                    let file = LocalFile::fget(fd).map_err(|_| EBADF)?;
+                    let peer = MiscDeviceRegistration::<Context>::device_of(&file)
+                        .ok_or(EINVAL)?
+                        .shared();
+                    Ok(peer)
+                })?;
+                if let Err(e) = writer.write(&req) {
+                    // The caller cannot learn the handle: undo the call.
+                    me.peer_undo_attach(req.peer);
+                    return Err(e);
+                }
+            }
+            defs::IOC_PEER_DETACH => {
+                me.peer_detach(&reader.read()?)?;
+            }
+            defs::IOC_PEER_REVOKE => {
+                me.peer_revoke()?;
+            }
+            defs::IOC_QUEUE_CONNECT => {
+                me.queue_connect(&reader.read()?)?;
             }
             _ => return Err(ENOTTY),
         }

@@ -18,19 +18,31 @@
 //! Only the context's worker takes descriptors and writes completions (a
 //! work item never runs twice at once), so the kernel-side indexes are
 //! atomics written by one thread and read by `poll` and the ioctls.
+//!
+//! For two-sided messages a queue also has a receiving side (the RECVs
+//! posted on it, the completions of those a sender filled, and the queues
+//! connected to it) and a sending side (the queue its SENDs go to). A
+//! posted RECV reserves room for its completion in the completion ring
+//! (`owed`), so a sender's worker can finish it at any time; the owner's
+//! worker publishes it. Locks: `Queue::send` and `Queue::recv` are
+//! spinlocks, never held together, taken after the table locks; a wake-up
+//! of another context's worker happens under `recv`, which the other
+//! context's release takes before it cancels its worker.
 
-use crate::{defs, events::Waiters};
+use crate::{context::ContextShared, defs, events::Waiters, registration::Registration};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
+    new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
         barrier::{smp_mb, Full},
-        Arc,
+        Arc, SpinLock,
     },
     transmute::AsBytes,
+    workqueue::dfl,
 };
 
 /// Bytes of a submission slot.
@@ -82,7 +94,138 @@ fn disarm(user: &SharedPages, index: usize) -> bool {
     user.load_u32(index).unwrap_or(0) != 0 && user.xchg_u32(index, 0).unwrap_or(0) != 0
 }
 
+/// A bounded first-in, first-out queue whose memory is allocated up front,
+/// so that pushing and popping never allocate.
+pub(crate) struct Fifo<T> {
+    slots: KVVec<Option<T>>,
+    head: usize,
+    len: usize,
+}
+
+impl<T> Fifo<T> {
+    /// A queue with room for nothing.
+    pub(crate) const fn empty() -> Self {
+        Self {
+            slots: KVVec::new(),
+            head: 0,
+            len: 0,
+        }
+    }
+
+    /// A queue with room for `n` entries.
+    pub(crate) fn with_capacity(n: usize) -> Result<Self> {
+        let mut slots = KVVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..n {
+            slots.push(None, GFP_KERNEL_ACCOUNT)?;
+        }
+        Ok(Self {
+            slots,
+            head: 0,
+            len: 0,
+        })
+    }
+
+    /// Entries it has room for.
+    pub(crate) fn capacity(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Entries in it.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Adds `v` at the back, or gives it back when full.
+    pub(crate) fn push(&mut self, v: T) -> Result<(), T> {
+        let cap = self.capacity();
+        if self.len >= cap {
+            return Err(v);
+        }
+        let at = (self.head + self.len) % cap;
+        match self.slots.get_mut(at) {
+            Some(slot) => {
+                *slot = Some(v);
+                self.len += 1;
+                Ok(())
+            }
+            None => Err(v),
+        }
+    }
+
+    /// Takes the entry at the front.
+    pub(crate) fn pop(&mut self) -> Option<T> {
+        if self.len == 0 {
+            return None;
+        }
+        let v = self.slots.get_mut(self.head)?.take();
+        self.head = (self.head + 1) % self.capacity();
+        self.len -= 1;
+        v
+    }
+}
+
+/// A RECV posted on a queue, waiting for a SEND.
+pub(crate) struct PostedRecv {
+    /// The request's user data.
+    pub(crate) user_data: u64,
+    /// The buffer's registration, with local write access.
+    pub(crate) registration: Arc<Registration>,
+    /// The buffer's offset in it.
+    pub(crate) offset: u64,
+    /// The buffer's length.
+    pub(crate) length: u64,
+}
+
+/// A queue connected to send to a queue: its context is woken when a RECV
+/// is posted while one of its SENDs waits.
+struct Sender {
+    ctx: Arc<ContextShared>,
+    queue: u32,
+    waiting: bool,
+}
+
+/// The receiving side of a queue, under `Queue::recv`.
+pub(crate) struct RecvState {
+    /// RECVs posted, oldest first.
+    posted: Fifo<PostedRecv>,
+    /// Completions of RECVs that senders finished, to be published by the
+    /// owner's worker.
+    done: Fifo<defs::Cqe>,
+    /// The queues connected to send here; room for `MEMREG_MAX_SENDERS`
+    /// once one connected.
+    senders: KVec<Sender>,
+    /// The owner's file is released: nothing is posted or delivered any
+    /// more, and no worker of the owner is woken.
+    closed: bool,
+}
+
+/// Where a queue's SENDs go (`MEMREG_IOC_QUEUE_CONNECT`).
+#[derive(Clone)]
+pub(crate) struct Connection {
+    /// The peer handle it was made through.
+    pub(crate) handle: u32,
+    /// The receiving queue's context.
+    pub(crate) ctx: Arc<ContextShared>,
+    /// That context's grant epoch when attached.
+    pub(crate) epoch: u64,
+    /// The receiving queue.
+    pub(crate) queue: Arc<Queue>,
+    /// How long a SEND waits for a RECV, in milliseconds.
+    pub(crate) rnr_timeout_ms: u32,
+}
+
+/// What a sender found on the receiving queue.
+pub(crate) enum Receiver {
+    /// The oldest posted RECV, now the sender's to fill.
+    Posted(PostedRecv),
+    /// None posted: the sender is woken when one is.
+    Waiting,
+    /// The receiving queue's file was released.
+    Closed,
+}
+
 /// One queue: its two rings.
+#[pin_data]
 pub(crate) struct Queue {
     /// Its index, `0..MEMREG_MAX_QUEUES`.
     pub(crate) index: u32,
@@ -108,6 +251,19 @@ pub(crate) struct Queue {
     flags: Atomic<u32>,
     /// Times the queue stopped for a full completion ring.
     stalls: Atomic<u64>,
+    /// Completions owed to RECVs posted on this queue: room the completion
+    /// ring keeps for them. Changed by the owner's worker only.
+    owed: Atomic<u32>,
+    /// A SEND of this queue waits for a RECV: nothing else is taken.
+    pub(crate) stalled: Atomic<bool>,
+    /// Finished RECVs wait in `recv` to be published.
+    done_pending: Atomic<bool>,
+    /// The receiving side.
+    #[pin]
+    recv: SpinLock<RecvState>,
+    /// The sending side.
+    #[pin]
+    pub(crate) send: SpinLock<Option<Connection>>,
 }
 
 /// The outcome of looking at a queue's next slot.
@@ -141,7 +297,7 @@ impl Queue {
         sq_entries: u32,
         cq_entries: u32,
         eventfd: Option<EventFd>,
-    ) -> Result<Self> {
+    ) -> Result<Arc<Self>> {
         if !sq_entries.is_power_of_two()
             || !(2..=defs::MAX_SQ_ENTRIES).contains(&sq_entries)
             || !cq_entries.is_power_of_two()
@@ -166,19 +322,188 @@ impl Queue {
         kernel.store_u32(CQ_CQ_ENTRIES, cq_entries);
         // No worker runs yet: a poster rings the doorbell.
         kernel.store_u32(CQ_FLAGS, defs::QUEUE_NEED_WAKEUP);
-        Ok(Self {
-            index,
-            user,
-            kernel,
-            sq_entries,
-            cq_entries,
-            eventfd,
-            sq_head: Atomic::new(0),
-            cq_tail: Atomic::new(0),
-            cq_head_seen: Atomic::new(0),
-            flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
-            stalls: Atomic::new(0),
-        })
+        Arc::pin_init(
+            try_pin_init!(Self {
+                index,
+                user,
+                kernel,
+                sq_entries,
+                cq_entries,
+                eventfd,
+                sq_head: Atomic::new(0),
+                cq_tail: Atomic::new(0),
+                cq_head_seen: Atomic::new(0),
+                flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
+                stalls: Atomic::new(0),
+                owed: Atomic::new(0),
+                stalled: Atomic::new(false),
+                done_pending: Atomic::new(false),
+                recv <- new_spinlock!(
+                    RecvState {
+                        posted: Fifo::empty(),
+                        done: Fifo::empty(),
+                        senders: KVec::new(),
+                        closed: false,
+                    },
+                    "memreg::Queue::recv"
+                ),
+                send <- new_spinlock!(None, "memreg::Queue::send"),
+            }? Error),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// Makes room for the RECVs this queue may have posted (as many as its
+    /// completion ring has entries) and their completions. Worker only;
+    /// allocates the first time.
+    pub(crate) fn prepare_recv(&self) -> Result {
+        if self.recv.lock().posted.capacity() != 0 {
+            return Ok(());
+        }
+        let n = self.cq_entries as usize;
+        let posted = Fifo::with_capacity(n)?;
+        let done = Fifo::with_capacity(n)?;
+        let mut st = self.recv.lock();
+        if st.posted.capacity() == 0 {
+            st.posted = posted;
+            st.done = done;
+        }
+        Ok(())
+    }
+
+    /// Posts a RECV: it owes a completion from now on, and the senders
+    /// waiting for one are woken. Gives it back when the queue cannot take
+    /// it. Owner's worker only.
+    pub(crate) fn post_recv(&self, r: PostedRecv) -> Result<(), PostedRecv> {
+        let mut st = self.recv.lock();
+        if st.closed {
+            return Err(r);
+        }
+        st.posted.push(r)?;
+        self.owed.add(1, Relaxed);
+        for s in st.senders.iter_mut().filter(|s| s.waiting) {
+            s.waiting = false;
+            // Under the lock: its release unlinks it under this lock before cancelling.
+            let _ = dfl::system_dfl_long().enqueue::<_, 2>(s.ctx.clone());
+        }
+        Ok(())
+    }
+
+    /// Takes the oldest posted RECV for the SEND of `ctx`'s queue `queue`,
+    /// or, when none is posted, has that context woken once one is.
+    pub(crate) fn take_recv(&self, ctx: &ContextShared, queue: u32) -> Receiver {
+        let mut st = self.recv.lock();
+        if st.closed {
+            return Receiver::Closed;
+        }
+        if let Some(r) = st.posted.pop() {
+            return Receiver::Posted(r);
+        }
+        if let Some(s) = st
+            .senders
+            .iter_mut()
+            .find(|s| s.queue == queue && core::ptr::eq(&*s.ctx, ctx))
+        {
+            s.waiting = true;
+        }
+        Receiver::Waiting
+    }
+
+    /// Hands the completion of a RECV a sender took to the owner, whose
+    /// worker `owner` is woken to publish it. Dropped if the owner's file
+    /// was released meanwhile.
+    pub(crate) fn finish_recv(&self, owner: &Arc<ContextShared>, cqe: defs::Cqe) {
+        let mut st = self.recv.lock();
+        if st.closed {
+            return;
+        }
+        // Room for it: a RECV leaves `posted` before its completion enters `done`.
+        if st.done.push(cqe).is_ok() {
+            self.done_pending.store(true, Relaxed);
+            // Under the lock: the owner's release sets `closed` under it before cancelling.
+            let _ = dfl::system_dfl_long().enqueue::<_, 2>(owner.clone());
+        }
+    }
+
+    /// Writes the completions of RECVs that senders finished. Returns how
+    /// many. Owner's worker only.
+    pub(crate) fn flush_recv(&self) -> u32 {
+        if !self.done_pending.load(Relaxed) {
+            return 0;
+        }
+        let mut n = 0;
+        let mut st = self.recv.lock();
+        self.done_pending.store(false, Relaxed);
+        while let Some(cqe) = st.done.pop() {
+            // The room was kept for it since the RECV was posted.
+            self.complete(&cqe);
+            self.owed.fetch_sub(1, Relaxed);
+            n += 1;
+        }
+        n
+    }
+
+    /// Connects `ctx`'s queue `queue` to send here. `ECONNRESET` when this
+    /// queue's file was released, `ENOSPC` when `MEMREG_MAX_SENDERS` are
+    /// connected. Process context: allocates the first time.
+    pub(crate) fn add_sender(&self, ctx: Arc<ContextShared>, queue: u32) -> Result {
+        let mut room = KVec::new();
+        if self.recv.lock().senders.capacity() == 0 {
+            room = KVec::with_capacity(defs::MAX_SENDERS, GFP_KERNEL_ACCOUNT)?;
+        }
+        let mut st = self.recv.lock();
+        if st.closed {
+            return Err(ECONNRESET);
+        }
+        if st.senders.capacity() == 0 {
+            core::mem::swap(&mut st.senders, &mut room);
+        }
+        st.senders
+            .push_within_capacity(Sender {
+                ctx,
+                queue,
+                waiting: false,
+            })
+            .map_err(|_| ENOSPC)?;
+        drop(st);
+        drop(room);
+        Ok(())
+    }
+
+    /// Disconnects `ctx`'s queue `queue` from this one, if it is connected.
+    pub(crate) fn remove_sender(&self, ctx: &ContextShared, queue: u32) {
+        let removed = {
+            let mut st = self.recv.lock();
+            st.senders
+                .iter()
+                .position(|s| s.queue == queue && core::ptr::eq(&*s.ctx, ctx))
+                .and_then(|i| st.senders.remove(i).ok())
+        };
+        // The context reference goes outside the lock.
+        drop(removed);
+    }
+
+    /// Disconnects every queue that sends here (their later SENDs see that
+    /// the grant was revoked or the file released).
+    pub(crate) fn remove_senders(&self) {
+        let senders = core::mem::replace(&mut self.recv.lock().senders, KVec::new());
+        drop(senders);
+    }
+
+    /// Closes the receiving side for good when the file is released: posted
+    /// RECVs and unpublished completions are dropped, senders unlinked, and
+    /// no other worker wakes this context's afterwards.
+    pub(crate) fn close_recv(&self) {
+        let (posted, done, senders) = {
+            let mut st = self.recv.lock();
+            st.closed = true;
+            (
+                core::mem::replace(&mut st.posted, Fifo::empty()),
+                core::mem::replace(&mut st.done, Fifo::empty()),
+                core::mem::replace(&mut st.senders, KVec::new()),
+            )
+        };
+        drop((posted, done, senders));
     }
 
     /// The `u64` index of the sequence of slot `i`.
@@ -206,7 +531,7 @@ impl Queue {
     pub(crate) fn sleep(&self) -> bool {
         self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_NEED_WAKEUP);
         smp_mb(Full);
-        self.ready()
+        self.ready() || self.done_pending.load(Relaxed)
     }
 
     /// Whether the next slot is published and the completion ring has room
@@ -214,7 +539,7 @@ impl Queue {
     /// `MEMREG_QUEUE_CQ_FULL` first (then a full barrier and a second look),
     /// so that the reader, once it makes room, rings the doorbell.
     pub(crate) fn ready(&self) -> bool {
-        self.published().is_some() && self.room_or_flag()
+        !self.stalled.load(Relaxed) && self.published().is_some() && self.room_or_flag()
     }
 
     /// The head and the index of its slot's sequence word, if the slot at
@@ -260,7 +585,10 @@ impl Queue {
             return false;
         }
         self.cq_head_seen.store(head, Relaxed);
-        tail.wrapping_sub(head) < self.cq_entries
+        // Room kept for the completions posted RECVs owe counts as used.
+        tail.wrapping_sub(head)
+            .saturating_add(self.owed.load(Relaxed))
+            < self.cq_entries
     }
 
     /// Submissions posted and not taken, as far as the untrusted insert
@@ -496,6 +824,45 @@ mod tests {
         assert!(matches!(q.take(), Next::Empty));
         q.user.store_u64(SQ_INSERT, u64::MAX);
         assert_eq!(q.backlog(), 4);
+        Ok(())
+    }
+
+    #[test]
+    fn a_fifo_keeps_order_and_its_bound() -> Result {
+        let mut f = Fifo::with_capacity(3)?;
+        assert_eq!(Fifo::<u32>::empty().capacity(), 0);
+        for lap in 0..4u32 {
+            for i in 0..3 {
+                assert!(f.push(lap * 10 + i).is_ok());
+            }
+            assert_eq!(f.push(99), Err(99));
+            assert_eq!(f.len(), 3);
+            for i in 0..3 {
+                assert_eq!(f.pop(), Some(lap * 10 + i));
+            }
+            assert_eq!(f.pop(), None);
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn posted_recvs_keep_room_in_the_completion_ring() -> Result {
+        let q = Queue::new(0, 2, 2, None)?;
+        let waiters = Waiters::new()?;
+        let cqe: defs::Cqe = defs::zeroed();
+        post(&q, 0, [0; 7]);
+        assert!(matches!(q.take(), Next::Taken(_)));
+        // As a RECV does: no completion now, one owed.
+        q.owed.add(1, Relaxed);
+        post(&q, 1, [0; 7]);
+        assert!(matches!(q.take(), Next::Taken(_)));
+        q.complete(&cqe);
+        q.publish(&waiters);
+        // One completion unread and one owed fill a ring of two.
+        post(&q, 2, [0; 7]);
+        assert!(matches!(q.take(), Next::CqFull));
+        q.user.store_u32(SQ_CQ_HEAD, 1);
+        assert!(matches!(q.take(), Next::Taken(_)));
         Ok(())
     }
 

@@ -684,21 +684,59 @@ impl Registration {
     /// is no longer live and `EAGAIN` while it is suspended; nothing moves
     /// then.
     pub(crate) fn copy_chunk(&self, offset: u64, buf: &mut [u8], to_registration: bool) -> Result {
-        let page_offset = (self.info.addr as usize) % PAGE_SIZE;
-        let at = usize::try_from(offset)
-            .ok()
-            .and_then(|o| o.checked_add(page_offset))
-            .ok_or(EINVAL)?;
+        let at = self.byte_index(offset)?;
         let st = self.state.lock();
-        let pinned = match &st.pinned {
-            Some(_) if self.is_suspended() => return Err(EAGAIN),
-            Some(p) if self.is_live() => p,
-            _ => return Err(ENOENT),
-        };
+        let pinned = self.usable(&st)?;
         if to_registration {
             pinned.write(at, buf)
         } else {
             pinned.read(at, buf)
+        }
+    }
+
+    /// Copies `len` bytes at byte `offset` of this registration to byte
+    /// `dst_offset` of `dst`, page to page through both registrations'
+    /// translation entries, holding both registrations' locks (so neither
+    /// can end during the copy). Fails with `EBUSY`, moving nothing, when
+    /// `dst`'s lock is taken (it is only tried: two copies in opposite
+    /// directions never wait for each other); the caller then goes through a
+    /// bounce buffer. Otherwise as [`Registration::copy_chunk`], for either.
+    pub(crate) fn copy_to(
+        &self,
+        offset: u64,
+        dst: &Registration,
+        dst_offset: u64,
+        len: usize,
+    ) -> Result {
+        let at = self.byte_index(offset)?;
+        let dst_at = dst.byte_index(dst_offset)?;
+        let st = self.state.lock();
+        let src_pages = self.usable(&st)?;
+        if core::ptr::eq(self, dst) {
+            return src_pages.copy_to(at, src_pages, dst_at, len);
+        }
+        let dst_st = dst.state.try_lock().ok_or(EBUSY)?;
+        let dst_pages = dst.usable(&dst_st)?;
+        src_pages.copy_to(at, dst_pages, dst_at, len)
+    }
+
+    /// The index into the pinned pages' bytes of byte `offset` of the
+    /// registered range.
+    fn byte_index(&self, offset: u64) -> Result<usize> {
+        let page_offset = (self.info.addr as usize) % PAGE_SIZE;
+        usize::try_from(offset)
+            .ok()
+            .and_then(|o| o.checked_add(page_offset))
+            .ok_or(EINVAL)
+    }
+
+    /// The pinned pages, if data may move through them: `EAGAIN` while
+    /// suspended, `ENOENT` once ended.
+    fn usable<'a>(&self, st: &'a RegistrationState) -> Result<&'a PinnedPages> {
+        match &st.pinned {
+            Some(_) if self.is_suspended() => Err(EAGAIN),
+            Some(p) if self.is_live() => Ok(p),
+            _ => Err(ENOENT),
         }
     }
 

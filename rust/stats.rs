@@ -14,6 +14,10 @@ pub(crate) static GLOBAL_CONTEXTS: Atomic<u64> = Atomic::new(0);
 pub(crate) static GLOBAL_REGISTRATIONS: Atomic<u64> = Atomic::new(0);
 /// Pages charged by all registrations, against `max_pinned_pages`.
 pub(crate) static GLOBAL_PINNED: Atomic<u64> = Atomic::new(0);
+/// Peer attachments alive.
+pub(crate) static GLOBAL_PEERS: Atomic<u64> = Atomic::new(0);
+/// Context objects still allocated (a leak shows as one counted for good).
+pub(crate) static GLOBAL_CONTEXTS_ALIVE: Atomic<u64> = Atomic::new(0);
 
 /// Module-wide totals of the registration cache's life, all contexts
 /// together.
@@ -152,6 +156,8 @@ pub(crate) fn global() -> defs::GlobalStats {
     out.pages_pinned = GLOBAL_PINNED.load(Relaxed);
     out.budget_pages = crate::module_parameters::max_pinned_pages.value();
     out.max_registrations = crate::max_registrations();
+    out.peers = GLOBAL_PEERS.load(Relaxed);
+    out.contexts_alive = GLOBAL_CONTEXTS_ALIVE.load(Relaxed);
     out
 }
 
@@ -167,6 +173,8 @@ pub(crate) fn show_global(f: &mut impl Write) -> fmt::Result {
         ("pages_pinned", g.pages_pinned),
         ("max_pinned_pages", g.budget_pages),
         ("max_registrations", g.max_registrations),
+        ("peers", g.peers),
+        ("contexts_alive", g.contexts_alive),
         ("park", u64::from(defaults.parking)),
         ("park_max", defaults.max_parked),
         ("park_max_pages", defaults.max_parked_pages),

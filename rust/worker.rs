@@ -23,6 +23,19 @@
 //! when it leaves the table, under the table lock, so before the munmap
 //! that ended it returns.
 //!
+//! Data moves page to page between two registrations, holding both their
+//! locks (the second only tried, so two copies in opposite directions never
+//! wait for each other), and through a bounce buffer, one lock at a time,
+//! when the second is busy or the ranges overlap. Either way a registration
+//! that ends is never written after the invalidation that ended it returned.
+//!
+//! One-sided WRITE and READ name a peer's registration by its remote key,
+//! looked up in the peer's table on each request. A SEND takes the oldest
+//! RECV posted on the queue its queue is connected to; when none is posted
+//! it waits (its queue takes nothing else meanwhile) until the receiver's
+//! worker posts one and wakes this one, or until the connection's timeout,
+//! for which a delayed work item wakes the worker.
+//!
 //! # Lock order
 //!
 //! `DataPath::create` (mutex, creating a queue: allocates, copies to user
@@ -30,14 +43,16 @@
 //! revalidation's `mmap_lock` and a DEREGISTER's teardown) are outermost and
 //! never held together. Then `ContextShared::table` → `DataPath::shadow`
 //! (spinlock) → `Registration::state`, as in `context.rs`;
-//! `DataPath::queues` (spinlock) is a leaf. The worker holds none of the
+//! `DataPath::queues` (spinlock) is a leaf. A peer's table lock is taken
+//! on its own, never with this context's. The worker holds none of the
 //! spinlocks across an operation that sleeps.
 
 use crate::{
     context::ContextShared,
     defs,
     error::MemregError,
-    queue::{Master, Next, Queue},
+    peer,
+    queue::{Master, Next, PostedRecv, Queue, Receiver},
     registration::{Registration, Revalidated},
 };
 use kernel::{
@@ -48,7 +63,7 @@ use kernel::{
         Arc, Mutex, SetOnce, SpinLock,
     },
     task::resched::cond_resched,
-    time::{Instant, Monotonic},
+    time::{jiffies, msecs_to_jiffies, Instant, Jiffies, Monotonic},
     workqueue::dfl,
 };
 
@@ -60,8 +75,10 @@ pub(crate) const MIN_POLL_US: u32 = 10;
 pub(crate) const MAX_POLL_US: u32 = 1000;
 /// The polling window of a new context.
 const INITIAL_POLL_US: u32 = 50;
-/// Bytes moved per step of a COPY (the bounce buffer's size).
+/// Bytes moved per step through the bounce buffer (its size).
 const COPY_CHUNK: usize = 16 * 1024;
+/// Bytes moved per step page to page, under both registrations' locks.
+const DIRECT_CHUNK: usize = 64 * 1024;
 /// Entries of the shadow translation table.
 const SHADOW_ENTRIES: usize = 16;
 /// Times a request revalidates a suspended registration before it gives up.
@@ -96,6 +113,12 @@ pub(crate) struct DataStats {
     shadow_misses: Atomic<u64>,
     /// Master ring entries not written.
     master_overflows: Atomic<u64>,
+    /// Bytes moved by WRITE, READ and SEND.
+    remote_bytes: Atomic<u64>,
+    /// SENDs delivered to a RECV.
+    messages: Atomic<u64>,
+    /// SENDs that found no RECV in time.
+    rnr_timeouts: Atomic<u64>,
 }
 
 impl DataStats {
@@ -113,6 +136,9 @@ impl DataStats {
             shadow_hits: Atomic::new(0),
             shadow_misses: Atomic::new(0),
             master_overflows: Atomic::new(0),
+            remote_bytes: Atomic::new(0),
+            messages: Atomic::new(0),
+            rnr_timeouts: Atomic::new(0),
         }
     }
 
@@ -131,6 +157,9 @@ impl DataStats {
         out.shadow_hits = self.shadow_hits.load(Relaxed);
         out.shadow_misses = self.shadow_misses.load(Relaxed);
         out.master_overflows = self.master_overflows.load(Relaxed);
+        out.remote_bytes = self.remote_bytes.load(Relaxed);
+        out.messages = self.messages.load(Relaxed);
+        out.rnr_timeouts = self.rnr_timeouts.load(Relaxed);
         out
     }
 }
@@ -211,6 +240,18 @@ pub(crate) struct WorkerState {
     /// Shadow hits and misses not yet added to the counters.
     shadow_hits: u64,
     shadow_misses: u64,
+    /// Per queue, the SEND waiting for a RECV.
+    waiting: [Option<WaitingSend>; defs::MAX_QUEUES as usize],
+}
+
+/// A SEND waiting for a RECV.
+struct WaitingSend {
+    /// The descriptor.
+    sqe: defs::Sqe,
+    /// When it started waiting (jiffies).
+    since: Jiffies,
+    /// How long it may wait, in milliseconds.
+    timeout_ms: u32,
 }
 
 /// A context's data path: its queues, master ring and worker state.
@@ -256,6 +297,7 @@ impl DataPath {
                     queues: KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
                     shadow_hits: 0,
                     shadow_misses: 0,
+                    waiting: [const { None }; defs::MAX_QUEUES as usize],
                 },
                 "memreg::DataPath::worker"
             ),
@@ -285,6 +327,76 @@ impl DataPath {
     /// The queue with index `index`.
     pub(crate) fn queue(&self, index: u32) -> Option<Arc<Queue>> {
         self.queues.lock().get(index as usize).cloned()
+    }
+
+    /// The queues now.
+    fn all_queues(&self) -> Result<KVec<Arc<Queue>>> {
+        let mut out = KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL)?;
+        for q in self.queues.lock().iter() {
+            // Room for every queue was made above.
+            let _ = out.push_within_capacity(q.clone());
+        }
+        Ok(out)
+    }
+
+    /// Disconnects the queues of `ctx` sending through attachment `handle`
+    /// (all of them with `None`). Process context.
+    pub(crate) fn disconnect(&self, ctx: &ContextShared, handle: Option<u32>) -> Result {
+        for q in self.all_queues()?.iter() {
+            let conn = {
+                let mut send = q.send.lock();
+                if send
+                    .as_ref()
+                    .is_some_and(|c| handle.is_none_or(|h| c.handle == h))
+                {
+                    send.take()
+                } else {
+                    None
+                }
+            };
+            if let Some(conn) = conn {
+                conn.queue.remove_sender(ctx, q.index);
+            }
+        }
+        Ok(())
+    }
+
+    /// Disconnects every queue sending to this context's queues (the grants
+    /// were revoked). Process context.
+    pub(crate) fn remove_senders(&self) -> Result {
+        for q in self.all_queues()?.iter() {
+            q.remove_senders();
+        }
+        Ok(())
+    }
+
+    /// At release: no other context's worker may wake `ctx`'s from now on.
+    /// Its queues leave the queues they send to, and its receiving sides
+    /// close. Never fails: it walks the queues under the leaf lock, one at a
+    /// time.
+    pub(crate) fn close_queues(&self, ctx: &ContextShared) {
+        let mut i = 0;
+        loop {
+            let Some(q) = self.queues.lock().get(i).cloned() else {
+                break;
+            };
+            let conn = q.send.lock().take();
+            if let Some(conn) = conn {
+                conn.queue.remove_sender(ctx, q.index);
+            }
+            q.close_recv();
+            i += 1;
+        }
+    }
+
+    /// At release, once the worker no longer runs: drops what it kept.
+    pub(crate) fn clear_worker(&self) {
+        let mut ws = self.worker.lock();
+        let waiting =
+            core::mem::replace(&mut ws.waiting, [const { None }; defs::MAX_QUEUES as usize]);
+        let queues = core::mem::take(&mut ws.queues);
+        drop(ws);
+        drop((waiting, queues));
     }
 }
 
@@ -329,6 +441,99 @@ fn move_chunk(r: &Arc<Registration>, offset: u64, buf: &mut [u8], to: bool) -> R
     }
 }
 
+/// Copies `n` bytes page to page, revalidating a suspended side. `EBUSY`
+/// when the destination's lock is taken.
+fn copy_direct(
+    src: &Arc<Registration>,
+    src_at: u64,
+    dst: &Arc<Registration>,
+    dst_at: u64,
+    n: usize,
+) -> Result {
+    let mut tries = 0;
+    loop {
+        match src.copy_to(src_at, dst, dst_at, n) {
+            Err(e) if e == EAGAIN && tries < USE_TRIES => {
+                tries += 1;
+                for r in [src, dst] {
+                    if Registration::revalidate(r)? == Revalidated::Ended {
+                        return Err(ENOENT);
+                    }
+                }
+            }
+            result => return result,
+        }
+    }
+}
+
+/// A grant a transfer goes through: the peer's context and the epoch of the
+/// attachment.
+type Grant<'a> = Option<(&'a ContextShared, u64)>;
+
+/// Moves `length` bytes from `(src, src_offset)` to `(dst, dst_offset)`,
+/// both checked to lie within their registrations, in steps between which
+/// the file's release and, through `grant`, the peer's revocation are
+/// looked at.
+#[allow(clippy::too_many_arguments)]
+fn transfer(
+    ctx: &ContextShared,
+    ws: &mut WorkerState,
+    src: &Arc<Registration>,
+    src_offset: u64,
+    dst: &Arc<Registration>,
+    dst_offset: u64,
+    length: u64,
+    grant: Grant<'_>,
+) -> Result<(), MemregError> {
+    let overlap = Arc::ptr_eq(src, dst)
+        && src_offset < dst_offset.saturating_add(length)
+        && dst_offset < src_offset.saturating_add(length);
+    let mut done = 0u64;
+    while done < length {
+        if ctx.data.closing.load(Relaxed) {
+            return Err(ECANCELED.into());
+        }
+        if let Some((peer, epoch)) = grant {
+            peer::check_grant(peer, epoch)?;
+        }
+        let left = length.checked_sub(done).ok_or(EINVAL)?;
+        let src_at = src_offset.checked_add(done).ok_or(EOVERFLOW)?;
+        let dst_at = dst_offset.checked_add(done).ok_or(EOVERFLOW)?;
+        if !overlap {
+            let n = left.min(DIRECT_CHUNK as u64) as usize;
+            match copy_direct(src, src_at, dst, dst_at, n) {
+                Ok(()) => {
+                    done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
+                    cond_resched();
+                    continue;
+                }
+                // The destination is busy: this step goes through the bounce buffer.
+                Err(e) if e == EBUSY => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if ws.bounce.is_empty() {
+            ws.bounce = KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT)?;
+        }
+        let n = left.min(COPY_CHUNK as u64) as usize;
+        let buf = ws.bounce.get_mut(..n).ok_or(EINVAL)?;
+        move_chunk(src, src_at, buf, false)?;
+        move_chunk(dst, dst_at, buf, true)?;
+        done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
+        cond_resched();
+    }
+    Ok(())
+}
+
+/// Checks that `length` bytes at `offset` lie within `r`.
+fn check_range(r: &Registration, offset: u64, length: u64) -> Result<(), MemregError> {
+    let end = offset.checked_add(length).ok_or(EOVERFLOW)?;
+    if end > r.info.length {
+        return Err(EINVAL.into());
+    }
+    Ok(())
+}
+
 /// COPY: `length` bytes from `(src_key, src_offset)` to `(key, offset)`.
 fn copy(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
     let dst = resolve(ctx, ws, sqe.key)?;
@@ -338,108 +543,285 @@ fn copy(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
     {
         return Err(EACCES.into());
     }
-    let src_end = sqe.src_offset.checked_add(sqe.length).ok_or(EOVERFLOW)?;
-    let dst_end = sqe.offset.checked_add(sqe.length).ok_or(EOVERFLOW)?;
-    if src_end > src.info.length || dst_end > dst.info.length {
-        return Err(EINVAL.into());
-    }
-    if sqe.length == 0 {
-        return Ok(0);
-    }
-    if ws.bounce.is_empty() {
-        ws.bounce = KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT)?;
-    }
-    let mut done = 0u64;
-    while done < sqe.length {
-        if ctx.data.closing.load(Relaxed) {
-            return Err(ECANCELED.into());
-        }
-        let left = sqe.length.checked_sub(done).ok_or(EINVAL)?;
-        let n = left.min(COPY_CHUNK as u64) as usize;
-        let buf = ws.bounce.get_mut(..n).ok_or(EINVAL)?;
-        // Both within their registrations: checked above.
-        let src_at = sqe.src_offset.checked_add(done).ok_or(EOVERFLOW)?;
-        let dst_at = sqe.offset.checked_add(done).ok_or(EOVERFLOW)?;
-        move_chunk(&src, src_at, buf, false)?;
-        move_chunk(&dst, dst_at, buf, true)?;
-        done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
-        cond_resched();
-    }
+    check_range(&src, sqe.src_offset, sqe.length)?;
+    check_range(&dst, sqe.offset, sqe.length)?;
+    transfer(
+        ctx,
+        ws,
+        &src,
+        sqe.src_offset,
+        &dst,
+        sqe.offset,
+        sqe.length,
+        None,
+    )?;
     Ok(sqe.length)
 }
 
-/// Validates the copy of a descriptor and executes it.
-fn execute(ctx: &Arc<ContextShared>, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
-    if sqe.flags != 0 || sqe.reserved0 != 0 || sqe.reserved1 != 0 {
-        return Err(EINVAL.into());
-    }
-    // The fields an operation does not use must be zero.
-    let unused = match sqe.opcode {
-        defs::OP_NOP | defs::OP_FENCE => {
-            [sqe.key, sqe.offset, sqe.src_key, sqe.src_offset, sqe.length]
-        }
-        defs::OP_DEREGISTER => [0, sqe.offset, sqe.src_key, sqe.src_offset, sqe.length],
-        defs::OP_COPY => [0; 5],
-        _ => return Err(EINVAL.into()),
+/// WRITE (`write`) or READ: between a local registration and a peer's,
+/// named by its remote key.
+fn remote(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe, write: bool) -> Outcome {
+    let (peer_ctx, epoch) = peer::lookup(ctx, sqe.peer)?;
+    let (lkey, loffset, rkey, roffset) = if write {
+        (sqe.src_key, sqe.src_offset, sqe.key, sqe.offset)
+    } else {
+        (sqe.key, sqe.offset, sqe.src_key, sqe.src_offset)
     };
-    defs::check_reserved(&unused)?;
-    match sqe.opcode {
-        // The worker executes a queue's requests in order, one at a time: everything posted
-        // before a fence has completed when it is reached.
-        defs::OP_NOP | defs::OP_FENCE => Ok(0),
-        defs::OP_DEREGISTER => ContextShared::deregister_key(ctx, sqe.key).map(|()| 0),
-        _ => copy(ctx, ws, sqe),
+    let local = resolve(ctx, ws, lkey)?;
+    let remote = peer_ctx
+        .table
+        .lock()
+        .get_remote(rkey)
+        .cloned()
+        .ok_or(ENOENT)?;
+    let (local_right, remote_right) = if write {
+        (defs::ACCESS_LOCAL_READ, defs::ACCESS_REMOTE_WRITE)
+    } else {
+        (defs::ACCESS_LOCAL_WRITE, defs::ACCESS_REMOTE_READ)
+    };
+    if local.info.access & local_right == 0 || remote.info.access & remote_right == 0 {
+        return Err(EACCES.into());
+    }
+    check_range(&local, loffset, sqe.length)?;
+    check_range(&remote, roffset, sqe.length)?;
+    let grant = Some((&*peer_ctx, epoch));
+    if write {
+        transfer(
+            ctx, ws, &local, loffset, &remote, roffset, sqe.length, grant,
+        )?;
+    } else {
+        transfer(
+            ctx, ws, &remote, roffset, &local, loffset, sqe.length, grant,
+        )?;
+    }
+    ctx.data.stats.remote_bytes.add(sqe.length, Relaxed);
+    Ok(sqe.length)
+}
+
+/// What executing a request led to.
+enum Step {
+    /// It completes now.
+    Done(Outcome),
+    /// A RECV was posted: a SEND completes it later.
+    Posted,
+    /// A SEND waits for a RECV, since this time (jiffies), at most this many
+    /// milliseconds.
+    Waiting(Jiffies, u32),
+}
+
+impl From<Outcome> for Step {
+    fn from(outcome: Outcome) -> Self {
+        Step::Done(outcome)
     }
 }
 
-/// Takes a batch from `q` and completes it. Returns how many were taken.
-fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
-    let data = &ctx.data;
-    // The batch follows the backlog.
-    let limit = q.backlog().clamp(1, MAX_BATCH);
-    ws.batch_limit = limit;
-    let mut taken = 0;
-    let mut errors = 0;
-    while taken < limit {
-        if data.closing.load(Relaxed) {
-            // The file is being released: the rest stays untaken.
-            break;
+/// RECV on `q`: posts the buffer for the next SEND to `q`.
+fn recv(ctx: &ContextShared, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -> Step {
+    let posted = (|| -> Result<PostedRecv, MemregError> {
+        let registration = resolve(ctx, ws, sqe.key)?;
+        if registration.info.access & defs::ACCESS_LOCAL_WRITE == 0 {
+            return Err(EACCES.into());
         }
-        match q.take() {
-            Next::Taken(sqe) => {
-                let outcome = execute(ctx, ws, &sqe);
-                let mut cqe: defs::Cqe = defs::zeroed();
-                cqe.user_data = sqe.user_data;
-                match outcome {
-                    Ok(bytes) => cqe.bytes = bytes,
-                    Err(e) => {
-                        cqe.status = e.status();
-                        errors += 1;
-                    }
+        check_range(&registration, sqe.offset, sqe.length)?;
+        q.prepare_recv()?;
+        Ok(PostedRecv {
+            user_data: sqe.user_data,
+            registration,
+            offset: sqe.offset,
+            length: sqe.length,
+        })
+    })();
+    match posted {
+        Ok(r) => match q.post_recv(r) {
+            Ok(()) => Step::Posted,
+            // Released meanwhile, or as many posted as the completion ring has room for.
+            Err(_) if ctx.data.closing.load(Relaxed) => Step::Done(Err(ECANCELED.into())),
+            Err(_) => Step::Done(Err(ENOSPC.into())),
+        },
+        Err(e) => Step::Done(Err(e)),
+    }
+}
+
+/// SEND on `q`: fills the oldest RECV posted on the queue `q` is connected
+/// to, or waits for one (`since`: it has been waiting since then).
+fn send(
+    ctx: &ContextShared,
+    ws: &mut WorkerState,
+    q: &Queue,
+    sqe: &defs::Sqe,
+    since: Option<Jiffies>,
+) -> Step {
+    let conn = q.send.lock().clone();
+    let Some(conn) = conn else {
+        return Step::Done(Err(ENOTCONN.into()));
+    };
+    let src = (|| -> Result<Arc<Registration>, MemregError> {
+        peer::check_grant(&conn.ctx, conn.epoch)?;
+        let src = resolve(ctx, ws, sqe.src_key)?;
+        if src.info.access & defs::ACCESS_LOCAL_READ == 0 {
+            return Err(EACCES.into());
+        }
+        check_range(&src, sqe.src_offset, sqe.length)?;
+        Ok(src)
+    })();
+    let src = match src {
+        Ok(src) => src,
+        Err(e) => return Step::Done(Err(e)),
+    };
+    loop {
+        let r = match conn.queue.take_recv(ctx, q.index) {
+            Receiver::Posted(r) => r,
+            Receiver::Closed => return Step::Done(Err(ECONNRESET.into())),
+            Receiver::Waiting => {
+                let since = since.unwrap_or_else(jiffies::now);
+                if jiffies::elapsed_ms(since) >= u64::from(conn.rnr_timeout_ms) {
+                    ctx.data.stats.rnr_timeouts.add(1, Relaxed);
+                    return Step::Done(Err(ENOBUFS.into()));
                 }
-                q.complete(&cqe);
-                taken += 1;
+                return Step::Waiting(since, conn.rnr_timeout_ms);
             }
-            Next::Empty => break,
-            // Counted by the queue when it set the flag.
-            Next::CqFull => break,
+        };
+        let mut cqe: defs::Cqe = defs::zeroed();
+        cqe.user_data = r.user_data;
+        let moved = if sqe.length > r.length {
+            Err(EMSGSIZE.into())
+        } else {
+            transfer(
+                ctx,
+                ws,
+                &src,
+                sqe.src_offset,
+                &r.registration,
+                r.offset,
+                sqe.length,
+                Some((&*conn.ctx, conn.epoch)),
+            )
+        };
+        match moved {
+            Ok(()) => {
+                cqe.bytes = sqe.length;
+                if sqe.flags & defs::SQE_IMM != 0 {
+                    cqe.flags = defs::CQE_IMM;
+                    cqe.imm_data = sqe.key;
+                }
+                conn.queue.finish_recv(&conn.ctx, cqe);
+                ctx.data.stats.messages.add(1, Relaxed);
+                ctx.data.stats.remote_bytes.add(sqe.length, Relaxed);
+                return Step::Done(Ok(sqe.length));
+            }
+            // The receiver's buffer ended: that RECV fails, the SEND takes the next one.
+            Err(_) if !r.registration.is_live() => {
+                cqe.status = MemregError::from(ENOENT).status();
+                conn.queue.finish_recv(&conn.ctx, cqe);
+            }
+            Err(e) => {
+                cqe.status = e.status();
+                conn.queue.finish_recv(&conn.ctx, cqe);
+                return Step::Done(Err(e));
+            }
         }
     }
+}
+
+/// Validates the copy of a descriptor and executes it.
+fn execute(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -> Step {
+    let imm = sqe.opcode == defs::OP_SEND && sqe.flags == defs::SQE_IMM;
+    if (sqe.flags != 0 && !imm) || sqe.reserved0 != 0 {
+        return Err(EINVAL.into()).into();
+    }
+    // The fields an operation does not use must be zero.
+    let unused = match sqe.opcode {
+        defs::OP_NOP | defs::OP_FENCE => [
+            sqe.key,
+            sqe.offset,
+            sqe.src_key,
+            sqe.src_offset,
+            sqe.length,
+            sqe.peer.into(),
+        ],
+        defs::OP_DEREGISTER => [
+            0,
+            sqe.offset,
+            sqe.src_key,
+            sqe.src_offset,
+            sqe.length,
+            sqe.peer.into(),
+        ],
+        defs::OP_COPY => [0, 0, 0, 0, 0, sqe.peer.into()],
+        defs::OP_WRITE | defs::OP_READ => [0; 6],
+        defs::OP_SEND => [
+            if imm { 0 } else { sqe.key },
+            sqe.offset,
+            0,
+            0,
+            0,
+            sqe.peer.into(),
+        ],
+        defs::OP_RECV => [0, 0, sqe.src_key, sqe.src_offset, 0, sqe.peer.into()],
+        _ => return Err(EINVAL.into()).into(),
+    };
+    if let Err(e) = defs::check_reserved(&unused) {
+        return Err(e.into()).into();
+    }
+    match sqe.opcode {
+        // The worker executes a queue's requests in order, one at a time: everything posted
+        // before a fence has completed when it is reached.
+        defs::OP_NOP | defs::OP_FENCE => Ok(0).into(),
+        defs::OP_DEREGISTER => ContextShared::deregister_key(ctx, sqe.key)
+            .map(|()| 0)
+            .into(),
+        defs::OP_WRITE => remote(ctx, ws, sqe, true).into(),
+        defs::OP_READ => remote(ctx, ws, sqe, false).into(),
+        defs::OP_SEND => send(ctx, ws, q, sqe, None),
+        defs::OP_RECV => recv(ctx, ws, q, sqe),
+        _ => copy(ctx, ws, sqe).into(),
+    }
+}
+
+/// A completion of `user_data` with `outcome`; counts an error in `errors`.
+fn cqe_of(user_data: u64, outcome: Outcome, errors: &mut u64) -> defs::Cqe {
+    let mut cqe: defs::Cqe = defs::zeroed();
+    cqe.user_data = user_data;
+    match outcome {
+        Ok(bytes) => cqe.bytes = bytes,
+        Err(e) => {
+            cqe.status = e.status();
+            *errors += 1;
+        }
+    }
+    cqe
+}
+
+/// Publishes what [`serve`] did on `q` and counts it.
+fn account(
+    ctx: &ContextShared,
+    ws: &mut WorkerState,
+    q: &Queue,
+    taken: u32,
+    written: u32,
+    errors: u64,
+) {
+    let data = &ctx.data;
+    if taken == 0 && written == 0 {
+        return;
+    }
+    // Counted before the completions are seen, so a reader that saw them sees the counts.
+    data.stats.requests.add(u64::from(taken), Relaxed);
+    data.stats.completions.add(u64::from(written), Relaxed);
+    data.stats.errors.add(errors, Relaxed);
     if taken > 0 {
-        // Counted before the completions are seen, so a reader that saw them sees the counts.
-        data.stats.requests.add(u64::from(taken), Relaxed);
-        data.stats.completions.add(u64::from(taken), Relaxed);
-        data.stats.errors.add(errors, Relaxed);
         data.stats.batches.add(1, Relaxed);
-        data.stats
-            .shadow_hits
-            .add(core::mem::take(&mut ws.shadow_hits), Relaxed);
-        data.stats
-            .shadow_misses
-            .add(core::mem::take(&mut ws.shadow_misses), Relaxed);
         if u64::from(taken) > data.stats.batch_max.load(Relaxed) {
             data.stats.batch_max.store(u64::from(taken), Relaxed);
         }
+    }
+    data.stats
+        .shadow_hits
+        .add(core::mem::take(&mut ws.shadow_hits), Relaxed);
+    data.stats
+        .shadow_misses
+        .add(core::mem::take(&mut ws.shadow_misses), Relaxed);
+    if written > 0 {
         // One publication, one barrier and one look at the arm word per batch.
         q.publish(&ctx.waiters);
         if let Some(master) = data.master.as_ref() {
@@ -447,13 +829,94 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                 data.stats.master_overflows.add(1, Relaxed);
             }
         }
-        // Fully ordered after the new head was published: pairs with `poll` setting the flag
-        // before it looks at the ring.
-        if data.pollout_waiting.xchg(false, Full) {
-            ctx.waiters.cv.notify_all();
+    }
+    // Fully ordered after the new head was published: pairs with `poll` setting the flag
+    // before it looks at the ring.
+    if taken > 0 && data.pollout_waiting.xchg(false, Full) {
+        ctx.waiters.cv.notify_all();
+    }
+}
+
+/// Takes a batch from `q` and completes it, after the completions of RECVs
+/// that senders finished and the SEND that waits, if any. Returns how many
+/// requests were taken or completed.
+fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
+    let data = &ctx.data;
+    let mut written = q.flush_recv();
+    let mut taken = 0;
+    let mut errors = 0;
+    let slot = q.index as usize;
+    // The queue's waiting SEND first: until it completes nothing else is taken.
+    if let Some(w) = ws.waiting.get_mut(slot).and_then(Option::take) {
+        match send(ctx, ws, q, &w.sqe, Some(w.since)) {
+            Step::Waiting(..) => {
+                if let Some(entry) = ws.waiting.get_mut(slot) {
+                    *entry = Some(w);
+                }
+                account(ctx, ws, q, 0, written, 0);
+                return written;
+            }
+            Step::Done(outcome) => {
+                q.complete(&cqe_of(w.sqe.user_data, outcome, &mut errors));
+                written += 1;
+            }
+            // A SEND never posts.
+            Step::Posted => {}
+        }
+        q.stalled.store(false, Relaxed);
+    }
+    // The batch follows the backlog.
+    let limit = q.backlog().clamp(1, MAX_BATCH);
+    ws.batch_limit = limit;
+    while taken < limit {
+        if data.closing.load(Relaxed) {
+            // The file is being released: the rest stays untaken.
+            break;
+        }
+        match q.take() {
+            Next::Taken(sqe) => {
+                taken += 1;
+                match execute(ctx, ws, q, &sqe) {
+                    Step::Done(outcome) => {
+                        q.complete(&cqe_of(sqe.user_data, outcome, &mut errors));
+                        written += 1;
+                    }
+                    Step::Posted => {}
+                    Step::Waiting(since, timeout_ms) => {
+                        if let Some(entry) = ws.waiting.get_mut(slot) {
+                            *entry = Some(WaitingSend {
+                                sqe,
+                                since,
+                                timeout_ms,
+                            });
+                        }
+                        q.stalled.store(true, Relaxed);
+                        break;
+                    }
+                }
+            }
+            Next::Empty => break,
+            // Counted by the queue when it set the flag.
+            Next::CqFull => break,
         }
     }
-    taken
+    account(ctx, ws, q, taken, written, errors);
+    taken + written
+}
+
+/// Arms the timer for the SEND that stops waiting first, if any.
+fn arm_timer(ctx: &Arc<ContextShared>, ws: &WorkerState) {
+    let left = ws
+        .waiting
+        .iter()
+        .flatten()
+        .map(|w| u64::from(w.timeout_ms).saturating_sub(jiffies::elapsed_ms(w.since)))
+        .min();
+    if let Some(ms) = left {
+        let delay = msecs_to_jiffies(u32::try_from(ms.max(1)).unwrap_or(u32::MAX));
+        // Already armed: the run it starts arms it again for the SENDs still waiting.
+        let _ = dfl::system_dfl_long().enqueue_delayed::<_, 3>(ctx.clone(), delay);
+    }
 }
 
 /// One run of the worker: serves the queues until they stay empty for the
@@ -521,6 +984,7 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
             again |= q.sleep();
         }
         if !again {
+            arm_timer(&ctx, ws);
             break;
         }
     }

@@ -42,14 +42,23 @@ pub(crate) const MAX_OVERLAP: usize = 64;
 pub(crate) struct Nodes {
     by_key: RBTreeNodeReservation<u64, Arc<Registration>>,
     by_range: interval_tree::Reservation<Arc<Registration>>,
+    /// Only for a registration peers may use.
+    by_rkey: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
 }
 
 impl Nodes {
-    /// Allocates the nodes, charged to the caller's memory cgroup.
-    pub(crate) fn new() -> Result<Self> {
+    /// Allocates the nodes, charged to the caller's memory cgroup; the
+    /// remote key's only when `remote` (the registration grants a remote
+    /// access).
+    pub(crate) fn new(remote: bool) -> Result<Self> {
         Ok(Self {
             by_key: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
             by_range: interval_tree::Reservation::new(GFP_KERNEL_ACCOUNT)?,
+            by_rkey: if remote {
+                Some(RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -162,6 +171,8 @@ pub(crate) struct RegistrationTable {
     by_key: RBTree<u64, Arc<Registration>>,
     /// Live registrations by registered range.
     by_range: IntervalTree<Arc<Registration>>,
+    /// Live registrations that grant a remote access, by remote key.
+    by_rkey: RBTree<u64, Arc<Registration>>,
     /// Registrations that left the table, awaiting teardown by the context's
     /// deferred work or by the caller that evicted them.
     pending: List<Registration>,
@@ -190,6 +201,7 @@ impl RegistrationTable {
         Self {
             by_key: RBTree::new(),
             by_range: IntervalTree::new(),
+            by_rkey: RBTree::new(),
             pending: List::new(),
             suspended: List::new(),
             parked: RBTree::new(),
@@ -253,6 +265,13 @@ impl RegistrationTable {
                 .by_key
                 .into_node(registration.info.keys.seq, registration.clone()),
         );
+        if let Some(node) = nodes.by_rkey {
+            // Another registration with the same 64 random bits (odds 2^-64) loses its remote
+            // key: it is not freed here, the other trees still hold it.
+            let _ = self
+                .by_rkey
+                .insert(node.into_node(registration.info.keys.rkey, registration.clone()));
+        }
         self.by_range
             .insert(nodes.by_range, first, last, registration);
         self.stats.registrations += 1;
@@ -266,6 +285,14 @@ impl RegistrationTable {
         let _ = self
             .by_range
             .remove(first, last, |r| r.info.keys.seq == seq);
+        let rkey = registration.info.keys.rkey;
+        if self
+            .by_rkey
+            .get(&rkey)
+            .is_some_and(|r| r.info.keys.seq == seq)
+        {
+            self.by_rkey.remove(&rkey);
+        }
         self.stats.registrations = self.stats.registrations.saturating_sub(1);
         Some(registration)
     }
@@ -297,6 +324,15 @@ impl RegistrationTable {
         self.by_key
             .get(&key::seq_of(lkey))
             .filter(|r| r.info.keys.lkey == lkey)
+    }
+
+    /// The registration a peer names by remote key `rkey`: live and not
+    /// parked (a parked registration has no user, so it grants nothing until
+    /// a REGISTER revives it).
+    pub(crate) fn get_remote(&self, rkey: u64) -> Option<&Arc<Registration>> {
+        self.by_rkey
+            .get(&rkey)
+            .filter(|r| r.info.keys.rkey == rkey && r.is_live() && !r.is_parked(self))
     }
 
     /// Writes an event about the registration `info` to the event ring, if

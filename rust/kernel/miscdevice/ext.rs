@@ -6,12 +6,17 @@
 //! A driver implements [`MiscDevicePoll`] and registers with
 //! [`MiscDeviceRegistration::register_with_poll`]; its file operations are
 //! those of [`MiscDevice`] plus `poll`.
+//!
+//! [`MiscDeviceRegistration::device_of`] recognises a file of such a device
+//! among any files (one a process received over a socket, say) and borrows
+//! its device, the way dma-buf's `is_dma_buf_file` recognises its files by
+//! their file operations.
 
 use super::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration, MiscdeviceVTable};
 use crate::{
     bindings,
     error::to_result,
-    fs::File,
+    fs::{File, LocalFile},
     prelude::*,
     sync::poll::PollTable,
     types::{ForeignOwnable, Opaque},
@@ -36,6 +41,11 @@ impl<T: MiscDevicePoll> PollVTable<T> {
         poll: Some(Self::poll),
         ..MiscdeviceVTable::<T>::VTABLE
     };
+
+    /// The file operations, always at the same address: files are recognised by it.
+    fn build() -> &'static bindings::file_operations {
+        &Self::VTABLE
+    }
 
     /// # Safety
     ///
@@ -65,7 +75,7 @@ impl<T: MiscDevicePoll> MiscDeviceRegistration<T> {
         try_pin_init!(Self {
             inner <- Opaque::try_ffi_init(move |slot: *mut bindings::miscdevice| {
                 let mut raw = opts.into_raw::<T>();
-                raw.fops = &PollVTable::<T>::VTABLE;
+                raw.fops = PollVTable::<T>::build();
                 // SAFETY: The initializer can write to the provided `slot`.
                 unsafe { slot.write(raw) };
                 // SAFETY: As in `MiscDeviceRegistration::register`: the slot holds the options,
@@ -75,5 +85,30 @@ impl<T: MiscDevicePoll> MiscDeviceRegistration<T> {
             }),
             _t: PhantomData,
         })
+    }
+
+    /// The device of `file` when `file` is an open file of a misc device of
+    /// type `T` registered with [`MiscDeviceRegistration::register_with_poll`],
+    /// else `None`. The borrow lasts as long as the caller's reference to
+    /// the file, which keeps the file from being released.
+    ///
+    /// The file is recognised by its file operations, which `misc_open`
+    /// installs from the registration: no other file has them.
+    pub fn device_of(file: &LocalFile) -> Option<<T::Ptr as ForeignOwnable>::Borrowed<'_>> {
+        // SAFETY: `file` is a valid file for the duration of the borrow; `f_op` is set before a
+        // file is published and does not change while it is open.
+        let f_op = unsafe { (*file.as_ptr()).f_op };
+        if !core::ptr::eq(f_op, PollVTable::<T>::build()) {
+            return None;
+        }
+        // SAFETY: The file is open (the caller holds a reference), so reading its private data
+        // is fine.
+        let private = unsafe { (*file.as_ptr()).private_data };
+        // SAFETY: Only `misc_open` installs these file operations, on a file of a registration
+        // of `T`, and a file becomes reachable (through a descriptor) only after the `open` of
+        // `MiscdeviceVTable::<T>` succeeded and stored a `T::Ptr` there with `into_foreign`.
+        // `release`, which takes it back with `from_foreign`, runs only once the last reference
+        // to the file is dropped, and the caller's reference outlives the borrow.
+        Some(unsafe { <T::Ptr as ForeignOwnable>::borrow(private.cast()) })
     }
 }

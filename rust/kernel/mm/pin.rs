@@ -465,6 +465,14 @@ impl Drop for LockedMemory {
 /// // Past the end fails and copies nothing.
 /// assert_eq!(pinned.read(16 * PAGE_SIZE - 1, &mut back), Err(EINVAL));
 ///
+/// // Page to page, across page boundaries on both sides; overlapping or
+/// // out-of-range copies are refused and move nothing.
+/// pinned.copy_to(PAGE_SIZE - 2, &pinned, 3 * PAGE_SIZE - 5, 6)?;
+/// pinned.read(3 * PAGE_SIZE - 5, &mut back)?;
+/// assert_eq!(&back, b"memreg");
+/// assert_eq!(pinned.copy_to(0, &pinned, 1, 2), Err(EINVAL));
+/// assert_eq!(pinned.copy_to(0, &pinned, 16 * PAGE_SIZE - 1, 2), Err(EINVAL));
+///
 /// // The charge can go before the pages do; it never sleeps.
 /// locked.release();
 /// assert_eq!(map.pinned_vm(), before);
@@ -693,6 +701,48 @@ impl PinnedPages {
             // SAFETY: `dst` is valid for `n` bytes of a mapped, pinned page; `at + n <= len`.
             unsafe { bindings::memcpy(dst.cast(), src.as_ptr().add(at).cast(), n) };
         })
+    }
+
+    /// Copies `len` bytes at byte `offset` of these pinned pages to byte
+    /// `dst_offset` of the pinned pages `dst`, page to page, without a bounce
+    /// buffer.
+    ///
+    /// Fails with `EACCES` when `dst` was pinned read-only and with `EINVAL`
+    /// when a range does not fit; nothing is copied then. The two ranges may
+    /// be of the same pages only if they do not overlap (else `EINVAL`).
+    pub fn copy_to(
+        &self,
+        offset: usize,
+        dst: &PinnedPages,
+        dst_offset: usize,
+        len: usize,
+    ) -> Result {
+        if !dst.writable {
+            return Err(EACCES);
+        }
+        let end = offset.checked_add(len).ok_or(EINVAL)?;
+        let dst_end = dst_offset.checked_add(len).ok_or(EINVAL)?;
+        if end > self.pages() * PAGE_SIZE || dst_end > dst.pages() * PAGE_SIZE {
+            return Err(EINVAL);
+        }
+        if core::ptr::eq(self, dst) && offset < dst_end && dst_offset < end {
+            return Err(EINVAL);
+        }
+        let mut inner = Ok(());
+        self.for_each_piece(offset, len, |src, n, at| {
+            if inner.is_err() {
+                return;
+            }
+            // `at + n <= len`, and the destination range fits: checked above.
+            inner = dst.for_each_piece(dst_offset + at, n, |d, m, at2| {
+                // Distinct bytes (checked above for the same pages), both mapped; see `write`
+                // for concurrent user access.
+                // SAFETY: `d` is valid for `m` bytes of a mapped, pinned page, and `src + at2`
+                // for `m` bytes of another mapped page (`at2 + m <= n`).
+                unsafe { bindings::memcpy(d.cast(), src.add(at2).cast(), m) };
+            });
+        })?;
+        inner
     }
 
     /// Copies bytes at byte `offset` of the pinned range into `dst`.
