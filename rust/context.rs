@@ -1093,6 +1093,8 @@ impl Context {
         let peer = self.shared.peers.lock().detach(req.peer).ok_or(ENOENT)?;
         data.disconnect(&self.shared, Some(req.peer))?;
         drop(peer);
+        // A SEND waiting on a queue it disconnected completes now.
+        let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
         Ok(())
     }
 

@@ -199,6 +199,18 @@ pub(crate) struct RecvState {
     closed: bool,
 }
 
+impl RecvState {
+    /// Wakes the workers of the senders whose SEND waits here, to look
+    /// again. Under the lock: a sender's release unlinks it under this lock
+    /// before it cancels its worker.
+    fn wake_waiting(&mut self) {
+        for s in self.senders.iter_mut().filter(|s| s.waiting) {
+            s.waiting = false;
+            let _ = dfl::system_dfl_long().enqueue::<_, 2>(s.ctx.clone());
+        }
+    }
+}
+
 /// Where a queue's SENDs go (`MEMREG_IOC_QUEUE_CONNECT`).
 #[derive(Clone)]
 pub(crate) struct Connection {
@@ -381,11 +393,7 @@ impl Queue {
         }
         st.posted.push(r)?;
         self.owed.add(1, Relaxed);
-        for s in st.senders.iter_mut().filter(|s| s.waiting) {
-            s.waiting = false;
-            // Under the lock: its release unlinks it under this lock before cancelling.
-            let _ = dfl::system_dfl_long().enqueue::<_, 2>(s.ctx.clone());
-        }
+        st.wake_waiting();
         Ok(())
     }
 
@@ -486,7 +494,11 @@ impl Queue {
     /// Disconnects every queue that sends here (their later SENDs see that
     /// the grant was revoked or the file released).
     pub(crate) fn remove_senders(&self) {
-        let senders = core::mem::replace(&mut self.recv.lock().senders, KVec::new());
+        let senders = {
+            let mut st = self.recv.lock();
+            st.wake_waiting();
+            core::mem::replace(&mut st.senders, KVec::new())
+        };
         drop(senders);
     }
 
@@ -497,6 +509,7 @@ impl Queue {
         let (posted, done, senders) = {
             let mut st = self.recv.lock();
             st.closed = true;
+            st.wake_waiting();
             (
                 core::mem::replace(&mut st.posted, Fifo::empty()),
                 core::mem::replace(&mut st.done, Fifo::empty()),

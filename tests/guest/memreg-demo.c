@@ -11,7 +11,11 @@
  * - state words and the event ring: how a program learns, without a system
  *   call, that a registration ended;
  * - the data path: a COPY posted through a queue's shared rings with no
- *   lock, executed by the context's worker, and its completion.
+ *   lock, executed by the context's worker, and its completion;
+ * - peers: a second process passes its /dev/memreg descriptor over a unix
+ *   socket; this one attaches it, WRITEs into the other's registration by
+ *   its remote key and SENDs it a message into a posted RECV; the other
+ *   process revokes the grant and the next WRITE is refused.
  * Exits 0 only if every step behaved as expected.
  */
 #include <errno.h>
@@ -19,6 +23,8 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "../memreg_util.h"
@@ -441,6 +447,147 @@ out:
 		munmap(dst, 4 * PAGE);
 }
 
+/* What the second process of demo_peers() tells the first. */
+struct peer_hello {
+	__u64 rkey;
+	__u32 queue;
+	__u32 pad;
+};
+
+/*
+ * The second process: its own context and a buffer peers may write into;
+ * passes its descriptor and the remote key, posts a RECV, then checks what
+ * arrived and revokes. Exits 0 when everything arrived as expected.
+ */
+static int peer_process(int sock)
+{
+	static const char written[] = "written by the other process";
+	static const char sent[] = "a message, SEND to RECV";
+	struct peer_hello hello = { 0 };
+	struct memreg_register r;
+	struct memreg_cqe cqe;
+	struct memreg_sqe sqe;
+	struct mrq q = { 0 };
+	char *buf, go;
+	int fd;
+
+	fd = memreg_open();
+	buf = map_small(4 * PAGE, '.');
+	if (fd < 0 || !buf || mr_register(fd, buf, 4 * PAGE, RW | MEMREG_ACCESS_REMOTE_WRITE, &r) ||
+	    mrq_open(fd, 4, 4, -1, &q))
+		return 1;
+	sqe = mr_sqe_recv(1, r.lkey, PAGE, 64);
+	if (mrq_post(&q, &sqe, 5000))
+		return 1;
+	hello.rkey = r.rkey;
+	hello.queue = q.index;
+	/* The descriptor is the grant; the remote key names the buffer. */
+	if (mr_send_fd(sock, fd) || write(sock, &hello, sizeof(hello)) != sizeof(hello))
+		return 1;
+	/* Both requests are done when the first process says so. */
+	if (read(sock, &go, 1) != 1 || mrq_wait(&q, &cqe, 1, 5000) != 1)
+		return 1;
+	if (memcmp(buf + 100, written, sizeof(written)) || cqe.status ||
+	    cqe.bytes != sizeof(sent) || cqe.imm_data != 42 ||
+	    memcmp(buf + PAGE, sent, sizeof(sent)))
+		return 2;
+	if (mr_peer_revoke(fd) || write(sock, "r", 1) != 1)
+		return 1;
+	/* Stay until the first process tried once more. */
+	if (read(sock, &go, 1) != 1)
+		return 1;
+	return 0;
+}
+
+/*
+ * Peers: one-sided WRITE into another process's registration, a SEND into
+ * its posted RECV, and a revoked grant.
+ */
+static void demo_peers(void)
+{
+	static const char written[] = "written by the other process";
+	static const char sent[] = "a message, SEND to RECV";
+	struct peer_hello hello;
+	struct memreg_register r;
+	struct memreg_cqe cqe;
+	struct memreg_sqe sqe;
+	struct mrq q = { 0 };
+	int sv[2], fd = -1, peer_fd = -1, ret, status = -1;
+	char *buf = NULL, go = 'g';
+	__u32 peer = 0;
+	pid_t pid;
+
+	printf("peers: another process grants access by passing its descriptor\n");
+	if (!step(!socketpair(AF_UNIX, SOCK_STREAM, 0, sv), "socketpair to a second process"))
+		return;
+	pid = fork();
+	if (pid == 0) {
+		close(sv[0]);
+		_exit(peer_process(sv[1]));
+	}
+	close(sv[1]);
+	fd = memreg_open();
+	buf = map_small(4 * PAGE, 'x');
+	ret = fd < 0 || !buf ? -ENOMEM : 0;
+	if (!ret) {
+		memcpy(buf, written, sizeof(written));
+		memcpy(buf + PAGE, sent, sizeof(sent));
+		ret = mr_register(fd, buf, 4 * PAGE, RO, &r);
+	}
+	if (!ret)
+		ret = mrq_open(fd, 4, 4, -1, &q);
+	if (!ret) {
+		peer_fd = mr_recv_fd(sv[0]);
+		ret = peer_fd < 0 ? peer_fd : 0;
+	}
+	if (!ret && read(sv[0], &hello, sizeof(hello)) != sizeof(hello))
+		ret = -EIO;
+	if (!ret)
+		ret = mr_peer_attach(fd, peer_fd, &peer);
+	/* The handle holds the other context, not the descriptor. */
+	if (peer_fd >= 0)
+		close(peer_fd);
+	if (!step(!ret, "received its descriptor over SCM_RIGHTS; PEER_ATTACH: handle %u%s%s",
+		  peer, ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+
+	sqe = mr_sqe_write(1, peer, hello.rkey, 100, r.lkey, 0, sizeof(written));
+	ret = mrq_run(&q, &sqe, &cqe);
+	step(!ret && !cqe.status && cqe.bytes == sizeof(written),
+	     "WRITE %zu bytes to remote key %#llx at offset 100: status %d (one copy, page to page)",
+	     sizeof(written), (unsigned long long)hello.rkey, ret ? ret : cqe.status);
+
+	ret = mr_queue_connect(fd, q.index, peer, hello.queue, 1000);
+	if (!ret) {
+		sqe = mr_sqe_send_imm(2, r.lkey, PAGE, sizeof(sent), 42);
+		ret = mrq_run(&q, &sqe, &cqe);
+	}
+	step(!ret && !cqe.status && cqe.bytes == sizeof(sent),
+	     "QUEUE_CONNECT to its queue %u; SEND \"%s\" with immediate data 42: status %d",
+	     hello.queue, sent, ret ? ret : cqe.status);
+
+	/* The other process checks both, then revokes the grant. */
+	if (write(sv[0], &go, 1) != 1 || read(sv[0], &go, 1) != 1)
+		goto out;
+	sqe = mr_sqe_write(3, peer, hello.rkey, 100, r.lkey, 0, sizeof(written));
+	ret = mrq_run(&q, &sqe, &cqe);
+	step(!ret && cqe.status == -ECONNRESET,
+	     "the other process checked both and called PEER_REVOKE: the next WRITE completes with %s",
+	     ret ? strerror(-ret) : cqe.status ? strerror(-cqe.status) : "success (NOT refused)");
+out:
+	if (write(sv[0], &go, 1) != 1)
+		status = -1;
+	close(sv[0]);
+	if (waitpid(pid, &status, 0) == pid)
+		step(WIFEXITED(status) && !WEXITSTATUS(status),
+		     "the other process found the WRITE's bytes and the message (with its immediate data) in its buffer");
+	mrq_unmap(&q);
+	if (fd >= 0)
+		close(fd);
+	if (buf)
+		munmap(buf, 4 * PAGE);
+}
+
 int main(void)
 {
 	static const char to_region[] = "written through the registration";
@@ -539,6 +686,7 @@ int main(void)
 	demo_suspension();
 	demo_word_and_events();
 	demo_queue();
+	demo_peers();
 
 	if (failures)
 		printf("memreg demo: %d step(s) did not behave as expected\n", failures);
