@@ -104,7 +104,70 @@
  *                            count) per request, median of five runs;
  *                            baseline 1, ratio = value, <= 0.05. Needs no
  *                            clock, so it is never unresolved; the run's time
- *                            per request is printed for information.
+ *                            per request is printed for information;
+ *  peer_write_{4kib,64kib,1mib,16mib,64mib}_vs_{process_vm_writev,memcpy}_speedup
+ *                            one-sided WRITE into another process, against
+ *                            process_vm_writev of the same size into the same
+ *                            memory and against memcpy of the same size
+ *                            between two buffers of one process. A forked
+ *                            child (A) opens its own file, maps and pre-faults
+ *                            64 MiB (small pages), registers it LOCAL_READ |
+ *                            LOCAL_WRITE | REMOTE_WRITE and sends its file
+ *                            (SCM_RIGHTS), remote key and address over a unix
+ *                            socketpair, then waits. The benchmark (B)
+ *                            attaches A's file (PEER_ATTACH), closes the
+ *                            descriptor it received, registers its own 64 MiB
+ *                            source LOCAL_READ and opens a queue of 64/64
+ *                            entries. One timed WRITE: posted, its completion
+ *                            busy-polled (yielding the CPU every 64 spins)
+ *                            and checked: user_data, status 0, bytes == size.
+ *                            Every operation of a size moves that many bytes
+ *                            at the same offset of each buffer, the offset
+ *                            stepping through the 64 MiB. Before a size is
+ *                            timed, one WRITE of a pattern of its own is
+ *                            checked untimed: B reads A's buffer back with
+ *                            process_vm_readv, the bytes are there and not one
+ *                            byte around them changed. The three are measured
+ *                            in an order that rotates from round to round;
+ *                            ratio baseline/value, so the ratio of
+ *                            throughputs. Targets: 1 MiB >= 1.2 against
+ *                            process_vm_writev and >= 0.8 against memcpy; the
+ *                            other sizes informational. QUEUE_STATS must count
+ *                            no error and, in remote_bytes, exactly the bytes
+ *                            the WRITEs moved. Afterwards B detaches, A exits
+ *                            0, and the module's peer attachments and
+ *                            contexts return to their values before the row;
+ *  send_recv_pingpong_vs_unix_socket  a round trip of 64 bytes between two
+ *                            processes by SEND/RECV, against the same over a
+ *                            unix socketpair (write, then read the echo),
+ *                            <= 1. A forked child (A) and the benchmark (B)
+ *                            each open a file, a queue (64/256 entries) and
+ *                            register one page; they exchange files and queue
+ *                            indexes, each attaches the other's file, connects
+ *                            its queue to the other's (QUEUE_CONNECT,
+ *                            rnr_timeout_ms 1000) and keeps 16 RECVs of 64
+ *                            bytes posted. One round trip: B SENDs 64 bytes;
+ *                            A sees the RECV completion and SENDs the same
+ *                            bytes back from the slot they arrived in (posting
+ *                            its RECV again when that SEND completes); B sees
+ *                            its SEND and RECV completions, checks the echo
+ *                            carries its sequence number and posts its RECV
+ *                            again. Both busy-poll their completion rings
+ *                            (yielding the CPU every 64 spins). A serves both
+ *                            kinds in turn, busy-polling while SEND/RECV is
+ *                            timed and blocked in read() while the socket is,
+ *                            switched by a message before each batch
+ *                            (untimed). An untimed pass finds the round trips
+ *                            each needs to last a timed interval; every round
+ *                            then times twice the larger count of each, in an
+ *                            order that alternates from round to round. Every
+ *                            completion is checked (status 0, 64 bytes, no
+ *                            immediate data), and B's QUEUE_STATS must count
+ *                            no error, no receiver-not-ready timeout, and
+ *                            each of B's SENDs as a message of 64 bytes
+ *                            (messages, remote_bytes). Afterwards B detaches,
+ *                            A exits 0, and the module's peer attachments and
+ *                            contexts return to their values before the row.
  *
  * The clock: the guest may run on a coarse clocksource (jiffies, when the
  * TSC was found unstable and nothing better was there). The clock is
@@ -128,7 +191,9 @@
  * verdict, not a failure), 1 otherwise. The lookup rows need the module
  * loaded with max_registrations above 100000 (scripts/bench.sh passes
  * max_registrations=131072) and about 1.7 GiB of free guest memory (with
- * less, the big registration shrinks to 256 MiB, as the output says).
+ * less, the big registration shrinks to 256 MiB, as the output says). The
+ * WRITE rows need about 200 MiB, and process_vm_writev/readv on the child
+ * (its parent may, whatever the Yama ptrace scope).
  */
 #include <errno.h>
 #include <math.h>
@@ -138,12 +203,16 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
-#include "../memreg_util.h"
+#include "../memreg_ring.h"
 #include "../../../mm/gup_test.h"
 
 #define FOLL_WRITE	0x01
@@ -444,12 +513,16 @@ struct row {
 	int count;		/* value and baseline are counts, not times */
 };
 
-static struct row rows[48];
+static struct row rows[64];
 static int nrows;
 
 static void add_row(const char *name, struct fig value, struct fig base, const char *target)
 {
-	struct row *r = &rows[nrows++];
+	struct row *r;
+
+	if (nrows == (int)(sizeof(rows) / sizeof(rows[0])))
+		fail("more than %d rows: enlarge rows[]", nrows);
+	r = &rows[nrows++];
 
 	snprintf(r->name, sizeof(r->name), "%s", name);
 	r->value = value;
@@ -520,10 +593,14 @@ static void row_num(char *buf, size_t n, const struct row *r, struct fig f)
 
 static void print_results(void)
 {
-	int i, meets = 0, misses = 0, unresolved = 0, info = 0;
+	int i, w = 34, meets = 0, misses = 0, unresolved = 0, info = 0;
 	char v[32], b[32], q[32];
 
-	printf("\n%-34s %14s %14s %10s %7s  %s\n", "metric", "value", "baseline", "ratio",
+	/* The metric column fits the longest name. */
+	for (i = 0; i < nrows; i++)
+		if ((int)strlen(rows[i].name) > w)
+			w = strlen(rows[i].name);
+	printf("\n%-*s %14s %14s %10s %7s  %s\n", w, "metric", "value", "baseline", "ratio",
 	       "target", "verdict");
 	for (i = 0; i < nrows; i++) {
 		const struct row *r = &rows[i];
@@ -535,7 +612,7 @@ static void print_results(void)
 			snprintf(q, sizeof(q), r->count ? "%.6fx" : "%.2fx", row_ratio(r));
 		else
 			snprintf(q, sizeof(q), "unresolved");
-		printf("%-34s %14s %14s %10s %7s  %s\n", r->name, v, b, q,
+		printf("%-*s %14s %14s %10s %7s  %s\n", w, r->name, v, b, q,
 		       r->target[0] ? r->target : "-", r->target[0] ? verdict : "informational");
 		if (!strcmp(verdict, "meets"))
 			meets++;
@@ -1857,6 +1934,790 @@ static void bench_ring(void)
 	settle(0);
 }
 
+/* ---- Peers: one-sided WRITE and SEND/RECV between two processes ---------- */
+
+/*
+ * Both rows run between the benchmark (process B) and a child it forks
+ * (process A), each with its own /dev/memreg file. A grants B its file over a
+ * unix socket (SCM_RIGHTS); B attaches it and closes the descriptor it
+ * received (the handle holds A's context, not its file). The child dies with
+ * the parent (PR_SET_PDEATHSIG), so a failure of B leaves nothing behind.
+ */
+
+#define PW_MAX		(64 * MIB)
+#define PW_SIZES	5
+#define PW_SQ		64
+#define PW_CQ		64
+
+static const size_t pw_sizes[PW_SIZES] = { 4 * KIB, 64 * KIB, MIB, 16 * MIB, 64 * MIB };
+static const char *const pw_tags[PW_SIZES] = { "4kib", "64kib", "1mib", "16mib", "64mib" };
+
+/* What A sends after its file: the registration B writes into. */
+struct pw_grant {
+	__u64 rkey, addr, length;
+};
+
+static void write_full(int fd, const void *buf, size_t len, const char *what)
+{
+	const char *p = buf;
+
+	while (len) {
+		ssize_t w = write(fd, p, len);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			fail("%s: write: %s", what, w ? strerror(errno) : "nothing written");
+		p += w;
+		len -= w;
+	}
+}
+
+static void read_full(int fd, void *buf, size_t len, const char *what)
+{
+	char *p = buf;
+
+	while (len) {
+		ssize_t r = read(fd, p, len);
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			fail("%s: read: %s", what, r ? strerror(errno) : "end of file");
+		p += r;
+		len -= r;
+	}
+}
+
+/* Forks process A; in the child, runs `child(sock)`, which never returns. */
+static pid_t peer_fork(int *sock, void (*child)(int sock))
+{
+	pid_t parent = getpid(), pid;
+	int sv[2];
+
+	if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv))
+		fail("socketpair: %s", strerror(errno));
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	if (pid < 0)
+		fail("fork: %s", strerror(errno));
+	if (!pid) {
+		close(sv[0]);
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(1);
+		child(sv[1]);
+		_exit(1);
+	}
+	close(sv[1]);
+	*sock = sv[0];
+	return pid;
+}
+
+/* Waits for A, which must exit 0. */
+static void peer_reap_child(pid_t pid, const char *what)
+{
+	int rc = wait_exit(pid);
+
+	if (rc)
+		fail("%s: process A exited with status %d", what, rc);
+}
+
+/*
+ * One step of busy-polling a completion ring: spins, and yields the CPU every
+ * 64 spins (the guest has two CPUs for both processes and both workers).
+ * Fails after 10 s without progress.
+ */
+static void peer_idle(unsigned long *spins, int64_t *since, const char *what)
+{
+	if (++*spins % 64) {
+		cpu_relax();
+		return;
+	}
+	sched_yield();
+	if (*spins % (16 * 1024))
+		return;
+	if (!*since)
+		*since = now_ns();
+	else if (now_ns() - *since > 10000 * MS)
+		fail("%s: no completion for 10 s", what);
+}
+
+/* Posts one request without a clock read; the ring is never full here, but waits if it is. */
+static void peer_post(struct mrq *q, const struct memreg_sqe *sqe, const char *what)
+{
+	unsigned long spins = 0;
+	int64_t since = 0;
+	int ret;
+
+	while ((ret = mrq_try_post(q, sqe, 0, NULL)) == -EAGAIN)
+		peer_idle(&spins, &since, what);
+	if (ret)
+		fail("%s: posting: %s", what, strerror(-ret));
+}
+
+/* Busy-polls until at least one completion is in `out` (at most `max`); returns how many. */
+static unsigned int peer_reap(struct mrq *q, struct memreg_cqe *out, unsigned int max,
+			      const char *what)
+{
+	unsigned long spins = 0;
+	int64_t since = 0;
+	unsigned int n;
+
+	while (!(n = mrq_reap(q, out, max)))
+		peer_idle(&spins, &since, what);
+	return n;
+}
+
+/*
+ * Waits until the module has `peers` attachments alive and no more than
+ * `contexts` contexts with memory allocated (both counted before the row
+ * started), so nothing of the two processes leaked.
+ */
+static void settle_peers(__u64 peers, __u64 contexts)
+{
+	struct memreg_global_stats g;
+	int i, ret;
+
+	for (i = 0; i < 2000; i++) {
+		ret = mr_global_now(&g);
+		if (ret)
+			fail("GLOBAL_STATS: %s", strerror(-ret));
+		if (g.peers == peers && g.contexts_alive <= contexts)
+			return;
+		usleep(5000);
+	}
+	fail("after 10 s: %llu peer attachments and %llu contexts alive, expected %llu and at "
+	     "most %llu", (unsigned long long)g.peers, (unsigned long long)g.contexts_alive,
+	     (unsigned long long)peers, (unsigned long long)contexts);
+}
+
+/* Process A of the WRITE rows: a 64 MiB registration B writes into, then waits. */
+static void pw_child(int sock)
+{
+	struct memreg_register r;
+	struct pw_grant g;
+	char *buf, c;
+	int fd, ret;
+
+	fd = memreg_open();
+	if (fd < 0)
+		fail("process A: open /dev/memreg: %s", strerror(errno));
+	buf = map_touched(PW_MAX);
+	register_or_die(fd, buf, PW_MAX,
+			RW | MEMREG_ACCESS_REMOTE_WRITE, &r);
+	g = (struct pw_grant){ r.rkey, r.region_addr, r.region_length };
+	ret = mr_send_fd(sock, fd);
+	if (ret)
+		fail("process A: sending its file: %s", strerror(-ret));
+	write_full(sock, &g, sizeof(g), "process A");
+	/* Alive, and registered, until B is done: one byte, or the end of the socket. */
+	if (read(sock, &c, 1) < 0)
+		_exit(1);
+	_exit(0);
+}
+
+struct pw_ctx {
+	struct mrq q;
+	__u32 peer;
+	__u64 rkey, lkey;
+	__u64 raddr;		/* A's buffer, in A */
+	pid_t pid;		/* A */
+	char *src;		/* B's registered source */
+	char *dst;		/* B's memcpy destination, and where A's bytes are read back */
+	size_t len;		/* bytes an operation moves */
+	size_t next;		/* position in the buffers, in operations */
+	__u64 posted;		/* WRITEs posted, the user_data of the next */
+	__u64 written;		/* bytes the WRITEs moved */
+};
+
+/* Every operation moves `len` bytes at the same offset of each buffer, rotating over 64 MiB. */
+static size_t pw_offset(struct pw_ctx *c)
+{
+	return (c->next++ % (PW_MAX / c->len)) * c->len;
+}
+
+static void pw_write_one(struct pw_ctx *c, __u64 roff, __u64 loff)
+{
+	struct memreg_sqe sqe = mr_sqe_write(c->posted, c->peer, c->rkey, roff, c->lkey, loff,
+					     c->len);
+	struct memreg_cqe cqe;
+
+	peer_post(&c->q, &sqe, "WRITE");
+	peer_reap(&c->q, &cqe, 1, "WRITE");
+	if (cqe.user_data != c->posted || cqe.status || cqe.bytes != c->len)
+		fail("WRITE of %zu bytes: user_data %llu, status %d (%s), %llu bytes; expected "
+		     "user_data %llu, status 0, %zu bytes", c->len,
+		     (unsigned long long)cqe.user_data, cqe.status, strerror(-cqe.status),
+		     (unsigned long long)cqe.bytes, (unsigned long long)c->posted, c->len);
+	c->posted++;
+	c->written += c->len;
+}
+
+/* n WRITEs, each posted and its completion awaited. */
+static void pw_write_run(void *arg, size_t n)
+{
+	struct pw_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		size_t off = pw_offset(c);
+
+		pw_write_one(c, off, off);
+	}
+}
+
+static void pw_pvw(struct pw_ctx *c, const void *from, __u64 to, size_t len)
+{
+	struct iovec l = { .iov_base = (void *)from, .iov_len = len };
+	struct iovec r = { .iov_base = (void *)(unsigned long)to, .iov_len = len };
+	ssize_t w = process_vm_writev(c->pid, &l, 1, &r, 1, 0);
+
+	if (w != (ssize_t)len)
+		fail("process_vm_writev of %zu bytes: %s", len,
+		     w < 0 ? strerror(errno) : "short write");
+}
+
+/* n process_vm_writev calls from B's source into A's buffer. */
+static void pw_pvw_run(void *arg, size_t n)
+{
+	struct pw_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		size_t off = pw_offset(c);
+
+		pw_pvw(c, c->src + off, c->raddr + off, c->len);
+	}
+}
+
+/* n memcpy calls between two buffers of B. */
+static void pw_memcpy_run(void *arg, size_t n)
+{
+	struct pw_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		size_t off = pw_offset(c);
+
+		memcpy(c->dst + off, c->src + off, c->len);
+		/* The copy is not optimised away: its destination may be read. */
+		asm volatile("" ::: "memory");
+	}
+}
+
+/*
+ * Untimed, once per size: a WRITE of `len` bytes of a pattern of its own
+ * lands in A's memory at the offset asked (a page in, when it fits), and not
+ * a byte around it, as B reads A's memory back with process_vm_readv.
+ */
+static void pw_check(struct pw_ctx *c, size_t len, __u64 seed)
+{
+	size_t off = len + 2 * PAGE <= PW_MAX ? PAGE : 0;
+	size_t span = len + 2 * PAGE <= PW_MAX ? len + 2 * PAGE : PW_MAX;
+	__u64 *w = (__u64 *)c->src;
+	struct iovec l = { .iov_base = c->dst, .iov_len = span };
+	struct iovec r = { .iov_base = (void *)(unsigned long)c->raddr, .iov_len = span };
+	size_t i;
+	ssize_t got;
+
+	memset(c->dst, 0, span);
+	pw_pvw(c, c->dst, c->raddr, span);
+	for (i = 0; i < len / sizeof(*w); i++)
+		w[i] = (i + 1) * 0x9e3779b97f4a7c15ULL ^ seed;
+	c->len = len;
+	pw_write_one(c, off, 0);
+	memset(c->dst, 0xee, span);
+	got = process_vm_readv(c->pid, &l, 1, &r, 1, 0);
+	if (got != (ssize_t)span)
+		fail("process_vm_readv of %zu bytes: %s", span,
+		     got < 0 ? strerror(errno) : "short read");
+	for (i = 0; i < off; i++)
+		if (c->dst[i])
+			fail("a WRITE of %zu bytes at offset %zu changed byte %zu of A's buffer",
+			     len, off, i);
+	if (memcmp(c->dst + off, c->src, len))
+		fail("a WRITE of %zu bytes did not put them in A's buffer", len);
+	for (i = off + len; i < span; i++)
+		if (c->dst[i])
+			fail("a WRITE of %zu bytes at offset %zu changed byte %zu of A's buffer",
+			     len, off, i);
+}
+
+/* Bytes per second of a figure in ns per operation of `len` bytes, for the progress lines. */
+static const char *bwstr(struct fig f, size_t len)
+{
+	static char buf[4][40];
+	static int next;
+	char *b = buf[next++ % 4];
+
+	if (f.ok && f.ns > 0 && isfinite(f.ns))
+		snprintf(b, sizeof(buf[0]), "%.0f MB/s", len / f.ns * 1e3);
+	else
+		snprintf(b, sizeof(buf[0]), "unresolved");
+	return b;
+}
+
+static void bench_peer_write(void)
+{
+	struct memreg_global_stats g0;
+	struct memreg_queue_stats qs;
+	struct memreg_register r;
+	struct pw_ctx c = { 0 };
+	struct pw_grant gr;
+	struct fig f[3][ROUNDS], m[3];
+	char name[48], sz[32];
+	int sock, afd, fd, ret, i, k;
+	unsigned int s;
+
+	printf("\nOne-sided WRITE into another process vs process_vm_writev and memcpy\n");
+	ret = mr_global_now(&g0);
+	if (ret)
+		fail("GLOBAL_STATS: %s", strerror(-ret));
+	c.pid = peer_fork(&sock, pw_child);
+	afd = mr_recv_fd(sock);
+	if (afd < 0)
+		fail("receiving A's file: %s", strerror(-afd));
+	read_full(sock, &gr, sizeof(gr), "receiving A's grant");
+	if (gr.length != PW_MAX)
+		fail("A's registration covers %llu bytes, not %lu", (unsigned long long)gr.length,
+		     PW_MAX);
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	ret = mr_peer_attach(fd, afd, &c.peer);
+	if (ret)
+		fail("PEER_ATTACH: %s", strerror(-ret));
+	/* The handle holds A's context, not the file. */
+	close(afd);
+	c.rkey = gr.rkey;
+	c.raddr = gr.addr;
+	c.src = map_touched(PW_MAX);
+	c.dst = map_touched(PW_MAX);
+	register_or_die(fd, c.src, PW_MAX, RO, &r);
+	c.lkey = r.lkey;
+	ret = mrq_open(fd, PW_SQ, PW_CQ, -1, &c.q);
+	if (ret)
+		fail("QUEUE_CREATE: %s", strerror(-ret));
+
+	for (s = 0; s < PW_SIZES; s++) {
+		struct batch b[3] = {
+			{ .max_n = 1 << 20, .run = pw_write_run, .arg = &c },
+			{ .max_n = 1 << 20, .run = pw_pvw_run, .arg = &c },
+			{ .max_n = 1 << 20, .run = pw_memcpy_run, .arg = &c },
+		};
+
+		pw_check(&c, pw_sizes[s], s + 1);
+		c.len = pw_sizes[s];
+		c.next = 0;
+		/* Rounds rotate the order, so a drift in the emulator's speed hits all alike. */
+		for (k = 0; k < ROUNDS; k++)
+			for (i = 0; i < 3; i++) {
+				int x = (i + k) % 3;
+
+				f[x][k] = measure(&b[x]);
+			}
+		for (i = 0; i < 3; i++)
+			m[i] = median(f[i], ROUNDS);
+		sizestr(sz, sizeof(sz), c.len);
+		printf("  %7s: WRITE %s (%s), process_vm_writev %s (%s), memcpy %s (%s)\n", sz,
+		       figstr(m[0], "ns"), bwstr(m[0], c.len), figstr(m[1], "ns"),
+		       bwstr(m[1], c.len), figstr(m[2], "ns"), bwstr(m[2], c.len));
+		snprintf(name, sizeof(name), "peer_write_%s_vs_process_vm_writev_speedup",
+			 pw_tags[s]);
+		add_row(name, m[0], m[1], c.len == MIB ? ">=1.2" : "");
+		snprintf(name, sizeof(name), "peer_write_%s_vs_memcpy_speedup", pw_tags[s]);
+		add_row(name, m[0], m[2], c.len == MIB ? ">=0.8" : "");
+	}
+
+	ret = mr_queue_stats(fd, &qs);
+	if (ret)
+		fail("QUEUE_STATS: %s", strerror(-ret));
+	printf("  %llu WRITEs moved %llu bytes; QUEUE_STATS: remote_bytes %llu, %llu errors\n",
+	       (unsigned long long)c.posted, (unsigned long long)c.written,
+	       (unsigned long long)qs.remote_bytes, (unsigned long long)qs.errors);
+	if (qs.errors)
+		fail("QUEUE_STATS counted %llu errors, every WRITE completed with status 0",
+		     (unsigned long long)qs.errors);
+	if (qs.remote_bytes != c.written)
+		fail("QUEUE_STATS counted %llu remote bytes, the WRITEs moved %llu",
+		     (unsigned long long)qs.remote_bytes, (unsigned long long)c.written);
+	ret = mr_peer_detach(fd, c.peer);
+	if (ret)
+		fail("PEER_DETACH: %s", strerror(-ret));
+	write_full(sock, "q", 1, "telling A to exit");
+	peer_reap_child(c.pid, "WRITE rows");
+	close(sock);
+	mrq_unmap(&c.q);
+	close(fd);
+	munmap(c.src, PW_MAX);
+	munmap(c.dst, PW_MAX);
+	settle(0);
+	settle_peers(g0.peers, g0.contexts_alive);
+}
+
+/*
+ * SEND/RECV ping-pong. Each process has one queue, connected to the other's,
+ * keeps PP_RECVS RECVs of 64 bytes posted on it, and sends 64-byte messages
+ * from its registered page. A serves both kinds of ping-pong in turn: it
+ * busy-polls its completion ring while B times memreg round trips, and
+ * blocks in read() on the socket while B times socket round trips; a message
+ * with a command switches it (untimed, in the batches' prepare step).
+ */
+#define PP_MSG		64
+#define PP_RECVS	16
+#define PP_SQ		64
+#define PP_CQ		256
+#define PP_RNR_MS	1000
+#define PP_SEND_OFF	(PP_RECVS * PP_MSG)	/* the send slot, after the receive slots */
+
+#define PP_UD_SEND	(1ULL << 63)
+#define PP_UD_RECV	(1ULL << 62)
+
+/* A message, on the socket as in SEND/RECV. */
+struct pp_msg {
+	__u64 seq;
+	__u64 cmd;
+	char pad[PP_MSG - 16];
+};
+
+enum { PP_ECHO, PP_TO_SOCKET, PP_TO_MEMREG, PP_QUIT };
+
+struct pp_side {
+	int fd, sock;
+	struct mrq q;
+	__u32 peer;
+	__u64 lkey;
+	char *buf;		/* PP_RECVS receive slots, then the send slot */
+};
+
+static void pp_post_recv(struct pp_side *s, unsigned int slot, const char *what)
+{
+	struct memreg_sqe sqe = mr_sqe_recv(PP_UD_RECV | slot, s->lkey, slot * PP_MSG, PP_MSG);
+
+	peer_post(&s->q, &sqe, what);
+}
+
+/*
+ * Both processes: open a file and a queue, register a page, exchange files
+ * and queue indexes, attach the other's file, connect to its queue, post the
+ * RECVs, then tell the other and wait for it to be ready too.
+ */
+static void pp_setup(struct pp_side *s, int sock, const char *who)
+{
+	struct memreg_register r;
+	__u32 oq;
+	char c = 'r';
+	int ofd, ret;
+	unsigned int i;
+
+	memset(s, 0, sizeof(*s));
+	s->sock = sock;
+	s->fd = memreg_open();
+	if (s->fd < 0)
+		fail("%s: open /dev/memreg: %s", who, strerror(errno));
+	ret = mrq_open(s->fd, PP_SQ, PP_CQ, -1, &s->q);
+	if (ret)
+		fail("%s: QUEUE_CREATE: %s", who, strerror(-ret));
+	s->buf = map_touched(PAGE);
+	register_or_die(s->fd, s->buf, PAGE, RW, &r);
+	s->lkey = r.lkey;
+	ret = mr_send_fd(sock, s->fd);
+	if (ret)
+		fail("%s: sending its file: %s", who, strerror(-ret));
+	write_full(sock, &s->q.index, sizeof(s->q.index), who);
+	ofd = mr_recv_fd(sock);
+	if (ofd < 0)
+		fail("%s: receiving the other's file: %s", who, strerror(-ofd));
+	read_full(sock, &oq, sizeof(oq), who);
+	ret = mr_peer_attach(s->fd, ofd, &s->peer);
+	if (ret)
+		fail("%s: PEER_ATTACH: %s", who, strerror(-ret));
+	close(ofd);
+	ret = mr_queue_connect(s->fd, s->q.index, s->peer, oq, PP_RNR_MS);
+	if (ret)
+		fail("%s: QUEUE_CONNECT: %s", who, strerror(-ret));
+	for (i = 0; i < PP_RECVS; i++)
+		pp_post_recv(s, i, who);
+	write_full(sock, &c, 1, who);
+	read_full(sock, &c, 1, who);
+}
+
+/* Process A: echoes every message, by SEND/RECV or on the socket, until PP_QUIT. */
+static void pp_child(int sock)
+{
+	struct memreg_cqe cqe[16];
+	struct pp_side s;
+	struct pp_msg msg;
+	unsigned long spins;
+	int memreg = 0;
+	unsigned int n, i;
+
+	pp_setup(&s, sock, "process A");
+	for (;;) {
+		if (!memreg) {
+			read_full(sock, &msg, sizeof(msg), "process A");
+			if (msg.cmd == PP_ECHO)
+				write_full(sock, &msg, sizeof(msg), "process A");
+			else if (msg.cmd == PP_TO_MEMREG)
+				memreg = 1;
+			else if (msg.cmd == PP_QUIT)
+				_exit(0);
+			else
+				fail("process A: command %llu on the socket",
+				     (unsigned long long)msg.cmd);
+			continue;
+		}
+		/* No time limit: B fails after 10 s without an answer, and A dies with it. */
+		for (spins = 0; !(n = mrq_reap(&s.q, cqe, 16));)
+			if (++spins % 64)
+				cpu_relax();
+			else
+				sched_yield();
+		for (i = 0; i < n; i++) {
+			const struct memreg_cqe *e = &cqe[i];
+			unsigned int slot = e->user_data & 0xff;
+			const struct pp_msg *m = (const void *)(s.buf + slot * PP_MSG);
+
+			if (e->status || e->bytes != PP_MSG || slot >= PP_RECVS ||
+			    !(e->user_data & (PP_UD_SEND | PP_UD_RECV)))
+				fail("process A: completion %#llx: status %d (%s), %llu bytes",
+				     (unsigned long long)e->user_data, e->status,
+				     strerror(-e->status), (unsigned long long)e->bytes);
+			if (e->user_data & PP_UD_SEND) {
+				/* The echo left the slot: it receives again. */
+				pp_post_recv(&s, slot, "process A");
+			} else if (m->cmd == PP_ECHO) {
+				/* Back to B, from the slot the message arrived in. */
+				struct memreg_sqe sqe = mr_sqe_send(PP_UD_SEND | slot, s.lkey,
+								    slot * PP_MSG, PP_MSG);
+
+				peer_post(&s.q, &sqe, "process A");
+			} else if (m->cmd == PP_TO_SOCKET) {
+				pp_post_recv(&s, slot, "process A");
+				memreg = 0;
+			} else {
+				fail("process A: command %llu by SEND", (unsigned long long)m->cmd);
+			}
+		}
+	}
+}
+
+struct pp_ctx {
+	struct pp_side s;
+	pid_t pid;
+	int memreg;		/* the mode A is in */
+	__u64 seq;		/* the last message's */
+	__u64 sends;		/* SENDs B posted */
+};
+
+/* B's SEND of one message with command `cmd` from its send slot. */
+static void pp_send(struct pp_ctx *c, __u64 cmd)
+{
+	struct pp_msg *m = (void *)(c->s.buf + PP_SEND_OFF);
+	struct memreg_sqe sqe;
+
+	m->seq = ++c->seq;
+	m->cmd = cmd;
+	sqe = mr_sqe_send(PP_UD_SEND | c->seq, c->s.lkey, PP_SEND_OFF, PP_MSG);
+	peer_post(&c->s.q, &sqe, "SEND");
+	c->sends++;
+}
+
+/*
+ * Reaps B's completions until its last SEND completed and, if `echo`, its
+ * echo arrived (checked, and its RECV posted again).
+ */
+static void pp_reap(struct pp_ctx *c, int echo)
+{
+	struct memreg_cqe cqe[4];
+	int sent = 0, got = !echo;
+	unsigned int n, i;
+
+	while (!sent || !got) {
+		n = peer_reap(&c->s.q, cqe, 4, "SEND/RECV ping-pong");
+		for (i = 0; i < n; i++) {
+			const struct memreg_cqe *e = &cqe[i];
+
+			if (e->user_data == (PP_UD_SEND | c->seq) && !e->status &&
+			    e->bytes == PP_MSG) {
+				sent = 1;
+			} else if ((e->user_data & ~0xffULL) == PP_UD_RECV &&
+				   (e->user_data & 0xff) < PP_RECVS && !e->status &&
+				   e->bytes == PP_MSG && !e->flags && !e->imm_data && !got) {
+				unsigned int slot = e->user_data & 0xff;
+				const struct pp_msg *m = (const void *)(c->s.buf + slot * PP_MSG);
+
+				if (m->seq != c->seq || m->cmd != PP_ECHO)
+					fail("ping-pong: the echo of message %llu carries %llu, "
+					     "command %llu", (unsigned long long)c->seq,
+					     (unsigned long long)m->seq,
+					     (unsigned long long)m->cmd);
+				pp_post_recv(&c->s, slot, "RECV");
+				got = 1;
+			} else {
+				fail("ping-pong, message %llu: completion %#llx, status %d (%s), "
+				     "%llu bytes, flags %#x", (unsigned long long)c->seq,
+				     (unsigned long long)e->user_data, e->status,
+				     strerror(-e->status), (unsigned long long)e->bytes, e->flags);
+			}
+		}
+	}
+}
+
+/* Puts A in the mode the next batch times. */
+static void pp_mode(struct pp_ctx *c, int memreg)
+{
+	struct pp_msg msg = { .cmd = PP_TO_MEMREG };
+
+	if (c->memreg == memreg)
+		return;
+	if (memreg) {
+		write_full(c->s.sock, &msg, sizeof(msg), "ping-pong");
+	} else {
+		pp_send(c, PP_TO_SOCKET);
+		pp_reap(c, 0);
+	}
+	c->memreg = memreg;
+}
+
+static void pp_mr_prepare(void *arg, size_t n)
+{
+	(void)n;
+	pp_mode(arg, 1);
+}
+
+static void pp_sock_prepare(void *arg, size_t n)
+{
+	(void)n;
+	pp_mode(arg, 0);
+}
+
+/* n round trips: B SENDs, A's RECV completes and A SENDs back, B's RECV completes. */
+static void pp_mr_run(void *arg, size_t n)
+{
+	struct pp_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		pp_send(c, PP_ECHO);
+		pp_reap(c, 1);
+	}
+}
+
+/* n round trips on the socket: write 64 bytes, read the echo. */
+static void pp_sock_run(void *arg, size_t n)
+{
+	struct pp_ctx *c = arg;
+	struct pp_msg msg = { 0 }, back;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		msg.seq = ++c->seq;
+		write_full(c->s.sock, &msg, sizeof(msg), "socket ping-pong");
+		read_full(c->s.sock, &back, sizeof(back), "socket ping-pong");
+		if (back.seq != msg.seq || back.cmd != PP_ECHO)
+			fail("socket ping-pong: the echo of message %llu carries %llu",
+			     (unsigned long long)msg.seq, (unsigned long long)back.seq);
+	}
+}
+
+/* n operations timed as one interval (prepare and finish untimed), resolved as by measure(). */
+static struct fig measure_n(struct batch *b, size_t n)
+{
+	char src[64];
+	struct fig f;
+	int64_t t0, e;
+
+	read_clocksource(src, sizeof(src));
+	if (b->prepare)
+		b->prepare(b->arg, n);
+	t0 = now_ns();
+	b->run(b->arg, n);
+	e = now_ns() - t0;
+	if (b->finish)
+		b->finish(b->arg, n);
+	f.ns = e > 0 ? (double)e / n : 0;
+	f.ok = clock_unchanged(src) && clk.ok && e >= clk.thr_ns && e >= 1000 * clk.step_ns;
+	return f;
+}
+
+static void bench_pingpong(void)
+{
+	struct memreg_global_stats g0;
+	struct memreg_queue_stats qs;
+	struct pp_ctx c = { 0 };
+	struct batch bm = { .max_n = 1 << 20, .prepare = pp_mr_prepare, .run = pp_mr_run,
+			    .arg = &c };
+	struct batch bs = { .max_n = 1 << 20, .prepare = pp_sock_prepare, .run = pp_sock_run,
+			    .arg = &c };
+	struct fig fm[ROUNDS], fs[ROUNDS], m, s;
+	struct pp_msg quit = { .cmd = PP_QUIT };
+	size_t trips;
+	int sock, ret, k;
+
+	printf("\nSEND/RECV ping-pong of 64 bytes between two processes vs a unix socketpair\n");
+	ret = mr_global_now(&g0);
+	if (ret)
+		fail("GLOBAL_STATS: %s", strerror(-ret));
+	c.pid = peer_fork(&sock, pp_child);
+	pp_setup(&c.s, sock, "process B");
+
+	/* Untimed: the round trips each needs to last a timed interval; both get as many. */
+	measure(&bm);
+	measure(&bs);
+	trips = 2 * (bm.n > bs.n ? bm.n : bs.n);
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			fs[k] = measure_n(&bs, trips);
+			fm[k] = measure_n(&bm, trips);
+		} else {
+			fm[k] = measure_n(&bm, trips);
+			fs[k] = measure_n(&bs, trips);
+		}
+	}
+	m = median(fm, ROUNDS);
+	s = median(fs, ROUNDS);
+	printf("  round trip: SEND/RECV %s, unix socket %s; %zu round trips of each a round\n",
+	       figstr(m, "ns"), figstr(s, "ns"), trips);
+	add_row("send_recv_pingpong_vs_unix_socket", m, s, "<=1");
+
+	ret = mr_queue_stats(c.s.fd, &qs);
+	if (ret)
+		fail("QUEUE_STATS: %s", strerror(-ret));
+	printf("  B's QUEUE_STATS: %llu messages, remote_bytes %llu, %llu RNR timeouts, "
+	       "%llu errors, %llu doorbells for %llu requests\n",
+	       (unsigned long long)qs.messages, (unsigned long long)qs.remote_bytes,
+	       (unsigned long long)qs.rnr_timeouts, (unsigned long long)qs.errors,
+	       (unsigned long long)qs.doorbells, (unsigned long long)qs.requests);
+	if (qs.errors || qs.rnr_timeouts)
+		fail("QUEUE_STATS counted %llu errors and %llu RNR timeouts, every request "
+		     "completed with status 0", (unsigned long long)qs.errors,
+		     (unsigned long long)qs.rnr_timeouts);
+	if (qs.messages != c.sends || qs.remote_bytes != c.sends * PP_MSG)
+		fail("QUEUE_STATS counted %llu messages and %llu remote bytes for %llu SENDs of "
+		     "%d bytes", (unsigned long long)qs.messages,
+		     (unsigned long long)qs.remote_bytes, (unsigned long long)c.sends, PP_MSG);
+
+	/*
+	 * B detaches while A is still there, then A quits from the socket; the
+	 * RECVs both still have posted are dropped when their files close.
+	 */
+	pp_mode(&c, 0);
+	ret = mr_peer_detach(c.s.fd, c.s.peer);
+	if (ret)
+		fail("PEER_DETACH: %s", strerror(-ret));
+	write_full(sock, &quit, sizeof(quit), "ping-pong");
+	peer_reap_child(c.pid, "ping-pong");
+	close(sock);
+	mrq_unmap(&c.s.q);
+	close(c.s.fd);
+	munmap(c.s.buf, PAGE);
+	settle(0);
+	settle_peers(g0.peers, g0.contexts_alive);
+}
+
 /* ---- Cache look-up with many registrations ------------------------------ */
 
 /*
@@ -2236,6 +3097,8 @@ int main(void)
 	bench_park();
 	bench_munmap();
 	bench_ring();
+	bench_peer_write();
+	bench_pingpong();
 	bench_lookup();
 	print_results();
 	return 0;
