@@ -58,6 +58,15 @@ impl Charges {
         })
     }
 
+    /// Creates empty charges for the same user and address space as `self`,
+    /// for pages charged later by a worker on that task's behalf.
+    pub(crate) fn new_like(&self) -> Self {
+        Self {
+            locked: self.locked.new_like(),
+            budget: 0,
+        }
+    }
+
     /// Charges `pages` more pages: `ENOSPC` past the module budget, `ENOMEM`
     /// past `RLIMIT_MEMLOCK`. Nothing is charged on failure.
     pub(crate) fn charge(&mut self, pages: usize) -> Result {

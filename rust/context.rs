@@ -51,6 +51,7 @@ use crate::{
     events::{EventRing, Waiters},
     key::KeyPair,
     peer::{self, Peers},
+    pool::{Buffer, Pool},
     queue::{Connection, Queue},
     registration::{
         push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo, Revalidated,
@@ -139,7 +140,10 @@ pub(crate) struct ContextShared {
     #[pin]
     data_timer: DelayedWork<ContextShared, 3>,
     /// The next key sequence number.
-    next_seq: Atomic<u64>,
+    pub(crate) next_seq: Atomic<u64>,
+    /// The buffer pools by index; a destroyed one leaves its index empty.
+    #[pin]
+    pub(crate) pools: SpinLock<KVec<Option<Arc<Pool>>>>,
     /// The contexts this one attached (`peer.rs`).
     #[pin]
     pub(crate) peers: SpinLock<Peers>,
@@ -185,6 +189,7 @@ impl WorkItem for ContextShared {
     fn run(this: Arc<ContextShared>) {
         this.drain_deferred();
         this.revalidate_suspended();
+        this.reap_dead_pools();
     }
 }
 
@@ -197,9 +202,16 @@ impl WorkItem<1> for ContextShared {
 }
 
 impl ShrinkerOps for ContextShared {
-    /// Parked pages: what evicting gives back. Reads an atomic, no lock.
+    /// Parked pages, what evicting gives back, and the pools' free chunks.
+    /// Reads atomics; only try-locks.
     fn count(this: ArcBorrow<'_, Self>) -> usize {
-        usize::try_from(this.parked_pages.load(Relaxed)).unwrap_or(usize::MAX)
+        let mut n = this.parked_pages.load(Relaxed);
+        if let Some(pools) = this.pools.try_lock() {
+            for p in pools.iter().flatten() {
+                n = n.saturating_add(p.reclaimable.load(Relaxed));
+            }
+        }
+        usize::try_from(n).unwrap_or(usize::MAX)
     }
 
     /// Evicts parked registrations, least recently parked first, until
@@ -209,6 +221,14 @@ impl ShrinkerOps for ContextShared {
     /// invalidation, which must not happen in reclaim. Gives up at once when
     /// the table lock is contended.
     fn scan(this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
+        // The pools give their free chunks back in their work (which takes `mmap_lock`).
+        if let Some(pools) = this.pools.try_lock() {
+            for p in pools.iter().flatten() {
+                if p.reclaimable.load(Relaxed) > 0 {
+                    Pool::press(p);
+                }
+            }
+        }
         let mut freed = 0usize;
         {
             let mut t = this.table.try_lock()?;
@@ -248,6 +268,38 @@ impl ContextShared {
         }
     }
 
+    /// Destroys the pools whose mapping went. Process context.
+    fn reap_dead_pools(&self) {
+        loop {
+            let dead = {
+                let mut pools = self.pools.lock();
+                pools
+                    .iter_mut()
+                    .find(|p| p.as_ref().is_some_and(|p| p.is_dead()))
+                    .and_then(Option::take)
+            };
+            let Some(pool) = dead else {
+                break;
+            };
+            Pool::destroy(&pool);
+        }
+    }
+
+    /// Takes every pool out (the file's release).
+    fn take_pools(&self) -> KVec<Arc<Pool>> {
+        let mut out = KVec::new();
+        let mut pools = self.pools.lock();
+        // At most `MAX_POOLS`: the reservation cannot fail for want of room once made.
+        if out.reserve(pools.len(), GFP_ATOMIC).is_ok() {
+            for p in pools.iter_mut() {
+                if let Some(p) = p.take() {
+                    let _ = out.push_within_capacity(p);
+                }
+            }
+        }
+        out
+    }
+
     /// Revalidates every registration suspended since the last run: those
     /// whose pages are in place resume, the others end. Process context.
     fn revalidate_suspended(&self) {
@@ -272,7 +324,8 @@ impl ContextShared {
         let (ended, idle_ms) = {
             let mut t = this.table.lock();
             let registration = t.get(key).ok_or(ENOENT)?.clone();
-            if registration.refs(&t) == 0 {
+            // No reference to drop on a parked one; a pool's chunk belongs to the pool.
+            if registration.refs(&t) == 0 || registration.info.pool {
                 return Err(EINVAL.into());
             }
             if registration.put(&mut t) > 0 {
@@ -504,6 +557,10 @@ impl Context {
                 data_timer <- new_delayed_work!("memreg::ContextShared::data_timer"),
                 next_seq: Atomic::new(1),
                 peers <- new_spinlock!(Peers::new(), "memreg::ContextShared::peers"),
+                pools <- new_spinlock!(
+                    KVec::with_capacity(defs::MAX_POOLS, GFP_KERNEL_ACCOUNT)?,
+                    "memreg::ContextShared::pools"
+                ),
                 grant_epoch: Atomic::new(0),
             }),
             GFP_KERNEL_ACCOUNT,
@@ -682,6 +739,7 @@ impl Context {
             access,
             npages,
             keys,
+            pool: false,
         };
 
         // Everything the table needs is allocated before its lock is taken.
@@ -801,6 +859,15 @@ impl Context {
         let offset = (vma_pgoff(vma) as u64)
             .checked_mul(PAGE_SIZE as u64)
             .ok_or(EINVAL)?;
+        if offset >= defs::MMAP_POOL_BASE {
+            let index = (offset - defs::MMAP_POOL_BASE) >> defs::MMAP_POOL_SHIFT;
+            let index = u32::try_from(index).map_err(|_| EINVAL)?;
+            if offset != defs::mmap_pool(index) {
+                return Err(EINVAL);
+            }
+            let pool = self.pool(index).ok_or(EINVAL)?;
+            return Pool::mmap(&pool, vma);
+        }
         if let Some((pages, writable)) = self.data_area(offset)? {
             return pages.map_into(vma, 0, writable);
         }
@@ -1136,6 +1203,163 @@ impl Context {
         Ok(())
     }
 
+    /// The live pool of index `index`.
+    fn pool(&self, index: u32) -> Option<Arc<Pool>> {
+        self.shared
+            .pools
+            .lock()
+            .get(index as usize)
+            .and_then(Option::clone)
+    }
+
+    /// POOL_CREATE: creates a pool from `req` and its classes at
+    /// `req.classes`, and writes back both.
+    pub(crate) fn pool_create(&self, req: &mut defs::PoolCreate) -> OpResult {
+        if req.reserved0 != 0 {
+            return Err(EINVAL.into());
+        }
+        defs::check_reserved(&req.reserved)?;
+        if req.nr_classes == 0 || req.nr_classes > defs::POOL_MAX_CLASSES {
+            return Err(EINVAL.into());
+        }
+        let n = req.nr_classes as usize;
+        let size = core::mem::size_of::<defs::PoolClass>();
+        let slice = UserSlice::new(UserPtr::from_addr(req.classes as usize), n * size);
+        let (mut reader, mut writer) = slice.reader_writer();
+        let mut classes = KVec::with_capacity(n, GFP_KERNEL)?;
+        for _ in 0..n {
+            classes.push(reader.read::<defs::PoolClass>()?, GFP_KERNEL)?;
+        }
+        let data = &self.shared.data;
+        // Creations are serialized with those of queues.
+        let _serial = data.create.lock();
+        let index = self.shared.pools.lock().len();
+        if index >= defs::MAX_POOLS {
+            return Err(ENOSPC.into());
+        }
+        let pool = Pool::new(self.shared.clone(), index as u32, req, &mut classes)?;
+        for c in classes.iter() {
+            writer.write(c)?;
+        }
+        req.pool = index as u32;
+        req.map_bytes = pool.map_bytes as u64;
+        // Room for every pool was reserved; creation is serialized, so this is `index`.
+        self.shared
+            .pools
+            .lock()
+            .push_within_capacity(Some(pool))
+            .map_err(|_| ENOSPC)?;
+        Ok(())
+    }
+
+    /// POOL_ALLOC: hands out buffers into the user array `req.bufs`.
+    pub(crate) fn pool_alloc(&self, req: &mut defs::PoolAlloc) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        if req.flags & !defs::POOL_NO_FALLBACK != 0
+            || req.count == 0
+            || req.count > defs::POOL_MAX_BATCH
+            || req.timeout_ms > defs::POOL_MAX_TIMEOUT_MS
+        {
+            return Err(EINVAL.into());
+        }
+        let pool = self.pool(req.pool).ok_or(EINVAL)?;
+        let mut bufs = [Buffer::EMPTY; defs::POOL_MAX_BATCH as usize];
+        let want = bufs.get_mut(..req.count as usize).ok_or(EINVAL)?;
+        let fallback = req.flags & defs::POOL_NO_FALLBACK == 0;
+        let n = Pool::alloc(&pool, req.size, fallback, req.timeout_ms, want)?;
+        let got = want.get(..n).ok_or(EINVAL)?;
+        let size = core::mem::size_of::<defs::PoolBuf>();
+        let mut writer = UserSlice::new(UserPtr::from_addr(req.bufs as usize), n * size).writer();
+        for b in got.iter() {
+            let mut out: defs::PoolBuf = defs::zeroed();
+            out.addr = b.addr;
+            out.key = b.key;
+            out.offset = b.offset;
+            out.size = b.size;
+            out.class = b.class;
+            if let Err(e) = writer.write(&out) {
+                // The caller cannot learn them: they go back.
+                let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
+                for (a, b) in addrs.iter_mut().zip(got.iter()) {
+                    *a = b.addr;
+                }
+                let _ = Pool::free(&pool, addrs.get(..n).unwrap_or(&[]));
+                return Err(e.into());
+            }
+        }
+        req.count = n as u32;
+        Ok(())
+    }
+
+    /// POOL_FREE: gives back the buffers whose addresses are at
+    /// `req.addrs`.
+    pub(crate) fn pool_free(&self, req: &defs::PoolFree) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        if req.count == 0 || req.count > defs::POOL_MAX_BATCH {
+            return Err(EINVAL.into());
+        }
+        let pool = self.pool(req.pool).ok_or(EINVAL)?;
+        let n = req.count as usize;
+        let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
+        let mut reader = UserSlice::new(UserPtr::from_addr(req.addrs as usize), n * 8).reader();
+        for a in addrs.iter_mut().take(n) {
+            *a = reader.read::<u64>()?;
+        }
+        Pool::free(&pool, addrs.get(..n).ok_or(EINVAL)?)?;
+        Ok(())
+    }
+
+    /// POOL_STATS: the counters of each class of pool `req.pool`.
+    pub(crate) fn pool_stats(&self, req: &mut defs::PoolInfo) -> OpResult {
+        defs::check_reserved(&req.reserved)?;
+        let pool = self.pool(req.pool).ok_or(EINVAL)?;
+        let n = pool.nr_classes().min(req.count as usize);
+        let size = core::mem::size_of::<defs::PoolStats>();
+        let mut writer = UserSlice::new(UserPtr::from_addr(req.stats as usize), n * size).writer();
+        for c in 0..n {
+            writer.write(&pool.stats(c).ok_or(EINVAL)?)?;
+        }
+        req.count = pool.nr_classes() as u32;
+        Ok(())
+    }
+
+    /// POOL_DESTROY: ends pool `req.pool` for good.
+    pub(crate) fn pool_destroy(&self, req: &defs::PoolDestroy) -> OpResult {
+        if req.reserved != 0 {
+            return Err(EINVAL.into());
+        }
+        let pool = self
+            .shared
+            .pools
+            .lock()
+            .get_mut(req.pool as usize)
+            .and_then(Option::take)
+            .ok_or(EINVAL)?;
+        Pool::destroy(&pool);
+        Ok(())
+    }
+
+    /// The pools' counters, for fdinfo: `(pool, class, counters)`.
+    pub(crate) fn pool_lines(&self, mut f: impl FnMut(u32, usize, &defs::PoolStats)) {
+        let pools: KVec<Arc<Pool>> = {
+            let mut out = KVec::new();
+            let pools = self.shared.pools.lock();
+            if out.reserve(pools.len(), GFP_ATOMIC).is_ok() {
+                for p in pools.iter().flatten() {
+                    let _ = out.push_within_capacity(p.clone());
+                }
+            }
+            out
+        };
+        for p in pools.iter() {
+            for c in 0..p.nr_classes() {
+                if let Some(s) = p.stats(c) {
+                    f(p.index, c, &s);
+                }
+            }
+        }
+    }
+
     /// Attachments this context holds.
     pub(crate) fn peer_count(&self) -> usize {
         self.shared.peers.lock().len()
@@ -1309,6 +1533,11 @@ impl Drop for Context {
         // The timer may have queued the worker again before it was cancelled.
         cancel_delayed_sync::<_, 3>(&self.shared);
         cancel_sync::<_, 2>(&self.shared);
+        // The pools go: their chunks end and their pages leave the mapping (when the address
+        // space is still there) before everything else ends.
+        for pool in self.shared.take_pools().iter() {
+            Pool::destroy(pool);
+        }
         // The handles' references on other contexts go (the cycle of two files attached to
         // each other breaks here), and what the worker kept of waiting SENDs.
         let peers = self.shared.peers.lock().take_all();

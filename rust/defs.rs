@@ -74,6 +74,23 @@ pub(crate) const CQE_IMM: u32 = uapi::MEMREG_CQE_IMM;
 pub(crate) const MAX_PEERS: usize = uapi::MEMREG_MAX_PEERS as usize;
 pub(crate) const MAX_SENDERS: usize = uapi::MEMREG_MAX_SENDERS as usize;
 pub(crate) const MAX_RNR_TIMEOUT_MS: u32 = uapi::MEMREG_MAX_RNR_TIMEOUT_MS;
+pub(crate) const MAX_POOLS: usize = uapi::MEMREG_MAX_POOLS as usize;
+pub(crate) const POOL_MAX_CLASSES: u32 = uapi::MEMREG_POOL_MAX_CLASSES;
+pub(crate) const POOL_MIN_BUFFER: u32 = uapi::MEMREG_POOL_MIN_BUFFER;
+pub(crate) const POOL_MAX_BUFFER: u32 = uapi::MEMREG_POOL_MAX_BUFFER;
+pub(crate) const POOL_MAX_BUFFERS: u32 = uapi::MEMREG_POOL_MAX_BUFFERS;
+pub(crate) const POOL_MAX_BATCH: u32 = uapi::MEMREG_POOL_MAX_BATCH;
+pub(crate) const POOL_MAX_TIMEOUT_MS: u32 = uapi::MEMREG_POOL_MAX_TIMEOUT_MS;
+pub(crate) const POOL_NO_FALLBACK: u32 = uapi::MEMREG_POOL_NO_FALLBACK;
+/// The first mmap offset of the pools (`MEMREG_MMAP_POOL(0)`).
+pub(crate) const MMAP_POOL_BASE: u64 = 1 << 40;
+/// Bits of a pool's mmap offset range (`MEMREG_MMAP_POOL`).
+pub(crate) const MMAP_POOL_SHIFT: u32 = 36;
+
+/// `MEMREG_MMAP_POOL(pool)`.
+pub(crate) const fn mmap_pool(pool: u32) -> u64 {
+    MMAP_POOL_BASE + ((pool as u64) << MMAP_POOL_SHIFT)
+}
 pub(crate) const QUEUE_NEED_WAKEUP: u32 = uapi::MEMREG_QUEUE_NEED_WAKEUP;
 pub(crate) const QUEUE_CQ_FULL: u32 = uapi::MEMREG_QUEUE_CQ_FULL;
 pub(crate) const MAX_IDLE_MS: u64 = uapi::MEMREG_MAX_IDLE_MS as u64;
@@ -122,6 +139,14 @@ pub(crate) type QueueStats = uapi::memreg_queue_stats;
 pub(crate) type PeerAttach = uapi::memreg_peer_attach;
 pub(crate) type PeerDetach = uapi::memreg_peer_detach;
 pub(crate) type QueueConnect = uapi::memreg_queue_connect;
+pub(crate) type PoolClass = uapi::memreg_pool_class;
+pub(crate) type PoolCreate = uapi::memreg_pool_create;
+pub(crate) type PoolBuf = uapi::memreg_pool_buf;
+pub(crate) type PoolAlloc = uapi::memreg_pool_alloc;
+pub(crate) type PoolFree = uapi::memreg_pool_free;
+pub(crate) type PoolStats = uapi::memreg_pool_stats;
+pub(crate) type PoolInfo = uapi::memreg_pool_info;
+pub(crate) type PoolDestroy = uapi::memreg_pool_destroy;
 
 pub(crate) const IOC_GET_VERSION: u32 = _IOR::<u32>(MAGIC, 0x00);
 pub(crate) const IOC_REGISTER: u32 = _IOWR::<Register>(MAGIC, 0x01);
@@ -142,6 +167,11 @@ pub(crate) const IOC_PEER_ATTACH: u32 = _IOWR::<PeerAttach>(MAGIC, 0x0f);
 pub(crate) const IOC_PEER_DETACH: u32 = _IOW::<PeerDetach>(MAGIC, 0x10);
 pub(crate) const IOC_PEER_REVOKE: u32 = _IO(MAGIC, 0x11);
 pub(crate) const IOC_QUEUE_CONNECT: u32 = _IOW::<QueueConnect>(MAGIC, 0x12);
+pub(crate) const IOC_POOL_CREATE: u32 = _IOWR::<PoolCreate>(MAGIC, 0x13);
+pub(crate) const IOC_POOL_ALLOC: u32 = _IOWR::<PoolAlloc>(MAGIC, 0x14);
+pub(crate) const IOC_POOL_FREE: u32 = _IOW::<PoolFree>(MAGIC, 0x15);
+pub(crate) const IOC_POOL_STATS: u32 = _IOWR::<PoolInfo>(MAGIC, 0x16);
+pub(crate) const IOC_POOL_DESTROY: u32 = _IOW::<PoolDestroy>(MAGIC, 0x17);
 
 /// Fails with `EINVAL` unless every reserved word is zero.
 pub(crate) fn check_reserved(words: &[u64]) -> Result {
@@ -198,6 +228,14 @@ mod tests {
         assert_eq!(IOC_QUEUE_CONNECT, ioc(1, 32, 18));
         assert_eq!(core::mem::size_of::<Cqe>(), 32);
         assert_eq!(core::mem::size_of::<Sqe>(), 56);
+        assert_eq!(IOC_POOL_CREATE, ioc(3, 48, 0x13));
+        assert_eq!(IOC_POOL_ALLOC, ioc(3, 48, 0x14));
+        assert_eq!(IOC_POOL_FREE, ioc(1, 32, 0x15));
+        assert_eq!(IOC_POOL_STATS, ioc(3, 32, 0x16));
+        assert_eq!(IOC_POOL_DESTROY, ioc(1, 8, 0x17));
+        assert_eq!(core::mem::size_of::<PoolClass>(), 32);
+        assert_eq!(core::mem::size_of::<PoolBuf>(), 32);
+        assert_eq!(mmap_pool(1), (1 << 40) + (1 << 36));
         assert_eq!(core::mem::size_of::<Event>(), 32);
         assert_eq!(
             core::mem::size_of::<uapi::memreg_event_ring>(),

@@ -163,6 +163,7 @@ mod tests {
                 lkey: n << 24,
                 rkey: n,
             },
+            pool: false,
         }
     }
 

@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod key;
 mod peer;
+mod pool;
 mod queue;
 mod registration;
 mod stats;
@@ -155,6 +156,25 @@ impl MiscDevice for Context {
         seq_print!(m, "memreg-park_max_pages:\t{}\n", config.max_parked_pages);
         seq_print!(m, "memreg-park_idle_ms:\t{}\n", config.idle_ms);
         seq_print!(m, "memreg-peers:\t{}\n", me.peer_count());
+        me.pool_lines(|p, c, s| {
+            seq_print!(
+                m,
+                "memreg-pool{}-class{}:\tboundary {} allocated {} free {} grows {} shrinks {} \
+                 waits {} timeouts {} fallbacks {} leaks_reclaimed {} quarantined {}\n",
+                p,
+                c,
+                s.boundary,
+                s.allocated,
+                s.free,
+                s.grows,
+                s.shrinks,
+                s.waits,
+                s.timeouts,
+                s.fallbacks,
+                s.leaks_reclaimed,
+                s.quarantined
+            );
+        });
         seq_print!(m, "{}", stats::Shown(&stats));
     }
 
@@ -180,7 +200,12 @@ impl MiscDevice for Context {
             | defs::IOC_PEER_ATTACH
             | defs::IOC_PEER_DETACH
             | defs::IOC_PEER_REVOKE
-            | defs::IOC_QUEUE_CONNECT => {
+            | defs::IOC_QUEUE_CONNECT
+            | defs::IOC_POOL_CREATE
+            | defs::IOC_POOL_ALLOC
+            | defs::IOC_POOL_FREE
+            | defs::IOC_POOL_STATS
+            | defs::IOC_POOL_DESTROY => {
                 me.check_owner()?;
                 me.touch();
             }
@@ -265,6 +290,27 @@ impl MiscDevice for Context {
             }
             defs::IOC_QUEUE_CONNECT => {
                 me.queue_connect(&reader.read()?)?;
+            }
+            defs::IOC_POOL_CREATE => {
+                let mut req: defs::PoolCreate = reader.read()?;
+                me.pool_create(&mut req)?;
+                writer.write(&req)?;
+            }
+            defs::IOC_POOL_ALLOC => {
+                let mut req: defs::PoolAlloc = reader.read()?;
+                me.pool_alloc(&mut req)?;
+                writer.write(&req)?;
+            }
+            defs::IOC_POOL_FREE => {
+                me.pool_free(&reader.read()?)?;
+            }
+            defs::IOC_POOL_STATS => {
+                let mut req: defs::PoolInfo = reader.read()?;
+                me.pool_stats(&mut req)?;
+                writer.write(&req)?;
+            }
+            defs::IOC_POOL_DESTROY => {
+                me.pool_destroy(&reader.read()?)?;
             }
             _ => return Err(ENOTTY),
         }

@@ -87,6 +87,9 @@ pub(crate) struct RegistrationInfo {
     pub(crate) npages: usize,
     /// The keys.
     pub(crate) keys: KeyPair,
+    /// A chunk of a buffer pool (`pool.rs`): its pages are the pool's, the
+    /// pool alone ends it, and REGISTER never returns it.
+    pub(crate) pool: bool,
 }
 
 impl RegistrationInfo {
@@ -428,9 +431,10 @@ impl Registration {
             return Err(Refused::Raced(parts));
         }
         // A suspended one is not taken: its pages may have moved. Ours serves the request then.
+        // A pool's chunk serves no REGISTER and is published whatever the cap.
         if let Some(winner) = t
             .find_cover(info.addr, info.length, info.access)
-            .filter(|w| !w.is_suspended())
+            .filter(|w| !w.is_suspended() && !info.pool)
         {
             let winner = winner.clone();
             drop(st);
@@ -440,7 +444,7 @@ impl Registration {
                 Err(_) => Err(Refused::Overflow(parts)),
             };
         }
-        if t.len() >= max || !t.may_overlap(info) {
+        if !info.pool && (t.len() >= max || !t.may_overlap(info)) {
             return Err(Refused::Quota(parts));
         }
         let npages = parts.pages.pages() as u64;
@@ -837,6 +841,7 @@ mod tests {
                 lkey: 1 << 24,
                 rkey: 2 << 24,
             },
+            pool: false,
         }
     }
 

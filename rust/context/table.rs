@@ -233,7 +233,7 @@ impl RegistrationTable {
         self.by_range
             .iter(first, first)
             .map(|(_, _, r)| r)
-            .find(|r| r.info.covers(addr, length, access) && r.is_live())
+            .find(|r| r.info.covers(addr, length, access) && r.is_live() && !r.info.pool)
     }
 
     // TODO(partial-overlap): a range only partly covered by live registrations becomes a

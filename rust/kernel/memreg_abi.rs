@@ -84,6 +84,22 @@ plain_data! {
     memreg_peer_attach { fd, peer, reserved },
     memreg_peer_detach { peer, reserved },
     memreg_queue_connect { queue, peer, remote_queue, rnr_timeout_ms, reserved },
+    memreg_pool_class {
+        buffer_size, max_buffers, low_watermark, high_watermark, initial, chunk_buffers, offset,
+    },
+    memreg_pool_create {
+        classes, nr_classes, access, leak_timeout_ms, shrink_ms, pool, reserved0, map_bytes,
+        reserved,
+    },
+    memreg_pool_buf { addr, key, offset, size, class },
+    memreg_pool_alloc { pool, flags, size, bufs, count, timeout_ms, reserved },
+    memreg_pool_free { pool, count, addrs, reserved },
+    memreg_pool_stats {
+        boundary, allocated, free, grows, shrinks, waits, timeouts, fallbacks, leaks_reclaimed,
+        quarantined,
+    },
+    memreg_pool_info { pool, count, stats, reserved },
+    memreg_pool_destroy { pool, reserved },
     memreg_queue_stats {
         requests, completions, errors, doorbells, wakeups, batches, batch_max, batch_limit,
         poll_us, cq_full_stalls, shadow_hits, shadow_misses, master_overflows, remote_bytes,

@@ -628,8 +628,8 @@ struct memreg_cq_ring {
  *             never gave out), -EACCES (a registration without the access),
  *             -EAGAIN (a suspended registration still being invalidated),
  *             -EOVERFLOW (offset + length wraps), -ENOMEM (out of memory),
- *             -ECANCELED (the file is being released; a RECV still posted
- *             then), -ENOTCONN (a peer handle this file does not have, or a
+ *             -ECANCELED (the file is being released; RECVs still posted
+ *             then are dropped without a completion), -ENOTCONN (a peer handle this file does not have, or a
  *             SEND on a queue that is not connected), -ECONNRESET (the peer
  *             closed its file or revoked its grants), -ENOBUFS (SEND: no
  *             RECV was posted within the connection's rnr_timeout_ms),
@@ -829,6 +829,217 @@ struct memreg_queue_connect {
 	__u64 reserved[2];
 };
 
+/*
+ * Buffer pools (see "Buffer pools" in Documentation/memreg.rst). A pool is
+ * a set of size classes; each class is a partition, one contiguous range of
+ * the pool's mapping (MEMREG_MMAP_POOL(pool), MAP_SHARED, the length
+ * POOL_CREATE reports) holding @max_buffers buffers of @buffer_size bytes
+ * at @offset. Below each partition's boundary the buffers are the kernel's
+ * own pages, pinned, charged like a registration and mapped; above it
+ * nothing is mapped (touching it faults). The boundary moves in chunks of
+ * @chunk_buffers buffers: up when free buffers fall to @low_watermark (the
+ * pool's work maps a chunk more), down when more than @high_watermark stay
+ * free for the pool's @shrink_ms, or under memory pressure. Each chunk is a
+ * registration: a buffer's key and offset (from ALLOC) work in COPY and on
+ * the rings with the pool's @access, until the chunk leaves.
+ *
+ * A buffer still allocated above a boundary that moves down is waited for
+ * @leak_timeout_ms, then reclaimed: its pages leave the mapping and its key
+ * dies. A reclaimed buffer is never handed out again until its holder FREEs
+ * it (FREE then fails with ESTALE, and the buffer is free again).
+ */
+#define MEMREG_MAX_POOLS		16
+#define MEMREG_POOL_MAX_CLASSES		8
+#define MEMREG_POOL_MIN_BUFFER		64
+#define MEMREG_POOL_MAX_BUFFER		(1U << 21)	/* 2 MiB */
+#define MEMREG_POOL_MAX_BUFFERS		65536		/* per class */
+#define MEMREG_POOL_MAX_BATCH		64		/* buffers per ALLOC/FREE */
+#define MEMREG_POOL_MAX_TIMEOUT_MS	60000
+#define MEMREG_MMAP_POOL(p)		((1ULL << 40) + ((__u64)(p) << 36))
+
+/**
+ * struct memreg_pool_class - one size class of a pool
+ * @buffer_size:    in: a power of two, MEMREG_POOL_MIN_BUFFER ..
+ *                  MEMREG_POOL_MAX_BUFFER; classes in increasing order
+ * @max_buffers:    in: 1 .. MEMREG_POOL_MAX_BUFFERS, a multiple of the
+ *                  class's chunk (out: @chunk_buffers)
+ * @low_watermark:  in: grow when this many or fewer buffers are free,
+ *                  below @max_buffers
+ * @high_watermark: in: shrink when more than this many stay free, at least
+ *                  @low_watermark + @chunk_buffers (0: never shrink by use)
+ * @initial:        in: buffers mapped when the pool is mapped, a multiple
+ *                  of @chunk_buffers, at most @max_buffers
+ * @chunk_buffers:  out: buffers per chunk: one chunk is max(64 KiB,
+ *                  @buffer_size) of memory
+ * @offset:         out: the partition's offset in the pool's mapping
+ */
+struct memreg_pool_class {
+	__u32 buffer_size;
+	__u32 max_buffers;
+	__u32 low_watermark;
+	__u32 high_watermark;
+	__u32 initial;
+	__u32 chunk_buffers;
+	__u64 offset;
+};
+
+/**
+ * struct memreg_pool_create - create a pool (MEMREG_IOC_POOL_CREATE)
+ * @classes:         in: user array of @nr_classes struct memreg_pool_class
+ *                   (read, and written back with the out fields)
+ * @nr_classes:      in: 1 .. MEMREG_POOL_MAX_CLASSES
+ * @access:          in: MEMREG_ACCESS_* of the buffers' keys (LOCAL_WRITE
+ *                   at least: the pages are the pool's, always writable)
+ * @leak_timeout_ms: in: how long a shrink waits for an allocated buffer
+ *                   before reclaiming it, 1 .. MEMREG_POOL_MAX_TIMEOUT_MS
+ * @shrink_ms:       in: how long a partition stays above its high watermark
+ *                   before it shrinks, 0 .. MEMREG_POOL_MAX_TIMEOUT_MS
+ * @pool:            out: the pool's index, 0 .. MEMREG_MAX_POOLS - 1
+ * @reserved0:       must be zero
+ * @map_bytes:       out: the length of the MEMREG_MMAP_POOL(pool) mapping
+ * @reserved:        must be zero
+ *
+ * Nothing is mapped or charged until the process maps the pool (once; the
+ * mapping is not inherited by fork). EINVAL for a bad field, ENOSPC past
+ * MEMREG_MAX_POOLS, EFAULT for a bad @classes, ENOMEM.
+ */
+struct memreg_pool_create {
+	__u64 classes;
+	__u32 nr_classes;
+	__u32 access;
+	__u32 leak_timeout_ms;
+	__u32 shrink_ms;
+	__u32 pool;
+	__u32 reserved0;
+	__u64 map_bytes;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_pool_buf - an allocated buffer
+ * @addr:   its address in the pool's mapping
+ * @key:    the local key of its chunk's registration
+ * @offset: its offset in that registration
+ * @size:   its class's buffer size
+ * @class:  its class's index
+ */
+struct memreg_pool_buf {
+	__u64 addr;
+	__u64 key;
+	__u64 offset;
+	__u32 size;
+	__u32 class;
+};
+
+/* struct memreg_pool_alloc.flags */
+#define MEMREG_POOL_NO_FALLBACK		(1U << 0)	/* only the smallest class
+							 * that fits */
+
+/**
+ * struct memreg_pool_alloc - allocate buffers (MEMREG_IOC_POOL_ALLOC)
+ * @pool:       in: the pool
+ * @flags:      in: MEMREG_POOL_NO_FALLBACK or zero
+ * @size:       in: bytes wanted per buffer, 1 .. the largest class's size
+ * @bufs:       in: user array of @count struct memreg_pool_buf, filled
+ * @count:      in: buffers wanted, 1 .. MEMREG_POOL_MAX_BATCH; out: given,
+ *              at least 1
+ * @timeout_ms: in: how long to wait when none is free, 0 ..
+ *              MEMREG_POOL_MAX_TIMEOUT_MS (0: do not wait)
+ * @reserved:   must be zero
+ *
+ * Buffers come from the smallest class whose buffers fit @size, or, when it
+ * has none free and cannot grow at once, from the next larger class (unless
+ * MEMREG_POOL_NO_FALLBACK). With none free anywhere it may take, ALLOC
+ * waits for a growth or a FREE: EAGAIN with @timeout_ms 0, ETIMEDOUT after
+ * it (also when the class cannot grow: maximum, module budget or
+ * RLIMIT_MEMLOCK), EINTR on a signal. ENXIO before the pool is mapped or
+ * once its mapping went (the pool is then destroyed, and its index gives
+ * EINVAL); EINVAL for a bad field or pool, EFAULT for a bad @bufs (the
+ * buffers go back).
+ */
+struct memreg_pool_alloc {
+	__u32 pool;
+	__u32 flags;
+	__u64 size;
+	__u64 bufs;
+	__u32 count;
+	__u32 timeout_ms;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_pool_free - give buffers back (MEMREG_IOC_POOL_FREE)
+ * @pool:     in: the pool
+ * @count:    in: 1 .. MEMREG_POOL_MAX_BATCH
+ * @addrs:    in: user array of @count buffer addresses (__u64)
+ * @reserved: must be zero
+ *
+ * All or nothing: EINVAL, freeing none, if an address is not the start of
+ * an allocated buffer of the pool or appears twice. ESTALE when one was
+ * reclaimed as a leak: the others are freed, and so is it (it may be
+ * handed out again from now on).
+ */
+struct memreg_pool_free {
+	__u32 pool;
+	__u32 count;
+	__u64 addrs;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_pool_stats - a partition's counters
+ *                            (MEMREG_IOC_POOL_STATS, one per class)
+ * @boundary:  buffers below the boundary (mapped)
+ * @allocated: buffers allocated now
+ * @free:      buffers below the boundary and free
+ * @grows:     chunks mapped
+ * @shrinks:   chunks unmapped
+ * @waits:     ALLOC calls that waited
+ * @timeouts:  ALLOC calls that gave up
+ * @fallbacks: buffers given from this class for a smaller size
+ * @leaks_reclaimed: allocated buffers reclaimed after the leak timeout
+ * @quarantined: reclaimed buffers not yet freed by their holder
+ */
+struct memreg_pool_stats {
+	__u64 boundary;
+	__u64 allocated;
+	__u64 free;
+	__u64 grows;
+	__u64 shrinks;
+	__u64 waits;
+	__u64 timeouts;
+	__u64 fallbacks;
+	__u64 leaks_reclaimed;
+	__u64 quarantined;
+};
+
+/**
+ * struct memreg_pool_info - a pool's state (MEMREG_IOC_POOL_STATS)
+ * @pool:     in: the pool
+ * @count:    in: room in @stats; out: the pool's number of classes
+ * @stats:    in: user array of @count struct memreg_pool_stats, filled
+ * @reserved: must be zero
+ */
+struct memreg_pool_info {
+	__u32 pool;
+	__u32 count;
+	__u64 stats;
+	__u64 reserved[2];
+};
+
+/**
+ * struct memreg_pool_destroy - destroy a pool (MEMREG_IOC_POOL_DESTROY)
+ * @pool:     in: the pool (EINVAL if there is none)
+ * @reserved: must be zero
+ *
+ * Every chunk leaves: keys die, pages leave the mapping (touching it
+ * faults) and are freed, charges are released. The index is not reused.
+ */
+struct memreg_pool_destroy {
+	__u32 pool;
+	__u32 reserved;
+};
+
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
 #define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
 #define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
@@ -848,5 +1059,10 @@ struct memreg_queue_connect {
 #define MEMREG_IOC_PEER_DETACH	_IOW(MEMREG_IOC_MAGIC, 0x10, struct memreg_peer_detach)
 #define MEMREG_IOC_PEER_REVOKE	_IO(MEMREG_IOC_MAGIC, 0x11)
 #define MEMREG_IOC_QUEUE_CONNECT _IOW(MEMREG_IOC_MAGIC, 0x12, struct memreg_queue_connect)
+#define MEMREG_IOC_POOL_CREATE	_IOWR(MEMREG_IOC_MAGIC, 0x13, struct memreg_pool_create)
+#define MEMREG_IOC_POOL_ALLOC	_IOWR(MEMREG_IOC_MAGIC, 0x14, struct memreg_pool_alloc)
+#define MEMREG_IOC_POOL_FREE	_IOW(MEMREG_IOC_MAGIC, 0x15, struct memreg_pool_free)
+#define MEMREG_IOC_POOL_STATS	_IOWR(MEMREG_IOC_MAGIC, 0x16, struct memreg_pool_info)
+#define MEMREG_IOC_POOL_DESTROY	_IOW(MEMREG_IOC_MAGIC, 0x17, struct memreg_pool_destroy)
 
 #endif /* _UAPI_LINUX_MEMREG_H */

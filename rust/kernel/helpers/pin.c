@@ -88,3 +88,14 @@ __rust_helper void *rust_helper_page_address(const struct page *page)
 {
 	return page_address(page);
 }
+
+/* Another reference on @u (put with free_uid()). */
+__rust_helper struct user_struct *rust_helper_get_uid(struct user_struct *u)
+{
+	return get_uid(u);
+}
+
+__rust_helper void rust_helper_put_page(struct page *page)
+{
+	put_page(page);
+}

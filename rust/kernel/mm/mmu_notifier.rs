@@ -27,7 +27,7 @@
 use crate::{
     bindings,
     error::{to_result, Result},
-    mm::{Mm, MmWithUser},
+    mm::{virt::VmaNew, Mm, MmWithUser},
     prelude::*,
     sync::{
         aref::ARef,
@@ -346,6 +346,46 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         // table.
         let ret = unsafe {
             bindings::mmu_interval_notifier_insert(
+                notifier.sub.get(),
+                mm.as_raw(),
+                start,
+                length,
+                &Self::OPS,
+            )
+        };
+        if let Err(e) = to_result(ret) {
+            // INVARIANT: A failed insertion is final.
+            notifier.state.store(STATE_FAILED, Release);
+            return Err(e);
+        }
+        // INVARIANT: The subscription is inserted; the `Subscription` returned owns `this`.
+        notifier.state.store(STATE_INSERTED, Release);
+        Ok(Subscription { this })
+    }
+
+    /// Inserts the notifier of `this` for `length` bytes from `start` of the
+    /// address space of `vma`, from the `mmap` handler that is creating
+    /// `vma` (its caller holds the address space's `mmap_lock` for writing,
+    /// which [`IntervalNotifier::insert`] would take). Otherwise as
+    /// [`IntervalNotifier::insert`].
+    pub fn insert_locked(
+        this: Arc<T>,
+        vma: &VmaNew,
+        start: usize,
+        length: usize,
+    ) -> Result<Subscription<T>> {
+        // SAFETY: `this` is a valid `T`.
+        let notifier = unsafe { &*T::raw_get_notifier(&*this) };
+        notifier
+            .state
+            .cmpxchg(STATE_IDLE, STATE_INSERTING, Full)
+            .map_err(|_| EBUSY)?;
+        let mm = vma.mm();
+        notifier.mm.populate(ARef::from(&**mm));
+        // SAFETY: As in `insert`; a `VmaNew` exists only inside an `mmap` handler, whose caller
+        // holds `mm`'s `mmap_lock` for writing, as `mmu_interval_notifier_insert_locked` needs.
+        let ret = unsafe {
+            bindings::mmu_interval_notifier_insert_locked(
                 notifier.sub.get(),
                 mm.as_raw(),
                 start,

@@ -26,7 +26,7 @@ use crate::{
     bindings,
     error::{code::*, Error, Result},
     mm::Mm,
-    page::{PAGE_SHIFT, PAGE_SIZE},
+    page::{Page, PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
     sync::{
         aref::ARef,
@@ -369,6 +369,22 @@ impl LockedMemory {
         })
     }
 
+    /// Creates an empty charge for the same user and address space, with the
+    /// same limit: for pages a worker charges later on the task's behalf.
+    pub fn new_like(&self) -> Self {
+        // SAFETY: By the type invariant `user` is alive; the helper takes a new reference (and
+        // returns `user` itself).
+        unsafe { bindings::get_uid(self.user.as_ptr()) };
+        // INVARIANT: We hold a new reference on `user` and charged nothing yet.
+        Self {
+            user: self.user,
+            mm: self.mm.clone(),
+            limited: self.limited,
+            limit: self.limit,
+            pages: 0,
+        }
+    }
+
     /// The user's locked memory counter.
     fn locked_vm(&self) -> &Atomic<isize> {
         // SAFETY: By the type invariant `user` is alive while we hold it; the helper returns the
@@ -506,6 +522,9 @@ impl Drop for LockedMemory {
 pub struct PinnedPages {
     extents: Extents,
     writable: bool,
+    /// The pages are the kernel's own (see [`PinnedPages::from_pages`]):
+    /// each holds one page reference of ours instead of a pin.
+    owned: bool,
 }
 
 impl PinnedPages {
@@ -545,6 +564,7 @@ impl PinnedPages {
         let mut this = Self {
             extents: Extents::new(),
             writable,
+            owned: false,
         };
         let cap = npages.min(PIN_BATCH);
         // Small registrations, the common case, pin without allocating a batch array.
@@ -611,6 +631,55 @@ impl PinnedPages {
     /// Whether the pages were pinned for writing.
     pub fn writable(&self) -> bool {
         self.writable
+    }
+
+    /// Takes over pages the kernel allocated itself (a driver's buffers,
+    /// which it may also map into a process), to use them through the same
+    /// translation entries as pinned user pages. They are held by a page
+    /// reference rather than a pin, always writable, and that reference is
+    /// dropped with the result (the pages are freed once no mapping holds
+    /// them either).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use kernel::mm::pin::PinnedPages;
+    /// use kernel::page::{Page, PAGE_SIZE};
+    ///
+    /// let mut pages = KVec::new();
+    /// for _ in 0..3 {
+    ///     pages.push(Page::alloc_page(GFP_KERNEL | __GFP_ZERO)?, GFP_KERNEL)?;
+    /// }
+    /// let owned = PinnedPages::from_pages(pages)?;
+    /// assert_eq!(owned.pages(), 3);
+    /// assert!(owned.writable());
+    /// owned.write(PAGE_SIZE - 1, b"ab")?;
+    /// let mut back = [0u8; 2];
+    /// owned.read(PAGE_SIZE - 1, &mut back)?;
+    /// assert_eq!(&back, b"ab");
+    /// # Ok::<(), Error>(())
+    /// ```
+    pub fn from_pages(pages: KVec<Page>) -> Result<Self> {
+        if pages.is_empty() || u32::try_from(pages.len()).is_err() {
+            return Err(EINVAL);
+        }
+        let mut raw = KVec::with_capacity(pages.len(), GFP_KERNEL)?;
+        for page in pages.iter() {
+            raw.push(page.as_ptr(), GFP_KERNEL)?;
+        }
+        let mut this = Self {
+            extents: Extents::new(),
+            writable: true,
+            owned: true,
+        };
+        this.extents.push_pinned(&raw, core::ptr::null_mut())?;
+        // INVARIANT: Each page's reference, owned by its `Page` until now, moves to `this`;
+        // `Drop` puts it.
+        for page in pages {
+            core::mem::forget(page);
+        }
+        this.extents.shrink();
+        Ok(this)
     }
 
     /// Fills `out` with the page frame numbers of the pinned pages from index
@@ -759,8 +828,22 @@ impl PinnedPages {
 }
 
 impl Drop for PinnedPages {
-    /// Unpins the pages, rescheduling every [`UNPIN_BATCH`] pages. May sleep.
+    /// Unpins the pages (puts them, for pages the kernel owns), rescheduling
+    /// every [`UNPIN_BATCH`] pages. May sleep.
     fn drop(&mut self) {
+        if self.owned {
+            for e in self.extents.as_slice() {
+                for i in 0..e.pages {
+                    // SAFETY: By the type invariant each page of `e` holds one reference of ours
+                    // (taken by `alloc_pages` for a `Page`), released once here.
+                    unsafe {
+                        bindings::put_page(bindings::pfn_to_page((e.pfn + u64::from(i)) as usize))
+                    };
+                }
+                cond_resched();
+            }
+            return;
+        }
         for e in self.extents.as_slice() {
             let mut done = 0;
             while done < e.pages {

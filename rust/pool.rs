@@ -1,0 +1,1112 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Buffer pools: reserved and unreserved memory with a moving boundary.
+//!
+//! A pool is a set of size classes. Each class is a partition: one range of
+//! the pool's mapping, `max_buffers` buffers of one size, reserved in full
+//! when the process maps the pool. Below the partition's boundary the
+//! buffers are the kernel's own pages, mapped into the process and
+//! published as registrations; above it nothing is mapped. The boundary
+//! moves in chunks (at least 64 KiB, whole buffers and whole pages), each
+//! chunk one registration owned by the pool, whose key the buffers in it
+//! carry.
+//!
+//! A bitmap per partition says which buffers are allocated. ALLOC takes the
+//! lowest free buffer below the partition's allocation limit (the boundary,
+//! or one chunk less while that chunk is being given back), FREE gives it
+//! back by address. When the free buffers fall to the low watermark the
+//! pool's work maps another chunk (grow); when more than the high watermark
+//! stay free for `shrink_ms`, or the context's shrinker asks, the work gives
+//! the last chunk back (shrink): no buffer is handed out from it any more,
+//! the allocated ones in it are waited for and, after the leak timeout,
+//! reclaimed: quarantined (never handed out again until their holder FREEs
+//! them) and, with the chunk, unmapped from the process and their key
+//! ended.
+//!
+//! The pool watches its whole mapping with an interval notifier: an unmap
+//! (munmap, mremap, `MAP_FIXED` over it, the address space's end) kills the
+//! pool, and its work tears it down. The mapping is not inherited by fork.
+//!
+//! # Lock order
+//!
+//! `Pool::grow_lock` (mutex: one growth or shrink at a time, across
+//! `mmap_lock` and the context's table lock) comes first, then the address
+//! space's `mmap_lock`, then `ContextShared::table`; `Pool::state`
+//! (spinlock) is a leaf, never held across anything that sleeps or takes
+//! another lock.
+
+use crate::{
+    accounting::Charges,
+    context::{table::Nodes, ContextShared},
+    defs,
+    key::KeyPair,
+    registration::{Parts, Refused, Registration, RegistrationInfo},
+};
+use kernel::{
+    impl_has_delayed_work, impl_has_work,
+    mm::{
+        mmu_notifier::{
+            impl_has_interval_notifier, Event, IntervalNotifier, IntervalNotifierOps, Range,
+            Subscription,
+        },
+        pin::PinnedPages,
+        shared_pages::{vma_pgoff, SharedPages},
+        virt::VmaNew,
+        MmWithUser,
+    },
+    new_condvar, new_delayed_work, new_mutex, new_spinlock, new_work,
+    page::{Page, PAGE_SIZE},
+    prelude::*,
+    random::{get_random_u32, get_random_u64},
+    sync::{
+        aref::ARef,
+        atomic::{Atomic, Relaxed},
+        Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock,
+    },
+    task::resched::cond_resched,
+    time::{jiffies, msecs_to_jiffies, Jiffies},
+    workqueue::{
+        cancel::{cancel_delayed_sync, cancel_sync},
+        dfl, DelayedWork, Work, WorkItem,
+    },
+};
+
+/// Bytes of memory a chunk holds at least.
+const MIN_CHUNK_BYTES: usize = 64 * 1024;
+
+/// One size class's fixed parameters.
+pub(crate) struct Class {
+    /// Bytes per buffer, a power of two.
+    pub(crate) buffer_size: usize,
+    /// Buffers in the partition.
+    pub(crate) max_buffers: usize,
+    /// Grow at this many free buffers or fewer.
+    pub(crate) low: usize,
+    /// Shrink when more stay free (0: never by use).
+    pub(crate) high: usize,
+    /// Buffers mapped at first.
+    pub(crate) initial: usize,
+    /// Buffers per chunk.
+    pub(crate) chunk_buffers: usize,
+    /// The partition's offset in the mapping.
+    pub(crate) offset: usize,
+}
+
+impl Class {
+    /// Bytes per chunk.
+    fn chunk_bytes(&self) -> usize {
+        self.chunk_buffers * self.buffer_size
+    }
+
+    /// The class described by `c` at `offset` of the mapping, validated
+    /// against the previous class's buffer size `prev` (`EINVAL`).
+    fn from_abi(c: &defs::PoolClass, offset: usize, prev: usize) -> Result<Self> {
+        let size = c.buffer_size as usize;
+        if !size.is_power_of_two()
+            || size < defs::POOL_MIN_BUFFER as usize
+            || size > defs::POOL_MAX_BUFFER as usize
+            || size <= prev
+        {
+            return Err(EINVAL);
+        }
+        let chunk_buffers = (MIN_CHUNK_BYTES / size).max(1);
+        let max = c.max_buffers as usize;
+        let low = c.low_watermark as usize;
+        let high = c.high_watermark as usize;
+        let initial = c.initial as usize;
+        if max == 0
+            || max > defs::POOL_MAX_BUFFERS as usize
+            || max % chunk_buffers != 0
+            || low >= max
+            || (high != 0 && high < low + chunk_buffers)
+            || initial > max
+            || initial % chunk_buffers != 0
+        {
+            return Err(EINVAL);
+        }
+        Ok(Self {
+            buffer_size: size,
+            max_buffers: max,
+            low,
+            high,
+            initial,
+            chunk_buffers,
+            offset,
+        })
+    }
+
+    /// Bytes of the partition in the mapping.
+    fn bytes(&self) -> usize {
+        self.max_buffers * self.buffer_size
+    }
+}
+
+/// A partition's counters (`struct memreg_pool_stats`).
+#[derive(Default, Clone, Copy)]
+pub(crate) struct PartStats {
+    pub(crate) grows: u64,
+    pub(crate) shrinks: u64,
+    pub(crate) waits: u64,
+    pub(crate) timeouts: u64,
+    pub(crate) fallbacks: u64,
+    pub(crate) leaks_reclaimed: u64,
+}
+
+/// A partition's changing state, under `Pool::state`.
+struct PartState {
+    /// One bit per buffer: allocated (or quarantined).
+    bitmap: KVVec<u64>,
+    /// One bit per buffer: reclaimed as a leak, not yet freed by its holder.
+    quarantine: KVVec<u64>,
+    /// Buffers below the boundary (mapped).
+    boundary: usize,
+    /// Buffers ALLOC may hand out: the boundary, or a chunk less while that
+    /// chunk is being given back.
+    limit: usize,
+    /// Free buffers below `limit`.
+    free: usize,
+    /// Allocated buffers (not counting the quarantined).
+    allocated: usize,
+    /// Quarantined buffers.
+    quarantined: usize,
+    /// Each mapped chunk's registration, by chunk index.
+    chunks: KVVec<Option<Arc<Registration>>>,
+    /// Since when more than the high watermark were free (jiffies).
+    above_high_since: Option<Jiffies>,
+    /// Since when the chunk above `limit` waits for its buffers (jiffies).
+    shrink_since: Option<Jiffies>,
+    /// The last growth failed for a limit: grow only after a shrink or FREE.
+    grow_failed: bool,
+    /// Where the search for a free buffer starts (a word index).
+    hint: usize,
+    stats: PartStats,
+}
+
+/// Whether bit `i` of `bits` is set.
+fn test_bit(bits: &[u64], i: usize) -> bool {
+    bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
+}
+
+/// Sets bit `i` of `bits` to `on`.
+fn set_bit(bits: &mut [u64], i: usize, on: bool) {
+    if let Some(w) = bits.get_mut(i / 64) {
+        if on {
+            *w |= 1 << (i % 64);
+        } else {
+            *w &= !(1 << (i % 64));
+        }
+    }
+}
+
+/// Bits set among `first..end` of `bits`.
+fn count_bits(bits: &[u64], first: usize, end: usize) -> usize {
+    (first..end).filter(|&i| test_bit(bits, i)).count()
+}
+
+impl PartState {
+    fn new(class: &Class) -> Result<Self> {
+        let words = class.max_buffers.div_ceil(64);
+        let chunks = class.max_buffers / class.chunk_buffers;
+        let mut chunk_slots = KVVec::with_capacity(chunks, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..chunks {
+            chunk_slots.push(None, GFP_KERNEL_ACCOUNT)?;
+        }
+        Ok(Self {
+            bitmap: KVVec::from_elem(0u64, words, GFP_KERNEL_ACCOUNT)?,
+            quarantine: KVVec::from_elem(0u64, words, GFP_KERNEL_ACCOUNT)?,
+            boundary: 0,
+            limit: 0,
+            free: 0,
+            allocated: 0,
+            quarantined: 0,
+            chunks: chunk_slots,
+            above_high_since: None,
+            shrink_since: None,
+            grow_failed: false,
+            hint: 0,
+            stats: PartStats::default(),
+        })
+    }
+
+    /// Takes the lowest free buffer below the limit whose chunk is live.
+    fn take(&mut self, class: &Class) -> Option<usize> {
+        if self.free == 0 {
+            return None;
+        }
+        let words = self.limit.div_ceil(64);
+        for n in 0..words {
+            let w = (self.hint + n) % words;
+            let word = *self.bitmap.get(w)?;
+            if word == u64::MAX {
+                continue;
+            }
+            let mut bits = !word;
+            while bits != 0 {
+                let i = w * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                if i >= self.limit {
+                    break;
+                }
+                let chunk = i / class.chunk_buffers;
+                if !self
+                    .chunks
+                    .get(chunk)
+                    .and_then(Option::as_ref)
+                    .is_some_and(|r| r.is_live())
+                {
+                    continue;
+                }
+                set_bit(&mut self.bitmap, i, true);
+                self.free = self.free.saturating_sub(1);
+                self.allocated = self.allocated.saturating_add(1);
+                self.hint = w;
+                return Some(i);
+            }
+        }
+        None
+    }
+
+    /// Whether the partition should grow: few free, and a chunk being given
+    /// back (which is kept instead) or room left and no limit hit.
+    fn wants_growth(&self, class: &Class) -> bool {
+        self.free <= class.low
+            && (self.limit < self.boundary
+                || (self.boundary < class.max_buffers && !self.grow_failed))
+    }
+
+    /// Keeps the chunk being given back, if any: its free buffers are handed
+    /// out again. Returns whether there was one.
+    fn cancel_shrink(&mut self, class: &Class) -> bool {
+        if self.limit >= self.boundary {
+            return false;
+        }
+        let free =
+            class
+                .chunk_buffers
+                .saturating_sub(count_bits(&self.bitmap, self.limit, self.boundary));
+        self.free = self.free.saturating_add(free);
+        self.limit = self.boundary;
+        self.shrink_since = None;
+        true
+    }
+}
+
+/// A pool's changing state.
+struct PoolState {
+    /// The partitions, by class.
+    parts: KVec<PartState>,
+    /// Where the pool is mapped, once it is.
+    mapped_at: Option<usize>,
+    /// The mapping went (or the pool was destroyed): nothing more is handed
+    /// out or grown, and the work tears it down.
+    dead: bool,
+    /// Memory pressure asked for free chunks back.
+    pressure: bool,
+}
+
+/// A buffer handed out.
+#[derive(Clone, Copy)]
+pub(crate) struct Buffer {
+    /// Its address in the mapping.
+    pub(crate) addr: u64,
+    /// Its chunk's local key.
+    pub(crate) key: u64,
+    /// Its offset in the chunk.
+    pub(crate) offset: u64,
+    /// Its class.
+    pub(crate) class: u32,
+    /// Its class's buffer size.
+    pub(crate) size: u32,
+}
+
+impl Buffer {
+    /// No buffer.
+    pub(crate) const EMPTY: Self = Self {
+        addr: 0,
+        key: 0,
+        offset: 0,
+        class: 0,
+        size: 0,
+    };
+}
+
+/// One pool.
+#[pin_data]
+pub(crate) struct Pool {
+    /// Its index in the context.
+    pub(crate) index: u32,
+    /// The size classes.
+    classes: KVec<Class>,
+    /// Access rights of the chunks' registrations.
+    access: u32,
+    /// How long a shrink waits for an allocated buffer.
+    leak_timeout_ms: u32,
+    /// How long a partition stays above its high watermark before it shrinks.
+    shrink_ms: u32,
+    /// Bytes of the mapping.
+    pub(crate) map_bytes: usize,
+    /// The context, for its table and address space.
+    ctx: Arc<ContextShared>,
+    /// What the chunks are charged to (the creator's user and address
+    /// space); each chunk gets charges like it.
+    charges: Charges,
+    #[pin]
+    state: SpinLock<PoolState>,
+    /// Woken by growth, FREE and the pool's death.
+    #[pin]
+    changed: CondVar,
+    /// One growth or shrink at a time.
+    #[pin]
+    grow_lock: Mutex<()>,
+    /// Watches the whole mapping.
+    #[pin]
+    notifier: IntervalNotifier<Pool>,
+    /// The notifier's subscription, once mapped.
+    #[pin]
+    subscription: Mutex<Option<Subscription<Pool>>>,
+    /// Grows, shrinks and tears down.
+    #[pin]
+    work: Work<Pool>,
+    /// Looks again at shrinks when their time comes.
+    #[pin]
+    timer: DelayedWork<Pool, 1>,
+    /// Pages of free chunks, for the shrinker.
+    pub(crate) reclaimable: Atomic<u64>,
+}
+
+impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Pool { self.notifier } }
+impl_has_work! { impl HasWork<Self> for Pool { self.work } }
+impl_has_delayed_work! { impl HasDelayedWork<Self, 1> for Pool { self.timer } }
+
+impl WorkItem for Pool {
+    type Pointer = Arc<Pool>;
+
+    fn run(this: Arc<Pool>) {
+        Pool::run(&this);
+    }
+}
+
+impl WorkItem<1> for Pool {
+    type Pointer = Arc<Pool>;
+
+    fn run(this: Arc<Pool>) {
+        Pool::queue(&this);
+    }
+}
+
+impl IntervalNotifierOps for Pool {
+    /// An unmap of the mapping (or the address space's end) kills the pool,
+    /// and the context's deferred work destroys it; other events leave it to
+    /// the chunks' own notifiers (the pool's own zaps are "clear" events).
+    /// Neither allocates nor sleeps.
+    fn invalidate(this: &Self, range: &Range<'_>, _cur_seq: u64) -> bool {
+        if matches!(range.event(), Event::Unmap | Event::Release) {
+            this.state.lock().dead = true;
+            this.changed.notify_all();
+            ContextShared::schedule_teardown(&this.ctx);
+        }
+        true
+    }
+}
+
+impl Pool {
+    /// Creates pool `index` from `req` and the classes `classes` (validated:
+    /// `EINVAL`). Nothing is mapped or charged yet.
+    pub(crate) fn new(
+        ctx: Arc<ContextShared>,
+        index: u32,
+        req: &defs::PoolCreate,
+        classes: &mut [defs::PoolClass],
+    ) -> Result<Arc<Self>> {
+        let access = req.access;
+        if access & !defs::ACCESS_ALL != 0 || access & defs::ACCESS_LOCAL_WRITE == 0 {
+            return Err(EINVAL);
+        }
+        if req.leak_timeout_ms == 0
+            || req.leak_timeout_ms > defs::POOL_MAX_TIMEOUT_MS
+            || req.shrink_ms > defs::POOL_MAX_TIMEOUT_MS
+        {
+            return Err(EINVAL);
+        }
+        let mut parsed = KVec::with_capacity(classes.len(), GFP_KERNEL_ACCOUNT)?;
+        let mut parts = KVec::with_capacity(classes.len(), GFP_KERNEL_ACCOUNT)?;
+        let mut offset = 0usize;
+        let mut prev = 0usize;
+        for c in classes.iter_mut() {
+            let class = Class::from_abi(c, offset, prev)?;
+            prev = class.buffer_size;
+            c.chunk_buffers = class.chunk_buffers as u32;
+            c.offset = offset as u64;
+            offset = offset
+                .checked_add(class.bytes().next_multiple_of(PAGE_SIZE))
+                .ok_or(EINVAL)?;
+            parts.push(PartState::new(&class)?, GFP_KERNEL_ACCOUNT)?;
+            parsed.push(class, GFP_KERNEL_ACCOUNT)?;
+        }
+        if offset == 0 || offset as u64 > (1u64 << 36) {
+            return Err(EINVAL);
+        }
+        Arc::pin_init(
+            try_pin_init!(Self {
+                index,
+                classes: parsed,
+                access,
+                leak_timeout_ms: req.leak_timeout_ms,
+                shrink_ms: req.shrink_ms,
+                map_bytes: offset,
+                ctx,
+                charges: Charges::for_current()?,
+                state <- new_spinlock!(
+                    PoolState {
+                        parts,
+                        mapped_at: None,
+                        dead: false,
+                        pressure: false,
+                    },
+                    "memreg::Pool::state"
+                ),
+                changed <- new_condvar!("memreg::Pool::changed"),
+                grow_lock <- new_mutex!((), "memreg::Pool::grow_lock"),
+                notifier <- IntervalNotifier::new(),
+                subscription <- new_mutex!(None, "memreg::Pool::subscription"),
+                work <- new_work!("memreg::Pool::work"),
+                timer <- new_delayed_work!("memreg::Pool::timer"),
+                reclaimable: Atomic::new(0),
+            }),
+            GFP_KERNEL_ACCOUNT,
+        )
+    }
+
+    /// Whether the pool's mapping went or it was destroyed.
+    pub(crate) fn is_dead(&self) -> bool {
+        self.state.lock().dead
+    }
+
+    /// The number of classes.
+    pub(crate) fn nr_classes(&self) -> usize {
+        self.classes.len()
+    }
+
+    /// Maps the pool into `vma` (its `mmap`): `EINVAL` for a wrong length
+    /// or a private mapping, `EBUSY` when it was mapped before. The first
+    /// buffers are mapped by the pool's work right after.
+    pub(crate) fn mmap(this: &Arc<Self>, vma: &VmaNew) -> Result {
+        if vma.end() - vma.start() != this.map_bytes {
+            return Err(EINVAL);
+        }
+        SharedPages::check_mapping(vma, true)?;
+        {
+            let st = this.state.lock();
+            if st.mapped_at.is_some() || st.dead {
+                return Err(EBUSY);
+            }
+        }
+        vma.try_clear_mayexec()?;
+        vma.set_dontcopy();
+        vma.set_dontexpand();
+        vma.set_mixedmap();
+        let subscription =
+            IntervalNotifier::insert_locked(this.clone(), vma, vma.start(), this.map_bytes)?;
+        *this.subscription.lock() = Some(subscription);
+        this.state.lock().mapped_at = Some(vma.start());
+        Self::queue(this);
+        Ok(())
+    }
+
+    /// Queues the pool's work. Neither allocates nor sleeps.
+    pub(crate) fn queue(this: &Arc<Self>) {
+        let _ = dfl::system_dfl().enqueue::<_, 0>(this.clone());
+    }
+
+    /// The class whose buffers fit `size`, if any.
+    fn class_for(&self, size: u64) -> Option<usize> {
+        self.classes
+            .iter()
+            .position(|c| c.buffer_size as u64 >= size)
+    }
+
+    /// Hands out up to `out.len()` buffers of at least `size` bytes; returns
+    /// how many (at least one), waiting up to `timeout_ms` when none is
+    /// free. See `struct memreg_pool_alloc` for the errors.
+    pub(crate) fn alloc(
+        this: &Arc<Self>,
+        size: u64,
+        fallback: bool,
+        timeout_ms: u32,
+        out: &mut [Buffer],
+    ) -> Result<usize> {
+        if size == 0 || out.is_empty() {
+            return Err(EINVAL);
+        }
+        let first = this.class_for(size).ok_or(EINVAL)?;
+        let last = if fallback {
+            this.classes.len()
+        } else {
+            first + 1
+        };
+        let mut left = msecs_to_jiffies(timeout_ms);
+        let mut waited = false;
+        let mut st = this.state.lock();
+        loop {
+            let base = match (st.dead, st.mapped_at) {
+                (false, Some(base)) => base,
+                _ => return Err(ENXIO),
+            };
+            let mut n = 0;
+            let mut grow = false;
+            for c in first..last {
+                let (Some(class), Some(part)) = (this.classes.get(c), st.parts.get_mut(c)) else {
+                    break;
+                };
+                while n < out.len() {
+                    let Some(i) = part.take(class) else {
+                        break;
+                    };
+                    let chunk = i / class.chunk_buffers;
+                    let key = part
+                        .chunks
+                        .get(chunk)
+                        .and_then(Option::as_ref)
+                        .map_or(0, |r| r.info.keys.lkey);
+                    if let Some(b) = out.get_mut(n) {
+                        *b = Buffer {
+                            addr: (base + class.offset + i * class.buffer_size) as u64,
+                            key,
+                            offset: ((i % class.chunk_buffers) * class.buffer_size) as u64,
+                            class: c as u32,
+                            size: class.buffer_size as u32,
+                        };
+                    }
+                    n += 1;
+                    if c != first {
+                        part.stats.fallbacks += 1;
+                    }
+                }
+                grow |= part.wants_growth(class);
+                // A growing class is waited for rather than fallen back from.
+                if n > 0 || (c == first && part.wants_growth(class)) {
+                    break;
+                }
+            }
+            if grow {
+                Self::queue(this);
+            }
+            if n > 0 {
+                if waited {
+                    // Counted once per ALLOC that had to wait.
+                    if let Some(p) = st.parts.get_mut(first) {
+                        p.stats.waits += 1;
+                    }
+                }
+                return Ok(n);
+            }
+            if left == 0 {
+                if waited {
+                    if let Some(p) = st.parts.get_mut(first) {
+                        p.stats.waits += 1;
+                        p.stats.timeouts += 1;
+                    }
+                    return Err(ETIMEDOUT);
+                }
+                return Err(EAGAIN);
+            }
+            waited = true;
+            match this.changed.wait_interruptible_timeout(&mut st, left) {
+                CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
+                CondVarTimeoutResult::Timeout => left = 0,
+                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+            }
+        }
+    }
+
+    /// Gives back the buffers at `addrs`, all or none: `EINVAL` when one is
+    /// not an allocated buffer of the pool or appears twice. `ESTALE` when
+    /// one had been reclaimed as a leak (all are freed).
+    pub(crate) fn free(this: &Arc<Self>, addrs: &[u64]) -> Result {
+        // Where each address is: (class, buffer), on the stack (at most a batch).
+        let mut slots = [(0usize, 0usize); defs::POOL_MAX_BATCH as usize];
+        let found = slots.get_mut(..addrs.len()).ok_or(EINVAL)?;
+        let mut st = this.state.lock();
+        let base = st.mapped_at.ok_or(EINVAL)? as u64;
+        for (k, &addr) in addrs.iter().enumerate() {
+            let rel = addr.checked_sub(base).ok_or(EINVAL)? as usize;
+            let (c, class) = this
+                .classes
+                .iter()
+                .enumerate()
+                .find(|(_, c)| rel >= c.offset && rel < c.offset + c.bytes())
+                .ok_or(EINVAL)?;
+            let within = rel - class.offset;
+            if within % class.buffer_size != 0 {
+                return Err(EINVAL);
+            }
+            let i = within / class.buffer_size;
+            let part = st.parts.get(c).ok_or(EINVAL)?;
+            let seen = found.get(..k).ok_or(EINVAL)?;
+            if !test_bit(&part.bitmap, i) || seen.iter().any(|&(fc, fi)| fc == c && fi == i) {
+                return Err(EINVAL);
+            }
+            if let Some(slot) = found.get_mut(k) {
+                *slot = (c, i);
+            }
+        }
+        let mut stale = false;
+        let mut shrink_check = false;
+        for &(c, i) in found.iter() {
+            let (Some(class), Some(part)) = (this.classes.get(c), st.parts.get_mut(c)) else {
+                continue;
+            };
+            set_bit(&mut part.bitmap, i, false);
+            if test_bit(&part.quarantine, i) {
+                set_bit(&mut part.quarantine, i, false);
+                part.quarantined = part.quarantined.saturating_sub(1);
+                stale = true;
+            } else {
+                part.allocated = part.allocated.saturating_sub(1);
+            }
+            if i < part.limit {
+                part.free = part.free.saturating_add(1);
+                part.hint = part.hint.min(i / 64);
+            }
+            part.grow_failed = false;
+            if class.high != 0 && part.free > class.high && part.above_high_since.is_none() {
+                part.above_high_since = Some(jiffies::now());
+                shrink_check = true;
+            }
+            // A chunk waiting for its buffers may be done.
+            if part.limit < part.boundary {
+                shrink_check = true;
+            }
+        }
+        drop(st);
+        this.changed.notify_all();
+        if shrink_check {
+            let delay = if this.shrink_ms == 0 {
+                0
+            } else {
+                this.shrink_ms
+            };
+            Self::arm(this, delay);
+        }
+        if stale {
+            Err(ESTALE)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Runs the work again in `ms` milliseconds (unless armed already).
+    fn arm(this: &Arc<Self>, ms: u32) {
+        let _ = dfl::system_dfl().enqueue_delayed::<_, 1>(this.clone(), msecs_to_jiffies(ms));
+    }
+
+    /// The counters of class `c`, in the ABI's layout.
+    pub(crate) fn stats(&self, c: usize) -> Option<defs::PoolStats> {
+        let st = self.state.lock();
+        let part = st.parts.get(c)?;
+        let mut out: defs::PoolStats = defs::zeroed();
+        out.boundary = part.boundary as u64;
+        out.allocated = part.allocated as u64;
+        out.free = part.free as u64;
+        out.grows = part.stats.grows;
+        out.shrinks = part.stats.shrinks;
+        out.waits = part.stats.waits;
+        out.timeouts = part.stats.timeouts;
+        out.fallbacks = part.stats.fallbacks;
+        out.leaks_reclaimed = part.stats.leaks_reclaimed;
+        out.quarantined = part.quarantined as u64;
+        Some(out)
+    }
+
+    /// Asks for free chunks back (memory pressure).
+    pub(crate) fn press(this: &Arc<Self>) {
+        this.state.lock().pressure = true;
+        Self::queue(this);
+    }
+
+    /// The work: tears the pool down once dead; otherwise grows the
+    /// partitions that want it and gives chunks back where they are due.
+    fn run(this: &Arc<Self>) {
+        let _serial = this.grow_lock.lock();
+        if this.state.lock().dead {
+            drop(_serial);
+            Self::teardown(this);
+            return;
+        }
+        let mut again: Option<u32> = None;
+        for c in 0..this.classes.len() {
+            let Some(class) = this.classes.get(c) else {
+                break;
+            };
+            // Up to the initial size, then to above the low watermark.
+            loop {
+                let want = {
+                    let mut st = this.state.lock();
+                    let dead = st.dead;
+                    let Some(part) = st.parts.get_mut(c) else {
+                        break;
+                    };
+                    // A chunk on its way out is kept rather than a new one mapped.
+                    if part.wants_growth(class) && part.cancel_shrink(class) {
+                        continue;
+                    }
+                    !dead
+                        && part.boundary < class.max_buffers
+                        && (part.boundary < class.initial || part.wants_growth(class))
+                };
+                if !want {
+                    break;
+                }
+                if let Err(e) = Self::grow(this, c) {
+                    let mut st = this.state.lock();
+                    if let Some(part) = st.parts.get_mut(c) {
+                        part.grow_failed = true;
+                    }
+                    drop(st);
+                    pr_debug!(
+                        "memreg: pool {} class {} cannot grow: {:?}\n",
+                        this.index,
+                        c,
+                        e
+                    );
+                    break;
+                }
+                this.changed.notify_all();
+                cond_resched();
+            }
+            if let Some(ms) = Self::shrink_step(this, c) {
+                again = Some(again.map_or(ms, |a| a.min(ms)));
+            }
+        }
+        this.state.lock().pressure = false;
+        this.update_reclaimable();
+        if let Some(ms) = again {
+            Self::arm(this, ms.max(1));
+        }
+    }
+
+    /// Counts the pages of fully free chunks, for the shrinker.
+    fn update_reclaimable(&self) {
+        let st = self.state.lock();
+        let mut pages = 0u64;
+        for (class, part) in self.classes.iter().zip(st.parts.iter()) {
+            let spare = part.free.saturating_sub(class.low) / class.chunk_buffers;
+            pages += (spare * class.chunk_bytes() / PAGE_SIZE) as u64;
+        }
+        self.reclaimable.store(pages, Relaxed);
+    }
+
+    /// The address of buffer `i` of class `c`, if mapped.
+    fn addr_of(&self, c: usize, i: usize) -> Option<usize> {
+        let base = self.state.lock().mapped_at?;
+        let class = self.classes.get(c)?;
+        Some(base + class.offset + i * class.buffer_size)
+    }
+
+    /// Maps one more chunk of class `c`: allocates and charges its pages,
+    /// publishes its registration and inserts the pages into the mapping,
+    /// then moves the boundary up. Work only, under `grow_lock`.
+    fn grow(this: &Arc<Self>, c: usize) -> Result {
+        let ctx = &this.ctx;
+        let class = this.classes.get(c).ok_or(EINVAL)?;
+        let (boundary, base) = {
+            let st = this.state.lock();
+            let part = st.parts.get(c).ok_or(EINVAL)?;
+            (part.boundary, st.mapped_at.ok_or(ENXIO)?)
+        };
+        let addr = base + class.offset + boundary * class.buffer_size;
+        let bytes = class.chunk_bytes();
+        let npages = bytes.div_ceil(PAGE_SIZE);
+        let mm: ARef<MmWithUser> = ctx.mm.mmget_not_zero().ok_or(ENXIO)?;
+        let mut charges = this.charges.new_like();
+        charges.charge(npages)?;
+        let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
+        for _ in 0..npages {
+            pages.push(
+                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
+                GFP_KERNEL_ACCOUNT,
+            )?;
+        }
+        let seq = ctx.next_seq.fetch_add(1, Relaxed);
+        let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
+        let info = RegistrationInfo {
+            addr: addr as u64,
+            length: bytes as u64,
+            access: this.access,
+            npages,
+            keys,
+            pool: true,
+        };
+        let nodes =
+            Nodes::new(this.access & (defs::ACCESS_REMOTE_READ | defs::ACCESS_REMOTE_WRITE) != 0)?;
+        let registration = Registration::new(ctx.clone(), info)?;
+        let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
+        let seq = registration.notifier().read_begin();
+        {
+            let guard = mm.mmap_read_lock();
+            let vma = guard.vma_lookup(addr).ok_or(ENXIO)?;
+            if vma.start() != base
+                || vma.end() != base + this.map_bytes
+                || vma_pgoff(vma) as u64 * PAGE_SIZE as u64 != defs::mmap_pool(this.index)
+            {
+                return Err(ENXIO);
+            }
+            let mixed = vma.as_mixedmap_vma().ok_or(ENXIO)?;
+            for (n, page) in pages.iter().enumerate() {
+                if let Err(e) = mixed.vm_insert_page(addr + n * PAGE_SIZE, page) {
+                    vma.zap_vma_range(addr, n * PAGE_SIZE);
+                    return Err(e);
+                }
+            }
+        }
+        let pinned = PinnedPages::from_pages(pages)?;
+        let parts = Parts {
+            pages: pinned,
+            charges,
+            subscription,
+            nodes,
+        };
+        let published =
+            Registration::publish(&registration, &mut ctx.table.lock(), seq, u64::MAX, parts);
+        if let Err(refused) = published {
+            // The range was invalidated meanwhile: the chunk leaves the mapping again (the pool
+            // itself dies if that was an unmap), and then its pages go.
+            this.zap(addr, bytes);
+            match refused {
+                Refused::Raced(parts) | Refused::Quota(parts) | Refused::Overflow(parts) => {
+                    drop(parts)
+                }
+                Refused::Covered(_, _, parts) => drop(parts),
+            }
+            return Err(EAGAIN);
+        }
+        let mut st = this.state.lock();
+        let dead = st.dead;
+        let Some(part) = st.parts.get_mut(c) else {
+            return Err(EINVAL);
+        };
+        if dead {
+            drop(st);
+            Self::end_chunk(ctx, &registration);
+            return Err(ENXIO);
+        }
+        if let Some(slot) = part.chunks.get_mut(boundary / class.chunk_buffers) {
+            *slot = Some(registration);
+        }
+        // The new buffers are free unless some were quarantined there before.
+        let end = boundary + class.chunk_buffers;
+        let taken = count_bits(&part.bitmap, boundary, end);
+        if part.limit == part.boundary {
+            part.limit = end;
+            part.free = part
+                .free
+                .saturating_add(class.chunk_buffers.saturating_sub(taken));
+        }
+        part.boundary = end;
+        part.stats.grows += 1;
+        Ok(())
+    }
+
+    /// Ends a chunk's registration: its key dies and its pages are released
+    /// once unmapped. Process context, no lock held.
+    fn end_chunk(ctx: &ContextShared, registration: &Arc<Registration>) {
+        let ended = Registration::unpublish(&mut ctx.table.lock(), registration.info.keys.seq);
+        if let Some(r) = ended {
+            r.teardown();
+        }
+    }
+
+    /// Unmaps `len` bytes at `addr` of the pool's mapping from the process,
+    /// if it is still mapped there. Process context.
+    fn zap(&self, addr: usize, len: usize) {
+        let Some(base) = self.state.lock().mapped_at else {
+            return;
+        };
+        let Some(mm) = self.ctx.mm.mmget_not_zero() else {
+            return;
+        };
+        let guard = mm.mmap_read_lock();
+        if let Some(vma) = guard.vma_lookup(addr) {
+            if vma.start() == base
+                && vma.end() == base + self.map_bytes
+                && vma_pgoff(vma) as u64 * PAGE_SIZE as u64 == defs::mmap_pool(self.index)
+            {
+                vma.zap_vma_range(addr, len);
+            }
+        }
+    }
+
+    /// Moves class `c`'s boundary down by one chunk when due: starts it (the
+    /// limit goes down) and finishes it once its buffers are free or their
+    /// leak timeout passed. Returns in how many milliseconds to look again.
+    fn shrink_step(this: &Arc<Self>, c: usize) -> Option<u32> {
+        let class = this.classes.get(c)?;
+        let chunk = class.chunk_buffers;
+        let (start, finish, retry) = {
+            let mut st = this.state.lock();
+            let pressure = st.pressure;
+            let part = st.parts.get_mut(c)?;
+            if part.boundary == 0 {
+                return None;
+            }
+            let first = part.boundary.saturating_sub(chunk);
+            let mut start = false;
+            let mut retry = None;
+            if part.limit == part.boundary {
+                // Not shrinking yet: is it due?
+                let above = class.high != 0 && part.free > class.high;
+                if !above {
+                    part.above_high_since = None;
+                } else if part.above_high_since.is_none() {
+                    part.above_high_since = Some(jiffies::now());
+                }
+                let free_in_last =
+                    chunk.saturating_sub(count_bits(&part.bitmap, first, part.boundary));
+                // Never below the initial size.
+                let due_by_use = above
+                    && part.boundary > class.initial
+                    && part
+                        .above_high_since
+                        .is_some_and(|s| jiffies::elapsed_ms(s) >= u64::from(this.shrink_ms));
+                // Under pressure, a fully free chunk beyond the low watermark goes.
+                let due_by_pressure = pressure
+                    && free_in_last == chunk
+                    && part.free >= class.low.saturating_add(chunk)
+                    && part.boundary > class.initial;
+                if due_by_use || due_by_pressure {
+                    part.limit = first;
+                    part.free = part.free.saturating_sub(free_in_last);
+                    part.shrink_since = Some(jiffies::now());
+                    start = true;
+                } else if above {
+                    let waited = part.above_high_since.map_or(0, jiffies::elapsed_ms);
+                    retry = Some(u64::from(this.shrink_ms).saturating_sub(waited) as u32);
+                }
+            }
+            let mut finish = false;
+            if part.limit < part.boundary {
+                let busy = count_bits(&part.bitmap, first, part.boundary)
+                    .saturating_sub(count_bits(&part.quarantine, first, part.boundary));
+                let waited = part.shrink_since.map_or(0, jiffies::elapsed_ms);
+                if busy == 0 || waited >= u64::from(this.leak_timeout_ms) {
+                    finish = true;
+                } else {
+                    retry = Some(u64::from(this.leak_timeout_ms).saturating_sub(waited) as u32);
+                }
+            }
+            (start, finish, retry)
+        };
+        if start {
+            this.update_reclaimable();
+        }
+        if finish {
+            Self::finish_shrink(this, c);
+            // Perhaps another chunk is due.
+            return Some(1);
+        }
+        retry
+    }
+
+    /// Gives class `c`'s last chunk back: its allocated buffers are
+    /// quarantined as leaks, its registration ends, its pages leave the
+    /// mapping and are freed, and the boundary moves down.
+    fn finish_shrink(this: &Arc<Self>, c: usize) {
+        let Some(class) = this.classes.get(c) else {
+            return;
+        };
+        let chunk = class.chunk_buffers;
+        let (registration, first) = {
+            let mut st = this.state.lock();
+            let Some(part) = st.parts.get_mut(c) else {
+                return;
+            };
+            let Some(first) = part.boundary.checked_sub(chunk) else {
+                return;
+            };
+            let mut leaks = 0;
+            for i in first..part.boundary {
+                if test_bit(&part.bitmap, i) && !test_bit(&part.quarantine, i) {
+                    set_bit(&mut part.quarantine, i, true);
+                    leaks += 1;
+                }
+            }
+            part.allocated = part.allocated.saturating_sub(leaks);
+            part.quarantined = part.quarantined.saturating_add(leaks);
+            part.stats.leaks_reclaimed += leaks as u64;
+            part.boundary = first;
+            part.limit = first;
+            part.shrink_since = None;
+            part.stats.shrinks += 1;
+            part.above_high_since = None;
+            // Its charges come back: growth may succeed again.
+            part.grow_failed = false;
+            let registration = part.chunks.get_mut(first / chunk).and_then(Option::take);
+            (registration, first)
+        };
+        // The key dies before the pages leave the mapping, and they are freed after.
+        if let Some(r) = &registration {
+            Self::end_chunk(&this.ctx, r);
+        }
+        if let Some(addr) = this.addr_of(c, first) {
+            this.zap(addr, class.chunk_bytes());
+        }
+        drop(registration);
+    }
+
+    /// Marks the pool dead and wakes its waiters; the work then tears it
+    /// down.
+    pub(crate) fn kill(this: &Arc<Self>) {
+        this.state.lock().dead = true;
+        this.changed.notify_all();
+    }
+
+    /// Tears the pool down: every chunk's registration ends, the pages leave
+    /// the mapping (if it is still there) and are freed, the notifier is
+    /// removed. Idempotent. Process context, no lock held.
+    pub(crate) fn teardown(this: &Arc<Self>) {
+        Self::kill(this);
+        for c in 0..this.classes.len() {
+            loop {
+                let next = {
+                    let mut st = this.state.lock();
+                    let Some(part) = st.parts.get_mut(c) else {
+                        break;
+                    };
+                    part.chunks.iter_mut().find_map(Option::take)
+                };
+                let Some(r) = next else { break };
+                Self::end_chunk(&this.ctx, &r);
+                cond_resched();
+            }
+        }
+        let base = this.state.lock().mapped_at;
+        if let Some(base) = base {
+            this.zap(base, this.map_bytes);
+        }
+        let subscription = this.subscription.lock().take();
+        drop(subscription);
+        let mut st = this.state.lock();
+        for part in st.parts.iter_mut() {
+            part.boundary = 0;
+            part.limit = 0;
+            part.free = 0;
+        }
+        drop(st);
+        this.reclaimable.store(0, Relaxed);
+    }
+
+    /// Destroys the pool for good (POOL_DESTROY, the file's release): tears
+    /// it down and waits for its work. Process context.
+    pub(crate) fn destroy(this: &Arc<Self>) {
+        Self::kill(this);
+        cancel_delayed_sync::<_, 1>(this);
+        cancel_sync::<_, 0>(this);
+        {
+            let _serial = this.grow_lock.lock();
+            Self::teardown(this);
+        }
+        // The notifier may have queued the work again.
+        cancel_delayed_sync::<_, 1>(this);
+        cancel_sync::<_, 0>(this);
+    }
+}
