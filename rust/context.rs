@@ -743,8 +743,7 @@ impl Context {
         };
 
         // Everything the table needs is allocated before its lock is taken.
-        let mut nodes =
-            Nodes::new(access & (defs::ACCESS_REMOTE_READ | defs::ACCESS_REMOTE_WRITE) != 0)?;
+        let mut nodes = Nodes::new()?;
         let mut charges = Charges::for_current()?;
         let registration = Registration::new(self.shared.clone(), info)?;
         let current = kernel::current!();

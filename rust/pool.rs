@@ -837,8 +837,7 @@ impl Pool {
             keys,
             pool: true,
         };
-        let nodes =
-            Nodes::new(this.access & (defs::ACCESS_REMOTE_READ | defs::ACCESS_REMOTE_WRITE) != 0)?;
+        let nodes = Nodes::new()?;
         let registration = Registration::new(ctx.clone(), info)?;
         let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
         let seq = registration.notifier().read_begin();

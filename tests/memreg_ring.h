@@ -301,11 +301,12 @@ static inline struct memreg_sqe mr_sqe_recv(__u64 user_data, __u64 lkey, __u64 o
 
 /* ---- Peers ---- */
 
-/* Attaches the memreg descriptor `peer_fd` to `fd`; the handle in *peer. */
+/* Attaches the memreg descriptor `peer_fd` to `fd`; the handle in *peer (0 on failure). */
 static inline int mr_peer_attach(int fd, int peer_fd, __u32 *peer)
 {
 	struct memreg_peer_attach a = { .fd = peer_fd };
 
+	*peer = 0;
 	if (ioctl(fd, MEMREG_IOC_PEER_ATTACH, &a))
 		return -errno;
 	*peer = a.peer;

@@ -42,23 +42,16 @@ pub(crate) const MAX_OVERLAP: usize = 64;
 pub(crate) struct Nodes {
     by_key: RBTreeNodeReservation<u64, Arc<Registration>>,
     by_range: interval_tree::Reservation<Arc<Registration>>,
-    /// Only for a registration peers may use.
-    by_rkey: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
+    by_rkey: RBTreeNodeReservation<u64, Arc<Registration>>,
 }
 
 impl Nodes {
-    /// Allocates the nodes, charged to the caller's memory cgroup; the
-    /// remote key's only when `remote` (the registration grants a remote
-    /// access).
-    pub(crate) fn new(remote: bool) -> Result<Self> {
+    /// Allocates the nodes, charged to the caller's memory cgroup.
+    pub(crate) fn new() -> Result<Self> {
         Ok(Self {
             by_key: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
             by_range: interval_tree::Reservation::new(GFP_KERNEL_ACCOUNT)?,
-            by_rkey: if remote {
-                Some(RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?)
-            } else {
-                None
-            },
+            by_rkey: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
         })
     }
 }
@@ -171,7 +164,8 @@ pub(crate) struct RegistrationTable {
     by_key: RBTree<u64, Arc<Registration>>,
     /// Live registrations by registered range.
     by_range: IntervalTree<Arc<Registration>>,
-    /// Live registrations that grant a remote access, by remote key.
+    /// Live registrations by remote key (one without a remote right is
+    /// found, and refused with `EACCES`).
     by_rkey: RBTree<u64, Arc<Registration>>,
     /// Registrations that left the table, awaiting teardown by the context's
     /// deferred work or by the caller that evicted them.
@@ -265,13 +259,13 @@ impl RegistrationTable {
                 .by_key
                 .into_node(registration.info.keys.seq, registration.clone()),
         );
-        if let Some(node) = nodes.by_rkey {
-            // Another registration with the same 64 random bits (odds 2^-64) loses its remote
-            // key: it is not freed here, the other trees still hold it.
-            let _ = self
+        // Another registration with the same 64 random bits (odds 2^-64) loses its remote key:
+        // it is not freed here, the other trees still hold it.
+        let _ = self.by_rkey.insert(
+            nodes
                 .by_rkey
-                .insert(node.into_node(registration.info.keys.rkey, registration.clone()));
-        }
+                .into_node(registration.info.keys.rkey, registration.clone()),
+        );
         self.by_range
             .insert(nodes.by_range, first, last, registration);
         self.stats.registrations += 1;
