@@ -228,7 +228,7 @@ mod tests {
         assert_eq!(IOC_QUEUE_CONNECT, ioc(1, 32, 18));
         assert_eq!(core::mem::size_of::<Cqe>(), 32);
         assert_eq!(core::mem::size_of::<Sqe>(), 56);
-        assert_eq!(IOC_POOL_CREATE, ioc(3, 48, 0x13));
+        assert_eq!(IOC_POOL_CREATE, ioc(3, 56, 0x13));
         assert_eq!(IOC_POOL_ALLOC, ioc(3, 48, 0x14));
         assert_eq!(IOC_POOL_FREE, ioc(1, 32, 0x15));
         assert_eq!(IOC_POOL_STATS, ioc(3, 32, 0x16));

@@ -41,6 +41,7 @@ use crate::{
     defs,
     key::KeyPair,
     registration::{Parts, Refused, Registration, RegistrationInfo},
+    stats::{GLOBAL_POOLS, GLOBAL_POOL_PAGES},
 };
 use kernel::{
     impl_has_delayed_work, impl_has_work,
@@ -331,7 +332,7 @@ impl Buffer {
 }
 
 /// One pool.
-#[pin_data]
+#[pin_data(PinnedDrop)]
 pub(crate) struct Pool {
     /// Its index in the context.
     pub(crate) index: u32,
@@ -372,6 +373,13 @@ pub(crate) struct Pool {
     timer: DelayedWork<Pool, 1>,
     /// Pages of free chunks, for the shrinker.
     pub(crate) reclaimable: Atomic<u64>,
+}
+
+#[pinned_drop]
+impl PinnedDrop for Pool {
+    fn drop(self: Pin<&mut Self>) {
+        GLOBAL_POOLS.fetch_sub(1, Relaxed);
+    }
 }
 
 impl_has_interval_notifier! { impl HasIntervalNotifier<Self> for Pool { self.notifier } }
@@ -446,7 +454,7 @@ impl Pool {
         if offset == 0 || offset as u64 > (1u64 << 36) {
             return Err(EINVAL);
         }
-        Arc::pin_init(
+        let pool = Arc::pin_init(
             try_pin_init!(Self {
                 index,
                 classes: parsed,
@@ -474,7 +482,9 @@ impl Pool {
                 reclaimable: Atomic::new(0),
             }),
             GFP_KERNEL_ACCOUNT,
-        )
+        )?;
+        GLOBAL_POOLS.add(1, Relaxed);
+        Ok(pool)
     }
 
     /// Whether the pool's mapping went or it was destroyed.
@@ -846,7 +856,8 @@ impl Pool {
             let vma = guard.vma_lookup(addr).ok_or(ENXIO)?;
             if vma.start() != base
                 || vma.end() != base + this.map_bytes
-                || vma_pgoff(vma) as u64 * PAGE_SIZE as u64 != defs::mmap_pool(this.index)
+                || (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
+                    != Some(defs::mmap_pool(this.index))
             {
                 return Err(ENXIO);
             }
@@ -879,6 +890,7 @@ impl Pool {
             }
             return Err(EAGAIN);
         }
+        GLOBAL_POOL_PAGES.add(npages as u64, Relaxed);
         let mut st = this.state.lock();
         let dead = st.dead;
         let Some(part) = st.parts.get_mut(c) else {
@@ -909,6 +921,7 @@ impl Pool {
     /// Ends a chunk's registration: its key dies and its pages are released
     /// once unmapped. Process context, no lock held.
     fn end_chunk(ctx: &ContextShared, registration: &Arc<Registration>) {
+        GLOBAL_POOL_PAGES.fetch_sub(registration.info.npages as u64, Relaxed);
         let ended = Registration::unpublish(&mut ctx.table.lock(), registration.info.keys.seq);
         if let Some(r) = ended {
             r.teardown();
@@ -928,7 +941,8 @@ impl Pool {
         if let Some(vma) = guard.vma_lookup(addr) {
             if vma.start() == base
                 && vma.end() == base + self.map_bytes
-                && vma_pgoff(vma) as u64 * PAGE_SIZE as u64 == defs::mmap_pool(self.index)
+                && (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
+                    == Some(defs::mmap_pool(self.index))
             {
                 vma.zap_vma_range(addr, len);
             }
@@ -1107,5 +1121,77 @@ impl Pool {
         // The notifier may have queued the work again.
         cancel_delayed_sync::<_, 1>(this);
         cancel_sync::<_, 0>(this);
+    }
+}
+
+#[kunit_tests(memreg_pool)]
+mod tests {
+    use super::*;
+
+    fn class(size: u32, max: u32, low: u32, high: u32, initial: u32) -> defs::PoolClass {
+        let mut c: defs::PoolClass = defs::zeroed();
+        c.buffer_size = size;
+        c.max_buffers = max;
+        c.low_watermark = low;
+        c.high_watermark = high;
+        c.initial = initial;
+        c
+    }
+
+    #[test]
+    fn classes_are_validated() {
+        // 4 KiB buffers: 16 to a 64 KiB chunk.
+        let ok = Class::from_abi(&class(4096, 64, 4, 40, 16), 0, 0);
+        assert!(ok
+            .as_ref()
+            .is_ok_and(|c| c.chunk_buffers == 16 && c.chunk_bytes() == 65536));
+        // 1 MiB buffers: one to a chunk.
+        assert!(
+            Class::from_abi(&class(1 << 20, 4, 0, 0, 1), 0, 0).is_ok_and(|c| c.chunk_buffers == 1)
+        );
+        // Not a power of two, too small, too large, not increasing.
+        assert!(Class::from_abi(&class(3000, 64, 4, 40, 16), 0, 0).is_err());
+        assert!(Class::from_abi(&class(32, 4096, 4, 0, 0), 0, 0).is_err());
+        assert!(Class::from_abi(&class(1 << 22, 4, 0, 0, 0), 0, 0).is_err());
+        assert!(Class::from_abi(&class(4096, 64, 4, 40, 16), 0, 4096).is_err());
+        // Max not a multiple of the chunk, low not below max, high too close to low, initial not
+        // a multiple of the chunk.
+        assert!(Class::from_abi(&class(4096, 40, 4, 0, 0), 0, 0).is_err());
+        assert!(Class::from_abi(&class(4096, 64, 64, 0, 0), 0, 0).is_err());
+        assert!(Class::from_abi(&class(4096, 64, 4, 19, 16), 0, 0).is_err());
+        assert!(Class::from_abi(&class(4096, 64, 4, 20, 16), 0, 0).is_ok());
+        assert!(Class::from_abi(&class(4096, 64, 4, 40, 8), 0, 0).is_err());
+        assert!(Class::from_abi(&class(4096, 0, 0, 0, 0), 0, 0).is_err());
+    }
+
+    #[test]
+    fn bits_are_counted_where_set() {
+        let mut bits = [0u64; 2];
+        set_bit(&mut bits, 3, true);
+        set_bit(&mut bits, 64, true);
+        set_bit(&mut bits, 127, true);
+        assert!(test_bit(&bits, 3) && test_bit(&bits, 64) && !test_bit(&bits, 4));
+        assert_eq!(count_bits(&bits, 0, 128), 3);
+        assert_eq!(count_bits(&bits, 4, 127), 1);
+        set_bit(&mut bits, 64, false);
+        assert_eq!(count_bits(&bits, 0, 128), 2);
+        // Past the end: never set, never counted.
+        set_bit(&mut bits, 500, true);
+        assert!(!test_bit(&bits, 500));
+    }
+
+    #[test]
+    fn a_shrinking_chunk_is_kept_when_buffers_run_low() -> Result {
+        let c = Class::from_abi(&class(4096, 64, 4, 40, 16), 0, 0)?;
+        let mut part = PartState::new(&c)?;
+        part.boundary = 32;
+        part.limit = 16;
+        part.free = 2;
+        set_bit(&mut part.bitmap, 20, true);
+        assert!(part.wants_growth(&c));
+        assert!(part.cancel_shrink(&c));
+        assert_eq!((part.limit, part.free), (32, 17));
+        assert!(!part.cancel_shrink(&c));
+        Ok(())
     }
 }

@@ -18,6 +18,10 @@ pub(crate) static GLOBAL_PINNED: Atomic<u64> = Atomic::new(0);
 pub(crate) static GLOBAL_PEERS: Atomic<u64> = Atomic::new(0);
 /// Context objects still allocated (a leak shows as one counted for good).
 pub(crate) static GLOBAL_CONTEXTS_ALIVE: Atomic<u64> = Atomic::new(0);
+/// Buffer pools alive.
+pub(crate) static GLOBAL_POOLS: Atomic<u64> = Atomic::new(0);
+/// Pages the pools' chunks hold.
+pub(crate) static GLOBAL_POOL_PAGES: Atomic<u64> = Atomic::new(0);
 
 /// Module-wide totals of the registration cache's life, all contexts
 /// together.
@@ -175,6 +179,8 @@ pub(crate) fn show_global(f: &mut impl Write) -> fmt::Result {
         ("max_registrations", g.max_registrations),
         ("peers", g.peers),
         ("contexts_alive", g.contexts_alive),
+        ("pools", GLOBAL_POOLS.load(Relaxed)),
+        ("pool_pages", GLOBAL_POOL_PAGES.load(Relaxed)),
         ("park", u64::from(defaults.parking)),
         ("park_max", defaults.max_parked),
         ("park_max_pages", defaults.max_parked_pages),

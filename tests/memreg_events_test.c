@@ -1872,7 +1872,9 @@ static void expect_fdinfo(struct __test_metadata *_metadata, int fd)
 	ASSERT_EQ(0, mr_stats(fd, &s));
 	ASSERT_EQ(0, mr_get_cache(fd, &cfg));
 	n = read_kv(path, true, kv, 64);
-	ASSERT_EQ(4 + NFIELDS, n);
+	ASSERT_EQ(5 + NFIELDS, n);
+	/* No peer attached, no pool (which would add a line per class). */
+	EXPECT_EQ(0, kv_get(_metadata, kv, n, "peers"));
 	EXPECT_EQ(cfg.parking, kv_get(_metadata, kv, n, "park"));
 	EXPECT_EQ(cfg.max_parked, kv_get(_metadata, kv, n, "park_max"));
 	EXPECT_EQ(cfg.max_parked_pages, kv_get(_metadata, kv, n, "park_max_pages"));
@@ -1957,6 +1959,7 @@ static const char *const global_names[] = {
 	"park", "park_max", "park_max_pages", "park_idle_ms", "parked", "parked_pages", "parks",
 	"revives", "suspensions", "resumptions", "revalidation_failures", "evicted_idle",
 	"evicted_pin_limit", "evicted_park_limit", "evicted_shrinker", "evicted_flush",
+	"peers", "contexts_alive", "pools", "pool_pages",
 };
 
 #define NGLOBAL	(sizeof(global_names) / sizeof(global_names[0]))
@@ -2025,6 +2028,8 @@ TEST(debugfs_stats_match_global_stats)
 	EXPECT_EQ(g.pages_pinned, dget(&d0, "pages_pinned"));
 	EXPECT_EQ(g.budget_pages, dget(&d0, "max_pinned_pages"));
 	EXPECT_EQ(g.max_registrations, dget(&d0, "max_registrations"));
+	EXPECT_EQ(g.peers, dget(&d0, "peers"));
+	EXPECT_EQ(g.contexts_alive, dget(&d0, "contexts_alive"));
 	EXPECT_EQ(base.contexts + 1, g.contexts);
 
 	/* The module's parameters: what a new file starts with. */

@@ -1113,7 +1113,7 @@ TEST_F(dp, nonzero_unused_fields_are_refused)
 
 TEST_F(dp, unknown_opcodes_are_refused)
 {
-	static const __u8 ops[] = { 4, 5, 0x7f, 0x80, 0xfe, 0xff };
+	static const __u8 ops[] = { 8, 9, 0x7f, 0x80, 0xfe, 0xff };
 	struct memreg_sqe s;
 	size_t i;
 
