@@ -52,6 +52,7 @@ use crate::{
     defs,
     error::MemregError,
     peer,
+    pool::{Buffer, Pool},
     queue::{Master, Next, PostedRecv, Queue, Receiver},
     registration::{Registration, Revalidated},
 };
@@ -598,10 +599,44 @@ fn remote(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe, write: boo
     Ok(sqe.length)
 }
 
+/// The pool of index `index` of the context.
+fn pool_of(ctx: &ContextShared, index: u32) -> Result<Arc<Pool>, MemregError> {
+    Ok(ctx
+        .pools
+        .lock()
+        .get(index as usize)
+        .and_then(Option::clone)
+        .ok_or(EINVAL)?)
+}
+
+/// POOL_ALLOC on a ring: one buffer, without waiting. The completion
+/// carries its address and key.
+fn pool_alloc(ctx: &ContextShared, sqe: &defs::Sqe) -> Step {
+    let taken = (|| -> Result<Buffer, MemregError> {
+        let pool = pool_of(ctx, sqe.peer)?;
+        let mut one = [Buffer::EMPTY];
+        Pool::alloc(&pool, sqe.length, true, 0, &mut one)?;
+        Ok(one[0])
+    })();
+    match taken {
+        Ok(b) => Step::Pool(b),
+        Err(e) => Step::Done(Err(e)),
+    }
+}
+
+/// POOL_FREE on a ring: gives back the buffer at address `sqe.offset`.
+fn pool_free(ctx: &ContextShared, sqe: &defs::Sqe) -> Outcome {
+    let pool = pool_of(ctx, sqe.peer)?;
+    Pool::free(&pool, &[sqe.offset])?;
+    Ok(0)
+}
+
 /// What executing a request led to.
 enum Step {
     /// It completes now.
     Done(Outcome),
+    /// A POOL_ALLOC completes now with this buffer.
+    Pool(Buffer),
     /// A RECV was posted: a SEND completes it later.
     Posted,
     /// A SEND waits for a RECV, since this time (jiffies), at most this many
@@ -758,6 +793,8 @@ fn execute(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue, sqe: &defs
             sqe.peer.into(),
         ],
         defs::OP_RECV => [0, 0, sqe.src_key, sqe.src_offset, 0, sqe.peer.into()],
+        defs::OP_POOL_ALLOC => [sqe.key, sqe.offset, sqe.src_key, sqe.src_offset, 0, 0],
+        defs::OP_POOL_FREE => [sqe.key, 0, sqe.src_key, sqe.src_offset, sqe.length, 0],
         _ => return Err(EINVAL.into()).into(),
     };
     if let Err(e) = defs::check_reserved(&unused) {
@@ -774,6 +811,8 @@ fn execute(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue, sqe: &defs
         defs::OP_READ => remote(ctx, ws, sqe, false).into(),
         defs::OP_SEND => send(ctx, ws, q, sqe, None),
         defs::OP_RECV => recv(ctx, ws, q, sqe),
+        defs::OP_POOL_ALLOC => pool_alloc(ctx, sqe),
+        defs::OP_POOL_FREE => pool_free(ctx, sqe).into(),
         _ => copy(ctx, ws, sqe).into(),
     }
 }
@@ -860,8 +899,8 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                 q.complete(&cqe_of(w.sqe.user_data, outcome, &mut errors));
                 written += 1;
             }
-            // A SEND never posts.
-            Step::Posted => {}
+            // A SEND never posts nor allocates.
+            Step::Posted | Step::Pool(_) => {}
         }
         q.stalled.store(false, Relaxed);
     }
@@ -879,6 +918,13 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
                 match execute(ctx, ws, q, &sqe) {
                     Step::Done(outcome) => {
                         q.complete(&cqe_of(sqe.user_data, outcome, &mut errors));
+                        written += 1;
+                    }
+                    Step::Pool(b) => {
+                        let mut cqe = cqe_of(sqe.user_data, Ok(b.addr), &mut errors);
+                        cqe.flags = defs::CQE_POOL;
+                        cqe.imm_data = b.key;
+                        q.complete(&cqe);
                         written += 1;
                     }
                     Step::Posted => {}

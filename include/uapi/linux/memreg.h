@@ -527,6 +527,12 @@ struct memreg_events_resync {
 #define MEMREG_OP_RECV			7	/* two-sided: a buffer of @length
 						 * bytes at (key, offset) for the
 						 * next SEND to this queue */
+#define MEMREG_OP_POOL_ALLOC		8	/* a buffer of @length bytes
+						 * from pool @peer, never
+						 * waiting (-EAGAIN) */
+#define MEMREG_OP_POOL_FREE		9	/* gives back the buffer at
+						 * address @offset of pool
+						 * @peer */
 
 /* struct memreg_sqe.flags */
 #define MEMREG_SQE_IMM			(1U << 0)	/* SEND: @imm_data is
@@ -538,20 +544,28 @@ struct memreg_events_resync {
  * @flags:      MEMREG_SQE_IMM with SEND; otherwise zero
  * @reserved0:  must be zero
  * @peer:       WRITE, READ: the peer handle (MEMREG_IOC_PEER_ATTACH) whose
- *              registration the remote key names; otherwise zero
+ *              registration the remote key names; POOL_ALLOC, POOL_FREE:
+ *              the pool; otherwise zero
  * @user_data:  returned as is in the completion
  * @key:        the destination: COPY, READ, RECV: a local key (LOCAL_WRITE);
  *              WRITE: the peer's remote key (REMOTE_WRITE); DEREGISTER:
  *              the key; SEND: the immediate data when @flags has
  *              MEMREG_SQE_IMM, else zero; otherwise zero
  * @offset:     COPY, WRITE, READ, RECV: byte offset into the destination;
- *              otherwise zero
+ *              POOL_FREE: the buffer's address; otherwise zero
  * @src_key:    the source: COPY, WRITE, SEND: a local key (LOCAL_READ);
  *              READ: the peer's remote key (REMOTE_READ); otherwise zero
  * @src_offset: COPY, WRITE, READ, SEND: byte offset into the source;
  *              otherwise zero
  * @length:     COPY, WRITE, READ, SEND: bytes to move; RECV: the buffer's
- *              length; at most MEMREG_MAX_LENGTH; otherwise 0
+ *              length; POOL_ALLOC: the size wanted; at most
+ *              MEMREG_MAX_LENGTH; otherwise 0
+ *
+ * A POOL_ALLOC completes with the buffer's address in @bytes and its key in
+ * @imm_data (flags MEMREG_CQE_POOL); its offset in the key's registration
+ * is (address - (pool address + class offset)) % (chunk_buffers *
+ * buffer_size), from POOL_CREATE. Errors as MEMREG_IOC_POOL_ALLOC and
+ * MEMREG_IOC_POOL_FREE, as negative statuses.
  */
 struct memreg_sqe {
 	__u8 opcode;
@@ -615,6 +629,9 @@ struct memreg_cq_ring {
 /* struct memreg_cqe.flags */
 #define MEMREG_CQE_IMM			(1U << 0)	/* RECV: @imm_data holds
 							 * the sender's */
+#define MEMREG_CQE_POOL			(1U << 1)	/* POOL_ALLOC: @bytes is
+							 * the buffer's address,
+							 * @imm_data its key */
 
 /**
  * struct memreg_cqe - a completion
