@@ -15,7 +15,10 @@
  * - peers: a second process passes its /dev/memreg descriptor over a unix
  *   socket; this one attaches it, WRITEs into the other's registration by
  *   its remote key and SENDs it a message into a posted RECV; the other
- *   process revokes the grant and the next WRITE is refused.
+ *   process revokes the grant and the next WRITE is refused;
+ * - buffer pools: a pool of two size classes mapped from the device, a
+ *   buffer allocated and used through its key, and the boundary that moved
+ *   up behind it.
  * Exits 0 only if every step behaved as expected.
  */
 #include <errno.h>
@@ -588,6 +591,69 @@ out:
 		munmap(buf, 4 * PAGE);
 }
 
+/* Buffer pools: pre-registered buffers handed out without registering. */
+static void demo_pool(void)
+{
+	struct memreg_pool_class cl[2] = {
+		{ .buffer_size = 4096, .max_buffers = 64, .low_watermark = 4,
+		  .high_watermark = 0, .initial = 16 },
+		{ .buffer_size = 65536, .max_buffers = 8, .low_watermark = 0,
+		  .high_watermark = 0, .initial = 1 },
+	};
+	struct memreg_pool_create pc = { .classes = (__u64)(unsigned long)cl, .nr_classes = 2,
+					 .access = RW, .leak_timeout_ms = 1000 };
+	struct memreg_pool_stats st[2] = { 0 };
+	struct memreg_pool_info info = { .count = 2, .stats = (__u64)(unsigned long)st };
+	struct memreg_pool_buf b = { 0 };
+	struct memreg_pool_alloc pa = { .size = 3000, .bufs = (__u64)(unsigned long)&b,
+					.count = 1, .timeout_ms = 5000 };
+	struct memreg_pool_free pf = { .count = 1 };
+	static const char text[] = "through the buffer's key";
+	char back[sizeof(text)] = { 0 };
+	char *map = MAP_FAILED;
+	int fd, ret;
+
+	printf("buffer pools: buffers that are registrations already, from a mapped pool\n");
+	fd = memreg_open();
+	ret = fd < 0 ? -errno : ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc) ? -errno : 0;
+	if (!step(!ret, "POOL_CREATE: 4 KiB x 64 and 64 KiB x 8, %llu KiB reserved%s%s",
+		  (unsigned long long)pc.map_bytes / 1024, ret ? ": " : "",
+		  ret ? strerror(-ret) : ""))
+		goto out;
+	map = mmap(NULL, pc.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd,
+		   MEMREG_MMAP_POOL(pc.pool));
+	if (!step(map != MAP_FAILED, "mmap the pool: partitions at offsets %llu and %llu, "
+		  "%u and %u buffers per chunk", (unsigned long long)cl[0].offset,
+		  (unsigned long long)cl[1].offset, cl[0].chunk_buffers, cl[1].chunk_buffers))
+		goto out;
+	pa.pool = pc.pool;
+	ret = ioctl(fd, MEMREG_IOC_POOL_ALLOC, &pa) ? -errno : 0;
+	if (!step(!ret && b.size == 4096 && b.addr == (__u64)(unsigned long)map,
+		  "ALLOC 3000 bytes: a %u-byte buffer at the partition's start, key %#llx, offset %llu%s%s",
+		  b.size, (unsigned long long)b.key, (unsigned long long)b.offset,
+		  ret ? ": " : "", ret ? strerror(-ret) : ""))
+		goto out;
+	memcpy((char *)(unsigned long)b.addr, text, sizeof(text));
+	ret = mr_copy(fd, b.key, b.offset, back, sizeof(text), MEMREG_COPY_FROM_REGION);
+	step(!ret && !memcmp(back, text, sizeof(text)),
+	     "the program writes the buffer; COPY %s reads \"%s\"", "with its key", back);
+	pf.pool = pc.pool;
+	pf.addrs = (__u64)(unsigned long)&b.addr;
+	ret = ioctl(fd, MEMREG_IOC_POOL_FREE, &pf) ? -errno : 0;
+	step(!ret, "FREE it by address%s%s", ret ? ": " : "", ret ? strerror(-ret) : "");
+	info.pool = pc.pool;
+	ret = ioctl(fd, MEMREG_IOC_POOL_STATS, &info) ? -errno : 0;
+	step(!ret && st[0].boundary >= 16 && st[0].grows >= 1 && !st[0].allocated,
+	     "POOL_STATS class 0: boundary %llu buffers mapped (grown %llu chunks), %llu free",
+	     (unsigned long long)st[0].boundary, (unsigned long long)st[0].grows,
+	     (unsigned long long)st[0].free);
+out:
+	if (map != MAP_FAILED)
+		munmap(map, pc.map_bytes);
+	if (fd >= 0)
+		close(fd);
+}
+
 int main(void)
 {
 	static const char to_region[] = "written through the registration";
@@ -687,6 +753,7 @@ int main(void)
 	demo_word_and_events();
 	demo_queue();
 	demo_peers();
+	demo_pool();
 
 	if (failures)
 		printf("memreg demo: %d step(s) did not behave as expected\n", failures);

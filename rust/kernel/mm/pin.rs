@@ -489,6 +489,13 @@ impl Drop for LockedMemory {
 /// assert_eq!(pinned.copy_to(0, &pinned, 1, 2), Err(EINVAL));
 /// assert_eq!(pinned.copy_to(0, &pinned, 16 * PAGE_SIZE - 1, 2), Err(EINVAL));
 ///
+/// // A charge like it, for the same user and address space, counts there too.
+/// let mut like = locked.new_like();
+/// like.charge(2)?;
+/// assert_eq!(map.pinned_vm(), before + 18);
+/// drop(like);
+/// assert_eq!(map.pinned_vm(), before + 16);
+///
 /// // The charge can go before the pages do; it never sleeps.
 /// locked.release();
 /// assert_eq!(map.pinned_vm(), before);
