@@ -110,18 +110,18 @@ impl Class {
         {
             return Err(EINVAL);
         }
-        let chunk_buffers = (MIN_CHUNK_BYTES / size).max(1);
+        let chunk_buffers = div(MIN_CHUNK_BYTES, size).max(1);
         let max = c.max_buffers as usize;
         let low = c.low_watermark as usize;
         let high = c.high_watermark as usize;
         let initial = c.initial as usize;
         if max == 0
             || max > defs::POOL_MAX_BUFFERS as usize
-            || max % chunk_buffers != 0
+            || rem(max, chunk_buffers) != 0
             || low >= max
             || (high != 0 && high < low + chunk_buffers)
             || initial > max
-            || initial % chunk_buffers != 0
+            || rem(initial, chunk_buffers) != 0
         {
             return Err(EINVAL);
         }
@@ -183,6 +183,16 @@ struct PartState {
     stats: PartStats,
 }
 
+/// `a / b`, and 0 when `b` is 0 (never the case here: no panic path).
+fn div(a: usize, b: usize) -> usize {
+    a.checked_div(b).unwrap_or(0)
+}
+
+/// `a % b`, and 0 when `b` is 0 (never the case here: no panic path).
+fn rem(a: usize, b: usize) -> usize {
+    a.checked_rem(b).unwrap_or(0)
+}
+
 /// Whether bit `i` of `bits` is set.
 fn test_bit(bits: &[u64], i: usize) -> bool {
     bits.get(i / 64).is_some_and(|w| w & (1 << (i % 64)) != 0)
@@ -207,7 +217,7 @@ fn count_bits(bits: &[u64], first: usize, end: usize) -> usize {
 impl PartState {
     fn new(class: &Class) -> Result<Self> {
         let words = class.max_buffers.div_ceil(64);
-        let chunks = class.max_buffers / class.chunk_buffers;
+        let chunks = div(class.max_buffers, class.chunk_buffers);
         let mut chunk_slots = KVVec::with_capacity(chunks, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..chunks {
             chunk_slots.push(None, GFP_KERNEL_ACCOUNT)?;
@@ -236,7 +246,7 @@ impl PartState {
         }
         let words = self.limit.div_ceil(64);
         for n in 0..words {
-            let w = (self.hint + n) % words;
+            let w = rem(self.hint + n, words);
             let word = *self.bitmap.get(w)?;
             if word == u64::MAX {
                 continue;
@@ -248,7 +258,7 @@ impl PartState {
                 if i >= self.limit {
                     break;
                 }
-                let chunk = i / class.chunk_buffers;
+                let chunk = div(i, class.chunk_buffers);
                 if !self
                     .chunks
                     .get(chunk)
@@ -572,7 +582,7 @@ impl Pool {
                     let Some(i) = part.take(class) else {
                         break;
                     };
-                    let chunk = i / class.chunk_buffers;
+                    let chunk = div(i, class.chunk_buffers);
                     let key = part
                         .chunks
                         .get(chunk)
@@ -582,7 +592,7 @@ impl Pool {
                         *b = Buffer {
                             addr: (base + class.offset + i * class.buffer_size) as u64,
                             key,
-                            offset: ((i % class.chunk_buffers) * class.buffer_size) as u64,
+                            offset: (rem(i, class.chunk_buffers) * class.buffer_size) as u64,
                             class: c as u32,
                             size: class.buffer_size as u32,
                         };
@@ -647,10 +657,10 @@ impl Pool {
                 .find(|(_, c)| rel >= c.offset && rel < c.offset + c.bytes())
                 .ok_or(EINVAL)?;
             let within = rel - class.offset;
-            if within % class.buffer_size != 0 {
+            if rem(within, class.buffer_size) != 0 {
                 return Err(EINVAL);
             }
-            let i = within / class.buffer_size;
+            let i = div(within, class.buffer_size);
             let part = st.parts.get(c).ok_or(EINVAL)?;
             let seen = found.get(..k).ok_or(EINVAL)?;
             if !test_bit(&part.bitmap, i) || seen.iter().any(|&(fc, fi)| fc == c && fi == i) {
@@ -800,7 +810,7 @@ impl Pool {
         let st = self.state.lock();
         let mut pages = 0u64;
         for (class, part) in self.classes.iter().zip(st.parts.iter()) {
-            let spare = part.free.saturating_sub(class.low) / class.chunk_buffers;
+            let spare = div(part.free.saturating_sub(class.low), class.chunk_buffers);
             pages += (spare * class.chunk_bytes() / PAGE_SIZE) as u64;
         }
         self.reclaimable.store(pages, Relaxed);
@@ -901,7 +911,7 @@ impl Pool {
             Self::end_chunk(ctx, &registration);
             return Err(ENXIO);
         }
-        if let Some(slot) = part.chunks.get_mut(boundary / class.chunk_buffers) {
+        if let Some(slot) = part.chunks.get_mut(div(boundary, class.chunk_buffers)) {
             *slot = Some(registration);
         }
         // The new buffers are free unless some were quarantined there before.
@@ -1053,7 +1063,10 @@ impl Pool {
             part.above_high_since = None;
             // Its charges come back: growth may succeed again.
             part.grow_failed = false;
-            let registration = part.chunks.get_mut(first / chunk).and_then(Option::take);
+            let registration = part
+                .chunks
+                .get_mut(div(first, chunk))
+                .and_then(Option::take);
             (registration, first)
         };
         // The key dies before the pages leave the mapping, and they are freed after.

@@ -141,7 +141,7 @@ impl<T> Fifo<T> {
         if self.len >= cap {
             return Err(v);
         }
-        let at = (self.head + self.len) % cap;
+        let at = (self.head + self.len).checked_rem(cap).unwrap_or(0);
         match self.slots.get_mut(at) {
             Some(slot) => {
                 *slot = Some(v);
@@ -158,7 +158,7 @@ impl<T> Fifo<T> {
             return None;
         }
         let v = self.slots.get_mut(self.head)?.take();
-        self.head = (self.head + 1) % self.capacity();
+        self.head = (self.head + 1).checked_rem(self.capacity()).unwrap_or(0);
         self.len -= 1;
         v
     }
