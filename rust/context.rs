@@ -1262,29 +1262,37 @@ impl Context {
             return Err(EINVAL.into());
         }
         let pool = self.pool(req.pool).ok_or(EINVAL)?;
-        let mut bufs = [Buffer::EMPTY; defs::POOL_MAX_BATCH as usize];
+        // One buffer, the common case, without clearing room for a whole batch.
+        if req.count == 1 {
+            let mut one: [Buffer; 1] = defs::zeroed();
+            return Self::pool_alloc_into(&pool, req, &mut one);
+        }
+        let mut bufs: [Buffer; defs::POOL_MAX_BATCH as usize] = defs::zeroed();
         let want = bufs.get_mut(..req.count as usize).ok_or(EINVAL)?;
+        Self::pool_alloc_into(&pool, req, want)
+    }
+
+    /// Hands out `want.len()` buffers of `pool` at most and copies them to
+    /// `req.bufs` in one go.
+    fn pool_alloc_into(
+        pool: &Arc<Pool>,
+        req: &mut defs::PoolAlloc,
+        want: &mut [Buffer],
+    ) -> OpResult {
         let fallback = req.flags & defs::POOL_NO_FALLBACK == 0;
-        let n = Pool::alloc(&pool, req.size, fallback, req.timeout_ms, want)?;
+        let n = Pool::alloc(pool, req.size, fallback, req.timeout_ms, want)?;
         let got = want.get(..n).ok_or(EINVAL)?;
-        let size = core::mem::size_of::<defs::PoolBuf>();
-        let mut writer = UserSlice::new(UserPtr::from_addr(req.bufs as usize), n * size).writer();
-        for b in got.iter() {
-            let mut out: defs::PoolBuf = defs::zeroed();
-            out.addr = b.addr;
-            out.key = b.key;
-            out.offset = b.offset;
-            out.size = b.size;
-            out.class = b.class;
-            if let Err(e) = writer.write(&out) {
-                // The caller cannot learn them: they go back.
-                let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
-                for (a, b) in addrs.iter_mut().zip(got.iter()) {
-                    *a = b.addr;
-                }
-                let _ = Pool::free(&pool, addrs.get(..n).unwrap_or(&[]));
-                return Err(e.into());
+        let bytes = kernel::transmute::AsBytes::as_bytes(got);
+        let mut writer =
+            UserSlice::new(UserPtr::from_addr(req.bufs as usize), bytes.len()).writer();
+        if let Err(e) = writer.write_slice(bytes) {
+            // The caller cannot learn them: they go back.
+            let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
+            for (a, b) in addrs.iter_mut().zip(got.iter()) {
+                *a = b.addr;
             }
+            let _ = Pool::free(pool, addrs.get(..n).unwrap_or(&[]));
+            return Err(e.into());
         }
         req.count = n as u32;
         Ok(())
@@ -1299,12 +1307,19 @@ impl Context {
         }
         let pool = self.pool(req.pool).ok_or(EINVAL)?;
         let n = req.count as usize;
-        let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
-        let mut reader = UserSlice::new(UserPtr::from_addr(req.addrs as usize), n * 8).reader();
-        for a in addrs.iter_mut().take(n) {
-            *a = reader.read::<u64>()?;
-        }
-        Pool::free(&pool, addrs.get(..n).ok_or(EINVAL)?)?;
+        let mut one = [0u64; 1];
+        let mut batch = [0u64; 0];
+        let mut many;
+        let addrs: &mut [u64] = if n == 1 {
+            &mut one
+        } else {
+            many = [0u64; defs::POOL_MAX_BATCH as usize];
+            many.get_mut(..n).unwrap_or(&mut batch)
+        };
+        UserSlice::new(UserPtr::from_addr(req.addrs as usize), n * 8)
+            .reader()
+            .read_slice(kernel::transmute::AsBytes::as_bytes_mut(addrs))?;
+        Pool::free(&pool, addrs)?;
         Ok(())
     }
 

@@ -75,6 +75,10 @@ use kernel::{
 /// Bytes of memory a chunk holds at least.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
 
+/// The longest the pool's timer waits before its work looks again at what
+/// is pending (a shrink due, a leak timeout).
+const MAX_TIMER_MS: u32 = 100;
+
 /// One size class's fixed parameters.
 pub(crate) struct Class {
     /// Bytes per buffer, a power of two.
@@ -315,31 +319,9 @@ struct PoolState {
     pressure: bool,
 }
 
-/// A buffer handed out.
-#[derive(Clone, Copy)]
-pub(crate) struct Buffer {
-    /// Its address in the mapping.
-    pub(crate) addr: u64,
-    /// Its chunk's local key.
-    pub(crate) key: u64,
-    /// Its offset in the chunk.
-    pub(crate) offset: u64,
-    /// Its class.
-    pub(crate) class: u32,
-    /// Its class's buffer size.
-    pub(crate) size: u32,
-}
-
-impl Buffer {
-    /// No buffer.
-    pub(crate) const EMPTY: Self = Self {
-        addr: 0,
-        key: 0,
-        offset: 0,
-        class: 0,
-        size: 0,
-    };
-}
+/// A buffer handed out, as user space gets it: address, key, offset in the
+/// key's registration, size and class.
+pub(crate) type Buffer = defs::PoolBuf;
 
 /// One pool.
 #[pin_data(PinnedDrop)]
@@ -589,13 +571,11 @@ impl Pool {
                         .and_then(Option::as_ref)
                         .map_or(0, |r| r.info.keys.lkey);
                     if let Some(b) = out.get_mut(n) {
-                        *b = Buffer {
-                            addr: (base + class.offset + i * class.buffer_size) as u64,
-                            key,
-                            offset: (rem(i, class.chunk_buffers) * class.buffer_size) as u64,
-                            class: c as u32,
-                            size: class.buffer_size as u32,
-                        };
+                        b.addr = (base + class.offset + i * class.buffer_size) as u64;
+                        b.key = key;
+                        b.offset = (rem(i, class.chunk_buffers) * class.buffer_size) as u64;
+                        b.class = c as u32;
+                        b.size = class.buffer_size as u32;
                     }
                     n += 1;
                     if c != first {
@@ -643,8 +623,8 @@ impl Pool {
     /// not an allocated buffer of the pool or appears twice. `ESTALE` when
     /// one had been reclaimed as a leak (all are freed).
     pub(crate) fn free(this: &Arc<Self>, addrs: &[u64]) -> Result {
-        // Where each address is: (class, buffer), on the stack (at most a batch).
-        let mut slots = [(0usize, 0usize); defs::POOL_MAX_BATCH as usize];
+        // Where each address is, `class << 16 | buffer`, on the stack (at most a batch).
+        let mut slots = [0u32; defs::POOL_MAX_BATCH as usize];
         let found = slots.get_mut(..addrs.len()).ok_or(EINVAL)?;
         let mut st = this.state.lock();
         let base = st.mapped_at.ok_or(EINVAL)? as u64;
@@ -662,17 +642,21 @@ impl Pool {
             }
             let i = div(within, class.buffer_size);
             let part = st.parts.get(c).ok_or(EINVAL)?;
+            // Classes are fewer than 256 and buffers than 65536 per class.
+            let packed = ((c as u32) << 16) | i as u32;
             let seen = found.get(..k).ok_or(EINVAL)?;
-            if !test_bit(&part.bitmap, i) || seen.iter().any(|&(fc, fi)| fc == c && fi == i) {
+            if !test_bit(&part.bitmap, i) || seen.contains(&packed) {
                 return Err(EINVAL);
             }
             if let Some(slot) = found.get_mut(k) {
-                *slot = (c, i);
+                *slot = packed;
             }
         }
         let mut stale = false;
         let mut shrink_check = false;
-        for &(c, i) in found.iter() {
+        let mut finish_check = false;
+        for &packed in found.iter() {
+            let (c, i) = ((packed >> 16) as usize, (packed & 0xffff) as usize);
             let (Some(class), Some(part)) = (this.classes.get(c), st.parts.get_mut(c)) else {
                 continue;
             };
@@ -693,20 +677,18 @@ impl Pool {
                 part.above_high_since = Some(jiffies::now());
                 shrink_check = true;
             }
-            // A chunk waiting for its buffers may be done.
-            if part.limit < part.boundary {
-                shrink_check = true;
+            // A chunk waiting for its buffers may be done now.
+            if i >= part.limit && i < part.boundary {
+                finish_check = true;
             }
         }
+        this.reclaimable.store(this.reclaimable_of(&st), Relaxed);
         drop(st);
         this.changed.notify_all();
-        if shrink_check {
-            let delay = if this.shrink_ms == 0 {
-                0
-            } else {
-                this.shrink_ms
-            };
-            Self::arm(this, delay);
+        if finish_check {
+            Self::queue(this);
+        } else if shrink_check {
+            Self::arm(this, this.shrink_ms);
         }
         if stale {
             Err(ESTALE)
@@ -715,8 +697,11 @@ impl Pool {
         }
     }
 
-    /// Runs the work again in `ms` milliseconds (unless armed already).
+    /// Runs the work again in `ms` milliseconds, or sooner: at most
+    /// [`MAX_TIMER_MS`] from now (a timer armed already is not moved earlier,
+    /// so one never waits for longer than that to look again).
     fn arm(this: &Arc<Self>, ms: u32) {
+        let ms = ms.min(MAX_TIMER_MS);
         let _ = dfl::system_dfl().enqueue_delayed::<_, 1>(this.clone(), msecs_to_jiffies(ms));
     }
 
@@ -808,12 +793,18 @@ impl Pool {
     /// Counts the pages of fully free chunks, for the shrinker.
     fn update_reclaimable(&self) {
         let st = self.state.lock();
+        self.reclaimable.store(self.reclaimable_of(&st), Relaxed);
+    }
+
+    /// The pages the free buffers beyond each class's low watermark make up,
+    /// in whole chunks: what memory pressure may take back.
+    fn reclaimable_of(&self, st: &PoolState) -> u64 {
         let mut pages = 0u64;
         for (class, part) in self.classes.iter().zip(st.parts.iter()) {
             let spare = div(part.free.saturating_sub(class.low), class.chunk_buffers);
-            pages += (spare * class.chunk_bytes() / PAGE_SIZE) as u64;
+            pages = pages.saturating_add((spare * class.chunk_bytes() / PAGE_SIZE) as u64);
         }
-        self.reclaimable.store(pages, Relaxed);
+        pages
     }
 
     /// The address of buffer `i` of class `c`, if mapped.
@@ -940,6 +931,10 @@ impl Pool {
 
     /// Unmaps `len` bytes at `addr` of the pool's mapping from the process,
     /// if it is still mapped there. Process context.
+    ///
+    /// The mapping may have been split (a partial munmap or mprotect): every
+    /// piece of it in the range is zapped, each recognised by its page
+    /// offset, which follows its address.
     fn zap(&self, addr: usize, len: usize) {
         let Some(base) = self.state.lock().mapped_at else {
             return;
@@ -947,15 +942,23 @@ impl Pool {
         let Some(mm) = self.ctx.mm.mmget_not_zero() else {
             return;
         };
+        let end = addr.saturating_add(len);
         let guard = mm.mmap_read_lock();
-        if let Some(vma) = guard.vma_lookup(addr) {
-            if vma.start() == base
-                && vma.end() == base + self.map_bytes
+        let mut at = addr;
+        while at < end {
+            let Some(vma) = guard.vma_lookup(at) else {
+                at = at.saturating_add(PAGE_SIZE);
+                continue;
+            };
+            let ours = vma.start() >= base
+                && vma.end() <= base + self.map_bytes
                 && (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
-                    == Some(defs::mmap_pool(self.index))
-            {
-                vma.zap_vma_range(addr, len);
+                    == defs::mmap_pool(self.index).checked_add((vma.start() - base) as u64);
+            let piece_end = vma.end().min(end);
+            if ours {
+                vma.zap_vma_range(at, piece_end - at);
             }
+            at = piece_end;
         }
     }
 
@@ -1056,20 +1059,14 @@ impl Pool {
             part.allocated = part.allocated.saturating_sub(leaks);
             part.quarantined = part.quarantined.saturating_add(leaks);
             part.stats.leaks_reclaimed += leaks as u64;
-            part.boundary = first;
-            part.limit = first;
-            part.shrink_since = None;
-            part.stats.shrinks += 1;
-            part.above_high_since = None;
-            // Its charges come back: growth may succeed again.
-            part.grow_failed = false;
             let registration = part
                 .chunks
                 .get_mut(div(first, chunk))
                 .and_then(Option::take);
             (registration, first)
         };
-        // The key dies before the pages leave the mapping, and they are freed after.
+        // The key dies before the pages leave the mapping, and they are freed after; the
+        // boundary is seen to move once both are done.
         if let Some(r) = &registration {
             Self::end_chunk(&this.ctx, r);
         }
@@ -1077,6 +1074,18 @@ impl Pool {
             this.zap(addr, class.chunk_bytes());
         }
         drop(registration);
+        let mut st = this.state.lock();
+        if let Some(part) = st.parts.get_mut(c) {
+            part.boundary = first;
+            part.limit = first;
+            part.shrink_since = None;
+            part.stats.shrinks += 1;
+            part.above_high_since = None;
+            // Its charges came back: growth may succeed again.
+            part.grow_failed = false;
+        }
+        drop(st);
+        this.update_reclaimable();
     }
 
     /// Marks the pool dead and wakes its waiters; the work then tears it
@@ -1102,12 +1111,10 @@ impl Pool {
                 };
                 let Some(r) = next else { break };
                 Self::end_chunk(&this.ctx, &r);
+                // Every piece of the mapping the chunk was in, even if it was split.
+                this.zap(r.info.addr as usize, r.info.length as usize);
                 cond_resched();
             }
-        }
-        let base = this.state.lock().mapped_at;
-        if let Some(base) = base {
-            this.zap(base, this.map_bytes);
         }
         let subscription = this.subscription.lock().take();
         drop(subscription);

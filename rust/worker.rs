@@ -614,7 +614,7 @@ fn pool_of(ctx: &ContextShared, index: u32) -> Result<Arc<Pool>, MemregError> {
 fn pool_alloc(ctx: &ContextShared, sqe: &defs::Sqe) -> Step {
     let taken = (|| -> Result<Buffer, MemregError> {
         let pool = pool_of(ctx, sqe.peer)?;
-        let mut one = [Buffer::EMPTY];
+        let mut one: [Buffer; 1] = defs::zeroed();
         Pool::alloc(&pool, sqe.length, true, 0, &mut one)?;
         Ok(one[0])
     })();

@@ -167,7 +167,51 @@
  *                            each of B's SENDs as a message of 64 bytes
  *                            (messages, remote_bytes). Afterwards B detaches,
  *                            A exits 0, and the module's peer attachments and
- *                            contexts return to their values before the row.
+ *                            contexts return to their values before the row;
+ *  pool_alloc_free_vs_noop_ioctl  one POOL_ALLOC of a single 4 KiB buffer plus
+ *                            one POOL_FREE of it, against two no-op ioctls
+ *                            (GET_VERSION on the same file, timed as one and
+ *                            doubled), <= 1.2. The pool has one class of 64
+ *                            buffers of 4 KiB, all mapped (initial 64) before
+ *                            anything is timed, watermarks 0, so no ALLOC
+ *                            waits and nothing grows or shrinks (POOL_STATS is
+ *                            checked afterwards: four growths, nothing waited,
+ *                            fell back or is still allocated);
+ *  pool_alloc_free_batch32_vs_noop_ioctl  one ALLOC of 32 buffers then one
+ *                            FREE of the 32, per buffer (divided by 32),
+ *                            against one no-op ioctl, <= 0.2 (every ALLOC
+ *                            must give the 32);
+ *  pool_vs_malloc_register_speedup  a 4 KiB buffer from the pool (the ALLOC +
+ *                            FREE of the first row) against malloc(4096), a
+ *                            write to its first and last byte (the pages it
+ *                            spans), REGISTER + DEREGISTER of its 4096 bytes
+ *                            and free(), on the same file with parking off,
+ *                            so every REGISTER pins (checked: no flag on any
+ *                            REGISTER, and STATS counts one more miss per
+ *                            REGISTER, no hit, park or revival), >= 10. The
+ *                            four loops of these rows (single, batch, malloc,
+ *                            no-op) are measured in an order that rotates
+ *                            from round to round;
+ *  pool_grow_per_mib_vs_register_miss  growth of a pool by 1 MiB against a
+ *                            REGISTER miss of 1 MiB, <= 1.2. Growth: pools of
+ *                            one class of 4 KiB buffers with initial = max =
+ *                            256 (1 MiB, 16 chunks of 64 KiB, each its own
+ *                            registration), created untimed on a fresh file
+ *                            (at most MEMREG_MAX_POOLS a file: indexes are
+ *                            not reused); timed: mmap of the pool, which
+ *                            queues the pool's work, then POOL_STATS polled
+ *                            (sched_yield() between polls) until the boundary
+ *                            shows the 256 buffers mapped. So the figure
+ *                            includes the mmap call, the work's wake-up and
+ *                            up to one poll, besides allocating, zeroing,
+ *                            charging, publishing and mapping the 256 pages;
+ *                            munmap and teardown are untimed (each pool is
+ *                            checked to count 16 growths and 256 free buffers
+ *                            first). Baseline: REGISTER of 1 MiB of
+ *                            pre-faulted private memory (small pages) on a
+ *                            file with parking off, every one a miss, as in
+ *                            register_miss_per_page_1mib; measured in
+ *                            alternating order.
  *
  * The clock: the guest may run on a coarse clocksource (jiffies, when the
  * TSC was found unstable and nothing better was there). The clock is
@@ -3059,6 +3103,391 @@ static void bench_lookup(void)
 	munmap(L.area, L.area_len);
 }
 
+/* ---- Buffer pools -------------------------------------------------------- */
+
+/* The pool of the ALLOC/FREE rows: 64 buffers of 4 KiB, all mapped, never growing or shrinking. */
+#define BP_BUFS		64
+#define BP_BATCH	32
+
+struct bp_ops {
+	int fd;			/* parking off: every REGISTER of the baseline pins */
+	__u32 pool;
+	char *map;
+	size_t map_bytes;
+	int err;
+	const char *op;
+	int bad;
+	size_t registers;	/* REGISTERs of the malloc baseline */
+};
+
+static void bp_fail_op(struct bp_ops *c, const char *op, int err)
+{
+	if (!c->err) {
+		c->err = err;
+		c->op = op;
+	}
+}
+
+/* n times ALLOC of one 4 KiB buffer + FREE of it. */
+static void bp_single_run(void *arg, size_t n)
+{
+	struct bp_ops *c = arg;
+	struct memreg_pool_buf b;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_pool_alloc a = { .pool = c->pool, .size = 4 * KIB,
+					       .bufs = (unsigned long)&b, .count = 1 };
+		struct memreg_pool_free f = { .pool = c->pool, .count = 1,
+					      .addrs = (unsigned long)&b.addr };
+
+		if (ioctl(c->fd, MEMREG_IOC_POOL_ALLOC, &a)) {
+			bp_fail_op(c, "POOL_ALLOC", errno);
+			break;
+		}
+		c->bad |= a.count != 1 || b.size != 4 * KIB;
+		if (ioctl(c->fd, MEMREG_IOC_POOL_FREE, &f)) {
+			bp_fail_op(c, "POOL_FREE", errno);
+			break;
+		}
+	}
+}
+
+/* n times ALLOC of 32 buffers + FREE of the 32. */
+static void bp_batch_run(void *arg, size_t n)
+{
+	struct bp_ops *c = arg;
+	struct memreg_pool_buf b[BP_BATCH];
+	__u64 addrs[BP_BATCH];
+	size_t i;
+	int j;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_pool_alloc a = { .pool = c->pool, .size = 4 * KIB,
+					       .bufs = (unsigned long)b, .count = BP_BATCH };
+		struct memreg_pool_free f = { .pool = c->pool, .count = BP_BATCH,
+					      .addrs = (unsigned long)addrs };
+
+		if (ioctl(c->fd, MEMREG_IOC_POOL_ALLOC, &a)) {
+			bp_fail_op(c, "POOL_ALLOC", errno);
+			break;
+		}
+		c->bad |= a.count != BP_BATCH;
+		for (j = 0; j < BP_BATCH; j++)
+			addrs[j] = b[j].addr;
+		if (ioctl(c->fd, MEMREG_IOC_POOL_FREE, &f)) {
+			bp_fail_op(c, "POOL_FREE", errno);
+			break;
+		}
+	}
+}
+
+/* n times malloc(4096), a write to each page it spans, REGISTER, DEREGISTER, free. */
+static void bp_malloc_run(void *arg, size_t n)
+{
+	struct bp_ops *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		char *p = malloc(4 * KIB);
+		struct memreg_register r = { .access = RW, .length = 4 * KIB };
+		struct memreg_deregister d = { 0 };
+
+		if (!p) {
+			bp_fail_op(c, "malloc", ENOMEM);
+			break;
+		}
+		p[0] = (char)i;
+		p[4 * KIB - 1] = (char)i;
+		r.addr = (unsigned long)p;
+		if (ioctl(c->fd, MEMREG_IOC_REGISTER, &r)) {
+			bp_fail_op(c, "REGISTER", errno);
+			free(p);
+			break;
+		}
+		c->registers++;
+		/* Parking off: always a miss, which pins. */
+		c->bad |= r.flags != 0;
+		d.key = r.lkey;
+		if (ioctl(c->fd, MEMREG_IOC_DEREGISTER, &d)) {
+			bp_fail_op(c, "DEREGISTER", errno);
+			free(p);
+			break;
+		}
+		free(p);
+	}
+}
+
+static void bp_finish(void *arg, size_t n)
+{
+	struct bp_ops *c = arg;
+
+	(void)n;
+	if (c->err)
+		fail("%s: %s%s", c->op, strerror(c->err), err_hint(c->err));
+	if (c->bad)
+		fail("a pool ALLOC gave fewer or other buffers than asked, or a REGISTER with "
+		     "parking off was served from the cache");
+}
+
+/* POOL_STATS of the pool's only class. */
+static void bp_stats(int fd, __u32 pool, struct memreg_pool_stats *st)
+{
+	struct memreg_pool_info in = { .pool = pool, .count = 1, .stats = (unsigned long)st };
+
+	if (ioctl(fd, MEMREG_IOC_POOL_STATS, &in))
+		fail("POOL_STATS: %s", strerror(errno));
+}
+
+/* Waits up to 10 s until the pool's class 0 has `boundary` buffers mapped. */
+static void bp_wait_boundary(int fd, __u32 pool, __u64 boundary)
+{
+	struct memreg_pool_stats st;
+	int i;
+
+	for (i = 0; i < 2000; i++) {
+		bp_stats(fd, pool, &st);
+		if (st.boundary == boundary)
+			return;
+		usleep(5000);
+	}
+	fail("pool %u: boundary %llu after 10 s, expected %llu", pool,
+	     (unsigned long long)st.boundary, (unsigned long long)boundary);
+}
+
+static void bench_pool_ops(void)
+{
+	struct memreg_pool_class cl = { .buffer_size = 4 * KIB, .max_buffers = BP_BUFS,
+					.initial = BP_BUFS };
+	struct memreg_pool_create pc = { .classes = (unsigned long)&cl, .nr_classes = 1,
+					 .access = RW, .leak_timeout_ms = 1000 };
+	struct bp_ops c = { 0 };
+	struct noop_ctx nc;
+	struct batch b[4];
+	struct fig f[4][ROUNDS], m[4], two, per_buf;
+	struct memreg_pool_stats st;
+	struct memreg_stats s, s0;
+	int i, k;
+
+	c.fd = memreg_open();
+	if (c.fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	if (mr_set_parking(c.fd, 0))
+		fail("SET_CACHE: %s", strerror(errno));
+	if (ioctl(c.fd, MEMREG_IOC_POOL_CREATE, &pc))
+		fail("POOL_CREATE: %s", strerror(errno));
+	c.pool = pc.pool;
+	c.map_bytes = pc.map_bytes;
+	c.map = mmap(NULL, c.map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, c.fd,
+		     MEMREG_MMAP_POOL(c.pool));
+	if (c.map == MAP_FAILED)
+		fail("mmap of the pool: %s", strerror(errno));
+	/* Untimed: every buffer mapped before anything is timed. */
+	bp_wait_boundary(c.fd, c.pool, BP_BUFS);
+	/* The pool's chunks count among the context's misses: only the loop's are compared. */
+	if (mr_stats(c.fd, &s0))
+		fail("STATS: %s", strerror(errno));
+
+	b[0] = (struct batch){ .max_n = 1 << 24, .run = bp_single_run, .finish = bp_finish,
+			       .arg = &c };
+	b[1] = (struct batch){ .max_n = 1 << 24, .run = bp_batch_run, .finish = bp_finish,
+			       .arg = &c };
+	b[2] = (struct batch){ .max_n = 1 << 24, .run = bp_malloc_run, .finish = bp_finish,
+			       .arg = &c };
+	noop_batch(&b[3], &nc, c.fd);
+	/* Rounds rotate the order, so a drift in the emulator's speed hits all alike. */
+	for (k = 0; k < ROUNDS; k++)
+		for (i = 0; i < 4; i++) {
+			int x = (i + k) % 4;
+
+			f[x][k] = measure(&b[x]);
+		}
+	for (i = 0; i < 4; i++)
+		m[i] = median(f[i], ROUNDS);
+
+	/* Nothing waited, grew, shrank or fell back; everything went back. */
+	bp_stats(c.fd, c.pool, &st);
+	if (st.allocated || st.free != BP_BUFS || st.boundary != BP_BUFS ||
+	    st.grows != BP_BUFS * 4 * KIB / (64 * KIB) ||
+	    st.shrinks || st.waits || st.timeouts || st.fallbacks || st.leaks_reclaimed)
+		fail("pool after the ALLOC/FREE loops: boundary %llu allocated %llu free %llu "
+		     "grows %llu shrinks %llu waits %llu timeouts %llu fallbacks %llu",
+		     (unsigned long long)st.boundary, (unsigned long long)st.allocated,
+		     (unsigned long long)st.free, (unsigned long long)st.grows,
+		     (unsigned long long)st.shrinks, (unsigned long long)st.waits,
+		     (unsigned long long)st.timeouts, (unsigned long long)st.fallbacks);
+	/* Every REGISTER of the baseline was a miss, none parked or revived. */
+	if (mr_stats(c.fd, &s))
+		fail("STATS: %s", strerror(errno));
+	if (s.cache_hits != s0.cache_hits || s.parks || s.revives ||
+	    s.cache_misses - s0.cache_misses != c.registers)
+		fail("the malloc + REGISTER loop: %llu hits, %llu misses for %zu REGISTERs, "
+		     "%llu parks, %llu revives", (unsigned long long)(s.cache_hits - s0.cache_hits),
+		     (unsigned long long)(s.cache_misses - s0.cache_misses), c.registers,
+		     (unsigned long long)s.parks, (unsigned long long)s.revives);
+
+	two = m[3];
+	two.ns *= 2;
+	per_buf = per(m[1], BP_BATCH);
+	printf("\nBuffer pool ALLOC + FREE (4 KiB buffers, all mapped) vs no-op ioctl and vs "
+	       "malloc + REGISTER\n"
+	       "  ALLOC + FREE of one %s, of %d %s (%s a buffer), GET_VERSION %s\n"
+	       "  malloc(4096) + touch + REGISTER + DEREGISTER + free (parking off) %s\n",
+	       figstr(m[0], "ns"), BP_BATCH, figstr(m[1], "ns"), figstr(per_buf, "ns"),
+	       figstr(m[3], "ns"), figstr(m[2], "ns"));
+	add_row("pool_alloc_free_vs_noop_ioctl", m[0], two, "<=1.2");
+	add_row("pool_alloc_free_batch32_vs_noop_ioctl", per_buf, m[3], "<=0.2");
+	add_row("pool_vs_malloc_register_speedup", m[0], m[2], ">=10");
+	munmap(c.map, c.map_bytes);
+	close(c.fd);
+	settle(0);
+}
+
+/*
+ * Growth: pools of one 4 KiB class whose initial size is 1 MiB (256
+ * buffers, 16 chunks of 64 KiB), created untimed on a fresh file (pool
+ * indexes are never reused, so one file serves at most MEMREG_MAX_POOLS);
+ * timed: mmap of each, then POOL_STATS polled (yielding the CPU between
+ * polls) until its boundary reaches 256 buffers.
+ */
+#define BP_GROW_BUFS	256
+
+struct bp_grow {
+	int fd;
+	__u32 pools[MEMREG_MAX_POOLS];
+	char *maps[MEMREG_MAX_POOLS];
+	size_t map_bytes;
+	size_t n;
+	unsigned long polls;
+};
+
+static void bp_grow_prepare(void *arg, size_t n)
+{
+	struct bp_grow *g = arg;
+	struct memreg_pool_class cl = { .buffer_size = 4 * KIB, .max_buffers = BP_GROW_BUFS,
+					.initial = BP_GROW_BUFS };
+	size_t i;
+
+	g->fd = memreg_open();
+	if (g->fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	for (i = 0; i < n; i++) {
+		struct memreg_pool_create pc = { .classes = (unsigned long)&cl, .nr_classes = 1,
+						 .access = RW, .leak_timeout_ms = 1000 };
+
+		if (ioctl(g->fd, MEMREG_IOC_POOL_CREATE, &pc))
+			fail("POOL_CREATE: %s", strerror(errno));
+		g->pools[i] = pc.pool;
+		g->map_bytes = pc.map_bytes;
+		g->maps[i] = NULL;
+	}
+	g->n = n;
+}
+
+static void bp_grow_run(void *arg, size_t n)
+{
+	struct bp_grow *g = arg;
+	int64_t t0 = 0;
+	size_t i;
+	long k;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_pool_stats st;
+		struct memreg_pool_info in = { .pool = g->pools[i], .count = 1,
+					       .stats = (unsigned long)&st };
+		char *p = mmap(NULL, g->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, g->fd,
+			       MEMREG_MMAP_POOL(g->pools[i]));
+
+		if (p == MAP_FAILED)
+			fail("mmap of a pool: %s", strerror(errno));
+		g->maps[i] = p;
+		for (k = 0;; k++) {
+			if (ioctl(g->fd, MEMREG_IOC_POOL_STATS, &in))
+				fail("POOL_STATS: %s", strerror(errno));
+			g->polls++;
+			if (st.boundary == BP_GROW_BUFS)
+				break;
+			/* A growth that never ends is a failure, not a figure. */
+			if (!(k % 1024)) {
+				if (!k)
+					t0 = now_ns();
+				else if (now_ns() - t0 > 10000 * (int64_t)MS)
+					fail("a pool of 1 MiB still has %llu of its %d buffers "
+					     "mapped after 10 s", (unsigned long long)st.boundary,
+					     BP_GROW_BUFS);
+			}
+			sched_yield();
+		}
+	}
+}
+
+static void bp_grow_finish(void *arg, size_t n)
+{
+	struct bp_grow *g = arg;
+	size_t i;
+
+	(void)n;
+	for (i = 0; i < g->n; i++) {
+		struct memreg_pool_stats st;
+
+		if (!g->maps[i])
+			continue;
+		bp_stats(g->fd, g->pools[i], &st);
+		if (st.grows != BP_GROW_BUFS * 4 * KIB / (64 * KIB) || st.free != BP_GROW_BUFS)
+			fail("a pool grown to 1 MiB counts %llu grows, %llu free",
+			     (unsigned long long)st.grows, (unsigned long long)st.free);
+		munmap(g->maps[i], g->map_bytes);
+	}
+	close(g->fd);
+	settle(0);
+}
+
+static void bench_pool_grow(void)
+{
+	struct bp_grow g = { 0 };
+	struct miss_ctx m = { .len = MIB };
+	struct batch gb = { .max_n = MEMREG_MAX_POOLS, .prepare = bp_grow_prepare,
+			    .run = bp_grow_run, .finish = bp_grow_finish, .arg = &g };
+	struct fig grow[ROUNDS], miss[ROUNDS], a, b;
+	unsigned long polls;
+	int k;
+
+	m.fd = memreg_open();
+	if (m.fd < 0)
+		fail("open /dev/memreg: %s", strerror(errno));
+	/* Every REGISTER must be a miss: nothing parked to revive. */
+	if (mr_set_parking(m.fd, 0))
+		fail("SET_CACHE: %s", strerror(errno));
+	memset(&miss_b, 0, sizeof(miss_b));
+	miss_b.max_n = POOL_CAP / m.len;
+	miss_b.prepare = miss_prepare;
+	miss_b.run = miss_run;
+	miss_b.finish = miss_finish;
+	miss_b.arg = &m;
+	pool_ensure(&m, 1, miss_b.max_n);
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			miss[k] = measure(&miss_b);
+			grow[k] = measure(&gb);
+		} else {
+			grow[k] = measure(&gb);
+			miss[k] = measure(&miss_b);
+		}
+	}
+	polls = g.polls;
+	a = median(grow, ROUNDS);
+	b = median(miss, ROUNDS);
+	printf("\nBuffer pool growth per MiB (mmap until 16 chunks of 64 KiB are mapped) vs "
+	       "REGISTER miss of 1 MiB (pre-faulted, parking off)\n"
+	       "  growth %s, REGISTER miss %s; %lu POOL_STATS polls in all\n",
+	       figstr(a, "ns/MiB"), figstr(b, "ns/MiB"), polls);
+	add_row("pool_grow_per_mib_vs_register_miss", a, b, "<=1.2");
+	munmap(m.pool, m.chunks * m.len);
+	free(m.keys);
+	close(m.fd);
+	settle(0);
+}
+
 /* ---- main --------------------------------------------------------------- */
 
 /* The module's limits; fails at once if the look-up rows cannot run. */
@@ -3100,6 +3529,8 @@ int main(void)
 	bench_peer_write();
 	bench_pingpong();
 	bench_lookup();
+	bench_pool_ops();
+	bench_pool_grow();
 	print_results();
 	return 0;
 }

@@ -1,0 +1,2407 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * memreg kselftests: buffer pools (see "Buffer pools" in
+ * Documentation/memreg.rst and include/uapi/linux/memreg.h).
+ *
+ * - POOL_CREATE, the mapping, POOL_ALLOC, POOL_FREE, POOL_STATS and
+ *   POOL_DESTROY refuse every bad input with the documented errno and change
+ *   nothing;
+ * - the layout: partitions, chunks, keys and offsets; the reserved portion
+ *   above each boundary faults;
+ * - allocation to exhaustion, one at a time and in batches; many threads
+ *   allocating and freeing at once never get a buffer twice (addresses and
+ *   the buffers' own bytes are checked);
+ * - growth at the low watermark, ALLOC waiting for a growth or a FREE,
+ *   timing out (ETIMEDOUT), not waiting (EAGAIN), interrupted (EINTR);
+ * - fallback to a larger class, and NO_FALLBACK;
+ * - shrink by the high watermark after shrink_ms (never below initial) and
+ *   by the shrinker (drop_caches; never below the low watermark): the
+ *   boundary goes down and the pages leave the mapping;
+ * - leak reclaim: a buffer held in a chunk being given back is reclaimed
+ *   after leak_timeout_ms: its address faults, its key is dead, it is
+ *   quarantined until its holder frees it (ESTALE), then usable again;
+ * - pool keys in COPY and in ring COPY, with the pool's access;
+ * - RLIMIT_MEMLOCK stops growth; madvise(MADV_DONTNEED) ends chunks;
+ * - fdinfo shows the counters;
+ * - teardown: POOL_DESTROY, munmap, close, fork (not inherited), exit and
+ *   SIGKILL leave nothing (module-wide counters and VmPin).
+ *
+ * Growth happens in the pool's work, after the call that asks for it:
+ * tests wait for boundaries with pl_wait() and allocate with a timeout.
+ * Run as root, with no other memreg file open.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+
+#include "memreg_util.h"
+#include "memreg_ring.h"
+
+#include "kselftest_harness.h"
+
+#define K4		4096U
+#define CHUNK_BYTES	(64U * 1024)
+#define NOBODY		65534
+#define WAIT_MS		5000	/* how long a boundary is waited for */
+#define ALLOC_MS	2000	/* ALLOC's timeout where growth may be needed */
+
+#define PTR(p)		((__u64)(unsigned long)(p))
+
+/* ---- Helpers ---- */
+
+static struct memreg_pool_class cl(__u32 size, __u32 max, __u32 low, __u32 high, __u32 initial)
+{
+	return (struct memreg_pool_class){ .buffer_size = size, .max_buffers = max,
+					   .low_watermark = low, .high_watermark = high,
+					   .initial = initial };
+}
+
+/* A pool and its mapping. */
+struct pl {
+	int fd;
+	__u32 pool;
+	__u32 nr;
+	char *map;
+	size_t bytes;
+	struct memreg_pool_class cl[MEMREG_POOL_MAX_CLASSES];
+};
+
+/* POOL_CREATE on `fd`; fills `p` (not mapped). 0 or -errno. */
+static int pl_create(struct pl *p, int fd, const struct memreg_pool_class *c, __u32 nr,
+		     __u32 access, __u32 leak_ms, __u32 shrink_ms)
+{
+	struct memreg_pool_create pc = { .nr_classes = nr, .access = access,
+					 .leak_timeout_ms = leak_ms, .shrink_ms = shrink_ms };
+
+	memset(p, 0, sizeof(*p));
+	p->fd = fd;
+	p->nr = nr;
+	if (nr <= MEMREG_POOL_MAX_CLASSES) {
+		memcpy(p->cl, c, nr * sizeof(*c));
+		pc.classes = PTR(p->cl);
+	} else {
+		/* Refused anyway: the caller's array as it is. */
+		pc.classes = PTR(c);
+	}
+	if (ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc))
+		return -errno;
+	p->pool = pc.pool;
+	p->bytes = pc.map_bytes;
+	return 0;
+}
+
+/* Maps the pool; 0 or -errno. */
+static int pl_map(struct pl *p)
+{
+	void *m = mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd,
+		       MEMREG_MMAP_POOL(p->pool));
+
+	if (m == MAP_FAILED)
+		return -errno;
+	p->map = m;
+	return 0;
+}
+
+/* Opens a file, creates a pool with parking off, and maps it; 0 or -errno. */
+static int pl_open(struct pl *p, const struct memreg_pool_class *c, __u32 nr, __u32 access,
+		   __u32 leak_ms, __u32 shrink_ms)
+{
+	int fd = memreg_open(), ret;
+
+	memset(p, 0, sizeof(*p));
+	p->fd = -1;
+	if (fd < 0)
+		return -errno;
+	ret = mr_set_parking(fd, 0);
+	if (!ret)
+		ret = pl_create(p, fd, c, nr, access, leak_ms, shrink_ms);
+	if (!ret)
+		ret = pl_map(p);
+	if (ret) {
+		close(fd);
+		p->fd = -1;
+	}
+	return ret;
+}
+
+static void pl_close(struct pl *p)
+{
+	if (p->map)
+		munmap(p->map, p->bytes);
+	if (p->fd >= 0)
+		close(p->fd);
+	p->map = NULL;
+	p->fd = -1;
+}
+
+/* POOL_ALLOC; the number of buffers given, or -errno. */
+static int pl_alloc(struct pl *p, __u64 size, __u32 count, __u32 flags, __u32 timeout_ms,
+		    struct memreg_pool_buf *bufs)
+{
+	struct memreg_pool_alloc a = { .pool = p->pool, .flags = flags, .size = size,
+				       .bufs = PTR(bufs), .count = count,
+				       .timeout_ms = timeout_ms };
+
+	if (ioctl(p->fd, MEMREG_IOC_POOL_ALLOC, &a))
+		return -errno;
+	return (int)a.count;
+}
+
+/* POOL_FREE of `n` addresses; 0 or -errno. */
+static int pl_free(struct pl *p, const __u64 *addrs, __u32 n)
+{
+	struct memreg_pool_free f = { .pool = p->pool, .count = n, .addrs = PTR(addrs) };
+
+	return ioctl(p->fd, MEMREG_IOC_POOL_FREE, &f) ? -errno : 0;
+}
+
+static int pl_free1(struct pl *p, __u64 addr)
+{
+	return pl_free(p, &addr, 1);
+}
+
+/* POOL_STATS of class `c`; 0 or -errno (*st is all ones then). */
+static int pl_stat(struct pl *p, __u32 c, struct memreg_pool_stats *st)
+{
+	struct memreg_pool_stats all[MEMREG_POOL_MAX_CLASSES];
+	struct memreg_pool_info in = { .pool = p->pool, .count = MEMREG_POOL_MAX_CLASSES,
+				       .stats = PTR(all) };
+
+	memset(st, 0xff, sizeof(*st));
+	if (ioctl(p->fd, MEMREG_IOC_POOL_STATS, &in))
+		return -errno;
+	if (c >= in.count)
+		return -ERANGE;
+	*st = all[c];
+	return 0;
+}
+
+/* A counter of class `c` (all ones on error). */
+#define STAT(p, c, field) ({							\
+	struct memreg_pool_stats _st;						\
+	pl_stat((p), (c), &_st);						\
+	_st.field;								\
+})
+
+static void pl_print(struct pl *p, __u32 c, const char *why)
+{
+	struct memreg_pool_stats s;
+
+	if (pl_stat(p, c, &s)) {
+		fprintf(stderr, "%s: pool %u class %u: no stats (%s)\n", why, p->pool, c,
+			strerror(errno));
+		return;
+	}
+	fprintf(stderr, "%s: pool %u class %u: boundary %llu allocated %llu free %llu grows %llu "
+		"shrinks %llu waits %llu timeouts %llu fallbacks %llu leaks %llu quarantined %llu\n",
+		why, p->pool, c, (unsigned long long)s.boundary, (unsigned long long)s.allocated,
+		(unsigned long long)s.free, (unsigned long long)s.grows,
+		(unsigned long long)s.shrinks, (unsigned long long)s.waits,
+		(unsigned long long)s.timeouts, (unsigned long long)s.fallbacks,
+		(unsigned long long)s.leaks_reclaimed, (unsigned long long)s.quarantined);
+}
+
+/* Waits up to `ms` until class `c`'s counter at `off` is `want`; 0 or -ETIMEDOUT. */
+static int pl_wait_field(struct pl *p, __u32 c, size_t off, __u64 want, int ms)
+{
+	struct memreg_pool_stats s;
+	int i;
+
+	for (i = 0; i <= ms / 5; i++) {
+		if (!pl_stat(p, c, &s) && *(__u64 *)((char *)&s + off) == want)
+			return 0;
+		usleep(5000);
+	}
+	pl_print(p, c, "pl_wait timed out");
+	return -ETIMEDOUT;
+}
+
+#define pl_wait(p, c, field, want) \
+	pl_wait_field((p), (c), offsetof(struct memreg_pool_stats, field), (want), WAIT_MS)
+
+/* The address of buffer `i` of class `c`. */
+static char *baddr(const struct pl *p, __u32 c, size_t i)
+{
+	return p->map + p->cl[c].offset + i * p->cl[c].buffer_size;
+}
+
+/* The index in its class of the buffer at `addr`. */
+static long bidx(const struct pl *p, __u32 c, __u64 addr)
+{
+	return (long)((addr - PTR(p->map) - p->cl[c].offset) / p->cl[c].buffer_size);
+}
+
+/*
+ * Allocates `n` buffers of `size` into `bufs`, in batches of at most
+ * `batch`, each ALLOC waiting up to `timeout_ms`; returns how many it got
+ * (fewer than `n` after a failed ALLOC, whose -errno goes to *err).
+ */
+static int alloc_n(struct pl *p, __u64 size, int n, int batch, __u32 flags, __u32 timeout_ms,
+		   struct memreg_pool_buf *bufs, int *err)
+{
+	int got = 0, r;
+
+	*err = 0;
+	while (got < n) {
+		int want = n - got < batch ? n - got : batch;
+
+		r = pl_alloc(p, size, want, flags, timeout_ms, bufs + got);
+		if (r < 0) {
+			*err = r;
+			break;
+		}
+		if (r == 0 || r > want) {
+			*err = -EPROTO;
+			break;
+		}
+		got += r;
+	}
+	return got;
+}
+
+/* Frees the `n` buffers of `bufs` in batches; 0 or the first -errno. */
+static int free_bufs(struct pl *p, const struct memreg_pool_buf *bufs, int n)
+{
+	__u64 addrs[MEMREG_POOL_MAX_BATCH];
+	int i = 0, k, ret = 0, r;
+
+	while (i < n) {
+		for (k = 0; k < MEMREG_POOL_MAX_BATCH && i + k < n; k++)
+			addrs[k] = bufs[i + k].addr;
+		r = pl_free(p, addrs, k);
+		if (r && !ret)
+			ret = r;
+		i += k;
+	}
+	return ret;
+}
+
+/* ---- Faults ---- */
+
+static sigjmp_buf probe_jb;
+static volatile sig_atomic_t probe_sig;
+
+static void on_probe_fault(int sig)
+{
+	probe_sig = sig;
+	siglongjmp(probe_jb, 1);
+}
+
+/*
+ * Reads (and with `write`, writes back) the byte at `p`; returns 0, or the
+ * signal (SIGSEGV or SIGBUS) the access raised.
+ */
+static int probe(void *p, int write)
+{
+	struct sigaction sa = { .sa_handler = on_probe_fault }, old_segv, old_bus;
+	volatile char *c = p;
+	int ret;
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGSEGV, &sa, &old_segv);
+	sigaction(SIGBUS, &sa, &old_bus);
+	probe_sig = 0;
+	if (sigsetjmp(probe_jb, 1) == 0) {
+		char v = *c;
+
+		if (write)
+			*c = v;
+		ret = 0;
+	} else {
+		ret = probe_sig;
+	}
+	sigaction(SIGSEGV, &old_segv, NULL);
+	sigaction(SIGBUS, &old_bus, NULL);
+	return ret;
+}
+
+static bool faults(void *p)
+{
+	int r = probe(p, 0), w = probe(p, 1);
+
+	return (r == SIGSEGV || r == SIGBUS) && (w == SIGSEGV || w == SIGBUS);
+}
+
+/*
+ * Whether the byte at `p` faults within `ms`. A chunk given back leaves the
+ * mapping just after the counters show the boundary moved (the work updates
+ * them first), so a test that saw the boundary move waits a little for it.
+ */
+static bool faults_soon(void *p, int ms)
+{
+	int i;
+
+	for (i = 0; i <= ms / 5; i++) {
+		if (faults(p))
+			return true;
+		usleep(5000);
+	}
+	return false;
+}
+
+/* ---- Baselines ---- */
+
+/* Waits until no memreg file is open and nothing is pinned; `base` gets what is left. */
+static void settle(struct memreg_global_stats *base)
+{
+	mr_wait_global(0, 0, 0);
+	if (mr_global_now(base))
+		memset(base, 0xff, sizeof(*base));
+}
+
+/*
+ * Waits up to `ms` for the module-wide counters (open files, registrations,
+ * pinned pages, contexts alive) to be back at `base`, plus `contexts` files
+ * of ours still open.
+ */
+static int wait_global(const struct memreg_global_stats *base, __u64 contexts, int ms)
+{
+	struct memreg_global_stats g;
+	int i;
+
+	for (i = 0; i <= ms / 10; i++) {
+		if (mr_global_now(&g))
+			return -EIO;
+		if (g.contexts == base->contexts + contexts && g.regions == base->regions &&
+		    g.pages_pinned == base->pages_pinned &&
+		    g.contexts_alive == base->contexts_alive + contexts)
+			return 0;
+		usleep(10000);
+	}
+	fprintf(stderr, "global: contexts %llu regions %llu pages %llu alive %llu, want %llu %llu "
+		"%llu %llu\n", (unsigned long long)g.contexts, (unsigned long long)g.regions,
+		(unsigned long long)g.pages_pinned, (unsigned long long)g.contexts_alive,
+		(unsigned long long)(base->contexts + contexts), (unsigned long long)base->regions,
+		(unsigned long long)base->pages_pinned,
+		(unsigned long long)(base->contexts_alive + contexts));
+	return -ETIMEDOUT;
+}
+
+/* Waits up to `ms` for VmPin to be `kb`; 0 or -ETIMEDOUT. */
+static int wait_vmpin(long kb, int ms)
+{
+	int i;
+
+	for (i = 0; i <= ms / 10; i++) {
+		if (vm_pin_kb() == kb)
+			return 0;
+		usleep(10000);
+	}
+	fprintf(stderr, "VmPin %ld kB, want %ld kB\n", vm_pin_kb(), kb);
+	return -ETIMEDOUT;
+}
+
+/* Pages pinned module-wide (all ones on error). */
+static __u64 global_pinned(void)
+{
+	struct memreg_global_stats g;
+
+	return mr_global_now(&g) ? ~0ULL : g.pages_pinned;
+}
+
+/* Whether thread `tid` of this process is asleep ("S"). */
+static bool thread_sleeping(pid_t tid)
+{
+	char path[64], line[512], *s;
+	bool asleep = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (fgets(line, sizeof(line), f)) {
+		s = strrchr(line, ')');
+		asleep = s && s[1] == ' ' && s[2] == 'S';
+	}
+	fclose(f);
+	return asleep;
+}
+
+static __u64 now_ms(void)
+{
+	return mrq_now_us() / 1000;
+}
+
+/* A thread blocked in one ALLOC. */
+struct waiter {
+	struct pl *p;
+	__u64 size;
+	__u32 flags;
+	__u32 timeout_ms;
+	pid_t tid;
+	int ret;		/* count or -errno */
+	__u64 ms;		/* how long ALLOC took */
+	struct memreg_pool_buf buf;
+	int done;
+};
+
+static void *waiter_run(void *arg)
+{
+	struct waiter *w = arg;
+	__u64 t0;
+
+	__atomic_store_n(&w->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+	t0 = now_ms();
+	w->ret = pl_alloc(w->p, w->size, 1, w->flags, w->timeout_ms, &w->buf);
+	w->ms = now_ms() - t0;
+	__atomic_store_n(&w->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* Waits (up to 5 s) until the waiter sleeps in its ALLOC; false if it did not. */
+static bool waiter_asleep(struct waiter *w)
+{
+	int i;
+
+	for (i = 0; i < 500; i++) {
+		pid_t tid = __atomic_load_n(&w->tid, __ATOMIC_ACQUIRE);
+
+		if (__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+			return false;
+		/* Asleep twice in a row, 10 ms apart: in the ALLOC, not on its way. */
+		if (tid && thread_sleeping(tid)) {
+			usleep(10000);
+			if (thread_sleeping(tid) && !__atomic_load_n(&w->done, __ATOMIC_ACQUIRE))
+				return true;
+		}
+		usleep(10000);
+	}
+	return false;
+}
+
+/* ---- POOL_CREATE ---- */
+
+/* A valid create of one 4 KiB class (64 buffers, low 4, high 40, initial 16). */
+static int create_ok(int fd, struct pl *p)
+{
+	struct memreg_pool_class c = cl(K4, 64, 4, 40, 16);
+
+	return pl_create(p, fd, &c, 1, RW, 1000, 100);
+}
+
+/* POOL_CREATE of the classes `c`; -errno or 0. */
+static int create_classes(int fd, const struct memreg_pool_class *c, __u32 nr)
+{
+	struct pl p;
+
+	return pl_create(&p, fd, c, nr, RW, 1000, 100);
+}
+
+TEST(create_refuses_bad_classes)
+{
+	struct memreg_pool_class c[9];
+	struct pl p;
+	int fd = memreg_open();
+	int i;
+
+	ASSERT_GE(fd, 0);
+	/* Buffer sizes: not a power of two, too small, too large, zero. */
+	c[0] = cl(3000, 64, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(32, 1024, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(MEMREG_POOL_MAX_BUFFER * 2, 4, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(0, 64, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* Classes not increasing: equal, then decreasing (the first one valid). */
+	c[0] = cl(K4, 64, 0, 0, 0);
+	c[1] = cl(K4, 64, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 2));
+	c[1] = cl(256, 256, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 2));
+	/* A bad second class spoils the first. */
+	c[1] = cl(8192, 12, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 2));
+	/* max_buffers: 0, not a multiple of chunk_buffers (16 for 4 KiB), too many. */
+	c[0] = cl(K4, 0, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(K4, 40, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(K4, MEMREG_POOL_MAX_BUFFERS + 16, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(64, 1000, 0, 0, 0);	/* 1024 to a chunk of 64 B buffers */
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* low_watermark not below max. */
+	c[0] = cl(K4, 64, 64, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(K4, 64, 65, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* high_watermark below low + chunk_buffers (0 is "never"). */
+	c[0] = cl(K4, 64, 4, 19, 16);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(K4, 64, 4, 1, 16);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* initial not a multiple of chunk_buffers, or above max. */
+	c[0] = cl(K4, 64, 4, 40, 8);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	c[0] = cl(K4, 64, 4, 40, 80);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* A mapping past 64 GiB: 65536 buffers of 2 MiB. */
+	c[0] = cl(MEMREG_POOL_MAX_BUFFER, MEMREG_POOL_MAX_BUFFERS, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 1));
+	/* nr_classes 0 and 9. */
+	for (i = 0; i < 9; i++)
+		c[i] = cl(64U << i, 4096, 0, 0, 0);
+	c[0] = cl(64, 4096, 0, 0, 0);
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 0));
+	EXPECT_EQ(-EINVAL, create_classes(fd, c, 9));
+
+	/* The limits themselves are fine: the low watermark just below max, high = low + chunk. */
+	c[0] = cl(K4, 64, 63, 0, 64);
+	c[1] = cl(8192, 16, 4, 12, 0);
+	c[2] = cl(MEMREG_POOL_MAX_BUFFER, 1, 0, 0, 0);
+	ASSERT_EQ(0, pl_create(&p, fd, c, 3, RW, 1, 0));
+	/* Nothing was created by the refused calls. */
+	EXPECT_EQ(0, p.pool);
+	EXPECT_EQ(16, p.cl[0].chunk_buffers);
+	EXPECT_EQ(8, p.cl[1].chunk_buffers);
+	EXPECT_EQ(1, p.cl[2].chunk_buffers);
+	EXPECT_EQ(0, p.cl[0].offset);
+	EXPECT_EQ(64 * K4, p.cl[1].offset);
+	EXPECT_EQ(64 * K4 + 16 * 8192, p.cl[2].offset);
+	EXPECT_EQ(64 * K4 + 16 * 8192 + MEMREG_POOL_MAX_BUFFER, p.bytes);
+	/* Eight classes, the most. */
+	for (i = 0; i < 8; i++)
+		c[i] = cl(64U << i, 4096, 0, 0, 0);
+	ASSERT_EQ(0, pl_create(&p, fd, c, 8, RW, 1, 0));
+	EXPECT_EQ(1, p.pool);
+	for (i = 0; i < 8; i++)
+		EXPECT_EQ((CHUNK_BYTES / (64U << i)), p.cl[i].chunk_buffers) TH_LOG("class %d", i);
+	close(fd);
+}
+
+TEST(create_refuses_bad_fields)
+{
+	struct memreg_pool_class c = cl(K4, 64, 4, 40, 16);
+	struct memreg_pool_create pc;
+	struct memreg_pool_class *ro;
+	struct pl p;
+	int fd = memreg_open();
+	int i;
+
+	ASSERT_GE(fd, 0);
+	/* access: without LOCAL_WRITE, unknown bits. */
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, RO, 1000, 100));
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, MEMREG_ACCESS_REMOTE_WRITE, 1000, 100));
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, 0, 1000, 100));
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, RW | 0x10, 1000, 100));
+	/* Timeouts: leak 0 or past the maximum, shrink past the maximum. */
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, RW, 0, 100));
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, RW, MEMREG_POOL_MAX_TIMEOUT_MS + 1, 100));
+	EXPECT_EQ(-EINVAL, pl_create(&p, fd, &c, 1, RW, 1000, MEMREG_POOL_MAX_TIMEOUT_MS + 1));
+	/* Reserved fields. */
+	memset(&pc, 0, sizeof(pc));
+	pc.classes = PTR(&c);
+	pc.nr_classes = 1;
+	pc.access = RW;
+	pc.leak_timeout_ms = 1000;
+	pc.reserved0 = 1;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc));
+	EXPECT_EQ(EINVAL, errno);
+	pc.reserved0 = 0;
+	for (i = 0; i < 2; i++) {
+		pc.reserved[i] = 1;
+		EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc)) TH_LOG("reserved[%d]", i);
+		EXPECT_EQ(EINVAL, errno);
+		pc.reserved[i] = 0;
+	}
+	/* Out fields given as input are ignored. */
+	pc.pool = 7;
+	pc.map_bytes = 12345;
+	c.chunk_buffers = 3;
+	c.offset = 99;
+	/* Bad pointers: the classes, the argument. */
+	pc.classes = 0;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc));
+	EXPECT_EQ(EFAULT, errno);
+	pc.classes = 8;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	/* Classes that cannot be written back: no pool is created. */
+	ro = mmap(NULL, PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, ro);
+	*ro = cl(K4, 64, 4, 40, 16);
+	ASSERT_EQ(0, mprotect(ro, PAGE, PROT_READ));
+	pc.classes = PTR(ro);
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc));
+	EXPECT_EQ(EFAULT, errno);
+	munmap(ro, PAGE);
+
+	pc.classes = PTR(&c);
+	ASSERT_EQ(0, ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc));
+	EXPECT_EQ(0, pc.pool);
+	EXPECT_EQ(64 * K4, pc.map_bytes);
+	EXPECT_EQ(16, c.chunk_buffers);
+	EXPECT_EQ(0, c.offset);
+	/* The input fields are left as they were. */
+	EXPECT_EQ(K4, c.buffer_size);
+	EXPECT_EQ(64, c.max_buffers);
+	EXPECT_EQ(4, c.low_watermark);
+	EXPECT_EQ(40, c.high_watermark);
+	EXPECT_EQ(16, c.initial);
+	/* The limits of the timeouts are fine. */
+	ASSERT_EQ(0, pl_create(&p, fd, &c, 1, MEMREG_ACCESS_LOCAL_WRITE,
+			       MEMREG_POOL_MAX_TIMEOUT_MS, MEMREG_POOL_MAX_TIMEOUT_MS));
+	EXPECT_EQ(1, p.pool);
+	ASSERT_EQ(0, pl_create(&p, fd, &c, 1, MEMREG_ACCESS_ALL, 1, 0));
+	EXPECT_EQ(2, p.pool);
+	close(fd);
+}
+
+TEST(pool_indexes_limit_and_destroy)
+{
+	struct memreg_pool_destroy d = { 0 };
+	struct memreg_pool_stats st;
+	struct pl p;
+	int fd = memreg_open();
+	int i;
+
+	ASSERT_GE(fd, 0);
+	for (i = 0; i < MEMREG_MAX_POOLS; i++) {
+		ASSERT_EQ(0, create_ok(fd, &p)) TH_LOG("pool %d", i);
+		EXPECT_EQ(i, p.pool);
+	}
+	EXPECT_EQ(-ENOSPC, create_ok(fd, &p));
+	/* DESTROY: reserved, unknown pool; then twice. */
+	d.pool = 3;
+	d.reserved = 1;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(EINVAL, errno);
+	d.reserved = 0;
+	d.pool = MEMREG_MAX_POOLS;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(EINVAL, errno);
+	d.pool = ~0U;
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_DESTROY, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	d.pool = 3;
+	EXPECT_EQ(0, ioctl(fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(EINVAL, errno);
+	/* Its index is not reused, and its calls fail. */
+	EXPECT_EQ(-ENOSPC, create_ok(fd, &p));
+	p.pool = 3;
+	EXPECT_EQ(-EINVAL, pl_stat(&p, 0, &st));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0, 0, (void *)&st));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, 4096));
+	/* The others still answer. */
+	p.pool = 4;
+	EXPECT_EQ(0, pl_stat(&p, 0, &st));
+	close(fd);
+}
+
+/* ---- The mapping ---- */
+
+static int try_mmap(int fd, size_t len, int prot, int flags, off_t off)
+{
+	void *m = mmap(NULL, len, prot, flags, fd, off);
+
+	if (m == MAP_FAILED)
+		return -errno;
+	munmap(m, len);
+	return 0;
+}
+
+TEST(mmap_refuses_bad_requests)
+{
+	struct memreg_pool_buf b;
+	struct memreg_pool_stats st;
+	struct pl p;
+	int fd = memreg_open();
+	char *m;
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, create_ok(fd, &p));
+	/* Before the mapping: ALLOC says ENXIO, FREE knows no buffer, STATS is all zero. */
+	EXPECT_EQ(-ENXIO, pl_alloc(&p, 1, 1, 0, 0, &b));
+	EXPECT_EQ(-ENXIO, pl_alloc(&p, 1, 1, 0, 100, &b));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, 4096));
+	ASSERT_EQ(0, pl_stat(&p, 0, &st));
+	EXPECT_EQ(0, st.boundary);
+	EXPECT_EQ(0, st.grows);
+	EXPECT_EQ(0, st.allocated);
+	EXPECT_EQ(0, st.free);
+
+	/* Wrong lengths, a private mapping, execute access. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes - PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes + PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE,
+				    MEMREG_MMAP_POOL(0)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_SHARED,
+				    MEMREG_MMAP_POOL(0)));
+	/* Unknown pools, and an offset inside a pool's window. */
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(1)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(MEMREG_MAX_POOLS - 1)));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(0) + PAGE));
+	/* None of these mapped the pool. */
+	EXPECT_EQ(-ENXIO, pl_alloc(&p, 1, 1, 0, 0, &b));
+	usleep(50000);
+	EXPECT_EQ(0, STAT(&p, 0, boundary));
+
+	/* The right one works once; a second one is EBUSY. */
+	m = mmap(NULL, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, MEMREG_MMAP_POOL(0));
+	ASSERT_NE(MAP_FAILED, m);
+	p.map = m;
+	EXPECT_EQ(-EBUSY, try_mmap(fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				   MEMREG_MMAP_POOL(0)));
+	ASSERT_EQ(1, pl_alloc(&p, 1, 1, 0, ALLOC_MS, &b));
+	EXPECT_EQ(PTR(m), b.addr);
+	/* The mapping cannot be made executable, nor grow. */
+	EXPECT_EQ(-1, mprotect(m, PAGE, PROT_READ | PROT_EXEC));
+	EXPECT_EQ(MAP_FAILED, mremap(m, p.bytes, p.bytes + PAGE, 0));
+	EXPECT_EQ(0, pl_free1(&p, b.addr));
+	EXPECT_EQ(16, STAT(&p, 0, boundary));
+	pl_close(&p);
+}
+
+/*
+ * The layout: each class's partition at its offset, buffers in chunks of
+ * 64 KiB (or one buffer), a key per chunk, the offset in it; fresh buffers
+ * are zero; the reserved portion above each boundary faults.
+ */
+TEST(layout_chunks_keys_and_reserved_portion)
+{
+	struct memreg_pool_class c[3] = {
+		cl(256, 512, 0, 0, 256),		/* chunk: 256 buffers */
+		cl(K4, 64, 0, 0, 32),			/* chunk: 16 */
+		cl(128 * 1024, 4, 0, 0, 2),		/* chunk: 1 */
+	};
+	struct memreg_pool_buf b[256];
+	struct memreg_query q;
+	__u64 keys[3][4];
+	struct pl p;
+	__u32 k;
+	int i, n, err;
+
+	ASSERT_EQ(0, pl_open(&p, c, 3, RW, 1000, 0));
+	EXPECT_EQ(256, p.cl[0].chunk_buffers);
+	EXPECT_EQ(16, p.cl[1].chunk_buffers);
+	EXPECT_EQ(1, p.cl[2].chunk_buffers);
+	EXPECT_EQ(0, p.cl[0].offset);
+	EXPECT_EQ(512 * 256, p.cl[1].offset);
+	EXPECT_EQ(512 * 256 + 64 * K4, p.cl[2].offset);
+	EXPECT_EQ(512 * 256 + 64 * K4 + 4 * 128 * 1024, p.bytes);
+	for (k = 0; k < 3; k++)
+		ASSERT_EQ(0, pl_wait(&p, k, boundary, p.cl[k].initial));
+	EXPECT_EQ(1, STAT(&p, 0, grows));
+	EXPECT_EQ(2, STAT(&p, 1, grows));
+	EXPECT_EQ(2, STAT(&p, 2, grows));
+
+	memset(keys, 0, sizeof(keys));
+	for (k = 0; k < 3; k++) {
+		__u32 size = p.cl[k].buffer_size, chunk = p.cl[k].chunk_buffers;
+
+		/* All but one (the last free one would make the class grow: low 0). */
+		n = alloc_n(&p, size, (int)p.cl[k].initial - 1, 64, MEMREG_POOL_NO_FALLBACK, 0, b,
+			    &err);
+		ASSERT_EQ(p.cl[k].initial - 1, n) TH_LOG("class %u: %d", k, err);
+		for (i = 0; i < n; i++) {
+			/* Lowest first: buffer i, in chunk i / chunk, at its offset there. */
+			EXPECT_EQ(PTR(baddr(&p, k, i)), b[i].addr) TH_LOG("class %u buf %d", k, i);
+			EXPECT_EQ(size, b[i].size);
+			EXPECT_EQ(k, b[i].class);
+			EXPECT_EQ((__u64)(i % chunk) * size, b[i].offset);
+			EXPECT_NE(0, b[i].key);
+			if (i % chunk == 0)
+				keys[k][i / chunk] = b[i].key;
+			else
+				EXPECT_EQ(keys[k][i / chunk], b[i].key);
+			/* Fresh pages: zero. */
+			EXPECT_TRUE(all_bytes((char *)(unsigned long)b[i].addr, size, 0));
+			memset((char *)(unsigned long)b[i].addr, 'a' + k, size);
+		}
+		/* One key per chunk, all different. */
+		for (i = 1; i * chunk < (__u32)n; i++)
+			EXPECT_NE(keys[k][i - 1], keys[k][i]);
+		/* The last buffer below the boundary is mapped (and free). */
+		EXPECT_EQ(0, probe(baddr(&p, k, n + 1) - 1, 1));
+		/* The reserved portion faults, for reads and writes, up to the partition's end. */
+		EXPECT_EQ(SIGBUS, probe(baddr(&p, k, n + 1), 0));
+		EXPECT_TRUE(faults(baddr(&p, k, n + 1)));
+		EXPECT_TRUE(faults(baddr(&p, k, p.cl[k].max_buffers) - 1));
+		usleep(50000);
+		EXPECT_EQ(p.cl[k].initial, STAT(&p, k, boundary));
+	}
+	/* The registrations are what QUERY says: a chunk each, with the pool's access. */
+	ASSERT_EQ(0, mr_query(p.fd, keys[1][1], &q));
+	EXPECT_EQ(PTR(baddr(&p, 1, 16)), q.addr);
+	EXPECT_EQ(CHUNK_BYTES, q.length);
+	EXPECT_EQ(RW, q.access);
+	EXPECT_EQ(16, q.pages);
+	EXPECT_EQ(MEMREG_STATE_VALID, q.state & MEMREG_STATE_VALID);
+	ASSERT_EQ(0, mr_query(p.fd, keys[2][0], &q));
+	EXPECT_EQ(PTR(baddr(&p, 2, 0)), q.addr);
+	EXPECT_EQ(128 * 1024, q.length);
+	/* A pool's chunk is the pool's: DEREGISTER refuses it. */
+	EXPECT_EQ(-EINVAL, mr_deregister(p.fd, keys[1][1]));
+	EXPECT_EQ(0, mr_query(p.fd, keys[1][1], &q));
+	pl_close(&p);
+}
+
+/* ---- ALLOC and FREE: bad input ---- */
+
+TEST(alloc_refuses_bad_input)
+{
+	struct memreg_pool_class c[2] = { cl(256, 256, 0, 0, 256), cl(K4, 64, 0, 0, 16) };
+	struct memreg_pool_alloc a;
+	struct memreg_pool_buf b[65];
+	struct pl p;
+	int i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
+	/* Sizes: 0, past the largest class. */
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 0, 1, 0, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, K4 + 1, 1, 0, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, ~0ULL, 1, 0, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1ULL << 32, 1, 0, 0, b));
+	/* Counts: 0, 65. */
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 0, 0, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, MEMREG_POOL_MAX_BATCH + 1, 0, 0, b));
+	/* Flags, the timeout. */
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 2, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0x80000000U, 0, b));
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0, MEMREG_POOL_MAX_TIMEOUT_MS + 1, b));
+	/* Reserved fields. */
+	for (i = 0; i < 2; i++) {
+		memset(&a, 0, sizeof(a));
+		a.pool = p.pool;
+		a.size = 1;
+		a.count = 1;
+		a.bufs = PTR(b);
+		a.reserved[i] = 1;
+		EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_ALLOC, &a)) TH_LOG("reserved[%d]", i);
+		EXPECT_EQ(EINVAL, errno);
+	}
+	/* Unknown pools. */
+	p.pool = 1;
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0, 0, b));
+	p.pool = MEMREG_MAX_POOLS;
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0, 0, b));
+	p.pool = 0;
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	/* Bad pointers: the buffers go back. */
+	EXPECT_EQ(-EFAULT, pl_alloc(&p, 1, 4, 0, 0, NULL));
+	EXPECT_EQ(-EFAULT, pl_alloc(&p, K4, 4, 0, 0, (void *)8));
+	EXPECT_EQ(-EFAULT, pl_alloc(&p, K4, 64, 0, 0,
+				    (void *)((char *)p.map + p.bytes - sizeof(b[0]))));
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_ALLOC, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(256, STAT(&p, 0, free));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	EXPECT_EQ(16, STAT(&p, 1, free));
+	/* The limits are fine: 64 at once, the largest size, the longest timeout. */
+	EXPECT_EQ(64, pl_alloc(&p, 1, MEMREG_POOL_MAX_BATCH, 0, MEMREG_POOL_MAX_TIMEOUT_MS, b));
+	EXPECT_EQ(0, free_bufs(&p, b, 64));
+	EXPECT_EQ(1, pl_alloc(&p, K4, 1, MEMREG_POOL_NO_FALLBACK, 0, b));
+	EXPECT_EQ(1, b[0].class);
+	EXPECT_EQ(0, free_bufs(&p, b, 1));
+	pl_close(&p);
+}
+
+TEST(free_refuses_bad_input_and_frees_none)
+{
+	struct memreg_pool_class c[2] = { cl(256, 256, 0, 0, 256), cl(K4, 64, 0, 0, 16) };
+	struct memreg_pool_buf b[8];
+	struct memreg_pool_free f;
+	__u64 addrs[MEMREG_POOL_MAX_BATCH + 1];
+	struct pl p;
+	int i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	ASSERT_EQ(4, pl_alloc(&p, 200, 4, 0, ALLOC_MS, b));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, ALLOC_MS, b + 4));
+	for (i = 0; i < 8; i++)
+		addrs[i] = b[i].addr;
+
+	/* Counts: 0, 65. */
+	EXPECT_EQ(-EINVAL, pl_free(&p, addrs, 0));
+	EXPECT_EQ(-EINVAL, pl_free(&p, addrs, MEMREG_POOL_MAX_BATCH + 1));
+	/* Reserved fields. */
+	for (i = 0; i < 2; i++) {
+		memset(&f, 0, sizeof(f));
+		f.pool = p.pool;
+		f.count = 1;
+		f.addrs = PTR(addrs);
+		f.reserved[i] = 1;
+		EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_FREE, &f)) TH_LOG("reserved[%d]", i);
+		EXPECT_EQ(EINVAL, errno);
+	}
+	/* An unknown pool. */
+	p.pool = 5;
+	EXPECT_EQ(-EINVAL, pl_free(&p, addrs, 1));
+	p.pool = 0;
+	/* Each bad address spoils a batch of good ones: nothing is freed. */
+	{
+		__u64 bad[] = {
+			PTR(baddr(&p, 0, 10)),		/* below the boundary, not allocated */
+			PTR(baddr(&p, 1, 40)),		/* the reserved portion */
+			b[0].addr + 1,			/* misaligned */
+			b[4].addr + 256,		/* 256-aligned, not 4 KiB */
+			b[1].addr,			/* twice */
+			PTR(p.map) - K4,		/* below the pool */
+			PTR(p.map) + p.bytes,		/* past it */
+			0,
+			~0ULL,
+		};
+
+		for (i = 0; i < (int)(sizeof(bad) / sizeof(bad[0])); i++) {
+			__u64 batch[9];
+
+			memcpy(batch, addrs, 8 * sizeof(__u64));
+			batch[8] = bad[i];
+			EXPECT_EQ(-EINVAL, pl_free(&p, batch, 9)) TH_LOG("bad address %d", i);
+			/* First in the batch too. */
+			batch[0] = bad[i];
+			batch[8] = addrs[0];
+			EXPECT_EQ(-EINVAL, pl_free(&p, batch, 9)) TH_LOG("bad address %d first", i);
+			EXPECT_EQ(4, STAT(&p, 0, allocated));
+			EXPECT_EQ(4, STAT(&p, 1, allocated));
+		}
+	}
+	/* The same buffer twice in one batch. */
+	addrs[8] = addrs[5];
+	EXPECT_EQ(-EINVAL, pl_free(&p, addrs, 9));
+	addrs[0] = addrs[1];
+	EXPECT_EQ(-EINVAL, pl_free(&p, addrs, 2));
+	addrs[0] = b[0].addr;
+	EXPECT_EQ(4, STAT(&p, 0, allocated));
+	EXPECT_EQ(4, STAT(&p, 1, allocated));
+	/* Bad pointers. */
+	EXPECT_EQ(-EFAULT, pl_free(&p, NULL, 1));
+	EXPECT_EQ(-EFAULT, pl_free(&p, (void *)8, 2));
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_FREE, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(8, STAT(&p, 0, allocated) + STAT(&p, 1, allocated));
+
+	/* All eight were still allocated: they free now, once. */
+	EXPECT_EQ(0, pl_free(&p, addrs, 8));
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	EXPECT_EQ(256, STAT(&p, 0, free));
+	EXPECT_EQ(16, STAT(&p, 1, free));
+	for (i = 0; i < 8; i++)
+		EXPECT_EQ(-EINVAL, pl_free1(&p, addrs[i])) TH_LOG("buffer %d again", i);
+	pl_close(&p);
+}
+
+TEST(stats_refuses_bad_input)
+{
+	struct memreg_pool_class c[2] = { cl(256, 256, 0, 0, 256), cl(K4, 64, 0, 0, 16) };
+	struct memreg_pool_stats st[3];
+	struct memreg_pool_info in;
+	struct pl p;
+	int i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	/* count 0: nothing written, the number of classes told. */
+	memset(st, 0xaa, sizeof(st));
+	in = (struct memreg_pool_info){ .pool = p.pool, .count = 0, .stats = 0 };
+	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in));
+	EXPECT_EQ(2, in.count);
+	/* count 1: one written. */
+	in = (struct memreg_pool_info){ .pool = p.pool, .count = 1, .stats = PTR(st) };
+	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in));
+	EXPECT_EQ(2, in.count);
+	EXPECT_EQ(256, st[0].boundary);
+	EXPECT_TRUE(all_bytes((char *)&st[1], sizeof(st[1]), 0xaa));
+	/* count 3: two written. */
+	in = (struct memreg_pool_info){ .pool = p.pool, .count = 3, .stats = PTR(st) };
+	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in));
+	EXPECT_EQ(2, in.count);
+	EXPECT_EQ(16, st[1].boundary);
+	EXPECT_EQ(16, st[1].free);
+	EXPECT_TRUE(all_bytes((char *)&st[2], sizeof(st[2]), 0xaa));
+	/* Reserved fields, unknown pools, bad pointers. */
+	for (i = 0; i < 2; i++) {
+		in = (struct memreg_pool_info){ .pool = p.pool, .count = 2, .stats = PTR(st) };
+		in.reserved[i] = 1;
+		EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in)) TH_LOG("reserved[%d]", i);
+		EXPECT_EQ(EINVAL, errno);
+	}
+	in = (struct memreg_pool_info){ .pool = 1, .count = 2, .stats = PTR(st) };
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in));
+	EXPECT_EQ(EINVAL, errno);
+	in = (struct memreg_pool_info){ .pool = p.pool, .count = 2, .stats = 8 };
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_STATS, &in));
+	EXPECT_EQ(EFAULT, errno);
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_STATS, NULL));
+	EXPECT_EQ(EFAULT, errno);
+	pl_close(&p);
+}
+
+/* A fixture with nothing in it, for the tests that need a longer timeout. */
+FIXTURE(slow)
+{
+	int unused;
+};
+
+FIXTURE_SETUP(slow)
+{
+	self->unused = 0;
+}
+
+FIXTURE_TEARDOWN(slow)
+{
+}
+
+/* ---- Allocation patterns ---- */
+
+/* Whether the buffers are distinct, in class `c`, below max, on their boundaries. */
+static bool distinct(const struct pl *p, __u32 c, const struct memreg_pool_buf *b, int n)
+{
+	static unsigned char seen[MEMREG_POOL_MAX_BUFFERS];
+	int i;
+
+	memset(seen, 0, sizeof(seen));
+	for (i = 0; i < n; i++) {
+		__u64 rel = b[i].addr - PTR(p->map) - p->cl[c].offset;
+		long k = bidx(p, c, b[i].addr);
+
+		if (b[i].class != c || rel % p->cl[c].buffer_size || k < 0 ||
+		    k >= (long)p->cl[c].max_buffers || seen[k]++) {
+			fprintf(stderr, "buffer %d: %#llx (index %ld, class %u) bad or twice\n", i,
+				(unsigned long long)b[i].addr, k, b[i].class);
+			return false;
+		}
+	}
+	return true;
+}
+
+TEST(alloc_one_at_a_time_to_exhaustion)
+{
+	struct memreg_pool_class c = cl(K4, 64, 2, 0, 16);
+	struct memreg_pool_buf b[65];
+	struct pl p;
+	int i, n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	n = alloc_n(&p, K4, 64, 1, MEMREG_POOL_NO_FALLBACK, ALLOC_MS, b, &err);
+	ASSERT_EQ(64, n) TH_LOG("stopped with %d", err);
+	EXPECT_TRUE(distinct(&p, 0, b, n));
+	for (i = 0; i < n; i++)
+		memset((char *)(unsigned long)b[i].addr, i, K4);
+	/* The maximum: nothing more, now or later. */
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, K4, 1, 0, 0, b + 64));
+	EXPECT_EQ(-ETIMEDOUT, pl_alloc(&p, K4, 1, 0, 50, b + 64));
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	EXPECT_EQ(64, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 0, free));
+	EXPECT_EQ(4, STAT(&p, 0, grows));
+	for (i = 0; i < n; i++)
+		EXPECT_TRUE(all_bytes((char *)(unsigned long)b[i].addr, K4, i)) TH_LOG("buf %d", i);
+	/* One freed is the next one given; then all back. */
+	ASSERT_EQ(0, pl_free1(&p, b[37].addr));
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, b + 64));
+	EXPECT_EQ(b[37].addr, b[64].addr);
+	EXPECT_EQ(b[37].key, b[64].key);
+	EXPECT_EQ(b[37].offset, b[64].offset);
+	/* The bytes are not cleared between holders. */
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[64].addr, K4, 37));
+	for (i = 0; i < n; i++)
+		EXPECT_EQ(0, pl_free1(&p, b[i].addr)) TH_LOG("buf %d", i);
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(64, STAT(&p, 0, free));
+	pl_close(&p);
+}
+
+TEST(alloc_batches_to_exhaustion)
+{
+	struct memreg_pool_class c[2] = { cl(512, 1024, 8, 0, 128), cl(8192, 32, 0, 0, 8) };
+	struct memreg_pool_buf b[1024 + 64];
+	int sizes[] = { 1, 7, 64, 3, 33, 64 };
+	struct pl p;
+	int i, n = 0, r, k = 0, err;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	/* Odd batch sizes: each gives what it asks or, at the end, what is left. */
+	while (n < 1024) {
+		r = pl_alloc(&p, 300, sizes[k++ % 6], MEMREG_POOL_NO_FALLBACK, ALLOC_MS, b + n);
+		ASSERT_GT(r, 0) TH_LOG("after %d: %d", n, r);
+		ASSERT_LE(r, sizes[(k - 1) % 6]);
+		for (i = n; i < n + r; i++)
+			EXPECT_EQ(512, b[i].size);
+		n += r;
+	}
+	ASSERT_EQ(1024, n);
+	EXPECT_TRUE(distinct(&p, 0, b, n));
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, 300, 64, MEMREG_POOL_NO_FALLBACK, 0, b + n));
+	EXPECT_EQ(1024, STAT(&p, 0, boundary));
+	EXPECT_EQ(1024, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 0, fallbacks));
+	/* The other class alone, by 64 with a partial last batch: 32 in all. */
+	r = alloc_n(&p, 8192, 32, 64, 0, ALLOC_MS, b + n, &err);
+	EXPECT_EQ(32, r) TH_LOG("%d", err);
+	EXPECT_TRUE(distinct(&p, 1, b + n, r));
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, 8192, 64, 0, 0, b + n + r));
+	/* Batches back; a batch across two classes is fine. */
+	EXPECT_EQ(0, free_bufs(&p, b + n - 32, 64));
+	EXPECT_EQ(0, free_bufs(&p, b, n - 32));
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	EXPECT_EQ(1024, STAT(&p, 0, free));
+	EXPECT_EQ(32, STAT(&p, 1, free));
+	pl_close(&p);
+}
+
+/* ---- Many threads ---- */
+
+#define CT_THREADS	4
+#define CT_HOLD		24
+#define CT_ROUNDS	600
+
+struct ct {
+	struct pl *p;
+	unsigned char *owner;	/* one byte per 256 bytes of the mapping: who holds it */
+	int errors;
+	int allocs;
+	int frees;
+	pthread_mutex_t lock;
+	char first[256];
+};
+
+struct ct_arg {
+	struct ct *ct;
+	int id;
+};
+
+static void ct_fail(struct ct *ct, const char *fmt, ...)
+{
+	va_list ap;
+
+	pthread_mutex_lock(&ct->lock);
+	if (!ct->errors++) {
+		va_start(ap, fmt);
+		vsnprintf(ct->first, sizeof(ct->first), fmt, ap);
+		va_end(ap);
+	}
+	pthread_mutex_unlock(&ct->lock);
+}
+
+/* The word each holder writes over its buffer. */
+static __u64 ct_tag(int id, __u64 addr, int round)
+{
+	return ((__u64)(id + 1) << 56) ^ (addr << 8) ^ (__u64)round;
+}
+
+/*
+ * Whether `b` is a buffer of the pool for `size` bytes: in the mapping, in
+ * its class's partition on a buffer boundary, of its class's size, at its
+ * offset in its chunk.
+ */
+static bool ct_buffer_ok(const struct pl *p, const struct memreg_pool_buf *b, __u64 size)
+{
+	__u64 rel = b->addr - PTR(p->map), within;
+	__u32 c = b->class;
+
+	if (rel >= p->bytes || c >= p->nr || b->size < size || b->size != p->cl[c].buffer_size ||
+	    rel < p->cl[c].offset)
+		return false;
+	within = rel - p->cl[c].offset;
+	return within < (__u64)p->cl[c].max_buffers * b->size && within % b->size == 0 &&
+	       within % ((__u64)p->cl[c].chunk_buffers * b->size) == b->offset;
+}
+
+static void *ct_run(void *arg)
+{
+	struct ct_arg *a = arg;
+	struct ct *ct = a->ct;
+	struct pl *p = ct->p;
+	struct memreg_pool_buf held[CT_HOLD], got[8];
+	__u64 tags[CT_HOLD], addrs[CT_HOLD];
+	unsigned int seed = 12345 + a->id;
+	int n = 0, round, i, j, r;
+
+	for (round = 0; round < CT_ROUNDS && !ct->errors; round++) {
+		if (n < CT_HOLD && (n == 0 || rand_r(&seed) % 2)) {
+			int want = 1 + rand_r(&seed) % 8;
+			__u64 size = rand_r(&seed) % 10 < 7 ? 1 + rand_r(&seed) % 1024
+							     : 1025 + rand_r(&seed) % (K4 - 1024);
+
+			if (want > CT_HOLD - n)
+				want = CT_HOLD - n;
+			r = pl_alloc(p, size, want, 0, 10000, got);
+			if (r <= 0 || r > want) {
+				ct_fail(ct, "thread %d: ALLOC of %d x %llu: %d", a->id, want,
+					(unsigned long long)size, r);
+				break;
+			}
+			__atomic_fetch_add(&ct->allocs, r, __ATOMIC_RELAXED);
+			for (i = 0; i < r; i++) {
+				__u64 rel = got[i].addr - PTR(p->map);
+				__u32 c = got[i].class;
+				__u64 *w;
+				unsigned char expect = 0;
+
+				if (!ct_buffer_ok(p, &got[i], size)) {
+					ct_fail(ct, "thread %d: bad buffer %#llx class %u size %u",
+						a->id, (unsigned long long)got[i].addr, c,
+						got[i].size);
+					break;
+				}
+				if (!__atomic_compare_exchange_n(&ct->owner[rel / 256], &expect,
+								 a->id + 1, false, __ATOMIC_ACQ_REL,
+								 __ATOMIC_ACQUIRE)) {
+					ct_fail(ct, "thread %d: %#llx given while thread %d holds it",
+						a->id, (unsigned long long)got[i].addr,
+						expect - 1);
+					break;
+				}
+				tags[n] = ct_tag(a->id, got[i].addr, round);
+				w = (__u64 *)(unsigned long)got[i].addr;
+				for (j = 0; j < (int)(got[i].size / 8); j++)
+					w[j] = tags[n];
+				held[n++] = got[i];
+			}
+		} else {
+			int k = 1 + rand_r(&seed) % n;
+
+			/* Free the last k held (after checking their bytes). */
+			for (i = 0; i < k; i++) {
+				struct memreg_pool_buf *h = &held[n - 1 - i];
+				__u64 *w = (__u64 *)(unsigned long)h->addr;
+				__u64 rel = h->addr - PTR(p->map);
+
+				for (j = 0; j < (int)(h->size / 8); j++) {
+					if (w[j] != tags[n - 1 - i]) {
+						ct_fail(ct, "thread %d: %#llx word %d is %#llx, "
+							"want %#llx", a->id,
+							(unsigned long long)h->addr, j,
+							(unsigned long long)w[j],
+							(unsigned long long)tags[n - 1 - i]);
+						break;
+					}
+				}
+				/* Ours no more from here: another may get it once freed. */
+				__atomic_store_n(&ct->owner[rel / 256], 0, __ATOMIC_RELEASE);
+				addrs[i] = h->addr;
+			}
+			r = pl_free(p, addrs, k);
+			if (r) {
+				ct_fail(ct, "thread %d: FREE of %d: %d", a->id, k, r);
+				break;
+			}
+			__atomic_fetch_add(&ct->frees, k, __ATOMIC_RELAXED);
+			n -= k;
+		}
+	}
+	/* What is left goes back. */
+	for (i = 0; i < n; i++) {
+		__atomic_store_n(&ct->owner[(held[i].addr - PTR(p->map)) / 256], 0,
+				 __ATOMIC_RELEASE);
+		addrs[i] = held[i].addr;
+	}
+	if (n && (r = pl_free(p, addrs, n)))
+		ct_fail(ct, "thread %d: final FREE of %d: %d", a->id, n, r);
+	__atomic_fetch_add(&ct->frees, n, __ATOMIC_RELAXED);
+	return NULL;
+}
+
+/*
+ * Threads allocating and freeing at random (sizes of both classes, batches
+ * of 1 to 8) while the classes grow and shrink under them: every address
+ * handed out is held by one thread only, and each holder finds its own
+ * bytes in its buffer when it frees it.
+ */
+TEST_F_TIMEOUT(slow, concurrent_alloc_free_never_gives_a_buffer_twice, 180)
+{
+	struct memreg_pool_class c[2] = {
+		cl(1024, 256, 24, 24 + 64, 64),		/* chunks of 64 */
+		cl(K4, 128, 4, 20, 16),			/* chunks of 16 */
+	};
+	pthread_t th[CT_THREADS];
+	struct ct_arg args[CT_THREADS];
+	struct ct ct = { .lock = PTHREAD_MUTEX_INITIALIZER };
+	struct pl p;
+	int i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 60000, 20));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 64));
+	ct.p = &p;
+	ct.owner = calloc(p.bytes / 256, 1);
+	ASSERT_NE(NULL, ct.owner);
+	for (i = 0; i < CT_THREADS; i++) {
+		args[i] = (struct ct_arg){ .ct = &ct, .id = i };
+		ASSERT_EQ(0, pthread_create(&th[i], NULL, ct_run, &args[i]));
+	}
+	for (i = 0; i < CT_THREADS; i++)
+		pthread_join(th[i], NULL);
+	EXPECT_EQ(0, ct.errors) TH_LOG("%d errors, the first: %s", ct.errors, ct.first);
+	EXPECT_EQ(ct.allocs, ct.frees);
+	TH_LOG("%d buffers allocated and freed", ct.allocs);
+	for (i = 0; i < 2; i++) {
+		pl_print(&p, i, "after");
+		EXPECT_EQ(0, STAT(&p, i, allocated));
+		EXPECT_EQ(0, STAT(&p, i, leaks_reclaimed));
+		EXPECT_EQ(0, STAT(&p, i, quarantined));
+		EXPECT_EQ(0, STAT(&p, i, timeouts));
+		/* A chunk being given back does not count as free. */
+		EXPECT_GE(STAT(&p, i, boundary), STAT(&p, i, free));
+		EXPECT_GE(STAT(&p, i, boundary), p.cl[i].initial);
+	}
+	free(ct.owner);
+	pl_close(&p);
+}
+
+/* ---- Growth and waiting ---- */
+
+TEST(low_watermark_triggers_growth)
+{
+	struct memreg_pool_class c = cl(K4, 64, 4, 0, 16);
+	struct memreg_pool_buf b[64];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	EXPECT_EQ(1, STAT(&p, 0, grows));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 16 * PAGE_KB, 1000));
+	/* Down to 5 free: above the watermark, no growth. */
+	n = alloc_n(&p, K4, 11, 64, 0, 0, b, &err);
+	ASSERT_EQ(11, n) TH_LOG("%d", err);
+	usleep(200000);
+	EXPECT_EQ(16, STAT(&p, 0, boundary));
+	EXPECT_EQ(1, STAT(&p, 0, grows));
+	EXPECT_EQ(5, STAT(&p, 0, free));
+	/* 4 free: at the watermark, the work maps a chunk more, without any ALLOC waiting. */
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, b + 11));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	EXPECT_EQ(2, STAT(&p, 0, grows));
+	EXPECT_EQ(20, STAT(&p, 0, free));
+	EXPECT_EQ(0, STAT(&p, 0, waits));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	EXPECT_FALSE(faults(baddr(&p, 0, 31)));
+	EXPECT_TRUE(faults_soon(baddr(&p, 0, 32), 1000));
+	/* Fast takers rarely wait: 40 more, one at a time, without a timeout at all. */
+	n = alloc_n(&p, K4, 16, 1, 0, ALLOC_MS, b + 12, &err);
+	EXPECT_EQ(16, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 48));
+	/* Never past the maximum. */
+	n = alloc_n(&p, K4, 36, 64, 0, ALLOC_MS, b + 28, &err);
+	EXPECT_EQ(36, n) TH_LOG("%d", err);
+	usleep(100000);
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	EXPECT_EQ(4, STAT(&p, 0, grows));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 64 * PAGE_KB, 1000));
+	pl_close(&p);
+	EXPECT_EQ(0, wait_vmpin(pin0, 3000));
+}
+
+/*
+ * An ALLOC made right after the mapping waits for the work, which maps a
+ * large first class (64 chunks) before it gets to the class asked for.
+ */
+TEST(alloc_waits_for_growth)
+{
+	struct memreg_pool_class c[2] = {
+		cl(64, MEMREG_POOL_MAX_BUFFERS, 0, 0, MEMREG_POOL_MAX_BUFFERS),
+		cl(K4, 64, 0, 0, 16),
+	};
+	struct memreg_pool_buf b;
+	struct pl p;
+	__u64 t0, ms;
+	int fd = memreg_open();
+
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, pl_create(&p, fd, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_map(&p));
+	t0 = now_ms();
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, MEMREG_POOL_NO_FALLBACK, 20000, &b));
+	ms = now_ms() - t0;
+	TH_LOG("ALLOC took %llu ms", (unsigned long long)ms);
+	EXPECT_EQ(1, b.class);
+	EXPECT_EQ(PTR(baddr(&p, 1, 0)), b.addr);
+	EXPECT_EQ(1, STAT(&p, 1, waits));
+	EXPECT_EQ(0, STAT(&p, 1, timeouts));
+	EXPECT_EQ(0, STAT(&p, 0, waits));
+	EXPECT_EQ(MEMREG_POOL_MAX_BUFFERS, STAT(&p, 0, boundary));
+	EXPECT_EQ(64, STAT(&p, 0, grows));
+	pl_close(&p);
+	close(fd);
+}
+
+/* A FREE wakes an ALLOC waiting at the maximum; it gets that buffer. */
+TEST(alloc_waits_for_a_free)
+{
+	struct memreg_pool_class c = cl(K4, 16, 0, 0, 16);
+	struct memreg_pool_buf b[16];
+	struct waiter w;
+	pthread_t t;
+	struct pl p;
+	__u64 waits;
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	n = alloc_n(&p, K4, 16, 64, 0, 0, b, &err);
+	ASSERT_EQ(16, n) TH_LOG("%d", err);
+	waits = STAT(&p, 0, waits);
+	EXPECT_EQ(0, waits);
+	memset(&w, 0, sizeof(w));
+	w.p = &p;
+	w.size = 100;
+	w.timeout_ms = 20000;
+	ASSERT_EQ(0, pthread_create(&t, NULL, waiter_run, &w));
+	ASSERT_TRUE(waiter_asleep(&w));
+	ASSERT_EQ(0, pl_free1(&p, b[9].addr));
+	pthread_join(t, NULL);
+	EXPECT_EQ(1, w.ret);
+	EXPECT_EQ(b[9].addr, w.buf.addr);
+	EXPECT_LT(w.ms, 10000);
+	EXPECT_EQ(waits + 1, STAT(&p, 0, waits));
+	EXPECT_EQ(0, STAT(&p, 0, timeouts));
+	EXPECT_EQ(16, STAT(&p, 0, allocated));
+	pl_close(&p);
+}
+
+/* Timeouts: EAGAIN without waiting, ETIMEDOUT after waiting, EINTR on a signal. */
+static void on_usr1(int sig)
+{
+	(void)sig;
+}
+
+TEST(alloc_times_out)
+{
+	struct memreg_pool_class c[2] = { cl(K4, 16, 0, 0, 16), cl(8192, 8, 0, 0, 8) };
+	struct sigaction sa = { .sa_handler = on_usr1 };
+	struct memreg_pool_buf b[24];
+	struct waiter w;
+	pthread_t t;
+	struct pl p;
+	__u64 t0, ms;
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 8));
+	n = alloc_n(&p, K4, 16, 64, MEMREG_POOL_NO_FALLBACK, ALLOC_MS, b, &err);
+	ASSERT_EQ(16, n) TH_LOG("%d", err);
+	/* At the maximum, no fallback: timeout 0 says EAGAIN at once, uncounted. */
+	t0 = now_ms();
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, K4, 1, MEMREG_POOL_NO_FALLBACK, 0, b + 16));
+	EXPECT_LT(now_ms() - t0, 100);
+	EXPECT_EQ(0, STAT(&p, 0, waits));
+	EXPECT_EQ(0, STAT(&p, 0, timeouts));
+	/* A timeout: ETIMEDOUT after it, counted as a wait and a timeout. */
+	t0 = now_ms();
+	EXPECT_EQ(-ETIMEDOUT, pl_alloc(&p, K4, 4, MEMREG_POOL_NO_FALLBACK, 300, b + 16));
+	ms = now_ms() - t0;
+	EXPECT_GE(ms, 280);
+	EXPECT_LT(ms, 3000);
+	EXPECT_EQ(1, STAT(&p, 0, waits));
+	EXPECT_EQ(1, STAT(&p, 0, timeouts));
+	EXPECT_EQ(0, STAT(&p, 1, timeouts));
+	EXPECT_EQ(16, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	/* A signal: EINTR. */
+	ASSERT_EQ(0, sigemptyset(&sa.sa_mask));
+	ASSERT_EQ(0, sigaction(SIGUSR1, &sa, NULL));
+	memset(&w, 0, sizeof(w));
+	w.p = &p;
+	w.size = K4;
+	w.flags = MEMREG_POOL_NO_FALLBACK;
+	w.timeout_ms = 20000;
+	ASSERT_EQ(0, pthread_create(&t, NULL, waiter_run, &w));
+	ASSERT_TRUE(waiter_asleep(&w));
+	ASSERT_EQ(0, pthread_kill(t, SIGUSR1));
+	pthread_join(t, NULL);
+	EXPECT_EQ(-EINTR, w.ret);
+	EXPECT_LT(w.ms, 10000);
+	EXPECT_EQ(16, STAT(&p, 0, allocated));
+	pl_close(&p);
+}
+
+TEST(fallback_on_and_off)
+{
+	struct memreg_pool_class c[3] = {
+		cl(256, 256, 0, 0, 256), cl(K4, 16, 0, 0, 16), cl(65536, 2, 0, 0, 2),
+	};
+	struct memreg_pool_buf b[300];
+	struct pl p;
+	int n, r, err;
+
+	ASSERT_EQ(0, pl_open(&p, c, 3, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 2, boundary, 2));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
+	/* The smallest class that fits, no fallback counted. */
+	ASSERT_EQ(1, pl_alloc(&p, 257, 1, 0, 0, b));
+	EXPECT_EQ(1, b[0].class);
+	EXPECT_EQ(0, pl_free1(&p, b[0].addr));
+	EXPECT_EQ(0, STAT(&p, 1, fallbacks));
+	/* Exhaust class 0 (at its maximum). */
+	n = alloc_n(&p, 100, 256, 64, MEMREG_POOL_NO_FALLBACK, ALLOC_MS, b, &err);
+	ASSERT_EQ(256, n) TH_LOG("%d", err);
+	/* Without fallback: nothing. */
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, 100, 1, MEMREG_POOL_NO_FALLBACK, 0, b + n));
+	EXPECT_EQ(-ETIMEDOUT, pl_alloc(&p, 100, 1, MEMREG_POOL_NO_FALLBACK, 50, b + n));
+	/* With it: the next class, counted there. */
+	ASSERT_EQ(1, pl_alloc(&p, 100, 1, 0, 0, b + n));
+	EXPECT_EQ(1, b[n].class);
+	EXPECT_EQ(K4, b[n].size);
+	EXPECT_EQ(1, STAT(&p, 1, fallbacks));
+	EXPECT_EQ(0, STAT(&p, 0, fallbacks));
+	n++;
+	/* A batch comes from one class; the rest of class 1 (15), then class 2. */
+	r = pl_alloc(&p, 1, 64, 0, 0, b + n);
+	ASSERT_EQ(15, r);
+	EXPECT_EQ(1, b[n + 14].class);
+	n += r;
+	EXPECT_EQ(16, STAT(&p, 1, fallbacks));
+	r = pl_alloc(&p, 1, 64, 0, 0, b + n);
+	ASSERT_EQ(2, r);
+	EXPECT_EQ(2, b[n].class);
+	EXPECT_EQ(65536, b[n].size);
+	EXPECT_EQ(2, STAT(&p, 2, fallbacks));
+	n += r;
+	/* Everything is taken: EAGAIN, even with fallback. */
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, 1, 1, 0, 0, b + n));
+	/* Never to a smaller class: a 4 KiB FREE does not serve 64 KiB. */
+	ASSERT_EQ(0, pl_free1(&p, b[256].addr));
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, 65536, 1, 0, 0, b + n));
+	EXPECT_EQ(-ETIMEDOUT, pl_alloc(&p, 4097, 1, 0, 50, b + n));
+	ASSERT_EQ(0, free_bufs(&p, b + 257, n - 257));
+	ASSERT_EQ(0, free_bufs(&p, b, 256));
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(0, STAT(&p, 1, allocated));
+	EXPECT_EQ(0, STAT(&p, 2, allocated));
+	pl_close(&p);
+}
+
+/* ---- Shrinking ---- */
+
+TEST(shrink_by_high_watermark)
+{
+	struct memreg_pool_class c = cl(K4, 64, 2, 18, 16);
+	struct memreg_pool_buf b[64];
+	struct memreg_global_stats base;
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	__u64 g0;
+	int n, err, i;
+
+	settle(&base);
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 5000, 50));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	g0 = global_pinned();
+	EXPECT_EQ(base.pages_pinned + 16, g0);
+	n = alloc_n(&p, K4, 64, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(64, n) TH_LOG("%d", err);
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 64 * PAGE_KB, 1000));
+	EXPECT_EQ(g0 + 48, global_pinned());
+	/* Free all: 64 > 18 free for 50 ms, chunk after chunk goes, down to initial. */
+	ASSERT_EQ(0, free_bufs(&p, b, 64));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	EXPECT_EQ(3, STAT(&p, 0, shrinks));
+	EXPECT_EQ(16, STAT(&p, 0, free));
+	EXPECT_EQ(0, STAT(&p, 0, leaks_reclaimed));
+	/* The pages left the mapping and their charges went. */
+	EXPECT_EQ(0, wait_vmpin(pin0 + 16 * PAGE_KB, 2000));
+	EXPECT_EQ(g0, global_pinned());
+	for (i = 16; i < 64; i += 7)
+		EXPECT_TRUE(faults_soon(baddr(&p, 0, i), 1000)) TH_LOG("buffer %d", i);
+	EXPECT_TRUE(faults_soon(baddr(&p, 0, 16), 1000));
+	EXPECT_FALSE(faults(baddr(&p, 0, 15)));
+	/* Never below initial. */
+	usleep(300000);
+	EXPECT_EQ(16, STAT(&p, 0, boundary));
+	EXPECT_EQ(3, STAT(&p, 0, shrinks));
+	/* And it grows again when wanted. */
+	n = alloc_n(&p, K4, 20, 64, 0, ALLOC_MS, b, &err);
+	EXPECT_EQ(20, n) TH_LOG("%d", err);
+	EXPECT_GE(STAT(&p, 0, boundary), 32);
+	EXPECT_FALSE(faults(baddr(&p, 0, 19)));
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+}
+
+/* A partition that stays at or below its high watermark keeps its chunks. */
+TEST(no_shrink_at_or_below_high_watermark)
+{
+	struct memreg_pool_class c = cl(K4, 64, 2, 32, 0);
+	struct memreg_pool_buf b[64];
+	struct pl p;
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 5000, 20));
+	/* Initial 0, low 2: the first chunk is mapped anyway (free 0 <= low). */
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	n = alloc_n(&p, K4, 48, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(48, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 64));
+	/* 16 + 16 = 32 free: not above 32. */
+	ASSERT_EQ(0, free_bufs(&p, b + 16, 16));
+	usleep(300000);
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	EXPECT_EQ(0, STAT(&p, 0, shrinks));
+	/* 33 free: the last chunk goes, and then 17 are free. */
+	ASSERT_EQ(0, pl_free1(&p, b[47].addr));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 48));
+	usleep(200000);
+	EXPECT_EQ(48, STAT(&p, 0, boundary));
+	EXPECT_EQ(1, STAT(&p, 0, shrinks));
+	EXPECT_EQ(0, STAT(&p, 0, leaks_reclaimed));
+	pl_close(&p);
+}
+
+/*
+ * Memory pressure (drop_caches runs the shrinkers): a partition that never
+ * shrinks by use gives back free chunks while as many as the low watermark
+ * stay free, one chunk per request, never below initial.
+ */
+TEST(shrink_by_the_shrinker)
+{
+	struct memreg_pool_class c[2] = { cl(K4, 64, 20, 0, 0), cl(8192, 32, 0, 0, 16) };
+	struct memreg_pool_buf b[64];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	int n, err, i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 5000, 0));
+	/* Initial 0, low 20: grows until more than 20 are free. */
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	n = alloc_n(&p, K4, 64, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(64, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, free_bufs(&p, b, 64));
+	usleep(200000);
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	EXPECT_EQ(0, wait_vmpin(pin0 + (64 + 32) * PAGE_KB, 1000));
+	/* Pressure: chunks go while 20 stay free: 64 -> 48 -> 32 and no further. */
+	for (i = 0; i < 8 && STAT(&p, 0, boundary) > 32; i++) {
+		ASSERT_EQ(0, drop_caches());
+		usleep(100000);
+	}
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	TH_LOG("%d drop_caches", i);
+	ASSERT_EQ(0, drop_caches());
+	usleep(200000);
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_EQ(2, STAT(&p, 0, shrinks));
+	EXPECT_TRUE(faults_soon(baddr(&p, 0, 32), 1000));
+	EXPECT_TRUE(faults_soon(baddr(&p, 0, 63), 1000));
+	EXPECT_FALSE(faults(baddr(&p, 0, 31)));
+	/* Class 1 is at its initial size: untouched. */
+	EXPECT_EQ(16, STAT(&p, 1, boundary));
+	EXPECT_EQ(0, STAT(&p, 1, shrinks));
+	EXPECT_EQ(0, wait_vmpin(pin0 + (32 + 32) * PAGE_KB, 2000));
+	pl_close(&p);
+	EXPECT_EQ(0, wait_vmpin(pin0, 3000));
+}
+
+/*
+ * The shrinker learns of chunks that became free by FREE: a class grown by
+ * waiting ALLOCs (each growth leaves nothing spare) and then freed entirely
+ * has three free chunks above its low watermark for drop_caches to ask back.
+ */
+TEST(shrinker_sees_chunks_freed_after_growth)
+{
+	struct memreg_pool_class c = cl(K4, 64, 2, 0, 16);
+	struct memreg_pool_buf b[64];
+	struct pl p;
+	int n, err, i;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 5000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	n = alloc_n(&p, K4, 64, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(64, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, free_bufs(&p, b, 64));
+	usleep(100000);
+	EXPECT_EQ(64, STAT(&p, 0, boundary));
+	for (i = 0; i < 8 && STAT(&p, 0, boundary) > 16; i++) {
+		ASSERT_EQ(0, drop_caches());
+		usleep(100000);
+	}
+	pl_print(&p, 0, "after drop_caches");
+	EXPECT_EQ(16, STAT(&p, 0, boundary)) TH_LOG("%d drop_caches", i);
+	EXPECT_EQ(3, STAT(&p, 0, shrinks));
+	pl_close(&p);
+}
+
+/* An allocated buffer freed while its chunk waits to go: no leak, the chunk goes. */
+TEST(shrink_waits_for_allocated_buffers)
+{
+	struct memreg_pool_class c = cl(K4, 32, 2, 18, 16);
+	struct memreg_pool_buf b[32], x;
+	struct pl p;
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 60000, 20));
+	n = alloc_n(&p, K4, 32, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(32, n) TH_LOG("%d", err);
+	ASSERT_EQ(PTR(baddr(&p, 0, 31)), b[31].addr);
+	memset((char *)(unsigned long)b[31].addr, 'h', K4);
+	ASSERT_EQ(0, free_bufs(&p, b, 31));
+	/* The shrink starts: the last chunk's 15 free buffers are no longer free. */
+	ASSERT_EQ(0, pl_wait(&p, 0, free, 16));
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	/* No buffer is handed out from it. */
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, &x));
+	EXPECT_LT(bidx(&p, 0, x.addr), 16);
+	ASSERT_EQ(0, pl_free1(&p, x.addr));
+	/* The holder's buffer is intact meanwhile. */
+	usleep(200000);
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[31].addr, K4, 'h'));
+	EXPECT_EQ(0, mr_copy(p.fd, b[31].key, b[31].offset, &x, 8, MEMREG_COPY_FROM_REGION));
+	/* Freed: the chunk goes at once, nothing reclaimed. */
+	ASSERT_EQ(0, pl_free1(&p, b[31].addr));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	EXPECT_EQ(0, STAT(&p, 0, leaks_reclaimed));
+	EXPECT_EQ(0, STAT(&p, 0, quarantined));
+	EXPECT_EQ(1, STAT(&p, 0, shrinks));
+	EXPECT_TRUE(faults_soon(baddr(&p, 0, 31), 1000));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[31].key, 0, &x, 8, MEMREG_COPY_FROM_REGION));
+	pl_close(&p);
+}
+
+/*
+ * A shrinking chunk is kept when the buffers run low instead: its free
+ * buffers are handed out again and no new chunk is mapped.
+ */
+TEST(shrinking_chunk_is_kept_when_buffers_run_low)
+{
+	struct memreg_pool_class c = cl(K4, 32, 2, 18, 16);
+	struct memreg_pool_buf b[32];
+	struct pl p;
+	int n, err;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 60000, 20));
+	n = alloc_n(&p, K4, 32, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(32, n) TH_LOG("%d", err);
+	ASSERT_EQ(2, STAT(&p, 0, grows));
+	ASSERT_EQ(0, free_bufs(&p, b, 31));
+	ASSERT_EQ(0, pl_wait(&p, 0, free, 16));
+	/* Take 15 of the 16 that are left: 1 free <= 2, and the chunk is kept. */
+	n = alloc_n(&p, K4, 15, 64, 0, 0, b, &err);
+	ASSERT_EQ(15, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, pl_wait(&p, 0, free, 16));
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_EQ(2, STAT(&p, 0, grows));
+	EXPECT_EQ(0, STAT(&p, 0, shrinks));
+	n = alloc_n(&p, K4, 16, 64, 0, 0, b + 15, &err);
+	ASSERT_EQ(16, n) TH_LOG("%d", err);
+	EXPECT_GE(bidx(&p, 0, b[30].addr), 16);
+	EXPECT_EQ(0, free_bufs(&p, b, 31));
+	pl_close(&p);
+}
+
+/* ---- Leaks ---- */
+
+TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
+{
+	struct memreg_pool_class c = cl(K4, 32, 2, 18, 16);
+	struct memreg_pool_buf b[40], x;
+	struct memreg_query qq;
+	struct memreg_register reg;
+	struct memreg_cqe cqe;
+	struct memreg_sqe s;
+	struct mrq q;
+	struct pl p;
+	char *leak, *other, tmp[16];
+	__u64 lkey, t0, batch[2];
+	int n, err, i, seen;
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 600, 30));
+	other = map_filled(K4, 'o');
+	ASSERT_NE(NULL, other);
+	ASSERT_EQ(0, mr_register(p.fd, other, K4, RW, &reg));
+	ASSERT_EQ(0, mrq_open(p.fd, 16, 16, -1, &q));
+
+	n = alloc_n(&p, K4, 32, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(32, n) TH_LOG("%d", err);
+	/* The holder keeps the last buffer (chunk 1) and frees the rest. */
+	leak = (char *)(unsigned long)b[31].addr;
+	lkey = b[31].key;
+	ASSERT_EQ(PTR(baddr(&p, 0, 31)), b[31].addr);
+	memset(leak, 'L', K4);
+	ASSERT_EQ(0, free_bufs(&p, b, 31));
+	t0 = now_ms();
+	/* The shrink starts; until the leak timeout, the buffer is the holder's. */
+	ASSERT_EQ(0, pl_wait(&p, 0, free, 16));
+	if (now_ms() - t0 < 400) {
+		EXPECT_EQ(0, probe(leak, 1));
+		EXPECT_EQ(0, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
+		EXPECT_TRUE(all_bytes(tmp, 16, 'L'));
+		EXPECT_EQ(32, STAT(&p, 0, boundary));
+		EXPECT_EQ(1, STAT(&p, 0, allocated));
+	}
+	/* Then reclaimed: the boundary goes down with it. */
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
+	EXPECT_GE(now_ms() - t0, 550);
+	EXPECT_EQ(1, STAT(&p, 0, shrinks));
+	EXPECT_EQ(1, STAT(&p, 0, leaks_reclaimed));
+	EXPECT_EQ(1, STAT(&p, 0, quarantined));
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	EXPECT_EQ(16, STAT(&p, 0, free));
+	/* The old holder faults; its key is dead in COPY and on the ring. */
+	EXPECT_TRUE(faults_soon(leak, 1000));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_TO_REGION));
+	s = mr_sqe_copy(1, reg.lkey, 0, lkey, b[31].offset, 16);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(-ENOENT, cqe.status);
+	s = mr_sqe_copy(2, lkey, b[31].offset, reg.lkey, 0, 16);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(-ENOENT, cqe.status);
+	EXPECT_TRUE(all_bytes(other, K4, 'o'));
+	EXPECT_EQ(-ENOENT, mr_query(p.fd, lkey, &qq));
+
+	/* Quarantined: the class grows again, and everything but it is handed out. */
+	n = alloc_n(&p, K4, 31, 64, 0, ALLOC_MS, b, &err);
+	ASSERT_EQ(31, n) TH_LOG("%d", err);
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	for (i = 0, seen = 0; i < n; i++)
+		seen += b[i].addr == PTR(leak);
+	EXPECT_EQ(0, seen);
+	EXPECT_EQ(-EAGAIN, pl_alloc(&p, K4, 1, 0, 0, &x));
+	EXPECT_EQ(-ETIMEDOUT, pl_alloc(&p, K4, 1, 0, 50, &x));
+	/* Its address is mapped again, but it shows nothing of anyone's: fresh zeros. */
+	if (!probe(leak, 0))
+		EXPECT_TRUE(all_bytes(leak, K4, 0));
+	for (i = 0; i < n; i++)
+		memset((char *)(unsigned long)b[i].addr, 'n', K4);
+	/* The holder frees it: ESTALE, with the others of its batch freed too. */
+	batch[0] = b[3].addr;
+	batch[1] = PTR(leak);
+	EXPECT_EQ(-ESTALE, pl_free(&p, batch, 2));
+	EXPECT_EQ(0, STAT(&p, 0, quarantined));
+	EXPECT_EQ(1, STAT(&p, 0, leaks_reclaimed));
+	EXPECT_EQ(30, STAT(&p, 0, allocated));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, PTR(leak)));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, b[3].addr));
+	/* Usable again: handed out with the chunk's live key. */
+	ASSERT_EQ(2, pl_alloc(&p, K4, 2, 0, 0, b + 31));
+	EXPECT_TRUE((b[31].addr == PTR(leak) && b[32].addr == b[3].addr) ||
+		    (b[32].addr == PTR(leak) && b[31].addr == b[3].addr));
+	x = b[31].addr == PTR(leak) ? b[31] : b[32];
+	EXPECT_NE(lkey, x.key);
+	memset(tmp, 'N', sizeof(tmp));
+	EXPECT_EQ(0, mr_copy(p.fd, x.key, x.offset, tmp, 16, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(leak, 16, 'N'));
+	EXPECT_EQ(0, pl_free1(&p, b[31].addr));
+	EXPECT_EQ(0, pl_free1(&p, b[32].addr));
+	for (i = 0; i < n; i++)
+		if (i != 3)
+			EXPECT_EQ(0, pl_free1(&p, b[i].addr)) TH_LOG("buffer %d", i);
+	EXPECT_EQ(0, STAT(&p, 0, allocated));
+	mrq_unmap(&q);
+	munmap(other, K4);
+	pl_close(&p);
+}
+
+/* ---- Keys ---- */
+
+TEST(pool_keys_in_copy_and_on_the_ring)
+{
+	struct memreg_pool_class c[2] = { cl(256, 256, 0, 0, 256), cl(K4, 32, 0, 0, 32) };
+	struct memreg_pool_class wc = cl(K4, 16, 0, 0, 16);
+	struct memreg_pool_buf b[4], first[16], w;
+	struct memreg_pool_destroy d = { 0 };
+	struct memreg_query qq;
+	struct memreg_register reg;
+	struct memreg_cqe cqe;
+	struct memreg_sqe s;
+	struct mrq q;
+	struct pl p, wo;
+	char *mem, tmp[K4];
+	int i;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
+	mem = map_filled(K4, 'm');
+	ASSERT_NE(NULL, mem);
+	ASSERT_EQ(0, mr_register(p.fd, mem, K4, RW, &reg));
+	ASSERT_EQ(0, mrq_open(p.fd, 16, 16, -1, &q));
+
+	ASSERT_EQ(2, pl_alloc(&p, 256, 2, MEMREG_POOL_NO_FALLBACK, 0, b));
+	/* Buffers 16 and 17 of class 1, in its second chunk: offsets 0 and 4 KiB there. */
+	ASSERT_EQ(16, pl_alloc(&p, K4, 16, 0, 0, first));
+	ASSERT_EQ(2, pl_alloc(&p, K4, 2, 0, 0, b + 2));
+	EXPECT_EQ(16, bidx(&p, 1, b[2].addr));
+	EXPECT_EQ(0, b[2].offset);
+	EXPECT_EQ(17, bidx(&p, 1, b[3].addr));
+	EXPECT_EQ(K4, b[3].offset);
+	EXPECT_NE(first[0].key, b[2].key);
+	EXPECT_EQ(b[2].key, b[3].key);
+	for (i = 0; i < 4; i++)
+		memset((char *)(unsigned long)b[i].addr, '0' + i, b[i].size);
+
+	/* COPY through the ioctl: both ways, at the buffer's offset in its chunk. */
+	memset(tmp, 0, sizeof(tmp));
+	EXPECT_EQ(0, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 256, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 256, '1'));
+	memset(tmp, 'T', sizeof(tmp));
+	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset + 100, tmp, 50, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr + 100, 50, 'T'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr, 100, '3'));
+	/* The key covers its chunk (64 KiB), not more. */
+	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, CHUNK_BYTES - 16, tmp, 16, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EINVAL, mr_copy(p.fd, b[3].key, CHUNK_BYTES - 8, tmp, 16,
+				   MEMREG_COPY_FROM_REGION));
+	/* On the ring: pool -> registration, registration -> pool, pool -> pool. */
+	s = mr_sqe_copy(1, reg.lkey, 0, b[0].key, b[0].offset, 256);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(0, cqe.status);
+	EXPECT_EQ(256, cqe.bytes);
+	EXPECT_TRUE(all_bytes(mem, 256, '0'));
+	EXPECT_TRUE(all_bytes(mem + 256, K4 - 256, 'm'));
+	s = mr_sqe_copy(2, b[2].key, b[2].offset, reg.lkey, 1024, 1024);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(0, cqe.status);
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr, 1024, 'm'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr + 1024, K4 - 1024, '2'));
+	s = mr_sqe_copy(3, b[1].key, b[1].offset, b[3].key, b[3].offset, 256);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(0, cqe.status);
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr, 100, '3'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr + 100, 50, 'T'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[0].addr, 256, '0'));
+
+	/* A pool with LOCAL_WRITE only: its keys may be written, not read. */
+	ASSERT_EQ(0, pl_create(&wo, p.fd, &wc, 1, MEMREG_ACCESS_LOCAL_WRITE, 1000, 0));
+	ASSERT_EQ(0, pl_map(&wo));
+	ASSERT_EQ(1, pl_alloc(&wo, K4, 1, 0, ALLOC_MS, &w));
+	memset(tmp, 'W', sizeof(tmp));
+	EXPECT_EQ(0, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)w.addr, 64, 'W'));
+	EXPECT_EQ(-EACCES, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_FROM_REGION));
+	s = mr_sqe_copy(4, reg.lkey, 0, w.key, w.offset, 64);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(-EACCES, cqe.status);
+	EXPECT_TRUE(all_bytes(mem, 256, '0'));
+	s = mr_sqe_copy(5, w.key, w.offset, reg.lkey, 0, 64);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(0, cqe.status);
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)w.addr, 64, '0'));
+	ASSERT_EQ(0, mr_query(p.fd, w.key, &qq));
+	EXPECT_EQ(MEMREG_ACCESS_LOCAL_WRITE, qq.access);
+	/* Keys of a destroyed pool are dead. */
+	d.pool = wo.pool;
+	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
+	s = mr_sqe_copy(6, w.key, w.offset, reg.lkey, 0, 64);
+	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	EXPECT_EQ(-ENOENT, cqe.status);
+	munmap(wo.map, wo.bytes);
+	mrq_unmap(&q);
+	munmap(mem, K4);
+	pl_close(&p);
+}
+
+/* ---- Limits ---- */
+
+#define CHILD_CHECK(cond) do {							\
+	if (!(cond)) {								\
+		fprintf(stderr, "%s:%d: child check failed: %s\n", __FILE__,	\
+			__LINE__, #cond);					\
+		return 1;							\
+	}									\
+} while (0)
+
+/* As uid nobody with RLIMIT_MEMLOCK of 32 pages: the class grows to 32 buffers, no further. */
+static int memlock_child(void)
+{
+	struct rlimit rl = { 32 * PAGE, 32 * PAGE };
+	struct memreg_pool_class c = cl(K4, 64, 2, 0, 16);
+	struct memreg_pool_buf b[64];
+	struct pl p;
+	int fd = memreg_open(), n, err;
+
+	CHILD_CHECK(fd >= 0);
+	CHILD_CHECK(!setrlimit(RLIMIT_MEMLOCK, &rl));
+	CHILD_CHECK(!setgid(NOBODY) && !setuid(NOBODY));
+	CHILD_CHECK(!pl_create(&p, fd, &c, 1, RW, 1000, 0));
+	CHILD_CHECK(!pl_map(&p));
+	n = alloc_n(&p, K4, 32, 64, 0, ALLOC_MS, b, &err);
+	CHILD_CHECK(n == 32);
+	CHILD_CHECK(vm_pin_kb() == 32 * (long)PAGE_KB);
+	/* No more: the growth fails at the limit and ALLOC times out. */
+	CHILD_CHECK(pl_alloc(&p, K4, 1, 0, 300, b + 32) == -ETIMEDOUT);
+	CHILD_CHECK(STAT(&p, 0, boundary) == 32);
+	CHILD_CHECK(STAT(&p, 0, timeouts) == 1);
+	CHILD_CHECK(faults(baddr(&p, 0, 32)));
+	CHILD_CHECK(vm_pin_kb() == 32 * (long)PAGE_KB);
+	/* A FREE makes room in the class, not in the limit. */
+	CHILD_CHECK(!pl_free1(&p, b[5].addr));
+	CHILD_CHECK(pl_alloc(&p, K4, 1, 0, 100, b + 32) == 1 && b[32].addr == b[5].addr);
+	CHILD_CHECK(pl_alloc(&p, K4, 1, 0, 100, b + 32) == -ETIMEDOUT);
+	CHILD_CHECK(STAT(&p, 0, boundary) == 32);
+	pl_close(&p);
+	CHILD_CHECK(!wait_vmpin(0, 3000));
+	return 0;
+}
+
+TEST(rlimit_memlock_stops_growth)
+{
+	struct memreg_global_stats base;
+	pid_t pid;
+
+	settle(&base);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (!pid)
+		_exit(memlock_child());
+	EXPECT_EQ(0, wait_exit(pid));
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+/* madvise(MADV_DONTNEED) over a chunk ends it: its key dies and its buffers are not handed out. */
+TEST(dontneed_ends_the_chunks_it_covers)
+{
+	struct memreg_pool_class c = cl(K4, 32, 0, 0, 32);
+	struct memreg_pool_buf b[32], x;
+	struct memreg_global_stats base;
+	struct pl p;
+	char tmp[8];
+	int n, err, i;
+
+	settle(&base);
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	n = alloc_n(&p, K4, 17, 64, 0, 0, b, &err);
+	ASSERT_EQ(17, n) TH_LOG("%d", err);
+	ASSERT_EQ(16, bidx(&p, 0, b[16].addr));
+	ASSERT_EQ(0, pl_free1(&p, b[16].addr));
+	ASSERT_EQ(0, madvise(baddr(&p, 0, 16), CHUNK_BYTES, MADV_DONTNEED));
+	EXPECT_EQ(0, mr_wait_state(p.fd, b[16].key, 0));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[16].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	/* Chunk 0 still serves. */
+	EXPECT_EQ(0, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, free_bufs(&p, b, 16));
+	for (i = 0; i < 40; i++) {
+		if (pl_alloc(&p, K4, 1, 0, 0, &x) != 1)
+			break;
+		EXPECT_LT(bidx(&p, 0, x.addr), 16) TH_LOG("handed out from the ended chunk");
+	}
+	EXPECT_EQ(16, i);
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+/* ---- Statistics ---- */
+
+TEST(fdinfo_shows_the_counters)
+{
+	struct memreg_pool_class c[2] = { cl(256, 256, 0, 0, 256), cl(K4, 32, 0, 0, 16) };
+	struct memreg_pool_buf b[2];
+	struct memreg_pool_stats s;
+	char path[64], line[512], want[512];
+	struct pl p;
+	__u32 k;
+	FILE *f;
+	int found;
+
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 16));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
+	ASSERT_EQ(1, pl_alloc(&p, 300, 1, 0, 0, b));
+	ASSERT_EQ(1, pl_alloc(&p, 30, 1, 0, 0, b + 1));
+	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", p.fd);
+	for (k = 0; k < 2; k++) {
+		ASSERT_EQ(0, pl_stat(&p, k, &s));
+		snprintf(want, sizeof(want), "memreg-pool%u-class%u:\tboundary %llu allocated %llu "
+			 "free %llu grows %llu shrinks %llu waits %llu timeouts %llu fallbacks %llu "
+			 "leaks_reclaimed %llu quarantined %llu\n", p.pool, k,
+			 (unsigned long long)s.boundary, (unsigned long long)s.allocated,
+			 (unsigned long long)s.free, (unsigned long long)s.grows,
+			 (unsigned long long)s.shrinks, (unsigned long long)s.waits,
+			 (unsigned long long)s.timeouts, (unsigned long long)s.fallbacks,
+			 (unsigned long long)s.leaks_reclaimed, (unsigned long long)s.quarantined);
+		f = fopen(path, "r");
+		ASSERT_NE(NULL, f);
+		found = 0;
+		while (fgets(line, sizeof(line), f))
+			found += !strcmp(line, want);
+		fclose(f);
+		EXPECT_EQ(1, found) TH_LOG("no line %s", want);
+	}
+	EXPECT_EQ(1, STAT(&p, 1, allocated));
+	EXPECT_EQ(1, STAT(&p, 0, allocated));
+	pl_close(&p);
+}
+
+/* ---- Teardown ---- */
+
+TEST(destroy_leaves_nothing)
+{
+	struct memreg_pool_class c[2] = { cl(256, 512, 0, 0, 256), cl(K4, 64, 4, 0, 32) };
+	struct memreg_pool_destroy d = { 0 };
+	struct memreg_global_stats base, g;
+	struct memreg_pool_buf b[8];
+	struct memreg_pool_stats st;
+	struct pl p, q;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+
+	settle(&base);
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	ASSERT_EQ(4, pl_alloc(&p, 1, 4, 0, 0, b + 4));
+	ASSERT_EQ(0, mr_global(p.fd, &g));
+	EXPECT_EQ(base.regions + 1 + 2, g.regions);
+	EXPECT_EQ(base.pages_pinned + 16 + 32, g.pages_pinned);
+	EXPECT_EQ(0, wait_vmpin(pin0 + 48 * PAGE_KB, 1000));
+
+	d.pool = p.pool;
+	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
+	/* Keys dead, pages gone from the mapping, charges back, at once. */
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[4].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(faults((void *)(unsigned long)b[0].addr));
+	EXPECT_TRUE(faults((void *)(unsigned long)b[4].addr));
+	EXPECT_TRUE(faults(p.map));
+	EXPECT_EQ(0, vm_pin_kb() - pin0);
+	EXPECT_EQ(0, wait_global(&base, 1, 5000));
+	/* The index answers nothing more. */
+	EXPECT_EQ(-EINVAL, pl_alloc(&p, 1, 1, 0, 0, b));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, b[0].addr));
+	EXPECT_EQ(-EINVAL, pl_stat(&p, 0, &st));
+	EXPECT_EQ(-1, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-EINVAL, try_mmap(p.fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(p.pool)));
+	/* The mapping stays until unmapped (and faults). */
+	EXPECT_EQ(0, munmap(p.map, p.bytes));
+	p.map = NULL;
+	/* A new pool gets the next index. */
+	ASSERT_EQ(0, create_ok(p.fd, &q));
+	EXPECT_EQ(p.pool + 1, q.pool);
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+TEST(munmap_destroys_the_pool)
+{
+	struct memreg_pool_class c = cl(K4, 64, 4, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[4];
+	struct memreg_pool_stats st;
+	struct pl p, q;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+	int i, r = 0;
+
+	settle(&base);
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	ASSERT_EQ(0, munmap(p.map, p.bytes));
+	p.map = NULL;
+	/* Its keys die with the mapping. */
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	/* ENXIO while it dies, then EINVAL: it is destroyed. */
+	for (i = 0; i < 500; i++) {
+		r = pl_alloc(&p, K4, 1, 0, 0, b);
+		if (r != -ENXIO)
+			break;
+		usleep(10000);
+	}
+	EXPECT_EQ(-EINVAL, r);
+	EXPECT_EQ(-EINVAL, pl_stat(&p, 0, &st));
+	EXPECT_EQ(-EINVAL, pl_free1(&p, b[1].addr));
+	EXPECT_EQ(-EINVAL, try_mmap(p.fd, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED,
+				    MEMREG_MMAP_POOL(p.pool)));
+	EXPECT_EQ(0, wait_global(&base, 1, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+
+	/* Unmapping part of it is enough. */
+	ASSERT_EQ(0, pl_create(&q, p.fd, &c, 1, RW, 1000, 0));
+	EXPECT_EQ(1, q.pool);
+	ASSERT_EQ(0, pl_map(&q));
+	ASSERT_EQ(0, pl_wait(&q, 0, boundary, 32));
+	ASSERT_EQ(0, munmap(q.map + 40 * K4, K4));
+	for (i = 0; i < 500; i++) {
+		r = pl_alloc(&q, K4, 1, 0, 0, b);
+		if (r != -ENXIO)
+			break;
+		usleep(10000);
+	}
+	EXPECT_EQ(-EINVAL, r);
+	EXPECT_EQ(0, wait_global(&base, 1, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+	/* What is left of the mapping holds none of the pool's pages. */
+	EXPECT_TRUE(faults_soon(q.map, 1000))
+		TH_LOG("the pool's pages are still mapped after it died");
+	munmap(q.map, 40 * K4);
+	munmap(q.map + 41 * K4, q.bytes - 41 * K4);
+	q.map = NULL;
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+TEST(close_leaves_nothing)
+{
+	struct memreg_pool_class c[2] = { cl(256, 512, 0, 0, 256), cl(K4, 64, 4, 20, 32) };
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[8];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	int fd;
+
+	settle(&base);
+	/* Created, never mapped. */
+	fd = memreg_open();
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, pl_create(&p, fd, c, 2, RW, 1000, 100));
+	ASSERT_EQ(0, pl_create(&p, fd, c, 2, RW, 1000, 100));
+	close(fd);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+
+	/* Mapped, buffers held, a shrink pending: the mapping keeps the file... */
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 60000, 100));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
+	ASSERT_EQ(8, pl_alloc(&p, K4, 8, 0, 0, b));
+	close(p.fd);
+	p.fd = -1;
+	memset((char *)(unsigned long)b[7].addr, 'c', K4);
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[7].addr, K4, 'c'));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 48 * PAGE_KB, 1000));
+	/* ...until it is unmapped. */
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+
+	/* Mapped and unmapped, then closed. */
+	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
+	ASSERT_EQ(0, munmap(p.map, p.bytes));
+	p.map = NULL;
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+}
+
+TEST(fork_does_not_inherit_the_pool)
+{
+	struct memreg_pool_class c = cl(K4, 64, 4, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[4], x;
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+	pid_t pid;
+
+	settle(&base);
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	memset((char *)(unsigned long)b[0].addr, 'f', K4);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (!pid) {
+		/* No mapping: touching the pool faults; the pool's calls are the owner's. */
+		if (!faults((void *)(unsigned long)b[0].addr) || !faults(p.map))
+			_exit(1);
+		if (pl_alloc(&p, K4, 1, 0, 0, &x) != -EPERM)
+			_exit(2);
+		if (pl_free1(&p, b[0].addr) != -EPERM)
+			_exit(3);
+		no_core();
+		/* And without the handler, a fault kills. */
+		*(volatile char *)(unsigned long)b[0].addr = 1;
+		_exit(4);
+	}
+	EXPECT_EQ(SIGSEGV, wait_signal(pid));
+	/* The parent's pool goes on. */
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[0].addr, K4, 'f'));
+	EXPECT_EQ(0, mr_copy(p.fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'f'));
+	EXPECT_EQ(0, pl_free1(&p, b[0].addr));
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, &x));
+	EXPECT_EQ(b[0].addr, x.addr);
+	EXPECT_EQ(4, STAT(&p, 0, allocated));
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+}
+
+/* A child with pools mapped and buffers held exits, or is killed while waiting in ALLOC. */
+TEST(exit_and_kill_leave_nothing)
+{
+	struct memreg_pool_class c[2] = { cl(256, 512, 0, 0, 256), cl(K4, 16, 0, 18, 16) };
+	struct memreg_global_stats base;
+	int ready[2];
+	pid_t pid;
+	char ch;
+
+	settle(&base);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (!pid) {
+		struct memreg_pool_buf b[16];
+		struct pl p, q;
+		int err;
+
+		if (pl_open(&p, c, 2, RW, 1000, 10) || pl_create(&q, p.fd, c, 2, RW, 1000, 10) ||
+		    pl_map(&q))
+			_exit(1);
+		if (alloc_n(&p, K4, 16, 64, 0, ALLOC_MS, b, &err) != 16)
+			_exit(2);
+		if (alloc_n(&q, 1, 16, 64, 0, ALLOC_MS, b, &err) != 16)
+			_exit(3);
+		_exit(0);
+	}
+	EXPECT_EQ(0, wait_exit(pid));
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+
+	ASSERT_EQ(0, pipe(ready));
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (!pid) {
+		struct memreg_pool_buf b[16];
+		struct pl p;
+		int err;
+
+		close(ready[0]);
+		if (pl_open(&p, c, 2, RW, 1000, 10))
+			_exit(1);
+		if (alloc_n(&p, K4, 16, 64, MEMREG_POOL_NO_FALLBACK, ALLOC_MS, b, &err) != 16)
+			_exit(2);
+		if (write(ready[1], "r", 1) != 1)
+			_exit(3);
+		pl_alloc(&p, K4, 1, MEMREG_POOL_NO_FALLBACK, MEMREG_POOL_MAX_TIMEOUT_MS, b);
+		_exit(4);
+	}
+	close(ready[1]);
+	ASSERT_EQ(1, read(ready[0], &ch, 1));
+	usleep(100000);
+	ASSERT_EQ(0, kill(pid, SIGKILL));
+	EXPECT_EQ(SIGKILL, wait_signal(pid));
+	close(ready[0]);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+TEST_HARNESS_MAIN
