@@ -20,14 +20,17 @@
 //! atomics written by one thread and read by `poll` and the ioctls.
 //!
 //! For two-sided messages a queue also has a receiving side (the RECVs
-//! posted on it, the completions of those a sender filled, and the queues
-//! connected to it) and a sending side (the queue its SENDs go to). A
-//! posted RECV reserves room for its completion in the completion ring
-//! (`owed`), so a sender's worker can finish it at any time; the owner's
-//! worker publishes it. Locks: `Queue::send` and `Queue::recv` are
-//! spinlocks, never held together, taken after the table locks; a wake-up
-//! of another context's worker happens under `recv`, which the other
-//! context's release takes before it cancels its worker.
+//! posted on it and the queues connected to it) and a sending side (the
+//! queue its SENDs go to). A posted RECV reserves room for its completion
+//! in the completion ring (`owed`), so the sender's worker can write and
+//! publish it at any time, without waking the owner's worker. The
+//! completion ring and the master ring therefore have a lock each
+//! (`Queue::cq`, `Master::lock`) that writers of entries take; the owner's
+//! worker alone still takes descriptors. Locks: `Queue::send` and
+//! `Queue::recv` are spinlocks, never held together, taken after the table
+//! locks; `Queue::cq` nests inside `recv`, and `Master::lock` is a leaf. A
+//! wake-up of another context's worker happens under `recv`, which the
+//! other context's release takes before it cancels its worker.
 
 use crate::{context::ContextShared, defs, events::Waiters, registration::Registration};
 use kernel::{
@@ -188,9 +191,6 @@ struct Sender {
 pub(crate) struct RecvState {
     /// RECVs posted, oldest first.
     posted: Fifo<PostedRecv>,
-    /// Completions of RECVs that senders finished, to be published by the
-    /// owner's worker.
-    done: Fifo<defs::Cqe>,
     /// The queues connected to send here; room for `MEMREG_MAX_SENDERS`
     /// once one connected.
     senders: KVec<Sender>,
@@ -268,8 +268,10 @@ pub(crate) struct Queue {
     owed: Atomic<u32>,
     /// A SEND of this queue waits for a RECV: nothing else is taken.
     pub(crate) stalled: Atomic<bool>,
-    /// Finished RECVs wait in `recv` to be published.
-    done_pending: Atomic<bool>,
+    /// Serializes the writers of completions: the owner's worker and the
+    /// senders' workers finishing RECVs.
+    #[pin]
+    cq: SpinLock<()>,
     /// The receiving side.
     #[pin]
     recv: SpinLock<RecvState>,
@@ -349,11 +351,10 @@ impl Queue {
                 stalls: Atomic::new(0),
                 owed: Atomic::new(0),
                 stalled: Atomic::new(false),
-                done_pending: Atomic::new(false),
+                cq <- new_spinlock!((), "memreg::Queue::cq"),
                 recv <- new_spinlock!(
                     RecvState {
                         posted: Fifo::empty(),
-                        done: Fifo::empty(),
                         senders: KVec::new(),
                         closed: false,
                     },
@@ -372,13 +373,10 @@ impl Queue {
         if self.recv.lock().posted.capacity() != 0 {
             return Ok(());
         }
-        let n = self.cq_entries as usize;
-        let posted = Fifo::with_capacity(n)?;
-        let done = Fifo::with_capacity(n)?;
+        let posted = Fifo::with_capacity(self.cq_entries as usize)?;
         let mut st = self.recv.lock();
         if st.posted.capacity() == 0 {
             st.posted = posted;
-            st.done = done;
         }
         Ok(())
     }
@@ -417,38 +415,30 @@ impl Queue {
         Receiver::Waiting
     }
 
-    /// Hands the completion of a RECV a sender took to the owner, whose
-    /// worker `owner` is woken to publish it. Dropped if the owner's file
-    /// was released meanwhile.
-    pub(crate) fn finish_recv(&self, owner: &Arc<ContextShared>, cqe: defs::Cqe) {
-        let mut st = self.recv.lock();
-        if st.closed {
-            return;
-        }
-        // Room for it: a RECV leaves `posted` before its completion enters `done`.
-        if st.done.push(cqe).is_ok() {
-            self.done_pending.store(true, Relaxed);
-            // Under the lock: the owner's release sets `closed` under it before cancelling.
-            let _ = dfl::system_dfl_long().enqueue::<_, 2>(owner.clone());
-        }
-    }
-
-    /// Writes the completions of RECVs that senders finished. Returns how
-    /// many. Owner's worker only.
-    pub(crate) fn flush_recv(&self) -> u32 {
-        if !self.done_pending.load(Relaxed) {
-            return 0;
-        }
-        let mut n = 0;
-        let mut st = self.recv.lock();
-        self.done_pending.store(false, Relaxed);
-        while let Some(cqe) = st.done.pop() {
-            // The room was kept for it since the RECV was posted.
-            self.complete(&cqe);
+    /// Writes and publishes the completion of a RECV a sender took, into the
+    /// room kept for it since it was posted, and names the queue in the
+    /// owner's master ring. Dropped if the owner's file was released
+    /// meanwhile (`None`); otherwise returns whether the master ring was
+    /// full.
+    pub(crate) fn finish_recv(&self, owner: &ContextShared, cqe: defs::Cqe) -> Option<bool> {
+        {
+            let st = self.recv.lock();
+            if st.closed {
+                return None;
+            }
+            let _cq = self.cq.lock();
+            self.write_cqe(&cqe);
+            // After the tail moved: a reader of both never sees more room than there is.
             self.owed.fetch_sub(1, Relaxed);
-            n += 1;
+            self.publish_locked(&owner.waiters);
         }
-        n
+        Some(
+            owner
+                .data
+                .master
+                .as_ref()
+                .is_some_and(|master| master.push(self.index, &owner.waiters)),
+        )
     }
 
     /// Connects `ctx`'s queue `queue` to send here. `ECONNRESET` when this
@@ -506,17 +496,16 @@ impl Queue {
     /// RECVs and unpublished completions are dropped, senders unlinked, and
     /// no other worker wakes this context's afterwards.
     pub(crate) fn close_recv(&self) {
-        let (posted, done, senders) = {
+        let (posted, senders) = {
             let mut st = self.recv.lock();
             st.closed = true;
             st.wake_waiting();
             (
                 core::mem::replace(&mut st.posted, Fifo::empty()),
-                core::mem::replace(&mut st.done, Fifo::empty()),
                 core::mem::replace(&mut st.senders, KVec::new()),
             )
         };
-        drop((posted, done, senders));
+        drop((posted, senders));
     }
 
     /// The `u64` index of the sequence of slot `i`.
@@ -544,7 +533,7 @@ impl Queue {
     pub(crate) fn sleep(&self) -> bool {
         self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_NEED_WAKEUP);
         smp_mb(Full);
-        self.ready() || self.done_pending.load(Relaxed)
+        self.ready()
     }
 
     /// Whether the next slot is published and the completion ring has room
@@ -662,6 +651,12 @@ impl Queue {
     /// Writes a completion, to be published by [`Queue::publish`]. The
     /// caller made sure there is room ([`Queue::take`]). Worker only.
     pub(crate) fn complete(&self, cqe: &defs::Cqe) {
+        let _cq = self.cq.lock();
+        self.write_cqe(cqe);
+    }
+
+    /// Writes a completion at the tail, under `cq`.
+    fn write_cqe(&self, cqe: &defs::Cqe) {
         let tail = self.cq_tail.load(Relaxed);
         let index = (tail & (self.cq_entries - 1)) as usize;
         self.kernel
@@ -673,6 +668,12 @@ impl Queue {
     /// batch); wakes `waiters` and signals the eventfd if the ring was
     /// armed. Worker only.
     pub(crate) fn publish(&self, waiters: &Waiters) {
+        let _cq = self.cq.lock();
+        self.publish_locked(waiters);
+    }
+
+    /// Publishes the tail, under `cq`.
+    fn publish_locked(&self, waiters: &Waiters) {
         let tail = self.cq_tail.load(Relaxed);
         // Release: the entries before the tail that covers them.
         self.kernel.store_u32(CQ_TAIL, tail);
@@ -689,6 +690,7 @@ impl Queue {
 }
 
 /// The master ring: the queues with new completions, in order.
+#[pin_data]
 pub(crate) struct Master {
     /// The header and the entries, read-only to user space.
     pub(crate) ring: Arc<SharedPages>,
@@ -698,6 +700,9 @@ pub(crate) struct Master {
     tail: Atomic<u32>,
     /// Entries not written for a full ring.
     overflows: Atomic<u64>,
+    /// Serializes the writers of entries.
+    #[pin]
+    lock: SpinLock<()>,
 }
 
 impl Master {
@@ -707,16 +712,22 @@ impl Master {
     }
 
     /// Creates an empty master ring, charged to the caller.
-    pub(crate) fn new() -> Result<Self> {
-        Ok(Self {
-            ring: Arc::new(
-                SharedPages::new(Self::ring_bytes() / PAGE_SIZE)?,
-                GFP_KERNEL_ACCOUNT,
-            )?,
-            user: Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?,
-            tail: Atomic::new(0),
-            overflows: Atomic::new(0),
-        })
+    pub(crate) fn new() -> Result<Arc<Self>> {
+        let ring = Arc::new(
+            SharedPages::new(Self::ring_bytes() / PAGE_SIZE)?,
+            GFP_KERNEL_ACCOUNT,
+        )?;
+        let user = Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?;
+        Arc::pin_init(
+            try_pin_init!(Self {
+                ring,
+                user,
+                tail: Atomic::new(0),
+                overflows: Atomic::new(0),
+                lock <- new_spinlock!((), "memreg::Master::lock"),
+            }? Error),
+            GFP_KERNEL_ACCOUNT,
+        )
     }
 
     /// Whether entries wait for the reader.
@@ -728,6 +739,7 @@ impl Master {
     /// overflow when the ring is full; wakes `waiters` if armed. Returns
     /// whether it overflowed. Worker only.
     pub(crate) fn push(&self, index: u32, waiters: &Waiters) -> bool {
+        let _lock = self.lock.lock();
         let head = self.user.load_u32(MASTER_HEAD).unwrap_or(0);
         let tail = self.tail.load(Relaxed);
         let overflowed = tail.wrapping_sub(head) >= defs::MASTER_ENTRIES;

@@ -53,7 +53,7 @@ use crate::{
     error::MemregError,
     peer,
     pool::{Buffer, Pool},
-    queue::{Master, Next, PostedRecv, Queue, Receiver},
+    queue::{Connection, Master, Next, PostedRecv, Queue, Receiver},
     registration::{Registration, Revalidated},
 };
 use kernel::{
@@ -677,6 +677,22 @@ fn recv(ctx: &ContextShared, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -
     }
 }
 
+/// Completes a RECV of the receiving queue of `conn` with `cqe`, counted in
+/// the receiver's counters.
+fn deliver(conn: &Connection, cqe: defs::Cqe) {
+    let failed = cqe.status != 0;
+    if let Some(overflowed) = conn.queue.finish_recv(&conn.ctx, cqe) {
+        let stats = &conn.ctx.data.stats;
+        stats.completions.add(1, Relaxed);
+        if failed {
+            stats.errors.add(1, Relaxed);
+        }
+        if overflowed {
+            stats.master_overflows.add(1, Relaxed);
+        }
+    }
+}
+
 /// SEND on `q`: fills the oldest RECV posted on the queue `q` is connected
 /// to, or waits for one (`since`: it has been waiting since then).
 fn send(
@@ -739,7 +755,7 @@ fn send(
                     cqe.flags = defs::CQE_IMM;
                     cqe.imm_data = sqe.key;
                 }
-                conn.queue.finish_recv(&conn.ctx, cqe);
+                deliver(&conn, cqe);
                 ctx.data.stats.messages.add(1, Relaxed);
                 ctx.data.stats.remote_bytes.add(sqe.length, Relaxed);
                 return Step::Done(Ok(sqe.length));
@@ -747,11 +763,11 @@ fn send(
             // The receiver's buffer ended: that RECV fails, the SEND takes the next one.
             Err(_) if !r.registration.is_live() => {
                 cqe.status = MemregError::from(ENOENT).status();
-                conn.queue.finish_recv(&conn.ctx, cqe);
+                deliver(&conn, cqe);
             }
             Err(e) => {
                 cqe.status = e.status();
-                conn.queue.finish_recv(&conn.ctx, cqe);
+                deliver(&conn, cqe);
                 return Step::Done(Err(e));
             }
         }
@@ -881,7 +897,7 @@ fn account(
 /// requests were taken or completed.
 fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
     let data = &ctx.data;
-    let mut written = q.flush_recv();
+    let mut written = 0;
     let mut taken = 0;
     let mut errors = 0;
     let slot = q.index as usize;
@@ -1040,7 +1056,7 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
 /// The master ring of `data`, creating it (before the first queue).
 pub(crate) fn master(data: &DataPath) -> Result<&Arc<Master>> {
     if data.master.as_ref().is_none() {
-        let master = Arc::new(Master::new()?, GFP_KERNEL_ACCOUNT)?;
+        let master = Master::new()?;
         // Only the creation of queues, serialized, gets here.
         data.master.populate(master);
     }
