@@ -811,6 +811,15 @@ impl PinnedPages {
             }
             // `at + n <= len`, and the destination range fits: checked above.
             inner = dst.for_each_piece(dst_offset + at, n, |d, m, at2| {
+                if m == PAGE_SIZE {
+                    // Two whole pages (`m == PAGE_SIZE` means both pieces are page-aligned):
+                    // the architecture's page copy.
+                    // SAFETY: `d` and `src` (`at2 == 0`) are each a whole mapped, pinned page,
+                    // distinct pages (checked above for the same pages); see `write` for
+                    // concurrent user access.
+                    unsafe { bindings::copy_page(d.cast(), src.cast()) };
+                    return;
+                }
                 // Distinct bytes (checked above for the same pages), both mapped; see `write`
                 // for concurrent user access.
                 // SAFETY: `d` is valid for `m` bytes of a mapped, pinned page, and `src + at2`
