@@ -1232,6 +1232,8 @@ impl Context {
         let data = &self.shared.data;
         // Creations are serialized with those of queues.
         let _serial = data.create.lock();
+        // TODO(pool-index-reuse): an index is never reused, so a file creates at most
+        // `MEMREG_MAX_POOLS` pools in its life.
         let index = self.shared.pools.lock().len();
         if index >= defs::MAX_POOLS {
             return Err(ENOSPC.into());

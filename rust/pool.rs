@@ -724,6 +724,9 @@ impl Pool {
     }
 
     /// Asks for free chunks back (memory pressure).
+    ///
+    /// TODO(pool-shrinker-async): the shrinker only asks; the work gives the
+    /// chunks back later, as it needs `mmap_lock`.
     pub(crate) fn press(this: &Arc<Self>) {
         this.state.lock().pressure = true;
         Self::queue(this);
@@ -831,6 +834,8 @@ impl Pool {
         let mm: ARef<MmWithUser> = ctx.mm.mmget_not_zero().ok_or(ENXIO)?;
         let mut charges = this.charges.new_like();
         charges.charge(npages)?;
+        // TODO(pool-memcg): the work allocates the pages, so they are charged to the worker's
+        // memory cgroup, not the process's (RLIMIT_MEMLOCK, the budget and pinned_vm are).
         let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
         for _ in 0..npages {
             pages.push(

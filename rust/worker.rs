@@ -569,6 +569,8 @@ fn remote(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe, write: boo
         (sqe.key, sqe.offset, sqe.src_key, sqe.src_offset)
     };
     let local = resolve(ctx, ws, lkey)?;
+    // TODO(peer-rkey-cache): remote keys are looked up under the peer's table lock on every
+    // request; a shadow of hot remote keys, like the local one, would spare it.
     let remote = peer_ctx
         .table
         .lock()
@@ -611,6 +613,9 @@ fn pool_of(ctx: &ContextShared, index: u32) -> Result<Arc<Pool>, MemregError> {
 
 /// POOL_ALLOC on a ring: one buffer, without waiting. The completion
 /// carries its address and key.
+///
+/// TODO(ring-pool-wait): a request that waited for a growth would stall its
+/// queue, as a waiting SEND does; it fails with `-EAGAIN` instead.
 fn pool_alloc(ctx: &ContextShared, sqe: &defs::Sqe) -> Step {
     let taken = (|| -> Result<Buffer, MemregError> {
         let pool = pool_of(ctx, sqe.peer)?;
