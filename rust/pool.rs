@@ -52,7 +52,7 @@ use kernel::{
         },
         pin::PinnedPages,
         shared_pages::{vma_pgoff, SharedPages},
-        virt::VmaNew,
+        virt::{VmaNew, VmaRef},
         MmWithUser,
     },
     new_condvar, new_delayed_work, new_mutex, new_spinlock, new_work,
@@ -860,10 +860,10 @@ impl Pool {
         {
             let guard = mm.mmap_read_lock();
             let vma = guard.vma_lookup(addr).ok_or(ENXIO)?;
-            if vma.start() != base
+            // The whole mapping, unsplit.
+            if !this.is_piece(vma, base)
+                || vma.start() != base
                 || vma.end() != base + this.map_bytes
-                || (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
-                    != Some(defs::mmap_pool(this.index))
             {
                 return Err(ENXIO);
             }
@@ -955,16 +955,21 @@ impl Pool {
                 at = at.saturating_add(PAGE_SIZE);
                 continue;
             };
-            let ours = vma.start() >= base
-                && vma.end() <= base + self.map_bytes
-                && (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
-                    == defs::mmap_pool(self.index).checked_add((vma.start() - base) as u64);
             let piece_end = vma.end().min(end);
-            if ours {
+            if self.is_piece(vma, base) {
                 vma.zap_vma_range(at, piece_end - at);
             }
             at = piece_end;
         }
+    }
+
+    /// Whether `vma` is the pool's mapping at `base`, or a piece of it left
+    /// by a split: within it, at the page offset that follows its address.
+    fn is_piece(&self, vma: &VmaRef, base: usize) -> bool {
+        vma.start() >= base
+            && vma.end() <= base + self.map_bytes
+            && (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
+                == defs::mmap_pool(self.index).checked_add((vma.start() - base) as u64)
     }
 
     /// Moves class `c`'s boundary down by one chunk when due: starts it (the

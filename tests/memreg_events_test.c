@@ -58,22 +58,6 @@ static __u64 word(const __u64 *words, __u32 slot)
 	return __atomic_load_n(&words[slot], __ATOMIC_ACQUIRE);
 }
 
-/*
- * Maps `len` bytes of private anonymous memory filled with `fill`, with
- * small pages only (no THP split can send a CLEAR over it).
- */
-static char *map_small(size_t len, int fill)
-{
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	/* Fails only without THP support, which is as good. */
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, fill, len);
-	return p;
-}
-
 /* mmap of the file; 0 (the mapping is removed again) or -errno. */
 static int try_mmap(int fd, size_t len, int prot, int flags, off_t offset)
 {
@@ -83,14 +67,6 @@ static int try_mmap(int fd, size_t len, int prot, int flags, off_t offset)
 		return -errno;
 	munmap(p, len);
 	return 0;
-}
-
-/* Waits until no memreg file is open and nothing is pinned; `base` gets what is left. */
-static void settle(struct memreg_global_stats *base)
-{
-	mr_wait_global(0, 0, 0);
-	if (mr_global_now(base))
-		memset(base, 0xff, sizeof(*base));
 }
 
 /* poll() with timeout 0: the returned events, 0, or -1 on error. */
@@ -305,7 +281,7 @@ FIXTURE_SETUP(ev)
 	ctx_init(&self->c);
 	self->buf = NULL;
 	ASSERT_EQ(0, ctx_open(&self->c, RING_ENTRIES));
-	self->buf = map_small(BUF_PAGES * PAGE, 'e');
+	self->buf = map_buf(BUF_PAGES * PAGE, 'e');
 	ASSERT_NE(NULL, self->buf);
 }
 
@@ -541,7 +517,7 @@ TEST_F(ev, full_words_give_no_slot)
 	size_t nslots = c->words_len / 8, i;
 	size_t len = (nslots + 2) * PAGE;
 	struct memreg_register r, extra, again, freed;
-	char *big = map_small(len, 'f');
+	char *big = map_buf(len, 'f');
 	char *seen = calloc(nslots, 1);
 
 	ASSERT_NE(NULL, big);
@@ -585,7 +561,7 @@ TEST(no_slot_before_words_are_mapped)
 	struct memreg_resync_entry list[4];
 	struct memreg_register a, b, r;
 	struct memreg_query q;
-	char *buf = map_small(8 * PAGE, 'n');
+	char *buf = map_buf(8 * PAGE, 'n');
 	__u32 count = 0, i;
 	__u64 *words;
 	int fd = memreg_open();
@@ -648,7 +624,7 @@ TEST(mmap_refuses_bad_requests)
 	const off_t bad[] = { PAGE, 2 * PAGE, 0x08000000, MEMREG_MMAP_EVENTS + PAGE,
 			      MEMREG_MMAP_EVENTS_HEAD + PAGE, 0x30000000, 0x40000000 };
 	struct memreg_register r;
-	char *buf = map_small(4 * PAGE, 'm');
+	char *buf = map_buf(4 * PAGE, 'm');
 	__u64 *words, *words2;
 	void *p;
 	size_t i;
@@ -725,7 +701,7 @@ TEST(mmap_refuses_bad_requests)
 TEST(refused_mmap_creates_no_words)
 {
 	struct memreg_register r;
-	char *buf = map_small(2 * PAGE, 'x');
+	char *buf = map_buf(2 * PAGE, 'x');
 	__u64 *words;
 	int fd = memreg_open();
 
@@ -866,7 +842,7 @@ TEST(child_exit_ends_its_registrations_with_events)
 	char ch;
 	pid_t pid;
 
-	settle(&base);
+	mr_settle(&base);
 	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	ASSERT_GE(efd, 0);
 	ASSERT_EQ(0, pipe(ready));
@@ -876,7 +852,7 @@ TEST(child_exit_ends_its_registrations_with_events)
 	if (pid == 0) {
 		struct memreg_register r[3];
 		struct ring ring;
-		char *buf = map_small(8 * PAGE, 'k');
+		char *buf = map_buf(8 * PAGE, 'k');
 		struct memreg_cache_config cfg = cache_config(1, 1024, 262144, 0);
 		__u64 *words;
 		int fd = memreg_open(), i;
@@ -916,12 +892,12 @@ TEST(close_writes_no_events)
 	struct memreg_cache_config cfg = cache_config(1, 1024, 262144, 0);
 	struct memreg_events_setup s = { .entries = 8 };
 	struct memreg_register a, b;
-	char *buf = map_small(8 * PAGE, 'c');
+	char *buf = map_buf(8 * PAGE, 'c');
 	long vmpin;
 	int fd, efd;
 
 	ASSERT_NE(NULL, buf);
-	settle(&base);
+	mr_settle(&base);
 	vmpin = vm_pin_kb();
 	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	ASSERT_GE(efd, 0);
@@ -953,10 +929,10 @@ TEST(close_keeps_context_while_mapped)
 	struct memreg_global_stats base, g;
 	struct memreg_register a, b;
 	struct ctx c;
-	char *buf = map_small(8 * PAGE, 'c');
+	char *buf = map_buf(8 * PAGE, 'c');
 
 	ASSERT_NE(NULL, buf);
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, ctx_open(&c, 8));
 	ASSERT_EQ(0, mr_register(c.fd, buf, 4 * PAGE, RW, &a));
 	ASSERT_EQ(0, mr_register(c.fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
@@ -1023,7 +999,7 @@ FIXTURE_SETUP(inval)
 	ctx_init(&self->c);
 	self->buf = self->moved = NULL;
 	ASSERT_EQ(0, ctx_open(&self->c, RING_ENTRIES));
-	self->buf = map_small(BUF_PAGES * PAGE, 'i');
+	self->buf = map_buf(BUF_PAGES * PAGE, 'i');
 	ASSERT_NE(NULL, self->buf);
 }
 
@@ -1430,25 +1406,6 @@ static void *epoll_waiter(void *arg)
 	return NULL;
 }
 
-/* Whether thread `tid` of this process is asleep ("S"). */
-static bool thread_sleeping(pid_t tid)
-{
-	char path[64], line[512], *p;
-	bool asleep = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	f = fopen(path, "r");
-	if (!f)
-		return false;
-	if (fgets(line, sizeof(line), f)) {
-		p = strrchr(line, ')');
-		asleep = p && p[1] == ' ' && p[2] == 'S';
-	}
-	fclose(f);
-	return asleep;
-}
-
 TEST_F(ev, epoll_wakes_a_blocked_waiter)
 {
 	struct ctx *c = &self->c;
@@ -1532,7 +1489,7 @@ TEST(overflow_drops_new_events_and_keeps_old)
 {
 	struct memreg_register r[5];
 	struct ctx c;
-	char *buf = map_small(16 * PAGE, 'o');
+	char *buf = map_buf(16 * PAGE, 'o');
 	int i;
 
 	ASSERT_NE(NULL, buf);
@@ -1570,7 +1527,7 @@ TEST(garbage_head_reads_as_full)
 	struct memreg_register r[4];
 	struct ctx c;
 	__u32 count = 0;
-	char *buf = map_small(8 * PAGE, 'g');
+	char *buf = map_buf(8 * PAGE, 'g');
 	size_t i;
 
 	ASSERT_NE(NULL, buf);
@@ -1633,7 +1590,7 @@ TEST(resync_clears_overflow_and_lists_live_registrations)
 	struct memreg_resync_entry list[16], sentinel;
 	struct memreg_register a, b, cc, d[3], hit;
 	struct ctx c;
-	char *buf = map_small(32 * PAGE, 'r');
+	char *buf = map_buf(32 * PAGE, 'r');
 	__u32 count = 0, i;
 
 	ASSERT_NE(NULL, buf);
@@ -1700,7 +1657,7 @@ TEST(resync_count_beyond_capacity)
 	struct memreg_resync_entry list[8], sentinel;
 	struct memreg_events_resync req;
 	struct memreg_register r[5];
-	char *buf = map_small(16 * PAGE, 's');
+	char *buf = map_buf(16 * PAGE, 's');
 	__u32 count = 0, i, j;
 	int fd = memreg_open();
 
@@ -2010,13 +1967,13 @@ TEST(debugfs_stats_match_global_stats)
 	struct memreg_cache_config cfg;
 	struct memreg_register a, b, r;
 	struct dstats d0, d1, d2;
-	char *buf = map_small(16 * PAGE, 'd'), ch;
+	char *buf = map_buf(16 * PAGE, 'd'), ch;
 	int fd, fd2;
 
 	ASSERT_NE(NULL, buf);
 	if (!debugfs_stats())
 		SKIP(return, "no %s", DEBUGFS_STATS);
-	settle(&base);
+	mr_settle(&base);
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
 	cfg = cache_config(1, 1024, 262144, 0);

@@ -316,14 +316,6 @@ static long w_vmpin(struct worker *w)
 	return ask(w, (struct w_cmd){ .op = W_VMPIN });
 }
 
-/* Global counters now, through a file of their own (not counted). */
-static __u64 global_pinned(void)
-{
-	struct memreg_global_stats g;
-
-	return mr_global_now(&g) ? ~0ULL : g.pages_pinned;
-}
-
 /* ---- max_registrations: the per-context cap ---- */
 
 TEST(max_registrations_default)
@@ -566,7 +558,7 @@ TEST_F(follow_rlimit, ended_registration_is_uncharged_at_once)
 	if (ctx == 0)
 		EXPECT_EQ(0, w_pinned(w, 0));
 	EXPECT_EQ(vmpin, w_vmpin(w));
-	EXPECT_EQ(self->base.pages_pinned, global_pinned());
+	EXPECT_EQ(self->base.pages_pinned, mr_global_pinned());
 	/* And the user's locked memory: 16 other pages right away. */
 	EXPECT_EQ(0, w_register(w, ctx, 1, LIMIT, LIMIT));
 	EXPECT_EQ(LIMIT, w_pinned(w, ctx));
@@ -639,7 +631,7 @@ TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
 	case END_FLUSH:
 		ASSERT_EQ(0, mr_deregister(fd, r.lkey));
 		/* Parked: still charged. */
-		EXPECT_EQ(self->base.pages_pinned + LIMIT, global_pinned());
+		EXPECT_EQ(self->base.pages_pinned + LIMIT, mr_global_pinned());
 		ASSERT_EQ(0, mr_flush(fd, &f));
 		EXPECT_EQ(1, f.evicted);
 		EXPECT_EQ(LIMIT, f.pages);
@@ -663,10 +655,10 @@ TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
 		EXPECT_EQ(0, s.pages_pinned);
 	}
 	EXPECT_EQ(vmpin, vm_pin_kb());
-	EXPECT_EQ(self->base.pages_pinned, global_pinned());
+	EXPECT_EQ(self->base.pages_pinned, mr_global_pinned());
 
 	EXPECT_EQ(0, mr_register(fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &other));
-	EXPECT_EQ(self->base.pages_pinned + LIMIT, global_pinned());
+	EXPECT_EQ(self->base.pages_pinned + LIMIT, mr_global_pinned());
 	EXPECT_EQ(vmpin + LIMIT * (long)PAGE_KB, vm_pin_kb());
 	EXPECT_EQ(-ENOSPC, mr_register(fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &other));
 }
@@ -759,7 +751,7 @@ TEST(unmapped_register_leaks_no_locked_memory)
 	EXPECT_EQ(0, w_pinned(&w, 0));
 	EXPECT_EQ(0, w_pinned(&w, 1));
 	EXPECT_EQ(vmpin, w_vmpin(&w));
-	EXPECT_EQ(base.pages_pinned, global_pinned());
+	EXPECT_EQ(base.pages_pinned, mr_global_pinned());
 	/* The whole limit is still there. */
 	EXPECT_EQ(0, w_register(&w, 0, 0, LIMIT, LIMIT));
 	EXPECT_EQ(-ENOMEM, w_register(&w, 1, 0, 2 * LIMIT, 1));
@@ -801,7 +793,7 @@ TEST_F(budget, unmapped_register_leaks_no_budget)
 		EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf + LIMIT / 2 * PAGE,
 					       LIMIT * PAGE, RW, &r));
 	}
-	EXPECT_EQ(0, global_pinned());
+	EXPECT_EQ(0, mr_global_pinned());
 	EXPECT_EQ(0, mr_register(self->fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &r));
 	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &r));
 }

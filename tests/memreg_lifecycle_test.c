@@ -41,21 +41,6 @@
 #define LIMIT		16	/* RLIMIT_MEMLOCK and max_pinned_pages, in pages */
 #define NOBODY		65534
 
-/* Waits until no memreg file is open and nothing is pinned (a fresh start). */
-static void settle(struct memreg_global_stats *base)
-{
-	mr_wait_global(0, 0, 0);
-	if (mr_global_now(base))
-		memset(base, 0xff, sizeof(*base));
-}
-
-static __u64 global_pinned(void)
-{
-	struct memreg_global_stats g;
-
-	return mr_global_now(&g) ? ~0ULL : g.pages_pinned;
-}
-
 /* Each eviction counter is 0 except evictions[reason], which is `n`. */
 static void expect_evictions(struct __test_metadata *_metadata, const struct memreg_stats *s,
 			     int reason, __u64 n)
@@ -127,7 +112,7 @@ FIXTURE(lc)
 
 FIXTURE_SETUP(lc)
 {
-	settle(&self->base);
+	mr_settle(&self->base);
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
 	self->buf = map_filled(NPAGES * PAGE, 'a');
@@ -338,7 +323,7 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 	ASSERT_EQ(0, mr_global(self->fd, &g0));
 	key = park(_metadata, self->fd, self->buf, 8);
 	expect_parked(_metadata, self->fd, key, 8);
-	EXPECT_EQ(g0.pages_pinned + 8, global_pinned());
+	EXPECT_EQ(g0.pages_pinned + 8, mr_global_pinned());
 
 	if (variant->unmap) {
 		ASSERT_EQ(0, munmap(self->buf, 8 * PAGE));
@@ -357,7 +342,7 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
 	expect_evictions(_metadata, &s, 0, 0);
 	EXPECT_EQ(vmpin, vm_pin_kb());
-	EXPECT_EQ(g0.pages_pinned, global_pinned());
+	EXPECT_EQ(g0.pages_pinned, mr_global_pinned());
 	expect_gone(_metadata, self->fd, key);
 
 	/* Fresh memory there: the old key never reaches it, REGISTER pins it. */
@@ -578,7 +563,7 @@ TEST_F(lc, flush_ends_every_parked_registration)
 	EXPECT_EQ(0, f.reserved[1]);
 	/* Uncharged when FLUSH returns. */
 	EXPECT_EQ(self->vmpin + 2 * PAGE_KB, vm_pin_kb());
-	EXPECT_EQ(self->base.pages_pinned + 2, global_pinned());
+	EXPECT_EQ(self->base.pages_pinned + 2, mr_global_pinned());
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
@@ -1201,7 +1186,7 @@ TEST(close_with_parked_registrations_releases_everything)
 	int fd;
 
 	ASSERT_NE(NULL, buf);
-	settle(&base);
+	mr_settle(&base);
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
 	ASSERT_EQ(0, mr_register(fd, buf + 16 * PAGE, 4 * PAGE, RW, &live));
@@ -1225,7 +1210,7 @@ TEST(kill_with_parked_registrations_releases_everything)
 	char c;
 	pid_t pid;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pipe(ready));
 	pid = fork();
 	ASSERT_GE(pid, 0);

@@ -42,6 +42,7 @@
 #include "memreg_ring.h"
 
 #include "kselftest_harness.h"
+#include "memreg_harness.h"
 
 #define ALL		MEMREG_ACCESS_ALL
 #define LREAD		MEMREG_ACCESS_LOCAL_READ
@@ -53,31 +54,6 @@
 #define QUIET_MS	300
 
 /* ---- Helpers ---- */
-
-/* Private anonymous memory, small pages only, filled with `fill`. */
-static char *map_buf(size_t len, int fill)
-{
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, fill, len);
-	return p;
-}
-
-/* Fresh memory at `addr` (MAP_FIXED over whatever was there), filled with `fill`. */
-static char *map_fixed(void *addr, size_t len, int fill)
-{
-	char *p = mmap(addr, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, fill, len);
-	return p;
-}
 
 /* A context that parks and never evicts for idleness. */
 static int open_ctx(void)
@@ -103,14 +79,6 @@ static void close_others(int keep)
 	for (fd = 3; fd < 1024; fd++)
 		if (fd != keep)
 			close(fd);
-}
-
-/* Waits until no memreg file is open and nothing is pinned; `base` gets the counters. */
-static void settle(struct memreg_global_stats *base)
-{
-	mr_wait_global(0, 0, 0);
-	if (mr_global_now(base))
-		memset(base, 0xff, sizeof(*base));
 }
 
 static void print_global(const char *what, const struct memreg_global_stats *g)
@@ -152,28 +120,6 @@ static long global_peers(void)
 	if (mr_global_now(&g))
 		return -1;
 	return (long)g.peers;
-}
-
-static void expect_cqe(struct __test_metadata *_metadata, const struct memreg_cqe *c,
-		       __u64 user_data, int status, __u64 bytes)
-{
-	EXPECT_EQ(user_data, c->user_data);
-	EXPECT_EQ(status, c->status) TH_LOG("user_data %#llx: status %d, want %d",
-					    (unsigned long long)c->user_data, c->status, status);
-	EXPECT_EQ(bytes, c->bytes) TH_LOG("user_data %#llx", (unsigned long long)c->user_data);
-	EXPECT_EQ(0, c->flags);
-	EXPECT_EQ(0, c->imm_data);
-}
-
-/* Posts `sqe`, reaps its completion and checks it. */
-static void run_expect(struct __test_metadata *_metadata, struct mrq *q,
-		       const struct memreg_sqe *sqe, int status, __u64 bytes)
-{
-	struct memreg_cqe c;
-
-	ASSERT_EQ(0, mrq_run(q, sqe, &c)) TH_LOG("opcode %u user_data %#llx", sqe->opcode,
-						 (unsigned long long)sqe->user_data);
-	expect_cqe(_metadata, &c, sqe->user_data, status, bytes);
 }
 
 /* Posts `sqe` and returns the status of its completion (-ETIMEDOUT: none came). */
@@ -2309,7 +2255,7 @@ TEST(target_close_during_stream)
 	pthread_t th;
 	__u64 at_close;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, stream_side(&b));
 	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
@@ -2367,7 +2313,7 @@ TEST(writer_close_during_stream)
 	struct tgt t;
 	int i;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, stream_side(&b));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
 	stream_init(&st, &b.q, t.peer, t.info.rkey[0], b.r.lkey, 64, 0, 0, 0, 0);
@@ -2410,7 +2356,7 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 	bool dead = false;
 	unsigned int n, i;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, side_open(&b, 256 * PAGE, 'b', 64, 256));
 	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
@@ -2506,7 +2452,7 @@ TEST_F_TIMEOUT(slow, unmap_of_target_mid_stream, 90)
 	__u64 mark;
 	int round;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, stream_side(&b));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
 	stream_init(&st, &b.q, t.peer, t.info.rkey[0], b.r.lkey, 16, -ENOENT, 0, 0, 0);
@@ -2796,7 +2742,7 @@ TEST_F_TIMEOUT(slow, mutually_attached_both_killed, 90)
 	struct memreg_global_stats base, g;
 	int round;
 
-	settle(&base);
+	mr_settle(&base);
 	for (round = 0; round < 3; round++) {
 		int sp[2], rd[2];
 		pid_t pa, pb;

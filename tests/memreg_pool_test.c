@@ -349,14 +349,6 @@ static bool faults_soon(void *p, int ms)
 
 /* ---- Baselines ---- */
 
-/* Waits until no memreg file is open and nothing is pinned; `base` gets what is left. */
-static void settle(struct memreg_global_stats *base)
-{
-	mr_wait_global(0, 0, 0);
-	if (mr_global_now(base))
-		memset(base, 0xff, sizeof(*base));
-}
-
 /*
  * Waits up to `ms` for the module-wide counters (open files, registrations,
  * pinned pages, contexts alive) to be back at `base`, plus `contexts` files
@@ -397,33 +389,6 @@ static int wait_vmpin(long kb, int ms)
 	}
 	fprintf(stderr, "VmPin %ld kB, want %ld kB\n", vm_pin_kb(), kb);
 	return -ETIMEDOUT;
-}
-
-/* Pages pinned module-wide (all ones on error). */
-static __u64 global_pinned(void)
-{
-	struct memreg_global_stats g;
-
-	return mr_global_now(&g) ? ~0ULL : g.pages_pinned;
-}
-
-/* Whether thread `tid` of this process is asleep ("S"). */
-static bool thread_sleeping(pid_t tid)
-{
-	char path[64], line[512], *s;
-	bool asleep = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	f = fopen(path, "r");
-	if (!f)
-		return false;
-	if (fgets(line, sizeof(line), f)) {
-		s = strrchr(line, ')');
-		asleep = s && s[1] == ' ' && s[2] == 'S';
-	}
-	fclose(f);
-	return asleep;
 }
 
 static __u64 now_ms(void)
@@ -1605,16 +1570,16 @@ TEST(shrink_by_high_watermark)
 	__u64 g0;
 	int n, err, i;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 5000, 50));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
-	g0 = global_pinned();
+	g0 = mr_global_pinned();
 	EXPECT_EQ(base.pages_pinned + 16, g0);
 	n = alloc_n(&p, K4, 64, 64, 0, ALLOC_MS, b, &err);
 	ASSERT_EQ(64, n) TH_LOG("%d", err);
 	EXPECT_EQ(64, STAT(&p, 0, boundary));
 	EXPECT_EQ(0, wait_vmpin(pin0 + 64 * PAGE_KB, 1000));
-	EXPECT_EQ(g0 + 48, global_pinned());
+	EXPECT_EQ(g0 + 48, mr_global_pinned());
 	/* Free all: 64 > 18 free for 50 ms, chunk after chunk goes, down to initial. */
 	ASSERT_EQ(0, free_bufs(&p, b, 64));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
@@ -1623,7 +1588,7 @@ TEST(shrink_by_high_watermark)
 	EXPECT_EQ(0, STAT(&p, 0, leaks_reclaimed));
 	/* The pages left the mapping and their charges went. */
 	EXPECT_EQ(0, wait_vmpin(pin0 + 16 * PAGE_KB, 2000));
-	EXPECT_EQ(g0, global_pinned());
+	EXPECT_EQ(g0, mr_global_pinned());
 	for (i = 16; i < 64; i += 7)
 		EXPECT_TRUE(faults_soon(baddr(&p, 0, i), 1000)) TH_LOG("buffer %d", i);
 	EXPECT_TRUE(faults_soon(baddr(&p, 0, 16), 1000));
@@ -2064,7 +2029,7 @@ TEST(rlimit_memlock_stops_growth)
 	struct memreg_global_stats base;
 	pid_t pid;
 
-	settle(&base);
+	mr_settle(&base);
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (!pid)
@@ -2083,7 +2048,7 @@ TEST(dontneed_ends_the_chunks_it_covers)
 	char tmp[8];
 	int n, err, i;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
 	n = alloc_n(&p, K4, 17, 64, 0, 0, b, &err);
@@ -2161,7 +2126,7 @@ TEST(destroy_leaves_nothing)
 	long pin0 = vm_pin_kb();
 	char tmp[8];
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pl_open(&p, c, 2, RW, 1000, 0));
 	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
@@ -2211,7 +2176,7 @@ TEST(munmap_destroys_the_pool)
 	char tmp[8];
 	int i, r = 0;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
 	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
@@ -2269,7 +2234,7 @@ TEST(close_leaves_nothing)
 	long pin0 = vm_pin_kb();
 	int fd;
 
-	settle(&base);
+	mr_settle(&base);
 	/* Created, never mapped. */
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
@@ -2312,7 +2277,7 @@ TEST(fork_does_not_inherit_the_pool)
 	char tmp[8];
 	pid_t pid;
 
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
 	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
@@ -2357,7 +2322,7 @@ TEST(exit_and_kill_leave_nothing)
 	pid_t pid;
 	char ch;
 
-	settle(&base);
+	mr_settle(&base);
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (!pid) {

@@ -41,6 +41,7 @@
 #include "memreg_ring.h"
 
 #include "kselftest_harness.h"
+#include "memreg_harness.h"
 
 #define QSQ		64	/* the fixture's queue */
 #define QCQ		256
@@ -51,34 +52,6 @@
 #define QUIET_MS	300
 
 /* ---- Helpers ---- */
-
-/*
- * Maps `len` bytes of private anonymous memory filled with `fill`, with
- * small pages only.
- */
-static char *map_buf(size_t len, int fill)
-{
-	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, fill, len);
-	return p;
-}
-
-/* Fresh memory at `addr` (MAP_FIXED over whatever was there), filled with `fill`. */
-static char *map_fixed(void *addr, size_t len, int fill)
-{
-	char *p = mmap(addr, len, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
-
-	if (p == MAP_FAILED)
-		return NULL;
-	madvise(p, len, MADV_NOHUGEPAGE);
-	memset(p, fill, len);
-	return p;
-}
 
 /* mmap of the file; 0 (the mapping is removed again) or -errno. */
 static int try_mmap(int fd, size_t len, int prot, int flags, off_t offset)
@@ -143,14 +116,6 @@ static int open_ctx(void)
 	return fd;
 }
 
-/* Waits until no memreg file is open and nothing is pinned; `base` gets what is left. */
-static void settle(struct memreg_global_stats *base)
-{
-	mr_wait_global(0, 0, 0);
-	if (mr_global_now(base))
-		memset(base, 0xff, sizeof(*base));
-}
-
 /* Waits up to `ms` for the module-wide counters to be back at `base`. */
 static int wait_baseline(const struct memreg_global_stats *base, int ms)
 {
@@ -170,25 +135,6 @@ static int wait_baseline(const struct memreg_global_stats *base, int ms)
 		(unsigned long long)g.pages_pinned, (unsigned long long)base->contexts,
 		(unsigned long long)base->regions, (unsigned long long)base->pages_pinned);
 	return -ETIMEDOUT;
-}
-
-/* Whether thread `tid` of this process is asleep ("S"). */
-static bool thread_sleeping(pid_t tid)
-{
-	char path[64], line[512], *p;
-	bool asleep = false;
-	FILE *f;
-
-	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
-	f = fopen(path, "r");
-	if (!f)
-		return false;
-	if (fgets(line, sizeof(line), f)) {
-		p = strrchr(line, ')');
-		asleep = p && p[1] == ' ' && p[2] == 'S';
-	}
-	fclose(f);
-	return asleep;
 }
 
 /* A thread blocked in poll(). */
@@ -240,28 +186,6 @@ static int start_waiter(struct waiter *w, int fd, short events, int timeout_ms)
 		usleep(10000);
 	usleep(100000);
 	return __atomic_load_n(&w->done, __ATOMIC_ACQUIRE) ? -1 : 0;
-}
-
-static void expect_cqe(struct __test_metadata *_metadata, const struct memreg_cqe *c,
-		       __u64 user_data, int status, __u64 bytes)
-{
-	EXPECT_EQ(user_data, c->user_data);
-	EXPECT_EQ(status, c->status) TH_LOG("user_data %#llx: status %d, want %d",
-					    (unsigned long long)c->user_data, c->status, status);
-	EXPECT_EQ(bytes, c->bytes) TH_LOG("user_data %#llx", (unsigned long long)c->user_data);
-	EXPECT_EQ(0, c->flags);
-	EXPECT_EQ(0, c->imm_data);
-}
-
-/* Posts `sqe`, reaps its completion and checks it. */
-static void run_expect(struct __test_metadata *_metadata, struct mrq *q,
-		       const struct memreg_sqe *sqe, int status, __u64 bytes)
-{
-	struct memreg_cqe c;
-
-	ASSERT_EQ(0, mrq_run(q, sqe, &c)) TH_LOG("opcode %u user_data %#llx", sqe->opcode,
-						 (unsigned long long)sqe->user_data);
-	expect_cqe(_metadata, &c, sqe->user_data, status, bytes);
 }
 
 /* Nothing more completes on `q` for QUIET_MS; cq_tail stays `tail`. */
@@ -2371,7 +2295,7 @@ TEST_F_TIMEOUT(dp, sigkill_mid_stream, 60)
 	mr_master_unmap(&self->m);
 	close(self->fd);
 	self->fd = -1;
-	settle(&base);
+	mr_settle(&base);
 	ASSERT_EQ(0, pipe(ready));
 	pid = fork();
 	ASSERT_GE(pid, 0);

@@ -6,6 +6,7 @@
 #define MEMREG_UTIL_H
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -170,6 +171,25 @@ static inline int mr_wait_global(__u64 contexts, __u64 regions, __u64 pages)
 		(unsigned long long)g.pages_pinned, (unsigned long long)contexts,
 		(unsigned long long)regions, (unsigned long long)pages);
 	return -ETIMEDOUT;
+}
+
+/*
+ * Waits until no memreg file is open and nothing is pinned (a fresh start);
+ * `base` gets the module's counters then (all ones if they cannot be read).
+ */
+static inline void mr_settle(struct memreg_global_stats *base)
+{
+	mr_wait_global(0, 0, 0);
+	if (mr_global_now(base))
+		memset(base, 0xff, sizeof(*base));
+}
+
+/* Pages pinned module-wide (all ones on error). */
+static inline __u64 mr_global_pinned(void)
+{
+	struct memreg_global_stats g;
+
+	return mr_global_now(&g) ? ~0ULL : g.pages_pinned;
 }
 
 /* Waits until this context's pinned pages drop to `pages`. */
@@ -379,6 +399,50 @@ static inline int all_bytes(const char *p, size_t len, int c)
 		if (p[i] != (char)c)
 			return 0;
 	return 1;
+}
+
+/* Private anonymous memory, small pages only, filled with `fill`; NULL on failure. */
+static inline char *map_buf(size_t len, int fill)
+{
+	char *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, fill, len);
+	return p;
+}
+
+/* Fresh memory at `addr` (MAP_FIXED over whatever was there), filled with `fill`. */
+static inline char *map_fixed(void *addr, size_t len, int fill)
+{
+	char *p = mmap(addr, len, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_NOHUGEPAGE);
+	memset(p, fill, len);
+	return p;
+}
+
+/* Whether thread `tid` of this process is asleep ("S"). */
+static inline bool thread_sleeping(pid_t tid)
+{
+	char path[64], line[512], *p;
+	bool asleep = false;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "/proc/self/task/%d/stat", tid);
+	f = fopen(path, "r");
+	if (!f)
+		return false;
+	if (fgets(line, sizeof(line), f)) {
+		p = strrchr(line, ')');
+		asleep = p && p[1] == ' ' && p[2] == 'S';
+	}
+	fclose(f);
+	return asleep;
 }
 
 #endif /* MEMREG_UTIL_H */

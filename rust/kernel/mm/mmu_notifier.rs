@@ -332,35 +332,12 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         start: usize,
         length: usize,
     ) -> Result<Subscription<T>> {
-        // SAFETY: `this` is a valid `T`.
-        let notifier = unsafe { &*T::raw_get_notifier(&*this) };
-        notifier
-            .state
-            .cmpxchg(STATE_IDLE, STATE_INSERTING, Full)
-            .map_err(|_| EBUSY)?;
-        // Keep the address space's `mm_struct` for as long as the notifier, so that reading
-        // the sequence stays valid even after removal.
-        notifier.mm.populate(ARef::from(&**mm));
-        // SAFETY: `sub` is zeroed, pinned inside the `Arc` and not inserted; we own the
-        // inserting state. `mm` has users for the duration of the call. `OPS` is a static
-        // table.
-        let ret = unsafe {
-            bindings::mmu_interval_notifier_insert(
-                notifier.sub.get(),
-                mm.as_raw(),
-                start,
-                length,
-                &Self::OPS,
-            )
-        };
-        if let Err(e) = to_result(ret) {
-            // INVARIANT: A failed insertion is final.
-            notifier.state.store(STATE_FAILED, Release);
-            return Err(e);
-        }
-        // INVARIANT: The subscription is inserted; the `Subscription` returned owns `this`.
-        notifier.state.store(STATE_INSERTED, Release);
-        Ok(Subscription { this })
+        Self::insert_with(this, mm, |sub, mm| {
+            // SAFETY: `sub` is zeroed, pinned inside the `Arc` and not inserted; the caller of
+            // `insert_with` owns the inserting state. `mm` has users for the duration of the
+            // call. `OPS` is a static table.
+            unsafe { bindings::mmu_interval_notifier_insert(sub, mm, start, length, &Self::OPS) }
+        })
     }
 
     /// Inserts the notifier of `this` for `length` bytes from `start` of the
@@ -374,26 +351,34 @@ impl<T: IntervalNotifierOps> IntervalNotifier<T> {
         start: usize,
         length: usize,
     ) -> Result<Subscription<T>> {
+        Self::insert_with(this, vma.mm(), |sub, mm| {
+            // SAFETY: As in `insert`; a `VmaNew` exists only inside an `mmap` handler, whose
+            // caller holds `mm`'s `mmap_lock` for writing, as
+            // `mmu_interval_notifier_insert_locked` needs.
+            unsafe {
+                bindings::mmu_interval_notifier_insert_locked(sub, mm, start, length, &Self::OPS)
+            }
+        })
+    }
+
+    /// Inserts the notifier of `this` into `mm` with `insert`, which is
+    /// given the zeroed subscription and the address space and returns the
+    /// C result.
+    fn insert_with(
+        this: Arc<T>,
+        mm: &MmWithUser,
+        insert: impl FnOnce(*mut bindings::mmu_interval_notifier, *mut bindings::mm_struct) -> i32,
+    ) -> Result<Subscription<T>> {
         // SAFETY: `this` is a valid `T`.
         let notifier = unsafe { &*T::raw_get_notifier(&*this) };
         notifier
             .state
             .cmpxchg(STATE_IDLE, STATE_INSERTING, Full)
             .map_err(|_| EBUSY)?;
-        let mm = vma.mm();
+        // Keep the address space's `mm_struct` for as long as the notifier, so that reading
+        // the sequence stays valid even after removal.
         notifier.mm.populate(ARef::from(&**mm));
-        // SAFETY: As in `insert`; a `VmaNew` exists only inside an `mmap` handler, whose caller
-        // holds `mm`'s `mmap_lock` for writing, as `mmu_interval_notifier_insert_locked` needs.
-        let ret = unsafe {
-            bindings::mmu_interval_notifier_insert_locked(
-                notifier.sub.get(),
-                mm.as_raw(),
-                start,
-                length,
-                &Self::OPS,
-            )
-        };
-        if let Err(e) = to_result(ret) {
+        if let Err(e) = to_result(insert(notifier.sub.get(), mm.as_raw())) {
             // INVARIANT: A failed insertion is final.
             notifier.state.store(STATE_FAILED, Release);
             return Err(e);
