@@ -424,6 +424,14 @@ impl LockedMemory {
         self.pages
     }
 
+    /// The user the pages are charged to, as a key: two charges have the
+    /// same key exactly when they are charged to the same user, as long as
+    /// both exist (it is the address of the user's `struct user_struct`,
+    /// which each holds a reference on).
+    pub fn user_key(&self) -> usize {
+        self.user.as_ptr() as usize
+    }
+
     /// Releases every page charged. Never sleeps.
     pub fn release(&mut self) {
         let pages = core::mem::take(&mut self.pages);
