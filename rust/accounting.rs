@@ -6,10 +6,12 @@
 //! `VmPin`).
 //!
 //! A registration charges each batch of pages as it pins it, so it never
-//! holds a charge for pages it did not pin, and releases every charge the
-//! moment it leaves its context's table, before its pages are unpinned (which
-//! may be deferred). Releasing is atomic arithmetic only, so the MMU notifier
-//! callback does it.
+//! holds a charge for pages it did not pin, and releases every charge only
+//! after its pages are unpinned (its teardown, which may be deferred), as
+//! io_uring and ib_umem do: a user can never hold more pinned pages than
+//! charged. A pool's chunk is charged to the pool, which releases it once
+//! the chunk's pages have left the mapping. Releasing is atomic arithmetic
+//! only.
 
 use crate::GLOBAL_PINNED;
 use kernel::{
@@ -83,6 +85,12 @@ impl Charges {
     /// The pages charged now.
     pub(crate) fn pages(&self) -> u64 {
         self.budget
+    }
+
+    /// Who the locked memory is charged to, as a number that tells users
+    /// apart while the charges exist.
+    pub(crate) fn user(&self) -> usize {
+        self.locked.user_key()
     }
 
     /// Releases everything charged. Never sleeps.

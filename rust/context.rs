@@ -20,7 +20,9 @@
 //!
 //! Under the table lock, writing an event wakes the `poll` waiters and
 //! signals the eventfd: their wait-queue and eventfd locks nest inside it
-//! (and never call back into memreg). The shrinker only try-locks the table.
+//! (and never call back into memreg). The module's shrinker only try-locks
+//! the table; the module-wide list of parked registrations (`parked.rs`)
+//! nests inside it.
 //!
 //! The MMU notifier callback takes both, and it runs under the memory
 //! management code's locks (`mmap_lock`, `i_mmap_rwsem`, the notifier's own
@@ -37,10 +39,10 @@
 //! context's work item on the kernel's unbound workqueue (queueing an item
 //! already queued does nothing, so a burst of invalidations costs one run).
 //! A second, delayed, work item ends parked registrations once the context
-//! has been idle for its `idle_ms`, and the context's shrinker ends them under
+//! has been idle for its `idle_ms`, and the module's shrinker ends them under
 //! memory pressure (leaving the unpinning to the work item). The release of
-//! the file unregisters the shrinker, cancels both items and tears down what
-//! is still pending itself, so nothing of the context outlives it.
+//! the file cancels both items and tears down what is still pending itself,
+//! so nothing of the context outlives it.
 
 pub(crate) mod table;
 
@@ -50,6 +52,7 @@ use crate::{
     error::OpResult,
     events::{EventRing, Waiters},
     key::KeyPair,
+    parked,
     peer::{self, Peers},
     pool::{Buffer, Pool},
     queue::{Connection, Queue},
@@ -66,23 +69,23 @@ use kernel::{
     impl_has_delayed_work, impl_has_work,
     list::List,
     mm::{
+        memcg::MemCgroup,
         mmu_notifier::IntervalNotifier,
         pin::PinnedPages,
         shared_pages::{vma_pgoff, SharedPages},
-        virt::VmaNew,
-        Mm,
+        virt::{flags, VmaNew},
+        Mm, MmWithUser,
     },
     new_delayed_work, new_spinlock, new_work,
     page::PAGE_SIZE,
     prelude::*,
     random::{get_random_u32, get_random_u64},
-    shrinker::{Shrinker, ShrinkerOps},
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
         barrier::{smp_mb, Full},
         poll::PollTable,
-        Arc, ArcBorrow, SpinLock,
+        Arc, SpinLock,
     },
     task::resched::{cond_resched, fatal_signal_pending},
     time::{jiffies, msecs_to_jiffies},
@@ -125,9 +128,9 @@ pub(crate) struct ContextShared {
     idle_work: DelayedWork<ContextShared, 1>,
     /// The jiffies counter at the context's last ioctl.
     last_use: Atomic<usize>,
-    /// Pages of parked registrations (a copy of the table's count that the
-    /// shrinker reads without the lock).
-    pub(crate) parked_pages: Atomic<u64>,
+    /// The opener's memory cgroup: what the worker allocates on the
+    /// context's behalf (receive FIFOs, bounce buffers) is charged to it.
+    pub(crate) memcg: MemCgroup,
     /// Those waiting in `poll` for events and completions.
     pub(crate) waiters: Arc<Waiters>,
     /// The data path: queues, master ring, worker state.
@@ -179,6 +182,9 @@ impl WorkItem<2> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
+        // Charged to the owner, not to whatever cgroup the kworker is in.
+        let owner = this.clone();
+        let _active = owner.memcg.activate();
         worker::run(this);
     }
 }
@@ -198,54 +204,6 @@ impl WorkItem<1> for ContextShared {
 
     fn run(this: Arc<ContextShared>) {
         ContextShared::idle_check(this);
-    }
-}
-
-impl ShrinkerOps for ContextShared {
-    /// Parked pages, what evicting gives back, and the pools' free chunks.
-    /// Reads atomics; only try-locks.
-    fn count(this: ArcBorrow<'_, Self>) -> usize {
-        let mut n = this.parked_pages.load(Relaxed);
-        if let Some(pools) = this.pools.try_lock() {
-            for p in pools.iter().flatten() {
-                n = n.saturating_add(p.reclaimable.load(Relaxed));
-            }
-        }
-        usize::try_from(n).unwrap_or(usize::MAX)
-    }
-
-    /// Evicts parked registrations, least recently parked first, until
-    /// `nr_to_scan` pages are unpinned or nothing is parked, and reports
-    /// those pages (freed once the process no longer maps them). The deferred
-    /// work unpins them: the notifier removal that needs may wait for an
-    /// invalidation, which must not happen in reclaim. Gives up at once when
-    /// the table lock is contended.
-    fn scan(this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
-        // The pools give their free chunks back in their work (which takes `mmap_lock`).
-        if let Some(pools) = this.pools.try_lock() {
-            for p in pools.iter().flatten() {
-                if p.reclaimable.load(Relaxed) > 0 {
-                    Pool::press(p);
-                }
-            }
-        }
-        let mut freed = 0usize;
-        {
-            let mut t = this.table.try_lock()?;
-            while freed < nr_to_scan {
-                match Registration::evict_oldest(&mut t, defs::EVICT_SHRINKER) {
-                    Some(r) => {
-                        freed = freed.saturating_add(r.info.npages);
-                        t.defer_teardown(r);
-                    }
-                    None => break,
-                }
-            }
-        }
-        if freed > 0 {
-            ContextShared::schedule_teardown(&this.into());
-        }
-        Some(freed)
     }
 }
 
@@ -285,19 +243,9 @@ impl ContextShared {
         }
     }
 
-    /// Takes every pool out (the file's release).
-    fn take_pools(&self) -> KVec<Arc<Pool>> {
-        let mut out = KVec::new();
-        let mut pools = self.pools.lock();
-        // At most `MAX_POOLS`: the reservation cannot fail for want of room once made.
-        if out.reserve(pools.len(), GFP_ATOMIC).is_ok() {
-            for p in pools.iter_mut() {
-                if let Some(p) = p.take() {
-                    let _ = out.push_within_capacity(p);
-                }
-            }
-        }
-        out
+    /// Takes the next pool out (the file's release), without allocating.
+    fn take_pool(&self) -> Option<Arc<Pool>> {
+        self.pools.lock().iter_mut().find_map(Option::take)
     }
 
     /// Revalidates every registration suspended since the last run: those
@@ -396,20 +344,6 @@ impl ContextShared {
         }
     }
 
-    /// Ends the least recently parked registration to make room for a new
-    /// one and tears it down; returns whether there was one. Process
-    /// context.
-    fn evict_for_room(&self) -> bool {
-        let evicted = Registration::evict_oldest(&mut self.table.lock(), defs::EVICT_PIN_LIMIT);
-        match evicted {
-            Some(r) => {
-                r.teardown();
-                true
-            }
-            None => false,
-        }
-    }
-
     /// Ends parked registrations until a registration `info` fits the
     /// context's cap and overlap bound: the least recently parked for the
     /// cap, those it overlaps for the bound. Returns whether it fits, the
@@ -476,8 +410,9 @@ enum Served {
     Miss,
     /// A live registration in use served it.
     Hit,
-    /// A parked registration was revived.
-    Revived,
+    /// A parked registration was revived; the local key it had while
+    /// parked.
+    Revived(u64),
 }
 
 /// What undoing a REGISTER needs ([`Context::unregister`]). Small, so that
@@ -500,18 +435,20 @@ impl Registered {
         peak_before: u64,
     ) -> Self {
         let info = &registration.info;
-        req.lkey = info.keys.lkey;
-        req.rkey = info.keys.rkey;
+        req.lkey = registration.lkey();
+        req.rkey = registration.rkey();
+        // The rights the keys carry: exactly the remote ones asked, at least the local ones.
+        req.access = info.access;
         req.region_addr = info.addr;
         req.region_length = info.length;
         req.flags = match served {
             Served::Miss => 0,
             Served::Hit => defs::REGISTER_CACHED,
-            Served::Revived => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
+            Served::Revived(_) => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
         };
         (req.slot, req.generation) = registration.slot(t);
         Self {
-            lkey: info.keys.lkey,
+            lkey: registration.lkey(),
             served,
             peak_before,
         }
@@ -529,8 +466,6 @@ fn eventfd_arg(fd: i32) -> Result<Option<EventFd>> {
 /// One open file of `/dev/memreg`.
 pub(crate) struct Context {
     shared: Arc<ContextShared>,
-    /// Evicts parked registrations under memory pressure.
-    shrinker: Option<Shrinker<ContextShared>>,
 }
 
 impl Context {
@@ -550,7 +485,7 @@ impl Context {
                 work <- new_work!("memreg::ContextShared::work"),
                 idle_work <- new_delayed_work!("memreg::ContextShared::idle_work"),
                 last_use: Atomic::new(jiffies::now()),
-                parked_pages: Atomic::new(0),
+                memcg: MemCgroup::of_current(),
                 waiters,
                 data <- DataPath::new(),
                 data_work <- new_work!("memreg::ContextShared::data_work"),
@@ -566,14 +501,8 @@ impl Context {
             GFP_KERNEL_ACCOUNT,
         )?;
         GLOBAL_CONTEXTS_ALIVE.add(1, Relaxed);
-        // TODO(global-shrinker): one shrinker per open file; a module-wide one over a list of
-        // parked registrations would spare reclaim walking one per file.
-        let shrinker = Shrinker::register(c"memreg", shared.clone())?;
         GLOBAL_CONTEXTS.add(1, Relaxed);
-        Ok(Self {
-            shared,
-            shrinker: Some(shrinker),
-        })
+        Ok(Self { shared })
     }
 
     /// Records a use of the context, for idle eviction.
@@ -614,7 +543,7 @@ impl Context {
         let ended = 'ended: {
             let mut t = self.shared.table.lock();
             match done.served {
-                Served::Revived => {
+                Served::Revived(_) => {
                     t.stats.revives = t.stats.revives.saturating_sub(1);
                     TOTALS.revives.fetch_sub(1, Relaxed);
                 }
@@ -635,10 +564,12 @@ impl Context {
                 && Registration::park(&registration, &mut t, &mut evicted)
             {
                 // Parked, as the DEREGISTER it stands for would have; a revived one is back
-                // where it was, not counted as a new parking.
-                if done.served == Served::Revived {
+                // where it was, with the key it had there (the caller never learnt the new
+                // ones), not counted as a new parking.
+                if let Served::Revived(parked_lkey) = done.served {
                     t.stats.parks = t.stats.parks.saturating_sub(1);
                     TOTALS.parks.fetch_sub(1, Relaxed);
+                    Registration::restore_lkey(&registration, &t, parked_lkey);
                 }
                 idle_ms = Some(t.config.idle_ms);
                 break 'ended None;
@@ -682,10 +613,9 @@ impl Context {
                 let mut t = self.shared.table.lock();
                 match t.find_cover(addr, length, access).cloned() {
                     Some(r) if !r.is_suspended() => {
-                        let served = if r.take_ref(&mut t)? {
-                            Served::Revived
-                        } else {
-                            Served::Hit
+                        let served = match Registration::take_ref(&r, &mut t)? {
+                            Some(parked_lkey) => Served::Revived(parked_lkey),
+                            None => Served::Hit,
                         };
                         return Ok(Registered::fill(req, &r, &t, served, 0));
                     }
@@ -755,19 +685,13 @@ impl Context {
 
         for _ in 0..REGISTER_RETRIES {
             let seq = registration.notifier().read_begin();
-            let shared = &self.shared;
+            // After the sequence is read: a mapping that replaces a checked one is an unmap of
+            // it, which makes the publication below retry.
+            Self::check_pinnable(mm, page_addr, page_end)?;
+            // Past the module budget or RLIMIT_MEMLOCK, parked registrations go first,
+            // module-wide or the user's, oldest first.
             let pages = PinnedPages::pin_current(page_addr, npages, info.writable(), &mut |n| {
-                // Past RLIMIT_MEMLOCK or the module budget: parked registrations go first.
-                loop {
-                    match charges.charge(n) {
-                        Ok(()) => return Ok(()),
-                        Err(e) => {
-                            if !shared.evict_for_room() {
-                                return Err(e);
-                            }
-                        }
-                    }
-                }
+                parked::charge(&mut charges, n)
             })?;
             let parts = Parts {
                 pages,
@@ -791,10 +715,9 @@ impl Context {
                     Err(Refused::Covered(winner, revived, parts)) => {
                         // A concurrent REGISTER published a registration serving ours, and a
                         // reference was taken on it (a hit, or a revival): use it.
-                        let served = if revived {
-                            Served::Revived
-                        } else {
-                            Served::Hit
+                        let served = match revived {
+                            Some(parked_lkey) => Served::Revived(parked_lkey),
+                            None => Served::Hit,
                         };
                         let done = Registered::fill(req, &winner, &t, served, 0);
                         drop(t);
@@ -817,8 +740,9 @@ impl Context {
                         subscription: s,
                         nodes: n,
                     } = parts;
-                    c.release();
+                    // Unpinned before uncharged.
                     drop(pages);
+                    c.release();
                     charges = c;
                     subscription = s;
                     nodes = n;
@@ -838,6 +762,26 @@ impl Context {
             }
         }
         Err(EAGAIN.into())
+    }
+
+    /// Refuses (`EFAULT`) a range that is not wholly mapped or that holds a
+    /// driver's mapping of its own pages (`VM_IO`, `VM_PFNMAP`,
+    /// `VM_MIXEDMAP`): memreg's rings, state words, event ring and pools
+    /// among them, which `VM_IO` does not keep from `get_user_pages_fast`.
+    /// Registering them would pin pages the driver frees or hands out by
+    /// itself.
+    fn check_pinnable(mm: &MmWithUser, start: usize, end: usize) -> Result {
+        let guard = mm.mmap_read_lock();
+        let mut at = start;
+        while at < end {
+            let vma = guard.vma_lookup(at).ok_or(EFAULT)?;
+            if vma.flags() & (flags::IO | flags::PFNMAP | flags::MIXEDMAP) != 0 {
+                return Err(EFAULT);
+            }
+            at = vma.end();
+            cond_resched();
+        }
+        Ok(())
     }
 
     /// DEREGISTER: drops one reference; the last one parks the registration
@@ -966,7 +910,7 @@ impl Context {
             return Err(EINVAL.into());
         }
         let capacity = (req.capacity as usize).min(crate::max_registrations() as usize);
-        let mut list = KVVec::<defs::ResyncEntry>::with_capacity(capacity, GFP_KERNEL)?;
+        let mut list = KVVec::<defs::ResyncEntry>::with_capacity(capacity, GFP_KERNEL_ACCOUNT)?;
         let count = {
             let mut t = self.shared.table.lock();
             if let Some(ring) = t.events.as_mut() {
@@ -974,7 +918,7 @@ impl Context {
             }
             for r in t.iter() {
                 let mut e: defs::ResyncEntry = defs::zeroed();
-                e.key = r.info.keys.lkey;
+                e.key = r.lkey();
                 e.addr = r.info.addr;
                 e.length = r.info.length;
                 e.state = if r.is_suspended() {
@@ -1156,8 +1100,13 @@ impl Context {
         }
         let data = &self.shared.data;
         let _serial = data.create.lock();
-        let peer = self.shared.peers.lock().detach(req.peer).ok_or(ENOENT)?;
+        // Attachments change only under `create`: the handle found here is still there after
+        // the fallible disconnection, and nothing changed when it fails.
+        if self.shared.peers.lock().find(req.peer).is_none() {
+            return Err(ENOENT.into());
+        }
         data.disconnect(&self.shared, Some(req.peer))?;
+        let peer = self.shared.peers.lock().detach(req.peer);
         drop(peer);
         // A SEND waiting on a queue it disconnected completes now.
         let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
@@ -1244,12 +1193,19 @@ impl Context {
         }
         req.pool = index as u32;
         req.map_bytes = pool.map_bytes as u64;
+        // Known to the shrinker before anything can destroy it, which forgets it.
+        Pool::register(&pool);
         // Room for every pool was reserved; creation is serialized, so this is `index`.
-        self.shared
+        if self
+            .shared
             .pools
             .lock()
-            .push_within_capacity(Some(pool))
-            .map_err(|_| ENOSPC)?;
+            .push_within_capacity(Some(pool.clone()))
+            .is_err()
+        {
+            Pool::destroy(&pool);
+            return Err(ENOSPC.into());
+        }
         Ok(())
     }
 
@@ -1474,10 +1430,7 @@ impl Context {
         {
             return Err(EINVAL.into());
         }
-        let registration = {
-            let t = self.shared.table.lock();
-            t.get(req.key).ok_or(ENOENT)?.clone()
-        };
+        let registration = self.shared.table.lock().get_target(req.key).ok_or(ENOENT)?;
         let to_registration = req.direction == defs::COPY_TO_REGION;
         let need = if to_registration {
             defs::ACCESS_LOCAL_WRITE
@@ -1516,7 +1469,9 @@ impl Context {
                     Err(e) if e == EAGAIN && tries < USE_TRIES => {
                         // Suspended: look at its pages before moving anything.
                         tries += 1;
-                        if Registration::revalidate(&registration)? == Revalidated::Ended {
+                        if Registration::revalidate(registration.registration())?
+                            == Revalidated::Ended
+                        {
                             return Err(ENOENT.into());
                         }
                     }
@@ -1551,16 +1506,14 @@ impl Drop for Context {
         cancel_sync::<_, 2>(&self.shared);
         // The pools go: their chunks end and their pages leave the mapping (when the address
         // space is still there) before everything else ends.
-        for pool in self.shared.take_pools().iter() {
-            Pool::destroy(pool);
+        while let Some(pool) = self.shared.take_pool() {
+            Pool::destroy(&pool);
         }
         // The handles' references on other contexts go (the cycle of two files attached to
         // each other breaks here), and what the worker kept of waiting SENDs.
         let peers = self.shared.peers.lock().take_all();
         drop(peers);
         self.shared.data.clear_worker();
-        // Unregistered first: it waits for a scan in progress, and none runs afterwards.
-        drop(self.shrinker.take());
         cancel_delayed_sync::<_, 1>(&self.shared);
         loop {
             let ended = {

@@ -26,6 +26,8 @@ pub(crate) const ACCESS_LOCAL_READ: u32 = uapi::MEMREG_ACCESS_LOCAL_READ;
 pub(crate) const ACCESS_LOCAL_WRITE: u32 = uapi::MEMREG_ACCESS_LOCAL_WRITE;
 pub(crate) const ACCESS_REMOTE_READ: u32 = uapi::MEMREG_ACCESS_REMOTE_READ;
 pub(crate) const ACCESS_REMOTE_WRITE: u32 = uapi::MEMREG_ACCESS_REMOTE_WRITE;
+/// The remote rights.
+pub(crate) const ACCESS_REMOTE: u32 = ACCESS_REMOTE_READ | ACCESS_REMOTE_WRITE;
 pub(crate) const ACCESS_ALL: u32 = uapi::MEMREG_ACCESS_ALL;
 pub(crate) const REGISTER_CACHED: u32 = uapi::MEMREG_REGISTER_CACHED;
 pub(crate) const REGISTER_REVIVED: u32 = uapi::MEMREG_REGISTER_REVIVED;

@@ -110,9 +110,10 @@ impl EventRing {
         head != self.tail || self.flags & defs::EVENTS_OVERFLOW != 0
     }
 
-    /// Writes an event about the registration `info`, or counts an overflow
+    /// Writes an event about the registration `info`, whose local key is
+    /// `lkey` now, or counts an overflow
     /// when the ring is full, then wakes the reader. Never sleeps.
-    pub(crate) fn push(&mut self, info: &RegistrationInfo, kind: u32, cause: u32) {
+    pub(crate) fn push(&mut self, info: &RegistrationInfo, lkey: u64, kind: u32, cause: u32) {
         let head = self.head.load_u32(0).unwrap_or(0);
         if self.tail.wrapping_sub(head) >= self.entries {
             self.flags |= defs::EVENTS_OVERFLOW;
@@ -121,7 +122,7 @@ impl EventRing {
             self.ring.store_u32(FLAGS, self.flags);
         } else {
             let mut event: defs::Event = defs::zeroed();
-            event.key = info.keys.lkey;
+            event.key = lkey;
             event.addr = info.addr;
             event.length = info.length;
             event.kind = kind;
@@ -183,7 +184,7 @@ mod tests {
         assert_eq!(ring.ring.load_u32(ENTRIES), Some(2));
         assert!(!ring.readable());
         for n in 1..=3 {
-            ring.push(&info(n), defs::EVENT_ENDED, 0);
+            ring.push(&info(n), info(n).keys.lkey, defs::EVENT_ENDED, 0);
         }
         // Two written, the third dropped and counted; nothing overwritten.
         assert_eq!(ring.ring.load_u32(TAIL), Some(2));
@@ -194,7 +195,7 @@ mod tests {
         assert!(ring.readable());
         // The reader consumes one: there is room for one more.
         ring.head.store_u32(0, 1);
-        ring.push(&info(4), defs::EVENT_EVICTED, 4);
+        ring.push(&info(4), info(4).keys.lkey, defs::EVENT_EVICTED, 4);
         assert_eq!(ring.ring.load_u32(TAIL), Some(3));
         assert_eq!(key_at(&ring, 0), Some(4 << 24));
         // Resync discards the rest and clears the flag, not the count.
@@ -213,7 +214,7 @@ mod tests {
         };
         // A head ahead of the tail: the ring looks fuller than it can be.
         ring.head.store_u32(0, 100);
-        ring.push(&info(1), defs::EVENT_ENDED, 0);
+        ring.push(&info(1), info(1).keys.lkey, defs::EVENT_ENDED, 0);
         assert_eq!(ring.ring.load_u32(TAIL), Some(0));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         Ok(())

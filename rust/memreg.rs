@@ -17,7 +17,8 @@ use kernel::{
     prelude::*,
     seq_file::SeqFile,
     seq_print,
-    sync::atomic::Relaxed,
+    shrinker::Shrinker,
+    sync::{atomic::Relaxed, Arc},
     uaccess::{UserPtr, UserSlice},
 };
 
@@ -27,6 +28,7 @@ mod defs;
 mod error;
 mod events;
 mod key;
+mod parked;
 mod peer;
 mod pool;
 mod queue;
@@ -91,6 +93,9 @@ pub(crate) fn default_cache_config() -> CacheConfig {
 
 #[pin_data(PinnedDrop)]
 struct MemregModule {
+    /// Gives parked registrations and free pool chunks back under memory
+    /// pressure, module-wide.
+    _shrinker: Shrinker<parked::Reclaim>,
     #[pin]
     _miscdev: MiscDeviceRegistration<Context>,
     /// `memreg/stats`: the module's counters and limits.
@@ -105,7 +110,11 @@ impl kernel::InPlaceModule for MemregModule {
             dir.read_callback_file(c"stats", (), &|&(), f| stats::show_global(f)),
             GFP_KERNEL,
         );
+        let shrinker = Arc::new(parked::Reclaim, GFP_KERNEL)
+            .map_err(Error::from)
+            .and_then(|r| Shrinker::register(c"memreg", r));
         try_pin_init!(Self {
+            _shrinker: shrinker?,
             _miscdev <- MiscDeviceRegistration::register_with_poll(MiscDeviceOptions {
                 name: c"memreg",
             }),
@@ -181,9 +190,16 @@ impl MiscDevice for Context {
     fn ioctl(me: &Context, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
         let (mut reader, mut writer) =
             UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
+        // Any call of the owner's, even one it may not make or that does not exist, counts as a
+        // use of the context (idle eviction looks at the last one).
+        let owner = me.check_owner();
+        if owner.is_ok() {
+            me.touch();
+        }
         match cmd {
+            // Anyone may ask these: a child that inherited the file, say.
             defs::IOC_GET_VERSION | defs::IOC_GLOBAL_STATS => {}
-            // The calls on the context are the owner's, and count as a use of it.
+            // The calls on the context are the owner's.
             defs::IOC_REGISTER
             | defs::IOC_DEREGISTER
             | defs::IOC_QUERY
@@ -205,10 +221,7 @@ impl MiscDevice for Context {
             | defs::IOC_POOL_ALLOC
             | defs::IOC_POOL_FREE
             | defs::IOC_POOL_STATS
-            | defs::IOC_POOL_DESTROY => {
-                me.check_owner()?;
-                me.touch();
-            }
+            | defs::IOC_POOL_DESTROY => owner?,
             _ => return Err(ENOTTY),
         }
         match cmd {

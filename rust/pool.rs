@@ -23,9 +23,23 @@
 //! them) and, with the chunk, unmapped from the process and their key
 //! ended.
 //!
-//! The pool watches its whole mapping with an interval notifier: an unmap
-//! (munmap, mremap, `MAP_FIXED` over it, the address space's end) kills the
-//! pool, and its work tears it down. The mapping is not inherited by fork.
+//! The mapping is the pool's own (`MappingOwner`): the pool zaps and
+//! inserts only into the VMA it created, recognised by its owner, never by
+//! address or offset. It stays one piece at one place with its access: a
+//! partial `munmap` or `mprotect` and any `mremap` fail (`EINVAL`), an
+//! `mprotect` of the whole mapping fails (`EACCES`). The pool watches it
+//! with an interval notifier: an unmap (`munmap`, `MAP_FIXED` over it, the
+//! address space's end), an `madvise` that clears any of its pages, or a
+//! `mremap` refused part way kills the pool, and its work tears it down.
+//! The mapping is not inherited by fork.
+//!
+//! Charges follow the pages. A chunk's pages are charged (`RLIMIT_MEMLOCK`,
+//! `pinned_vm`, the module budget) to the pool, not to the chunk's
+//! registration: they are released only once the registration has let go
+//! of the pages and the pages have left the mapping (zapped, or the mapping
+//! gone), so no event a user can cause frees a charge while a page is still
+//! mapped. The pages are allocated in the memory cgroup of the process that
+//! created the pool.
 //!
 //! # Lock order
 //!
@@ -40,25 +54,29 @@ use crate::{
     context::{table::Nodes, ContextShared},
     defs,
     key::KeyPair,
-    registration::{Parts, Refused, Registration, RegistrationInfo},
-    stats::{GLOBAL_POOLS, GLOBAL_POOL_PAGES},
+    parked,
+    registration::{Parts, Registration, RegistrationInfo},
+    stats::{GLOBAL_POOLS, GLOBAL_POOL_PAGES, GLOBAL_POOL_RECLAIMABLE},
 };
 use kernel::{
     impl_has_delayed_work, impl_has_work,
     mm::{
+        memcg::MemCgroup,
         mmu_notifier::{
             impl_has_interval_notifier, Event, IntervalNotifier, IntervalNotifierOps, Range,
             Subscription,
         },
+        owned_mapping::MappingOwner,
         pin::PinnedPages,
-        shared_pages::{vma_pgoff, SharedPages},
-        virt::{VmaNew, VmaRef},
+        shared_pages::SharedPages,
+        virt::VmaNew,
         MmWithUser,
     },
     new_condvar, new_delayed_work, new_mutex, new_spinlock, new_work,
     page::{Page, PAGE_SIZE},
     prelude::*,
     random::{get_random_u32, get_random_u64},
+    rbtree::RBTreeNodeReservation,
     sync::{
         aref::ARef,
         atomic::{Atomic, Relaxed},
@@ -157,6 +175,29 @@ pub(crate) struct PartStats {
     pub(crate) leaks_reclaimed: u64,
 }
 
+/// One mapped chunk: its registration, and the charges of its pages, which
+/// stay with the pool until the pages have left the mapping.
+struct Chunk {
+    registration: Arc<Registration>,
+    charges: Charges,
+}
+
+impl Chunk {
+    /// Whether its buffers may be handed out: not ended, nor suspended
+    /// while a "clear" is looked at.
+    fn is_usable(&self) -> bool {
+        self.registration.is_live() && !self.registration.is_suspended()
+    }
+}
+
+impl Drop for Chunk {
+    /// The pages left the mapping and the registration let go of them: they
+    /// are freed, and their charges go with them.
+    fn drop(&mut self) {
+        GLOBAL_POOL_PAGES.fetch_sub(self.charges.pages(), Relaxed);
+    }
+}
+
 /// A partition's changing state, under `Pool::state`.
 struct PartState {
     /// One bit per buffer: allocated (or quarantined).
@@ -174,8 +215,8 @@ struct PartState {
     allocated: usize,
     /// Quarantined buffers.
     quarantined: usize,
-    /// Each mapped chunk's registration, by chunk index.
-    chunks: KVVec<Option<Arc<Registration>>>,
+    /// Each mapped chunk, by chunk index.
+    chunks: KVVec<Option<Chunk>>,
     /// Since when more than the high watermark were free (jiffies).
     above_high_since: Option<Jiffies>,
     /// Since when the chunk above `limit` waits for its buffers (jiffies).
@@ -267,8 +308,16 @@ impl PartState {
                     .chunks
                     .get(chunk)
                     .and_then(Option::as_ref)
-                    .is_some_and(|r| r.is_live())
+                    .is_some_and(Chunk::is_usable)
                 {
+                    // None of this chunk's buffers in this word: one look per chunk and word.
+                    let end = (chunk + 1) * class.chunk_buffers;
+                    let first_after = end.saturating_sub(w * 64);
+                    bits = if first_after >= 64 {
+                        0
+                    } else {
+                        bits & !((1u64 << first_after) - 1)
+                    };
                     continue;
                 }
                 set_bit(&mut self.bitmap, i, true);
@@ -312,6 +361,9 @@ struct PoolState {
     parts: KVec<PartState>,
     /// Where the pool is mapped, once it is.
     mapped_at: Option<usize>,
+    /// The range the pool's work is zapping now: the "clear" it causes
+    /// there is its own, not user space's.
+    zapping: Option<(usize, usize)>,
     /// The mapping went (or the pool was destroyed): nothing more is handed
     /// out or grown, and the work tears it down.
     dead: bool,
@@ -343,6 +395,10 @@ pub(crate) struct Pool {
     /// What the chunks are charged to (the creator's user and address
     /// space); each chunk gets charges like it.
     charges: Charges,
+    /// The creator's memory cgroup, which the chunks' pages are charged to.
+    memcg: MemCgroup,
+    /// Owns the mapping: the pool acts on no other VMA.
+    owner: Arc<MappingOwner>,
     #[pin]
     state: SpinLock<PoolState>,
     /// Woken by growth, FREE and the pool's death.
@@ -365,6 +421,10 @@ pub(crate) struct Pool {
     timer: DelayedWork<Pool, 1>,
     /// Pages of free chunks, for the shrinker.
     pub(crate) reclaimable: Atomic<u64>,
+    /// The memory of its entry in the shrinker's list of pools, until it is
+    /// put there.
+    #[pin]
+    registry_node: SpinLock<Option<RBTreeNodeReservation<usize, Arc<Pool>>>>,
 }
 
 #[pinned_drop]
@@ -395,12 +455,28 @@ impl WorkItem<1> for Pool {
 }
 
 impl IntervalNotifierOps for Pool {
-    /// An unmap of the mapping (or the address space's end) kills the pool,
-    /// and the context's deferred work destroys it; other events leave it to
-    /// the chunks' own notifiers (the pool's own zaps are "clear" events).
-    /// Neither allocates nor sleeps.
+    /// An unmap of the mapping (or the address space's end), the move of a
+    /// refused `mremap`, and a "clear" the pool did not cause itself
+    /// (`madvise`) kill the pool, and the context's deferred work destroys
+    /// it: every page leaves the mapping and its charges go. The chunks' own
+    /// notifiers end their keys meanwhile. (The kernel's clear of a whole
+    /// 2 MiB block around a split lies in the mapping being split, never in
+    /// a pool's, which cannot split.) Write protection and soft-dirty
+    /// tracking leave the pages in place. Neither allocates nor sleeps.
     fn invalidate(this: &Self, range: &Range<'_>, _cur_seq: u64) -> bool {
-        if matches!(range.event(), Event::Unmap | Event::Release) {
+        let kills = match range.event() {
+            Event::ProtectionPage | Event::SoftDirty => false,
+            Event::Clear => {
+                // Its own zap is of a range it chose; anything else is user space's.
+                !this
+                    .state
+                    .lock()
+                    .zapping
+                    .is_some_and(|(start, end)| range.start() >= start && range.end() <= end)
+            }
+            _ => true,
+        };
+        if kills {
             this.state.lock().dead = true;
             this.changed.notify_all();
             ContextShared::schedule_teardown(&this.ctx);
@@ -456,10 +532,13 @@ impl Pool {
                 map_bytes: offset,
                 ctx,
                 charges: Charges::for_current()?,
+                memcg: MemCgroup::of_current(),
+                owner: MappingOwner::new()?,
                 state <- new_spinlock!(
                     PoolState {
                         parts,
                         mapped_at: None,
+                        zapping: None,
                         dead: false,
                         pressure: false,
                     },
@@ -472,6 +551,10 @@ impl Pool {
                 work <- new_work!("memreg::Pool::work"),
                 timer <- new_delayed_work!("memreg::Pool::timer"),
                 reclaimable: Atomic::new(0),
+                registry_node <- new_spinlock!(
+                    Some(RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?),
+                    "memreg::Pool::registry_node"
+                ),
             }),
             GFP_KERNEL_ACCOUNT,
         )?;
@@ -491,7 +574,10 @@ impl Pool {
 
     /// Maps the pool into `vma` (its `mmap`): `EINVAL` for a wrong length
     /// or a private mapping, `EBUSY` when it was mapped before. The first
-    /// buffers are mapped by the pool's work right after.
+    /// buffers are mapped by the pool's work right after. The mapping is the
+    /// pool's own from then on: it cannot be split, moved or given other
+    /// access, nothing can pin its pages through `get_user_pages` (`VM_IO`),
+    /// and it is not inherited by fork.
     pub(crate) fn mmap(this: &Arc<Self>, vma: &VmaNew) -> Result {
         if vma.end() - vma.start() != this.map_bytes {
             return Err(EINVAL);
@@ -504,11 +590,16 @@ impl Pool {
             }
         }
         vma.try_clear_mayexec()?;
-        vma.set_dontcopy();
-        vma.set_dontexpand();
-        vma.set_mixedmap();
         let subscription =
             IntervalNotifier::insert_locked(this.clone(), vma, vma.start(), this.map_bytes)?;
+        // Nothing fails from here on: the kernel does not close a VMA whose `mmap` failed, so
+        // the owner is attached last.
+        this.owner.attach(vma)?;
+        vma.set_io();
+        vma.set_dontcopy();
+        vma.set_dontexpand();
+        vma.set_dontdump();
+        vma.set_mixedmap();
         *this.subscription.lock() = Some(subscription);
         this.state.lock().mapped_at = Some(vma.start());
         Self::queue(this);
@@ -569,7 +660,7 @@ impl Pool {
                         .chunks
                         .get(chunk)
                         .and_then(Option::as_ref)
-                        .map_or(0, |r| r.info.keys.lkey);
+                        .map_or(0, |k| k.registration.lkey());
                     if let Some(b) = out.get_mut(n) {
                         b.addr = (base + class.offset + i * class.buffer_size) as u64;
                         b.key = key;
@@ -682,7 +773,7 @@ impl Pool {
                 finish_check = true;
             }
         }
-        this.reclaimable.store(this.reclaimable_of(&st), Relaxed);
+        this.set_reclaimable(this.reclaimable_of(&st));
         drop(st);
         this.changed.notify_all();
         if finish_check {
@@ -737,7 +828,6 @@ impl Pool {
     fn run(this: &Arc<Self>) {
         let _serial = this.grow_lock.lock();
         if this.state.lock().dead {
-            drop(_serial);
             Self::teardown(this);
             return;
         }
@@ -796,7 +886,15 @@ impl Pool {
     /// Counts the pages of fully free chunks, for the shrinker.
     fn update_reclaimable(&self) {
         let st = self.state.lock();
-        self.reclaimable.store(self.reclaimable_of(&st), Relaxed);
+        self.set_reclaimable(self.reclaimable_of(&st));
+    }
+
+    /// Sets the pages memory pressure may take back, in the module-wide sum
+    /// too. Never sleeps.
+    fn set_reclaimable(&self, pages: u64) {
+        let old = self.reclaimable.xchg(pages, Relaxed);
+        // Wrapping: the sum is of the values each pool set last.
+        GLOBAL_POOL_RECLAIMABLE.add(pages.wrapping_sub(old), Relaxed);
     }
 
     /// The pages the free buffers beyond each class's low watermark make up,
@@ -808,13 +906,6 @@ impl Pool {
             pages = pages.saturating_add((spare * class.chunk_bytes() / PAGE_SIZE) as u64);
         }
         pages
-    }
-
-    /// The address of buffer `i` of class `c`, if mapped.
-    fn addr_of(&self, c: usize, i: usize) -> Option<usize> {
-        let base = self.state.lock().mapped_at?;
-        let class = self.classes.get(c)?;
-        Some(base + class.offset + i * class.buffer_size)
     }
 
     /// Maps one more chunk of class `c`: allocates and charges its pages,
@@ -832,17 +923,22 @@ impl Pool {
         let bytes = class.chunk_bytes();
         let npages = bytes.div_ceil(PAGE_SIZE);
         let mm: ARef<MmWithUser> = ctx.mm.mmget_not_zero().ok_or(ENXIO)?;
+        // The pages' charges: the pool keeps them until the pages have left the mapping. Past a
+        // limit, parked registrations make room first.
         let mut charges = this.charges.new_like();
-        charges.charge(npages)?;
-        // TODO(pool-memcg): the work allocates the pages, so they are charged to the worker's
-        // memory cgroup, not the process's (RLIMIT_MEMLOCK, the budget and pinned_vm are).
-        let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
-        for _ in 0..npages {
-            pages.push(
-                Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
-                GFP_KERNEL_ACCOUNT,
-            )?;
-        }
+        parked::charge(&mut charges, npages)?;
+        let mut pages = {
+            // The pages and the registration are the creator's, not the worker's.
+            let _memcg = this.memcg.activate();
+            let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
+            for _ in 0..npages {
+                pages.push(
+                    Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
+                    GFP_KERNEL_ACCOUNT,
+                )?;
+            }
+            pages
+        };
         let seq = ctx.next_seq.fetch_add(1, Relaxed);
         let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
         let info = RegistrationInfo {
@@ -853,62 +949,70 @@ impl Pool {
             keys,
             pool: true,
         };
-        let nodes = Nodes::new()?;
-        let registration = Registration::new(ctx.clone(), info)?;
+        let (nodes, registration) = {
+            let _memcg = this.memcg.activate();
+            (Nodes::new()?, Registration::new(ctx.clone(), info)?)
+        };
         let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
         let seq = registration.notifier().read_begin();
-        {
+        let mut inserted = 0;
+        let inserting = (|| {
             let guard = mm.mmap_read_lock();
-            let vma = guard.vma_lookup(addr).ok_or(ENXIO)?;
-            // The whole mapping, unsplit.
-            if !this.is_piece(vma, base)
-                || vma.start() != base
-                || vma.end() != base + this.map_bytes
-            {
-                return Err(ENXIO);
-            }
+            // The pool's own mapping, never whatever lies at its address now.
+            let vma = guard
+                .vma_lookup(base)
+                .filter(|vma| this.owner.owns(vma))
+                .ok_or(ENXIO)?;
             let mixed = vma.as_mixedmap_vma().ok_or(ENXIO)?;
-            for (n, page) in pages.iter().enumerate() {
-                if let Err(e) = mixed.vm_insert_page(addr + n * PAGE_SIZE, page) {
-                    vma.zap_vma_range(addr, n * PAGE_SIZE);
-                    return Err(e);
-                }
+            for page in pages.iter_mut() {
+                mixed.vm_insert_page(addr + inserted * PAGE_SIZE, page)?;
+                inserted += 1;
             }
+            Ok(())
+        })();
+        if let Err(e) = inserting {
+            if inserted > 0 {
+                this.zap(addr, inserted * PAGE_SIZE);
+            }
+            // The pages are freed, unmapped, before their charges go.
+            drop(pages);
+            drop(charges);
+            return Err(e);
         }
-        let pinned = PinnedPages::from_pages(pages)?;
         let parts = Parts {
-            pages: pinned,
-            charges,
+            pages: PinnedPages::from_pages(pages)?,
+            // Nothing: the pool holds the pages' charges.
+            charges: this.charges.new_like(),
             subscription,
             nodes,
         };
         let published =
             Registration::publish(&registration, &mut ctx.table.lock(), seq, u64::MAX, parts);
-        if let Err(refused) = published {
-            // The range was invalidated meanwhile: the chunk leaves the mapping again (the pool
-            // itself dies if that was an unmap), and then its pages go.
+        let chunk = Chunk {
+            registration,
+            charges,
+        };
+        GLOBAL_POOL_PAGES.add(npages as u64, Relaxed);
+        if published.is_err() {
+            // The range was invalidated meanwhile (and the pool died, which is the only way):
+            // the chunk leaves the mapping again.
+            drop(published);
             this.zap(addr, bytes);
-            match refused {
-                Refused::Raced(parts) | Refused::Quota(parts) | Refused::Overflow(parts) => {
-                    drop(parts)
-                }
-                Refused::Covered(_, _, parts) => drop(parts),
-            }
             return Err(EAGAIN);
         }
-        GLOBAL_POOL_PAGES.add(npages as u64, Relaxed);
         let mut st = this.state.lock();
         let dead = st.dead;
         let Some(part) = st.parts.get_mut(c) else {
             return Err(EINVAL);
         };
+        let Some(slot) = part.chunks.get_mut(div(boundary, class.chunk_buffers)) else {
+            return Err(EINVAL);
+        };
+        // Kept even when the pool died meanwhile: its teardown, which follows, ends it and
+        // takes its pages out of the mapping.
+        *slot = Some(chunk);
         if dead {
-            drop(st);
-            Self::end_chunk(ctx, &registration);
             return Err(ENXIO);
-        }
-        if let Some(slot) = part.chunks.get_mut(div(boundary, class.chunk_buffers)) {
-            *slot = Some(registration);
         }
         // The new buffers are free unless some were quarantined there before.
         let end = boundary + class.chunk_buffers;
@@ -924,52 +1028,44 @@ impl Pool {
         Ok(())
     }
 
-    /// Ends a chunk's registration: its key dies and its pages are released
-    /// once unmapped. Process context, no lock held.
-    fn end_chunk(ctx: &ContextShared, registration: &Arc<Registration>) {
-        GLOBAL_POOL_PAGES.fetch_sub(registration.info.npages as u64, Relaxed);
-        let ended = Registration::unpublish(&mut ctx.table.lock(), registration.info.keys.seq);
-        if let Some(r) = ended {
-            r.teardown();
-        }
+    /// Ends a chunk: its key dies, the registration lets go of its pages,
+    /// the pages leave the mapping (if it is still there) and are freed,
+    /// and only then do their charges go. Process context, no lock held.
+    fn end_chunk(&self, chunk: Chunk) {
+        let registration = &chunk.registration;
+        let ended = Registration::unpublish(&mut self.ctx.table.lock(), registration.info.keys.seq);
+        drop(ended);
+        // Idempotent: whoever ended it first may not have torn it down yet.
+        registration.teardown();
+        self.zap(
+            registration.info.addr as usize,
+            registration.info.length as usize,
+        );
+        drop(chunk);
     }
 
     /// Unmaps `len` bytes at `addr` of the pool's mapping from the process,
-    /// if it is still mapped there. Process context.
-    ///
-    /// The mapping may have been split (a partial munmap or mprotect): every
-    /// piece of it in the range is zapped, each recognised by its page
-    /// offset, which follows its address.
+    /// if the mapping is still there: the pool's own VMA, recognised by its
+    /// owner, never another one at the same address. Process context.
     fn zap(&self, addr: usize, len: usize) {
         let Some(base) = self.state.lock().mapped_at else {
             return;
         };
+        if !self.owner.is_mapped() {
+            return;
+        }
         let Some(mm) = self.ctx.mm.mmget_not_zero() else {
             return;
         };
-        let end = addr.saturating_add(len);
         let guard = mm.mmap_read_lock();
-        let mut at = addr;
-        while at < end {
-            let Some(vma) = guard.vma_lookup(at) else {
-                at = at.saturating_add(PAGE_SIZE);
-                continue;
-            };
-            let piece_end = vma.end().min(end);
-            if self.is_piece(vma, base) {
-                vma.zap_vma_range(at, piece_end - at);
-            }
-            at = piece_end;
-        }
-    }
-
-    /// Whether `vma` is the pool's mapping at `base`, or a piece of it left
-    /// by a split: within it, at the page offset that follows its address.
-    fn is_piece(&self, vma: &VmaRef, base: usize) -> bool {
-        vma.start() >= base
-            && vma.end() <= base + self.map_bytes
-            && (vma_pgoff(vma) as u64).checked_mul(PAGE_SIZE as u64)
-                == defs::mmap_pool(self.index).checked_add((vma.start() - base) as u64)
+        let Some(vma) = guard.vma_lookup(base).filter(|vma| self.owner.owns(vma)) else {
+            return;
+        };
+        let end = addr.saturating_add(len);
+        self.state.lock().zapping = Some((addr, end));
+        // Refused (and nothing zapped) unless the range lies in the pool's own VMA.
+        let _ = self.owner.zap(vma, addr, len);
+        self.state.lock().zapping = None;
     }
 
     /// Moves class `c`'s boundary down by one chunk when due: starts it (the
@@ -1051,7 +1147,7 @@ impl Pool {
             return;
         };
         let chunk = class.chunk_buffers;
-        let (registration, first) = {
+        let ending = {
             let mut st = this.state.lock();
             let Some(part) = st.parts.get_mut(c) else {
                 return;
@@ -1069,21 +1165,17 @@ impl Pool {
             part.allocated = part.allocated.saturating_sub(leaks);
             part.quarantined = part.quarantined.saturating_add(leaks);
             part.stats.leaks_reclaimed += leaks as u64;
-            let registration = part
-                .chunks
+            part.chunks
                 .get_mut(div(first, chunk))
-                .and_then(Option::take);
-            (registration, first)
+                .and_then(Option::take)
+                .map(|k| (k, first))
+        };
+        let Some((ending, first)) = ending else {
+            return;
         };
         // The key dies before the pages leave the mapping, and they are freed after; the
         // boundary is seen to move once both are done.
-        if let Some(r) = &registration {
-            Self::end_chunk(&this.ctx, r);
-        }
-        if let Some(addr) = this.addr_of(c, first) {
-            this.zap(addr, class.chunk_bytes());
-        }
-        drop(registration);
+        this.end_chunk(ending);
         let mut st = this.state.lock();
         if let Some(part) = st.parts.get_mut(c) {
             part.boundary = first;
@@ -1119,10 +1211,8 @@ impl Pool {
                     };
                     part.chunks.iter_mut().find_map(Option::take)
                 };
-                let Some(r) = next else { break };
-                Self::end_chunk(&this.ctx, &r);
-                // Every piece of the mapping the chunk was in, even if it was split.
-                this.zap(r.info.addr as usize, r.info.length as usize);
+                let Some(chunk) = next else { break };
+                this.end_chunk(chunk);
                 cond_resched();
             }
         }
@@ -1135,12 +1225,22 @@ impl Pool {
             part.free = 0;
         }
         drop(st);
-        this.reclaimable.store(0, Relaxed);
+        this.set_reclaimable(0);
+    }
+
+    /// Makes the pool known to the module's shrinker (its creation), in the
+    /// memory reserved when it was created. Never sleeps.
+    pub(crate) fn register(this: &Arc<Self>) {
+        if let Some(node) = this.registry_node.lock().take() {
+            parked::add_pool(node, this.clone());
+        }
     }
 
     /// Destroys the pool for good (POOL_DESTROY, the file's release): tears
     /// it down and waits for its work. Process context.
     pub(crate) fn destroy(this: &Arc<Self>) {
+        // The shrinker no longer asks it for anything.
+        drop(parked::remove_pool(this));
         Self::kill(this);
         cancel_delayed_sync::<_, 1>(this);
         cancel_sync::<_, 0>(this);

@@ -32,7 +32,7 @@
 //! wake-up of another context's worker happens under `recv`, which the
 //! other context's release takes before it cancels its worker.
 
-use crate::{context::ContextShared, defs, events::Waiters, registration::Registration};
+use crate::{context::ContextShared, defs, events::Waiters, registration::Target};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
@@ -172,7 +172,7 @@ pub(crate) struct PostedRecv {
     /// The request's user data.
     pub(crate) user_data: u64,
     /// The buffer's registration, with local write access.
-    pub(crate) registration: Arc<Registration>,
+    pub(crate) registration: Target,
     /// The buffer's offset in it.
     pub(crate) offset: u64,
     /// The buffer's length.

@@ -12,10 +12,15 @@
 //!    or the context is at its cap. It is then `live`: data may move through
 //!    it, and REGISTER calls it covers take references on it.
 //! 3. **Parked** ([`Registration::park`]) by the last DEREGISTER when the
-//!    context's cache configuration allows: it stays live, pinned, charged
-//!    and watched, without references, on the context's deregistration list.
-//!    A REGISTER it covers revives it ([`Registration::take_ref`]); eviction
-//!    ends it least recently parked first.
+//!    context's cache configuration allows: it stays pinned, charged and
+//!    watched, without references, on the context's deregistration list.
+//!    Its keys end for data at once: no request, COPY or peer operation
+//!    moves data through it any more (one in progress stops at its next
+//!    step), and its remote key is gone for good. A REGISTER it serves
+//!    exactly as to remote rights revives it ([`Registration::take_ref`])
+//!    with new keys (the random bits of the local key change, the remote
+//!    key is new), so a request naming the old keys never acts on it again;
+//!    eviction ends it least recently parked first.
 //! 4. **Suspended** ([`Registration::suspend`]) by a "clear" invalidation,
 //!    which often leaves the pages where they were: no data moves through it
 //!    until [`Registration::revalidate`] finds every registered page still
@@ -24,13 +29,13 @@
 //! 5. **Unpublished** ([`Registration::unpublish`]) under the table lock, by
 //!    the last DEREGISTER, by an invalidation (the notifier callback, through
 //!    [`Registration::retire`]), a failed revalidation, an eviction or the
-//!    file's release: it leaves the table, stops being `live` (no data moves
-//!    through it afterwards) and releases every charge at once. None of this
-//!    allocates or sleeps.
+//!    file's release: it leaves the table and stops being `live` (no data
+//!    moves through it afterwards). None of this allocates or sleeps.
 //! 6. **Torn down** ([`Registration::teardown`]) in process context with no
-//!    lock held: the notifier is removed (waiting for a callback in flight)
-//!    and the pages are unpinned. The notifier callback cannot do this, so it
-//!    hands the registration to its context's deferred work.
+//!    lock held: the notifier is removed (waiting for a callback in flight),
+//!    the pages are unpinned and only then are their charges released. The
+//!    notifier callback cannot do this, so it hands the registration to its
+//!    context's deferred work.
 //!
 //! Locks: `Registration::state` nests inside the context's table lock; see
 //! `context.rs` for the whole order.
@@ -40,6 +45,7 @@ use crate::{
     context::{table::Nodes, table::RegistrationTable, ContextShared},
     defs,
     key::KeyPair,
+    parked,
     stats::{bump, TOTALS},
     GLOBAL_REGISTRATIONS,
 };
@@ -58,6 +64,7 @@ use kernel::{
     new_spinlock,
     page::PAGE_SIZE,
     prelude::*,
+    random::{get_random_u32, get_random_u64},
     rbtree::RBTreeNodeReservation,
     sync::{
         atomic::{Atomic, Relaxed},
@@ -85,7 +92,8 @@ pub(crate) struct RegistrationInfo {
     pub(crate) access: u32,
     /// Number of pages.
     pub(crate) npages: usize,
-    /// The keys.
+    /// The keys it was created with; `keys.seq` never changes, the keys
+    /// themselves do at each revival ([`Registration::lkey`]).
     pub(crate) keys: KeyPair,
     /// A chunk of a buffer pool (`pool.rs`): its pages are the pool's, the
     /// pool alone ends it, and REGISTER never returns it.
@@ -99,15 +107,24 @@ impl RegistrationInfo {
     }
 
     /// Whether this registration serves a request for `length` bytes at
-    /// `addr` with `access`: it covers the range and grants at least that
-    /// access.
+    /// `addr` with `access`: it grants exactly the remote rights asked (a
+    /// remote key never grants a peer more than the caller asked for), at
+    /// least the local ones, and covers the range: exactly, when remote
+    /// rights are asked (a peer given the keys reaches no byte outside the
+    /// range the caller named), or with room around it otherwise.
     pub(crate) fn covers(&self, addr: u64, length: u64, access: u32) -> bool {
         let (Some(end), Some(my_end)) =
             (addr.checked_add(length), self.addr.checked_add(self.length))
         else {
             return false;
         };
-        self.addr <= addr && end <= my_end && access & !self.access == 0
+        if (access ^ self.access) & defs::ACCESS_REMOTE != 0 || access & !self.access != 0 {
+            return false;
+        }
+        if access & defs::ACCESS_REMOTE != 0 {
+            return self.addr == addr && my_end == end;
+        }
+        self.addr <= addr && end <= my_end
     }
 
     /// Whether the pages must be pinned for writing.
@@ -130,8 +147,7 @@ impl RegistrationInfo {
 pub(crate) struct RegistrationState {
     /// The pinned pages; taken out at teardown.
     pinned: Option<PinnedPages>,
-    /// What the pages are charged to; released when the registration leaves
-    /// the table.
+    /// What the pages are charged to; released once they are unpinned.
     charges: Option<Charges>,
     /// The inserted notifier; taken out and dropped (removed) at teardown.
     subscription: Option<Subscription<Registration>>,
@@ -149,6 +165,14 @@ pub(crate) struct TableState {
     parked_at: Option<u64>,
     /// The memory of that entry, while not parked.
     lru_node: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
+    /// Its place on the module-wide list of parked registrations, while
+    /// parked.
+    global_place: Option<parked::Place>,
+    /// The memory of its entries on that list, while not parked.
+    global_nodes: Option<parked::Nodes>,
+    /// The memory of its entry in the table by remote key, while parked
+    /// (it has no remote key then).
+    rkey_node: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
     /// Its state word's slot and generation, if it has one.
     slot: Option<(u32, u64)>,
 }
@@ -178,6 +202,17 @@ pub(crate) struct Registration {
     /// An invalidation may have moved the pages: no data moves until
     /// revalidated. Changes under `state`.
     suspended: Atomic<bool>,
+    /// The local key now: its sequence never changes, its random bits do at
+    /// each revival. Changes under the table lock and `state`.
+    lkey: Atomic<u64>,
+    /// The remote key now, 0 while parked. Changes under the table lock and
+    /// `state`.
+    rkey: Atomic<u64>,
+    /// Counts the parkings: a data request found the registration at one
+    /// generation and moves data only while it has not changed, so nothing
+    /// moves through keys that ended. Changes under the table lock and
+    /// `state`.
+    generation: Atomic<u64>,
     /// References and the deregistration list.
     table_state: LockedBy<TableState, RegistrationTable>,
     pub(crate) info: RegistrationInfo,
@@ -210,7 +245,7 @@ pub(crate) enum Refused {
     /// A live registration serving the same request was published
     /// meanwhile; a reference was taken on it for the caller (reviving it if
     /// it was parked: the flag).
-    Covered(Arc<Registration>, bool, Parts),
+    Covered(Arc<Registration>, Option<u64>, Parts),
     /// The context is at its cap of registrations, or the pages are already
     /// pinned by too many of its registrations.
     Quota(Parts),
@@ -233,6 +268,7 @@ impl Registration {
     /// cgroup.
     pub(crate) fn new(ctx: Arc<ContextShared>, info: RegistrationInfo) -> Result<Arc<Self>> {
         let lru_node = RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?;
+        let global_nodes = parked::Nodes::new()?;
         let registration = Arc::pin_init(
             pin_init!(Self {
                 notifier <- IntervalNotifier::new(),
@@ -251,12 +287,18 @@ impl Registration {
                 ),
                 live: Atomic::new(false),
                 suspended: Atomic::new(false),
+                lkey: Atomic::new(info.keys.lkey),
+                rkey: Atomic::new(info.keys.rkey),
+                generation: Atomic::new(0),
                 table_state: LockedBy::new(
                     &ctx.table,
                     TableState {
                         refs: 0,
                         parked_at: None,
                         lru_node: Some(lru_node),
+                        global_place: None,
+                        global_nodes: Some(global_nodes),
+                        rkey_node: None,
                         slot: None,
                     }
                 ),
@@ -282,6 +324,21 @@ impl Registration {
     /// Whether an invalidation suspended it.
     pub(crate) fn is_suspended(&self) -> bool {
         self.suspended.load(Relaxed)
+    }
+
+    /// The local key now.
+    pub(crate) fn lkey(&self) -> u64 {
+        self.lkey.load(Relaxed)
+    }
+
+    /// The remote key now (0 while parked).
+    pub(crate) fn rkey(&self) -> u64 {
+        self.rkey.load(Relaxed)
+    }
+
+    /// The generation a data request finds it at (see [`Target`]).
+    fn generation(&self) -> u64 {
+        self.generation.load(Relaxed)
     }
 
     /// REGISTER calls not yet matched by DEREGISTER.
@@ -312,19 +369,58 @@ impl Registration {
         self.table_state.access(t).parked_at.is_some()
     }
 
-    /// Takes one more reference for a REGISTER it serves, reviving it when
-    /// parked, and counts the hit or the revival. Returns whether it was
-    /// revived; `EOVERFLOW` past `u32::MAX` references.
-    pub(crate) fn take_ref(&self, t: &mut RegistrationTable) -> Result<bool> {
-        let ts = self.table_state.access_mut(t);
+    /// Takes one more reference for a REGISTER it serves, reviving it (with
+    /// new keys) when parked, and counts the hit or the revival. Returns the
+    /// local key it had while parked when it was revived; `EOVERFLOW` past
+    /// `u32::MAX` references.
+    pub(crate) fn take_ref(this: &Arc<Self>, t: &mut RegistrationTable) -> Result<Option<u64>> {
+        let ts = this.table_state.access_mut(t);
         ts.refs = ts.refs.checked_add(1).ok_or(EOVERFLOW)?;
-        let revived = self.unpark(t);
-        if revived {
+        let parked_lkey = this.lkey();
+        if this.unpark(t) {
+            Self::rekey(this, t);
             bump(&mut t.stats.revives, &TOTALS.revives, 1);
-        } else {
-            t.stats.cache_hits += 1;
+            return Ok(Some(parked_lkey));
         }
-        Ok(revived)
+        t.stats.cache_hits += 1;
+        Ok(None)
+    }
+
+    /// Gives a registration parked again by the undo of its revival (the
+    /// caller could not be told its new keys) the local key it had while
+    /// parked, so that the failed call changes nothing the caller can see.
+    /// Its remote key stays gone, as it was while parked. Neither allocates
+    /// nor sleeps.
+    pub(crate) fn restore_lkey(this: &Arc<Self>, t: &RegistrationTable, lkey: u64) {
+        if !this.is_parked(t) || crate::key::seq_of(lkey) != this.info.keys.seq {
+            return;
+        }
+        let _st = this.state.lock();
+        this.lkey.store(lkey, Relaxed);
+    }
+
+    /// Gives a revived registration new keys: new random bits in its local
+    /// key (the sequence stays, so the table finds it where it was) and a new
+    /// remote key, in the memory its old one's entry left. Neither allocates
+    /// nor sleeps.
+    fn rekey(this: &Arc<Self>, t: &mut RegistrationTable) {
+        let old = this.lkey();
+        // The sequence was valid when the registration was created, so `new` succeeds; the
+        // random bits differ from the old ones but for odds of 2^-24 per draw.
+        let keys = (0..8)
+            .filter_map(|_| KeyPair::new(this.info.keys.seq, get_random_u32(), get_random_u64()))
+            .find(|k| k.lkey != old);
+        let Some(keys) = keys else {
+            return;
+        };
+        {
+            let _st = this.state.lock();
+            this.lkey.store(keys.lkey, Relaxed);
+            this.rkey.store(keys.rkey, Relaxed);
+        }
+        if let Some(node) = this.table_state.access_mut(t).rkey_node.take() {
+            t.insert_rkey(node, this.clone());
+        }
     }
 
     /// Drops one reference; returns how many are left.
@@ -361,15 +457,34 @@ impl Registration {
         let Some(node) = this.table_state.access_mut(t).lru_node.take() else {
             return false;
         };
+        // The keys end for data before DEREGISTER returns: out of the worker's shadow, then a
+        // new generation, under the lock a copy step holds (so one in progress finishes first
+        // and none starts through the old keys); the remote key goes for good.
+        let rkey = this.rkey();
+        let shadowed = this.ctx.data.shadow.lock().remove(this.lkey());
+        {
+            let _st = this.state.lock();
+            this.generation.fetch_add(1, Relaxed);
+            this.rkey.store(0, Relaxed);
+        }
+        let rkey_node = t.remove_rkey(this.info.keys.seq, rkey);
+        this.table_state.access_mut(t).rkey_node = rkey_node;
+        // Not the last reference (`this` is another): nothing is freed under the lock.
+        drop(shadowed);
         let stamp = t.next_stamp;
         t.next_stamp += 1;
         // Stamps only grow, so the key is new.
         let _ = t.parked.insert(node.into_node(stamp, this.clone()));
         this.table_state.access_mut(t).parked_at = Some(stamp);
+        // On the module-wide list too, under the user its pages are charged to.
+        let user = this.state.lock().charges.as_ref().map_or(0, Charges::user);
+        if let Some(nodes) = this.table_state.access_mut(t).global_nodes.take() {
+            let place = parked::insert(nodes, this.clone(), user);
+            this.table_state.access_mut(t).global_place = Some(place);
+        }
         bump(&mut t.stats.parked, &TOTALS.parked, 1);
         bump(&mut t.stats.parked_pages, &TOTALS.parked_pages, npages);
         bump(&mut t.stats.parks, &TOTALS.parks, 1);
-        this.ctx.parked_pages.add(npages, Relaxed);
         true
     }
 
@@ -385,14 +500,16 @@ impl Registration {
         t.stats.parked_pages = t.stats.parked_pages.saturating_sub(npages);
         TOTALS.parked.fetch_sub(1, Relaxed);
         TOTALS.parked_pages.fetch_sub(npages, Relaxed);
-        self.ctx.parked_pages.fetch_sub(npages, Relaxed);
-        // Keep the entry's memory for the next parking.
+        // Keep the entries' memory for the next parking.
         self.table_state.access_mut(t).lru_node = node.map(|n| n.into_reservation());
+        if let Some(place) = self.table_state.access_mut(t).global_place.take() {
+            self.table_state.access_mut(t).global_nodes = parked::remove(place);
+        }
         true
     }
 
     /// Ends the least recently parked registration, counting `reason`: it
-    /// leaves the table (its charges released at once) and is returned for
+    /// leaves the table and is returned for
     /// teardown, or `None` when nothing is parked. Neither allocates nor
     /// sleeps.
     pub(crate) fn evict_oldest(t: &mut RegistrationTable, reason: usize) -> Option<Arc<Self>> {
@@ -400,11 +517,49 @@ impl Registration {
         Self::evict(t, seq, reason)
     }
 
+    /// Ends `this` for room if it is still parked where the module-wide list
+    /// had it (parked at `stamp`), counted under `MEMREG_EVICT_PIN_LIMIT`;
+    /// returns it for teardown. Takes its context's table lock: the caller
+    /// holds none. Neither allocates nor sleeps.
+    pub(crate) fn evict_if_parked_at(this: &Arc<Self>, stamp: u64) -> Option<Arc<Self>> {
+        let mut t = this.ctx.table.lock();
+        Self::evict_at(this, &mut t, stamp, defs::EVICT_PIN_LIMIT)
+    }
+
+    /// As [`Registration::evict_if_parked_at`] for memory pressure (counted
+    /// under `MEMREG_EVICT_SHRINKER`): only try-locks the table, and leaves
+    /// the teardown to the context's deferred work. Returns the pages it
+    /// will unpin. Neither allocates nor sleeps.
+    pub(crate) fn reclaim_if_parked_at(this: &Arc<Self>, stamp: u64) -> Option<usize> {
+        let mut t = this.ctx.table.try_lock()?;
+        let ended = Self::evict_at(this, &mut t, stamp, defs::EVICT_SHRINKER)?;
+        let pages = ended.info.npages;
+        t.defer_teardown(ended);
+        drop(t);
+        ContextShared::schedule_teardown(&this.ctx);
+        Some(pages)
+    }
+
+    /// Ends `this`, counting `reason`, if it is parked at module-wide stamp
+    /// `stamp`.
+    fn evict_at(
+        this: &Arc<Self>,
+        t: &mut RegistrationTable,
+        stamp: u64,
+        reason: usize,
+    ) -> Option<Arc<Self>> {
+        let place = this.table_state.access(t).global_place?;
+        if place.stamp() != stamp {
+            return None;
+        }
+        Self::evict(t, this.info.keys.seq, reason)
+    }
+
     /// Ends the parked registration `seq` as [`Registration::evict_oldest`]
     /// does.
     pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<Arc<Self>> {
         let this = Self::unpublish(t, seq)?;
-        t.emit(&this.info, defs::EVENT_EVICTED, reason);
+        t.emit(&this, defs::EVENT_EVICTED, reason);
         if let (Some(n), Some(total)) = (
             t.stats.evictions.get_mut(reason),
             TOTALS.evictions.get(reason),
@@ -438,7 +593,7 @@ impl Registration {
         {
             let winner = winner.clone();
             drop(st);
-            return match winner.take_ref(t) {
+            return match Self::take_ref(&winner, t) {
                 Ok(revived) => Err(Refused::Covered(winner, revived, parts)),
                 // As a cache hit on it would.
                 Err(_) => Err(Refused::Overflow(parts)),
@@ -465,14 +620,15 @@ impl Registration {
     }
 
     /// Takes the registration with sequence `seq` out of the table: it is no
-    /// longer live and its charges are released. Returns it for teardown, or
+    /// longer live; its charges stay with its pages until `teardown` unpins
+    /// them. Returns it for teardown, or
     /// `None` if it already left. Neither allocates nor sleeps.
     pub(crate) fn unpublish(t: &mut RegistrationTable, seq: u64) -> Option<Arc<Self>> {
         let this = t.remove(seq)?;
         this.unpark(t);
         // Out of the worker's shadow before the event that ended it returns. Not the last
         // reference (`this` is another), so nothing is freed here.
-        let shadowed = this.ctx.data.shadow.lock().remove(this.info.keys.lkey);
+        let shadowed = this.ctx.data.shadow.lock().remove(this.lkey());
         drop(shadowed);
         // The state word tells user space before the event that ended it returns.
         if let Some((slot, generation)) = this.table_state.access_mut(t).slot.take() {
@@ -480,17 +636,13 @@ impl Registration {
                 slots.release(slot, generation);
             }
         }
-        let pages = {
-            let mut st = this.state.lock();
+        {
+            let _st = this.state.lock();
             // Taking the lock waits for a copy in progress; once `live` is clear none starts.
             this.live.store(false, Relaxed);
-            st.charges.as_mut().map_or(0, |c| {
-                let pages = c.pages();
-                c.release();
-                pages
-            })
-        };
-        t.stats.pages_pinned = t.stats.pages_pinned.saturating_sub(pages);
+        }
+        // Its charges stay until its pages are unpinned, in `teardown`.
+        t.stats.pages_pinned = t.stats.pages_pinned.saturating_sub(this.info.npages as u64);
         Some(this)
     }
 
@@ -507,7 +659,7 @@ impl Registration {
         if let Some(n) = t.stats.invalidations.get_mut(cause) {
             *n += 1;
         }
-        t.emit(&this.info, defs::EVENT_ENDED, cause);
+        t.emit(&this, defs::EVENT_ENDED, cause);
         t.defer_teardown(this);
         drop(t);
         ContextShared::schedule_teardown(ctx);
@@ -550,7 +702,7 @@ impl Registration {
         };
         bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
         me.set_word(&t, defs::WORD_SUSPENDED);
-        t.emit(&me.info, defs::EVENT_SUSPENDED, defs::INVAL_CLEAR);
+        t.emit(&me, defs::EVENT_SUSPENDED, defs::INVAL_CLEAR);
         t.queue_revalidation(me);
         drop(t);
         ContextShared::schedule_teardown(ctx);
@@ -656,7 +808,7 @@ impl Registration {
                     &TOTALS.revalidation_failures,
                     1,
                 );
-                t.emit(&this.info, defs::EVENT_ENDED, defs::INVAL_CLEAR);
+                t.emit(this, defs::EVENT_ENDED, defs::INVAL_CLEAR);
             }
             drop(t);
             if let Some(r) = ended {
@@ -668,29 +820,37 @@ impl Registration {
     }
 
     /// Ends the registration for good: removes the notifier (waiting for a
-    /// callback in flight) and unpins the pages. Idempotent. Process context,
-    /// no lock held; may sleep.
+    /// callback in flight), unpins the pages and only then releases their
+    /// charges, as io_uring and ib_umem do: however long the removal waits
+    /// (an address space kept invalidating), the pages stay charged while
+    /// they are pinned. Idempotent. Process context, no lock held; may sleep.
     pub(crate) fn teardown(&self) {
         let (pinned, subscription, charges) = {
             let mut st = self.state.lock();
             self.live.store(false, Relaxed);
             (st.pinned.take(), st.subscription.take(), st.charges.take())
         };
-        // Charges are released before the unpinning (normally they already were).
-        drop(charges);
         drop(subscription);
         drop(pinned);
+        drop(charges);
     }
 
     /// Copies `buf.len()` bytes of the registered range from byte `offset`
     /// (relative to the registered address) into `buf`, or from `buf` into the
-    /// range when `to_registration`. Fails with `ENOENT` when the registration
-    /// is no longer live and `EAGAIN` while it is suspended; nothing moves
-    /// then.
-    pub(crate) fn copy_chunk(&self, offset: u64, buf: &mut [u8], to_registration: bool) -> Result {
+    /// range when `to_registration`, if the registration is still at
+    /// `generation`. Fails with `ENOENT` when the registration is no longer
+    /// live or was parked since, and `EAGAIN` while it is suspended; nothing
+    /// moves then.
+    fn copy_chunk(
+        &self,
+        generation: u64,
+        offset: u64,
+        buf: &mut [u8],
+        to_registration: bool,
+    ) -> Result {
         let at = self.byte_index(offset)?;
         let st = self.state.lock();
-        let pinned = self.usable(&st)?;
+        let pinned = self.usable(&st, generation)?;
         if to_registration {
             pinned.write(at, buf)
         } else {
@@ -705,22 +865,26 @@ impl Registration {
     /// `dst`'s lock is taken (it is only tried: two copies in opposite
     /// directions never wait for each other); the caller then goes through a
     /// bounce buffer. Otherwise as [`Registration::copy_chunk`], for either.
-    pub(crate) fn copy_to(
+    fn copy_to(
         &self,
+        generation: u64,
         offset: u64,
-        dst: &Registration,
+        dst: &Target,
         dst_offset: u64,
         len: usize,
     ) -> Result {
         let at = self.byte_index(offset)?;
         let dst_at = dst.byte_index(dst_offset)?;
         let st = self.state.lock();
-        let src_pages = self.usable(&st)?;
-        if core::ptr::eq(self, dst) {
+        let src_pages = self.usable(&st, generation)?;
+        if core::ptr::eq(self, &*dst.registration) {
+            if dst.generation != generation {
+                return Err(ENOENT);
+            }
             return src_pages.copy_to(at, src_pages, dst_at, len);
         }
         let dst_st = dst.state.try_lock().ok_or(EBUSY)?;
-        let dst_pages = dst.usable(&dst_st)?;
+        let dst_pages = dst.usable(&dst_st, dst.generation)?;
         src_pages.copy_to(at, dst_pages, dst_at, len)
     }
 
@@ -734,12 +898,14 @@ impl Registration {
             .ok_or(EINVAL)
     }
 
-    /// The pinned pages, if data may move through them: `EAGAIN` while
-    /// suspended, `ENOENT` once ended.
-    fn usable<'a>(&self, st: &'a RegistrationState) -> Result<&'a PinnedPages> {
+    /// The pinned pages, if data may move through them for a request that
+    /// found the registration at `generation`: `EAGAIN` while suspended,
+    /// `ENOENT` once ended or parked since.
+    fn usable<'a>(&self, st: &'a RegistrationState, generation: u64) -> Result<&'a PinnedPages> {
         match &st.pinned {
+            Some(_) if !self.is_live() || self.generation() != generation => Err(ENOENT),
             Some(_) if self.is_suspended() => Err(EAGAIN),
-            Some(p) if self.is_live() => Ok(p),
+            Some(p) => Ok(p),
             _ => Err(ENOENT),
         }
     }
@@ -750,6 +916,61 @@ impl Registration {
         st.pinned
             .as_ref()
             .map_or(0, |p| u32::try_from(p.extents().len()).unwrap_or(u32::MAX))
+    }
+}
+
+/// A registration as a data request found it by key: data moves through it
+/// only while it is at the generation it was found at, so nothing moves
+/// through keys that a DEREGISTER ended (parking) after the look-up, even if
+/// a REGISTER revived the registration with new keys since.
+#[derive(Clone)]
+pub(crate) struct Target {
+    registration: Arc<Registration>,
+    generation: u64,
+}
+
+impl Target {
+    /// `registration` at its generation now: call it under the lock its
+    /// look-up was made under (the table's, or the worker's shadow's), which
+    /// parking takes before it moves to a new generation.
+    pub(crate) fn new(registration: Arc<Registration>) -> Self {
+        let generation = registration.generation();
+        Self {
+            registration,
+            generation,
+        }
+    }
+
+    /// The registration.
+    pub(crate) fn registration(&self) -> &Arc<Registration> {
+        &self.registration
+    }
+
+    /// Whether `self` and `other` are the same registration.
+    pub(crate) fn same(&self, other: &Target) -> bool {
+        Arc::ptr_eq(&self.registration, &other.registration)
+    }
+
+    /// Copies between `buf` and the registered range as
+    /// [`Registration::copy_chunk`] does, at the generation it was found at.
+    pub(crate) fn copy_chunk(&self, offset: u64, buf: &mut [u8], to_registration: bool) -> Result {
+        self.registration
+            .copy_chunk(self.generation, offset, buf, to_registration)
+    }
+
+    /// Copies page to page to `dst` as [`Registration::copy_to`] does, each
+    /// side at the generation it was found at.
+    pub(crate) fn copy_to(&self, offset: u64, dst: &Target, dst_offset: u64, len: usize) -> Result {
+        self.registration
+            .copy_to(self.generation, offset, dst, dst_offset, len)
+    }
+}
+
+impl core::ops::Deref for Target {
+    type Target = Registration;
+
+    fn deref(&self) -> &Registration {
+        &self.registration
     }
 }
 

@@ -22,6 +22,8 @@ pub(crate) static GLOBAL_CONTEXTS_ALIVE: Atomic<u64> = Atomic::new(0);
 pub(crate) static GLOBAL_POOLS: Atomic<u64> = Atomic::new(0);
 /// Pages the pools' chunks hold.
 pub(crate) static GLOBAL_POOL_PAGES: Atomic<u64> = Atomic::new(0);
+/// Pages of the pools' free chunks that memory pressure may take back.
+pub(crate) static GLOBAL_POOL_RECLAIMABLE: Atomic<u64> = Atomic::new(0);
 
 /// Module-wide totals of the registration cache's life, all contexts
 /// together.

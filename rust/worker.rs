@@ -54,7 +54,7 @@ use crate::{
     peer,
     pool::{Buffer, Pool},
     queue::{Connection, Master, Next, PostedRecv, Queue, Receiver},
-    registration::{Registration, Revalidated},
+    registration::{Registration, Revalidated, Target},
 };
 use kernel::{
     new_mutex, new_spinlock,
@@ -190,19 +190,19 @@ impl Shadow {
             .get(set..set + SHADOW_WAYS)?
             .iter()
             .flatten()
-            .find(|r| r.info.keys.lkey == lkey && r.is_live())
+            .find(|r| r.lkey() == lkey && r.is_live())
     }
 
     /// Inserts `r` first in its set; returns the entry pushed out (an
     /// ended entry of the same key, or the last way).
     fn insert(&mut self, r: Arc<Registration>) -> Option<Arc<Registration>> {
-        let set = Self::set(r.info.keys.lkey);
+        let set = Self::set(r.lkey());
         let ways = self.entries.get_mut(set..set + SHADOW_WAYS)?;
         // A key is in a set at most once: an ended entry of it goes first.
-        if let Some(i) = ways.iter().position(|e| {
-            e.as_ref()
-                .is_some_and(|o| o.info.keys.lkey == r.info.keys.lkey)
-        }) {
+        if let Some(i) = ways
+            .iter()
+            .position(|e| e.as_ref().is_some_and(|o| o.lkey() == r.lkey()))
+        {
             ways.get_mut(i..)?.rotate_left(1);
             ways.rotate_right(1);
         } else {
@@ -218,7 +218,7 @@ impl Shadow {
         self.entries
             .get_mut(set..set + SHADOW_WAYS)?
             .iter_mut()
-            .find(|e| e.as_ref().is_some_and(|r| r.info.keys.lkey == lkey))
+            .find(|e| e.as_ref().is_some_and(|r| r.lkey() == lkey))
             .and_then(|e| e.take())
     }
 
@@ -405,20 +405,25 @@ impl DataPath {
 type Outcome = core::result::Result<u64, MemregError>;
 
 /// Resolves a local key to its registration, through the shadow first.
-fn resolve(ctx: &ContextShared, ws: &mut WorkerState, lkey: u64) -> Result<Arc<Registration>> {
+fn resolve(ctx: &ContextShared, ws: &mut WorkerState, lkey: u64) -> Result<Target> {
     let data = &ctx.data;
-    if let Some(r) = data.shadow.lock().get(lkey).cloned() {
-        ws.shadow_hits += 1;
-        return Ok(r);
+    {
+        let shadow = data.shadow.lock();
+        if let Some(r) = shadow.get(lkey) {
+            ws.shadow_hits += 1;
+            // Under the shadow's lock: parking takes a registration out of it before it moves
+            // to a new generation.
+            return Ok(Target::new(r.clone()));
+        }
     }
     ws.shadow_misses += 1;
     let (found, old) = {
         let t = ctx.table.lock();
-        let r = t.get(lkey).ok_or(ENOENT)?.clone();
-        // Under the table lock, so that a registration that leaves the table also leaves the
-        // shadow.
-        let old = data.shadow.lock().insert(r.clone());
-        (r, old)
+        let target = t.get_target(lkey).ok_or(ENOENT)?;
+        // Under the table lock, so that a registration that leaves the table (or is parked)
+        // also leaves the shadow.
+        let old = data.shadow.lock().insert(target.registration().clone());
+        (target, old)
     };
     // The entry it replaced is dropped outside the locks.
     drop(old);
@@ -427,13 +432,13 @@ fn resolve(ctx: &ContextShared, ws: &mut WorkerState, lkey: u64) -> Result<Arc<R
 
 /// Moves `buf.len()` bytes at `offset` of `r`, revalidating it if it is
 /// suspended.
-fn move_chunk(r: &Arc<Registration>, offset: u64, buf: &mut [u8], to: bool) -> Result {
+fn move_chunk(r: &Target, offset: u64, buf: &mut [u8], to: bool) -> Result {
     let mut tries = 0;
     loop {
         match r.copy_chunk(offset, buf, to) {
             Err(e) if e == EAGAIN && tries < USE_TRIES => {
                 tries += 1;
-                if Registration::revalidate(r)? == Revalidated::Ended {
+                if Registration::revalidate(r.registration())? == Revalidated::Ended {
                     return Err(ENOENT);
                 }
             }
@@ -444,20 +449,14 @@ fn move_chunk(r: &Arc<Registration>, offset: u64, buf: &mut [u8], to: bool) -> R
 
 /// Copies `n` bytes page to page, revalidating a suspended side. `EBUSY`
 /// when the destination's lock is taken.
-fn copy_direct(
-    src: &Arc<Registration>,
-    src_at: u64,
-    dst: &Arc<Registration>,
-    dst_at: u64,
-    n: usize,
-) -> Result {
+fn copy_direct(src: &Target, src_at: u64, dst: &Target, dst_at: u64, n: usize) -> Result {
     let mut tries = 0;
     loop {
         match src.copy_to(src_at, dst, dst_at, n) {
             Err(e) if e == EAGAIN && tries < USE_TRIES => {
                 tries += 1;
                 for r in [src, dst] {
-                    if Registration::revalidate(r)? == Revalidated::Ended {
+                    if Registration::revalidate(r.registration())? == Revalidated::Ended {
                         return Err(ENOENT);
                     }
                 }
@@ -479,14 +478,14 @@ type Grant<'a> = Option<(&'a ContextShared, u64)>;
 fn transfer(
     ctx: &ContextShared,
     ws: &mut WorkerState,
-    src: &Arc<Registration>,
+    src: &Target,
     src_offset: u64,
-    dst: &Arc<Registration>,
+    dst: &Target,
     dst_offset: u64,
     length: u64,
     grant: Grant<'_>,
 ) -> Result<(), MemregError> {
-    let overlap = Arc::ptr_eq(src, dst)
+    let overlap = src.same(dst)
         && src_offset < dst_offset.saturating_add(length)
         && dst_offset < src_offset.saturating_add(length);
     let mut done = 0u64;
@@ -571,12 +570,7 @@ fn remote(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe, write: boo
     let local = resolve(ctx, ws, lkey)?;
     // TODO(peer-rkey-cache): remote keys are looked up under the peer's table lock on every
     // request; a shadow of hot remote keys, like the local one, would spare it.
-    let remote = peer_ctx
-        .table
-        .lock()
-        .get_remote(rkey)
-        .cloned()
-        .ok_or(ENOENT)?;
+    let remote = peer_ctx.table.lock().get_remote(rkey).ok_or(ENOENT)?;
     let (local_right, remote_right) = if write {
         (defs::ACCESS_LOCAL_READ, defs::ACCESS_REMOTE_WRITE)
     } else {
@@ -711,7 +705,7 @@ fn send(
     let Some(conn) = conn else {
         return Step::Done(Err(ENOTCONN.into()));
     };
-    let src = (|| -> Result<Arc<Registration>, MemregError> {
+    let src = (|| -> Result<Target, MemregError> {
         peer::check_grant(&conn.ctx, conn.epoch)?;
         let src = resolve(ctx, ws, sqe.src_key)?;
         if src.info.access & defs::ACCESS_LOCAL_READ == 0 {

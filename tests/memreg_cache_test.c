@@ -91,13 +91,17 @@ TEST_F(cache, miss_then_hit)
 	EXPECT_NE(a.lkey, b.lkey);
 }
 
-/* With parking (the default): the last DEREGISTER parks, REGISTER revives. */
+/*
+ * With parking (the default): the last DEREGISTER parks, ending the keys for
+ * data, and REGISTER revives the registration with new keys.
+ */
 TEST_F(cache, miss_park_revive)
 {
 	struct memreg_register a, b;
 	struct memreg_stats s;
 	struct memreg_query q;
 	long vmpin = vm_pin_kb();
+	char data[64];
 
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
@@ -117,25 +121,57 @@ TEST_F(cache, miss_park_revive)
 	EXPECT_EQ(1, s.parks);
 	EXPECT_EQ(0, s.deregistrations);
 	EXPECT_EQ(NPAGES, s.pages_pinned);
+	/* Its key moves no data while it is parked, either way. */
+	memset(data, 'z', sizeof(data));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+				   MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->buf, NPAGES * PAGE, 'a'));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+				   MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, sizeof(data), 'z'));
+	/* And it has no reference to drop. */
+	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, a.lkey));
 
-	/* A covered range revives it: same keys, nothing pinned again. */
+	/*
+	 * A covered range revives it, nothing pinned again, with new keys: the
+	 * local key keeps its sequence but not its random bits, the remote key
+	 * is new. The keys carry the registration's rights, wider than asked.
+	 */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, b.flags);
-	EXPECT_EQ(a.lkey, b.lkey);
-	EXPECT_EQ(a.rkey, b.rkey);
+	EXPECT_EQ(a.lkey >> 24, b.lkey >> 24);
+	EXPECT_NE(a.lkey, b.lkey);
+	EXPECT_NE(a.rkey, b.rkey);
+	EXPECT_EQ(RW, b.access);
 	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
 	EXPECT_EQ(NPAGES * PAGE, b.region_length);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	ASSERT_EQ(0, mr_query(self->fd, b.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+	EXPECT_EQ(RW, q.access);
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(1, s.revives);
 	EXPECT_EQ(1, s.cache_hits);
 	EXPECT_EQ(1, s.cache_misses);
+	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
 	EXPECT_EQ(NPAGES, s.pages_pinned);
+
+	/* The old local key is unknown now; the new one moves data. */
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+				   MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, a.lkey));
+	EXPECT_TRUE(all_bytes(self->buf, NPAGES * PAGE, 'a'));
+	EXPECT_EQ(0, mr_copy(self->fd, b.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->buf + PAGE, sizeof(data), 'z'));
+	EXPECT_TRUE(all_bytes(self->buf, PAGE, 'a'));
+	EXPECT_TRUE(all_bytes(self->buf + PAGE + sizeof(data), (NPAGES - 1) * PAGE - sizeof(data),
+			      'a'));
+	ASSERT_EQ(0, mr_query(self->fd, b.lkey, &q));
+	EXPECT_EQ(1, q.refcount);
 }
 
 TEST_F(cache, covered_subrange_hits)

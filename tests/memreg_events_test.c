@@ -298,6 +298,7 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 {
 	struct ctx *c = &self->c;
 	struct memreg_register r, hit, other;
+	struct memreg_query q;
 	size_t i, nwords = c->words_len / 8;
 
 	/* Unused words are zero. */
@@ -322,21 +323,31 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 	expect_new_slot(_metadata, c, &other);
 	EXPECT_NE(r.slot, other.slot);
 
-	/* Dropping a reference, then the last one (parked): still usable. */
+	/*
+	 * Dropping a reference, then the last one (parked, its keys ended for
+	 * data): parking leaves the word alone.
+	 */
 	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
 	expect_state(_metadata, c->fd, r.lkey, MEMREG_STATE_VALID | MEMREG_STATE_PARKED);
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 
-	/* Revived: the same slot and generation. */
+	/*
+	 * Revived: the same slot and generation, and the word stays, but new
+	 * keys (the same sequence); the old local key is unknown now.
+	 */
 	ASSERT_EQ(0, mr_register(c->fd, self->buf + 200, PAGE, RO, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, hit.flags);
-	EXPECT_EQ(r.lkey, hit.lkey);
+	EXPECT_EQ(r.lkey >> 24, hit.lkey >> 24);
+	EXPECT_NE(r.lkey, hit.lkey);
+	EXPECT_NE(r.rkey, hit.rkey);
 	EXPECT_EQ(r.slot, hit.slot);
 	EXPECT_EQ(r.generation, hit.generation);
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 	EXPECT_EQ(other.generation, word(c->words, other.slot));
+	expect_state(_metadata, c->fd, hit.lkey, MEMREG_STATE_VALID);
+	EXPECT_EQ(-ENOENT, mr_query(c->fd, r.lkey, &q));
 
 	/* None of it is an event; no other word moved. */
 	expect_no_events(_metadata, c);
@@ -582,7 +593,11 @@ TEST(no_slot_before_words_are_mapped)
 	EXPECT_NE(0, b.generation);
 	EXPECT_EQ(b.generation, word(words, b.slot));
 
-	/* A hit, a park and a revival of the old one: still no slot. */
+	/*
+	 * A hit, a park and a revival of the old one: still no slot. The
+	 * revival gives it new keys (the same sequence), and the old local key
+	 * is unknown from then on.
+	 */
 	ASSERT_EQ(0, mr_register(fd, buf + PAGE, PAGE, RO, &r));
 	EXPECT_EQ(a.lkey, r.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
@@ -591,14 +606,17 @@ TEST(no_slot_before_words_are_mapped)
 	ASSERT_EQ(0, mr_deregister(fd, a.lkey));
 	ASSERT_EQ(0, mr_register(fd, buf, PAGE, RO, &r));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
+	EXPECT_EQ(a.lkey >> 24, r.lkey >> 24);
+	EXPECT_NE(a.lkey, r.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
 	EXPECT_EQ(0, r.generation);
+	EXPECT_EQ(-ENOENT, mr_query(fd, a.lkey, &q));
 
-	/* RESYNC says so too. */
+	/* RESYNC says so too, under the new key. */
 	ASSERT_EQ(0, mr_resync(fd, list, 4, &count));
 	ASSERT_EQ(2, count);
 	for (i = 0; i < count; i++) {
-		if (list[i].key == a.lkey) {
+		if (list[i].key == r.lkey) {
 			EXPECT_EQ(MEMREG_NO_SLOT, list[i].slot);
 		} else {
 			EXPECT_EQ(b.lkey, list[i].key);
@@ -607,8 +625,9 @@ TEST(no_slot_before_words_are_mapped)
 	}
 
 	/* Its end writes no word. */
+	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
 	ASSERT_EQ(0, munmap(buf, 2 * PAGE));
-	EXPECT_EQ(-ENOENT, mr_query(fd, a.lkey, &q));
+	EXPECT_EQ(-ENOENT, mr_query(fd, r.lkey, &q));
 	for (i = 0; i < PAGE / 8; i++) {
 		EXPECT_EQ(i == b.slot ? b.generation : 0, word(words, i)) TH_LOG("word %u", i);
 	}
@@ -1866,7 +1885,7 @@ TEST_F(ev, fdinfo_matches_stats)
 	ASSERT_EQ(0, mr_register(c->fd, buf + 4 * PAGE, 3 * PAGE, RW, &b));
 	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));			/* park */
 	ASSERT_EQ(0, mr_register(c->fd, buf + 4 * PAGE, PAGE, RW, &r));	/* revive */
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));			/* park */
+	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));			/* park (new key) */
 	ASSERT_EQ(0, mr_register(c->fd, buf + 8 * PAGE, PAGE, RW, &r));
 	ASSERT_EQ(0, munmap(buf + 8 * PAGE, PAGE));			/* unmap */
 	ASSERT_EQ(0, mr_register(c->fd, buf + 10 * PAGE, PAGE, RW, &r));
@@ -2017,8 +2036,11 @@ TEST(debugfs_stats_match_global_stats)
 	EXPECT_EQ(dget(&d0, "parks") + 1, dget(&d1, "parks"));
 	EXPECT_EQ(dget(&d0, "parked") + 1, dget(&d1, "parked"));
 	EXPECT_EQ(dget(&d0, "parked_pages") + 2, dget(&d1, "parked_pages"));
+	/* A revival, with new keys: the old key drops nothing. */
 	ASSERT_EQ(0, mr_register(fd, buf + 4 * PAGE, PAGE, RO, &r));
-	ASSERT_EQ(0, mr_deregister(fd, b.lkey));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
+	EXPECT_EQ(-ENOENT, mr_deregister(fd, b.lkey));
+	ASSERT_EQ(0, mr_deregister(fd, r.lkey));
 	ASSERT_EQ(0, mr_flush(fd, NULL));
 	read_debugfs(_metadata, fd, &d2, &g);
 	EXPECT_EQ(dget(&d0, "revives") + 1, dget(&d2, "revives"));

@@ -2,8 +2,10 @@
 /*
  * memreg kselftests: the deregistration list. The last DEREGISTER parks a
  * registration (on by default): it stays pinned, charged and watched, its
- * key still answers QUERY and COPY, and a REGISTER it covers revives it
- * without pinning. Parked registrations end:
+ * key still answers QUERY but moves no data (COPY gives ENOENT), and a
+ * REGISTER it serves revives it without pinning, with new keys (the local
+ * key keeps its sequence; the old one is unknown from then on). Parked
+ * registrations end:
  *
  * - on an invalidation, at once (counted as an invalidation);
  * - on FLUSH, or when parking is turned off (evictions[FLUSH]);
@@ -177,14 +179,19 @@ TEST_F(lc, deregister_parks)
 	EXPECT_EQ(self->base.pages_pinned + 4, g.pages_pinned);
 	EXPECT_EQ(self->base.regions + 1, g.regions);
 
-	/* COPY through its key still works, on the pages mapped there. */
+	/* Parking ended its key for data: COPY moves no byte, either way. */
 	memset(data, 'p', len);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
-	EXPECT_TRUE(all_bytes(self->buf, len, 'p'));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->buf, len, 'a'));
 	memset(self->buf + PAGE, 'q', PAGE);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
-	EXPECT_TRUE(all_bytes(data, PAGE, 'q'));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, len, 'p'));
+	/* Not even a zero length one, and the failed calls changed nothing. */
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, 0, MEMREG_COPY_FROM_REGION));
 	expect_parked(_metadata, self->fd, r.lkey, 4);
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(1, s.parked);
+	EXPECT_EQ(4, s.pages_pinned);
 
 	/* No reference left to drop: EINVAL, and nothing changes. */
 	ASSERT_EQ(0, mr_stats(self->fd, &s0));
@@ -219,7 +226,7 @@ TEST_F(lc, deregister_parks)
 
 TEST_F(lc, register_revives)
 {
-	struct memreg_register a, b;
+	struct memreg_register a, b, c;
 	struct memreg_stats s;
 	char data[64];
 	long vmpin;
@@ -229,15 +236,24 @@ TEST_F(lc, register_revives)
 	EXPECT_EQ(self->vmpin + 8 * PAGE_KB, vmpin);
 	ASSERT_EQ(0, mr_deregister(self->fd, a.lkey));
 
-	/* A range inside, unaligned, with less access: revived, not pinned again. */
+	/*
+	 * A range inside, unaligned, with less access: revived, not pinned
+	 * again, with new keys carrying the registration's rights. The local
+	 * key keeps its sequence but gets new random bits; the remote key is
+	 * new.
+	 */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE + 10, 2 * PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, b.flags);
-	EXPECT_EQ(a.lkey, b.lkey);
-	EXPECT_EQ(a.rkey, b.rkey);
+	EXPECT_EQ(a.lkey >> 24, b.lkey >> 24);
+	EXPECT_NE(a.lkey, b.lkey);
+	EXPECT_NE(a.rkey, b.rkey);
+	EXPECT_EQ(RW, b.access);
 	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
 	EXPECT_EQ(8 * PAGE, b.region_length);
 	EXPECT_EQ(vmpin, vm_pin_kb());
-	expect_live(_metadata, self->fd, a.lkey, 1);
+	expect_live(_metadata, self->fd, b.lkey, 1);
+	/* The old local key is unknown now. */
+	expect_gone(_metadata, self->fd, a.lkey);
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(1, s.revives);
 	EXPECT_EQ(0, s.cache_hits);
@@ -248,28 +264,34 @@ TEST_F(lc, register_revives)
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(8, s.pages_pinned);
 
-	/* Live again: the next REGISTER is an ordinary hit. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &b));
-	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
-	EXPECT_EQ(a.lkey, b.lkey);
-	/* Data moves to and from the same pages as before. */
+	/* Live again: the next REGISTER is an ordinary hit, with the same keys. */
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &c));
+	EXPECT_EQ(MEMREG_REGISTER_CACHED, c.flags);
+	EXPECT_EQ(b.lkey, c.lkey);
+	EXPECT_EQ(b.rkey, c.rkey);
+	expect_live(_metadata, self->fd, b.lkey, 2);
+	/* Data moves through the new key to and from the same pages as before. */
 	memset(data, 'r', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, a.lkey, 7 * PAGE, data, sizeof(data),
+	ASSERT_EQ(0, mr_copy(self->fd, b.lkey, 7 * PAGE, data, sizeof(data),
 			     MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf + 7 * PAGE, sizeof(data), 'r'));
+	memset(self->buf + 3 * PAGE, 's', sizeof(data));
+	ASSERT_EQ(0, mr_copy(self->fd, b.lkey, 3 * PAGE, data, sizeof(data),
+			     MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, sizeof(data), 's'));
 
 	/* Parked again; wider access, or a range it does not cover, is a miss. */
-	ASSERT_EQ(0, mr_deregister(self->fd, a.lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, a.lkey));
-	expect_parked(_metadata, self->fd, a.lkey, 8);
+	ASSERT_EQ(0, mr_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, mr_deregister(self->fd, b.lkey));
+	expect_parked(_metadata, self->fd, b.lkey, 8);
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE,
-				 RW | MEMREG_ACCESS_REMOTE_WRITE, &b));
-	EXPECT_EQ(0, b.flags);
-	EXPECT_NE(a.lkey, b.lkey);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 7 * PAGE, 2 * PAGE, RW, &b));
-	EXPECT_EQ(0, b.flags);
-	EXPECT_NE(a.lkey, b.lkey);
-	expect_parked(_metadata, self->fd, a.lkey, 8);
+				 RW | MEMREG_ACCESS_REMOTE_WRITE, &c));
+	EXPECT_EQ(0, c.flags);
+	EXPECT_NE(b.lkey >> 24, c.lkey >> 24);
+	ASSERT_EQ(0, mr_register(self->fd, self->buf + 7 * PAGE, 2 * PAGE, RW, &c));
+	EXPECT_EQ(0, c.flags);
+	EXPECT_NE(b.lkey >> 24, c.lkey >> 24);
+	expect_parked(_metadata, self->fd, b.lkey, 8);
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parks);
 	EXPECT_EQ(1, s.parked);
@@ -331,7 +353,7 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 		ASSERT_EQ(0, mprotect(self->buf, 8 * PAGE, PROT_READ));
 		ASSERT_EQ(0, mprotect(self->buf, 8 * PAGE, PROT_READ | PROT_WRITE));
 	}
-	/* Over, counted, uncharged: at once. */
+	/* Over and counted at once; uncharged once the worker has unpinned the pages. */
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.parked);
@@ -341,6 +363,9 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
 	expect_evictions(_metadata, &s, 0, 0);
+	for (i = 0; i < 500 && (vm_pin_kb() != vmpin || mr_global_pinned() != g0.pages_pinned);
+	     i++)
+		usleep(10000);
 	EXPECT_EQ(vmpin, vm_pin_kb());
 	EXPECT_EQ(g0.pages_pinned, mr_global_pinned());
 	expect_gone(_metadata, self->fd, key);
@@ -707,14 +732,19 @@ TEST_F(lc, max_parked_evicts_least_recently_parked)
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PARK_LIMIT, 1);
 	EXPECT_EQ(self->vmpin + 3 * PAGE_KB, vm_pin_kb());
 
-	/* Revive r1 and park it again: r2 is now the least recently parked. */
+	/*
+	 * Revive r1 (new keys, the same sequence; the old key is unknown) and
+	 * park it again: r2 is now the least recently parked.
+	 */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RW, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
-	EXPECT_EQ(r[1].lkey, again.lkey);
-	ASSERT_EQ(0, mr_deregister(self->fd, r[1].lkey));
+	EXPECT_EQ(r[1].lkey >> 24, again.lkey >> 24);
+	EXPECT_NE(r[1].lkey, again.lkey);
+	expect_gone(_metadata, self->fd, r[1].lkey);
+	ASSERT_EQ(0, mr_deregister(self->fd, again.lkey));
 	ASSERT_EQ(0, mr_deregister(self->fd, r[3].lkey));
 	expect_gone(_metadata, self->fd, r[2].lkey);
-	expect_parked(_metadata, self->fd, r[1].lkey, 1);
+	expect_parked(_metadata, self->fd, again.lkey, 1);
 	expect_parked(_metadata, self->fd, r[3].lkey, 1);
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
@@ -809,8 +839,9 @@ TEST_F(lc, lowering_limits_evicts_least_recently_parked)
 
 /*
  * In a child with RLIMIT_MEMLOCK of LIMIT pages, as uid nobody (so without
- * CAP_IPC_LOCK): the limit is the user's, but only the registering context's
- * own parked registrations are ended to make room.
+ * CAP_IPC_LOCK): the limit is the user's, and so is the room: the user's
+ * parked registrations in any context are ended to make it, least recently
+ * parked first.
  */
 static int rlimit_child(void)
 {
@@ -828,19 +859,27 @@ static int rlimit_child(void)
 	CHILD_CHECK(!setgid(NOBODY) && !setuid(NOBODY));
 	vmpin = vm_pin_kb();
 
-	/* Another context's parked pages count, and are not ended for us. */
+	/* Another context's parked pages count, and are ended for us: the same user's. */
 	CHILD_CHECK(!mr_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
 	x = r.lkey;
 	CHILD_CHECK(!mr_deregister(fd2, x));
-	CHILD_CHECK(mr_register(fd, buf, 8 * PAGE, RW, &r) == -ENOMEM);
-	CHILD_CHECK(!mr_query(fd2, x, &q) && q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED));
-	CHILD_CHECK(!mr_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 0);
-	CHILD_CHECK(!mr_stats(fd, &s) && s.registrations == 0 && s.pages_pinned == 0);
-	/* Our own parked registrations are, least recently parked first. */
-	CHILD_CHECK(!mr_register(fd2, buf + 50 * PAGE, 8 * PAGE, RW, &r));
+	CHILD_CHECK(!mr_register(fd, buf, 8 * PAGE, RW, &r));
 	CHILD_CHECK(r.flags == 0);
 	CHILD_CHECK(mr_query(fd2, x, &q) == -ENOENT);
 	CHILD_CHECK(!mr_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 1 &&
+		    s.parked == 0 && s.pages_pinned == 0);
+	CHILD_CHECK(vm_pin_kb() == vmpin + 8 * (long)PAGE_KB);
+	/* Ended, not parked, so that the rest starts from nothing. */
+	CHILD_CHECK(!mr_set_parking(fd, 0) && !mr_deregister(fd, r.lkey) && !mr_set_parking(fd, 1));
+	CHILD_CHECK(vm_pin_kb() == vmpin);
+	/* Within one context too, least recently parked first. */
+	CHILD_CHECK(!mr_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
+	x = r.lkey;
+	CHILD_CHECK(!mr_deregister(fd2, x));
+	CHILD_CHECK(!mr_register(fd2, buf + 50 * PAGE, 8 * PAGE, RW, &r));
+	CHILD_CHECK(r.flags == 0);
+	CHILD_CHECK(mr_query(fd2, x, &q) == -ENOENT);
+	CHILD_CHECK(!mr_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 2 &&
 		    s.parked == 0 && s.pages_pinned == 8);
 	CHILD_CHECK(vm_pin_kb() == vmpin + 8 * (long)PAGE_KB);
 	CHILD_CHECK(!close(fd2));
@@ -916,13 +955,20 @@ TEST_F(budget, budget_evicts_parked)
 	ASSERT_EQ(0, mr_global(self->fd, &g));
 	ASSERT_EQ(LIMIT, g.budget_pages);
 
-	/* Another context's parked pages count, and are not ended for us. */
+	/* Another context's parked pages count, and are ended for us: the budget is everyone's. */
 	x = park(_metadata, self->fd2, self->buf + 40 * PAGE, 10);
-	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf, 8 * PAGE, RW, &r));
-	expect_parked(_metadata, self->fd2, x, 10);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &r));
+	EXPECT_EQ(0, r.flags);
+	expect_gone(_metadata, self->fd2, x);
+	ASSERT_EQ(0, mr_stats(self->fd2, &s));
 	EXPECT_EQ(0, s.registrations);
-	ASSERT_EQ(0, mr_flush(self->fd2, NULL));
+	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 1);
+	/* Ended, not parked, so that the rest starts from nothing. */
+	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
+	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, mr_set_parking(self->fd, 1));
+	ASSERT_EQ(0, mr_global(self->fd, &g));
+	EXPECT_EQ(0, g.pages_pinned);
 
 	/* A (8 pages) then B (6) parked; C (8) needs A's room, not B's. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &a));
@@ -1008,11 +1054,17 @@ TEST_F(cap, max_registrations_evicts_parked)
 	ASSERT_EQ(0, mr_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 2);
-	/* A revival needs no new slot. */
+	/* A revival needs no new slot; it hands out new keys (the same sequence). */
 	ASSERT_EQ(0, mr_deregister(self->fd, r[2].lkey));
 	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RO, &extra));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, extra.flags);
-	EXPECT_EQ(r[2].lkey, extra.lkey);
+	EXPECT_EQ(r[2].lkey >> 24, extra.lkey >> 24);
+	EXPECT_NE(r[2].lkey, extra.lkey);
+	expect_gone(_metadata, self->fd, r[2].lkey);
+	expect_live(_metadata, self->fd, extra.lkey, 1);
+	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(4, s.registrations);
+	EXPECT_EQ(1, s.revives);
 }
 
 /* Module parameters give a new file its settings. */

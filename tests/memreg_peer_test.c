@@ -1067,10 +1067,11 @@ TEST(remote_keys_look_random)
 }
 
 /*
- * Wrong, guessed and stale remote keys: -ENOENT, nothing moves. A parked
- * registration's key fails until a REGISTER revives it (same key); once
- * FLUSH ended it the key stays dead. A handle never attached, or detached:
- * -ENOTCONN.
+ * Wrong, guessed and stale remote keys: -ENOENT, nothing moves. Parking ends
+ * a registration's remote key for good: a REGISTER that revives it hands out
+ * a new one (and a new local key of the same sequence) while the old one
+ * stays dead; once FLUSH ended it the new key is dead too. A handle never
+ * attached, or detached: -ENOTCONN.
  */
 TEST(wrong_guessed_and_stale_keys)
 {
@@ -1141,13 +1142,23 @@ TEST(wrong_guessed_and_stale_keys)
 	s = mr_sqe_read(6, t.peer, b.r.lkey, 0, old, 0, 8);
 	EXPECT_EQ(-ENOENT, run_status(&b.q, &s));
 	EXPECT_EQ(1, tgt_check(&t, 1, 0, 4 * PAGE, 'u'));
-	/* Revived: the same key works again. */
+	/* Revived: new keys; the old remote key stays dead, the new one works. */
 	ASSERT_EQ(0, tgt_cmd(&t, T_REG, 1, 0, 0, ALL, &rep));
-	EXPECT_EQ(old, rep.v[0]);
 	EXPECT_TRUE(rep.v[2] & MEMREG_REGISTER_REVIVED);
+	EXPECT_NE(old, rep.v[0]);
+	EXPECT_EQ(t.info.lkey[1] >> 24, rep.v[1] >> 24);
+	EXPECT_NE(t.info.lkey[1], rep.v[1]);
+	s = mr_sqe_write(7, t.peer, old, 0, b.r.lkey, 0, 8);
+	EXPECT_EQ(-ENOENT, run_status(&b.q, &s));
+	s = mr_sqe_read(7, t.peer, b.r.lkey, 0, old, 0, 8);
+	EXPECT_EQ(-ENOENT, run_status(&b.q, &s));
+	EXPECT_EQ(1, tgt_check(&t, 1, 0, 4 * PAGE, 'u'));
+	EXPECT_TRUE(all_bytes(b.buf, 16 * PAGE, 'b'));
+	old = rep.v[0];
 	s = mr_sqe_write(7, t.peer, old, 0, b.r.lkey, 0, 8);
 	run_expect(_metadata, &b.q, &s, 0, 8);
 	EXPECT_EQ(1, tgt_check(&t, 1, 0, 8, 'b'));
+	EXPECT_EQ(1, tgt_check(&t, 1, 8, 4 * PAGE - 8, 'u'));
 	/* Parked again, then ended by FLUSH: dead for good. */
 	ASSERT_EQ(0, tgt_cmd(&t, T_DEREG, 1, 0, 0, 0, NULL));
 	ASSERT_EQ(0, tgt_cmd(&t, T_FLUSH, 0, 0, 0, 0, &rep));

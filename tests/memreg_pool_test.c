@@ -21,10 +21,22 @@
  *   after leak_timeout_ms: its address faults, its key is dead, it is
  *   quarantined until its holder frees it (ESTALE), then usable again;
  * - pool keys in COPY and in ring COPY, with the pool's access;
- * - RLIMIT_MEMLOCK stops growth; madvise(MADV_DONTNEED) ends chunks;
+ * - RLIMIT_MEMLOCK stops growth;
  * - fdinfo shows the counters;
- * - teardown: POOL_DESTROY, munmap, close, fork (not inherited), exit and
- *   SIGKILL leave nothing (module-wide counters and VmPin).
+ * - teardown: POOL_DESTROY, munmap (of the whole mapping), close, fork (not
+ *   inherited), exit and SIGKILL leave nothing (module-wide counters and
+ *   VmPin);
+ * - a pool's mapping is its own: a partial munmap or mprotect, an mremap
+ *   that shrinks it (EINVAL) and an mprotect to other access (EACCES) are
+ *   refused and the pool goes on; an mremap that moves it is refused but
+ *   kills the pool; a mapping put over it with MAP_FIXED (anonymous,
+ *   hugetlb, another file's pool) kills the pool, whose teardown leaves
+ *   that mapping alone; REGISTER refuses the pool's, the rings' and the
+ *   state words' mappings (EFAULT);
+ * - charges follow the pages: madvise(MADV_DONTNEED) of one page kills the
+ *   pool and every charge goes; POOL_DESTROY racing a growth leaves no page
+ *   mapped nor charged; the pages are charged to the creator's memory
+ *   cgroup.
  *
  * Growth happens in the pool's work, after the call that asks for it:
  * tests wait for boundaries with pl_wait() and allocate with a timeout.
@@ -37,8 +49,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
@@ -227,6 +241,40 @@ static int pl_wait_field(struct pl *p, __u32 c, size_t off, __u64 want, int ms)
 #define pl_wait(p, c, field, want) \
 	pl_wait_field((p), (c), offsetof(struct memreg_pool_stats, field), (want), WAIT_MS)
 
+/* Maps the pool at `addr` (MAP_FIXED, over whatever is there); 0 or -errno. */
+static int pl_map_at(struct pl *p, void *addr)
+{
+	void *m = mmap(addr, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, p->fd,
+		       MEMREG_MMAP_POOL(p->pool));
+
+	if (m == MAP_FAILED)
+		return -errno;
+	p->map = m;
+	return 0;
+}
+
+/*
+ * Waits (at most 5 s) while ALLOC of one buffer (timeout 0) says ENXIO: the
+ * pool dies. With `busy`, EAGAIN too: its work has not killed it yet (the
+ * caller left no free buffer it may hand out). Returns ALLOC's last answer:
+ * EINVAL once the pool is destroyed, a count if a buffer was handed out.
+ */
+static int wait_pool_gone(struct pl *p, bool busy)
+{
+	struct memreg_pool_buf b;
+	int i, r = 0;
+
+	for (i = 0; i < 500; i++) {
+		r = pl_alloc(p, 1, 1, 0, 0, &b);
+		if (r != -ENXIO && !(busy && r == -EAGAIN))
+			break;
+		usleep(10000);
+	}
+	if (r != -EINVAL)
+		fprintf(stderr, "pool %u: ALLOC gives %d, want %d\n", p->pool, r, -EINVAL);
+	return r;
+}
+
 /* The address of buffer `i` of class `c`. */
 static char *baddr(const struct pl *p, __u32 c, size_t i)
 {
@@ -347,6 +395,24 @@ static bool faults_soon(void *p, int ms)
 	return false;
 }
 
+/*
+ * How many of buffers `from` .. `to` - 1 of class `c` do not fault: each is
+ * given up to 1 s until one does not, the rest are looked at once.
+ */
+static int not_faulting(struct pl *p, __u32 c, size_t from, size_t to)
+{
+	size_t i;
+	int n = 0;
+
+	for (i = from; i < to; i++)
+		if (!faults_soon(baddr(p, c, i), n ? 0 : 1000))
+			n++;
+	if (n)
+		fprintf(stderr, "pool %u class %u: %d of buffers %zu..%zu do not fault\n",
+			p->pool, c, n, from, to - 1);
+	return n;
+}
+
 /* ---- Baselines ---- */
 
 /*
@@ -373,6 +439,37 @@ static int wait_global(const struct memreg_global_stats *base, __u64 contexts, i
 		(unsigned long long)g.pages_pinned, (unsigned long long)g.contexts_alive,
 		(unsigned long long)(base->contexts + contexts), (unsigned long long)base->regions,
 		(unsigned long long)base->pages_pinned,
+		(unsigned long long)(base->contexts_alive + contexts));
+	return -ETIMEDOUT;
+}
+
+/*
+ * Waits up to `ms` for the module-wide counters to be `base` plus
+ * `contexts` files of ours, `regions` registrations and `pages` pinned
+ * pages.
+ */
+static int wait_global_plus(const struct memreg_global_stats *base, __u64 contexts,
+			    __u64 regions, __u64 pages, int ms)
+{
+	struct memreg_global_stats g;
+	int i;
+
+	for (i = 0; i <= ms / 10; i++) {
+		if (mr_global_now(&g))
+			return -EIO;
+		if (g.contexts == base->contexts + contexts &&
+		    g.regions == base->regions + regions &&
+		    g.pages_pinned == base->pages_pinned + pages &&
+		    g.contexts_alive == base->contexts_alive + contexts)
+			return 0;
+		usleep(10000);
+	}
+	fprintf(stderr, "global: contexts %llu regions %llu pages %llu alive %llu, want %llu %llu "
+		"%llu %llu\n", (unsigned long long)g.contexts, (unsigned long long)g.regions,
+		(unsigned long long)g.pages_pinned, (unsigned long long)g.contexts_alive,
+		(unsigned long long)(base->contexts + contexts),
+		(unsigned long long)(base->regions + regions),
+		(unsigned long long)(base->pages_pinned + pages),
 		(unsigned long long)(base->contexts_alive + contexts));
 	return -ETIMEDOUT;
 }
@@ -2038,39 +2135,6 @@ TEST(rlimit_memlock_stops_growth)
 	EXPECT_EQ(0, wait_global(&base, 0, 5000));
 }
 
-/* madvise(MADV_DONTNEED) over a chunk ends it: its key dies and its buffers are not handed out. */
-TEST(dontneed_ends_the_chunks_it_covers)
-{
-	struct memreg_pool_class c = cl(K4, 32, 0, 0, 32);
-	struct memreg_pool_buf b[32], x;
-	struct memreg_global_stats base;
-	struct pl p;
-	char tmp[8];
-	int n, err, i;
-
-	mr_settle(&base);
-	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
-	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
-	n = alloc_n(&p, K4, 17, 64, 0, 0, b, &err);
-	ASSERT_EQ(17, n) TH_LOG("%d", err);
-	ASSERT_EQ(16, bidx(&p, 0, b[16].addr));
-	ASSERT_EQ(0, pl_free1(&p, b[16].addr));
-	ASSERT_EQ(0, madvise(baddr(&p, 0, 16), CHUNK_BYTES, MADV_DONTNEED));
-	EXPECT_EQ(0, mr_wait_state(p.fd, b[16].key, 0));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[16].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
-	/* Chunk 0 still serves. */
-	EXPECT_EQ(0, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(0, free_bufs(&p, b, 16));
-	for (i = 0; i < 40; i++) {
-		if (pl_alloc(&p, K4, 1, 0, 0, &x) != 1)
-			break;
-		EXPECT_LT(bidx(&p, 0, x.addr), 16) TH_LOG("handed out from the ended chunk");
-	}
-	EXPECT_EQ(16, i);
-	pl_close(&p);
-	EXPECT_EQ(0, wait_global(&base, 0, 5000));
-}
-
 /* ---- Statistics ---- */
 
 TEST(fdinfo_shows_the_counters)
@@ -2169,7 +2233,7 @@ TEST(munmap_destroys_the_pool)
 {
 	struct memreg_pool_class c = cl(K4, 64, 4, 0, 32);
 	struct memreg_global_stats base;
-	struct memreg_pool_buf b[4];
+	struct memreg_pool_buf b[4], x;
 	struct memreg_pool_stats st;
 	struct pl p, q;
 	long pin0 = vm_pin_kb();
@@ -2200,27 +2264,44 @@ TEST(munmap_destroys_the_pool)
 	EXPECT_EQ(0, wait_global(&base, 1, 5000));
 	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
 
-	/* Unmapping part of it is enough. */
+	/*
+	 * Unmapping part of it is refused (EINVAL): the mapping cannot be split,
+	 * and the pool goes on whole, its pages, keys and charges untouched.
+	 */
 	ASSERT_EQ(0, pl_create(&q, p.fd, &c, 1, RW, 1000, 0));
 	EXPECT_EQ(1, q.pool);
 	ASSERT_EQ(0, pl_map(&q));
 	ASSERT_EQ(0, pl_wait(&q, 0, boundary, 32));
-	ASSERT_EQ(0, munmap(q.map + 40 * K4, K4));
-	for (i = 0; i < 500; i++) {
-		r = pl_alloc(&q, K4, 1, 0, 0, b);
-		if (r != -ENXIO)
-			break;
-		usleep(10000);
-	}
-	EXPECT_EQ(-EINVAL, r);
+	ASSERT_EQ(4, pl_alloc(&q, K4, 4, 0, 0, b));
+	memset((char *)(unsigned long)b[3].addr, 'u', K4);
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	EXPECT_EQ(-1, munmap(q.map + 40 * K4, K4));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, munmap(q.map, K4));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, munmap(q.map + q.bytes - K4, K4));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, munmap(q.map + K4, q.bytes - K4));
+	EXPECT_EQ(EINVAL, errno);
+	usleep(100000);
+	ASSERT_EQ(1, pl_alloc(&q, K4, 1, 0, 0, &x));
+	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'u'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr, K4, 'u'));
+	EXPECT_EQ(0, probe((void *)(unsigned long)x.addr, 1));
+	EXPECT_EQ(0, probe(q.map + 32 * K4 - 1, 1));
+	EXPECT_TRUE(faults(q.map + 32 * K4));
+	EXPECT_TRUE(faults(q.map + 40 * K4));
+	EXPECT_EQ(32, STAT(&q, 0, boundary));
+	EXPECT_EQ(5, STAT(&q, 0, allocated));
+	EXPECT_EQ(pin0 + 32 * (long)PAGE_KB, vm_pin_kb());
+	/* The whole of it still goes, and the pool with it. */
+	ASSERT_EQ(0, munmap(q.map, q.bytes));
+	q.map = NULL;
+	EXPECT_EQ(-EINVAL, wait_pool_gone(&q, false));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_EQ(0, wait_global(&base, 1, 5000));
 	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
-	/* What is left of the mapping holds none of the pool's pages. */
-	EXPECT_TRUE(faults_soon(q.map, 1000))
-		TH_LOG("the pool's pages are still mapped after it died");
-	munmap(q.map, 40 * K4);
-	munmap(q.map + 41 * K4, q.bytes - 41 * K4);
-	q.map = NULL;
 	pl_close(&p);
 	EXPECT_EQ(0, wait_global(&base, 0, 5000));
 }
@@ -2366,6 +2447,590 @@ TEST(exit_and_kill_leave_nothing)
 	ASSERT_EQ(0, kill(pid, SIGKILL));
 	EXPECT_EQ(SIGKILL, wait_signal(pid));
 	close(ready[0]);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+/* ---- A pool's mapping is its own ---- */
+
+/*
+ * mprotect: of part of the mapping, refused (EINVAL: it cannot be split);
+ * of the whole of it to other access, refused (EACCES); to its own access,
+ * nothing to do. The pool goes on as before, writable.
+ */
+TEST(mprotect_cannot_change_the_mapping)
+{
+	struct memreg_pool_class c = cl(K4, 64, 0, 0, 32);
+	struct memreg_pool_buf b[4], x;
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	memset((char *)(unsigned long)b[2].addr, 'm', K4);
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	/* Part of it: the first page, one in the middle, the last one, all but the first. */
+	EXPECT_EQ(-1, mprotect(p.map, PAGE, PROT_READ));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, mprotect(p.map + 20 * K4, PAGE, PROT_NONE));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, mprotect(p.map + p.bytes - PAGE, PAGE, PROT_READ));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-1, mprotect(p.map + PAGE, p.bytes - PAGE, PROT_READ));
+	EXPECT_EQ(EINVAL, errno);
+	/* All of it, to other access. */
+	EXPECT_EQ(-1, mprotect(p.map, p.bytes, PROT_READ));
+	EXPECT_EQ(EACCES, errno);
+	EXPECT_EQ(-1, mprotect(p.map, p.bytes, PROT_NONE));
+	EXPECT_EQ(EACCES, errno);
+	EXPECT_EQ(-1, mprotect(p.map, p.bytes, PROT_READ | PROT_WRITE | PROT_EXEC));
+	EXPECT_EQ(EACCES, errno);
+	/* All of it, to the access it has: nothing changes, and that is fine. */
+	EXPECT_EQ(0, mprotect(p.map, p.bytes, PROT_READ | PROT_WRITE));
+	/* Still one writable mapping with its pages, keys and charges. */
+	EXPECT_EQ(0, probe(p.map, 1));
+	EXPECT_EQ(0, probe(baddr(&p, 0, 20), 1));
+	EXPECT_EQ(0, probe(baddr(&p, 0, 32) - 1, 1));
+	EXPECT_TRUE(faults(baddr(&p, 0, 32)));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr, K4, 'm'));
+	memset((char *)(unsigned long)b[3].addr, 'w', K4);
+	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'w'));
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, ALLOC_MS, &x));
+	EXPECT_EQ(PTR(baddr(&p, 0, 4)), x.addr);
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_EQ(5, STAT(&p, 0, allocated));
+	EXPECT_EQ(pin0 + 32 * (long)PAGE_KB, vm_pin_kb());
+	pl_close(&p);
+	EXPECT_EQ(0, wait_vmpin(pin0, 3000));
+}
+
+/*
+ * mremap: shrinking the mapping is refused (EINVAL) and the pool goes on.
+ * Moving it is refused too (EINVAL), but the kernel moved the pages there
+ * and back, which the pool cannot follow: it dies, its pages leave the
+ * mapping (which stays in its place) and its charges go.
+ */
+TEST(mremap_is_refused_and_a_move_kills_the_pool)
+{
+	struct memreg_pool_class c = cl(K4, 64, 0, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[4], x;
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char tmp[8], *to;
+
+	mr_settle(&base);
+	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	memset((char *)(unsigned long)b[1].addr, 'r', K4);
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+	/* Shrinking: by a chunk in place, to one page free to move. */
+	EXPECT_EQ(MAP_FAILED, mremap(p.map, p.bytes, p.bytes - CHUNK_BYTES, 0));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(MAP_FAILED, mremap(p.map, p.bytes, PAGE, MREMAP_MAYMOVE));
+	EXPECT_EQ(EINVAL, errno);
+	usleep(100000);
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, ALLOC_MS, &x));
+	EXPECT_EQ(0, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'r'));
+	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr, K4, 'r'));
+	EXPECT_EQ(0, probe(baddr(&p, 0, 32) - 1, 1));
+	EXPECT_EQ(32, STAT(&p, 0, boundary));
+	EXPECT_EQ(pin0 + 32 * (long)PAGE_KB, vm_pin_kb());
+
+	/* Moving it whole, to a place reserved for it. */
+	to = mmap(NULL, p.bytes, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, to);
+	EXPECT_EQ(MAP_FAILED, mremap(p.map, p.bytes, p.bytes, MREMAP_MAYMOVE | MREMAP_FIXED, to));
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(-EINVAL, wait_pool_gone(&p, false));
+	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	/* The mapping is in its old place, without a page; none is at the new one. */
+	EXPECT_NE(-1, smaps_kb(p.map, "Rss")) TH_LOG("the mapping left its place");
+	EXPECT_EQ(0, not_faulting(&p, 0, 0, 64));
+	EXPECT_TRUE(faults(to));
+	EXPECT_TRUE(faults(to + 31 * K4));
+	EXPECT_EQ(0, wait_global(&base, 1, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+	/* It goes whole, in one munmap. */
+	EXPECT_EQ(0, munmap(p.map, p.bytes));
+	p.map = NULL;
+	munmap(to, p.bytes);
+	pl_close(&p);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+#define HUGE_2M		(2UL << 20)
+
+/*
+ * The hugetlb attack: an anonymous MAP_HUGETLB mapping at the pool's offset
+ * put with MAP_FIXED over the pool. Before, the pool took it for a piece of
+ * its own mapping (same offset, inside its range) and its teardown zapped a
+ * 64 KiB chunk of it: a kernel BUG in __unmap_hugepage_range. Now over part
+ * of the pool the mmap fails (the pool's mapping cannot be split) and the
+ * pool keeps working; over all of it the pool dies and never touches the
+ * hugetlb mapping. A BUG fails make check by itself.
+ */
+TEST(hugetlb_mapping_over_the_pool)
+{
+	struct memreg_pool_class c = cl(K4, 1024, 0, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[4];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char *resv, *at, *h, tmp[8];
+	int fd, err;
+
+	/* Is there hugetlb at all? */
+	h = mmap(NULL, HUGE_2M, PROT_READ | PROT_WRITE,
+		 MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, -1, 0);
+	if (h == MAP_FAILED) {
+		err = errno;
+		SKIP(return, "no 2 MiB hugetlb mapping: %s", strerror(err));
+	}
+	munmap(h, HUGE_2M);
+
+	mr_settle(&base);
+	resv = mmap(NULL, 3 * HUGE_2M, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+		    -1, 0);
+	ASSERT_NE(MAP_FAILED, resv);
+	at = (char *)(((unsigned long)resv + HUGE_2M - 1) & ~(HUGE_2M - 1));
+	fd = memreg_open();
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mr_set_parking(fd, 0));
+	ASSERT_EQ(0, pl_create(&p, fd, &c, 1, RW, 1000, 0));
+	ASSERT_EQ(2 * HUGE_2M, p.bytes);
+	ASSERT_EQ(0, pl_map_at(&p, at));
+	ASSERT_EQ(at, p.map);
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
+	EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+
+	/* Over the first half: refused, and the pool is untouched. */
+	h = mmap(at, HUGE_2M, PROT_READ | PROT_WRITE,
+		 MAP_FIXED | MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, -1,
+		 MEMREG_MMAP_POOL(p.pool));
+	EXPECT_EQ(MAP_FAILED, h);
+	EXPECT_EQ(EINVAL, errno);
+	EXPECT_EQ(0, mr_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_FALSE(faults(baddr(&p, 0, 0)));
+	EXPECT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, b + 3));
+
+	/* Over all of it: the pool dies, the hugetlb mapping stays whole. */
+	h = mmap(at, 2 * HUGE_2M, PROT_READ | PROT_WRITE,
+		 MAP_FIXED | MAP_SHARED | MAP_ANONYMOUS | MAP_HUGETLB | MAP_NORESERVE, -1,
+		 MEMREG_MMAP_POOL(p.pool));
+	ASSERT_EQ(at, h) TH_LOG("hugetlb mmap: %s", strerror(errno));
+	p.map = NULL;
+	EXPECT_EQ(-EINVAL, wait_pool_gone(&p, false));
+	EXPECT_EQ(0, wait_global(&base, 1, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+	EXPECT_NE(-1, smaps_kb(h, "Rss"));
+	EXPECT_NE(-1, smaps_kb(h + 2 * HUGE_2M - PAGE, "Rss"));
+	EXPECT_EQ(0, munmap(h, 2 * HUGE_2M));
+	munmap(resv, 3 * HUGE_2M);
+	close(fd);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+/*
+ * An anonymous private mapping put with MAP_FIXED over the whole pool
+ * mapping: the pool dies, and its teardown never touches the new mapping.
+ * The pool is mapped at the address equal to its offset, so the anonymous
+ * mapping gets the very page offset the pool's mapping had (an anonymous
+ * mapping's offset is its address): before, the teardown took it for its
+ * own and discarded its pages. Its pattern, written right away, must all be
+ * there once the pool is reaped. Three rounds, to give the race a chance.
+ */
+TEST_F_TIMEOUT(slow, anonymous_mapping_over_the_pool_is_left_alone, 120)
+{
+	/* 64 chunks: the teardown takes long enough to come after the pattern. */
+	struct memreg_pool_class c = cl(K4, 1024, 4, 0, 1024);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[8];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char tmp[8], *m, *at;
+	int round, n, err, fd;
+
+	mr_settle(&base);
+	for (round = 0; round < 3; round++) {
+		fd = memreg_open();
+		ASSERT_GE(fd, 0);
+		ASSERT_EQ(0, mr_set_parking(fd, 0));
+		ASSERT_EQ(0, pl_create(&p, fd, &c, 1, RW, 1000, 0));
+		at = (char *)(unsigned long)MEMREG_MMAP_POOL(p.pool);
+		m = mmap(at, p.bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED_NOREPLACE, fd,
+			 MEMREG_MMAP_POOL(p.pool));
+		ASSERT_EQ(at, m) TH_LOG("mmap at the offset: %s", strerror(errno));
+		p.map = m;
+		ASSERT_EQ(0, pl_wait(&p, 0, boundary, 1024));
+		n = alloc_n(&p, K4, 8, 64, 0, 0, b, &err);
+		ASSERT_EQ(8, n) TH_LOG("%d", err);
+		EXPECT_EQ(0, wait_vmpin(pin0 + 1024 * PAGE_KB, 1000));
+		m = map_fixed(p.map, p.bytes, 'a' + round);
+		ASSERT_EQ(p.map, m);
+		p.map = NULL;
+		EXPECT_EQ(-EINVAL, wait_pool_gone(&p, false)) TH_LOG("round %d", round);
+		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, b[0].offset, tmp, 8,
+					   MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(0, wait_global(&base, 1, 5000));
+		EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+		EXPECT_TRUE(all_bytes(m, p.bytes, 'a' + round))
+			TH_LOG("round %d: the pool's teardown touched the new mapping", round);
+		munmap(m, p.bytes);
+		pl_close(&p);
+	}
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+}
+
+/* How many pages of the `len` bytes at `p` fault (read). */
+static int pages_faulting(char *p, size_t len)
+{
+	size_t off;
+	int n = 0;
+
+	for (off = 0; off < len; off += PAGE)
+		n += probe(p + off, 0) != 0;
+	return n;
+}
+
+/*
+ * Another file's pool (also pool 0, the same classes, so the same offset
+ * and length) mapped with MAP_FIXED where file A's pool is: A's pool dies,
+ * B's grows in its own mapping, and A's teardown leaves B's pages and
+ * bytes alone. Then only B's pool is counted.
+ */
+TEST_F_TIMEOUT(slow, another_files_pool_in_the_pools_place, 90)
+{
+	struct memreg_pool_class c = cl(K4, 64, 0, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf a[4], x;
+	struct pl pa, pb;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+	int round, fd, lost;
+
+	mr_settle(&base);
+	for (round = 0; round < 3; round++) {
+		ASSERT_EQ(0, pl_open(&pa, &c, 1, RW, 1000, 0));
+		ASSERT_EQ(0, pl_wait(&pa, 0, boundary, 32));
+		ASSERT_EQ(4, pl_alloc(&pa, K4, 4, 0, 0, a));
+		memset((char *)(unsigned long)a[0].addr, 'A', K4);
+		fd = memreg_open();
+		ASSERT_GE(fd, 0);
+		ASSERT_EQ(0, mr_set_parking(fd, 0));
+		ASSERT_EQ(0, pl_create(&pb, fd, &c, 1, RW, 1000, 0));
+		ASSERT_EQ(pa.pool, pb.pool);
+		ASSERT_EQ(pa.bytes, pb.bytes);
+		/* B's pool in A's place, at the same offset of its own file. */
+		ASSERT_EQ(0, pl_map_at(&pb, pa.map));
+		pa.map = NULL;
+		ASSERT_EQ(0, pl_wait(&pb, 0, boundary, 32));
+		memset(pb.map, 'B', 32 * K4);
+		EXPECT_EQ(-EINVAL, wait_pool_gone(&pa, false)) TH_LOG("round %d", round);
+		EXPECT_EQ(-ENOENT, mr_copy(pa.fd, a[0].key, a[0].offset, tmp, 8,
+					   MEMREG_COPY_FROM_REGION));
+		/* B's pages are where B put them, with B's bytes. */
+		lost = pages_faulting(pb.map, 32 * K4);
+		EXPECT_EQ(0, lost) TH_LOG("round %d: A's teardown took B's pages", round);
+		if (!lost)
+			EXPECT_TRUE(all_bytes(pb.map, 32 * K4, 'B')) TH_LOG("round %d", round);
+		ASSERT_EQ(1, pl_alloc(&pb, K4, 1, 0, ALLOC_MS, &x));
+		if (!lost)
+			EXPECT_TRUE(all_bytes((char *)(unsigned long)x.addr, K4, 'B'));
+		EXPECT_EQ(0, mr_copy(pb.fd, x.key, x.offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+		EXPECT_TRUE(all_bytes(tmp, 8, 'B'));
+		EXPECT_EQ(32, STAT(&pb, 0, boundary));
+		/* Only B's pool is left: two chunks of 16 pages, in two files. */
+		EXPECT_EQ(0, wait_global_plus(&base, 2, 2, 32, 5000));
+		EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+		pl_close(&pb);
+		pl_close(&pa);
+		EXPECT_EQ(0, wait_global(&base, 0, 5000));
+		EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+	}
+}
+
+/*
+ * REGISTER refuses memreg's own mappings (EFAULT), which it would pin
+ * behind the driver's back: a live, allocated pool buffer (alone, the
+ * whole pool, or with an ordinary page before it), the state words, a
+ * queue's rings. Nothing is created; an ordinary page still registers, and
+ * the pool goes on.
+ */
+TEST(register_refuses_memregs_own_mappings)
+{
+	struct memreg_pool_class c = cl(K4, 64, 0, 0, 32);
+	struct memreg_global_stats g0, g;
+	struct memreg_pool_buf b[2];
+	struct memreg_register r;
+	struct mrq q;
+	struct pl p;
+	char *resv, *words, *bp, tmp[8];
+	int fd;
+
+	fd = memreg_open();
+	ASSERT_GE(fd, 0);
+	ASSERT_EQ(0, mr_set_parking(fd, 0));
+	ASSERT_EQ(0, pl_create(&p, fd, &c, 1, RW, 1000, 0));
+	/* An ordinary page, and the pool right after it. */
+	resv = mmap(NULL, PAGE + p.bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		    -1, 0);
+	ASSERT_NE(MAP_FAILED, resv);
+	memset(resv, 'o', PAGE);
+	ASSERT_EQ(0, pl_map_at(&p, resv + PAGE));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+	ASSERT_EQ(2, pl_alloc(&p, K4, 2, 0, 0, b));
+	ASSERT_EQ(PTR(p.map), b[0].addr);
+	bp = (char *)(unsigned long)b[0].addr;
+	memset(bp, 'p', K4);
+	words = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
+	ASSERT_NE(MAP_FAILED, words);
+	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &q));
+	ASSERT_EQ(0, mr_global(fd, &g0));
+
+	EXPECT_EQ(-EFAULT, mr_register(fd, bp, K4, RW, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, bp, K4, RO, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, bp + 100, 200, RO, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, p.map, 32 * K4, RW, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, p.map, p.bytes, RW, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, resv, 2 * PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, words, PAGE, RO, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, (void *)q.ring, q.cq_bytes, RO, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, q.user, q.sq_bytes, RW, &r));
+	EXPECT_EQ(-EFAULT, mr_register(fd, q.user, q.sq_bytes, RO, &r));
+	ASSERT_EQ(0, mr_global(fd, &g));
+	EXPECT_EQ(g0.regions, g.regions);
+	EXPECT_EQ(g0.pages_pinned, g.pages_pinned);
+
+	/* The ordinary page alone registers. */
+	ASSERT_EQ(0, mr_register(fd, resv, PAGE, RW, &r));
+	ASSERT_EQ(0, mr_global(fd, &g));
+	EXPECT_EQ(g0.regions + 1, g.regions);
+	EXPECT_EQ(0, mr_copy(fd, r.lkey, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'o'));
+	EXPECT_EQ(0, mr_deregister(fd, r.lkey));
+	/* The pool goes on: its buffer, its key, its bytes. */
+	EXPECT_TRUE(all_bytes(bp, K4, 'p'));
+	EXPECT_EQ(0, mr_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(tmp, 8, 'p'));
+	EXPECT_EQ(0, pl_free1(&p, b[0].addr));
+	EXPECT_EQ(1, STAT(&p, 0, allocated));
+	mrq_unmap(&q);
+	munmap(words, PAGE);
+	munmap(resv, PAGE + p.bytes);
+	close(fd);
+}
+
+/* ---- Charges follow the pages ---- */
+
+/*
+ * madvise(MADV_DONTNEED) of one page of a chunk takes a page out of the
+ * pool's mapping, which the pool cannot follow: the whole pool dies, its
+ * keys die, nothing more is handed out, every page leaves the mapping and
+ * every charge goes. Ten rounds, VmPin back where it was after each (it
+ * was not: each round left the rest of the chunk mapped and uncharged).
+ */
+TEST_F_TIMEOUT(slow, dontneed_of_one_page_kills_the_pool, 120)
+{
+	struct memreg_pool_class c = cl(K4, 32, 0, 0, 32);
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b[17];
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	char tmp[8];
+	int round, n, err;
+
+	mr_settle(&base);
+	for (round = 0; round < 10; round++) {
+		ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+		ASSERT_EQ(0, pl_wait(&p, 0, boundary, 32));
+		/* All of chunk 0 and one buffer of chunk 1: none free outside the chunk hit. */
+		n = alloc_n(&p, K4, 17, 64, 0, 0, b, &err);
+		ASSERT_EQ(17, n) TH_LOG("%d", err);
+		ASSERT_EQ(16, bidx(&p, 0, b[16].addr));
+		memset((char *)(unsigned long)b[0].addr, 'd', K4);
+		EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
+		/* One page of chunk 1: the allocated buffer's, or a free one's. */
+		ASSERT_EQ(0, madvise(baddr(&p, 0, 16 + round % 16), PAGE, MADV_DONTNEED));
+		EXPECT_EQ(0, mr_wait_state(p.fd, b[16].key, 0)) TH_LOG("round %d", round);
+		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[16].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+		/* No buffer is handed out (EAGAIN until the pool dies), then it is gone. */
+		EXPECT_EQ(-EINVAL, wait_pool_gone(&p, true)) TH_LOG("round %d", round);
+		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(0, not_faulting(&p, 0, 0, 32)) TH_LOG("round %d", round);
+		EXPECT_EQ(0, wait_vmpin(pin0, 2000)) TH_LOG("round %d", round);
+		EXPECT_EQ(0, wait_global(&base, 1, 5000)) TH_LOG("round %d", round);
+		pl_close(&p);
+		EXPECT_EQ(0, wait_vmpin(pin0, 1000)) TH_LOG("round %d", round);
+	}
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+}
+
+/*
+ * POOL_DESTROY right after the mapping and a first ALLOC (timeout 0), while
+ * the work maps the first chunks (initial 0, low watermark 40: three of
+ * them): once it returns, no chunk is left in the mapping, however the
+ * race went, and nothing stays charged. Twenty rounds.
+ */
+TEST_F_TIMEOUT(slow, destroy_racing_growth_leaves_nothing, 120)
+{
+	struct memreg_pool_class c = cl(K4, 64, 40, 0, 0);
+	struct memreg_pool_destroy d = { 0 };
+	struct memreg_global_stats base;
+	struct memreg_pool_buf b;
+	struct pl p;
+	long pin0 = vm_pin_kb();
+	int round, r, early = 0;
+	char tmp[8];
+
+	mr_settle(&base);
+	for (round = 0; round < 20; round++) {
+		ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 1000, 0));
+		r = pl_alloc(&p, K4, 1, 0, 0, &b);
+		d.pool = p.pool;
+		ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
+		EXPECT_TRUE(r == 1 || r == -EAGAIN) TH_LOG("round %d: ALLOC gives %d", round, r);
+		early += r == -EAGAIN;
+		if (r == 1)
+			EXPECT_EQ(-ENOENT, mr_copy(p.fd, b.key, b.offset, tmp, 8,
+						   MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(0, not_faulting(&p, 0, 0, 64)) TH_LOG("round %d", round);
+		EXPECT_EQ(-EINVAL, pl_alloc(&p, K4, 1, 0, 0, &b));
+		pl_close(&p);
+		EXPECT_EQ(0, wait_vmpin(pin0, 2000)) TH_LOG("round %d", round);
+	}
+	TH_LOG("%d of 20 ALLOCs came before the first chunk", early);
+	EXPECT_EQ(0, wait_global(&base, 0, 5000));
+	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
+}
+
+#define CG_ROOT		"/sys/fs/cgroup"
+#define CG_TEST		CG_ROOT "/memreg-pool-test"
+
+/* Writes `s` to the file at `path`; 0 or -errno. */
+static int write_str(const char *path, const char *s)
+{
+	int fd = open(path, O_WRONLY | O_CLOEXEC), ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (write(fd, s, strlen(s)) != (ssize_t)strlen(s))
+		ret = -errno;
+	close(fd);
+	return ret;
+}
+
+/* The number in the file at `path`, or -1. */
+static long long read_ll(const char *path)
+{
+	long long v = -1;
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return -1;
+	if (fscanf(f, "%lld", &v) != 1)
+		v = -1;
+	fclose(f);
+	return v;
+}
+
+/*
+ * Mounts cgroup2 at /sys/fs/cgroup unless it is there, enables the memory
+ * controller for the root's children and makes the test's cgroup. Returns
+ * NULL, or a message saying why it cannot be done.
+ */
+static const char *cg_setup(void)
+{
+	char line[512], *tok, *save;
+	bool memory = false;
+	FILE *f;
+
+	if (access(CG_ROOT "/cgroup.controllers", F_OK)) {
+		if (mkdir(CG_ROOT, 0755) && errno != EEXIST)
+			return "no " CG_ROOT;
+		if (mount("none", CG_ROOT, "cgroup2", 0, NULL))
+			return "cgroup2 cannot be mounted";
+	}
+	f = fopen(CG_ROOT "/cgroup.controllers", "r");
+	if (!f)
+		return "no cgroup.controllers";
+	if (fgets(line, sizeof(line), f))
+		for (tok = strtok_r(line, " \n", &save); tok; tok = strtok_r(NULL, " \n", &save))
+			memory |= !strcmp(tok, "memory");
+	fclose(f);
+	if (!memory)
+		return "no memory controller";
+	if (write_str(CG_ROOT "/cgroup.subtree_control", "+memory"))
+		return "the memory controller cannot be enabled";
+	if (mkdir(CG_TEST, 0755) && errno != EEXIST)
+		return "no test cgroup";
+	if (access(CG_TEST "/memory.current", R_OK))
+		return "no memory.current";
+	return NULL;
+}
+
+/*
+ * In the test's cgroup: a pool of 512 pages (2 MiB) grows its cgroup's
+ * memory.current by 1 MiB at least, though its work allocates the pages
+ * (charged to the root cgroup, the growth would be a few pages). The
+ * margin is for the charges memcg takes in advance, per CPU.
+ */
+static int memcg_child(void)
+{
+	struct memreg_pool_class c = cl(K4, 512, 0, 0, 512);
+	long long before, after;
+	const char *why;
+	char pid[32];
+	struct pl p;
+	int ok;
+
+	why = cg_setup();
+	if (why) {
+		fprintf(stderr, "%s\n", why);
+		return KSFT_SKIP;
+	}
+	snprintf(pid, sizeof(pid), "%d\n", getpid());
+	CHILD_CHECK(!write_str(CG_TEST "/cgroup.procs", pid));
+	before = read_ll(CG_TEST "/memory.current");
+	CHILD_CHECK(before >= 0);
+	CHILD_CHECK(!pl_open(&p, &c, 1, RW, 1000, 0));
+	/* 32 chunks: a longer wait than one boundary's. */
+	CHILD_CHECK(!pl_wait_field(&p, 0, offsetof(struct memreg_pool_stats, boundary), 512,
+				   4 * WAIT_MS));
+	after = read_ll(CG_TEST "/memory.current");
+	fprintf(stderr, "memory.current: %lld before the pool, %lld after\n", before, after);
+	ok = after >= before + (1LL << 20);
+	pl_close(&p);
+	CHILD_CHECK(!write_str(CG_ROOT "/cgroup.procs", pid));
+	rmdir(CG_TEST);
+	CHILD_CHECK(ok);
+	return 0;
+}
+
+/* A pool's pages are charged to the memory cgroup of the process that created it. */
+TEST(pool_pages_are_charged_to_the_creators_memcg)
+{
+	struct memreg_global_stats base;
+	pid_t pid;
+	int ret;
+
+	mr_settle(&base);
+	pid = fork();
+	ASSERT_GE(pid, 0);
+	if (!pid)
+		_exit(memcg_child());
+	ret = wait_exit(pid);
+	/* Left behind by a child that failed half way (empty once it exited). */
+	rmdir(CG_TEST);
+	if (ret == KSFT_SKIP)
+		SKIP(return, "no cgroup2 memory controller");
+	EXPECT_EQ(0, ret);
 	EXPECT_EQ(0, wait_global(&base, 0, 5000));
 }
 

@@ -287,15 +287,18 @@ TEST_F(rv, worker_revalidates_without_use)
 }
 
 /*
- * A parked registration and a split next to it: REGISTER either revives it
- * (then it holds the pages mapped there) or pins the memory anew; the old
- * key never moves data the program cannot see.
+ * A parked registration and a split next to it: its key moves no data while
+ * it is parked (and a COPY does not revalidate it); REGISTER either revives
+ * it, with new keys (then it holds the pages mapped there), or pins the
+ * memory anew. Either way the old key is unknown afterwards and never moves
+ * data.
  */
 TEST_F(rv, parked_registration_and_neighbour_split)
 {
 	size_t len;
 	struct memreg_register again;
 	struct memreg_stats s;
+	struct memreg_query q;
 	char *data;
 
 	do_register(_metadata, self, variant->thp, false);
@@ -305,21 +308,28 @@ TEST_F(rv, parked_registration_and_neighbour_split)
 	ASSERT_EQ(0, mr_deregister(self->fd, self->r.lkey));
 	ASSERT_EQ(0, mprotect(self->reg + len, PAGE, PROT_READ));
 	memset(self->reg, 'm', len);
+	memset(data, 'x', len);
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->reg, len, 'm'));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len,
+				   MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(data, len, 'x'));
 	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
 	if (again.flags & MEMREG_REGISTER_REVIVED) {
 		TH_LOG("revived");
 		EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
-		EXPECT_EQ(self->r.lkey, again.lkey);
+		EXPECT_EQ(self->r.lkey >> 24, again.lkey >> 24);
+		EXPECT_NE(self->r.lkey, again.lkey);
+		EXPECT_NE(self->r.rkey, again.rkey);
 		EXPECT_EQ(self->vmpin + (long)(self->npages * PAGE_KB), vm_pin_kb());
 	} else {
 		TH_LOG("ended and pinned anew");
 		EXPECT_EQ(0, again.flags);
-		EXPECT_NE(self->r.lkey, again.lkey);
-		memset(data, 'x', len);
-		EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len,
-					   MEMREG_COPY_TO_REGION));
-		EXPECT_TRUE(all_bytes(self->reg, len, 'm'));
+		EXPECT_NE(self->r.lkey >> 24, again.lkey >> 24);
 	}
+	EXPECT_EQ(-ENOENT, mr_query(self->fd, self->r.lkey, &q));
+	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_TRUE(all_bytes(self->reg, len, 'm'));
 	memset(data, 0, len);
 	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'm'));

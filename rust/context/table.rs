@@ -20,7 +20,7 @@ use crate::{
     defs,
     events::EventRing,
     key,
-    registration::{push_teardown, Registration, RegistrationInfo},
+    registration::{push_teardown, Registration, RegistrationInfo, Target},
     stats::Stats,
 };
 use kernel::{
@@ -264,7 +264,7 @@ impl RegistrationTable {
         let _ = self.by_rkey.insert(
             nodes
                 .by_rkey
-                .into_node(registration.info.keys.rkey, registration.clone()),
+                .into_node(registration.rkey(), registration.clone()),
         );
         self.by_range
             .insert(nodes.by_range, first, last, registration);
@@ -279,16 +279,42 @@ impl RegistrationTable {
         let _ = self
             .by_range
             .remove(first, last, |r| r.info.keys.seq == seq);
-        let rkey = registration.info.keys.rkey;
+        // A parked one has no remote key: it left this tree when it was parked.
+        let _ = self.remove_rkey(seq, registration.rkey());
+        self.stats.registrations = self.stats.registrations.saturating_sub(1);
+        Some(registration)
+    }
+
+    /// Takes registration `seq`'s entry by remote key `rkey` out, if it is
+    /// there, and returns its memory.
+    pub(crate) fn remove_rkey(
+        &mut self,
+        seq: u64,
+        rkey: u64,
+    ) -> Option<RBTreeNodeReservation<u64, Arc<Registration>>> {
         if self
             .by_rkey
             .get(&rkey)
-            .is_some_and(|r| r.info.keys.seq == seq)
+            .is_none_or(|r| r.info.keys.seq != seq)
         {
-            self.by_rkey.remove(&rkey);
+            return None;
         }
-        self.stats.registrations = self.stats.registrations.saturating_sub(1);
-        Some(registration)
+        self.by_rkey
+            .remove_node(&rkey)
+            .map(|n| n.into_reservation())
+    }
+
+    /// Adds a revived registration's entry by its new remote key, in the
+    /// memory `node` its old one left.
+    pub(crate) fn insert_rkey(
+        &mut self,
+        node: RBTreeNodeReservation<u64, Arc<Registration>>,
+        registration: Arc<Registration>,
+    ) {
+        // As in `insert`: a collision of 64 random bits leaves the other without a remote key.
+        let _ = self
+            .by_rkey
+            .insert(node.into_node(registration.rkey(), registration));
     }
 
     /// The sequence number of a parked registration overlapping the bytes
@@ -317,23 +343,33 @@ impl RegistrationTable {
     pub(crate) fn get(&self, lkey: u64) -> Option<&Arc<Registration>> {
         self.by_key
             .get(&key::seq_of(lkey))
-            .filter(|r| r.info.keys.lkey == lkey)
+            .filter(|r| r.lkey() == lkey)
+    }
+
+    /// The registration data may move through by local key `lkey`: live and
+    /// not parked (parking ended its keys for data), at the generation it is
+    /// at now.
+    pub(crate) fn get_target(&self, lkey: u64) -> Option<Target> {
+        self.get(lkey)
+            .filter(|r| r.is_live() && !r.is_parked(self))
+            .map(|r| Target::new(r.clone()))
     }
 
     /// The registration a peer names by remote key `rkey`: live and not
     /// parked (a parked registration has no user, so it grants nothing until
     /// a REGISTER revives it).
-    pub(crate) fn get_remote(&self, rkey: u64) -> Option<&Arc<Registration>> {
+    pub(crate) fn get_remote(&self, rkey: u64) -> Option<Target> {
         self.by_rkey
             .get(&rkey)
-            .filter(|r| r.info.keys.rkey == rkey && r.is_live() && !r.is_parked(self))
+            .filter(|r| rkey != 0 && r.rkey() == rkey && r.is_live() && !r.is_parked(self))
+            .map(|r| Target::new(r.clone()))
     }
 
     /// Writes an event about the registration `info` to the event ring, if
     /// there is one. Never sleeps.
-    pub(crate) fn emit(&mut self, info: &RegistrationInfo, kind: u32, cause: usize) {
+    pub(crate) fn emit(&mut self, registration: &Registration, kind: u32, cause: usize) {
         if let Some(ring) = self.events.as_mut() {
-            ring.push(info, kind, cause as u32);
+            ring.push(&registration.info, registration.lkey(), kind, cause as u32);
         }
     }
 

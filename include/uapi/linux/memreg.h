@@ -64,13 +64,17 @@
  * struct memreg_register - register a user range (MEMREG_IOC_REGISTER)
  * @addr:     in: start of the range, any alignment
  * @length:   in: length in bytes, 1 .. MEMREG_MAX_LENGTH
- * @access:   in: MEMREG_ACCESS_* bits, at least one
+ * @access:   in: MEMREG_ACCESS_* bits, at least one; out: the rights the
+ *            returned keys carry: exactly the remote rights asked, and at
+ *            least the local ones
  * @flags:    in: must be zero; out: MEMREG_REGISTER_CACHED when an existing
- *            registration covering the range with at least @access was
- *            returned
+ *            registration was returned: one covering the range with at least
+ *            the local rights of @access and exactly its remote rights (and,
+ *            when remote rights are asked, exactly the range asked)
  * @lkey:     out: local key, for this context's own requests
  * @rkey:     out: remote key, to be granted to peers: 64 random bits,
- *            unrelated to @lkey
+ *            unrelated to @lkey. A registration that is parked loses its
+ *            remote key for good; reviving it gives it a new one.
  * @region_addr:   out: start of the registration the keys name; COPY offsets
  *                 count from here. Equals @addr on a miss, may be lower on a
  *                 cache hit.

@@ -1,0 +1,264 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Parked registrations, module-wide: one list, oldest first, that every
+//! context's parked registrations are on, the eviction that gives their
+//! charges back to whoever needs them, and the one shrinker of the module.
+//!
+//! Parked registrations are a cache: whatever they hold is given back when
+//! anyone else needs it. A REGISTER or a pool growth that reaches the
+//! module's budget (`max_pinned_pages`) evicts parked registrations
+//! module-wide, least recently parked first, and one that reaches
+//! `RLIMIT_MEMLOCK` evicts the same user's parked registrations, in any of
+//! their contexts; only when none is left does it fail ([`charge`]).
+//! Memory pressure evicts them through the module's shrinker
+//! ([`Reclaim`]), which also asks the pools for their free chunks.
+//!
+//! Each registration reserves the memory of its two entries (by age, and by
+//! user and age) when it is created, so parking never allocates.
+//!
+//! # Lock order
+//!
+//! A context's table lock comes before [`PARKED`] (parking and unparking
+//! take it under the table lock); [`PARKED`] is held only to find or change
+//! entries, never while taking a table lock: an eviction finds its victim,
+//! drops [`PARKED`], then takes the victim's table lock and checks that the
+//! victim is still parked where it was found.
+
+use crate::{
+    accounting::Charges,
+    pool::Pool,
+    registration::Registration,
+    stats::{GLOBAL_POOL_RECLAIMABLE, TOTALS},
+};
+use kernel::{
+    prelude::*,
+    rbtree::{RBTree, RBTreeNodeReservation},
+    shrinker::ShrinkerOps,
+    sync::{atomic::Relaxed, Arc, ArcBorrow},
+};
+
+/// Evictions a charge tries before it gives up (each frees at least one
+/// registration, or finds the one it chose gone and looks again).
+const EVICT_TRIES: usize = 1024;
+
+/// The module-wide list.
+struct Lru {
+    /// The trees, created on first use.
+    trees: Option<Trees>,
+    /// The stamp of the next parking.
+    next_stamp: u64,
+    /// The live pools, for the shrinker.
+    pools: Option<RBTree<usize, Arc<Pool>>>,
+}
+
+/// Parked registrations by the order of their parking, module-wide and per
+/// user (the `user_struct` their pages are charged to).
+struct Trees {
+    by_age: RBTree<u64, Arc<Registration>>,
+    by_user: RBTree<(usize, u64), Arc<Registration>>,
+}
+
+kernel::lazy_global_lock! {
+    static PARKED: SpinLock<Lru> = Lru {
+        trees: None,
+        next_stamp: 0,
+        pools: None,
+    };
+}
+
+/// The memory of a registration's two entries, reserved when it is
+/// created.
+pub(crate) struct Nodes {
+    by_age: RBTreeNodeReservation<u64, Arc<Registration>>,
+    by_user: RBTreeNodeReservation<(usize, u64), Arc<Registration>>,
+}
+
+impl Nodes {
+    /// Reserves the memory of both entries, charged to the caller's memory
+    /// cgroup.
+    pub(crate) fn new() -> Result<Self> {
+        Ok(Self {
+            by_age: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
+            by_user: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
+        })
+    }
+}
+
+/// Where a parked registration is on the list.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Place {
+    stamp: u64,
+    user: usize,
+}
+
+/// Puts `registration`, charged to `user`, at the most recent end of the
+/// list, in the memory of `nodes`. Neither allocates nor sleeps.
+pub(crate) fn insert(nodes: Nodes, registration: Arc<Registration>, user: usize) -> Place {
+    let mut lru = PARKED.lock();
+    let stamp = lru.next_stamp;
+    lru.next_stamp += 1;
+    let trees = lru.trees.get_or_insert_with(|| Trees {
+        by_age: RBTree::new(),
+        by_user: RBTree::new(),
+    });
+    // Stamps only grow, so both keys are new.
+    let _ = trees
+        .by_user
+        .insert(nodes.by_user.into_node((user, stamp), registration.clone()));
+    let _ = trees
+        .by_age
+        .insert(nodes.by_age.into_node(stamp, registration));
+    Place { stamp, user }
+}
+
+/// Takes the registration at `place` off the list; returns the memory of
+/// its entries for its next parking. Neither allocates nor sleeps.
+pub(crate) fn remove(place: Place) -> Option<Nodes> {
+    let mut lru = PARKED.lock();
+    let trees = lru.trees.as_mut()?;
+    let by_age = trees.by_age.remove_node(&place.stamp)?;
+    let by_user = trees.by_user.remove_node(&(place.user, place.stamp))?;
+    Some(Nodes {
+        by_age: by_age.into_reservation(),
+        by_user: by_user.into_reservation(),
+    })
+}
+
+impl Place {
+    /// The stamp of the parking.
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp
+    }
+}
+
+/// The least recently parked registration, of `user`'s only when given,
+/// and the stamp of its parking.
+fn oldest(user: Option<usize>) -> Option<(Arc<Registration>, u64)> {
+    let lru = PARKED.lock();
+    let trees = lru.trees.as_ref()?;
+    match user {
+        None => trees.by_age.cursor_front().map(|c| {
+            let (&stamp, r) = c.current();
+            (r.clone(), stamp)
+        }),
+        Some(user) => {
+            let c = trees.by_user.cursor_lower_bound(&(user, 0))?;
+            let (&(u, stamp), r) = c.current();
+            (u == user).then(|| (r.clone(), stamp))
+        }
+    }
+}
+
+/// Ends the least recently parked registration module-wide (of `user`'s
+/// only when given) and tears it down; returns whether there was one. The
+/// caller holds no table lock. Process context; may sleep.
+fn evict_one(user: Option<usize>) -> bool {
+    for _ in 0..EVICT_TRIES {
+        let Some((victim, stamp)) = oldest(user) else {
+            return false;
+        };
+        // Unparked or ended since it was found: look again.
+        if let Some(ended) = Registration::evict_if_parked_at(&victim, stamp) {
+            ended.teardown();
+            return true;
+        }
+    }
+    false
+}
+
+/// Charges `pages` to `charges`, evicting parked registrations for room:
+/// module-wide, least recently parked first, past the module's budget
+/// (`ENOSPC`); the same user's past `RLIMIT_MEMLOCK` (`ENOMEM`). Fails with
+/// that error only when nothing that could help is parked. The caller holds
+/// no table lock. Process context; may sleep.
+pub(crate) fn charge(charges: &mut Charges, pages: usize) -> Result {
+    let mut tries = 0;
+    loop {
+        let e = match charges.charge(pages) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        let user = (e == ENOMEM).then(|| charges.user());
+        // Bounded: others may park as fast as this evicts.
+        tries += 1;
+        if tries > EVICT_TRIES || !evict_one(user) {
+            return Err(e);
+        }
+    }
+}
+
+/// Makes `pool` known to the shrinker, in the memory of `node`. Neither
+/// allocates nor sleeps.
+pub(crate) fn add_pool(node: RBTreeNodeReservation<usize, Arc<Pool>>, pool: Arc<Pool>) {
+    let mut lru = PARKED.lock();
+    let key = Arc::as_ptr(&pool) as usize;
+    let _ = lru
+        .pools
+        .get_or_insert_with(RBTree::new)
+        .insert(node.into_node(key, pool));
+}
+
+/// Forgets `pool` (its end). Neither allocates nor sleeps.
+pub(crate) fn remove_pool(pool: &Arc<Pool>) -> Option<Arc<Pool>> {
+    let key = Arc::as_ptr(pool) as usize;
+    PARKED.lock().pools.as_mut()?.remove(&key)
+}
+
+/// The module's shrinker: parked registrations' pages and the pools' free
+/// chunks, module-wide.
+pub(crate) struct Reclaim;
+
+impl ShrinkerOps for Reclaim {
+    /// Parked pages, what evicting gives back, and the pools' free chunks.
+    /// Reads atomics only.
+    fn count(_this: ArcBorrow<'_, Self>) -> usize {
+        let pages = TOTALS
+            .parked_pages
+            .load(Relaxed)
+            .saturating_add(GLOBAL_POOL_RECLAIMABLE.load(Relaxed));
+        usize::try_from(pages).unwrap_or(usize::MAX)
+    }
+
+    /// Evicts parked registrations module-wide, least recently parked first,
+    /// until `nr_to_scan` pages are unpinned or nothing is parked, and
+    /// reports those pages (freed once the processes no longer map them).
+    /// Their contexts' deferred work unpins them: the notifier removal that
+    /// needs may wait for an invalidation, which must not happen in reclaim.
+    /// Only try-locks a table; gives up when the oldest's is contended. The
+    /// pools give their free chunks back in their work (it needs
+    /// `mmap_lock`).
+    fn scan(_this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
+        press_pools();
+        let mut freed = 0usize;
+        let mut tries = 0;
+        while freed < nr_to_scan && tries < EVICT_TRIES {
+            tries += 1;
+            let Some((victim, stamp)) = oldest(None) else {
+                break;
+            };
+            match Registration::reclaim_if_parked_at(&victim, stamp) {
+                Some(pages) => freed = freed.saturating_add(pages),
+                // Contended, or changed since: stop rather than spin in reclaim.
+                None if freed == 0 => return None,
+                None => break,
+            }
+        }
+        Some(freed)
+    }
+}
+
+/// Asks every pool with free chunks for them. Neither allocates nor
+/// sleeps.
+fn press_pools() {
+    if GLOBAL_POOL_RECLAIMABLE.load(Relaxed) == 0 {
+        return;
+    }
+    let lru = PARKED.lock();
+    if let Some(pools) = lru.pools.as_ref() {
+        for (_, pool) in pools.iter() {
+            if pool.reclaimable.load(Relaxed) > 0 {
+                Pool::press(pool);
+            }
+        }
+    }
+}
