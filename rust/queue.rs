@@ -179,6 +179,9 @@ pub(crate) struct PostedRecv {
     pub(crate) length: u64,
 }
 
+/// The slots of a receiving queue one sending file may take.
+pub(crate) const MAX_SENDERS_PER_FILE: usize = defs::MAX_SENDERS / 4;
+
 /// A queue connected to send to a queue: its context is woken when a RECV
 /// is posted while one of its SENDs waits.
 struct Sender {
@@ -443,7 +446,8 @@ impl Queue {
 
     /// Connects `ctx`'s queue `queue` to send here. `ECONNRESET` when this
     /// queue's file was released, `ENOSPC` when `MEMREG_MAX_SENDERS` are
-    /// connected. Process context: allocates the first time.
+    /// connected, or [`MAX_SENDERS_PER_FILE`] of `ctx`'s (so that one peer
+    /// cannot take every slot). Process context: allocates the first time.
     pub(crate) fn add_sender(&self, ctx: Arc<ContextShared>, queue: u32) -> Result {
         let mut room = KVec::new();
         if self.recv.lock().senders.capacity() == 0 {
@@ -455,6 +459,14 @@ impl Queue {
         }
         if st.senders.capacity() == 0 {
             core::mem::swap(&mut st.senders, &mut room);
+        }
+        let mine = st
+            .senders
+            .iter()
+            .filter(|s| Arc::ptr_eq(&s.ctx, &ctx))
+            .count();
+        if mine >= MAX_SENDERS_PER_FILE {
+            return Err(ENOSPC);
         }
         st.senders
             .push_within_capacity(Sender {

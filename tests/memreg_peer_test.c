@@ -875,14 +875,15 @@ TEST(loopback_moves_bytes_and_counts)
 /*
  * QUEUE_CONNECT: EINVAL for bad queues, timeouts and reserved fields,
  * ENOTCONN for unknown handles, EISCONN once connected, ENOSPC past
- * MEMREG_MAX_SENDERS queues sending to one queue.
+ * MEMREG_MAX_SENDERS queues sending to one queue, or past a quarter of them
+ * from one file (one peer cannot take every slot).
  */
 TEST(connect_refuses_bad_arguments)
 {
 	struct memreg_queue_create qc;
 	struct memreg_queue_connect c;
-	int fd = open_ctx(), other = open_ctx(), i;
-	__u32 h, ho, hd, oh;
+	int fd = open_ctx(), other = open_ctx(), i, f, more[3];
+	__u32 h, ho, hd, oh, mh;
 	struct mrq q0, q1;
 
 	ASSERT_GE(fd, 0);
@@ -922,9 +923,9 @@ TEST(connect_refuses_bad_arguments)
 	/* A queue may send to itself. */
 	EXPECT_EQ(0, mr_queue_connect(fd, q1.index, h, q1.index, 0));
 
-	/* Senders to one queue: q0 and q1 of fd, then the other file's queues. */
+	/* Senders to one queue: q0 and q1 of fd, then other files' queues, 16 of each at most. */
 	ASSERT_EQ(0, mr_peer_attach(other, fd, &oh));
-	for (i = 0; i < MEMREG_MAX_SENDERS - 2; i++) {
+	for (i = 0; i < MEMREG_MAX_SENDERS / 4; i++) {
 		ASSERT_EQ(0, mrq_create(other, 2, 2, -1, &qc));
 		ASSERT_EQ(0, mr_queue_connect(other, qc.queue, oh, q1.index, 0))
 			TH_LOG("sender %d", i + 2);
@@ -933,6 +934,22 @@ TEST(connect_refuses_bad_arguments)
 	EXPECT_EQ(-ENOSPC, mr_queue_connect(other, qc.queue, oh, q1.index, 0));
 	/* Another target queue has room. */
 	EXPECT_EQ(0, mr_queue_connect(other, qc.queue, oh, q0.index, 0));
+	/* Three more files fill the queue's 64 slots: 2 + 16 + 16 + 16 + 14. */
+	for (f = 0; f < 3; f++) {
+		more[f] = open_ctx();
+		ASSERT_GE(more[f], 0);
+		ASSERT_EQ(0, mr_peer_attach(more[f], fd, &mh));
+		for (i = 0; i < (f < 2 ? MEMREG_MAX_SENDERS / 4 : MEMREG_MAX_SENDERS / 4 - 2); i++) {
+			ASSERT_EQ(0, mrq_create(more[f], 2, 2, -1, &qc));
+			ASSERT_EQ(0, mr_queue_connect(more[f], qc.queue, mh, q1.index, 0))
+				TH_LOG("file %d sender %d", f, i);
+		}
+	}
+	/* Full: the last file still has room of its own, the queue has none. */
+	ASSERT_EQ(0, mrq_create(more[2], 2, 2, -1, &qc));
+	EXPECT_EQ(-ENOSPC, mr_queue_connect(more[2], qc.queue, mh, q1.index, 0));
+	for (f = 0; f < 3; f++)
+		close(more[f]);
 	mrq_unmap(&q0);
 	mrq_unmap(&q1);
 	close(other);

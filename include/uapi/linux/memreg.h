@@ -837,7 +837,7 @@ struct memreg_peer_detach {
  * reserved field, ENOTCONN for an unknown @peer, ECONNRESET when the peer
  * closed its file or revoked the grant, EISCONN when @queue is connected
  * already, ENOSPC when @remote_queue has MEMREG_MAX_SENDERS connected
- * queues. A queue may connect to one of its own file's queues through a
+ * queues, or MEMREG_MAX_SENDERS / 4 of the calling file's. A queue may connect to one of its own file's queues through a
  * handle of its own file (loopback). Several queues may send to one queue;
  * each SEND takes the oldest posted RECV. A queue whose SEND waits for a
  * RECV takes nothing else meanwhile, so its requests stay in order.
