@@ -12,7 +12,10 @@ use kernel::{
     debugfs,
     fs::{File, LocalFile},
     ioctl::_IOC_SIZE,
-    miscdevice::{ext::MiscDevicePoll, MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    miscdevice::{
+        ext::{MiscDevicePoll, PollFileOps},
+        MiscDevice, MiscDeviceOptions, MiscDeviceRegistration,
+    },
     mm::virt::VmaNew,
     prelude::*,
     seq_file::SeqFile,
@@ -139,9 +142,17 @@ impl PinnedDrop for MemregModule {
     }
 }
 
+/// The file operations of `/dev/memreg`, at one address: a file handed to
+/// PEER_ATTACH is recognised as memreg's by them.
+static FILE_OPS: PollFileOps<Context> = PollFileOps::new();
+
 impl MiscDevicePoll for Context {
     fn poll(me: &Context, file: &File, table: kernel::sync::poll::PollTable<'_>) -> u32 {
         me.poll(file, table)
+    }
+
+    fn file_ops() -> &'static PollFileOps<Self> {
+        &FILE_OPS
     }
 }
 

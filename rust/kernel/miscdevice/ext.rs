@@ -24,7 +24,7 @@ use crate::{
 use core::marker::PhantomData;
 
 /// A misc device whose files can be polled.
-pub trait MiscDevicePoll: MiscDevice {
+pub trait MiscDevicePoll: MiscDevice + 'static {
     /// Registers the waits of `table` (with [`PollTable::register_wait`])
     /// and returns the events ready now (`EPOLLIN`, ...).
     fn poll(
@@ -32,19 +32,51 @@ pub trait MiscDevicePoll: MiscDevice {
         file: &File,
         table: PollTable<'_>,
     ) -> u32;
+
+    /// The device's file operations: a `static` of the driver's,
+    /// `static FOPS: PollFileOps<Device> = PollFileOps::new();`, so that they
+    /// have one address, which is how [`MiscDeviceRegistration::device_of`]
+    /// recognises the device's files (a `const` may be copied anywhere).
+    fn file_ops() -> &'static PollFileOps<Self>;
+}
+
+/// The file operations of a misc device with `poll`, to be kept in a
+/// `static` (see [`MiscDevicePoll::file_ops`]).
+pub struct PollFileOps<T: MiscDevicePoll> {
+    fops: bindings::file_operations,
+    _t: PhantomData<T>,
+}
+
+// SAFETY: The file operations are function pointers and constants, read-only once built.
+unsafe impl<T: MiscDevicePoll> Sync for PollFileOps<T> {}
+
+impl<T: MiscDevicePoll> PollFileOps<T> {
+    /// The file operations of `T`'s files.
+    pub const fn new() -> Self {
+        Self {
+            fops: bindings::file_operations {
+                poll: Some(PollVTable::<T>::poll),
+                ..MiscdeviceVTable::<T>::VTABLE
+            },
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: MiscDevicePoll> Default for PollFileOps<T> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 struct PollVTable<T: MiscDevicePoll>(PhantomData<T>);
 
 impl<T: MiscDevicePoll> PollVTable<T> {
-    const VTABLE: bindings::file_operations = bindings::file_operations {
-        poll: Some(Self::poll),
-        ..MiscdeviceVTable::<T>::VTABLE
-    };
-
-    /// The file operations, always at the same address: files are recognised by it.
+    /// The file operations, always at the same address (the driver's
+    /// `static`): files are recognised by it. Every `PollFileOps<T>` holds
+    /// the same operations, so whichever the driver returns is `T`'s.
     fn build() -> &'static bindings::file_operations {
-        &Self::VTABLE
+        &T::file_ops().fops
     }
 
     /// # Safety
