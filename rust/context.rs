@@ -129,7 +129,9 @@ pub(crate) struct ContextShared {
     /// The jiffies counter at the context's last ioctl.
     last_use: Atomic<usize>,
     /// The opener's memory cgroup: what the worker allocates on the
-    /// context's behalf (receive FIFOs, bounce buffers) is charged to it.
+    /// context's behalf (receive FIFOs, bounce buffers) is charged to it,
+    /// each allocation in its scope (a scope around the whole run costs
+    /// every request).
     pub(crate) memcg: MemCgroup,
     /// Those waiting in `poll` for events and completions.
     pub(crate) waiters: Arc<Waiters>,
@@ -182,9 +184,6 @@ impl WorkItem<2> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
-        // Charged to the owner, not to whatever cgroup the kworker is in.
-        let owner = this.clone();
-        let _active = owner.memcg.activate();
         worker::run(this);
     }
 }

@@ -13,8 +13,12 @@
 //! Memory pressure evicts them through the module's shrinker
 //! ([`Reclaim`]), which also asks the pools for their free chunks.
 //!
-//! Each registration reserves the memory of its two entries (by age, and by
-//! user and age) when it is created, so parking never allocates.
+//! The list is one tree, by user (the `user_struct` the pages are charged
+//! to) and then by the order of parking: a user's oldest is its first entry,
+//! and the module's oldest the oldest of the users' first entries, found by
+//! jumping from user to user (as many steps as users have parked
+//! registrations, each `O(log n)`). Each registration reserves the memory of
+//! its entry when it is created, so parking never allocates.
 //!
 //! # Lock order
 //!
@@ -43,42 +47,33 @@ const EVICT_TRIES: usize = 1024;
 
 /// The module-wide list.
 struct Lru {
-    /// The trees, created on first use.
-    trees: Option<Trees>,
+    /// Parked registrations by user and order of parking, created on first
+    /// use.
+    by_user: Option<RBTree<(usize, u64), Arc<Registration>>>,
     /// The stamp of the next parking.
     next_stamp: u64,
     /// The live pools, for the shrinker.
     pools: Option<RBTree<usize, Arc<Pool>>>,
 }
 
-/// Parked registrations by the order of their parking, module-wide and per
-/// user (the `user_struct` their pages are charged to).
-struct Trees {
-    by_age: RBTree<u64, Arc<Registration>>,
-    by_user: RBTree<(usize, u64), Arc<Registration>>,
-}
-
 kernel::lazy_global_lock! {
     static PARKED: SpinLock<Lru> = Lru {
-        trees: None,
+        by_user: None,
         next_stamp: 0,
         pools: None,
     };
 }
 
-/// The memory of a registration's two entries, reserved when it is
-/// created.
+/// The memory of a registration's entry, reserved when it is created.
 pub(crate) struct Nodes {
-    by_age: RBTreeNodeReservation<u64, Arc<Registration>>,
     by_user: RBTreeNodeReservation<(usize, u64), Arc<Registration>>,
 }
 
 impl Nodes {
-    /// Reserves the memory of both entries, charged to the caller's memory
+    /// Reserves the memory of the entry, charged to the caller's memory
     /// cgroup.
     pub(crate) fn new() -> Result<Self> {
         Ok(Self {
-            by_age: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
             by_user: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
         })
     }
@@ -97,17 +92,11 @@ pub(crate) fn insert(nodes: Nodes, registration: Arc<Registration>, user: usize)
     let mut lru = PARKED.lock();
     let stamp = lru.next_stamp;
     lru.next_stamp += 1;
-    let trees = lru.trees.get_or_insert_with(|| Trees {
-        by_age: RBTree::new(),
-        by_user: RBTree::new(),
-    });
-    // Stamps only grow, so both keys are new.
-    let _ = trees
+    // Stamps only grow, so the key is new.
+    let _ = lru
         .by_user
-        .insert(nodes.by_user.into_node((user, stamp), registration.clone()));
-    let _ = trees
-        .by_age
-        .insert(nodes.by_age.into_node(stamp, registration));
+        .get_or_insert_with(RBTree::new)
+        .insert(nodes.by_user.into_node((user, stamp), registration));
     Place { stamp, user }
 }
 
@@ -115,11 +104,11 @@ pub(crate) fn insert(nodes: Nodes, registration: Arc<Registration>, user: usize)
 /// its entries for its next parking. Neither allocates nor sleeps.
 pub(crate) fn remove(place: Place) -> Option<Nodes> {
     let mut lru = PARKED.lock();
-    let trees = lru.trees.as_mut()?;
-    let by_age = trees.by_age.remove_node(&place.stamp)?;
-    let by_user = trees.by_user.remove_node(&(place.user, place.stamp))?;
+    let by_user = lru
+        .by_user
+        .as_mut()?
+        .remove_node(&(place.user, place.stamp))?;
     Some(Nodes {
-        by_age: by_age.into_reservation(),
         by_user: by_user.into_reservation(),
     })
 }
@@ -135,18 +124,25 @@ impl Place {
 /// and the stamp of its parking.
 fn oldest(user: Option<usize>) -> Option<(Arc<Registration>, u64)> {
     let lru = PARKED.lock();
-    let trees = lru.trees.as_ref()?;
-    match user {
-        None => trees.by_age.cursor_front().map(|c| {
-            let (&stamp, r) = c.current();
-            (r.clone(), stamp)
-        }),
-        Some(user) => {
-            let c = trees.by_user.cursor_lower_bound(&(user, 0))?;
-            let (&(u, stamp), r) = c.current();
-            (u == user).then(|| (r.clone(), stamp))
-        }
+    let tree = lru.by_user.as_ref()?;
+    if let Some(user) = user {
+        let c = tree.cursor_lower_bound(&(user, 0))?;
+        let (&(u, stamp), r) = c.current();
+        return (u == user).then(|| (r.clone(), stamp));
     }
+    // Each user's first entry is its oldest: the oldest of those is the module's.
+    let mut best: Option<(Arc<Registration>, u64)> = None;
+    let mut next = tree.cursor_front();
+    while let Some(c) = next {
+        let (&(u, stamp), r) = c.current();
+        if best.as_ref().is_none_or(|(_, s)| stamp < *s) {
+            best = Some((r.clone(), stamp));
+        }
+        next = u
+            .checked_add(1)
+            .and_then(|n| tree.cursor_lower_bound(&(n, 0)));
+    }
+    best
 }
 
 /// Ends the least recently parked registration module-wide (of `user`'s

@@ -203,10 +203,9 @@ pub(crate) struct Registration {
     /// revalidated. Changes under `state`.
     suspended: Atomic<bool>,
     /// The local key now: its sequence never changes, its random bits do at
-    /// each revival. Changes under the table lock and `state`.
+    /// each revival. Changes under the table lock.
     lkey: Atomic<u64>,
-    /// The remote key now, 0 while parked. Changes under the table lock and
-    /// `state`.
+    /// The remote key now, 0 while parked. Changes under the table lock.
     rkey: Atomic<u64>,
     /// Counts the parkings: a data request found the registration at one
     /// generation and moves data only while it has not changed, so nothing
@@ -395,7 +394,6 @@ impl Registration {
         if !this.is_parked(t) || crate::key::seq_of(lkey) != this.info.keys.seq {
             return;
         }
-        let _st = this.state.lock();
         this.lkey.store(lkey, Relaxed);
     }
 
@@ -405,20 +403,22 @@ impl Registration {
     /// nor sleeps.
     fn rekey(this: &Arc<Self>, t: &mut RegistrationTable) {
         let old = this.lkey();
+        let node = this.table_state.access_mut(t).rkey_node.take();
         // The sequence was valid when the registration was created, so `new` succeeds; the
         // random bits differ from the old ones but for odds of 2^-24 per draw.
         let keys = (0..8)
             .filter_map(|_| KeyPair::new(this.info.keys.seq, get_random_u32(), get_random_u64()))
             .find(|k| k.lkey != old);
         let Some(keys) = keys else {
+            // Put back what was taken: the registration keeps its parked keys.
+            this.table_state.access_mut(t).rkey_node = node;
             return;
         };
-        {
-            let _st = this.state.lock();
-            this.lkey.store(keys.lkey, Relaxed);
-            this.rkey.store(keys.rkey, Relaxed);
-        }
-        if let Some(node) = this.table_state.access_mut(t).rkey_node.take() {
+        // Under the table lock, which every look-up by key holds (the worker's shadow has
+        // no entry of a parked registration); data moves by generation, not by key.
+        this.lkey.store(keys.lkey, Relaxed);
+        this.rkey.store(keys.rkey, Relaxed);
+        if let Some(node) = node {
             t.insert_rkey(node, this.clone());
         }
     }
@@ -462,11 +462,12 @@ impl Registration {
         // and none starts through the old keys); the remote key goes for good.
         let rkey = this.rkey();
         let shadowed = this.ctx.data.shadow.lock().remove(this.lkey());
-        {
-            let _st = this.state.lock();
+        let user = {
+            let st = this.state.lock();
             this.generation.fetch_add(1, Relaxed);
             this.rkey.store(0, Relaxed);
-        }
+            st.charges.as_ref().map_or(0, Charges::user)
+        };
         let rkey_node = t.remove_rkey(this.info.keys.seq, rkey);
         this.table_state.access_mut(t).rkey_node = rkey_node;
         // Not the last reference (`this` is another): nothing is freed under the lock.
@@ -477,7 +478,6 @@ impl Registration {
         let _ = t.parked.insert(node.into_node(stamp, this.clone()));
         this.table_state.access_mut(t).parked_at = Some(stamp);
         // On the module-wide list too, under the user its pages are charged to.
-        let user = this.state.lock().charges.as_ref().map_or(0, Charges::user);
         if let Some(nodes) = this.table_state.access_mut(t).global_nodes.take() {
             let place = parked::insert(nodes, this.clone(), user);
             this.table_state.access_mut(t).global_place = Some(place);

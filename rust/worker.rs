@@ -513,6 +513,8 @@ fn transfer(
             }
         }
         if ws.bounce.is_empty() {
+            // Charged to the owner, not to whatever cgroup the kworker is in.
+            let _memcg = ctx.memcg.activate();
             ws.bounce = KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT)?;
         }
         let n = left.min(COPY_CHUNK as u64) as usize;
@@ -657,7 +659,11 @@ fn recv(ctx: &ContextShared, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -
             return Err(EACCES.into());
         }
         check_range(&registration, sqe.offset, sqe.length)?;
-        q.prepare_recv()?;
+        {
+            // The receive FIFO is charged to the owner, not to the kworker's cgroup.
+            let _memcg = ctx.memcg.activate();
+            q.prepare_recv()?;
+        }
         Ok(PostedRecv {
             user_data: sqe.user_data,
             registration,

@@ -344,7 +344,7 @@ static void check_event_ends_registration(struct __test_metadata *_metadata,
 	EXPECT_EQ(0, s.resumptions);
 	if (cause == MEMREG_INVAL_CLEAR)
 		EXPECT_EQ(1, s.revalidation_failures);
-	EXPECT_EQ(vmpin, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Registering again is a miss that pins what is mapped now. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &again));

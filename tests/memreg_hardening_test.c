@@ -654,7 +654,7 @@ TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
 		ASSERT_EQ(0, mr_stats(fd, &s));
 		EXPECT_EQ(0, s.pages_pinned);
 	}
-	EXPECT_EQ(vmpin, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 	EXPECT_EQ(self->base.pages_pinned, mr_global_pinned());
 
 	EXPECT_EQ(0, mr_register(fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &other));

@@ -174,7 +174,7 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	EXPECT_EQ(0, s.deregistrations);
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
-	EXPECT_EQ(vmpin, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Registering again pins the new pages: data lands there. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
@@ -224,19 +224,6 @@ static int wait_parked_settled(int fd, __u64 key)
 		if (ret)
 			return ret;
 		if (q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED))
-			return 0;
-		usleep(10000);
-	}
-	return -ETIMEDOUT;
-}
-
-/* Waits (at most 5 s) until VmPin is `kb`: charges go after the worker unpins. */
-static int wait_vm_pin(long kb)
-{
-	int i;
-
-	for (i = 0; i < 500; i++) {
-		if (vm_pin_kb() == kb)
 			return 0;
 		usleep(10000);
 	}
@@ -323,7 +310,7 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 		EXPECT_EQ(i == variant->cause ? 1 : 0, s.invalidations[i]);
 	for (i = 0; i < MEMREG_EVICT_NR_REASONS; i++)
 		EXPECT_EQ(0, s.evictions[i]);
-	EXPECT_EQ(0, wait_vm_pin(vmpin));
+	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Not revived: a miss that pins the new pages. */
 	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));

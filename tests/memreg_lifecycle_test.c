@@ -655,7 +655,7 @@ TEST_F(lc, idle_context_ends_parked_registrations)
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(0, s.parked_pages);
 	EXPECT_EQ(0, s.deregistrations);
-	EXPECT_EQ(self->vmpin + PAGE_KB, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(self->vmpin + PAGE_KB, 5000));
 	expect_gone(_metadata, self->fd, k1);
 	expect_gone(_metadata, self->fd, k2);
 	/* Only parked registrations end. */
@@ -1146,7 +1146,7 @@ TEST_F(lc, shrinker_ends_parked_registrations)
 		expect_gone(_metadata, self->fd, k[i]);
 	/* A live registration is not the shrinker's. */
 	expect_live(_metadata, self->fd, live.lkey, 1);
-	EXPECT_EQ(self->vmpin + PAGE_KB, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(self->vmpin + PAGE_KB, 5000));
 	EXPECT_EQ(0, mr_wait_global(self->base.contexts + 1, self->base.regions + 1,
 				    self->base.pages_pinned + 1));
 }

@@ -423,7 +423,7 @@ static void expect_ended(struct __test_metadata *_metadata, FIXTURE_DATA(rv) *se
 		EXPECT_EQ(0, s.resumptions);
 		EXPECT_EQ(1, s.revalidation_failures);
 	}
-	EXPECT_EQ(self->vmpin, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(self->vmpin, 5000));
 
 	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
 	EXPECT_EQ(0, again.flags);
@@ -500,7 +500,7 @@ TEST_F(rv, dontneed_then_register_is_a_miss)
 	EXPECT_EQ(1, s.revalidation_failures);
 	EXPECT_EQ(0, s.resumptions);
 	EXPECT_EQ(2, s.cache_misses);
-	EXPECT_EQ(self->vmpin + (long)(self->npages * PAGE_KB), vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(self->vmpin + (long)(self->npages * PAGE_KB), 5000));
 	free(data);
 }
 
@@ -518,7 +518,7 @@ TEST_F(rv, worker_ends_registration_without_use)
 	EXPECT_EQ(1, s.invalidations[MEMREG_INVAL_CLEAR]);
 	EXPECT_EQ(1, s.revalidation_failures);
 	EXPECT_EQ(0, s.resumptions);
-	EXPECT_EQ(self->vmpin, vm_pin_kb());
+	EXPECT_EQ(0, wait_vm_pin(self->vmpin, 5000));
 	/* Fresh memory at the hole never receives the old key's bytes. */
 	memset(self->reg, 'f', self->reg_len);
 	memset(data, 'x', sizeof(data));

@@ -333,6 +333,23 @@ static inline long vm_pin_kb(void)
 	return proc_kb("/proc/self/status", "VmPin");
 }
 
+/*
+ * Waits up to `ms` for VmPin to be `kb`: charges are released once the pages
+ * are unpinned, which the context's deferred work does after an
+ * invalidation. 0 or -ETIMEDOUT.
+ */
+static inline int wait_vm_pin(long kb, int ms)
+{
+	int i;
+
+	for (i = 0; i <= ms / 10; i++) {
+		if (vm_pin_kb() == kb)
+			return 0;
+		usleep(10000);
+	}
+	return -ETIMEDOUT;
+}
+
 /* The PMD-sized transparent huge page size, 2 MiB if sysfs does not say. */
 static inline size_t thp_size(void)
 {
