@@ -398,16 +398,21 @@ impl Registration {
     }
 
     /// Gives a revived registration new keys: new random bits in its local
-    /// key (the sequence stays, so the table finds it where it was) and a new
-    /// remote key, in the memory its old one's entry left. Neither allocates
-    /// nor sleeps.
+    /// key (the sequence stays, so the table finds it where it was) and, when
+    /// it grants remote rights, a new remote key, in the memory its old one's
+    /// entry left (one that grants none keeps 0). Neither allocates nor
+    /// sleeps.
     fn rekey(this: &Arc<Self>, t: &mut RegistrationTable) {
         let old = this.lkey();
-        let node = this.table_state.access_mut(t).rkey_node.take();
+        // Only a registration that grants remote rights gets a remote key again: one that
+        // grants none keeps 0, which no peer's request matches (and spares a draw).
+        let remote = this.info.access & defs::ACCESS_REMOTE != 0;
+        let node = this.table_state.access_mut(t).rkey_node.take_if(|_| remote);
+        let remote_random = || if remote { get_random_u64() } else { 1 };
         // The sequence was valid when the registration was created, so `new` succeeds; the
         // random bits differ from the old ones but for odds of 2^-24 per draw.
         let keys = (0..8)
-            .filter_map(|_| KeyPair::new(this.info.keys.seq, get_random_u32(), get_random_u64()))
+            .filter_map(|_| KeyPair::new(this.info.keys.seq, get_random_u32(), remote_random()))
             .find(|k| k.lkey != old);
         let Some(keys) = keys else {
             // Put back what was taken: the registration keeps its parked keys.
@@ -417,8 +422,8 @@ impl Registration {
         // Under the table lock, which every look-up by key holds (the worker's shadow has
         // no entry of a parked registration); data moves by generation, not by key.
         this.lkey.store(keys.lkey, Relaxed);
-        this.rkey.store(keys.rkey, Relaxed);
         if let Some(node) = node {
+            this.rkey.store(keys.rkey, Relaxed);
             t.insert_rkey(node, this.clone());
         }
     }

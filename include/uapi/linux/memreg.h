@@ -74,7 +74,8 @@
  * @lkey:     out: local key, for this context's own requests
  * @rkey:     out: remote key, to be granted to peers: 64 random bits,
  *            unrelated to @lkey. A registration that is parked loses its
- *            remote key for good; reviving it gives it a new one.
+ *            remote key for good; reviving it gives it a new one (0 when it
+ *            has no remote right).
  * @region_addr:   out: start of the registration the keys name; COPY offsets
  *                 count from here. Equals @addr on a miss, may be lower on a
  *                 cache hit.
