@@ -1031,6 +1031,11 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
             if started.elapsed().as_micros_ceil() >= RUN_BUDGET_US {
                 // Served long enough: let the workqueue's other items run, and go on in a new
                 // run (the queues stay awake, so no doorbell is needed meanwhile).
+                //
+                // TODO(worker-cpu): a kworker runs this, so the CPU time a process's requests
+                // cost is charged to no CPU cgroup of the process's; a process that keeps
+                // posting keeps a worker busy (in runs of `RUN_BUDGET_US`, each followed by a
+                // reschedule). Running the requests in the caller (issue 20) would charge it.
                 let _ = dfl::system_dfl_long().enqueue::<_, 2>(ctx.clone());
                 break;
             }
