@@ -1099,8 +1099,8 @@ impl Context {
         }
         let data = &self.shared.data;
         let _serial = data.create.lock();
-        // Attachments change only under `create`: the handle found here is still there after
-        // the fallible disconnection, and nothing changed when it fails.
+        // Checked before the fallible disconnection, so that nothing changed when it fails.
+        // Another thread may detach the same handle meanwhile: then there is nothing to drop.
         if self.shared.peers.lock().find(req.peer).is_none() {
             return Err(ENOENT.into());
         }

@@ -11,7 +11,9 @@
 //! A remote key, the one peers will present, is 64 random bits drawn
 //! independently of the local key: nothing about one registration's keys
 //! tells anything about another's, and guessing one takes on the order of
-//! 2^63 tries. Neither key is ever zero and the two always differ.
+//! 2^63 tries. Neither key is ever zero and the two always differ, but for
+//! the remote key of a registration that has none: a parked one, or one
+//! revived without remote rights, has remote key 0, which matches nothing.
 
 use kernel::prelude::*;
 

@@ -26,7 +26,14 @@
 //! take it under the table lock); [`PARKED`] is held only to find or change
 //! entries, never while taking a table lock: an eviction finds its victim,
 //! drops [`PARKED`], then takes the victim's table lock and checks that the
-//! victim is still parked where it was found.
+//! victim is still parked where it was found. A pool's `state` lock nests
+//! inside [`PARKED`] (the shrinker asks the pools for their free chunks
+//! under it), and [`PARKED`] inside a pool's `registry_node` lock (a pool
+//! joins the list under it).
+//!
+//! An eviction for room tears its victim down at once, which waits for an
+//! invalidation in progress in the victim's address space; the shrinker
+//! leaves that to the victim's context.
 
 use crate::{
     accounting::Charges,

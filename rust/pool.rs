@@ -16,7 +16,7 @@
 //! or one chunk less while that chunk is being given back), FREE gives it
 //! back by address. When the free buffers fall to the low watermark the
 //! pool's work maps another chunk (grow); when more than the high watermark
-//! stay free for `shrink_ms`, or the context's shrinker asks, the work gives
+//! stay free for `shrink_ms`, or the module's shrinker asks, the work gives
 //! the last chunk back (shrink): no buffer is handed out from it any more,
 //! the allocated ones in it are waited for and, after the leak timeout,
 //! reclaimed: quarantined (never handed out again until their holder FREEs
@@ -310,9 +310,10 @@ impl PartState {
                     .and_then(Option::as_ref)
                     .is_some_and(Chunk::is_usable)
                 {
-                    // None of this chunk's buffers in this word: one look per chunk and word.
-                    let end = (chunk + 1) * class.chunk_buffers;
-                    let first_after = end.saturating_sub(w * 64);
+                    // Skip the rest of this chunk's buffers in this word: one look per chunk
+                    // and word.
+                    let end = chunk.saturating_add(1).saturating_mul(class.chunk_buffers);
+                    let first_after = end.saturating_sub(w.saturating_mul(64));
                     bits = if first_after >= 64 {
                         0
                     } else {
@@ -576,8 +577,9 @@ impl Pool {
     /// or a private mapping, `EBUSY` when it was mapped before. The first
     /// buffers are mapped by the pool's work right after. The mapping is the
     /// pool's own from then on: it cannot be split, moved or given other
-    /// access, nothing can pin its pages through `get_user_pages` (`VM_IO`),
-    /// and it is not inherited by fork.
+    /// access, the slow `get_user_pages` refuses it (`VM_IO`; REGISTER
+    /// refuses it explicitly, as `VM_IO` does not stop the fast path), and it
+    /// is not inherited by fork.
     pub(crate) fn mmap(this: &Arc<Self>, vma: &VmaNew) -> Result {
         if vma.end() - vma.start() != this.map_bytes {
             return Err(EINVAL);
@@ -927,9 +929,8 @@ impl Pool {
         // limit, parked registrations make room first.
         let mut charges = this.charges.new_like();
         parked::charge(&mut charges, npages)?;
-        let mut pages = {
-            // The pages and the registration are the creator's, not the worker's.
-            let _memcg = this.memcg.activate();
+        // The pages and the registration are the creator's, not the worker's.
+        let mut pages = this.memcg.with_active(|| -> Result<KVec<Page>> {
             let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
             for _ in 0..npages {
                 pages.push(
@@ -937,8 +938,8 @@ impl Pool {
                     GFP_KERNEL_ACCOUNT,
                 )?;
             }
-            pages
-        };
+            Ok(pages)
+        })?;
         let seq = ctx.next_seq.fetch_add(1, Relaxed);
         let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
         let info = RegistrationInfo {
@@ -949,10 +950,9 @@ impl Pool {
             keys,
             pool: true,
         };
-        let (nodes, registration) = {
-            let _memcg = this.memcg.activate();
-            (Nodes::new()?, Registration::new(ctx.clone(), info)?)
-        };
+        let (nodes, registration) = this.memcg.with_active(|| -> Result<_> {
+            Ok((Nodes::new()?, Registration::new(ctx.clone(), info)?))
+        })?;
         let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
         let seq = registration.notifier().read_begin();
         let mut inserted = 0;
@@ -1002,15 +1002,23 @@ impl Pool {
         }
         let mut st = this.state.lock();
         let dead = st.dead;
-        let Some(part) = st.parts.get_mut(c) else {
-            return Err(EINVAL);
-        };
-        let Some(slot) = part.chunks.get_mut(div(boundary, class.chunk_buffers)) else {
+        let Some(slot) = st
+            .parts
+            .get_mut(c)
+            .and_then(|part| part.chunks.get_mut(div(boundary, class.chunk_buffers)))
+        else {
+            // Never the case (`c` and the boundary were checked): the chunk ends here, its
+            // pages leave the mapping, and only then do its charges go.
+            drop(st);
+            this.end_chunk(chunk);
             return Err(EINVAL);
         };
         // Kept even when the pool died meanwhile: its teardown, which follows, ends it and
         // takes its pages out of the mapping.
         *slot = Some(chunk);
+        let Some(part) = st.parts.get_mut(c) else {
+            return Err(EINVAL);
+        };
         if dead {
             return Err(ENXIO);
         }

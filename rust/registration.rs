@@ -243,7 +243,7 @@ pub(crate) enum Refused {
     Raced(Parts),
     /// A live registration serving the same request was published
     /// meanwhile; a reference was taken on it for the caller (reviving it if
-    /// it was parked: the flag).
+    /// it was parked: then the local key it had while parked).
     Covered(Arc<Registration>, Option<u64>, Parts),
     /// The context is at its cap of registrations, or the pages are already
     /// pinned by too many of its registrations.
@@ -414,11 +414,12 @@ impl Registration {
         let keys = (0..8)
             .filter_map(|_| KeyPair::new(this.info.keys.seq, get_random_u32(), remote_random()))
             .find(|k| k.lkey != old);
-        let Some(keys) = keys else {
-            // Put back what was taken: the registration keeps its parked keys.
-            this.table_state.access_mut(t).rkey_node = node;
-            return;
-        };
+        // Never without new keys: a draw that kept failing (odds 2^-192) flips a random bit.
+        let keys = keys.unwrap_or_else(|| KeyPair {
+            seq: this.info.keys.seq,
+            lkey: old ^ 1,
+            rkey: get_random_u64() | 1,
+        });
         // Under the table lock, which every look-up by key holds (the worker's shadow has
         // no entry of a parked registration); data moves by generation, not by key.
         this.lkey.store(keys.lkey, Relaxed);
@@ -540,8 +541,10 @@ impl Registration {
         let ended = Self::evict_at(this, &mut t, stamp, defs::EVICT_SHRINKER)?;
         let pages = ended.info.npages;
         t.defer_teardown(ended);
-        drop(t);
+        // Queued under the table lock: the file's release, which ends everything under it and
+        // then cancels the work, cannot miss this.
         ContextShared::schedule_teardown(&this.ctx);
+        drop(t);
         Some(pages)
     }
 
@@ -666,8 +669,8 @@ impl Registration {
         }
         t.emit(&this, defs::EVENT_ENDED, cause);
         t.defer_teardown(this);
-        drop(t);
         ContextShared::schedule_teardown(ctx);
+        drop(t);
     }
 
     /// Suspends the registration after an invalidation that may have left
@@ -709,8 +712,8 @@ impl Registration {
         me.set_word(&t, defs::WORD_SUSPENDED);
         t.emit(&me, defs::EVENT_SUSPENDED, defs::INVAL_CLEAR);
         t.queue_revalidation(me);
-        drop(t);
         ContextShared::schedule_teardown(ctx);
+        drop(t);
     }
 
     /// Whether every page the invalidations since the suspension may have
@@ -1095,6 +1098,30 @@ mod tests {
         assert!(!r.covers(0x1000, 0x1000, rw | defs::ACCESS_REMOTE_WRITE));
         let ro = info(0x1000, 0x1000, defs::ACCESS_LOCAL_READ);
         assert!(!ro.covers(0x1000, 0x1000, rw));
+    }
+
+    #[test]
+    fn remote_rights_are_served_exactly() {
+        let rw = defs::ACCESS_LOCAL_READ | defs::ACCESS_LOCAL_WRITE;
+        let remote = rw | defs::ACCESS_REMOTE_WRITE;
+        let r = info(0x1000, 0x4000, remote);
+        // The exact range and rights: served.
+        assert!(r.covers(0x1000, 0x4000, remote));
+        // Remote rights on part of it: a miss (a peer would reach more than was named).
+        assert!(!r.covers(0x2000, 0x1000, remote));
+        // Fewer remote rights, or none: a miss (a key grants exactly what was asked).
+        assert!(!r.covers(0x1000, 0x4000, rw));
+        assert!(!r.covers(0x2000, 0x1000, defs::ACCESS_LOCAL_READ));
+        // Other remote rights: a miss.
+        assert!(!r.covers(0x1000, 0x4000, rw | defs::ACCESS_REMOTE_READ));
+        // Without remote rights, a wider range with more local rights serves.
+        let l = info(0x1000, 0x4000, rw);
+        assert!(l.covers(0x2000, 0x1000, defs::ACCESS_LOCAL_READ));
+        assert!(!l.covers(
+            0x2000,
+            0x1000,
+            defs::ACCESS_LOCAL_READ | defs::ACCESS_REMOTE_READ
+        ));
     }
 
     #[test]

@@ -514,8 +514,9 @@ fn transfer(
         }
         if ws.bounce.is_empty() {
             // Charged to the owner, not to whatever cgroup the kworker is in.
-            let _memcg = ctx.memcg.activate();
-            ws.bounce = KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT)?;
+            ws.bounce = ctx
+                .memcg
+                .with_active(|| KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT))?;
         }
         let n = left.min(COPY_CHUNK as u64) as usize;
         let buf = ws.bounce.get_mut(..n).ok_or(EINVAL)?;
@@ -659,11 +660,8 @@ fn recv(ctx: &ContextShared, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -
             return Err(EACCES.into());
         }
         check_range(&registration, sqe.offset, sqe.length)?;
-        {
-            // The receive FIFO is charged to the owner, not to the kworker's cgroup.
-            let _memcg = ctx.memcg.activate();
-            q.prepare_recv()?;
-        }
+        // The receive FIFO is charged to the owner, not to the kworker's cgroup.
+        ctx.memcg.with_active(|| q.prepare_recv())?;
         Ok(PostedRecv {
             user_data: sqe.user_data,
             registration,

@@ -11,7 +11,7 @@
  * - a pool that grows past the module's budget evicts parked registrations
  *   of other files;
  * - memory pressure (drop_caches) evicts every file's parked registrations
- *   through the one module-wide shrinker.
+ *   through the module's one shrinker.
  *
  * Evictions of another file's registration are counted in that file's
  * STATS under MEMREG_EVICT_PIN_LIMIT. Run as root, with no other memreg
@@ -303,8 +303,11 @@ TEST(memlock_evicts_the_same_users_parked_registrations)
 	ASSERT_EQ(0, mr_wait_global(0, 0, 0));
 }
 
-/* drop_caches evicts the parked registrations of every file. */
-TEST(the_shrinker_is_module_wide)
+/*
+ * drop_caches evicts the parked registrations of every file, through the
+ * module's one shrinker (files register none of their own any more).
+ */
+TEST(drop_caches_evicts_every_files_parked_registrations)
 {
 	struct memreg_register r[3];
 	char *buf[3];

@@ -515,13 +515,14 @@ FIXTURE_TEARDOWN(follow_rlimit)
 
 /*
  * RLIMIT_MEMLOCK of 16 pages: register 16, end the registration, and
- * register 16 other pages at once, with no pause for deferred unpinning.
+ * register 16 other pages once the worker unpinned (then uncharged) the
+ * first ones: the charge is given back, and never before the pages.
  */
-TEST_F(follow_rlimit, ended_registration_is_uncharged_at_once)
+TEST_F(follow_rlimit, ended_registration_is_uncharged_after_unpinning)
 {
 	struct worker *w = &self->w;
 	long vmpin = w_vmpin(w);
-	int ctx = 0;
+	int ctx = 0, i;
 
 	ASSERT_GE(vmpin, 0);
 	ASSERT_EQ(0, w_register(w, 0, 0, 0, LIMIT));
@@ -554,12 +555,15 @@ TEST_F(follow_rlimit, ended_registration_is_uncharged_at_once)
 		ASSERT_EQ(0, w_event(w, 0, LIMIT, variant->how));
 		break;
 	}
-	/* Uncharged before that call returned: the context, VmPin, the module. */
+	/* Out of the context at once; unpinned, then uncharged, by the worker soon after. */
 	if (ctx == 0)
 		EXPECT_EQ(0, w_pinned(w, 0));
+	for (i = 0; i < 500 && (w_vmpin(w) != vmpin ||
+				mr_global_pinned() != self->base.pages_pinned); i++)
+		usleep(10000);
 	EXPECT_EQ(vmpin, w_vmpin(w));
 	EXPECT_EQ(self->base.pages_pinned, mr_global_pinned());
-	/* And the user's locked memory: 16 other pages right away. */
+	/* And the user's locked memory: 16 other pages, now that they are uncharged. */
 	EXPECT_EQ(0, w_register(w, ctx, 1, LIMIT, LIMIT));
 	EXPECT_EQ(LIMIT, w_pinned(w, ctx));
 	EXPECT_EQ(vmpin + LIMIT * (long)PAGE_KB, w_vmpin(w));
@@ -610,7 +614,7 @@ FIXTURE_TEARDOWN(follow_budget)
 }
 
 /* The same with the module budget, max_pinned_pages=16: no ENOSPC. */
-TEST_F(follow_budget, ended_registration_is_uncharged_at_once)
+TEST_F(follow_budget, ended_registration_is_uncharged_after_unpinning)
 {
 	struct memreg_global_stats g;
 	struct memreg_register r, other;

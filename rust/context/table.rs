@@ -165,7 +165,8 @@ pub(crate) struct RegistrationTable {
     /// Live registrations by registered range.
     by_range: IntervalTree<Arc<Registration>>,
     /// Live registrations by remote key (one without a remote right is
-    /// found, and refused with `EACCES`).
+    /// found, and refused with `EACCES`); a parked registration is not here,
+    /// nor one revived without remote rights (its remote key is 0).
     by_rkey: RBTree<u64, Arc<Registration>>,
     /// Registrations that left the table, awaiting teardown by the context's
     /// deferred work or by the caller that evicted them.
@@ -356,8 +357,8 @@ impl RegistrationTable {
     }
 
     /// The registration a peer names by remote key `rkey`: live and not
-    /// parked (a parked registration has no user, so it grants nothing until
-    /// a REGISTER revives it).
+    /// parked (a parked registration's remote key is gone for good; a
+    /// revival gives it a new one).
     pub(crate) fn get_remote(&self, rkey: u64) -> Option<Target> {
         self.by_rkey
             .get(&rkey)

@@ -7,12 +7,12 @@
 //! allocate with `__GFP_ACCOUNT` is charged to the root. A driver that
 //! allocates for a process from such a context captures the process's
 //! cgroup with [`MemCgroup::of_current`] while it runs in the process, and
-//! wraps the allocations in [`MemCgroup::activate`], as `set_active_memcg`
+//! wraps the allocations in [`MemCgroup::with_active`], as `set_active_memcg`
 //! users in C do.
 #![cfg(CONFIG_MEMREG_SUPPORT)]
 
 use crate::bindings;
-use core::{marker::PhantomData, ptr::NonNull};
+use core::ptr::NonNull;
 
 /// A reference on a memory cgroup, or on none when memory cgroups are off.
 ///
@@ -25,7 +25,7 @@ pub struct MemCgroup {
 
 // SAFETY: A counted reference on a memory cgroup may be used and put from any thread.
 unsafe impl Send for MemCgroup {}
-// SAFETY: `&MemCgroup` only activates the cgroup for the calling task.
+// SAFETY: `&MemCgroup` only makes the cgroup active for the calling task, within one call.
 unsafe impl Sync for MemCgroup {}
 
 impl MemCgroup {
@@ -37,17 +37,19 @@ impl MemCgroup {
         Self { memcg }
     }
 
-    /// Charges what the calling task allocates with `__GFP_ACCOUNT` to this
-    /// cgroup until the returned guard is dropped.
-    pub fn activate(&self) -> ActiveMemCgroup<'_> {
+    /// Runs `f` with what the calling task allocates with `__GFP_ACCOUNT`
+    /// charged to this cgroup, then makes the previous one active again.
+    /// (A closure rather than a guard: a guard could be forgotten, leaving
+    /// the task charging a cgroup this reference no longer holds.)
+    pub fn with_active<R>(&self, f: impl FnOnce() -> R) -> R {
         let memcg = self.memcg.map_or(core::ptr::null_mut(), NonNull::as_ptr);
-        // SAFETY: `memcg` is NULL or counted by `self`, which outlives the guard, and the
-        // guard restores the previous one on this task before it goes.
+        // SAFETY: `memcg` is NULL or counted by `self`, which outlives this call, and the
+        // previous one is made active again on this task before it returns.
         let previous = unsafe { bindings::set_active_memcg(memcg) };
-        ActiveMemCgroup {
-            previous,
-            _owner: PhantomData,
-        }
+        let result = f();
+        // SAFETY: Restores what this task had active before, still valid: it is the caller's.
+        unsafe { bindings::set_active_memcg(previous) };
+        result
     }
 }
 
@@ -57,21 +59,5 @@ impl Drop for MemCgroup {
             // SAFETY: By the type invariant, `self` holds this reference.
             unsafe { bindings::mem_cgroup_put(memcg.as_ptr()) };
         }
-    }
-}
-
-/// A memory cgroup active for the calling task; the previous one becomes
-/// active again on drop.
-pub struct ActiveMemCgroup<'a> {
-    previous: *mut bindings::mem_cgroup,
-    /// Not `Send`: it belongs to the task that activated it.
-    _owner: PhantomData<(&'a MemCgroup, *mut ())>,
-}
-
-impl Drop for ActiveMemCgroup<'_> {
-    fn drop(&mut self) {
-        // SAFETY: Restores what this task had active before `activate`, still valid: it is
-        // the scope's caller's.
-        unsafe { bindings::set_active_memcg(self.previous) };
     }
 }
