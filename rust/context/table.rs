@@ -293,10 +293,12 @@ impl RegistrationTable {
         seq: u64,
         rkey: u64,
     ) -> Option<RBTreeNodeReservation<u64, Arc<Registration>>> {
-        if self
-            .by_rkey
-            .get(&rkey)
-            .is_none_or(|r| r.info.keys.seq != seq)
+        // A registration without a remote key (0) has no entry: no look-up.
+        if rkey == 0
+            || self
+                .by_rkey
+                .get(&rkey)
+                .is_none_or(|r| r.info.keys.seq != seq)
         {
             return None;
         }
