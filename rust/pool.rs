@@ -83,7 +83,7 @@ use kernel::{
         Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock,
     },
     task::resched::cond_resched,
-    time::{jiffies, msecs_to_jiffies, Jiffies},
+    time::{delay::fsleep, jiffies, msecs_to_jiffies, Delta, Jiffies},
     workqueue::{
         cancel::{cancel_delayed_sync, cancel_sync},
         dfl, DelayedWork, Work, WorkItem,
@@ -92,6 +92,13 @@ use kernel::{
 
 /// Bytes of memory a chunk holds at least.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
+
+/// How long a teardown waits at most for a mapping someone else is taking
+/// away to be gone.
+const UNMAP_WAIT_MS: u32 = 5000;
+
+/// How often it looks meanwhile.
+const UNMAP_WAIT_STEP_MS: u32 = 5;
 
 /// The longest the pool's timer waits before its work looks again at what
 /// is pending (a shrink due, a leak timeout).
@@ -1063,10 +1070,15 @@ impl Pool {
             return;
         }
         let Some(mm) = self.ctx.mm.mmget_not_zero() else {
+            // The address space is exiting, and its teardown unmaps the pages.
+            self.wait_unmapped();
             return;
         };
         let guard = mm.mmap_read_lock();
         let Some(vma) = guard.vma_lookup(base).filter(|vma| self.owner.owns(vma)) else {
+            // A `munmap` (or `MAP_FIXED`) is taking the mapping away and unmaps the pages.
+            drop(guard);
+            self.wait_unmapped();
             return;
         };
         let end = addr.saturating_add(len);
@@ -1074,6 +1086,18 @@ impl Pool {
         // Refused (and nothing zapped) unless the range lies in the pool's own VMA.
         let _ = self.owner.zap(vma, addr, len);
         self.state.lock().zapping = None;
+    }
+
+    /// Waits until the pool's mapping, which something else is tearing down
+    /// (an `munmap`, the address space's exit), is gone: its pages are
+    /// unmapped by then, and only then may their charges go. Bounded: it
+    /// gives up after [`UNMAP_WAIT_MS`]. Process context, no lock held.
+    fn wait_unmapped(&self) {
+        let mut waited = 0;
+        while self.owner.is_mapped() && waited < UNMAP_WAIT_MS {
+            fsleep(Delta::from_millis(i64::from(UNMAP_WAIT_STEP_MS)));
+            waited += UNMAP_WAIT_STEP_MS;
+        }
     }
 
     /// Moves class `c`'s boundary down by one chunk when due: starts it (the
