@@ -1227,6 +1227,33 @@ static void *stale_poster(void *arg)
 	return NULL;
 }
 
+/* The stream's tallies: completions reaped, copied, -ENOENT, anything else. */
+struct tally {
+	__u64 reaped, ok, enoent, bad;
+};
+
+/*
+ * Reaps what completes within `ms` and tallies it: each completion must come
+ * in order and be a whole copy (512 bytes) or -ENOENT. Returns how many.
+ */
+static unsigned int reap_stream(struct mrq *q, struct tally *t, int ms)
+{
+	struct memreg_cqe c[64];
+	unsigned int i, n = mrq_wait(q, c, 64, ms);
+
+	for (i = 0; i < n; i++, t->reaped++) {
+		if (c[i].user_data != t->reaped ||
+		    !((c[i].status == 0 && c[i].bytes == 512) ||
+		      (c[i].status == -ENOENT && c[i].bytes == 0)))
+			t->bad++;
+		else if (c[i].status)
+			t->enoent++;
+		else
+			t->ok++;
+	}
+	return n;
+}
+
 /*
  * The same with requests streaming in while the range is unmapped and
  * mapped afresh, twenty times: every request completes, with 0 or -ENOENT,
@@ -1235,13 +1262,12 @@ static void *stale_poster(void *arg)
 TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 {
 	struct memreg_register v;
-	struct memreg_cqe c[64];
 	struct stale st = { .q = &self->q, .src_key = self->rs.lkey };
+	struct tally t = { 0 };
 	char *bv = map_buf(PAGE, 'v');
-	__u64 reaped = 0, enoent = 0, ok = 0, bad = 0, target;
+	__u64 target;
 	pthread_t th;
 	int round;
-	unsigned int i, n;
 
 	ASSERT_NE(NULL, bv);
 	ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
@@ -1253,62 +1279,27 @@ TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 		ASSERT_EQ(bv, map_fixed(bv, PAGE, 'n'));
 		/* Everything posted so far has completed: none of it landed here. */
 		target = __atomic_load_n(&st.posted, __ATOMIC_ACQUIRE);
-		while (reaped < target && !__atomic_load_n(&st.failed, __ATOMIC_ACQUIRE)) {
-			n = mrq_wait(&self->q, c, 64, 10);
-			for (i = 0; i < n; i++, reaped++) {
-				if (c[i].user_data != reaped)
-					bad++;
-				if (c[i].status == 0 && c[i].bytes == 512)
-					ok++;
-				else if (c[i].status == -ENOENT && c[i].bytes == 0)
-					enoent++;
-				else
-					bad++;
-			}
-		}
+		while (t.reaped < target && !__atomic_load_n(&st.failed, __ATOMIC_ACQUIRE))
+			reap_stream(&self->q, &t, 10);
 		EXPECT_TRUE(all_bytes(bv, PAGE, 'n')) TH_LOG("round %d", round);
 		ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
 		__atomic_store_n(&st.key, v.lkey, __ATOMIC_RELEASE);
 	}
 	__atomic_store_n(&st.stop, 1, __ATOMIC_RELEASE);
 	/* Reaping meanwhile: a poster waiting for room in a full ring must get it. */
-	while (!__atomic_load_n(&st.done, __ATOMIC_ACQUIRE)) {
-		n = mrq_wait(&self->q, c, 64, 10);
-		for (i = 0; i < n; i++, reaped++) {
-			if (c[i].user_data != reaped ||
-			    !((c[i].status == 0 && c[i].bytes == 512) ||
-			      (c[i].status == -ENOENT && c[i].bytes == 0)))
-				bad++;
-			else if (c[i].status)
-				enoent++;
-			else
-				ok++;
-		}
-	}
+	while (!__atomic_load_n(&st.done, __ATOMIC_ACQUIRE))
+		reap_stream(&self->q, &t, 10);
 	pthread_join(th, NULL);
 	EXPECT_EQ(0, st.failed);
 	target = st.posted;
-	while (reaped < target) {
-		n = mrq_wait(&self->q, c, 64, 5000);
-		if (!n)
-			break;
-		for (i = 0; i < n; i++, reaped++) {
-			if (c[i].user_data != reaped ||
-			    !((c[i].status == 0 && c[i].bytes == 512) ||
-			      (c[i].status == -ENOENT && c[i].bytes == 0)))
-				bad++;
-			else if (c[i].status)
-				enoent++;
-			else
-				ok++;
-		}
-	}
-	EXPECT_EQ(target, reaped);
-	EXPECT_EQ(0, bad);
-	EXPECT_LT(0, enoent);
-	EXPECT_LT(0, ok);
-	TH_LOG("%llu requests: %llu copied, %llu -ENOENT", (unsigned long long)reaped,
-	       (unsigned long long)ok, (unsigned long long)enoent);
+	while (t.reaped < target && reap_stream(&self->q, &t, 5000))
+		;
+	EXPECT_EQ(target, t.reaped);
+	EXPECT_EQ(0, t.bad);
+	EXPECT_LT(0, t.enoent);
+	EXPECT_LT(0, t.ok);
+	TH_LOG("%llu requests: %llu copied, %llu -ENOENT", (unsigned long long)t.reaped,
+	       (unsigned long long)t.ok, (unsigned long long)t.enoent);
 	munmap(bv, PAGE);
 }
 
