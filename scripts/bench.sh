@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make bench: boots the guest and runs tests/guest/memreg-bench.c, printing
+# make bench: boots the guest and runs tools/memreg/bench/memreg-bench.c, printing
 # its table. Every figure is a ratio against a baseline measured in the same
 # guest run. The rows also go to build/bench/results.csv
 # (metric,value,baseline,ratio,target), written only by a run that succeeded.

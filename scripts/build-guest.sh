@@ -1,18 +1,33 @@
 #!/usr/bin/env bash
-# Builds the guest's user programs (kselftests, benchmarks, demo) as static
-# binaries into build/guest-bin.
+# Builds the guest's user programs as static binaries into build/guest-bin:
+# the kselftests (tools/testing/selftests/memreg, through the kernel's own
+# lib.mk: the directory is copied into the kernel tree and built there), the
+# demo (samples/memreg), the benchmark (tools/memreg/bench) and the guest's
+# helpers (scripts/guest).
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 
 out=$MEMREG_BUILD/guest-bin
 mkdir -p "$out"
+uapi=$MEMREG_TOP/include/uapi
+selftests=$MEMREG_TOP/tools/testing/selftests/memreg
+
+# The kselftests, as the kernel builds them.
+intree=$KSRC_DIR/tools/testing/selftests/memreg
+mkdir -p "$intree"
+rsync -a --delete --exclude .gitignore "$selftests/" "$intree/"
+CFLAGS="-g0" LDFLAGS="-static" make -s -C "$intree" OUTPUT="$out" \
+	KHDR_INCLUDES="-isystem $uapi" all >&2 || die "cannot build the kselftests"
+
+# The other programs.
 cflags=(-static -O2 -g0 -Wall -Werror -D_GNU_SOURCE -pthread
-	-I "$MEMREG_TOP/include/uapi" -I "$KSRC_DIR/tools/testing/selftests")
-for src in "$MEMREG_TOP"/tests/guest/*.c "$MEMREG_TOP"/tests/*.c; do
+	-isystem "$uapi" -I "$intree" -I "$KSRC_DIR")
+for src in "$MEMREG_TOP"/scripts/guest/*.c "$MEMREG_TOP"/samples/memreg/*.c \
+	"$MEMREG_TOP"/tools/memreg/bench/*.c; do
 	[ -e "$src" ] || continue
 	bin=$out/$(basename "$src" .c)
 	fresh=1
-	for dep in "$src" "$MEMREG_TOP/include/uapi/linux/memreg.h" "$MEMREG_TOP"/tests/*.h; do
+	for dep in "$src" "$uapi/linux/memreg.h" "$selftests"/*.h; do
 		[ "$bin" -nt "$dep" ] || fresh=0
 	done
 	[ "$fresh" = 1 ] && continue

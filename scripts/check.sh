@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make check: builds everything, runs the host checks, boots the guest once
 # to run KUnit (the kernel crate doctests at boot, memreg's own suites at
-# module load) and every kselftest under tests/, then reads the serial log.
+# module load) and every kselftest under tools/testing/selftests/memreg/, then reads the serial log.
 # Prints one line per check and ends with "N passed, N failed"; exits non-zero
 # on any failure, on a kernel BUG/WARNING/Oops/lockdep/KASAN report and on a
 # hung guest.

@@ -35,7 +35,7 @@ root=$MEMREG_BUILD/initramfs
 rm -rf "$root"
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
-cp "$MEMREG_TOP/tests/guest/init" "$root/init"
+cp "$MEMREG_TOP/scripts/guest/init" "$root/init"
 chmod +x "$root/init"
 cp "$MODULE_KO" "$root/memreg.ko"
 cp "$MEMREG_BUILD/guest-bin/guest-exit" "$root/bin/"

@@ -19,7 +19,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define NPAGES 4
 #define LEN (NPAGES * PAGE)

@@ -5,7 +5,7 @@
  */
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 _Static_assert(sizeof(struct memreg_register) == 72, "ABI size");
 _Static_assert(sizeof(struct memreg_deregister) == 16, "ABI size");

@@ -30,8 +30,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "../memreg_util.h"
-#include "../memreg_ring.h"
+#include "memreg_util.h"
+#include "memreg_ring.h"
 
 #define BUF_PAGES	16
 #define BUF_LEN		(BUF_PAGES * PAGE)

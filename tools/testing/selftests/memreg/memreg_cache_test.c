@@ -5,7 +5,7 @@
  */
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define NPAGES 8
 

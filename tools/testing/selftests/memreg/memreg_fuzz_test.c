@@ -14,7 +14,7 @@
 
 #include <linux/ioctl.h>
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define ITERATIONS	20000
 #define AREA_PAGES	256

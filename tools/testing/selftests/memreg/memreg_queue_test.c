@@ -40,7 +40,7 @@
 #include "memreg_util.h"
 #include "memreg_ring.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 #include "memreg_harness.h"
 
 #define QSQ		64	/* the fixture's queue */

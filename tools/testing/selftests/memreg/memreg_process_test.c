@@ -12,7 +12,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define LEN (4 * PAGE)
 

@@ -15,7 +15,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 /* Each test maps NUNITS pages of the backing: base pages or huge pages. */
 #define NUNITS		4

@@ -8,7 +8,7 @@
  */
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define BUDGET 16
 

@@ -31,7 +31,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define DEFAULT_MAX_REGISTRATIONS	65536
 #define CAP		8	/* max_registrations of the cap tests */

@@ -40,7 +40,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define BUF_PAGES	32	/* the fixtures' buffer */
 #define RING_ENTRIES	64	/* the fixtures' event ring */

@@ -41,7 +41,7 @@
 #include "memreg_util.h"
 #include "memreg_ring.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 #include "memreg_harness.h"
 
 #define ALL		MEMREG_ACCESS_ALL

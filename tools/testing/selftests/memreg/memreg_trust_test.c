@@ -46,7 +46,7 @@
 #include "memreg_util.h"
 #include "memreg_ring.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 #include "memreg_harness.h"
 
 #define LREAD		MEMREG_ACCESS_LOCAL_READ

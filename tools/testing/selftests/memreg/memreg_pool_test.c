@@ -59,7 +59,7 @@
 #include "memreg_util.h"
 #include "memreg_ring.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 #define K4		4096U
 #define CHUNK_BYTES	(64U * 1024)

@@ -30,7 +30,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 /* Whether the kernel has transparent huge pages (and so splits PMDs on VMA splits). */
 static bool thp_configured(void)

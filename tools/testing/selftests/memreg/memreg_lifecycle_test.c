@@ -31,7 +31,7 @@
 
 #include "memreg_util.h"
 
-#include "kselftest_harness.h"
+#include "../kselftest_harness.h"
 
 /* The module parameters' defaults: park, park_max, park_max_pages, park_idle_ms. */
 #define DEF_PARKING		1

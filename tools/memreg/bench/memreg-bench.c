@@ -256,8 +256,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "../memreg_ring.h"
-#include "../../../mm/gup_test.h"
+#include "memreg_ring.h"
+#include "mm/gup_test.h"
 
 #define FOLL_WRITE	0x01
 #define FOLL_LONGTERM	0x100
