@@ -106,6 +106,7 @@ impl Drop for Charges {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_accounting)]
 mod tests {
     use super::*;

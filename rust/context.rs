@@ -48,26 +48,29 @@ pub(crate) mod table;
 
 use crate::{
     accounting::Charges,
-    defs,
+    datapath::queue::{Connection, Queue},
+    datapath::{
+        transfer::{self, USE_TRIES},
+        worker::{self, DataPath},
+    },
     error::OpResult,
     events::{EventRing, Waiters},
+    ioctl::Reply,
     key::KeyPair,
     parked,
     peer::{self, Peers},
     pool::{Buffer, Pool},
-    queue::{Connection, Queue},
-    registration::{
-        push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo, Revalidated,
-    },
+    registration::{push_teardown, teardown_list, Parts, Refused, Registration, RegistrationInfo},
     stats::{Stats, GLOBAL_CONTEXTS, GLOBAL_CONTEXTS_ALIVE, TOTALS},
-    worker::{self, DataPath},
+    uapi,
 };
 use kernel::{
     bindings,
     eventfd::EventFd,
-    fs::File,
+    fs::{File, LocalFile},
     impl_has_delayed_work, impl_has_work,
     list::List,
+    miscdevice::MiscDeviceRegistration,
     mm::{
         memcg::MemCgroup,
         mmu_notifier::IntervalNotifier,
@@ -100,18 +103,11 @@ use table::{CacheConfig, Nodes, RegistrationTable, Slots};
 /// Times a registration is retried when an invalidation races with pinning.
 const REGISTER_RETRIES: u32 = 3;
 
-/// Bytes moved under the registration lock at a time by COPY.
-const COPY_CHUNK: usize = 16 * 1024;
-
 /// Most entries EVENTS_RESYNC lists at once.
 const MAX_RESYNC: u32 = 1 << 20;
 
 /// Registrations evicted under one hold of the table lock.
 const EVICT_BATCH: usize = 64;
-
-/// Times a REGISTER or a COPY revalidates a suspended registration before
-/// giving up with `EAGAIN`.
-const USE_TRIES: u32 = 3;
 
 /// The part of a context that registrations, work items and peers refer to.
 #[pin_data(PinnedDrop)]
@@ -120,12 +116,14 @@ pub(crate) struct ContextShared {
     pub(crate) mm: ARef<Mm>,
     #[pin]
     pub(crate) table: SpinLock<RegistrationTable>,
-    /// Tears down registrations that ended and revalidates suspended ones.
+    /// The maintenance jobs pending: bits of [`job`].
+    pending: Atomic<u32>,
+    /// Runs the pending maintenance jobs.
     #[pin]
-    work: Work<ContextShared>,
+    work: Work<ContextShared, { work_id::MAINTENANCE }>,
     /// Ends parked registrations once the context has been idle long enough.
     #[pin]
-    idle_work: DelayedWork<ContextShared, 1>,
+    idle_work: DelayedWork<ContextShared, { work_id::IDLE }>,
     /// The jiffies counter at the context's last ioctl.
     last_use: Atomic<usize>,
     /// The opener's memory cgroup: what the worker allocates on the
@@ -140,10 +138,10 @@ pub(crate) struct ContextShared {
     pub(crate) data: DataPath,
     /// The worker of the data path.
     #[pin]
-    data_work: Work<ContextShared, 2>,
+    data_work: Work<ContextShared, { work_id::WORKER }>,
     /// Wakes the worker when a SEND waiting for a RECV times out.
     #[pin]
-    data_timer: DelayedWork<ContextShared, 3>,
+    data_timer: DelayedWork<ContextShared, { work_id::RNR_TIMER }>,
     /// The next key sequence number.
     pub(crate) next_seq: Atomic<u64>,
     /// The buffer pools by index; a destroyed one leaves its index empty.
@@ -164,23 +162,57 @@ impl PinnedDrop for ContextShared {
     }
 }
 
-impl_has_work! { impl HasWork<Self> for ContextShared { self.work } }
-impl_has_delayed_work! { impl HasDelayedWork<Self, 1> for ContextShared { self.idle_work } }
-impl_has_work! { impl HasWork<Self, 2> for ContextShared { self.data_work } }
-impl_has_delayed_work! { impl HasDelayedWork<Self, 3> for ContextShared { self.data_timer } }
+/// The work items of a context, by ID.
+pub(crate) mod work_id {
+    /// The maintenance jobs of [`super::job`], on `system_dfl`.
+    pub(crate) const MAINTENANCE: u64 = 0;
+    /// Ends parked registrations once the context has been idle long
+    /// enough (delayed, on `system_dfl`).
+    pub(crate) const IDLE: u64 = 1;
+    /// The data path's worker, on `system_dfl_long`.
+    pub(crate) const WORKER: u64 = 2;
+    /// Wakes the worker when a SEND waiting for a RECV times out (delayed,
+    /// on `system_dfl_long`).
+    pub(crate) const RNR_TIMER: u64 = 3;
+}
 
-impl WorkItem<3> for ContextShared {
+/// The maintenance jobs, bits of [`ContextShared::defer`]'s word: the work
+/// item is queued only when the word goes from zero to non-zero, and a run
+/// takes every bit at once (Binder's `defer_work`).
+pub(crate) mod job {
+    /// Tear down the registrations that ended.
+    pub(crate) const TEARDOWN: u32 = 1 << 0;
+    /// Revalidate the registrations suspended since the last run.
+    pub(crate) const REVALIDATE: u32 = 1 << 1;
+    /// Destroy the pools whose mapping went.
+    pub(crate) const REAP_POOLS: u32 = 1 << 2;
+}
+
+impl_has_work! {
+    impl HasWork<Self, { work_id::MAINTENANCE }> for ContextShared { self.work }
+}
+impl_has_delayed_work! {
+    impl HasDelayedWork<Self, { work_id::IDLE }> for ContextShared { self.idle_work }
+}
+impl_has_work! {
+    impl HasWork<Self, { work_id::WORKER }> for ContextShared { self.data_work }
+}
+impl_has_delayed_work! {
+    impl HasDelayedWork<Self, { work_id::RNR_TIMER }> for ContextShared { self.data_timer }
+}
+
+impl WorkItem<{ work_id::RNR_TIMER }> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
         // The release cancels this item, then the worker again.
         if !this.data.closing.load(Relaxed) {
-            let _ = dfl::system_dfl_long().enqueue::<_, 2>(this);
+            let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(this);
         }
     }
 }
 
-impl WorkItem<2> for ContextShared {
+impl WorkItem<{ work_id::WORKER }> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
@@ -188,17 +220,25 @@ impl WorkItem<2> for ContextShared {
     }
 }
 
-impl WorkItem for ContextShared {
+impl WorkItem<{ work_id::MAINTENANCE }> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
-        this.drain_deferred();
-        this.revalidate_suspended();
-        this.reap_dead_pools();
+        // Every bit at once: a job deferred from here on queues the item again.
+        let jobs = this.pending.xchg(0, Full);
+        if jobs & job::TEARDOWN != 0 {
+            this.drain_deferred();
+        }
+        if jobs & job::REVALIDATE != 0 {
+            this.revalidate_suspended();
+        }
+        if jobs & job::REAP_POOLS != 0 {
+            this.reap_dead_pools();
+        }
     }
 }
 
-impl WorkItem<1> for ContextShared {
+impl WorkItem<{ work_id::IDLE }> for ContextShared {
     type Pointer = Arc<ContextShared>;
 
     fn run(this: Arc<ContextShared>) {
@@ -207,10 +247,21 @@ impl WorkItem<1> for ContextShared {
 }
 
 impl ContextShared {
-    /// Queues the context's deferred work. Neither allocates nor sleeps.
-    pub(crate) fn schedule_teardown(this: &Arc<Self>) {
-        // Already queued: the queued run will see the new registration too.
-        let _ = dfl::system_dfl().enqueue::<_, 0>(this.clone());
+    /// Defers the maintenance `jobs` (bits of [`job`]) to the context's
+    /// work. Neither allocates nor sleeps: callable from a notifier callback
+    /// and under the table lock.
+    pub(crate) fn defer(this: &Arc<Self>, jobs: u32) {
+        let mut old = this.pending.load(Relaxed);
+        loop {
+            match this.pending.cmpxchg(old, old | jobs, Full) {
+                Ok(_) => break,
+                Err(now) => old = now,
+            }
+        }
+        if old == 0 {
+            // From zero: no run is queued that would see these jobs.
+            let _ = dfl::system_dfl().enqueue::<_, { work_id::MAINTENANCE }>(this.clone());
+        }
     }
 
     /// Tears down every registration awaiting it. Process context.
@@ -259,6 +310,16 @@ impl ContextShared {
             let _ = Registration::revalidate(&registration);
             cond_resched();
         }
+    }
+
+    /// The pool of index `index`; `EINVAL` for none.
+    pub(crate) fn pool(&self, index: u32) -> OpResult<Arc<Pool>> {
+        Ok(self
+            .pools
+            .lock()
+            .get(index as usize)
+            .and_then(Option::clone)
+            .ok_or(EINVAL)?)
     }
 
     /// Drops one reference on the registration of `key` (DEREGISTER, from
@@ -355,7 +416,7 @@ impl ContextShared {
         evicted: &mut List<Registration>,
     ) -> bool {
         while t.len() >= max {
-            match Registration::evict_oldest(t, defs::EVICT_PIN_LIMIT) {
+            match Registration::evict_oldest(t, uapi::EVICT_PIN_LIMIT) {
                 Some(r) => push_teardown(evicted, r),
                 None => break,
             }
@@ -364,7 +425,7 @@ impl ContextShared {
             let Some(seq) = t.parked_overlapping(first, last) else {
                 break;
             };
-            if let Some(r) = Registration::evict(t, seq, defs::EVICT_PIN_LIMIT) {
+            if let Some(r) = Registration::evict(t, seq, uapi::EVICT_PIN_LIMIT) {
                 push_teardown(evicted, r);
             }
         }
@@ -380,7 +441,7 @@ impl ContextShared {
         }
         let delay = msecs_to_jiffies(u32::try_from(delay_ms).unwrap_or(u32::MAX));
         // Already armed: it looks again when it fires.
-        let _ = dfl::system_dfl().enqueue_delayed::<_, 1>(this.clone(), delay);
+        let _ = dfl::system_dfl().enqueue_delayed::<_, { work_id::IDLE }>(this.clone(), delay);
     }
 
     /// The idle eviction: ends every parked registration if the context made
@@ -395,7 +456,7 @@ impl ContextShared {
         }
         let idle_for = jiffies::elapsed_ms(this.last_use.load(Relaxed));
         if idle_for >= idle_ms {
-            this.evict_while(defs::EVICT_IDLE, |_| false);
+            this.evict_while(uapi::EVICT_IDLE, |_| false);
         } else {
             Self::arm_idle(&this, idle_ms - idle_for);
         }
@@ -427,7 +488,7 @@ impl Registered {
     /// Fills in the result of a REGISTER served by `registration` and
     /// returns what undoing it needs.
     fn fill(
-        req: &mut defs::Register,
+        req: &mut uapi::Register,
         registration: &Registration,
         t: &RegistrationTable,
         served: Served,
@@ -442,8 +503,8 @@ impl Registered {
         req.region_length = info.length;
         req.flags = match served {
             Served::Miss => 0,
-            Served::Hit => defs::REGISTER_CACHED,
-            Served::Revived(_) => defs::REGISTER_CACHED | defs::REGISTER_REVIVED,
+            Served::Hit => uapi::REGISTER_CACHED,
+            Served::Revived(_) => uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED,
         };
         (req.slot, req.generation) = registration.slot(t);
         Self {
@@ -489,10 +550,11 @@ impl Context {
                 data <- DataPath::new(),
                 data_work <- new_work!("memreg::ContextShared::data_work"),
                 data_timer <- new_delayed_work!("memreg::ContextShared::data_timer"),
+                pending: Atomic::new(0),
                 next_seq: Atomic::new(1),
                 peers <- new_spinlock!(Peers::new(), "memreg::ContextShared::peers"),
                 pools <- new_spinlock!(
-                    KVec::with_capacity(defs::MAX_POOLS, GFP_KERNEL_ACCOUNT)?,
+                    KVec::with_capacity(uapi::MAX_POOLS, GFP_KERNEL_ACCOUNT)?,
                     "memreg::ContextShared::pools"
                 ),
                 grant_epoch: Atomic::new(0),
@@ -523,14 +585,24 @@ impl Context {
     /// REGISTER: fills in the keys of the registration serving the range,
     /// pinning a new one if none does. Returns what to pass to
     /// [`Context::unregister`] if the result cannot reach the caller.
-    pub(crate) fn register_ioctl(&self, req: &mut defs::Register) -> OpResult<Registered> {
+    pub(crate) fn register_ioctl(
+        &self,
+        mut req: uapi::Register,
+        mut reply: Reply<'_, uapi::Register>,
+    ) -> OpResult {
         if req.flags != 0 {
             return Err(EINVAL.into());
         }
         if req.reserved != 0 {
             return Err(EINVAL.into());
         }
-        self.register(req)
+        let done = self.register(&mut req)?;
+        if let Err(e) = reply.send(&req) {
+            // The caller cannot learn the keys: undo the call.
+            self.unregister(&done);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Undoes a REGISTER whose result could not reach the caller: drops the
@@ -590,12 +662,12 @@ impl Context {
         }
     }
 
-    fn register(&self, req: &mut defs::Register) -> OpResult<Registered> {
+    fn register(&self, req: &mut uapi::Register) -> OpResult<Registered> {
         let (addr, length, access) = (req.addr, req.length, req.access);
-        if access == 0 || access & !defs::ACCESS_ALL != 0 || length == 0 {
+        if access == 0 || access & !uapi::ACCESS_ALL != 0 || length == 0 {
             return Err(EINVAL.into());
         }
-        if length > defs::MAX_LENGTH {
+        if length > uapi::MAX_LENGTH {
             return Err(E2BIG.into());
         }
         let end = addr.checked_add(length).ok_or(EINVAL)?;
@@ -786,8 +858,8 @@ impl Context {
     /// DEREGISTER: drops one reference; the last one parks the registration
     /// or, when it may not be parked, ends it. `EINVAL` for a parked one:
     /// there is no reference to drop.
-    pub(crate) fn deregister(&self, req: &defs::Deregister) -> OpResult {
-        defs::check_reserved(&[req.reserved])?;
+    pub(crate) fn deregister(&self, req: uapi::Deregister) -> OpResult {
+        uapi::check_reserved(&[req.reserved])?;
         ContextShared::deregister_key(&self.shared, req.key)
     }
 
@@ -801,35 +873,38 @@ impl Context {
         let offset = (vma_pgoff(vma) as u64)
             .checked_mul(PAGE_SIZE as u64)
             .ok_or(EINVAL)?;
-        if offset >= defs::MMAP_POOL_BASE {
-            let index = (offset - defs::MMAP_POOL_BASE) >> defs::MMAP_POOL_SHIFT;
-            let index = u32::try_from(index).map_err(|_| EINVAL)?;
-            if offset != defs::mmap_pool(index) {
-                return Err(EINVAL);
+        let data = &self.shared.data;
+        let (pages, writable) = match uapi::MmapArea::decode(offset)? {
+            uapi::MmapArea::Pool(index) => {
+                let pool = self.pool(index).ok_or(EINVAL)?;
+                return Pool::mmap(&pool, vma);
             }
-            let pool = self.pool(index).ok_or(EINVAL)?;
-            return Pool::mmap(&pool, vma);
-        }
-        if let Some((pages, writable)) = self.data_area(offset)? {
-            return pages.map_into(vma, 0, writable);
-        }
-        if offset == defs::MMAP_EVENTS || offset == defs::MMAP_EVENTS_HEAD {
-            let pages = {
+            uapi::MmapArea::StateWords => return self.map_state_words(vma),
+            area @ (uapi::MmapArea::Events | uapi::MmapArea::EventsHead) => {
+                let head = area == uapi::MmapArea::EventsHead;
                 let t = self.shared.table.lock();
                 let ring = t.events.as_ref().ok_or(EINVAL)?;
-                if offset == defs::MMAP_EVENTS {
-                    ring.ring.clone()
-                } else {
-                    ring.head.clone()
-                }
-            };
-            return pages.map_into(vma, 0, offset == defs::MMAP_EVENTS_HEAD);
-        }
-        if offset != defs::MMAP_STATE_WORDS {
-            return Err(EINVAL);
-        }
+                (
+                    if head {
+                        ring.head.clone()
+                    } else {
+                        ring.ring.clone()
+                    },
+                    head,
+                )
+            }
+            uapi::MmapArea::Master => (data.master.as_ref().ok_or(EINVAL)?.ring.clone(), false),
+            uapi::MmapArea::MasterUser => (data.master.as_ref().ok_or(EINVAL)?.user.clone(), true),
+            uapi::MmapArea::Completion(q) => (data.queue(q).ok_or(EINVAL)?.kernel.clone(), false),
+            uapi::MmapArea::Submission(q) => (data.queue(q).ok_or(EINVAL)?.user.clone(), true),
+        };
+        pages.map_into(vma, 0, writable)
+    }
+
+    /// Maps the state words (see [`Context::mmap`]).
+    fn map_state_words(&self, vma: &VmaNew) -> Result {
         let nslots = (vma.end() - vma.start()) / 8;
-        if nslots == 0 || nslots > defs::MAX_SLOTS {
+        if nslots == 0 || nslots > uapi::MAX_SLOTS {
             return Err(EINVAL);
         }
         // A refused mapping creates nothing.
@@ -866,15 +941,15 @@ impl Context {
     }
 
     /// EVENTS_SETUP: creates the event ring. `EBUSY` when there is one.
-    /// The result is written back with `write_back` before the ring is
-    /// installed, so a call that fails changes nothing.
+    /// The result is written back before the ring is installed, so a call
+    /// that fails changes nothing.
     pub(crate) fn events_setup(
         &self,
-        req: &mut defs::EventsSetup,
-        write_back: impl FnOnce(&defs::EventsSetup) -> Result,
+        mut req: uapi::EventsSetup,
+        mut reply: Reply<'_, uapi::EventsSetup>,
     ) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
-        if !req.entries.is_power_of_two() || req.entries > defs::MAX_EVENTS {
+        uapi::check_reserved(&req.reserved)?;
+        if !req.entries.is_power_of_two() || req.entries > uapi::MAX_EVENTS {
             return Err(EINVAL.into());
         }
         let eventfd = eventfd_arg(req.eventfd)?;
@@ -883,7 +958,7 @@ impl Context {
             return Err(EBUSY.into());
         }
         req.ring_bytes = EventRing::ring_bytes(req.entries) as u64;
-        write_back(req)?;
+        reply.send(&req)?;
         let refused = {
             let mut t = self.shared.table.lock();
             if t.events.is_some() {
@@ -903,30 +978,30 @@ impl Context {
 
     /// EVENTS_RESYNC: discards unread events, clears the overflow flag and
     /// lists the registrations valid now, in one step.
-    pub(crate) fn events_resync(&self, req: &mut defs::EventsResync) -> OpResult {
-        defs::check_reserved(&[req.reserved])?;
+    pub(crate) fn events_resync(&self, req: &mut uapi::EventsResync) -> OpResult {
+        uapi::check_reserved(&[req.reserved])?;
         if req.capacity > MAX_RESYNC {
             return Err(EINVAL.into());
         }
         let capacity = (req.capacity as usize).min(crate::max_registrations() as usize);
-        let mut list = KVVec::<defs::ResyncEntry>::with_capacity(capacity, GFP_KERNEL_ACCOUNT)?;
+        let mut list = KVVec::<uapi::ResyncEntry>::with_capacity(capacity, GFP_KERNEL_ACCOUNT)?;
         let count = {
             let mut t = self.shared.table.lock();
             if let Some(ring) = t.events.as_mut() {
                 ring.resync();
             }
             for r in t.iter() {
-                let mut e: defs::ResyncEntry = defs::zeroed();
+                let mut e: uapi::ResyncEntry = uapi::zeroed();
                 e.key = r.lkey();
                 e.addr = r.info.addr;
                 e.length = r.info.length;
                 e.state = if r.is_suspended() {
-                    defs::STATE_SUSPENDED
+                    uapi::STATE_SUSPENDED
                 } else {
-                    defs::STATE_VALID
+                    uapi::STATE_VALID
                 };
                 if r.is_parked(&t) {
-                    e.state |= defs::STATE_PARKED;
+                    e.state |= uapi::STATE_PARKED;
                 }
                 e.slot = r.slot(&t).0;
                 if list.push_within_capacity(e).is_err() {
@@ -936,7 +1011,7 @@ impl Context {
             t.len()
         };
         let buf = usize::try_from(req.entries).map_err(|_| EFAULT)?;
-        let bytes = list.len() * core::mem::size_of::<defs::ResyncEntry>();
+        let bytes = list.len() * core::mem::size_of::<uapi::ResyncEntry>();
         let mut writer = UserSlice::new(UserPtr::from_addr(buf), bytes).writer();
         for e in list.iter() {
             writer.write(e)?;
@@ -980,47 +1055,20 @@ impl Context {
         mask
     }
 
-    /// The data path's area at mmap offset `offset`, and whether user space
-    /// may write it: `None` for an offset that is not the data path's,
-    /// `EINVAL` for a queue or master ring that does not exist.
-    fn data_area(&self, offset: u64) -> Result<Option<(Arc<SharedPages>, bool)>> {
-        let data = &self.shared.data;
-        let queue_at = |base: u64| {
-            let rel = offset.checked_sub(base)?;
-            let q = rel >> 24;
-            (rel & 0xff_ffff == 0 && q < u64::from(defs::MAX_QUEUES)).then_some(q as u32)
-        };
-        if offset == defs::MMAP_MASTER || offset == defs::MMAP_MASTER_USER {
-            let master = data.master.as_ref().ok_or(EINVAL)?;
-            return Ok(Some(if offset == defs::MMAP_MASTER {
-                (master.ring.clone(), false)
-            } else {
-                (master.user.clone(), true)
-            }));
-        }
-        if let Some(q) = queue_at(defs::MMAP_CQ_BASE) {
-            return Ok(Some((data.queue(q).ok_or(EINVAL)?.kernel.clone(), false)));
-        }
-        if let Some(q) = queue_at(defs::MMAP_SQ_BASE) {
-            return Ok(Some((data.queue(q).ok_or(EINVAL)?.user.clone(), true)));
-        }
-        Ok(None)
-    }
-
     /// QUEUE_CREATE: creates a queue (and the master ring with the first).
-    /// The result is written back with `write_back` before the queue is
-    /// installed, so a call that fails changes nothing.
+    /// The result is written back before the queue is installed, so a call
+    /// that fails changes nothing.
     pub(crate) fn queue_create(
         &self,
-        req: &mut defs::QueueCreate,
-        write_back: impl FnOnce(&defs::QueueCreate) -> Result,
+        mut req: uapi::QueueCreate,
+        mut reply: Reply<'_, uapi::QueueCreate>,
     ) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
+        uapi::check_reserved(&req.reserved)?;
         let eventfd = eventfd_arg(req.eventfd)?;
         let data = &self.shared.data;
         let _create = data.create.lock();
         let index = u32::try_from(data.queues.lock().len()).map_err(|_| ENOSPC)?;
-        if index >= defs::MAX_QUEUES {
+        if index >= uapi::MAX_QUEUES {
             return Err(ENOSPC.into());
         }
         let queue = Queue::new(index, req.sq_entries, req.cq_entries, eventfd)?;
@@ -1028,7 +1076,7 @@ impl Context {
         req.queue = index;
         req.sq_bytes = Queue::sq_bytes(req.sq_entries) as u64;
         req.cq_bytes = Queue::cq_bytes(req.cq_entries) as u64;
-        write_back(req)?;
+        reply.send(&req)?;
         // Room for every queue was reserved; creation is serialized, so this is index.
         data.queues
             .lock()
@@ -1038,13 +1086,13 @@ impl Context {
     }
 
     /// DOORBELL: wakes the worker for queue `req.queue`.
-    pub(crate) fn doorbell(&self, req: &defs::Doorbell) -> OpResult {
+    pub(crate) fn doorbell(&self, req: uapi::Doorbell) -> OpResult {
         if req.reserved != 0 || self.shared.data.queue(req.queue).is_none() {
             return Err(EINVAL.into());
         }
         self.shared.data.stats.doorbells.add(1, Relaxed);
         // Already queued: the queued run sees this queue too. Running: it runs again.
-        let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
+        let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(self.shared.clone());
         Ok(())
     }
 
@@ -1053,16 +1101,23 @@ impl Context {
         self.shared.clone()
     }
 
-    /// PEER_ATTACH: attaches the context `open` finds behind descriptor
-    /// `req.fd` and returns its handle in `req.peer`.
+    /// PEER_ATTACH: attaches the context of the memreg file behind
+    /// descriptor `req.fd` and returns its handle in `req.peer`. `EBADF` for
+    /// a descriptor that is not open, `EINVAL` for a file that is not
+    /// memreg's.
     pub(crate) fn peer_attach(
         &self,
-        req: &mut defs::PeerAttach,
-        open: impl FnOnce(u32) -> Result<Arc<ContextShared>>,
+        mut req: uapi::PeerAttach,
+        mut reply: Reply<'_, uapi::PeerAttach>,
     ) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
+        uapi::check_reserved(&req.reserved)?;
         let fd = u32::try_from(req.fd).map_err(|_| EBADF)?;
-        let peer = open(fd)?;
+        let peer = {
+            let file = LocalFile::fget(fd).map_err(|_| EBADF)?;
+            MiscDeviceRegistration::<Context>::device_of(&file)
+                .ok_or(EINVAL)?
+                .shared()
+        };
         // Read once the file was found open: a revocation afterwards ends this attachment.
         let epoch = peer.grant_epoch.load(Relaxed);
         let mut room = if self.shared.peers.lock().needs_room() {
@@ -1076,6 +1131,11 @@ impl Context {
         match attached {
             Ok(handle) => {
                 req.peer = handle;
+                if let Err(e) = reply.send(&req) {
+                    // The caller cannot learn the handle: undo the call.
+                    self.peer_undo_attach(handle);
+                    return Err(e.into());
+                }
                 Ok(())
             }
             Err((e, peer)) => {
@@ -1086,14 +1146,14 @@ impl Context {
     }
 
     /// Undoes a PEER_ATTACH whose result could not reach the caller.
-    pub(crate) fn peer_undo_attach(&self, handle: u32) {
+    fn peer_undo_attach(&self, handle: u32) {
         let peer = self.shared.peers.lock().detach(handle);
         drop(peer);
     }
 
     /// PEER_DETACH: drops handle `req.peer` and disconnects the queues
     /// connected through it.
-    pub(crate) fn peer_detach(&self, req: &defs::PeerDetach) -> OpResult {
+    pub(crate) fn peer_detach(&self, req: uapi::PeerDetach) -> OpResult {
         if req.reserved != 0 {
             return Err(EINVAL.into());
         }
@@ -1108,7 +1168,7 @@ impl Context {
         let peer = self.shared.peers.lock().detach(req.peer);
         drop(peer);
         // A SEND waiting on a queue it disconnected completes now.
-        let _ = dfl::system_dfl_long().enqueue::<_, 2>(self.shared.clone());
+        let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(self.shared.clone());
         Ok(())
     }
 
@@ -1124,9 +1184,9 @@ impl Context {
 
     /// QUEUE_CONNECT: SENDs on queue `req.queue` go to the RECVs posted on
     /// queue `req.remote_queue` of the peer `req.peer`.
-    pub(crate) fn queue_connect(&self, req: &defs::QueueConnect) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
-        if req.rnr_timeout_ms > defs::MAX_RNR_TIMEOUT_MS {
+    pub(crate) fn queue_connect(&self, req: uapi::QueueConnect) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
+        if req.rnr_timeout_ms > uapi::MAX_RNR_TIMEOUT_MS {
             return Err(EINVAL.into());
         }
         let data = &self.shared.data;
@@ -1152,30 +1212,26 @@ impl Context {
 
     /// The live pool of index `index`.
     fn pool(&self, index: u32) -> Option<Arc<Pool>> {
-        self.shared
-            .pools
-            .lock()
-            .get(index as usize)
-            .and_then(Option::clone)
+        self.shared.pool(index).ok()
     }
 
     /// POOL_CREATE: creates a pool from `req` and its classes at
     /// `req.classes`, and writes back both.
-    pub(crate) fn pool_create(&self, req: &mut defs::PoolCreate) -> OpResult {
+    pub(crate) fn pool_create(&self, req: &mut uapi::PoolCreate) -> OpResult {
         if req.reserved0 != 0 {
             return Err(EINVAL.into());
         }
-        defs::check_reserved(&req.reserved)?;
-        if req.nr_classes == 0 || req.nr_classes > defs::POOL_MAX_CLASSES {
+        uapi::check_reserved(&req.reserved)?;
+        if req.nr_classes == 0 || req.nr_classes > uapi::POOL_MAX_CLASSES {
             return Err(EINVAL.into());
         }
         let n = req.nr_classes as usize;
-        let size = core::mem::size_of::<defs::PoolClass>();
+        let size = core::mem::size_of::<uapi::PoolClass>();
         let slice = UserSlice::new(UserPtr::from_addr(req.classes as usize), n * size);
         let (mut reader, mut writer) = slice.reader_writer();
         let mut classes = KVec::with_capacity(n, GFP_KERNEL)?;
         for _ in 0..n {
-            classes.push(reader.read::<defs::PoolClass>()?, GFP_KERNEL)?;
+            classes.push(reader.read::<uapi::PoolClass>()?, GFP_KERNEL)?;
         }
         let data = &self.shared.data;
         // Creations are serialized with those of queues.
@@ -1183,7 +1239,7 @@ impl Context {
         // TODO(pool-index-reuse): an index is never reused, so a file creates at most
         // `MEMREG_MAX_POOLS` pools in its life.
         let index = self.shared.pools.lock().len();
-        if index >= defs::MAX_POOLS {
+        if index >= uapi::MAX_POOLS {
             return Err(ENOSPC.into());
         }
         let pool = Pool::new(self.shared.clone(), index as u32, req, &mut classes)?;
@@ -1209,22 +1265,22 @@ impl Context {
     }
 
     /// POOL_ALLOC: hands out buffers into the user array `req.bufs`.
-    pub(crate) fn pool_alloc(&self, req: &mut defs::PoolAlloc) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
-        if req.flags & !defs::POOL_NO_FALLBACK != 0
+    pub(crate) fn pool_alloc(&self, req: &mut uapi::PoolAlloc) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
+        if req.flags & !uapi::POOL_NO_FALLBACK != 0
             || req.count == 0
-            || req.count > defs::POOL_MAX_BATCH
-            || req.timeout_ms > defs::POOL_MAX_TIMEOUT_MS
+            || req.count > uapi::POOL_MAX_BATCH
+            || req.timeout_ms > uapi::POOL_MAX_TIMEOUT_MS
         {
             return Err(EINVAL.into());
         }
         let pool = self.pool(req.pool).ok_or(EINVAL)?;
         // One buffer, the common case, without clearing room for a whole batch.
         if req.count == 1 {
-            let mut one: [Buffer; 1] = defs::zeroed();
+            let mut one: [Buffer; 1] = uapi::zeroed();
             return Self::pool_alloc_into(&pool, req, &mut one);
         }
-        let mut bufs: [Buffer; defs::POOL_MAX_BATCH as usize] = defs::zeroed();
+        let mut bufs: [Buffer; uapi::POOL_MAX_BATCH as usize] = uapi::zeroed();
         let want = bufs.get_mut(..req.count as usize).ok_or(EINVAL)?;
         Self::pool_alloc_into(&pool, req, want)
     }
@@ -1233,10 +1289,10 @@ impl Context {
     /// `req.bufs` in one go.
     fn pool_alloc_into(
         pool: &Arc<Pool>,
-        req: &mut defs::PoolAlloc,
+        req: &mut uapi::PoolAlloc,
         want: &mut [Buffer],
     ) -> OpResult {
-        let fallback = req.flags & defs::POOL_NO_FALLBACK == 0;
+        let fallback = req.flags & uapi::POOL_NO_FALLBACK == 0;
         let n = Pool::alloc(pool, req.size, fallback, req.timeout_ms, want)?;
         let got = want.get(..n).ok_or(EINVAL)?;
         let bytes = kernel::transmute::AsBytes::as_bytes(got);
@@ -1244,7 +1300,7 @@ impl Context {
             UserSlice::new(UserPtr::from_addr(req.bufs as usize), bytes.len()).writer();
         if let Err(e) = writer.write_slice(bytes) {
             // The caller cannot learn them: they go back.
-            let mut addrs = [0u64; defs::POOL_MAX_BATCH as usize];
+            let mut addrs = [0u64; uapi::POOL_MAX_BATCH as usize];
             for (a, b) in addrs.iter_mut().zip(got.iter()) {
                 *a = b.addr;
             }
@@ -1257,9 +1313,9 @@ impl Context {
 
     /// POOL_FREE: gives back the buffers whose addresses are at
     /// `req.addrs`.
-    pub(crate) fn pool_free(&self, req: &defs::PoolFree) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
-        if req.count == 0 || req.count > defs::POOL_MAX_BATCH {
+    pub(crate) fn pool_free(&self, req: uapi::PoolFree) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
+        if req.count == 0 || req.count > uapi::POOL_MAX_BATCH {
             return Err(EINVAL.into());
         }
         let pool = self.pool(req.pool).ok_or(EINVAL)?;
@@ -1270,7 +1326,7 @@ impl Context {
         let addrs: &mut [u64] = if n == 1 {
             &mut one
         } else {
-            many = [0u64; defs::POOL_MAX_BATCH as usize];
+            many = [0u64; uapi::POOL_MAX_BATCH as usize];
             many.get_mut(..n).unwrap_or(&mut batch)
         };
         UserSlice::new(UserPtr::from_addr(req.addrs as usize), n * 8)
@@ -1281,11 +1337,11 @@ impl Context {
     }
 
     /// POOL_STATS: the counters of each class of pool `req.pool`.
-    pub(crate) fn pool_stats(&self, req: &mut defs::PoolInfo) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
+    pub(crate) fn pool_stats(&self, req: &mut uapi::PoolInfo) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
         let pool = self.pool(req.pool).ok_or(EINVAL)?;
         let n = pool.nr_classes().min(req.count as usize);
-        let size = core::mem::size_of::<defs::PoolStats>();
+        let size = core::mem::size_of::<uapi::PoolStats>();
         let mut writer = UserSlice::new(UserPtr::from_addr(req.stats as usize), n * size).writer();
         for c in 0..n {
             writer.write(&pool.stats(c).ok_or(EINVAL)?)?;
@@ -1295,7 +1351,7 @@ impl Context {
     }
 
     /// POOL_DESTROY: ends pool `req.pool` for good.
-    pub(crate) fn pool_destroy(&self, req: &defs::PoolDestroy) -> OpResult {
+    pub(crate) fn pool_destroy(&self, req: uapi::PoolDestroy) -> OpResult {
         if req.reserved != 0 {
             return Err(EINVAL.into());
         }
@@ -1311,7 +1367,7 @@ impl Context {
     }
 
     /// The pools' counters, for fdinfo: `(pool, class, counters)`.
-    pub(crate) fn pool_lines(&self, mut f: impl FnMut(u32, usize, &defs::PoolStats)) {
+    pub(crate) fn pool_lines(&self, mut f: impl FnMut(u32, usize, &uapi::PoolStats)) {
         let pools: KVec<Arc<Pool>> = {
             let mut out = KVec::new();
             let pools = self.shared.pools.lock();
@@ -1337,48 +1393,73 @@ impl Context {
     }
 
     /// QUEUE_STATS: the data path's counters.
-    pub(crate) fn queue_stats(&self) -> defs::QueueStats {
+    pub(crate) fn queue_stats(&self) -> uapi::QueueStats {
         self.shared.data.stats()
+    }
+
+    /// QUEUE_STATS.
+    pub(crate) fn queue_stats_ioctl(&self) -> OpResult<uapi::QueueStats> {
+        Ok(self.queue_stats())
+    }
+
+    /// GET_VERSION: the ABI version this module implements.
+    pub(crate) fn abi_version(&self) -> OpResult<u32> {
+        Ok(uapi::ABI_VERSION)
+    }
+
+    /// GLOBAL_STATS: the module's counters.
+    pub(crate) fn global_stats(&self) -> OpResult<uapi::GlobalStats> {
+        Ok(crate::stats::global())
+    }
+
+    /// STATS: the context's counters.
+    pub(crate) fn stats_ioctl(&self) -> OpResult<uapi::Stats> {
+        Ok(self.stats().to_abi())
+    }
+
+    /// GET_CACHE: the context's cache configuration.
+    pub(crate) fn get_cache(&self) -> OpResult<uapi::CacheConfig> {
+        Ok(self.cache_config())
     }
 
     /// FLUSH: ends every parked registration; their pages are uncharged when
     /// this returns.
-    pub(crate) fn flush(&self, req: &mut defs::Flush) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
-        let (evicted, pages) = self.shared.evict_while(defs::EVICT_FLUSH, |_| false);
-        *req = defs::zeroed();
+    pub(crate) fn flush(&self, req: &mut uapi::Flush) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
+        let (evicted, pages) = self.shared.evict_while(uapi::EVICT_FLUSH, |_| false);
+        *req = uapi::zeroed();
         req.evicted = evicted;
         req.pages = pages;
         Ok(())
     }
 
     /// GET_CACHE: the context's cache configuration.
-    pub(crate) fn cache_config(&self) -> defs::CacheConfig {
+    pub(crate) fn cache_config(&self) -> uapi::CacheConfig {
         self.shared.table.lock().config.to_abi()
     }
 
     /// SET_CACHE: replaces the context's cache configuration and ends the
     /// parked registrations past its limits.
-    pub(crate) fn set_cache_config(&self, req: &defs::CacheConfig) -> OpResult {
-        let config = CacheConfig::from_abi(req)?;
+    pub(crate) fn set_cache_config(&self, req: uapi::CacheConfig) -> OpResult {
+        let config = CacheConfig::from_abi(&req)?;
         self.shared.table.lock().config = config;
         if !config.parking {
-            self.shared.evict_while(defs::EVICT_FLUSH, |_| false);
+            self.shared.evict_while(uapi::EVICT_FLUSH, |_| false);
         } else {
-            self.shared.evict_while(defs::EVICT_PARK_LIMIT, |t| {
+            self.shared.evict_while(uapi::EVICT_PARK_LIMIT, |t| {
                 t.stats.parked <= config.max_parked
                     && t.stats.parked_pages <= config.max_parked_pages
             });
         }
         // The idle eviction follows the new delay.
-        cancel_delayed_sync::<_, 1>(&self.shared);
+        cancel_delayed_sync::<_, { work_id::IDLE }>(&self.shared);
         ContextShared::arm_idle(&self.shared, config.idle_ms);
         Ok(())
     }
 
     /// QUERY: describes the registration whose local key is `req.key`.
-    pub(crate) fn query(&self, req: &mut defs::Query) -> OpResult {
-        defs::check_reserved(&req.reserved)?;
+    pub(crate) fn query(&self, req: &mut uapi::Query) -> OpResult {
+        uapi::check_reserved(&req.reserved)?;
         let (registration, refcount, parked) = {
             let t = self.shared.table.lock();
             let r = t.get(req.key).ok_or(ENOENT)?.clone();
@@ -1388,20 +1469,20 @@ impl Context {
         };
         let info = registration.info;
         let key = req.key;
-        *req = defs::zeroed();
+        *req = uapi::zeroed();
         req.key = key;
         req.addr = info.addr;
         req.length = info.length;
         req.access = info.access;
         if registration.is_live() {
             req.state |= if registration.is_suspended() {
-                defs::STATE_SUSPENDED
+                uapi::STATE_SUSPENDED
             } else {
-                defs::STATE_VALID
+                uapi::STATE_VALID
             };
         }
         if parked {
-            req.state |= defs::STATE_PARKED;
+            req.state |= uapi::STATE_PARKED;
         }
         req.pages = info.npages as u64;
         req.extents = registration.extents();
@@ -1417,24 +1498,24 @@ impl Context {
     /// COPY: moves data between a user buffer and a registered range, through
     /// the registration's translation entries only.
     ///
-    /// Data moves in order, [`COPY_CHUNK`] bytes at a time. When the user
+    /// Data moves in order, [`transfer::COPY_CHUNK`] bytes at a time. When the user
     /// buffer faults (`EFAULT`), the registration ends (`ENOENT`) or a fatal
     /// signal arrives (`EINTR`) part way, the chunks before the failing one
     /// have moved and nothing after it has; the failing chunk itself may have
     /// moved in part when copying to the user buffer.
-    pub(crate) fn copy(&self, req: &defs::Copy) -> OpResult {
-        defs::check_reserved(&[req.reserved])?;
+    pub(crate) fn copy(&self, req: uapi::Copy) -> OpResult {
+        uapi::check_reserved(&[req.reserved])?;
         if req.flags != 0
-            || (req.direction != defs::COPY_TO_REGION && req.direction != defs::COPY_FROM_REGION)
+            || (req.direction != uapi::COPY_TO_REGION && req.direction != uapi::COPY_FROM_REGION)
         {
             return Err(EINVAL.into());
         }
         let registration = self.shared.table.lock().get_target(req.key).ok_or(ENOENT)?;
-        let to_registration = req.direction == defs::COPY_TO_REGION;
+        let to_registration = req.direction == uapi::COPY_TO_REGION;
         let need = if to_registration {
-            defs::ACCESS_LOCAL_WRITE
+            uapi::ACCESS_LOCAL_WRITE
         } else {
-            defs::ACCESS_LOCAL_READ
+            uapi::ACCESS_LOCAL_READ
         };
         if registration.info.access & need == 0 {
             return Err(EACCES.into());
@@ -1444,46 +1525,14 @@ impl Context {
             return Err(EINVAL.into());
         }
         let length = usize::try_from(req.length).map_err(|_| EINVAL)?;
-        if length == 0 {
-            return Ok(());
-        }
         let buf = usize::try_from(req.buf).map_err(|_| EFAULT)?;
-        let mut bounce = KVVec::from_elem(0u8, length.min(COPY_CHUNK), GFP_KERNEL)?;
-        let user = UserSlice::new(UserPtr::from_addr(buf), length);
-        let (mut reader, mut writer) = user.reader_writer();
-        let mut done = 0usize;
-        while done < length {
-            if fatal_signal_pending() {
-                return Err(EINTR.into());
-            }
-            let n = (length - done).min(COPY_CHUNK);
-            let chunk = bounce.get_mut(..n).ok_or(EINVAL)?;
-            let offset = req.offset + done as u64;
-            if to_registration {
-                reader.read_slice(chunk)?;
-            }
-            let mut tries = 0;
-            loop {
-                match registration.copy_chunk(offset, chunk, to_registration) {
-                    Err(e) if e == EAGAIN && tries < USE_TRIES => {
-                        // Suspended: look at its pages before moving anything.
-                        tries += 1;
-                        if Registration::revalidate(registration.registration())?
-                            == Revalidated::Ended
-                        {
-                            return Err(ENOENT.into());
-                        }
-                    }
-                    result => break result?,
-                }
-            }
-            if !to_registration {
-                writer.write_slice(chunk)?;
-            }
-            done += n;
-            cond_resched();
-        }
-        Ok(())
+        Ok(transfer::copy_user(
+            &registration,
+            req.offset,
+            buf,
+            length,
+            to_registration,
+        )?)
     }
 }
 
@@ -1499,10 +1548,10 @@ impl Drop for Context {
         // and its queues leave the receiving queues they were connected to (both under the
         // locks those wake-ups happen under).
         self.shared.data.close_queues(&self.shared);
-        cancel_sync::<_, 2>(&self.shared);
+        cancel_sync::<_, { work_id::WORKER }>(&self.shared);
         // The timer may have queued the worker again before it was cancelled.
-        cancel_delayed_sync::<_, 3>(&self.shared);
-        cancel_sync::<_, 2>(&self.shared);
+        cancel_delayed_sync::<_, { work_id::RNR_TIMER }>(&self.shared);
+        cancel_sync::<_, { work_id::WORKER }>(&self.shared);
         // The pools go: their chunks end and their pages leave the mapping (when the address
         // space is still there) before everything else ends.
         while let Some(pool) = self.shared.take_pool() {
@@ -1513,7 +1562,7 @@ impl Drop for Context {
         let peers = self.shared.peers.lock().take_all();
         drop(peers);
         self.shared.data.clear_worker();
-        cancel_delayed_sync::<_, 1>(&self.shared);
+        cancel_delayed_sync::<_, { work_id::IDLE }>(&self.shared);
         loop {
             let ended = {
                 let mut t = self.shared.table.lock();
@@ -1536,7 +1585,7 @@ impl Drop for Context {
             }
         }
         self.shared.drain_deferred();
-        cancel_sync::<_, 0>(&self.shared);
+        cancel_sync::<_, { work_id::MAINTENANCE }>(&self.shared);
         self.shared.drain_deferred();
         // The shadow's references on registrations would keep the context alive.
         let shadowed = self.shared.data.shadow.lock().clear();

@@ -6,7 +6,7 @@
 //! user space as an errno; through the request rings it becomes the status of
 //! a completion, the same number negated, so a program reads one vocabulary
 //! of failures whichever way it asked. The errors each operation
-//! returns are listed in `Documentation/memreg.rst`.
+//! returns are listed in `Documentation/userspace-api/memreg/errors.rst`.
 
 use kernel::{alloc::AllocError, prelude::*};
 
@@ -43,6 +43,7 @@ impl From<MemregError> for Error {
 /// The result of a memreg operation.
 pub(crate) type OpResult<T = ()> = core::result::Result<T, MemregError>;
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_error)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 //! and counts it: an event is never overwritten or lost silently. See
 //! `include/uapi/linux/memreg.h` for the layout and memory ordering.
 
-use crate::{defs, registration::RegistrationInfo};
+use crate::{registration::RegistrationInfo, uapi};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
@@ -23,14 +23,10 @@ use kernel::{
     transmute::AsBytes,
 };
 
-/// Index of the `tail` `u32` in the header.
-const TAIL: usize = 0;
-/// Index of the `entries` `u32` in the header.
-const ENTRIES: usize = 1;
-/// Index of the `flags` `u32` in the header.
-const FLAGS: usize = 2;
-/// Index of the `overflows` `u64` in the header (byte 16).
-const OVERFLOWS: usize = 2;
+use crate::uapi::layout::{
+    EVENTS_ENTRIES as ENTRIES, EVENTS_FLAGS as FLAGS, EVENTS_OVERFLOWS as OVERFLOWS,
+    EVENTS_TAIL as TAIL,
+};
 
 /// Those waiting in `poll` for events. Boxed so that freeing it waits for
 /// no RCU grace period (the box is freed after one instead).
@@ -70,7 +66,7 @@ pub(crate) struct EventRing {
 impl EventRing {
     /// The length of the ring's mapping for `entries` entries.
     pub(crate) fn ring_bytes(entries: u32) -> usize {
-        let bytes = defs::EVENTS_OFFSET + entries as usize * core::mem::size_of::<defs::Event>();
+        let bytes = uapi::EVENTS_OFFSET + entries as usize * core::mem::size_of::<uapi::Event>();
         bytes.next_multiple_of(PAGE_SIZE)
     }
 
@@ -82,7 +78,7 @@ impl EventRing {
         eventfd: Option<EventFd>,
         waiters: Arc<Waiters>,
     ) -> Result<Self> {
-        if !entries.is_power_of_two() || entries > defs::MAX_EVENTS {
+        if !entries.is_power_of_two() || entries > uapi::MAX_EVENTS {
             return Err(EINVAL);
         }
         let ring = Arc::new(
@@ -107,7 +103,7 @@ impl EventRing {
     /// overflow.
     pub(crate) fn readable(&self) -> bool {
         let head = self.head.load_u32(0).unwrap_or(self.tail);
-        head != self.tail || self.flags & defs::EVENTS_OVERFLOW != 0
+        head != self.tail || self.flags & uapi::EVENTS_OVERFLOW != 0
     }
 
     /// Writes an event about the registration `info`, whose local key is
@@ -116,19 +112,19 @@ impl EventRing {
     pub(crate) fn push(&mut self, info: &RegistrationInfo, lkey: u64, kind: u32, cause: u32) {
         let head = self.head.load_u32(0).unwrap_or(0);
         if self.tail.wrapping_sub(head) >= self.entries {
-            self.flags |= defs::EVENTS_OVERFLOW;
+            self.flags |= uapi::EVENTS_OVERFLOW;
             self.overflows = self.overflows.saturating_add(1);
             self.ring.store_u64(OVERFLOWS, self.overflows);
             self.ring.store_u32(FLAGS, self.flags);
         } else {
-            let mut event: defs::Event = defs::zeroed();
+            let mut event: uapi::Event = uapi::zeroed();
             event.key = lkey;
             event.addr = info.addr;
             event.length = info.length;
             event.kind = kind;
             event.cause = cause;
             let index = (self.tail & (self.entries - 1)) as usize;
-            let offset = defs::EVENTS_OFFSET + index * core::mem::size_of::<defs::Event>();
+            let offset = uapi::EVENTS_OFFSET + index * core::mem::size_of::<uapi::Event>();
             self.ring.write_words(offset, event.as_bytes());
             self.tail = self.tail.wrapping_add(1);
             // Release: the entry is visible before the tail that covers it.
@@ -148,6 +144,7 @@ impl EventRing {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_events)]
 mod tests {
     use super::*;
@@ -171,7 +168,7 @@ mod tests {
     /// The `i`-th entry's key, as user space reads it.
     fn key_at(ring: &EventRing, i: usize) -> Option<u64> {
         ring.ring
-            .load_u64((defs::EVENTS_OFFSET + i * core::mem::size_of::<defs::Event>()) / 8)
+            .load_u64((uapi::EVENTS_OFFSET + i * core::mem::size_of::<uapi::Event>()) / 8)
     }
 
     #[test]
@@ -184,18 +181,18 @@ mod tests {
         assert_eq!(ring.ring.load_u32(ENTRIES), Some(2));
         assert!(!ring.readable());
         for n in 1..=3 {
-            ring.push(&info(n), info(n).keys.lkey, defs::EVENT_ENDED, 0);
+            ring.push(&info(n), info(n).keys.lkey, uapi::EVENT_ENDED, 0);
         }
         // Two written, the third dropped and counted; nothing overwritten.
         assert_eq!(ring.ring.load_u32(TAIL), Some(2));
-        assert_eq!(ring.ring.load_u32(FLAGS), Some(defs::EVENTS_OVERFLOW));
+        assert_eq!(ring.ring.load_u32(FLAGS), Some(uapi::EVENTS_OVERFLOW));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         assert_eq!(key_at(&ring, 0), Some(1 << 24));
         assert_eq!(key_at(&ring, 1), Some(2 << 24));
         assert!(ring.readable());
         // The reader consumes one: there is room for one more.
         ring.head.store_u32(0, 1);
-        ring.push(&info(4), info(4).keys.lkey, defs::EVENT_EVICTED, 4);
+        ring.push(&info(4), info(4).keys.lkey, uapi::EVENT_EVICTED, 4);
         assert_eq!(ring.ring.load_u32(TAIL), Some(3));
         assert_eq!(key_at(&ring, 0), Some(4 << 24));
         // Resync discards the rest and clears the flag, not the count.
@@ -214,7 +211,7 @@ mod tests {
         };
         // A head ahead of the tail: the ring looks fuller than it can be.
         ring.head.store_u32(0, 100);
-        ring.push(&info(1), info(1).keys.lkey, defs::EVENT_ENDED, 0);
+        ring.push(&info(1), info(1).keys.lkey, uapi::EVENT_ENDED, 0);
         assert_eq!(ring.ring.load_u32(TAIL), Some(0));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         Ok(())
@@ -225,7 +222,7 @@ mod tests {
         let w = Waiters::new()?;
         assert!(EventRing::new(0, None, w.clone()).is_err());
         assert!(EventRing::new(3, None, w.clone()).is_err());
-        assert!(EventRing::new(defs::MAX_EVENTS * 2, None, w).is_err());
+        assert!(EventRing::new(uapi::MAX_EVENTS * 2, None, w).is_err());
         assert_eq!(EventRing::ring_bytes(1), PAGE_SIZE);
         assert_eq!(EventRing::ring_bytes(128), 2 * PAGE_SIZE);
         Ok(())

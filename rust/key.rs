@@ -60,6 +60,7 @@ pub(crate) fn seq_of(key: u64) -> u64 {
     key >> RANDOM_BITS
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_key)]
 mod tests {
     use super::*;

@@ -6,12 +6,11 @@
 //! space of the process that opened it. A registration pins user pages, keeps
 //! their translation entries, is reused by later registrations it covers, and
 //! ends by itself when the memory under it changes. See
-//! `Documentation/memreg.rst`.
+//! `Documentation/userspace-api/memreg/`.
 
 use kernel::{
     debugfs,
-    fs::{File, LocalFile},
-    ioctl::_IOC_SIZE,
+    fs::File,
     miscdevice::{
         ext::{MiscDevicePoll, PollFileOps},
         MiscDevice, MiscDeviceOptions, MiscDeviceRegistration,
@@ -22,22 +21,21 @@ use kernel::{
     seq_print,
     shrinker::Shrinker,
     sync::{atomic::Relaxed, Arc},
-    uaccess::{UserPtr, UserSlice},
 };
 
 mod accounting;
 mod context;
-mod defs;
+mod datapath;
 mod error;
 mod events;
+mod ioctl;
 mod key;
 mod parked;
 mod peer;
 mod pool;
-mod queue;
 mod registration;
 mod stats;
-mod worker;
+mod uapi;
 
 use context::{table::CacheConfig, Context};
 use stats::{GLOBAL_CONTEXTS, GLOBAL_PINNED, GLOBAL_REGISTRATIONS};
@@ -90,7 +88,7 @@ pub(crate) fn default_cache_config() -> CacheConfig {
         max_parked_pages: module_parameters::park_max_pages.value(),
         idle_ms: module_parameters::park_idle_ms
             .value()
-            .min(defs::MAX_IDLE_MS),
+            .min(uapi::MAX_IDLE_MS),
     }
 }
 
@@ -199,145 +197,6 @@ impl MiscDevice for Context {
     }
 
     fn ioctl(me: &Context, _file: &File, cmd: u32, arg: usize) -> Result<isize> {
-        let (mut reader, mut writer) =
-            UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd)).reader_writer();
-        // Any call of the owner's, even one it may not make or that does not exist, counts as a
-        // use of the context (idle eviction looks at the last one).
-        let owner = me.check_owner();
-        if owner.is_ok() {
-            me.touch();
-        }
-        match cmd {
-            // Anyone may ask these: a child that inherited the file, say.
-            defs::IOC_GET_VERSION | defs::IOC_GLOBAL_STATS => {}
-            // The calls on the context are the owner's.
-            defs::IOC_REGISTER
-            | defs::IOC_DEREGISTER
-            | defs::IOC_QUERY
-            | defs::IOC_STATS
-            | defs::IOC_COPY
-            | defs::IOC_GET_CACHE
-            | defs::IOC_SET_CACHE
-            | defs::IOC_EVENTS_SETUP
-            | defs::IOC_EVENTS_RESYNC
-            | defs::IOC_FLUSH
-            | defs::IOC_QUEUE_CREATE
-            | defs::IOC_DOORBELL
-            | defs::IOC_QUEUE_STATS
-            | defs::IOC_PEER_ATTACH
-            | defs::IOC_PEER_DETACH
-            | defs::IOC_PEER_REVOKE
-            | defs::IOC_QUEUE_CONNECT
-            | defs::IOC_POOL_CREATE
-            | defs::IOC_POOL_ALLOC
-            | defs::IOC_POOL_FREE
-            | defs::IOC_POOL_STATS
-            | defs::IOC_POOL_DESTROY => owner?,
-            _ => return Err(ENOTTY),
-        }
-        match cmd {
-            defs::IOC_GET_VERSION => writer.write(&defs::ABI_VERSION)?,
-            defs::IOC_GLOBAL_STATS => writer.write(&stats::global())?,
-            defs::IOC_REGISTER => {
-                let mut req: defs::Register = reader.read()?;
-                let done = me.register_ioctl(&mut req)?;
-                if let Err(e) = writer.write(&req) {
-                    // The caller cannot learn the keys: undo the call.
-                    me.unregister(&done);
-                    return Err(e);
-                }
-            }
-            defs::IOC_DEREGISTER => {
-                me.deregister(&reader.read()?)?;
-            }
-            defs::IOC_QUERY => {
-                let mut req: defs::Query = reader.read()?;
-                me.query(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_STATS => {
-                writer.write(&me.stats().to_abi())?;
-            }
-            defs::IOC_COPY => {
-                me.copy(&reader.read()?)?;
-            }
-            defs::IOC_GET_CACHE => {
-                writer.write(&me.cache_config())?;
-            }
-            defs::IOC_SET_CACHE => {
-                me.set_cache_config(&reader.read()?)?;
-            }
-            defs::IOC_EVENTS_SETUP => {
-                let mut req: defs::EventsSetup = reader.read()?;
-                me.events_setup(&mut req, |req| writer.write(req))?;
-            }
-            defs::IOC_EVENTS_RESYNC => {
-                let mut req: defs::EventsResync = reader.read()?;
-                me.events_resync(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_FLUSH => {
-                let mut req: defs::Flush = reader.read()?;
-                me.flush(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_QUEUE_CREATE => {
-                let mut req: defs::QueueCreate = reader.read()?;
-                me.queue_create(&mut req, |req| writer.write(req))?;
-            }
-            defs::IOC_DOORBELL => {
-                me.doorbell(&reader.read()?)?;
-            }
-            defs::IOC_QUEUE_STATS => {
-                writer.write(&me.queue_stats())?;
-            }
-            defs::IOC_PEER_ATTACH => {
-                let mut req: defs::PeerAttach = reader.read()?;
-                me.peer_attach(&mut req, |fd| {
-                    let file = LocalFile::fget(fd).map_err(|_| EBADF)?;
-                    let peer = MiscDeviceRegistration::<Context>::device_of(&file)
-                        .ok_or(EINVAL)?
-                        .shared();
-                    Ok(peer)
-                })?;
-                if let Err(e) = writer.write(&req) {
-                    // The caller cannot learn the handle: undo the call.
-                    me.peer_undo_attach(req.peer);
-                    return Err(e);
-                }
-            }
-            defs::IOC_PEER_DETACH => {
-                me.peer_detach(&reader.read()?)?;
-            }
-            defs::IOC_PEER_REVOKE => {
-                me.peer_revoke()?;
-            }
-            defs::IOC_QUEUE_CONNECT => {
-                me.queue_connect(&reader.read()?)?;
-            }
-            defs::IOC_POOL_CREATE => {
-                let mut req: defs::PoolCreate = reader.read()?;
-                me.pool_create(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_POOL_ALLOC => {
-                let mut req: defs::PoolAlloc = reader.read()?;
-                me.pool_alloc(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_POOL_FREE => {
-                me.pool_free(&reader.read()?)?;
-            }
-            defs::IOC_POOL_STATS => {
-                let mut req: defs::PoolInfo = reader.read()?;
-                me.pool_stats(&mut req)?;
-                writer.write(&req)?;
-            }
-            defs::IOC_POOL_DESTROY => {
-                me.pool_destroy(&reader.read()?)?;
-            }
-            _ => return Err(ENOTTY),
-        }
-        Ok(0)
+        ioctl::dispatch(me, cmd, arg)
     }
 }

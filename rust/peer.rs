@@ -19,7 +19,7 @@
 //! Handles count up from 1 and are never reused by a context, so a stale
 //! handle never names a newer peer.
 
-use crate::{context::ContextShared, defs, error::MemregError, stats::GLOBAL_PEERS};
+use crate::{context::ContextShared, error::MemregError, stats::GLOBAL_PEERS, uapi};
 use kernel::{
     prelude::*,
     sync::{atomic::Relaxed, Arc},
@@ -91,7 +91,7 @@ impl Peers {
             core::mem::swap(&mut self.list, room);
         }
         let handle = self.next;
-        if handle == 0 || self.list.len() >= defs::MAX_PEERS {
+        if handle == 0 || self.list.len() >= uapi::MAX_PEERS {
             return Err((ENOSPC, ctx));
         }
         if let Err(e) = self.list.push_within_capacity(Peer { handle, ctx, epoch }) {
@@ -120,7 +120,7 @@ impl Peers {
 
 /// Room for a context's attachments, allocated before its lock is taken.
 pub(crate) fn room() -> Result<KVec<Peer>> {
-    Ok(KVec::with_capacity(defs::MAX_PEERS, GFP_KERNEL_ACCOUNT)?)
+    Ok(KVec::with_capacity(uapi::MAX_PEERS, GFP_KERNEL_ACCOUNT)?)
 }
 
 /// The attachment `handle` of `ctx`: the peer's context and the epoch of

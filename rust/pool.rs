@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Buffer pools: reserved and unreserved memory with a moving boundary.
+//! Buffer pools: partitions of kernel pages mapped below a moving boundary.
 //!
 //! A pool is a set of size classes. Each class is a partition: one range of
 //! the pool's mapping, `max_buffers` buffers of one size, reserved in full
@@ -51,12 +51,12 @@
 
 use crate::{
     accounting::Charges,
-    context::{table::Nodes, ContextShared},
-    defs,
+    context::{job, table::Nodes, ContextShared},
     key::KeyPair,
     parked,
     registration::{Parts, Registration, RegistrationInfo},
     stats::{GLOBAL_POOLS, GLOBAL_POOL_PAGES, GLOBAL_POOL_RECLAIMABLE},
+    uapi,
 };
 use kernel::{
     impl_has_delayed_work, impl_has_work,
@@ -130,11 +130,11 @@ impl Class {
 
     /// The class described by `c` at `offset` of the mapping, validated
     /// against the previous class's buffer size `prev` (`EINVAL`).
-    fn from_abi(c: &defs::PoolClass, offset: usize, prev: usize) -> Result<Self> {
+    fn from_abi(c: &uapi::PoolClass, offset: usize, prev: usize) -> Result<Self> {
         let size = c.buffer_size as usize;
         if !size.is_power_of_two()
-            || size < defs::POOL_MIN_BUFFER as usize
-            || size > defs::POOL_MAX_BUFFER as usize
+            || size < uapi::POOL_MIN_BUFFER as usize
+            || size > uapi::POOL_MAX_BUFFER as usize
             || size <= prev
         {
             return Err(EINVAL);
@@ -145,7 +145,7 @@ impl Class {
         let high = c.high_watermark as usize;
         let initial = c.initial as usize;
         if max == 0
-            || max > defs::POOL_MAX_BUFFERS as usize
+            || max > uapi::POOL_MAX_BUFFERS as usize
             || rem(max, chunk_buffers) != 0
             || low >= max
             || (high != 0 && high < low + chunk_buffers)
@@ -381,7 +381,7 @@ struct PoolState {
 
 /// A buffer handed out, as user space gets it: address, key, offset in the
 /// key's registration, size and class.
-pub(crate) type Buffer = defs::PoolBuf;
+pub(crate) type Buffer = uapi::PoolBuf;
 
 /// One pool.
 #[pin_data(PinnedDrop)]
@@ -487,7 +487,7 @@ impl IntervalNotifierOps for Pool {
         if kills {
             this.state.lock().dead = true;
             this.changed.notify_all();
-            ContextShared::schedule_teardown(&this.ctx);
+            ContextShared::defer(&this.ctx, job::REAP_POOLS);
         }
         true
     }
@@ -499,16 +499,16 @@ impl Pool {
     pub(crate) fn new(
         ctx: Arc<ContextShared>,
         index: u32,
-        req: &defs::PoolCreate,
-        classes: &mut [defs::PoolClass],
+        req: &uapi::PoolCreate,
+        classes: &mut [uapi::PoolClass],
     ) -> Result<Arc<Self>> {
         let access = req.access;
-        if access & !defs::ACCESS_ALL != 0 || access & defs::ACCESS_LOCAL_WRITE == 0 {
+        if access & !uapi::ACCESS_ALL != 0 || access & uapi::ACCESS_LOCAL_WRITE == 0 {
             return Err(EINVAL);
         }
         if req.leak_timeout_ms == 0
-            || req.leak_timeout_ms > defs::POOL_MAX_TIMEOUT_MS
-            || req.shrink_ms > defs::POOL_MAX_TIMEOUT_MS
+            || req.leak_timeout_ms > uapi::POOL_MAX_TIMEOUT_MS
+            || req.shrink_ms > uapi::POOL_MAX_TIMEOUT_MS
         {
             return Err(EINVAL);
         }
@@ -724,7 +724,7 @@ impl Pool {
     /// one had been reclaimed as a leak (all are freed).
     pub(crate) fn free(this: &Arc<Self>, addrs: &[u64]) -> Result {
         // Where each address is, `class << 16 | buffer`, on the stack (at most a batch).
-        let mut slots = [0u32; defs::POOL_MAX_BATCH as usize];
+        let mut slots = [0u32; uapi::POOL_MAX_BATCH as usize];
         let found = slots.get_mut(..addrs.len()).ok_or(EINVAL)?;
         let mut st = this.state.lock();
         let base = st.mapped_at.ok_or(EINVAL)? as u64;
@@ -806,10 +806,10 @@ impl Pool {
     }
 
     /// The counters of class `c`, in the ABI's layout.
-    pub(crate) fn stats(&self, c: usize) -> Option<defs::PoolStats> {
+    pub(crate) fn stats(&self, c: usize) -> Option<uapi::PoolStats> {
         let st = self.state.lock();
         let part = st.parts.get(c)?;
-        let mut out: defs::PoolStats = defs::zeroed();
+        let mut out: uapi::PoolStats = uapi::zeroed();
         out.boundary = part.boundary as u64;
         out.allocated = part.allocated as u64;
         out.free = part.free as u64;
@@ -1286,12 +1286,13 @@ impl Pool {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_pool)]
 mod tests {
     use super::*;
 
-    fn class(size: u32, max: u32, low: u32, high: u32, initial: u32) -> defs::PoolClass {
-        let mut c: defs::PoolClass = defs::zeroed();
+    fn class(size: u32, max: u32, low: u32, high: u32, initial: u32) -> uapi::PoolClass {
+        let mut c: uapi::PoolClass = uapi::zeroed();
         c.buffer_size = size;
         c.max_buffers = max;
         c.low_watermark = low;

@@ -13,7 +13,7 @@
 //!    it, and REGISTER calls it covers take references on it.
 //! 3. **Parked** ([`Registration::park`]) by the last DEREGISTER when the
 //!    context's cache configuration allows: it stays pinned, charged and
-//!    watched, without references, on the context's deregistration list.
+//!    watched, without references, on the context's parked list.
 //!    Its keys end for data at once: no request, COPY or peer operation
 //!    moves data through it any more (one in progress stops at its next
 //!    step), and its remote key is gone for good. A REGISTER it serves
@@ -42,12 +42,11 @@
 
 use crate::{
     accounting::Charges,
-    context::{table::Nodes, table::RegistrationTable, ContextShared},
-    defs,
+    context::{job, table::Nodes, table::RegistrationTable, ContextShared},
     key::KeyPair,
     parked,
     stats::{bump, TOTALS},
-    GLOBAL_REGISTRATIONS,
+    uapi, GLOBAL_REGISTRATIONS,
 };
 use kernel::{
     list::{
@@ -118,10 +117,10 @@ impl RegistrationInfo {
         else {
             return false;
         };
-        if (access ^ self.access) & defs::ACCESS_REMOTE != 0 || access & !self.access != 0 {
+        if (access ^ self.access) & uapi::ACCESS_REMOTE != 0 || access & !self.access != 0 {
             return false;
         }
-        if access & defs::ACCESS_REMOTE != 0 {
+        if access & uapi::ACCESS_REMOTE != 0 {
             return self.addr == addr && my_end == end;
         }
         self.addr <= addr && end <= my_end
@@ -129,7 +128,7 @@ impl RegistrationInfo {
 
     /// Whether the pages must be pinned for writing.
     pub(crate) fn writable(&self) -> bool {
-        self.access & (defs::ACCESS_LOCAL_WRITE | defs::ACCESS_REMOTE_WRITE) != 0
+        self.access & (uapi::ACCESS_LOCAL_WRITE | uapi::ACCESS_REMOTE_WRITE) != 0
     }
 
     /// The registered bytes as a closed interval `(first, last)`. A
@@ -161,7 +160,7 @@ pub(crate) struct RegistrationState {
 pub(crate) struct TableState {
     /// REGISTER calls not yet matched by DEREGISTER.
     refs: u32,
-    /// The stamp of its entry on the deregistration list, while parked.
+    /// The stamp of its entry on the parked list, while parked.
     parked_at: Option<u64>,
     /// The memory of that entry, while not parked.
     lru_node: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
@@ -212,7 +211,7 @@ pub(crate) struct Registration {
     /// moves through keys that ended. Changes under the table lock and
     /// `state`.
     generation: Atomic<u64>,
-    /// References and the deregistration list.
+    /// References and the parked list.
     table_state: LockedBy<TableState, RegistrationTable>,
     pub(crate) info: RegistrationInfo,
     ctx: Arc<ContextShared>,
@@ -351,7 +350,7 @@ impl Registration {
         self.table_state
             .access(t)
             .slot
-            .unwrap_or((defs::NO_SLOT, 0))
+            .unwrap_or((uapi::NO_SLOT, 0))
     }
 
     /// Sets its state word, if it has one, to its generation with `flags`.
@@ -363,7 +362,7 @@ impl Registration {
         }
     }
 
-    /// Whether it is parked on the deregistration list.
+    /// Whether it is parked on the parked list.
     pub(crate) fn is_parked(&self, t: &RegistrationTable) -> bool {
         self.table_state.access(t).parked_at.is_some()
     }
@@ -406,7 +405,7 @@ impl Registration {
         let old = this.lkey();
         // Only a registration that grants remote rights gets a remote key again: one that
         // grants none keeps 0, which no peer's request matches (and spares a draw).
-        let remote = this.info.access & defs::ACCESS_REMOTE != 0;
+        let remote = this.info.access & uapi::ACCESS_REMOTE != 0;
         let node = this.table_state.access_mut(t).rkey_node.take_if(|_| remote);
         let remote_random = || if remote { get_random_u64() } else { 1 };
         // The sequence was valid when the registration was created, so `new` succeeds; the
@@ -436,7 +435,7 @@ impl Registration {
         ts.refs
     }
 
-    /// Parks a registration without references on the deregistration list,
+    /// Parks a registration without references on the parked list,
     /// evicting the least recently parked ones first when the list is at the
     /// context's limits; those are put on `evicted` for the caller to tear
     /// down once it dropped the lock. Returns `false`, having changed nothing,
@@ -455,7 +454,7 @@ impl Registration {
         while t.stats.parked >= config.max_parked
             || t.stats.parked_pages.saturating_add(npages) > config.max_parked_pages
         {
-            match Self::evict_oldest(t, defs::EVICT_PARK_LIMIT) {
+            match Self::evict_oldest(t, uapi::EVICT_PARK_LIMIT) {
                 Some(r) => push_teardown(evicted, r),
                 None => return false,
             }
@@ -494,7 +493,7 @@ impl Registration {
         true
     }
 
-    /// Takes the registration off the deregistration list if it is on it;
+    /// Takes the registration off the parked list if it is on it;
     /// returns whether it was.
     fn unpark(&self, t: &mut RegistrationTable) -> bool {
         let Some(stamp) = self.table_state.access_mut(t).parked_at.take() else {
@@ -529,7 +528,7 @@ impl Registration {
     /// holds none. Neither allocates nor sleeps.
     pub(crate) fn evict_if_parked_at(this: &Arc<Self>, stamp: u64) -> Option<Arc<Self>> {
         let mut t = this.ctx.table.lock();
-        Self::evict_at(this, &mut t, stamp, defs::EVICT_PIN_LIMIT)
+        Self::evict_at(this, &mut t, stamp, uapi::EVICT_PIN_LIMIT)
     }
 
     /// As [`Registration::evict_if_parked_at`] for memory pressure (counted
@@ -538,12 +537,12 @@ impl Registration {
     /// will unpin. Neither allocates nor sleeps.
     pub(crate) fn reclaim_if_parked_at(this: &Arc<Self>, stamp: u64) -> Option<usize> {
         let mut t = this.ctx.table.try_lock()?;
-        let ended = Self::evict_at(this, &mut t, stamp, defs::EVICT_SHRINKER)?;
+        let ended = Self::evict_at(this, &mut t, stamp, uapi::EVICT_SHRINKER)?;
         let pages = ended.info.npages;
         t.defer_teardown(ended);
         // Queued under the table lock: the file's release, which ends everything under it and
         // then cancels the work, cannot miss this.
-        ContextShared::schedule_teardown(&this.ctx);
+        ContextShared::defer(&this.ctx, job::TEARDOWN);
         drop(t);
         Some(pages)
     }
@@ -567,7 +566,7 @@ impl Registration {
     /// does.
     pub(crate) fn evict(t: &mut RegistrationTable, seq: u64, reason: usize) -> Option<Arc<Self>> {
         let this = Self::unpublish(t, seq)?;
-        t.emit(&this, defs::EVENT_EVICTED, reason);
+        t.emit(&this, uapi::EVENT_EVICTED, reason);
         if let (Some(n), Some(total)) = (
             t.stats.evictions.get_mut(reason),
             TOTALS.evictions.get(reason),
@@ -667,9 +666,9 @@ impl Registration {
         if let Some(n) = t.stats.invalidations.get_mut(cause) {
             *n += 1;
         }
-        t.emit(&this, defs::EVENT_ENDED, cause);
+        t.emit(&this, uapi::EVENT_ENDED, cause);
         t.defer_teardown(this);
-        ContextShared::schedule_teardown(ctx);
+        ContextShared::defer(ctx, job::TEARDOWN);
         drop(t);
     }
 
@@ -709,10 +708,10 @@ impl Registration {
             return;
         };
         bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
-        me.set_word(&t, defs::WORD_SUSPENDED);
-        t.emit(&me, defs::EVENT_SUSPENDED, defs::INVAL_CLEAR);
+        me.set_word(&t, uapi::WORD_SUSPENDED);
+        t.emit(&me, uapi::EVENT_SUSPENDED, uapi::INVAL_CLEAR);
         t.queue_revalidation(me);
-        ContextShared::schedule_teardown(ctx);
+        ContextShared::defer(ctx, job::REVALIDATE);
         drop(t);
     }
 
@@ -808,7 +807,7 @@ impl Registration {
             }
             let ended = Self::unpublish(&mut t, this.info.keys.seq);
             if ended.is_some() {
-                if let Some(n) = t.stats.invalidations.get_mut(defs::INVAL_CLEAR) {
+                if let Some(n) = t.stats.invalidations.get_mut(uapi::INVAL_CLEAR) {
                     *n += 1;
                 }
                 bump(
@@ -816,7 +815,7 @@ impl Registration {
                     &TOTALS.revalidation_failures,
                     1,
                 );
-                t.emit(this, defs::EVENT_ENDED, defs::INVAL_CLEAR);
+                t.emit(this, uapi::EVENT_ENDED, uapi::INVAL_CLEAR);
             }
             drop(t);
             if let Some(r) = ended {
@@ -1013,13 +1012,13 @@ pub(crate) fn inval_cause(event: Event) -> Option<usize> {
         // copy-on-write mapping (pinned anonymous pages are copied for the child, the parent
         // keeps them), writeback cleaning, soft-dirty tracking.
         Event::ProtectionPage | Event::SoftDirty => None,
-        Event::Unmap => Some(defs::INVAL_UNMAP),
-        Event::Clear => Some(defs::INVAL_CLEAR),
-        Event::ProtectionVma => Some(defs::INVAL_PROTECTION_VMA),
-        Event::Release => Some(defs::INVAL_RELEASE),
-        Event::Migrate => Some(defs::INVAL_MIGRATE),
-        Event::Exclusive => Some(defs::INVAL_EXCLUSIVE),
-        Event::Other(_) => Some(defs::INVAL_OTHER),
+        Event::Unmap => Some(uapi::INVAL_UNMAP),
+        Event::Clear => Some(uapi::INVAL_CLEAR),
+        Event::ProtectionVma => Some(uapi::INVAL_PROTECTION_VMA),
+        Event::Release => Some(uapi::INVAL_RELEASE),
+        Event::Migrate => Some(uapi::INVAL_MIGRATE),
+        Event::Exclusive => Some(uapi::INVAL_EXCLUSIVE),
+        Event::Other(_) => Some(uapi::INVAL_OTHER),
     }
 }
 
@@ -1028,7 +1027,7 @@ impl IntervalNotifierOps for Registration {
         let Some(cause) = inval_cause(range.event()) else {
             return true;
         };
-        if cause == defs::INVAL_CLEAR {
+        if cause == uapi::INVAL_CLEAR {
             // Many clears leave the pinned pages mapped where they were (a mapping split
             // anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork
             // of a PMD-mapped THP, failed compaction of pinned shmem): look again before ending
@@ -1055,6 +1054,7 @@ impl PinnedDrop for Registration {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_registration)]
 mod tests {
     use super::*;
@@ -1076,34 +1076,34 @@ mod tests {
 
     #[test]
     fn covers_needs_the_whole_range() {
-        let r = info(0x1000, 0x3000, defs::ACCESS_LOCAL_READ);
-        assert!(r.covers(0x1000, 0x3000, defs::ACCESS_LOCAL_READ));
-        assert!(r.covers(0x2000, 0x10, defs::ACCESS_LOCAL_READ));
-        assert!(r.covers(0x3fff, 1, defs::ACCESS_LOCAL_READ));
+        let r = info(0x1000, 0x3000, uapi::ACCESS_LOCAL_READ);
+        assert!(r.covers(0x1000, 0x3000, uapi::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x2000, 0x10, uapi::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x3fff, 1, uapi::ACCESS_LOCAL_READ));
         // Partial overlaps at either end are not covered.
-        assert!(!r.covers(0xfff, 2, defs::ACCESS_LOCAL_READ));
-        assert!(!r.covers(0x3fff, 2, defs::ACCESS_LOCAL_READ));
-        assert!(!r.covers(0x0, 0x8000, defs::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0xfff, 2, uapi::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0x3fff, 2, uapi::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0x0, 0x8000, uapi::ACCESS_LOCAL_READ));
         // A range that wraps is never covered.
-        assert!(!r.covers(u64::MAX, 2, defs::ACCESS_LOCAL_READ));
+        assert!(!r.covers(u64::MAX, 2, uapi::ACCESS_LOCAL_READ));
         assert_eq!(r.interval(), (0x1000, 0x3fff));
     }
 
     #[test]
     fn covers_needs_at_least_the_access() {
-        let rw = defs::ACCESS_LOCAL_READ | defs::ACCESS_LOCAL_WRITE;
+        let rw = uapi::ACCESS_LOCAL_READ | uapi::ACCESS_LOCAL_WRITE;
         let r = info(0x1000, 0x1000, rw);
-        assert!(r.covers(0x1000, 0x1000, defs::ACCESS_LOCAL_READ));
+        assert!(r.covers(0x1000, 0x1000, uapi::ACCESS_LOCAL_READ));
         assert!(r.covers(0x1000, 0x1000, rw));
-        assert!(!r.covers(0x1000, 0x1000, rw | defs::ACCESS_REMOTE_WRITE));
-        let ro = info(0x1000, 0x1000, defs::ACCESS_LOCAL_READ);
+        assert!(!r.covers(0x1000, 0x1000, rw | uapi::ACCESS_REMOTE_WRITE));
+        let ro = info(0x1000, 0x1000, uapi::ACCESS_LOCAL_READ);
         assert!(!ro.covers(0x1000, 0x1000, rw));
     }
 
     #[test]
     fn remote_rights_are_served_exactly() {
-        let rw = defs::ACCESS_LOCAL_READ | defs::ACCESS_LOCAL_WRITE;
-        let remote = rw | defs::ACCESS_REMOTE_WRITE;
+        let rw = uapi::ACCESS_LOCAL_READ | uapi::ACCESS_LOCAL_WRITE;
+        let remote = rw | uapi::ACCESS_REMOTE_WRITE;
         let r = info(0x1000, 0x4000, remote);
         // The exact range and rights: served.
         assert!(r.covers(0x1000, 0x4000, remote));
@@ -1111,41 +1111,41 @@ mod tests {
         assert!(!r.covers(0x2000, 0x1000, remote));
         // Fewer remote rights, or none: a miss (a key grants exactly what was asked).
         assert!(!r.covers(0x1000, 0x4000, rw));
-        assert!(!r.covers(0x2000, 0x1000, defs::ACCESS_LOCAL_READ));
+        assert!(!r.covers(0x2000, 0x1000, uapi::ACCESS_LOCAL_READ));
         // Other remote rights: a miss.
-        assert!(!r.covers(0x1000, 0x4000, rw | defs::ACCESS_REMOTE_READ));
+        assert!(!r.covers(0x1000, 0x4000, rw | uapi::ACCESS_REMOTE_READ));
         // Without remote rights, a wider range with more local rights serves.
         let l = info(0x1000, 0x4000, rw);
-        assert!(l.covers(0x2000, 0x1000, defs::ACCESS_LOCAL_READ));
+        assert!(l.covers(0x2000, 0x1000, uapi::ACCESS_LOCAL_READ));
         assert!(!l.covers(
             0x2000,
             0x1000,
-            defs::ACCESS_LOCAL_READ | defs::ACCESS_REMOTE_READ
+            uapi::ACCESS_LOCAL_READ | uapi::ACCESS_REMOTE_READ
         ));
     }
 
     #[test]
     fn writable_follows_write_access() {
-        assert!(!info(0, 1, defs::ACCESS_LOCAL_READ).writable());
-        assert!(info(0, 1, defs::ACCESS_LOCAL_WRITE).writable());
-        assert!(info(0, 1, defs::ACCESS_REMOTE_WRITE).writable());
-        assert!(!info(0, 1, defs::ACCESS_LOCAL_READ | 1 << 2).writable());
+        assert!(!info(0, 1, uapi::ACCESS_LOCAL_READ).writable());
+        assert!(info(0, 1, uapi::ACCESS_LOCAL_WRITE).writable());
+        assert!(info(0, 1, uapi::ACCESS_REMOTE_WRITE).writable());
+        assert!(!info(0, 1, uapi::ACCESS_LOCAL_READ | 1 << 2).writable());
     }
 
     #[test]
     fn every_event_has_an_explicit_cause() {
-        assert_eq!(inval_cause(Event::Unmap), Some(defs::INVAL_UNMAP));
-        assert_eq!(inval_cause(Event::Clear), Some(defs::INVAL_CLEAR));
+        assert_eq!(inval_cause(Event::Unmap), Some(uapi::INVAL_UNMAP));
+        assert_eq!(inval_cause(Event::Clear), Some(uapi::INVAL_CLEAR));
         assert_eq!(
             inval_cause(Event::ProtectionVma),
-            Some(defs::INVAL_PROTECTION_VMA)
+            Some(uapi::INVAL_PROTECTION_VMA)
         );
-        assert_eq!(inval_cause(Event::Release), Some(defs::INVAL_RELEASE));
-        assert_eq!(inval_cause(Event::Migrate), Some(defs::INVAL_MIGRATE));
-        assert_eq!(inval_cause(Event::Exclusive), Some(defs::INVAL_EXCLUSIVE));
+        assert_eq!(inval_cause(Event::Release), Some(uapi::INVAL_RELEASE));
+        assert_eq!(inval_cause(Event::Migrate), Some(uapi::INVAL_MIGRATE));
+        assert_eq!(inval_cause(Event::Exclusive), Some(uapi::INVAL_EXCLUSIVE));
         assert_eq!(inval_cause(Event::ProtectionPage), None);
         assert_eq!(inval_cause(Event::SoftDirty), None);
         // A kernel event this ABI does not know lands in "other", never out of bounds.
-        assert_eq!(inval_cause(Event::Other(1000)), Some(defs::INVAL_OTHER));
+        assert_eq!(inval_cause(Event::Other(1000)), Some(uapi::INVAL_OTHER));
     }
 }

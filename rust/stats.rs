@@ -4,7 +4,7 @@
 //! module's, kept in atomics; and how both are shown: the ioctls,
 //! `/proc/PID/fdinfo/FD` of a context's file and `memreg/stats` in debugfs.
 
-use crate::defs::{self, EVICT_NR_REASONS, INVAL_NR_CAUSES};
+use crate::uapi::{self, EVICT_NR_REASONS, INVAL_NR_CAUSES};
 use core::fmt::{self, Write};
 use kernel::sync::atomic::{Atomic, Relaxed};
 
@@ -95,8 +95,8 @@ const EVICT_NAMES: [&str; EVICT_NR_REASONS] =
 
 impl Stats {
     /// The counters in the ABI's layout.
-    pub(crate) fn to_abi(&self) -> defs::Stats {
-        let mut out: defs::Stats = defs::zeroed();
+    pub(crate) fn to_abi(&self) -> uapi::Stats {
+        let mut out: uapi::Stats = uapi::zeroed();
         out.registrations = self.registrations;
         out.cache_hits = self.cache_hits;
         out.cache_misses = self.cache_misses;
@@ -155,8 +155,8 @@ impl kernel::fmt::Display for Shown<'_> {
 }
 
 /// The module's counters in the ABI's layout.
-pub(crate) fn global() -> defs::GlobalStats {
-    let mut out: defs::GlobalStats = defs::zeroed();
+pub(crate) fn global() -> uapi::GlobalStats {
+    let mut out: uapi::GlobalStats = uapi::zeroed();
     out.contexts = GLOBAL_CONTEXTS.load(Relaxed);
     out.regions = GLOBAL_REGISTRATIONS.load(Relaxed);
     out.pages_pinned = GLOBAL_PINNED.load(Relaxed);

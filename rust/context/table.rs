@@ -7,7 +7,7 @@
 //! look-up that a REGISTER does, and that competes with the notifier callback
 //! for the table lock, is logarithmic whatever the mix of lengths). Parked
 //! registrations (live, pinned, without references) are also on the
-//! deregistration list, ordered by when they were parked, which is the order
+//! parked list, ordered by when they were parked, which is the order
 //! they are evicted in. The table also holds the registrations that left it
 //! and wait for their teardown, those suspended by an invalidation that wait
 //! for revalidation, the context's cache configuration and its counters.
@@ -17,11 +17,11 @@
 //! beforehand ([`Nodes`]).
 
 use crate::{
-    defs,
     events::EventRing,
     key,
     registration::{push_teardown, Registration, RegistrationInfo, Target},
     stats::Stats,
+    uapi,
 };
 use kernel::{
     interval_tree::{self, IntervalTree},
@@ -106,7 +106,7 @@ impl Slots {
     /// Marks the registration of `slot` ended and frees the slot. Never
     /// sleeps (the free list has room for every slot).
     pub(crate) fn release(&mut self, slot: u32, generation: u64) {
-        self.set(slot, generation | defs::WORD_ENDED);
+        self.set(slot, generation | uapi::WORD_ENDED);
         let _ = self.free.push_within_capacity(slot);
     }
 }
@@ -129,9 +129,9 @@ pub(crate) struct CacheConfig {
 impl CacheConfig {
     /// The configuration given by user space, validated: `EINVAL` for a
     /// nonzero reserved field or a value out of range.
-    pub(crate) fn from_abi(c: &defs::CacheConfig) -> Result<Self> {
-        defs::check_reserved(&c.reserved)?;
-        if c.reserved0 != 0 || c.parking > 1 || c.idle_ms > defs::MAX_IDLE_MS {
+    pub(crate) fn from_abi(c: &uapi::CacheConfig) -> Result<Self> {
+        uapi::check_reserved(&c.reserved)?;
+        if c.reserved0 != 0 || c.parking > 1 || c.idle_ms > uapi::MAX_IDLE_MS {
             return Err(EINVAL);
         }
         Ok(Self {
@@ -143,8 +143,8 @@ impl CacheConfig {
     }
 
     /// The configuration in the ABI's layout.
-    pub(crate) fn to_abi(self) -> defs::CacheConfig {
-        let mut out: defs::CacheConfig = defs::zeroed();
+    pub(crate) fn to_abi(self) -> uapi::CacheConfig {
+        let mut out: uapi::CacheConfig = uapi::zeroed();
         out.parking = u32::from(self.parking);
         out.max_parked = self.max_parked;
         out.max_parked_pages = self.max_parked_pages;
@@ -175,7 +175,7 @@ pub(crate) struct RegistrationTable {
     /// the context's deferred work. An entry may have ended or resumed since
     /// it was queued.
     suspended: List<Registration, 1>,
-    /// The deregistration list: parked registrations by the stamp of their
+    /// The parked list: parked registrations by the stamp of their
     /// parking, oldest first.
     pub(crate) parked: RBTree<u64, Arc<Registration>>,
     /// The stamp of the next parking.
@@ -412,6 +412,7 @@ impl RegistrationTable {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_table)]
 mod tests {
     use super::*;
@@ -421,8 +422,8 @@ mod tests {
         max_parked: u64,
         max_parked_pages: u64,
         idle_ms: u64,
-    ) -> defs::CacheConfig {
-        let mut c: defs::CacheConfig = defs::zeroed();
+    ) -> uapi::CacheConfig {
+        let mut c: uapi::CacheConfig = uapi::zeroed();
         c.parking = parking;
         c.max_parked = max_parked;
         c.max_parked_pages = max_parked_pages;
@@ -432,14 +433,14 @@ mod tests {
 
     #[test]
     fn cache_config_is_validated() {
-        let ok = CacheConfig::from_abi(&abi(1, 10, 100, defs::MAX_IDLE_MS));
+        let ok = CacheConfig::from_abi(&abi(1, 10, 100, uapi::MAX_IDLE_MS));
         assert!(ok.is_ok());
         assert_eq!(
             CacheConfig::from_abi(&abi(2, 10, 100, 0)).err(),
             Some(EINVAL)
         );
         assert_eq!(
-            CacheConfig::from_abi(&abi(1, 10, 100, defs::MAX_IDLE_MS + 1)).err(),
+            CacheConfig::from_abi(&abi(1, 10, 100, uapi::MAX_IDLE_MS + 1)).err(),
             Some(EINVAL)
         );
         let mut c = abi(0, 0, 0, 0);
@@ -491,7 +492,7 @@ mod tests {
         assert_eq!(b, Some((1, 4)));
         assert_eq!(slots.take(), None);
         slots.release(0, 4);
-        assert_eq!(slots.words.load_u64(0), Some(4 | defs::WORD_ENDED));
+        assert_eq!(slots.words.load_u64(0), Some(4 | uapi::WORD_ENDED));
         // Reused with a larger generation.
         assert_eq!(slots.take(), Some((0, 8)));
         assert_eq!(slots.words.load_u64(0), Some(8));

@@ -2,11 +2,16 @@
 /*
  * memreg: registered user memory with automatic invalidation.
  *
- * Every argument structure has a fixed size that is part of its ioctl
- * number, and reserved fields that must be zero on input (the kernel returns
- * -EINVAL otherwise) and are written as zero on output. A later ABI version
- * adds fields by turning reserved space into named fields whose zero value
- * keeps the old behaviour. See Documentation/memreg.rst.
+ * Every argument structure has reserved fields that must be zero on input
+ * (the kernel returns -EINVAL otherwise) and are written as zero on output.
+ * A later ABI version adds fields by turning reserved space into named
+ * fields, or by growing a structure at its end, always so that zero keeps
+ * the old behaviour. Ioctl numbers are matched on type, number and
+ * direction: the kernel accepts every size of a structure from the first
+ * one it published (a program built against an older header keeps working)
+ * and larger ones whose extra bytes are zero (E2BIG otherwise); a smaller
+ * size than the first is EINVAL. See
+ * Documentation/userspace-api/memreg/index.rst.
  */
 #ifndef _UAPI_LINUX_MEMREG_H
 #define _UAPI_LINUX_MEMREG_H
@@ -35,7 +40,7 @@
 #define MEMREG_REGISTER_REVIVED		(1U << 1)
 
 /*
- * State words (see "State words" in Documentation/memreg.rst). The file's
+ * State words (see Documentation/userspace-api/memreg/state-and-events.rst). The file's
  * mapping at MEMREG_MMAP_STATE_WORDS is a read-only array of __u64, one word
  * per slot. While a registration is usable its word equals the @generation
  * REGISTER returned, a nonzero multiple of 4. The kernel changes the word,
@@ -153,7 +158,7 @@ struct memreg_query {
  * Each kernel MMU notifier event is mapped to one of these explicitly (the
  * values do not follow the kernel's enum); an event this ABI does not name is
  * counted as MEMREG_INVAL_OTHER. The causes marked "not counted" never end a
- * registration. See Documentation/memreg.rst for what produces each one in
+ * registration. See Documentation/userspace-api/memreg/registration.rst for what produces each one in
  * Linux 7.3 (a "clear" in particular has many sources).
  */
 enum memreg_inval_cause {
@@ -285,7 +290,7 @@ struct memreg_copy {
 };
 
 /**
- * struct memreg_cache_config - the context's deregistration list
+ * struct memreg_cache_config - how the context parks registrations
  *                              (MEMREG_IOC_GET_CACHE, MEMREG_IOC_SET_CACHE)
  * @parking:          1: the last DEREGISTER parks a registration; 0: it ends
  *                    it (setting 0 ends every parked registration now)
@@ -326,7 +331,7 @@ struct memreg_flush {
 };
 
 /*
- * The event ring (see "Event ring" in Documentation/memreg.rst), created by
+ * The event ring (see Documentation/userspace-api/memreg/state-and-events.rst), created by
  * MEMREG_IOC_EVENTS_SETUP. Its mapping at MEMREG_MMAP_EVENTS (read-only,
  * ring_bytes long) starts with struct memreg_event_ring, followed at
  * MEMREG_EVENTS_OFFSET by @entries struct memreg_event. The one-page mapping
@@ -442,7 +447,7 @@ struct memreg_events_resync {
 };
 
 /*
- * The data path (see "Queues" in Documentation/memreg.rst): requests posted
+ * The data path (see Documentation/userspace-api/memreg/rings.rst): requests posted
  * through shared rings, executed by the context's worker through the
  * registrations' translation entries, completed through shared rings.
  *
@@ -504,8 +509,11 @@ struct memreg_events_resync {
 
 #define MEMREG_MMAP_MASTER		0x30000000ULL
 #define MEMREG_MMAP_MASTER_USER		0x38000000ULL
-#define MEMREG_MMAP_SQ(q)		(0x40000000ULL + ((__u64)(q) << 24))
-#define MEMREG_MMAP_CQ(q)		(0x80000000ULL + ((__u64)(q) << 24))
+#define MEMREG_MMAP_SQ_BASE		0x40000000ULL
+#define MEMREG_MMAP_CQ_BASE		0x80000000ULL
+#define MEMREG_MMAP_QUEUE_SHIFT		24
+#define MEMREG_MMAP_SQ(q)		(MEMREG_MMAP_SQ_BASE + ((__u64)(q) << MEMREG_MMAP_QUEUE_SHIFT))
+#define MEMREG_MMAP_CQ(q)		(MEMREG_MMAP_CQ_BASE + ((__u64)(q) << MEMREG_MMAP_QUEUE_SHIFT))
 
 #define MEMREG_SQ_SLOTS_OFFSET		64
 #define MEMREG_CQ_ENTRIES_OFFSET	64
@@ -538,13 +546,15 @@ struct memreg_events_resync {
 #define MEMREG_OP_POOL_FREE		9	/* gives back the buffer at
 						 * address @offset of pool
 						 * @peer */
+#define MEMREG_OP_LAST			10	/* one past the last opcode;
+						 * grows with each new one */
 
 /* struct memreg_sqe.flags */
 #define MEMREG_SQE_IMM			(1U << 0)	/* SEND: @imm_data is
 							 * delivered with it */
 
 /**
- * struct memreg_sqe - a request (a descriptor of the token table)
+ * struct memreg_sqe - a request on a submission ring
  * @opcode:     MEMREG_OP_*
  * @flags:      MEMREG_SQE_IMM with SEND; otherwise zero
  * @reserved0:  must be zero
@@ -750,7 +760,7 @@ struct memreg_doorbell {
  * @poll_us:        how long the worker polls before it sleeps now (adapts
  *                  to the arrival rate)
  * @cq_full_stalls: times a queue stopped for a full completion ring
- * @shadow_hits:    keys resolved by the shadow translation table
+ * @shadow_hits:    keys resolved by the shadow translation cache
  * @shadow_misses:  keys looked up in the registration table
  * @master_overflows: master ring entries not written
  * @remote_bytes:   bytes moved by WRITE, READ and SEND
@@ -777,7 +787,7 @@ struct memreg_queue_stats {
 };
 
 /*
- * Peers (see "Peers" in Documentation/memreg.rst). Process A grants process
+ * Peers (see Documentation/userspace-api/memreg/peers.rst). Process A grants process
  * B access to its registrations by passing its /dev/memreg descriptor (over
  * a unix socket with SCM_RIGHTS, or any other way a descriptor travels); B
  * attaches it to its own file with MEMREG_IOC_PEER_ATTACH and gets a peer
@@ -852,7 +862,7 @@ struct memreg_queue_connect {
 };
 
 /*
- * Buffer pools (see "Buffer pools" in Documentation/memreg.rst). A pool is
+ * Buffer pools (see Documentation/userspace-api/memreg/pools.rst). A pool is
  * a set of size classes; each class is a partition, one contiguous range of
  * the pool's mapping (MEMREG_MMAP_POOL(pool), MAP_SHARED, the length
  * POOL_CREATE reports) holding @max_buffers buffers of @buffer_size bytes
@@ -877,7 +887,9 @@ struct memreg_queue_connect {
 #define MEMREG_POOL_MAX_BUFFERS		65536		/* per class */
 #define MEMREG_POOL_MAX_BATCH		64		/* buffers per ALLOC/FREE */
 #define MEMREG_POOL_MAX_TIMEOUT_MS	60000
-#define MEMREG_MMAP_POOL(p)		((1ULL << 40) + ((__u64)(p) << 36))
+#define MEMREG_MMAP_POOL_BASE		(1ULL << 40)
+#define MEMREG_MMAP_POOL_SHIFT		36
+#define MEMREG_MMAP_POOL(p)		(MEMREG_MMAP_POOL_BASE + ((__u64)(p) << MEMREG_MMAP_POOL_SHIFT))
 
 /**
  * struct memreg_pool_class - one size class of a pool

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * memreg kselftests: parked registrations never deny service (see "The
- * deregistration list" in Documentation/memreg.rst).
+ * memreg kselftests: parked registrations never deny service (see
+ * Documentation/userspace-api/memreg/registration.rst).
  *
  * - a REGISTER that reaches the module's budget (max_pinned_pages) evicts
  *   parked registrations of other files, least recently parked first, and

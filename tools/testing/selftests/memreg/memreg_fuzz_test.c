@@ -4,7 +4,7 @@
  * others), with every direction and size, random structure contents, keys
  * that were valid, stale or made up, and argument pointers that are valid,
  * unmapped, read-only or kernel addresses, interleaved with munmap and
- * mprotect of registered memory. The deregistration list's settings change
+ * mprotect of registered memory. The parked list's settings change
  * at random too (parking, its limits, idle eviction), and FLUSH ends what is
  * parked. The kernel must answer each call with an errno the documentation
  * lists (or success), never crash or warn (the check kernel has KASAN and

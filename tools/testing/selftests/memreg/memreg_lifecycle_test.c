@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * memreg kselftests: the deregistration list. The last DEREGISTER parks a
+ * memreg kselftests: the parked list. The last DEREGISTER parks a
  * registration (on by default): it stays pinned, charged and watched, its
  * key still answers QUERY but moves no data (COPY gives ENOENT), and a
  * REGISTER it serves revives it without pinning, with new keys (the local

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * memreg kselftests: buffer pools (see "Buffer pools" in
- * Documentation/memreg.rst and include/uapi/linux/memreg.h).
+ * Documentation/userspace-api/memreg/pools.rst and include/uapi/linux/memreg.h).
  *
  * - POOL_CREATE, the mapping, POOL_ALLOC, POOL_FREE, POOL_STATS and
  *   POOL_DESTROY refuse every bad input with the documented errno and change
  *   nothing;
- * - the layout: partitions, chunks, keys and offsets; the reserved portion
+ * - the layout: partitions, chunks, keys and offsets; the empty part
  *   above each boundary faults;
  * - allocation to exhaustion, one at a time and in batches; many threads
  *   allocating and freeing at once never get a buffer twice (addresses and
@@ -838,7 +838,7 @@ TEST(mmap_refuses_bad_requests)
 /*
  * The layout: each class's partition at its offset, buffers in chunks of
  * 64 KiB (or one buffer), a key per chunk, the offset in it; fresh buffers
- * are zero; the reserved portion above each boundary faults.
+ * are zero; the empty part above each boundary faults.
  */
 TEST(layout_chunks_keys_and_reserved_portion)
 {
@@ -896,7 +896,7 @@ TEST(layout_chunks_keys_and_reserved_portion)
 			EXPECT_NE(keys[k][i - 1], keys[k][i]);
 		/* The last buffer below the boundary is mapped (and free). */
 		EXPECT_EQ(0, probe(baddr(&p, k, n + 1) - 1, 1));
-		/* The reserved portion faults, for reads and writes, up to the partition's end. */
+		/* The empty part faults, for reads and writes, up to the partition's end. */
 		EXPECT_EQ(SIGBUS, probe(baddr(&p, k, n + 1), 0));
 		EXPECT_TRUE(faults(baddr(&p, k, n + 1)));
 		EXPECT_TRUE(faults(baddr(&p, k, p.cl[k].max_buffers) - 1));
@@ -1021,7 +1021,7 @@ TEST(free_refuses_bad_input_and_frees_none)
 	{
 		__u64 bad[] = {
 			PTR(baddr(&p, 0, 10)),		/* below the boundary, not allocated */
-			PTR(baddr(&p, 1, 40)),		/* the reserved portion */
+			PTR(baddr(&p, 1, 40)),		/* the empty part */
 			b[0].addr + 1,			/* misaligned */
 			b[4].addr + 256,		/* 256-aligned, not 4 KiB */
 			b[1].addr,			/* twice */

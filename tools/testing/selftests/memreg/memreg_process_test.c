@@ -48,7 +48,7 @@ TEST(fork_parent_keeps_registrations_child_is_refused)
 			_exit(4);
 		if (mr_stats(fd, &s) != -EPERM)
 			_exit(5);
-		/* The deregistration list's calls too. */
+		/* The parked list's calls too. */
 		cc = (struct memreg_cache_config){ .parking = 0, .max_parked = 1024,
 						   .max_parked_pages = 262144, .idle_ms = 5000 };
 		if (mr_set_cache(fd, &cc) != -EPERM || mr_get_cache(fd, &cc) != -EPERM ||

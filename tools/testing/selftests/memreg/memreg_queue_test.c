@@ -9,7 +9,11 @@
  * - the mappings: which may be written, lengths, unknown queues, the fresh
  *   state of the rings;
  * - the requests: NOP, COPY (rights, keys, bounds), FENCE, DEREGISTER, and
- *   every field a request must leave zero;
+ *   every field a request must leave zero; opcodes past MEMREG_OP_LAST;
+ * - POOL_ALLOC and POOL_FREE: a round trip (the buffer's address and key,
+ *   COPY through the key, the pool's counters), -EAGAIN at once when the
+ *   pool is exhausted, fields they must leave zero, unknown pools, freeing
+ *   twice, and the ring and the ioctls never handing out one buffer twice;
  * - registrations that end under the requests: -ENOENT, and memory mapped
  *   at the same address afterwards never written;
  * - the doorbell rule, the sleeping worker, batches;
@@ -1040,7 +1044,8 @@ TEST_F(dp, nonzero_unused_fields_are_refused)
 
 TEST_F(dp, unknown_opcodes_are_refused)
 {
-	static const __u8 ops[] = { 8, 9, 0x7f, 0x80, 0xfe, 0xff };
+	/* The first two past the table, and the high ones (8 and 9 are the pool's since v3). */
+	static const __u8 ops[] = { MEMREG_OP_LAST, MEMREG_OP_LAST + 1, 0x7f, 0x80, 0xfe, 0xff };
 	struct memreg_sqe s;
 	size_t i;
 
@@ -1146,6 +1151,772 @@ TEST_F(dp, deregister_request_drops_a_reference)
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 	EXPECT_TRUE(all_bytes(bd, 4 * PAGE, 'k'));
 	munmap(bd, 4 * PAGE);
+}
+
+/* ---- Pool requests: POOL_ALLOC and POOL_FREE ---- */
+
+#define RP_SIZE		4096U		/* the pool's one class: 4 KiB buffers, ... */
+#define RP_BUFS		16U		/* ... 16 of them: one 64 KiB chunk */
+#define RP_MEM		(4 * PAGE)	/* the fixture's registration */
+#define RP_PTR(p)	((__u64)(unsigned long)(p))
+
+static struct memreg_sqe rp_sqe_alloc(__u64 user_data, __u32 pool, __u64 length)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_POOL_ALLOC, .user_data = user_data,
+				    .peer = pool, .length = length };
+}
+
+static struct memreg_sqe rp_sqe_free(__u64 user_data, __u32 pool, __u64 addr)
+{
+	return (struct memreg_sqe){ .opcode = MEMREG_OP_POOL_FREE, .user_data = user_data,
+				    .peer = pool, .offset = addr };
+}
+
+/* POOL_CREATE of the one class `c` (written back), RW; its index and mapping length. */
+static int rp_create(int fd, struct memreg_pool_class *c, __u32 *pool, size_t *bytes)
+{
+	struct memreg_pool_create pc = { .classes = RP_PTR(c), .nr_classes = 1, .access = RW,
+					 .leak_timeout_ms = 1000, .shrink_ms = 0 };
+
+	if (ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc))
+		return -errno;
+	*pool = pc.pool;
+	*bytes = pc.map_bytes;
+	return 0;
+}
+
+/* POOL_STATS of a pool of one class; 0 or -errno (*st is all ones then). */
+static int rp_stats(int fd, __u32 pool, struct memreg_pool_stats *st)
+{
+	struct memreg_pool_info in = { .pool = pool, .count = 1, .stats = RP_PTR(st) };
+
+	memset(st, 0xff, sizeof(*st));
+	return ioctl(fd, MEMREG_IOC_POOL_STATS, &in) ? -errno : 0;
+}
+
+/* MEMREG_IOC_POOL_ALLOC of `count` buffers, not waiting: how many, or -errno. */
+static int rp_ioctl_alloc(int fd, __u32 pool, __u64 size, __u32 count,
+			  struct memreg_pool_buf *bufs)
+{
+	struct memreg_pool_alloc a = { .pool = pool, .size = size, .bufs = RP_PTR(bufs),
+				       .count = count, .timeout_ms = 0 };
+
+	return ioctl(fd, MEMREG_IOC_POOL_ALLOC, &a) ? -errno : (int)a.count;
+}
+
+/* MEMREG_IOC_POOL_FREE of one address; 0 or -errno. */
+static int rp_ioctl_free(int fd, __u32 pool, __u64 addr)
+{
+	struct memreg_pool_free f = { .pool = pool, .count = 1, .addrs = RP_PTR(&addr) };
+
+	return ioctl(fd, MEMREG_IOC_POOL_FREE, &f) ? -errno : 0;
+}
+
+/*
+ * A context with one queue, pool 0 created and never mapped, and pool 1
+ * mapped, of one class of RP_BUFS buffers of RP_SIZE bytes: initial ==
+ * max_buffers and no high watermark, so that every buffer is mapped from
+ * the start and the class never grows nor shrinks under a test. And a
+ * registration to COPY to and from.
+ */
+FIXTURE(rp)
+{
+	int fd;
+	struct mrq q;			/* queue 0: QSQ, QCQ */
+	__u32 idle;			/* pool 0: never mapped */
+	__u32 pool;			/* pool 1 */
+	struct memreg_pool_class cl;	/* its class, as POOL_CREATE wrote it back */
+	char *map;			/* its mapping */
+	size_t bytes;
+	char *mem;			/* RP_MEM bytes filled with 'm', ... */
+	struct memreg_register reg;	/* ... registered RW */
+};
+
+FIXTURE_SETUP(rp)
+{
+	struct memreg_pool_class idle = { .buffer_size = RP_SIZE, .max_buffers = RP_BUFS,
+					  .initial = RP_BUFS };
+	struct memreg_pool_stats st;
+	size_t idle_bytes;
+	void *m;
+	int i;
+
+	self->map = NULL;
+	self->mem = NULL;
+	memset(&self->q, 0, sizeof(self->q));
+	self->fd = memreg_open();
+	ASSERT_GE(self->fd, 0);
+	ASSERT_EQ(0, mrq_open(self->fd, QSQ, QCQ, -1, &self->q));
+	ASSERT_EQ(0, rp_create(self->fd, &idle, &self->idle, &idle_bytes));
+	ASSERT_EQ(0, self->idle);
+	self->cl = (struct memreg_pool_class){ .buffer_size = RP_SIZE, .max_buffers = RP_BUFS,
+					       .initial = RP_BUFS };
+	ASSERT_EQ(0, rp_create(self->fd, &self->cl, &self->pool, &self->bytes));
+	ASSERT_EQ(1, self->pool);
+	ASSERT_EQ(RP_BUFS, self->cl.chunk_buffers);
+	m = mmap(NULL, self->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, self->fd,
+		 MEMREG_MMAP_POOL(self->pool));
+	ASSERT_NE(MAP_FAILED, m);
+	self->map = m;
+	/* The pool's work maps the initial chunk after the mmap. */
+	for (i = 0; i < 500; i++) {
+		if (!rp_stats(self->fd, self->pool, &st) && st.boundary == RP_BUFS)
+			break;
+		usleep(10000);
+	}
+	ASSERT_EQ(RP_BUFS, st.boundary);
+	ASSERT_EQ(RP_BUFS, st.free);
+	ASSERT_EQ(0, st.allocated);
+	self->mem = map_buf(RP_MEM, 'm');
+	ASSERT_NE(NULL, self->mem);
+	ASSERT_EQ(0, mr_register(self->fd, self->mem, RP_MEM, RW, &self->reg));
+}
+
+FIXTURE_TEARDOWN(rp)
+{
+	mrq_unmap(&self->q);
+	if (self->map)
+		munmap(self->map, self->bytes);
+	if (self->fd >= 0)
+		close(self->fd);
+	if (self->mem)
+		munmap(self->mem, RP_MEM);
+}
+
+/* A counter of the fixture's pool (all ones if POOL_STATS fails). */
+#define RP_STAT(self, field) ({							\
+	struct memreg_pool_stats _st;						\
+	rp_stats((self)->fd, (self)->pool, &_st);				\
+	_st.field;								\
+})
+
+/* The start of the pool's partition. */
+static __u64 rp_start(FIXTURE_DATA(rp) *self)
+{
+	return RP_PTR(self->map) + self->cl.offset;
+}
+
+/* The index of the buffer that starts at `addr`, or -1 when none does. */
+static long rp_index(FIXTURE_DATA(rp) *self, __u64 addr)
+{
+	__u64 start = rp_start(self), rel = addr - start;
+
+	if (addr < start || rel % self->cl.buffer_size ||
+	    rel / self->cl.buffer_size >= self->cl.max_buffers)
+		return -1;
+	return (long)(rel / self->cl.buffer_size);
+}
+
+/*
+ * The offset of the buffer at `addr` in its chunk's registration, as the
+ * header gives it: (address - (pool address + class offset)) %
+ * (chunk_buffers * buffer_size).
+ */
+static __u64 rp_offset(FIXTURE_DATA(rp) *self, __u64 addr)
+{
+	return (addr - rp_start(self)) % ((__u64)self->cl.chunk_buffers * self->cl.buffer_size);
+}
+
+/*
+ * Checks the completion of a POOL_ALLOC that gave a buffer: status 0,
+ * MEMREG_CQE_POOL, the address of one of the pool's buffers in @bytes, a
+ * key in @imm_data. Returns the buffer's index, or -1.
+ */
+static long expect_pool_cqe(struct __test_metadata *_metadata, FIXTURE_DATA(rp) *self,
+			    const struct memreg_cqe *c, __u64 user_data)
+{
+	long i = rp_index(self, c->bytes);
+
+	EXPECT_EQ(user_data, c->user_data);
+	EXPECT_EQ(0, c->status) TH_LOG("user_data %#llx: status %d",
+				       (unsigned long long)c->user_data, c->status);
+	EXPECT_EQ(MEMREG_CQE_POOL, c->flags);
+	EXPECT_NE(0, c->imm_data);
+	EXPECT_LE(0, i) TH_LOG("user_data %#llx: %#llx is no buffer of the pool at %p",
+			       (unsigned long long)c->user_data, (unsigned long long)c->bytes,
+			       self->map);
+	if (c->status || c->flags != MEMREG_CQE_POOL || !c->imm_data)
+		return -1;
+	return i;
+}
+
+/*
+ * POOL_ALLOC of `length` bytes through the ring: the buffer's index (-1:
+ * it failed), its completion in *c.
+ */
+static long ring_alloc(struct __test_metadata *_metadata, FIXTURE_DATA(rp) *self,
+		       __u64 user_data, __u64 length, struct memreg_cqe *c)
+{
+	struct memreg_sqe s = rp_sqe_alloc(user_data, self->pool, length);
+
+	ASSERT_EQ(0, mrq_run(&self->q, &s, c)) TH_LOG("POOL_ALLOC %#llx",
+						      (unsigned long long)user_data);
+	return expect_pool_cqe(_metadata, self, c, user_data);
+}
+
+/* POOL_FREE of `addr` of pool `pool` through the ring: status `status`, nothing else set. */
+static void ring_free(struct __test_metadata *_metadata, FIXTURE_DATA(rp) *self,
+		      __u64 user_data, __u32 pool, __u64 addr, int status)
+{
+	struct memreg_sqe s = rp_sqe_free(user_data, pool, addr);
+
+	run_expect(_metadata, &self->q, &s, status, 0);
+}
+
+/*
+ * POOL_ALLOC hands out a buffer: its address in @bytes, the local key of
+ * its chunk's registration in @imm_data. The key reaches that buffer (QUERY
+ * covers it; COPY through it moves the bytes written through the mapping,
+ * both ways), POOL_FREE gives it back, the counters return to where they
+ * were, and it is handed out again.
+ */
+TEST_F(rp, pool_alloc_and_free_round_trip)
+{
+	struct memreg_pool_stats before, st;
+	struct memreg_query qr;
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	__u64 addr, key, off;
+	char *buf, tmp[64];
+	size_t k;
+
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &before));
+	ASSERT_LE(0, ring_alloc(_metadata, self, 0x51, 100, &c));
+	addr = c.bytes;
+	key = c.imm_data;
+	buf = (char *)(unsigned long)addr;
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(before.allocated + 1, st.allocated);
+	EXPECT_EQ(before.free - 1, st.free);
+	EXPECT_EQ(RP_BUFS, st.boundary);
+	EXPECT_EQ(0, st.waits);
+
+	/* The key names the chunk's registration, which covers the buffer at its offset. */
+	ASSERT_EQ(0, mr_query(self->fd, key, &qr));
+	off = rp_offset(self, addr);
+	EXPECT_LE(qr.addr, addr);
+	EXPECT_GE(qr.addr + qr.length, addr + RP_SIZE);
+	EXPECT_EQ(addr, qr.addr + off) TH_LOG("registration %#llx+%#llx, buffer %#llx",
+					      (unsigned long long)qr.addr,
+					      (unsigned long long)qr.length,
+					      (unsigned long long)addr);
+	EXPECT_EQ(RW, qr.access);
+	EXPECT_EQ(MEMREG_STATE_VALID, qr.state & MEMREG_STATE_VALID);
+
+	/* Written through the mapping, ... */
+	for (k = 0; k < RP_SIZE; k++)
+		buf[k] = (char)(k * 7 + 3);
+	/* ... read through the key: by the ioctl, and by a ring COPY into the registration. */
+	EXPECT_EQ(0, mr_copy(self->fd, key, off + 1000, tmp, sizeof(tmp),
+			     MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memcmp(tmp, buf + 1000, sizeof(tmp)));
+	s = mr_sqe_copy(0x52, self->reg.lkey, 100, key, off, RP_SIZE);
+	run_expect(_metadata, &self->q, &s, 0, RP_SIZE);
+	EXPECT_EQ(0, memcmp(self->mem + 100, buf, RP_SIZE));
+	EXPECT_TRUE(all_bytes(self->mem, 100, 'm'));
+	EXPECT_TRUE(all_bytes(self->mem + 100 + RP_SIZE, RP_MEM - 100 - RP_SIZE, 'm'));
+	/* Written through the key by a ring COPY from the registration: there, and only there. */
+	s = mr_sqe_copy(0x53, key, off + 10, self->reg.lkey, RP_MEM - 64, 64);
+	run_expect(_metadata, &self->q, &s, 0, 64);
+	EXPECT_TRUE(all_bytes(buf + 10, 64, 'm'));
+	for (k = 0; k < RP_SIZE; k++)
+		if ((k < 10 || k >= 74) && buf[k] != (char)(k * 7 + 3))
+			break;
+	EXPECT_EQ(RP_SIZE, k) TH_LOG("byte %zu of the buffer changed", k);
+
+	/* Back: status 0, nothing in bytes, flags or imm_data. */
+	ring_free(_metadata, self, 0x54, self->pool, addr, 0);
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(before.allocated, st.allocated);
+	EXPECT_EQ(before.free, st.free);
+	EXPECT_EQ(RP_BUFS, st.boundary);
+
+	/* Handed out again, from the same chunk: the same key. */
+	ASSERT_LE(0, ring_alloc(_metadata, self, 0x55, RP_SIZE, &c));
+	EXPECT_EQ(key, c.imm_data);
+	EXPECT_EQ(before.allocated + 1, RP_STAT(self, allocated));
+	ring_free(_metadata, self, 0x56, self->pool, c.bytes, 0);
+	EXPECT_EQ(before.allocated, RP_STAT(self, allocated));
+	EXPECT_EQ(before.free, RP_STAT(self, free));
+}
+
+/*
+ * With every buffer allocated and the class at its maximum, POOL_ALLOC
+ * fails with -EAGAIN at once, never waiting (the pool counts no wait), and
+ * the queue goes on; a buffer freed is the one handed out next.
+ */
+TEST_F(rp, pool_alloc_exhausted_fails_at_once)
+{
+	struct memreg_cqe c[RP_BUFS];
+	struct memreg_pool_stats st;
+	struct memreg_pool_buf b;
+	struct memreg_sqe s;
+	__u64 addrs[RP_BUFS], t0, us;
+	bool seen[RP_BUFS];
+	unsigned int i;
+	long k;
+
+	memset(seen, 0, sizeof(seen));
+	for (i = 0; i < RP_BUFS; i++) {
+		s = rp_sqe_alloc(i, self->pool, RP_SIZE);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(RP_BUFS, mrq_wait(&self->q, c, RP_BUFS, 5000));
+	for (i = 0; i < RP_BUFS; i++) {
+		k = expect_pool_cqe(_metadata, self, &c[i], i);
+		ASSERT_LE(0, k);
+		EXPECT_FALSE(seen[k]) TH_LOG("buffer %ld handed out twice", k);
+		seen[k] = true;
+		addrs[i] = c[i].bytes;
+	}
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(RP_BUFS, st.allocated);
+	EXPECT_EQ(0, st.free);
+
+	/* None free, no room to grow: -EAGAIN, without waiting. */
+	t0 = mrq_now_us();
+	s = rp_sqe_alloc(100, self->pool, 1);
+	run_expect(_metadata, &self->q, &s, -EAGAIN, 0);
+	us = mrq_now_us() - t0;
+	EXPECT_LT(us, 1000000ULL) TH_LOG("POOL_ALLOC took %llu us", (unsigned long long)us);
+
+	/* Several in a row, then a NOP: each fails in turn, the queue does not stall. */
+	t0 = mrq_now_us();
+	for (i = 0; i < 4; i++) {
+		s = rp_sqe_alloc(200 + i, self->pool, RP_SIZE);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	s = mr_sqe_nop(300);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(5, mrq_wait(&self->q, c, 5, 5000));
+	us = mrq_now_us() - t0;
+	for (i = 0; i < 4; i++)
+		expect_cqe(_metadata, &c[i], 200 + i, -EAGAIN, 0);
+	expect_cqe(_metadata, &c[4], 300, 0, 0);
+	EXPECT_LT(us, 1000000ULL) TH_LOG("took %llu us", (unsigned long long)us);
+	/* The ioctl, not waiting either, agrees. */
+	EXPECT_EQ(-EAGAIN, rp_ioctl_alloc(self->fd, self->pool, RP_SIZE, 1, &b));
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(RP_BUFS, st.allocated);
+	EXPECT_EQ(RP_BUFS, st.boundary);
+	EXPECT_EQ(0, st.waits);
+	EXPECT_EQ(0, st.timeouts);
+
+	/* One freed is the one handed out next; then none again. */
+	ring_free(_metadata, self, 400, self->pool, addrs[5], 0);
+	EXPECT_EQ(RP_BUFS - 1, RP_STAT(self, allocated));
+	ASSERT_LE(0, ring_alloc(_metadata, self, 401, RP_SIZE, &c[0]));
+	EXPECT_EQ(addrs[5], c[0].bytes);
+	s = rp_sqe_alloc(402, self->pool, RP_SIZE);
+	run_expect(_metadata, &self->q, &s, -EAGAIN, 0);
+
+	/* All back. */
+	for (i = 0; i < RP_BUFS; i++) {
+		s = rp_sqe_free(500 + i, self->pool, addrs[i]);
+		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	}
+	ASSERT_EQ(RP_BUFS, mrq_wait(&self->q, c, RP_BUFS, 5000));
+	for (i = 0; i < RP_BUFS; i++)
+		expect_cqe(_metadata, &c[i], 500 + i, 0, 0);
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(0, st.allocated);
+	EXPECT_EQ(RP_BUFS, st.free);
+}
+
+/*
+ * POOL_ALLOC reads only @length and @peer, POOL_FREE only @offset and
+ * @peer: any other field set is -EINVAL, as are sizes no class serves, and
+ * nothing is allocated or freed.
+ */
+TEST_F(rp, pool_requests_refuse_unused_fields)
+{
+	enum { F_FLAGS, F_FLAGS_HIGH, F_RES0, F_KEY, F_OFFSET, F_SRC_KEY, F_SRC_OFFSET, F_LENGTH,
+	       F_NR };
+	static const __u64 sizes[] = { 0, RP_SIZE + 1, MEMREG_MAX_LENGTH, MEMREG_MAX_LENGTH + 1,
+				       ~0ULL };
+	struct memreg_sqe list[2 * F_NR + 8];
+	struct memreg_cqe c[2 * F_NR + 8];
+	struct memreg_pool_stats st;
+	unsigned int n = 0, i, b, f;
+	__u64 addr, key;
+
+	/* A buffer for POOL_FREE to name. */
+	ASSERT_LE(0, ring_alloc(_metadata, self, 1, RP_SIZE, &c[0]));
+	addr = c[0].bytes;
+	key = c[0].imm_data;
+	for (b = 0; b < 2; b++) {
+		for (f = 0; f < F_NR; f++) {
+			struct memreg_sqe s = b ? rp_sqe_free(0, self->pool, addr) :
+						  rp_sqe_alloc(0, self->pool, RP_SIZE);
+
+			/* The fields the opcode reads. */
+			if ((b == 0 && f == F_LENGTH) || (b == 1 && f == F_OFFSET))
+				continue;
+			switch (f) {
+			case F_FLAGS: s.flags = MEMREG_SQE_IMM; break;
+			case F_FLAGS_HIGH: s.flags = 0x80; break;
+			case F_RES0: s.reserved0 = 1; break;
+			case F_KEY: s.key = self->reg.lkey; break;
+			case F_OFFSET: s.offset = addr; break;
+			case F_SRC_KEY: s.src_key = key; break;
+			case F_SRC_OFFSET: s.src_offset = 1; break;
+			case F_LENGTH: s.length = RP_SIZE; break;
+			}
+			s.user_data = b << 8 | f;
+			list[n++] = s;
+		}
+	}
+	/* Sizes: none, past the largest class, past any. */
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
+		list[n++] = rp_sqe_alloc(0x300 + i, self->pool, sizes[i]);
+	for (i = 0; i < n; i++)
+		ASSERT_EQ(0, mrq_post(&self->q, &list[i], 5000));
+	ASSERT_EQ(n, mrq_wait(&self->q, c, n, 5000));
+	for (i = 0; i < n; i++)
+		expect_cqe(_metadata, &c[i], list[i].user_data, -EINVAL, 0);
+	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
+	EXPECT_EQ(1, st.allocated);
+	EXPECT_EQ(RP_BUFS - 1, st.free);
+	/* The buffer is still allocated: it frees now, once. */
+	ring_free(_metadata, self, 0x400, self->pool, addr, 0);
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+}
+
+/*
+ * @peer names the pool. One never created, past MEMREG_MAX_POOLS or
+ * destroyed: -EINVAL for both requests. One created but not mapped:
+ * POOL_ALLOC -ENXIO, POOL_FREE -EINVAL (it has no buffer), as the ioctls
+ * say. The fixture's pool lends and takes back nothing meanwhile.
+ */
+TEST_F(rp, pool_requests_name_unknown_pools)
+{
+	static const __u32 unknown[] = { 2, MEMREG_MAX_POOLS - 1, MEMREG_MAX_POOLS, 0x80000000U,
+					 ~0U };
+	struct memreg_pool_destroy d = { .pool = self->idle };
+	struct memreg_pool_buf b;
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	__u64 addr;
+	size_t i;
+
+	ASSERT_LE(0, ring_alloc(_metadata, self, 1, RP_SIZE, &c));
+	addr = c.bytes;
+	for (i = 0; i < sizeof(unknown) / sizeof(unknown[0]); i++) {
+		s = rp_sqe_alloc(0x100 + i, unknown[i], RP_SIZE);
+		run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+		ring_free(_metadata, self, 0x200 + i, unknown[i], addr, -EINVAL);
+	}
+	/* Pool 0, never mapped. */
+	s = rp_sqe_alloc(0x300, self->idle, RP_SIZE);
+	run_expect(_metadata, &self->q, &s, -ENXIO, 0);
+	EXPECT_EQ(-ENXIO, rp_ioctl_alloc(self->fd, self->idle, RP_SIZE, 1, &b));
+	ring_free(_metadata, self, 0x301, self->idle, addr, -EINVAL);
+	EXPECT_EQ(-EINVAL, rp_ioctl_free(self->fd, self->idle, addr));
+	/* Destroyed: its index names nothing. */
+	ASSERT_EQ(0, ioctl(self->fd, MEMREG_IOC_POOL_DESTROY, &d));
+	s = rp_sqe_alloc(0x302, self->idle, RP_SIZE);
+	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
+	ring_free(_metadata, self, 0x303, self->idle, addr, -EINVAL);
+
+	EXPECT_EQ(1, RP_STAT(self, allocated));
+	ring_free(_metadata, self, 0x400, self->pool, addr, 0);
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+	EXPECT_EQ(RP_BUFS, RP_STAT(self, free));
+}
+
+/*
+ * POOL_FREE of an address that is not the start of an allocated buffer
+ * fails as MEMREG_IOC_POOL_FREE does, with -EINVAL, and frees nothing: a
+ * buffer freed already (by the ring or the ioctl), an address inside a
+ * buffer, a buffer never allocated, addresses outside the pool.
+ */
+TEST_F(rp, pool_free_twice_is_refused)
+{
+	struct memreg_pool_buf b;
+	struct memreg_cqe c[2];
+	struct memreg_sqe s;
+	__u64 a, bad[8];
+	size_t i;
+	long k;
+
+	k = ring_alloc(_metadata, self, 1, RP_SIZE, &c[0]);
+	ASSERT_LE(0, k);
+	a = c[0].bytes;
+	bad[0] = a + 1;
+	bad[1] = a + RP_SIZE / 2;
+	bad[2] = a + RP_SIZE - 1;
+	bad[3] = rp_start(self) + (__u64)((k + 1) % RP_BUFS) * RP_SIZE;	/* never allocated */
+	bad[4] = RP_PTR(self->map) - PAGE;
+	bad[5] = RP_PTR(self->map) + self->bytes;
+	bad[6] = 0;
+	bad[7] = ~0ULL;
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ring_free(_metadata, self, 0x10 + i, self->pool, bad[i], -EINVAL);
+	EXPECT_EQ(1, RP_STAT(self, allocated));
+
+	/* Freed once by the ring; a second time by the ring or the ioctl: EINVAL. */
+	ring_free(_metadata, self, 0x20, self->pool, a, 0);
+	ring_free(_metadata, self, 0x21, self->pool, a, -EINVAL);
+	EXPECT_EQ(-EINVAL, rp_ioctl_free(self->fd, self->pool, a));
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+	EXPECT_EQ(RP_BUFS, RP_STAT(self, free));
+
+	/* Allocated by the ioctl, freed by the ring; then again by either. */
+	ASSERT_EQ(1, rp_ioctl_alloc(self->fd, self->pool, RP_SIZE, 1, &b));
+	ring_free(_metadata, self, 0x22, self->pool, b.addr, 0);
+	ring_free(_metadata, self, 0x23, self->pool, b.addr, -EINVAL);
+	EXPECT_EQ(-EINVAL, rp_ioctl_free(self->fd, self->pool, b.addr));
+
+	/* Two frees of one buffer posted together: the first frees it, the second fails. */
+	ASSERT_LE(0, ring_alloc(_metadata, self, 0x30, RP_SIZE, &c[0]));
+	a = c[0].bytes;
+	s = rp_sqe_free(0x31, self->pool, a);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	s = rp_sqe_free(0x32, self->pool, a);
+	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	expect_cqe(_metadata, &c[0], 0x31, 0, 0);
+	expect_cqe(_metadata, &c[1], 0x32, -EINVAL, 0);
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+	EXPECT_EQ(RP_BUFS, RP_STAT(self, free));
+
+	/* The pool goes on. */
+	ASSERT_LE(0, ring_alloc(_metadata, self, 0x40, RP_SIZE, &c[0]));
+	ring_free(_metadata, self, 0x41, self->pool, c[0].bytes, 0);
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+}
+
+/*
+ * The ring and the ioctls take from one pool: taking in turns to
+ * exhaustion, neither is ever given a buffer the other holds; they agree on
+ * the key and on the buffer's offset in it; either frees the other's.
+ */
+TEST_F(rp, pool_ring_and_ioctl_never_share_a_buffer)
+{
+	struct memreg_pool_buf b[RP_BUFS];
+	__u64 addrs[RP_BUFS], key = 0;
+	bool by_ring[RP_BUFS], seen[RP_BUFS];
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	unsigned int n = 0, batch = 1, want, i;
+	long k;
+	int r;
+
+	memset(seen, 0, sizeof(seen));
+	/* One through the ring, then one, two, three ... through the ioctl, until none is left. */
+	while (n < RP_BUFS) {
+		k = ring_alloc(_metadata, self, n, RP_SIZE, &c);
+		ASSERT_LE(0, k);
+		EXPECT_FALSE(seen[k]) TH_LOG("buffer %ld handed out twice", k);
+		seen[k] = true;
+		if (!key)
+			key = c.imm_data;
+		/* One chunk: one key. */
+		EXPECT_EQ(key, c.imm_data);
+		by_ring[n] = true;
+		addrs[n++] = c.bytes;
+		if (n == RP_BUFS)
+			break;
+		want = batch < RP_BUFS - n ? batch : RP_BUFS - n;
+		batch++;
+		r = rp_ioctl_alloc(self->fd, self->pool, RP_SIZE, want, b);
+		ASSERT_EQ(want, r);
+		for (i = 0; i < want; i++) {
+			k = rp_index(self, b[i].addr);
+			ASSERT_LE(0, k) TH_LOG("%#llx", (unsigned long long)b[i].addr);
+			EXPECT_FALSE(seen[k]) TH_LOG("buffer %ld handed out twice", k);
+			seen[k] = true;
+			EXPECT_EQ(key, b[i].key);
+			EXPECT_EQ(rp_offset(self, b[i].addr), b[i].offset);
+			EXPECT_EQ(RP_SIZE, b[i].size);
+			EXPECT_EQ(0, b[i].class);
+			by_ring[n] = false;
+			addrs[n++] = b[i].addr;
+		}
+	}
+	/* None left for either. */
+	s = rp_sqe_alloc(0x100, self->pool, 1);
+	run_expect(_metadata, &self->q, &s, -EAGAIN, 0);
+	EXPECT_EQ(-EAGAIN, rp_ioctl_alloc(self->fd, self->pool, RP_SIZE, 1, b));
+	EXPECT_EQ(RP_BUFS, RP_STAT(self, allocated));
+	/* Each frees the other's. */
+	for (i = 0; i < RP_BUFS; i++) {
+		if (by_ring[i]) {
+			EXPECT_EQ(0, rp_ioctl_free(self->fd, self->pool, addrs[i]))
+				TH_LOG("buffer %u", i);
+		} else {
+			ring_free(_metadata, self, 0x200 + i, self->pool, addrs[i], 0);
+		}
+	}
+	EXPECT_EQ(0, RP_STAT(self, allocated));
+	EXPECT_EQ(RP_BUFS, RP_STAT(self, free));
+}
+
+#define RACE_HOLD	10	/* buffers each side takes at most: more than half the pool */
+#define RACE_MS		300
+
+/* The ring and the ioctls taking from one pool at once. */
+struct rp_race {
+	int fd;
+	__u32 pool;
+	__u64 start;			/* the partition */
+	int owner[RP_BUFS];		/* who holds each buffer: 0 nobody, 1 ioctls, 2 ring */
+	int stop;
+	unsigned long taken[3];		/* buffers each side was given */
+	int failed;			/* the ioctl side's first failure, in `why` */
+	char why[160];
+};
+
+/*
+ * Marks buffer `addr` held by `who` and writes its tag into it; false if
+ * it is no buffer or someone holds it.
+ */
+static bool race_take(struct rp_race *r, int who, __u64 addr, __u64 tag)
+{
+	__u64 rel = addr - r->start;
+	int nobody = 0;
+
+	if (addr < r->start || rel % RP_SIZE || rel / RP_SIZE >= RP_BUFS)
+		return false;
+	if (!__atomic_compare_exchange_n(&r->owner[rel / RP_SIZE], &nobody, who, false,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return false;
+	*(volatile __u64 *)(unsigned long)addr = tag;
+	r->taken[who]++;
+	return true;
+}
+
+/* Checks the tag and marks the buffer free, before it is given back; false if wrong. */
+static bool race_give(struct rp_race *r, int who, __u64 addr, __u64 tag)
+{
+	int held = who;
+
+	if (*(volatile __u64 *)(unsigned long)addr != tag)
+		return false;
+	return __atomic_compare_exchange_n(&r->owner[(addr - r->start) / RP_SIZE], &held, 0,
+					   false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* The ioctl side: takes up to RACE_HOLD buffers (or until none is left), gives them all back. */
+static void *race_ioctls(void *arg)
+{
+	struct rp_race *r = arg;
+	struct memreg_pool_buf b;
+	__u64 addrs[RACE_HOLD], tags[RACE_HOLD], seq = 0;
+	int n = 0, ret;
+
+	while (!__atomic_load_n(&r->stop, __ATOMIC_ACQUIRE)) {
+		while (n < RACE_HOLD) {
+			ret = rp_ioctl_alloc(r->fd, r->pool, RP_SIZE, 1, &b);
+			if (ret == -EAGAIN)
+				break;
+			if (ret != 1) {
+				snprintf(r->why, sizeof(r->why), "ioctl ALLOC: %d", ret);
+				goto fail;
+			}
+			tags[n] = 1ULL << 32 | ++seq;
+			if (!race_take(r, 1, b.addr, tags[n])) {
+				snprintf(r->why, sizeof(r->why), "ioctl ALLOC gave %#llx, held",
+					 (unsigned long long)b.addr);
+				goto fail;
+			}
+			addrs[n++] = b.addr;
+		}
+		while (n > 0) {
+			n--;
+			if (!race_give(r, 1, addrs[n], tags[n])) {
+				snprintf(r->why, sizeof(r->why),
+					 "buffer %#llx changed under the ioctls",
+					 (unsigned long long)addrs[n]);
+				goto fail;
+			}
+			ret = rp_ioctl_free(r->fd, r->pool, addrs[n]);
+			if (ret) {
+				snprintf(r->why, sizeof(r->why), "ioctl FREE: %d", ret);
+				goto fail;
+			}
+		}
+		/* The ring's worker and the test may share this CPU. */
+		sched_yield();
+	}
+	return NULL;
+fail:
+	__atomic_store_n(&r->failed, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * The same, at once: a thread takes and gives back through the ioctls
+ * while the test does through the ring, each holding up to RACE_HOLD
+ * buffers (together more than the pool has). No buffer is ever held by
+ * both (each is marked held before use and free before it goes back), and
+ * none is changed under its holder.
+ */
+TEST_F(rp, pool_ring_and_ioctl_race_for_buffers)
+{
+	struct rp_race r;
+	struct memreg_cqe c;
+	struct memreg_sqe s;
+	__u64 addrs[RACE_HOLD], tags[RACE_HOLD], seq = 0, ud = 0, end;
+	pthread_t th;
+	bool ok = true;
+	int n = 0;
+
+	memset(&r, 0, sizeof(r));
+	r.fd = self->fd;
+	r.pool = self->pool;
+	r.start = rp_start(self);
+	ASSERT_EQ(0, pthread_create(&th, NULL, race_ioctls, &r));
+	end = mrq_now_us() + RACE_MS * 1000;
+	while (ok && mrq_now_us() < end && !__atomic_load_n(&r.failed, __ATOMIC_ACQUIRE)) {
+		while (ok && n < RACE_HOLD) {
+			s = rp_sqe_alloc(++ud, self->pool, RP_SIZE);
+			if (mrq_run(&self->q, &s, &c)) {
+				ok = false;
+				TH_LOG("POOL_ALLOC %llu: no completion", (unsigned long long)ud);
+				break;
+			}
+			if (c.status == -EAGAIN)
+				break;
+			tags[n] = 2ULL << 32 | ++seq;
+			if (c.status || c.flags != MEMREG_CQE_POOL ||
+			    !race_take(&r, 2, c.bytes, tags[n])) {
+				ok = false;
+				TH_LOG("POOL_ALLOC %llu: status %d flags %#x address %#llx",
+				       (unsigned long long)ud, c.status, c.flags,
+				       (unsigned long long)c.bytes);
+				break;
+			}
+			addrs[n++] = c.bytes;
+		}
+		while (ok && n > 0) {
+			n--;
+			if (!race_give(&r, 2, addrs[n], tags[n])) {
+				ok = false;
+				TH_LOG("buffer %#llx changed under the ring",
+				       (unsigned long long)addrs[n]);
+				break;
+			}
+			s = rp_sqe_free(++ud, self->pool, addrs[n]);
+			if (mrq_run(&self->q, &s, &c) || c.status) {
+				ok = false;
+				TH_LOG("POOL_FREE %llu: status %d", (unsigned long long)ud,
+				       c.status);
+			}
+		}
+	}
+	__atomic_store_n(&r.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	EXPECT_TRUE(ok);
+	EXPECT_EQ(0, r.failed) TH_LOG("%s", r.why);
+	/* Both sides were given buffers. */
+	EXPECT_LT(0, r.taken[1]) TH_LOG("ioctls took %lu, the ring %lu", r.taken[1], r.taken[2]);
+	EXPECT_LT(0, r.taken[2]) TH_LOG("ioctls took %lu, the ring %lu", r.taken[1], r.taken[2]);
+	/* Both gave back all they took. */
+	if (ok && !r.failed) {
+		EXPECT_EQ(0, RP_STAT(self, allocated));
+		EXPECT_EQ(RP_BUFS, RP_STAT(self, free));
+	}
 }
 
 /* ---- Registrations that end under the requests ---- */

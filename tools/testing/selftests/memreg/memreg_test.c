@@ -67,25 +67,31 @@ TEST_F(dev, version_bad_pointer)
 
 TEST_F(dev, unknown_ioctl)
 {
-	__u32 v;
+	__u64 v = 0;
 	char big[256] = { 0 };
 
+	/* Commands are matched on type, number and direction. */
 	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC, 0x7f, __u32), &v));
 	EXPECT_EQ(ENOTTY, errno);
-	/* The right number with the wrong size is a different command. */
-	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC, 0x00, __u64), &v));
+	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC - 1, 0x00, __u32), &v));
 	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(self->fd, _IOW(MEMREG_IOC_MAGIC, 0x00, __u32), &v));
+	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC, 0x01, char[72]), big));
+	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(-1, ioctl(self->fd, _IOC(_IOC_NONE, MEMREG_IOC_MAGIC, 0x09, 0), big));
+	EXPECT_EQ(ENOTTY, errno);
+	/* A size below the first one a header published for the command. */
 	EXPECT_EQ(-1, ioctl(self->fd, _IOWR(MEMREG_IOC_MAGIC, 0x01, char[48]), big));
-	EXPECT_EQ(ENOTTY, errno);
-	EXPECT_EQ(-1, ioctl(self->fd, _IOWR(MEMREG_IOC_MAGIC, 0x01, char[64]), big));
-	EXPECT_EQ(ENOTTY, errno);
-	/* The cache commands with a wrong size. */
+	EXPECT_EQ(EINVAL, errno);
 	EXPECT_EQ(-1, ioctl(self->fd, _IOR(MEMREG_IOC_MAGIC, 0x07, char[56]), big));
-	EXPECT_EQ(ENOTTY, errno);
-	EXPECT_EQ(-1, ioctl(self->fd, _IOW(MEMREG_IOC_MAGIC, 0x08, char[72]), big));
-	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(EINVAL, errno);
 	EXPECT_EQ(-1, ioctl(self->fd, _IOWR(MEMREG_IOC_MAGIC, 0x09, char[16]), big));
-	EXPECT_EQ(ENOTTY, errno);
+	EXPECT_EQ(EINVAL, errno);
+	/* A larger one with a nonzero tail. */
+	big[100] = 1;
+	EXPECT_EQ(-1, ioctl(self->fd, _IOW(MEMREG_IOC_MAGIC, 0x08, char[128]), big));
+	EXPECT_EQ(E2BIG, errno);
 	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 

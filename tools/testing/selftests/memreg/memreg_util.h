@@ -221,7 +221,7 @@ static inline int mr_set_cache(int fd, const struct memreg_cache_config *c)
 	return ioctl(fd, MEMREG_IOC_SET_CACHE, c) ? -errno : 0;
 }
 
-/* Turns parking (the deregistration list) on or off, other settings kept. */
+/* Turns parking (the parked list) on or off, other settings kept. */
 static inline int mr_set_parking(int fd, int on)
 {
 	struct memreg_cache_config c;

@@ -1,40 +1,30 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The message unit: the context's worker, which takes requests from the
-//! submission rings, executes them through the registrations' translation
-//! entries only, and posts their completions.
+//! The context's worker, which takes requests from the submission rings,
+//! executes them through the registrations' translation entries only (see
+//! [`ops`](crate::datapath::ops)), and posts their completions.
 //!
 //! The worker is a work item of the context on the kernel's default unbound
 //! workqueue for long work (a work item never runs twice at once, so the
 //! rings have one consumer). A doorbell queues it. A run that has served
 //! requests for [`RUN_BUDGET_US`] queues itself again and returns, so one
 //! busy context never holds a worker of the shared workqueue for good (a
-//! single COPY still runs to its end, rescheduling between its steps). It takes each queue's published
-//! descriptors in batches whose size follows the backlog, and when it finds
+//! single COPY still runs to its end, rescheduling between its steps). It
+//! takes each queue's published descriptors in batches whose size follows the backlog, and when it finds
 //! nothing it keeps polling the rings for a while before it sleeps: that
 //! while doubles when requests arrive during it and halves when it passes
 //! with none, between [`MIN_POLL_US`] and [`MAX_POLL_US`]. Before it sleeps it
 //! sets every queue's need-wakeup flag and looks once more (see
 //! [`Queue::sleep`]).
 //!
-//! Keys resolve through a small shadow of hot translation entries (claim 2's
-//! shadow MRT): a two-way set-associative table of recently used
-//! registrations that skips the registration table's look-up. A registration leaves the shadow
+//! Keys resolve through the shadow translation cache: a two-way
+//! set-associative table of recently used registrations that skips the
+//! registration table's look-up. A registration leaves the shadow
 //! when it leaves the table, under the table lock, so before the munmap
 //! that ended it returns.
 //!
-//! Data moves page to page between two registrations, holding both their
-//! locks (the second only tried, so two copies in opposite directions never
-//! wait for each other), and through a bounce buffer, one lock at a time,
-//! when the second is busy or the ranges overlap. Either way a registration
-//! that ends is never written after the invalidation that ended it returned.
-//!
-//! One-sided WRITE and READ name a peer's registration by its remote key,
-//! looked up in the peer's table on each request. A SEND takes the oldest
-//! RECV posted on the queue its queue is connected to; when none is posted
-//! it waits (its queue takes nothing else meanwhile) until the receiver's
-//! worker posts one and wakes this one, or until the connection's timeout,
-//! for which a delayed work item wakes the worker.
+//! Data moves as [`transfer`](crate::datapath::transfer) describes; each
+//! operation's file says what it does.
 //!
 //! # Lock order
 //!
@@ -48,15 +38,17 @@
 //! spinlocks across an operation that sleeps.
 
 use crate::{
-    context::ContextShared,
-    defs,
-    error::MemregError,
-    peer,
-    pool::{Buffer, Pool},
-    queue::{Connection, Master, Next, PostedRecv, Queue, Receiver},
-    registration::{Registration, Revalidated, Target},
+    context::{work_id, ContextShared},
+    datapath::{
+        ops::{self, send, Issue, Outcome, Step},
+        queue::{Master, Next, Queue},
+        transfer::COPY_CHUNK,
+    },
+    registration::{Registration, Target},
+    uapi,
 };
 use kernel::{
+    mm::memcg::MemCgroup,
     new_mutex, new_spinlock,
     prelude::*,
     sync::{
@@ -76,14 +68,8 @@ pub(crate) const MIN_POLL_US: u32 = 10;
 pub(crate) const MAX_POLL_US: u32 = 1000;
 /// The polling window of a new context.
 const INITIAL_POLL_US: u32 = 50;
-/// Bytes moved per step through the bounce buffer (its size).
-const COPY_CHUNK: usize = 16 * 1024;
-/// Bytes moved per step page to page, under both registrations' locks.
-const DIRECT_CHUNK: usize = 64 * 1024;
 /// Entries of the shadow translation table.
 const SHADOW_ENTRIES: usize = 16;
-/// Times a request revalidates a suspended registration before it gives up.
-const USE_TRIES: u32 = 3;
 /// How long one run serves requests before it queues itself again.
 const RUN_BUDGET_US: i64 = 20000;
 
@@ -91,35 +77,35 @@ const RUN_BUDGET_US: i64 = 20000;
 /// described).
 pub(crate) struct DataStats {
     /// Descriptors taken.
-    requests: Atomic<u64>,
+    pub(crate) requests: Atomic<u64>,
     /// Completions written.
-    completions: Atomic<u64>,
+    pub(crate) completions: Atomic<u64>,
     /// Completions with a nonzero status.
-    errors: Atomic<u64>,
+    pub(crate) errors: Atomic<u64>,
     /// DOORBELL calls.
     pub(crate) doorbells: Atomic<u64>,
     /// Runs of the worker.
-    wakeups: Atomic<u64>,
+    pub(crate) wakeups: Atomic<u64>,
     /// Batches taken.
-    batches: Atomic<u64>,
+    pub(crate) batches: Atomic<u64>,
     /// The largest batch.
-    batch_max: Atomic<u64>,
+    pub(crate) batch_max: Atomic<u64>,
     /// The batch size used last.
-    batch_limit: Atomic<u64>,
+    pub(crate) batch_limit: Atomic<u64>,
     /// The polling window now.
-    poll_us: Atomic<u64>,
+    pub(crate) poll_us: Atomic<u64>,
     /// Keys the shadow resolved.
-    shadow_hits: Atomic<u64>,
+    pub(crate) shadow_hits: Atomic<u64>,
     /// Keys looked up in the table.
-    shadow_misses: Atomic<u64>,
+    pub(crate) shadow_misses: Atomic<u64>,
     /// Master ring entries not written.
-    master_overflows: Atomic<u64>,
+    pub(crate) master_overflows: Atomic<u64>,
     /// Bytes moved by WRITE, READ and SEND.
-    remote_bytes: Atomic<u64>,
+    pub(crate) remote_bytes: Atomic<u64>,
     /// SENDs delivered to a RECV.
-    messages: Atomic<u64>,
+    pub(crate) messages: Atomic<u64>,
     /// SENDs that found no RECV in time.
-    rnr_timeouts: Atomic<u64>,
+    pub(crate) rnr_timeouts: Atomic<u64>,
 }
 
 impl DataStats {
@@ -144,8 +130,8 @@ impl DataStats {
     }
 
     /// The counters in the ABI's layout.
-    pub(crate) fn to_abi(&self) -> defs::QueueStats {
-        let mut out: defs::QueueStats = defs::zeroed();
+    pub(crate) fn to_abi(&self) -> uapi::QueueStats {
+        let mut out: uapi::QueueStats = uapi::zeroed();
         out.requests = self.requests.load(Relaxed);
         out.completions = self.completions.load(Relaxed);
         out.errors = self.errors.load(Relaxed);
@@ -242,17 +228,38 @@ pub(crate) struct WorkerState {
     shadow_hits: u64,
     shadow_misses: u64,
     /// Per queue, the SEND waiting for a RECV.
-    waiting: [Option<WaitingSend>; defs::MAX_QUEUES as usize],
+    waiting: [Option<WaitingSend>; uapi::MAX_QUEUES as usize],
 }
 
 /// A SEND waiting for a RECV.
 struct WaitingSend {
     /// The descriptor.
-    sqe: defs::Sqe,
+    sqe: uapi::Sqe,
     /// When it started waiting (jiffies).
     since: Jiffies,
     /// How long it may wait, in milliseconds.
     timeout_ms: u32,
+}
+
+impl WorkerState {
+    /// Counts a look-up of the shadow translation cache.
+    pub(crate) fn count_shadow(&mut self, hit: bool) {
+        if hit {
+            self.shadow_hits += 1;
+        } else {
+            self.shadow_misses += 1;
+        }
+    }
+
+    /// The bounce buffer, allocated on first use in `memcg`, the owner's
+    /// memory cgroup, not whatever cgroup the kworker is in.
+    pub(crate) fn bounce(&mut self, memcg: &MemCgroup) -> Result<&mut [u8]> {
+        if self.bounce.is_empty() {
+            self.bounce =
+                memcg.with_active(|| KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT))?;
+        }
+        Ok(&mut self.bounce)
+    }
 }
 
 /// A context's data path: its queues, master ring and worker state.
@@ -285,7 +292,7 @@ impl DataPath {
     pub(crate) fn new() -> impl PinInit<Self, Error> {
         try_pin_init!(Self {
             queues <- new_spinlock!(
-                KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
+                KVec::with_capacity(uapi::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
                 "memreg::DataPath::queues"
             ),
             create <- new_mutex!((), "memreg::DataPath::create"),
@@ -295,10 +302,10 @@ impl DataPath {
                     batch_limit: 1,
                     poll_us: INITIAL_POLL_US,
                     bounce: KVec::new(),
-                    queues: KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
+                    queues: KVec::with_capacity(uapi::MAX_QUEUES as usize, GFP_KERNEL_ACCOUNT)?,
                     shadow_hits: 0,
                     shadow_misses: 0,
-                    waiting: [const { None }; defs::MAX_QUEUES as usize],
+                    waiting: [const { None }; uapi::MAX_QUEUES as usize],
                 },
                 "memreg::DataPath::worker"
             ),
@@ -315,7 +322,7 @@ impl DataPath {
     }
 
     /// The counters, with the queues' stops for a full completion ring.
-    pub(crate) fn stats(&self) -> defs::QueueStats {
+    pub(crate) fn stats(&self) -> uapi::QueueStats {
         let mut out = self.stats.to_abi();
         out.cq_full_stalls = self
             .queues
@@ -325,6 +332,24 @@ impl DataPath {
         out
     }
 
+    /// The registration of local key `lkey` in the shadow translation
+    /// cache, if it is there.
+    pub(crate) fn shadow_get(&self, lkey: u64) -> Option<Target> {
+        // Under the shadow's lock: parking takes a registration out of it before it moves to a
+        // new generation.
+        self.shadow.lock().get(lkey).map(|r| Target::new(r.clone()))
+    }
+
+    /// Puts `registration` in the shadow translation cache, under the
+    /// context's table lock; returns the entry it replaced, to be dropped
+    /// outside the locks.
+    pub(crate) fn shadow_insert(
+        &self,
+        registration: Arc<Registration>,
+    ) -> Option<Arc<Registration>> {
+        self.shadow.lock().insert(registration)
+    }
+
     /// The queue with index `index`.
     pub(crate) fn queue(&self, index: u32) -> Option<Arc<Queue>> {
         self.queues.lock().get(index as usize).cloned()
@@ -332,7 +357,7 @@ impl DataPath {
 
     /// The queues now.
     fn all_queues(&self) -> Result<KVec<Arc<Queue>>> {
-        let mut out = KVec::with_capacity(defs::MAX_QUEUES as usize, GFP_KERNEL)?;
+        let mut out = KVec::with_capacity(uapi::MAX_QUEUES as usize, GFP_KERNEL)?;
         for q in self.queues.lock().iter() {
             // Room for every queue was made above.
             let _ = out.push_within_capacity(q.clone());
@@ -394,451 +419,16 @@ impl DataPath {
     pub(crate) fn clear_worker(&self) {
         let mut ws = self.worker.lock();
         let waiting =
-            core::mem::replace(&mut ws.waiting, [const { None }; defs::MAX_QUEUES as usize]);
+            core::mem::replace(&mut ws.waiting, [const { None }; uapi::MAX_QUEUES as usize]);
         let queues = core::mem::take(&mut ws.queues);
         drop(ws);
         drop((waiting, queues));
     }
 }
 
-/// A completion's status and bytes.
-type Outcome = core::result::Result<u64, MemregError>;
-
-/// Resolves a local key to its registration, through the shadow first.
-fn resolve(ctx: &ContextShared, ws: &mut WorkerState, lkey: u64) -> Result<Target> {
-    let data = &ctx.data;
-    {
-        let shadow = data.shadow.lock();
-        if let Some(r) = shadow.get(lkey) {
-            ws.shadow_hits += 1;
-            // Under the shadow's lock: parking takes a registration out of it before it moves
-            // to a new generation.
-            return Ok(Target::new(r.clone()));
-        }
-    }
-    ws.shadow_misses += 1;
-    let (found, old) = {
-        let t = ctx.table.lock();
-        let target = t.get_target(lkey).ok_or(ENOENT)?;
-        // Under the table lock, so that a registration that leaves the table (or is parked)
-        // also leaves the shadow.
-        let old = data.shadow.lock().insert(target.registration().clone());
-        (target, old)
-    };
-    // The entry it replaced is dropped outside the locks.
-    drop(old);
-    Ok(found)
-}
-
-/// Moves `buf.len()` bytes at `offset` of `r`, revalidating it if it is
-/// suspended.
-fn move_chunk(r: &Target, offset: u64, buf: &mut [u8], to: bool) -> Result {
-    let mut tries = 0;
-    loop {
-        match r.copy_chunk(offset, buf, to) {
-            Err(e) if e == EAGAIN && tries < USE_TRIES => {
-                tries += 1;
-                if Registration::revalidate(r.registration())? == Revalidated::Ended {
-                    return Err(ENOENT);
-                }
-            }
-            result => return result,
-        }
-    }
-}
-
-/// Copies `n` bytes page to page, revalidating a suspended side. `EBUSY`
-/// when the destination's lock is taken.
-fn copy_direct(src: &Target, src_at: u64, dst: &Target, dst_at: u64, n: usize) -> Result {
-    let mut tries = 0;
-    loop {
-        match src.copy_to(src_at, dst, dst_at, n) {
-            Err(e) if e == EAGAIN && tries < USE_TRIES => {
-                tries += 1;
-                for r in [src, dst] {
-                    if Registration::revalidate(r.registration())? == Revalidated::Ended {
-                        return Err(ENOENT);
-                    }
-                }
-            }
-            result => return result,
-        }
-    }
-}
-
-/// A grant a transfer goes through: the peer's context and the epoch of the
-/// attachment.
-type Grant<'a> = Option<(&'a ContextShared, u64)>;
-
-/// Moves `length` bytes from `(src, src_offset)` to `(dst, dst_offset)`,
-/// both checked to lie within their registrations, in steps between which
-/// the file's release and, through `grant`, the peer's revocation are
-/// looked at.
-#[allow(clippy::too_many_arguments)]
-fn transfer(
-    ctx: &ContextShared,
-    ws: &mut WorkerState,
-    src: &Target,
-    src_offset: u64,
-    dst: &Target,
-    dst_offset: u64,
-    length: u64,
-    grant: Grant<'_>,
-) -> Result<(), MemregError> {
-    let overlap = src.same(dst)
-        && src_offset < dst_offset.saturating_add(length)
-        && dst_offset < src_offset.saturating_add(length);
-    let mut done = 0u64;
-    while done < length {
-        if ctx.data.closing.load(Relaxed) {
-            return Err(ECANCELED.into());
-        }
-        if let Some((peer, epoch)) = grant {
-            peer::check_grant(peer, epoch)?;
-        }
-        let left = length.checked_sub(done).ok_or(EINVAL)?;
-        let src_at = src_offset.checked_add(done).ok_or(EOVERFLOW)?;
-        let dst_at = dst_offset.checked_add(done).ok_or(EOVERFLOW)?;
-        if !overlap {
-            let n = left.min(DIRECT_CHUNK as u64) as usize;
-            match copy_direct(src, src_at, dst, dst_at, n) {
-                Ok(()) => {
-                    done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
-                    cond_resched();
-                    continue;
-                }
-                // The destination is busy: this step goes through the bounce buffer.
-                Err(e) if e == EBUSY => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if ws.bounce.is_empty() {
-            // Charged to the owner, not to whatever cgroup the kworker is in.
-            ws.bounce = ctx
-                .memcg
-                .with_active(|| KVec::from_elem(0u8, COPY_CHUNK, GFP_KERNEL_ACCOUNT))?;
-        }
-        let n = left.min(COPY_CHUNK as u64) as usize;
-        let buf = ws.bounce.get_mut(..n).ok_or(EINVAL)?;
-        move_chunk(src, src_at, buf, false)?;
-        move_chunk(dst, dst_at, buf, true)?;
-        done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
-        cond_resched();
-    }
-    Ok(())
-}
-
-/// Checks that `length` bytes at `offset` lie within `r`.
-fn check_range(r: &Registration, offset: u64, length: u64) -> Result<(), MemregError> {
-    let end = offset.checked_add(length).ok_or(EOVERFLOW)?;
-    if end > r.info.length {
-        return Err(EINVAL.into());
-    }
-    Ok(())
-}
-
-/// COPY: `length` bytes from `(src_key, src_offset)` to `(key, offset)`.
-fn copy(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe) -> Outcome {
-    let dst = resolve(ctx, ws, sqe.key)?;
-    let src = resolve(ctx, ws, sqe.src_key)?;
-    if src.info.access & defs::ACCESS_LOCAL_READ == 0
-        || dst.info.access & defs::ACCESS_LOCAL_WRITE == 0
-    {
-        return Err(EACCES.into());
-    }
-    check_range(&src, sqe.src_offset, sqe.length)?;
-    check_range(&dst, sqe.offset, sqe.length)?;
-    transfer(
-        ctx,
-        ws,
-        &src,
-        sqe.src_offset,
-        &dst,
-        sqe.offset,
-        sqe.length,
-        None,
-    )?;
-    Ok(sqe.length)
-}
-
-/// WRITE (`write`) or READ: between a local registration and a peer's,
-/// named by its remote key.
-fn remote(ctx: &ContextShared, ws: &mut WorkerState, sqe: &defs::Sqe, write: bool) -> Outcome {
-    let (peer_ctx, epoch) = peer::lookup(ctx, sqe.peer)?;
-    let (lkey, loffset, rkey, roffset) = if write {
-        (sqe.src_key, sqe.src_offset, sqe.key, sqe.offset)
-    } else {
-        (sqe.key, sqe.offset, sqe.src_key, sqe.src_offset)
-    };
-    let local = resolve(ctx, ws, lkey)?;
-    // TODO(peer-rkey-cache): remote keys are looked up under the peer's table lock on every
-    // request; a shadow of hot remote keys, like the local one, would spare it.
-    let remote = peer_ctx.table.lock().get_remote(rkey).ok_or(ENOENT)?;
-    let (local_right, remote_right) = if write {
-        (defs::ACCESS_LOCAL_READ, defs::ACCESS_REMOTE_WRITE)
-    } else {
-        (defs::ACCESS_LOCAL_WRITE, defs::ACCESS_REMOTE_READ)
-    };
-    if local.info.access & local_right == 0 || remote.info.access & remote_right == 0 {
-        return Err(EACCES.into());
-    }
-    check_range(&local, loffset, sqe.length)?;
-    check_range(&remote, roffset, sqe.length)?;
-    let grant = Some((&*peer_ctx, epoch));
-    if write {
-        transfer(
-            ctx, ws, &local, loffset, &remote, roffset, sqe.length, grant,
-        )?;
-    } else {
-        transfer(
-            ctx, ws, &remote, roffset, &local, loffset, sqe.length, grant,
-        )?;
-    }
-    ctx.data.stats.remote_bytes.add(sqe.length, Relaxed);
-    Ok(sqe.length)
-}
-
-/// The pool of index `index` of the context.
-fn pool_of(ctx: &ContextShared, index: u32) -> Result<Arc<Pool>, MemregError> {
-    Ok(ctx
-        .pools
-        .lock()
-        .get(index as usize)
-        .and_then(Option::clone)
-        .ok_or(EINVAL)?)
-}
-
-/// POOL_ALLOC on a ring: one buffer, without waiting. The completion
-/// carries its address and key.
-///
-/// TODO(ring-pool-wait): a request that waited for a growth would stall its
-/// queue, as a waiting SEND does; it fails with `-EAGAIN` instead.
-fn pool_alloc(ctx: &ContextShared, sqe: &defs::Sqe) -> Step {
-    let taken = (|| -> Result<Buffer, MemregError> {
-        let pool = pool_of(ctx, sqe.peer)?;
-        let mut one: [Buffer; 1] = defs::zeroed();
-        Pool::alloc(&pool, sqe.length, true, 0, &mut one)?;
-        Ok(one[0])
-    })();
-    match taken {
-        Ok(b) => Step::Pool(b),
-        Err(e) => Step::Done(Err(e)),
-    }
-}
-
-/// POOL_FREE on a ring: gives back the buffer at address `sqe.offset`.
-fn pool_free(ctx: &ContextShared, sqe: &defs::Sqe) -> Outcome {
-    let pool = pool_of(ctx, sqe.peer)?;
-    Pool::free(&pool, &[sqe.offset])?;
-    Ok(0)
-}
-
-/// What executing a request led to.
-enum Step {
-    /// It completes now.
-    Done(Outcome),
-    /// A POOL_ALLOC completes now with this buffer.
-    Pool(Buffer),
-    /// A RECV was posted: a SEND completes it later.
-    Posted,
-    /// A SEND waits for a RECV, since this time (jiffies), at most this many
-    /// milliseconds.
-    Waiting(Jiffies, u32),
-}
-
-impl From<Outcome> for Step {
-    fn from(outcome: Outcome) -> Self {
-        Step::Done(outcome)
-    }
-}
-
-/// RECV on `q`: posts the buffer for the next SEND to `q`.
-fn recv(ctx: &ContextShared, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -> Step {
-    let posted = (|| -> Result<PostedRecv, MemregError> {
-        let registration = resolve(ctx, ws, sqe.key)?;
-        if registration.info.access & defs::ACCESS_LOCAL_WRITE == 0 {
-            return Err(EACCES.into());
-        }
-        check_range(&registration, sqe.offset, sqe.length)?;
-        // The receive FIFO is charged to the owner, not to the kworker's cgroup.
-        ctx.memcg.with_active(|| q.prepare_recv())?;
-        Ok(PostedRecv {
-            user_data: sqe.user_data,
-            registration,
-            offset: sqe.offset,
-            length: sqe.length,
-        })
-    })();
-    match posted {
-        Ok(r) => match q.post_recv(r) {
-            Ok(()) => Step::Posted,
-            // Released meanwhile, or as many posted as the completion ring has room for.
-            Err(_) if ctx.data.closing.load(Relaxed) => Step::Done(Err(ECANCELED.into())),
-            Err(_) => Step::Done(Err(ENOSPC.into())),
-        },
-        Err(e) => Step::Done(Err(e)),
-    }
-}
-
-/// Completes a RECV of the receiving queue of `conn` with `cqe`, counted in
-/// the receiver's counters.
-fn deliver(conn: &Connection, cqe: defs::Cqe) {
-    let failed = cqe.status != 0;
-    if let Some(overflowed) = conn.queue.finish_recv(&conn.ctx, cqe) {
-        let stats = &conn.ctx.data.stats;
-        stats.completions.add(1, Relaxed);
-        if failed {
-            stats.errors.add(1, Relaxed);
-        }
-        if overflowed {
-            stats.master_overflows.add(1, Relaxed);
-        }
-    }
-}
-
-/// SEND on `q`: fills the oldest RECV posted on the queue `q` is connected
-/// to, or waits for one (`since`: it has been waiting since then).
-fn send(
-    ctx: &ContextShared,
-    ws: &mut WorkerState,
-    q: &Queue,
-    sqe: &defs::Sqe,
-    since: Option<Jiffies>,
-) -> Step {
-    let conn = q.send.lock().clone();
-    let Some(conn) = conn else {
-        return Step::Done(Err(ENOTCONN.into()));
-    };
-    let src = (|| -> Result<Target, MemregError> {
-        peer::check_grant(&conn.ctx, conn.epoch)?;
-        let src = resolve(ctx, ws, sqe.src_key)?;
-        if src.info.access & defs::ACCESS_LOCAL_READ == 0 {
-            return Err(EACCES.into());
-        }
-        check_range(&src, sqe.src_offset, sqe.length)?;
-        Ok(src)
-    })();
-    let src = match src {
-        Ok(src) => src,
-        Err(e) => return Step::Done(Err(e)),
-    };
-    loop {
-        let r = match conn.queue.take_recv(ctx, q.index) {
-            Receiver::Posted(r) => r,
-            Receiver::Closed => return Step::Done(Err(ECONNRESET.into())),
-            Receiver::Waiting => {
-                let since = since.unwrap_or_else(jiffies::now);
-                if jiffies::elapsed_ms(since) >= u64::from(conn.rnr_timeout_ms) {
-                    ctx.data.stats.rnr_timeouts.add(1, Relaxed);
-                    return Step::Done(Err(ENOBUFS.into()));
-                }
-                return Step::Waiting(since, conn.rnr_timeout_ms);
-            }
-        };
-        let mut cqe: defs::Cqe = defs::zeroed();
-        cqe.user_data = r.user_data;
-        let moved = if sqe.length > r.length {
-            Err(EMSGSIZE.into())
-        } else {
-            transfer(
-                ctx,
-                ws,
-                &src,
-                sqe.src_offset,
-                &r.registration,
-                r.offset,
-                sqe.length,
-                Some((&*conn.ctx, conn.epoch)),
-            )
-        };
-        match moved {
-            Ok(()) => {
-                cqe.bytes = sqe.length;
-                if sqe.flags & defs::SQE_IMM != 0 {
-                    cqe.flags = defs::CQE_IMM;
-                    cqe.imm_data = sqe.key;
-                }
-                deliver(&conn, cqe);
-                ctx.data.stats.messages.add(1, Relaxed);
-                ctx.data.stats.remote_bytes.add(sqe.length, Relaxed);
-                return Step::Done(Ok(sqe.length));
-            }
-            // The receiver's buffer ended: that RECV fails, the SEND takes the next one.
-            Err(_) if !r.registration.is_live() => {
-                cqe.status = MemregError::from(ENOENT).status();
-                deliver(&conn, cqe);
-            }
-            Err(e) => {
-                cqe.status = e.status();
-                deliver(&conn, cqe);
-                return Step::Done(Err(e));
-            }
-        }
-    }
-}
-
-/// Validates the copy of a descriptor and executes it.
-fn execute(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue, sqe: &defs::Sqe) -> Step {
-    let imm = sqe.opcode == defs::OP_SEND && sqe.flags == defs::SQE_IMM;
-    if (sqe.flags != 0 && !imm) || sqe.reserved0 != 0 {
-        return Err(EINVAL.into()).into();
-    }
-    // The fields an operation does not use must be zero.
-    let unused = match sqe.opcode {
-        defs::OP_NOP | defs::OP_FENCE => [
-            sqe.key,
-            sqe.offset,
-            sqe.src_key,
-            sqe.src_offset,
-            sqe.length,
-            sqe.peer.into(),
-        ],
-        defs::OP_DEREGISTER => [
-            0,
-            sqe.offset,
-            sqe.src_key,
-            sqe.src_offset,
-            sqe.length,
-            sqe.peer.into(),
-        ],
-        defs::OP_COPY => [0, 0, 0, 0, 0, sqe.peer.into()],
-        defs::OP_WRITE | defs::OP_READ => [0; 6],
-        defs::OP_SEND => [
-            if imm { 0 } else { sqe.key },
-            sqe.offset,
-            0,
-            0,
-            0,
-            sqe.peer.into(),
-        ],
-        defs::OP_RECV => [0, 0, sqe.src_key, sqe.src_offset, 0, sqe.peer.into()],
-        defs::OP_POOL_ALLOC => [sqe.key, sqe.offset, sqe.src_key, sqe.src_offset, 0, 0],
-        defs::OP_POOL_FREE => [sqe.key, 0, sqe.src_key, sqe.src_offset, sqe.length, 0],
-        _ => return Err(EINVAL.into()).into(),
-    };
-    if let Err(e) = defs::check_reserved(&unused) {
-        return Err(e.into()).into();
-    }
-    match sqe.opcode {
-        // The worker executes a queue's requests in order, one at a time: everything posted
-        // before a fence has completed when it is reached.
-        defs::OP_NOP | defs::OP_FENCE => Ok(0).into(),
-        defs::OP_DEREGISTER => ContextShared::deregister_key(ctx, sqe.key)
-            .map(|()| 0)
-            .into(),
-        defs::OP_WRITE => remote(ctx, ws, sqe, true).into(),
-        defs::OP_READ => remote(ctx, ws, sqe, false).into(),
-        defs::OP_SEND => send(ctx, ws, q, sqe, None),
-        defs::OP_RECV => recv(ctx, ws, q, sqe),
-        defs::OP_POOL_ALLOC => pool_alloc(ctx, sqe),
-        defs::OP_POOL_FREE => pool_free(ctx, sqe).into(),
-        _ => copy(ctx, ws, sqe).into(),
-    }
-}
-
 /// A completion of `user_data` with `outcome`; counts an error in `errors`.
-fn cqe_of(user_data: u64, outcome: Outcome, errors: &mut u64) -> defs::Cqe {
-    let mut cqe: defs::Cqe = defs::zeroed();
+fn cqe_of(user_data: u64, outcome: Outcome, errors: &mut u64) -> uapi::Cqe {
+    let mut cqe: uapi::Cqe = uapi::zeroed();
     cqe.user_data = user_data;
     match outcome {
         Ok(bytes) => cqe.bytes = bytes,
@@ -906,7 +496,12 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
     let slot = q.index as usize;
     // The queue's waiting SEND first: until it completes nothing else is taken.
     if let Some(w) = ws.waiting.get_mut(slot).and_then(Option::take) {
-        match send(ctx, ws, q, &w.sqe, Some(w.since)) {
+        let mut cx = Issue {
+            ctx,
+            ws: &mut *ws,
+            queue: q,
+        };
+        match send::resume(&mut cx, &w.sqe, w.since) {
             Step::Waiting(..) => {
                 if let Some(entry) = ws.waiting.get_mut(slot) {
                     *entry = Some(w);
@@ -934,14 +529,19 @@ fn serve(ctx: &Arc<ContextShared>, ws: &mut WorkerState, q: &Queue) -> u32 {
         match q.take() {
             Next::Taken(sqe) => {
                 taken += 1;
-                match execute(ctx, ws, q, &sqe) {
+                let mut cx = Issue {
+                    ctx,
+                    ws: &mut *ws,
+                    queue: q,
+                };
+                match ops::execute(&mut cx, &sqe) {
                     Step::Done(outcome) => {
                         q.complete(&cqe_of(sqe.user_data, outcome, &mut errors));
                         written += 1;
                     }
                     Step::Pool(b) => {
                         let mut cqe = cqe_of(sqe.user_data, Ok(b.addr), &mut errors);
-                        cqe.flags = defs::CQE_POOL;
+                        cqe.flags = uapi::CQE_POOL;
                         cqe.imm_data = b.key;
                         q.complete(&cqe);
                         written += 1;
@@ -980,7 +580,8 @@ fn arm_timer(ctx: &Arc<ContextShared>, ws: &WorkerState) {
     if let Some(ms) = left {
         let delay = msecs_to_jiffies(u32::try_from(ms.max(1)).unwrap_or(u32::MAX));
         // Already armed: the run it starts arms it again for the SENDs still waiting.
-        let _ = dfl::system_dfl_long().enqueue_delayed::<_, 3>(ctx.clone(), delay);
+        let _ =
+            dfl::system_dfl_long().enqueue_delayed::<_, { work_id::RNR_TIMER }>(ctx.clone(), delay);
     }
 }
 
@@ -1034,7 +635,7 @@ pub(crate) fn run(ctx: Arc<ContextShared>) {
                 // cost is charged to no CPU cgroup of the process's; a process that keeps
                 // posting keeps a worker busy (in runs of `RUN_BUDGET_US`, each followed by a
                 // reschedule). Running the requests in the caller (issue 20) would charge it.
-                let _ = dfl::system_dfl_long().enqueue::<_, 2>(ctx.clone());
+                let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(ctx.clone());
                 break;
             }
             cond_resched();

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! Queues of the data path: a submission ring (the seed's token table) that
+//! Queues of the data path: a submission ring (one slot per request) that
 //! any number of user threads post into without a lock, and a completion
 //! ring the context's worker writes; and the context's master ring, which
 //! names the queues with new completions.
@@ -32,7 +32,12 @@
 //! wake-up of another context's worker happens under `recv`, which the
 //! other context's release takes before it cancels its worker.
 
-use crate::{context::ContextShared, defs, events::Waiters, registration::Target};
+use crate::{
+    context::{work_id, ContextShared},
+    events::Waiters,
+    registration::Target,
+    uapi,
+};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
@@ -49,41 +54,14 @@ use kernel::{
 };
 
 /// Bytes of a submission slot.
-const SLOT_BYTES: usize = core::mem::size_of::<defs::SqSlot>();
+const SLOT_BYTES: usize = core::mem::size_of::<uapi::SqSlot>();
 /// Bytes of a completion.
-const CQE_BYTES: usize = core::mem::size_of::<defs::Cqe>();
+const CQE_BYTES: usize = core::mem::size_of::<uapi::Cqe>();
 
-// Word indexes in the read-write mapping (`struct memreg_sq_user`).
-/// `insert`, a `u64`.
-const SQ_INSERT: usize = 0;
-/// `cq_head`, a `u32`.
-const SQ_CQ_HEAD: usize = 2;
-/// `cq_arm`, a `u32`.
-const SQ_CQ_ARM: usize = 3;
-
-// Word indexes in the read-only mapping (`struct memreg_cq_ring`).
-/// `sq_head`, a `u64`.
-const CQ_SQ_HEAD: usize = 0;
-/// `cq_tail`, a `u32`.
-const CQ_TAIL: usize = 2;
-/// `flags`, a `u32`.
-const CQ_FLAGS: usize = 3;
-/// `sq_entries`, a `u32`.
-const CQ_SQ_ENTRIES: usize = 4;
-/// `cq_entries`, a `u32`.
-const CQ_CQ_ENTRIES: usize = 5;
-
-// Word indexes of the master ring.
-/// `tail`, a `u32` of the read-only page.
-const MASTER_TAIL: usize = 0;
-/// `flags`, a `u32` of the read-only page.
-const MASTER_FLAGS: usize = 1;
-/// `overflows`, a `u64` of the read-only page.
-const MASTER_OVERFLOWS: usize = 1;
-/// `head`, a `u32` of the read-write page.
-const MASTER_HEAD: usize = 0;
-/// `arm`, a `u32` of the read-write page.
-const MASTER_ARM: usize = 1;
+use crate::uapi::layout::{
+    CQ_CQ_ENTRIES, CQ_FLAGS, CQ_SQ_ENTRIES, CQ_SQ_HEAD, CQ_TAIL, MASTER_ARM, MASTER_FLAGS,
+    MASTER_HEAD, MASTER_OVERFLOWS, MASTER_TAIL, SLOT_SEQ, SQ_CQ_ARM, SQ_CQ_HEAD, SQ_INSERT,
+};
 
 /// The bytes of a mapping holding a 64-byte header and `entries` entries of
 /// `size` bytes, in whole pages.
@@ -180,7 +158,7 @@ pub(crate) struct PostedRecv {
 }
 
 /// The slots of a receiving queue one sending file may take.
-pub(crate) const MAX_SENDERS_PER_FILE: usize = defs::MAX_SENDERS / 4;
+pub(crate) const MAX_SENDERS_PER_FILE: usize = uapi::MAX_SENDERS / 4;
 
 /// A queue connected to send to a queue: its context is woken when a RECV
 /// is posted while one of its SENDs waits.
@@ -209,7 +187,7 @@ impl RecvState {
     fn wake_waiting(&mut self) {
         for s in self.senders.iter_mut().filter(|s| s.waiting) {
             s.waiting = false;
-            let _ = dfl::system_dfl_long().enqueue::<_, 2>(s.ctx.clone());
+            let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(s.ctx.clone());
         }
     }
 }
@@ -286,7 +264,7 @@ pub(crate) struct Queue {
 /// The outcome of looking at a queue's next slot.
 pub(crate) enum Next {
     /// A descriptor, copied out of the slot, which is free again.
-    Taken(defs::Sqe),
+    Taken(uapi::Sqe),
     /// Nothing published there yet.
     Empty,
     /// The completion ring has no room: nothing was taken.
@@ -316,10 +294,10 @@ impl Queue {
         eventfd: Option<EventFd>,
     ) -> Result<Arc<Self>> {
         if !sq_entries.is_power_of_two()
-            || !(2..=defs::MAX_SQ_ENTRIES).contains(&sq_entries)
+            || !(2..=uapi::MAX_SQ_ENTRIES).contains(&sq_entries)
             || !cq_entries.is_power_of_two()
             || cq_entries < sq_entries
-            || cq_entries > defs::MAX_CQ_ENTRIES
+            || cq_entries > uapi::MAX_CQ_ENTRIES
         {
             return Err(EINVAL);
         }
@@ -338,7 +316,7 @@ impl Queue {
         kernel.store_u32(CQ_SQ_ENTRIES, sq_entries);
         kernel.store_u32(CQ_CQ_ENTRIES, cq_entries);
         // No worker runs yet: a poster rings the doorbell.
-        kernel.store_u32(CQ_FLAGS, defs::QUEUE_NEED_WAKEUP);
+        kernel.store_u32(CQ_FLAGS, uapi::QUEUE_NEED_WAKEUP);
         Arc::pin_init(
             try_pin_init!(Self {
                 index,
@@ -350,7 +328,7 @@ impl Queue {
                 sq_head: Atomic::new(0),
                 cq_tail: Atomic::new(0),
                 cq_head_seen: Atomic::new(0),
-                flags: Atomic::new(defs::QUEUE_NEED_WAKEUP),
+                flags: Atomic::new(uapi::QUEUE_NEED_WAKEUP),
                 stalls: Atomic::new(0),
                 owed: Atomic::new(0),
                 stalled: Atomic::new(false),
@@ -423,7 +401,7 @@ impl Queue {
     /// owner's master ring. Dropped if the owner's file was released
     /// meanwhile (`None`); otherwise returns whether the master ring was
     /// full.
-    pub(crate) fn finish_recv(&self, owner: &ContextShared, cqe: defs::Cqe) -> Option<bool> {
+    pub(crate) fn finish_recv(&self, owner: &ContextShared, cqe: uapi::Cqe) -> Option<bool> {
         {
             let st = self.recv.lock();
             if st.closed {
@@ -451,7 +429,7 @@ impl Queue {
     pub(crate) fn add_sender(&self, ctx: Arc<ContextShared>, queue: u32) -> Result {
         let mut room = KVec::new();
         if self.recv.lock().senders.capacity() == 0 {
-            room = KVec::with_capacity(defs::MAX_SENDERS, GFP_KERNEL_ACCOUNT)?;
+            room = KVec::with_capacity(uapi::MAX_SENDERS, GFP_KERNEL_ACCOUNT)?;
         }
         let mut st = self.recv.lock();
         if st.closed {
@@ -522,7 +500,7 @@ impl Queue {
 
     /// The `u64` index of the sequence of slot `i`.
     fn seq_word(i: usize) -> usize {
-        (defs::SQ_SLOTS_OFFSET + i * SLOT_BYTES) / 8
+        (uapi::SQ_SLOTS_OFFSET + i * SLOT_BYTES) / 8 + SLOT_SEQ
     }
 
     /// Publishes `flags`.
@@ -535,7 +513,7 @@ impl Queue {
 
     /// Says the worker is awake (clears `MEMREG_QUEUE_NEED_WAKEUP`).
     pub(crate) fn wake(&self) {
-        self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_NEED_WAKEUP);
+        self.set_flags(self.flags.load(Relaxed) & !uapi::QUEUE_NEED_WAKEUP);
     }
 
     /// Says the worker goes to sleep: sets `MEMREG_QUEUE_NEED_WAKEUP`, then
@@ -543,7 +521,7 @@ impl Queue {
     /// (the worker must then not sleep). Pairs with the poster's barrier
     /// between publishing a slot and reading the flags.
     pub(crate) fn sleep(&self) -> bool {
-        self.set_flags(self.flags.load(Relaxed) | defs::QUEUE_NEED_WAKEUP);
+        self.set_flags(self.flags.load(Relaxed) | uapi::QUEUE_NEED_WAKEUP);
         smp_mb(Full);
         self.ready()
     }
@@ -575,9 +553,9 @@ impl Queue {
             return true;
         }
         let flags = self.flags.load(Relaxed);
-        if flags & defs::QUEUE_CQ_FULL == 0 {
+        if flags & uapi::QUEUE_CQ_FULL == 0 {
             self.stalls.add(1, Relaxed);
-            self.set_flags(flags | defs::QUEUE_CQ_FULL);
+            self.set_flags(flags | uapi::QUEUE_CQ_FULL);
         }
         smp_mb(Full);
         self.cq_room()
@@ -621,7 +599,7 @@ impl Queue {
 
     /// Whether the queue is stopped for a full completion ring.
     pub(crate) fn cq_full(&self) -> bool {
-        self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0
+        self.flags.load(Relaxed) & uapi::QUEUE_CQ_FULL != 0
     }
 
     /// Whether published completions wait for the reader.
@@ -642,15 +620,15 @@ impl Queue {
         if !self.room_or_flag() {
             return Next::CqFull;
         }
-        if self.flags.load(Relaxed) & defs::QUEUE_CQ_FULL != 0 {
-            self.set_flags(self.flags.load(Relaxed) & !defs::QUEUE_CQ_FULL);
+        if self.flags.load(Relaxed) & uapi::QUEUE_CQ_FULL != 0 {
+            self.set_flags(self.flags.load(Relaxed) & !uapi::QUEUE_CQ_FULL);
         }
         let mut words = [0u64; 7];
         for (i, w) in words.iter_mut().enumerate() {
             *w = self.user.load_u64_relaxed(seq_word + 1 + i).unwrap_or(0);
         }
         // The one copy: the slot may change under us from now on.
-        let sqe = defs::sqe_from_words(&words);
+        let sqe = uapi::sqe_from_words(&words);
         // Release: our reads of the slot happen before a poster of the next lap may write it.
         self.user
             .store_u64(seq_word, head.wrapping_add(u64::from(self.sq_entries)));
@@ -662,17 +640,17 @@ impl Queue {
 
     /// Writes a completion, to be published by [`Queue::publish`]. The
     /// caller made sure there is room ([`Queue::take`]). Worker only.
-    pub(crate) fn complete(&self, cqe: &defs::Cqe) {
+    pub(crate) fn complete(&self, cqe: &uapi::Cqe) {
         let _cq = self.cq.lock();
         self.write_cqe(cqe);
     }
 
     /// Writes a completion at the tail, under `cq`.
-    fn write_cqe(&self, cqe: &defs::Cqe) {
+    fn write_cqe(&self, cqe: &uapi::Cqe) {
         let tail = self.cq_tail.load(Relaxed);
         let index = (tail & (self.cq_entries - 1)) as usize;
         self.kernel
-            .write_words(defs::CQ_ENTRIES_OFFSET + index * CQE_BYTES, cqe.as_bytes());
+            .write_words(uapi::CQ_ENTRIES_OFFSET + index * CQE_BYTES, cqe.as_bytes());
         self.cq_tail.store(tail.wrapping_add(1), Relaxed);
     }
 
@@ -720,7 +698,7 @@ pub(crate) struct Master {
 impl Master {
     /// The length of the read-only mapping.
     pub(crate) fn ring_bytes() -> usize {
-        area_bytes(defs::MASTER_ENTRIES, 4)
+        area_bytes(uapi::MASTER_ENTRIES, 4)
     }
 
     /// Creates an empty master ring, charged to the caller.
@@ -754,16 +732,16 @@ impl Master {
         let _lock = self.lock.lock();
         let head = self.user.load_u32(MASTER_HEAD).unwrap_or(0);
         let tail = self.tail.load(Relaxed);
-        let overflowed = tail.wrapping_sub(head) >= defs::MASTER_ENTRIES;
+        let overflowed = tail.wrapping_sub(head) >= uapi::MASTER_ENTRIES;
         if overflowed {
             let n = self.overflows.load(Relaxed).saturating_add(1);
             self.overflows.store(n, Relaxed);
             self.ring.store_u64(MASTER_OVERFLOWS, n);
-            self.ring.store_u32(MASTER_FLAGS, defs::EVENTS_OVERFLOW);
+            self.ring.store_u32(MASTER_FLAGS, uapi::EVENTS_OVERFLOW);
         } else {
-            let at = (tail & (defs::MASTER_ENTRIES - 1)) as usize;
+            let at = (tail & (uapi::MASTER_ENTRIES - 1)) as usize;
             self.ring
-                .store_u32(defs::MASTER_ENTRIES_OFFSET / 4 + at, index);
+                .store_u32(uapi::MASTER_ENTRIES_OFFSET / 4 + at, index);
             let tail = tail.wrapping_add(1);
             self.tail.store(tail, Relaxed);
             // Release: the entry before the tail that covers it.
@@ -778,6 +756,7 @@ impl Master {
     }
 }
 
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
 #[kunit_tests(memreg_queue)]
 mod tests {
     use super::*;
@@ -808,13 +787,13 @@ mod tests {
         assert_eq!(q.user.load_u64(Queue::seq_word(0)), Some(2));
         assert_eq!(q.kernel.load_u64(CQ_SQ_HEAD), Some(1));
         assert!(matches!(q.take(), Next::Empty));
-        let mut cqe: defs::Cqe = defs::zeroed();
+        let mut cqe: uapi::Cqe = uapi::zeroed();
         cqe.user_data = 42;
         q.complete(&cqe);
         assert_eq!(q.kernel.load_u32(CQ_TAIL), Some(0));
         q.publish(&waiters);
         assert_eq!(q.kernel.load_u32(CQ_TAIL), Some(1));
-        assert_eq!(q.kernel.load_u64(defs::CQ_ENTRIES_OFFSET / 8), Some(42));
+        assert_eq!(q.kernel.load_u64(uapi::CQ_ENTRIES_OFFSET / 8), Some(42));
         Ok(())
     }
 
@@ -822,7 +801,7 @@ mod tests {
     fn a_full_completion_ring_stops_taking() -> Result {
         let q = Queue::new(0, 2, 2, None)?;
         let waiters = Waiters::new()?;
-        let cqe: defs::Cqe = defs::zeroed();
+        let cqe: uapi::Cqe = uapi::zeroed();
         for pos in 0..2 {
             post(&q, pos, [0; 7]);
             assert!(matches!(q.take(), Next::Taken(_)));
@@ -834,7 +813,7 @@ mod tests {
         assert!(matches!(q.take(), Next::CqFull));
         assert!(q.cq_full());
         assert_ne!(
-            q.kernel.load_u32(CQ_FLAGS).unwrap_or(0) & defs::QUEUE_CQ_FULL,
+            q.kernel.load_u32(CQ_FLAGS).unwrap_or(0) & uapi::QUEUE_CQ_FULL,
             0
         );
         // The reader consumes one: the request is taken.
@@ -886,7 +865,7 @@ mod tests {
     fn posted_recvs_keep_room_in_the_completion_ring() -> Result {
         let q = Queue::new(0, 2, 2, None)?;
         let waiters = Waiters::new()?;
-        let cqe: defs::Cqe = defs::zeroed();
+        let cqe: uapi::Cqe = uapi::zeroed();
         post(&q, 0, [0; 7]);
         assert!(matches!(q.take(), Next::Taken(_)));
         // As a RECV does: no completion now, one owed.
@@ -909,7 +888,7 @@ mod tests {
         assert!(Queue::new(0, 1, 1, None).is_err());
         assert!(Queue::new(0, 3, 4, None).is_err());
         assert!(Queue::new(0, 4, 2, None).is_err());
-        assert!(Queue::new(0, defs::MAX_SQ_ENTRIES * 2, defs::MAX_CQ_ENTRIES, None).is_err());
+        assert!(Queue::new(0, uapi::MAX_SQ_ENTRIES * 2, uapi::MAX_CQ_ENTRIES, None).is_err());
         assert_eq!(Queue::sq_bytes(64), 2 * PAGE_SIZE);
         assert_eq!(Queue::cq_bytes(1), PAGE_SIZE);
     }

@@ -1,0 +1,26 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! DEREGISTER: drops a reference on a registration, as the ioctl does.
+
+use super::{Fields, Issue, RingOp, Step};
+use crate::{context::ContextShared, error::OpResult, uapi};
+
+/// `MEMREG_OP_DEREGISTER`.
+pub(crate) struct Deregister;
+
+impl RingOp for Deregister {
+    const OPCODE: u8 = uapi::OP_DEREGISTER;
+    const FIELDS: Fields = Fields::KEY;
+    /// The local key.
+    type Req = u64;
+
+    fn prep(sqe: &uapi::Sqe) -> OpResult<u64> {
+        Ok(sqe.key)
+    }
+
+    fn issue(cx: &mut Issue<'_>, key: u64) -> Step {
+        ContextShared::deregister_key(cx.ctx, key)
+            .map(|()| 0)
+            .into()
+    }
+}

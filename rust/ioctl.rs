@@ -1,0 +1,349 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! The ioctls of `/dev/memreg`, in one table.
+//!
+//! [`ioctls!`] turns the table into the ioctl numbers, the dispatcher (who may
+//! call, how the argument moves, which method of the file object serves it)
+//! and the list the KUnit test checks; nothing else names an ioctl. Each line
+//! gives the number, the name, how the argument moves with its structure and
+//! the first size that structure was published with, who may call, and the
+//! handler.
+//!
+//! # Growing structures
+//!
+//! A structure may grow at its end; its ioctl number is then the header's
+//! new one, but the number is matched on type, number and direction only,
+//! so every size a program was ever built with still reaches its handler
+//! (DRM's `drm_ioctl` and `copy_struct_from_user` are the models):
+//!
+//! - a size below the first published one is `EINVAL`;
+//! - what the caller passes is copied up to its size and the rest of the
+//!   kernel's structure is zero, so an older program asks for the defaults
+//!   of every newer field;
+//! - a larger size than the kernel's structure is accepted when the extra
+//!   bytes the caller passes in are zero, `E2BIG` otherwise;
+//! - only what the caller's size holds is written back, and bytes past the
+//!   kernel's structure are written as zero.
+//!
+//! An unknown number, another type or the wrong direction is `ENOTTY`.
+
+use core::marker::PhantomData;
+
+use kernel::{
+    ioctl::{_IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE},
+    prelude::*,
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserPtr, UserSlice, UserSliceReader, UserSliceWriter},
+    uapi::{_IOC_NONE, _IOC_READ, _IOC_WRITE},
+};
+
+use crate::{context::Context, error::OpResult, uapi};
+
+/// Bytes checked at a time in the zero tail of a larger structure.
+const TAIL_CHUNK: usize = 64;
+
+/// Who may make a call.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Caller {
+    /// Any holder of the file: a child that inherited it, say.
+    Anyone,
+    /// Only a task of the process that opened the file.
+    Owner,
+}
+
+/// Reads an argument of `size` bytes into a `T`, under the rules of the
+/// module documentation.
+fn read_arg<T: FromBytes + AsBytes + Zeroable>(
+    reader: &mut UserSliceReader,
+    size: usize,
+) -> Result<T> {
+    let mut value: T = pin_init::zeroed();
+    let n = size.min(core::mem::size_of::<T>());
+    let bytes = value.as_bytes_mut();
+    reader.read_slice(bytes.get_mut(..n).ok_or(EINVAL)?)?;
+    let mut left = size - n;
+    let mut tail = [0u8; TAIL_CHUNK];
+    while left > 0 {
+        let k = left.min(TAIL_CHUNK);
+        let chunk = &mut tail[..k];
+        reader.read_slice(chunk)?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Err(E2BIG);
+        }
+        left -= k;
+    }
+    Ok(value)
+}
+
+/// Writes `value` as an argument of `size` bytes.
+fn write_arg<T: AsBytes>(writer: &mut UserSliceWriter, size: usize, value: &T) -> Result {
+    let bytes = value.as_bytes();
+    let n = size.min(bytes.len());
+    writer.write_slice(bytes.get(..n).ok_or(EINVAL)?)?;
+    let mut left = size - n;
+    let zeros = [0u8; TAIL_CHUNK];
+    while left > 0 {
+        let k = left.min(TAIL_CHUNK);
+        writer.write_slice(&zeros[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// The write-back of a read-write call, for a handler that must write its
+/// result before it makes it visible or undo its work when the write fails.
+pub(crate) struct Reply<'a, T> {
+    writer: UserSliceWriter,
+    size: usize,
+    _arg: PhantomData<&'a T>,
+}
+
+impl<T: AsBytes> Reply<'_, T> {
+    /// Writes `value` back to the caller.
+    pub(crate) fn send(&mut self, value: &T) -> Result {
+        // A second write would land after the first: start again from the argument.
+        write_arg(&mut self.writer, self.size, value)
+    }
+}
+
+/// The argument of a call, `size` bytes at `arg`.
+struct Arg {
+    arg: usize,
+    size: usize,
+}
+
+impl Arg {
+    fn slice(&self) -> UserSlice {
+        UserSlice::new(UserPtr::from_addr(self.arg), self.size)
+    }
+
+    /// `EINVAL` unless the caller's size holds at least the first published
+    /// structure.
+    fn check(&self, first: usize) -> Result<&Self> {
+        if self.size < first {
+            return Err(EINVAL);
+        }
+        Ok(self)
+    }
+
+    fn none(&self, me: &Context, f: fn(&Context) -> OpResult) -> Result {
+        Ok(f(me)?)
+    }
+
+    fn read<T: AsBytes>(&self, me: &Context, f: fn(&Context) -> OpResult<T>) -> Result {
+        let value = f(me)?;
+        write_arg(&mut self.slice().writer(), self.size, &value)
+    }
+
+    fn write<T: FromBytes + AsBytes + Zeroable>(
+        &self,
+        me: &Context,
+        f: fn(&Context, T) -> OpResult,
+    ) -> Result {
+        Ok(f(me, read_arg(&mut self.slice().reader(), self.size)?)?)
+    }
+
+    fn read_write<T: FromBytes + AsBytes + Zeroable>(
+        &self,
+        me: &Context,
+        f: fn(&Context, &mut T) -> OpResult,
+    ) -> Result {
+        let (mut reader, mut writer) = self.slice().reader_writer();
+        let mut value = read_arg(&mut reader, self.size)?;
+        f(me, &mut value)?;
+        write_arg(&mut writer, self.size, &value)
+    }
+
+    fn read_write_reply<T: FromBytes + AsBytes + Zeroable>(
+        &self,
+        me: &Context,
+        f: fn(&Context, T, Reply<'_, T>) -> OpResult,
+    ) -> Result {
+        let (mut reader, writer) = self.slice().reader_writer();
+        let value = read_arg(&mut reader, self.size)?;
+        let reply = Reply {
+            writer,
+            size: self.size,
+            _arg: PhantomData,
+        };
+        Ok(f(me, value, reply)?)
+    }
+}
+
+/// One line of the table, as the KUnit test sees it.
+pub(crate) struct IoctlDef {
+    /// The header's name without `MEMREG_IOC_`.
+    pub(crate) name: &'static str,
+    /// The number as the current header computes it.
+    pub(crate) cmd: u32,
+    /// The first size of its structure that a header published.
+    pub(crate) first_size: usize,
+}
+
+/// The direction bits of each kind of call.
+macro_rules! ioc_dir {
+    (none) => {
+        _IOC_NONE
+    };
+    (read) => {
+        _IOC_READ
+    };
+    (write) => {
+        _IOC_WRITE
+    };
+    (read_write) => {
+        _IOC_READ | _IOC_WRITE
+    };
+    (read_write_reply) => {
+        _IOC_READ | _IOC_WRITE
+    };
+}
+
+/// The size of the structure of each kind of call.
+macro_rules! ioc_size {
+    (none) => {
+        0
+    };
+    ($kind:ident $t:ty) => {
+        core::mem::size_of::<$t>()
+    };
+}
+
+/// Generates the numbers, the dispatcher and the list from the table.
+macro_rules! ioctls {
+    ($(
+        $nr:literal $name:ident: $kind:ident $(($t:ty, first $first:literal))?,
+            $caller:ident => $handler:path;
+    )*) => {
+        /// The ioctl numbers, as the current header computes them.
+        pub(crate) mod cmd {
+            use super::*;
+            $(
+                #[doc = concat!("`MEMREG_IOC_", stringify!($name), "`.")]
+                pub(crate) const $name: u32 = (ioc_dir!($kind) << 30)
+                    | ((ioc_size!($kind $($t)?) as u32) << 16)
+                    | (uapi::IOC_MAGIC << 8)
+                    | $nr;
+            )*
+        }
+
+        /// Every ioctl, in number order.
+        pub(crate) const TABLE: &[IoctlDef] = &[$(IoctlDef {
+            name: stringify!($name),
+            cmd: cmd::$name,
+            first_size: 0 $(+ $first)?,
+        }),*];
+
+        /// Serves the ioctl `cmd` with argument `arg` on `me`.
+        pub(crate) fn dispatch(me: &Context, cmd: u32, arg: usize) -> Result<isize> {
+            // Any call of the owner's, even one it may not make or that does not exist, counts
+            // as a use of the context (idle eviction looks at the last one).
+            let owner = me.check_owner();
+            if owner.is_ok() {
+                me.touch();
+            }
+            if _IOC_TYPE(cmd) != uapi::IOC_MAGIC {
+                return Err(ENOTTY);
+            }
+            let arg = Arg { arg, size: _IOC_SIZE(cmd) };
+            match _IOC_NR(cmd) {
+                $($nr => {
+                    if _IOC_DIR(cmd) != ioc_dir!($kind) {
+                        return Err(ENOTTY);
+                    }
+                    if Caller::$caller == Caller::Owner {
+                        owner?;
+                    }
+                    arg.check(0 $(+ $first)?)?
+                        .$kind(me, $handler)?;
+                })*
+                _ => return Err(ENOTTY),
+            }
+            Ok(0)
+        }
+    };
+}
+
+ioctls! {
+    0x00 GET_VERSION: read(u32, first 4), Anyone => Context::abi_version;
+    0x01 REGISTER: read_write_reply(uapi::Register, first 56), Owner => Context::register_ioctl;
+    0x02 DEREGISTER: write(uapi::Deregister, first 16), Owner => Context::deregister;
+    0x03 QUERY: read_write(uapi::Query, first 64), Owner => Context::query;
+    0x04 STATS: read(uapi::Stats, first 144), Owner => Context::stats_ioctl;
+    0x05 COPY: write(uapi::Copy, first 48), Owner => Context::copy;
+    0x06 GLOBAL_STATS: read(uapi::GlobalStats, first 64), Anyone => Context::global_stats;
+    0x07 GET_CACHE: read(uapi::CacheConfig, first 64), Owner => Context::get_cache;
+    0x08 SET_CACHE: write(uapi::CacheConfig, first 64), Owner => Context::set_cache_config;
+    0x09 FLUSH: read_write(uapi::Flush, first 32), Owner => Context::flush;
+    0x0a EVENTS_SETUP: read_write_reply(uapi::EventsSetup, first 32), Owner =>
+        Context::events_setup;
+    0x0b EVENTS_RESYNC: read_write(uapi::EventsResync, first 24), Owner =>
+        Context::events_resync;
+    0x0c QUEUE_CREATE: read_write_reply(uapi::QueueCreate, first 48), Owner =>
+        Context::queue_create;
+    0x0d DOORBELL: write(uapi::Doorbell, first 8), Owner => Context::doorbell;
+    0x0e QUEUE_STATS: read(uapi::QueueStats, first 128), Owner => Context::queue_stats_ioctl;
+    0x0f PEER_ATTACH: read_write_reply(uapi::PeerAttach, first 24), Owner =>
+        Context::peer_attach;
+    0x10 PEER_DETACH: write(uapi::PeerDetach, first 8), Owner => Context::peer_detach;
+    0x11 PEER_REVOKE: none, Owner => Context::peer_revoke;
+    0x12 QUEUE_CONNECT: write(uapi::QueueConnect, first 32), Owner => Context::queue_connect;
+    0x13 POOL_CREATE: read_write(uapi::PoolCreate, first 56), Owner => Context::pool_create;
+    0x14 POOL_ALLOC: read_write(uapi::PoolAlloc, first 48), Owner => Context::pool_alloc;
+    0x15 POOL_FREE: write(uapi::PoolFree, first 32), Owner => Context::pool_free;
+    0x16 POOL_STATS: read_write(uapi::PoolInfo, first 32), Owner => Context::pool_stats;
+    0x17 POOL_DESTROY: write(uapi::PoolDestroy, first 8), Owner => Context::pool_destroy;
+}
+
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
+#[kunit_tests(memreg_ioctl)]
+mod tests {
+    use super::*;
+
+    /// The generic `_IOC` encoding: direction in bits 30-31 (1 write, 2 read),
+    /// size in 16-29, type in 8-15 and number in 0-7.
+    fn ioc(dir: u32, size: u32, nr: u32) -> u32 {
+        (dir << 30) | (size << 16) | (0xB9 << 8) | nr
+    }
+
+    /// The numbers are the ones `<linux/memreg.h>` computes, with the sizes
+    /// of its structures; no number was ever changed or reused.
+    #[test]
+    fn ioctl_numbers_match_the_header() {
+        let expected = [
+            ("GET_VERSION", ioc(2, 4, 0)),
+            ("REGISTER", ioc(3, 72, 1)),
+            ("DEREGISTER", ioc(1, 16, 2)),
+            ("QUERY", ioc(3, 64, 3)),
+            ("STATS", ioc(2, 248, 4)),
+            ("COPY", ioc(1, 48, 5)),
+            ("GLOBAL_STATS", ioc(2, 64, 6)),
+            ("GET_CACHE", ioc(2, 64, 7)),
+            ("SET_CACHE", ioc(1, 64, 8)),
+            ("FLUSH", ioc(3, 32, 9)),
+            ("EVENTS_SETUP", ioc(3, 32, 10)),
+            ("EVENTS_RESYNC", ioc(3, 24, 11)),
+            ("QUEUE_CREATE", ioc(3, 48, 12)),
+            ("DOORBELL", ioc(1, 8, 13)),
+            ("QUEUE_STATS", ioc(2, 128, 14)),
+            ("PEER_ATTACH", ioc(3, 24, 15)),
+            ("PEER_DETACH", ioc(1, 8, 16)),
+            ("PEER_REVOKE", ioc(0, 0, 17)),
+            ("QUEUE_CONNECT", ioc(1, 32, 18)),
+            ("POOL_CREATE", ioc(3, 56, 0x13)),
+            ("POOL_ALLOC", ioc(3, 48, 0x14)),
+            ("POOL_FREE", ioc(1, 32, 0x15)),
+            ("POOL_STATS", ioc(3, 32, 0x16)),
+            ("POOL_DESTROY", ioc(1, 8, 0x17)),
+        ];
+        assert_eq!(TABLE.len(), expected.len());
+        for (i, (def, (name, cmd))) in TABLE.iter().zip(expected.iter()).enumerate() {
+            assert_eq!(def.name, *name);
+            assert_eq!(def.cmd, *cmd);
+            // Numbers are dense and in order.
+            assert_eq!(_IOC_NR(def.cmd) as usize, i);
+            // The first published size is never above the current one.
+            assert!(def.first_size <= _IOC_SIZE(def.cmd));
+        }
+    }
+}
