@@ -13,7 +13,7 @@
 //! the chunk's pages have left the mapping. Releasing is atomic arithmetic
 //! only.
 
-use crate::GLOBAL_PINNED;
+use crate::stats::GLOBAL_PINNED;
 use kernel::{
     mm::pin::LockedMemory,
     prelude::*,

@@ -5,14 +5,14 @@
 //!
 //! The ring is kernel pages mapped read-only into the process (a header and
 //! the entries) plus one page mapped read-write that holds the reader's head.
-//! Events are written under the context's table lock, by the notifier
+//! Events are written under the cache's lock, by the notifier
 //! callback among others, so writing neither allocates nor sleeps; the head
 //! user space writes is read as untrusted input (a head that makes no sense
 //! reads as a full ring). A full ring drops the event, sets the overflow flag
 //! and counts it: an event is never overwritten or lost silently. See
 //! `include/uapi/linux/memreg.h` for the layout and memory ordering.
 
-use crate::{registration::RegistrationInfo, uapi};
+use crate::uapi;
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
@@ -27,6 +27,25 @@ use crate::uapi::layout::{
     EVENTS_ENTRIES as ENTRIES, EVENTS_FLAGS as FLAGS, EVENTS_OVERFLOWS as OVERFLOWS,
     EVENTS_TAIL as TAIL,
 };
+
+/// What an event is about: a registration's local key and registered range.
+#[derive(Clone, Copy)]
+pub(crate) struct Subject {
+    /// The local key.
+    pub(crate) key: u64,
+    /// The registered address.
+    pub(crate) addr: u64,
+    /// The registered length.
+    pub(crate) length: u64,
+}
+
+/// The eventfd an argument names: none for -1.
+pub(crate) fn eventfd_arg(fd: i32) -> Result<Option<EventFd>> {
+    match fd {
+        -1 => Ok(None),
+        fd => EventFd::from_fd(fd).map(Some),
+    }
+}
 
 /// Those waiting in `poll` for events. Boxed so that freeing it waits for
 /// no RCU grace period (the box is freed after one instead).
@@ -109,7 +128,7 @@ impl EventRing {
     /// Writes an event about the registration `info`, whose local key is
     /// `lkey` now, or counts an overflow
     /// when the ring is full, then wakes the reader. Never sleeps.
-    pub(crate) fn push(&mut self, info: &RegistrationInfo, lkey: u64, kind: u32, cause: u32) {
+    pub(crate) fn push(&mut self, what: Subject, kind: u32, cause: u32) {
         let head = self.head.load_u32(0).unwrap_or(0);
         if self.tail.wrapping_sub(head) >= self.entries {
             self.flags |= uapi::EVENTS_OVERFLOW;
@@ -118,9 +137,9 @@ impl EventRing {
             self.ring.store_u32(FLAGS, self.flags);
         } else {
             let mut event: uapi::Event = uapi::zeroed();
-            event.key = lkey;
-            event.addr = info.addr;
-            event.length = info.length;
+            event.key = what.key;
+            event.addr = what.addr;
+            event.length = what.length;
             event.kind = kind;
             event.cause = cause;
             let index = (self.tail & (self.entries - 1)) as usize;
@@ -148,20 +167,12 @@ impl EventRing {
 #[kunit_tests(memreg_events)]
 mod tests {
     use super::*;
-    use crate::key::KeyPair;
 
-    fn info(n: u64) -> RegistrationInfo {
-        RegistrationInfo {
+    fn subject(n: u64) -> Subject {
+        Subject {
+            key: n << 24,
             addr: 0x1000 * n,
             length: 0x1000,
-            access: 1,
-            npages: 1,
-            keys: KeyPair {
-                seq: n,
-                lkey: n << 24,
-                rkey: n,
-            },
-            pool: false,
         }
     }
 
@@ -181,7 +192,7 @@ mod tests {
         assert_eq!(ring.ring.load_u32(ENTRIES), Some(2));
         assert!(!ring.readable());
         for n in 1..=3 {
-            ring.push(&info(n), info(n).keys.lkey, uapi::EVENT_ENDED, 0);
+            ring.push(subject(n), uapi::EVENT_ENDED, 0);
         }
         // Two written, the third dropped and counted; nothing overwritten.
         assert_eq!(ring.ring.load_u32(TAIL), Some(2));
@@ -192,7 +203,7 @@ mod tests {
         assert!(ring.readable());
         // The reader consumes one: there is room for one more.
         ring.head.store_u32(0, 1);
-        ring.push(&info(4), info(4).keys.lkey, uapi::EVENT_EVICTED, 4);
+        ring.push(subject(4), uapi::EVENT_EVICTED, 4);
         assert_eq!(ring.ring.load_u32(TAIL), Some(3));
         assert_eq!(key_at(&ring, 0), Some(4 << 24));
         // Resync discards the rest and clears the flag, not the count.
@@ -211,7 +222,7 @@ mod tests {
         };
         // A head ahead of the tail: the ring looks fuller than it can be.
         ring.head.store_u32(0, 100);
-        ring.push(&info(1), info(1).keys.lkey, uapi::EVENT_ENDED, 0);
+        ring.push(subject(1), uapi::EVENT_ENDED, 0);
         assert_eq!(ring.ring.load_u32(TAIL), Some(0));
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         Ok(())

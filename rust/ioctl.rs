@@ -27,20 +27,19 @@
 //!
 //! An unknown number, another type or the wrong direction is `ENOTTY`.
 
-use core::marker::PhantomData;
-
 use kernel::{
     ioctl::{_IOC_DIR, _IOC_NR, _IOC_SIZE, _IOC_TYPE},
     prelude::*,
     transmute::{AsBytes, FromBytes},
-    uaccess::{UserPtr, UserSlice, UserSliceReader, UserSliceWriter},
+    uaccess::{UserPtr, UserSlice},
     uapi::{_IOC_NONE, _IOC_READ, _IOC_WRITE},
 };
 
-use crate::{context::Context, error::OpResult, uapi};
-
-/// Bytes checked at a time in the zero tail of a larger structure.
-const TAIL_CHUNK: usize = 64;
+use crate::{
+    error::OpResult,
+    file::Context,
+    uapi::{self, read_arg, write_arg, Reply},
+};
 
 /// Who may make a call.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -49,61 +48,6 @@ enum Caller {
     Anyone,
     /// Only a task of the process that opened the file.
     Owner,
-}
-
-/// Reads an argument of `size` bytes into a `T`, under the rules of the
-/// module documentation.
-fn read_arg<T: FromBytes + AsBytes + Zeroable>(
-    reader: &mut UserSliceReader,
-    size: usize,
-) -> Result<T> {
-    let mut value: T = pin_init::zeroed();
-    let n = size.min(core::mem::size_of::<T>());
-    let bytes = value.as_bytes_mut();
-    reader.read_slice(bytes.get_mut(..n).ok_or(EINVAL)?)?;
-    let mut left = size - n;
-    let mut tail = [0u8; TAIL_CHUNK];
-    while left > 0 {
-        let k = left.min(TAIL_CHUNK);
-        let chunk = &mut tail[..k];
-        reader.read_slice(chunk)?;
-        if chunk.iter().any(|&b| b != 0) {
-            return Err(E2BIG);
-        }
-        left -= k;
-    }
-    Ok(value)
-}
-
-/// Writes `value` as an argument of `size` bytes.
-fn write_arg<T: AsBytes>(writer: &mut UserSliceWriter, size: usize, value: &T) -> Result {
-    let bytes = value.as_bytes();
-    let n = size.min(bytes.len());
-    writer.write_slice(bytes.get(..n).ok_or(EINVAL)?)?;
-    let mut left = size - n;
-    let zeros = [0u8; TAIL_CHUNK];
-    while left > 0 {
-        let k = left.min(TAIL_CHUNK);
-        writer.write_slice(&zeros[..k])?;
-        left -= k;
-    }
-    Ok(())
-}
-
-/// The write-back of a read-write call, for a handler that must write its
-/// result before it makes it visible or undo its work when the write fails.
-pub(crate) struct Reply<'a, T> {
-    writer: UserSliceWriter,
-    size: usize,
-    _arg: PhantomData<&'a T>,
-}
-
-impl<T: AsBytes> Reply<'_, T> {
-    /// Writes `value` back to the caller.
-    pub(crate) fn send(&mut self, value: &T) -> Result {
-        // A second write would land after the first: start again from the argument.
-        write_arg(&mut self.writer, self.size, value)
-    }
 }
 
 /// The argument of a call, `size` bytes at `arg`.
@@ -161,11 +105,7 @@ impl Arg {
     ) -> Result {
         let (mut reader, writer) = self.slice().reader_writer();
         let value = read_arg(&mut reader, self.size)?;
-        let reply = Reply {
-            writer,
-            size: self.size,
-            _arg: PhantomData,
-        };
+        let reply = Reply::new(writer, self.size);
         Ok(f(me, value, reply)?)
     }
 }

@@ -7,6 +7,54 @@
 //! their translation entries, is reused by later registrations it covers, and
 //! ends by itself when the memory under it changes. See
 //! `Documentation/userspace-api/memreg/`.
+//!
+//! # Layout
+//!
+//! Dependencies point one way, from the file down to the overlay:
+//!
+//! ```text
+//! memreg.rs (module, parameters, device)  ioctl.rs (the ioctl table)
+//!   file.rs (one open file: creates, routes, tears down)
+//!     datapath/ (rings, worker, ops/, connections)  ->  peer.rs (grants)
+//!       pool/ (pools, partitions, growth)
+//!         cache/ (registrations, parking, state words, events)
+//!           events.rs  accounting.rs  stats.rs  error.rs  uapi.rs (the ABI edge)
+//!             kernel crate and its overlay (rust/kernel/)
+//! ```
+//!
+//! `scripts/check-layout.py` (run by `make check`) fails on an import cycle
+//! between modules and on a file over 800 lines.
+//!
+//! # Lock order
+//!
+//! Every lock of the driver, outermost first; each lock's documentation
+//! gives its level. A lock may be taken while holding only locks of lower
+//! levels.
+//!
+//! 1. The mutexes, never held together: `DataPath::create` (creating queues,
+//!    connecting, detaching, revoking), `DataPath::worker` (a whole run of
+//!    the worker, across revalidation's `mmap_lock` and a DEREGISTER's
+//!    teardown), `Pools::create`, `Pool::grow_lock` (a pool's growth or
+//!    shrink, across `mmap_lock`) and `Pool::subscription`.
+//! 2. The address space's `mmap_lock` (pinning, revalidation's page-table
+//!    walk, a pool's inserts and zaps), never taken under a spinlock.
+//! 3. `Cache::inner`, which the MMU notifier callback takes: nothing
+//!    allocates with `GFP_KERNEL`, sleeps, faults on user memory or takes
+//!    `mmap_lock` under it. Writing an event wakes `poll` waiters and signals
+//!    the eventfd under it: their wait-queue and eventfd locks nest inside.
+//! 4. `Cache::shadow`, which a registration leaves under `Cache::inner`.
+//! 5. `Registration::state` (a registration's pages; the notifier callback
+//!    takes it alone first, then again under `Cache::inner`), and the
+//!    module-wide `PARKED` list (changed under `Cache::inner`, never held
+//!    while taking one).
+//! 6. Leaves, held across nothing that sleeps or takes another lock:
+//!    `DataPath::queues`, `DataPath::peers`, `Pools::list`, `Pool::state`,
+//!    the pools' `REGISTRY` (with `Pool::state` inside it), `Queue::send`,
+//!    `Queue::recv` (with `Queue::cq` inside it), `Master::lock`.
+//!
+//! The one exception is reclaim: the shrinker takes a cache's lock after
+//! finding its victim on `PARKED` (having dropped `PARKED`) and only tries
+//! it, so it never waits on a lock a reclaiming allocation could hold.
 
 use kernel::{
     debugfs,
@@ -24,20 +72,20 @@ use kernel::{
 };
 
 mod accounting;
-mod context;
+mod cache;
 mod datapath;
 mod error;
 mod events;
+mod file;
 mod ioctl;
-mod key;
-mod parked;
 mod peer;
 mod pool;
-mod registration;
+mod reclaim;
 mod stats;
 mod uapi;
 
-use context::{table::CacheConfig, Context};
+use cache::inner::CacheConfig;
+use file::Context;
 use stats::{GLOBAL_CONTEXTS, GLOBAL_PINNED, GLOBAL_REGISTRATIONS};
 
 module! {
@@ -96,7 +144,7 @@ pub(crate) fn default_cache_config() -> CacheConfig {
 struct MemregModule {
     /// Gives parked registrations and free pool chunks back under memory
     /// pressure, module-wide.
-    _shrinker: Shrinker<parked::Reclaim>,
+    _shrinker: Shrinker<reclaim::Reclaim>,
     #[pin]
     _miscdev: MiscDeviceRegistration<Context>,
     /// `memreg/stats`: the module's counters and limits.
@@ -111,7 +159,7 @@ impl kernel::InPlaceModule for MemregModule {
             dir.read_callback_file(c"stats", (), &|&(), f| stats::show_global(f)),
             GFP_KERNEL,
         );
-        let shrinker = Arc::new(parked::Reclaim, GFP_KERNEL)
+        let shrinker = Arc::new(reclaim::Reclaim, GFP_KERNEL)
             .map_err(Error::from)
             .and_then(|r| Shrinker::register(c"memreg", r));
         try_pin_init!(Self {
@@ -169,7 +217,7 @@ impl MiscDevice for Context {
     fn show_fdinfo(me: &Context, m: &SeqFile, _file: &File) {
         let stats = me.stats();
         let config = me.cache_config();
-        seq_print!(m, "memreg-park:\t{}\n", config.parking);
+        seq_print!(m, "memreg-park:\t{}\n", u32::from(config.parking));
         seq_print!(m, "memreg-park_max:\t{}\n", config.max_parked);
         seq_print!(m, "memreg-park_max_pages:\t{}\n", config.max_parked_pages);
         seq_print!(m, "memreg-park_idle_ms:\t{}\n", config.idle_ms);

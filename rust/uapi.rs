@@ -10,7 +10,13 @@
 //! into typed requests; the rest of the driver never sees a raw structure it
 //! has not validated.
 
-use kernel::{prelude::*, transmute::FromBytes, uapi as abi, uapi_wrapper};
+use core::marker::PhantomData;
+use kernel::{
+    prelude::*,
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserSliceReader, UserSliceWriter},
+    uapi as abi, uapi_wrapper,
+};
 
 /// The ABI version answered by `MEMREG_IOC_GET_VERSION`.
 pub(crate) const ABI_VERSION: u32 = abi::MEMREG_ABI_VERSION;
@@ -361,6 +367,78 @@ pub(crate) mod layout {
     // A slot is its sequence word followed by the descriptor.
     const _: () = assert!(SLOT_SEQ == 0 && offset_of!(abi::memreg_sq_slot, sqe) == 8);
     const _: () = assert!(size_of::<abi::memreg_sq_slot>() == 8 + size_of::<abi::memreg_sqe>());
+}
+
+/// Bytes checked at a time in the zero tail of a larger structure.
+const TAIL_CHUNK: usize = 64;
+
+/// Reads an argument of `size` bytes into a `T`, under the rules of
+/// [`crate::ioctl`]: what the caller gave, the rest zero; `E2BIG` when a
+/// larger argument's extra bytes are not all zero.
+pub(crate) fn read_arg<T: FromBytes + AsBytes + Zeroable>(
+    reader: &mut UserSliceReader,
+    size: usize,
+) -> Result<T> {
+    let mut value: T = pin_init::zeroed();
+    let n = size.min(core::mem::size_of::<T>());
+    let bytes = value.as_bytes_mut();
+    reader.read_slice(bytes.get_mut(..n).ok_or(EINVAL)?)?;
+    let mut left = size - n;
+    let mut tail = [0u8; TAIL_CHUNK];
+    while left > 0 {
+        let k = left.min(TAIL_CHUNK);
+        let chunk = &mut tail[..k];
+        reader.read_slice(chunk)?;
+        if chunk.iter().any(|&b| b != 0) {
+            return Err(E2BIG);
+        }
+        left -= k;
+    }
+    Ok(value)
+}
+
+/// Writes `value` as an argument of `size` bytes.
+pub(crate) fn write_arg<T: AsBytes>(
+    writer: &mut UserSliceWriter,
+    size: usize,
+    value: &T,
+) -> Result {
+    let bytes = value.as_bytes();
+    let n = size.min(bytes.len());
+    writer.write_slice(bytes.get(..n).ok_or(EINVAL)?)?;
+    let mut left = size - n;
+    let zeros = [0u8; TAIL_CHUNK];
+    while left > 0 {
+        let k = left.min(TAIL_CHUNK);
+        writer.write_slice(&zeros[..k])?;
+        left -= k;
+    }
+    Ok(())
+}
+
+/// The write-back of a read-write call, for a handler that must write its
+/// result before it makes it visible or undo its work when the write fails.
+pub(crate) struct Reply<'a, T> {
+    writer: UserSliceWriter,
+    size: usize,
+    _arg: PhantomData<&'a T>,
+}
+
+impl<T: AsBytes> Reply<'_, T> {
+    /// The write-back of `size` bytes through `writer`.
+    pub(crate) fn new(writer: UserSliceWriter, size: usize) -> Self {
+        Self {
+            writer,
+            size,
+            _arg: PhantomData,
+        }
+    }
+
+    /// Writes `value` back to the caller.
+    pub(crate) fn send(&mut self, value: &T) -> Result {
+        // A second write would land after the first: start again from the argument.
+        write_arg(&mut self.writer, self.size, value)
+    }
 }
 
 /// Fails with `EINVAL` unless every reserved word is zero.

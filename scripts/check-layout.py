@@ -6,9 +6,13 @@ over the line limit.
 A module is a file of rust/ outside the kernel-crate overlay (rust/kernel/);
 `foo.rs` and the files under `foo/` are the module `foo` and its children.
 An edge goes from a module to every module of the crate its `use crate::`
-items name (a child's import of its own parent's items counts as an edge to
-the parent). A cycle of edges between modules that are not parent and child
-of each other is reported, and so is any file over MAX_LINES lines.
+items and `crate::` paths name. Edges between a module and its own
+ancestors are not counted: a subsystem's files share their parent's items
+(Rust's privacy lets a child see its parent's private items), and the
+parent declares them. A top-level module and its children also form one
+node, whose edges are all of theirs to other subsystems. Any cycle is
+reported, between subsystems or between sibling files of one subsystem,
+and so is any file over MAX_LINES lines.
 
 Usage: check-layout.py [RUST_DIR]   (exit status 1 on any finding)
 """
@@ -111,6 +115,12 @@ def main():
             o = owner(p, mods)
             if o != m and not related(o, m):
                 graph[m].add(o)
+    # Whole subsystems too: a top-level module with its children is one node,
+    # so a child importing something that imports its subsystem is a cycle.
+    for m in list(graph):
+        for o in list(graph[m]):
+            if m[:1] and o[:1] and m[:1] != o[:1]:
+                graph.setdefault(m[:1], set()).add(o[:1])
     # Tarjan's strongly connected components.
     index = {}
     low = {}
@@ -142,6 +152,8 @@ def main():
                 sccs.append(comp)
 
     sys.setrecursionlimit(10000)
+    for v in sorted(graph):
+        graph.setdefault(v, set())
     for v in sorted(graph):
         if v not in index:
             visit(v)

@@ -35,6 +35,18 @@ if "$MEMREG_TOP/scripts/rustfmt.sh" --check; then
 else
 	result FAIL "host: rustfmt (kernel .rustfmt.toml) has nothing to change"
 fi
+if python3 "$MEMREG_TOP/scripts/check-layout.py" "$MEMREG_TOP/rust"; then
+	result ok "host: driver modules import one way, no file over 800 lines"
+else
+	result FAIL "host: driver modules import one way, no file over 800 lines"
+fi
+kdoc=$("$KSRC_DIR/scripts/kernel-doc" -none -Wall "$MEMREG_TOP/include/uapi/linux/memreg.h" 2>&1)
+if [ -z "$kdoc" ]; then
+	result ok "host: the uapi header's kernel-doc has no warning"
+else
+	printf '%s\n' "$kdoc" | head -n 20 | sed 's/^/      /'
+	result FAIL "host: the uapi header's kernel-doc has no warning"
+fi
 if "$MEMREG_TOP/scripts/build-guest.sh"; then
 	result ok "host: selftests and tools compile with -Wall -Werror"
 else

@@ -27,12 +27,11 @@ mod recv;
 pub(crate) mod send;
 mod write;
 
+use super::{queue::Queue, worker::WorkerState, DataPath};
 use crate::{
-    context::ContextShared,
-    datapath::{queue::Queue, worker::WorkerState},
+    cache::target::Target,
     error::{MemregError, OpResult},
     pool::Buffer,
-    registration::Target,
     uapi,
 };
 use kernel::{prelude::*, sync::Arc, time::Jiffies};
@@ -59,11 +58,11 @@ impl From<Outcome> for Step {
     }
 }
 
-/// What an operation runs with: the context, the worker's state and the
+/// What an operation runs with: the data path, the worker's state and the
 /// queue the request came from.
 pub(crate) struct Issue<'a> {
-    /// The context whose worker runs the request.
-    pub(crate) ctx: &'a Arc<ContextShared>,
+    /// The data path whose worker runs the request.
+    pub(crate) data: &'a Arc<DataPath>,
     /// The worker's state.
     pub(crate) ws: &'a mut WorkerState,
     /// The queue the request was taken from.
@@ -71,26 +70,10 @@ pub(crate) struct Issue<'a> {
 }
 
 impl Issue<'_> {
-    /// Resolves a local key to its registration, through the shadow
+    /// Resolves a local key to its registration, through the cache's shadow
     /// translation cache first.
     pub(crate) fn resolve(&mut self, lkey: u64) -> Result<Target> {
-        let data = &self.ctx.data;
-        if let Some(target) = data.shadow_get(lkey) {
-            self.ws.count_shadow(true);
-            return Ok(target);
-        }
-        self.ws.count_shadow(false);
-        let (found, old) = {
-            let t = self.ctx.table.lock();
-            let target = t.get_target(lkey).ok_or(ENOENT)?;
-            // Under the table lock, so that a registration that leaves the table (or is parked)
-            // also leaves the shadow.
-            let old = data.shadow_insert(target.registration().clone());
-            (target, old)
-        };
-        // The entry it replaced is dropped outside the locks.
-        drop(old);
-        Ok(found)
+        super::resolve(self.data, self.ws, lkey)
     }
 }
 
@@ -214,5 +197,76 @@ pub(crate) fn execute(cx: &mut Issue<'_>, sqe: &uapi::Sqe) -> Step {
         // ever reaching another operation's line.
         Some(op) if op.opcode == sqe.opcode => (op.run)(cx, sqe),
         _ => Step::Done(Err(EINVAL.into())),
+    }
+}
+
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
+#[kunit_tests(memreg_ops)]
+mod tests {
+    use super::*;
+
+    /// A descriptor of `opcode` with every field set to `v`.
+    fn full(opcode: u8, v: u64) -> uapi::Sqe {
+        let mut sqe: uapi::Sqe = uapi::zeroed();
+        sqe.opcode = opcode;
+        sqe.key = v;
+        sqe.offset = v;
+        sqe.src_key = v;
+        sqe.src_offset = v;
+        sqe.length = v;
+        sqe.peer = v as u32;
+        sqe
+    }
+
+    #[test]
+    fn only_the_fields_an_operation_reads_may_be_set() {
+        let zero: uapi::Sqe = uapi::zeroed();
+        for fields in [
+            Fields::NONE,
+            Fields::KEY,
+            nop::Nop::FIELDS,
+            write::REMOTE_FIELDS,
+        ] {
+            assert!(fields.others_are_zero(&zero));
+        }
+        // NOP reads nothing: any field set is refused.
+        assert!(!nop::Nop::FIELDS.others_are_zero(&full(uapi::OP_NOP, 1)));
+        // WRITE and READ read all six.
+        assert!(write::REMOTE_FIELDS.others_are_zero(&full(uapi::OP_WRITE, 1)));
+        // POOL_ALLOC reads the length and the pool (`peer`) only.
+        let mut sqe: uapi::Sqe = uapi::zeroed();
+        sqe.length = 64;
+        sqe.peer = 1;
+        assert!(pool_alloc::PoolAlloc::FIELDS.others_are_zero(&sqe));
+        sqe.offset = 4096;
+        assert!(!pool_alloc::PoolAlloc::FIELDS.others_are_zero(&sqe));
+        // POOL_FREE reads the address (`offset`) and the pool, not the length.
+        assert!(!pool_free::PoolFree::FIELDS.others_are_zero(&full(uapi::OP_POOL_FREE, 1)));
+    }
+
+    #[test]
+    fn every_opcode_has_its_own_line() {
+        assert_eq!(OPS.len(), uapi::OP_LAST);
+        for (i, op) in OPS.iter().enumerate() {
+            assert_eq!(usize::from(op.opcode), i);
+        }
+        assert_eq!(uapi::OP_POOL_FREE as usize + 1, uapi::OP_LAST);
+    }
+
+    #[test]
+    fn send_carries_immediate_data_only_when_asked() {
+        let mut sqe: uapi::Sqe = uapi::zeroed();
+        sqe.opcode = uapi::OP_SEND;
+        sqe.key = 7;
+        // The key is immediate data: without MEMREG_SQE_IMM it must be zero.
+        assert!(send::Send::prep(&sqe).is_err());
+        sqe.flags = uapi::SQE_IMM;
+        assert!(send::Send::prep(&sqe).is_ok_and(|r| r.imm == Some(7)));
+        sqe.key = 0;
+        sqe.flags = 0;
+        assert!(send::Send::prep(&sqe).is_ok_and(|r| r.imm.is_none()));
+        // The flag is SEND's alone.
+        assert_eq!(send::Send::FLAGS, uapi::SQE_IMM);
+        assert_eq!(copy::Copy::FLAGS, 0);
     }
 }

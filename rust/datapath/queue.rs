@@ -19,25 +19,11 @@
 //! work item never runs twice at once), so the kernel-side indexes are
 //! atomics written by one thread and read by `poll` and the ioctls.
 //!
-//! For two-sided messages a queue also has a receiving side (the RECVs
-//! posted on it and the queues connected to it) and a sending side (the
-//! queue its SENDs go to). A posted RECV reserves room for its completion
-//! in the completion ring (`owed`), so the sender's worker can write and
-//! publish it at any time, without waking the owner's worker. The
-//! completion ring and the master ring therefore have a lock each
-//! (`Queue::cq`, `Master::lock`) that writers of entries take; the owner's
-//! worker alone still takes descriptors. Locks: `Queue::send` and
-//! `Queue::recv` are spinlocks, never held together, taken after the table
-//! locks; `Queue::cq` nests inside `recv`, and `Master::lock` is a leaf. A
-//! wake-up of another context's worker happens under `recv`, which the
-//! other context's release takes before it cancels its worker.
+//! For two-sided messages a queue also has a receiving side and a sending
+//! side ([`super::connection`]). Locks: see the crate's documentation.
 
-use crate::{
-    context::{work_id, ContextShared},
-    events::Waiters,
-    registration::Target,
-    uapi,
-};
+use super::connection::{Connection, RecvState};
+use crate::{events::Waiters, uapi};
 use kernel::{
     eventfd::EventFd,
     mm::shared_pages::SharedPages,
@@ -50,7 +36,6 @@ use kernel::{
         Arc, SpinLock,
     },
     transmute::AsBytes,
-    workqueue::dfl,
 };
 
 /// Bytes of a submission slot.
@@ -59,162 +44,20 @@ const SLOT_BYTES: usize = core::mem::size_of::<uapi::SqSlot>();
 const CQE_BYTES: usize = core::mem::size_of::<uapi::Cqe>();
 
 use crate::uapi::layout::{
-    CQ_CQ_ENTRIES, CQ_FLAGS, CQ_SQ_ENTRIES, CQ_SQ_HEAD, CQ_TAIL, MASTER_ARM, MASTER_FLAGS,
-    MASTER_HEAD, MASTER_OVERFLOWS, MASTER_TAIL, SLOT_SEQ, SQ_CQ_ARM, SQ_CQ_HEAD, SQ_INSERT,
+    CQ_CQ_ENTRIES, CQ_FLAGS, CQ_SQ_ENTRIES, CQ_SQ_HEAD, CQ_TAIL, SLOT_SEQ, SQ_CQ_ARM, SQ_CQ_HEAD,
+    SQ_INSERT,
 };
 
 /// The bytes of a mapping holding a 64-byte header and `entries` entries of
 /// `size` bytes, in whole pages.
-fn area_bytes(entries: u32, size: usize) -> usize {
+pub(super) fn area_bytes(entries: u32, size: usize) -> usize {
     (64 + entries as usize * size).next_multiple_of(PAGE_SIZE)
 }
 
 /// Clears the arm word at `index` of `user`; returns whether it was armed.
 /// A load first, so an unarmed ring costs no atomic exchange.
-fn disarm(user: &SharedPages, index: usize) -> bool {
+pub(super) fn disarm(user: &SharedPages, index: usize) -> bool {
     user.load_u32(index).unwrap_or(0) != 0 && user.xchg_u32(index, 0).unwrap_or(0) != 0
-}
-
-/// A bounded first-in, first-out queue whose memory is allocated up front,
-/// so that pushing and popping never allocate.
-pub(crate) struct Fifo<T> {
-    slots: KVVec<Option<T>>,
-    head: usize,
-    len: usize,
-}
-
-impl<T> Fifo<T> {
-    /// A queue with room for nothing.
-    pub(crate) const fn empty() -> Self {
-        Self {
-            slots: KVVec::new(),
-            head: 0,
-            len: 0,
-        }
-    }
-
-    /// A queue with room for `n` entries.
-    pub(crate) fn with_capacity(n: usize) -> Result<Self> {
-        let mut slots = KVVec::with_capacity(n, GFP_KERNEL_ACCOUNT)?;
-        for _ in 0..n {
-            slots.push(None, GFP_KERNEL_ACCOUNT)?;
-        }
-        Ok(Self {
-            slots,
-            head: 0,
-            len: 0,
-        })
-    }
-
-    /// Entries it has room for.
-    pub(crate) fn capacity(&self) -> usize {
-        self.slots.len()
-    }
-
-    /// Entries in it.
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-
-    /// Adds `v` at the back, or gives it back when full.
-    pub(crate) fn push(&mut self, v: T) -> Result<(), T> {
-        let cap = self.capacity();
-        if self.len >= cap {
-            return Err(v);
-        }
-        let at = (self.head + self.len).checked_rem(cap).unwrap_or(0);
-        match self.slots.get_mut(at) {
-            Some(slot) => {
-                *slot = Some(v);
-                self.len += 1;
-                Ok(())
-            }
-            None => Err(v),
-        }
-    }
-
-    /// Takes the entry at the front.
-    pub(crate) fn pop(&mut self) -> Option<T> {
-        if self.len == 0 {
-            return None;
-        }
-        let v = self.slots.get_mut(self.head)?.take();
-        self.head = (self.head + 1).checked_rem(self.capacity()).unwrap_or(0);
-        self.len -= 1;
-        v
-    }
-}
-
-/// A RECV posted on a queue, waiting for a SEND.
-pub(crate) struct PostedRecv {
-    /// The request's user data.
-    pub(crate) user_data: u64,
-    /// The buffer's registration, with local write access.
-    pub(crate) registration: Target,
-    /// The buffer's offset in it.
-    pub(crate) offset: u64,
-    /// The buffer's length.
-    pub(crate) length: u64,
-}
-
-/// The slots of a receiving queue one sending file may take.
-pub(crate) const MAX_SENDERS_PER_FILE: usize = uapi::MAX_SENDERS / 4;
-
-/// A queue connected to send to a queue: its context is woken when a RECV
-/// is posted while one of its SENDs waits.
-struct Sender {
-    ctx: Arc<ContextShared>,
-    queue: u32,
-    waiting: bool,
-}
-
-/// The receiving side of a queue, under `Queue::recv`.
-pub(crate) struct RecvState {
-    /// RECVs posted, oldest first.
-    posted: Fifo<PostedRecv>,
-    /// The queues connected to send here; room for `MEMREG_MAX_SENDERS`
-    /// once one connected.
-    senders: KVec<Sender>,
-    /// The owner's file is released: nothing is posted or delivered any
-    /// more, and no worker of the owner is woken.
-    closed: bool,
-}
-
-impl RecvState {
-    /// Wakes the workers of the senders whose SEND waits here, to look
-    /// again. Under the lock: a sender's release unlinks it under this lock
-    /// before it cancels its worker.
-    fn wake_waiting(&mut self) {
-        for s in self.senders.iter_mut().filter(|s| s.waiting) {
-            s.waiting = false;
-            let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(s.ctx.clone());
-        }
-    }
-}
-
-/// Where a queue's SENDs go (`MEMREG_IOC_QUEUE_CONNECT`).
-#[derive(Clone)]
-pub(crate) struct Connection {
-    /// The peer handle it was made through.
-    pub(crate) handle: u32,
-    /// The receiving queue's context.
-    pub(crate) ctx: Arc<ContextShared>,
-    /// That context's grant epoch when attached.
-    pub(crate) epoch: u64,
-    /// The receiving queue.
-    pub(crate) queue: Arc<Queue>,
-    /// How long a SEND waits for a RECV, in milliseconds.
-    pub(crate) rnr_timeout_ms: u32,
-}
-
-/// What a sender found on the receiving queue.
-pub(crate) enum Receiver {
-    /// The oldest posted RECV, now the sender's to fill.
-    Posted(PostedRecv),
-    /// None posted: the sender is woken when one is.
-    Waiting,
-    /// The receiving queue's file was released.
-    Closed,
 }
 
 /// One queue: its two rings.
@@ -229,33 +72,33 @@ pub(crate) struct Queue {
     /// the completions.
     pub(crate) kernel: Arc<SharedPages>,
     /// Slots of the submission ring, a power of two.
-    sq_entries: u32,
+    pub(super) sq_entries: u32,
     /// Entries of the completion ring, a power of two.
-    cq_entries: u32,
+    pub(super) cq_entries: u32,
     /// Signalled by armed completions.
-    eventfd: Option<EventFd>,
+    pub(super) eventfd: Option<EventFd>,
     /// Submissions taken (the published `sq_head`).
-    sq_head: Atomic<u64>,
+    pub(super) sq_head: Atomic<u64>,
     /// Completions written (the published `cq_tail`).
-    cq_tail: Atomic<u32>,
+    pub(super) cq_tail: Atomic<u32>,
     /// The last completion head read that made sense.
-    cq_head_seen: Atomic<u32>,
+    pub(super) cq_head_seen: Atomic<u32>,
     /// The published flags (`MEMREG_QUEUE_*`).
-    flags: Atomic<u32>,
+    pub(super) flags: Atomic<u32>,
     /// Times the queue stopped for a full completion ring.
-    stalls: Atomic<u64>,
+    pub(super) stalls: Atomic<u64>,
     /// Completions owed to RECVs posted on this queue: room the completion
     /// ring keeps for them. Changed by the owner's worker only.
-    owed: Atomic<u32>,
+    pub(super) owed: Atomic<u32>,
     /// A SEND of this queue waits for a RECV: nothing else is taken.
     pub(crate) stalled: Atomic<bool>,
     /// Serializes the writers of completions: the owner's worker and the
     /// senders' workers finishing RECVs.
     #[pin]
-    cq: SpinLock<()>,
+    pub(super) cq: SpinLock<()>,
     /// The receiving side.
     #[pin]
-    recv: SpinLock<RecvState>,
+    pub(super) recv: SpinLock<RecvState>,
     /// The sending side.
     #[pin]
     pub(crate) send: SpinLock<Option<Connection>>,
@@ -334,168 +177,13 @@ impl Queue {
                 stalled: Atomic::new(false),
                 cq <- new_spinlock!((), "memreg::Queue::cq"),
                 recv <- new_spinlock!(
-                    RecvState {
-                        posted: Fifo::empty(),
-                        senders: KVec::new(),
-                        closed: false,
-                    },
+                    RecvState::new(),
                     "memreg::Queue::recv"
                 ),
                 send <- new_spinlock!(None, "memreg::Queue::send"),
             }? Error),
             GFP_KERNEL_ACCOUNT,
         )
-    }
-
-    /// Makes room for the RECVs this queue may have posted (as many as its
-    /// completion ring has entries) and their completions. Worker only;
-    /// allocates the first time.
-    pub(crate) fn prepare_recv(&self) -> Result {
-        if self.recv.lock().posted.capacity() != 0 {
-            return Ok(());
-        }
-        let posted = Fifo::with_capacity(self.cq_entries as usize)?;
-        let mut st = self.recv.lock();
-        if st.posted.capacity() == 0 {
-            st.posted = posted;
-        }
-        Ok(())
-    }
-
-    /// Posts a RECV: it owes a completion from now on, and the senders
-    /// waiting for one are woken. Gives it back when the queue cannot take
-    /// it. Owner's worker only.
-    pub(crate) fn post_recv(&self, r: PostedRecv) -> Result<(), PostedRecv> {
-        let mut st = self.recv.lock();
-        if st.closed {
-            return Err(r);
-        }
-        st.posted.push(r)?;
-        self.owed.add(1, Relaxed);
-        st.wake_waiting();
-        Ok(())
-    }
-
-    /// Takes the oldest posted RECV for the SEND of `ctx`'s queue `queue`,
-    /// or, when none is posted, has that context woken once one is.
-    pub(crate) fn take_recv(&self, ctx: &ContextShared, queue: u32) -> Receiver {
-        let mut st = self.recv.lock();
-        if st.closed {
-            return Receiver::Closed;
-        }
-        if let Some(r) = st.posted.pop() {
-            return Receiver::Posted(r);
-        }
-        if let Some(s) = st
-            .senders
-            .iter_mut()
-            .find(|s| s.queue == queue && core::ptr::eq(&*s.ctx, ctx))
-        {
-            s.waiting = true;
-        }
-        Receiver::Waiting
-    }
-
-    /// Writes and publishes the completion of a RECV a sender took, into the
-    /// room kept for it since it was posted, and names the queue in the
-    /// owner's master ring. Dropped if the owner's file was released
-    /// meanwhile (`None`); otherwise returns whether the master ring was
-    /// full.
-    pub(crate) fn finish_recv(&self, owner: &ContextShared, cqe: uapi::Cqe) -> Option<bool> {
-        {
-            let st = self.recv.lock();
-            if st.closed {
-                return None;
-            }
-            let _cq = self.cq.lock();
-            self.write_cqe(&cqe);
-            // After the tail moved: a reader of both never sees more room than there is.
-            self.owed.fetch_sub(1, Relaxed);
-            self.publish_locked(&owner.waiters);
-        }
-        Some(
-            owner
-                .data
-                .master
-                .as_ref()
-                .is_some_and(|master| master.push(self.index, &owner.waiters)),
-        )
-    }
-
-    /// Connects `ctx`'s queue `queue` to send here. `ECONNRESET` when this
-    /// queue's file was released, `ENOSPC` when `MEMREG_MAX_SENDERS` are
-    /// connected, or [`MAX_SENDERS_PER_FILE`] of `ctx`'s (so that one peer
-    /// cannot take every slot). Process context: allocates the first time.
-    pub(crate) fn add_sender(&self, ctx: Arc<ContextShared>, queue: u32) -> Result {
-        let mut room = KVec::new();
-        if self.recv.lock().senders.capacity() == 0 {
-            room = KVec::with_capacity(uapi::MAX_SENDERS, GFP_KERNEL_ACCOUNT)?;
-        }
-        let mut st = self.recv.lock();
-        if st.closed {
-            return Err(ECONNRESET);
-        }
-        if st.senders.capacity() == 0 {
-            core::mem::swap(&mut st.senders, &mut room);
-        }
-        let mine = st
-            .senders
-            .iter()
-            .filter(|s| Arc::ptr_eq(&s.ctx, &ctx))
-            .count();
-        if mine >= MAX_SENDERS_PER_FILE {
-            return Err(ENOSPC);
-        }
-        st.senders
-            .push_within_capacity(Sender {
-                ctx,
-                queue,
-                waiting: false,
-            })
-            .map_err(|_| ENOSPC)?;
-        drop(st);
-        drop(room);
-        Ok(())
-    }
-
-    /// Disconnects `ctx`'s queue `queue` from this one, if it is connected.
-    pub(crate) fn remove_sender(&self, ctx: &ContextShared, queue: u32) {
-        let removed = {
-            let mut st = self.recv.lock();
-            st.senders
-                .iter()
-                .position(|s| s.queue == queue && core::ptr::eq(&*s.ctx, ctx))
-                .and_then(|i| st.senders.remove(i).ok())
-        };
-        // The context reference goes outside the lock.
-        drop(removed);
-    }
-
-    /// Disconnects every queue that sends here (their later SENDs see that
-    /// the grant was revoked or the file released).
-    pub(crate) fn remove_senders(&self) {
-        let senders = {
-            let mut st = self.recv.lock();
-            st.wake_waiting();
-            core::mem::replace(&mut st.senders, KVec::new())
-        };
-        drop(senders);
-    }
-
-    /// Closes the receiving side for good when the file is released: posted
-    /// RECVs and unpublished completions are dropped, senders unlinked, and
-    /// no other worker wakes this context's afterwards.
-    pub(crate) fn close_recv(&self) {
-        let (posted, senders) = {
-            let mut st = self.recv.lock();
-            st.closed = true;
-            st.wake_waiting();
-            (
-                core::mem::replace(&mut st.posted, Fifo::empty()),
-                core::mem::replace(&mut st.senders, KVec::new()),
-            )
-        };
-        drop((posted, senders));
     }
 
     /// The `u64` index of the sequence of slot `i`.
@@ -646,7 +334,7 @@ impl Queue {
     }
 
     /// Writes a completion at the tail, under `cq`.
-    fn write_cqe(&self, cqe: &uapi::Cqe) {
+    pub(super) fn write_cqe(&self, cqe: &uapi::Cqe) {
         let tail = self.cq_tail.load(Relaxed);
         let index = (tail & (self.cq_entries - 1)) as usize;
         self.kernel
@@ -663,7 +351,7 @@ impl Queue {
     }
 
     /// Publishes the tail, under `cq`.
-    fn publish_locked(&self, waiters: &Waiters) {
+    pub(super) fn publish_locked(&self, waiters: &Waiters) {
         let tail = self.cq_tail.load(Relaxed);
         // Release: the entries before the tail that covers them.
         self.kernel.store_u32(CQ_TAIL, tail);
@@ -676,83 +364,6 @@ impl Queue {
                 eventfd.signal();
             }
         }
-    }
-}
-
-/// The master ring: the queues with new completions, in order.
-#[pin_data]
-pub(crate) struct Master {
-    /// The header and the entries, read-only to user space.
-    pub(crate) ring: Arc<SharedPages>,
-    /// The reader's head and arm word.
-    pub(crate) user: Arc<SharedPages>,
-    /// Entries written (the published tail).
-    tail: Atomic<u32>,
-    /// Entries not written for a full ring.
-    overflows: Atomic<u64>,
-    /// Serializes the writers of entries.
-    #[pin]
-    lock: SpinLock<()>,
-}
-
-impl Master {
-    /// The length of the read-only mapping.
-    pub(crate) fn ring_bytes() -> usize {
-        area_bytes(uapi::MASTER_ENTRIES, 4)
-    }
-
-    /// Creates an empty master ring, charged to the caller.
-    pub(crate) fn new() -> Result<Arc<Self>> {
-        let ring = Arc::new(
-            SharedPages::new(Self::ring_bytes() / PAGE_SIZE)?,
-            GFP_KERNEL_ACCOUNT,
-        )?;
-        let user = Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?;
-        Arc::pin_init(
-            try_pin_init!(Self {
-                ring,
-                user,
-                tail: Atomic::new(0),
-                overflows: Atomic::new(0),
-                lock <- new_spinlock!((), "memreg::Master::lock"),
-            }? Error),
-            GFP_KERNEL_ACCOUNT,
-        )
-    }
-
-    /// Whether entries wait for the reader.
-    pub(crate) fn pending(&self) -> bool {
-        self.user.load_u32(MASTER_HEAD).unwrap_or(0) != self.tail.load(Relaxed)
-    }
-
-    /// Names queue `index` as having new completions, or counts an
-    /// overflow when the ring is full; wakes `waiters` if armed. Returns
-    /// whether it overflowed. Worker only.
-    pub(crate) fn push(&self, index: u32, waiters: &Waiters) -> bool {
-        let _lock = self.lock.lock();
-        let head = self.user.load_u32(MASTER_HEAD).unwrap_or(0);
-        let tail = self.tail.load(Relaxed);
-        let overflowed = tail.wrapping_sub(head) >= uapi::MASTER_ENTRIES;
-        if overflowed {
-            let n = self.overflows.load(Relaxed).saturating_add(1);
-            self.overflows.store(n, Relaxed);
-            self.ring.store_u64(MASTER_OVERFLOWS, n);
-            self.ring.store_u32(MASTER_FLAGS, uapi::EVENTS_OVERFLOW);
-        } else {
-            let at = (tail & (uapi::MASTER_ENTRIES - 1)) as usize;
-            self.ring
-                .store_u32(uapi::MASTER_ENTRIES_OFFSET / 4 + at, index);
-            let tail = tail.wrapping_add(1);
-            self.tail.store(tail, Relaxed);
-            // Release: the entry before the tail that covers it.
-            self.ring.store_u32(MASTER_TAIL, tail);
-        }
-        // As in `Queue::complete`.
-        smp_mb(Full);
-        if disarm(&self.user, MASTER_ARM) {
-            waiters.cv.notify_all();
-        }
-        overflowed
     }
 }
 
@@ -840,24 +451,6 @@ mod tests {
         assert!(matches!(q.take(), Next::Empty));
         q.user.store_u64(SQ_INSERT, u64::MAX);
         assert_eq!(q.backlog(), 4);
-        Ok(())
-    }
-
-    #[test]
-    fn a_fifo_keeps_order_and_its_bound() -> Result {
-        let mut f = Fifo::with_capacity(3)?;
-        assert_eq!(Fifo::<u32>::empty().capacity(), 0);
-        for lap in 0..4u32 {
-            for i in 0..3 {
-                assert!(f.push(lap * 10 + i).is_ok());
-            }
-            assert_eq!(f.push(99), Err(99));
-            assert_eq!(f.len(), 3);
-            for i in 0..3 {
-                assert_eq!(f.pop(), Some(lap * 10 + i));
-            }
-            assert_eq!(f.pop(), None);
-        }
         Ok(())
     }
 

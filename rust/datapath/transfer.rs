@@ -11,16 +11,17 @@
 //! A suspended registration is revalidated before it is used, at most
 //! [`USE_TRIES`] times per step.
 
+use super::{worker::WorkerState, DataPath};
 use crate::{
-    context::ContextShared,
-    datapath::worker::WorkerState,
+    cache::{
+        registration::{Registration, Revalidated},
+        target::Target,
+    },
     error::MemregError,
     peer,
-    registration::{Registration, Revalidated, Target},
 };
 use kernel::{
     prelude::*,
-    sync::atomic::Relaxed,
     task::resched::{cond_resched, fatal_signal_pending},
     uaccess::{UserPtr, UserSlice},
 };
@@ -75,7 +76,7 @@ pub(crate) fn check_range(r: &Registration, offset: u64, length: u64) -> Result<
 
 /// A grant a transfer goes through: the peer's context and the epoch of the
 /// attachment.
-pub(crate) type Grant<'a> = Option<(&'a ContextShared, u64)>;
+pub(crate) type Grant<'a> = Option<(&'a DataPath, u64)>;
 
 /// One side of a transfer: a registration and an offset in it, checked to
 /// lie within it for the transfer's length.
@@ -89,7 +90,7 @@ pub(crate) struct Side<'a> {
 /// Moves `length` bytes from `src` to `dst`, in steps between which the
 /// file's release and, through `grant`, the peer's revocation are looked at.
 pub(crate) fn transfer(
-    ctx: &ContextShared,
+    data: &DataPath,
     ws: &mut WorkerState,
     src: Side<'_>,
     dst: Side<'_>,
@@ -101,7 +102,7 @@ pub(crate) fn transfer(
         && dst.offset < src.offset.saturating_add(length);
     let mut done = 0u64;
     while done < length {
-        if ctx.data.closing.load(Relaxed) {
+        if data.is_closing() {
             return Err(ECANCELED.into());
         }
         if let Some((peer, epoch)) = grant {
@@ -124,7 +125,7 @@ pub(crate) fn transfer(
             }
         }
         let n = left.min(COPY_CHUNK as u64) as usize;
-        let buf = ws.bounce(&ctx.memcg)?.get_mut(..n).ok_or(EINVAL)?;
+        let buf = ws.bounce(&data.memcg)?.get_mut(..n).ok_or(EINVAL)?;
         move_chunk(src.target, src_at, buf, false)?;
         move_chunk(dst.target, dst_at, buf, true)?;
         done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;

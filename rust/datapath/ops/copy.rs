@@ -58,7 +58,7 @@ fn copy(cx: &mut Issue<'_>, req: &CopyReq) -> Outcome {
     check_range(&src, req.src_offset, req.length)?;
     check_range(&dst, req.dst_offset, req.length)?;
     transfer(
-        cx.ctx,
+        cx.data,
         cx.ws,
         Side {
             target: &src,

@@ -3,7 +3,7 @@
 //! DEREGISTER: drops a reference on a registration, as the ioctl does.
 
 use super::{Fields, Issue, RingOp, Step};
-use crate::{context::ContextShared, error::OpResult, uapi};
+use crate::{cache::Cache, error::OpResult, uapi};
 
 /// `MEMREG_OP_DEREGISTER`.
 pub(crate) struct Deregister;
@@ -19,7 +19,7 @@ impl RingOp for Deregister {
     }
 
     fn issue(cx: &mut Issue<'_>, key: u64) -> Step {
-        ContextShared::deregister_key(cx.ctx, key)
+        Cache::deregister_key(cx.data.cache(), key)
             .map(|()| 0)
             .into()
     }

@@ -36,7 +36,7 @@ impl RingOp for PoolAlloc {
 
     fn issue(cx: &mut Issue<'_>, req: PoolAllocReq) -> Step {
         let taken = (|| -> Result<Buffer, MemregError> {
-            let pool = cx.ctx.pool(req.pool)?;
+            let pool = cx.data.pools.get(req.pool)?;
             let mut one: [Buffer; 1] = uapi::zeroed();
             Pool::alloc(&pool, req.length, true, 0, &mut one)?;
             Ok(one[0])

@@ -28,8 +28,9 @@ impl RingOp for PoolFree {
 
     fn issue(cx: &mut Issue<'_>, req: PoolFreeReq) -> Step {
         let freed = cx
-            .ctx
-            .pool(req.pool)
+            .data
+            .pools
+            .get(req.pool)
             .and_then(|pool| Ok(Pool::free(&pool, &[req.addr])?));
         freed.map(|()| 0).into()
     }

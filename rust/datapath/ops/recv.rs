@@ -5,11 +5,11 @@
 
 use super::{Fields, Issue, RingOp, Step};
 use crate::{
-    datapath::{queue::PostedRecv, transfer::check_range},
+    datapath::{connection::PostedRecv, transfer::check_range},
     error::{MemregError, OpResult},
     uapi,
 };
-use kernel::{prelude::*, sync::atomic::Relaxed};
+use kernel::prelude::*;
 
 /// `MEMREG_OP_RECV`.
 pub(crate) struct Recv;
@@ -44,7 +44,7 @@ impl RingOp for Recv {
             }
             check_range(&registration, req.offset, req.length)?;
             // The receive FIFO is charged to the owner, not to the kworker's cgroup.
-            cx.ctx.memcg.with_active(|| cx.queue.prepare_recv())?;
+            cx.data.memcg.with_active(|| cx.queue.prepare_recv())?;
             Ok(PostedRecv {
                 user_data: req.user_data,
                 registration,
@@ -56,7 +56,7 @@ impl RingOp for Recv {
             Ok(r) => match cx.queue.post_recv(r) {
                 Ok(()) => Step::Posted,
                 // Released meanwhile, or as many posted as the completion ring has room for.
-                Err(_) if cx.ctx.data.closing.load(Relaxed) => Step::Done(Err(ECANCELED.into())),
+                Err(_) if cx.data.is_closing() => Step::Done(Err(ECANCELED.into())),
                 Err(_) => Step::Done(Err(ENOSPC.into())),
             },
             Err(e) => Step::Done(Err(e)),

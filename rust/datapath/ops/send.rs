@@ -9,14 +9,13 @@
 
 use super::{Fields, Issue, RingOp, Step};
 use crate::{
+    cache::target::Target,
     datapath::{
-        queue::{Connection, Receiver},
+        connection::{Connection, Receiver},
         transfer::{check_range, transfer, Side},
     },
     error::{MemregError, OpResult},
-    peer,
-    registration::Target,
-    uapi,
+    peer, uapi,
 };
 use kernel::{
     prelude::*,
@@ -33,7 +32,7 @@ pub(crate) struct SendReq {
     src_offset: u64,
     length: u64,
     /// The immediate data, under `MEMREG_SQE_IMM`.
-    imm: Option<u64>,
+    pub(super) imm: Option<u64>,
 }
 
 impl RingOp for Send {
@@ -76,8 +75,8 @@ pub(crate) fn resume(cx: &mut Issue<'_>, sqe: &uapi::Sqe, since: Jiffies) -> Ste
 /// the receiver's counters.
 fn deliver(conn: &Connection, cqe: uapi::Cqe) {
     let failed = cqe.status != 0;
-    if let Some(overflowed) = conn.queue.finish_recv(&conn.ctx, cqe) {
-        let stats = &conn.ctx.data.stats;
+    if let Some(overflowed) = conn.queue.finish_recv(&conn.data, cqe) {
+        let stats = &conn.data.stats;
         stats.completions.add(1, Relaxed);
         if failed {
             stats.errors.add(1, Relaxed);
@@ -96,7 +95,7 @@ fn send(cx: &mut Issue<'_>, req: &SendReq, since: Option<Jiffies>) -> Step {
         return Step::Done(Err(ENOTCONN.into()));
     };
     let src = (|| -> Result<Target, MemregError> {
-        peer::check_grant(&conn.ctx, conn.epoch)?;
+        peer::check_grant(&*conn.data, conn.epoch)?;
         let src = cx.resolve(req.src_key)?;
         if src.info.access & uapi::ACCESS_LOCAL_READ == 0 {
             return Err(EACCES.into());
@@ -108,15 +107,15 @@ fn send(cx: &mut Issue<'_>, req: &SendReq, since: Option<Jiffies>) -> Step {
         Ok(src) => src,
         Err(e) => return Step::Done(Err(e)),
     };
-    let ctx = cx.ctx;
+    let data = cx.data;
     loop {
-        let r = match conn.queue.take_recv(ctx, cx.queue.index) {
+        let r = match conn.queue.take_recv(data, cx.queue.index) {
             Receiver::Posted(r) => r,
             Receiver::Closed => return Step::Done(Err(ECONNRESET.into())),
             Receiver::Waiting => {
                 let since = since.unwrap_or_else(jiffies::now);
                 if jiffies::elapsed_ms(since) >= u64::from(conn.rnr_timeout_ms) {
-                    ctx.data.stats.rnr_timeouts.add(1, Relaxed);
+                    data.stats.rnr_timeouts.add(1, Relaxed);
                     return Step::Done(Err(ENOBUFS.into()));
                 }
                 return Step::Waiting(since, conn.rnr_timeout_ms);
@@ -128,7 +127,7 @@ fn send(cx: &mut Issue<'_>, req: &SendReq, since: Option<Jiffies>) -> Step {
             Err(EMSGSIZE.into())
         } else {
             transfer(
-                ctx,
+                data,
                 cx.ws,
                 Side {
                     target: &src,
@@ -139,7 +138,7 @@ fn send(cx: &mut Issue<'_>, req: &SendReq, since: Option<Jiffies>) -> Step {
                     offset: r.offset,
                 },
                 req.length,
-                Some((&*conn.ctx, conn.epoch)),
+                Some((&*conn.data, conn.epoch)),
             )
         };
         match moved {
@@ -150,8 +149,8 @@ fn send(cx: &mut Issue<'_>, req: &SendReq, since: Option<Jiffies>) -> Step {
                     cqe.imm_data = imm;
                 }
                 deliver(&conn, cqe);
-                ctx.data.stats.messages.add(1, Relaxed);
-                ctx.data.stats.remote_bytes.add(req.length, Relaxed);
+                data.stats.messages.add(1, Relaxed);
+                data.stats.remote_bytes.add(req.length, Relaxed);
                 return Step::Done(Ok(req.length));
             }
             // The receiver's buffer ended: that RECV fails, the SEND takes the next one.

@@ -8,7 +8,7 @@ use super::{Fields, Issue, Outcome, RingOp, Step};
 use crate::{
     datapath::transfer::{check_range, transfer, Side},
     error::OpResult,
-    peer, uapi,
+    uapi,
 };
 use kernel::{prelude::*, sync::atomic::Relaxed};
 
@@ -57,15 +57,11 @@ impl RingOp for Write {
 /// WRITE (`write`) or READ: between a local registration and a peer's,
 /// named by its remote key.
 pub(super) fn remote(cx: &mut Issue<'_>, req: &RemoteReq, write: bool) -> Outcome {
-    let (peer_ctx, epoch) = peer::lookup(cx.ctx, req.peer)?;
+    let (peer, epoch) = cx.data.peer(req.peer)?;
     let local = cx.resolve(req.local.0)?;
-    // TODO(peer-rkey-cache): remote keys are looked up under the peer's table lock on every
+    // TODO(peer-rkey-cache): remote keys are looked up under the peer's cache lock on every
     // request; a shadow of hot remote keys, like the local one, would spare it.
-    let remote = peer_ctx
-        .table
-        .lock()
-        .get_remote(req.remote.0)
-        .ok_or(ENOENT)?;
+    let remote = peer.cache().get_remote(req.remote.0).ok_or(ENOENT)?;
     let (local_right, remote_right) = if write {
         (uapi::ACCESS_LOCAL_READ, uapi::ACCESS_REMOTE_WRITE)
     } else {
@@ -89,14 +85,7 @@ pub(super) fn remote(cx: &mut Issue<'_>, req: &RemoteReq, write: bool) -> Outcom
     } else {
         (remote, local)
     };
-    transfer(
-        cx.ctx,
-        cx.ws,
-        src,
-        dst,
-        req.length,
-        Some((&*peer_ctx, epoch)),
-    )?;
-    cx.ctx.data.stats.remote_bytes.add(req.length, Relaxed);
+    transfer(cx.data, cx.ws, src, dst, req.length, Some((&*peer, epoch)))?;
+    cx.data.stats.remote_bytes.add(req.length, Relaxed);
     Ok(req.length)
 }

@@ -11,7 +11,7 @@
 //! `RLIMIT_MEMLOCK` evicts the same user's parked registrations, in any of
 //! their contexts; only when none is left does it fail ([`charge`]).
 //! Memory pressure evicts them through the module's shrinker
-//! ([`Reclaim`]), which also asks the pools for their free chunks.
+//! ([`reclaim`], called by [`crate::reclaim`]).
 //!
 //! The list is one tree, by user (the `user_struct` the pages are charged
 //! to) and then by the order of parking: a user's oldest is its first entry,
@@ -26,26 +26,18 @@
 //! take it under the table lock); [`PARKED`] is held only to find or change
 //! entries, never while taking a table lock: an eviction finds its victim,
 //! drops [`PARKED`], then takes the victim's table lock and checks that the
-//! victim is still parked where it was found. A pool's `state` lock nests
-//! inside [`PARKED`] (the shrinker asks the pools for their free chunks
-//! under it), and [`PARKED`] inside a pool's `registry_node` lock (a pool
-//! joins the list under it).
+//! victim is still parked where it was found.
 //!
 //! An eviction for room tears its victim down at once, which waits for an
 //! invalidation in progress in the victim's address space; the shrinker
 //! leaves that to the victim's context.
 
-use crate::{
-    accounting::Charges,
-    pool::Pool,
-    registration::Registration,
-    stats::{GLOBAL_POOL_RECLAIMABLE, TOTALS},
-};
+use super::registration::Registration;
+use crate::{accounting::Charges, stats::TOTALS};
 use kernel::{
     prelude::*,
     rbtree::{RBTree, RBTreeNodeReservation},
-    shrinker::ShrinkerOps,
-    sync::{atomic::Relaxed, Arc, ArcBorrow},
+    sync::{atomic::Relaxed, Arc},
 };
 
 /// Evictions a charge tries before it gives up (each frees at least one
@@ -59,15 +51,12 @@ struct Lru {
     by_user: Option<RBTree<(usize, u64), Arc<Registration>>>,
     /// The stamp of the next parking.
     next_stamp: u64,
-    /// The live pools, for the shrinker.
-    pools: Option<RBTree<usize, Arc<Pool>>>,
 }
 
 kernel::lazy_global_lock! {
     static PARKED: SpinLock<Lru> = Lru {
         by_user: None,
         next_stamp: 0,
-        pools: None,
     };
 }
 
@@ -154,7 +143,7 @@ fn oldest(user: Option<usize>) -> Option<(Arc<Registration>, u64)> {
 
 /// Ends the least recently parked registration module-wide (of `user`'s
 /// only when given) and tears it down; returns whether there was one. The
-/// caller holds no table lock. Process context; may sleep.
+/// caller holds no cache lock. Process context; may sleep.
 fn evict_one(user: Option<usize>) -> bool {
     for _ in 0..EVICT_TRIES {
         let Some((victim, stamp)) = oldest(user) else {
@@ -190,78 +179,33 @@ pub(crate) fn charge(charges: &mut Charges, pages: usize) -> Result {
     }
 }
 
-/// Makes `pool` known to the shrinker, in the memory of `node`. Neither
-/// allocates nor sleeps.
-pub(crate) fn add_pool(node: RBTreeNodeReservation<usize, Arc<Pool>>, pool: Arc<Pool>) {
-    let mut lru = PARKED.lock();
-    let key = Arc::as_ptr(&pool) as usize;
-    let _ = lru
-        .pools
-        .get_or_insert_with(RBTree::new)
-        .insert(node.into_node(key, pool));
-}
-
-/// Forgets `pool` (its end). Neither allocates nor sleeps.
-pub(crate) fn remove_pool(pool: &Arc<Pool>) -> Option<Arc<Pool>> {
-    let key = Arc::as_ptr(pool) as usize;
-    PARKED.lock().pools.as_mut()?.remove(&key)
-}
-
-/// The module's shrinker: parked registrations' pages and the pools' free
-/// chunks, module-wide.
-pub(crate) struct Reclaim;
-
-impl ShrinkerOps for Reclaim {
-    /// Parked pages, what evicting gives back, and the pools' free chunks.
-    /// Reads atomics only.
-    fn count(_this: ArcBorrow<'_, Self>) -> usize {
-        let pages = TOTALS
-            .parked_pages
-            .load(Relaxed)
-            .saturating_add(GLOBAL_POOL_RECLAIMABLE.load(Relaxed));
-        usize::try_from(pages).unwrap_or(usize::MAX)
-    }
-
-    /// Evicts parked registrations module-wide, least recently parked first,
-    /// until `nr_to_scan` pages are unpinned or nothing is parked, and
-    /// reports those pages (freed once the processes no longer map them).
-    /// Their contexts' deferred work unpins them: the notifier removal that
-    /// needs may wait for an invalidation, which must not happen in reclaim.
-    /// Only try-locks a table; gives up when the oldest's is contended. The
-    /// pools give their free chunks back in their work (it needs
-    /// `mmap_lock`).
-    fn scan(_this: ArcBorrow<'_, Self>, nr_to_scan: usize) -> Option<usize> {
-        press_pools();
-        let mut freed = 0usize;
-        let mut tries = 0;
-        while freed < nr_to_scan && tries < EVICT_TRIES {
-            tries += 1;
-            let Some((victim, stamp)) = oldest(None) else {
-                break;
-            };
-            match Registration::reclaim_if_parked_at(&victim, stamp) {
-                Some(pages) => freed = freed.saturating_add(pages),
-                // Contended, or changed since: stop rather than spin in reclaim.
-                None if freed == 0 => return None,
-                None => break,
-            }
-        }
-        Some(freed)
-    }
-}
-
-/// Asks every pool with free chunks for them. Neither allocates nor
-/// sleeps.
-fn press_pools() {
-    if GLOBAL_POOL_RECLAIMABLE.load(Relaxed) == 0 {
-        return;
-    }
-    let lru = PARKED.lock();
-    if let Some(pools) = lru.pools.as_ref() {
-        for (_, pool) in pools.iter() {
-            if pool.reclaimable.load(Relaxed) > 0 {
-                Pool::press(pool);
-            }
+/// Evicts parked registrations module-wide, least recently parked first,
+/// until `nr_to_scan` pages are unpinned or nothing is parked, and reports
+/// those pages (freed once the processes no longer map them), for the
+/// module's shrinker. Their caches' deferred work unpins them: the notifier
+/// removal that needs may wait for an invalidation, which must not happen in
+/// reclaim. Only try-locks a cache; gives up (`None`) when the oldest's is
+/// contended before anything was evicted. Neither allocates nor sleeps.
+pub(crate) fn reclaim(nr_to_scan: usize) -> Option<usize> {
+    let mut freed = 0usize;
+    let mut tries = 0;
+    while freed < nr_to_scan && tries < EVICT_TRIES {
+        tries += 1;
+        let Some((victim, stamp)) = oldest(None) else {
+            break;
+        };
+        match Registration::reclaim_if_parked_at(&victim, stamp) {
+            Some(pages) => freed = freed.saturating_add(pages),
+            // Contended, or changed since: stop rather than spin in reclaim.
+            None if freed == 0 => return None,
+            None => break,
         }
     }
+    Some(freed)
+}
+
+/// Pages of parked registrations, module-wide: what [`reclaim`] could give
+/// back. Reads an atomic only.
+pub(crate) fn parked_pages() -> u64 {
+    TOTALS.parked_pages.load(Relaxed)
 }

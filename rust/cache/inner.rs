@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 
-//! The registration table of a context.
+//! The cache's state under its lock ([`CacheInner`], as Binder's
+//! `ProcessInner` is the part of a process under its lock).
 //!
 //! Live registrations are found two ways: by key (a red-black tree on the
 //! key's sequence number) and by address (an interval tree, so the cache
@@ -12,22 +13,25 @@
 //! and wait for their teardown, those suspended by an invalidation that wait
 //! for revalidation, the context's cache configuration and its counters.
 //!
-//! The table lives under the context's spinlock, which the MMU notifier
-//! callback takes: nothing here allocates or sleeps. Nodes are reserved
-//! beforehand ([`Nodes`]).
+//! It lives under [`Cache::inner`](super::Cache), a spinlock the MMU
+//! notifier callback takes: nothing here allocates or sleeps. Nodes are
+//! reserved beforehand ([`Nodes`]). The state words are in [`super::slots`].
 
-use crate::{
-    events::EventRing,
+use super::{
+    info::RegistrationInfo,
     key,
-    registration::{push_teardown, Registration, RegistrationInfo, Target},
+    registration::{push_teardown, Registration},
+    slots::Slots,
+    target::Target,
+};
+use crate::{
+    events::{EventRing, Subject},
     stats::Stats,
     uapi,
 };
 use kernel::{
     interval_tree::{self, IntervalTree},
     list::{List, ListArc},
-    mm::shared_pages::SharedPages,
-    page::PAGE_SIZE,
     prelude::*,
     rbtree::{RBTree, RBTreeNodeReservation},
     sync::Arc,
@@ -53,61 +57,6 @@ impl Nodes {
             by_range: interval_tree::Reservation::new(GFP_KERNEL_ACCOUNT)?,
             by_rkey: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
         })
-    }
-}
-
-/// The context's state words (`MEMREG_MMAP_STATE_WORDS`): one `u64` per
-/// slot, mapped read-only into the process, and the slots not in use.
-///
-/// A slot's word is its registration's generation while the registration is
-/// usable, the generation with `MEMREG_WORD_SUSPENDED` while it is
-/// suspended, and with `MEMREG_WORD_ENDED` once it ended. A slot taken again
-/// gets a larger generation, so a stale copy never matches.
-pub(crate) struct Slots {
-    pub(crate) words: Arc<SharedPages>,
-    /// Free slots: at first in increasing order, the lowest on top; a slot
-    /// freed goes on top, so it is the next taken (its word's cache line is
-    /// warm).
-    free: KVVec<u32>,
-}
-
-impl Slots {
-    /// Creates `nslots` zeroed words, all free.
-    pub(crate) fn new(nslots: usize) -> Result<Self> {
-        let nslots_u32 = u32::try_from(nslots).map_err(|_| EINVAL)?;
-        let npages = nslots.checked_mul(8).ok_or(EINVAL)?.div_ceil(PAGE_SIZE);
-        let words = Arc::new(SharedPages::new(npages)?, GFP_KERNEL_ACCOUNT)?;
-        let mut free = KVVec::with_capacity(nslots, GFP_KERNEL_ACCOUNT)?;
-        for slot in (0..nslots_u32).rev() {
-            free.push(slot, GFP_KERNEL_ACCOUNT)?;
-        }
-        Ok(Self { words, free })
-    }
-
-    /// Takes a free slot and gives it a new generation, published in its
-    /// word. Never sleeps.
-    pub(crate) fn take(&mut self) -> Option<(u32, u64)> {
-        loop {
-            let slot = self.free.pop()?;
-            let old = self.words.load_u64(slot as usize)?;
-            // A slot whose generations ran out is never used again.
-            if let Some(generation) = (old & !3).checked_add(4) {
-                self.words.store_u64(slot as usize, generation);
-                return Some((slot, generation));
-            }
-        }
-    }
-
-    /// Sets the word of `slot`.
-    pub(crate) fn set(&self, slot: u32, value: u64) {
-        self.words.store_u64(slot as usize, value);
-    }
-
-    /// Marks the registration of `slot` ended and frees the slot. Never
-    /// sleeps (the free list has room for every slot).
-    pub(crate) fn release(&mut self, slot: u32, generation: u64) {
-        self.set(slot, generation | uapi::WORD_ENDED);
-        let _ = self.free.push_within_capacity(slot);
     }
 }
 
@@ -158,8 +107,10 @@ impl CacheConfig {
     }
 }
 
-/// The registration table of a context.
-pub(crate) struct RegistrationTable {
+/// The cache's fields under its lock: the registrations by key, range and
+/// remote key, the parked list, the lists of deferred work, the
+/// configuration, the state words, the event ring and the counters.
+pub(crate) struct CacheInner {
     /// Live registrations by key sequence number.
     by_key: RBTree<u64, Arc<Registration>>,
     /// Live registrations by registered range.
@@ -177,20 +128,20 @@ pub(crate) struct RegistrationTable {
     suspended: List<Registration, 1>,
     /// The parked list: parked registrations by the stamp of their
     /// parking, oldest first.
-    pub(crate) parked: RBTree<u64, Arc<Registration>>,
+    pub(super) parked: RBTree<u64, Arc<Registration>>,
     /// The stamp of the next parking.
-    pub(crate) next_stamp: u64,
+    pub(super) next_stamp: u64,
     /// How registrations nobody references are kept.
-    pub(crate) config: CacheConfig,
+    pub(super) config: CacheConfig,
     /// The state words, once mapped.
-    pub(crate) slots: Option<Slots>,
+    pub(super) slots: Option<Slots>,
     /// The event ring, once set up.
-    pub(crate) events: Option<EventRing>,
+    pub(super) events: Option<EventRing>,
     /// The context's counters.
-    pub(crate) stats: Stats,
+    pub(super) stats: Stats,
 }
 
-impl RegistrationTable {
+impl CacheInner {
     /// Creates an empty table.
     pub(crate) fn new(config: CacheConfig) -> Self {
         Self {
@@ -239,7 +190,7 @@ impl RegistrationTable {
     /// Whether a new registration `info` overlaps at most [`MAX_OVERLAP`] live
     /// registrations. Bounds how often the context pins any one page (each pin
     /// adds to the page's reference count, which must not overflow) and the
-    /// registrations [`RegistrationTable::find_cover`] walks. `O(log n +
+    /// registrations [`CacheInner::find_cover`] walks. `O(log n +
     /// MAX_OVERLAP)`.
     pub(crate) fn may_overlap(&self, info: &RegistrationInfo) -> bool {
         let (first, last) = info.interval();
@@ -247,7 +198,7 @@ impl RegistrationTable {
     }
 
     /// Whether the bytes `first..=last` overlap at most [`MAX_OVERLAP`] live
-    /// registrations; see [`RegistrationTable::may_overlap`].
+    /// registrations; see [`CacheInner::may_overlap`].
     pub(crate) fn may_overlap_span(&self, first: usize, last: usize) -> bool {
         self.by_range.iter(first, last).nth(MAX_OVERLAP).is_none()
     }
@@ -372,7 +323,12 @@ impl RegistrationTable {
     /// there is one. Never sleeps.
     pub(crate) fn emit(&mut self, registration: &Registration, kind: u32, cause: usize) {
         if let Some(ring) = self.events.as_mut() {
-            ring.push(&registration.info, registration.lkey(), kind, cause as u32);
+            let what = Subject {
+                key: registration.lkey(),
+                addr: registration.info.addr,
+                length: registration.info.length,
+            };
+            ring.push(what, kind, cause as u32);
         }
     }
 
@@ -413,7 +369,7 @@ impl RegistrationTable {
 }
 
 #[cfg(CONFIG_MEMREG_KUNIT_TEST)]
-#[kunit_tests(memreg_table)]
+#[kunit_tests(memreg_cache_inner)]
 mod tests {
     use super::*;
 
@@ -477,24 +433,5 @@ mod tests {
             ..on
         }
         .may_park(1));
-    }
-
-    #[test]
-    fn slots_take_new_generations() {
-        let slots = Slots::new(2);
-        assert!(slots.is_ok());
-        let Ok(mut slots) = slots else {
-            return;
-        };
-        let a = slots.take();
-        let b = slots.take();
-        assert_eq!(a, Some((0, 4)));
-        assert_eq!(b, Some((1, 4)));
-        assert_eq!(slots.take(), None);
-        slots.release(0, 4);
-        assert_eq!(slots.words.load_u64(0), Some(4 | uapi::WORD_ENDED));
-        // Reused with a larger generation.
-        assert_eq!(slots.take(), Some((0, 8)));
-        assert_eq!(slots.words.load_u64(0), Some(8));
     }
 }

@@ -1,0 +1,411 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! REGISTER, its undoing, and DEREGISTER.
+//!
+//! A REGISTER is served by a live registration covering the range with the
+//! access asked (a hit), by a parked one (revived with new keys), or by a new
+//! one (a miss): its notifier goes in before its pages are pinned, so an
+//! invalidation racing with the pinning is seen when it is published, and it
+//! is published only if it still fits the cache's cap and overlap bound
+//! (parked registrations in the way are evicted first).
+
+use super::{
+    info::RegistrationInfo,
+    inner::{CacheInner, Nodes},
+    key::KeyPair,
+    parked,
+    registration::{push_teardown, teardown_list, Parts, Refused, Registration},
+    Cache,
+};
+use crate::{accounting::Charges, error::OpResult, stats::TOTALS, uapi};
+use kernel::{
+    list::List,
+    mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, virt::flags, MmWithUser},
+    page::PAGE_SIZE,
+    prelude::*,
+    random::{get_random_u32, get_random_u64},
+    sync::{atomic::Relaxed, Arc},
+    task::resched::{cond_resched, fatal_signal_pending},
+};
+
+/// Times a registration is retried when an invalidation races with pinning.
+const REGISTER_RETRIES: u32 = 3;
+
+/// Times a REGISTER revalidates a suspended registration it found before it
+/// gives up with `EAGAIN`.
+const HIT_TRIES: u32 = 3;
+
+/// How a REGISTER was served.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// A new registration was pinned.
+    Miss,
+    /// A live registration in use served it.
+    Hit,
+    /// A parked registration was revived; the local key it had while
+    /// parked.
+    Revived(u64),
+}
+
+/// What undoing a REGISTER needs ([`Cache::undo_register`]). Small, so that
+/// returning it moves little: the hit path is dominated by copies.
+pub(crate) struct Registered {
+    lkey: u64,
+    served: Served,
+    /// The context's peak of pinned pages before a miss, to roll back to.
+    peak_before: u64,
+}
+
+impl Registered {
+    /// Fills in the result of a REGISTER served by `registration` and
+    /// returns what undoing it needs.
+    fn fill(
+        req: &mut uapi::Register,
+        registration: &Registration,
+        t: &CacheInner,
+        served: Served,
+        peak_before: u64,
+    ) -> Self {
+        let info = &registration.info;
+        req.lkey = registration.lkey();
+        req.rkey = registration.rkey();
+        // The rights the keys carry: exactly the remote ones asked, at least the local ones.
+        req.access = info.access;
+        req.region_addr = info.addr;
+        req.region_length = info.length;
+        req.flags = match served {
+            Served::Miss => 0,
+            Served::Hit => uapi::REGISTER_CACHED,
+            Served::Revived(_) => uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED,
+        };
+        (req.slot, req.generation) = registration.slot(t);
+        Self {
+            lkey: registration.lkey(),
+            served,
+            peak_before,
+        }
+    }
+}
+
+impl Cache {
+    /// REGISTER: fills in the keys of the registration serving the range,
+    /// pinning a new one if none does. Returns what to pass to
+    /// [`Cache::undo_register`] if the result cannot reach the caller.
+    pub(crate) fn register(this: &Arc<Self>, req: &mut uapi::Register) -> OpResult<Registered> {
+        if req.flags != 0 || req.reserved != 0 {
+            return Err(EINVAL.into());
+        }
+        let (addr, length, access) = (req.addr, req.length, req.access);
+        if access == 0 || access & !uapi::ACCESS_ALL != 0 || length == 0 {
+            return Err(EINVAL.into());
+        }
+        if length > uapi::MAX_LENGTH {
+            return Err(E2BIG.into());
+        }
+        let end = addr.checked_add(length).ok_or(EINVAL)?;
+        let first = usize::try_from(addr).map_err(|_| EFAULT)?;
+        let last = usize::try_from(end - 1).map_err(|_| EFAULT)?;
+        let max = crate::max_registrations();
+
+        // The cache: a live registration covering the range with enough access, revived if
+        // parked, revalidated if suspended.
+        let mut tries = 0;
+        let peak_before = loop {
+            let mut evicted = List::new();
+            let found = {
+                let mut t = this.inner.lock();
+                match t.find_cover(addr, length, access).cloned() {
+                    Some(r) if !r.is_suspended() => {
+                        let served = match Registration::take_ref(&r, &mut t)? {
+                            Some(parked_lkey) => Served::Revived(parked_lkey),
+                            None => Served::Hit,
+                        };
+                        return Ok(Registered::fill(req, &r, &t, served, 0));
+                    }
+                    Some(r) => Some(r),
+                    None => {
+                        // Make room by evicting parked registrations.
+                        if !Self::make_room(&mut t, first, last, max, &mut evicted) {
+                            drop(t);
+                            teardown_list(&mut evicted);
+                            return Err(EDQUOT.into());
+                        }
+                        None
+                    }
+                }
+            };
+            teardown_list(&mut evicted);
+            let Some(suspended) = found else {
+                break this.inner.lock().stats.pages_pinned_peak;
+            };
+            // Suspended by an invalidation: look at its pages, then look the range up again.
+            // Bounded: invalidations may keep suspending it.
+            tries += 1;
+            if tries > HIT_TRIES {
+                return Err(EAGAIN.into());
+            }
+            if fatal_signal_pending() {
+                return Err(EINTR.into());
+            }
+            if let Err(e) = Registration::revalidate(&suspended) {
+                if tries >= HIT_TRIES {
+                    return Err(e.into());
+                }
+            }
+        };
+        // Registrations ended by invalidation no longer count against any limit but stay
+        // pinned until torn down: tear this context's down now, so that a loop of REGISTER
+        // and munmap cannot pin more than its limits allow while the worker catches up.
+        this.drain_deferred();
+
+        let page_addr = usize::try_from(addr).map_err(|_| EFAULT)? & !(PAGE_SIZE - 1);
+        let page_end = usize::try_from(end)
+            .ok()
+            .and_then(|e| e.checked_next_multiple_of(PAGE_SIZE))
+            .ok_or(EFAULT)?;
+        let npages = (page_end - page_addr) / PAGE_SIZE;
+        let seq = this.next_seq();
+        let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
+        let info = RegistrationInfo {
+            addr,
+            length,
+            access,
+            npages,
+            keys,
+            pool: false,
+        };
+
+        // Everything the table needs is allocated before its lock is taken.
+        let mut nodes = Nodes::new()?;
+        let mut charges = Charges::for_current()?;
+        let registration = Registration::new(this.clone(), info)?;
+        let current = kernel::current!();
+        let mm = current.mm().ok_or(EPERM)?;
+        // The notifier goes in before the pages are pinned, so that an invalidation racing
+        // with pinning is seen by the sequence check when publishing.
+        let mut subscription =
+            IntervalNotifier::insert(registration.clone(), mm, page_addr, npages * PAGE_SIZE)?;
+
+        for _ in 0..REGISTER_RETRIES {
+            let seq = registration.notifier().read_begin();
+            // After the sequence is read: a mapping that replaces a checked one is an unmap of
+            // it, which makes the publication below retry.
+            Self::check_pinnable(mm, page_addr, page_end)?;
+            // Past the module budget or RLIMIT_MEMLOCK, parked registrations go first,
+            // module-wide or the user's, oldest first.
+            let pages = PinnedPages::pin_current(page_addr, npages, info.writable(), &mut |n| {
+                parked::charge(&mut charges, n)
+            })?;
+            let parts = Parts {
+                pages,
+                charges,
+                subscription,
+                nodes,
+            };
+            let mut evicted = List::new();
+            let refused = {
+                let mut t = this.inner.lock();
+                // Registrations parked since the look-up may be in the way: they go first.
+                Self::make_room(&mut t, first, last, max, &mut evicted);
+                match Registration::publish(&registration, &mut t, seq, max, parts) {
+                    Ok(()) => {
+                        let done =
+                            Registered::fill(req, &registration, &t, Served::Miss, peak_before);
+                        drop(t);
+                        teardown_list(&mut evicted);
+                        return Ok(done);
+                    }
+                    Err(Refused::Covered(winner, revived, parts)) => {
+                        // A concurrent REGISTER published a registration serving ours, and a
+                        // reference was taken on it (a hit, or a revival): use it.
+                        let served = match revived {
+                            Some(parked_lkey) => Served::Revived(parked_lkey),
+                            None => Served::Hit,
+                        };
+                        let done = Registered::fill(req, &winner, &t, served, 0);
+                        drop(t);
+                        // Our parts go outside the locks: unpinned, uncharged, the notifier
+                        // removed.
+                        drop(parts);
+                        teardown_list(&mut evicted);
+                        return Ok(done);
+                    }
+                    Err(refused) => refused,
+                }
+            };
+            teardown_list(&mut evicted);
+            match refused {
+                Refused::Raced(parts) => {
+                    // Something changed the range while we pinned it: pin again.
+                    let Parts {
+                        pages,
+                        charges: mut c,
+                        subscription: s,
+                        nodes: n,
+                    } = parts;
+                    // Unpinned before uncharged.
+                    drop(pages);
+                    c.release();
+                    charges = c;
+                    subscription = s;
+                    nodes = n;
+                }
+                Refused::Quota(parts) => {
+                    drop(parts);
+                    return Err(EDQUOT.into());
+                }
+                Refused::Overflow(parts) => {
+                    drop(parts);
+                    return Err(EOVERFLOW.into());
+                }
+                Refused::Covered(_, _, parts) => {
+                    drop(parts);
+                    return Err(EAGAIN.into());
+                }
+            }
+        }
+        Err(EAGAIN.into())
+    }
+
+    /// Refuses (`EFAULT`) a range that is not wholly mapped or that holds a
+    /// driver's mapping of its own pages (`VM_IO`, `VM_PFNMAP`,
+    /// `VM_MIXEDMAP`): memreg's rings, state words, event ring and pools
+    /// among them, which `VM_IO` does not keep from `get_user_pages_fast`.
+    /// Registering them would pin pages the driver frees or hands out by
+    /// itself.
+    fn check_pinnable(mm: &MmWithUser, start: usize, end: usize) -> Result {
+        let guard = mm.mmap_read_lock();
+        let mut at = start;
+        while at < end {
+            let vma = guard.vma_lookup(at).ok_or(EFAULT)?;
+            if vma.flags() & (flags::IO | flags::PFNMAP | flags::MIXEDMAP) != 0 {
+                return Err(EFAULT);
+            }
+            at = vma.end();
+            cond_resched();
+        }
+        Ok(())
+    }
+
+    /// Undoes a REGISTER whose result could not reach the caller: drops the
+    /// reference it took and takes back the counters it moved, so that the
+    /// failed call changed nothing.
+    pub(crate) fn undo_register(this: &Arc<Self>, done: &Registered) {
+        let mut evicted = List::new();
+        let mut idle_ms = None;
+        let ended = 'ended: {
+            let mut t = this.inner.lock();
+            match done.served {
+                Served::Revived(_) => {
+                    t.stats.revives = t.stats.revives.saturating_sub(1);
+                    TOTALS.revives.fetch_sub(1, Relaxed);
+                }
+                Served::Hit => t.stats.cache_hits = t.stats.cache_hits.saturating_sub(1),
+                Served::Miss => {}
+            }
+            let Some(registration) = t.get(done.lkey).cloned() else {
+                // An invalidation ended it meanwhile: its counters are the invalidation's.
+                if done.served == Served::Miss {
+                    t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
+                }
+                break 'ended None;
+            };
+            if registration.put(&mut t) > 0 {
+                break 'ended None;
+            }
+            if done.served != Served::Miss
+                && Registration::park(&registration, &mut t, &mut evicted)
+            {
+                // Parked, as the DEREGISTER it stands for would have; a revived one is back
+                // where it was, with the key it had there (the caller never learnt the new
+                // ones), not counted as a new parking.
+                if let Served::Revived(parked_lkey) = done.served {
+                    t.stats.parks = t.stats.parks.saturating_sub(1);
+                    TOTALS.parks.fetch_sub(1, Relaxed);
+                    Registration::restore_lkey(&registration, &t, parked_lkey);
+                }
+                idle_ms = Some(t.config.idle_ms);
+                break 'ended None;
+            }
+            let ended = Registration::unpublish(&mut t, registration.info.keys.seq);
+            if done.served == Served::Miss {
+                t.stats.cache_misses = t.stats.cache_misses.saturating_sub(1);
+                t.stats.pages_pinned_peak = done.peak_before.max(t.stats.pages_pinned);
+            }
+            ended
+        };
+        if let Some(r) = ended {
+            r.teardown();
+        }
+        teardown_list(&mut evicted);
+        if let Some(idle_ms) = idle_ms {
+            // The idle eviction may have stopped looking while it was revived.
+            Self::arm_idle(this, idle_ms);
+        }
+    }
+
+    /// Drops one reference on the registration of `key` (DEREGISTER, from
+    /// the ioctl or a ring); the last one parks it or, when it may not be
+    /// parked, ends it. `ENOENT` for an unknown key, `EINVAL` for a parked
+    /// one: there is no reference to drop. Process context.
+    pub(crate) fn deregister_key(this: &Arc<Self>, key: u64) -> OpResult {
+        // Parking may evict others to stay within the limits.
+        let mut evicted = List::new();
+        let (ended, idle_ms) = {
+            let mut t = this.inner.lock();
+            let registration = t.get(key).ok_or(ENOENT)?.clone();
+            // No reference to drop on a parked one; a pool's chunk belongs to the pool.
+            if registration.refs(&t) == 0 || registration.info.pool {
+                return Err(EINVAL.into());
+            }
+            if registration.put(&mut t) > 0 {
+                return Ok(());
+            }
+            if Registration::park(&registration, &mut t, &mut evicted) {
+                (None, Some(t.config.idle_ms))
+            } else {
+                t.stats.deregistrations += 1;
+                (
+                    Registration::unpublish(&mut t, registration.info.keys.seq),
+                    None,
+                )
+            }
+        };
+        if let Some(r) = ended {
+            r.teardown();
+        }
+        teardown_list(&mut evicted);
+        if let Some(idle_ms) = idle_ms {
+            Self::arm_idle(this, idle_ms);
+        }
+        Ok(())
+    }
+
+    /// Ends parked registrations until a registration `info` fits the
+    /// context's cap and overlap bound: the least recently parked for the
+    /// cap, those it overlaps for the bound. Returns whether it fits, the
+    /// evicted ones on `evicted` for teardown. Neither allocates nor sleeps.
+    fn make_room(
+        t: &mut CacheInner,
+        first: usize,
+        last: usize,
+        max: u64,
+        evicted: &mut List<Registration>,
+    ) -> bool {
+        while t.len() >= max {
+            match Registration::evict_oldest(t, uapi::EVICT_PIN_LIMIT) {
+                Some(r) => push_teardown(evicted, r),
+                None => break,
+            }
+        }
+        while !t.may_overlap_span(first, last) {
+            let Some(seq) = t.parked_overlapping(first, last) else {
+                break;
+            };
+            if let Some(r) = Registration::evict(t, seq, uapi::EVICT_PIN_LIMIT) {
+                push_teardown(evicted, r);
+            }
+        }
+        t.len() < max && t.may_overlap_span(first, last)
+    }
+}

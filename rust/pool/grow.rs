@@ -1,0 +1,459 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A pool's work: growth of partitions below their low watermark, shrinks
+//! above their high one or under memory pressure (waiting for the buffers
+//! still allocated, then reclaiming them after the leak timeout), and the
+//! teardown of a dead pool. All under `Pool::grow_lock`, one at a time.
+
+use super::{
+    part::{count_bits, div, set_bit, test_bit, Chunk},
+    Pool, PoolState,
+};
+use crate::{
+    cache::{
+        info::RegistrationInfo,
+        inner::Nodes,
+        key::KeyPair,
+        parked,
+        registration::{Parts, Registration},
+    },
+    stats::{GLOBAL_POOL_PAGES, GLOBAL_POOL_RECLAIMABLE},
+};
+use kernel::{
+    mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, MmWithUser},
+    page::{Page, PAGE_SIZE},
+    prelude::*,
+    random::{get_random_u32, get_random_u64},
+    sync::{aref::ARef, atomic::Relaxed, Arc},
+    task::resched::cond_resched,
+    time::{delay::fsleep, jiffies, Delta},
+};
+
+/// How long a teardown waits at most for a mapping someone else is taking
+/// away to be gone.
+const UNMAP_WAIT_MS: u32 = 5000;
+
+/// How often it looks meanwhile.
+const UNMAP_WAIT_STEP_MS: u32 = 5;
+
+impl Pool {
+    /// The work: tears the pool down once dead; otherwise grows the
+    /// partitions that want it and gives chunks back where they are due.
+    pub(super) fn run(this: &Arc<Self>) {
+        let _serial = this.grow_lock.lock();
+        if this.state.lock().dead {
+            Self::teardown(this);
+            return;
+        }
+        let mut again: Option<u32> = None;
+        for c in 0..this.classes.len() {
+            let Some(class) = this.classes.get(c) else {
+                break;
+            };
+            // Up to the initial size, then to above the low watermark.
+            loop {
+                let want = {
+                    let mut st = this.state.lock();
+                    let dead = st.dead;
+                    let Some(part) = st.parts.get_mut(c) else {
+                        break;
+                    };
+                    // A chunk on its way out is kept rather than a new one mapped.
+                    if part.wants_growth(class) && part.cancel_shrink(class) {
+                        continue;
+                    }
+                    !dead
+                        && part.boundary < class.max_buffers
+                        && (part.boundary < class.initial || part.wants_growth(class))
+                };
+                if !want {
+                    break;
+                }
+                if let Err(e) = Self::grow(this, c) {
+                    let mut st = this.state.lock();
+                    if let Some(part) = st.parts.get_mut(c) {
+                        part.grow_failed = true;
+                    }
+                    drop(st);
+                    pr_debug!(
+                        "memreg: pool {} class {} cannot grow: {:?}\n",
+                        this.index,
+                        c,
+                        e
+                    );
+                    break;
+                }
+                this.changed.notify_all();
+                cond_resched();
+            }
+            if let Some(ms) = Self::shrink_step(this, c) {
+                again = Some(again.map_or(ms, |a| a.min(ms)));
+            }
+        }
+        this.state.lock().pressure = false;
+        this.update_reclaimable();
+        if let Some(ms) = again {
+            Self::arm(this, ms.max(1));
+        }
+    }
+
+    /// Counts the pages of fully free chunks, for the shrinker.
+    pub(super) fn update_reclaimable(&self) {
+        let st = self.state.lock();
+        self.set_reclaimable(self.reclaimable_of(&st));
+    }
+
+    /// Sets the pages memory pressure may take back, in the module-wide sum
+    /// too. Never sleeps.
+    pub(super) fn set_reclaimable(&self, pages: u64) {
+        let old = self.reclaimable.xchg(pages, Relaxed);
+        // Wrapping: the sum is of the values each pool set last.
+        GLOBAL_POOL_RECLAIMABLE.add(pages.wrapping_sub(old), Relaxed);
+    }
+
+    /// The pages the free buffers beyond each class's low watermark make up,
+    /// in whole chunks: what memory pressure may take back.
+    pub(super) fn reclaimable_of(&self, st: &PoolState) -> u64 {
+        let mut pages = 0u64;
+        for (class, part) in self.classes.iter().zip(st.parts.iter()) {
+            let spare = div(part.free.saturating_sub(class.low), class.chunk_buffers);
+            pages = pages.saturating_add((spare * class.chunk_bytes() / PAGE_SIZE) as u64);
+        }
+        pages
+    }
+
+    /// Maps one more chunk of class `c`: allocates and charges its pages,
+    /// publishes its registration and inserts the pages into the mapping,
+    /// then moves the boundary up. Work only, under `grow_lock`.
+    pub(super) fn grow(this: &Arc<Self>, c: usize) -> Result {
+        let cache = this.pools.cache();
+        let class = this.classes.get(c).ok_or(EINVAL)?;
+        let (boundary, base) = {
+            let st = this.state.lock();
+            let part = st.parts.get(c).ok_or(EINVAL)?;
+            (part.boundary, st.mapped_at.ok_or(ENXIO)?)
+        };
+        let addr = base + class.offset + boundary * class.buffer_size;
+        let bytes = class.chunk_bytes();
+        let npages = bytes.div_ceil(PAGE_SIZE);
+        let mm: ARef<MmWithUser> = cache.mm().mmget_not_zero().ok_or(ENXIO)?;
+        // The pages' charges: the pool keeps them until the pages have left the mapping. Past a
+        // limit, parked registrations make room first.
+        let mut charges = this.charges.new_like();
+        parked::charge(&mut charges, npages)?;
+        // The pages and the registration are the creator's, not the worker's.
+        let mut pages = this.memcg.with_active(|| -> Result<KVec<Page>> {
+            let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
+            for _ in 0..npages {
+                pages.push(
+                    Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
+                    GFP_KERNEL_ACCOUNT,
+                )?;
+            }
+            Ok(pages)
+        })?;
+        let seq = cache.next_seq();
+        let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
+        let info = RegistrationInfo {
+            addr: addr as u64,
+            length: bytes as u64,
+            access: this.access,
+            npages,
+            keys,
+            pool: true,
+        };
+        let (nodes, registration) = this.memcg.with_active(|| -> Result<_> {
+            Ok((Nodes::new()?, Registration::new(cache.clone(), info)?))
+        })?;
+        let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
+        let seq = registration.notifier().read_begin();
+        let mut inserted = 0;
+        let inserting = (|| {
+            let guard = mm.mmap_read_lock();
+            // The pool's own mapping, never whatever lies at its address now.
+            let vma = guard
+                .vma_lookup(base)
+                .filter(|vma| this.owner.owns(vma))
+                .ok_or(ENXIO)?;
+            let mixed = vma.as_mixedmap_vma().ok_or(ENXIO)?;
+            for page in pages.iter_mut() {
+                mixed.vm_insert_page(addr + inserted * PAGE_SIZE, page)?;
+                inserted += 1;
+            }
+            Ok(())
+        })();
+        if let Err(e) = inserting {
+            if inserted > 0 {
+                this.zap(addr, inserted * PAGE_SIZE);
+            }
+            // The pages are freed, unmapped, before their charges go.
+            drop(pages);
+            drop(charges);
+            return Err(e);
+        }
+        let parts = Parts {
+            pages: PinnedPages::from_pages(pages)?,
+            // Nothing: the pool holds the pages' charges.
+            charges: this.charges.new_like(),
+            subscription,
+            nodes,
+        };
+        let published = cache.publish_chunk(&registration, seq, parts);
+        let chunk = Chunk {
+            registration,
+            charges,
+        };
+        GLOBAL_POOL_PAGES.add(npages as u64, Relaxed);
+        if published.is_err() {
+            // The range was invalidated meanwhile (and the pool died, which is the only way):
+            // the chunk leaves the mapping again.
+            drop(published);
+            this.zap(addr, bytes);
+            return Err(EAGAIN);
+        }
+        let mut st = this.state.lock();
+        let dead = st.dead;
+        let Some(slot) = st
+            .parts
+            .get_mut(c)
+            .and_then(|part| part.chunks.get_mut(div(boundary, class.chunk_buffers)))
+        else {
+            // Never the case (`c` and the boundary were checked): the chunk ends here, its
+            // pages leave the mapping, and only then do its charges go.
+            drop(st);
+            this.end_chunk(chunk);
+            return Err(EINVAL);
+        };
+        // Kept even when the pool died meanwhile: its teardown, which follows, ends it and
+        // takes its pages out of the mapping.
+        *slot = Some(chunk);
+        let Some(part) = st.parts.get_mut(c) else {
+            return Err(EINVAL);
+        };
+        if dead {
+            return Err(ENXIO);
+        }
+        // The new buffers are free unless some were quarantined there before.
+        let end = boundary + class.chunk_buffers;
+        let taken = count_bits(&part.bitmap, boundary, end);
+        if part.limit == part.boundary {
+            part.limit = end;
+            part.free = part
+                .free
+                .saturating_add(class.chunk_buffers.saturating_sub(taken));
+        }
+        part.boundary = end;
+        part.stats.grows += 1;
+        Ok(())
+    }
+
+    /// Ends a chunk: its key dies, the registration lets go of its pages,
+    /// the pages leave the mapping (if it is still there) and are freed,
+    /// and only then do their charges go. Process context, no lock held.
+    pub(super) fn end_chunk(&self, chunk: Chunk) {
+        let registration = &chunk.registration;
+        let ended = self.pools.cache().end_chunk(registration.info.keys.seq);
+        drop(ended);
+        // Idempotent: whoever ended it first may not have torn it down yet.
+        registration.teardown();
+        self.zap(
+            registration.info.addr as usize,
+            registration.info.length as usize,
+        );
+        drop(chunk);
+    }
+
+    /// Unmaps `len` bytes at `addr` of the pool's mapping from the process,
+    /// if the mapping is still there: the pool's own VMA, recognised by its
+    /// owner, never another one at the same address. Process context.
+    pub(super) fn zap(&self, addr: usize, len: usize) {
+        let Some(base) = self.state.lock().mapped_at else {
+            return;
+        };
+        if !self.owner.is_mapped() {
+            return;
+        }
+        let Some(mm) = self.pools.cache().mm().mmget_not_zero() else {
+            // The address space is exiting, and its teardown unmaps the pages.
+            self.wait_unmapped();
+            return;
+        };
+        let guard = mm.mmap_read_lock();
+        let Some(vma) = guard.vma_lookup(base).filter(|vma| self.owner.owns(vma)) else {
+            // A `munmap` (or `MAP_FIXED`) is taking the mapping away and unmaps the pages.
+            drop(guard);
+            self.wait_unmapped();
+            return;
+        };
+        let end = addr.saturating_add(len);
+        self.state.lock().zapping = Some((addr, end));
+        // Refused (and nothing zapped) unless the range lies in the pool's own VMA.
+        let _ = self.owner.zap(vma, addr, len);
+        self.state.lock().zapping = None;
+    }
+
+    /// Waits until the pool's mapping, which something else is tearing down
+    /// (an `munmap`, the address space's exit), is gone: its pages are
+    /// unmapped by then, and only then may their charges go. Bounded: it
+    /// gives up after [`UNMAP_WAIT_MS`]. Process context, no lock held.
+    pub(super) fn wait_unmapped(&self) {
+        let mut waited = 0;
+        while self.owner.is_mapped() && waited < UNMAP_WAIT_MS {
+            fsleep(Delta::from_millis(i64::from(UNMAP_WAIT_STEP_MS)));
+            waited += UNMAP_WAIT_STEP_MS;
+        }
+    }
+
+    /// Moves class `c`'s boundary down by one chunk when due: starts it (the
+    /// limit goes down) and finishes it once its buffers are free or their
+    /// leak timeout passed. Returns in how many milliseconds to look again.
+    pub(super) fn shrink_step(this: &Arc<Self>, c: usize) -> Option<u32> {
+        let class = this.classes.get(c)?;
+        let chunk = class.chunk_buffers;
+        let (start, finish, retry) = {
+            let mut st = this.state.lock();
+            let pressure = st.pressure;
+            let part = st.parts.get_mut(c)?;
+            if part.boundary == 0 {
+                return None;
+            }
+            let first = part.boundary.saturating_sub(chunk);
+            let mut start = false;
+            let mut retry = None;
+            if part.limit == part.boundary {
+                // Not shrinking yet: is it due?
+                let above = class.high != 0 && part.free > class.high;
+                if !above {
+                    part.above_high_since = None;
+                } else if part.above_high_since.is_none() {
+                    part.above_high_since = Some(jiffies::now());
+                }
+                let free_in_last =
+                    chunk.saturating_sub(count_bits(&part.bitmap, first, part.boundary));
+                // Never below the initial size.
+                let due_by_use = above
+                    && part.boundary > class.initial
+                    && part
+                        .above_high_since
+                        .is_some_and(|s| jiffies::elapsed_ms(s) >= u64::from(this.shrink_ms));
+                // Under pressure, a fully free chunk beyond the low watermark goes.
+                let due_by_pressure = pressure
+                    && free_in_last == chunk
+                    && part.free >= class.low.saturating_add(chunk)
+                    && part.boundary > class.initial;
+                if due_by_use || due_by_pressure {
+                    part.limit = first;
+                    part.free = part.free.saturating_sub(free_in_last);
+                    part.shrink_since = Some(jiffies::now());
+                    start = true;
+                } else if above {
+                    let waited = part.above_high_since.map_or(0, jiffies::elapsed_ms);
+                    retry = Some(u64::from(this.shrink_ms).saturating_sub(waited) as u32);
+                }
+            }
+            let mut finish = false;
+            if part.limit < part.boundary {
+                let busy = count_bits(&part.bitmap, first, part.boundary)
+                    .saturating_sub(count_bits(&part.quarantine, first, part.boundary));
+                let waited = part.shrink_since.map_or(0, jiffies::elapsed_ms);
+                if busy == 0 || waited >= u64::from(this.leak_timeout_ms) {
+                    finish = true;
+                } else {
+                    retry = Some(u64::from(this.leak_timeout_ms).saturating_sub(waited) as u32);
+                }
+            }
+            (start, finish, retry)
+        };
+        if start {
+            this.update_reclaimable();
+        }
+        if finish {
+            Self::finish_shrink(this, c);
+            // Perhaps another chunk is due.
+            return Some(1);
+        }
+        retry
+    }
+
+    /// Gives class `c`'s last chunk back: its allocated buffers are
+    /// quarantined as leaks, its registration ends, its pages leave the
+    /// mapping and are freed, and the boundary moves down.
+    pub(super) fn finish_shrink(this: &Arc<Self>, c: usize) {
+        let Some(class) = this.classes.get(c) else {
+            return;
+        };
+        let chunk = class.chunk_buffers;
+        let ending = {
+            let mut st = this.state.lock();
+            let Some(part) = st.parts.get_mut(c) else {
+                return;
+            };
+            let Some(first) = part.boundary.checked_sub(chunk) else {
+                return;
+            };
+            let mut leaks = 0;
+            for i in first..part.boundary {
+                if test_bit(&part.bitmap, i) && !test_bit(&part.quarantine, i) {
+                    set_bit(&mut part.quarantine, i, true);
+                    leaks += 1;
+                }
+            }
+            part.allocated = part.allocated.saturating_sub(leaks);
+            part.quarantined = part.quarantined.saturating_add(leaks);
+            part.stats.leaks_reclaimed += leaks as u64;
+            part.chunks
+                .get_mut(div(first, chunk))
+                .and_then(Option::take)
+                .map(|k| (k, first))
+        };
+        let Some((ending, first)) = ending else {
+            return;
+        };
+        // The key dies before the pages leave the mapping, and they are freed after; the
+        // boundary is seen to move once both are done.
+        this.end_chunk(ending);
+        let mut st = this.state.lock();
+        if let Some(part) = st.parts.get_mut(c) {
+            part.boundary = first;
+            part.limit = first;
+            part.shrink_since = None;
+            part.stats.shrinks += 1;
+            part.above_high_since = None;
+            // Its charges came back: growth may succeed again.
+            part.grow_failed = false;
+        }
+        drop(st);
+        this.update_reclaimable();
+    }
+
+    /// Tears the pool down: every chunk's registration ends, the pages leave
+    /// the mapping (if it is still there) and are freed, the notifier is
+    /// removed. Idempotent. Process context, no lock held.
+    pub(crate) fn teardown(this: &Arc<Self>) {
+        Self::kill(this);
+        for c in 0..this.classes.len() {
+            loop {
+                let next = {
+                    let mut st = this.state.lock();
+                    let Some(part) = st.parts.get_mut(c) else {
+                        break;
+                    };
+                    part.chunks.iter_mut().find_map(Option::take)
+                };
+                let Some(chunk) = next else { break };
+                this.end_chunk(chunk);
+                cond_resched();
+            }
+        }
+        let subscription = this.subscription.lock().take();
+        drop(subscription);
+        let mut st = this.state.lock();
+        for part in st.parts.iter_mut() {
+            part.boundary = 0;
+            part.limit = 0;
+            part.free = 0;
+        }
+        drop(st);
+        this.set_reclaimable(0);
+    }
+}
