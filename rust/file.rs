@@ -6,12 +6,12 @@
 //! besides them.
 
 use crate::{
-    cache::{inner::CacheConfig, Cache},
+    cache::Cache,
     datapath::{transfer, DataPath},
     error::OpResult,
     events::Waiters,
     pool::Pools,
-    stats::{self, Stats, GLOBAL_CONTEXTS},
+    stats::GLOBAL_CONTEXTS,
     uapi::{self, Reply},
 };
 use kernel::{
@@ -63,19 +63,24 @@ impl Context {
         }
     }
 
-    /// GET_VERSION: the ABI version this module implements.
-    pub(crate) fn abi_version(&self) -> OpResult<u32> {
-        Ok(uapi::ABI_VERSION)
+    /// The registration cache.
+    pub(crate) fn cache(&self) -> &Arc<Cache> {
+        &self.cache
     }
 
-    /// GLOBAL_STATS: the module's counters.
-    pub(crate) fn global_stats(&self) -> OpResult<uapi::GlobalStats> {
-        Ok(stats::global())
+    /// The rings, the worker and the peers.
+    pub(crate) fn data(&self) -> &Arc<DataPath> {
+        &self.data
+    }
+
+    /// The buffer pools.
+    pub(crate) fn pools(&self) -> &Arc<Pools> {
+        &self.pools
     }
 
     /// REGISTER; the registration is undone when its keys cannot reach the
     /// caller.
-    pub(crate) fn register_ioctl(
+    pub(crate) fn register(
         &self,
         mut req: uapi::Register,
         mut reply: Reply<'_, uapi::Register>,
@@ -86,27 +91,6 @@ impl Context {
             return Err(e.into());
         }
         Ok(())
-    }
-
-    /// DEREGISTER.
-    pub(crate) fn deregister(&self, req: uapi::Deregister) -> OpResult {
-        uapi::check_reserved(&[req.reserved])?;
-        Cache::deregister_key(&self.cache, req.key)
-    }
-
-    /// QUERY.
-    pub(crate) fn query(&self, req: &mut uapi::Query) -> OpResult {
-        self.cache.query(req)
-    }
-
-    /// STATS: the file's counters.
-    pub(crate) fn stats_ioctl(&self) -> OpResult<uapi::Stats> {
-        Ok(self.cache.stats().to_abi())
-    }
-
-    /// The file's counters, for fdinfo.
-    pub(crate) fn stats(&self) -> Stats {
-        self.cache.stats()
     }
 
     /// COPY: moves data between a user buffer and a registered range, through
@@ -144,59 +128,6 @@ impl Context {
         )?)
     }
 
-    /// GET_CACHE.
-    pub(crate) fn get_cache(&self) -> OpResult<uapi::CacheConfig> {
-        Ok(self.cache.config().to_abi())
-    }
-
-    /// The cache configuration, for fdinfo.
-    pub(crate) fn cache_config(&self) -> CacheConfig {
-        self.cache.config()
-    }
-
-    /// SET_CACHE.
-    pub(crate) fn set_cache_config(&self, req: uapi::CacheConfig) -> OpResult {
-        Cache::set_cache_config(&self.cache, req)
-    }
-
-    /// FLUSH.
-    pub(crate) fn flush(&self, req: &mut uapi::Flush) -> OpResult {
-        self.cache.flush(req)
-    }
-
-    /// EVENTS_SETUP.
-    pub(crate) fn events_setup(
-        &self,
-        req: uapi::EventsSetup,
-        mut reply: Reply<'_, uapi::EventsSetup>,
-    ) -> OpResult {
-        self.cache.events_setup(req, |r| reply.send(r))
-    }
-
-    /// EVENTS_RESYNC.
-    pub(crate) fn events_resync(&self, req: &mut uapi::EventsResync) -> OpResult {
-        self.cache.events_resync(req)
-    }
-
-    /// QUEUE_CREATE.
-    pub(crate) fn queue_create(
-        &self,
-        req: uapi::QueueCreate,
-        mut reply: Reply<'_, uapi::QueueCreate>,
-    ) -> OpResult {
-        self.data.queue_create(req, |r| reply.send(r))
-    }
-
-    /// DOORBELL.
-    pub(crate) fn doorbell(&self, req: uapi::Doorbell) -> OpResult {
-        DataPath::doorbell(&self.data, req)
-    }
-
-    /// QUEUE_STATS.
-    pub(crate) fn queue_stats_ioctl(&self) -> OpResult<uapi::QueueStats> {
-        Ok(self.data.stats())
-    }
-
     /// PEER_ATTACH: attaches the data path of the memreg file behind
     /// descriptor `req.fd`. `EBADF` for a descriptor that is not open,
     /// `EINVAL` for a file that is not memreg's.
@@ -215,56 +146,6 @@ impl Context {
                 .clone()
         };
         self.data.peer_attach(req, peer, |r| reply.send(r))
-    }
-
-    /// PEER_DETACH.
-    pub(crate) fn peer_detach(&self, req: uapi::PeerDetach) -> OpResult {
-        DataPath::peer_detach(&self.data, req)
-    }
-
-    /// PEER_REVOKE.
-    pub(crate) fn peer_revoke(&self) -> OpResult {
-        self.data.peer_revoke()
-    }
-
-    /// QUEUE_CONNECT.
-    pub(crate) fn queue_connect(&self, req: uapi::QueueConnect) -> OpResult {
-        DataPath::queue_connect(&self.data, req)
-    }
-
-    /// The number of attachments, for fdinfo.
-    pub(crate) fn peer_count(&self) -> usize {
-        self.data.peer_count()
-    }
-
-    /// POOL_CREATE.
-    pub(crate) fn pool_create(&self, req: &mut uapi::PoolCreate) -> OpResult {
-        Pools::create(&self.pools, req)
-    }
-
-    /// POOL_ALLOC.
-    pub(crate) fn pool_alloc(&self, req: &mut uapi::PoolAlloc) -> OpResult {
-        self.pools.alloc(req)
-    }
-
-    /// POOL_FREE.
-    pub(crate) fn pool_free(&self, req: uapi::PoolFree) -> OpResult {
-        self.pools.free(req)
-    }
-
-    /// POOL_STATS.
-    pub(crate) fn pool_stats(&self, req: &mut uapi::PoolInfo) -> OpResult {
-        self.pools.stats(req)
-    }
-
-    /// POOL_DESTROY.
-    pub(crate) fn pool_destroy(&self, req: uapi::PoolDestroy) -> OpResult {
-        self.pools.destroy(req)
-    }
-
-    /// The pools' counters, for fdinfo.
-    pub(crate) fn pool_lines(&self, f: impl FnMut(u32, usize, &uapi::PoolStats)) {
-        self.pools.lines(f)
     }
 
     /// `mmap`: maps the area the offset names (see [`uapi::MmapArea`]) into

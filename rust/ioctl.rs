@@ -3,11 +3,16 @@
 //! The ioctls of `/dev/memreg`, in one table.
 //!
 //! [`ioctls!`] turns the table into the ioctl numbers, the dispatcher (who may
-//! call, how the argument moves, which method of the file object serves it)
-//! and the list the KUnit test checks; nothing else names an ioctl. Each line
-//! gives the number, the name, how the argument moves with its structure and
-//! the first size that structure was published with, who may call, and the
-//! handler.
+//! call, how the argument moves, which subsystem serves it) and the list the
+//! KUnit test checks; nothing else names an ioctl. Each line gives the
+//! number, the name, how the argument moves with its structure and the first
+//! size that structure was published with, who may call, and the handler:
+//! one call of the subsystem that owns what the ioctl changes, with the
+//! argument already decoded at this edge.
+//!
+//! Adding an ioctl: its structure and number in the header, the structure's
+//! line in [`crate::uapi`]'s `uapi_wrapper!`, one line here, the handler in
+//! its subsystem, tests and its documentation.
 //!
 //! # Growing structures
 //!
@@ -36,8 +41,12 @@ use kernel::{
 };
 
 use crate::{
+    cache::Cache,
+    datapath::DataPath,
     error::OpResult,
     file::Context,
+    pool::Pools,
+    stats,
     uapi::{self, read_arg, write_arg, Reply},
 };
 
@@ -153,7 +162,7 @@ macro_rules! ioc_size {
 macro_rules! ioctls {
     ($(
         $nr:literal $name:ident: $kind:ident $(($t:ty, first $first:literal))?,
-            $caller:ident => $handler:path;
+            $caller:ident => $handler:expr;
     )*) => {
         /// The ioctl numbers, as the current header computes them.
         pub(crate) mod cmd {
@@ -205,34 +214,41 @@ macro_rules! ioctls {
 }
 
 ioctls! {
-    0x00 GET_VERSION: read(u32, first 4), Anyone => Context::abi_version;
-    0x01 REGISTER: read_write_reply(uapi::Register, first 56), Owner => Context::register_ioctl;
-    0x02 DEREGISTER: write(uapi::Deregister, first 16), Owner => Context::deregister;
-    0x03 QUERY: read_write(uapi::Query, first 64), Owner => Context::query;
-    0x04 STATS: read(uapi::Stats, first 144), Owner => Context::stats_ioctl;
+    0x00 GET_VERSION: read(u32, first 4), Anyone => |_| Ok(uapi::ABI_VERSION);
+    0x01 REGISTER: read_write_reply(uapi::Register, first 56), Owner => Context::register;
+    0x02 DEREGISTER: write(uapi::Deregister, first 16), Owner =>
+        |me, req| Cache::deregister(me.cache(), req);
+    0x03 QUERY: read_write(uapi::Query, first 64), Owner => |me, req| me.cache().query(req);
+    0x04 STATS: read(uapi::Stats, first 144), Owner => |me| Ok(me.cache().stats().to_abi());
     0x05 COPY: write(uapi::Copy, first 48), Owner => Context::copy;
-    0x06 GLOBAL_STATS: read(uapi::GlobalStats, first 64), Anyone => Context::global_stats;
-    0x07 GET_CACHE: read(uapi::CacheConfig, first 64), Owner => Context::get_cache;
-    0x08 SET_CACHE: write(uapi::CacheConfig, first 64), Owner => Context::set_cache_config;
-    0x09 FLUSH: read_write(uapi::Flush, first 32), Owner => Context::flush;
+    0x06 GLOBAL_STATS: read(uapi::GlobalStats, first 64), Anyone => |_| Ok(stats::global());
+    0x07 GET_CACHE: read(uapi::CacheConfig, first 64), Owner =>
+        |me| Ok(me.cache().config().to_abi());
+    0x08 SET_CACHE: write(uapi::CacheConfig, first 64), Owner =>
+        |me, req| Cache::set_cache_config(me.cache(), req);
+    0x09 FLUSH: read_write(uapi::Flush, first 32), Owner => |me, req| me.cache().flush(req);
     0x0a EVENTS_SETUP: read_write_reply(uapi::EventsSetup, first 32), Owner =>
-        Context::events_setup;
+        |me, req, mut reply| me.cache().events_setup(req, |r| reply.send(r));
     0x0b EVENTS_RESYNC: read_write(uapi::EventsResync, first 24), Owner =>
-        Context::events_resync;
+        |me, req| me.cache().events_resync(req);
     0x0c QUEUE_CREATE: read_write_reply(uapi::QueueCreate, first 48), Owner =>
-        Context::queue_create;
-    0x0d DOORBELL: write(uapi::Doorbell, first 8), Owner => Context::doorbell;
-    0x0e QUEUE_STATS: read(uapi::QueueStats, first 128), Owner => Context::queue_stats_ioctl;
-    0x0f PEER_ATTACH: read_write_reply(uapi::PeerAttach, first 24), Owner =>
-        Context::peer_attach;
-    0x10 PEER_DETACH: write(uapi::PeerDetach, first 8), Owner => Context::peer_detach;
-    0x11 PEER_REVOKE: none, Owner => Context::peer_revoke;
-    0x12 QUEUE_CONNECT: write(uapi::QueueConnect, first 32), Owner => Context::queue_connect;
-    0x13 POOL_CREATE: read_write(uapi::PoolCreate, first 56), Owner => Context::pool_create;
-    0x14 POOL_ALLOC: read_write(uapi::PoolAlloc, first 48), Owner => Context::pool_alloc;
-    0x15 POOL_FREE: write(uapi::PoolFree, first 32), Owner => Context::pool_free;
-    0x16 POOL_STATS: read_write(uapi::PoolInfo, first 32), Owner => Context::pool_stats;
-    0x17 POOL_DESTROY: write(uapi::PoolDestroy, first 8), Owner => Context::pool_destroy;
+        |me, req, mut reply| me.data().queue_create(req, |r| reply.send(r));
+    0x0d DOORBELL: write(uapi::Doorbell, first 8), Owner =>
+        |me, req| DataPath::doorbell(me.data(), req);
+    0x0e QUEUE_STATS: read(uapi::QueueStats, first 128), Owner => |me| Ok(me.data().stats());
+    0x0f PEER_ATTACH: read_write_reply(uapi::PeerAttach, first 24), Owner => Context::peer_attach;
+    0x10 PEER_DETACH: write(uapi::PeerDetach, first 8), Owner =>
+        |me, req| DataPath::peer_detach(me.data(), req);
+    0x11 PEER_REVOKE: none, Owner => |me| me.data().peer_revoke();
+    0x12 QUEUE_CONNECT: write(uapi::QueueConnect, first 32), Owner =>
+        |me, req| DataPath::queue_connect(me.data(), req);
+    0x13 POOL_CREATE: read_write(uapi::PoolCreate, first 56), Owner =>
+        |me, req| Pools::create(me.pools(), req);
+    0x14 POOL_ALLOC: read_write(uapi::PoolAlloc, first 48), Owner => |me, req| me.pools().alloc(req);
+    0x15 POOL_FREE: write(uapi::PoolFree, first 32), Owner => |me, req| me.pools().free(req);
+    0x16 POOL_STATS: read_write(uapi::PoolInfo, first 32), Owner => |me, req| me.pools().stats(req);
+    0x17 POOL_DESTROY: write(uapi::PoolDestroy, first 8), Owner =>
+        |me, req| me.pools().destroy(req);
 }
 
 #[cfg(CONFIG_MEMREG_KUNIT_TEST)]

@@ -215,14 +215,14 @@ impl MiscDevice for Context {
     }
 
     fn show_fdinfo(me: &Context, m: &SeqFile, _file: &File) {
-        let stats = me.stats();
-        let config = me.cache_config();
+        let stats = me.cache().stats();
+        let config = me.cache().config();
         seq_print!(m, "memreg-park:\t{}\n", u32::from(config.parking));
         seq_print!(m, "memreg-park_max:\t{}\n", config.max_parked);
         seq_print!(m, "memreg-park_max_pages:\t{}\n", config.max_parked_pages);
         seq_print!(m, "memreg-park_idle_ms:\t{}\n", config.idle_ms);
-        seq_print!(m, "memreg-peers:\t{}\n", me.peer_count());
-        me.pool_lines(|p, c, s| {
+        seq_print!(m, "memreg-peers:\t{}\n", me.data().peer_count());
+        me.pools().lines(|p, c, s| {
             seq_print!(
                 m,
                 "memreg-pool{}-class{}:\tboundary {} allocated {} free {} grows {} shrinks {} \

@@ -15,8 +15,12 @@ use kernel::{
     prelude::*,
     transmute::{AsBytes, FromBytes},
     uaccess::{UserSliceReader, UserSliceWriter},
-    uapi as abi, uapi_wrapper,
+    uapi_wrapper,
 };
+
+/// The structures and constants bindgen generates from the header, for the
+/// few items that need no wrapper (an operation's `MEMREG_OP_*`).
+pub(crate) use kernel::uapi as abi;
 
 /// The ABI version answered by `MEMREG_IOC_GET_VERSION`.
 pub(crate) const ABI_VERSION: u32 = abi::MEMREG_ABI_VERSION;
@@ -69,18 +73,15 @@ pub(crate) const MMAP_QUEUE_SHIFT: u32 = abi::MEMREG_MMAP_QUEUE_SHIFT;
 pub(crate) const SQ_SLOTS_OFFSET: usize = abi::MEMREG_SQ_SLOTS_OFFSET as usize;
 pub(crate) const CQ_ENTRIES_OFFSET: usize = abi::MEMREG_CQ_ENTRIES_OFFSET as usize;
 pub(crate) const MASTER_ENTRIES_OFFSET: usize = abi::MEMREG_MASTER_ENTRIES_OFFSET as usize;
-pub(crate) const OP_NOP: u8 = abi::MEMREG_OP_NOP as u8;
-pub(crate) const OP_COPY: u8 = abi::MEMREG_OP_COPY as u8;
-pub(crate) const OP_FENCE: u8 = abi::MEMREG_OP_FENCE as u8;
-pub(crate) const OP_DEREGISTER: u8 = abi::MEMREG_OP_DEREGISTER as u8;
-pub(crate) const OP_WRITE: u8 = abi::MEMREG_OP_WRITE as u8;
-pub(crate) const OP_READ: u8 = abi::MEMREG_OP_READ as u8;
-pub(crate) const OP_SEND: u8 = abi::MEMREG_OP_SEND as u8;
-pub(crate) const OP_RECV: u8 = abi::MEMREG_OP_RECV as u8;
-pub(crate) const OP_POOL_ALLOC: u8 = abi::MEMREG_OP_POOL_ALLOC as u8;
-pub(crate) const OP_POOL_FREE: u8 = abi::MEMREG_OP_POOL_FREE as u8;
 /// One past the last opcode.
 pub(crate) const OP_LAST: usize = abi::MEMREG_OP_LAST as usize;
+
+/// The opcode `MEMREG_OP_*` value `op` as a descriptor holds it; fails to
+/// compile for a value that does not fit.
+pub(crate) const fn opcode(op: u32) -> u8 {
+    assert!(op <= u8::MAX as u32);
+    op as u8
+}
 pub(crate) const CQE_POOL: u32 = abi::MEMREG_CQE_POOL;
 pub(crate) const SQE_IMM: u8 = abi::MEMREG_SQE_IMM as u8;
 pub(crate) const CQE_IMM: u32 = abi::MEMREG_CQE_IMM;
@@ -530,10 +531,10 @@ mod tests {
     #[test]
     fn a_descriptor_is_read_from_its_words() {
         let mut first = [0u8; 8];
-        first[0] = OP_COPY;
+        first[0] = opcode(abi::MEMREG_OP_COPY);
         let words = [u64::from_ne_bytes(first), 7, 1, 2, 3, 4, 5];
         let sqe = sqe_from_words(&words);
-        assert_eq!(sqe.opcode, OP_COPY);
+        assert_eq!(sqe.opcode, opcode(abi::MEMREG_OP_COPY));
         assert_eq!(sqe.flags, 0);
         assert_eq!(sqe.user_data, 7);
         assert_eq!(sqe.key, 1);

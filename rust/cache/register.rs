@@ -344,6 +344,12 @@ impl Cache {
         }
     }
 
+    /// DEREGISTER: see [`Cache::deregister_key`].
+    pub(crate) fn deregister(this: &Arc<Self>, req: uapi::Deregister) -> OpResult {
+        uapi::check_reserved(&[req.reserved])?;
+        Self::deregister_key(this, req.key)
+    }
+
     /// Drops one reference on the registration of `key` (DEREGISTER, from
     /// the ioctl or a ring); the last one parks it or, when it may not be
     /// parked, ends it. `ENOENT` for an unknown key, `EINVAL` for a parked
@@ -407,5 +413,77 @@ impl Cache {
             }
         }
         t.len() < max && t.may_overlap_span(first, last)
+    }
+}
+
+#[cfg(CONFIG_MEMREG_KUNIT_TEST)]
+#[kunit_tests(memreg_cache)]
+mod tests {
+    use super::*;
+    use crate::{cache::inner::CacheConfig, events::Waiters};
+    use kernel::kunit_mm::UserMapping;
+
+    /// A REGISTER of `length` bytes at `addr` with local read and write.
+    fn request(addr: usize, length: usize) -> uapi::Register {
+        let mut req: uapi::Register = uapi::zeroed();
+        req.addr = addr as u64;
+        req.length = length as u64;
+        req.access = uapi::ACCESS_LOCAL_READ | uapi::ACCESS_LOCAL_WRITE;
+        req
+    }
+
+    /// A miss pins, a covered range is a hit on the same registration, the
+    /// last DEREGISTER parks it and a REGISTER revives it with a new key; an
+    /// munmap ends it, and the release leaves nothing pinned.
+    #[test]
+    fn the_cache_serves_parks_revives_and_ends() -> Result {
+        let map = UserMapping::anonymous(4 * PAGE_SIZE)?;
+        let current = kernel::current!();
+        let mm = current.mm().ok_or(EINVAL)?;
+        let config = CacheConfig {
+            parking: true,
+            max_parked: 16,
+            max_parked_pages: 1024,
+            idle_ms: 0,
+        };
+        let cache = Cache::new(mm, config, Waiters::new()?)?;
+        let pinned_before = map.pinned_vm();
+
+        let mut miss = request(map.addr(), 4 * PAGE_SIZE);
+        assert!(Cache::register(&cache, &mut miss).is_ok());
+        assert_eq!(miss.flags, 0);
+        assert_eq!(map.pinned_vm(), pinned_before + 4);
+        let mut hit = request(map.addr() + PAGE_SIZE, PAGE_SIZE);
+        assert!(Cache::register(&cache, &mut hit).is_ok());
+        assert_eq!(hit.flags, uapi::REGISTER_CACHED);
+        assert_eq!(hit.lkey, miss.lkey);
+        let stats = cache.stats();
+        assert_eq!((stats.cache_misses, stats.cache_hits), (1, 1));
+
+        // Two references: the second DEREGISTER parks it, still pinned.
+        assert!(Cache::deregister_key(&cache, miss.lkey).is_ok());
+        assert!(Cache::deregister_key(&cache, miss.lkey).is_ok());
+        assert_eq!(cache.stats().parked, 1);
+        assert!(cache.get_target(miss.lkey).is_none());
+        assert_eq!(map.pinned_vm(), pinned_before + 4);
+        let mut revived = request(map.addr(), 4 * PAGE_SIZE);
+        assert!(Cache::register(&cache, &mut revived).is_ok());
+        assert_eq!(
+            revived.flags,
+            uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED
+        );
+        assert_ne!(revived.lkey, miss.lkey);
+        assert!(cache.get_target(revived.lkey).is_some());
+
+        // The munmap ends it: its key finds nothing, and the cause is counted.
+        map.unmap(0, PAGE_SIZE)?;
+        assert!(cache.get_target(revived.lkey).is_none());
+        assert_eq!(
+            cache.stats().invalidations.get(uapi::INVAL_UNMAP).copied(),
+            Some(1)
+        );
+        Cache::release(&cache);
+        assert_eq!(map.pinned_vm(), pinned_before);
+        Ok(())
     }
 }

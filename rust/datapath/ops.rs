@@ -13,8 +13,9 @@
 //! `-EINVAL`, never run as another operation.
 //!
 //! Adding an operation: its `MEMREG_OP_*` in the header (and `MEMREG_OP_LAST`
-//! moved past it), one file here implementing [`RingOp`], one line in
-//! [`OPS`], tests, and its line in the documentation's list of opcodes.
+//! moved past it), one file here implementing [`RingOp`] (its opcode taken
+//! from the header through [`uapi::abi`]), one line in [`OPS`], tests, and its
+//! line in the documentation's list of opcodes.
 
 mod copy;
 mod deregister;
@@ -230,9 +231,9 @@ mod tests {
             assert!(fields.others_are_zero(&zero));
         }
         // NOP reads nothing: any field set is refused.
-        assert!(!nop::Nop::FIELDS.others_are_zero(&full(uapi::OP_NOP, 1)));
+        assert!(!nop::Nop::FIELDS.others_are_zero(&full(nop::Nop::OPCODE, 1)));
         // WRITE and READ read all six.
-        assert!(write::REMOTE_FIELDS.others_are_zero(&full(uapi::OP_WRITE, 1)));
+        assert!(write::REMOTE_FIELDS.others_are_zero(&full(write::Write::OPCODE, 1)));
         // POOL_ALLOC reads the length and the pool (`peer`) only.
         let mut sqe: uapi::Sqe = uapi::zeroed();
         sqe.length = 64;
@@ -241,7 +242,7 @@ mod tests {
         sqe.offset = 4096;
         assert!(!pool_alloc::PoolAlloc::FIELDS.others_are_zero(&sqe));
         // POOL_FREE reads the address (`offset`) and the pool, not the length.
-        assert!(!pool_free::PoolFree::FIELDS.others_are_zero(&full(uapi::OP_POOL_FREE, 1)));
+        assert!(!pool_free::PoolFree::FIELDS.others_are_zero(&full(pool_free::PoolFree::OPCODE, 1)));
     }
 
     #[test]
@@ -250,13 +251,13 @@ mod tests {
         for (i, op) in OPS.iter().enumerate() {
             assert_eq!(usize::from(op.opcode), i);
         }
-        assert_eq!(uapi::OP_POOL_FREE as usize + 1, uapi::OP_LAST);
+        assert_eq!(usize::from(pool_free::PoolFree::OPCODE) + 1, uapi::OP_LAST);
     }
 
     #[test]
     fn send_carries_immediate_data_only_when_asked() {
         let mut sqe: uapi::Sqe = uapi::zeroed();
-        sqe.opcode = uapi::OP_SEND;
+        sqe.opcode = send::Send::OPCODE;
         sqe.key = 7;
         // The key is immediate data: without MEMREG_SQE_IMM it must be zero.
         assert!(send::Send::prep(&sqe).is_err());

@@ -24,7 +24,7 @@ pub(crate) struct CopyReq {
 }
 
 impl RingOp for Copy {
-    const OPCODE: u8 = uapi::OP_COPY;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_COPY);
     const FIELDS: Fields = Fields::KEY
         .and(Fields::OFFSET)
         .and(Fields::SRC_KEY)

@@ -9,7 +9,7 @@ use crate::{cache::Cache, error::OpResult, uapi};
 pub(crate) struct Deregister;
 
 impl RingOp for Deregister {
-    const OPCODE: u8 = uapi::OP_DEREGISTER;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_DEREGISTER);
     const FIELDS: Fields = Fields::KEY;
     /// The local key.
     type Req = u64;

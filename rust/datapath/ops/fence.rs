@@ -12,7 +12,7 @@ use crate::{error::OpResult, uapi};
 pub(crate) struct Fence;
 
 impl RingOp for Fence {
-    const OPCODE: u8 = uapi::OP_FENCE;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_FENCE);
     const FIELDS: Fields = Fields::NONE;
     type Req = ();
 

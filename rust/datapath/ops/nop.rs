@@ -9,7 +9,7 @@ use crate::{error::OpResult, uapi};
 pub(crate) struct Nop;
 
 impl RingOp for Nop {
-    const OPCODE: u8 = uapi::OP_NOP;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_NOP);
     const FIELDS: Fields = Fields::NONE;
     type Req = ();
 

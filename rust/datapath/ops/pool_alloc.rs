@@ -23,7 +23,7 @@ pub(crate) struct PoolAllocReq {
 }
 
 impl RingOp for PoolAlloc {
-    const OPCODE: u8 = uapi::OP_POOL_ALLOC;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_POOL_ALLOC);
     const FIELDS: Fields = Fields::LENGTH.and(Fields::PEER);
     type Req = PoolAllocReq;
 

@@ -15,7 +15,7 @@ pub(crate) struct PoolFreeReq {
 }
 
 impl RingOp for PoolFree {
-    const OPCODE: u8 = uapi::OP_POOL_FREE;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_POOL_FREE);
     const FIELDS: Fields = Fields::OFFSET.and(Fields::PEER);
     type Req = PoolFreeReq;
 

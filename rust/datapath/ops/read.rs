@@ -13,7 +13,7 @@ use crate::{error::OpResult, uapi};
 pub(crate) struct Read;
 
 impl RingOp for Read {
-    const OPCODE: u8 = uapi::OP_READ;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_READ);
     const FIELDS: Fields = REMOTE_FIELDS;
     type Req = RemoteReq;
 

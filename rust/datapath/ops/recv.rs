@@ -23,7 +23,7 @@ pub(crate) struct RecvReq {
 }
 
 impl RingOp for Recv {
-    const OPCODE: u8 = uapi::OP_RECV;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_RECV);
     const FIELDS: Fields = Fields::KEY.and(Fields::OFFSET).and(Fields::LENGTH);
     type Req = RecvReq;
 

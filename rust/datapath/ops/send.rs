@@ -36,7 +36,7 @@ pub(crate) struct SendReq {
 }
 
 impl RingOp for Send {
-    const OPCODE: u8 = uapi::OP_SEND;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_SEND);
     const FIELDS: Fields = Fields::KEY
         .and(Fields::SRC_KEY)
         .and(Fields::SRC_OFFSET)

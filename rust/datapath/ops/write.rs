@@ -36,7 +36,7 @@ pub(super) const REMOTE_FIELDS: Fields = Fields::KEY
     .and(Fields::PEER);
 
 impl RingOp for Write {
-    const OPCODE: u8 = uapi::OP_WRITE;
+    const OPCODE: u8 = uapi::opcode(uapi::abi::MEMREG_OP_WRITE);
     const FIELDS: Fields = REMOTE_FIELDS;
     type Req = RemoteReq;
 
