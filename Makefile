@@ -6,7 +6,7 @@
 # built Rust-enabled kernel tree instead of the project's own.
 
 SCRIPTS := $(CURDIR)/scripts
-export KDIR
+export KDIR KERNEL_SERIES
 
 # Program to run in the guest for `make run` and extra files to copy in.
 CMD ?= memreg-demo

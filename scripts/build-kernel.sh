@@ -13,11 +13,11 @@ fi
 
 "$MEMREG_TOP/scripts/fetch-kernel.sh"
 
-fragment=$MEMREG_BUILD/kernel-$MEMREG_VARIANT.config
+fragment=$MEMREG_BUILD/kernel-$MEMREG_VARIANT$SERIES_TAG.config
 mkdir -p "$MEMREG_BUILD"
 # shellcheck disable=SC2086
 cat $KERNEL_FRAGMENTS >"$fragment"
-inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/)"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh" "$MEMREG_TOP/scripts/build-kernel.sh" "$MEMREG_TOP/include/uapi/linux/memreg.h"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
+inputs=$( (echo "$KERNEL_SERIES $(ls "$MEMREG_BUILD"/apt/deb/ | grep "^${KERNEL_DEB_PKG}_")"; cat "$fragment" "$MEMREG_TOP/scripts/overlay.sh" "$MEMREG_TOP/scripts/build-kernel.sh" "$MEMREG_TOP/include/uapi/linux/memreg.h"; find "$MEMREG_TOP/rust/kernel" -type f | sort | xargs cat) | sha256sum | cut -d' ' -f1)
 # Whether every line of the fragment is in the kernel's configuration.
 config_has_fragment() {
 	while IFS= read -r line; do
@@ -56,7 +56,7 @@ log "building the $MEMREG_VARIANT kernel (a few minutes when cold)"
 # The kernel's own Rust, the overlay included, goes through Clippy, so the
 # overlay is held to the same lints as the module (undocumented_unsafe_blocks
 # among them).
-klog=$MEMREG_BUILD/kernel-$MEMREG_VARIANT-build.log
+klog=$MEMREG_BUILD/kernel-$MEMREG_VARIANT$SERIES_TAG-build.log
 kmake -j"$(nproc)" CLIPPY=1 bzImage modules >"$klog" 2>&1 || {
 	tail -n 40 "$klog" >&2
 	die "kernel build failed; full log in $klog"

@@ -6,8 +6,15 @@ MEMREG_TOP=${MEMREG_TOP:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}
 # Git-ignored directory holding every downloaded or built artefact.
 MEMREG_BUILD=${MEMREG_BUILD:-$MEMREG_TOP/build}
 
-# The kernel we build against: Debian's linux-source package of this version.
-KERNEL_SERIES=7.3
+# The kernel we build against: Debian's linux-source package of this version
+# (`make check KERNEL_SERIES=7.2` builds and tests against the previous
+# series, in build directories of its own).
+KERNEL_SERIES=${KERNEL_SERIES:-7.3}
+if [ "$KERNEL_SERIES" = 7.3 ]; then
+	SERIES_TAG=
+else
+	SERIES_TAG=-$KERNEL_SERIES
+fi
 KERNEL_DEB_SUITE=trixie-backports
 KERNEL_DEB_PKG=linux-source-$KERNEL_SERIES
 
@@ -26,11 +33,11 @@ KSRC_DIR=$MEMREG_BUILD/linux-$KERNEL_SERIES
 MEMREG_VARIANT=${MEMREG_VARIANT:-check}
 case $MEMREG_VARIANT in
 check)
-	KOBJ_DIR=$MEMREG_BUILD/kernel
+	KOBJ_DIR=$MEMREG_BUILD/kernel$SERIES_TAG
 	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config $MEMREG_TOP/scripts/kernel-debug.config"
 	;;
 bench)
-	KOBJ_DIR=$MEMREG_BUILD/kernel-bench
+	KOBJ_DIR=$MEMREG_BUILD/kernel-bench$SERIES_TAG
 	KERNEL_FRAGMENTS="$MEMREG_TOP/scripts/kernel.config $MEMREG_TOP/scripts/kernel-bench.config"
 	;;
 *)
@@ -40,7 +47,7 @@ bench)
 esac
 # The kernel modules are built against, and where the module's objects go.
 MODULE_KDIR=${KDIR:-$KOBJ_DIR}
-MODULE_DIR=$MEMREG_BUILD/module-$MEMREG_VARIANT
+MODULE_DIR=$MEMREG_BUILD/module-$MEMREG_VARIANT$SERIES_TAG
 MODULE_KO=$MODULE_DIR/rust/memreg.ko
 
 # Arguments every kernel make invocation needs.
