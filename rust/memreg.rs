@@ -34,10 +34,12 @@
 //! 1. The mutexes, never held together: `DataPath::create` (creating queues,
 //!    connecting, detaching, revoking), `DataPath::worker` (a whole run of
 //!    the worker, across revalidation's `mmap_lock` and a DEREGISTER's
-//!    teardown), `Pools::create`, `Pool::grow_lock` (a pool's growth or
-//!    shrink, across `mmap_lock`) and `Pool::subscription`.
+//!    teardown), `Pools::create` and `Pool::grow_lock` (a pool's growth or
+//!    shrink, across `mmap_lock`).
 //! 2. The address space's `mmap_lock` (pinning, revalidation's page-table
-//!    walk, a pool's inserts and zaps), never taken under a spinlock.
+//!    walk, a pool's inserts and zaps), never taken under a spinlock; then
+//!    `Pool::subscription`, a mutex the pool's `mmap` takes under it and
+//!    that holds nothing else.
 //! 3. `Cache::inner`, which the MMU notifier callback takes: nothing
 //!    allocates with `GFP_KERNEL`, sleeps, faults on user memory or takes
 //!    `mmap_lock` under it. Writing an event wakes `poll` waiters and signals

@@ -134,18 +134,20 @@ pub(crate) struct Pool {
     memcg: MemCgroup,
     /// Owns the mapping: the pool acts on no other VMA.
     owner: Arc<MappingOwner>,
+    /// The bitmaps and counters; level 6 of the crate's lock order (a leaf).
     #[pin]
     state: SpinLock<PoolState>,
     /// Woken by growth, FREE and the pool's death.
     #[pin]
     changed: CondVar,
-    /// One growth or shrink at a time.
+    /// One growth or shrink at a time; level 1 (taken before `mmap_lock`).
     #[pin]
     grow_lock: Mutex<()>,
     /// Watches the whole mapping.
     #[pin]
     notifier: IntervalNotifier<Pool>,
-    /// The notifier's subscription, once mapped.
+    /// The notifier's subscription, once mapped; level 2 (taken under
+    /// `mmap_lock` by `mmap`, holding nothing else).
     #[pin]
     subscription: Mutex<Option<Subscription<Pool>>>,
     /// Grows, shrinks and tears down.

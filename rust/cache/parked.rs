@@ -54,6 +54,8 @@ struct Lru {
 }
 
 kernel::lazy_global_lock! {
+    /// The module-wide list; level 5 of the crate's lock order, inside a
+    /// cache's lock and never held while taking one.
     static PARKED: SpinLock<Lru> = Lru {
         by_user: None,
         next_stamp: 0,

@@ -120,6 +120,8 @@ pub(crate) struct Registration {
     suspended_links: ListLinks<1>,
     #[pin]
     suspended_track: AtomicTracker<1>,
+    /// The pages, charges and subscription; level 5 of the crate's lock
+    /// order, inside the cache's lock and its shadow.
     #[pin]
     pub(super) state: SpinLock<RegistrationState>,
     /// Data may move through the registration (unless it is suspended). Set

@@ -31,7 +31,7 @@ pub(crate) struct Master {
     tail: Atomic<u32>,
     /// Entries not written for a full ring.
     overflows: Atomic<u64>,
-    /// Serializes the writers of entries.
+    /// Serializes the writers of entries. Level 6 (a leaf).
     #[pin]
     lock: SpinLock<()>,
 }

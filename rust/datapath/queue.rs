@@ -93,13 +93,13 @@ pub(crate) struct Queue {
     /// A SEND of this queue waits for a RECV: nothing else is taken.
     pub(crate) stalled: Atomic<bool>,
     /// Serializes the writers of completions: the owner's worker and the
-    /// senders' workers finishing RECVs.
+    /// senders' workers finishing RECVs. Level 6, inside `recv`.
     #[pin]
     pub(super) cq: SpinLock<()>,
-    /// The receiving side.
+    /// The receiving side. Level 6, never held with `send`.
     #[pin]
     pub(super) recv: SpinLock<RecvState>,
-    /// The sending side.
+    /// The sending side. Level 6, never held with `recv`.
     #[pin]
     pub(crate) send: SpinLock<Option<Connection>>,
 }

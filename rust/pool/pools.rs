@@ -18,8 +18,8 @@ use kernel::{
 };
 
 kernel::lazy_global_lock! {
-    /// The live pools of every file, for the shrinker, by address. A leaf
-    /// lock: a pool's `state` is taken under it, nothing else.
+    /// The live pools of every file, for the shrinker, by address. Level 6:
+    /// a pool's `state` is taken under it, nothing else.
     static REGISTRY: SpinLock<Option<RBTree<usize, Arc<Pool>>>> = None;
 }
 
