@@ -83,7 +83,7 @@ impl Context {
     pub(crate) fn register(
         &self,
         mut req: uapi::Register,
-        mut reply: Reply<'_, uapi::Register>,
+        reply: Reply<'_, uapi::Register>,
     ) -> OpResult {
         let done = Cache::register(&self.cache, &mut req)?;
         if let Err(e) = reply.send(&req) {
@@ -134,7 +134,7 @@ impl Context {
     pub(crate) fn peer_attach(
         &self,
         req: uapi::PeerAttach,
-        mut reply: Reply<'_, uapi::PeerAttach>,
+        reply: Reply<'_, uapi::PeerAttach>,
     ) -> OpResult {
         uapi::check_reserved(&req.reserved)?;
         let fd = u32::try_from(req.fd).map_err(|_| EBADF)?;

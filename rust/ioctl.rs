@@ -228,11 +228,11 @@ ioctls! {
         |me, req| Cache::set_cache_config(me.cache(), req);
     0x09 FLUSH: read_write(uapi::Flush, first 32), Owner => |me, req| me.cache().flush(req);
     0x0a EVENTS_SETUP: read_write_reply(uapi::EventsSetup, first 32), Owner =>
-        |me, req, mut reply| me.cache().events_setup(req, |r| reply.send(r));
+        |me, req, reply| me.cache().events_setup(req, |r| reply.send(r));
     0x0b EVENTS_RESYNC: read_write(uapi::EventsResync, first 24), Owner =>
         |me, req| me.cache().events_resync(req);
     0x0c QUEUE_CREATE: read_write_reply(uapi::QueueCreate, first 48), Owner =>
-        |me, req, mut reply| me.data().queue_create(req, |r| reply.send(r));
+        |me, req, reply| me.data().queue_create(req, |r| reply.send(r));
     0x0d DOORBELL: write(uapi::Doorbell, first 8), Owner =>
         |me, req| DataPath::doorbell(me.data(), req);
     0x0e QUEUE_STATS: read(uapi::QueueStats, first 128), Owner => |me| Ok(me.data().stats());

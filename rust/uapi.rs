@@ -388,7 +388,7 @@ pub(crate) fn read_arg<T: FromBytes + AsBytes + Zeroable>(
     let mut tail = [0u8; TAIL_CHUNK];
     while left > 0 {
         let k = left.min(TAIL_CHUNK);
-        let chunk = &mut tail[..k];
+        let chunk = tail.get_mut(..k).ok_or(EINVAL)?;
         reader.read_slice(chunk)?;
         if chunk.iter().any(|&b| b != 0) {
             return Err(E2BIG);
@@ -411,7 +411,7 @@ pub(crate) fn write_arg<T: AsBytes>(
     let zeros = [0u8; TAIL_CHUNK];
     while left > 0 {
         let k = left.min(TAIL_CHUNK);
-        writer.write_slice(&zeros[..k])?;
+        writer.write_slice(zeros.get(..k).ok_or(EINVAL)?)?;
         left -= k;
     }
     Ok(())
@@ -435,9 +435,8 @@ impl<T: AsBytes> Reply<'_, T> {
         }
     }
 
-    /// Writes `value` back to the caller.
-    pub(crate) fn send(&mut self, value: &T) -> Result {
-        // A second write would land after the first: start again from the argument.
+    /// Writes `value` back to the caller, once.
+    pub(crate) fn send(mut self, value: &T) -> Result {
         write_arg(&mut self.writer, self.size, value)
     }
 }
