@@ -85,7 +85,8 @@ impl Context {
         mut req: uapi::Register,
         reply: Reply<'_, uapi::Register>,
     ) -> OpResult {
-        let done = Cache::register(&self.cache, &mut req)?;
+        let done = Cache::register(&self.cache, &uapi::RegisterReq::try_from(&req)?)?;
+        done.reply.encode(&mut req);
         if let Err(e) = reply.send(&req) {
             Cache::undo_register(&self.cache, &done);
             return Err(e.into());
@@ -97,14 +98,9 @@ impl Context {
     /// the registration's translation entries only (see
     /// [`transfer::copy_user`]).
     pub(crate) fn copy(&self, req: uapi::Copy) -> OpResult {
-        uapi::check_reserved(&[req.reserved])?;
-        if req.flags != 0
-            || (req.direction != uapi::COPY_TO_REGION && req.direction != uapi::COPY_FROM_REGION)
-        {
-            return Err(EINVAL.into());
-        }
+        let req = uapi::CopyReq::try_from(&req)?;
         let registration = self.cache.get_target(req.key).ok_or(ENOENT)?;
-        let to_registration = req.direction == uapi::COPY_TO_REGION;
+        let to_registration = req.to_registration;
         let need = if to_registration {
             uapi::ACCESS_LOCAL_WRITE
         } else {
@@ -118,11 +114,10 @@ impl Context {
             return Err(EINVAL.into());
         }
         let length = usize::try_from(req.length).map_err(|_| EINVAL)?;
-        let buf = usize::try_from(req.buf).map_err(|_| EFAULT)?;
         Ok(transfer::copy_user(
             &registration,
             req.offset,
-            buf,
+            req.buf,
             length,
             to_registration,
         )?)

@@ -50,6 +50,8 @@ enum Served {
 /// What undoing a REGISTER needs ([`Cache::undo_register`]). Small, so that
 /// returning it moves little: the hit path is dominated by copies.
 pub(crate) struct Registered {
+    /// The answer to the caller.
+    pub(crate) reply: uapi::RegisterReply,
     lkey: u64,
     served: Served,
     /// The context's peak of pinned pages before a miss, to roll back to.
@@ -59,27 +61,24 @@ pub(crate) struct Registered {
 impl Registered {
     /// Fills in the result of a REGISTER served by `registration` and
     /// returns what undoing it needs.
-    fn fill(
-        req: &mut uapi::Register,
-        registration: &Registration,
-        t: &CacheInner,
-        served: Served,
-        peak_before: u64,
-    ) -> Self {
+    fn fill(registration: &Registration, t: &CacheInner, served: Served, peak_before: u64) -> Self {
         let info = &registration.info;
-        req.lkey = registration.lkey();
-        req.rkey = registration.rkey();
-        // The rights the keys carry: exactly the remote ones asked, at least the local ones.
-        req.access = info.access;
-        req.region_addr = info.addr;
-        req.region_length = info.length;
-        req.flags = match served {
-            Served::Miss => 0,
-            Served::Hit => uapi::REGISTER_CACHED,
-            Served::Revived(_) => uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED,
+        let reply = uapi::RegisterReply {
+            lkey: registration.lkey(),
+            rkey: registration.rkey(),
+            // The rights the keys carry: exactly the remote ones asked, at least the local ones.
+            access: info.access,
+            region_addr: info.addr,
+            region_length: info.length,
+            flags: match served {
+                Served::Miss => 0,
+                Served::Hit => uapi::REGISTER_CACHED,
+                Served::Revived(_) => uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED,
+            },
+            slot: registration.slot(t),
         };
-        (req.slot, req.generation) = registration.slot(t);
         Self {
+            reply,
             lkey: registration.lkey(),
             served,
             peak_before,
@@ -91,20 +90,15 @@ impl Cache {
     /// REGISTER: fills in the keys of the registration serving the range,
     /// pinning a new one if none does. Returns what to pass to
     /// [`Cache::undo_register`] if the result cannot reach the caller.
-    pub(crate) fn register(this: &Arc<Self>, req: &mut uapi::Register) -> OpResult<Registered> {
-        if req.flags != 0 || req.reserved != 0 {
-            return Err(EINVAL.into());
-        }
-        let (addr, length, access) = (req.addr, req.length, req.access);
-        if access == 0 || access & !uapi::ACCESS_ALL != 0 || length == 0 {
-            return Err(EINVAL.into());
-        }
-        if length > uapi::MAX_LENGTH {
-            return Err(E2BIG.into());
-        }
+    pub(crate) fn register(this: &Arc<Self>, req: &uapi::RegisterReq) -> OpResult<Registered> {
+        let uapi::RegisterReq {
+            addr,
+            length,
+            access,
+            first,
+            last,
+        } = *req;
         let end = addr.checked_add(length).ok_or(EINVAL)?;
-        let first = usize::try_from(addr).map_err(|_| EFAULT)?;
-        let last = usize::try_from(end - 1).map_err(|_| EFAULT)?;
         let max = crate::max_registrations();
 
         // The cache: a live registration covering the range with enough access, revived if
@@ -120,7 +114,7 @@ impl Cache {
                             Some(parked_lkey) => Served::Revived(parked_lkey),
                             None => Served::Hit,
                         };
-                        return Ok(Registered::fill(req, &r, &t, served, 0));
+                        return Ok(Registered::fill(&r, &t, served, 0));
                     }
                     Some(r) => Some(r),
                     None => {
@@ -209,8 +203,7 @@ impl Cache {
                 Self::make_room(&mut t, first, last, max, &mut evicted);
                 match Registration::publish(&registration, &mut t, seq, max, parts) {
                     Ok(()) => {
-                        let done =
-                            Registered::fill(req, &registration, &t, Served::Miss, peak_before);
+                        let done = Registered::fill(&registration, &t, Served::Miss, peak_before);
                         drop(t);
                         teardown_list(&mut evicted);
                         return Ok(done);
@@ -222,7 +215,7 @@ impl Cache {
                             Some(parked_lkey) => Served::Revived(parked_lkey),
                             None => Served::Hit,
                         };
-                        let done = Registered::fill(req, &winner, &t, served, 0);
+                        let done = Registered::fill(&winner, &t, served, 0);
                         drop(t);
                         // Our parts go outside the locks: unpinned, uncharged, the notifier
                         // removed.
@@ -423,13 +416,15 @@ mod tests {
     use crate::{cache::inner::CacheConfig, events::Waiters};
     use kernel::kunit_mm::UserMapping;
 
-    /// A REGISTER of `length` bytes at `addr` with local read and write.
-    fn request(addr: usize, length: usize) -> uapi::Register {
+    /// REGISTER of `length` bytes at `addr` with local read and write, as
+    /// the ioctl decodes it; the answer.
+    fn register(cache: &Arc<Cache>, addr: usize, length: usize) -> Result<uapi::RegisterReply> {
         let mut req: uapi::Register = uapi::zeroed();
         req.addr = addr as u64;
         req.length = length as u64;
         req.access = uapi::ACCESS_LOCAL_READ | uapi::ACCESS_LOCAL_WRITE;
-        req
+        let req = uapi::RegisterReq::try_from(&req)?;
+        Ok(Cache::register(cache, &req)?.reply)
     }
 
     /// A miss pins, a covered range is a hit on the same registration, the
@@ -449,12 +444,10 @@ mod tests {
         let cache = Cache::new(mm, config, Waiters::new()?)?;
         let pinned_before = map.pinned_vm();
 
-        let mut miss = request(map.addr(), 4 * PAGE_SIZE);
-        assert!(Cache::register(&cache, &mut miss).is_ok());
+        let miss = register(&cache, map.addr(), 4 * PAGE_SIZE)?;
         assert_eq!(miss.flags, 0);
         assert_eq!(map.pinned_vm(), pinned_before + 4);
-        let mut hit = request(map.addr() + PAGE_SIZE, PAGE_SIZE);
-        assert!(Cache::register(&cache, &mut hit).is_ok());
+        let hit = register(&cache, map.addr() + PAGE_SIZE, PAGE_SIZE)?;
         assert_eq!(hit.flags, uapi::REGISTER_CACHED);
         assert_eq!(hit.lkey, miss.lkey);
         let stats = cache.stats();
@@ -466,8 +459,7 @@ mod tests {
         assert_eq!(cache.stats().parked, 1);
         assert!(cache.get_target(miss.lkey).is_none());
         assert_eq!(map.pinned_vm(), pinned_before + 4);
-        let mut revived = request(map.addr(), 4 * PAGE_SIZE);
-        assert!(Cache::register(&cache, &mut revived).is_ok());
+        let revived = register(&cache, map.addr(), 4 * PAGE_SIZE)?;
         assert_eq!(
             revived.flags,
             uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED
