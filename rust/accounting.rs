@@ -22,7 +22,7 @@ use kernel::{
 
 /// Pages the module may pin in all, `u64::MAX` for no limit.
 fn budget_pages() -> u64 {
-    match crate::module_parameters::max_pinned_pages.value() {
+    match crate::max_pinned_pages() {
         0 => u64::MAX,
         n => n,
     }

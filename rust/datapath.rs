@@ -35,6 +35,7 @@ use crate::{
     uapi,
 };
 use connection::Connection;
+use kernel::error::compat::EISCONN;
 use kernel::{
     bindings,
     fs::File,
@@ -44,7 +45,7 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        barrier::{smp_mb, Full},
+        full_barrier::smp_mb_full,
         poll::PollTable,
         Arc, Mutex, SetOnce, SpinLock,
     },
@@ -429,7 +430,7 @@ impl DataPath {
             // Only the worker clears the flag. Set, then look again: the worker, after it
             // frees a slot, either sees the flag and wakes us, or we see the slot free.
             self.pollout_waiting.store(true, Relaxed);
-            smp_mb(Full);
+            smp_mb_full();
             writable = !any_full();
         }
         let mut mask = 0;

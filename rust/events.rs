@@ -13,14 +13,13 @@
 //! `include/uapi/linux/memreg.h` for the layout and memory ordering.
 
 use crate::uapi;
+#[cfg(not(CONFIG_MEMREG_COMPAT_7_2))]
+use kernel::sync::poll::PollCondVarBox;
+#[cfg(CONFIG_MEMREG_COMPAT_7_2)]
+use kernel::sync::poll_box::PollCondVarBox;
 use kernel::{
-    eventfd::EventFd,
-    mm::shared_pages::SharedPages,
-    page::PAGE_SIZE,
-    prelude::*,
-    static_lock_class,
-    sync::{poll::PollCondVarBox, Arc},
-    transmute::AsBytes,
+    eventfd::EventFd, mm::shared_pages::SharedPages, page::PAGE_SIZE, prelude::*,
+    static_lock_class, sync::Arc, transmute::AsBytes,
 };
 
 use crate::uapi::layout::{

@@ -124,21 +124,37 @@ module! {
     },
 }
 
+/// The value of module parameter `$name` (7.2's accessor returns a
+/// reference, later kernels' a copy).
+macro_rules! param {
+    ($name:ident) => {{
+        #[cfg(not(CONFIG_MEMREG_COMPAT_7_2))]
+        let value = module_parameters::$name.value();
+        #[cfg(CONFIG_MEMREG_COMPAT_7_2)]
+        let value = *module_parameters::$name.value();
+        value
+    }};
+}
+
 /// The per-context cap on live registrations.
 pub(crate) fn max_registrations() -> u64 {
-    module_parameters::max_registrations.value()
+    param!(max_registrations)
+}
+
+/// The pages all contexts together may pin, 0 for no limit but
+/// `RLIMIT_MEMLOCK`.
+pub(crate) fn max_pinned_pages() -> u64 {
+    param!(max_pinned_pages)
 }
 
 /// The cache configuration a new file starts with, from the module
 /// parameters (out-of-range values are clamped).
 pub(crate) fn default_cache_config() -> CacheConfig {
     CacheConfig {
-        parking: module_parameters::park.value() != 0,
-        max_parked: module_parameters::park_max.value(),
-        max_parked_pages: module_parameters::park_max_pages.value(),
-        idle_ms: module_parameters::park_idle_ms
-            .value()
-            .min(uapi::MAX_IDLE_MS),
+        parking: param!(park) != 0,
+        max_parked: param!(park_max),
+        max_parked_pages: param!(park_max_pages),
+        idle_ms: param!(park_idle_ms).min(uapi::MAX_IDLE_MS),
     }
 }
 

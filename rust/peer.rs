@@ -24,6 +24,7 @@
 //! handle never names a newer peer.
 
 use crate::{error::MemregError, stats::GLOBAL_PEERS, uapi};
+use kernel::error::compat::{ECONNRESET, ENOTCONN};
 use kernel::{
     prelude::*,
     sync::{atomic::Relaxed, Arc, SpinLock},

@@ -57,6 +57,7 @@ mod pools;
 pub(crate) use pools::{press_all, reclaimable_pages, Pools};
 
 use crate::{accounting::Charges, stats::GLOBAL_POOLS, uapi};
+use kernel::error::compat::ESTALE;
 use kernel::{
     impl_has_delayed_work, impl_has_work,
     mm::{

@@ -160,7 +160,7 @@ pub(crate) fn global() -> uapi::GlobalStats {
     out.contexts = GLOBAL_CONTEXTS.load(Relaxed);
     out.regions = GLOBAL_REGISTRATIONS.load(Relaxed);
     out.pages_pinned = GLOBAL_PINNED.load(Relaxed);
-    out.budget_pages = crate::module_parameters::max_pinned_pages.value();
+    out.budget_pages = crate::max_pinned_pages();
     out.max_registrations = crate::max_registrations();
     out.peers = GLOBAL_PEERS.load(Relaxed);
     out.contexts_alive = GLOBAL_CONTEXTS_ALIVE.load(Relaxed);

@@ -78,8 +78,25 @@ done <"$ov/bindings_headers"
 put "$MEMREG_TOP/include/uapi/linux/memreg.h" "$ksrc/include/uapi/linux/memreg.h"
 insert_line "$ksrc/rust/uapi/uapi_helper.h" "#include <uapi/linux/memreg.h>" '^#include <uapi/linux/ioctl.h>$'
 
-# Kconfig symbol selecting what the abstractions need.
-put "$ov/Kconfig" "$ksrc/rust/Kconfig.memreg"
+# Kconfig symbol selecting what the abstractions need; in a 7.2 tree also
+# MEMREG_COMPAT_7_2, under which the overlay provides what 7.2's kernel crate
+# lacks (rust/kernel/error/compat.rs, sync/full_barrier.rs, sync/poll_box.rs).
+kconfig=$(mktemp)
+cat "$ov/Kconfig" >"$kconfig"
+series=$(sed -n 's/^VERSION = //p' "$ksrc/Makefile").$(sed -n 's/^PATCHLEVEL = //p' "$ksrc/Makefile")
+if [ "$series" = 7.2 ]; then
+	cat >>"$kconfig" <<'KCONFIG'
+
+config MEMREG_COMPAT_7_2
+	def_bool y
+	depends on MEMREG_SUPPORT
+	help
+	  Set by memreg's overlay in a 7.2 tree: the overlay then provides
+	  what 7.2's kernel crate lacks and later kernels have.
+KCONFIG
+fi
+put "$kconfig" "$ksrc/rust/Kconfig.memreg"
+rm -f "$kconfig"
 insert_line "$ksrc/mm/Kconfig" 'source "rust/Kconfig.memreg"' '^menu "Memory Management options"$'
 
 # Undo what the previous run installed and this one did not.

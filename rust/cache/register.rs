@@ -18,6 +18,7 @@ use super::{
     Cache,
 };
 use crate::{accounting::Charges, error::OpResult, stats::TOTALS, uapi};
+use kernel::error::compat::EDQUOT;
 use kernel::{
     list::List,
     mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, virt::flags, MmWithUser},

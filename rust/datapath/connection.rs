@@ -14,6 +14,7 @@
 
 use super::{queue::Queue, DataPath};
 use crate::{cache::target::Target, uapi};
+use kernel::error::compat::ECONNRESET;
 use kernel::{
     prelude::*,
     sync::{atomic::Relaxed, Arc},

@@ -15,7 +15,7 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        barrier::{smp_mb, Full},
+        full_barrier::smp_mb_full,
         Arc, SpinLock,
     },
 };
@@ -89,7 +89,7 @@ impl Master {
             self.ring.store_u32(MASTER_TAIL, tail);
         }
         // As in `Queue::complete`.
-        smp_mb(Full);
+        smp_mb_full();
         if disarm(&self.user, MASTER_ARM) {
             waiters.cv.notify_all();
         }

@@ -32,7 +32,7 @@ use kernel::{
     prelude::*,
     sync::{
         atomic::{Atomic, Relaxed},
-        barrier::{smp_mb, Full},
+        full_barrier::smp_mb_full,
         Arc, SpinLock,
     },
     transmute::AsBytes,
@@ -210,7 +210,7 @@ impl Queue {
     /// between publishing a slot and reading the flags.
     pub(crate) fn sleep(&self) -> bool {
         self.set_flags(self.flags.load(Relaxed) | uapi::QUEUE_NEED_WAKEUP);
-        smp_mb(Full);
+        smp_mb_full();
         self.ready()
     }
 
@@ -245,7 +245,7 @@ impl Queue {
             self.stalls.add(1, Relaxed);
             self.set_flags(flags | uapi::QUEUE_CQ_FULL);
         }
-        smp_mb(Full);
+        smp_mb_full();
         self.cq_room()
     }
 
@@ -357,7 +357,7 @@ impl Queue {
         self.kernel.store_u32(CQ_TAIL, tail);
         // Pairs with the reader's barrier between arming and looking at the tail again:
         // either it sees the new tail, or we see its arm word.
-        smp_mb(Full);
+        smp_mb_full();
         if disarm(&self.user, SQ_CQ_ARM) {
             waiters.cv.notify_all();
             if let Some(eventfd) = &self.eventfd {

@@ -20,6 +20,7 @@ use crate::{
     error::MemregError,
     peer,
 };
+use kernel::error::compat::ECANCELED;
 use kernel::{
     prelude::*,
     task::resched::{cond_resched, fatal_signal_pending},

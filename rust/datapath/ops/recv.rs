@@ -9,6 +9,7 @@ use crate::{
     error::{MemregError, OpResult},
     uapi,
 };
+use kernel::error::compat::ECANCELED;
 use kernel::prelude::*;
 
 /// `MEMREG_OP_RECV`.

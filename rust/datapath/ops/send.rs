@@ -17,6 +17,7 @@ use crate::{
     error::{MemregError, OpResult},
     peer, uapi,
 };
+use kernel::error::compat::{ECONNRESET, ENOBUFS, ENOTCONN};
 use kernel::{
     prelude::*,
     sync::atomic::Relaxed,
