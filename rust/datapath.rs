@@ -289,8 +289,8 @@ impl DataPath {
     }
 
     /// DOORBELL: wakes the worker for queue `req.queue`.
-    pub(crate) fn doorbell(this: &Arc<Self>, req: uapi::Doorbell) -> OpResult {
-        if req.reserved != 0 || this.queue(req.queue).is_none() {
+    pub(crate) fn doorbell(this: &Arc<Self>, req: &uapi::DoorbellReq) -> OpResult {
+        if this.queue(req.queue).is_none() {
             return Err(EINVAL.into());
         }
         this.stats.doorbells.add(1, Relaxed);
@@ -337,10 +337,7 @@ impl DataPath {
 
     /// PEER_DETACH: drops handle `req.peer` and disconnects the queues
     /// connected through it.
-    pub(crate) fn peer_detach(this: &Arc<Self>, req: uapi::PeerDetach) -> OpResult {
-        if req.reserved != 0 {
-            return Err(EINVAL.into());
-        }
+    pub(crate) fn peer_detach(this: &Arc<Self>, req: &uapi::PeerDetachReq) -> OpResult {
         let _serial = this.create.lock();
         // Checked before the fallible disconnection, so that nothing changed when it fails.
         // Another thread may detach the same handle meanwhile: then there is nothing to drop.
@@ -368,11 +365,7 @@ impl DataPath {
 
     /// QUEUE_CONNECT: SENDs on queue `req.queue` go to the RECVs posted on
     /// queue `req.remote_queue` of the peer `req.peer`.
-    pub(crate) fn queue_connect(this: &Arc<Self>, req: uapi::QueueConnect) -> OpResult {
-        uapi::check_reserved(&req.reserved)?;
-        if req.rnr_timeout_ms > uapi::MAX_RNR_TIMEOUT_MS {
-            return Err(EINVAL.into());
-        }
+    pub(crate) fn queue_connect(this: &Arc<Self>, req: &uapi::QueueConnectReq) -> OpResult {
         // Connections, detaching and revoking are serialized with the creation of queues.
         let _serial = this.create.lock();
         let queue = this.queue(req.queue).ok_or(EINVAL)?;

@@ -204,7 +204,7 @@ macro_rules! ioctls {
                         owner?;
                     }
                     arg.check(0 $(+ $first)?)?
-                        .$kind(me, $handler)?;
+                        .$kind$(::<$t>)?(me, $handler)?;
                 })*
                 _ => return Err(ENOTTY),
             }
@@ -234,21 +234,24 @@ ioctls! {
     0x0c QUEUE_CREATE: read_write_reply(uapi::QueueCreate, first 48), Owner =>
         |me, req, reply| me.data().queue_create(req, |r| reply.send(r));
     0x0d DOORBELL: write(uapi::Doorbell, first 8), Owner =>
-        |me, req| DataPath::doorbell(me.data(), req);
+        |me, req| DataPath::doorbell(me.data(), &(&req).try_into()?);
     0x0e QUEUE_STATS: read(uapi::QueueStats, first 128), Owner => |me| Ok(me.data().stats());
     0x0f PEER_ATTACH: read_write_reply(uapi::PeerAttach, first 24), Owner => Context::peer_attach;
     0x10 PEER_DETACH: write(uapi::PeerDetach, first 8), Owner =>
-        |me, req| DataPath::peer_detach(me.data(), req);
+        |me, req| DataPath::peer_detach(me.data(), &(&req).try_into()?);
     0x11 PEER_REVOKE: none, Owner => |me| me.data().peer_revoke();
     0x12 QUEUE_CONNECT: write(uapi::QueueConnect, first 32), Owner =>
-        |me, req| DataPath::queue_connect(me.data(), req);
+        |me, req| DataPath::queue_connect(me.data(), &(&req).try_into()?);
     0x13 POOL_CREATE: read_write(uapi::PoolCreate, first 56), Owner =>
         |me, req| Pools::create(me.pools(), req);
-    0x14 POOL_ALLOC: read_write(uapi::PoolAlloc, first 48), Owner => |me, req| me.pools().alloc(req);
-    0x15 POOL_FREE: write(uapi::PoolFree, first 32), Owner => |me, req| me.pools().free(req);
-    0x16 POOL_STATS: read_write(uapi::PoolInfo, first 32), Owner => |me, req| me.pools().stats(req);
+    0x14 POOL_ALLOC: read_write(uapi::PoolAlloc, first 48), Owner =>
+        |me, req| me.pools().alloc(&(&*req).try_into()?).map(|n| req.count = n);
+    0x15 POOL_FREE: write(uapi::PoolFree, first 32), Owner =>
+        |me, req| me.pools().free(&(&req).try_into()?);
+    0x16 POOL_STATS: read_write(uapi::PoolInfo, first 32), Owner =>
+        |me, req| me.pools().stats(&(&*req).try_into()?).map(|n| req.count = n);
     0x17 POOL_DESTROY: write(uapi::PoolDestroy, first 8), Owner =>
-        |me, req| me.pools().destroy(req);
+        |me, req| me.pools().destroy(&(&req).try_into()?);
 }
 
 #[cfg(CONFIG_MEMREG_KUNIT_TEST)]

@@ -18,6 +18,10 @@ use kernel::{
     uapi_wrapper,
 };
 
+mod req;
+
+pub(crate) use req::*;
+
 /// The structures and constants bindgen generates from the header, for the
 /// few items that need no wrapper (an operation's `MEMREG_OP_*`).
 pub(crate) use kernel::uapi as abi;
@@ -438,117 +442,6 @@ impl<T: AsBytes> Reply<'_, T> {
     /// Writes `value` back to the caller, once.
     pub(crate) fn send(mut self, value: &T) -> Result {
         write_arg(&mut self.writer, self.size, value)
-    }
-}
-
-/// A REGISTER, decoded and validated: `EINVAL` for a nonzero flag or
-/// reserved field, no access, an unknown access bit, a zero length or a range
-/// that wraps; `E2BIG` past `MEMREG_MAX_LENGTH`; `EFAULT` for a range no
-/// address can hold.
-#[derive(Clone, Copy)]
-pub(crate) struct RegisterReq {
-    /// The registered address.
-    pub(crate) addr: u64,
-    /// The registered length, nonzero.
-    pub(crate) length: u64,
-    /// `MEMREG_ACCESS_*`, nonzero.
-    pub(crate) access: u32,
-    /// The first byte.
-    pub(crate) first: usize,
-    /// The last byte.
-    pub(crate) last: usize,
-}
-
-impl TryFrom<&Register> for RegisterReq {
-    type Error = Error;
-
-    fn try_from(req: &Register) -> Result<Self> {
-        if req.flags != 0 || req.reserved != 0 {
-            return Err(EINVAL);
-        }
-        let (addr, length, access) = (req.addr, req.length, req.access);
-        if access == 0 || access & !ACCESS_ALL != 0 || length == 0 {
-            return Err(EINVAL);
-        }
-        if length > MAX_LENGTH {
-            return Err(E2BIG);
-        }
-        let end = addr.checked_add(length).ok_or(EINVAL)?;
-        Ok(Self {
-            addr,
-            length,
-            access,
-            first: usize::try_from(addr).map_err(|_| EFAULT)?,
-            last: usize::try_from(end - 1).map_err(|_| EFAULT)?,
-        })
-    }
-}
-
-/// What a REGISTER answers, in the fields of `struct memreg_register` it
-/// fills in.
-#[derive(Clone, Copy)]
-pub(crate) struct RegisterReply {
-    /// The local key.
-    pub(crate) lkey: u64,
-    /// The remote key, 0 without remote rights.
-    pub(crate) rkey: u64,
-    /// The rights the keys carry.
-    pub(crate) access: u32,
-    /// The registration's own range.
-    pub(crate) region_addr: u64,
-    /// Its length.
-    pub(crate) region_length: u64,
-    /// `MEMREG_REGISTER_*`.
-    pub(crate) flags: u32,
-    /// The state word's slot and generation.
-    pub(crate) slot: (u32, u64),
-}
-
-impl RegisterReply {
-    /// Writes the answer into the caller's structure.
-    pub(crate) fn encode(&self, req: &mut Register) {
-        req.lkey = self.lkey;
-        req.rkey = self.rkey;
-        req.access = self.access;
-        req.region_addr = self.region_addr;
-        req.region_length = self.region_length;
-        req.flags = self.flags;
-        (req.slot, req.generation) = self.slot;
-    }
-}
-
-/// A COPY, decoded and validated: `EINVAL` for a nonzero flag or reserved
-/// field or an unknown direction.
-#[derive(Clone, Copy)]
-pub(crate) struct CopyReq {
-    /// The registration's local key.
-    pub(crate) key: u64,
-    /// The offset in the registration.
-    pub(crate) offset: u64,
-    /// Bytes to move.
-    pub(crate) length: u64,
-    /// The user buffer.
-    pub(crate) buf: usize,
-    /// Into the registration (`MEMREG_COPY_TO_REGION`) or out of it.
-    pub(crate) to_registration: bool,
-}
-
-impl TryFrom<&Copy> for CopyReq {
-    type Error = Error;
-
-    fn try_from(req: &Copy) -> Result<Self> {
-        check_reserved(&[req.reserved])?;
-        if req.flags != 0 || (req.direction != COPY_TO_REGION && req.direction != COPY_FROM_REGION)
-        {
-            return Err(EINVAL);
-        }
-        Ok(Self {
-            key: req.key,
-            offset: req.offset,
-            length: req.length,
-            buf: usize::try_from(req.buf).map_err(|_| EFAULT)?,
-            to_registration: req.direction == COPY_TO_REGION,
-        })
     }
 }
 

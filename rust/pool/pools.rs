@@ -192,16 +192,9 @@ impl Pools {
         Ok(())
     }
 
-    /// POOL_ALLOC: hands out buffers into the user array `req.bufs`.
-    pub(crate) fn alloc(&self, req: &mut uapi::PoolAlloc) -> OpResult {
-        uapi::check_reserved(&req.reserved)?;
-        if req.flags & !uapi::POOL_NO_FALLBACK != 0
-            || req.count == 0
-            || req.count > uapi::POOL_MAX_BATCH
-            || req.timeout_ms > uapi::POOL_MAX_TIMEOUT_MS
-        {
-            return Err(EINVAL.into());
-        }
+    /// POOL_ALLOC: hands out buffers into the user array `req.bufs`;
+    /// returns how many.
+    pub(crate) fn alloc(&self, req: &uapi::PoolAllocReq) -> OpResult<u32> {
         let pool = self.get(req.pool)?;
         // One buffer, the common case, without clearing room for a whole batch.
         if req.count == 1 {
@@ -209,19 +202,21 @@ impl Pools {
             return Self::alloc_into(&pool, req, &mut one);
         }
         let mut bufs: [Buffer; uapi::POOL_MAX_BATCH as usize] = uapi::zeroed();
-        let want = bufs.get_mut(..req.count as usize).ok_or(EINVAL)?;
+        let want = bufs.get_mut(..req.count).ok_or(EINVAL)?;
         Self::alloc_into(&pool, req, want)
     }
 
     /// Hands out `want.len()` buffers of `pool` at most and copies them to
-    /// `req.bufs` in one go.
-    fn alloc_into(pool: &Arc<Pool>, req: &mut uapi::PoolAlloc, want: &mut [Buffer]) -> OpResult {
-        let fallback = req.flags & uapi::POOL_NO_FALLBACK == 0;
-        let n = Pool::alloc(pool, req.size, fallback, req.timeout_ms, want)?;
+    /// `req.bufs` in one go; returns how many.
+    fn alloc_into(
+        pool: &Arc<Pool>,
+        req: &uapi::PoolAllocReq,
+        want: &mut [Buffer],
+    ) -> OpResult<u32> {
+        let n = Pool::alloc(pool, req.size, req.fallback, req.timeout_ms, want)?;
         let got = want.get(..n).ok_or(EINVAL)?;
         let bytes = got.as_bytes();
-        let mut writer =
-            UserSlice::new(UserPtr::from_addr(req.bufs as usize), bytes.len()).writer();
+        let mut writer = UserSlice::new(UserPtr::from_addr(req.bufs), bytes.len()).writer();
         if let Err(e) = writer.write_slice(bytes) {
             // The caller cannot learn them: they go back.
             let mut addrs = [0u64; uapi::POOL_MAX_BATCH as usize];
@@ -231,19 +226,14 @@ impl Pools {
             let _ = Pool::free(pool, addrs.get(..n).unwrap_or(&[]));
             return Err(e.into());
         }
-        req.count = n as u32;
-        Ok(())
+        Ok(n as u32)
     }
 
     /// POOL_FREE: gives back the buffers whose addresses are at
     /// `req.addrs`.
-    pub(crate) fn free(&self, req: uapi::PoolFree) -> OpResult {
-        uapi::check_reserved(&req.reserved)?;
-        if req.count == 0 || req.count > uapi::POOL_MAX_BATCH {
-            return Err(EINVAL.into());
-        }
+    pub(crate) fn free(&self, req: &uapi::PoolFreeReq) -> OpResult {
         let pool = self.get(req.pool)?;
-        let n = req.count as usize;
+        let n = req.count;
         let mut one = [0u64; 1];
         let mut batch = [0u64; 0];
         let mut many;
@@ -253,32 +243,28 @@ impl Pools {
             many = [0u64; uapi::POOL_MAX_BATCH as usize];
             many.get_mut(..n).unwrap_or(&mut batch)
         };
-        UserSlice::new(UserPtr::from_addr(req.addrs as usize), n * 8)
+        UserSlice::new(UserPtr::from_addr(req.addrs), n * 8)
             .reader()
             .read_slice(AsBytes::as_bytes_mut(addrs))?;
         Pool::free(&pool, addrs)?;
         Ok(())
     }
 
-    /// POOL_STATS: the counters of each class of pool `req.pool`.
-    pub(crate) fn stats(&self, req: &mut uapi::PoolInfo) -> OpResult {
-        uapi::check_reserved(&req.reserved)?;
+    /// POOL_STATS: the counters of each class of pool `req.pool`; returns
+    /// the pool's number of classes.
+    pub(crate) fn stats(&self, req: &uapi::PoolStatsReq) -> OpResult<u32> {
         let pool = self.get(req.pool)?;
-        let n = pool.nr_classes().min(req.count as usize);
+        let n = pool.nr_classes().min(req.count);
         let size = core::mem::size_of::<uapi::PoolStats>();
-        let mut writer = UserSlice::new(UserPtr::from_addr(req.stats as usize), n * size).writer();
+        let mut writer = UserSlice::new(UserPtr::from_addr(req.stats), n * size).writer();
         for c in 0..n {
             writer.write(&pool.stats(c).ok_or(EINVAL)?)?;
         }
-        req.count = pool.nr_classes() as u32;
-        Ok(())
+        Ok(pool.nr_classes() as u32)
     }
 
     /// POOL_DESTROY: ends pool `req.pool` for good.
-    pub(crate) fn destroy(&self, req: uapi::PoolDestroy) -> OpResult {
-        if req.reserved != 0 {
-            return Err(EINVAL.into());
-        }
+    pub(crate) fn destroy(&self, req: &uapi::PoolDestroyReq) -> OpResult {
         let pool = self
             .list
             .lock()
