@@ -27,7 +27,7 @@ pub(crate) mod transfer;
 pub(crate) mod worker;
 
 use crate::{
-    cache::{target::Target, Cache},
+    cache::Cache,
     error::{MemregError, OpResult},
     events::{eventfd_arg, Waiters},
     peer::{self, Granter, Peers},
@@ -473,12 +473,4 @@ impl DataPath {
         drop(peers);
         this.worker.lock().clear();
     }
-}
-
-/// Resolves `lkey` for `data`'s worker through its cache, counting the
-/// shadow's hits and misses in `ws`.
-pub(crate) fn resolve(data: &DataPath, ws: &mut WorkerState, lkey: u64) -> Result<Target> {
-    let (target, hit) = data.cache.resolve(lkey)?;
-    ws.count_shadow(hit);
-    Ok(target)
 }

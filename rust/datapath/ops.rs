@@ -74,7 +74,9 @@ impl Issue<'_> {
     /// Resolves a local key to its registration, through the cache's shadow
     /// translation cache first.
     pub(crate) fn resolve(&mut self, lkey: u64) -> Result<Target> {
-        super::resolve(self.data, self.ws, lkey)
+        let (target, hit) = self.data.cache.resolve(lkey)?;
+        self.ws.count_shadow(hit);
+        Ok(target)
     }
 }
 
