@@ -12,24 +12,30 @@ mkdir -p "$out"
 uapi=$MEMREG_TOP/include/uapi
 selftests=$MEMREG_TOP/tools/testing/selftests/memreg
 
-# The kselftests, as the kernel builds them.
+# The kselftests, as the kernel builds them, with libmemreg
+# (tools/lib/memreg) beside them in the kernel tree.
 intree=$KSRC_DIR/tools/testing/selftests/memreg
-mkdir -p "$intree"
+libdir=$KSRC_DIR/tools/lib/memreg
+mkdir -p "$intree" "$libdir"
 rsync -a --delete --exclude .gitignore "$selftests/" "$intree/"
+rsync -a --delete --exclude build "$MEMREG_TOP/tools/lib/memreg/" "$libdir/"
 CFLAGS="-g0" LDFLAGS="-static" make -s -C "$intree" OUTPUT="$out" \
-	KHDR_INCLUDES="-isystem $uapi" all >&2 || die "cannot build the kselftests"
+	KHDR_INCLUDES="-isystem $uapi" LIBMEMREG_UAPI_DIR="$uapi" \
+	LIBMEMREG_OUT="$MEMREG_BUILD/libmemreg-guest/" all >&2 ||
+	die "cannot build the kselftests"
+libmemreg=$MEMREG_BUILD/libmemreg-guest/libmemreg.a
 
 # The other programs.
 cflags=(-static -O2 -g0 -Wall -Werror -D_GNU_SOURCE -pthread
-	-isystem "$uapi" -I "$intree" -I "$KSRC_DIR")
+	-isystem "$uapi" -I "$libdir/include" -I "$intree" -I "$KSRC_DIR")
 for src in "$MEMREG_TOP"/scripts/guest/*.c "$MEMREG_TOP"/samples/memreg/*.c \
 	"$MEMREG_TOP"/tools/memreg/bench/*.c; do
 	[ -e "$src" ] || continue
 	bin=$out/$(basename "$src" .c)
 	fresh=1
-	for dep in "$src" "$uapi/linux/memreg.h" "$selftests"/*.h; do
+	for dep in "$src" "$uapi/linux/memreg.h" "$selftests"/*.h "$libmemreg"; do
 		[ "$bin" -nt "$dep" ] || fresh=0
 	done
 	[ "$fresh" = 1 ] && continue
-	gcc "${cflags[@]}" -o "$bin" "$src" -lm || die "cannot compile $src"
+	gcc "${cflags[@]}" -o "$bin" "$src" "$libmemreg" -lm || die "cannot compile $src"
 done

@@ -30,8 +30,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <libmemreg.h>
+
 #include "memreg_util.h"
-#include "memreg_ring.h"
 
 #define BUF_PAGES	16
 #define BUF_LEN		(BUF_PAGES * PAGE)
@@ -162,22 +163,22 @@ static void demo_parking(void)
 		  8 * PAGE / 1024, ret ? ": " : "", ret ? strerror(-ret) : ""))
 		goto out;
 
-	ret = mr_register(fd, buf, 8 * PAGE, RW, &r);
+	ret = memreg_register(fd, buf, 8 * PAGE, RW, &r);
 	if (!step(!ret && !r.flags, "REGISTER all %lu KiB: new registration, lkey %#llx",
 		  8 * PAGE / 1024, (unsigned long long)r.lkey))
 		goto out;
-	ret = mr_deregister(fd, r.lkey);
+	ret = memreg_deregister(fd, r.lkey);
 	if (!ret)
-		ret = mr_query(fd, r.lkey, &q);
+		ret = memreg_query(fd, r.lkey, &q);
 	step(!ret && q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED) && !q.refcount &&
 	     q.pages == 8,
 	     "DEREGISTER its only reference: QUERY says %s, refcount %u, %llu pages still pinned",
 	     ret ? strerror(-ret) : state_names(q.state), q.refcount,
 	     (unsigned long long)q.pages);
 
-	ret = mr_register(fd, buf + PAGE, 2 * PAGE, RO, &again);
+	ret = memreg_register(fd, buf + PAGE, 2 * PAGE, RO, &again);
 	if (!ret)
-		ret = mr_stats(fd, &s);
+		ret = memreg_stats(fd, &s);
 	step(!ret && again.flags == (MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED) &&
 	     again.lkey == r.lkey && s.cache_misses == 1 && s.pages_pinned == 8,
 	     "REGISTER %lu KiB inside it: flags %s, %s lkey, nothing pinned again (pages_pinned %llu)",
@@ -185,13 +186,13 @@ static void demo_parking(void)
 	     again.lkey == r.lkey ? "the same" : "a different", (unsigned long long)s.pages_pinned);
 
 	/* Parked again, then ended by FLUSH. */
-	ret = mr_deregister(fd, r.lkey);
+	ret = memreg_deregister(fd, r.lkey);
 	if (!ret)
-		ret = mr_flush(fd, &f);
-	step(!ret && f.evicted == 1 && f.pages == 8 && mr_query(fd, r.lkey, &q) == -ENOENT,
+		ret = memreg_flush(fd, &f);
+	step(!ret && f.evicted == 1 && f.pages == 8 && memreg_query(fd, r.lkey, &q) == -ENOENT,
 	     "DEREGISTER parks it again; FLUSH ends it: %llu evicted, %llu pages unpinned, key gone",
 	     (unsigned long long)f.evicted, (unsigned long long)f.pages);
-	ret = mr_stats(fd, &s);
+	ret = memreg_stats(fd, &s);
 	step(!ret && s.parks == 2 && s.revives == 1 && s.evictions[MEMREG_EVICT_FLUSH] == 1 &&
 	     !s.parked && !s.pages_pinned && !s.deregistrations,
 	     "STATS: parks %llu, revives %llu, evictions[MEMREG_EVICT_FLUSH] %llu, %llu pages pinned",
@@ -246,25 +247,25 @@ static void demo_suspension(void)
 	}
 
 	fd = memreg_open();
-	ret = fd < 0 ? -errno : mr_register(fd, block, len, RW, &r);
+	ret = fd < 0 ? -errno : memreg_register(fd, block, len, RW, &r);
 	if (!step(!ret, "new context; REGISTER a %zu MiB huge page but its last page (%zu KiB)%s%s",
 		  huge >> 20, len >> 10, ret ? ": " : "", ret ? strerror(-ret) : ""))
 		goto out;
 	ret = mprotect(block + len, PAGE, PROT_READ) ? -errno : 0;
 	if (!ret)
-		ret = mr_query(fd, r.lkey, &q);
+		ret = memreg_query(fd, r.lkey, &q);
 	step(!ret && (q.state == MEMREG_STATE_SUSPENDED || q.state == MEMREG_STATE_VALID),
 	     "mprotect the last page PROT_READ (the huge page splits): QUERY says %s%s",
 	     ret ? strerror(-ret) : state_names(q.state),
 	     ret ? "" : q.state == MEMREG_STATE_VALID ? " (the worker already resumed it)" :
 	     " (revalidated on next use)");
-	ret = mr_copy(fd, r.lkey, 0, back, sizeof(text), MEMREG_COPY_FROM_REGION);
+	ret = memreg_copy(fd, r.lkey, 0, back, sizeof(text), MEMREG_COPY_FROM_REGION);
 	step(!ret && !memcmp(back, text, sizeof(text)),
 	     "COPY out of it still reads \"%.*s\": the pages are where they were",
 	     (int)sizeof(text) - 1, back);
-	ret = mr_query(fd, r.lkey, &q);
+	ret = memreg_query(fd, r.lkey, &q);
 	if (!ret)
-		ret = mr_stats(fd, &s);
+		ret = memreg_stats(fd, &s);
 	step(!ret && q.state == MEMREG_STATE_VALID && s.suspensions == 1 && s.resumptions == 1 &&
 	     !s.revalidation_failures,
 	     "QUERY says %s; STATS: suspensions %llu, resumptions %llu, revalidation_failures %llu",
@@ -318,7 +319,7 @@ static void demo_word_and_events(void)
 		goto out;
 
 	buf = map_small(4 * PAGE, 'w');
-	ret = buf ? mr_register(fd, buf, 4 * PAGE, RW, &r) : -ENOMEM;
+	ret = buf ? memreg_register(fd, buf, 4 * PAGE, RW, &r) : -ENOMEM;
 	if (!ret && r.slot < PAGE / 8)
 		w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
 	else
@@ -368,7 +369,7 @@ out:
 /*
  * The data path: a request posted into a queue's submission ring with no
  * lock and, unless the worker is asleep and this request is the next it
- * takes, no system call (mrq_try_post() in ../memreg_ring.h follows the
+ * takes, no system call (libmemreg's memreg_queue_post() follows the
  * protocol of include/uapi/linux/memreg.h); the context's worker executes it
  * through the registrations and writes its completion.
  */
@@ -379,7 +380,7 @@ static void demo_queue(void)
 	struct memreg_queue_stats st = { 0 };
 	struct memreg_cqe cqe = { 0 };
 	struct memreg_sqe sqe;
-	struct mrq q = { 0 };
+	struct memreg_queue q = { 0 };
 	char *src = NULL, *dst = NULL;
 	__u64 pos = 0;
 	int fd, ret, i;
@@ -395,23 +396,23 @@ static void demo_queue(void)
 	}
 	if (!ret) {
 		memcpy(src + 100, text, sizeof(text));
-		ret = mr_register(fd, src, 4 * PAGE, RO, &rs);
+		ret = memreg_register(fd, src, 4 * PAGE, RO, &rs);
 	}
 	if (!ret)
-		ret = mr_register(fd, dst, 4 * PAGE, RW, &rd);
+		ret = memreg_register(fd, dst, 4 * PAGE, RW, &rd);
 	if (!step(!ret, "new context; REGISTER a source (read-only) and a destination, %lu KiB each%s%s",
 		  4 * PAGE / 1024, ret ? ": " : "", ret ? strerror(-ret) : ""))
 		goto out;
 
-	ret = mrq_open(fd, 8, 16, -1, &q);
-	flags = ret ? 0 : mrq_flags(&q);
+	ret = memreg_queue_init(fd, 8, 16, -1, &q);
+	flags = ret ? 0 : memreg_queue_flags(&q);
 	if (!step(!ret, "QUEUE_CREATE: queue %u, 8 slots, 16 completions, rings mapped; worker %s",
 		  q.index, flags & MEMREG_QUEUE_NEED_WAKEUP ? "asleep (NEED_WAKEUP)" : "awake"))
 		goto out;
 
 	/* COPY the text from the source at offset 100 to the destination at 200. */
 	sqe = mr_sqe_copy(7, rd.lkey, 200, rs.lkey, 100, sizeof(text));
-	ret = mrq_try_post(&q, &sqe, 0, &pos);
+	ret = memreg_queue_post(&q, &sqe, 0, &pos);
 	if (!step(!ret, "post a COPY, no lock: position %llu claimed (insert %llu -> %llu), published (seq %llu)%s%s",
 		  (unsigned long long)pos, (unsigned long long)pos, (unsigned long long)pos + 1,
 		  (unsigned long long)pos + 1, ret ? ": " : "", ret ? strerror(-ret) : ""))
@@ -422,7 +423,7 @@ static void demo_queue(void)
 	     "the worker slept and sq_head was this position, so the poster rang DOORBELL" :
 	     "the worker was awake, so posting took no system call");
 
-	ret = mrq_wait(&q, &cqe, 1, 5000) == 1 ? 0 : -ETIMEDOUT;
+	ret = memreg_wait_cqes(&q, &cqe, 1, 5000) == 1 ? 0 : -ETIMEDOUT;
 	step(!ret && cqe.user_data == 7 && !cqe.status && cqe.bytes == sizeof(text) &&
 	     !memcmp(dst + 200, text, sizeof(text)),
 	     "reap the completion: user_data %llu, status %d, bytes %llu; destination reads \"%.*s\"",
@@ -430,7 +431,7 @@ static void demo_queue(void)
 	     (int)sizeof(text) - 1, dst + 200);
 	/* The worker adds to its counters just after publishing the completions. */
 	for (i = 0; i < 100; i++) {
-		ret = mr_queue_stats(fd, &st);
+		ret = memreg_queue_stats(fd, &st);
 		if (ret || st.requests)
 			break;
 		usleep(10000);
@@ -441,7 +442,7 @@ static void demo_queue(void)
 	     (unsigned long long)st.requests, (unsigned long long)st.doorbells,
 	     (unsigned long long)st.batches, (unsigned long long)st.completions);
 out:
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	if (fd >= 0)
 		close(fd);
 	if (src)
@@ -470,31 +471,31 @@ static int peer_process(int sock)
 	struct memreg_register r;
 	struct memreg_cqe cqe;
 	struct memreg_sqe sqe;
-	struct mrq q = { 0 };
+	struct memreg_queue q = { 0 };
 	char *buf, go;
 	int fd;
 
 	fd = memreg_open();
 	buf = map_small(4 * PAGE, '.');
-	if (fd < 0 || !buf || mr_register(fd, buf, 4 * PAGE, RW | MEMREG_ACCESS_REMOTE_WRITE, &r) ||
-	    mrq_open(fd, 4, 4, -1, &q))
+	if (fd < 0 || !buf || memreg_register(fd, buf, 4 * PAGE, RW | MEMREG_ACCESS_REMOTE_WRITE, &r) ||
+	    memreg_queue_init(fd, 4, 4, -1, &q))
 		return 1;
 	sqe = mr_sqe_recv(1, r.lkey, PAGE, 64);
-	if (mrq_post(&q, &sqe, 5000))
+	if (memreg_queue_post_wait(&q, &sqe, 5000))
 		return 1;
 	hello.rkey = r.rkey;
 	hello.queue = q.index;
 	/* The descriptor is the grant; the remote key names the buffer. */
-	if (mr_send_fd(sock, fd) || write(sock, &hello, sizeof(hello)) != sizeof(hello))
+	if (memreg_send_fd(sock, fd) || write(sock, &hello, sizeof(hello)) != sizeof(hello))
 		return 1;
 	/* Both requests are done when the first process says so. */
-	if (read(sock, &go, 1) != 1 || mrq_wait(&q, &cqe, 1, 5000) != 1)
+	if (read(sock, &go, 1) != 1 || memreg_wait_cqes(&q, &cqe, 1, 5000) != 1)
 		return 1;
 	if (memcmp(buf + 100, written, sizeof(written)) || cqe.status ||
 	    cqe.bytes != sizeof(sent) || cqe.imm_data != 42 ||
 	    memcmp(buf + PAGE, sent, sizeof(sent)))
 		return 2;
-	if (mr_peer_revoke(fd) || write(sock, "r", 1) != 1)
+	if (memreg_peer_revoke(fd) || write(sock, "r", 1) != 1)
 		return 1;
 	/* Stay until the first process tried once more. */
 	if (read(sock, &go, 1) != 1)
@@ -514,7 +515,7 @@ static void demo_peers(void)
 	struct memreg_register r;
 	struct memreg_cqe cqe;
 	struct memreg_sqe sqe;
-	struct mrq q = { 0 };
+	struct memreg_queue q = { 0 };
 	int sv[2], fd = -1, peer_fd = -1, ret, status = -1;
 	char *buf = NULL, go = 'g';
 	__u32 peer = 0;
@@ -535,18 +536,18 @@ static void demo_peers(void)
 	if (!ret) {
 		memcpy(buf, written, sizeof(written));
 		memcpy(buf + PAGE, sent, sizeof(sent));
-		ret = mr_register(fd, buf, 4 * PAGE, RO, &r);
+		ret = memreg_register(fd, buf, 4 * PAGE, RO, &r);
 	}
 	if (!ret)
-		ret = mrq_open(fd, 4, 4, -1, &q);
+		ret = memreg_queue_init(fd, 4, 4, -1, &q);
 	if (!ret) {
-		peer_fd = mr_recv_fd(sv[0]);
+		peer_fd = memreg_recv_fd(sv[0]);
 		ret = peer_fd < 0 ? peer_fd : 0;
 	}
 	if (!ret && read(sv[0], &hello, sizeof(hello)) != sizeof(hello))
 		ret = -EIO;
 	if (!ret)
-		ret = mr_peer_attach(fd, peer_fd, &peer);
+		ret = memreg_peer_attach(fd, peer_fd, &peer);
 	/* The handle holds the other context, not the descriptor. */
 	if (peer_fd >= 0)
 		close(peer_fd);
@@ -555,15 +556,15 @@ static void demo_peers(void)
 		goto out;
 
 	sqe = mr_sqe_write(1, peer, hello.rkey, 100, r.lkey, 0, sizeof(written));
-	ret = mrq_run(&q, &sqe, &cqe);
+	ret = memreg_queue_run(&q, &sqe, &cqe);
 	step(!ret && !cqe.status && cqe.bytes == sizeof(written),
 	     "WRITE %zu bytes to remote key %#llx at offset 100: status %d (one copy, page to page)",
 	     sizeof(written), (unsigned long long)hello.rkey, ret ? ret : cqe.status);
 
-	ret = mr_queue_connect(fd, q.index, peer, hello.queue, 1000);
+	ret = memreg_queue_connect(fd, q.index, peer, hello.queue, 1000);
 	if (!ret) {
 		sqe = mr_sqe_send_imm(2, r.lkey, PAGE, sizeof(sent), 42);
-		ret = mrq_run(&q, &sqe, &cqe);
+		ret = memreg_queue_run(&q, &sqe, &cqe);
 	}
 	step(!ret && !cqe.status && cqe.bytes == sizeof(sent),
 	     "QUEUE_CONNECT to its queue %u; SEND \"%s\" with immediate data 42: status %d",
@@ -573,7 +574,7 @@ static void demo_peers(void)
 	if (write(sv[0], &go, 1) != 1 || read(sv[0], &go, 1) != 1)
 		goto out;
 	sqe = mr_sqe_write(3, peer, hello.rkey, 100, r.lkey, 0, sizeof(written));
-	ret = mrq_run(&q, &sqe, &cqe);
+	ret = memreg_queue_run(&q, &sqe, &cqe);
 	step(!ret && cqe.status == -ECONNRESET,
 	     "the other process checked both and called PEER_REVOKE: the next WRITE completes with %s",
 	     ret ? strerror(-ret) : cqe.status ? strerror(-cqe.status) : "success (NOT refused)");
@@ -584,7 +585,7 @@ out:
 	if (waitpid(pid, &status, 0) == pid)
 		step(WIFEXITED(status) && !WEXITSTATUS(status),
 		     "the other process found the WRITE's bytes and the message (with its immediate data) in its buffer");
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	if (fd >= 0)
 		close(fd);
 	if (buf)
@@ -634,7 +635,7 @@ static void demo_pool(void)
 		  ret ? ": " : "", ret ? strerror(-ret) : ""))
 		goto out;
 	memcpy((char *)(unsigned long)b.addr, text, sizeof(text));
-	ret = mr_copy(fd, b.key, b.offset, back, sizeof(text), MEMREG_COPY_FROM_REGION);
+	ret = memreg_copy(fd, b.key, b.offset, back, sizeof(text), MEMREG_COPY_FROM_REGION);
 	step(!ret && !memcmp(back, text, sizeof(text)),
 	     "the program writes the buffer; COPY %s reads \"%s\"", "with its key", back);
 	pf.pool = pc.pool;
@@ -681,18 +682,18 @@ int main(void)
 	buf = map_filled(BUF_LEN, '.');
 	if (!step(buf != NULL, "map a %lu KiB buffer", BUF_LEN / 1024))
 		return 1;
-	ret = mr_register(fd, buf, BUF_LEN, RW, &r);
+	ret = memreg_register(fd, buf, BUF_LEN, RW, &r);
 	if (!step(!ret && !(r.flags & MEMREG_REGISTER_CACHED),
 		  "REGISTER %lu KiB read-write: %s lkey %#llx", BUF_LEN / 1024,
 		  ret ? strerror(-ret) : "new registration,", (unsigned long long)r.lkey))
 		return 1;
-	ret = mr_query(fd, r.lkey, &q);
+	ret = memreg_query(fd, r.lkey, &q);
 	step(!ret && q.pages == BUF_PAGES && (q.state & MEMREG_STATE_VALID),
 	     "QUERY: %llu pages pinned, in %u physically contiguous extent(s), refcount %u",
 	     (unsigned long long)q.pages, q.extents, q.refcount);
 
 	/* 2. A range it covers: served from the cache, nothing pinned again. */
-	ret = mr_register(fd, buf + 2 * PAGE, 4 * PAGE, RO, &sub);
+	ret = memreg_register(fd, buf + 2 * PAGE, 4 * PAGE, RO, &sub);
 	step(!ret && (sub.flags & MEMREG_REGISTER_CACHED) && sub.lkey == r.lkey,
 	     "REGISTER 16 KiB inside it again: %s, lkey %#llx (%s)",
 	     ret ? strerror(-ret) :
@@ -701,27 +702,27 @@ int main(void)
 	     (unsigned long long)sub.lkey, sub.lkey == r.lkey ? "the same" : "a different one");
 
 	/* 3. Data moves through the registration's pages; the program sees them. */
-	ret = mr_copy(fd, r.lkey, 100, (void *)to_region, sizeof(to_region), MEMREG_COPY_TO_REGION);
+	ret = memreg_copy(fd, r.lkey, 100, (void *)to_region, sizeof(to_region), MEMREG_COPY_TO_REGION);
 	step(!ret && !memcmp(buf + 100, to_region, sizeof(to_region)),
 	     "COPY into the registration at offset 100; the buffer now reads \"%.*s\"",
 	     (int)sizeof(to_region) - 1, buf + 100);
 	memcpy(buf + 8192, by_program, sizeof(by_program));
-	ret = mr_copy(fd, r.lkey, 8192, back, sizeof(by_program), MEMREG_COPY_FROM_REGION);
+	ret = memreg_copy(fd, r.lkey, 8192, back, sizeof(by_program), MEMREG_COPY_FROM_REGION);
 	step(!ret && !memcmp(back, by_program, sizeof(by_program)),
 	     "the program wrote \"%s\" at offset 8192; COPY out of the registration reads \"%.*s\"",
 	     by_program, (int)sizeof(by_program) - 1, back);
 
 	/* 4. The memory goes away: so does the registration, at once. */
 	munmap(buf, BUF_LEN);
-	ret = mr_query(fd, r.lkey, &q);
+	ret = memreg_query(fd, r.lkey, &q);
 	step(ret == -ENOENT, "munmap the buffer: QUERY of lkey %#llx now fails with %s",
 	     (unsigned long long)r.lkey, ret ? strerror(-ret) : "nothing (it still answers)");
-	ret = mr_copy(fd, r.lkey, 0, back, 16, MEMREG_COPY_FROM_REGION);
+	ret = memreg_copy(fd, r.lkey, 0, back, 16, MEMREG_COPY_FROM_REGION);
 	step(ret == -ENOENT, "COPY through the old key fails with %s: never the new memory",
 	     ret ? strerror(-ret) : "nothing (it still works)");
 	/* Unpinning is done by a worker: wait for it before reading the counters. */
 	mr_wait_pinned(fd, 0);
-	ret = mr_stats(fd, &s);
+	ret = memreg_stats(fd, &s);
 	if (!step(!ret && s.invalidations[MEMREG_INVAL_UNMAP] == 1,
 		  "STATS: invalidations[MEMREG_INVAL_UNMAP] = %llu",
 		  (unsigned long long)s.invalidations[MEMREG_INVAL_UNMAP]))

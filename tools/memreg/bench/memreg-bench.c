@@ -256,7 +256,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "memreg_ring.h"
+#include "memreg_util.h"
 #include "mm/gup_test.h"
 
 #define FOLL_WRITE	0x01
@@ -729,7 +729,7 @@ static void settle(__u64 regions)
 
 static void register_or_die(int fd, void *addr, __u64 len, __u32 access, struct memreg_register *r)
 {
-	int ret = mr_register(fd, addr, len, access, r);
+	int ret = memreg_register(fd, addr, len, access, r);
 
 	if (ret)
 		fail("REGISTER %llu bytes: %s%s", (unsigned long long)len, strerror(-ret),
@@ -847,7 +847,7 @@ static void miss_finish(void *arg, size_t n)
 
 	(void)n;
 	for (i = 0; i < m->done; i++)
-		if (mr_deregister(m->fd, m->keys[i]))
+		if (memreg_deregister(m->fd, m->keys[i]))
 			fail("DEREGISTER: %s", strerror(errno));
 	if (m->err)
 		fail("REGISTER of %zu bytes (registration %zu of a batch): %s%s", m->len, m->done + 1,
@@ -946,9 +946,9 @@ static void bench_miss(int gup)
 		register_or_die(fd, m.pool, m.len, RW, &r);
 		if (r.flags & MEMREG_REGISTER_CACHED)
 			fail("REGISTER of a new range was a cache hit");
-		if (mr_query(fd, r.lkey, &q))
+		if (memreg_query(fd, r.lkey, &q))
 			fail("QUERY: %s", strerror(errno));
-		if (mr_deregister(fd, r.lkey))
+		if (memreg_deregister(fd, r.lkey))
 			fail("DEREGISTER: %s", strerror(errno));
 		settle(0);
 
@@ -1033,7 +1033,7 @@ static void hit_finish(void *arg, size_t n)
 
 	(void)n;
 	for (; c->refs; c->refs--)
-		if (mr_deregister(c->fd, c->key))
+		if (memreg_deregister(c->fd, c->key))
 			fail("DEREGISTER: %s", strerror(errno));
 	if (c->err)
 		fail("REGISTER hit: %s", strerror(c->err));
@@ -1061,7 +1061,7 @@ static void bench_hit(void)
 	register_or_die(c.fd, c.buf, 16 * PAGE, RW, &r);
 	c.key = r.lkey;
 	/* Live, with the one reference it keeps while every hit is timed. */
-	if (mr_query(c.fd, c.key, &q))
+	if (memreg_query(c.fd, c.key, &q))
 		fail("QUERY: %s", strerror(errno));
 	if (q.refcount != 1 || q.state != MEMREG_STATE_VALID)
 		fail("a new registration has refcount %u, state %#x", q.refcount, q.state);
@@ -1083,7 +1083,7 @@ static void bench_hit(void)
 	if (c.bad)
 		fail("a malformed REGISTER was not refused with EINVAL, or a hit was not a hit");
 	/* Every timed REGISTER was a hit on the live registration: none parked or revived. */
-	if (mr_stats(c.fd, &s))
+	if (memreg_stats(c.fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.parks || s.revives || s.cache_misses != 1)
 		fail("the hit loop parked %llu, revived %llu, missed %llu times",
@@ -1095,7 +1095,7 @@ static void bench_hit(void)
 	       figstr(x, "ns"));
 	add_row("register_hit_ioctl", h, z, "<=1.2");
 	add_row("register_rejected_ioctl", x, z, "");
-	if (mr_deregister(c.fd, c.key))
+	if (memreg_deregister(c.fd, c.key))
 		fail("DEREGISTER: %s", strerror(errno));
 	munmap(c.buf, 16 * PAGE);
 	close(c.fd);
@@ -1215,9 +1215,9 @@ static void bench_userspace_hit(void)
 	add_row("userspace_hit_vs_noop_ioctl", h, z, "<=0.1");
 
 	/* Ended, the registration must fail the same check. */
-	if (mr_deregister(fd, r.lkey))
+	if (memreg_deregister(fd, r.lkey))
 		fail("DEREGISTER: %s", strerror(errno));
-	if (mr_flush(fd, NULL))
+	if (memreg_flush(fd, NULL))
 		fail("FLUSH: %s", strerror(errno));
 	w = __atomic_load_n(&words[r.slot], __ATOMIC_ACQUIRE);
 	if (w == r.generation)
@@ -1254,7 +1254,7 @@ static void loop_open(struct loop_ctx *c, int parking)
 	c->fd = memreg_open();
 	if (c->fd < 0)
 		fail("open /dev/memreg: %s", strerror(errno));
-	if (mr_get_cache(c->fd, &c->saved))
+	if (memreg_get_cache(c->fd, &c->saved))
 		fail("GET_CACHE: %s", strerror(errno));
 	cfg = c->saved;
 	cfg.parking = parking;
@@ -1263,7 +1263,7 @@ static void loop_open(struct loop_ctx *c, int parking)
 		cfg.max_parked = 1;
 	if (parking && cfg.max_parked_pages < pages)
 		cfg.max_parked_pages = pages;
-	if (mr_set_cache(c->fd, &cfg))
+	if (memreg_set_cache(c->fd, &cfg))
 		fail("SET_CACHE: %s", strerror(errno));
 	c->buf = map_touched(LOOP_LEN);
 }
@@ -1273,11 +1273,11 @@ static void loop_close(struct loop_ctx *c)
 	struct memreg_stats s;
 
 	/* The configuration it opened with, then nothing left parked. */
-	if (mr_set_cache(c->fd, &c->saved))
+	if (memreg_set_cache(c->fd, &c->saved))
 		fail("SET_CACHE: %s", strerror(errno));
-	if (mr_flush(c->fd, NULL))
+	if (memreg_flush(c->fd, NULL))
 		fail("FLUSH: %s", strerror(errno));
-	if (mr_stats(c->fd, &s))
+	if (memreg_stats(c->fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.registrations)
 		fail("%llu registrations alive after FLUSH", (unsigned long long)s.registrations);
@@ -1296,9 +1296,9 @@ static void loop_prepare(void *arg, size_t n)
 	if (!c->parking)
 		return;
 	register_or_die(c->fd, c->buf, LOOP_LEN, RW, &r);
-	if (mr_deregister(c->fd, r.lkey))
+	if (memreg_deregister(c->fd, r.lkey))
 		fail("DEREGISTER: %s", strerror(errno));
-	if (mr_stats(c->fd, &s))
+	if (memreg_stats(c->fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.parked != 1 || s.registrations != 1)
 		fail("DEREGISTER with parking on left %llu parked of %llu registrations, "
@@ -1348,7 +1348,7 @@ static void loop_finish(void *arg, size_t n)
 	if (c->bad)
 		fail(c->parking ? "REGISTER of a parked registration's range did not revive it" :
 		     "REGISTER with parking off was served from the cache");
-	if (mr_stats(c->fd, &s))
+	if (memreg_stats(c->fd, &s))
 		fail("STATS: %s", strerror(errno));
 	/* Parking on: parked again; off: ended, its pages unpinned. */
 	if (s.registrations != (__u64)c->parking || s.parked != (__u64)c->parking)
@@ -1461,7 +1461,7 @@ static void unmap_finish(void *arg, size_t n)
 	if (c->registered) {
 		/* Invalidated registrations are torn down by a worker: let it finish. */
 		settle(0);
-		if (mr_stats(c->fd, &s))
+		if (memreg_stats(c->fd, &s))
 			fail("STATS: %s", strerror(errno));
 		if (s.registrations)
 			fail("munmap left %llu registrations alive",
@@ -2089,27 +2089,27 @@ static void peer_idle(unsigned long *spins, int64_t *since, const char *what)
 }
 
 /* Posts one request without a clock read; the ring is never full here, but waits if it is. */
-static void peer_post(struct mrq *q, const struct memreg_sqe *sqe, const char *what)
+static void peer_post(struct memreg_queue *q, const struct memreg_sqe *sqe, const char *what)
 {
 	unsigned long spins = 0;
 	int64_t since = 0;
 	int ret;
 
-	while ((ret = mrq_try_post(q, sqe, 0, NULL)) == -EAGAIN)
+	while ((ret = memreg_queue_post(q, sqe, 0, NULL)) == -EAGAIN)
 		peer_idle(&spins, &since, what);
 	if (ret)
 		fail("%s: posting: %s", what, strerror(-ret));
 }
 
 /* Busy-polls until at least one completion is in `out` (at most `max`); returns how many. */
-static unsigned int peer_reap(struct mrq *q, struct memreg_cqe *out, unsigned int max,
+static unsigned int peer_reap(struct memreg_queue *q, struct memreg_cqe *out, unsigned int max,
 			      const char *what)
 {
 	unsigned long spins = 0;
 	int64_t since = 0;
 	unsigned int n;
 
-	while (!(n = mrq_reap(q, out, max)))
+	while (!(n = memreg_reap_cqes(q, out, max)))
 		peer_idle(&spins, &since, what);
 	return n;
 }
@@ -2152,7 +2152,7 @@ static void pw_child(int sock)
 	register_or_die(fd, buf, PW_MAX,
 			RW | MEMREG_ACCESS_REMOTE_WRITE, &r);
 	g = (struct pw_grant){ r.rkey, r.region_addr, r.region_length };
-	ret = mr_send_fd(sock, fd);
+	ret = memreg_send_fd(sock, fd);
 	if (ret)
 		fail("process A: sending its file: %s", strerror(-ret));
 	write_full(sock, &g, sizeof(g), "process A");
@@ -2163,7 +2163,7 @@ static void pw_child(int sock)
 }
 
 struct pw_ctx {
-	struct mrq q;
+	struct memreg_queue q;
 	__u32 peer;
 	__u64 rkey, lkey;
 	__u64 raddr;		/* A's buffer, in A */
@@ -2320,7 +2320,7 @@ static void bench_peer_write(void)
 	if (ret)
 		fail("GLOBAL_STATS: %s", strerror(-ret));
 	c.pid = peer_fork(&sock, pw_child);
-	afd = mr_recv_fd(sock);
+	afd = memreg_recv_fd(sock);
 	if (afd < 0)
 		fail("receiving A's file: %s", strerror(-afd));
 	read_full(sock, &gr, sizeof(gr), "receiving A's grant");
@@ -2330,7 +2330,7 @@ static void bench_peer_write(void)
 	fd = memreg_open();
 	if (fd < 0)
 		fail("open /dev/memreg: %s", strerror(errno));
-	ret = mr_peer_attach(fd, afd, &c.peer);
+	ret = memreg_peer_attach(fd, afd, &c.peer);
 	if (ret)
 		fail("PEER_ATTACH: %s", strerror(-ret));
 	/* The handle holds A's context, not the file. */
@@ -2341,7 +2341,7 @@ static void bench_peer_write(void)
 	c.dst = map_touched(PW_MAX);
 	register_or_die(fd, c.src, PW_MAX, RO, &r);
 	c.lkey = r.lkey;
-	ret = mrq_open(fd, PW_SQ, PW_CQ, -1, &c.q);
+	ret = memreg_queue_init(fd, PW_SQ, PW_CQ, -1, &c.q);
 	if (ret)
 		fail("QUEUE_CREATE: %s", strerror(-ret));
 
@@ -2375,7 +2375,7 @@ static void bench_peer_write(void)
 		add_row(name, m[0], m[2], c.len == MIB ? ">=0.8" : "");
 	}
 
-	ret = mr_queue_stats(fd, &qs);
+	ret = memreg_queue_stats(fd, &qs);
 	if (ret)
 		fail("QUEUE_STATS: %s", strerror(-ret));
 	printf("  %llu WRITEs moved %llu bytes; QUEUE_STATS: remote_bytes %llu, %llu errors\n",
@@ -2387,13 +2387,13 @@ static void bench_peer_write(void)
 	if (qs.remote_bytes != c.written)
 		fail("QUEUE_STATS counted %llu remote bytes, the WRITEs moved %llu",
 		     (unsigned long long)qs.remote_bytes, (unsigned long long)c.written);
-	ret = mr_peer_detach(fd, c.peer);
+	ret = memreg_peer_detach(fd, c.peer);
 	if (ret)
 		fail("PEER_DETACH: %s", strerror(-ret));
 	write_full(sock, "q", 1, "telling A to exit");
 	peer_reap_child(c.pid, "WRITE rows");
 	close(sock);
-	mrq_unmap(&c.q);
+	memreg_queue_exit(&c.q);
 	close(fd);
 	munmap(c.src, PW_MAX);
 	munmap(c.dst, PW_MAX);
@@ -2430,7 +2430,7 @@ enum { PP_ECHO, PP_TO_SOCKET, PP_TO_MEMREG, PP_QUIT };
 
 struct pp_side {
 	int fd, sock;
-	struct mrq q;
+	struct memreg_queue q;
 	__u32 peer;
 	__u64 lkey;
 	char *buf;		/* PP_RECVS receive slots, then the send slot */
@@ -2461,25 +2461,25 @@ static void pp_setup(struct pp_side *s, int sock, const char *who)
 	s->fd = memreg_open();
 	if (s->fd < 0)
 		fail("%s: open /dev/memreg: %s", who, strerror(errno));
-	ret = mrq_open(s->fd, PP_SQ, PP_CQ, -1, &s->q);
+	ret = memreg_queue_init(s->fd, PP_SQ, PP_CQ, -1, &s->q);
 	if (ret)
 		fail("%s: QUEUE_CREATE: %s", who, strerror(-ret));
 	s->buf = map_touched(PAGE);
 	register_or_die(s->fd, s->buf, PAGE, RW, &r);
 	s->lkey = r.lkey;
-	ret = mr_send_fd(sock, s->fd);
+	ret = memreg_send_fd(sock, s->fd);
 	if (ret)
 		fail("%s: sending its file: %s", who, strerror(-ret));
 	write_full(sock, &s->q.index, sizeof(s->q.index), who);
-	ofd = mr_recv_fd(sock);
+	ofd = memreg_recv_fd(sock);
 	if (ofd < 0)
 		fail("%s: receiving the other's file: %s", who, strerror(-ofd));
 	read_full(sock, &oq, sizeof(oq), who);
-	ret = mr_peer_attach(s->fd, ofd, &s->peer);
+	ret = memreg_peer_attach(s->fd, ofd, &s->peer);
 	if (ret)
 		fail("%s: PEER_ATTACH: %s", who, strerror(-ret));
 	close(ofd);
-	ret = mr_queue_connect(s->fd, s->q.index, s->peer, oq, PP_RNR_MS);
+	ret = memreg_queue_connect(s->fd, s->q.index, s->peer, oq, PP_RNR_MS);
 	if (ret)
 		fail("%s: QUEUE_CONNECT: %s", who, strerror(-ret));
 	for (i = 0; i < PP_RECVS; i++)
@@ -2514,7 +2514,7 @@ static void pp_child(int sock)
 			continue;
 		}
 		/* No time limit: B fails after 10 s without an answer, and A dies with it. */
-		for (spins = 0; !(n = mrq_reap(&s.q, cqe, 16));)
+		for (spins = 0; !(n = memreg_reap_cqes(&s.q, cqe, 16));)
 			if (++spins % 64)
 				cpu_relax();
 			else
@@ -2727,7 +2727,7 @@ static void bench_pingpong(void)
 	       figstr(m, "ns"), figstr(s, "ns"), trips);
 	add_row("send_recv_pingpong_vs_unix_socket", m, s, "<=1");
 
-	ret = mr_queue_stats(c.s.fd, &qs);
+	ret = memreg_queue_stats(c.s.fd, &qs);
 	if (ret)
 		fail("QUEUE_STATS: %s", strerror(-ret));
 	printf("  B's QUEUE_STATS: %llu messages, remote_bytes %llu, %llu RNR timeouts, "
@@ -2749,13 +2749,13 @@ static void bench_pingpong(void)
 	 * RECVs both still have posted are dropped when their files close.
 	 */
 	pp_mode(&c, 0);
-	ret = mr_peer_detach(c.s.fd, c.s.peer);
+	ret = memreg_peer_detach(c.s.fd, c.s.peer);
 	if (ret)
 		fail("PEER_DETACH: %s", strerror(-ret));
 	write_full(sock, &quit, sizeof(quit), "ping-pong");
 	peer_reap_child(c.pid, "ping-pong");
 	close(sock);
-	mrq_unmap(&c.s.q);
+	memreg_queue_exit(&c.s.q);
 	close(c.s.fd);
 	munmap(c.s.buf, PAGE);
 	settle(0);
@@ -2880,7 +2880,7 @@ static void add_smalls(int fd, char *base, size_t span, size_t count, struct sma
 		len = (k < kmin ? kmin : k) * PAGE;
 		out[i].addr = (unsigned long)base + i * stride;
 		out[i].len = len;
-		ret = mr_register(fd, (void *)(unsigned long)out[i].addr, len, RW, &r);
+		ret = memreg_register(fd, (void *)(unsigned long)out[i].addr, len, RW, &r);
 		if (ret)
 			fail("REGISTER small registration %zu of %zu: %s%s", i + 1, count,
 			     strerror(-ret), err_hint(-ret));
@@ -2915,7 +2915,7 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 	 * The big one first: a registration may overlap at most 64 live ones
 	 * (EDQUOT past that), so it cannot come after the small ones inside it.
 	 */
-	ret = mr_register(c->fd, L->big, L->big_len, RO, &r);
+	ret = memreg_register(c->fd, L->big, L->big_len, RO, &r);
 	if (ret == -ENOMEM) {
 		close(c->fd);
 		free(in);
@@ -2932,7 +2932,7 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 	add_smalls(c->fd, L->lo, L->side_len, n_lo, lo);
 	add_smalls(c->fd, L->big + 64, L->big_len - 64, n_in, in);
 	add_smalls(c->fd, L->hi, L->side_len, n_hi, hi);
-	if (mr_stats(c->fd, &s))
+	if (memreg_stats(c->fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.registrations != n)
 		fail("context holds %llu registrations, expected %zu",
@@ -2961,7 +2961,7 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 	for (j = 0; j < LK_TARGETS; j++) {
 		const struct lk_target *t = &c->t[j];
 
-		ret = mr_register(c->fd, (void *)(unsigned long)t->addr, t->len, t->access, &r);
+		ret = memreg_register(c->fd, (void *)(unsigned long)t->addr, t->len, t->access, &r);
 		if (ret)
 			fail("REGISTER hit: %s", strerror(-ret));
 		if (!(r.flags & MEMREG_REGISTER_CACHED) || r.lkey != t->key)
@@ -2971,7 +2971,7 @@ static int lk_build(struct lk_ctx *c, size_t n, const struct layout *L)
 			     r.flags & MEMREG_REGISTER_CACHED ? "hit another registration" :
 			     "was not a cache hit",
 			     (unsigned long long)r.lkey, (unsigned long long)t->key);
-		if (mr_deregister(c->fd, r.lkey))
+		if (memreg_deregister(c->fd, r.lkey))
 			fail("DEREGISTER: %s", strerror(errno));
 	}
 	printf("  %zu registrations (%zu inside the big one, %zu outside) in %.1f s\n", n, n_in,
@@ -3024,7 +3024,7 @@ static void lk_finish(void *arg, size_t n)
 
 	(void)n;
 	for (i = 0; i < c->refs; i++)
-		if (mr_deregister(c->fd, c->keys[i]))
+		if (memreg_deregister(c->fd, c->keys[i]))
 			fail("DEREGISTER: %s", strerror(errno));
 	c->refs = 0;
 	if (c->err)
@@ -3285,7 +3285,7 @@ static void bench_pool_ops(void)
 	/* Untimed: every buffer mapped before anything is timed. */
 	bp_wait_boundary(c.fd, c.pool, BP_BUFS);
 	/* The pool's chunks count among the context's misses: only the loop's are compared. */
-	if (mr_stats(c.fd, &s0))
+	if (memreg_stats(c.fd, &s0))
 		fail("STATS: %s", strerror(errno));
 
 	b[0] = (struct batch){ .max_n = 1 << 24, .run = bp_single_run, .finish = bp_finish,
@@ -3317,7 +3317,7 @@ static void bench_pool_ops(void)
 		     (unsigned long long)st.shrinks, (unsigned long long)st.waits,
 		     (unsigned long long)st.timeouts, (unsigned long long)st.fallbacks);
 	/* Every REGISTER of the baseline was a miss, none parked or revived. */
-	if (mr_stats(c.fd, &s))
+	if (memreg_stats(c.fd, &s))
 		fail("STATS: %s", strerror(errno));
 	if (s.cache_hits != s0.cache_hits || s.parks || s.revives ||
 	    s.cache_misses - s0.cache_misses != c.registers)

@@ -30,7 +30,7 @@
 #include <stddef.h>
 
 #include "memreg_util.h"
-#include "memreg_ring.h"
+#include "memreg_util.h"
 
 #include "../kselftest_harness.h"
 
@@ -107,14 +107,14 @@ static const struct memreg_cache_config default_cfg = {
 /* A registration of the first page of e->buf, RW, in e->r. */
 static int register_page(struct env *e)
 {
-	return mr_register(e->fd, e->buf, PAGE, RW, &e->r);
+	return memreg_register(e->fd, e->buf, PAGE, RW, &e->r);
 }
 
 static __u64 peers_now(struct env *e)
 {
 	struct memreg_global_stats g;
 
-	return mr_global(e->fd, &g) ? ~0ULL : g.peers;
+	return memreg_global_stats(e->fd, &g) ? ~0ULL : g.peers;
 }
 
 /* POOL_STATS of class 0 of e->pool; 0 or -errno. */
@@ -204,7 +204,7 @@ static void check_register(struct __test_metadata *_metadata, struct env *e, voi
 	struct memreg_register *r = arg;
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_stats(e->fd, &s));
+	ASSERT_EQ(0, memreg_stats(e->fd, &s));
 	EXPECT_EQ(took, s.registrations);
 	EXPECT_EQ(took, s.cache_misses);
 	if (!took)
@@ -231,7 +231,7 @@ static void check_deregister(struct __test_metadata *_metadata, struct env *e, v
 	struct memreg_query q;
 
 	/* Parking is on: the last reference parks it. */
-	ASSERT_EQ(0, mr_query(e->fd, e->r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(e->fd, e->r.lkey, &q));
 	EXPECT_EQ(took ? 0 : 1, q.refcount);
 }
 
@@ -329,7 +329,7 @@ static int prep_get_cache(struct env *e, void *arg)
 {
 	e->cfg = (struct memreg_cache_config){ .parking = 1, .max_parked = 77,
 					       .max_parked_pages = 777, .idle_ms = 7777 };
-	return mr_set_cache(e->fd, &e->cfg);
+	return memreg_set_cache(e->fd, &e->cfg);
 }
 
 static void check_get_cache(struct __test_metadata *_metadata, struct env *e, void *arg,
@@ -354,7 +354,7 @@ static void check_set_cache(struct __test_metadata *_metadata, struct env *e, vo
 {
 	struct memreg_cache_config got;
 
-	ASSERT_EQ(0, mr_get_cache(e->fd, &got));
+	ASSERT_EQ(0, memreg_get_cache(e->fd, &got));
 	EXPECT_EQ(0, memcmp(took ? arg : (void *)&e->cfg, &got, sizeof(got)));
 }
 
@@ -363,7 +363,7 @@ static int prep_flush(struct env *e, void *arg)
 {
 	int ret = register_page(e);
 
-	return ret ? ret : mr_deregister(e->fd, e->r.lkey);
+	return ret ? ret : memreg_deregister(e->fd, e->r.lkey);
 }
 
 static void check_flush(struct __test_metadata *_metadata, struct env *e, void *arg, bool took)
@@ -371,7 +371,7 @@ static void check_flush(struct __test_metadata *_metadata, struct env *e, void *
 	struct memreg_flush *f = arg;
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_stats(e->fd, &s));
+	ASSERT_EQ(0, memreg_stats(e->fd, &s));
 	EXPECT_EQ(took ? 0 : 1, s.parked);
 	if (!took)
 		return;
@@ -445,7 +445,7 @@ static void check_queue_create(struct __test_metadata *_metadata, struct env *e,
 	struct memreg_queue_create *c = arg;
 
 	/* DOORBELL on queue 0 works once there is one. */
-	EXPECT_EQ(took ? 0 : -EINVAL, mr_doorbell(e->fd, 0));
+	EXPECT_EQ(took ? 0 : -EINVAL, memreg_doorbell(e->fd, 0));
 	if (!took)
 		return;
 	EXPECT_EQ(0, c->queue);
@@ -458,7 +458,7 @@ static int prep_doorbell(struct env *e, void *arg)
 {
 	struct memreg_doorbell *d = arg;
 	struct memreg_queue_create c;
-	int ret = mrq_create(e->fd, 4, 4, -1, &c);
+	int ret = memreg_queue_create(e->fd, 4, 4, -1, &c);
 
 	d->queue = c.queue;
 	return ret;
@@ -469,7 +469,7 @@ static void check_doorbell(struct __test_metadata *_metadata, struct env *e, voi
 {
 	struct memreg_queue_stats s;
 
-	ASSERT_EQ(0, mr_queue_stats(e->fd, &s));
+	ASSERT_EQ(0, memreg_queue_stats(e->fd, &s));
 	EXPECT_EQ(took, s.doorbells);
 }
 
@@ -477,10 +477,10 @@ static void check_doorbell(struct __test_metadata *_metadata, struct env *e, voi
 static int prep_queue_stats(struct env *e, void *arg)
 {
 	struct memreg_queue_create c;
-	int ret = mrq_create(e->fd, 4, 4, -1, &c), i;
+	int ret = memreg_queue_create(e->fd, 4, 4, -1, &c), i;
 
 	for (i = 0; !ret && i < 3; i++)
-		ret = mr_doorbell(e->fd, c.queue);
+		ret = memreg_doorbell(e->fd, c.queue);
 	return ret;
 }
 
@@ -529,7 +529,7 @@ static int prep_peer_detach(struct env *e, void *arg)
 	e->fd2 = memreg_open();
 	if (e->fd2 < 0)
 		return -errno;
-	ret = mr_peer_attach(e->fd, e->fd2, &e->peer);
+	ret = memreg_peer_attach(e->fd, e->fd2, &e->peer);
 	d->peer = e->peer;
 	return ret;
 }
@@ -537,7 +537,7 @@ static int prep_peer_detach(struct env *e, void *arg)
 static void check_peer_detach(struct __test_metadata *_metadata, struct env *e, void *arg,
 			      bool took)
 {
-	EXPECT_EQ(took ? -ENOENT : 0, mr_peer_detach(e->fd, e->peer));
+	EXPECT_EQ(took ? -ENOENT : 0, memreg_peer_detach(e->fd, e->peer));
 }
 
 /* 0x11 PEER_REVOKE: fd2 holds a grant to fd; after a revoke it connects no more. */
@@ -549,13 +549,13 @@ static int prep_peer_revoke(struct env *e, void *arg)
 	e->fd2 = memreg_open();
 	if (e->fd2 < 0)
 		return -errno;
-	ret = mrq_create(e->fd, 4, 4, -1, &c);
+	ret = memreg_queue_create(e->fd, 4, 4, -1, &c);
 	e->queue = c.queue;
 	if (!ret)
-		ret = mrq_create(e->fd2, 4, 4, -1, &c);
+		ret = memreg_queue_create(e->fd2, 4, 4, -1, &c);
 	e->queue2 = c.queue;
 	if (!ret)
-		ret = mr_peer_attach(e->fd2, e->fd, &e->peer);
+		ret = memreg_peer_attach(e->fd2, e->fd, &e->peer);
 	return ret;
 }
 
@@ -563,7 +563,7 @@ static void check_peer_revoke(struct __test_metadata *_metadata, struct env *e, 
 			      bool took)
 {
 	EXPECT_EQ(took ? -ECONNRESET : 0,
-		  mr_queue_connect(e->fd2, e->queue2, e->peer, e->queue, 0));
+		  memreg_queue_connect(e->fd2, e->queue2, e->peer, e->queue, 0));
 }
 
 /* 0x12 QUEUE_CONNECT: two queues of fd, fd attached to itself. */
@@ -571,14 +571,14 @@ static int prep_queue_connect(struct env *e, void *arg)
 {
 	struct memreg_queue_connect *qc = arg;
 	struct memreg_queue_create c;
-	int ret = mrq_create(e->fd, 4, 4, -1, &c);
+	int ret = memreg_queue_create(e->fd, 4, 4, -1, &c);
 
 	e->queue = c.queue;
 	if (!ret)
-		ret = mrq_create(e->fd, 4, 4, -1, &c);
+		ret = memreg_queue_create(e->fd, 4, 4, -1, &c);
 	e->queue2 = c.queue;
 	if (!ret)
-		ret = mr_peer_attach(e->fd, e->fd, &e->peer);
+		ret = memreg_peer_attach(e->fd, e->fd, &e->peer);
 	qc->queue = e->queue;
 	qc->peer = e->peer;
 	qc->remote_queue = e->queue2;
@@ -589,7 +589,7 @@ static void check_queue_connect(struct __test_metadata *_metadata, struct env *e
 				bool took)
 {
 	EXPECT_EQ(took ? -EISCONN : 0,
-		  mr_queue_connect(e->fd, e->queue, e->peer, e->queue2, 0));
+		  memreg_queue_connect(e->fd, e->queue, e->peer, e->queue2, 0));
 }
 
 /* 0x13 POOL_CREATE */
@@ -801,7 +801,7 @@ FIXTURE_SETUP(abi)
 	self->e.cfg = default_cfg;
 	self->e.fd = memreg_open();
 	ASSERT_LE(0, self->e.fd);
-	ASSERT_EQ(0, mr_set_cache(self->e.fd, &self->e.cfg));
+	ASSERT_EQ(0, memreg_set_cache(self->e.fd, &self->e.cfg));
 	self->e.buf = map_buf(BUF_PAGES * PAGE, 'a');
 	ASSERT_NE(NULL, self->e.buf);
 	ASSERT_GE(sizeof(self->arg), variant->ioc->size + TAIL);
@@ -944,7 +944,7 @@ TEST(unknown_numbers_are_enotty)
 			}
 		}
 	}
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	close(fd);
 }
@@ -1003,14 +1003,14 @@ TEST(register_at_v1_size_returns_lkey_at_v1_offset)
 			      0xee));
 
 	/* The key is the registration's. */
-	ASSERT_EQ(0, mr_query(fd, lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, lkey, &q));
 	EXPECT_EQ(PTR(buf), q.addr);
 	EXPECT_EQ(2 * PAGE, q.length);
 	EXPECT_EQ(1, q.refcount);
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(2, s.pages_pinned);
-	EXPECT_EQ(0, mr_deregister(fd, lkey));
+	EXPECT_EQ(0, memreg_deregister(fd, lkey));
 	close(fd);
 	munmap(buf, 2 * PAGE);
 }
@@ -1062,11 +1062,11 @@ TEST(stats_at_v1_size_fills_only_v1_bytes)
 	ASSERT_LE(0, fd);
 	ASSERT_NE(NULL, buf);
 	/* No idle eviction: the counters hold still between the two calls. */
-	ASSERT_EQ(0, mr_set_cache(fd, &default_cfg));
-	ASSERT_EQ(0, mr_register(fd, buf, 3 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_set_cache(fd, &default_cfg));
+	ASSERT_EQ(0, memreg_register(fd, buf, 3 * PAGE, RW, &r));
 	memset(arg, 0xee, sizeof(arg));
 	ASSERT_EQ(0, raw(fd, _IOC_READ, _IOC_NR(MEMREG_IOC_STATS), V1_STATS_SIZE, arg));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(0, memcmp(arg, &s, V1_STATS_SIZE));
 	memcpy(&v, arg + offsetof(struct memreg_stats, registrations), 8);
 	EXPECT_EQ(1, v);
@@ -1108,7 +1108,7 @@ TEST(register_at_largest_encodable_size)
 	r->access = RW;
 	arg[size - 1] = 1;
 	EXPECT_EQ(-E2BIG, raw(fd, DIR_RW, _IOC_NR(MEMREG_IOC_REGISTER), size, arg));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.pages_pinned);
 	close(fd);

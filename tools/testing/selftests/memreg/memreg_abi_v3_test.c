@@ -6,7 +6,7 @@
  * This file is compiled against the frozen copy of the version 3 header
  * (abi/v3/linux/memreg.h, include/uapi/linux/memreg.h as of ABI v3) and
  * nothing else of memreg's: not <linux/memreg.h>, not memreg_util.h nor
- * memreg_ring.h, which follow the current header. Its few helpers are its
+ * libmemreg, which follow the current header. Its few helpers are its
  * own. It calls every ioctl of version 3 through its success path with the
  * version 3 sizes and checks the results, and a few of the errors the
  * version 3 header documents:

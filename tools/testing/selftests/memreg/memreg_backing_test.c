@@ -178,10 +178,10 @@ TEST_F(backing, register_copy_and_hit)
 	char *data = malloc(len);
 
 	ASSERT_NE(NULL, data);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &a));
 	EXPECT_EQ(0, a.flags);
 	EXPECT_EQ(vmpin + pages * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(pages, q.pages);
 	/* Every page of the backing is physically contiguous. */
 	EXPECT_GE(q.extents, 1);
@@ -190,58 +190,58 @@ TEST_F(backing, register_copy_and_hit)
 	/* COPY writes the file's pages: the other mapping of the file sees it. */
 	for (i = 0; i < n; i++)
 		data[i] = (char)(i * 7 + 1);
-	ASSERT_EQ(0, mr_copy(self->fd, a.lkey, off, data, n, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, a.lkey, off, data, n, MEMREG_COPY_TO_REGION));
 	EXPECT_EQ(0, memcmp(self->alias + off, data, n));
 	EXPECT_TRUE(all_bytes(self->alias, off, 'a'));
 	EXPECT_TRUE(all_bytes(self->alias + off + n, len - off - n, 'a'));
 	/* Writes through the other mapping are read through the registration. */
 	memset(self->alias + len - unit, 'w', unit);
 	memset(data, 0, len);
-	ASSERT_EQ(0, mr_copy(self->fd, a.lkey, len - unit, data, unit, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, a.lkey, len - unit, data, unit, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, unit, 'w'));
 
 	/* An unaligned range inside is a hit that pins nothing. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + unit + 5, unit, RO, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + unit + 5, unit, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
 	EXPECT_EQ(a.lkey, b.lkey);
 	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
 	EXPECT_EQ(len, b.region_length);
 	EXPECT_EQ(vmpin + pages * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.cache_hits);
 	EXPECT_EQ(1, s.cache_misses);
 	EXPECT_EQ(pages, s.pages_pinned);
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(2, q.refcount);
 
 	/* The other mapping is another range: a miss, pinning the pages again. */
-	ASSERT_EQ(0, mr_register(self->fd, self->alias, len, RW, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->alias, len, RW, &c));
 	EXPECT_EQ(0, c.flags);
 	EXPECT_NE(a.lkey, c.lkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2 * pages, s.pages_pinned);
 	/* Both reach the same pages. */
 	memset(data, 's', PAGE);
-	ASSERT_EQ(0, mr_copy(self->fd, c.lkey, 0, data, PAGE, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, c.lkey, 0, data, PAGE, MEMREG_COPY_TO_REGION));
 	memset(data, 0, PAGE);
-	ASSERT_EQ(0, mr_copy(self->fd, a.lkey, 0, data, PAGE, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, a.lkey, 0, data, PAGE, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, PAGE, 's'));
 
-	EXPECT_EQ(0, mr_deregister(self->fd, c.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, b.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, c.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, b.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, a.lkey));
 	/* Parked (the default): still pinned and charged until FLUSH. */
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.registrations);
 	EXPECT_EQ(2, s.parked);
 	EXPECT_EQ(2 * pages, s.parked_pages);
 	EXPECT_EQ(2 * pages, s.pages_pinned);
 	EXPECT_EQ(vmpin + 2 * pages * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_flush(self->fd, &f));
+	ASSERT_EQ(0, memreg_flush(self->fd, &f));
 	EXPECT_EQ(2, f.evicted);
 	EXPECT_EQ(2 * pages, f.pages);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.pages_pinned);
 	EXPECT_EQ(vmpin, vm_pin_kb());
@@ -269,10 +269,10 @@ static void check_event_ends_registration(struct __test_metadata *_metadata,
 	int i;
 
 	ASSERT_NE(NULL, data);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &r));
 	EXPECT_EQ(vmpin + len / PAGE * PAGE_KB, vm_pin_kb());
 	memset(data, 'r', len);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	ASSERT_TRUE(all_bytes(self->alias, len, 'r'));
 
 	switch (ev) {
@@ -308,7 +308,7 @@ static void check_event_ends_registration(struct __test_metadata *_metadata,
 
 	/* munmap: over by the time the call returned; uncharged once the worker unpinned. */
 	if (cause == MEMREG_INVAL_UNMAP) {
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		EXPECT_EQ(0, s.registrations);
 		EXPECT_EQ(0, s.pages_pinned);
 		EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
@@ -321,21 +321,21 @@ static void check_event_ends_registration(struct __test_metadata *_metadata,
 	 */
 	memset(self->buf, 'b', len);
 	memset(data, 'c', len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, len, 'b'));
 	/* ...nor into the old file pages, still reachable through the alias... */
 	if (ev == EV_MUNMAP)
 		EXPECT_TRUE(all_bytes(self->alias, len, 'r'));
 	/* ...and nothing out of anything. */
 	memset(data, 0, len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 0));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
 
 	/* Over, counted by cause, and uncharged. */
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.deregistrations);
 	EXPECT_EQ(0, s.pages_pinned);
@@ -347,16 +347,16 @@ static void check_event_ends_registration(struct __test_metadata *_metadata,
 	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Registering again is a miss that pins what is mapped now. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &again));
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(r.lkey, again.lkey);
 	memset(data, 'd', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, len, 'd'));
 	/* Same file: the alias sees it too; another file: the old pages do not. */
 	EXPECT_TRUE(all_bytes(self->alias, len, ev == EV_MUNMAP ? 'r' : 'd'));
-	EXPECT_EQ(0, mr_deregister(self->fd, again.lkey));
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	EXPECT_EQ(0, memreg_deregister(self->fd, again.lkey));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
 
 	/* The old pages are released too, by deferred work. */
 	EXPECT_EQ(0, mr_wait_global(self->base.contexts, self->base.regions,
@@ -389,16 +389,16 @@ TEST_F(backing, growing_the_file_does_not_invalidate)
 	struct memreg_query q;
 	int i;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, self->len, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, self->len, RW, &r));
 	ASSERT_EQ(0, ftruncate(self->mfd, 2 * self->len));
 	memset(self->alias, 'g', self->len);
-	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, r.lkey, &q));
 	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
 	EXPECT_EQ(1, q.refcount);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(0, s.invalidations[i]);
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 }
 
 TEST_HARNESS_MAIN

@@ -42,26 +42,26 @@ TEST_F(budget, pinning_stops_at_the_budget)
 	struct memreg_stats s;
 	long vmpin = vm_pin_kb();
 
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(BUDGET, g.budget_pages);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &a));
-	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 8 * PAGE, 9 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &a));
+	EXPECT_EQ(-ENOSPC, memreg_register(self->fd, self->buf + 8 * PAGE, 9 * PAGE, RW, &b));
 	/* The refusal pinned and charged nothing. */
 	EXPECT_EQ(vmpin + 8 * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(8, s.pages_pinned);
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(8, g.pages_pinned);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 8 * PAGE, 8 * PAGE, RW, &b));
-	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 16 * PAGE, PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 8 * PAGE, 8 * PAGE, RW, &b));
+	EXPECT_EQ(-ENOSPC, memreg_register(self->fd, self->buf + 16 * PAGE, PAGE, RO, &b));
 	/* Ending a registration gives its pages back to the budget. */
-	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	EXPECT_EQ(0, memreg_deregister(self->fd, a.lkey));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(8, g.pages_pinned);
-	EXPECT_EQ(0, mr_register(self->fd, self->buf + 16 * PAGE, 8 * PAGE, RO, &b));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(0, memreg_register(self->fd, self->buf + 16 * PAGE, 8 * PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(0, s.parks);
 	EXPECT_EQ(0, s.evictions[MEMREG_EVICT_PIN_LIMIT]);

@@ -39,25 +39,25 @@ TEST_F(cache, miss_then_hit)
 
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
 	EXPECT_EQ(0, a.flags);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
 	EXPECT_EQ(a.lkey, b.lkey);
 	EXPECT_EQ(a.rkey, b.rkey);
 	/* A hit pins nothing more. */
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
 
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.cache_hits);
 	EXPECT_EQ(1, s.cache_misses);
 	EXPECT_EQ(NPAGES, s.pages_pinned);
 	EXPECT_EQ(NPAGES, s.pages_pinned_peak);
 
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(2, q.refcount);
 	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
 	EXPECT_FALSE(q.state & (MEMREG_STATE_PARKED | MEMREG_STATE_SUSPENDED));
@@ -69,15 +69,15 @@ TEST_F(cache, miss_then_hit)
 	EXPECT_LE(q.extents, NPAGES);
 
 	/* The first DEREGISTER drops a reference, the second ends it. */
-	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(0, memreg_deregister(self->fd, a.lkey));
+	ASSERT_EQ(0, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
-	EXPECT_EQ(0, mr_deregister(self->fd, b.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(0, memreg_deregister(self->fd, b.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(vmpin, vm_pin_kb());
 
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(0, s.parks);
@@ -86,7 +86,7 @@ TEST_F(cache, miss_then_hit)
 	EXPECT_EQ(NPAGES, s.pages_pinned_peak);
 
 	/* Registering again is a miss with new keys. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
 	EXPECT_EQ(0, b.flags);
 	EXPECT_NE(a.lkey, b.lkey);
 }
@@ -103,18 +103,18 @@ TEST_F(cache, miss_park_revive)
 	long vmpin = vm_pin_kb();
 	char data[64];
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
-	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, a.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, a.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, a.lkey));
 	/* Parked: still there, pinned and charged, with no reference. */
-	ASSERT_EQ(0, mr_query(self->fd, a.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, a.lkey, &q));
 	EXPECT_EQ(0, q.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
 	EXPECT_EQ(NPAGES, q.pages);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(NPAGES, s.parked_pages);
@@ -123,21 +123,21 @@ TEST_F(cache, miss_park_revive)
 	EXPECT_EQ(NPAGES, s.pages_pinned);
 	/* Its key moves no data while it is parked, either way. */
 	memset(data, 'z', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, a.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, NPAGES * PAGE, 'a'));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, a.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 'z'));
 	/* And it has no reference to drop. */
-	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, a.lkey));
+	EXPECT_EQ(-EINVAL, memreg_deregister(self->fd, a.lkey));
 
 	/*
 	 * A covered range revives it, nothing pinned again, with new keys: the
 	 * local key keeps its sequence but not its random bits, the remote key
 	 * is new. The keys carry the registration's rights, wider than asked.
 	 */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + PAGE, PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, b.flags);
 	EXPECT_EQ(a.lkey >> 24, b.lkey >> 24);
 	EXPECT_NE(a.lkey, b.lkey);
@@ -146,11 +146,11 @@ TEST_F(cache, miss_park_revive)
 	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
 	EXPECT_EQ(NPAGES * PAGE, b.region_length);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_query(self->fd, b.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, b.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
 	EXPECT_EQ(RW, q.access);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.revives);
 	EXPECT_EQ(1, s.cache_hits);
 	EXPECT_EQ(1, s.cache_misses);
@@ -160,17 +160,17 @@ TEST_F(cache, miss_park_revive)
 	EXPECT_EQ(NPAGES, s.pages_pinned);
 
 	/* The old local key is unknown now; the new one moves data. */
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, a.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, a.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, a.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, a.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_TO_REGION));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, a.lkey));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, a.lkey));
 	EXPECT_TRUE(all_bytes(self->buf, NPAGES * PAGE, 'a'));
-	EXPECT_EQ(0, mr_copy(self->fd, b.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(0, memreg_copy(self->fd, b.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf + PAGE, sizeof(data), 'z'));
 	EXPECT_TRUE(all_bytes(self->buf, PAGE, 'a'));
 	EXPECT_TRUE(all_bytes(self->buf + PAGE + sizeof(data), (NPAGES - 1) * PAGE - sizeof(data),
 			      'a'));
-	ASSERT_EQ(0, mr_query(self->fd, b.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, b.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 }
 
@@ -178,11 +178,11 @@ TEST_F(cache, covered_subrange_hits)
 {
 	struct memreg_register a, b, c;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, NPAGES * PAGE, RW, &a));
 	EXPECT_EQ((unsigned long)self->buf, a.region_addr);
 	EXPECT_EQ(NPAGES * PAGE, a.region_length);
 	/* Unaligned, inside: a hit, which names the covering registration. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE + 100, 2 * PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + PAGE + 100, 2 * PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
 	EXPECT_EQ(a.lkey, b.lkey);
 	EXPECT_EQ((unsigned long)self->buf, b.region_addr);
@@ -193,7 +193,7 @@ TEST_F(cache, covered_subrange_hits)
 	ASSERT_EQ(0, ioctl(self->fd, MEMREG_IOC_REGISTER, &b));
 	EXPECT_EQ(a.lkey, b.lkey);
 	/* The very last byte: a hit. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + NPAGES * PAGE - 1, 1, RW, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + NPAGES * PAGE - 1, 1, RW, &c));
 	EXPECT_EQ(a.lkey, c.lkey);
 }
 
@@ -202,18 +202,18 @@ TEST_F(cache, wider_access_misses)
 	struct memreg_register ro, rw, again;
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RO, &ro));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &rw));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RO, &ro));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &rw));
 	EXPECT_EQ(0, rw.flags);
 	EXPECT_NE(ro.lkey, rw.lkey);
 	/* Read-only is served by the read-write registration or the read-only one. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RO, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RO, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.registrations);
 	EXPECT_EQ(4, s.pages_pinned);
 	/* Remote write access is wider still. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE,
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE,
 				 RW | MEMREG_ACCESS_REMOTE_WRITE, &again));
 	EXPECT_EQ(0, again.flags);
 }
@@ -223,20 +223,20 @@ TEST_F(cache, partial_overlap_is_a_new_registration)
 	struct memreg_register a, b, c;
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, 4 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 2 * PAGE, 4 * PAGE, RW, &b));
 	EXPECT_EQ(0, b.flags);
 	EXPECT_NE(a.lkey, b.lkey);
 	/* Spanning both is covered by neither. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, 4 * PAGE, RW, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + PAGE, 4 * PAGE, RW, &c));
 	EXPECT_EQ(0, c.flags);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(3, s.registrations);
 	EXPECT_EQ(12, s.pages_pinned);
 	/* Ending one leaves the others intact. */
-	EXPECT_EQ(0, mr_deregister(self->fd, b.lkey));
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE, PAGE, RW, &b));
+	EXPECT_EQ(0, memreg_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + PAGE, PAGE, RW, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, b.flags);
 	EXPECT_TRUE(b.lkey == a.lkey || b.lkey == c.lkey);
 }
@@ -249,10 +249,10 @@ TEST_F(cache, copy_moves_data_both_ways)
 
 	ASSERT_NE(NULL, data);
 	/* An unaligned registration; copies cross page boundaries. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 10, NPAGES * PAGE - 20, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 10, NPAGES * PAGE - 20, RW, &r));
 	for (i = 0; i < NPAGES * PAGE; i++)
 		data[i] = (char)(i * 7 + 1);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 100, data, 3 * PAGE + 5, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, 100, data, 3 * PAGE + 5, MEMREG_COPY_TO_REGION));
 	EXPECT_EQ(0, memcmp(self->buf + 110, data, 3 * PAGE + 5));
 	EXPECT_TRUE(all_bytes(self->buf, 110, 'a'));
 	EXPECT_TRUE(all_bytes(self->buf + 110 + 3 * PAGE + 5, NPAGES * PAGE - 115 - 3 * PAGE, 'a'));
@@ -260,11 +260,11 @@ TEST_F(cache, copy_moves_data_both_ways)
 	/* The process writes, the copy reads what it wrote. */
 	memset(self->buf + 5 * PAGE, 'q', PAGE);
 	memset(data, 0, NPAGES * PAGE);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 5 * PAGE - 10, data, PAGE, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, 5 * PAGE - 10, data, PAGE, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, PAGE, 'q'));
 
 	/* A whole-region copy larger than the kernel's bounce chunk. */
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 0, data, NPAGES * PAGE - 20, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, 0, data, NPAGES * PAGE - 20, MEMREG_COPY_FROM_REGION));
 	EXPECT_EQ(0, memcmp(data, self->buf + 10, NPAGES * PAGE - 20));
 	free(data);
 }
@@ -274,8 +274,8 @@ TEST_F(cache, read_only_registration_reads)
 	struct memreg_register r;
 	char out[32];
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RO, &r));
-	EXPECT_EQ(0, mr_copy(self->fd, r.lkey, 7, out, sizeof(out), MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RO, &r));
+	EXPECT_EQ(0, memreg_copy(self->fd, r.lkey, 7, out, sizeof(out), MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(out, sizeof(out), 'a'));
 }
 
@@ -296,8 +296,8 @@ TEST(thp_gives_one_extent)
 	ASSERT_EQ(0, madvise(p, huge, MADV_HUGEPAGE));
 	memset(p, 'h', huge);
 
-	ASSERT_EQ(0, mr_register(fd, p, huge, RW, &r));
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_register(fd, p, huge, RW, &r));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	EXPECT_EQ(pages, q.pages);
 	if (q.extents != 1) {
 		/* Physically contiguous or not, coalescing never makes more extents than pages. */
@@ -324,8 +324,8 @@ TEST(close_releases_everything)
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
 	for (i = 0; i < 16; i++)
-		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, RW, &r));
-	ASSERT_EQ(0, mr_register(fd, buf, 16 * PAGE, RO, &r));
+		ASSERT_EQ(0, memreg_register(fd, buf + i * PAGE, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, 16 * PAGE, RO, &r));
 	EXPECT_EQ(vmpin + 32 * PAGE_KB, vm_pin_kb());
 	close(fd);
 	EXPECT_EQ(vmpin, vm_pin_kb());

@@ -80,20 +80,6 @@ static int poll_now(int fd)
 	return n ? p.revents : 0;
 }
 
-static int mr_resync(int fd, struct memreg_resync_entry *entries, __u32 capacity,
-		     __u32 *count)
-{
-	struct memreg_events_resync r = {
-		.entries = (__u64)(unsigned long)entries,
-		.capacity = capacity,
-	};
-
-	if (ioctl(fd, MEMREG_IOC_EVENTS_RESYNC, &r))
-		return -errno;
-	*count = r.count;
-	return 0;
-}
-
 static struct memreg_cache_config cache_config(__u32 parking, __u64 max_parked,
 					       __u64 max_parked_pages, __u64 idle_ms)
 {
@@ -216,7 +202,7 @@ static int ctx_open(struct ctx *c, __u32 entries)
 	c->fd = memreg_open();
 	if (c->fd < 0)
 		return -errno;
-	ret = mr_set_cache(c->fd, &cfg);
+	ret = memreg_set_cache(c->fd, &cfg);
 	if (ret)
 		return ret;
 	c->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -257,7 +243,7 @@ static void expect_state(struct __test_metadata *_metadata, int fd, __u64 key, _
 {
 	struct memreg_query q;
 
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_EQ(state, q.state);
 }
 
@@ -306,12 +292,12 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 		ASSERT_EQ(0, word(c->words, i)) TH_LOG("word %zu", i);
 	}
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 100, 3 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 100, 3 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 	expect_new_slot(_metadata, c, &r);
 
 	/* A hit: the same registration, slot and generation; the word stays. */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + PAGE, PAGE, RO, &hit));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + PAGE, PAGE, RO, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, hit.flags);
 	EXPECT_EQ(r.lkey, hit.lkey);
 	EXPECT_EQ(r.slot, hit.slot);
@@ -319,7 +305,7 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 
 	/* Another registration: a slot of its own. */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 8 * PAGE, 2 * PAGE, RW, &other));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 8 * PAGE, 2 * PAGE, RW, &other));
 	expect_new_slot(_metadata, c, &other);
 	EXPECT_NE(r.slot, other.slot);
 
@@ -327,9 +313,9 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 	 * Dropping a reference, then the last one (parked, its keys ended for
 	 * data): parking leaves the word alone.
 	 */
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));
 	expect_state(_metadata, c->fd, r.lkey, MEMREG_STATE_VALID | MEMREG_STATE_PARKED);
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 
@@ -337,7 +323,7 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 	 * Revived: the same slot and generation, and the word stays, but new
 	 * keys (the same sequence); the old local key is unknown now.
 	 */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 200, PAGE, RO, &hit));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 200, PAGE, RO, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, hit.flags);
 	EXPECT_EQ(r.lkey >> 24, hit.lkey >> 24);
 	EXPECT_NE(r.lkey, hit.lkey);
@@ -347,7 +333,7 @@ TEST_F(ev, words_follow_register_hit_park_revive)
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 	EXPECT_EQ(other.generation, word(c->words, other.slot));
 	expect_state(_metadata, c->fd, hit.lkey, MEMREG_STATE_VALID);
-	EXPECT_EQ(-ENOENT, mr_query(c->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_query(c->fd, r.lkey, &q));
 
 	/* None of it is an event; no other word moved. */
 	expect_no_events(_metadata, c);
@@ -364,16 +350,16 @@ TEST_F(ev, flush_ends_parked_words_with_events)
 	struct memreg_register a, b, live;
 	struct memreg_flush f;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, 2 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 4 * PAGE + 10, 3 * PAGE, RO, &b));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 10 * PAGE, PAGE, RW, &live));
-	ASSERT_EQ(0, mr_deregister(c->fd, a.lkey));
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, 2 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 4 * PAGE + 10, 3 * PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 10 * PAGE, PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_deregister(c->fd, a.lkey));
+	ASSERT_EQ(0, memreg_deregister(c->fd, b.lkey));
 	EXPECT_EQ(a.generation, word(c->words, a.slot));
 	EXPECT_EQ(b.generation, word(c->words, b.slot));
 	expect_no_events(_metadata, c);
 
-	ASSERT_EQ(0, mr_flush(c->fd, &f));
+	ASSERT_EQ(0, memreg_flush(c->fd, &f));
 	EXPECT_EQ(2, f.evicted);
 	EXPECT_EQ(ENDED(a.generation), word(c->words, a.slot));
 	EXPECT_EQ(ENDED(b.generation), word(c->words, b.slot));
@@ -396,8 +382,8 @@ TEST_F(ev, deregister_without_parking_ends_word_without_event)
 	struct memreg_query q;
 
 	/* Turning parking off evicts what is parked (FLUSH)... */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &a));
-	ASSERT_EQ(0, mr_deregister(c->fd, a.lkey));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_deregister(c->fd, a.lkey));
 	ASSERT_EQ(0, mr_set_parking(c->fd, 0));
 	EXPECT_EQ(ENDED(a.generation), word(c->words, a.slot));
 	ASSERT_EQ(1, ring_tail(&c->ring));
@@ -406,10 +392,10 @@ TEST_F(ev, deregister_without_parking_ends_word_without_event)
 	EXPECT_EQ(1, efd_count(c->efd));
 
 	/* ...and then the last DEREGISTER ends a registration: no event. */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 4 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 4 * PAGE, 2 * PAGE, RW, &b));
 	expect_new_slot(_metadata, c, &b);
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(c->fd, b.lkey, &q));
+	ASSERT_EQ(0, memreg_deregister(c->fd, b.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(c->fd, b.lkey, &q));
 	EXPECT_EQ(ENDED(b.generation), word(c->words, b.slot));
 	EXPECT_EQ(1, ring_tail(&c->ring));
 	EXPECT_EQ(0, efd_count(c->efd));
@@ -423,12 +409,12 @@ TEST_F(ev, evictions_end_words_with_events)
 	struct memreg_register a, b;
 	struct pollfd p = { .fd = c->fd, .events = POLLIN };
 
-	ASSERT_EQ(0, mr_set_cache(c->fd, &cfg));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(c->fd, a.lkey));
+	ASSERT_EQ(0, memreg_set_cache(c->fd, &cfg));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(c->fd, a.lkey));
 	EXPECT_EQ(0, ring_tail(&c->ring));
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));
+	ASSERT_EQ(0, memreg_deregister(c->fd, b.lkey));
 	EXPECT_EQ(ENDED(a.generation), word(c->words, a.slot));
 	EXPECT_EQ(b.generation, word(c->words, b.slot));
 	ASSERT_EQ(1, ring_tail(&c->ring));
@@ -439,7 +425,7 @@ TEST_F(ev, evictions_end_words_with_events)
 
 	/* Idle for 200 ms: the delayed work evicts b, and wakes a blocked poll. */
 	cfg.idle_ms = 200;
-	ASSERT_EQ(0, mr_set_cache(c->fd, &cfg));
+	ASSERT_EQ(0, memreg_set_cache(c->fd, &cfg));
 	ASSERT_EQ(1, poll(&p, 1, 5000));
 	EXPECT_TRUE(p.revents & POLLIN);
 	ASSERT_EQ(2, ring_tail(&c->ring));
@@ -454,9 +440,9 @@ TEST_F(ev, freed_slot_is_reused_with_larger_generation)
 	struct ctx *c = &self->c;
 	struct memreg_register a, b, cc, d, e;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 4 * PAGE, PAGE, RW, &cc));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 4 * PAGE, PAGE, RW, &cc));
 	expect_new_slot(_metadata, c, &a);
 	expect_new_slot(_metadata, c, &b);
 	expect_new_slot(_metadata, c, &cc);
@@ -470,7 +456,7 @@ TEST_F(ev, freed_slot_is_reused_with_larger_generation)
 					     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0));
 
 	/* The only free slot below the others is b's: taken again, generation up. */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 6 * PAGE, PAGE, RW, &d));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 6 * PAGE, PAGE, RW, &d));
 	EXPECT_EQ(0, d.flags);
 	EXPECT_EQ(b.slot, d.slot);
 	EXPECT_GT(d.generation, b.generation);
@@ -480,10 +466,10 @@ TEST_F(ev, freed_slot_is_reused_with_larger_generation)
 	EXPECT_EQ(cc.generation, word(c->words, cc.slot));
 
 	/* Ended again (parked, flushed), and taken again: larger still. */
-	ASSERT_EQ(0, mr_deregister(c->fd, d.lkey));
-	ASSERT_EQ(0, mr_flush(c->fd, NULL));
+	ASSERT_EQ(0, memreg_deregister(c->fd, d.lkey));
+	ASSERT_EQ(0, memreg_flush(c->fd, NULL));
 	EXPECT_EQ(ENDED(d.generation), word(c->words, d.slot));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 8 * PAGE, PAGE, RW, &e));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 8 * PAGE, PAGE, RW, &e));
 	EXPECT_EQ(d.slot, e.slot);
 	EXPECT_GT(e.generation, d.generation);
 	EXPECT_EQ(e.generation, word(c->words, e.slot));
@@ -501,7 +487,7 @@ TEST_F(ev, last_freed_slot_first)
 	int i;
 
 	for (i = 0; i < 4; i++) {
-		ASSERT_EQ(0, mr_register(c->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r[i]));
+		ASSERT_EQ(0, memreg_register(c->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r[i]));
 		EXPECT_EQ(i, r[i].slot);
 	}
 	/* Slots 0 and 2 freed, in that order. */
@@ -511,7 +497,7 @@ TEST_F(ev, last_freed_slot_first)
 	EXPECT_EQ(ENDED(r[2].generation), word(c->words, 2));
 
 	for (i = 0; i < 3; i++) {
-		ASSERT_EQ(0, mr_register(c->fd, self->buf + (16 + 2 * i) * PAGE, PAGE, RW, &n[i]));
+		ASSERT_EQ(0, memreg_register(c->fd, self->buf + (16 + 2 * i) * PAGE, PAGE, RW, &n[i]));
 	}
 	/* The slot freed last is taken first (its word is warm), then the others. */
 	EXPECT_EQ(2, n[0].slot);
@@ -535,7 +521,7 @@ TEST_F(ev, full_words_give_no_slot)
 	ASSERT_NE(NULL, seen);
 	memset(&freed, 0, sizeof(freed));
 	for (i = 0; i < nslots; i++) {
-		ASSERT_EQ(0, mr_register(c->fd, big + i * PAGE, PAGE, RW, &r)) TH_LOG("%zu", i);
+		ASSERT_EQ(0, memreg_register(c->fd, big + i * PAGE, PAGE, RW, &r)) TH_LOG("%zu", i);
 		ASSERT_NE(MEMREG_NO_SLOT, r.slot) TH_LOG("registration %zu", i);
 		ASSERT_LT(r.slot, nslots);
 		ASSERT_EQ(0, seen[r.slot]) TH_LOG("slot %u twice", r.slot);
@@ -544,7 +530,7 @@ TEST_F(ev, full_words_give_no_slot)
 		if (i == 5)
 			freed = r;
 	}
-	ASSERT_EQ(0, mr_register(c->fd, big + nslots * PAGE, PAGE, RW, &extra));
+	ASSERT_EQ(0, memreg_register(c->fd, big + nslots * PAGE, PAGE, RW, &extra));
 	EXPECT_EQ(0, extra.flags);
 	EXPECT_EQ(MEMREG_NO_SLOT, extra.slot);
 	EXPECT_EQ(0, extra.generation);
@@ -552,12 +538,12 @@ TEST_F(ev, full_words_give_no_slot)
 	/* One ends: its slot goes to the next new registration. */
 	ASSERT_EQ(0, munmap(big + 5 * PAGE, PAGE));
 	EXPECT_EQ(ENDED(freed.generation), word(c->words, freed.slot));
-	ASSERT_EQ(0, mr_register(c->fd, big + (nslots + 1) * PAGE, PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(c->fd, big + (nslots + 1) * PAGE, PAGE, RW, &again));
 	EXPECT_EQ(freed.slot, again.slot);
 	EXPECT_GT(again.generation, freed.generation);
 	EXPECT_EQ(again.generation, word(c->words, again.slot));
 	/* The one without a slot keeps none. */
-	ASSERT_EQ(0, mr_register(c->fd, big + nslots * PAGE, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, big + nslots * PAGE, PAGE, RO, &r));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, r.flags);
 	EXPECT_EQ(extra.lkey, r.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
@@ -579,7 +565,7 @@ TEST(no_slot_before_words_are_mapped)
 
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
-	ASSERT_EQ(0, mr_register(fd, buf, 2 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(fd, buf, 2 * PAGE, RW, &a));
 	EXPECT_EQ(MEMREG_NO_SLOT, a.slot);
 	EXPECT_EQ(0, a.generation);
 
@@ -588,7 +574,7 @@ TEST(no_slot_before_words_are_mapped)
 	for (i = 0; i < PAGE / 8; i++) {
 		ASSERT_EQ(0, word(words, i));
 	}
-	ASSERT_EQ(0, mr_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
 	ASSERT_NE(MEMREG_NO_SLOT, b.slot);
 	EXPECT_NE(0, b.generation);
 	EXPECT_EQ(b.generation, word(words, b.slot));
@@ -598,22 +584,22 @@ TEST(no_slot_before_words_are_mapped)
 	 * revival gives it new keys (the same sequence), and the old local key
 	 * is unknown from then on.
 	 */
-	ASSERT_EQ(0, mr_register(fd, buf + PAGE, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf + PAGE, PAGE, RO, &r));
 	EXPECT_EQ(a.lkey, r.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
 	EXPECT_EQ(0, r.generation);
-	ASSERT_EQ(0, mr_deregister(fd, a.lkey));
-	ASSERT_EQ(0, mr_deregister(fd, a.lkey));
-	ASSERT_EQ(0, mr_register(fd, buf, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_deregister(fd, a.lkey));
+	ASSERT_EQ(0, memreg_deregister(fd, a.lkey));
+	ASSERT_EQ(0, memreg_register(fd, buf, PAGE, RO, &r));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
 	EXPECT_EQ(a.lkey >> 24, r.lkey >> 24);
 	EXPECT_NE(a.lkey, r.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
 	EXPECT_EQ(0, r.generation);
-	EXPECT_EQ(-ENOENT, mr_query(fd, a.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, a.lkey, &q));
 
 	/* RESYNC says so too, under the new key. */
-	ASSERT_EQ(0, mr_resync(fd, list, 4, &count));
+	ASSERT_EQ(0, memreg_events_resync(fd, list, 4, &count));
 	ASSERT_EQ(2, count);
 	for (i = 0; i < count; i++) {
 		if (list[i].key == r.lkey) {
@@ -625,9 +611,9 @@ TEST(no_slot_before_words_are_mapped)
 	}
 
 	/* Its end writes no word. */
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	ASSERT_EQ(0, munmap(buf, 2 * PAGE));
-	EXPECT_EQ(-ENOENT, mr_query(fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, r.lkey, &q));
 	for (i = 0; i < PAGE / 8; i++) {
 		EXPECT_EQ(i == b.slot ? b.generation : 0, word(words, i)) TH_LOG("word %u", i);
 	}
@@ -671,7 +657,7 @@ TEST(mmap_refuses_bad_requests)
 	/* A shorter one shows the same words. */
 	words2 = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
 	ASSERT_NE(MAP_FAILED, words2);
-	ASSERT_EQ(0, mr_register(fd, buf, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, PAGE, RW, &r));
 	ASSERT_LT(r.slot, PAGE / 8);
 	EXPECT_EQ(r.generation, word(words, r.slot));
 	EXPECT_EQ(r.generation, word(words2, r.slot));
@@ -731,7 +717,7 @@ TEST(refused_mmap_creates_no_words)
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_PRIVATE, MEMREG_MMAP_STATE_WORDS));
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_EXEC, MAP_SHARED,
 				    MEMREG_MMAP_STATE_WORDS));
-	ASSERT_EQ(0, mr_register(fd, buf, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, PAGE, RW, &r));
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
 	EXPECT_EQ(0, r.generation);
 	words = mmap(NULL, 2 * PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
@@ -791,7 +777,7 @@ TEST_F(ev, mappings_are_not_inherited)
 	size_t i;
 	pid_t pid;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &r));
 	for (i = 0; i < sizeof(areas) / sizeof(areas[0]); i++) {
 		pid = fork();
 		ASSERT_GE(pid, 0);
@@ -827,9 +813,9 @@ TEST_F(ev, fork_and_child_exit_leave_words_alone)
 	char data[64];
 	pid_t pid;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, 4 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 8 * PAGE, 2 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, 4 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 8 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(c->fd, b.lkey));
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
@@ -845,7 +831,7 @@ TEST_F(ev, fork_and_child_exit_leave_words_alone)
 	/* Still the parent's pages. */
 	EXPECT_TRUE(all_bytes(self->buf, 12 * PAGE, 'e'));
 	memset(self->buf, 'p', sizeof(data));
-	ASSERT_EQ(0, mr_copy(c->fd, a.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(c->fd, a.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 'p'));
 }
 
@@ -876,16 +862,16 @@ TEST(child_exit_ends_its_registrations_with_events)
 		__u64 *words;
 		int fd = memreg_open(), i;
 
-		if (fd < 0 || !buf || mr_set_cache(fd, &cfg) || ring_setup(fd, 16, efd, &ring))
+		if (fd < 0 || !buf || memreg_set_cache(fd, &cfg) || ring_setup(fd, 16, efd, &ring))
 			_exit(1);
 		words = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
 		if (words == MAP_FAILED)
 			_exit(2);
 		for (i = 0; i < 3; i++)
-			if (mr_register(fd, buf + 2 * i * PAGE, 2 * PAGE, RW, &r[i]) ||
+			if (memreg_register(fd, buf + 2 * i * PAGE, 2 * PAGE, RW, &r[i]) ||
 			    word(words, r[i].slot) != r[i].generation)
 				_exit(3);
-		if (mr_deregister(fd, r[1].lkey))
+		if (memreg_deregister(fd, r[1].lkey))
 			_exit(4);
 		if (write(ready[1], "r", 1) != 1 || read(go[0], &ch, 1) != 1)
 			_exit(5);
@@ -922,12 +908,12 @@ TEST(close_writes_no_events)
 	ASSERT_GE(efd, 0);
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mr_set_cache(fd, &cfg));
+	ASSERT_EQ(0, memreg_set_cache(fd, &cfg));
 	s.eventfd = efd;
 	ASSERT_EQ(0, ioctl(fd, MEMREG_IOC_EVENTS_SETUP, &s));
-	ASSERT_EQ(0, mr_register(fd, buf, 2 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(fd, buf, 2 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(fd, b.lkey));
 	EXPECT_EQ(vmpin + 4 * (long)PAGE_KB, vm_pin_kb());
 	ASSERT_EQ(0, close(fd));
 	EXPECT_EQ(vmpin, vm_pin_kb());
@@ -953,9 +939,9 @@ TEST(close_keeps_context_while_mapped)
 	ASSERT_NE(NULL, buf);
 	mr_settle(&base);
 	ASSERT_EQ(0, ctx_open(&c, 8));
-	ASSERT_EQ(0, mr_register(c.fd, buf, 4 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c.fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(c.fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(c.fd, buf, 4 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c.fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(c.fd, b.lkey));
 	ASSERT_EQ(0, close(c.fd));
 	c.fd = -1;
 
@@ -1046,10 +1032,10 @@ TEST_F(inval, ends_word_and_writes_event_before_returning)
 	char *p;
 	int i;
 
-	ASSERT_EQ(0, mr_register(c->fd, pages + 100, 3 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 10 * PAGE, 2 * PAGE, RW, &other));
+	ASSERT_EQ(0, memreg_register(c->fd, pages + 100, 3 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 10 * PAGE, 2 * PAGE, RW, &other));
 	if (variant->parked) {
-		ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
+		ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));
 		expect_state(_metadata, c->fd, r.lkey, MEMREG_STATE_VALID | MEMREG_STATE_PARKED);
 	}
 	ASSERT_EQ(r.generation, word(c->words, r.slot));
@@ -1079,8 +1065,8 @@ TEST_F(inval, ends_word_and_writes_event_before_returning)
 	EXPECT_EQ(0, ring_flags(&c->ring));
 	EXPECT_EQ(0, ring_overflows(&c->ring));
 	EXPECT_EQ(0, ring_head(&c->ring));
-	EXPECT_EQ(-ENOENT, mr_query(c->fd, r.lkey, &q));
-	ASSERT_EQ(0, mr_stats(c->fd, &s));
+	EXPECT_EQ(-ENOENT, memreg_query(c->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_stats(c->fd, &s));
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		sum += s.invalidations[i];
 	EXPECT_EQ(1, sum);
@@ -1105,7 +1091,7 @@ TEST_F(ev, failed_revalidation_ends_word_with_events)
 	char data[64];
 	__u64 w;
 
-	ASSERT_EQ(0, mr_register(c->fd, reg, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, reg, 4 * PAGE, RW, &r));
 	ASSERT_EQ(0, madvise(reg + PAGE, PAGE, MADV_DONTNEED));
 	/* Suspended when madvise returns (the worker may have ended it already). */
 	w = word(c->words, r.slot);
@@ -1117,13 +1103,13 @@ TEST_F(ev, failed_revalidation_ends_word_with_events)
 		     MEMREG_EVENT_SUSPENDED, MEMREG_INVAL_CLEAR);
 
 	/* The first use revalidates: the page is gone, the registration ends. */
-	EXPECT_EQ(-ENOENT, mr_copy(c->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(c->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
 	EXPECT_EQ(ENDED(r.generation), word(c->words, r.slot));
 	ASSERT_EQ(2, ring_tail(&c->ring));
 	expect_event(_metadata, ring_at(&c->ring, 1), r.lkey, reg, 4 * PAGE,
 		     MEMREG_EVENT_ENDED, MEMREG_INVAL_CLEAR);
 	EXPECT_EQ(2, efd_count(c->efd));
-	ASSERT_EQ(0, mr_stats(c->fd, &s));
+	ASSERT_EQ(0, memreg_stats(c->fd, &s));
 	EXPECT_EQ(1, s.suspensions);
 	EXPECT_EQ(0, s.resumptions);
 	EXPECT_EQ(1, s.revalidation_failures);
@@ -1181,7 +1167,7 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 	__u64 w;
 	int i;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->block, len, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->block, len, RW, &r));
 	expect_new_slot(_metadata, c, &r);
 	/* Splits the VMA inside the huge page: a CLEAR over the whole block. */
 	ASSERT_EQ(0, mprotect(self->block + len, PAGE, PROT_READ));
@@ -1193,7 +1179,7 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 	if (w != SUSPENDED(r.generation)) {
 		/* Only if the worker resumed it already. */
 		EXPECT_EQ(r.generation, w);
-		ASSERT_EQ(0, mr_stats(c->fd, &s));
+		ASSERT_EQ(0, memreg_stats(c->fd, &s));
 		EXPECT_EQ(1, s.resumptions);
 		TH_LOG("resumed before the word was read");
 	}
@@ -1203,9 +1189,9 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 		usleep(10000);
 	EXPECT_EQ(r.generation, word(c->words, r.slot));
 	expect_state(_metadata, c->fd, r.lkey, MEMREG_STATE_VALID);
-	ASSERT_EQ(0, mr_copy(c->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(c->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 'a'));
-	ASSERT_EQ(0, mr_stats(c->fd, &s));
+	ASSERT_EQ(0, memreg_stats(c->fd, &s));
 	EXPECT_EQ(1, s.suspensions);
 	EXPECT_EQ(1, s.resumptions);
 	EXPECT_EQ(0, s.revalidation_failures);
@@ -1362,7 +1348,7 @@ TEST_F(ev, ring_mappings_refuse_bad_requests)
 	/* A second mapping of the ring shows the same events. */
 	again = mmap(NULL, bytes, PROT_READ, MAP_SHARED, c->fd, MEMREG_MMAP_EVENTS);
 	ASSERT_NE(MAP_FAILED, again);
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &r));
 	ASSERT_EQ(0, munmap(self->buf, PAGE));
 	EXPECT_EQ(1, __atomic_load_n(&again->tail, __ATOMIC_ACQUIRE));
 	EXPECT_EQ(r.lkey, ((struct memreg_event *)((char *)again + MEMREG_EVENTS_OFFSET))->key);
@@ -1384,8 +1370,8 @@ TEST_F(ev, poll_reports_unread_events)
 	close(fd2);
 
 	EXPECT_EQ(0, poll_now(c->fd));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf, PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf, PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 2 * PAGE, PAGE, RW, &b));
 	EXPECT_EQ(0, poll_now(c->fd));
 
 	ASSERT_EQ(0, munmap(self->buf, PAGE));
@@ -1435,7 +1421,7 @@ TEST_F(ev, epoll_wakes_a_blocked_waiter)
 	pthread_t th;
 	int i;
 
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 4 * PAGE, 2 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 4 * PAGE, 2 * PAGE, RW, &r));
 	w.epfd = epoll_create1(EPOLL_CLOEXEC);
 	ASSERT_GE(w.epfd, 0);
 	ASSERT_EQ(0, epoll_ctl(w.epfd, EPOLL_CTL_ADD, c->fd, &ee));
@@ -1474,7 +1460,7 @@ TEST_F(ev, eventfd_counts_each_event)
 	EXPECT_EQ(-1, read(c->efd, &v, sizeof(v)));
 	EXPECT_EQ(EAGAIN, errno);
 	for (i = 0; i < 5; i++) {
-		ASSERT_EQ(0, mr_register(c->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r));
+		ASSERT_EQ(0, memreg_register(c->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r));
 	}
 	for (i = 0; i < 3; i++) {
 		ASSERT_EQ(0, munmap(self->buf + 2 * i * PAGE, PAGE));
@@ -1482,11 +1468,11 @@ TEST_F(ev, eventfd_counts_each_event)
 	EXPECT_EQ(3, efd_count(c->efd));
 	EXPECT_EQ(0, efd_count(c->efd));
 	/* Evictions too: one per registration. */
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 10 * PAGE, PAGE, RO, &r));
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
-	ASSERT_EQ(0, mr_register(c->fd, self->buf + 12 * PAGE, PAGE, RO, &r));
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));
-	ASSERT_EQ(0, mr_flush(c->fd, NULL));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 10 * PAGE, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(c->fd, self->buf + 12 * PAGE, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));
+	ASSERT_EQ(0, memreg_flush(c->fd, NULL));
 	EXPECT_EQ(2, efd_count(c->efd));
 	EXPECT_EQ(5, ring_tail(&c->ring));
 }
@@ -1500,7 +1486,7 @@ static void register_pages(struct __test_metadata *_metadata, int fd, char *buf,
 	int i;
 
 	for (i = 0; i < n; i++) {
-		ASSERT_EQ(0, mr_register(fd, buf + 2 * i * PAGE, PAGE, RW, &r[i]));
+		ASSERT_EQ(0, memreg_register(fd, buf + 2 * i * PAGE, PAGE, RW, &r[i]));
 	}
 }
 
@@ -1564,7 +1550,7 @@ TEST(garbage_head_reads_as_full)
 	EXPECT_EQ(3, efd_count(c.efd));
 
 	/* RESYNC puts the head right; events flow again. */
-	ASSERT_EQ(0, mr_resync(c.fd, NULL, 0, &count));
+	ASSERT_EQ(0, memreg_events_resync(c.fd, NULL, 0, &count));
 	EXPECT_EQ(1, count);
 	EXPECT_EQ(0, ring_head(&c.ring));
 	EXPECT_EQ(0, ring_flags(&c.ring));
@@ -1615,11 +1601,11 @@ TEST(resync_clears_overflow_and_lists_live_registrations)
 	ASSERT_NE(NULL, buf);
 	ASSERT_EQ(0, ctx_open(&c, 2));
 	/* a: live, two references; b: parked; cc: live, read-only, unaligned. */
-	ASSERT_EQ(0, mr_register(c.fd, buf, 2 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c.fd, buf, PAGE, RW, &hit));
-	ASSERT_EQ(0, mr_register(c.fd, buf + 4 * PAGE, 3 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(c.fd, b.lkey));
-	ASSERT_EQ(0, mr_register(c.fd, buf + 8 * PAGE + 123, PAGE, RO, &cc));
+	ASSERT_EQ(0, memreg_register(c.fd, buf, 2 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c.fd, buf, PAGE, RW, &hit));
+	ASSERT_EQ(0, memreg_register(c.fd, buf + 4 * PAGE, 3 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(c.fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(c.fd, buf + 8 * PAGE + 123, PAGE, RO, &cc));
 	/* Three ended: two events and one overflow. */
 	register_pages(_metadata, c.fd, buf + 16 * PAGE, 3, d);
 	for (i = 0; i < 3; i++) {
@@ -1631,7 +1617,7 @@ TEST(resync_clears_overflow_and_lists_live_registrations)
 
 	memset(list, 0xa5, sizeof(list));
 	memset(&sentinel, 0xa5, sizeof(sentinel));
-	ASSERT_EQ(0, mr_resync(c.fd, list, 16, &count));
+	ASSERT_EQ(0, memreg_events_resync(c.fd, list, 16, &count));
 	ASSERT_EQ(3, count);
 	expect_entry(_metadata, list, count, &a, buf, 2 * PAGE, MEMREG_STATE_VALID);
 	expect_entry(_metadata, list, count, &b, buf + 4 * PAGE, 3 * PAGE,
@@ -1663,7 +1649,7 @@ TEST(resync_clears_overflow_and_lists_live_registrations)
 	EXPECT_EQ(0, ring_flags(&c.ring));
 	EXPECT_EQ(POLLIN, poll_now(c.fd) & POLLIN);
 	EXPECT_EQ(1, efd_count(c.efd));
-	ASSERT_EQ(0, mr_resync(c.fd, list, 16, &count));
+	ASSERT_EQ(0, memreg_events_resync(c.fd, list, 16, &count));
 	ASSERT_EQ(2, count);
 	EXPECT_EQ(3, ring_head(&c.ring));
 	EXPECT_EQ(1, ring_overflows(&c.ring));
@@ -1687,7 +1673,7 @@ TEST(resync_count_beyond_capacity)
 
 	memset(list, 0xa5, sizeof(list));
 	memset(&sentinel, 0xa5, sizeof(sentinel));
-	ASSERT_EQ(0, mr_resync(fd, list, 2, &count));
+	ASSERT_EQ(0, memreg_events_resync(fd, list, 2, &count));
 	EXPECT_EQ(5, count);
 	for (i = 0; i < 2; i++) {
 		for (j = 0; j < 5 && list[i].key != r[j].lkey; j++)
@@ -1704,11 +1690,11 @@ TEST(resync_count_beyond_capacity)
 	}
 
 	/* Capacity 0: just the count, the array untouched (even NULL). */
-	ASSERT_EQ(0, mr_resync(fd, NULL, 0, &count));
+	ASSERT_EQ(0, memreg_events_resync(fd, NULL, 0, &count));
 	EXPECT_EQ(5, count);
 	/* Large enough: all of them, once each. */
 	memset(list, 0xa5, sizeof(list));
-	ASSERT_EQ(0, mr_resync(fd, list, 8, &count));
+	ASSERT_EQ(0, memreg_events_resync(fd, list, 8, &count));
 	ASSERT_EQ(5, count);
 	for (j = 0; j < 5; j++) {
 		EXPECT_NE(NULL, find_entry(list, count, r[j].lkey));
@@ -1718,7 +1704,7 @@ TEST(resync_count_beyond_capacity)
 			EXPECT_NE(list[i].key, list[j].key);
 	}
 	/* The largest capacity allowed; only `count` entries are written. */
-	ASSERT_EQ(0, mr_resync(fd, list, 1 << 20, &count));
+	ASSERT_EQ(0, memreg_events_resync(fd, list, 1 << 20, &count));
 	EXPECT_EQ(5, count);
 
 	/* Bad requests. */
@@ -1845,8 +1831,8 @@ static void expect_fdinfo(struct __test_metadata *_metadata, int fd)
 	int n;
 
 	snprintf(path, sizeof(path), "/proc/self/fdinfo/%d", fd);
-	ASSERT_EQ(0, mr_stats(fd, &s));
-	ASSERT_EQ(0, mr_get_cache(fd, &cfg));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
+	ASSERT_EQ(0, memreg_get_cache(fd, &cfg));
 	n = read_kv(path, true, kv, 64);
 	ASSERT_EQ(5 + NFIELDS, n);
 	/* No peer attached, no pool (which would add a line per class). */
@@ -1879,33 +1865,33 @@ TEST_F(ev, fdinfo_matches_stats)
 	close(fd2);
 
 	/* Make every kind of counter move at least once, most differently. */
-	ASSERT_EQ(0, mr_register(c->fd, buf, 2 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(c->fd, buf, PAGE, RW, &r));		/* hit */
-	ASSERT_EQ(0, mr_deregister(c->fd, a.lkey));
-	ASSERT_EQ(0, mr_register(c->fd, buf + 4 * PAGE, 3 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(c->fd, b.lkey));			/* park */
-	ASSERT_EQ(0, mr_register(c->fd, buf + 4 * PAGE, PAGE, RW, &r));	/* revive */
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));			/* park (new key) */
-	ASSERT_EQ(0, mr_register(c->fd, buf + 8 * PAGE, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, buf, 2 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(c->fd, buf, PAGE, RW, &r));		/* hit */
+	ASSERT_EQ(0, memreg_deregister(c->fd, a.lkey));
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 4 * PAGE, 3 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(c->fd, b.lkey));			/* park */
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 4 * PAGE, PAGE, RW, &r));	/* revive */
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));			/* park (new key) */
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 8 * PAGE, PAGE, RW, &r));
 	ASSERT_EQ(0, munmap(buf + 8 * PAGE, PAGE));			/* unmap */
-	ASSERT_EQ(0, mr_register(c->fd, buf + 10 * PAGE, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 10 * PAGE, PAGE, RW, &r));
 	ASSERT_EQ(0, mprotect(buf + 10 * PAGE, PAGE, PROT_READ));	/* protection_vma */
-	ASSERT_EQ(0, mr_register(c->fd, buf + 12 * PAGE, 2 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 12 * PAGE, 2 * PAGE, RW, &r));
 	ASSERT_EQ(0, madvise(buf + 12 * PAGE, PAGE, MADV_DONTNEED));	/* clear */
-	EXPECT_EQ(-ENOENT, mr_copy(c->fd, r.lkey, 0, &ch, 1, MEMREG_COPY_FROM_REGION));
-	ASSERT_EQ(0, mr_flush(c->fd, NULL));				/* flush b */
+	EXPECT_EQ(-ENOENT, memreg_copy(c->fd, r.lkey, 0, &ch, 1, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_flush(c->fd, NULL));				/* flush b */
 	cfg = cache_config(1, 1, 262144, 0);
-	ASSERT_EQ(0, mr_set_cache(c->fd, &cfg));
-	ASSERT_EQ(0, mr_register(c->fd, buf + 16 * PAGE, PAGE, RW, &e));
-	ASSERT_EQ(0, mr_register(c->fd, buf + 18 * PAGE, 2 * PAGE, RW, &f));
-	ASSERT_EQ(0, mr_deregister(c->fd, e.lkey));
-	ASSERT_EQ(0, mr_deregister(c->fd, f.lkey));			/* park_limit: e */
+	ASSERT_EQ(0, memreg_set_cache(c->fd, &cfg));
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 16 * PAGE, PAGE, RW, &e));
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 18 * PAGE, 2 * PAGE, RW, &f));
+	ASSERT_EQ(0, memreg_deregister(c->fd, e.lkey));
+	ASSERT_EQ(0, memreg_deregister(c->fd, f.lkey));			/* park_limit: e */
 	cfg = cache_config(0, 77, 999, 4321);
-	ASSERT_EQ(0, mr_set_cache(c->fd, &cfg));			/* flush f */
-	ASSERT_EQ(0, mr_register(c->fd, buf + 24 * PAGE, PAGE, RW, &r));
-	ASSERT_EQ(0, mr_deregister(c->fd, r.lkey));			/* deregistration */
+	ASSERT_EQ(0, memreg_set_cache(c->fd, &cfg));			/* flush f */
+	ASSERT_EQ(0, memreg_register(c->fd, buf + 24 * PAGE, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_deregister(c->fd, r.lkey));			/* deregistration */
 
-	ASSERT_EQ(0, mr_stats(c->fd, &s));
+	ASSERT_EQ(0, memreg_stats(c->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(2, s.pages_pinned);
 	EXPECT_EQ(1, s.cache_hits);
@@ -1957,9 +1943,9 @@ static void read_debugfs(struct __test_metadata *_metadata, int fd, struct dstat
 	int n, tries;
 
 	for (tries = 0; tries < 100; tries++) {
-		ASSERT_EQ(0, fd < 0 ? mr_global_now(g) : mr_global(fd, g));
+		ASSERT_EQ(0, fd < 0 ? mr_global_now(g) : memreg_global_stats(fd, g));
 		n = read_kv(DEBUGFS_STATS, false, kv, 64);
-		ASSERT_EQ(0, fd < 0 ? mr_global_now(&g2) : mr_global(fd, &g2));
+		ASSERT_EQ(0, fd < 0 ? mr_global_now(&g2) : memreg_global_stats(fd, &g2));
 		if (!memcmp(g, &g2, sizeof(g2)))
 			break;
 		/* Deferred teardown moved the counters meanwhile. */
@@ -1996,7 +1982,7 @@ TEST(debugfs_stats_match_global_stats)
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
 	cfg = cache_config(1, 1024, 262144, 0);
-	ASSERT_EQ(0, mr_set_cache(fd, &cfg));
+	ASSERT_EQ(0, memreg_set_cache(fd, &cfg));
 
 	read_debugfs(_metadata, fd, &d0, &g);
 	EXPECT_EQ(g.contexts, dget(&d0, "contexts"));
@@ -2011,7 +1997,7 @@ TEST(debugfs_stats_match_global_stats)
 	/* The module's parameters: what a new file starts with. */
 	fd2 = memreg_open();
 	ASSERT_GE(fd2, 0);
-	ASSERT_EQ(0, mr_get_cache(fd2, &cfg));
+	ASSERT_EQ(0, memreg_get_cache(fd2, &cfg));
 	EXPECT_EQ(cfg.parking, dget(&d0, "park"));
 	EXPECT_EQ(cfg.max_parked, dget(&d0, "park_max"));
 	EXPECT_EQ(cfg.max_parked_pages, dget(&d0, "park_max_pages"));
@@ -2021,8 +2007,8 @@ TEST(debugfs_stats_match_global_stats)
 	close(fd2);
 
 	/* Registrations and pages. */
-	ASSERT_EQ(0, mr_register(fd, buf, 3 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_register(fd, buf, 3 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(fd, buf + 4 * PAGE, 2 * PAGE, RW, &b));
 	read_debugfs(_metadata, fd, &d1, &g);
 	EXPECT_EQ(g.contexts, dget(&d1, "contexts"));
 	EXPECT_EQ(g.regions, dget(&d1, "registrations"));
@@ -2031,17 +2017,17 @@ TEST(debugfs_stats_match_global_stats)
 	EXPECT_EQ(dget(&d0, "pages_pinned") + 5, dget(&d1, "pages_pinned"));
 
 	/* The module's totals move with this context's. */
-	ASSERT_EQ(0, mr_deregister(fd, b.lkey));
+	ASSERT_EQ(0, memreg_deregister(fd, b.lkey));
 	read_debugfs(_metadata, fd, &d1, &g);
 	EXPECT_EQ(dget(&d0, "parks") + 1, dget(&d1, "parks"));
 	EXPECT_EQ(dget(&d0, "parked") + 1, dget(&d1, "parked"));
 	EXPECT_EQ(dget(&d0, "parked_pages") + 2, dget(&d1, "parked_pages"));
 	/* A revival, with new keys: the old key drops nothing. */
-	ASSERT_EQ(0, mr_register(fd, buf + 4 * PAGE, PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf + 4 * PAGE, PAGE, RO, &r));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
-	EXPECT_EQ(-ENOENT, mr_deregister(fd, b.lkey));
-	ASSERT_EQ(0, mr_deregister(fd, r.lkey));
-	ASSERT_EQ(0, mr_flush(fd, NULL));
+	EXPECT_EQ(-ENOENT, memreg_deregister(fd, b.lkey));
+	ASSERT_EQ(0, memreg_deregister(fd, r.lkey));
+	ASSERT_EQ(0, memreg_flush(fd, NULL));
 	read_debugfs(_metadata, fd, &d2, &g);
 	EXPECT_EQ(dget(&d0, "revives") + 1, dget(&d2, "revives"));
 	EXPECT_EQ(dget(&d0, "parks") + 2, dget(&d2, "parks"));
@@ -2055,7 +2041,7 @@ TEST(debugfs_stats_match_global_stats)
 
 	/* A failed revalidation. */
 	ASSERT_EQ(0, madvise(buf, PAGE, MADV_DONTNEED));
-	EXPECT_EQ(-ENOENT, mr_copy(fd, a.lkey, 0, &ch, 1, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(fd, a.lkey, 0, &ch, 1, MEMREG_COPY_FROM_REGION));
 	read_debugfs(_metadata, fd, &d2, &g);
 	EXPECT_EQ(dget(&d0, "suspensions") + 1, dget(&d2, "suspensions"));
 	EXPECT_EQ(dget(&d0, "revalidation_failures") + 1, dget(&d2, "revalidation_failures"));

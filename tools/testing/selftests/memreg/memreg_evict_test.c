@@ -36,7 +36,7 @@ static long evictions(int fd, unsigned int reason)
 {
 	struct memreg_stats s;
 
-	if (mr_stats(fd, &s))
+	if (memreg_stats(fd, &s))
 		return -1;
 	return (long)s.evictions[reason];
 }
@@ -53,9 +53,9 @@ static int park_in(int fd, size_t pages, char **buf, struct memreg_register *r)
 		close(fd);
 		return -ENOMEM;
 	}
-	ret = mr_register(fd, *buf, pages * PAGE, RW, r);
+	ret = memreg_register(fd, *buf, pages * PAGE, RW, r);
 	if (!ret)
-		ret = mr_deregister(fd, r->lkey);
+		ret = memreg_deregister(fd, r->lkey);
 	if (ret) {
 		close(fd);
 		return ret;
@@ -74,7 +74,7 @@ static bool is_parked(int fd, __u64 key)
 {
 	struct memreg_query q;
 
-	return !mr_query(fd, key, &q) && (q.state & MEMREG_STATE_PARKED);
+	return !memreg_query(fd, key, &q) && (q.state & MEMREG_STATE_PARKED);
 }
 
 /*
@@ -102,22 +102,22 @@ TEST(budget_evicts_other_files_parked_registrations)
 	ASSERT_GE(c, 0);
 	mine = map_filled(48 * PAGE, 'm');
 	ASSERT_NE(NULL, mine);
-	ASSERT_EQ(0, mr_register(c, mine, 32 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(c, mine, 32 * PAGE, RW, &r));
 	EXPECT_FALSE(is_parked(a, old.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(a, old.lkey, &(struct memreg_query){ 0 }));
+	EXPECT_EQ(-ENOENT, memreg_query(a, old.lkey, &(struct memreg_query){ 0 }));
 	EXPECT_EQ(1, evictions(a, MEMREG_EVICT_PIN_LIMIT));
 	/* The younger one was not needed. */
 	EXPECT_TRUE(is_parked(b, young.lkey));
 	EXPECT_EQ(0, evictions(b, MEMREG_EVICT_PIN_LIMIT));
 
 	/* 32 more: 8 free, the younger one goes too. */
-	ASSERT_EQ(0, mr_register(c, mine + 32 * PAGE, 16 * PAGE, RW, &r2));
-	EXPECT_EQ(-ENOENT, mr_query(b, young.lkey, &(struct memreg_query){ 0 }));
+	ASSERT_EQ(0, memreg_register(c, mine + 32 * PAGE, 16 * PAGE, RW, &r2));
+	EXPECT_EQ(-ENOENT, memreg_query(b, young.lkey, &(struct memreg_query){ 0 }));
 	EXPECT_EQ(1, evictions(b, MEMREG_EVICT_PIN_LIMIT));
 	/* Nothing parked is left: past the budget it fails, and changes nothing. */
-	EXPECT_EQ(-ENOSPC, mr_register(c, b_old, 24 * PAGE, RW, &old));
-	EXPECT_EQ(0, mr_deregister(c, r.lkey));
-	EXPECT_EQ(0, mr_deregister(c, r2.lkey));
+	EXPECT_EQ(-ENOSPC, memreg_register(c, b_old, 24 * PAGE, RW, &old));
+	EXPECT_EQ(0, memreg_deregister(c, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(c, r2.lkey));
 	close(a);
 	close(b);
 	close(c);
@@ -162,7 +162,7 @@ TEST(pool_growth_evicts_parked_registrations)
 		usleep(10000);
 	}
 	EXPECT_EQ(32, st.boundary);
-	EXPECT_EQ(-ENOENT, mr_query(a, old.lkey, &(struct memreg_query){ 0 }));
+	EXPECT_EQ(-ENOENT, memreg_query(a, old.lkey, &(struct memreg_query){ 0 }));
 	EXPECT_EQ(1, evictions(a, MEMREG_EVICT_PIN_LIMIT));
 	munmap(map, pc.map_bytes);
 	close(a);
@@ -224,7 +224,7 @@ static int kid_main(int in, int out, uid_t uid, size_t limit, size_t parked)
 			put(out, ERANGE);
 		else {
 			/* Each REGISTER on pages of its own, so none is a cache hit. */
-			ret = mr_register(fd, buf + used * PAGE, (size_t)cmd * PAGE, RW, &r);
+			ret = memreg_register(fd, buf + used * PAGE, (size_t)cmd * PAGE, RW, &r);
 			if (!ret)
 				used += cmd;
 			put(out, -ret);
@@ -319,7 +319,7 @@ TEST(drop_caches_evicts_every_files_parked_registrations)
 	}
 	ASSERT_EQ(0, drop_caches());
 	for (i = 0; i < 3; i++) {
-		EXPECT_EQ(-ENOENT, mr_query(fd[i], r[i].lkey, &(struct memreg_query){ 0 }));
+		EXPECT_EQ(-ENOENT, memreg_query(fd[i], r[i].lkey, &(struct memreg_query){ 0 }));
 		EXPECT_EQ(1, evictions(fd[i], MEMREG_EVICT_SHRINKER));
 		close(fd[i]);
 		munmap(buf[i], 8 * PAGE);

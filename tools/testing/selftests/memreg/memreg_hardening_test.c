@@ -154,14 +154,14 @@ static long worker_run(int in, int out)
 			return 5;
 		switch (c.op) {
 		case W_REGISTER:
-			ret = mr_register(fds[c.ctx], buf + c.off * PAGE, c.n * PAGE, RW, &r);
+			ret = memreg_register(fds[c.ctx], buf + c.off * PAGE, c.n * PAGE, RW, &r);
 			if (!ret) {
 				keys[c.ctx][c.slot] = r.lkey;
 				ret = !!(r.flags & MEMREG_REGISTER_CACHED);
 			}
 			break;
 		case W_DEREGISTER:
-			ret = mr_deregister(fds[c.ctx], keys[c.ctx][c.slot]);
+			ret = memreg_deregister(fds[c.ctx], keys[c.ctx][c.slot]);
 			break;
 		case W_EVENT:
 			ret = mem_event(buf + c.off * PAGE, c.n * PAGE, c.how);
@@ -176,14 +176,14 @@ static long worker_run(int in, int out)
 		case W_FLUSH: {
 			struct memreg_flush f;
 
-			ret = mr_flush(fds[c.ctx], &f);
+			ret = memreg_flush(fds[c.ctx], &f);
 			if (!ret)
 				ret = (long)f.pages;
 			break;
 		}
 		case W_PINNED:
 		case W_REGS:
-			ret = mr_stats(fds[c.ctx], &s);
+			ret = memreg_stats(fds[c.ctx], &s);
 			if (!ret)
 				ret = c.op == W_PINNED ? (long)s.pages_pinned : (long)s.registrations;
 			break;
@@ -362,46 +362,46 @@ TEST_F(cap, registrations_stop_at_the_cap)
 	long vmpin;
 	int i, fd2, err;
 
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(CAP, g.max_registrations);
 
 	for (i = 0; i < CAP; i++) {
-		ASSERT_EQ(0, mr_register(self->fd, buf + i * PAGE, PAGE, RW, &r[i]));
+		ASSERT_EQ(0, memreg_register(self->fd, buf + i * PAGE, PAGE, RW, &r[i]));
 		ASSERT_EQ(0, r[i].flags);
 	}
-	ASSERT_EQ(0, mr_stats(self->fd, &s0));
-	ASSERT_EQ(0, mr_global(self->fd, &g0));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s0));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g0));
 	vmpin = vm_pin_kb();
 
 	/* One more is refused, in any shape, and changes nothing. */
-	EXPECT_EQ(-EDQUOT, mr_register(self->fd, buf + CAP * PAGE, PAGE, RW, &extra));
-	EXPECT_EQ(-EDQUOT, mr_register(self->fd, buf, 2 * PAGE, RW, &extra));
-	EXPECT_EQ(-EDQUOT, mr_register(self->fd, buf, PAGE, RW | MEMREG_ACCESS_REMOTE_WRITE,
+	EXPECT_EQ(-EDQUOT, memreg_register(self->fd, buf + CAP * PAGE, PAGE, RW, &extra));
+	EXPECT_EQ(-EDQUOT, memreg_register(self->fd, buf, 2 * PAGE, RW, &extra));
+	EXPECT_EQ(-EDQUOT, memreg_register(self->fd, buf, PAGE, RW | MEMREG_ACCESS_REMOTE_WRITE,
 				       &extra));
-	ASSERT_EQ(0, mr_stats(self->fd, &s1));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s1));
 	EXPECT_EQ(CAP, s1.registrations);
 	EXPECT_EQ(CAP, s1.pages_pinned);
 	EXPECT_EQ(0, memcmp(&s0, &s1, sizeof(s0)));
-	ASSERT_EQ(0, mr_global(self->fd, &g1));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g1));
 	EXPECT_EQ(0, memcmp(&g0, &g1, sizeof(g0)));
 	EXPECT_EQ(vmpin, vm_pin_kb());
 
 	/* A cache hit creates no registration: served at the cap. */
-	ASSERT_EQ(0, mr_register(self->fd, buf + 100, 8, RO, &hit));
+	ASSERT_EQ(0, memreg_register(self->fd, buf + 100, 8, RO, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, hit.flags);
 	EXPECT_EQ(r[0].lkey, hit.lkey);
-	EXPECT_EQ(0, mr_deregister(self->fd, hit.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, hit.lkey));
 
 	/* The cap is per context: another file has its own. */
 	fd2 = memreg_open();
 	ASSERT_GE(fd2, 0);
-	EXPECT_EQ(0, mr_register(fd2, buf + CAP * PAGE, PAGE, RW, &extra));
+	EXPECT_EQ(0, memreg_register(fd2, buf + CAP * PAGE, PAGE, RW, &extra));
 	close(fd2);
 
 	/* Ending one makes room for exactly one. */
-	EXPECT_EQ(0, mr_deregister(self->fd, r[3].lkey));
-	EXPECT_EQ(0, mr_register(self->fd, buf + CAP * PAGE, PAGE, RW, &extra));
-	EXPECT_EQ(-EDQUOT, mr_register(self->fd, buf + (CAP + 1) * PAGE, PAGE, RW, &extra));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r[3].lkey));
+	EXPECT_EQ(0, memreg_register(self->fd, buf + CAP * PAGE, PAGE, RW, &extra));
+	EXPECT_EQ(-EDQUOT, memreg_register(self->fd, buf + (CAP + 1) * PAGE, PAGE, RW, &extra));
 
 	/*
 	 * So does an invalidation, once the registration has left. (DONTNEED
@@ -409,13 +409,13 @@ TEST_F(cap, registrations_stop_at_the_cap)
 	 */
 	ASSERT_EQ(0, mem_event(buf + 5 * PAGE, PAGE, END_DONTNEED));
 	for (i = 0; i < 500; i++) {
-		err = mr_register(self->fd, buf + (CAP + 1) * PAGE, PAGE, RW, &extra);
+		err = memreg_register(self->fd, buf + (CAP + 1) * PAGE, PAGE, RW, &extra);
 		if (err != -EDQUOT)
 			break;
 		usleep(10000);
 	}
 	EXPECT_EQ(0, err);
-	ASSERT_EQ(0, mr_stats(self->fd, &s1));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s1));
 	EXPECT_EQ(CAP, s1.registrations);
 }
 
@@ -623,20 +623,20 @@ TEST_F(follow_budget, ended_registration_is_uncharged_after_unpinning)
 	long vmpin = vm_pin_kb();
 	int fd = self->fd;
 
-	ASSERT_EQ(0, mr_global(fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g));
 	ASSERT_EQ(LIMIT, g.budget_pages);
-	ASSERT_EQ(0, mr_register(fd, self->buf, LIMIT * PAGE, RW, &r));
-	ASSERT_EQ(-ENOSPC, mr_register(fd, self->buf + LIMIT * PAGE, PAGE, RW, &other));
+	ASSERT_EQ(0, memreg_register(fd, self->buf, LIMIT * PAGE, RW, &r));
+	ASSERT_EQ(-ENOSPC, memreg_register(fd, self->buf + LIMIT * PAGE, PAGE, RW, &other));
 
 	switch (variant->how) {
 	case END_DEREGISTER:
-		ASSERT_EQ(0, mr_deregister(fd, r.lkey));
+		ASSERT_EQ(0, memreg_deregister(fd, r.lkey));
 		break;
 	case END_FLUSH:
-		ASSERT_EQ(0, mr_deregister(fd, r.lkey));
+		ASSERT_EQ(0, memreg_deregister(fd, r.lkey));
 		/* Parked: still charged. */
 		EXPECT_EQ(self->base.pages_pinned + LIMIT, mr_global_pinned());
-		ASSERT_EQ(0, mr_flush(fd, &f));
+		ASSERT_EQ(0, memreg_flush(fd, &f));
 		EXPECT_EQ(1, f.evicted);
 		EXPECT_EQ(LIMIT, f.pages);
 		break;
@@ -655,16 +655,16 @@ TEST_F(follow_budget, ended_registration_is_uncharged_after_unpinning)
 		break;
 	}
 	if (self->fd >= 0) {
-		ASSERT_EQ(0, mr_stats(fd, &s));
+		ASSERT_EQ(0, memreg_stats(fd, &s));
 		EXPECT_EQ(0, s.pages_pinned);
 	}
 	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 	EXPECT_EQ(self->base.pages_pinned, mr_global_pinned());
 
-	EXPECT_EQ(0, mr_register(fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &other));
+	EXPECT_EQ(0, memreg_register(fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &other));
 	EXPECT_EQ(self->base.pages_pinned + LIMIT, mr_global_pinned());
 	EXPECT_EQ(vmpin + LIMIT * (long)PAGE_KB, vm_pin_kb());
-	EXPECT_EQ(-ENOSPC, mr_register(fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &other));
+	EXPECT_EQ(-ENOSPC, memreg_register(fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &other));
 }
 
 /* ---- REGISTER of unmapped memory ---- */
@@ -678,11 +678,11 @@ static void register_fails_cleanly(struct __test_metadata *_metadata, int fd, ch
 	struct memreg_register r;
 	long vmpin = vm_pin_kb();
 
-	ASSERT_EQ(0, mr_stats(fd, &s0));
-	ASSERT_EQ(0, mr_global(fd, &g0));
-	EXPECT_EQ(err, mr_register(fd, p, len, access, &r));
-	ASSERT_EQ(0, mr_stats(fd, &s1));
-	ASSERT_EQ(0, mr_global(fd, &g1));
+	ASSERT_EQ(0, memreg_stats(fd, &s0));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g0));
+	EXPECT_EQ(err, memreg_register(fd, p, len, access, &r));
+	ASSERT_EQ(0, memreg_stats(fd, &s1));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g1));
 	EXPECT_EQ(s0.registrations, s1.registrations);
 	EXPECT_EQ(s0.cache_misses, s1.cache_misses);
 	EXPECT_EQ(s0.pages_pinned, s1.pages_pinned);
@@ -723,9 +723,9 @@ TEST(unmapped_register_changes_nothing)
 
 	/* Nothing pinned, then or later, and the next register is the first miss. */
 	ASSERT_EQ(0, mr_wait_global(base.contexts, base.regions, base.pages_pinned));
-	ASSERT_EQ(0, mr_register(fd, buf, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, 4 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.cache_misses);
 	EXPECT_EQ(4, s.pages_pinned);
 	EXPECT_EQ(4, s.pages_pinned_peak);
@@ -793,13 +793,13 @@ TEST_F(budget, unmapped_register_leaks_no_budget)
 
 	ASSERT_EQ(0, munmap(self->buf + (LIMIT - 1) * PAGE, PAGE));
 	for (i = 0; i < 20; i++) {
-		EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf, LIMIT * PAGE, RW, &r));
-		EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf + LIMIT / 2 * PAGE,
+		EXPECT_EQ(-EFAULT, memreg_register(self->fd, self->buf, LIMIT * PAGE, RW, &r));
+		EXPECT_EQ(-EFAULT, memreg_register(self->fd, self->buf + LIMIT / 2 * PAGE,
 					       LIMIT * PAGE, RW, &r));
 	}
 	EXPECT_EQ(0, mr_global_pinned());
-	EXPECT_EQ(0, mr_register(self->fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &r));
-	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_register(self->fd, self->buf + LIMIT * PAGE, LIMIT * PAGE, RW, &r));
+	EXPECT_EQ(-ENOSPC, memreg_register(self->fd, self->buf + 2 * LIMIT * PAGE, PAGE, RW, &r));
 }
 
 /* ---- Concurrent misses of one range ---- */
@@ -821,7 +821,7 @@ static void *race_register(void *arg)
 	struct racer *t = arg;
 
 	pthread_barrier_wait(t->barrier);
-	t->err = mr_register(t->fd, t->buf, RACE_PAGES * PAGE, RW, &t->r);
+	t->err = memreg_register(t->fd, t->buf, RACE_PAGES * PAGE, RW, &t->r);
 	return NULL;
 }
 
@@ -864,23 +864,23 @@ TEST(concurrent_misses_publish_one_registration)
 				misses++;
 		}
 		ASSERT_EQ(1, misses) TH_LOG("round %d", round);
-		ASSERT_EQ(0, mr_stats(fd, &s));
+		ASSERT_EQ(0, memreg_stats(fd, &s));
 		ASSERT_EQ(1, s.registrations) TH_LOG("round %d", round);
 		ASSERT_EQ(round + 1, s.cache_misses);
 		ASSERT_EQ((RACERS - 1) * (round + 1), s.cache_hits);
 		ASSERT_EQ(RACE_PAGES, s.pages_pinned);
 		ASSERT_EQ(RACE_PAGES, s.pages_pinned_peak);
-		ASSERT_EQ(0, mr_query(fd, t[0].r.lkey, &q));
+		ASSERT_EQ(0, memreg_query(fd, t[0].r.lkey, &q));
 		ASSERT_EQ(RACERS, q.refcount);
 		ASSERT_EQ(vmpin + RACE_PAGES * PAGE_KB, vm_pin_kb());
-		ASSERT_EQ(0, mr_global(fd, &g));
+		ASSERT_EQ(0, memreg_global_stats(fd, &g));
 		ASSERT_EQ(base.pages_pinned + RACE_PAGES, g.pages_pinned);
 
 		/* RACERS references: as many DEREGISTERs end it. */
 		for (i = 0; i < RACERS; i++)
-			ASSERT_EQ(0, mr_deregister(fd, t[0].r.lkey));
-		ASSERT_EQ(-ENOENT, mr_deregister(fd, t[0].r.lkey));
-		ASSERT_EQ(0, mr_stats(fd, &s));
+			ASSERT_EQ(0, memreg_deregister(fd, t[0].r.lkey));
+		ASSERT_EQ(-ENOENT, memreg_deregister(fd, t[0].r.lkey));
+		ASSERT_EQ(0, memreg_stats(fd, &s));
 		ASSERT_EQ(0, s.pages_pinned);
 		ASSERT_EQ(round + 1, s.deregistrations);
 	}
@@ -904,7 +904,7 @@ TEST(rkeys_are_random)
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
 	for (i = 0; i < NKEYS; i++) {
-		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, RW, &r));
+		ASSERT_EQ(0, memreg_register(fd, buf + i * PAGE, PAGE, RW, &r));
 		lkey[i] = r.lkey;
 		rkey[i] = r.rkey;
 		EXPECT_NE(0, r.rkey);
@@ -928,11 +928,11 @@ TEST(rkeys_are_random)
 	EXPECT_GE(top_set, 60);
 	EXPECT_LE(consecutive, 2);
 	/* A hit hands out the registration's own keys. */
-	ASSERT_EQ(0, mr_register(fd, buf, PAGE, RO, &hit));
+	ASSERT_EQ(0, memreg_register(fd, buf, PAGE, RO, &hit));
 	EXPECT_EQ(lkey[0], hit.lkey);
 	EXPECT_EQ(rkey[0], hit.rkey);
 	/* The remote key is no local key. */
-	EXPECT_EQ(-ENOENT, mr_deregister(fd, rkey[1]));
+	EXPECT_EQ(-ENOENT, memreg_deregister(fd, rkey[1]));
 	close(fd);
 	munmap(buf, NKEYS * PAGE);
 }
@@ -964,20 +964,20 @@ static void expect_same_counters(struct __test_metadata *_metadata, int fd,
 	struct memreg_global_stats g1;
 	struct memreg_stats s1;
 
-	ASSERT_EQ(0, mr_stats(fd, &s1));
+	ASSERT_EQ(0, memreg_stats(fd, &s1));
 	EXPECT_EQ(s0->registrations, s1.registrations);
 	EXPECT_EQ(s0->cache_hits, s1.cache_hits);
 	EXPECT_EQ(s0->cache_misses, s1.cache_misses);
 	EXPECT_EQ(s0->pages_pinned, s1.pages_pinned);
 	EXPECT_EQ(s0->pages_pinned_peak, s1.pages_pinned_peak);
 	EXPECT_EQ(0, memcmp(s0, &s1, sizeof(s1)));
-	ASSERT_EQ(0, mr_global(fd, &g1));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g1));
 	EXPECT_EQ(g0->contexts, g1.contexts);
 	EXPECT_EQ(g0->pages_pinned, g1.pages_pinned);
 	EXPECT_EQ(vmpin, vm_pin_kb());
 	/* A region rolled back may take a worker's run to leave the count. */
 	EXPECT_EQ(0, mr_wait_global(g0->contexts, g0->regions, g0->pages_pinned));
-	ASSERT_EQ(0, mr_global(fd, &g1));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g1));
 	EXPECT_EQ(0, memcmp(g0, &g1, sizeof(g1)));
 }
 
@@ -994,8 +994,8 @@ TEST(write_back_failure_on_miss_changes_nothing)
 	ASSERT_NE(NULL, buf);
 	arg = read_only_arg(buf, 8 * PAGE, RW);
 	ASSERT_NE(NULL, arg);
-	ASSERT_EQ(0, mr_stats(fd, &s0));
-	ASSERT_EQ(0, mr_global(fd, &g0));
+	ASSERT_EQ(0, memreg_stats(fd, &s0));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g0));
 	vmpin = vm_pin_kb();
 
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_REGISTER, arg));
@@ -1003,9 +1003,9 @@ TEST(write_back_failure_on_miss_changes_nothing)
 	expect_same_counters(_metadata, fd, &s0, &g0, vmpin);
 
 	/* Nothing was published: the same range is a miss. */
-	ASSERT_EQ(0, mr_register(fd, buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, 8 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.cache_misses);
 	EXPECT_EQ(0, s.cache_hits);
@@ -1032,21 +1032,21 @@ TEST(write_back_failure_on_hit_changes_nothing)
 	/* Before registering: mprotect may split a VMA next to the registration. */
 	arg = read_only_arg(buf + PAGE, 2 * PAGE, RO);
 	ASSERT_NE(NULL, arg);
-	ASSERT_EQ(0, mr_register(fd, buf, 8 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_stats(fd, &s0));
-	ASSERT_EQ(0, mr_global(fd, &g0));
+	ASSERT_EQ(0, memreg_register(fd, buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_stats(fd, &s0));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g0));
 	vmpin = vm_pin_kb();
 
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_REGISTER, arg));
 	EXPECT_EQ(EFAULT, errno);
 	expect_same_counters(_metadata, fd, &s0, &g0, vmpin);
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
 
 	/* The failed hit took no reference: one DEREGISTER ends it. */
-	EXPECT_EQ(0, mr_deregister(fd, r.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(fd, r.lkey, &q));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	EXPECT_EQ(0, memreg_deregister(fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.pages_pinned);
 	EXPECT_EQ(1, s.deregistrations);
@@ -1072,28 +1072,28 @@ TEST(write_back_failure_on_revive_changes_nothing)
 	ASSERT_NE(NULL, buf);
 	arg = read_only_arg(buf + PAGE, 2 * PAGE, RO);
 	ASSERT_NE(NULL, arg);
-	ASSERT_EQ(0, mr_register(fd, buf, 8 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_deregister(fd, r.lkey));
-	ASSERT_EQ(0, mr_stats(fd, &s0));
+	ASSERT_EQ(0, memreg_register(fd, buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_deregister(fd, r.lkey));
+	ASSERT_EQ(0, memreg_stats(fd, &s0));
 	ASSERT_EQ(1, s0.parked);
-	ASSERT_EQ(0, mr_global(fd, &g0));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g0));
 	vmpin = vm_pin_kb();
 
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_REGISTER, arg));
 	EXPECT_EQ(EFAULT, errno);
 	expect_same_counters(_metadata, fd, &s0, &g0, vmpin);
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
 	EXPECT_EQ(0, q.refcount);
 
 	/* It is still there to revive, once, with new keys. */
 	key = r.lkey;
-	ASSERT_EQ(0, mr_register(fd, buf + PAGE, 2 * PAGE, RO, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf + PAGE, 2 * PAGE, RO, &r));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, r.flags);
 	EXPECT_EQ(key >> 24, r.lkey >> 24);
 	EXPECT_NE(key, r.lkey);
-	EXPECT_EQ(-ENOENT, mr_query(fd, key, &q));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.revives);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(1, s.parks);
@@ -1138,7 +1138,7 @@ static void copy_until_killed(int ready, char *region, char *src, bool loop)
 {
 	struct memreg_register r;
 	int fd = memreg_open();
-	long err = fd < 0 ? -errno : mr_register(fd, region, KILL_LEN, RW, &r);
+	long err = fd < 0 ? -errno : memreg_register(fd, region, KILL_LEN, RW, &r);
 	unsigned long i;
 
 	if (write(ready, &err, sizeof(err)) != sizeof(err) || err)
@@ -1146,7 +1146,7 @@ static void copy_until_killed(int ready, char *region, char *src, bool loop)
 	for (i = 0;; i++) {
 		__u32 dir = loop && (i & 1) ? MEMREG_COPY_FROM_REGION : MEMREG_COPY_TO_REGION;
 
-		if (mr_copy(fd, r.lkey, 0, src, KILL_LEN, dir))
+		if (memreg_copy(fd, r.lkey, 0, src, KILL_LEN, dir))
 			_exit(2);
 		if (!loop)
 			_exit(3);
@@ -1301,19 +1301,19 @@ static int charged_while_worker_starved(void)
 	char *buf = map_filled(npages * PAGE, 'w');
 	int fd = memreg_open(), ret = 0, i;
 
-	if (fd < 0 || !buf || mr_global(fd, &g0))
+	if (fd < 0 || !buf || memreg_global_stats(fd, &g0))
 		return 1;
 	if (pthread_create(&th, NULL, spin_on_cpu1, NULL))
 		return 2;
 	if (realtime_on(0, 50))
 		return 3;
 	vmpin = vm_pin_kb();
-	if (mr_register(fd, buf, npages * PAGE, RW, &r))
+	if (memreg_register(fd, buf, npages * PAGE, RW, &r))
 		ret = 4;
 	else if (munmap(buf, npages * PAGE))
 		ret = 5;
 	/* Nothing has yielded the CPUs since the invalidation queued the unpinning. */
-	else if (mr_stats(fd, &s) || s.pages_pinned != 0 || mr_global(fd, &g1))
+	else if (memreg_stats(fd, &s) || s.pages_pinned != 0 || memreg_global_stats(fd, &g1))
 		ret = 6;
 	else if (g1.regions == g0.regions)
 		/* The worker ran anyway: nothing is proved either way. */
@@ -1326,7 +1326,7 @@ static int charged_while_worker_starved(void)
 	pthread_join(th, NULL);
 	/* Unpinned by the worker now, then uncharged. */
 	for (i = 0; !ret && i < 500; i++) {
-		if (!mr_global(fd, &g1) && g1.pages_pinned == g0.pages_pinned && vm_pin_kb() == vmpin)
+		if (!memreg_global_stats(fd, &g1) && g1.pages_pinned == g0.pages_pinned && vm_pin_kb() == vmpin)
 			break;
 		usleep(10000);
 	}
@@ -1378,24 +1378,24 @@ TEST(overlap_is_bounded)
 	ASSERT_EQ(0, mr_set_parking(fd, 0));
 	/* MAX_OVERLAP + 1 one-page registrations, each of its own page. */
 	for (i = 0; i <= MAX_OVERLAP; i++)
-		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, RW, &r[i]));
-	ASSERT_EQ(0, mr_stats(fd, &before));
+		ASSERT_EQ(0, memreg_register(fd, buf + i * PAGE, PAGE, RW, &r[i]));
+	ASSERT_EQ(0, memreg_stats(fd, &before));
 	vmpin = vm_pin_kb();
 
 	/* The whole range overlaps one too many: refused, nothing changed. */
-	EXPECT_EQ(-EDQUOT, mr_register(fd, buf, npages * PAGE, RW, &big));
-	ASSERT_EQ(0, mr_stats(fd, &after));
+	EXPECT_EQ(-EDQUOT, memreg_register(fd, buf, npages * PAGE, RW, &big));
+	ASSERT_EQ(0, memreg_stats(fd, &after));
 	EXPECT_EQ(0, memcmp(&before, &after, sizeof(before)));
 	EXPECT_EQ(vmpin, vm_pin_kb());
 	/* A range overlapping fewer is fine. */
-	EXPECT_EQ(0, mr_register(fd, buf + PAGE, MAX_OVERLAP * PAGE, RW, &big));
-	EXPECT_EQ(0, mr_deregister(fd, big.lkey));
+	EXPECT_EQ(0, memreg_register(fd, buf + PAGE, MAX_OVERLAP * PAGE, RW, &big));
+	EXPECT_EQ(0, memreg_deregister(fd, big.lkey));
 
 	/* One fewer overlapping registration, and the whole range fits. */
-	ASSERT_EQ(0, mr_deregister(fd, r[0].lkey));
-	EXPECT_EQ(0, mr_register(fd, buf, npages * PAGE, RW, &big));
+	ASSERT_EQ(0, memreg_deregister(fd, r[0].lkey));
+	EXPECT_EQ(0, memreg_register(fd, buf, npages * PAGE, RW, &big));
 	/* A cache hit on it is not a new pin, whatever it overlaps. */
-	EXPECT_EQ(0, mr_register(fd, buf + 2 * PAGE, PAGE, RO, &big));
+	EXPECT_EQ(0, memreg_register(fd, buf + 2 * PAGE, PAGE, RO, &big));
 	EXPECT_TRUE(big.flags & MEMREG_REGISTER_CACHED);
 	close(fd);
 	munmap(buf, npages * PAGE);

@@ -76,12 +76,12 @@ static void expect_same_pages(struct __test_metadata *_metadata, int fd, __u64 k
 
 	memset(buf, 'm', LEN);
 	memset(data, 0, sizeof(data));
-	ASSERT_EQ(0, mr_copy(fd, key, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(fd, key, 0, data, LEN, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, LEN, 'm'));
 	memset(data, 'n', sizeof(data));
-	ASSERT_EQ(0, mr_copy(fd, key, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(fd, key, 0, data, LEN, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(buf, LEN, 'n'));
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
 	EXPECT_FALSE(q.state & MEMREG_STATE_SUSPENDED);
 }
@@ -138,20 +138,20 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	long vmpin = vm_pin_kb();
 	int i, err;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &r));
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
 
 	do_event(_metadata, self->buf, variant->event);
 
 	/* The old key moves no data: not into the new pages... */
 	memset(data, 'c', sizeof(data));
-	err = mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION);
+	err = memreg_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION);
 	if (variant->may_survive && !err) {
 		/* Revalidated: its pages are the ones mapped at the address. */
 		TH_LOG("the registration survived (revalidated)");
 		EXPECT_TRUE(all_bytes(self->buf, LEN, 'c'));
 		expect_same_pages(_metadata, self->fd, r.lkey, self->buf);
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 			EXPECT_EQ(0, s.invalidations[i]);
 		EXPECT_EQ(0, s.revalidation_failures);
@@ -162,14 +162,14 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
 	/* ...and nothing out of the old ones. */
 	memset(data, 0, sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, LEN, 0));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
 
 	/* Counted by cause, and the pages are unpinned (by deferred work). */
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.deregistrations);
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
@@ -177,14 +177,14 @@ TEST_F(inval, stale_key_never_reaches_new_memory)
 	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Registering again pins the new pages: data lands there. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &again));
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(r.lkey, again.lkey);
 	memset(data, 'd', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, LEN, 'd'));
 	memset(self->buf + PAGE, 'e', PAGE);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, PAGE, 'e'));
 }
 
@@ -193,11 +193,11 @@ TEST_F(inval, cache_forgets_invalidated_registration)
 {
 	struct memreg_register r, again;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RW, &again));
 	EXPECT_EQ(r.lkey, again.lkey);
 	do_event(_metadata, self->buf, variant->event);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RW, &again));
 	if (variant->may_survive && again.lkey == r.lkey) {
 		TH_LOG("the registration survived (revalidated)");
 		EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
@@ -220,7 +220,7 @@ static int wait_parked_settled(int fd, __u64 key)
 	int i, ret;
 
 	for (i = 0; i < 500; i++) {
-		ret = mr_query(fd, key, &q);
+		ret = memreg_query(fd, key, &q);
 		if (ret)
 			return ret;
 		if (q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED))
@@ -247,9 +247,9 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 	long vmpin = vm_pin_kb();
 	int i, err;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &r));
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
-	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &r));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_query(self->fd, r.lkey, &q));
 	ASSERT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
 	EXPECT_EQ(vmpin + NPAGES * PAGE_KB, vm_pin_kb());
 
@@ -257,10 +257,10 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 
 	/* The parked key moves no data, into the new pages or out of the old ones. */
 	memset(data, 'c', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
 	memset(data, 0, sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, LEN, 0));
 
 	err = wait_parked_settled(self->fd, r.lkey);
@@ -268,18 +268,18 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 		/* Revalidated: its pages are the ones mapped at the address. */
 		TH_LOG("the parked registration survived (revalidated)");
 		EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
-		ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+		ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &again));
 		EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
 		EXPECT_EQ(r.lkey >> 24, again.lkey >> 24);
 		EXPECT_NE(r.lkey, again.lkey);
 		/* The old key is unknown now and still moves nothing. */
-		EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+		EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
 		memset(data, 'c', sizeof(data));
-		EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN,
+		EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, LEN,
 					   MEMREG_COPY_TO_REGION));
 		EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
 		expect_same_pages(_metadata, self->fd, again.lkey, self->buf);
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 			EXPECT_EQ(0, s.invalidations[i]);
 		EXPECT_EQ(0, s.revalidation_failures);
@@ -289,17 +289,17 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 	}
 	EXPECT_EQ(-ENOENT, err);
 	EXPECT_TRUE(all_bytes(self->buf, LEN, 'b'));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, LEN, 0));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
 
 	/*
 	 * Counted as an invalidation, not an eviction; nothing parked or pinned
 	 * (the pages are unpinned, then uncharged, by deferred work).
 	 */
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
@@ -313,7 +313,7 @@ TEST_F(inval, parked_registration_never_reaches_new_memory)
 	EXPECT_EQ(0, wait_vm_pin(vmpin, 5000));
 
 	/* Not revived: a miss that pins the new pages. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, LEN, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, LEN, RW, &again));
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(r.lkey >> 24, again.lkey >> 24);
 	expect_same_pages(_metadata, self->fd, again.lkey, self->buf);
@@ -335,16 +335,16 @@ TEST(unrelated_changes_do_not_invalidate)
 	ASSERT_NE(MAP_FAILED, a);
 	memset(a, 'a', 2 * LEN);
 	b = a + LEN;
-	ASSERT_EQ(0, mr_register(fd, a, LEN, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, a, LEN, RW, &r));
 	ASSERT_EQ(0, madvise(b, LEN, MADV_DONTNEED));
 	ASSERT_EQ(0, mprotect(b, LEN, PROT_READ));
 	ASSERT_EQ(0, munmap(b, LEN));
 	/* Reading the memory, or writing it, changes no mapping either. */
 	memset(a, 'z', LEN);
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
 	EXPECT_EQ(1, q.refcount);
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(0, s.invalidations[i]);
 	close(fd);

@@ -59,7 +59,7 @@ static void expect_parked(struct __test_metadata *_metadata, int fd, __u64 key, 
 {
 	struct memreg_query q;
 
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
 	EXPECT_EQ(0, q.refcount);
 	EXPECT_EQ(pages, q.pages);
@@ -70,7 +70,7 @@ static void expect_live(struct __test_metadata *_metadata, int fd, __u64 key, __
 {
 	struct memreg_query q;
 
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
 	EXPECT_EQ(refs, q.refcount);
 }
@@ -80,9 +80,9 @@ static void expect_gone(struct __test_metadata *_metadata, int fd, __u64 key)
 	struct memreg_query q;
 	char c;
 
-	EXPECT_EQ(-ENOENT, mr_query(fd, key, &q));
-	EXPECT_EQ(-ENOENT, mr_copy(fd, key, 0, &c, 1, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-ENOENT, mr_deregister(fd, key));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, key, &q));
+	EXPECT_EQ(-ENOENT, memreg_copy(fd, key, 0, &c, 1, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_deregister(fd, key));
 }
 
 /* Registers [p, p + pages) read-write as a miss, and parks it; returns the key. */
@@ -90,9 +90,9 @@ static __u64 park(struct __test_metadata *_metadata, int fd, char *p, __u64 page
 {
 	struct memreg_register r;
 
-	EXPECT_EQ(0, mr_register(fd, p, pages * PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_register(fd, p, pages * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
-	EXPECT_EQ(0, mr_deregister(fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(fd, r.lkey));
 	return r.lkey;
 }
 
@@ -154,19 +154,19 @@ TEST_F(lc, deregister_parks)
 	size_t len = 4 * PAGE;
 
 	ASSERT_LE(len, sizeof(data));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &r));
 	/* Two references: the first DEREGISTER parks nothing. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &other));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &other));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_live(_metadata, self->fd, r.lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.parks);
 	EXPECT_EQ(0, s.parked);
 
 	/* The last one parks it: still there, pinned, charged. */
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(4, s.parked_pages);
@@ -175,39 +175,39 @@ TEST_F(lc, deregister_parks)
 	EXPECT_EQ(4, s.pages_pinned);
 	expect_evictions(_metadata, &s, 0, 0);
 	EXPECT_EQ(self->vmpin + 4 * PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(self->base.pages_pinned + 4, g.pages_pinned);
 	EXPECT_EQ(self->base.regions + 1, g.regions);
 
 	/* Parking ended its key for data: COPY moves no byte, either way. */
 	memset(data, 'p', len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, len, 'a'));
 	memset(self->buf + PAGE, 'q', PAGE);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, PAGE, data, PAGE, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'p'));
 	/* Not even a zero length one, and the failed calls changed nothing. */
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, 0, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, 0, MEMREG_COPY_FROM_REGION));
 	expect_parked(_metadata, self->fd, r.lkey, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(4, s.pages_pinned);
 
 	/* No reference left to drop: EINVAL, and nothing changes. */
-	ASSERT_EQ(0, mr_stats(self->fd, &s0));
-	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, r.lkey));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s0));
+	EXPECT_EQ(-EINVAL, memreg_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, memcmp(&s0, &s, sizeof(s)));
 	expect_parked(_metadata, self->fd, r.lkey, 4);
 
 	/* FLUSH ends it, and uncharges it before returning. */
-	ASSERT_EQ(0, mr_flush(self->fd, &f));
+	ASSERT_EQ(0, memreg_flush(self->fd, &f));
 	EXPECT_EQ(1, f.evicted);
 	EXPECT_EQ(4, f.pages);
 	EXPECT_EQ(self->vmpin, vm_pin_kb());
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(self->base.pages_pinned, g.pages_pinned);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
@@ -219,7 +219,7 @@ TEST_F(lc, deregister_parks)
 				    self->base.pages_pinned));
 
 	/* The range is a miss again, with new keys. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, len, RW, &other));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, len, RW, &other));
 	EXPECT_EQ(0, other.flags);
 	EXPECT_NE(r.lkey, other.lkey);
 }
@@ -231,10 +231,10 @@ TEST_F(lc, register_revives)
 	char data[64];
 	long vmpin;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &a));
 	vmpin = vm_pin_kb();
 	EXPECT_EQ(self->vmpin + 8 * PAGE_KB, vmpin);
-	ASSERT_EQ(0, mr_deregister(self->fd, a.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, a.lkey));
 
 	/*
 	 * A range inside, unaligned, with less access: revived, not pinned
@@ -242,7 +242,7 @@ TEST_F(lc, register_revives)
 	 * key keeps its sequence but gets new random bits; the remote key is
 	 * new.
 	 */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + PAGE + 10, 2 * PAGE, RO, &b));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + PAGE + 10, 2 * PAGE, RO, &b));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, b.flags);
 	EXPECT_EQ(a.lkey >> 24, b.lkey >> 24);
 	EXPECT_NE(a.lkey, b.lkey);
@@ -254,7 +254,7 @@ TEST_F(lc, register_revives)
 	expect_live(_metadata, self->fd, b.lkey, 1);
 	/* The old local key is unknown now. */
 	expect_gone(_metadata, self->fd, a.lkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.revives);
 	EXPECT_EQ(0, s.cache_hits);
 	EXPECT_EQ(1, s.cache_misses);
@@ -265,34 +265,34 @@ TEST_F(lc, register_revives)
 	EXPECT_EQ(8, s.pages_pinned);
 
 	/* Live again: the next REGISTER is an ordinary hit, with the same keys. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &c));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, c.flags);
 	EXPECT_EQ(b.lkey, c.lkey);
 	EXPECT_EQ(b.rkey, c.rkey);
 	expect_live(_metadata, self->fd, b.lkey, 2);
 	/* Data moves through the new key to and from the same pages as before. */
 	memset(data, 'r', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, b.lkey, 7 * PAGE, data, sizeof(data),
+	ASSERT_EQ(0, memreg_copy(self->fd, b.lkey, 7 * PAGE, data, sizeof(data),
 			     MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf + 7 * PAGE, sizeof(data), 'r'));
 	memset(self->buf + 3 * PAGE, 's', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, b.lkey, 3 * PAGE, data, sizeof(data),
+	ASSERT_EQ(0, memreg_copy(self->fd, b.lkey, 3 * PAGE, data, sizeof(data),
 			     MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 's'));
 
 	/* Parked again; wider access, or a range it does not cover, is a miss. */
-	ASSERT_EQ(0, mr_deregister(self->fd, b.lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, b.lkey));
 	expect_parked(_metadata, self->fd, b.lkey, 8);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE,
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE,
 				 RW | MEMREG_ACCESS_REMOTE_WRITE, &c));
 	EXPECT_EQ(0, c.flags);
 	EXPECT_NE(b.lkey >> 24, c.lkey >> 24);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 7 * PAGE, 2 * PAGE, RW, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 7 * PAGE, 2 * PAGE, RW, &c));
 	EXPECT_EQ(0, c.flags);
 	EXPECT_NE(b.lkey >> 24, c.lkey >> 24);
 	expect_parked(_metadata, self->fd, b.lkey, 8);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parks);
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(1, s.revives);
@@ -342,7 +342,7 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 	int i;
 
 	/* The module's pinned pages before it. */
-	ASSERT_EQ(0, mr_global(self->fd, &g0));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g0));
 	key = park(_metadata, self->fd, self->buf, 8);
 	expect_parked(_metadata, self->fd, key, 8);
 	EXPECT_EQ(g0.pages_pinned + 8, mr_global_pinned());
@@ -354,7 +354,7 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 		ASSERT_EQ(0, mprotect(self->buf, 8 * PAGE, PROT_READ | PROT_WRITE));
 	}
 	/* Over and counted at once; uncharged once the worker has unpinned the pages. */
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
@@ -378,14 +378,14 @@ TEST_F(parked_inval, invalidation_ends_parked_registration)
 	}
 	memset(self->buf, 'f', 8 * PAGE);
 	memset(data, 'x', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, key, 0, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, key, 0, data, sizeof(data), MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, 8 * PAGE, 'f'));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 	EXPECT_NE(key, r.lkey);
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, 0, data, sizeof(data), MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, sizeof(data), 'x'));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.revives);
 }
 
@@ -397,24 +397,24 @@ TEST_F(lc, set_cache_round_trip)
 	int fd2, i;
 
 	c = cache_config(1, 7, 99, 12345);
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	memset(&got, 0xa5, sizeof(got));
 	ASSERT_EQ(0, ioctl(self->fd, MEMREG_IOC_GET_CACHE, &got));
 	EXPECT_EQ(0, memcmp(&c, &got, sizeof(c)));
 	/* The largest idle time, and no idle eviction at all. */
 	c = cache_config(0, 1, 1, MEMREG_MAX_IDLE_MS);
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
-	ASSERT_EQ(0, mr_get_cache(self->fd, &got));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_get_cache(self->fd, &got));
 	EXPECT_EQ(0, memcmp(&c, &got, sizeof(c)));
 	c = cache_config(1, 5, 5, 0);
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
-	ASSERT_EQ(0, mr_get_cache(self->fd, &got));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_get_cache(self->fd, &got));
 	EXPECT_EQ(0, memcmp(&c, &got, sizeof(c)));
 
 	/* Settings are per context: a new file has the defaults. */
 	fd2 = memreg_open();
 	ASSERT_GE(fd2, 0);
-	ASSERT_EQ(0, mr_get_cache(fd2, &got));
+	ASSERT_EQ(0, memreg_get_cache(fd2, &got));
 	EXPECT_EQ(DEF_PARKING, got.parking);
 	EXPECT_EQ(DEF_MAX_PARKED, got.max_parked);
 	EXPECT_EQ(DEF_MAX_PARKED_PAGES, got.max_parked_pages);
@@ -433,10 +433,10 @@ TEST_F(lc, set_cache_bad_input_changes_nothing)
 	long vmpin;
 	int i;
 
-	ASSERT_EQ(0, mr_get_cache(self->fd, &orig));
+	ASSERT_EQ(0, memreg_get_cache(self->fd, &orig));
 	key1 = park(_metadata, self->fd, self->buf, 2);
 	key2 = park(_metadata, self->fd, self->buf + 4 * PAGE, 3);
-	ASSERT_EQ(0, mr_stats(self->fd, &s0));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s0));
 	ASSERT_EQ(2, s0.parked);
 	vmpin = vm_pin_kb();
 
@@ -475,8 +475,8 @@ TEST_F(lc, set_cache_bad_input_changes_nothing)
 			bad.idle_ms = 1ULL << 63;
 			break;
 		}
-		EXPECT_EQ(-EINVAL, mr_set_cache(self->fd, &bad)) TH_LOG("case %d", i);
-		ASSERT_EQ(0, mr_get_cache(self->fd, &got));
+		EXPECT_EQ(-EINVAL, memreg_set_cache(self->fd, &bad)) TH_LOG("case %d", i);
+		ASSERT_EQ(0, memreg_get_cache(self->fd, &got));
 		EXPECT_EQ(0, memcmp(&orig, &got, sizeof(got))) TH_LOG("case %d", i);
 	}
 	/* Unreadable or unwritable argument. */
@@ -484,11 +484,11 @@ TEST_F(lc, set_cache_bad_input_changes_nothing)
 	EXPECT_EQ(EFAULT, errno);
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_GET_CACHE, (void *)8));
 	EXPECT_EQ(EFAULT, errno);
-	ASSERT_EQ(0, mr_get_cache(self->fd, &got));
+	ASSERT_EQ(0, memreg_get_cache(self->fd, &got));
 	EXPECT_EQ(0, memcmp(&orig, &got, sizeof(got)));
 
 	/* The parked registrations are untouched. */
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, memcmp(&s0, &s, sizeof(s)));
 	expect_parked(_metadata, self->fd, key1, 2);
 	expect_parked(_metadata, self->fd, key2, 3);
@@ -501,14 +501,14 @@ TEST_F(lc, parking_off_ends_parked_and_deregister_ends)
 	struct memreg_stats s;
 	__u64 k1, k2;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
 	k1 = park(_metadata, self->fd, self->buf, 2);
 	k2 = park(_metadata, self->fd, self->buf + 4 * PAGE, 3);
 	EXPECT_EQ(self->vmpin + 6 * PAGE_KB, vm_pin_kb());
 
 	/* Turning parking off ends what is parked, now. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
 	EXPECT_EQ(1, s.registrations);
@@ -522,22 +522,22 @@ TEST_F(lc, parking_off_ends_parked_and_deregister_ends)
 	expect_live(_metadata, self->fd, live.lkey, 1);
 
 	/* Without parking, the last DEREGISTER ends a registration. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &r));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_gone(_metadata, self->fd, r.lkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(2, s.parks);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(self->vmpin + PAGE_KB, vm_pin_kb());
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 
 	/* On again: the last DEREGISTER parks. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 1));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(3, s.parks);
 	EXPECT_EQ(1, s.deregistrations);
 }
@@ -556,11 +556,11 @@ TEST_F(lc, flush_ends_every_parked_registration)
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_FLUSH, (void *)8));
 	EXPECT_EQ(EFAULT, errno);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 32 * PAGE, 2 * PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 32 * PAGE, 2 * PAGE, RW, &live));
 	k[0] = park(_metadata, self->fd, self->buf, 1);
 	k[1] = park(_metadata, self->fd, self->buf + 2 * PAGE, 2);
 	k[2] = park(_metadata, self->fd, self->buf + 8 * PAGE, 5);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(3, s.parked);
 	EXPECT_EQ(8, s.parked_pages);
 	EXPECT_EQ(10, s.pages_pinned);
@@ -573,7 +573,7 @@ TEST_F(lc, flush_ends_every_parked_registration)
 		EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_FLUSH, &f));
 		EXPECT_EQ(EINVAL, errno);
 	}
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(3, s.parked);
 	expect_evictions(_metadata, &s, 0, 0);
 
@@ -589,7 +589,7 @@ TEST_F(lc, flush_ends_every_parked_registration)
 	/* Uncharged when FLUSH returns. */
 	EXPECT_EQ(self->vmpin + 2 * PAGE_KB, vm_pin_kb());
 	EXPECT_EQ(self->base.pages_pinned + 2, mr_global_pinned());
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.parked_pages);
 	EXPECT_EQ(1, s.registrations);
@@ -604,10 +604,10 @@ TEST_F(lc, flush_ends_every_parked_registration)
 				    self->base.pages_pinned + 2));
 
 	/* Nothing left: FLUSH ends nothing. */
-	ASSERT_EQ(0, mr_flush(self->fd, &f));
+	ASSERT_EQ(0, memreg_flush(self->fd, &f));
 	EXPECT_EQ(0, f.evicted);
 	EXPECT_EQ(0, f.pages);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	expect_evictions(_metadata, &s, MEMREG_EVICT_FLUSH, 3);
 }
 
@@ -622,12 +622,12 @@ TEST_F(lc, flush_is_per_context)
 	ASSERT_GE(fd2, 0);
 	k1 = park(_metadata, self->fd, self->buf, 2);
 	k2 = park(_metadata, fd2, self->buf, 3);
-	ASSERT_EQ(0, mr_flush(fd2, &f));
+	ASSERT_EQ(0, memreg_flush(fd2, &f));
 	EXPECT_EQ(1, f.evicted);
 	EXPECT_EQ(3, f.pages);
 	expect_gone(_metadata, fd2, k2);
 	expect_parked(_metadata, self->fd, k1, 2);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	expect_evictions(_metadata, &s, 0, 0);
 	close(fd2);
 }
@@ -641,8 +641,8 @@ TEST_F(lc, idle_context_ends_parked_registrations)
 	struct memreg_stats s;
 	__u64 k1, k2;
 
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
 	k1 = park(_metadata, self->fd, self->buf, 2);
 	k2 = park(_metadata, self->fd, self->buf + 4 * PAGE, 3);
 
@@ -650,7 +650,7 @@ TEST_F(lc, idle_context_ends_parked_registrations)
 	usleep(1000 * 1000);
 	ASSERT_EQ(0, mr_wait_parked(self->fd, 0));
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 1));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	expect_evictions(_metadata, &s, MEMREG_EVICT_IDLE, 2);
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(0, s.parked_pages);
@@ -660,7 +660,7 @@ TEST_F(lc, idle_context_ends_parked_registrations)
 	expect_gone(_metadata, self->fd, k2);
 	/* Only parked registrations end. */
 	expect_live(_metadata, self->fd, live.lkey, 1);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 }
 
@@ -672,12 +672,12 @@ TEST_F(lc, busy_context_keeps_parked_registrations)
 	__u64 key;
 	int i;
 
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	key = park(_metadata, self->fd, self->buf, 2);
 	/* 1.5 s, three times idle_ms, with a call every 50 ms. */
 	for (i = 0; i < 30; i++) {
 		usleep(50 * 1000);
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		ASSERT_EQ(1, s.parked) TH_LOG("after %d ms", (i + 1) * 50);
 	}
 	expect_evictions(_metadata, &s, 0, 0);
@@ -686,16 +686,16 @@ TEST_F(lc, busy_context_keeps_parked_registrations)
 	/* Then quiet: it goes. */
 	usleep(1000 * 1000);
 	ASSERT_EQ(0, mr_wait_parked(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	expect_evictions(_metadata, &s, MEMREG_EVICT_IDLE, 1);
 
 	/* idle_ms 0: never. */
 	c.idle_ms = 0;
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	key = park(_metadata, self->fd, self->buf, 2);
 	usleep(1200 * 1000);
 	expect_parked(_metadata, self->fd, key, 2);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.parked);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_IDLE, 1);
 }
@@ -709,21 +709,21 @@ TEST_F(lc, max_parked_evicts_least_recently_parked)
 	struct memreg_stats s;
 	int i;
 
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	for (i = 0; i < 4; i++)
-		ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r[i]));
-	ASSERT_EQ(0, mr_deregister(self->fd, r[0].lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, r[1].lkey));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_register(self->fd, self->buf + 2 * i * PAGE, PAGE, RW, &r[i]));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[0].lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[1].lkey));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
 	expect_evictions(_metadata, &s, 0, 0);
 
 	/* A third: the least recently parked, r0, makes room. */
-	ASSERT_EQ(0, mr_deregister(self->fd, r[2].lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[2].lkey));
 	expect_gone(_metadata, self->fd, r[0].lkey);
 	expect_parked(_metadata, self->fd, r[1].lkey, 1);
 	expect_parked(_metadata, self->fd, r[2].lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
 	EXPECT_EQ(2, s.parked_pages);
 	EXPECT_EQ(3, s.parks);
@@ -736,17 +736,17 @@ TEST_F(lc, max_parked_evicts_least_recently_parked)
 	 * Revive r1 (new keys, the same sequence; the old key is unknown) and
 	 * park it again: r2 is now the least recently parked.
 	 */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 2 * PAGE, PAGE, RW, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
 	EXPECT_EQ(r[1].lkey >> 24, again.lkey >> 24);
 	EXPECT_NE(r[1].lkey, again.lkey);
 	expect_gone(_metadata, self->fd, r[1].lkey);
-	ASSERT_EQ(0, mr_deregister(self->fd, again.lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, r[3].lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, again.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[3].lkey));
 	expect_gone(_metadata, self->fd, r[2].lkey);
 	expect_parked(_metadata, self->fd, again.lkey, 1);
 	expect_parked(_metadata, self->fd, r[3].lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PARK_LIMIT, 2);
 }
@@ -758,10 +758,10 @@ TEST_F(lc, max_parked_pages_evicts_and_bounds_parking)
 	struct memreg_stats s;
 	__u64 a, b, k;
 
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	a = park(_metadata, self->fd, self->buf, 4);
 	b = park(_metadata, self->fd, self->buf + 4 * PAGE, 3);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(7, s.parked_pages);
 	expect_evictions(_metadata, &s, 0, 0);
 
@@ -770,7 +770,7 @@ TEST_F(lc, max_parked_pages_evicts_and_bounds_parking)
 	expect_gone(_metadata, self->fd, a);
 	expect_parked(_metadata, self->fd, b, 3);
 	expect_parked(_metadata, self->fd, k, 2);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
 	EXPECT_EQ(5, s.parked_pages);
 	EXPECT_EQ(5, s.pages_pinned);
@@ -778,12 +778,12 @@ TEST_F(lc, max_parked_pages_evicts_and_bounds_parking)
 	EXPECT_EQ(self->vmpin + 5 * PAGE_KB, vm_pin_kb());
 
 	/* Larger than max_parked_pages: never parked, and evicts nothing. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 16 * PAGE, 10 * PAGE, RW, &big));
-	EXPECT_EQ(0, mr_deregister(self->fd, big.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 16 * PAGE, 10 * PAGE, RW, &big));
+	EXPECT_EQ(0, memreg_deregister(self->fd, big.lkey));
 	expect_gone(_metadata, self->fd, big.lkey);
 	expect_parked(_metadata, self->fd, b, 3);
 	expect_parked(_metadata, self->fd, k, 2);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(3, s.parks);
 	EXPECT_EQ(2, s.parked);
@@ -801,26 +801,26 @@ TEST_F(lc, lowering_limits_evicts_least_recently_parked)
 
 	for (i = 0; i < 4; i++)
 		k[i] = park(_metadata, self->fd, self->buf + 2 * i * PAGE, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.parked);
 
 	c = cache_config(1, 2, DEF_MAX_PARKED_PAGES, DEF_IDLE_MS);
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	expect_gone(_metadata, self->fd, k[0]);
 	expect_gone(_metadata, self->fd, k[1]);
 	expect_parked(_metadata, self->fd, k[2], 1);
 	expect_parked(_metadata, self->fd, k[3], 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(2, s.parked);
 	EXPECT_EQ(2, s.pages_pinned);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PARK_LIMIT, 2);
 	EXPECT_EQ(self->vmpin + 2 * PAGE_KB, vm_pin_kb());
 
 	c.max_parked_pages = 1;
-	ASSERT_EQ(0, mr_set_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_set_cache(self->fd, &c));
 	expect_gone(_metadata, self->fd, k[2]);
 	expect_parked(_metadata, self->fd, k[3], 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(1, s.parked_pages);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PARK_LIMIT, 3);
@@ -860,48 +860,48 @@ static int rlimit_child(void)
 	vmpin = vm_pin_kb();
 
 	/* Another context's parked pages count, and are ended for us: the same user's. */
-	CHILD_CHECK(!mr_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
+	CHILD_CHECK(!memreg_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
 	x = r.lkey;
-	CHILD_CHECK(!mr_deregister(fd2, x));
-	CHILD_CHECK(!mr_register(fd, buf, 8 * PAGE, RW, &r));
+	CHILD_CHECK(!memreg_deregister(fd2, x));
+	CHILD_CHECK(!memreg_register(fd, buf, 8 * PAGE, RW, &r));
 	CHILD_CHECK(r.flags == 0);
-	CHILD_CHECK(mr_query(fd2, x, &q) == -ENOENT);
-	CHILD_CHECK(!mr_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 1 &&
+	CHILD_CHECK(memreg_query(fd2, x, &q) == -ENOENT);
+	CHILD_CHECK(!memreg_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 1 &&
 		    s.parked == 0 && s.pages_pinned == 0);
 	CHILD_CHECK(vm_pin_kb() == vmpin + 8 * (long)PAGE_KB);
 	/* Ended, not parked, so that the rest starts from nothing. */
-	CHILD_CHECK(!mr_set_parking(fd, 0) && !mr_deregister(fd, r.lkey) && !mr_set_parking(fd, 1));
+	CHILD_CHECK(!mr_set_parking(fd, 0) && !memreg_deregister(fd, r.lkey) && !mr_set_parking(fd, 1));
 	CHILD_CHECK(vm_pin_kb() == vmpin);
 	/* Within one context too, least recently parked first. */
-	CHILD_CHECK(!mr_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
+	CHILD_CHECK(!memreg_register(fd2, buf + 40 * PAGE, 10 * PAGE, RW, &r));
 	x = r.lkey;
-	CHILD_CHECK(!mr_deregister(fd2, x));
-	CHILD_CHECK(!mr_register(fd2, buf + 50 * PAGE, 8 * PAGE, RW, &r));
+	CHILD_CHECK(!memreg_deregister(fd2, x));
+	CHILD_CHECK(!memreg_register(fd2, buf + 50 * PAGE, 8 * PAGE, RW, &r));
 	CHILD_CHECK(r.flags == 0);
-	CHILD_CHECK(mr_query(fd2, x, &q) == -ENOENT);
-	CHILD_CHECK(!mr_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 2 &&
+	CHILD_CHECK(memreg_query(fd2, x, &q) == -ENOENT);
+	CHILD_CHECK(!memreg_stats(fd2, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 2 &&
 		    s.parked == 0 && s.pages_pinned == 8);
 	CHILD_CHECK(vm_pin_kb() == vmpin + 8 * (long)PAGE_KB);
 	CHILD_CHECK(!close(fd2));
 	CHILD_CHECK(vm_pin_kb() == vmpin);
 
 	/* A (8 pages) then B (6) parked; C (8) needs A's room, not B's. */
-	CHILD_CHECK(!mr_register(fd, buf, 8 * PAGE, RW, &a));
-	CHILD_CHECK(!mr_register(fd, buf + 8 * PAGE, 6 * PAGE, RW, &b));
-	CHILD_CHECK(!mr_deregister(fd, a.lkey) && !mr_deregister(fd, b.lkey));
+	CHILD_CHECK(!memreg_register(fd, buf, 8 * PAGE, RW, &a));
+	CHILD_CHECK(!memreg_register(fd, buf + 8 * PAGE, 6 * PAGE, RW, &b));
+	CHILD_CHECK(!memreg_deregister(fd, a.lkey) && !memreg_deregister(fd, b.lkey));
 	CHILD_CHECK(vm_pin_kb() == vmpin + 14 * (long)PAGE_KB);
-	CHILD_CHECK(!mr_register(fd, buf + 16 * PAGE, 8 * PAGE, RW, &r));
+	CHILD_CHECK(!memreg_register(fd, buf + 16 * PAGE, 8 * PAGE, RW, &r));
 	CHILD_CHECK(r.flags == 0);
-	CHILD_CHECK(mr_query(fd, a.lkey, &q) == -ENOENT);
-	CHILD_CHECK(!mr_query(fd, b.lkey, &q) && q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED));
-	CHILD_CHECK(!mr_stats(fd, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 1 &&
+	CHILD_CHECK(memreg_query(fd, a.lkey, &q) == -ENOENT);
+	CHILD_CHECK(!memreg_query(fd, b.lkey, &q) && q.state == (MEMREG_STATE_VALID | MEMREG_STATE_PARKED));
+	CHILD_CHECK(!memreg_stats(fd, &s) && s.evictions[MEMREG_EVICT_PIN_LIMIT] == 1 &&
 		    s.parked == 1 && s.parked_pages == 6 && s.pages_pinned == 14);
 	CHILD_CHECK(s.evictions[MEMREG_EVICT_PARK_LIMIT] == 0 && s.evictions[MEMREG_EVICT_FLUSH] == 0);
 	CHILD_CHECK(vm_pin_kb() == vmpin + 14 * (long)PAGE_KB);
 	/* Evicting everything parked is not enough: ENOMEM, C untouched. */
-	CHILD_CHECK(mr_register(fd, buf + 24 * PAGE, 10 * PAGE, RW, &a) == -ENOMEM);
-	CHILD_CHECK(!mr_query(fd, r.lkey, &q) && q.state == MEMREG_STATE_VALID && q.refcount == 1);
-	CHILD_CHECK(!mr_stats(fd, &s) && s.registrations - s.parked == 1);
+	CHILD_CHECK(memreg_register(fd, buf + 24 * PAGE, 10 * PAGE, RW, &a) == -ENOMEM);
+	CHILD_CHECK(!memreg_query(fd, r.lkey, &q) && q.state == MEMREG_STATE_VALID && q.refcount == 1);
+	CHILD_CHECK(!memreg_stats(fd, &s) && s.registrations - s.parked == 1);
 	CHILD_CHECK(vm_pin_kb() == vmpin + (long)(s.pages_pinned * PAGE_KB));
 	close(fd);
 	CHILD_CHECK(vm_pin_kb() == vmpin);
@@ -952,46 +952,46 @@ TEST_F(budget, budget_evicts_parked)
 	struct memreg_stats s;
 	__u64 x;
 
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	ASSERT_EQ(LIMIT, g.budget_pages);
 
 	/* Another context's parked pages count, and are ended for us: the budget is everyone's. */
 	x = park(_metadata, self->fd2, self->buf + 40 * PAGE, 10);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 	expect_gone(_metadata, self->fd2, x);
-	ASSERT_EQ(0, mr_stats(self->fd2, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd2, &s));
 	EXPECT_EQ(0, s.registrations);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 1);
 	/* Ended, not parked, so that the rest starts from nothing. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	ASSERT_EQ(0, mr_set_parking(self->fd, 1));
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(0, g.pages_pinned);
 
 	/* A (8 pages) then B (6) parked; C (8) needs A's room, not B's. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 8 * PAGE, RW, &a));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 8 * PAGE, 6 * PAGE, RW, &b));
-	ASSERT_EQ(0, mr_deregister(self->fd, a.lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, b.lkey));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 16 * PAGE, 8 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 8 * PAGE, RW, &a));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 8 * PAGE, 6 * PAGE, RW, &b));
+	ASSERT_EQ(0, memreg_deregister(self->fd, a.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, b.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 16 * PAGE, 8 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 	expect_gone(_metadata, self->fd, a.lkey);
 	expect_parked(_metadata, self->fd, b.lkey, 6);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.parked);
 	EXPECT_EQ(14, s.pages_pinned);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 1);
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(14, g.pages_pinned);
 
 	/* Evicting everything parked is not enough: ENOSPC, C untouched. */
-	EXPECT_EQ(-ENOSPC, mr_register(self->fd, self->buf + 24 * PAGE, 10 * PAGE, RW, &a));
+	EXPECT_EQ(-ENOSPC, memreg_register(self->fd, self->buf + 24 * PAGE, 10 * PAGE, RW, &a));
 	expect_live(_metadata, self->fd, r.lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations - s.parked);
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(s.pages_pinned, g.pages_pinned);
 }
 
@@ -1026,43 +1026,43 @@ TEST_F(cap, max_registrations_evicts_parked)
 	int i;
 
 	for (i = 0; i < 4; i++)
-		ASSERT_EQ(0, mr_register(self->fd, self->buf + i * PAGE, PAGE, RW, &r[i]));
-	ASSERT_EQ(0, mr_deregister(self->fd, r[0].lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, r[1].lkey));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_register(self->fd, self->buf + i * PAGE, PAGE, RW, &r[i]));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[0].lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[1].lkey));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	EXPECT_EQ(2, s.parked);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 8 * PAGE, PAGE, RW, &extra));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 8 * PAGE, PAGE, RW, &extra));
 	EXPECT_EQ(0, extra.flags);
 	expect_gone(_metadata, self->fd, r[0].lkey);
 	expect_parked(_metadata, self->fd, r[1].lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	EXPECT_EQ(1, s.parked);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 1);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 9 * PAGE, PAGE, RW, &extra));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 9 * PAGE, PAGE, RW, &extra));
 	expect_gone(_metadata, self->fd, r[1].lkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 2);
 
 	/* Nothing parked left: EDQUOT. */
-	EXPECT_EQ(-EDQUOT, mr_register(self->fd, self->buf + 10 * PAGE, PAGE, RW, &extra));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	EXPECT_EQ(-EDQUOT, memreg_register(self->fd, self->buf + 10 * PAGE, PAGE, RW, &extra));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	expect_evictions(_metadata, &s, MEMREG_EVICT_PIN_LIMIT, 2);
 	/* A revival needs no new slot; it hands out new keys (the same sequence). */
-	ASSERT_EQ(0, mr_deregister(self->fd, r[2].lkey));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RO, &extra));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r[2].lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 2 * PAGE, PAGE, RO, &extra));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, extra.flags);
 	EXPECT_EQ(r[2].lkey >> 24, extra.lkey >> 24);
 	EXPECT_NE(r[2].lkey, extra.lkey);
 	expect_gone(_metadata, self->fd, r[2].lkey);
 	expect_live(_metadata, self->fd, extra.lkey, 1);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(4, s.registrations);
 	EXPECT_EQ(1, s.revives);
 }
@@ -1097,22 +1097,22 @@ TEST_F(params, module_parameters_are_the_defaults)
 	struct memreg_register r;
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_get_cache(self->fd, &c));
+	ASSERT_EQ(0, memreg_get_cache(self->fd, &c));
 	EXPECT_EQ(0, c.parking);
 	EXPECT_EQ(7, c.max_parked);
 	EXPECT_EQ(99, c.max_parked_pages);
 	EXPECT_EQ(1234, c.idle_ms);
 	/* park=0: the last DEREGISTER ends a registration. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_gone(_metadata, self->fd, r.lkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.deregistrations);
 	EXPECT_EQ(0, s.parks);
 	/* The context can still turn it on. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 1));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, 2);
 }
 
@@ -1125,7 +1125,7 @@ TEST_F(lc, shrinker_ends_parked_registrations)
 	__u64 k[3];
 	int i, err;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 32 * PAGE, PAGE, RW, &live));
 	k[0] = park(_metadata, self->fd, self->buf, 2);
 	k[1] = park(_metadata, self->fd, self->buf + 4 * PAGE, 3);
 	k[2] = park(_metadata, self->fd, self->buf + 8 * PAGE, 4);
@@ -1138,7 +1138,7 @@ TEST_F(lc, shrinker_ends_parked_registrations)
 	/* Ending and unpinning may be deferred to a worker. */
 	ASSERT_EQ(0, mr_wait_parked(self->fd, 0));
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 1));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	expect_evictions(_metadata, &s, MEMREG_EVICT_SHRINKER, 3);
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(0, s.parked_pages);
@@ -1169,7 +1169,7 @@ static void *race_register(void *arg)
 	struct racer *t = arg;
 
 	pthread_barrier_wait(t->barrier);
-	t->err = mr_register(t->fd, t->buf, 16 * PAGE, RW, &t->r);
+	t->err = memreg_register(t->fd, t->buf, 16 * PAGE, RW, &t->r);
 	return NULL;
 }
 
@@ -1207,22 +1207,22 @@ TEST_F(lc, concurrent_registers_revive_once)
 		/* The first round pins it; each later one revives it exactly once. */
 		ASSERT_EQ(round ? 0 : 1, missed) TH_LOG("round %d", round);
 		ASSERT_EQ(round ? 1 : 0, revived) TH_LOG("round %d", round);
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		ASSERT_EQ(1, s.registrations);
 		ASSERT_EQ(1, s.cache_misses);
 		ASSERT_EQ(round, s.revives);
 		ASSERT_EQ((RACERS - 1) * (round + 1), s.cache_hits);
 		ASSERT_EQ(0, s.parked);
 		ASSERT_EQ(16, s.pages_pinned);
-		ASSERT_EQ(0, mr_query(self->fd, t[0].r.lkey, &q));
+		ASSERT_EQ(0, memreg_query(self->fd, t[0].r.lkey, &q));
 		ASSERT_EQ(RACERS, q.refcount);
 		ASSERT_EQ(self->vmpin + 16 * PAGE_KB, vm_pin_kb());
 
 		for (i = 0; i < RACERS; i++)
-			ASSERT_EQ(0, mr_deregister(self->fd, t[0].r.lkey));
-		ASSERT_EQ(-EINVAL, mr_deregister(self->fd, t[0].r.lkey));
+			ASSERT_EQ(0, memreg_deregister(self->fd, t[0].r.lkey));
+		ASSERT_EQ(-EINVAL, memreg_deregister(self->fd, t[0].r.lkey));
 		expect_parked(_metadata, self->fd, t[0].r.lkey, 16);
-		ASSERT_EQ(0, mr_stats(self->fd, &s));
+		ASSERT_EQ(0, memreg_stats(self->fd, &s));
 		ASSERT_EQ(round + 1, s.parks);
 	}
 }
@@ -1241,11 +1241,11 @@ TEST(close_with_parked_registrations_releases_everything)
 	mr_settle(&base);
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mr_register(fd, buf + 16 * PAGE, 4 * PAGE, RW, &live));
+	ASSERT_EQ(0, memreg_register(fd, buf + 16 * PAGE, 4 * PAGE, RW, &live));
 	park(_metadata, fd, buf, 2);
 	park(_metadata, fd, buf + 4 * PAGE, 3);
 	park(_metadata, fd, buf + 8 * PAGE, 5);
-	ASSERT_EQ(0, mr_global(fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g));
 	EXPECT_EQ(base.pages_pinned + 14, g.pages_pinned);
 	EXPECT_EQ(base.regions + 4, g.regions);
 	EXPECT_EQ(vmpin + 14 * PAGE_KB, vm_pin_kb());
@@ -1275,8 +1275,8 @@ TEST(kill_with_parked_registrations_releases_everything)
 		if (fd < 0 || !buf)
 			_exit(1);
 		for (i = 0; i < 4; i++)
-			if (mr_register(fd, buf + 4 * i * PAGE, 4 * PAGE, RW, &r) ||
-			    (i < 3 && mr_deregister(fd, r.lkey)))
+			if (memreg_register(fd, buf + 4 * i * PAGE, 4 * PAGE, RW, &r) ||
+			    (i < 3 && memreg_deregister(fd, r.lkey)))
 				_exit(2);
 		if (write(ready[1], "r", 1) != 1)
 			_exit(3);

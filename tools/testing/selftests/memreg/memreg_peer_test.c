@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
  * memreg kselftests: peers (one-sided WRITE and READ, two-sided SEND and
- * RECV between processes), through the library in memreg_ring.h.
+ * RECV between processes), through libmemreg.
  *
  * - PEER_ATTACH, PEER_DETACH, PEER_REVOKE and QUEUE_CONNECT: their errors,
  *   the attachment limit, handles never reused, owner only, the grant by
@@ -39,7 +39,7 @@
 #include <sys/wait.h>
 
 #include "memreg_util.h"
-#include "memreg_ring.h"
+#include "memreg_util.h"
 
 #include "../kselftest_harness.h"
 #include "memreg_harness.h"
@@ -64,7 +64,7 @@ static int open_ctx(void)
 
 	if (fd < 0)
 		return -1;
-	if (mr_set_cache(fd, &c)) {
+	if (memreg_set_cache(fd, &c)) {
 		close(fd);
 		return -1;
 	}
@@ -123,11 +123,11 @@ static long global_peers(void)
 }
 
 /* Posts `sqe` and returns the status of its completion (-ETIMEDOUT: none came). */
-static int run_status(struct mrq *q, const struct memreg_sqe *sqe)
+static int run_status(struct memreg_queue *q, const struct memreg_sqe *sqe)
 {
 	struct memreg_cqe c;
 
-	if (mrq_run(q, sqe, &c))
+	if (memreg_queue_run(q, sqe, &c))
 		return -ETIMEDOUT;
 	return c.status;
 }
@@ -239,7 +239,7 @@ struct tgt_state {
 	struct tgt_info info;
 	char *buf[TGT_NBUF];
 	char *snap[TGT_NBUF];
-	struct mrq q;
+	struct memreg_queue q;
 };
 
 static int tgt_serve(struct tgt_state *st, const struct tcmd *c)
@@ -294,7 +294,7 @@ static int tgt_serve(struct tgt_state *st, const struct tcmd *c)
 			r.ret += st->snap[c->buf][i] != b[i];
 		break;
 	case T_REG:
-		r.ret = mr_register(st->fd, b + c->a, c->b ? c->b : len - c->a, (__u32)c->c, &reg);
+		r.ret = memreg_register(st->fd, b + c->a, c->b ? c->b : len - c->a, (__u32)c->c, &reg);
 		if (!r.ret) {
 			r.v[0] = reg.rkey;
 			r.v[1] = reg.lkey;
@@ -304,17 +304,17 @@ static int tgt_serve(struct tgt_state *st, const struct tcmd *c)
 		}
 		break;
 	case T_DEREG:
-		r.ret = mr_deregister(st->fd, st->info.lkey[c->buf]);
+		r.ret = memreg_deregister(st->fd, st->info.lkey[c->buf]);
 		break;
 	case T_FLUSH:
-		r.ret = mr_flush(st->fd, &fl);
+		r.ret = memreg_flush(st->fd, &fl);
 		r.v[0] = fl.evicted;
 		break;
 	case T_REVOKE:
-		r.ret = mr_peer_revoke(st->fd);
+		r.ret = memreg_peer_revoke(st->fd);
 		break;
 	case T_CLOSE:
-		mrq_unmap(&st->q);
+		memreg_queue_exit(&st->q);
 		r.ret = close(st->fd) ? -errno : 0;
 		st->fd = -1;
 		if (b)
@@ -324,46 +324,46 @@ static int tgt_serve(struct tgt_state *st, const struct tcmd *c)
 		/* The reply first: the descriptor follows it. */
 		if (xwrite(st->sock, &r, sizeof(r)))
 			return -1;
-		return mr_send_fd(st->sock, st->fd) ? -1 : 0;
+		return memreg_send_fd(st->sock, st->fd) ? -1 : 0;
 	case T_RECV:
 		s = mr_sqe_recv(c->a, st->info.lkey[c->buf], c->b, c->c);
-		r.ret = mrq_post(&st->q, &s, 5000);
+		r.ret = memreg_queue_post_wait(&st->q, &s, 5000);
 		break;
 	case T_REAP:
 		n = c->a > 256 ? 256 : (unsigned int)c->a;
-		n = mrq_wait(&st->q, cqes, n, (int)c->b);
+		n = memreg_wait_cqes(&st->q, cqes, n, (int)c->b);
 		r.ret = n;
 		if (xwrite(st->sock, &r, sizeof(r)) || xwrite(st->sock, cqes, n * sizeof(cqes[0])))
 			return -1;
 		return 0;
 	case T_ATTACH:
-		fd = mr_recv_fd(st->sock);
+		fd = memreg_recv_fd(st->sock);
 		if (fd < 0) {
 			r.ret = fd;
 			break;
 		}
-		r.ret = mr_peer_attach(st->fd, fd, (__u32 *)&r.v[0]);
+		r.ret = memreg_peer_attach(st->fd, fd, (__u32 *)&r.v[0]);
 		close(fd);
 		break;
 	case T_CONNECT:
-		r.ret = mr_queue_connect(st->fd, st->q.index, (__u32)c->a, (__u32)c->b, (__u32)c->c);
+		r.ret = memreg_queue_connect(st->fd, st->q.index, (__u32)c->a, (__u32)c->b, (__u32)c->c);
 		break;
 	case T_ECHO:
 		for (i = 0; i < c->a; i++) {
 			s = mr_sqe_recv(i, st->info.lkey[c->buf], 0, len);
-			if (mrq_post(&st->q, &s, 5000) || mrq_wait(&st->q, cqes, 1, 5000) != 1 ||
+			if (memreg_queue_post_wait(&st->q, &s, 5000) || memreg_wait_cqes(&st->q, cqes, 1, 5000) != 1 ||
 			    cqes[0].status || cqes[0].user_data != i)
 				break;
 			s = mr_sqe_send_imm(1000 + i, st->info.lkey[c->buf], 0, cqes[0].bytes,
 					    cqes[0].imm_data + 1);
-			if (mrq_post(&st->q, &s, 5000) || mrq_wait(&st->q, cqes, 1, 5000) != 1 ||
+			if (memreg_queue_post_wait(&st->q, &s, 5000) || memreg_wait_cqes(&st->q, cqes, 1, 5000) != 1 ||
 			    cqes[0].status || cqes[0].user_data != 1000 + i)
 				break;
 		}
 		r.ret = i;
 		break;
 	case T_QSTATS:
-		r.ret = mr_queue_stats(st->fd, &qs);
+		r.ret = memreg_queue_stats(st->fd, &qs);
 		r.v[0] = qs.messages;
 		r.v[1] = qs.rnr_timeouts;
 		r.v[2] = qs.remote_bytes;
@@ -393,16 +393,16 @@ static void __attribute__((noreturn)) tgt_main(int sock, const struct tgt_cfg *c
 		if (!st.buf[i])
 			st.info.err = -ENOMEM;
 		else if (cfg->access[i])
-			st.info.err = mr_register(st.fd, st.buf[i], cfg->len[i], cfg->access[i], &reg);
+			st.info.err = memreg_register(st.fd, st.buf[i], cfg->len[i], cfg->access[i], &reg);
 		st.info.addr[i] = (__u64)(unsigned long)st.buf[i];
 		st.info.rkey[i] = reg.rkey;
 		st.info.lkey[i] = reg.lkey;
 	}
 	if (!st.info.err && cfg->sq) {
-		st.info.err = mrq_open(st.fd, cfg->sq, cfg->cq, -1, &st.q);
+		st.info.err = memreg_queue_init(st.fd, cfg->sq, cfg->cq, -1, &st.q);
 		st.info.queue = st.q.index;
 	}
-	if (mr_send_fd(sock, st.fd < 0 ? 0 : st.fd) || xwrite(sock, &st.info, sizeof(st.info)))
+	if (memreg_send_fd(sock, st.fd < 0 ? 0 : st.fd) || xwrite(sock, &st.info, sizeof(st.info)))
 		_exit(1);
 	while (!xread(sock, &c, sizeof(c)))
 		if (tgt_serve(&st, &c))
@@ -429,7 +429,7 @@ static int tgt_start(struct tgt *t, const struct tgt_cfg *cfg, int myfd)
 		tgt_main(sp[1], cfg);
 	close(sp[1]);
 	t->sock = sp[0];
-	fd = mr_recv_fd(t->sock);
+	fd = memreg_recv_fd(t->sock);
 	if (fd < 0)
 		return fd;
 	if (xread(t->sock, &t->info, sizeof(t->info))) {
@@ -440,7 +440,7 @@ static int tgt_start(struct tgt *t, const struct tgt_cfg *cfg, int myfd)
 		close(fd);
 		return t->info.err;
 	}
-	ret = myfd >= 0 ? mr_peer_attach(myfd, fd, &t->peer) : 0;
+	ret = myfd >= 0 ? memreg_peer_attach(myfd, fd, &t->peer) : 0;
 	close(fd);
 	return ret;
 }
@@ -484,7 +484,7 @@ static int tgt_attach(struct tgt *t, int fd, __u32 *peer)
 {
 	struct trep r;
 
-	if (tgt_post(t, T_ATTACH, 0, 0, 0, 0) || mr_send_fd(t->sock, fd) || tgt_reply(t, &r) < 0)
+	if (tgt_post(t, T_ATTACH, 0, 0, 0, 0) || memreg_send_fd(t->sock, fd) || tgt_reply(t, &r) < 0)
 		return -EIO;
 	*peer = (__u32)r.v[0];
 	return (int)r.ret;
@@ -548,7 +548,7 @@ static struct tgt_cfg cfg1(size_t len, __u32 access, int fill, __u32 sq, __u32 c
 
 struct side {
 	int fd;
-	struct mrq q;
+	struct memreg_queue q;
 	char *buf;
 	size_t len;
 	struct memreg_register r;
@@ -567,15 +567,15 @@ static int side_open(struct side *s, size_t len, int fill, __u32 sq, __u32 cq)
 	s->buf = map_buf(len, fill);
 	if (!s->buf)
 		return -ENOMEM;
-	ret = mr_register(s->fd, s->buf, len, ALL, &s->r);
+	ret = memreg_register(s->fd, s->buf, len, ALL, &s->r);
 	if (ret)
 		return ret;
-	return mrq_open(s->fd, sq, cq, -1, &s->q);
+	return memreg_queue_init(s->fd, sq, cq, -1, &s->q);
 }
 
 static void side_close(struct side *s)
 {
-	mrq_unmap(&s->q);
+	memreg_queue_exit(&s->q);
 	if (s->fd >= 0)
 		close(s->fd);
 	s->fd = -1;
@@ -622,12 +622,12 @@ TEST(attach_refuses_bad_descriptors)
 	ASSERT_GE(closed, 0);
 	close(closed);
 
-	EXPECT_EQ(-EBADF, mr_peer_attach(fd, -1, &x));
-	EXPECT_EQ(-EBADF, mr_peer_attach(fd, closed, &x));
-	EXPECT_EQ(-EBADF, mr_peer_attach(fd, 100000, &x));
-	EXPECT_EQ(-EINVAL, mr_peer_attach(fd, efd, &x));
-	EXPECT_EQ(-EINVAL, mr_peer_attach(fd, devnull, &x));
-	EXPECT_EQ(-EINVAL, mr_peer_attach(fd, 0, &x)) TH_LOG("stdin is not a memreg file");
+	EXPECT_EQ(-EBADF, memreg_peer_attach(fd, -1, &x));
+	EXPECT_EQ(-EBADF, memreg_peer_attach(fd, closed, &x));
+	EXPECT_EQ(-EBADF, memreg_peer_attach(fd, 100000, &x));
+	EXPECT_EQ(-EINVAL, memreg_peer_attach(fd, efd, &x));
+	EXPECT_EQ(-EINVAL, memreg_peer_attach(fd, devnull, &x));
+	EXPECT_EQ(-EINVAL, memreg_peer_attach(fd, 0, &x)) TH_LOG("stdin is not a memreg file");
 	for (i = 0; i < 2; i++) {
 		memset(&a, 0, sizeof(a));
 		a.fd = other;
@@ -639,7 +639,7 @@ TEST(attach_refuses_bad_descriptors)
 
 	/* Good ones: the other file and our own, each more than once. */
 	for (i = 0; i < 8; i++) {
-		ASSERT_EQ(0, mr_peer_attach(fd, i & 1 ? fd : other, &h[i]));
+		ASSERT_EQ(0, memreg_peer_attach(fd, i & 1 ? fd : other, &h[i]));
 		EXPECT_NE(0, h[i]);
 		for (j = 0; j < i; j++)
 			EXPECT_NE(h[j], h[i]);
@@ -647,14 +647,14 @@ TEST(attach_refuses_bad_descriptors)
 	EXPECT_EQ(8, global_peers());
 	/* Detached handles are not handed out again. */
 	for (i = 0; i < 8; i++)
-		EXPECT_EQ(0, mr_peer_detach(fd, h[i]));
+		EXPECT_EQ(0, memreg_peer_detach(fd, h[i]));
 	EXPECT_EQ(0, global_peers());
 	for (i = 0; i < 8; i++) {
-		ASSERT_EQ(0, mr_peer_attach(fd, other, &x));
+		ASSERT_EQ(0, memreg_peer_attach(fd, other, &x));
 		EXPECT_NE(0, x);
 		for (j = 0; j < 8; j++)
 			EXPECT_NE(h[j], x) TH_LOG("handle %u reused", x);
-		EXPECT_EQ(0, mr_peer_detach(fd, x));
+		EXPECT_EQ(0, memreg_peer_detach(fd, x));
 	}
 	/* The output field is ignored on input. */
 	memset(&a, 0, sizeof(a));
@@ -664,7 +664,7 @@ TEST(attach_refuses_bad_descriptors)
 	EXPECT_NE(0, a.peer);
 	EXPECT_EQ(0, a.reserved[0]);
 	EXPECT_EQ(0, a.reserved[1]);
-	EXPECT_EQ(0, mr_peer_detach(fd, a.peer));
+	EXPECT_EQ(0, memreg_peer_detach(fd, a.peer));
 	close(efd);
 	close(devnull);
 	close(other);
@@ -680,23 +680,23 @@ TEST(detach_refuses_unknown_handles)
 
 	ASSERT_GE(fd, 0);
 	ASSERT_GE(other, 0);
-	EXPECT_EQ(-ENOENT, mr_peer_detach(fd, 0));
-	EXPECT_EQ(-ENOENT, mr_peer_detach(fd, 1));
-	EXPECT_EQ(-ENOENT, mr_peer_detach(fd, 0xffffffffU));
-	ASSERT_EQ(0, mr_peer_attach(fd, other, &h));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, 0));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, 1));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, 0xffffffffU));
+	ASSERT_EQ(0, memreg_peer_attach(fd, other, &h));
 	/* A handle of another file is not ours. */
-	ASSERT_EQ(0, mr_peer_attach(other, fd, &h2));
+	ASSERT_EQ(0, memreg_peer_attach(other, fd, &h2));
 	if (h2 != h)
-		EXPECT_EQ(-ENOENT, mr_peer_detach(fd, h2));
+		EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, h2));
 	d.peer = h;
 	d.reserved = 1;
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_PEER_DETACH, &d));
 	EXPECT_EQ(EINVAL, errno);
-	EXPECT_EQ(-ENOENT, mr_peer_detach(fd, h + 1000));
-	EXPECT_EQ(0, mr_peer_detach(fd, h));
-	EXPECT_EQ(-ENOENT, mr_peer_detach(fd, h));
-	EXPECT_EQ(0, mr_peer_detach(other, h2));
-	EXPECT_EQ(-ENOENT, mr_peer_detach(other, h2));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, h + 1000));
+	EXPECT_EQ(0, memreg_peer_detach(fd, h));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(fd, h));
+	EXPECT_EQ(0, memreg_peer_detach(other, h2));
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(other, h2));
 	EXPECT_EQ(0, global_peers());
 	close(other);
 	close(fd);
@@ -711,19 +711,19 @@ TEST(attach_limit)
 	ASSERT_GE(fd, 0);
 	ASSERT_GE(other, 0);
 	for (i = 0; i < MEMREG_MAX_PEERS; i++)
-		ASSERT_EQ(0, mr_peer_attach(fd, i & 1 ? fd : other, &h[i])) TH_LOG("attach %d", i);
-	EXPECT_EQ(-ENOSPC, mr_peer_attach(fd, other, &x));
-	EXPECT_EQ(-ENOSPC, mr_peer_attach(fd, fd, &x));
+		ASSERT_EQ(0, memreg_peer_attach(fd, i & 1 ? fd : other, &h[i])) TH_LOG("attach %d", i);
+	EXPECT_EQ(-ENOSPC, memreg_peer_attach(fd, other, &x));
+	EXPECT_EQ(-ENOSPC, memreg_peer_attach(fd, fd, &x));
 	EXPECT_EQ(MEMREG_MAX_PEERS, global_peers());
 	/* The limit is per file. */
-	ASSERT_EQ(0, mr_peer_attach(other, fd, &x));
-	EXPECT_EQ(0, mr_peer_detach(other, x));
+	ASSERT_EQ(0, memreg_peer_attach(other, fd, &x));
+	EXPECT_EQ(0, memreg_peer_detach(other, x));
 	/* Detaching one makes room for one, with a new handle. */
-	EXPECT_EQ(0, mr_peer_detach(fd, h[10]));
-	ASSERT_EQ(0, mr_peer_attach(fd, other, &h[MEMREG_MAX_PEERS]));
+	EXPECT_EQ(0, memreg_peer_detach(fd, h[10]));
+	ASSERT_EQ(0, memreg_peer_attach(fd, other, &h[MEMREG_MAX_PEERS]));
 	for (i = 0; i < MEMREG_MAX_PEERS; i++)
 		EXPECT_NE(h[i], h[MEMREG_MAX_PEERS]);
-	EXPECT_EQ(-ENOSPC, mr_peer_attach(fd, other, &x));
+	EXPECT_EQ(-ENOSPC, memreg_peer_attach(fd, other, &x));
 	close(other);
 	close(fd);
 	/* Attached to itself and to each other: all freed once both are closed. */
@@ -740,7 +740,7 @@ TEST(attach_limit)
 TEST(peer_calls_are_owner_only_inherited_descriptor_grants)
 {
 	struct memreg_register r;
-	struct mrq q;
+	struct memreg_queue q;
 	char *buf = map_buf(4 * PAGE, 'p');
 	int fd = open_ctx(), other = open_ctx();
 	__u32 h;
@@ -749,9 +749,9 @@ TEST(peer_calls_are_owner_only_inherited_descriptor_grants)
 	ASSERT_NE(NULL, buf);
 	ASSERT_GE(fd, 0);
 	ASSERT_GE(other, 0);
-	ASSERT_EQ(0, mr_register(fd, buf, 4 * PAGE, ALL, &r));
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
-	ASSERT_EQ(0, mr_peer_attach(fd, other, &h));
+	ASSERT_EQ(0, memreg_register(fd, buf, 4 * PAGE, ALL, &r));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_peer_attach(fd, other, &h));
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
@@ -762,7 +762,7 @@ TEST(peer_calls_are_owner_only_inherited_descriptor_grants)
 		struct memreg_register lr;
 		struct memreg_cqe cqe;
 		struct memreg_sqe s;
-		struct mrq cq;
+		struct memreg_queue cq;
 		char *src = map_buf(PAGE, 'c');
 		int mine, rc = 0;
 		__u32 ph;
@@ -778,22 +778,22 @@ TEST(peer_calls_are_owner_only_inherited_descriptor_grants)
 			rc |= 8;
 		/* The inherited descriptor attached to a file of our own. */
 		mine = open_ctx();
-		if (mine < 0 || !src || mr_peer_attach(mine, fd, &ph) ||
-		    mr_register(mine, src, PAGE, RW, &lr) || mrq_open(mine, 4, 4, -1, &cq))
+		if (mine < 0 || !src || memreg_peer_attach(mine, fd, &ph) ||
+		    memreg_register(mine, src, PAGE, RW, &lr) || memreg_queue_init(mine, 4, 4, -1, &cq))
 			_exit(rc | 16);
 		s = mr_sqe_write(1, ph, r.rkey, PAGE + 10, lr.lkey, 0, 100);
-		if (mrq_run(&cq, &s, &cqe) || cqe.status || cqe.bytes != 100)
+		if (memreg_queue_run(&cq, &s, &cqe) || cqe.status || cqe.bytes != 100)
 			rc |= 32;
 		_exit(rc);
 	}
 	EXPECT_EQ(0, wait_exit(pid));
 	/* Nothing the child tried on our file took effect... */
-	EXPECT_EQ(0, mr_peer_detach(fd, h));
+	EXPECT_EQ(0, memreg_peer_detach(fd, h));
 	/* ... but its WRITE through its own file did. */
 	EXPECT_TRUE(all_bytes(buf, PAGE + 10, 'p'));
 	EXPECT_TRUE(all_bytes(buf + PAGE + 10, 100, 'c'));
 	EXPECT_TRUE(all_bytes(buf + PAGE + 110, 3 * PAGE - 110, 'p'));
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	close(other);
 	close(fd);
 	munmap(buf, 4 * PAGE);
@@ -809,7 +809,7 @@ TEST(loopback_moves_bytes_and_counts)
 	struct memreg_register ra, rb;
 	struct memreg_cqe c;
 	struct memreg_sqe s;
-	struct mrq q0, q1;
+	struct memreg_queue q0, q1;
 	char *a = map_buf(64 * PAGE, 'a'), *b = map_buf(64 * PAGE, 'b');
 	int fd = open_ctx();
 	__u32 h;
@@ -817,15 +817,15 @@ TEST(loopback_moves_bytes_and_counts)
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, a);
 	ASSERT_NE(NULL, b);
-	ASSERT_EQ(0, mr_register(fd, a, 64 * PAGE, ALL, &ra));
-	ASSERT_EQ(0, mr_register(fd, b, 64 * PAGE, ALL, &rb));
+	ASSERT_EQ(0, memreg_register(fd, a, 64 * PAGE, ALL, &ra));
+	ASSERT_EQ(0, memreg_register(fd, b, 64 * PAGE, ALL, &rb));
 	EXPECT_NE(ra.lkey, ra.rkey);
 	EXPECT_NE(ra.rkey, rb.rkey);
-	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &q0));
-	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &q1));
-	ASSERT_EQ(0, mr_peer_attach(fd, fd, &h));
+	ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &q0));
+	ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &q1));
+	ASSERT_EQ(0, memreg_peer_attach(fd, fd, &h));
 	EXPECT_EQ(1, global_peers());
-	ASSERT_EQ(0, mr_queue_stats(fd, &s0));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &s0));
 
 	/* WRITE a's [100, 100 + 5 pages) into b at 3 pages + 7. */
 	memset(a + 100, 'W', 5 * PAGE);
@@ -847,23 +847,23 @@ TEST(loopback_moves_bytes_and_counts)
 	EXPECT_TRUE(all_bytes(b, 64 * PAGE, 'X'));
 
 	/* SEND on q0 to the RECVs of q1. */
-	ASSERT_EQ(0, mr_queue_connect(fd, q0.index, h, q1.index, 1000));
+	ASSERT_EQ(0, memreg_queue_connect(fd, q0.index, h, q1.index, 1000));
 	s = mr_sqe_recv(10, rb.lkey, 0, 256);
-	ASSERT_EQ(0, mrq_post(&q1, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q1, &s, 1000));
 	memset(a, 'M', 200);
 	s = mr_sqe_send(11, ra.lkey, 0, 200);
 	run_expect(_metadata, &q0, &s, 0, 200);
-	ASSERT_EQ(1, mrq_wait(&q1, &c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q1, &c, 1, 5000));
 	expect_cqe(_metadata, &c, 10, 0, 200);
 	EXPECT_TRUE(all_bytes(b, 200, 'M'));
 	EXPECT_TRUE(all_bytes(b + 200, 56, 'X'));
 
-	ASSERT_EQ(0, mr_queue_stats(fd, &s1));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &s1));
 	EXPECT_EQ(5 * PAGE + 1000 + 64 * PAGE + 200, s1.remote_bytes - s0.remote_bytes);
 	EXPECT_EQ(1, s1.messages - s0.messages);
 	EXPECT_EQ(0, s1.rnr_timeouts - s0.rnr_timeouts);
-	mrq_unmap(&q0);
-	mrq_unmap(&q1);
+	memreg_queue_exit(&q0);
+	memreg_queue_exit(&q1);
 	close(fd);
 	/* A file attached to itself is freed on close. */
 	EXPECT_EQ(0, mr_wait_global(0, 0, 0));
@@ -884,26 +884,26 @@ TEST(connect_refuses_bad_arguments)
 	struct memreg_queue_connect c;
 	int fd = open_ctx(), other = open_ctx(), i, f, more[3];
 	__u32 h, ho, hd, oh, mh;
-	struct mrq q0, q1;
+	struct memreg_queue q0, q1;
 
 	ASSERT_GE(fd, 0);
 	ASSERT_GE(other, 0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q0));
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q1));
-	ASSERT_EQ(0, mr_peer_attach(fd, fd, &h));
-	ASSERT_EQ(0, mr_peer_attach(fd, other, &ho));
-	ASSERT_EQ(0, mr_peer_attach(fd, other, &hd));
-	ASSERT_EQ(0, mr_peer_detach(fd, hd));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q0));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q1));
+	ASSERT_EQ(0, memreg_peer_attach(fd, fd, &h));
+	ASSERT_EQ(0, memreg_peer_attach(fd, other, &ho));
+	ASSERT_EQ(0, memreg_peer_attach(fd, other, &hd));
+	ASSERT_EQ(0, memreg_peer_detach(fd, hd));
 	/* The other file has no queue yet. */
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, q0.index, ho, 0, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, 2, h, q1.index, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, MEMREG_MAX_QUEUES, h, q1.index, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, ~0U, h, q1.index, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, q0.index, h, 2, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, q0.index, h, MEMREG_MAX_QUEUES, 0));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, q0.index, h, q1.index,
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, q0.index, ho, 0, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, 2, h, q1.index, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, MEMREG_MAX_QUEUES, h, q1.index, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, ~0U, h, q1.index, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, q0.index, h, 2, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, q0.index, h, MEMREG_MAX_QUEUES, 0));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, q0.index, h, q1.index,
 					     MEMREG_MAX_RNR_TIMEOUT_MS + 1));
-	EXPECT_EQ(-EINVAL, mr_queue_connect(fd, q0.index, h, q1.index, ~0U));
+	EXPECT_EQ(-EINVAL, memreg_queue_connect(fd, q0.index, h, q1.index, ~0U));
 	for (i = 0; i < 2; i++) {
 		memset(&c, 0, sizeof(c));
 		c.queue = q0.index;
@@ -913,45 +913,45 @@ TEST(connect_refuses_bad_arguments)
 		EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_QUEUE_CONNECT, &c));
 		EXPECT_EQ(EINVAL, errno);
 	}
-	EXPECT_EQ(-ENOTCONN, mr_queue_connect(fd, q0.index, 0, q1.index, 0));
-	EXPECT_EQ(-ENOTCONN, mr_queue_connect(fd, q0.index, h + 1000, q1.index, 0));
-	EXPECT_EQ(-ENOTCONN, mr_queue_connect(fd, q0.index, hd, q1.index, 0));
+	EXPECT_EQ(-ENOTCONN, memreg_queue_connect(fd, q0.index, 0, q1.index, 0));
+	EXPECT_EQ(-ENOTCONN, memreg_queue_connect(fd, q0.index, h + 1000, q1.index, 0));
+	EXPECT_EQ(-ENOTCONN, memreg_queue_connect(fd, q0.index, hd, q1.index, 0));
 	/* None of those connected anything. */
-	EXPECT_EQ(0, mr_queue_connect(fd, q0.index, h, q1.index, MEMREG_MAX_RNR_TIMEOUT_MS));
-	EXPECT_EQ(-EISCONN, mr_queue_connect(fd, q0.index, h, q1.index, 0));
-	EXPECT_EQ(-EISCONN, mr_queue_connect(fd, q0.index, h, q0.index, 0));
+	EXPECT_EQ(0, memreg_queue_connect(fd, q0.index, h, q1.index, MEMREG_MAX_RNR_TIMEOUT_MS));
+	EXPECT_EQ(-EISCONN, memreg_queue_connect(fd, q0.index, h, q1.index, 0));
+	EXPECT_EQ(-EISCONN, memreg_queue_connect(fd, q0.index, h, q0.index, 0));
 	/* A queue may send to itself. */
-	EXPECT_EQ(0, mr_queue_connect(fd, q1.index, h, q1.index, 0));
+	EXPECT_EQ(0, memreg_queue_connect(fd, q1.index, h, q1.index, 0));
 
 	/* Senders to one queue: q0 and q1 of fd, then other files' queues, 16 of each at most. */
-	ASSERT_EQ(0, mr_peer_attach(other, fd, &oh));
+	ASSERT_EQ(0, memreg_peer_attach(other, fd, &oh));
 	for (i = 0; i < MEMREG_MAX_SENDERS / 4; i++) {
-		ASSERT_EQ(0, mrq_create(other, 2, 2, -1, &qc));
-		ASSERT_EQ(0, mr_queue_connect(other, qc.queue, oh, q1.index, 0))
+		ASSERT_EQ(0, memreg_queue_create(other, 2, 2, -1, &qc));
+		ASSERT_EQ(0, memreg_queue_connect(other, qc.queue, oh, q1.index, 0))
 			TH_LOG("sender %d", i + 2);
 	}
-	ASSERT_EQ(0, mrq_create(other, 2, 2, -1, &qc));
-	EXPECT_EQ(-ENOSPC, mr_queue_connect(other, qc.queue, oh, q1.index, 0));
+	ASSERT_EQ(0, memreg_queue_create(other, 2, 2, -1, &qc));
+	EXPECT_EQ(-ENOSPC, memreg_queue_connect(other, qc.queue, oh, q1.index, 0));
 	/* Another target queue has room. */
-	EXPECT_EQ(0, mr_queue_connect(other, qc.queue, oh, q0.index, 0));
+	EXPECT_EQ(0, memreg_queue_connect(other, qc.queue, oh, q0.index, 0));
 	/* Three more files fill the queue's 64 slots: 2 + 16 + 16 + 16 + 14. */
 	for (f = 0; f < 3; f++) {
 		more[f] = open_ctx();
 		ASSERT_GE(more[f], 0);
-		ASSERT_EQ(0, mr_peer_attach(more[f], fd, &mh));
+		ASSERT_EQ(0, memreg_peer_attach(more[f], fd, &mh));
 		for (i = 0; i < (f < 2 ? MEMREG_MAX_SENDERS / 4 : MEMREG_MAX_SENDERS / 4 - 2); i++) {
-			ASSERT_EQ(0, mrq_create(more[f], 2, 2, -1, &qc));
-			ASSERT_EQ(0, mr_queue_connect(more[f], qc.queue, mh, q1.index, 0))
+			ASSERT_EQ(0, memreg_queue_create(more[f], 2, 2, -1, &qc));
+			ASSERT_EQ(0, memreg_queue_connect(more[f], qc.queue, mh, q1.index, 0))
 				TH_LOG("file %d sender %d", f, i);
 		}
 	}
 	/* Full: the last file still has room of its own, the queue has none. */
-	ASSERT_EQ(0, mrq_create(more[2], 2, 2, -1, &qc));
-	EXPECT_EQ(-ENOSPC, mr_queue_connect(more[2], qc.queue, mh, q1.index, 0));
+	ASSERT_EQ(0, memreg_queue_create(more[2], 2, 2, -1, &qc));
+	EXPECT_EQ(-ENOSPC, memreg_queue_connect(more[2], qc.queue, mh, q1.index, 0));
 	for (f = 0; f < 3; f++)
 		close(more[f]);
-	mrq_unmap(&q0);
-	mrq_unmap(&q1);
+	memreg_queue_exit(&q0);
+	memreg_queue_exit(&q1);
 	close(other);
 	close(fd);
 	EXPECT_EQ(0, mr_wait_global(0, 0, 0));
@@ -988,19 +988,19 @@ TEST(every_access_right)
 	for (la = 1; la <= 15; la++) {
 		lb[la] = map_buf(PAGE, 'A' + la);
 		ASSERT_NE(NULL, lb[la]);
-		ASSERT_EQ(0, mr_register(fd, lb[la], PAGE, la, &lr[la]));
+		ASSERT_EQ(0, memreg_register(fd, lb[la], PAGE, la, &lr[la]));
 	}
 	{
-		struct mrq q;
+		struct memreg_queue q;
 
-		ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &q));
+		ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &q));
 		/* WRITE local la [0, 64) -> remote ra [la * 64, la * 64 + 64). */
 		for (ra = 1; ra <= 15; ra++) {
 			for (la = 1; la <= 15; la++) {
 				ok = (la & LREAD) && (ra & RWRITE);
 				s = mr_sqe_write(ra * 100 + la, t.peer, t.info.rkey[ra - 1], la * 64,
 						 lr[la].lkey, 0, 64);
-				ASSERT_EQ(0, mrq_run(&q, &s, &c));
+				ASSERT_EQ(0, memreg_queue_run(&q, &s, &c));
 				if (c.status != (ok ? 0 : -EACCES) || c.bytes != (ok ? 64U : 0U)) {
 					if (wrong++ < 4)
 						TH_LOG("WRITE local %#x remote %#x: status %d bytes %llu, want %d",
@@ -1028,7 +1028,7 @@ TEST(every_access_right)
 				n_acc += !ok;
 				s = mr_sqe_read(ra * 100 + la, t.peer, lr[la].lkey, 2048 + ra * 64,
 						t.info.rkey[ra - 1], 2048, 64);
-				ASSERT_EQ(0, mrq_run(&q, &s, &c));
+				ASSERT_EQ(0, memreg_queue_run(&q, &s, &c));
 				if (c.status != (ok ? 0 : -EACCES) || c.bytes != (ok ? 64U : 0U)) {
 					if (wrong++ < 8)
 						TH_LOG("READ local %#x remote %#x: status %d bytes %llu, want %d",
@@ -1045,7 +1045,7 @@ TEST(every_access_right)
 					memset(want + 2048 + ra * 64, 'a' + ra, 64);
 			EXPECT_EQ(0, memcmp(lb[la], want, PAGE)) TH_LOG("local %#x", la);
 		}
-		mrq_unmap(&q);
+		memreg_queue_exit(&q);
 	}
 	EXPECT_EQ(64, n_ok);
 	EXPECT_EQ(225 - 64, n_acc);
@@ -1065,7 +1065,7 @@ TEST(remote_keys_look_random)
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
 	for (i = 0; i < 64; i++)
-		ASSERT_EQ(0, mr_register(fd, buf + i * PAGE, PAGE, ALL, &r[i]));
+		ASSERT_EQ(0, memreg_register(fd, buf + i * PAGE, PAGE, ALL, &r[i]));
 	for (i = 0; i < 64; i++) {
 		EXPECT_NE(r[i].lkey, r[i].rkey);
 		for (j = 0; j < i; j++) {
@@ -1205,12 +1205,12 @@ TEST(wrong_guessed_and_stale_keys)
 
 	/* Detached: -ENOTCONN, and a new attachment gets a new handle. */
 	ASSERT_EQ(0, tgt_cmd(&t, T_SENDFD, 0, 0, 0, 0, NULL));
-	pfd = mr_recv_fd(t.sock);
+	pfd = memreg_recv_fd(t.sock);
 	ASSERT_GE(pfd, 0);
-	ASSERT_EQ(0, mr_peer_attach(b.fd, pfd, &h2));
+	ASSERT_EQ(0, memreg_peer_attach(b.fd, pfd, &h2));
 	close(pfd);
 	EXPECT_NE(t.peer, h2);
-	ASSERT_EQ(0, mr_peer_detach(b.fd, t.peer));
+	ASSERT_EQ(0, memreg_peer_detach(b.fd, t.peer));
 	s = mr_sqe_write(13, t.peer, rk, 0, b.r.lkey, 0, 8);
 	EXPECT_EQ(-ENOTCONN, run_status(&b.q, &s));
 	s = mr_sqe_write(14, h2, rk, 0, b.r.lkey, 0, 8);
@@ -1235,7 +1235,7 @@ TEST(key_of_one_peer_presented_for_another)
 	ASSERT_EQ(0, side_open(&b, 16 * PAGE, 'b', 16, 16));
 	ASSERT_EQ(0, tgt_start(&t1, &c1, b.fd));
 	ASSERT_EQ(0, tgt_start(&t2, &c2, b.fd));
-	ASSERT_EQ(0, mr_peer_attach(b.fd, b.fd, &hs));
+	ASSERT_EQ(0, memreg_peer_attach(b.fd, b.fd, &hs));
 	EXPECT_NE(t1.peer, t2.peer);
 	EXPECT_NE(t1.info.rkey[0], t2.info.rkey[0]);
 	for (i = 0; i < 4; i++) {
@@ -1356,22 +1356,22 @@ TEST(unused_fields_are_refused)
 	struct memreg_register ra, rb;
 	struct memreg_sqe s, bad[32];
 	struct memreg_cqe c[32];
-	struct mrq q0, q1;
+	struct memreg_queue q0, q1;
 	char *a = map_buf(4 * PAGE, 'a'), *b = map_buf(4 * PAGE, 'b');
 	int fd = open_ctx(), n = 0, i;
 	__u32 h;
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mr_register(fd, a, 4 * PAGE, ALL, &ra));
-	ASSERT_EQ(0, mr_register(fd, b, 4 * PAGE, ALL, &rb));
-	ASSERT_EQ(0, mrq_open(fd, 32, 32, -1, &q0));
-	ASSERT_EQ(0, mrq_open(fd, 32, 32, -1, &q1));
-	ASSERT_EQ(0, mr_peer_attach(fd, fd, &h));
+	ASSERT_EQ(0, memreg_register(fd, a, 4 * PAGE, ALL, &ra));
+	ASSERT_EQ(0, memreg_register(fd, b, 4 * PAGE, ALL, &rb));
+	ASSERT_EQ(0, memreg_queue_init(fd, 32, 32, -1, &q0));
+	ASSERT_EQ(0, memreg_queue_init(fd, 32, 32, -1, &q1));
+	ASSERT_EQ(0, memreg_peer_attach(fd, fd, &h));
 
 	/* SEND on a queue not connected. */
 	s = mr_sqe_send(1, ra.lkey, 0, 8);
 	run_expect(_metadata, &q0, &s, -ENOTCONN, 0);
-	ASSERT_EQ(0, mr_queue_connect(fd, q0.index, h, q1.index, 0));
+	ASSERT_EQ(0, memreg_queue_connect(fd, q0.index, h, q1.index, 0));
 
 	bad[n] = mr_sqe_nop(100 + n); bad[n].peer = h; n++;
 	bad[n] = mr_sqe_fence(100 + n); bad[n].peer = h; n++;
@@ -1391,14 +1391,14 @@ TEST(unused_fields_are_refused)
 	bad[n] = mr_sqe_send(100 + n, ra.lkey, 0, 8); bad[n].reserved0 = 2; n++;
 	/* Sent from q0: none may reach q1's RECV. */
 	s = mr_sqe_recv(50, rb.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q1, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q1, &s, 1000));
 	for (i = 0; i < n; i++) {
-		ASSERT_EQ(0, mrq_run(&q0, &bad[i], &c[0]));
+		ASSERT_EQ(0, memreg_queue_run(&q0, &bad[i], &c[0]));
 		EXPECT_EQ(bad[i].user_data, c[0].user_data);
 		EXPECT_EQ(-EINVAL, c[0].status) TH_LOG("bad request %d (opcode %u)", i, bad[i].opcode);
 		EXPECT_EQ(0, c[0].bytes);
 	}
-	EXPECT_EQ(0, mrq_ready(&q1));
+	EXPECT_EQ(0, memreg_cq_ready(&q1));
 	/* Bad RECVs on q1 complete at once, and are not used either. */
 	n = 0;
 	bad[n] = mr_sqe_recv(200 + n, rb.lkey, 64, 64); bad[n].src_key = ra.lkey; n++;
@@ -1407,7 +1407,7 @@ TEST(unused_fields_are_refused)
 	bad[n] = mr_sqe_recv(200 + n, rb.lkey, 64, 64); bad[n].flags = MEMREG_SQE_IMM; n++;
 	bad[n] = mr_sqe_recv(200 + n, rb.lkey, 64, 64); bad[n].key = 0; n++;
 	for (i = 0; i < n; i++) {
-		ASSERT_EQ(0, mrq_run(&q1, &bad[i], &c[0]));
+		ASSERT_EQ(0, memreg_queue_run(&q1, &bad[i], &c[0]));
 		EXPECT_EQ(bad[i].user_data, c[0].user_data);
 		EXPECT_EQ(i < 4 ? -EINVAL : -ENOENT, c[0].status) TH_LOG("bad RECV %d", i);
 	}
@@ -1415,12 +1415,12 @@ TEST(unused_fields_are_refused)
 	memset(a, 'G', 8);
 	s = mr_sqe_send(60, ra.lkey, 0, 8);
 	run_expect(_metadata, &q0, &s, 0, 8);
-	ASSERT_EQ(1, mrq_wait(&q1, c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q1, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 50, 0, 8);
 	EXPECT_TRUE(all_bytes(b, 8, 'G'));
 	EXPECT_TRUE(all_bytes(b + 8, 4 * PAGE - 8, 'b'));
-	mrq_unmap(&q0);
-	mrq_unmap(&q1);
+	memreg_queue_exit(&q0);
+	memreg_queue_exit(&q1);
 	close(fd);
 	munmap(a, 4 * PAGE);
 	munmap(b, 4 * PAGE);
@@ -1448,10 +1448,10 @@ TEST(send_recv_between_processes)
 
 	ASSERT_EQ(0, side_open(&b, 16 * PAGE, 'b', 64, 64));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
 	for (i = 0; i < 4; i++)
 		ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 10 + i, i * 1024, 1024, NULL));
-	ASSERT_EQ(0, mr_queue_stats(b.fd, &s0));
+	ASSERT_EQ(0, memreg_queue_stats(b.fd, &s0));
 	for (i = 0; i < 4; i++) {
 		memset(b.buf + i * PAGE, 'A' + i, PAGE);
 		if (i < 2)
@@ -1462,7 +1462,7 @@ TEST(send_recv_between_processes)
 		run_expect(_metadata, &b.q, &s, 0, lens[i]);
 		total += lens[i];
 	}
-	ASSERT_EQ(0, mr_queue_stats(b.fd, &s1));
+	ASSERT_EQ(0, memreg_queue_stats(b.fd, &s1));
 	EXPECT_EQ(4, s1.messages - s0.messages);
 	EXPECT_EQ(total, s1.remote_bytes - s0.remote_bytes);
 	EXPECT_EQ(0, s1.rnr_timeouts - s0.rnr_timeouts);
@@ -1509,17 +1509,17 @@ TEST(ping_pong_both_ways)
 	ASSERT_EQ(0, tgt_attach(&t, b.fd, &th));
 	EXPECT_NE(0, th);
 	ASSERT_EQ(0, tgt_cmd(&t, T_CONNECT, 0, th, b.q.index, 5000, NULL));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 5000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 5000));
 	ASSERT_EQ(0, tgt_post(&t, T_ECHO, 0, rounds, 0, 0));
 	for (i = 0; i < rounds; i++) {
 		len = 1 + (i * 397) % PAGE;
 		memset(b.buf + PAGE, 0, PAGE);
 		memset(b.buf, 'a' + i % 26, len);
 		s = mr_sqe_recv(500 + i, b.r.lkey, PAGE, PAGE);
-		ASSERT_EQ(0, mrq_post(&b.q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&b.q, &s, 5000));
 		s = mr_sqe_send_imm(600 + i, b.r.lkey, 0, len, 3 * i);
-		ASSERT_EQ(0, mrq_post(&b.q, &s, 5000));
-		ASSERT_EQ(2, mrq_wait(&b.q, c, 2, 10000)) TH_LOG("round %d", i);
+		ASSERT_EQ(0, memreg_queue_post_wait(&b.q, &s, 5000));
+		ASSERT_EQ(2, memreg_wait_cqes(&b.q, c, 2, 10000)) TH_LOG("round %d", i);
 		/* The SEND completes first: the RECV waits for the echo. */
 		EXPECT_EQ(600 + i, c[0].user_data);
 		EXPECT_EQ(0, c[0].status);
@@ -1551,19 +1551,19 @@ TEST(receiver_not_ready)
 	struct memreg_queue_stats s0, s1;
 	struct memreg_cqe c[4];
 	struct memreg_sqe s;
-	struct mrq q2, q3;
+	struct memreg_queue q2, q3;
 	struct side b;
 	struct tgt t;
 	__u64 t0, el;
 
 	ASSERT_EQ(0, side_open(&b, 4 * PAGE, 'b', 16, 16));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q3));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q3));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 400));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q3.index, t.peer, t.info.queue, 8000));
-	ASSERT_EQ(0, mr_queue_stats(b.fd, &s0));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 400));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q3.index, t.peer, t.info.queue, 8000));
+	ASSERT_EQ(0, memreg_queue_stats(b.fd, &s0));
 
 	/* No waiting at all. */
 	t0 = mrq_now_us();
@@ -1575,18 +1575,18 @@ TEST(receiver_not_ready)
 	/* 400 ms, and the NOP posted after it waits with it. */
 	t0 = mrq_now_us();
 	s = mr_sqe_send(2, b.r.lkey, 0, 100);
-	ASSERT_EQ(0, mrq_post(&q2, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q2, &s, 1000));
 	s = mr_sqe_nop(3);
-	ASSERT_EQ(0, mrq_post(&q2, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q2, &s, 1000));
 	usleep(200000);
-	EXPECT_EQ(0, mrq_cq_tail(&q2)) TH_LOG("completed before the timeout");
-	ASSERT_EQ(2, mrq_wait(&q2, c, 2, 5000));
+	EXPECT_EQ(0, memreg_queue_cq_tail(&q2)) TH_LOG("completed before the timeout");
+	ASSERT_EQ(2, memreg_wait_cqes(&q2, c, 2, 5000));
 	el = mrq_now_us() - t0;
 	expect_cqe(_metadata, &c[0], 2, -ENOBUFS, 0);
 	expect_cqe(_metadata, &c[1], 3, 0, 0);
 	EXPECT_LE(380000, el) TH_LOG("rnr 400 took %llu us", (unsigned long long)el);
 	EXPECT_GT(3000000, el) TH_LOG("rnr 400 took %llu us", (unsigned long long)el);
-	ASSERT_EQ(0, mr_queue_stats(b.fd, &s1));
+	ASSERT_EQ(0, memreg_queue_stats(b.fd, &s1));
 	EXPECT_EQ(2, s1.rnr_timeouts - s0.rnr_timeouts);
 	EXPECT_EQ(0, s1.messages - s0.messages);
 	/* The SENDs that timed out are gone: a RECV posted now waits. */
@@ -1602,11 +1602,11 @@ TEST(receiver_not_ready)
 	t0 = mrq_now_us();
 	memset(b.buf, 'T', 200);
 	s = mr_sqe_send(5, b.r.lkey, 0, 200);
-	ASSERT_EQ(0, mrq_post(&q3, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q3, &s, 1000));
 	usleep(300000);
-	EXPECT_EQ(1, mrq_cq_tail(&q3)) TH_LOG("SEND 5 completed without a RECV");
+	EXPECT_EQ(1, memreg_queue_cq_tail(&q3)) TH_LOG("SEND 5 completed without a RECV");
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 31, 1000, 300, NULL));
-	ASSERT_EQ(1, mrq_wait(&q3, c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q3, c, 1, 5000));
 	el = mrq_now_us() - t0;
 	expect_cqe(_metadata, &c[0], 5, 0, 200);
 	EXPECT_GT(5000000, el);
@@ -1616,11 +1616,11 @@ TEST(receiver_not_ready)
 	EXPECT_EQ(1, tgt_check(&t, 0, 100, 900, 'r'));
 	EXPECT_EQ(1, tgt_check(&t, 0, 1000, 200, 'T'));
 	EXPECT_EQ(1, tgt_check(&t, 0, 1200, 4 * PAGE - 1200, 'r'));
-	ASSERT_EQ(0, mr_queue_stats(b.fd, &s1));
+	ASSERT_EQ(0, memreg_queue_stats(b.fd, &s1));
 	EXPECT_EQ(2, s1.rnr_timeouts - s0.rnr_timeouts);
 	EXPECT_EQ(2, s1.messages - s0.messages);
-	mrq_unmap(&q2);
-	mrq_unmap(&q3);
+	memreg_queue_exit(&q2);
+	memreg_queue_exit(&q3);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
 }
@@ -1639,7 +1639,7 @@ TEST(message_too_long)
 
 	ASSERT_EQ(0, side_open(&b, 8 * PAGE, 'X', 16, 16));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 1, 0, 16, NULL));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 2, 1024, 64, NULL));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 3, 2048, 16, NULL));
@@ -1703,7 +1703,7 @@ TEST(recv_on_ended_registration_is_skipped)
 
 	ASSERT_EQ(0, side_open(&b, 4 * PAGE, 'M', 16, 16));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 2000));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 1, 0, 4 * PAGE, NULL));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 2, PAGE, PAGE, NULL));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 1, 3, 100, 1000, NULL));
@@ -1724,7 +1724,7 @@ TEST(recv_on_ended_registration_is_skipped)
 	EXPECT_EQ(1, tgt_check(&t, 1, 600, 4 * PAGE - 600, 'y'));
 	/* No RECV left. */
 	s = mr_sqe_send(11, b.r.lkey, 0, 10);
-	EXPECT_EQ(-EISCONN, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
+	EXPECT_EQ(-EISCONN, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
 	run_expect(_metadata, &b.q, &s, -ENOBUFS, 0);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
@@ -1739,51 +1739,51 @@ TEST(recvs_reserve_completions)
 	struct memreg_register ra, rb;
 	struct memreg_cqe c[16];
 	struct memreg_sqe s;
-	struct mrq qs, qr;
+	struct memreg_queue qs, qr;
 	char *a = map_buf(4 * PAGE, 'a'), *b = map_buf(4 * PAGE, 'b');
 	int fd = open_ctx(), i;
 	__u32 h;
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mr_register(fd, a, 4 * PAGE, ALL, &ra));
-	ASSERT_EQ(0, mr_register(fd, b, 4 * PAGE, ALL, &rb));
-	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &qs));
-	ASSERT_EQ(0, mrq_open(fd, 8, 8, -1, &qr));
-	ASSERT_EQ(0, mr_peer_attach(fd, fd, &h));
-	ASSERT_EQ(0, mr_queue_connect(fd, qs.index, h, qr.index, 2000));
+	ASSERT_EQ(0, memreg_register(fd, a, 4 * PAGE, ALL, &ra));
+	ASSERT_EQ(0, memreg_register(fd, b, 4 * PAGE, ALL, &rb));
+	ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &qs));
+	ASSERT_EQ(0, memreg_queue_init(fd, 8, 8, -1, &qr));
+	ASSERT_EQ(0, memreg_peer_attach(fd, fd, &h));
+	ASSERT_EQ(0, memreg_queue_connect(fd, qs.index, h, qr.index, 2000));
 	for (i = 0; i < 9; i++) {
 		s = mr_sqe_recv(i, rb.lkey, i * 64, 64);
-		ASSERT_EQ(0, mrq_post(&qr, &s, 1000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&qr, &s, 1000));
 	}
 	usleep(QUIET_MS * 1000);
-	EXPECT_EQ(8, mrq_sq_head(&qr)) TH_LOG("RECVs taken with 8 completions owed");
-	EXPECT_EQ(0, mrq_cq_tail(&qr));
+	EXPECT_EQ(8, memreg_queue_sq_head(&qr)) TH_LOG("RECVs taken with 8 completions owed");
+	EXPECT_EQ(0, memreg_queue_cq_tail(&qr));
 	/* One message: RECV 0 completes; the ring still has no room for RECV 8. */
 	memset(a, 'A', 64);
 	s = mr_sqe_send(100, ra.lkey, 0, 64);
 	run_expect(_metadata, &qs, &s, 0, 64);
 	ASSERT_EQ(0, mrq_wait_tail(&qr, 1, 5000));
 	usleep(QUIET_MS * 1000);
-	EXPECT_EQ(8, mrq_sq_head(&qr));
+	EXPECT_EQ(8, memreg_queue_sq_head(&qr));
 	/* Consuming it makes room: RECV 8 is taken. */
-	ASSERT_EQ(1, mrq_wait(&qr, c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&qr, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 0, 0, 64);
-	for (i = 0; i < 200 && mrq_sq_head(&qr) != 9; i++)
+	for (i = 0; i < 200 && memreg_queue_sq_head(&qr) != 9; i++)
 		usleep(10000);
-	EXPECT_EQ(9, mrq_sq_head(&qr));
+	EXPECT_EQ(9, memreg_queue_sq_head(&qr));
 	/* Eight more messages fill RECVs 1..8 in order. */
 	for (i = 1; i <= 8; i++) {
 		memset(a, 'A' + i, 64);
 		s = mr_sqe_send(100 + i, ra.lkey, 0, 64);
 		run_expect(_metadata, &qs, &s, 0, 64);
 	}
-	ASSERT_EQ(8, mrq_wait(&qr, c, 8, 5000));
+	ASSERT_EQ(8, memreg_wait_cqes(&qr, c, 8, 5000));
 	for (i = 1; i <= 8; i++) {
 		expect_cqe(_metadata, &c[i - 1], i, 0, 64);
 		EXPECT_TRUE(all_bytes(b + i * 64, 64, 'A' + i)) TH_LOG("RECV %d", i);
 	}
-	mrq_unmap(&qs);
-	mrq_unmap(&qr);
+	memreg_queue_exit(&qs);
+	memreg_queue_exit(&qr);
 	close(fd);
 	munmap(a, 4 * PAGE);
 	munmap(b, 4 * PAGE);
@@ -1799,7 +1799,7 @@ static int sender_main(int id, int rfd, __u32 rq)
 	struct memreg_register r;
 	struct memreg_cqe c[16];
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	char *buf = map_buf(NMSG * MSG_SLOT, 0);
 	__u64 posted = 0, done = 0, t0 = mrq_now_us();
 	int fd = open_ctx();
@@ -1807,11 +1807,11 @@ static int sender_main(int id, int rfd, __u32 rq)
 	__u32 h;
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
-	if (fd < 0 || !buf || mr_register(fd, buf, NMSG * MSG_SLOT, ALL, &r) ||
-	    mrq_open(fd, 16, 16, -1, &q) || mr_peer_attach(fd, rfd, &h))
+	if (fd < 0 || !buf || memreg_register(fd, buf, NMSG * MSG_SLOT, ALL, &r) ||
+	    memreg_queue_init(fd, 16, 16, -1, &q) || memreg_peer_attach(fd, rfd, &h))
 		return 1;
 	close(rfd);
-	if (mr_queue_connect(fd, q.index, h, rq, 5000))
+	if (memreg_queue_connect(fd, q.index, h, rq, 5000))
 		return 2;
 	for (i = 0; i < NMSG; i++)
 		memset(buf + i * MSG_SLOT, (id * 31 + i) & 0xff, MSG_SLOT);
@@ -1821,11 +1821,11 @@ static int sender_main(int id, int rfd, __u32 rq)
 
 			s = mr_sqe_send_imm(posted, r.lkey, posted * MSG_SLOT, len,
 					    ((__u64)id << 32) | posted);
-			if (!mrq_try_post(&q, &s, 0, NULL))
+			if (!memreg_queue_post(&q, &s, 0, NULL))
 				posted++;
 			continue;
 		}
-		n = mrq_wait(&q, c, 16, 10);
+		n = memreg_wait_cqes(&q, c, 16, 10);
 		for (i = 0; i < n; i++, done++)
 			if (c[i].user_data != done || c[i].status)
 				return 3;
@@ -1845,7 +1845,7 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
 	struct memreg_register r, lr;
 	struct memreg_cqe c[64];
 	struct memreg_sqe s;
-	struct mrq q, lq;
+	struct memreg_queue q, lq;
 	char *buf = map_buf(256 * MSG_SLOT, 0), *lbuf = map_buf(NMSG * MSG_SLOT, 0);
 	__u64 next[NSENDERS + 1] = { 0 }, got = 0, bad = 0, interleave = 0, t0;
 	__u64 lposted = 0, ldone = 0, lbad = 0;
@@ -1857,19 +1857,19 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
 	ASSERT_NE(NULL, lbuf);
-	ASSERT_EQ(0, mr_register(fd, buf, 256 * MSG_SLOT, ALL, &r));
-	ASSERT_EQ(0, mrq_open(fd, 256, 256, -1, &q));
+	ASSERT_EQ(0, memreg_register(fd, buf, 256 * MSG_SLOT, ALL, &r));
+	ASSERT_EQ(0, memreg_queue_init(fd, 256, 256, -1, &q));
 	/* A sender of our own too (id NSENDERS), on another queue of this file. */
-	ASSERT_EQ(0, mr_register(fd, lbuf, NMSG * MSG_SLOT, ALL, &lr));
-	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &lq));
-	ASSERT_EQ(0, mr_peer_attach(fd, fd, &self_h));
-	ASSERT_EQ(0, mr_queue_connect(fd, lq.index, self_h, q.index, 5000));
+	ASSERT_EQ(0, memreg_register(fd, lbuf, NMSG * MSG_SLOT, ALL, &lr));
+	ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &lq));
+	ASSERT_EQ(0, memreg_peer_attach(fd, fd, &self_h));
+	ASSERT_EQ(0, memreg_queue_connect(fd, lq.index, self_h, q.index, 5000));
 	for (i = 0; i < NMSG; i++)
 		memset(lbuf + i * MSG_SLOT, (NSENDERS * 31 + i) & 0xff, MSG_SLOT);
 	/* 128 RECVs, slot = user_data. */
 	for (i = 0; i < 128; i++) {
 		s = mr_sqe_recv(i, r.lkey, i * MSG_SLOT, MSG_SLOT);
-		ASSERT_EQ(0, mrq_post(&q, &s, 1000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&q, &s, 1000));
 	}
 	for (i = 0; i < NSENDERS; i++) {
 		pid[i] = fork();
@@ -1884,14 +1884,14 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
 
 			s = mr_sqe_send_imm(lposted, lr.lkey, lposted * MSG_SLOT, len,
 					    ((__u64)NSENDERS << 32) | lposted);
-			if (!mrq_try_post(&lq, &s, 0, NULL))
+			if (!memreg_queue_post(&lq, &s, 0, NULL))
 				lposted++;
 		}
-		n = mrq_reap(&lq, c, 16);
+		n = memreg_reap_cqes(&lq, c, 16);
 		for (k = 0; k < n; k++, ldone++)
 			if (c[k].user_data != ldone || c[k].status)
 				lbad++;
-		n = mrq_wait(&q, c, 64, 1);
+		n = memreg_wait_cqes(&q, c, 64, 1);
 		for (k = 0; k < n; k++, got++) {
 			__u64 slot = c[k].user_data, seq = c[k].imm_data & 0xffffffffULL;
 			int id = (int)(c[k].imm_data >> 32);
@@ -1921,7 +1921,7 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
 			last = id;
 			memset(buf + slot * MSG_SLOT, 0, MSG_SLOT);
 			s = mr_sqe_recv(slot, r.lkey, slot * MSG_SLOT, MSG_SLOT);
-			ASSERT_EQ(0, mrq_post(&q, &s, 1000));
+			ASSERT_EQ(0, memreg_queue_post_wait(&q, &s, 1000));
 		}
 	}
 	EXPECT_EQ((NSENDERS + 1) * NMSG, got);
@@ -1935,9 +1935,9 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
 	}
 	TH_LOG("%llu switches between senders", (unsigned long long)interleave);
 	/* Nothing more arrives. */
-	EXPECT_EQ(0, mrq_wait(&q, c, 1, QUIET_MS));
-	mrq_unmap(&q);
-	mrq_unmap(&lq);
+	EXPECT_EQ(0, memreg_wait_cqes(&q, c, 1, QUIET_MS));
+	memreg_queue_exit(&q);
+	memreg_queue_exit(&lq);
 	close(fd);
 	munmap(buf, 256 * MSG_SLOT);
 	munmap(lbuf, NMSG * MSG_SLOT);
@@ -1950,7 +1950,7 @@ TEST_F_TIMEOUT(slow, several_senders_keep_their_order, 60)
  * buffer (filled 'A'..'Z') to page i % `pages` of the target's buffer 0.
  */
 struct stream {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u32 peer;
 	__u64 rkey;		/* read and written atomically (a poster thread) */
 	__u64 lkey;
@@ -1967,7 +1967,7 @@ struct stream {
 	int stop, failed, exited;
 };
 
-static void stream_init(struct stream *st, struct mrq *q, __u32 peer, __u64 rkey, __u64 lkey,
+static void stream_init(struct stream *st, struct memreg_queue *q, __u32 peer, __u64 rkey, __u64 lkey,
 			unsigned int pages, int e0, int e1, int e2, int e3)
 {
 	memset(st, 0, sizeof(*st));
@@ -2024,7 +2024,7 @@ static void stream_count(struct stream *st, const struct memreg_cqe *c)
 static unsigned int stream_reap(struct stream *st, int ms)
 {
 	struct memreg_cqe c[64];
-	unsigned int n = mrq_wait(st->q, c, 64, ms), i;
+	unsigned int n = memreg_wait_cqes(st->q, c, 64, ms), i;
 
 	for (i = 0; i < n; i++)
 		stream_count(st, &c[i]);
@@ -2043,7 +2043,7 @@ static int stream_run(struct stream *st, __u64 total, unsigned int depth)
 	while (st->reaped < total) {
 		while (st->posted < total && st->posted - st->reaped < depth) {
 			s = stream_sqe(st, st->posted);
-			if (mrq_try_post(st->q, &s, 0, NULL))
+			if (memreg_queue_post(st->q, &s, 0, NULL))
 				break;
 			st->posted++;
 		}
@@ -2063,7 +2063,7 @@ static void *stream_poster(void *arg)
 		__u64 i = __atomic_load_n(&st->posted, __ATOMIC_RELAXED);
 
 		s = stream_sqe(st, i);
-		if (mrq_post(st->q, &s, 10000)) {
+		if (memreg_queue_post_wait(st->q, &s, 10000)) {
 			__atomic_store_n(&st->failed, 1, __ATOMIC_RELEASE);
 			break;
 		}
@@ -2128,7 +2128,7 @@ TEST(revoke_ends_earlier_grants)
 	struct tgt_cfg cfg = cfg1(16 * PAGE, ALL, 't', 16, 16);
 	struct memreg_cqe c;
 	struct memreg_sqe s;
-	struct mrq q2, q3;
+	struct memreg_queue q2, q3;
 	struct side b;
 	struct tgt t;
 	__u64 t0, el;
@@ -2136,22 +2136,22 @@ TEST(revoke_ends_earlier_grants)
 	int pfd;
 
 	ASSERT_EQ(0, side_open(&b, 16 * PAGE, 'b', 16, 16));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q3));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q3));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 5000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 5000));
 	s = mr_sqe_write(1, t.peer, t.info.rkey[0], 0, b.r.lkey, 0, 64);
 	run_expect(_metadata, &b.q, &s, 0, 64);
 	/* A SEND waits for a RECV on q2. */
 	s = mr_sqe_send(2, b.r.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q2, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q2, &s, 1000));
 	usleep(200000);
-	EXPECT_EQ(0, mrq_cq_tail(&q2));
+	EXPECT_EQ(0, memreg_queue_cq_tail(&q2));
 
 	t0 = mrq_now_us();
 	ASSERT_EQ(0, tgt_cmd(&t, T_REVOKE, 0, 0, 0, 0, NULL));
-	ASSERT_EQ(1, mrq_wait(&q2, &c, 1, 8000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q2, &c, 1, 8000));
 	el = mrq_now_us() - t0;
 	expect_cqe(_metadata, &c, 2, -ECONNRESET, 0);
 	TH_LOG("the waiting SEND completed %llu ms after the revoke", (unsigned long long)el / 1000);
@@ -2164,15 +2164,15 @@ TEST(revoke_ends_earlier_grants)
 	run_expect(_metadata, &b.q, &s, -ECONNRESET, 0);
 	s = mr_sqe_send(6, b.r.lkey, 0, 64);
 	run_expect(_metadata, &b.q, &s, -ECONNRESET, 0);
-	EXPECT_EQ(-ECONNRESET, mr_queue_connect(b.fd, q3.index, t.peer, t.info.queue, 0));
+	EXPECT_EQ(-ECONNRESET, memreg_queue_connect(b.fd, q3.index, t.peer, t.info.queue, 0));
 	EXPECT_EQ(1, tgt_check(&t, 0, 0, 16 * PAGE, 'u'));
 	EXPECT_TRUE(all_bytes(b.buf, 16 * PAGE, 'b'));
 
 	/* A new attachment (after the revoke) works; the old handle stays dead. */
 	ASSERT_EQ(0, tgt_cmd(&t, T_SENDFD, 0, 0, 0, 0, NULL));
-	pfd = mr_recv_fd(t.sock);
+	pfd = memreg_recv_fd(t.sock);
 	ASSERT_GE(pfd, 0);
-	ASSERT_EQ(0, mr_peer_attach(b.fd, pfd, &h2));
+	ASSERT_EQ(0, memreg_peer_attach(b.fd, pfd, &h2));
 	close(pfd);
 	EXPECT_NE(t.peer, h2);
 	s = mr_sqe_write(7, h2, t.info.rkey[0], PAGE, b.r.lkey, 0, 64);
@@ -2180,15 +2180,15 @@ TEST(revoke_ends_earlier_grants)
 	EXPECT_EQ(1, tgt_check(&t, 0, PAGE, 64, 'b'));
 	s = mr_sqe_write(8, t.peer, t.info.rkey[0], 0, b.r.lkey, 0, 64);
 	run_expect(_metadata, &b.q, &s, -ECONNRESET, 0);
-	EXPECT_EQ(0, mr_queue_connect(b.fd, q3.index, h2, t.info.queue, 0));
+	EXPECT_EQ(0, memreg_queue_connect(b.fd, q3.index, h2, t.info.queue, 0));
 	/* Detaching the revoked handle: 0, then it is unknown. */
-	EXPECT_EQ(0, mr_peer_detach(b.fd, t.peer));
+	EXPECT_EQ(0, memreg_peer_detach(b.fd, t.peer));
 	s = mr_sqe_write(9, t.peer, t.info.rkey[0], 0, b.r.lkey, 0, 64);
 	run_expect(_metadata, &b.q, &s, -ENOTCONN, 0);
-	EXPECT_EQ(-ENOENT, mr_peer_detach(b.fd, t.peer));
-	EXPECT_EQ(0, mr_peer_detach(b.fd, h2));
-	mrq_unmap(&q2);
-	mrq_unmap(&q3);
+	EXPECT_EQ(-ENOENT, memreg_peer_detach(b.fd, t.peer));
+	EXPECT_EQ(0, memreg_peer_detach(b.fd, h2));
+	memreg_queue_exit(&q2);
+	memreg_queue_exit(&q3);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
 }
@@ -2207,29 +2207,29 @@ TEST(detach_during_stream)
 	struct stream st;
 	struct side b;
 	struct tgt t;
-	struct mrq q2;
+	struct memreg_queue q2;
 	__u64 at_detach, t0, el;
 	__u32 h2;
 	int pfd;
 
 	ASSERT_EQ(0, stream_side(&b));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q2));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 8000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 8000));
 	s = mr_sqe_send(1000, b.r.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q2, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q2, &s, 1000));
 
 	stream_init(&st, &b.q, t.peer, t.info.rkey[0], b.r.lkey, 64, -ENOTCONN, 0, 0, 0);
 	ASSERT_EQ(0, stream_run(&st, 150, 32));
 	/* Detach with up to 32 requests in flight. */
 	for (int i = 0; i < 32; i++) {
 		s = stream_sqe(&st, st.posted);
-		if (mrq_try_post(st.q, &s, 0, NULL))
+		if (memreg_queue_post(st.q, &s, 0, NULL))
 			break;
 		st.posted++;
 	}
 	t0 = mrq_now_us();
-	ASSERT_EQ(0, mr_peer_detach(b.fd, t.peer));
+	ASSERT_EQ(0, memreg_peer_detach(b.fd, t.peer));
 	at_detach = st.posted;
 	ASSERT_EQ(0, stream_run(&st, at_detach + 100, 32));
 	EXPECT_EQ(0, st.out_of_order);
@@ -2243,25 +2243,25 @@ TEST(detach_during_stream)
 	       (unsigned long long)st.first_err, (unsigned long long)at_detach);
 
 	/* The waiting SEND. */
-	ASSERT_EQ(1, mrq_wait(&q2, &c, 1, 9000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q2, &c, 1, 9000));
 	el = mrq_now_us() - t0;
 	expect_cqe(_metadata, &c, 1000, -ENOTCONN, 0);
 	EXPECT_GT(4000000, el) TH_LOG("the waiting SEND completed %llu ms after the detach",
 				      (unsigned long long)el / 1000);
 	/* Its queue is disconnected: it connects again, through a new handle. */
 	ASSERT_EQ(0, tgt_cmd(&t, T_SENDFD, 0, 0, 0, 0, NULL));
-	pfd = mr_recv_fd(t.sock);
+	pfd = memreg_recv_fd(t.sock);
 	ASSERT_GE(pfd, 0);
-	ASSERT_EQ(0, mr_peer_attach(b.fd, pfd, &h2));
+	ASSERT_EQ(0, memreg_peer_attach(b.fd, pfd, &h2));
 	close(pfd);
 	s = mr_sqe_send(1001, b.r.lkey, 0, 64);
 	run_expect(_metadata, &q2, &s, -ENOTCONN, 0);
-	EXPECT_EQ(0, mr_queue_connect(b.fd, q2.index, h2, t.info.queue, 2000));
+	EXPECT_EQ(0, memreg_queue_connect(b.fd, q2.index, h2, t.info.queue, 2000));
 	ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, 7, 0, 64, NULL));
 	s = mr_sqe_send(1002, b.r.lkey, 25 * PAGE, 64);
 	run_expect(_metadata, &q2, &s, 0, 64);
 	EXPECT_EQ(1, tgt_check(&t, 0, 0, 64, 'Z'));
-	mrq_unmap(&q2);
+	memreg_queue_exit(&q2);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
 }
@@ -2279,15 +2279,15 @@ TEST(target_close_during_stream)
 	struct stream st;
 	struct side b;
 	struct tgt t;
-	struct mrq q2;
+	struct memreg_queue q2;
 	pthread_t th;
 	__u64 at_close;
 
 	mr_settle(&base);
 	ASSERT_EQ(0, stream_side(&b));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q2));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 0));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 0));
 	stream_init(&st, &b.q, t.peer, t.info.rkey[0], b.r.lkey, 64, -ECONNRESET, -ENOENT, 0, 0);
 	ASSERT_EQ(0, pthread_create(&th, NULL, stream_poster, &st));
 	ASSERT_EQ(0, stream_reap_until(&st, 150, 10000));
@@ -2317,11 +2317,11 @@ TEST(target_close_during_stream)
 	run_expect(_metadata, &b.q, &s, -ECONNRESET, 0);
 	s = mr_sqe_send(2001, b.r.lkey, 0, 64);
 	run_expect(_metadata, &q2, &s, -ECONNRESET, 0);
-	EXPECT_EQ(-ECONNRESET, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
-	EXPECT_EQ(0, mr_peer_detach(b.fd, t.peer));
+	EXPECT_EQ(-ECONNRESET, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 0));
+	EXPECT_EQ(0, memreg_peer_detach(b.fd, t.peer));
 	s = mr_sqe_write(1ULL << 41, t.peer, t.info.rkey[0], 0, b.r.lkey, 0, 64);
 	run_expect(_metadata, &b.q, &s, -ENOTCONN, 0);
-	mrq_unmap(&q2);
+	memreg_queue_exit(&q2);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
 	EXPECT_EQ(0, wait_baseline(&base, 5000));
@@ -2348,11 +2348,11 @@ TEST(writer_close_during_stream)
 	ASSERT_EQ(0, stream_run(&st, 100, 64));
 	for (i = 0; i < 64; i++) {
 		s = stream_sqe(&st, st.posted);
-		if (mrq_try_post(st.q, &s, 0, NULL))
+		if (memreg_queue_post(st.q, &s, 0, NULL))
 			break;
 		st.posted++;
 	}
-	mrq_unmap(&b.q);
+	memreg_queue_exit(&b.q);
 	ASSERT_EQ(0, close(b.fd));
 	b.fd = -1;
 	ASSERT_EQ(0, tgt_cmd(&t, T_SNAP, 0, 0, 0, 0, NULL));
@@ -2378,7 +2378,7 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 	struct memreg_sqe s;
 	struct side b;
 	struct tgt t;
-	struct mrq q2;
+	struct memreg_queue q2;
 	__u64 posted = 0, reaped = 0, ok = 0, reset = 0, enoent = 0, other = 0, at_death = 0;
 	__u64 ok_late = 0, deadline, t0 = 0, el, inflight = 0, untaken = 0;
 	bool dead = false;
@@ -2386,11 +2386,11 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 
 	mr_settle(&base);
 	ASSERT_EQ(0, side_open(&b, 256 * PAGE, 'b', 64, 256));
-	ASSERT_EQ(0, mrq_open(b.fd, 16, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(b.fd, 16, 16, -1, &q2));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 10000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, q2.index, t.peer, t.info.queue, 10000));
 	s = mr_sqe_send(99999, b.r.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q2, &s, 1000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q2, &s, 1000));
 
 	deadline = mrq_now_us() + 20000000;
 	while (mrq_now_us() < deadline && (!dead || reaped < posted || posted < at_death + 100)) {
@@ -2403,7 +2403,7 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 			else
 				s = mr_sqe_write(posted, t.peer, t.info.rkey[0], off, b.r.lkey, off,
 						 64 * PAGE);
-			if (mrq_try_post(&b.q, &s, 0, NULL))
+			if (memreg_queue_post(&b.q, &s, 0, NULL))
 				break;
 			posted++;
 		}
@@ -2412,13 +2412,13 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 			ASSERT_EQ(0, kill(t.pid, SIGKILL));
 			t0 = mrq_now_us();
 			inflight = posted - reaped;
-			untaken = posted - mrq_sq_head(&b.q);
+			untaken = posted - memreg_queue_sq_head(&b.q);
 			EXPECT_EQ(SIGKILL, wait_signal(t.pid));
 			t.pid = 0;
 			at_death = posted;
 			dead = true;
 		}
-		n = mrq_wait(&b.q, c, 64, 1);
+		n = memreg_wait_cqes(&b.q, c, 64, 1);
 		for (i = 0; i < n; i++, reaped++) {
 			EXPECT_EQ(reaped, c[i].user_data);
 			if (c[i].status == 0 && c[i].bytes == 64 * PAGE) {
@@ -2446,7 +2446,7 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 	       (unsigned long long)inflight, (unsigned long long)untaken,
 	       (unsigned long long)at_death);
 
-	ASSERT_EQ(1, mrq_wait(&q2, c, 1, 12000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q2, c, 1, 12000));
 	el = mrq_now_us() - t0;
 	expect_cqe(_metadata, &c[0], 99999, -ECONNRESET, 0);
 	TH_LOG("the waiting SEND completed %llu ms after the kill", (unsigned long long)el / 1000);
@@ -2456,8 +2456,8 @@ TEST_F_TIMEOUT(slow, target_killed_mid_transfer, 60)
 	run_expect(_metadata, &b.q, &s, 0, 0);
 	s = mr_sqe_copy(8, b.r.lkey, 0, b.r.lkey, PAGE, 64);
 	run_expect(_metadata, &q2, &s, 0, 64);
-	EXPECT_EQ(0, mr_peer_detach(b.fd, t.peer));
-	mrq_unmap(&q2);
+	EXPECT_EQ(0, memreg_peer_detach(b.fd, t.peer));
+	memreg_queue_exit(&q2);
 	EXPECT_EQ(0, tgt_stop(&t));
 	side_close(&b);
 	EXPECT_EQ(0, wait_baseline(&base, 5000));
@@ -2600,7 +2600,7 @@ TEST_F_TIMEOUT(slow, mprotect_of_target_mid_stream, 90)
 }
 
 struct sender {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u64 lkey;
 	int n, gap_us;
 	int posted;
@@ -2615,7 +2615,7 @@ static void *slow_sender(void *arg)
 
 	for (i = 0; i < sd->n; i++) {
 		s = mr_sqe_send_imm(i, sd->lkey, (i % 26) * PAGE, 512, i);
-		if (mrq_post(sd->q, &s, 10000)) {
+		if (memreg_queue_post_wait(sd->q, &s, 10000)) {
 			sd->failed = 1;
 			break;
 		}
@@ -2644,7 +2644,7 @@ TEST_F_TIMEOUT(slow, unmap_of_recv_buffers_mid_stream, 60)
 
 	ASSERT_EQ(0, stream_side(&b));
 	ASSERT_EQ(0, tgt_start(&t, &cfg, b.fd));
-	ASSERT_EQ(0, mr_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 3000));
+	ASSERT_EQ(0, memreg_queue_connect(b.fd, b.q.index, t.peer, t.info.queue, 3000));
 	/* 64 RECVs: X0, Y0, X1, Y1, ... of 1 KiB (user_data: buffer << 8 | index). */
 	for (i = 0; i < 32; i++) {
 		ASSERT_EQ(0, tgt_cmd(&t, T_RECV, 0, i, i * 1024, 1024, NULL));
@@ -2658,7 +2658,7 @@ TEST_F_TIMEOUT(slow, unmap_of_recv_buffers_mid_stream, 60)
 	ASSERT_EQ(0, tgt_cmd(&t, T_REMAP, 0, 'n', 0, 0, NULL));
 	pthread_join(th, NULL);
 	EXPECT_EQ(0, sd.failed);
-	ASSERT_EQ(40, mrq_wait(&b.q, c, 40, 10000));
+	ASSERT_EQ(40, memreg_wait_cqes(&b.q, c, 40, 10000));
 	for (i = 0; i < 40; i++)
 		expect_cqe(_metadata, &c[i], i, 0, 512);
 	/* Everything the target completed. */
@@ -2700,7 +2700,7 @@ static void __attribute__((noreturn)) mutual_main(int sock, int ready)
 	struct memreg_register r;
 	struct memreg_cqe c[64];
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	char *buf = map_buf(64 * PAGE, 'm');
 	__u64 posted = 0, reaped = 0, done = 0;
 	int fd, pfd, told = 0, i;
@@ -2709,23 +2709,23 @@ static void __attribute__((noreturn)) mutual_main(int sock, int ready)
 
 	prctl(PR_SET_PDEATHSIG, SIGKILL);
 	fd = open_ctx();
-	if (fd < 0 || !buf || mr_register(fd, buf, 64 * PAGE, ALL, &r) ||
-	    mrq_open(fd, 64, 64, -1, &q))
+	if (fd < 0 || !buf || memreg_register(fd, buf, 64 * PAGE, ALL, &r) ||
+	    memreg_queue_init(fd, 64, 64, -1, &q))
 		_exit(1);
 	mine.rkey = r.rkey;
 	mine.queue = q.index;
-	if (mr_send_fd(sock, fd) || xwrite(sock, &mine, sizeof(mine)))
+	if (memreg_send_fd(sock, fd) || xwrite(sock, &mine, sizeof(mine)))
 		_exit(2);
-	pfd = mr_recv_fd(sock);
-	if (pfd < 0 || xread(sock, &theirs, sizeof(theirs)) || mr_peer_attach(fd, pfd, &h))
+	pfd = memreg_recv_fd(sock);
+	if (pfd < 0 || xread(sock, &theirs, sizeof(theirs)) || memreg_peer_attach(fd, pfd, &h))
 		_exit(3);
 	close(pfd);
-	if (mr_queue_connect(fd, q.index, h, theirs.queue, 1000))
+	if (memreg_queue_connect(fd, q.index, h, theirs.queue, 1000))
 		_exit(4);
 	/* 16 RECVs, reposted as they complete. */
 	for (i = 0; i < 16; i++) {
 		s = mr_sqe_recv(1ULL << 40 | i, r.lkey, (48 + i) * PAGE, PAGE);
-		if (mrq_post(&q, &s, 1000))
+		if (memreg_queue_post_wait(&q, &s, 1000))
 			_exit(5);
 	}
 	for (;;) {
@@ -2735,15 +2735,15 @@ static void __attribute__((noreturn)) mutual_main(int sock, int ready)
 			else
 				s = mr_sqe_write(posted, h, theirs.rkey, (posted % 32) * PAGE,
 						 r.lkey, 32 * PAGE, 4 * PAGE);
-			if (!mrq_try_post(&q, &s, 0, NULL))
+			if (!memreg_queue_post(&q, &s, 0, NULL))
 				posted++;
 		}
-		n = mrq_reap(&q, c, 64);
+		n = memreg_reap_cqes(&q, c, 64);
 		for (i = 0; i < (int)n; i++) {
 			if (c[i].user_data >> 40) {
 				s = mr_sqe_recv(c[i].user_data, r.lkey,
 						(48 + (c[i].user_data & 15)) * PAGE, PAGE);
-				mrq_post(&q, &s, 1000);
+				memreg_queue_post_wait(&q, &s, 1000);
 			} else {
 				reaped++;
 			}

@@ -57,7 +57,7 @@
 #include <sys/wait.h>
 
 #include "memreg_util.h"
-#include "memreg_ring.h"
+#include "memreg_util.h"
 
 #include "../kselftest_harness.h"
 
@@ -904,18 +904,18 @@ TEST(layout_chunks_keys_and_reserved_portion)
 		EXPECT_EQ(p.cl[k].initial, STAT(&p, k, boundary));
 	}
 	/* The registrations are what QUERY says: a chunk each, with the pool's access. */
-	ASSERT_EQ(0, mr_query(p.fd, keys[1][1], &q));
+	ASSERT_EQ(0, memreg_query(p.fd, keys[1][1], &q));
 	EXPECT_EQ(PTR(baddr(&p, 1, 16)), q.addr);
 	EXPECT_EQ(CHUNK_BYTES, q.length);
 	EXPECT_EQ(RW, q.access);
 	EXPECT_EQ(16, q.pages);
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state & MEMREG_STATE_VALID);
-	ASSERT_EQ(0, mr_query(p.fd, keys[2][0], &q));
+	ASSERT_EQ(0, memreg_query(p.fd, keys[2][0], &q));
 	EXPECT_EQ(PTR(baddr(&p, 2, 0)), q.addr);
 	EXPECT_EQ(128 * 1024, q.length);
 	/* A pool's chunk is the pool's: DEREGISTER refuses it. */
-	EXPECT_EQ(-EINVAL, mr_deregister(p.fd, keys[1][1]));
-	EXPECT_EQ(0, mr_query(p.fd, keys[1][1], &q));
+	EXPECT_EQ(-EINVAL, memreg_deregister(p.fd, keys[1][1]));
+	EXPECT_EQ(0, memreg_query(p.fd, keys[1][1], &q));
 	pl_close(&p);
 }
 
@@ -1833,7 +1833,7 @@ TEST(shrink_waits_for_allocated_buffers)
 	usleep(200000);
 	EXPECT_EQ(32, STAT(&p, 0, boundary));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[31].addr, K4, 'h'));
-	EXPECT_EQ(0, mr_copy(p.fd, b[31].key, b[31].offset, &x, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[31].key, b[31].offset, &x, 8, MEMREG_COPY_FROM_REGION));
 	/* Freed: the chunk goes at once, nothing reclaimed. */
 	ASSERT_EQ(0, pl_free1(&p, b[31].addr));
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 16));
@@ -1841,7 +1841,7 @@ TEST(shrink_waits_for_allocated_buffers)
 	EXPECT_EQ(0, STAT(&p, 0, quarantined));
 	EXPECT_EQ(1, STAT(&p, 0, shrinks));
 	EXPECT_TRUE(faults_soon(baddr(&p, 0, 31), 1000));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[31].key, 0, &x, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[31].key, 0, &x, 8, MEMREG_COPY_FROM_REGION));
 	pl_close(&p);
 }
 
@@ -1886,7 +1886,7 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 	struct memreg_register reg;
 	struct memreg_cqe cqe;
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	struct pl p;
 	char *leak, *other, tmp[16];
 	__u64 lkey, t0, batch[2];
@@ -1895,8 +1895,8 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 	ASSERT_EQ(0, pl_open(&p, &c, 1, RW, 600, 30));
 	other = map_filled(K4, 'o');
 	ASSERT_NE(NULL, other);
-	ASSERT_EQ(0, mr_register(p.fd, other, K4, RW, &reg));
-	ASSERT_EQ(0, mrq_open(p.fd, 16, 16, -1, &q));
+	ASSERT_EQ(0, memreg_register(p.fd, other, K4, RW, &reg));
+	ASSERT_EQ(0, memreg_queue_init(p.fd, 16, 16, -1, &q));
 
 	n = alloc_n(&p, K4, 32, 64, 0, ALLOC_MS, b, &err);
 	ASSERT_EQ(32, n) TH_LOG("%d", err);
@@ -1911,7 +1911,7 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 	ASSERT_EQ(0, pl_wait(&p, 0, free, 16));
 	if (now_ms() - t0 < 400) {
 		EXPECT_EQ(0, probe(leak, 1));
-		EXPECT_EQ(0, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(0, memreg_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
 		EXPECT_TRUE(all_bytes(tmp, 16, 'L'));
 		EXPECT_EQ(32, STAT(&p, 0, boundary));
 		EXPECT_EQ(1, STAT(&p, 0, allocated));
@@ -1926,16 +1926,16 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 	EXPECT_EQ(16, STAT(&p, 0, free));
 	/* The old holder faults; its key is dead in COPY and on the ring. */
 	EXPECT_TRUE(faults_soon(leak, 1000));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, lkey, b[31].offset, tmp, 16, MEMREG_COPY_TO_REGION));
 	s = mr_sqe_copy(1, reg.lkey, 0, lkey, b[31].offset, 16);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(-ENOENT, cqe.status);
 	s = mr_sqe_copy(2, lkey, b[31].offset, reg.lkey, 0, 16);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(-ENOENT, cqe.status);
 	EXPECT_TRUE(all_bytes(other, K4, 'o'));
-	EXPECT_EQ(-ENOENT, mr_query(p.fd, lkey, &qq));
+	EXPECT_EQ(-ENOENT, memreg_query(p.fd, lkey, &qq));
 
 	/* Quarantined: the class grows again, and everything but it is handed out. */
 	n = alloc_n(&p, K4, 31, 64, 0, ALLOC_MS, b, &err);
@@ -1967,7 +1967,7 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 	x = b[31].addr == PTR(leak) ? b[31] : b[32];
 	EXPECT_NE(lkey, x.key);
 	memset(tmp, 'N', sizeof(tmp));
-	EXPECT_EQ(0, mr_copy(p.fd, x.key, x.offset, tmp, 16, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, x.key, x.offset, tmp, 16, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(leak, 16, 'N'));
 	EXPECT_EQ(0, pl_free1(&p, b[31].addr));
 	EXPECT_EQ(0, pl_free1(&p, b[32].addr));
@@ -1975,7 +1975,7 @@ TEST_F_TIMEOUT(slow, leak_reclaimed_after_timeout, 90)
 		if (i != 3)
 			EXPECT_EQ(0, pl_free1(&p, b[i].addr)) TH_LOG("buffer %d", i);
 	EXPECT_EQ(0, STAT(&p, 0, allocated));
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	munmap(other, K4);
 	pl_close(&p);
 }
@@ -1992,7 +1992,7 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 	struct memreg_register reg;
 	struct memreg_cqe cqe;
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	struct pl p, wo;
 	char *mem, tmp[K4];
 	int i;
@@ -2001,8 +2001,8 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 	ASSERT_EQ(0, pl_wait(&p, 1, boundary, 32));
 	mem = map_filled(K4, 'm');
 	ASSERT_NE(NULL, mem);
-	ASSERT_EQ(0, mr_register(p.fd, mem, K4, RW, &reg));
-	ASSERT_EQ(0, mrq_open(p.fd, 16, 16, -1, &q));
+	ASSERT_EQ(0, memreg_register(p.fd, mem, K4, RW, &reg));
+	ASSERT_EQ(0, memreg_queue_init(p.fd, 16, 16, -1, &q));
 
 	ASSERT_EQ(2, pl_alloc(&p, 256, 2, MEMREG_POOL_NO_FALLBACK, 0, b));
 	/* Buffers 16 and 17 of class 1, in its second chunk: offsets 0 and 4 KiB there. */
@@ -2019,30 +2019,30 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 
 	/* COPY through the ioctl: both ways, at the buffer's offset in its chunk. */
 	memset(tmp, 0, sizeof(tmp));
-	EXPECT_EQ(0, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 256, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[1].key, b[1].offset, tmp, 256, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 256, '1'));
 	memset(tmp, 'T', sizeof(tmp));
-	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset + 100, tmp, 50, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, b[3].offset + 100, tmp, 50, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr + 100, 50, 'T'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr, 100, '3'));
 	/* The key covers its chunk (64 KiB), not more. */
-	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, CHUNK_BYTES - 16, tmp, 16, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-EINVAL, mr_copy(p.fd, b[3].key, CHUNK_BYTES - 8, tmp, 16,
+	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, CHUNK_BYTES - 16, tmp, 16, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EINVAL, memreg_copy(p.fd, b[3].key, CHUNK_BYTES - 8, tmp, 16,
 				   MEMREG_COPY_FROM_REGION));
 	/* On the ring: pool -> registration, registration -> pool, pool -> pool. */
 	s = mr_sqe_copy(1, reg.lkey, 0, b[0].key, b[0].offset, 256);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(0, cqe.status);
 	EXPECT_EQ(256, cqe.bytes);
 	EXPECT_TRUE(all_bytes(mem, 256, '0'));
 	EXPECT_TRUE(all_bytes(mem + 256, K4 - 256, 'm'));
 	s = mr_sqe_copy(2, b[2].key, b[2].offset, reg.lkey, 1024, 1024);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(0, cqe.status);
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr, 1024, 'm'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr + 1024, K4 - 1024, '2'));
 	s = mr_sqe_copy(3, b[1].key, b[1].offset, b[3].key, b[3].offset, 256);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(0, cqe.status);
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr, 100, '3'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr + 100, 50, 'T'));
@@ -2053,28 +2053,28 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 	ASSERT_EQ(0, pl_map(&wo));
 	ASSERT_EQ(1, pl_alloc(&wo, K4, 1, 0, ALLOC_MS, &w));
 	memset(tmp, 'W', sizeof(tmp));
-	EXPECT_EQ(0, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)w.addr, 64, 'W'));
-	EXPECT_EQ(-EACCES, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EACCES, memreg_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_FROM_REGION));
 	s = mr_sqe_copy(4, reg.lkey, 0, w.key, w.offset, 64);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(-EACCES, cqe.status);
 	EXPECT_TRUE(all_bytes(mem, 256, '0'));
 	s = mr_sqe_copy(5, w.key, w.offset, reg.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(0, cqe.status);
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)w.addr, 64, '0'));
-	ASSERT_EQ(0, mr_query(p.fd, w.key, &qq));
+	ASSERT_EQ(0, memreg_query(p.fd, w.key, &qq));
 	EXPECT_EQ(MEMREG_ACCESS_LOCAL_WRITE, qq.access);
 	/* Keys of a destroyed pool are dead. */
 	d.pool = wo.pool;
 	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, w.key, w.offset, tmp, 64, MEMREG_COPY_TO_REGION));
 	s = mr_sqe_copy(6, w.key, w.offset, reg.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_run(&q, &s, &cqe));
+	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
 	EXPECT_EQ(-ENOENT, cqe.status);
 	munmap(wo.map, wo.bytes);
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	munmap(mem, K4);
 	pl_close(&p);
 }
@@ -2197,7 +2197,7 @@ TEST(destroy_leaves_nothing)
 	ASSERT_EQ(0, pl_wait(&p, 0, boundary, 256));
 	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
 	ASSERT_EQ(4, pl_alloc(&p, 1, 4, 0, 0, b + 4));
-	ASSERT_EQ(0, mr_global(p.fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(p.fd, &g));
 	EXPECT_EQ(base.regions + 1 + 2, g.regions);
 	EXPECT_EQ(base.pages_pinned + 16 + 32, g.pages_pinned);
 	EXPECT_EQ(0, wait_vmpin(pin0 + 48 * PAGE_KB, 1000));
@@ -2205,8 +2205,8 @@ TEST(destroy_leaves_nothing)
 	d.pool = p.pool;
 	ASSERT_EQ(0, ioctl(p.fd, MEMREG_IOC_POOL_DESTROY, &d));
 	/* Keys dead, pages gone from the mapping, charges back, at once. */
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[4].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[4].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(faults((void *)(unsigned long)b[0].addr));
 	EXPECT_TRUE(faults((void *)(unsigned long)b[4].addr));
 	EXPECT_TRUE(faults(p.map));
@@ -2249,7 +2249,7 @@ TEST(munmap_destroys_the_pool)
 	ASSERT_EQ(0, munmap(p.map, p.bytes));
 	p.map = NULL;
 	/* Its keys die with the mapping. */
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
 	/* ENXIO while it dies, then EINVAL: it is destroyed. */
 	for (i = 0; i < 500; i++) {
 		r = pl_alloc(&p, K4, 1, 0, 0, b);
@@ -2286,7 +2286,7 @@ TEST(munmap_destroys_the_pool)
 	EXPECT_EQ(EINVAL, errno);
 	usleep(100000);
 	ASSERT_EQ(1, pl_alloc(&q, K4, 1, 0, 0, &x));
-	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'u'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr, K4, 'u'));
 	EXPECT_EQ(0, probe((void *)(unsigned long)x.addr, 1));
@@ -2300,7 +2300,7 @@ TEST(munmap_destroys_the_pool)
 	ASSERT_EQ(0, munmap(q.map, q.bytes));
 	q.map = NULL;
 	EXPECT_EQ(-EINVAL, wait_pool_gone(&q, false));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_EQ(0, wait_global(&base, 1, 5000));
 	EXPECT_EQ(0, wait_vmpin(pin0, 1000));
 	pl_close(&p);
@@ -2382,7 +2382,7 @@ TEST(fork_does_not_inherit_the_pool)
 	EXPECT_EQ(SIGSEGV, wait_signal(pid));
 	/* The parent's pool goes on. */
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[0].addr, K4, 'f'));
-	EXPECT_EQ(0, mr_copy(p.fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'f'));
 	EXPECT_EQ(0, pl_free1(&p, b[0].addr));
 	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, &x));
@@ -2496,7 +2496,7 @@ TEST(mprotect_cannot_change_the_mapping)
 	EXPECT_TRUE(faults(baddr(&p, 0, 32)));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[2].addr, K4, 'm'));
 	memset((char *)(unsigned long)b[3].addr, 'w', K4);
-	EXPECT_EQ(0, mr_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, b[3].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'w'));
 	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, ALLOC_MS, &x));
 	EXPECT_EQ(PTR(baddr(&p, 0, 4)), x.addr);
@@ -2535,7 +2535,7 @@ TEST(mremap_is_refused_and_a_move_kills_the_pool)
 	EXPECT_EQ(EINVAL, errno);
 	usleep(100000);
 	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, ALLOC_MS, &x));
-	EXPECT_EQ(0, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'r'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[1].addr, K4, 'r'));
 	EXPECT_EQ(0, probe(baddr(&p, 0, 32) - 1, 1));
@@ -2548,7 +2548,7 @@ TEST(mremap_is_refused_and_a_move_kills_the_pool)
 	EXPECT_EQ(MAP_FAILED, mremap(p.map, p.bytes, p.bytes, MREMAP_MAYMOVE | MREMAP_FIXED, to));
 	EXPECT_EQ(EINVAL, errno);
 	EXPECT_EQ(-EINVAL, wait_pool_gone(&p, false));
-	EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[1].key, b[1].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	/* The mapping is in its old place, without a page; none is at the new one. */
 	EXPECT_NE(-1, smaps_kb(p.map, "Rss")) TH_LOG("the mapping left its place");
 	EXPECT_EQ(0, not_faulting(&p, 0, 0, 64));
@@ -2616,7 +2616,7 @@ TEST(hugetlb_mapping_over_the_pool)
 		 MEMREG_MMAP_POOL(p.pool));
 	EXPECT_EQ(MAP_FAILED, h);
 	EXPECT_EQ(EINVAL, errno);
-	EXPECT_EQ(0, mr_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_FALSE(faults(baddr(&p, 0, 0)));
 	EXPECT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, b + 3));
 
@@ -2676,7 +2676,7 @@ TEST_F_TIMEOUT(slow, anonymous_mapping_over_the_pool_is_left_alone, 120)
 		ASSERT_EQ(p.map, m);
 		p.map = NULL;
 		EXPECT_EQ(-EINVAL, wait_pool_gone(&p, false)) TH_LOG("round %d", round);
-		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, b[0].offset, tmp, 8,
+		EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[0].key, b[0].offset, tmp, 8,
 					   MEMREG_COPY_FROM_REGION));
 		EXPECT_EQ(0, wait_global(&base, 1, 5000));
 		EXPECT_EQ(0, wait_vmpin(pin0, 1000));
@@ -2734,7 +2734,7 @@ TEST_F_TIMEOUT(slow, another_files_pool_in_the_pools_place, 90)
 		ASSERT_EQ(0, pl_wait(&pb, 0, boundary, 32));
 		memset(pb.map, 'B', 32 * K4);
 		EXPECT_EQ(-EINVAL, wait_pool_gone(&pa, false)) TH_LOG("round %d", round);
-		EXPECT_EQ(-ENOENT, mr_copy(pa.fd, a[0].key, a[0].offset, tmp, 8,
+		EXPECT_EQ(-ENOENT, memreg_copy(pa.fd, a[0].key, a[0].offset, tmp, 8,
 					   MEMREG_COPY_FROM_REGION));
 		/* B's pages are where B put them, with B's bytes. */
 		lost = pages_faulting(pb.map, 32 * K4);
@@ -2744,7 +2744,7 @@ TEST_F_TIMEOUT(slow, another_files_pool_in_the_pools_place, 90)
 		ASSERT_EQ(1, pl_alloc(&pb, K4, 1, 0, ALLOC_MS, &x));
 		if (!lost)
 			EXPECT_TRUE(all_bytes((char *)(unsigned long)x.addr, K4, 'B'));
-		EXPECT_EQ(0, mr_copy(pb.fd, x.key, x.offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(0, memreg_copy(pb.fd, x.key, x.offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 		EXPECT_TRUE(all_bytes(tmp, 8, 'B'));
 		EXPECT_EQ(32, STAT(&pb, 0, boundary));
 		/* Only B's pool is left: two chunks of 16 pages, in two files. */
@@ -2770,7 +2770,7 @@ TEST(register_refuses_memregs_own_mappings)
 	struct memreg_global_stats g0, g;
 	struct memreg_pool_buf b[2];
 	struct memreg_register r;
-	struct mrq q;
+	struct memreg_queue q;
 	struct pl p;
 	char *resv, *words, *bp, tmp[8];
 	int fd;
@@ -2792,37 +2792,37 @@ TEST(register_refuses_memregs_own_mappings)
 	memset(bp, 'p', K4);
 	words = mmap(NULL, PAGE, PROT_READ, MAP_SHARED, fd, MEMREG_MMAP_STATE_WORDS);
 	ASSERT_NE(MAP_FAILED, words);
-	ASSERT_EQ(0, mrq_open(fd, 16, 16, -1, &q));
-	ASSERT_EQ(0, mr_global(fd, &g0));
+	ASSERT_EQ(0, memreg_queue_init(fd, 16, 16, -1, &q));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g0));
 
-	EXPECT_EQ(-EFAULT, mr_register(fd, bp, K4, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, bp, K4, RO, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, bp + 100, 200, RO, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, p.map, 32 * K4, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, p.map, p.bytes, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, resv, 2 * PAGE, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, words, PAGE, RO, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, (void *)q.ring, q.cq_bytes, RO, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, q.user, q.sq_bytes, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(fd, q.user, q.sq_bytes, RO, &r));
-	ASSERT_EQ(0, mr_global(fd, &g));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, bp, K4, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, bp, K4, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, bp + 100, 200, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, p.map, 32 * K4, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, p.map, p.bytes, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, resv, 2 * PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, words, PAGE, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, (void *)q.ring, q.cq_bytes, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, q.user, q.sq_bytes, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(fd, q.user, q.sq_bytes, RO, &r));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g));
 	EXPECT_EQ(g0.regions, g.regions);
 	EXPECT_EQ(g0.pages_pinned, g.pages_pinned);
 
 	/* The ordinary page alone registers. */
-	ASSERT_EQ(0, mr_register(fd, resv, PAGE, RW, &r));
-	ASSERT_EQ(0, mr_global(fd, &g));
+	ASSERT_EQ(0, memreg_register(fd, resv, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g));
 	EXPECT_EQ(g0.regions + 1, g.regions);
-	EXPECT_EQ(0, mr_copy(fd, r.lkey, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(fd, r.lkey, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'o'));
-	EXPECT_EQ(0, mr_deregister(fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(fd, r.lkey));
 	/* The pool goes on: its buffer, its key, its bytes. */
 	EXPECT_TRUE(all_bytes(bp, K4, 'p'));
-	EXPECT_EQ(0, mr_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(0, memreg_copy(fd, b[0].key, b[0].offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(tmp, 8, 'p'));
 	EXPECT_EQ(0, pl_free1(&p, b[0].addr));
 	EXPECT_EQ(1, STAT(&p, 0, allocated));
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	munmap(words, PAGE);
 	munmap(resv, PAGE + p.bytes);
 	close(fd);
@@ -2860,10 +2860,10 @@ TEST_F_TIMEOUT(slow, dontneed_of_one_page_kills_the_pool, 120)
 		/* One page of chunk 1: the allocated buffer's, or a free one's. */
 		ASSERT_EQ(0, madvise(baddr(&p, 0, 16 + round % 16), PAGE, MADV_DONTNEED));
 		EXPECT_EQ(0, mr_wait_state(p.fd, b[16].key, 0)) TH_LOG("round %d", round);
-		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[16].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[16].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
 		/* No buffer is handed out (EAGAIN until the pool dies), then it is gone. */
 		EXPECT_EQ(-EINVAL, wait_pool_gone(&p, true)) TH_LOG("round %d", round);
-		EXPECT_EQ(-ENOENT, mr_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
+		EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b[0].key, 0, tmp, 8, MEMREG_COPY_FROM_REGION));
 		EXPECT_EQ(0, not_faulting(&p, 0, 0, 32)) TH_LOG("round %d", round);
 		EXPECT_EQ(0, wait_vmpin(pin0, 2000)) TH_LOG("round %d", round);
 		EXPECT_EQ(0, wait_global(&base, 1, 5000)) TH_LOG("round %d", round);
@@ -2899,7 +2899,7 @@ TEST_F_TIMEOUT(slow, destroy_racing_growth_leaves_nothing, 120)
 		EXPECT_TRUE(r == 1 || r == -EAGAIN) TH_LOG("round %d: ALLOC gives %d", round, r);
 		early += r == -EAGAIN;
 		if (r == 1)
-			EXPECT_EQ(-ENOENT, mr_copy(p.fd, b.key, b.offset, tmp, 8,
+			EXPECT_EQ(-ENOENT, memreg_copy(p.fd, b.key, b.offset, tmp, 8,
 						   MEMREG_COPY_FROM_REGION));
 		EXPECT_EQ(0, not_faulting(&p, 0, 0, 64)) TH_LOG("round %d", round);
 		EXPECT_EQ(-EINVAL, pl_alloc(&p, K4, 1, 0, 0, &b));

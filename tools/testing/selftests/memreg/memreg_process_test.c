@@ -30,7 +30,7 @@ TEST(fork_parent_keeps_registrations_child_is_refused)
 
 	ASSERT_GE(fd, 0);
 	ASSERT_NE(NULL, buf);
-	ASSERT_EQ(0, mr_register(fd, buf, LEN, RW, &r));
+	ASSERT_EQ(0, memreg_register(fd, buf, LEN, RW, &r));
 
 	pid = fork();
 	ASSERT_GE(pid, 0);
@@ -38,21 +38,21 @@ TEST(fork_parent_keeps_registrations_child_is_refused)
 		struct memreg_register r2;
 
 		/* The inherited file belongs to the parent's address space. */
-		if (mr_register(fd, buf, PAGE, RW, &r2) != -EPERM)
+		if (memreg_register(fd, buf, PAGE, RW, &r2) != -EPERM)
 			_exit(1);
-		if (mr_copy(fd, r.lkey, 0, data, 1, MEMREG_COPY_FROM_REGION) != -EPERM)
+		if (memreg_copy(fd, r.lkey, 0, data, 1, MEMREG_COPY_FROM_REGION) != -EPERM)
 			_exit(2);
-		if (mr_copy(fd, r.lkey, 0, data, 1, MEMREG_COPY_TO_REGION) != -EPERM)
+		if (memreg_copy(fd, r.lkey, 0, data, 1, MEMREG_COPY_TO_REGION) != -EPERM)
 			_exit(3);
-		if (mr_query(fd, r.lkey, &q) != -EPERM || mr_deregister(fd, r.lkey) != -EPERM)
+		if (memreg_query(fd, r.lkey, &q) != -EPERM || memreg_deregister(fd, r.lkey) != -EPERM)
 			_exit(4);
-		if (mr_stats(fd, &s) != -EPERM)
+		if (memreg_stats(fd, &s) != -EPERM)
 			_exit(5);
 		/* The parked list's calls too. */
 		cc = (struct memreg_cache_config){ .parking = 0, .max_parked = 1024,
 						   .max_parked_pages = 262144, .idle_ms = 5000 };
-		if (mr_set_cache(fd, &cc) != -EPERM || mr_get_cache(fd, &cc) != -EPERM ||
-		    mr_flush(fd, NULL) != -EPERM)
+		if (memreg_set_cache(fd, &cc) != -EPERM || memreg_get_cache(fd, &cc) != -EPERM ||
+		    memreg_flush(fd, NULL) != -EPERM)
 			_exit(6);
 		/* The child's writes go to its own copy of the pages. */
 		memset(buf, 'c', LEN);
@@ -60,24 +60,24 @@ TEST(fork_parent_keeps_registrations_child_is_refused)
 	}
 	ASSERT_EQ(0, wait_exit(pid));
 	/* The child's SET_CACHE changed nothing. */
-	ASSERT_EQ(0, mr_get_cache(fd, &cc));
+	ASSERT_EQ(0, memreg_get_cache(fd, &cc));
 	EXPECT_EQ(1, cc.parking);
 
 	/* The parent's registration survived fork, and its memory is its own. */
-	ASSERT_EQ(0, mr_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(fd, r.lkey, &q));
 	EXPECT_TRUE(q.state & MEMREG_STATE_VALID);
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_TRUE(all_bytes(buf, LEN, 'a'));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		EXPECT_EQ(0, s.invalidations[i]);
 
 	/* Data still moves between the registration and the parent's memory. */
 	memset(buf, 'p', LEN);
-	ASSERT_EQ(0, mr_copy(fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(fd, r.lkey, 0, data, LEN, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, LEN, 'p'));
 	memset(data, 'q', LEN);
-	ASSERT_EQ(0, mr_copy(fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(fd, r.lkey, 0, data, LEN, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(buf, LEN, 'q'));
 	close(fd);
 	munmap(buf, LEN);
@@ -100,7 +100,7 @@ TEST(exit_releases_everything)
 		if (fd < 0 || !buf)
 			_exit(1);
 		for (i = 0; i < 16; i++)
-			if (mr_register(fd, buf + 4 * i * PAGE, 4 * PAGE, RW, &r))
+			if (memreg_register(fd, buf + 4 * i * PAGE, 4 * PAGE, RW, &r))
 				_exit(2);
 		/* Exit without closing or deregistering anything. */
 		_exit(0);
@@ -119,7 +119,7 @@ static int register_and_exit(void *arg)
 	(void)arg;
 	if (fd < 0 || fd >= 100 || !buf)
 		return 100;
-	if (mr_register(fd, buf, 8 * PAGE, RW, &r) || mr_register(fd, buf, 2 * PAGE, RO, &r))
+	if (memreg_register(fd, buf, 8 * PAGE, RW, &r) || memreg_register(fd, buf, 2 * PAGE, RO, &r))
 		return 101;
 	return fd;
 }
@@ -147,9 +147,9 @@ TEST(address_space_released_before_file)
 	ASSERT_LT(fd, 100);
 	/* The file is open, its registrations are gone. */
 	ASSERT_EQ(0, mr_wait_global(before.contexts + 1, before.regions, before.pages_pinned));
-	ASSERT_EQ(0, mr_global(fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(fd, &g));
 	/* We are not the owner of that context. */
-	EXPECT_EQ(-EPERM, mr_register(fd, stack, PAGE, RW, &r));
+	EXPECT_EQ(-EPERM, memreg_register(fd, stack, PAGE, RW, &r));
 	close(fd);
 	ASSERT_EQ(0, mr_wait_global(before.contexts, before.regions, before.pages_pinned));
 	free(stack);
@@ -178,26 +178,26 @@ static int memlock_child(int drop_privileges)
 	vmpin = vm_pin_kb();
 	if (!drop_privileges)
 		/* CAP_IPC_LOCK lifts the limit. */
-		return mr_register(fd, buf, 32 * PAGE, RW, &r1) ? 3 : 0;
-	if (mr_register(fd, buf, 8 * PAGE, RW, &r1))
+		return memreg_register(fd, buf, 32 * PAGE, RW, &r1) ? 3 : 0;
+	if (memreg_register(fd, buf, 8 * PAGE, RW, &r1))
 		return 4;
-	if (mr_register(fd, buf + 8 * PAGE, 16 * PAGE, RW, &r2) != -ENOMEM)
+	if (memreg_register(fd, buf + 8 * PAGE, 16 * PAGE, RW, &r2) != -ENOMEM)
 		return 5;
 	/* The failure pinned and charged nothing. */
-	if (vm_pin_kb() != vmpin + 8 * (long)PAGE_KB || mr_stats(fd, &s) || s.pages_pinned != 8 ||
+	if (vm_pin_kb() != vmpin + 8 * (long)PAGE_KB || memreg_stats(fd, &s) || s.pages_pinned != 8 ||
 	    s.registrations != 1)
 		return 6;
 	/* Up to the limit exactly, then not a page more. */
-	if (mr_register(fd, buf + 8 * PAGE, 8 * PAGE, RW, &r2))
+	if (memreg_register(fd, buf + 8 * PAGE, 8 * PAGE, RW, &r2))
 		return 7;
-	if (mr_register(fd, buf + 16 * PAGE, PAGE, RO, &r2) != -ENOMEM)
+	if (memreg_register(fd, buf + 16 * PAGE, PAGE, RO, &r2) != -ENOMEM)
 		return 8;
 	/* A cache hit pins nothing, so it is allowed at the limit. */
-	if (mr_register(fd, buf, PAGE, RW, &r2) || !(r2.flags & MEMREG_REGISTER_CACHED))
+	if (memreg_register(fd, buf, PAGE, RW, &r2) || !(r2.flags & MEMREG_REGISTER_CACHED))
 		return 9;
-	if (mr_deregister(fd, r2.lkey) || mr_deregister(fd, r1.lkey))
+	if (memreg_deregister(fd, r2.lkey) || memreg_deregister(fd, r1.lkey))
 		return 10;
-	if (mr_register(fd, buf + 16 * PAGE, 8 * PAGE, RO, &r2))
+	if (memreg_register(fd, buf + 16 * PAGE, 8 * PAGE, RO, &r2))
 		return 11;
 	close(fd);
 	return vm_pin_kb() == vmpin ? 0 : 12;
@@ -255,7 +255,7 @@ static void *registrar(void *arg)
 	while (!atomic_load(&rc->stop)) {
 		int slot = next_rand(&seed) % SLOTS;
 		struct memreg_register r;
-		int err = mr_register(rc->fd, rc->area + slot * SLOT_LEN, SLOT_LEN, RW, &r);
+		int err = memreg_register(rc->fd, rc->area + slot * SLOT_LEN, SLOT_LEN, RW, &r);
 		__u64 old;
 
 		/* The slot may be unmapped right now (EFAULT), or change while pinned (EAGAIN). */
@@ -265,7 +265,7 @@ static void *registrar(void *arg)
 		atomic_fetch_add(&rc->registers, 1);
 		old = atomic_exchange(&rc->keys[slot], r.lkey);
 		if (old && old != r.lkey)
-			note_bad(rc, mr_deregister(rc->fd, old), -ENOENT, 0, 0);
+			note_bad(rc, memreg_deregister(rc->fd, old), -ENOENT, 0, 0);
 	}
 	return NULL;
 }
@@ -305,7 +305,7 @@ static void *copier(void *arg)
 		if (!key)
 			continue;
 		/* A key may die at any moment: ENOENT is the only other answer. */
-		note_bad(rc, mr_copy(rc->fd, key, 0, buf, SLOT_LEN, dir), -ENOENT, 0, 0);
+		note_bad(rc, memreg_copy(rc->fd, key, 0, buf, SLOT_LEN, dir), -ENOENT, 0, 0);
 		atomic_fetch_add(&rc->copies, 1);
 	}
 	return NULL;

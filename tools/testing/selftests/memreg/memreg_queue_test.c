@@ -2,7 +2,7 @@
 /*
  * memreg kselftests: the data path (queues, submission and completion
  * rings, the master ring, the doorbell and the queue counters), through the
- * small library in memreg_ring.h.
+ * library, libmemreg.
  *
  * - QUEUE_CREATE: sizes, eventfd and reserved checks, indexes 0, 1, 2, ...,
  *   mapping lengths, MEMREG_MAX_QUEUES, owner only;
@@ -42,7 +42,7 @@
 #include <sys/wait.h>
 
 #include "memreg_util.h"
-#include "memreg_ring.h"
+#include "memreg_util.h"
 
 #include "../kselftest_harness.h"
 #include "memreg_harness.h"
@@ -84,7 +84,7 @@ static __u64 efd_count_wait(int efd)
  * The arm word once the kernel cleared it, waiting up to 1 s: it clears it
  * just after it publishes the completion the caller already saw.
  */
-static __u32 armed_wait(const struct mrq *q)
+static __u32 armed_wait(const struct memreg_queue *q)
 {
 	int i;
 
@@ -113,7 +113,7 @@ static int open_ctx(void)
 
 	if (fd < 0)
 		return -1;
-	if (mr_set_cache(fd, &c)) {
+	if (memreg_set_cache(fd, &c)) {
 		close(fd);
 		return -1;
 	}
@@ -193,10 +193,10 @@ static int start_waiter(struct waiter *w, int fd, short events, int timeout_ms)
 }
 
 /* Nothing more completes on `q` for QUIET_MS; cq_tail stays `tail`. */
-static void expect_quiet(struct __test_metadata *_metadata, const struct mrq *q, __u32 tail)
+static void expect_quiet(struct __test_metadata *_metadata, const struct memreg_queue *q, __u32 tail)
 {
 	usleep(QUIET_MS * 1000);
-	EXPECT_EQ(tail, mrq_cq_tail(q));
+	EXPECT_EQ(tail, memreg_queue_cq_tail(q));
 }
 
 /* The time the worker may take to go back to sleep, in ms. */
@@ -204,7 +204,7 @@ static int sleep_ms(int fd)
 {
 	struct memreg_queue_stats s;
 
-	if (mr_queue_stats(fd, &s))
+	if (memreg_queue_stats(fd, &s))
 		return 2000;
 	return 2000 + (int)(s.poll_us / 1000);
 }
@@ -214,7 +214,7 @@ static int sleep_ms(int fd)
  * ring with a full submission ring: user_data 0..3 completed and not
  * reaped, 4..7 posted and not taken.
  */
-static void fill_both_rings(struct __test_metadata *_metadata, struct mrq *q)
+static void fill_both_rings(struct __test_metadata *_metadata, struct memreg_queue *q)
 {
 	struct memreg_sqe s;
 	__u64 i;
@@ -223,20 +223,20 @@ static void fill_both_rings(struct __test_metadata *_metadata, struct mrq *q)
 	ASSERT_EQ(4, q->cq_entries);
 	for (i = 0; i < 4; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_post(q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(q, &s, 5000));
 	}
 	ASSERT_EQ(0, mrq_wait_tail(q, 4, 5000));
 	for (i = 4; i < 8; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_post(q, &s, 5000)) TH_LOG("post %llu", (unsigned long long)i);
+		ASSERT_EQ(0, memreg_queue_post_wait(q, &s, 5000)) TH_LOG("post %llu", (unsigned long long)i);
 	}
 	ASSERT_EQ(0, mrq_wait_flags(q, MEMREG_QUEUE_CQ_FULL, MEMREG_QUEUE_CQ_FULL, 5000))
-		TH_LOG("flags %#x", mrq_flags(q));
+		TH_LOG("flags %#x", memreg_queue_flags(q));
 	/* Then, its polling window over, it sleeps. */
 	EXPECT_EQ(0, mrq_wait_flags(q, ~0U, MEMREG_QUEUE_CQ_FULL | MEMREG_QUEUE_NEED_WAKEUP,
-				    sleep_ms(q->fd))) TH_LOG("flags %#x", mrq_flags(q));
-	EXPECT_EQ(4, mrq_sq_head(q));
-	EXPECT_EQ(4, mrq_cq_tail(q));
+				    sleep_ms(q->fd))) TH_LOG("flags %#x", memreg_queue_flags(q));
+	EXPECT_EQ(4, memreg_queue_sq_head(q));
+	EXPECT_EQ(4, memreg_queue_cq_tail(q));
 }
 
 /* ---- The fixture: a context with one queue and two registered buffers ---- */
@@ -245,8 +245,8 @@ FIXTURE(dp)
 {
 	int fd;
 	int efd;		/* the queue's eventfd, non-blocking */
-	struct mrq q;		/* queue 0: QSQ, QCQ */
-	struct mr_master m;
+	struct memreg_queue q;		/* queue 0: QSQ, QCQ */
+	struct memreg_master m;
 	char *src, *dst;	/* BUF_LEN each, filled with 's' and 'd' */
 	struct memreg_register rs, rd;	/* both RW */
 };
@@ -261,23 +261,23 @@ FIXTURE_SETUP(dp)
 	ASSERT_GE(self->fd, 0);
 	self->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	ASSERT_GE(self->efd, 0);
-	ASSERT_EQ(0, mrq_open(self->fd, QSQ, QCQ, self->efd, &self->q));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, QSQ, QCQ, self->efd, &self->q));
 	ASSERT_EQ(0, self->q.index);
-	ASSERT_EQ(0, mr_master_map(self->fd, &self->m));
+	ASSERT_EQ(0, memreg_master_init(self->fd, &self->m));
 	self->src = map_buf(BUF_LEN, 's');
 	self->dst = map_buf(BUF_LEN, 'd');
 	ASSERT_NE(NULL, self->src);
 	ASSERT_NE(NULL, self->dst);
-	ASSERT_EQ(0, mr_register(self->fd, self->src, BUF_LEN, RW, &self->rs));
-	ASSERT_EQ(0, mr_register(self->fd, self->dst, BUF_LEN, RW, &self->rd));
+	ASSERT_EQ(0, memreg_register(self->fd, self->src, BUF_LEN, RW, &self->rs));
+	ASSERT_EQ(0, memreg_register(self->fd, self->dst, BUF_LEN, RW, &self->rd));
 	ASSERT_EQ((__u64)(unsigned long)self->src, self->rs.region_addr);
 	ASSERT_EQ((__u64)(unsigned long)self->dst, self->rd.region_addr);
 }
 
 FIXTURE_TEARDOWN(dp)
 {
-	mrq_unmap(&self->q);
-	mr_master_unmap(&self->m);
+	memreg_queue_exit(&self->q);
+	memreg_master_exit(&self->m);
 	if (self->fd >= 0)
 		close(self->fd);
 	if (self->efd >= 0)
@@ -291,7 +291,7 @@ FIXTURE_TEARDOWN(dp)
 /* Consumes every completion, every master entry and the eventfd's count. */
 static void drain(FIXTURE_DATA(dp) *self)
 {
-	mrq_reap(&self->q, NULL, ~0U);
+	memreg_reap_cqes(&self->q, NULL, ~0U);
 	mr_master_set_head(&self->m, mr_master_tail(&self->m));
 	efd_count(self->efd);
 }
@@ -312,18 +312,18 @@ TEST(queue_create_refuses_bad_arguments)
 
 	ASSERT_GE(fd, 0);
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		EXPECT_EQ(-EINVAL, mrq_create(fd, bad[i].sq, bad[i].cq, -1, &c))
+		EXPECT_EQ(-EINVAL, memreg_queue_create(fd, bad[i].sq, bad[i].cq, -1, &c))
 			TH_LOG("sq %u cq %u", bad[i].sq, bad[i].cq);
 	}
 	/* The eventfd: a file that is not one, a number that is no file. */
 	ASSERT_EQ(0, pipe(pfd));
-	EXPECT_EQ(-EINVAL, mrq_create(fd, 4, 4, pfd[0], &c));
-	EXPECT_EQ(-EINVAL, mrq_create(fd, 4, 4, fd, &c));
+	EXPECT_EQ(-EINVAL, memreg_queue_create(fd, 4, 4, pfd[0], &c));
+	EXPECT_EQ(-EINVAL, memreg_queue_create(fd, 4, 4, fd, &c));
 	closed = dup(pfd[1]);
 	ASSERT_GE(closed, 0);
 	close(closed);
-	EXPECT_EQ(-EBADF, mrq_create(fd, 4, 4, closed, &c));
-	i = -mrq_create(fd, 4, 4, -2, &c);
+	EXPECT_EQ(-EBADF, memreg_queue_create(fd, 4, 4, closed, &c));
+	i = -memreg_queue_create(fd, 4, 4, -2, &c);
 	EXPECT_TRUE(i == EBADF || i == EINVAL) TH_LOG("eventfd -2: %zu", i);
 	/* Reserved fields. */
 	memset(&c, 0, sizeof(c));
@@ -338,7 +338,7 @@ TEST(queue_create_refuses_bad_arguments)
 	EXPECT_EQ(EINVAL, errno);
 
 	/* Nothing was created: no master ring, no queue 0. */
-	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+	EXPECT_EQ(-EINVAL, try_mmap(fd, memreg_master_bytes(), PROT_READ, MAP_SHARED,
 				    MEMREG_MMAP_MASTER));
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
 
@@ -346,26 +346,26 @@ TEST(queue_create_refuses_bad_arguments)
 	efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	ASSERT_GE(efd, 0);
 	/* A one-slot submission ring is refused: published and free would look alike. */
-	EXPECT_EQ(-EINVAL, mrq_create(fd, 1, 1, -1, &c));
-	EXPECT_EQ(-EINVAL, mrq_create(fd, 1, 2, -1, &c));
-	ASSERT_EQ(0, mrq_create(fd, 2, 2, -1, &c));
+	EXPECT_EQ(-EINVAL, memreg_queue_create(fd, 1, 1, -1, &c));
+	EXPECT_EQ(-EINVAL, memreg_queue_create(fd, 1, 2, -1, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, 2, 2, -1, &c));
 	EXPECT_EQ(0, c.queue);
 	EXPECT_EQ(2, c.sq_entries);
 	EXPECT_EQ(2, c.cq_entries);
-	EXPECT_EQ(mrq_sq_bytes(2), c.sq_bytes);
-	EXPECT_EQ(mrq_cq_bytes(2), c.cq_bytes);
+	EXPECT_EQ(memreg_sq_bytes(2), c.sq_bytes);
+	EXPECT_EQ(memreg_cq_bytes(2), c.cq_bytes);
 	EXPECT_EQ(0, c.reserved[0]);
 	EXPECT_EQ(0, c.reserved[1]);
-	ASSERT_EQ(0, mrq_create(fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_CQ_ENTRIES, efd, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_CQ_ENTRIES, efd, &c));
 	EXPECT_EQ(1, c.queue);
-	EXPECT_EQ(mrq_sq_bytes(MEMREG_MAX_SQ_ENTRIES), c.sq_bytes);
-	EXPECT_EQ(mrq_cq_bytes(MEMREG_MAX_CQ_ENTRIES), c.cq_bytes);
+	EXPECT_EQ(memreg_sq_bytes(MEMREG_MAX_SQ_ENTRIES), c.sq_bytes);
+	EXPECT_EQ(memreg_cq_bytes(MEMREG_MAX_CQ_ENTRIES), c.cq_bytes);
 	/* A failure in between takes no index. */
-	EXPECT_EQ(-EINVAL, mrq_create(fd, 8, 4, -1, &c));
-	ASSERT_EQ(0, mrq_create(fd, 2, 2, efd, &c));
+	EXPECT_EQ(-EINVAL, memreg_queue_create(fd, 8, 4, -1, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, 2, 2, efd, &c));
 	EXPECT_EQ(2, c.queue);
 	/* Now the master ring exists. */
-	EXPECT_EQ(0, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
+	EXPECT_EQ(0, try_mmap(fd, memreg_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
 	close(efd);
 	close(pfd[0]);
 	close(pfd[1]);
@@ -386,8 +386,8 @@ TEST(queue_create_result_not_written_creates_no_queue)
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_QUEUE_CREATE, ro));
 	EXPECT_EQ(EFAULT, errno);
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
-	EXPECT_EQ(-EINVAL, mr_doorbell(fd, 0));
-	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	EXPECT_EQ(-EINVAL, memreg_doorbell(fd, 0));
+	ASSERT_EQ(0, memreg_queue_create(fd, 4, 4, -1, &c));
 	EXPECT_EQ(0, c.queue);
 	munmap(ro, PAGE);
 	close(fd);
@@ -409,19 +409,19 @@ TEST(queue_sizes_and_limit)
 
 		if (i == MEMREG_MAX_QUEUES - 1)
 			sq = MEMREG_MAX_SQ_ENTRIES, cq = MEMREG_MAX_SQ_ENTRIES;
-		ASSERT_EQ(0, mrq_create(fd, sq, cq, -1, &c)) TH_LOG("queue %d", i);
+		ASSERT_EQ(0, memreg_queue_create(fd, sq, cq, -1, &c)) TH_LOG("queue %d", i);
 		EXPECT_EQ(i, c.queue);
-		EXPECT_EQ(mrq_sq_bytes(sq), c.sq_bytes) TH_LOG("queue %d sq %u", i, sq);
-		EXPECT_EQ(mrq_cq_bytes(cq), c.cq_bytes) TH_LOG("queue %d cq %u", i, cq);
+		EXPECT_EQ(memreg_sq_bytes(sq), c.sq_bytes) TH_LOG("queue %d sq %u", i, sq);
+		EXPECT_EQ(memreg_cq_bytes(cq), c.cq_bytes) TH_LOG("queue %d cq %u", i, cq);
 		EXPECT_EQ(0, c.sq_bytes % PAGE);
 		EXPECT_EQ(0, c.cq_bytes % PAGE);
 	}
-	EXPECT_EQ(-ENOSPC, mrq_create(fd, 2, 2, -1, &c));
-	EXPECT_EQ(-ENOSPC, mrq_create(fd, 4, 8, -1, &c));
+	EXPECT_EQ(-ENOSPC, memreg_queue_create(fd, 2, 2, -1, &c));
+	EXPECT_EQ(-ENOSPC, memreg_queue_create(fd, 4, 8, -1, &c));
 	/* The last one is there and mapped like any other. */
-	EXPECT_EQ(0, try_mmap(fd, mrq_sq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ | PROT_WRITE,
+	EXPECT_EQ(0, try_mmap(fd, memreg_sq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ | PROT_WRITE,
 			      MAP_SHARED, MEMREG_MMAP_SQ(MEMREG_MAX_QUEUES - 1)));
-	EXPECT_EQ(0, try_mmap(fd, mrq_cq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ, MAP_SHARED,
+	EXPECT_EQ(0, try_mmap(fd, memreg_cq_bytes(MEMREG_MAX_SQ_ENTRIES), PROT_READ, MAP_SHARED,
 			      MEMREG_MMAP_CQ(MEMREG_MAX_QUEUES - 1)));
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED,
 				    MEMREG_MMAP_CQ(MEMREG_MAX_QUEUES)));
@@ -432,15 +432,15 @@ TEST(queue_sizes_and_limit)
 TEST(queue_fresh_state)
 {
 	struct memreg_queue_create c;
-	struct mr_master m;
-	struct mrq q, q2;
+	struct memreg_master m;
+	struct memreg_queue q, q2;
 	struct memreg_sq_user *again;
 	size_t i;
 	int fd = open_ctx();
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_create(fd, 8, 32, -1, &c));
-	ASSERT_EQ(0, mrq_map(fd, &c, &q));
+	ASSERT_EQ(0, memreg_queue_create(fd, 8, 32, -1, &c));
+	ASSERT_EQ(0, memreg_queue_mmap(fd, &c, &q));
 	for (i = 0; i < 8; i++) {
 		static const struct memreg_sqe zero;
 
@@ -462,7 +462,7 @@ TEST(queue_fresh_state)
 		EXPECT_EQ(0, q.cqes[i].status);
 	}
 
-	ASSERT_EQ(0, mr_master_map(fd, &m));
+	ASSERT_EQ(0, memreg_master_init(fd, &m));
 	EXPECT_EQ(0, m.ring->tail);
 	EXPECT_EQ(0, m.ring->flags);
 	EXPECT_EQ(0, m.ring->overflows);
@@ -478,7 +478,7 @@ TEST(queue_fresh_state)
 	munmap(again, PAGE);
 
 	/* The next queue has its own sizes and state. */
-	ASSERT_EQ(0, mrq_open(fd, 2, 16, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(fd, 2, 16, -1, &q2));
 	EXPECT_EQ(1, q2.index);
 	EXPECT_EQ(2, q2.ring->sq_entries);
 	EXPECT_EQ(16, q2.ring->cq_entries);
@@ -486,9 +486,9 @@ TEST(queue_fresh_state)
 	EXPECT_EQ(0, q2.slots[0].seq);
 	EXPECT_EQ(1, q2.slots[1].seq);
 	EXPECT_EQ(8, q.ring->sq_entries);
-	mrq_unmap(&q2);
-	mrq_unmap(&q);
-	mr_master_unmap(&m);
+	memreg_queue_exit(&q2);
+	memreg_queue_exit(&q);
+	memreg_master_exit(&m);
 	close(fd);
 }
 
@@ -503,12 +503,12 @@ TEST(queue_mmap_refuses_bad_requests)
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
 				    MEMREG_MMAP_SQ(0)));
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)));
-	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+	EXPECT_EQ(-EINVAL, try_mmap(fd, memreg_master_bytes(), PROT_READ, MAP_SHARED,
 				    MEMREG_MMAP_MASTER));
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
 				    MEMREG_MMAP_MASTER_USER));
 
-	ASSERT_EQ(0, mrq_create(fd, 4, 8, -1, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, 4, 8, -1, &c));
 	ASSERT_EQ(0, c.queue);
 	/* Unknown queues. */
 	EXPECT_EQ(-EINVAL, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
@@ -535,8 +535,8 @@ TEST(queue_mmap_refuses_bad_requests)
 	EXPECT_EQ(-EINVAL, try_mmap(fd, c.cq_bytes + PAGE, PROT_READ, MAP_SHARED,
 				    MEMREG_MMAP_CQ(0)));
 	/* The master ring: read-only; its user page: read-write, one page. */
-	EXPECT_EQ(0, try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
-	EXPECT_EQ(-EINVAL, try_mmap(fd, mr_master_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED,
+	EXPECT_EQ(0, try_mmap(fd, memreg_master_bytes(), PROT_READ, MAP_SHARED, MEMREG_MMAP_MASTER));
+	EXPECT_EQ(-EINVAL, try_mmap(fd, memreg_master_bytes(), PROT_READ | PROT_WRITE, MAP_SHARED,
 				    MEMREG_MMAP_MASTER));
 	EXPECT_EQ(0, try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED,
 			      MEMREG_MMAP_MASTER_USER));
@@ -574,12 +574,12 @@ TEST(queue_written_mappings)
 
 		ASSERT_GE(pid, 0);
 		if (pid == 0) {
-			struct mr_master m;
-			struct mrq q;
+			struct memreg_master m;
+			struct memreg_queue q;
 			int fd = open_ctx();
 
 			no_core();
-			if (fd < 0 || mrq_open(fd, 4, 4, -1, &q) || mr_master_map(fd, &m))
+			if (fd < 0 || memreg_queue_init(fd, 4, 4, -1, &q) || memreg_master_init(fd, &m))
 				_exit(1);
 			switch (what) {
 			case SQ:
@@ -616,32 +616,32 @@ TEST(queue_calls_are_owner_only)
 	pid_t pid;
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, 4, 4, -1, &c));
 	pid = fork();
 	ASSERT_GE(pid, 0);
 	if (pid == 0) {
 		struct memreg_queue_create c2;
 
-		if (mrq_create(fd, 4, 4, -1, &c2) != -EPERM)
+		if (memreg_queue_create(fd, 4, 4, -1, &c2) != -EPERM)
 			_exit(1);
-		if (mr_doorbell(fd, 0) != -EPERM)
+		if (memreg_doorbell(fd, 0) != -EPERM)
 			_exit(2);
-		if (mr_queue_stats(fd, &s) != -EPERM)
+		if (memreg_queue_stats(fd, &s) != -EPERM)
 			_exit(3);
 		if (try_mmap(fd, PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, MEMREG_MMAP_SQ(0)) != -EPERM)
 			_exit(4);
 		if (try_mmap(fd, PAGE, PROT_READ, MAP_SHARED, MEMREG_MMAP_CQ(0)) != -EPERM)
 			_exit(5);
-		if (try_mmap(fd, mr_master_bytes(), PROT_READ, MAP_SHARED,
+		if (try_mmap(fd, memreg_master_bytes(), PROT_READ, MAP_SHARED,
 			     MEMREG_MMAP_MASTER) != -EPERM)
 			_exit(6);
 		_exit(0);
 	}
 	EXPECT_EQ(0, wait_exit(pid));
 	/* The child created nothing and rang nothing. */
-	ASSERT_EQ(0, mrq_create(fd, 4, 4, -1, &c));
+	ASSERT_EQ(0, memreg_queue_create(fd, 4, 4, -1, &c));
 	EXPECT_EQ(1, c.queue);
-	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &s));
 	EXPECT_EQ(0, s.doorbells);
 	close(fd);
 }
@@ -649,15 +649,15 @@ TEST(queue_calls_are_owner_only)
 /* A child does not inherit the queue mappings. */
 TEST(queue_mappings_are_not_inherited)
 {
-	struct mr_master m;
-	struct mrq q;
+	struct memreg_master m;
+	struct memreg_queue q;
 	const void *areas[4];
 	int fd = open_ctx();
 	size_t i;
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
-	ASSERT_EQ(0, mr_master_map(fd, &m));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_master_init(fd, &m));
 	areas[0] = q.user;
 	areas[1] = q.ring;
 	areas[2] = m.ring;
@@ -674,8 +674,8 @@ TEST(queue_mappings_are_not_inherited)
 		EXPECT_EQ(SIGSEGV, wait_signal(pid)) TH_LOG("area %zu", i);
 	}
 	EXPECT_EQ(4, q.ring->sq_entries);
-	mrq_unmap(&q);
-	mr_master_unmap(&m);
+	memreg_queue_exit(&q);
+	memreg_master_exit(&m);
 	close(fd);
 }
 
@@ -683,34 +683,34 @@ TEST(doorbell_refuses_bad_requests)
 {
 	struct memreg_queue_stats s;
 	struct memreg_doorbell d = { .queue = 0, .reserved = 1 };
-	struct mrq q;
+	struct memreg_queue q;
 	int fd = open_ctx(), fd0 = open_ctx(), i;
 
 	ASSERT_GE(fd, 0);
 	ASSERT_GE(fd0, 0);
 	/* Before any queue. */
-	EXPECT_EQ(-EINVAL, mr_doorbell(fd0, 0));
+	EXPECT_EQ(-EINVAL, memreg_doorbell(fd0, 0));
 	close(fd0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
-	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &s));
 	EXPECT_EQ(0, s.doorbells);
 	/* On an empty ring: counted, nothing to do. */
 	for (i = 0; i < 3; i++)
-		EXPECT_EQ(0, mr_doorbell(fd, 0));
-	ASSERT_EQ(0, mr_queue_stats(fd, &s));
+		EXPECT_EQ(0, memreg_doorbell(fd, 0));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &s));
 	EXPECT_EQ(3, s.doorbells);
 	EXPECT_EQ(0, s.requests);
 	EXPECT_EQ(0, s.completions);
-	EXPECT_EQ(0, mrq_cq_tail(&q));
-	EXPECT_EQ(0, mrq_sq_head(&q));
-	EXPECT_EQ(-EINVAL, mr_doorbell(fd, 1));
-	EXPECT_EQ(-EINVAL, mr_doorbell(fd, MEMREG_MAX_QUEUES));
-	EXPECT_EQ(-EINVAL, mr_doorbell(fd, ~0U));
+	EXPECT_EQ(0, memreg_queue_cq_tail(&q));
+	EXPECT_EQ(0, memreg_queue_sq_head(&q));
+	EXPECT_EQ(-EINVAL, memreg_doorbell(fd, 1));
+	EXPECT_EQ(-EINVAL, memreg_doorbell(fd, MEMREG_MAX_QUEUES));
+	EXPECT_EQ(-EINVAL, memreg_doorbell(fd, ~0U));
 	EXPECT_EQ(-1, ioctl(fd, MEMREG_IOC_DOORBELL, &d));
 	EXPECT_EQ(EINVAL, errno);
 	/* The worker goes back to sleep. */
 	EXPECT_EQ(0, mrq_wait_flags(&q, ~0U, MEMREG_QUEUE_NEED_WAKEUP, sleep_ms(fd)));
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	close(fd);
 }
 
@@ -726,8 +726,8 @@ TEST_F(dp, nop_returns_user_data)
 		s = mr_sqe_nop(ud[i]);
 		run_expect(_metadata, &self->q, &s, 0, 0);
 	}
-	EXPECT_EQ(4, mrq_sq_head(&self->q));
-	EXPECT_EQ(4, mrq_cq_tail(&self->q));
+	EXPECT_EQ(4, memreg_queue_sq_head(&self->q));
+	EXPECT_EQ(4, memreg_queue_cq_tail(&self->q));
 	EXPECT_EQ(4, self->q.user->insert);
 	/* A taken slot is free for the next lap. */
 	for (i = 0; i < 4; i++)
@@ -823,9 +823,9 @@ TEST_F(dp, copy_checks_access)
 	ASSERT_NE(NULL, bro);
 	ASSERT_NE(NULL, bwo);
 	ASSERT_NE(NULL, brem);
-	ASSERT_EQ(0, mr_register(self->fd, bro, 2 * PAGE, MEMREG_ACCESS_LOCAL_READ, &ro));
-	ASSERT_EQ(0, mr_register(self->fd, bwo, 2 * PAGE, MEMREG_ACCESS_LOCAL_WRITE, &wo));
-	ASSERT_EQ(0, mr_register(self->fd, brem, 2 * PAGE,
+	ASSERT_EQ(0, memreg_register(self->fd, bro, 2 * PAGE, MEMREG_ACCESS_LOCAL_READ, &ro));
+	ASSERT_EQ(0, memreg_register(self->fd, bwo, 2 * PAGE, MEMREG_ACCESS_LOCAL_WRITE, &wo));
+	ASSERT_EQ(0, memreg_register(self->fd, brem, 2 * PAGE,
 				 MEMREG_ACCESS_REMOTE_READ | MEMREG_ACCESS_REMOTE_WRITE, &rem));
 
 	/* A destination without LOCAL_WRITE. */
@@ -849,7 +849,7 @@ TEST_F(dp, copy_checks_access)
 	EXPECT_TRUE(all_bytes(bwo, PAGE, 'w'));
 	EXPECT_TRUE(all_bytes(bwo + PAGE, PAGE, 'r'));
 
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(5, st.requests);
 	EXPECT_EQ(5, st.completions);
 	EXPECT_EQ(4, st.errors);
@@ -888,7 +888,7 @@ TEST_F(dp, copy_checks_keys)
 	/* Another context's key. */
 	fd2 = open_ctx();
 	ASSERT_GE(fd2, 0);
-	ASSERT_EQ(0, mr_register(fd2, self->dst, BUF_LEN, RW, &o));
+	ASSERT_EQ(0, memreg_register(fd2, self->dst, BUF_LEN, RW, &o));
 	if (o.lkey != self->rd.lkey && o.lkey != self->rs.lkey) {
 		s = mr_sqe_copy(4, o.lkey, 0, self->rs.lkey, 0, 64);
 		run_expect(_metadata, &self->q, &s, -ENOENT, 0);
@@ -896,7 +896,7 @@ TEST_F(dp, copy_checks_keys)
 	close(fd2);
 
 	/* A registration used (the key is known to the worker), then unmapped. */
-	ASSERT_EQ(0, mr_register(self->fd, be, 2 * PAGE, RW, &e));
+	ASSERT_EQ(0, memreg_register(self->fd, be, 2 * PAGE, RW, &e));
 	s = mr_sqe_copy(5, e.lkey, 0, self->rs.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, 0, 64);
 	s = mr_sqe_copy(6, self->rd.lkey, 0, e.lkey, PAGE, 64);
@@ -910,11 +910,11 @@ TEST_F(dp, copy_checks_keys)
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 
 	/* Parked: its key moves no data (DEREGISTER ended it for data); evicted by FLUSH: gone. */
-	ASSERT_EQ(0, mr_register(self->fd, bp, 2 * PAGE, RW, &p));
+	ASSERT_EQ(0, memreg_register(self->fd, bp, 2 * PAGE, RW, &p));
 	s = mr_sqe_copy(9, p.lkey, 0, self->rs.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, 0, 64);
-	ASSERT_EQ(0, mr_deregister(self->fd, p.lkey));
-	ASSERT_EQ(0, mr_query(self->fd, p.lkey, &qr));
+	ASSERT_EQ(0, memreg_deregister(self->fd, p.lkey));
+	ASSERT_EQ(0, memreg_query(self->fd, p.lkey, &qr));
 	ASSERT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
 	s = mr_sqe_copy(10, p.lkey, 64, self->rs.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
@@ -922,20 +922,20 @@ TEST_F(dp, copy_checks_keys)
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 	EXPECT_TRUE(all_bytes(bp, 64, 's'));
 	EXPECT_TRUE(all_bytes(bp + 64, 2 * PAGE - 64, 'p'));
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
 	s = mr_sqe_copy(11, p.lkey, 0, self->rs.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 
 	/* Ended by DEREGISTER with parking off. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
 	memset(bp, 'p', 2 * PAGE);
-	ASSERT_EQ(0, mr_register(self->fd, bp, 2 * PAGE, RW, &p));
+	ASSERT_EQ(0, memreg_register(self->fd, bp, 2 * PAGE, RW, &p));
 	s = mr_sqe_copy(12, self->rd.lkey, 0, p.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, 0, 64);
 	EXPECT_TRUE(all_bytes(self->dst, 64, 'p'));
 	memset(self->dst, 'd', 64);
-	ASSERT_EQ(0, mr_deregister(self->fd, p.lkey));
-	ASSERT_EQ(-ENOENT, mr_query(self->fd, p.lkey, &qr));
+	ASSERT_EQ(0, memreg_deregister(self->fd, p.lkey));
+	ASSERT_EQ(-ENOENT, memreg_query(self->fd, p.lkey, &qr));
 	s = mr_sqe_copy(13, self->rd.lkey, 0, p.lkey, 0, 64);
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 	s = mr_sqe_copy(14, p.lkey, 0, self->rs.lkey, 0, 64);
@@ -967,15 +967,15 @@ TEST_F(dp, copy_checks_bounds)
 
 	/* offset + length wraps. */
 	s = mr_sqe_copy(7, self->rd.lkey, big, self->rs.lkey, 0, 10);
-	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
 	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
 	EXPECT_EQ(0, c.bytes);
 	s = mr_sqe_copy(8, self->rd.lkey, 0, self->rs.lkey, big, 10);
-	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
 	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
 	EXPECT_EQ(0, c.bytes);
 	s = mr_sqe_copy(9, self->rd.lkey, 1, self->rs.lkey, 1, ~0ULL);
-	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
 	EXPECT_TRUE(c.status == -EOVERFLOW || c.status == -EINVAL) TH_LOG("status %d", c.status);
 
 	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
@@ -997,7 +997,7 @@ TEST_F(dp, nonzero_unused_fields_are_refused)
 
 	ASSERT_NE(NULL, bd);
 	for (i = 0; i < 5; i++)
-		ASSERT_EQ(0, mr_register(self->fd, bd, PAGE, RW, &d));
+		ASSERT_EQ(0, memreg_register(self->fd, bd, PAGE, RW, &d));
 	base[0] = mr_sqe_nop(0);
 	base[1] = mr_sqe_fence(0);
 	base[2] = mr_sqe_deregister(0, d.lkey);
@@ -1028,15 +1028,15 @@ TEST_F(dp, nonzero_unused_fields_are_refused)
 		}
 	}
 	for (i = 0; i < n; i++)
-		ASSERT_EQ(0, mrq_post(&self->q, &list[i], 5000));
-	ASSERT_EQ(n, mrq_wait(&self->q, c, n, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &list[i], 5000));
+	ASSERT_EQ(n, memreg_wait_cqes(&self->q, c, n, 5000));
 	for (i = 0; i < n; i++)
 		expect_cqe(_metadata, &c[i], list[i].user_data, -EINVAL, 0);
 	/* Nothing moved, no reference dropped. */
 	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
-	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	ASSERT_EQ(0, memreg_query(self->fd, d.lkey, &qr));
 	EXPECT_EQ(5, qr.refcount);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(n, st.requests);
 	EXPECT_EQ(n, st.errors);
 	munmap(bd, PAGE);
@@ -1071,15 +1071,15 @@ TEST_F(dp, fence_completes_after_everything_before_it)
 	for (i = 0; i < 32; i++) {
 		s = mr_sqe_copy(i, self->rd.lkey, (i % 16) * PAGE, self->rs.lkey,
 				(i % 16) * PAGE, PAGE);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
 	s = mr_sqe_fence(1000);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	s = mr_sqe_nop(1001);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	s = mr_sqe_fence(1002);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
-	ASSERT_EQ(35, mrq_wait(&self->q, c, 35, 10000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
+	ASSERT_EQ(35, memreg_wait_cqes(&self->q, c, 35, 10000));
 	for (i = 0; i < 32; i++)
 		expect_cqe(_metadata, &c[i], i, 0, PAGE);
 	expect_cqe(_metadata, &c[32], 1000, 0, 0);
@@ -1100,28 +1100,28 @@ TEST_F(dp, deregister_request_drops_a_reference)
 
 	ASSERT_NE(NULL, bd);
 	for (i = 0; i < 3; i++)
-		ASSERT_EQ(0, mr_register(self->fd, bd, 4 * PAGE, RW, &d));
+		ASSERT_EQ(0, memreg_register(self->fd, bd, 4 * PAGE, RW, &d));
 	s = mr_sqe_deregister(1, d.lkey);
 	run_expect(_metadata, &self->q, &s, 0, 0);
-	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	ASSERT_EQ(0, memreg_query(self->fd, d.lkey, &qr));
 	EXPECT_EQ(2, qr.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID, qr.state);
 	/* Two at once. */
 	s = mr_sqe_deregister(2, d.lkey);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	s = mr_sqe_deregister(3, d.lkey);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
-	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
+	ASSERT_EQ(2, memreg_wait_cqes(&self->q, c, 2, 5000));
 	expect_cqe(_metadata, &c[0], 2, 0, 0);
 	expect_cqe(_metadata, &c[1], 3, 0, 0);
 	/* The last reference parks it, as the ioctl would. */
-	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	ASSERT_EQ(0, memreg_query(self->fd, d.lkey, &qr));
 	EXPECT_EQ(0, qr.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
 	/* Parked: no reference to drop. */
 	s = mr_sqe_deregister(4, d.lkey);
 	run_expect(_metadata, &self->q, &s, -EINVAL, 0);
-	ASSERT_EQ(0, mr_query(self->fd, d.lkey, &qr));
+	ASSERT_EQ(0, memreg_query(self->fd, d.lkey, &qr));
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, qr.state);
 	/* Unknown keys. */
 	s = mr_sqe_deregister(5, d.lkey ^ 2);
@@ -1130,19 +1130,19 @@ TEST_F(dp, deregister_request_drops_a_reference)
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 
 	/* Revived with new keys (the old one is unknown), then ended by the request. */
-	ASSERT_EQ(0, mr_register(self->fd, bd, 4 * PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, bd, 4 * PAGE, RW, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
 	EXPECT_EQ(d.lkey >> 24, again.lkey >> 24);
 	EXPECT_NE(d.lkey, again.lkey);
 	s = mr_sqe_deregister(10, d.lkey);
 	run_expect(_metadata, &self->q, &s, -ENOENT, 0);
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(3, st.registrations);
 	s = mr_sqe_deregister(7, again.lkey);
 	run_expect(_metadata, &self->q, &s, 0, 0);
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, again.lkey, &qr));
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, again.lkey, &qr));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(2, st.registrations);
 	EXPECT_EQ(1, st.deregistrations);
 	s = mr_sqe_deregister(8, again.lkey);
@@ -1222,7 +1222,7 @@ static int rp_ioctl_free(int fd, __u32 pool, __u64 addr)
 FIXTURE(rp)
 {
 	int fd;
-	struct mrq q;			/* queue 0: QSQ, QCQ */
+	struct memreg_queue q;			/* queue 0: QSQ, QCQ */
 	__u32 idle;			/* pool 0: never mapped */
 	__u32 pool;			/* pool 1 */
 	struct memreg_pool_class cl;	/* its class, as POOL_CREATE wrote it back */
@@ -1246,7 +1246,7 @@ FIXTURE_SETUP(rp)
 	memset(&self->q, 0, sizeof(self->q));
 	self->fd = memreg_open();
 	ASSERT_GE(self->fd, 0);
-	ASSERT_EQ(0, mrq_open(self->fd, QSQ, QCQ, -1, &self->q));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, QSQ, QCQ, -1, &self->q));
 	ASSERT_EQ(0, rp_create(self->fd, &idle, &self->idle, &idle_bytes));
 	ASSERT_EQ(0, self->idle);
 	self->cl = (struct memreg_pool_class){ .buffer_size = RP_SIZE, .max_buffers = RP_BUFS,
@@ -1269,12 +1269,12 @@ FIXTURE_SETUP(rp)
 	ASSERT_EQ(0, st.allocated);
 	self->mem = map_buf(RP_MEM, 'm');
 	ASSERT_NE(NULL, self->mem);
-	ASSERT_EQ(0, mr_register(self->fd, self->mem, RP_MEM, RW, &self->reg));
+	ASSERT_EQ(0, memreg_register(self->fd, self->mem, RP_MEM, RW, &self->reg));
 }
 
 FIXTURE_TEARDOWN(rp)
 {
-	mrq_unmap(&self->q);
+	memreg_queue_exit(&self->q);
 	if (self->map)
 		munmap(self->map, self->bytes);
 	if (self->fd >= 0)
@@ -1349,7 +1349,7 @@ static long ring_alloc(struct __test_metadata *_metadata, FIXTURE_DATA(rp) *self
 {
 	struct memreg_sqe s = rp_sqe_alloc(user_data, self->pool, length);
 
-	ASSERT_EQ(0, mrq_run(&self->q, &s, c)) TH_LOG("POOL_ALLOC %#llx",
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, c)) TH_LOG("POOL_ALLOC %#llx",
 						      (unsigned long long)user_data);
 	return expect_pool_cqe(_metadata, self, c, user_data);
 }
@@ -1392,7 +1392,7 @@ TEST_F(rp, pool_alloc_and_free_round_trip)
 	EXPECT_EQ(0, st.waits);
 
 	/* The key names the chunk's registration, which covers the buffer at its offset. */
-	ASSERT_EQ(0, mr_query(self->fd, key, &qr));
+	ASSERT_EQ(0, memreg_query(self->fd, key, &qr));
 	off = rp_offset(self, addr);
 	EXPECT_LE(qr.addr, addr);
 	EXPECT_GE(qr.addr + qr.length, addr + RP_SIZE);
@@ -1407,7 +1407,7 @@ TEST_F(rp, pool_alloc_and_free_round_trip)
 	for (k = 0; k < RP_SIZE; k++)
 		buf[k] = (char)(k * 7 + 3);
 	/* ... read through the key: by the ioctl, and by a ring COPY into the registration. */
-	EXPECT_EQ(0, mr_copy(self->fd, key, off + 1000, tmp, sizeof(tmp),
+	EXPECT_EQ(0, memreg_copy(self->fd, key, off + 1000, tmp, sizeof(tmp),
 			     MEMREG_COPY_FROM_REGION));
 	EXPECT_EQ(0, memcmp(tmp, buf + 1000, sizeof(tmp)));
 	s = mr_sqe_copy(0x52, self->reg.lkey, 100, key, off, RP_SIZE);
@@ -1459,9 +1459,9 @@ TEST_F(rp, pool_alloc_exhausted_fails_at_once)
 	memset(seen, 0, sizeof(seen));
 	for (i = 0; i < RP_BUFS; i++) {
 		s = rp_sqe_alloc(i, self->pool, RP_SIZE);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(RP_BUFS, mrq_wait(&self->q, c, RP_BUFS, 5000));
+	ASSERT_EQ(RP_BUFS, memreg_wait_cqes(&self->q, c, RP_BUFS, 5000));
 	for (i = 0; i < RP_BUFS; i++) {
 		k = expect_pool_cqe(_metadata, self, &c[i], i);
 		ASSERT_LE(0, k);
@@ -1484,11 +1484,11 @@ TEST_F(rp, pool_alloc_exhausted_fails_at_once)
 	t0 = mrq_now_us();
 	for (i = 0; i < 4; i++) {
 		s = rp_sqe_alloc(200 + i, self->pool, RP_SIZE);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
 	s = mr_sqe_nop(300);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
-	ASSERT_EQ(5, mrq_wait(&self->q, c, 5, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
+	ASSERT_EQ(5, memreg_wait_cqes(&self->q, c, 5, 5000));
 	us = mrq_now_us() - t0;
 	for (i = 0; i < 4; i++)
 		expect_cqe(_metadata, &c[i], 200 + i, -EAGAIN, 0);
@@ -1513,9 +1513,9 @@ TEST_F(rp, pool_alloc_exhausted_fails_at_once)
 	/* All back. */
 	for (i = 0; i < RP_BUFS; i++) {
 		s = rp_sqe_free(500 + i, self->pool, addrs[i]);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(RP_BUFS, mrq_wait(&self->q, c, RP_BUFS, 5000));
+	ASSERT_EQ(RP_BUFS, memreg_wait_cqes(&self->q, c, RP_BUFS, 5000));
 	for (i = 0; i < RP_BUFS; i++)
 		expect_cqe(_metadata, &c[i], 500 + i, 0, 0);
 	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
@@ -1570,8 +1570,8 @@ TEST_F(rp, pool_requests_refuse_unused_fields)
 	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++)
 		list[n++] = rp_sqe_alloc(0x300 + i, self->pool, sizes[i]);
 	for (i = 0; i < n; i++)
-		ASSERT_EQ(0, mrq_post(&self->q, &list[i], 5000));
-	ASSERT_EQ(n, mrq_wait(&self->q, c, n, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &list[i], 5000));
+	ASSERT_EQ(n, memreg_wait_cqes(&self->q, c, n, 5000));
 	for (i = 0; i < n; i++)
 		expect_cqe(_metadata, &c[i], list[i].user_data, -EINVAL, 0);
 	ASSERT_EQ(0, rp_stats(self->fd, self->pool, &st));
@@ -1671,10 +1671,10 @@ TEST_F(rp, pool_free_twice_is_refused)
 	ASSERT_LE(0, ring_alloc(_metadata, self, 0x30, RP_SIZE, &c[0]));
 	a = c[0].bytes;
 	s = rp_sqe_free(0x31, self->pool, a);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	s = rp_sqe_free(0x32, self->pool, a);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
-	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
+	ASSERT_EQ(2, memreg_wait_cqes(&self->q, c, 2, 5000));
 	expect_cqe(_metadata, &c[0], 0x31, 0, 0);
 	expect_cqe(_metadata, &c[1], 0x32, -EINVAL, 0);
 	EXPECT_EQ(0, RP_STAT(self, allocated));
@@ -1871,7 +1871,7 @@ TEST_F(rp, pool_ring_and_ioctl_race_for_buffers)
 	while (ok && mrq_now_us() < end && !__atomic_load_n(&r.failed, __ATOMIC_ACQUIRE)) {
 		while (ok && n < RACE_HOLD) {
 			s = rp_sqe_alloc(++ud, self->pool, RP_SIZE);
-			if (mrq_run(&self->q, &s, &c)) {
+			if (memreg_queue_run(&self->q, &s, &c)) {
 				ok = false;
 				TH_LOG("POOL_ALLOC %llu: no completion", (unsigned long long)ud);
 				break;
@@ -1898,7 +1898,7 @@ TEST_F(rp, pool_ring_and_ioctl_race_for_buffers)
 				break;
 			}
 			s = rp_sqe_free(++ud, self->pool, addrs[n]);
-			if (mrq_run(&self->q, &s, &c) || c.status) {
+			if (memreg_queue_run(&self->q, &s, &c) || c.status) {
 				ok = false;
 				TH_LOG("POOL_FREE %llu: status %d", (unsigned long long)ud,
 				       c.status);
@@ -1935,12 +1935,12 @@ TEST_F(dp, ended_registration_never_reaches_new_memory)
 	__u64 i;
 
 	ASSERT_NE(NULL, bv);
-	ASSERT_EQ(0, mr_register(self->fd, bv, 4 * PAGE, RW, &v));
+	ASSERT_EQ(0, memreg_register(self->fd, bv, 4 * PAGE, RW, &v));
 	for (i = 0; i < 4; i++) {
 		s = mr_sqe_copy(i, v.lkey, i * PAGE, self->rs.lkey, 0, PAGE);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(4, mrq_wait(&self->q, c, 4, 5000));
+	ASSERT_EQ(4, memreg_wait_cqes(&self->q, c, 4, 5000));
 	for (i = 0; i < 4; i++)
 		expect_cqe(_metadata, &c[i], i, 0, PAGE);
 	ASSERT_TRUE(all_bytes(bv, 4 * PAGE, 's'));
@@ -1949,9 +1949,9 @@ TEST_F(dp, ended_registration_never_reaches_new_memory)
 	ASSERT_EQ(bv, map_fixed(bv, 4 * PAGE, 'n'));
 	for (i = 0; i < 16; i++) {
 		s = mr_sqe_copy(100 + i, v.lkey, (i % 4) * PAGE + i, self->rs.lkey, 0, PAGE - 16);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(16, mrq_wait(&self->q, c, 16, 5000));
+	ASSERT_EQ(16, memreg_wait_cqes(&self->q, c, 16, 5000));
 	for (i = 0; i < 16; i++)
 		expect_cqe(_metadata, &c[i], 100 + i, -ENOENT, 0);
 	/* As a source too. */
@@ -1960,7 +1960,7 @@ TEST_F(dp, ended_registration_never_reaches_new_memory)
 	EXPECT_TRUE(all_bytes(bv, 4 * PAGE, 'n'));
 	EXPECT_TRUE(all_bytes(self->dst, BUF_LEN, 'd'));
 	/* Registered again: a new key, and the old one stays dead. */
-	ASSERT_EQ(0, mr_register(self->fd, bv, 4 * PAGE, RW, &v));
+	ASSERT_EQ(0, memreg_register(self->fd, bv, 4 * PAGE, RW, &v));
 	s = mr_sqe_copy(201, v.lkey, 0, self->rs.lkey, 0, 8);
 	run_expect(_metadata, &self->q, &s, 0, 8);
 	EXPECT_TRUE(all_bytes(bv, 8, 's'));
@@ -1969,7 +1969,7 @@ TEST_F(dp, ended_registration_never_reaches_new_memory)
 }
 
 struct stale {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u64 src_key;
 	__u64 key;		/* the current victim key */
 	int stop;
@@ -1988,7 +1988,7 @@ static void *stale_poster(void *arg)
 		__u64 key = __atomic_load_n(&st->key, __ATOMIC_ACQUIRE);
 
 		s = mr_sqe_copy(i, key, (i % 8) * 512, st->src_key, 0, 512);
-		if (mrq_post(st->q, &s, 10000)) {
+		if (memreg_queue_post_wait(st->q, &s, 10000)) {
 			__atomic_store_n(&st->failed, 1, __ATOMIC_RELEASE);
 			break;
 		}
@@ -2007,10 +2007,10 @@ struct tally {
  * Reaps what completes within `ms` and tallies it: each completion must come
  * in order and be a whole copy (512 bytes) or -ENOENT. Returns how many.
  */
-static unsigned int reap_stream(struct mrq *q, struct tally *t, int ms)
+static unsigned int reap_stream(struct memreg_queue *q, struct tally *t, int ms)
 {
 	struct memreg_cqe c[64];
-	unsigned int i, n = mrq_wait(q, c, 64, ms);
+	unsigned int i, n = memreg_wait_cqes(q, c, 64, ms);
 
 	for (i = 0; i < n; i++, t->reaped++) {
 		if (c[i].user_data != t->reaped ||
@@ -2041,7 +2041,7 @@ TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 	int round;
 
 	ASSERT_NE(NULL, bv);
-	ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
+	ASSERT_EQ(0, memreg_register(self->fd, bv, PAGE, RW, &v));
 	st.key = v.lkey;
 	ASSERT_EQ(0, pthread_create(&th, NULL, stale_poster, &st));
 	for (round = 0; round < 20; round++) {
@@ -2053,7 +2053,7 @@ TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 		while (t.reaped < target && !__atomic_load_n(&st.failed, __ATOMIC_ACQUIRE))
 			reap_stream(&self->q, &t, 10);
 		EXPECT_TRUE(all_bytes(bv, PAGE, 'n')) TH_LOG("round %d", round);
-		ASSERT_EQ(0, mr_register(self->fd, bv, PAGE, RW, &v));
+		ASSERT_EQ(0, memreg_register(self->fd, bv, PAGE, RW, &v));
 		__atomic_store_n(&st.key, v.lkey, __ATOMIC_RELEASE);
 	}
 	__atomic_store_n(&st.stop, 1, __ATOMIC_RELEASE);
@@ -2088,41 +2088,41 @@ TEST_F(dp, worker_sleeps_until_the_doorbell)
 	struct memreg_sqe s;
 	__u64 pos;
 
-	ASSERT_EQ(MEMREG_QUEUE_NEED_WAKEUP, mrq_flags(&self->q));
+	ASSERT_EQ(MEMREG_QUEUE_NEED_WAKEUP, memreg_queue_flags(&self->q));
 	s = mr_sqe_nop(1);
-	ASSERT_EQ(0, mrq_try_post(&self->q, &s, MRQ_NO_DOORBELL, &pos));
+	ASSERT_EQ(0, memreg_queue_post(&self->q, &s, MEMREG_POST_NO_DOORBELL, &pos));
 	EXPECT_EQ(0, pos);
 	EXPECT_EQ(1, mrq_seq(&self->q, 0));
 	/* By the rule: position 1 is not sq_head (0), so no doorbell. */
 	s = mr_sqe_nop(2);
-	ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, &pos));
+	ASSERT_EQ(0, memreg_queue_post(&self->q, &s, 0, &pos));
 	EXPECT_EQ(1, pos);
 	EXPECT_EQ(0, mrq_doorbells(&self->q));
 	expect_quiet(_metadata, &self->q, 0);
-	EXPECT_EQ(0, mrq_sq_head(&self->q));
-	EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, mrq_flags(&self->q));
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	EXPECT_EQ(0, memreg_queue_sq_head(&self->q));
+	EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, memreg_queue_flags(&self->q));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(0, st.requests);
 	EXPECT_EQ(0, st.wakeups);
 
-	ASSERT_EQ(0, mrq_doorbell(&self->q));
-	ASSERT_EQ(2, mrq_wait(&self->q, c, 2, 5000));
+	ASSERT_EQ(0, memreg_queue_doorbell(&self->q));
+	ASSERT_EQ(2, memreg_wait_cqes(&self->q, c, 2, 5000));
 	expect_cqe(_metadata, &c[0], 1, 0, 0);
 	expect_cqe(_metadata, &c[1], 2, 0, 0);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(1, st.doorbells);
 	EXPECT_LE(1, st.wakeups);
 
 	/* It polls for a while, then sleeps again. */
 	ASSERT_EQ(0, mrq_wait_flags(&self->q, ~0U, MEMREG_QUEUE_NEED_WAKEUP, sleep_ms(self->fd)));
 	s = mr_sqe_nop(3);
-	ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, &pos));
+	ASSERT_EQ(0, memreg_queue_post(&self->q, &s, 0, &pos));
 	EXPECT_EQ(2, pos);
 	/* sq_head was 2 and the worker asleep: this poster rang. */
 	EXPECT_EQ(2, mrq_doorbells(&self->q));
-	ASSERT_EQ(1, mrq_wait(&self->q, c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&self->q, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 3, 0, 0);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(2, st.doorbells);
 	EXPECT_LE(2, st.wakeups);
 	EXPECT_EQ(3, st.requests);
@@ -2139,13 +2139,13 @@ TEST_F(dp, backlog_is_taken_in_batches)
 
 	for (i = 0; i < 32; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_try_post(&self->q, &s, MRQ_NO_DOORBELL, NULL));
+		ASSERT_EQ(0, memreg_queue_post(&self->q, &s, MEMREG_POST_NO_DOORBELL, NULL));
 	}
-	ASSERT_EQ(0, mrq_doorbell(&self->q));
-	ASSERT_EQ(32, mrq_wait(&self->q, c, 32, 5000));
+	ASSERT_EQ(0, memreg_queue_doorbell(&self->q));
+	ASSERT_EQ(32, memreg_wait_cqes(&self->q, c, 32, 5000));
 	for (i = 0; i < 32; i++)
 		expect_cqe(_metadata, &c[i], i, 0, 0);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(32, st.requests);
 	EXPECT_LE(1, st.batches);
 	EXPECT_GT(32, st.batches);
@@ -2161,7 +2161,7 @@ TEST_F(dp, queue_stats_follow_the_requests)
 	struct memreg_sqe s;
 	__u64 i;
 
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(0, st.requests);
 	EXPECT_EQ(0, st.completions);
 	EXPECT_EQ(0, st.errors);
@@ -2186,16 +2186,16 @@ TEST_F(dp, queue_stats_follow_the_requests)
 		else
 			s = mr_sqe_copy(i, self->rd.lkey, (i - 13) * 100, self->rs.lkey,
 					(i - 13) * 100, 100);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(33, mrq_wait(&self->q, c, 33, 5000));
+	ASSERT_EQ(33, memreg_wait_cqes(&self->q, c, 33, 5000));
 	for (i = 0; i < 33; i++)
 		expect_cqe(_metadata, &c[i], i, i >= 10 && i < 13 ? -EINVAL : 0,
 			   i >= 13 ? 100 : 0);
 	EXPECT_TRUE(all_bytes(self->dst, 2000, 's'));
 	EXPECT_TRUE(all_bytes(self->dst + 2000, BUF_LEN - 2000, 'd'));
 
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(33, st.requests);
 	EXPECT_EQ(33, st.completions);
 	EXPECT_EQ(3, st.errors);
@@ -2230,12 +2230,12 @@ TEST(full_rings_stop_and_resume)
 	struct memreg_queue_stats st;
 	struct memreg_cqe c[8], before[4];
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	int fd = open_ctx();
 	__u64 i;
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q));
 	fill_both_rings(_metadata, &q);
 	memcpy(before, q.cqes, sizeof(before));
 	for (i = 0; i < 4; i++)
@@ -2243,41 +2243,41 @@ TEST(full_rings_stop_and_resume)
 
 	/* The submission ring is full: slot 0 still holds position 4's request. */
 	s = mr_sqe_nop(8);
-	EXPECT_EQ(-EAGAIN, mrq_try_post(&q, &s, 0, NULL));
+	EXPECT_EQ(-EAGAIN, memreg_queue_post(&q, &s, 0, NULL));
 	EXPECT_EQ(5, mrq_seq(&q, 0));
 	EXPECT_EQ(8, q.user->insert);
 	/* A doorbell changes nothing while the ring is full. */
-	EXPECT_EQ(0, mrq_doorbell(&q));
+	EXPECT_EQ(0, memreg_queue_doorbell(&q));
 	expect_quiet(_metadata, &q, 4);
-	EXPECT_EQ(4, mrq_sq_head(&q));
+	EXPECT_EQ(4, memreg_queue_sq_head(&q));
 	EXPECT_EQ(0, memcmp(before, q.cqes, sizeof(before)));
-	ASSERT_EQ(0, mr_queue_stats(fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &st));
 	EXPECT_LE(1, st.cq_full_stalls);
 	EXPECT_EQ(4, st.requests);
 	EXPECT_EQ(4, st.completions);
 
 	/* Reaping rings the doorbell (CQ_FULL): the next four come. */
-	ASSERT_EQ(4, mrq_reap(&q, c, 8));
+	ASSERT_EQ(4, memreg_reap_cqes(&q, c, 8));
 	for (i = 0; i < 4; i++)
 		expect_cqe(_metadata, &c[i], i, 0, 0);
-	ASSERT_EQ(4, mrq_wait(&q, c, 4, 5000));
+	ASSERT_EQ(4, memreg_wait_cqes(&q, c, 4, 5000));
 	for (i = 0; i < 4; i++)
 		expect_cqe(_metadata, &c[i], 4 + i, 0, 0);
 	EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, 0, 5000));
 	s = mr_sqe_nop(8);
-	ASSERT_EQ(0, mrq_post(&q, &s, 5000));
-	ASSERT_EQ(1, mrq_wait(&q, c, 1, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q, &s, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&q, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 8, 0, 0);
-	ASSERT_EQ(0, mr_queue_stats(fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(fd, &st));
 	EXPECT_EQ(9, st.requests);
 	EXPECT_EQ(9, st.completions);
 	EXPECT_EQ(mrq_doorbells(&q), st.doorbells);
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	close(fd);
 }
 
 struct streamer {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u64 n;
 	int failed;
 };
@@ -2290,7 +2290,7 @@ static void *nop_streamer(void *arg)
 
 	for (i = 0; i < t->n; i++) {
 		s = mr_sqe_nop(i);
-		if (mrq_post(t->q, &s, 20000)) {
+		if (memreg_queue_post_wait(t->q, &s, 20000)) {
 			__atomic_store_n(&t->failed, 1, __ATOMIC_RELEASE);
 			break;
 		}
@@ -2304,18 +2304,18 @@ TEST_F_TIMEOUT(dp, tiny_rings_lose_nothing, 120)
 	struct memreg_queue_stats st;
 	struct memreg_cqe c[4];
 	struct streamer t = { .n = 20000 };
-	struct mrq q;
+	struct memreg_queue q;
 	__u64 next = 0, bad = 0;
 	__u64 deadline = mrq_now_us() + 60000000ULL;
 	pthread_t th;
 	unsigned int i, n;
 
-	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 4, 4, -1, &q));
 	ASSERT_EQ(1, q.index);
 	t.q = &q;
 	ASSERT_EQ(0, pthread_create(&th, NULL, nop_streamer, &t));
 	while (next < t.n && mrq_now_us() < deadline) {
-		n = mrq_wait(&q, c, 4, 100);
+		n = memreg_wait_cqes(&q, c, 4, 100);
 		for (i = 0; i < n; i++, next++)
 			if (c[i].user_data != next || c[i].status)
 				bad++;
@@ -2328,12 +2328,12 @@ TEST_F_TIMEOUT(dp, tiny_rings_lose_nothing, 120)
 	EXPECT_EQ(t.n, next);
 	EXPECT_EQ(0, bad);
 	expect_quiet(_metadata, &q, (__u32)t.n);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(t.n, st.requests);
 	EXPECT_EQ(t.n, st.completions);
 	EXPECT_LE(1, st.cq_full_stalls);
 	EXPECT_EQ(mrq_doorbells(&q), st.doorbells);
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 }
 
 /* ---- Many posters ---- */
@@ -2342,7 +2342,7 @@ TEST_F_TIMEOUT(dp, tiny_rings_lose_nothing, 120)
 #define PER_POSTER	10000
 
 struct poster {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u64 thread;
 	__u64 dst_key, src_key;
 	int failed;
@@ -2363,7 +2363,7 @@ static void *mixed_poster(void *arg)
 					p->src_key, p->thread * 256 + (i / 2 % 4) * 64, 64);
 		else
 			s = mr_sqe_nop(ud);
-		if (mrq_post(p->q, &s, 30000)) {
+		if (memreg_queue_post_wait(p->q, &s, 30000)) {
 			__atomic_store_n(&p->failed, 1, __ATOMIC_RELEASE);
 			break;
 		}
@@ -2389,14 +2389,14 @@ TEST_F_TIMEOUT(dp, many_posters_one_reaper, 180)
 
 	for (i = 0; i < BUF_LEN; i++)
 		self->src[i] = (char)(i * 3 + 5);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st0));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st0));
 	for (t = 0; t < POSTERS; t++) {
 		p[t] = (struct poster){ .q = &self->q, .thread = t, .dst_key = self->rd.lkey,
 					.src_key = self->rs.lkey };
 		ASSERT_EQ(0, pthread_create(&th[t], NULL, mixed_poster, &p[t]));
 	}
 	while (total < want && mrq_now_us() < deadline) {
-		n = mrq_wait(&self->q, c, 256, 100);
+		n = memreg_wait_cqes(&self->q, c, 256, 100);
 		for (i = 0; i < n; i++, total++) {
 			__u64 ud = c[i].user_data, thread = ud >> 32, seq = ud & 0xffffffffULL;
 
@@ -2422,7 +2422,7 @@ TEST_F_TIMEOUT(dp, many_posters_one_reaper, 180)
 	EXPECT_EQ(0, memcmp(self->dst, self->src, POSTERS * 256));
 	EXPECT_TRUE(all_bytes(self->dst + POSTERS * 256, BUF_LEN - POSTERS * 256, 'd'));
 
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(want, st.requests - st0.requests);
 	EXPECT_EQ(want, st.completions - st0.completions);
 	EXPECT_EQ(0, st.errors - st0.errors);
@@ -2451,34 +2451,34 @@ TEST_F(dp, armed_completion_wakes_poll_and_eventfd)
 	drain(self);
 	EXPECT_EQ(0, mrq_armed(&self->q));
 	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 10000));
-	mrq_arm(&self->q);
+	memreg_queue_arm(&self->q);
 	EXPECT_EQ(1, mrq_armed(&self->q));
 	s = mr_sqe_nop(1);
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	pthread_join(w.th, NULL);
 	EXPECT_EQ(1, w.n);
 	EXPECT_TRUE(w.revents & POLLIN);
 	/* Woken by the completion, not by the timeout. */
 	EXPECT_GT(5000000, w.elapsed_us);
-	ASSERT_EQ(1, mrq_wait(&self->q, c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&self->q, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 1, 0, 0);
 	EXPECT_EQ(0, armed_wait(&self->q));
 	EXPECT_EQ(1, efd_count_wait(self->efd));
 
 	/* One arm, one wake-up: the next completions signal nothing. */
-	mrq_arm(&self->q);
+	memreg_queue_arm(&self->q);
 	for (i = 0; i < 3; i++) {
 		s = mr_sqe_nop(10 + i);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(3, mrq_wait(&self->q, c, 3, 5000));
+	ASSERT_EQ(3, memreg_wait_cqes(&self->q, c, 3, 5000));
 	EXPECT_EQ(0, armed_wait(&self->q));
 	EXPECT_EQ(1, efd_count_wait(self->efd));
 	for (i = 0; i < 3; i++) {
 		s = mr_sqe_nop(20 + i);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(3, mrq_wait(&self->q, c, 3, 5000));
+	ASSERT_EQ(3, memreg_wait_cqes(&self->q, c, 3, 5000));
 	EXPECT_EQ(0, efd_count(self->efd));
 }
 
@@ -2494,9 +2494,9 @@ TEST_F(dp, unarmed_completions_wake_nothing)
 	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 1500));
 	for (i = 0; i < 8; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	}
-	ASSERT_EQ(8, mrq_wait(&self->q, c, 8, 5000));
+	ASSERT_EQ(8, memreg_wait_cqes(&self->q, c, 8, 5000));
 	pthread_join(w.th, NULL);
 	/* It slept its whole timeout. */
 	EXPECT_LE(1400000, w.elapsed_us) TH_LOG("poll returned %d (%#x) after %llu us", w.n,
@@ -2510,34 +2510,34 @@ TEST_F(dp, eventfd_per_queue)
 {
 	struct memreg_cqe c;
 	struct memreg_sqe s = mr_sqe_nop(7);
-	struct mrq q1, q2;
+	struct memreg_queue q1, q2;
 	int efd1 = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 
 	ASSERT_GE(efd1, 0);
-	ASSERT_EQ(0, mrq_open(self->fd, 8, 8, efd1, &q1));
-	ASSERT_EQ(0, mrq_open(self->fd, 8, 8, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 8, 8, efd1, &q1));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 8, 8, -1, &q2));
 	drain(self);
-	mrq_arm(&q1);
-	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
-	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	memreg_queue_arm(&q1);
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q2, &s, &c));
 	EXPECT_EQ(0, efd_count(self->efd));
 	EXPECT_EQ(0, efd_count(efd1));
 	EXPECT_EQ(1, mrq_armed(&q1));
-	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q1, &s, &c));
 	EXPECT_EQ(0, armed_wait(&q1));
 	EXPECT_EQ(1, efd_count_wait(efd1));
 	EXPECT_EQ(0, efd_count(self->efd));
 
-	mrq_arm(&self->q);
-	mrq_arm(&q2);
-	ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+	memreg_queue_arm(&self->q);
+	memreg_queue_arm(&q2);
+	ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
 	EXPECT_EQ(1, efd_count_wait(self->efd));
 	EXPECT_EQ(0, efd_count(efd1));
 	/* Without an eventfd, arming works all the same. */
-	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q2, &s, &c));
 	EXPECT_EQ(0, armed_wait(&q2));
-	mrq_unmap(&q1);
-	mrq_unmap(&q2);
+	memreg_queue_exit(&q1);
+	memreg_queue_exit(&q2);
 	close(efd1);
 }
 
@@ -2547,24 +2547,24 @@ TEST_F(dp, master_ring_names_queues_with_completions)
 {
 	struct memreg_cqe c;
 	struct memreg_sqe s;
-	struct mrq q1, q2;
+	struct memreg_queue q1, q2;
 	__u32 idx[MEMREG_MASTER_ENTRIES];
 	unsigned int n, i, seen0 = 0, seen2 = 0, first2 = ~0U, last0 = 0;
 
-	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q1));
-	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 4, 4, -1, &q1));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 4, 4, -1, &q2));
 	ASSERT_EQ(2, q2.index);
 	EXPECT_EQ(0, mr_master_tail(&self->m));
 	for (i = 0; i < 3; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_run(&self->q, &s, &c));
+		ASSERT_EQ(0, memreg_queue_run(&self->q, &s, &c));
 	}
 	s = mr_sqe_nop(100);
-	ASSERT_EQ(0, mrq_run(&q2, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q2, &s, &c));
 	/* The master entry may follow the completion: wait for it. */
 	for (i = 0; i < 200 && mr_master_tail(&self->m) < 4; i++)
 		usleep(10000);
-	n = mr_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
+	n = memreg_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
 	EXPECT_LE(2, n);
 	EXPECT_GE(4, n);
 	for (i = 0; i < n; i++) {
@@ -2588,14 +2588,14 @@ TEST_F(dp, master_ring_names_queues_with_completions)
 
 	/* Read: the next entries name only what completed since. */
 	s = mr_sqe_nop(200);
-	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q1, &s, &c));
 	for (i = 0; i < 200 && mr_master_tail(&self->m) == mr_master_head(&self->m); i++)
 		usleep(10000);
-	n = mr_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
+	n = memreg_master_read(&self->m, idx, MEMREG_MASTER_ENTRIES);
 	ASSERT_EQ(1, n);
 	EXPECT_EQ(1, idx[0]);
-	mrq_unmap(&q1);
-	mrq_unmap(&q2);
+	memreg_queue_exit(&q1);
+	memreg_queue_exit(&q2);
 }
 
 /* An armed master ring wakes poll on its next entry (and signals no eventfd). */
@@ -2607,15 +2607,15 @@ TEST_F(dp, master_arm_wakes_poll)
 
 	drain(self);
 	ASSERT_EQ(0, start_waiter(&w, self->fd, POLLIN, 10000));
-	mr_master_arm(&self->m);
+	memreg_master_arm(&self->m);
 	EXPECT_EQ(1, mr_master_armed(&self->m));
-	ASSERT_EQ(0, mrq_post(&self->q, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&self->q, &s, 5000));
 	pthread_join(w.th, NULL);
 	EXPECT_EQ(1, w.n);
 	EXPECT_TRUE(w.revents & POLLIN);
 	EXPECT_GT(5000000, w.elapsed_us);
 	EXPECT_EQ(0, mr_master_armed(&self->m));
-	ASSERT_EQ(1, mrq_wait(&self->q, &c, 1, 5000));
+	ASSERT_EQ(1, memreg_wait_cqes(&self->q, &c, 1, 5000));
 	expect_cqe(_metadata, &c, 5, 0, 0);
 	EXPECT_LE(1, mr_master_tail(&self->m));
 	EXPECT_EQ(0, mr_master_at(&self->m, 0));
@@ -2630,14 +2630,14 @@ TEST_F_TIMEOUT(dp, master_overflow_counts_unwritten_entries, 120)
 	struct memreg_queue_stats st;
 	struct memreg_cqe c;
 	struct memreg_sqe s;
-	struct mrq q1, *qs[2] = { &self->q, &q1 };
+	struct memreg_queue q1, *qs[2] = { &self->q, &q1 };
 	__u32 i, tail;
 
-	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q1));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 4, 4, -1, &q1));
 	/* One request at a time, alternately on queues 0 and 1: one entry each. */
 	for (i = 0; i < cycles; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_run(qs[i & 1], &s, &c)) TH_LOG("cycle %u", i);
+		ASSERT_EQ(0, memreg_queue_run(qs[i & 1], &s, &c)) TH_LOG("cycle %u", i);
 		ASSERT_EQ(i, c.user_data);
 	}
 	for (i = 0; i < 200; i++) {
@@ -2656,20 +2656,20 @@ TEST_F_TIMEOUT(dp, master_overflow_counts_unwritten_entries, 120)
 			break;
 		}
 	}
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(self->m.ring->overflows, st.master_overflows);
 	EXPECT_EQ(cycles, st.completions);
 
 	/* Read: room again. */
 	mr_master_set_head(&self->m, tail);
 	s = mr_sqe_nop(cycles);
-	ASSERT_EQ(0, mrq_run(&q1, &s, &c));
+	ASSERT_EQ(0, memreg_queue_run(&q1, &s, &c));
 	for (i = 0; i < 200 && mr_master_tail(&self->m) == tail; i++)
 		usleep(10000);
 	EXPECT_EQ(tail + 1, mr_master_tail(&self->m));
 	EXPECT_EQ(1, mr_master_at(&self->m, tail));
 	EXPECT_EQ(cycles - MEMREG_MASTER_ENTRIES, self->m.ring->overflows);
-	mrq_unmap(&q1);
+	memreg_queue_exit(&q1);
 }
 
 /* ---- POLLOUT ---- */
@@ -2679,12 +2679,12 @@ TEST(pollout_while_no_submission_ring_is_full)
 {
 	struct memreg_cqe c[8];
 	struct waiter w;
-	struct mrq q0, q1;
+	struct memreg_queue q0, q1;
 	int fd = open_ctx();
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q0));
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q1));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q0));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q1));
 	EXPECT_EQ(POLLOUT, poll_now(fd, POLLOUT) & POLLOUT);
 	fill_both_rings(_metadata, &q0);
 	/* Queue 0's ring is full, queue 1's is empty: not writable. */
@@ -2692,15 +2692,15 @@ TEST(pollout_while_no_submission_ring_is_full)
 
 	/* A poller for POLLOUT is woken when the worker makes room. */
 	ASSERT_EQ(0, start_waiter(&w, fd, POLLOUT, 10000));
-	ASSERT_EQ(4, mrq_reap(&q0, c, 8));
+	ASSERT_EQ(4, memreg_reap_cqes(&q0, c, 8));
 	pthread_join(w.th, NULL);
 	EXPECT_EQ(1, w.n);
 	EXPECT_TRUE(w.revents & POLLOUT);
 	EXPECT_GT(5000000, w.elapsed_us);
-	ASSERT_EQ(4, mrq_wait(&q0, c, 4, 5000));
+	ASSERT_EQ(4, memreg_wait_cqes(&q0, c, 4, 5000));
 	EXPECT_EQ(POLLOUT, poll_now(fd, POLLOUT) & POLLOUT);
-	mrq_unmap(&q0);
-	mrq_unmap(&q1);
+	memreg_queue_exit(&q0);
+	memreg_queue_exit(&q1);
 	close(fd);
 }
 
@@ -2715,49 +2715,49 @@ TEST(unpublished_slots_are_never_taken)
 {
 	static const __u64 wrong[] = { 0, 2, 8, 9, 17, ~0ULL, 1ULL << 63 };
 	struct memreg_cqe c[2];
-	struct mrq q;
+	struct memreg_queue q;
 	size_t i;
 	int fd = open_ctx();
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_open(fd, 8, 8, -1, &q));
+	ASSERT_EQ(0, memreg_queue_init(fd, 8, 8, -1, &q));
 	/* Claimed and written, never published. */
 	q.slots[0].sqe = mr_sqe_nop(0xa0);
 	q.slots[1].sqe = mr_sqe_nop(0xa1);
 	q.user->insert = 2;
-	ASSERT_EQ(0, mrq_doorbell(&q));
+	ASSERT_EQ(0, memreg_queue_doorbell(&q));
 	expect_quiet(_metadata, &q, 0);
-	EXPECT_EQ(0, mrq_sq_head(&q));
+	EXPECT_EQ(0, memreg_queue_sq_head(&q));
 	/* Published with the wrong sequence. */
 	for (i = 0; i < sizeof(wrong) / sizeof(wrong[0]); i++) {
 		__atomic_store_n(&q.slots[0].seq, wrong[i], __ATOMIC_RELEASE);
-		ASSERT_EQ(0, mrq_doorbell(&q));
+		ASSERT_EQ(0, memreg_queue_doorbell(&q));
 		usleep(50000);
-		EXPECT_EQ(0, mrq_cq_tail(&q)) TH_LOG("seq %#llx", (unsigned long long)wrong[i]);
-		EXPECT_EQ(0, mrq_sq_head(&q));
+		EXPECT_EQ(0, memreg_queue_cq_tail(&q)) TH_LOG("seq %#llx", (unsigned long long)wrong[i]);
+		EXPECT_EQ(0, memreg_queue_sq_head(&q));
 	}
 	/* Slot 1 published, slot 0 not: slot 1 waits its turn. */
 	__atomic_store_n(&q.slots[0].seq, 0, __ATOMIC_RELEASE);
 	__atomic_store_n(&q.slots[1].seq, 2, __ATOMIC_RELEASE);
-	ASSERT_EQ(0, mrq_doorbell(&q));
+	ASSERT_EQ(0, memreg_queue_doorbell(&q));
 	expect_quiet(_metadata, &q, 0);
 	/* Garbage insert, slot 0 published right: taken, then slot 1. */
 	q.user->insert = 0xdeadbeefcafeULL;
 	__atomic_store_n(&q.slots[0].seq, 1, __ATOMIC_RELEASE);
-	ASSERT_EQ(0, mrq_doorbell(&q));
-	ASSERT_EQ(2, mrq_wait(&q, c, 2, 5000));
+	ASSERT_EQ(0, memreg_queue_doorbell(&q));
+	ASSERT_EQ(2, memreg_wait_cqes(&q, c, 2, 5000));
 	expect_cqe(_metadata, &c[0], 0xa0, 0, 0);
 	expect_cqe(_metadata, &c[1], 0xa1, 0, 0);
-	EXPECT_EQ(2, mrq_sq_head(&q));
+	EXPECT_EQ(2, memreg_queue_sq_head(&q));
 	/* Freed for the next lap; insert is user space's. */
 	EXPECT_EQ(8, mrq_seq(&q, 0));
 	EXPECT_EQ(9, mrq_seq(&q, 1));
 	EXPECT_EQ(0xdeadbeefcafeULL, q.user->insert);
 	/* Taken once: another doorbell takes nothing again. */
-	ASSERT_EQ(0, mrq_doorbell(&q));
+	ASSERT_EQ(0, memreg_queue_doorbell(&q));
 	expect_quiet(_metadata, &q, 2);
-	EXPECT_EQ(2, mrq_sq_head(&q));
-	mrq_unmap(&q);
+	EXPECT_EQ(2, memreg_queue_sq_head(&q));
+	memreg_queue_exit(&q);
 	close(fd);
 }
 
@@ -2766,48 +2766,48 @@ TEST(garbage_cq_head_reads_as_full)
 {
 	struct memreg_cqe c[8], before[4];
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	__u32 heads[] = { 0xffffffffu, 9, 8 + 0x80000000u, 8 + 5, 8 - 5 };
 	size_t i;
 	int fd = open_ctx();
 
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mrq_open(fd, 4, 4, -1, &q));
+	ASSERT_EQ(0, memreg_queue_init(fd, 4, 4, -1, &q));
 	for (i = 0; i < 8; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_run(&q, &s, c));
+		ASSERT_EQ(0, memreg_queue_run(&q, &s, c));
 	}
-	ASSERT_EQ(8, mrq_cq_tail(&q));
+	ASSERT_EQ(8, memreg_queue_cq_tail(&q));
 	memcpy(before, q.cqes, sizeof(before));
 	/* The worker asleep first (it polls a while after its last request). */
 	ASSERT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_NEED_WAKEUP, MEMREG_QUEUE_NEED_WAKEUP, 5000));
 	s = mr_sqe_nop(100);
 	mrq_set_cq_head(&q, heads[0]);
-	ASSERT_EQ(0, mrq_try_post(&q, &s, MRQ_NO_DOORBELL, NULL));
+	ASSERT_EQ(0, memreg_queue_post(&q, &s, MEMREG_POST_NO_DOORBELL, NULL));
 	for (i = 0; i < sizeof(heads) / sizeof(heads[0]); i++) {
 		mrq_set_cq_head(&q, heads[i]);
-		ASSERT_EQ(0, mrq_doorbell(&q));
+		ASSERT_EQ(0, memreg_queue_doorbell(&q));
 		EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, MEMREG_QUEUE_CQ_FULL, 5000))
 			TH_LOG("head %#x", heads[i]);
 		usleep(100000);
-		EXPECT_EQ(8, mrq_cq_tail(&q)) TH_LOG("head %#x", heads[i]);
-		EXPECT_EQ(8, mrq_sq_head(&q)) TH_LOG("head %#x", heads[i]);
+		EXPECT_EQ(8, memreg_queue_cq_tail(&q)) TH_LOG("head %#x", heads[i]);
+		EXPECT_EQ(8, memreg_queue_sq_head(&q)) TH_LOG("head %#x", heads[i]);
 		EXPECT_EQ(0, memcmp(before, q.cqes, sizeof(before)));
 		/* The kernel does not write the head. */
-		EXPECT_EQ(heads[i], mrq_cq_head(&q));
+		EXPECT_EQ(heads[i], memreg_queue_cq_head(&q));
 	}
 	/* Put right: it goes on. */
 	mrq_set_cq_head(&q, 8);
-	ASSERT_EQ(0, mrq_doorbell(&q));
-	ASSERT_EQ(1, mrq_wait(&q, c, 1, 5000));
+	ASSERT_EQ(0, memreg_queue_doorbell(&q));
+	ASSERT_EQ(1, memreg_wait_cqes(&q, c, 1, 5000));
 	expect_cqe(_metadata, &c[0], 100, 0, 0);
 	EXPECT_EQ(0, mrq_wait_flags(&q, MEMREG_QUEUE_CQ_FULL, 0, 5000));
-	mrq_unmap(&q);
+	memreg_queue_exit(&q);
 	close(fd);
 }
 
 struct scribble {
-	struct mrq *q;
+	struct memreg_queue *q;
 	__u64 keys[2];
 	int stop;
 	int failed;
@@ -2830,7 +2830,7 @@ static void *legit_poster(void *arg)
 			s = mr_sqe_copy(LEGIT | i, sc->keys[1], (i % 64) * 64, sc->keys[0], 0, 64);
 		else
 			s = mr_sqe_nop(LEGIT | i);
-		ret = mrq_try_post(sc->q, &s, 0, NULL);
+		ret = memreg_queue_post(sc->q, &s, 0, NULL);
 		if (ret == -EAGAIN || ret == -EBUSY) {
 			sched_yield();
 			continue;
@@ -2851,7 +2851,7 @@ static __u64 rnd64(unsigned int *seed)
 static void *scribbler(void *arg)
 {
 	struct scribble *sc = arg;
-	struct mrq *q = sc->q;
+	struct memreg_queue *q = sc->q;
 	unsigned int seed = 12345;
 	__u64 n = 0;
 
@@ -2867,7 +2867,7 @@ static void *scribbler(void *arg)
 		case 1:
 		case 2: {
 			/* Published for some lap, near the worker's. */
-			__u64 head = mrq_sq_head(q);
+			__u64 head = memreg_queue_sq_head(q);
 			__u64 lap = head + (rand_r(&seed) % (3 * q->sq_entries));
 
 			__atomic_store_n(&q->slots[lap % q->sq_entries].seq, lap + 1,
@@ -2938,17 +2938,17 @@ TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
 	pthread_t tp, ts;
 	__u64 reaped = 0, bad = 0, legit = 0, garbage = 0, end, last;
 	unsigned int i, n;
-	struct mrq q2;
+	struct memreg_queue q2;
 	int fd2;
 
 	ASSERT_EQ(0, pthread_create(&tp, NULL, legit_poster, &sc));
 	ASSERT_EQ(0, pthread_create(&ts, NULL, scribbler, &sc));
 	end = mrq_now_us() + 1500000;
 	while (mrq_now_us() < end) {
-		__u32 tail = mrq_cq_tail(&self->q);
+		__u32 tail = memreg_queue_cq_tail(&self->q);
 
-		EXPECT_GE(mrq_sq_head(&self->q), (__u64)tail);
-		n = mrq_wait(&self->q, c, QCQ, 10);
+		EXPECT_GE(memreg_queue_sq_head(&self->q), (__u64)tail);
+		n = memreg_wait_cqes(&self->q, c, QCQ, 10);
 		for (i = 0; i < n; i++, reaped++) {
 			if (!allowed_status(c[i].status) || c[i].flags || c[i].imm_data ||
 			    (c[i].status && c[i].bytes) || c[i].bytes > BUF_LEN) {
@@ -2971,7 +2971,7 @@ TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
 	/* Quiet down: reap (ringing when stopped) until nothing comes for 300 ms. */
 	last = mrq_now_us();
 	while (mrq_now_us() - last < QUIET_MS * 1000) {
-		n = mrq_wait(&self->q, c, QCQ, 10);
+		n = memreg_wait_cqes(&self->q, c, QCQ, 10);
 		for (i = 0; i < n; i++, reaped++)
 			if (!allowed_status(c[i].status))
 				bad++;
@@ -2980,19 +2980,19 @@ TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
 	}
 	EXPECT_EQ(0, bad);
 	EXPECT_EQ(0, sc.failed);
-	ASSERT_EQ(0, mr_queue_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
 	EXPECT_EQ(reaped, st.completions);
-	EXPECT_EQ((__u32)reaped, mrq_cq_tail(&self->q));
+	EXPECT_EQ((__u32)reaped, memreg_queue_cq_tail(&self->q));
 	EXPECT_EQ(st.requests, st.completions);
-	EXPECT_EQ(st.requests, mrq_sq_head(&self->q));
+	EXPECT_EQ(st.requests, memreg_queue_sq_head(&self->q));
 	TH_LOG("%llu posted, %llu scribbles; %llu completions: %llu legit, %llu garbage, "
 	       "%llu errors", (unsigned long long)sc.posted, (unsigned long long)sc.ops,
 	       (unsigned long long)reaped, (unsigned long long)legit,
 	       (unsigned long long)garbage, (unsigned long long)st.errors);
 
 	/* The context still goes away whole. */
-	mrq_unmap(&self->q);
-	mr_master_unmap(&self->m);
+	memreg_queue_exit(&self->q);
+	memreg_master_exit(&self->m);
 	close(self->fd);
 	self->fd = -1;
 	memset(&base, 0, sizeof(base));
@@ -3001,14 +3001,14 @@ TEST_F_TIMEOUT(dp, scribbled_submission_ring, 120)
 	/* And the module still works. */
 	fd2 = open_ctx();
 	ASSERT_GE(fd2, 0);
-	ASSERT_EQ(0, mrq_open(fd2, 4, 4, -1, &q2));
+	ASSERT_EQ(0, memreg_queue_init(fd2, 4, 4, -1, &q2));
 	for (i = 0; i < 10; i++) {
 		struct memreg_sqe s = mr_sqe_nop(i);
 
-		ASSERT_EQ(0, mrq_run(&q2, &s, c));
+		ASSERT_EQ(0, memreg_queue_run(&q2, &s, c));
 		expect_cqe(_metadata, c, i, 0, 0);
 	}
-	mrq_unmap(&q2);
+	memreg_queue_exit(&q2);
 	close(fd2);
 }
 
@@ -3019,21 +3019,21 @@ TEST_F_TIMEOUT(dp, close_with_requests_in_flight, 60)
 {
 	struct memreg_global_stats base;
 	struct memreg_sqe s;
-	struct mrq q;
+	struct memreg_queue q;
 	__u64 i;
 	__u32 tail;
 
-	ASSERT_EQ(0, mrq_open(self->fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_SQ_ENTRIES, -1, &q));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, MEMREG_MAX_SQ_ENTRIES, MEMREG_MAX_SQ_ENTRIES, -1, &q));
 	for (i = 0; i < MEMREG_MAX_SQ_ENTRIES; i++) {
 		s = mr_sqe_copy(i, self->rd.lkey, (i % 4) * 4 * PAGE, self->rs.lkey,
 				(i % 3) * 4 * PAGE, 4 * PAGE);
-		ASSERT_EQ(0, mrq_try_post(&q, &s, 0, NULL)) TH_LOG("request %llu",
+		ASSERT_EQ(0, memreg_queue_post(&q, &s, 0, NULL)) TH_LOG("request %llu",
 								  (unsigned long long)i);
 	}
-	tail = mrq_cq_tail(&q);
-	mrq_unmap(&q);
-	mrq_unmap(&self->q);
-	mr_master_unmap(&self->m);
+	tail = memreg_queue_cq_tail(&q);
+	memreg_queue_exit(&q);
+	memreg_queue_exit(&self->q);
+	memreg_master_exit(&self->m);
 	close(self->fd);
 	self->fd = -1;
 	TH_LOG("%u of %u completed at close", tail, MEMREG_MAX_SQ_ENTRIES);
@@ -3050,7 +3050,7 @@ TEST_F_TIMEOUT(dp, close_while_mapped_then_unmap, 60)
 
 	for (i = 0; i < QSQ; i++) {
 		s = mr_sqe_copy(i, self->rd.lkey, 0, self->rs.lkey, 0, BUF_LEN);
-		ASSERT_EQ(0, mrq_try_post(&self->q, &s, 0, NULL));
+		ASSERT_EQ(0, memreg_queue_post(&self->q, &s, 0, NULL));
 	}
 	close(self->fd);
 	self->fd = -1;
@@ -3059,12 +3059,12 @@ TEST_F_TIMEOUT(dp, close_while_mapped_then_unmap, 60)
 	EXPECT_EQ(2, g.regions);
 	/* The rings are still there to read. */
 	EXPECT_EQ(QSQ, self->q.ring->sq_entries);
-	mrq_unmap(&self->q);
+	memreg_queue_exit(&self->q);
 	usleep(10000);
 	/* The master ring's mappings still hold it. */
 	ASSERT_EQ(0, mr_global_now(&g));
 	EXPECT_EQ(1, g.contexts);
-	mr_master_unmap(&self->m);
+	memreg_master_exit(&self->m);
 	EXPECT_EQ(0, wait_baseline(&base, 2000));
 }
 
@@ -3077,8 +3077,8 @@ TEST_F_TIMEOUT(dp, sigkill_mid_stream, 60)
 	pid_t pid;
 
 	/* Only the child's context counts here. */
-	mrq_unmap(&self->q);
-	mr_master_unmap(&self->m);
+	memreg_queue_exit(&self->q);
+	memreg_master_exit(&self->m);
 	close(self->fd);
 	self->fd = -1;
 	mr_settle(&base);
@@ -3089,7 +3089,7 @@ TEST_F_TIMEOUT(dp, sigkill_mid_stream, 60)
 		struct memreg_register a, b;
 		struct memreg_cqe c[256];
 		struct memreg_sqe s;
-		struct mrq q;
+		struct memreg_queue q;
 		char *x = map_buf(64 * PAGE, 'x'), *y = map_buf(64 * PAGE, 'y');
 		__u64 i = 0, done = 0;
 		int fd = open_ctx(), told = 0;
@@ -3097,14 +3097,14 @@ TEST_F_TIMEOUT(dp, sigkill_mid_stream, 60)
 		/* Never outlive a parent that failed before its kill. */
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		close(ready[0]);
-		if (fd < 0 || !x || !y || mr_register(fd, x, 64 * PAGE, RW, &a) ||
-		    mr_register(fd, y, 64 * PAGE, RW, &b) || mrq_open(fd, 1024, 4096, -1, &q))
+		if (fd < 0 || !x || !y || memreg_register(fd, x, 64 * PAGE, RW, &a) ||
+		    memreg_register(fd, y, 64 * PAGE, RW, &b) || memreg_queue_init(fd, 1024, 4096, -1, &q))
 			_exit(1);
 		for (;;) {
 			s = mr_sqe_copy(i, b.lkey, (i % 64) * PAGE, a.lkey, (i % 63) * PAGE, PAGE);
-			if (!mrq_try_post(&q, &s, 0, NULL))
+			if (!memreg_queue_post(&q, &s, 0, NULL))
 				i++;
-			done += mrq_reap(&q, c, 256);
+			done += memreg_reap_cqes(&q, c, 256);
 			if (done >= 2000 && !told) {
 				if (write(ready[1], "r", 1) != 1)
 					_exit(2);

@@ -119,11 +119,11 @@ static void do_register(struct __test_metadata *_metadata, FIXTURE_DATA(rv) *sel
 	}
 	self->npages = self->reg_len / PAGE;
 	self->vmpin = vm_pin_kb();
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	self->global_pinned = g.pages_pinned;
-	ASSERT_EQ(0, mr_register(self->fd, self->reg, self->reg_len, RW, &self->r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg, self->reg_len, RW, &self->r));
 	ASSERT_EQ(0, self->r.flags);
-	ASSERT_EQ(0, mr_query(self->fd, self->r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, self->r.lkey, &q));
 	ASSERT_EQ(MEMREG_STATE_VALID, q.state);
 	ASSERT_EQ(self->npages, q.pages);
 	if (thp)
@@ -132,7 +132,7 @@ static void do_register(struct __test_metadata *_metadata, FIXTURE_DATA(rv) *sel
 	data = malloc(self->reg_len);
 	ASSERT_NE(NULL, data);
 	memset(data, 'b', self->reg_len);
-	ASSERT_EQ(0, mr_copy(self->fd, self->r.lkey, 0, data, self->reg_len,
+	ASSERT_EQ(0, memreg_copy(self->fd, self->r.lkey, 0, data, self->reg_len,
 			     MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, self->reg_len, 'b'));
 	free(data);
@@ -157,9 +157,9 @@ static void expect_survived(struct __test_metadata *_metadata, FIXTURE_DATA(rv) 
 	ASSERT_NE(NULL, data);
 	/* The first use revalidates; it reads what was there. */
 	memset(data, 0, len);
-	ASSERT_EQ(0, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'b'));
-	ASSERT_EQ(0, mr_query(self->fd, self->r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, self->r.lkey, &q));
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
 	EXPECT_EQ(1, q.refcount);
 	EXPECT_EQ(self->npages, q.pages);
@@ -169,21 +169,21 @@ static void expect_survived(struct __test_metadata *_metadata, FIXTURE_DATA(rv) 
 	/* The program writes, the registration reads it... */
 	memset(self->reg, 'm', len);
 	memset(data, 0, len);
-	ASSERT_EQ(0, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'm'));
 	/* ...and the other way round. */
 	memset(data, 't', len);
-	ASSERT_EQ(0, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 't'));
 
 	/* REGISTER of the range is a hit on it. */
-	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg, len, RW, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
 	EXPECT_EQ(self->r.lkey, again.lkey);
 	EXPECT_EQ(self->r.rkey, again.rkey);
-	EXPECT_EQ(0, mr_deregister(self->fd, again.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, again.lkey));
 
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(self->npages, s.pages_pinned);
 	EXPECT_EQ(1, s.cache_misses);
@@ -198,7 +198,7 @@ static void expect_survived(struct __test_metadata *_metadata, FIXTURE_DATA(rv) 
 	TH_LOG("suspensions %llu, resumptions %llu", (unsigned long long)s.suspensions,
 	       (unsigned long long)s.resumptions);
 	EXPECT_EQ(self->vmpin + (long)(self->npages * PAGE_KB), vm_pin_kb());
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(self->global_pinned + self->npages, g.pages_pinned);
 	free(data);
 }
@@ -266,10 +266,10 @@ TEST_F(rv, register_revalidates_suspended_registration)
 
 	do_register(_metadata, self, variant->thp, false);
 	ASSERT_EQ(0, mprotect(self->reg + self->reg_len, PAGE, PROT_READ));
-	ASSERT_EQ(0, mr_register(self->fd, self->reg + PAGE, PAGE, RO, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg + PAGE, PAGE, RO, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
 	EXPECT_EQ(self->r.lkey, again.lkey);
-	EXPECT_EQ(0, mr_deregister(self->fd, again.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, again.lkey));
 	expect_survived(_metadata, self, true);
 }
 
@@ -280,7 +280,7 @@ TEST_F(rv, worker_revalidates_without_use)
 
 	do_register(_metadata, self, variant->thp, false);
 	ASSERT_EQ(0, mprotect(self->reg + self->reg_len, PAGE, PROT_READ));
-	ASSERT_EQ(0, mr_query(self->fd, self->r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, self->r.lkey, &q));
 	TH_LOG("state right after the event: %#x", q.state);
 	EXPECT_EQ(0, mr_wait_state(self->fd, self->r.lkey, MEMREG_STATE_VALID));
 	expect_survived(_metadata, self, true);
@@ -305,16 +305,16 @@ TEST_F(rv, parked_registration_and_neighbour_split)
 	len = self->reg_len;
 	data = malloc(len);
 	ASSERT_NE(NULL, data);
-	ASSERT_EQ(0, mr_deregister(self->fd, self->r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, self->r.lkey));
 	ASSERT_EQ(0, mprotect(self->reg + len, PAGE, PROT_READ));
 	memset(self->reg, 'm', len);
 	memset(data, 'x', len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'm'));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len,
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len,
 				   MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'x'));
-	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg, len, RW, &again));
 	if (again.flags & MEMREG_REGISTER_REVIVED) {
 		TH_LOG("revived");
 		EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, again.flags);
@@ -327,16 +327,16 @@ TEST_F(rv, parked_registration_and_neighbour_split)
 		EXPECT_EQ(0, again.flags);
 		EXPECT_NE(self->r.lkey >> 24, again.lkey >> 24);
 	}
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, self->r.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, self->r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'm'));
 	memset(data, 0, len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'm'));
 	memset(data, 't', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 't'));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.revalidation_failures);
@@ -401,17 +401,17 @@ static void expect_ended(struct __test_metadata *_metadata, FIXTURE_DATA(rv) *se
 
 	ASSERT_NE(NULL, data);
 	memset(data, 'x', len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'f'));
 	memset(data, 0, len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len,
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len,
 				   MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 0));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, self->r.lkey, &q));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, self->r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, self->r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, self->r.lkey));
 
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	for (i = 0; i < MEMREG_INVAL_NR_CAUSES; i++)
 		sum += s.invalidations[i];
@@ -425,14 +425,14 @@ static void expect_ended(struct __test_metadata *_metadata, FIXTURE_DATA(rv) *se
 	}
 	EXPECT_EQ(0, wait_vm_pin(self->vmpin, 5000));
 
-	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg, len, RW, &again));
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(self->r.lkey, again.lkey);
 	memset(data, 'n', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'n'));
 	memset(self->reg, 'o', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'o'));
 	free(data);
 }
@@ -479,22 +479,22 @@ TEST_F(rv, dontneed_then_register_is_a_miss)
 	data = malloc(len);
 	ASSERT_NE(NULL, data);
 	ASSERT_EQ(0, madvise(self->reg + 3 * PAGE, PAGE, MADV_DONTNEED));
-	ASSERT_EQ(0, mr_register(self->fd, self->reg, len, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->reg, len, RW, &again));
 	EXPECT_EQ(0, again.flags);
 	EXPECT_NE(self->r.lkey, again.lkey);
 	/* The new registration holds the pages mapped now, the zeroed one too. */
 	memset(data, 'n', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'n'));
 	memset(self->reg, 'o', len);
-	ASSERT_EQ(0, mr_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, again.lkey, 0, data, len, MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, len, 'o'));
 	/* The old key moves nothing. */
 	memset(data, 'x', len);
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 0, data, len, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, len, 'o'));
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, self->npages));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.registrations);
 	EXPECT_EQ(1, s.invalidations[MEMREG_INVAL_CLEAR]);
 	EXPECT_EQ(1, s.revalidation_failures);
@@ -514,7 +514,7 @@ TEST_F(rv, worker_ends_registration_without_use)
 	ASSERT_EQ(0, madvise(self->reg + 3 * PAGE, PAGE, MADV_DONTNEED));
 	ASSERT_EQ(0, mr_wait_state(self->fd, self->r.lkey, 0));
 	ASSERT_EQ(0, mr_wait_pinned(self->fd, 0));
-	ASSERT_EQ(0, mr_stats(self->fd, &s));
+	ASSERT_EQ(0, memreg_stats(self->fd, &s));
 	EXPECT_EQ(1, s.invalidations[MEMREG_INVAL_CLEAR]);
 	EXPECT_EQ(1, s.revalidation_failures);
 	EXPECT_EQ(0, s.resumptions);
@@ -522,7 +522,7 @@ TEST_F(rv, worker_ends_registration_without_use)
 	/* Fresh memory at the hole never receives the old key's bytes. */
 	memset(self->reg, 'f', self->reg_len);
 	memset(data, 'x', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, self->r.lkey, 3 * PAGE, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, self->r.lkey, 3 * PAGE, data, sizeof(data),
 				   MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->reg, self->reg_len, 'f'));
 }

@@ -45,7 +45,7 @@ static void assert_untouched(struct __test_metadata *_metadata, int fd, long vmp
 {
 	struct memreg_stats s;
 
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(0, s.registrations);
 	EXPECT_EQ(0, s.pages_pinned);
 	EXPECT_EQ(vmpin, vm_pin_kb());
@@ -99,13 +99,13 @@ TEST_F(dev, register_bad_arguments)
 {
 	struct memreg_register r;
 
-	EXPECT_EQ(-EINVAL, mr_register(self->fd, self->buf, 0, RW, &r));
-	EXPECT_EQ(-EINVAL, mr_register(self->fd, self->buf, PAGE, 0, &r));
-	EXPECT_EQ(-EINVAL, mr_register(self->fd, self->buf, PAGE, 0x10, &r));
-	EXPECT_EQ(-EINVAL, mr_register(self->fd, self->buf, PAGE, RW | 0x80000000U, &r));
-	EXPECT_EQ(-E2BIG, mr_register(self->fd, self->buf, MEMREG_MAX_LENGTH + 1, RW, &r));
+	EXPECT_EQ(-EINVAL, memreg_register(self->fd, self->buf, 0, RW, &r));
+	EXPECT_EQ(-EINVAL, memreg_register(self->fd, self->buf, PAGE, 0, &r));
+	EXPECT_EQ(-EINVAL, memreg_register(self->fd, self->buf, PAGE, 0x10, &r));
+	EXPECT_EQ(-EINVAL, memreg_register(self->fd, self->buf, PAGE, RW | 0x80000000U, &r));
+	EXPECT_EQ(-E2BIG, memreg_register(self->fd, self->buf, MEMREG_MAX_LENGTH + 1, RW, &r));
 	/* Address plus length wraps around. */
-	EXPECT_EQ(-EINVAL, mr_register(self->fd, (void *)(~0UL - 100), 200, RW, &r));
+	EXPECT_EQ(-EINVAL, memreg_register(self->fd, (void *)(~0UL - 100), 200, RW, &r));
 
 	/* Nonzero input flags. */
 	memset(&r, 0, sizeof(r));
@@ -135,17 +135,17 @@ TEST_F(dev, register_bad_memory)
 
 	ASSERT_EQ(0, mr_global_now(&before));
 	/* Kernel addresses. */
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, (void *)0xffff888000000000UL, PAGE, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, (void *)0xffffffff81000000UL, PAGE, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, (void *)0xffff888000000000UL, PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, (void *)0xffffffff81000000UL, PAGE, RO, &r));
 	/* Unmapped, and partly unmapped ranges. */
 	ASSERT_EQ(0, munmap(self->buf + 2 * PAGE, 2 * PAGE));
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf, 3 * PAGE, RW, &r));
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, self->buf + PAGE, PAGE + 1, RO, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, self->buf + 2 * PAGE, PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, self->buf, 3 * PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, self->buf + PAGE, PAGE + 1, RO, &r));
 	/* Write access to read-only memory. */
 	ro = mmap(NULL, PAGE, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	ASSERT_NE(MAP_FAILED, ro);
-	EXPECT_EQ(-EFAULT, mr_register(self->fd, ro, PAGE, RW, &r));
+	EXPECT_EQ(-EFAULT, memreg_register(self->fd, ro, PAGE, RW, &r));
 	munmap(ro, PAGE);
 
 	assert_untouched(_metadata, self->fd, self->vmpin);
@@ -161,19 +161,19 @@ TEST_F(dev, bad_keys)
 	struct memreg_query q;
 	char data[16];
 
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, 0));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, 0x123456789abcdefULL));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, 0, &q));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, 42, 0, data, 1, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, 0));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, 0x123456789abcdefULL));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, 0, &q));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, 42, 0, data, 1, MEMREG_COPY_FROM_REGION));
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RW, &r));
 	EXPECT_NE(0, r.lkey);
 	EXPECT_NE(r.lkey, r.rkey);
 	/* Same sequence number, other random bits: refused. */
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey ^ 1));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey ^ 0x800000, &q));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey ^ 1));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey ^ 0x800000, &q));
 	/* The remote key is not a local key. */
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.rkey, 0, data, 1, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.rkey, 0, data, 1, MEMREG_COPY_FROM_REGION));
 	/* Reserved word in DEREGISTER. */
 	d.key = r.lkey;
 	d.reserved = 1;
@@ -186,25 +186,25 @@ TEST_F(dev, bad_keys)
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_QUERY, &q));
 	EXPECT_EQ(EINVAL, errno);
 	/* None of that touched the registration. */
-	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, r.lkey, &q));
 	EXPECT_EQ(1, q.refcount);
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	/* Parked (the default): no reference left to drop. */
-	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, r.lkey));
-	ASSERT_EQ(0, mr_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-EINVAL, memreg_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_query(self->fd, r.lkey, &q));
 	EXPECT_EQ(0, q.refcount);
 	EXPECT_EQ(MEMREG_STATE_VALID | MEMREG_STATE_PARKED, q.state);
 	/* Once it has ended, the key is unknown. */
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
 
 	/* Without parking, the last DEREGISTER ends it: a key is not valid twice. */
 	ASSERT_EQ(0, mr_set_parking(self->fd, 0));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &r));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RW, &r));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
 	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 
@@ -214,16 +214,16 @@ TEST_F(dev, copy_bad_arguments)
 	struct memreg_copy c;
 	char data[64];
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 2 * PAGE, PAGE, RO, &ro));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 2 * PAGE, PAGE, RO, &ro));
 
 	memset(data, 'z', sizeof(data));
 	/* Past the end, and offset plus length wrapping. */
-	EXPECT_EQ(-EINVAL, mr_copy(self->fd, r.lkey, 2 * PAGE - 1, data, 2, MEMREG_COPY_TO_REGION));
-	EXPECT_EQ(-EINVAL, mr_copy(self->fd, r.lkey, 2 * PAGE, data, 1, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-EINVAL, mr_copy(self->fd, r.lkey, ~0ULL, data, 2, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-EINVAL, memreg_copy(self->fd, r.lkey, 2 * PAGE - 1, data, 2, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-EINVAL, memreg_copy(self->fd, r.lkey, 2 * PAGE, data, 1, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EINVAL, memreg_copy(self->fd, r.lkey, ~0ULL, data, 2, MEMREG_COPY_TO_REGION));
 	/* Unknown direction, flags, reserved. */
-	EXPECT_EQ(-EINVAL, mr_copy(self->fd, r.lkey, 0, data, 1, 2));
+	EXPECT_EQ(-EINVAL, memreg_copy(self->fd, r.lkey, 0, data, 1, 2));
 	c = (struct memreg_copy){ .key = r.lkey, .length = 1,
 				  .buf = (unsigned long)data, .flags = 1 };
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_COPY, &c));
@@ -233,18 +233,18 @@ TEST_F(dev, copy_bad_arguments)
 	EXPECT_EQ(-1, ioctl(self->fd, MEMREG_IOC_COPY, &c));
 	EXPECT_EQ(EINVAL, errno);
 	/* Writing through a read-only registration. */
-	EXPECT_EQ(-EACCES, mr_copy(self->fd, ro.lkey, 0, data, 1, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-EACCES, memreg_copy(self->fd, ro.lkey, 0, data, 1, MEMREG_COPY_TO_REGION));
 	/* A bad user buffer. */
-	EXPECT_EQ(-EFAULT, mr_copy(self->fd, r.lkey, 0, (void *)8, 16, MEMREG_COPY_TO_REGION));
-	EXPECT_EQ(-EFAULT, mr_copy(self->fd, r.lkey, 0, (void *)8, 16, MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EFAULT, memreg_copy(self->fd, r.lkey, 0, (void *)8, 16, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(-EFAULT, memreg_copy(self->fd, r.lkey, 0, (void *)8, 16, MEMREG_COPY_FROM_REGION));
 	/* None of it wrote anything. */
 	EXPECT_TRUE(all_bytes(self->buf, 3 * PAGE, 'a'));
 	/* Zero length is a no-op that succeeds. */
-	EXPECT_EQ(0, mr_copy(self->fd, r.lkey, 0, data, 0, MEMREG_COPY_TO_REGION));
+	EXPECT_EQ(0, memreg_copy(self->fd, r.lkey, 0, data, 0, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf, 3 * PAGE, 'a'));
 
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, ro.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, ro.lkey));
 }
 
 TEST_F(dev, global_stats)
@@ -252,19 +252,19 @@ TEST_F(dev, global_stats)
 	struct memreg_global_stats g, g2;
 	struct memreg_register r;
 
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_GE(g.contexts, 1);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 3 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_global(self->fd, &g2));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 3 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g2));
 	EXPECT_EQ(g.regions + 1, g2.regions);
 	EXPECT_EQ(g.pages_pinned + 3, g2.pages_pinned);
 	/* Parked, it is still pinned and charged; FLUSH ends it. */
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(g2.regions, g.regions);
 	EXPECT_EQ(g2.pages_pinned, g.pages_pinned);
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
-	ASSERT_EQ(0, mr_global(self->fd, &g));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
+	ASSERT_EQ(0, memreg_global_stats(self->fd, &g));
 	EXPECT_EQ(0, g.pages_pinned);
 }
 
@@ -273,7 +273,7 @@ TEST_F(dev, register_reports_no_slot)
 {
 	struct memreg_register r, hit, revived;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 2 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 2 * PAGE, RW, &r));
 	EXPECT_EQ(0, r.flags);
 	EXPECT_EQ(MEMREG_NO_SLOT, r.slot);
 	EXPECT_EQ(0, r.generation);
@@ -289,18 +289,18 @@ TEST_F(dev, register_reports_no_slot)
 	EXPECT_EQ(r.lkey, hit.lkey);
 	EXPECT_EQ(MEMREG_NO_SLOT, hit.slot);
 	EXPECT_EQ(0, hit.generation);
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, r.lkey));
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, PAGE, RW, &revived));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, PAGE, RW, &revived));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, revived.flags);
 	/* A revival hands out new keys: the same sequence, new random bits. */
 	EXPECT_NE(r.lkey, revived.lkey);
 	EXPECT_EQ(r.lkey >> 24, revived.lkey >> 24);
 	EXPECT_EQ(MEMREG_NO_SLOT, revived.slot);
 	EXPECT_EQ(0, revived.generation);
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
-	EXPECT_EQ(0, mr_deregister(self->fd, revived.lkey));
-	ASSERT_EQ(0, mr_flush(self->fd, NULL));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, revived.lkey));
+	ASSERT_EQ(0, memreg_flush(self->fd, NULL));
 	assert_untouched(_metadata, self->fd, self->vmpin);
 }
 

@@ -44,7 +44,7 @@
 #include <sys/wait.h>
 
 #include "memreg_util.h"
-#include "memreg_ring.h"
+#include "memreg_util.h"
 
 #include "../kselftest_harness.h"
 #include "memreg_harness.h"
@@ -75,7 +75,7 @@ static int open_ctx(void)
 
 	if (fd < 0)
 		return -1;
-	if (mr_set_cache(fd, &c)) {
+	if (memreg_set_cache(fd, &c)) {
 		close(fd);
 		return -1;
 	}
@@ -88,7 +88,7 @@ static void expect_parked(struct __test_metadata *_metadata, int fd, __u64 key,
 {
 	struct memreg_query q;
 
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_TRUE(q.state & MEMREG_STATE_PARKED) TH_LOG("state %#x", q.state);
 	EXPECT_FALSE(q.state & MEMREG_STATE_SUSPENDED) TH_LOG("state %#x", q.state);
 	EXPECT_EQ(0, q.refcount);
@@ -102,7 +102,7 @@ static void expect_live(struct __test_metadata *_metadata, int fd, __u64 key, __
 {
 	struct memreg_query q;
 
-	ASSERT_EQ(0, mr_query(fd, key, &q));
+	ASSERT_EQ(0, memreg_query(fd, key, &q));
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
 	EXPECT_EQ(refs, q.refcount);
 }
@@ -127,8 +127,8 @@ FIXTURE(trust)
 	int fd;			/* the owner's context */
 	int pfd;		/* the peer's context */
 	__u32 h;		/* the peer's handle of the owner */
-	struct mrq q;		/* the owner's queue */
-	struct mrq pq;		/* the peer's queue */
+	struct memreg_queue q;		/* the owner's queue */
+	struct memreg_queue pq;		/* the peer's queue */
 	char *buf;		/* BUF_PAGES, 'a', registered by the tests */
 	char *src, *dst;	/* HELP_PAGES each, 's' and 'd', registered RW in fd */
 	char *psrc;		/* HELP_PAGES, 'w', registered RW in pfd */
@@ -148,9 +148,9 @@ FIXTURE_SETUP(trust)
 	ASSERT_GE(self->fd, 0);
 	self->pfd = open_ctx();
 	ASSERT_GE(self->pfd, 0);
-	ASSERT_EQ(0, mrq_open(self->fd, 16, 16, -1, &self->q));
-	ASSERT_EQ(0, mrq_open(self->pfd, 16, 16, -1, &self->pq));
-	ASSERT_EQ(0, mr_peer_attach(self->pfd, self->fd, &self->h));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 16, 16, -1, &self->q));
+	ASSERT_EQ(0, memreg_queue_init(self->pfd, 16, 16, -1, &self->pq));
+	ASSERT_EQ(0, memreg_peer_attach(self->pfd, self->fd, &self->h));
 	self->buf = map_buf(BUF_PAGES * PAGE, 'a');
 	self->src = map_buf(HELP_PAGES * PAGE, 's');
 	self->dst = map_buf(HELP_PAGES * PAGE, 'd');
@@ -159,15 +159,15 @@ FIXTURE_SETUP(trust)
 	ASSERT_NE(NULL, self->src);
 	ASSERT_NE(NULL, self->dst);
 	ASSERT_NE(NULL, self->psrc);
-	ASSERT_EQ(0, mr_register(self->fd, self->src, HELP_PAGES * PAGE, RW, &self->rs));
-	ASSERT_EQ(0, mr_register(self->fd, self->dst, HELP_PAGES * PAGE, RW, &self->rd));
-	ASSERT_EQ(0, mr_register(self->pfd, self->psrc, HELP_PAGES * PAGE, RW, &self->prs));
+	ASSERT_EQ(0, memreg_register(self->fd, self->src, HELP_PAGES * PAGE, RW, &self->rs));
+	ASSERT_EQ(0, memreg_register(self->fd, self->dst, HELP_PAGES * PAGE, RW, &self->rd));
+	ASSERT_EQ(0, memreg_register(self->pfd, self->psrc, HELP_PAGES * PAGE, RW, &self->prs));
 }
 
 FIXTURE_TEARDOWN(trust)
 {
-	mrq_unmap(&self->q);
-	mrq_unmap(&self->pq);
+	memreg_queue_exit(&self->q);
+	memreg_queue_exit(&self->pq);
 	if (self->pfd >= 0)
 		close(self->pfd);
 	if (self->fd >= 0)
@@ -225,7 +225,7 @@ static void *copy_loop(void *arg)
 	int i, err = 0;
 
 	for (i = 0; i < COPY_ROUNDS; i++) {
-		err = mr_copy(c->fd, c->key, 0, c->src, BIG_LEN, MEMREG_COPY_TO_REGION);
+		err = memreg_copy(c->fd, c->key, 0, c->src, BIG_LEN, MEMREG_COPY_TO_REGION);
 		if (err)
 			break;
 		__atomic_store_n(&c->rounds, i + 1, __ATOMIC_RELEASE);
@@ -267,7 +267,7 @@ TEST_F_TIMEOUT(trust, deregister_stops_copy_in_progress, 120)
 	ASSERT_NE(NULL, snap);
 	for (tries = 0; tries < COPY_TRIES && !in_progress; tries++) {
 		memset(dst, 0, BIG_LEN);
-		ASSERT_EQ(0, mr_register(self->fd, dst, BIG_LEN, RW, &r));
+		ASSERT_EQ(0, memreg_register(self->fd, dst, BIG_LEN, RW, &r));
 		expect_miss(_metadata, &r, dst, BIG_LEN, RW);
 		c = (struct copier){ .fd = self->fd, .key = r.lkey, .src = xs };
 		ASSERT_EQ(0, pthread_create(&th, NULL, copy_loop, &c));
@@ -284,7 +284,7 @@ TEST_F_TIMEOUT(trust, deregister_stops_copy_in_progress, 120)
 						      c.err, c.rounds);
 		}
 
-		ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+		ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 		memcpy(snap, dst, BIG_LEN);
 		pthread_join(th, NULL);
 
@@ -304,9 +304,9 @@ TEST_F_TIMEOUT(trust, deregister_stops_copy_in_progress, 120)
 
 		/* Parked, and its key moves nothing. */
 		expect_parked(_metadata, self->fd, r.lkey, dst, BIG_LEN, BIG_LEN / PAGE);
-		EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, xs, PAGE, MEMREG_COPY_TO_REGION));
+		EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, xs, PAGE, MEMREG_COPY_TO_REGION));
 		EXPECT_EQ(n, x_prefix(dst, BIG_LEN));
-		ASSERT_EQ(0, mr_flush(self->fd, NULL));
+		ASSERT_EQ(0, memreg_flush(self->fd, NULL));
 	}
 	if (!in_progress)
 		SKIP(goto out, "every COPY finished before DEREGISTER returned (%d tries)", tries);
@@ -330,11 +330,11 @@ TEST_F(trust, deregister_ends_keys_for_data)
 	struct memreg_stats st;
 	struct memreg_cqe c[4];
 	struct memreg_sqe s;
-	struct mrq q4;
+	struct memreg_queue q4;
 	char data[256];
 	__u64 i;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &r));
 	expect_miss(_metadata, &r, self->buf, 4 * PAGE, RW);
 	/* In use, both ways, by the ioctl and by the worker. */
 	ring_copy(_metadata, self, 1, r.lkey, self->rs.lkey, 64, 0);
@@ -342,7 +342,7 @@ TEST_F(trust, deregister_ends_keys_for_data)
 	EXPECT_TRUE(all_bytes(self->buf, 64, 's'));
 	EXPECT_TRUE(all_bytes(self->dst, 64, 's'));
 	memset(data, 'c', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, r.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, r.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf + PAGE, sizeof(data), 'c'));
 	memset(self->buf, 'a', 4 * PAGE);
 	memset(self->dst, 'd', HELP_PAGES * PAGE);
@@ -351,44 +351,44 @@ TEST_F(trust, deregister_ends_keys_for_data)
 	 * Two requests naming it wait in a small queue whose completion ring
 	 * is full: the worker takes nothing until there is room.
 	 */
-	ASSERT_EQ(0, mrq_open(self->fd, 4, 4, -1, &q4));
+	ASSERT_EQ(0, memreg_queue_init(self->fd, 4, 4, -1, &q4));
 	for (i = 0; i < 4; i++) {
 		s = mr_sqe_nop(i);
-		ASSERT_EQ(0, mrq_post(&q4, &s, 5000));
+		ASSERT_EQ(0, memreg_queue_post_wait(&q4, &s, 5000));
 	}
 	ASSERT_EQ(0, mrq_wait_tail(&q4, 4, 5000));
 	s = mr_sqe_copy(10, r.lkey, 0, self->rs.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q4, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q4, &s, 5000));
 	s = mr_sqe_copy(11, self->rd.lkey, 0, r.lkey, 0, 64);
-	ASSERT_EQ(0, mrq_post(&q4, &s, 5000));
+	ASSERT_EQ(0, memreg_queue_post_wait(&q4, &s, 5000));
 	ASSERT_EQ(0, mrq_wait_flags(&q4, MEMREG_QUEUE_CQ_FULL, MEMREG_QUEUE_CQ_FULL, 5000));
-	EXPECT_EQ(4, mrq_sq_head(&q4));
+	EXPECT_EQ(4, memreg_queue_sq_head(&q4));
 
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 
 	/* QUERY still describes it; it has no reference to drop. */
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
-	EXPECT_EQ(-EINVAL, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-EINVAL, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(1, st.parks);
 	EXPECT_EQ(1, st.parked);
 	EXPECT_EQ(4, st.parked_pages);
 
 	/* The requests that waited: -ENOENT. */
-	ASSERT_EQ(4, mrq_wait(&q4, c, 4, 5000));
+	ASSERT_EQ(4, memreg_wait_cqes(&q4, c, 4, 5000));
 	for (i = 0; i < 4; i++)
 		expect_cqe(_metadata, &c[i], i, 0, 0);
-	ASSERT_EQ(2, mrq_wait(&q4, c, 2, 5000));
+	ASSERT_EQ(2, memreg_wait_cqes(&q4, c, 2, 5000));
 	expect_cqe(_metadata, &c[0], 10, -ENOENT, 0);
 	expect_cqe(_metadata, &c[1], 11, -ENOENT, 0);
-	mrq_unmap(&q4);
+	memreg_queue_exit(&q4);
 
 	/* COPY through the ioctl, both ways. */
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_TO_REGION));
 	memset(data, 0, sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 0));
 
@@ -403,7 +403,7 @@ TEST_F(trust, deregister_ends_keys_for_data)
 	EXPECT_TRUE(all_bytes(self->buf, BUF_PAGES * PAGE, 'a'));
 	EXPECT_TRUE(all_bytes(self->dst, HELP_PAGES * PAGE, 'd'));
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(1, st.parked);
 	EXPECT_EQ(0, st.revives);
 }
@@ -421,16 +421,16 @@ TEST_F(trust, revival_hands_out_new_keys)
 	struct memreg_query q;
 	char data[128];
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &r));
 	expect_miss(_metadata, &r, self->buf, 4 * PAGE, RW);
 	ring_copy(_metadata, self, 1, r.lkey, self->rs.lkey, 64, 0);
 	ring_copy(_metadata, self, 2, self->rd.lkey, r.lkey, 64, 0);
 	memset(self->buf, 'a', 4 * PAGE);
 	memset(self->dst, 'd', HELP_PAGES * PAGE);
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &n));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &n));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, n.flags);
 	EXPECT_EQ(RW, n.access);
 	EXPECT_EQ((__u64)(unsigned long)self->buf, n.region_addr);
@@ -444,30 +444,30 @@ TEST_F(trust, revival_hands_out_new_keys)
 	/* Without remote rights, no remote key comes back: 0, which nothing matches. */
 	EXPECT_NE(r.rkey, n.rkey);
 	EXPECT_EQ(0, n.rkey);
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(1, st.revives);
 	EXPECT_EQ(0, st.parked);
 
 	/* QUERY: the new key names it, live; the old one nothing. */
 	expect_live(_metadata, self->fd, n.lkey, 1);
-	EXPECT_EQ(-ENOENT, mr_query(self->fd, r.lkey, &q));
+	EXPECT_EQ(-ENOENT, memreg_query(self->fd, r.lkey, &q));
 	/* A stale DEREGISTER drops no reference of the revived registration. */
-	EXPECT_EQ(-ENOENT, mr_deregister(self->fd, r.lkey));
+	EXPECT_EQ(-ENOENT, memreg_deregister(self->fd, r.lkey));
 	expect_live(_metadata, self->fd, n.lkey, 1);
 
 	/* COPY through the ioctl: the old key moves nothing, the new one does. */
 	memset(data, 'o', sizeof(data));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_TO_REGION));
-	EXPECT_EQ(-ENOENT, mr_copy(self->fd, r.lkey, 0, data, sizeof(data),
+	EXPECT_EQ(-ENOENT, memreg_copy(self->fd, r.lkey, 0, data, sizeof(data),
 				   MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 'o'));
 	EXPECT_TRUE(all_bytes(self->buf, BUF_PAGES * PAGE, 'a'));
 	memset(data, 'n', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, n.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
+	ASSERT_EQ(0, memreg_copy(self->fd, n.lkey, PAGE, data, sizeof(data), MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(self->buf + PAGE, sizeof(data), 'n'));
 	memset(data, 0, sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, n.lkey, PAGE, data, sizeof(data),
+	ASSERT_EQ(0, memreg_copy(self->fd, n.lkey, PAGE, data, sizeof(data),
 			     MEMREG_COPY_FROM_REGION));
 	EXPECT_TRUE(all_bytes(data, sizeof(data), 'n'));
 	memset(self->buf + PAGE, 'a', sizeof(data));
@@ -486,7 +486,7 @@ TEST_F(trust, revival_hands_out_new_keys)
 	EXPECT_TRUE(all_bytes(self->dst + 128, HELP_PAGES * PAGE - 128, 'd'));
 
 	/* Live again: the next REGISTER is an ordinary hit with the new keys. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
 	EXPECT_EQ(n.lkey, again.lkey);
 	EXPECT_EQ(n.rkey, again.rkey);
@@ -506,22 +506,22 @@ TEST_F(trust, narrower_register_does_not_revive)
 	struct memreg_register r, n;
 	struct memreg_stats st;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, wide, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, wide, &r));
 	expect_miss(_metadata, &r, self->buf, 4 * PAGE, wide);
 	/* The peer reaches it while it is live. */
 	peer_write(_metadata, self, 1, r.rkey, 100, 64, 0);
 	EXPECT_TRUE(all_bytes(self->buf + 100, 64, 'w'));
 	memset(self->buf, 'a', 4 * PAGE);
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, RW, &n));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, RW, &n));
 	expect_miss(_metadata, &n, self->buf, 4 * PAGE, RW);
 	EXPECT_NE(r.lkey, n.lkey);
 	EXPECT_NE(r.rkey, n.rkey);
 	/* The parked one is still parked. */
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
-	ASSERT_EQ(0, mr_stats(self->fd, &st));
+	ASSERT_EQ(0, memreg_stats(self->fd, &st));
 	EXPECT_EQ(0, st.revives);
 	EXPECT_EQ(1, st.parked);
 
@@ -542,19 +542,19 @@ TEST_F(trust, parked_remote_key_is_dead_for_good)
 	const __u32 acc = RW | RWRITE;
 	struct memreg_register r, n, m;
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, acc, &r));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, acc, &r));
 	expect_miss(_metadata, &r, self->buf, 4 * PAGE, acc);
 	peer_write(_metadata, self, 1, r.rkey, 100, 64, 0);
 	EXPECT_TRUE(all_bytes(self->buf + 100, 64, 'w'));
 	memset(self->buf, 'a', 4 * PAGE);
 
-	ASSERT_EQ(0, mr_deregister(self->fd, r.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, r.lkey));
 	peer_write(_metadata, self, 2, r.rkey, 100, 64, -ENOENT);
 	peer_write(_metadata, self, 3, r.rkey, 0, 4 * PAGE, -ENOENT);
 	EXPECT_TRUE(all_bytes(self->buf, BUF_PAGES * PAGE, 'a'));
 	expect_parked(_metadata, self->fd, r.lkey, self->buf, 4 * PAGE, 4);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, acc, &n));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, acc, &n));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, n.flags);
 	EXPECT_EQ(acc, n.access);
 	EXPECT_NE(r.rkey, n.rkey);
@@ -569,9 +569,9 @@ TEST_F(trust, parked_remote_key_is_dead_for_good)
 	memset(self->buf, 'a', 4 * PAGE);
 
 	/* Parked and revived again: a third remote key; neither earlier one works. */
-	ASSERT_EQ(0, mr_deregister(self->fd, n.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, n.lkey));
 	peer_write(_metadata, self, 6, n.rkey, 0, 64, -ENOENT);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, 4 * PAGE, acc, &m));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, 4 * PAGE, acc, &m));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, m.flags);
 	EXPECT_NE(r.rkey, m.rkey);
 	EXPECT_NE(n.rkey, m.rkey);
@@ -595,21 +595,21 @@ TEST_F(trust, remote_hit_needs_exact_range)
 	struct memreg_register big, small, odd, again;
 
 	ASSERT_LE(KIB(64), BUF_PAGES * PAGE);
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, KIB(64), acc, &big));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, KIB(64), acc, &big));
 	expect_miss(_metadata, &big, self->buf, KIB(64), acc);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, KIB(4), acc, &small));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, KIB(4), acc, &small));
 	expect_miss(_metadata, &small, self->buf, KIB(4), acc);
 	EXPECT_NE(big.lkey, small.lkey);
 	EXPECT_NE(big.rkey, small.rkey);
 
 	/* Unaligned inside: a miss too, on exactly the bytes asked. */
-	ASSERT_EQ(0, mr_register(self->fd, self->buf + 100, 200, acc, &odd));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf + 100, 200, acc, &odd));
 	expect_miss(_metadata, &odd, self->buf + 100, 200, acc);
 	EXPECT_NE(big.rkey, odd.rkey);
 	EXPECT_NE(small.rkey, odd.rkey);
 
-	ASSERT_EQ(0, mr_register(self->fd, self->buf, KIB(64), acc, &again));
+	ASSERT_EQ(0, memreg_register(self->fd, self->buf, KIB(64), acc, &again));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, again.flags);
 	EXPECT_EQ(big.lkey, again.lkey);
 	EXPECT_EQ(big.rkey, again.rkey);
@@ -649,24 +649,24 @@ TEST_F(trust, local_hits_and_returned_access)
 	char data[64];
 
 	/* A registration with remote rights: local-only requests inside it miss. */
-	ASSERT_EQ(0, mr_register(self->fd, rem_buf, 8 * PAGE, RW | RREAD, &rem));
+	ASSERT_EQ(0, memreg_register(self->fd, rem_buf, 8 * PAGE, RW | RREAD, &rem));
 	expect_miss(_metadata, &rem, rem_buf, 8 * PAGE, RW | RREAD);
-	ASSERT_EQ(0, mr_register(self->fd, rem_buf + PAGE, 2 * PAGE, RW, &part));
+	ASSERT_EQ(0, memreg_register(self->fd, rem_buf + PAGE, 2 * PAGE, RW, &part));
 	expect_miss(_metadata, &part, rem_buf + PAGE, 2 * PAGE, RW);
 	EXPECT_NE(rem.lkey, part.lkey);
-	ASSERT_EQ(0, mr_register(self->fd, rem_buf + 5 * PAGE + 10, 100, LREAD, &ro));
+	ASSERT_EQ(0, memreg_register(self->fd, rem_buf + 5 * PAGE + 10, 100, LREAD, &ro));
 	expect_miss(_metadata, &ro, rem_buf + 5 * PAGE + 10, 100, LREAD);
 	EXPECT_NE(rem.lkey, ro.lkey);
 	/* Even its exact range. */
-	ASSERT_EQ(0, mr_register(self->fd, rem_buf, 8 * PAGE, RW, &whole));
+	ASSERT_EQ(0, memreg_register(self->fd, rem_buf, 8 * PAGE, RW, &whole));
 	expect_miss(_metadata, &whole, rem_buf, 8 * PAGE, RW);
 	EXPECT_NE(rem.lkey, whole.lkey);
 	expect_live(_metadata, self->fd, rem.lkey, 1);
 
 	/* A local-only registration with more local rights serves a narrower request. */
-	ASSERT_EQ(0, mr_register(self->fd, loc_buf, 8 * PAGE, RW, &loc));
+	ASSERT_EQ(0, memreg_register(self->fd, loc_buf, 8 * PAGE, RW, &loc));
 	expect_miss(_metadata, &loc, loc_buf, 8 * PAGE, RW);
-	ASSERT_EQ(0, mr_register(self->fd, loc_buf + PAGE + 10, 100, LREAD, &hit));
+	ASSERT_EQ(0, memreg_register(self->fd, loc_buf + PAGE + 10, 100, LREAD, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED, hit.flags);
 	EXPECT_EQ(loc.lkey, hit.lkey);
 	EXPECT_EQ(loc.rkey, hit.rkey);
@@ -674,25 +674,25 @@ TEST_F(trust, local_hits_and_returned_access)
 	EXPECT_EQ(8 * PAGE, hit.region_length);
 	/* The rights its keys carry, not the ones asked. */
 	EXPECT_EQ(LREAD | LWRITE, hit.access);
-	ASSERT_EQ(0, mr_query(self->fd, loc.lkey, &q));
+	ASSERT_EQ(0, memreg_query(self->fd, loc.lkey, &q));
 	EXPECT_EQ(LREAD | LWRITE, q.access);
 	EXPECT_EQ(2, q.refcount);
 	/* And they work: writing through the key of a read-only request. */
 	memset(data, 'h', sizeof(data));
-	ASSERT_EQ(0, mr_copy(self->fd, hit.lkey, PAGE + 10, data, sizeof(data),
+	ASSERT_EQ(0, memreg_copy(self->fd, hit.lkey, PAGE + 10, data, sizeof(data),
 			     MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes(loc_buf + PAGE + 10, sizeof(data), 'h'));
 
 	/* Remote rights asked on the local-only one: a miss, with exactly those rights. */
-	ASSERT_EQ(0, mr_register(self->fd, loc_buf, 8 * PAGE, LREAD | RREAD, &rr));
+	ASSERT_EQ(0, memreg_register(self->fd, loc_buf, 8 * PAGE, LREAD | RREAD, &rr));
 	expect_miss(_metadata, &rr, loc_buf, 8 * PAGE, LREAD | RREAD);
 	EXPECT_NE(loc.lkey, rr.lkey);
 
 	/* Parked, the local-only one is revived by the narrower request, same story. */
-	ASSERT_EQ(0, mr_deregister(self->fd, loc.lkey));
-	ASSERT_EQ(0, mr_deregister(self->fd, loc.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, loc.lkey));
+	ASSERT_EQ(0, memreg_deregister(self->fd, loc.lkey));
 	expect_parked(_metadata, self->fd, loc.lkey, loc_buf, 8 * PAGE, 8);
-	ASSERT_EQ(0, mr_register(self->fd, loc_buf + 3 * PAGE, PAGE, LREAD, &hit));
+	ASSERT_EQ(0, memreg_register(self->fd, loc_buf + 3 * PAGE, PAGE, LREAD, &hit));
 	EXPECT_EQ(MEMREG_REGISTER_CACHED | MEMREG_REGISTER_REVIVED, hit.flags);
 	EXPECT_EQ(KEY_SEQ(loc.lkey), KEY_SEQ(hit.lkey));
 	EXPECT_NE(loc.lkey, hit.lkey);
@@ -854,7 +854,7 @@ static int owner_child(int in, int out)
 		put_int(out, -EPERM);
 		return 1;
 	}
-	ret = mr_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
+	ret = memreg_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
 	if (!ret) {
 		for (i = 0; i < CHURNERS; i++) {
 			t[i] = (struct churner){ .c = &c, .i = i };
@@ -923,12 +923,12 @@ static int rival_child(int in, int out)
 	while (!get_int(in, &cmd, 30000)) {
 		switch (cmd) {
 		case CMD_REGISTER:
-			ret = mr_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
+			ret = memreg_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
 			break;
 		case CMD_RETRY:
 			t0 = mrq_now_us();
 			for (;;) {
-				ret = mr_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
+				ret = memreg_register(fd, buf, CHARGE_PAGES * PAGE, RW, &r);
 				if (ret != -ENOMEM || mrq_now_us() - t0 > RETRY_MS * 1000ULL)
 					break;
 				usleep(10000);
@@ -1074,7 +1074,7 @@ static __u64 keep_busy(struct __test_metadata *_metadata, int fd, int kind, __u6
 			EXPECT_EQ(MEMREG_ABI_VERSION, version);
 			break;
 		case CALL_GLOBAL:
-			EXPECT_EQ(0, mr_global(fd, &g));
+			EXPECT_EQ(0, memreg_global_stats(fd, &g));
 			break;
 		case CALL_UNKNOWN:
 			EXPECT_EQ(-1, ioctl(fd, _IO(MEMREG_IOC_MAGIC, 0xfe)));
@@ -1111,9 +1111,9 @@ TEST(every_owner_ioctl_counts_for_idle)
 	mr_settle(&base);
 	fd = memreg_open();
 	ASSERT_GE(fd, 0);
-	ASSERT_EQ(0, mr_set_cache(fd, &cfg));
-	ASSERT_EQ(0, mr_register(fd, buf, 4 * PAGE, RW, &r));
-	ASSERT_EQ(0, mr_deregister(fd, r.lkey));
+	ASSERT_EQ(0, memreg_set_cache(fd, &cfg));
+	ASSERT_EQ(0, memreg_register(fd, buf, 4 * PAGE, RW, &r));
+	ASSERT_EQ(0, memreg_deregister(fd, r.lkey));
 	last = mrq_now_us();
 	expect_parked(_metadata, fd, r.lkey, buf, 4 * PAGE, 4);
 
@@ -1123,7 +1123,7 @@ TEST(every_owner_ioctl_counts_for_idle)
 			SKIP(goto out, "calls %llu ms apart: too slow to tell (kind %d)",
 			     (unsigned long long)gap / 1000, kind);
 		expect_parked(_metadata, fd, r.lkey, buf, 4 * PAGE, 4);
-		ASSERT_EQ(0, mr_stats(fd, &s));
+		ASSERT_EQ(0, memreg_stats(fd, &s));
 		EXPECT_EQ(1, s.parked) TH_LOG("kind %d", kind);
 		EXPECT_EQ(0, s.evictions[MEMREG_EVICT_IDLE]) TH_LOG("kind %d", kind);
 		last = mrq_now_us();
@@ -1142,8 +1142,8 @@ TEST(every_owner_ioctl_counts_for_idle)
 		usleep(20000);
 	}
 	EXPECT_EQ(base.pages_pinned, g.pages_pinned);
-	EXPECT_EQ(-ENOENT, mr_query(fd, r.lkey, &q));
-	ASSERT_EQ(0, mr_stats(fd, &s));
+	EXPECT_EQ(-ENOENT, memreg_query(fd, r.lkey, &q));
+	ASSERT_EQ(0, memreg_stats(fd, &s));
 	EXPECT_EQ(1, s.evictions[MEMREG_EVICT_IDLE]);
 	EXPECT_EQ(0, s.parked);
 	EXPECT_EQ(0, s.registrations);

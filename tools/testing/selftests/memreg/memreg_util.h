@@ -15,10 +15,12 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
+#include <sched.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <linux/memreg.h>
+#include <libmemreg.h>
 
 /* Waits for `pid`; returns its exit status, or 255 if it did not exit. */
 static inline int wait_exit(pid_t pid)
@@ -77,62 +79,6 @@ static inline unsigned long page_size(void)
 #define RW	(MEMREG_ACCESS_LOCAL_READ | MEMREG_ACCESS_LOCAL_WRITE)
 #define RO	MEMREG_ACCESS_LOCAL_READ
 
-static inline int memreg_open(void)
-{
-	return open("/dev/memreg", O_RDWR | O_CLOEXEC);
-}
-
-/* REGISTER; returns 0 or -errno and fills *r. */
-static inline int mr_register(int fd, void *addr, __u64 len, __u32 access,
-			      struct memreg_register *r)
-{
-	memset(r, 0, sizeof(*r));
-	r->addr = (__u64)(unsigned long)addr;
-	r->length = len;
-	r->access = access;
-	return ioctl(fd, MEMREG_IOC_REGISTER, r) ? -errno : 0;
-}
-
-static inline int mr_deregister(int fd, __u64 key)
-{
-	struct memreg_deregister d = { .key = key };
-
-	return ioctl(fd, MEMREG_IOC_DEREGISTER, &d) ? -errno : 0;
-}
-
-static inline int mr_query(int fd, __u64 key, struct memreg_query *q)
-{
-	memset(q, 0, sizeof(*q));
-	q->key = key;
-	return ioctl(fd, MEMREG_IOC_QUERY, q) ? -errno : 0;
-}
-
-static inline int mr_copy(int fd, __u64 key, __u64 offset, void *buf, __u64 len,
-			  __u32 direction)
-{
-	struct memreg_copy c = {
-		.key = key,
-		.offset = offset,
-		.length = len,
-		.buf = (__u64)(unsigned long)buf,
-		.direction = direction,
-	};
-
-	return ioctl(fd, MEMREG_IOC_COPY, &c) ? -errno : 0;
-}
-
-static inline int mr_stats(int fd, struct memreg_stats *s)
-{
-	memset(s, 0, sizeof(*s));
-	return ioctl(fd, MEMREG_IOC_STATS, s) ? -errno : 0;
-}
-
-static inline int mr_global(int fd, struct memreg_global_stats *g)
-{
-	memset(g, 0, sizeof(*g));
-	return ioctl(fd, MEMREG_IOC_GLOBAL_STATS, g) ? -errno : 0;
-}
-
 /* Module-wide counters read through a short-lived file of its own. */
 static inline int mr_global_now(struct memreg_global_stats *g)
 {
@@ -141,7 +87,7 @@ static inline int mr_global_now(struct memreg_global_stats *g)
 
 	if (fd < 0)
 		return -errno;
-	ret = mr_global(fd, g);
+	ret = memreg_global_stats(fd, g);
 	close(fd);
 	/* The probing file itself is counted while open. */
 	if (!ret)
@@ -199,7 +145,7 @@ static inline int mr_wait_pinned(int fd, __u64 pages)
 	int i;
 
 	for (i = 0; i < 500; i++) {
-		if (mr_stats(fd, &s))
+		if (memreg_stats(fd, &s))
 			return -EIO;
 		if (s.pages_pinned == pages)
 			return 0;
@@ -208,40 +154,16 @@ static inline int mr_wait_pinned(int fd, __u64 pages)
 	return -ETIMEDOUT;
 }
 
-/* GET_CACHE; returns 0 or -errno. */
-static inline int mr_get_cache(int fd, struct memreg_cache_config *c)
-{
-	memset(c, 0, sizeof(*c));
-	return ioctl(fd, MEMREG_IOC_GET_CACHE, c) ? -errno : 0;
-}
-
-/* SET_CACHE; returns 0 or -errno. */
-static inline int mr_set_cache(int fd, const struct memreg_cache_config *c)
-{
-	return ioctl(fd, MEMREG_IOC_SET_CACHE, c) ? -errno : 0;
-}
-
 /* Turns parking (the parked list) on or off, other settings kept. */
 static inline int mr_set_parking(int fd, int on)
 {
 	struct memreg_cache_config c;
-	int ret = mr_get_cache(fd, &c);
+	int ret = memreg_get_cache(fd, &c);
 
 	if (ret)
 		return ret;
 	c.parking = !!on;
-	return mr_set_cache(fd, &c);
-}
-
-/* FLUSH: ends every parked registration; `f` (may be NULL) gets the result. */
-static inline int mr_flush(int fd, struct memreg_flush *f)
-{
-	struct memreg_flush tmp;
-
-	if (!f)
-		f = &tmp;
-	memset(f, 0, sizeof(*f));
-	return ioctl(fd, MEMREG_IOC_FLUSH, f) ? -errno : 0;
+	return memreg_set_cache(fd, &c);
 }
 
 /* Waits (at most 5 s) until this context has `parked` parked registrations. */
@@ -251,7 +173,7 @@ static inline int mr_wait_parked(int fd, __u64 parked)
 	int i;
 
 	for (i = 0; i < 500; i++) {
-		if (mr_stats(fd, &s))
+		if (memreg_stats(fd, &s))
 			return -EIO;
 		if (s.parked == parked)
 			return 0;
@@ -271,7 +193,7 @@ static inline int mr_wait_state(int fd, __u64 key, __u32 state)
 	int i, ret;
 
 	for (i = 0; i < 500; i++) {
-		ret = mr_query(fd, key, &q);
+		ret = memreg_query(fd, key, &q);
 		if (!state && ret == -ENOENT)
 			return 0;
 		if (state && !ret && q.state == state)
@@ -460,6 +382,197 @@ static inline bool thread_sleeping(pid_t tid)
 	}
 	fclose(f);
 	return asleep;
+}
+
+/*
+ * ---- The data path, for the tests ----
+ *
+ * The tests post and reap through libmemreg; what follows builds requests
+ * by value (through the library's preps) and reads the protocol's words
+ * where a test checks them.
+ */
+
+static inline __u64 mrq_now_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return ts.tv_sec * 1000000ULL + ts.tv_nsec / 1000;
+}
+
+/* One step of a wait loop: yield a few times, then sleep 50 us a step. */
+static inline void mrq_relax(unsigned int *spins)
+{
+	if (++*spins < 64)
+		sched_yield();
+	else
+		usleep(50);
+}
+
+/* DOORBELL calls made through memreg_queue_doorbell() on this queue. */
+static inline __u64 mrq_doorbells(const struct memreg_queue *q)
+{
+	return __atomic_load_n(&q->doorbells, __ATOMIC_RELAXED);
+}
+
+static inline void mrq_set_cq_head(struct memreg_queue *q, __u32 head)
+{
+	__atomic_store_n(&q->user->cq_head, head, __ATOMIC_RELEASE);
+}
+
+static inline __u64 mrq_seq(const struct memreg_queue *q, __u64 i)
+{
+	return __atomic_load_n(&q->slots[i & (q->sq_entries - 1)].seq, __ATOMIC_ACQUIRE);
+}
+
+static inline __u32 mrq_armed(const struct memreg_queue *q)
+{
+	return __atomic_load_n(&q->user->cq_arm, __ATOMIC_ACQUIRE);
+}
+
+/* Waits until cq_tail reaches `tail` (without consuming); 0 or -ETIMEDOUT. */
+static inline int mrq_wait_tail(const struct memreg_queue *q, __u32 tail, int timeout_ms)
+{
+	__u64 deadline = mrq_now_us() + (__u64)timeout_ms * 1000;
+	unsigned int spins = 0;
+
+	while ((__s32)(memreg_queue_cq_tail(q) - tail) < 0) {
+		if (mrq_now_us() > deadline)
+			return -ETIMEDOUT;
+		mrq_relax(&spins);
+	}
+	return 0;
+}
+
+/* Waits until (flags & mask) == want; 0 or -ETIMEDOUT. */
+static inline int mrq_wait_flags(const struct memreg_queue *q, __u32 mask, __u32 want,
+				 int timeout_ms)
+{
+	__u64 deadline = mrq_now_us() + (__u64)timeout_ms * 1000;
+	unsigned int spins = 0;
+
+	while ((memreg_queue_flags(q) & mask) != want) {
+		if (mrq_now_us() > deadline)
+			return -ETIMEDOUT;
+		mrq_relax(&spins);
+	}
+	return 0;
+}
+
+static inline __u32 mr_master_tail(const struct memreg_master *m)
+{
+	return __atomic_load_n(&m->ring->tail, __ATOMIC_ACQUIRE);
+}
+
+static inline __u32 mr_master_head(const struct memreg_master *m)
+{
+	return __atomic_load_n(&m->user->head, __ATOMIC_RELAXED);
+}
+
+static inline void mr_master_set_head(struct memreg_master *m, __u32 head)
+{
+	__atomic_store_n(&m->user->head, head, __ATOMIC_RELEASE);
+}
+
+/* Entry number `i`, counted from the first ever written. */
+static inline __u32 mr_master_at(const struct memreg_master *m, __u32 i)
+{
+	return m->entries[i & (MEMREG_MASTER_ENTRIES - 1)];
+}
+
+static inline __u32 mr_master_armed(const struct memreg_master *m)
+{
+	return __atomic_load_n(&m->user->arm, __ATOMIC_ACQUIRE);
+}
+
+/* Requests by value, each through the library's prep. */
+static inline struct memreg_sqe mr_sqe_nop(__u64 user_data)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_nop(&s);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_fence(__u64 user_data)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_fence(&s);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_deregister(__u64 user_data, __u64 key)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_deregister(&s, key);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_copy(__u64 user_data, __u64 key, __u64 offset,
+					    __u64 src_key, __u64 src_offset, __u64 length)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_copy(&s, key, offset, src_key, src_offset, length);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_write(__u64 user_data, __u32 peer, __u64 rkey,
+					     __u64 roffset, __u64 lkey, __u64 loffset,
+					     __u64 length)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_write(&s, peer, rkey, roffset, lkey, loffset, length);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_read(__u64 user_data, __u32 peer, __u64 lkey,
+					    __u64 loffset, __u64 rkey, __u64 roffset,
+					    __u64 length)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_read(&s, peer, lkey, loffset, rkey, roffset, length);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_send(__u64 user_data, __u64 lkey, __u64 offset,
+					    __u64 length)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_send(&s, lkey, offset, length);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_send_imm(__u64 user_data, __u64 lkey, __u64 offset,
+						__u64 length, __u64 imm)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_send_imm(&s, lkey, offset, length, imm);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
+}
+
+static inline struct memreg_sqe mr_sqe_recv(__u64 user_data, __u64 lkey, __u64 offset,
+					    __u64 length)
+{
+	struct memreg_sqe s;
+
+	memreg_prep_recv(&s, lkey, offset, length);
+	memreg_sqe_set_data64(&s, user_data);
+	return s;
 }
 
 #endif /* MEMREG_UTIL_H */
