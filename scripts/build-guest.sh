@@ -39,3 +39,6 @@ for src in "$MEMREG_TOP"/scripts/guest/*.c "$MEMREG_TOP"/samples/memreg/*.c \
 	[ "$fresh" = 1 ] && continue
 	gcc "${cflags[@]}" -o "$bin" "$src" "$libmemreg" -lm || die "cannot compile $src"
 done
+
+# The Rust crates' guest test (memreg_rust_test) and examples (memreg-rs-*).
+"$MEMREG_TOP/scripts/build-rust.sh" guest "$out" >&2 || die "cannot build the Rust crates"
