@@ -115,15 +115,15 @@ int memreg_events_resync(int fd, struct memreg_resync_entry *entries,
 			 __u32 capacity, __u32 *count);
 
 /*
- * Walks the unread events without consuming them: @head is a __u32
+ * Walks the unread events without consuming them: @pos is a __u32
  * variable, @e a const struct memreg_event pointer. Follow with
  * memreg_events_advance() for the number seen.
  */
-#define memreg_for_each_event(ev, head, e)					\
-	for ((head) = __atomic_load_n((ev)->head, __ATOMIC_RELAXED);		\
-	     memreg__events_valid(ev, head) &&					\
-	     ((e) = &(ev)->events[(head) & ((ev)->entries - 1)], 1);		\
-	     (head)++)
+#define memreg_for_each_event(ev, pos, e)					\
+	for ((pos) = __atomic_load_n((ev)->head, __ATOMIC_RELAXED);		\
+	     memreg__events_valid(ev, pos) &&					\
+	     ((e) = &(ev)->events[(pos) & ((ev)->entries - 1)], 1);		\
+	     (pos)++)
 
 static inline bool memreg__events_valid(const struct memreg_events *ev, __u32 head)
 {
@@ -221,14 +221,14 @@ int memreg_queue_run(struct memreg_queue *q, const struct memreg_sqe *sqe,
 void memreg_queue_arm(struct memreg_queue *q);
 
 /*
- * Walks the unconsumed completions: @head is a __u32 variable, @cqe a
+ * Walks the unconsumed completions: @pos is a __u32 variable, @cqe a
  * const struct memreg_cqe pointer. Follow with memreg_cq_advance().
  */
-#define memreg_for_each_cqe(q, head, cqe)					\
-	for ((head) = __atomic_load_n(&(q)->user->cq_head, __ATOMIC_RELAXED);	\
-	     memreg__cq_valid(q, head) &&					\
-	     ((cqe) = &(q)->cqes[(head) & ((q)->cq_entries - 1)], 1);		\
-	     (head)++)
+#define memreg_for_each_cqe(q, pos, cqe)					\
+	for ((pos) = __atomic_load_n(&(q)->user->cq_head, __ATOMIC_RELAXED);	\
+	     memreg__cq_valid(q, pos) &&					\
+	     ((cqe) = &(q)->cqes[(pos) & ((q)->cq_entries - 1)], 1);		\
+	     (pos)++)
 
 static inline bool memreg__cq_valid(const struct memreg_queue *q, __u32 head)
 {
