@@ -450,7 +450,7 @@ enum memreg_cache_cause {
 	MEMREG_CACHE_ENDED = 1,		/* an event or its state word said ended */
 	MEMREG_CACHE_EVICTED = 2,	/* the kernel evicted it */
 	MEMREG_CACHE_RESYNC = 3,	/* missing from the list after an overflow */
-	MEMREG_CACHE_LRU = 4,		/* made room under max_unused */
+	MEMREG_CACHE_LRU = 4,		/* unused, deregistered for room (max_entries) */
 };
 
 /*
@@ -468,7 +468,9 @@ struct memreg_cache_attr {
 	__u32 flags;		/* MEMREG_CACHE_* */
 	__u32 event_entries;	/* event ring size; 0: 1024 */
 	__u32 slots;		/* state words to map; 0: MEMREG_MAX_SLOTS */
-	__u32 max_unused;	/* entries kept without a user; 0: 1024 */
+	__u32 max_entries;	/* entries kept; past it a miss deregisters
+				 * unused ones, least recently used first
+				 * (CLOCK); 0: 4096 */
 };
 
 struct memreg_cache_stats {

@@ -1,23 +1,32 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR MIT)
 /*
- * The registration cache in user space: memreg_mr_get() answers a hit with
- * a tree look-up under a mutex and one acquire load of the entry's state
- * word, and no system call. The event ring (read by any caller, or by a
- * thread of the cache's own) drops entries that ended; a stale entry a
- * look-up finds is dropped or revalidated on the spot, so a get never
- * returns a registration that was not valid when it returned.
+ * The registration cache in user space. memreg_mr_get() answers a repeated
+ * request of a thread from that thread's own table of recent hits: one
+ * compare-and-swap takes a reference on the entry, one acquire load of its
+ * state word says it is still valid, and nothing else is shared, locked or
+ * called. Anything else goes through the cache's interval tree under its
+ * mutex, where stale entries are dropped or revalidated and misses
+ * registered. The event ring (read by the slow path, by
+ * memreg_cache_process_events() or by a thread of the cache's own) drops
+ * entries that ended; the state word check makes the answer right whether
+ * or not the event was read yet.
  *
- * Entries sit in a treap ordered by start address and augmented with the
- * largest end in each subtree (an interval tree), and in a hash table by
- * local key for the events. Each entry holds one kernel reference until it
- * leaves the cache; entries without a user wait on an LRU list, at most
- * max_unused of them.
+ * Entries: an interval tree (a treap ordered by start address, augmented
+ * with the largest end in each subtree), a hash table by local key for the
+ * events, and a ring for CLOCK eviction. Each holds one kernel reference
+ * while it is cached. Entries live in chunks the cache frees only when it
+ * is destroyed, so a thread's table may point at an entry that was freed
+ * or reused: the reference taken by compare-and-swap fails on a dead entry,
+ * and the entry's identity is checked once it is held.
  *
- * Locking: one mutex, cache->lock, covers the tree, the table, the list
- * and every entry's fields; the system calls of a miss are made under it.
- * Invalidation callbacks run without it, from the thread that dropped the
- * entry. An entry is freed once it left the cache, has no user and its
- * callback ran.
+ * Reference word (e->ref): users in the low 31 bits, ENTRY_DEAD once the
+ * entry left the cache (no new user then). The last reference of a dead
+ * entry frees it. Moving an entry to the dead list for its callback takes a
+ * reference, dropped after the callback ran.
+ *
+ * Locking: cache->lock covers the tree, the table, the ring, the dead list,
+ * the free list and the entries' other fields; the system calls of a miss
+ * are made under it. Callbacks run without it.
  */
 #include <errno.h>
 #include <poll.h>
@@ -31,8 +40,14 @@
 #include "libmemreg.h"
 #include "internal.h"
 
+#define ENTRY_DEAD	(1U << 31)
+#define CHUNK_ENTRIES	64
+/* A thread's table of recent hits, and the threads with counters of their own. */
+#define TLS_SLOTS	64
+#define MAX_COUNTERS	64
+
 struct memreg_mr {
-	/* What REGISTER returned: constant while the entry lives. */
+	/* What REGISTER returned: constant while the entry is cached. */
 	__u64 start;
 	__u64 length;
 	__u64 lkey;
@@ -40,50 +55,83 @@ struct memreg_mr {
 	__u32 access;
 	__u32 slot;
 	__u64 generation;
-	const __u64 *word;		/* its state word (in the cache's mapping) */
-	/* Under the cache's lock. */
-	unsigned int users;		/* memreg_mr_get() without a put */
-	bool cached;			/* in the tree and the table */
-	bool dead;			/* on the dead list, its callback pending */
-	int cause;			/* why it died (MEMREG_CACHE_*) */
-	struct memreg_event event;	/* the event that said so, if any */
-	bool has_event;
-	bool listed;			/* in the list EVENTS_RESYNC returned */
+	const __u64 *word;		/* its state word; NULL: not cached */
 	int fd;				/* the file, for an entry without a word */
-	/* Interval tree (treap). */
-	struct memreg_mr *left, *right;
+	/* Atomic. */
+	__u32 ref;			/* users | ENTRY_DEAD */
+	__u32 referenced;		/* used since the clock hand passed */
+	/* Under the cache's lock. */
+	bool cached;			/* in the tree, the table and the ring */
+	bool kernel_ref;		/* holds a kernel reference */
+	bool listed;			/* in the list EVENTS_RESYNC returned */
+	int cause;			/* why it died (MEMREG_CACHE_*) */
+	bool has_event;
+	struct memreg_event event;	/* the event that said so */
+	struct memreg_mr *left, *right;	/* the treap */
 	__u32 prio;
 	__u64 max_end;			/* the largest end in this subtree */
-	/* Key table, LRU list, dead list. */
-	struct memreg_mr *hnext;
-	struct memreg_mr *lru_prev, *lru_next;
-	struct memreg_mr *dnext;
+	struct memreg_mr *hnext;	/* key table */
+	struct memreg_mr *prev, *next;	/* clock ring */
+	struct memreg_mr *dnext;	/* dead list, free list */
+};
+
+struct entry_chunk {
+	struct entry_chunk *next;
+	struct memreg_mr e[CHUNK_ENTRIES];
+};
+
+/* Counters one thread writes and get_stats adds up. */
+struct thread_counter {
+	__u64 hits;
+	uintptr_t owner;		/* the thread's token, 0: free */
 };
 
 struct memreg_cache {
 	int fd;
+	__u64 uid;			/* never the same for two caches */
 	pthread_mutex_t lock;
 	struct memreg_state_words sw;
 	struct memreg_events ev;
 	int event_fd;			/* the event ring's eventfd */
 	memreg_invalidate_cb cb;
 	void *cb_arg;
-	unsigned int max_unused;
+	unsigned int max_entries;
 	/* Under lock. */
 	struct memreg_mr *root;
 	struct memreg_mr **table;
 	size_t table_size;		/* a power of two */
 	size_t nr;
-	struct memreg_mr *lru_head, *lru_tail;	/* most recent first */
-	size_t nr_unused;
+	struct memreg_mr *hand;		/* the clock hand, in the ring */
 	struct memreg_mr *dead;		/* left the cache, callback pending */
+	struct memreg_mr *free;
+	struct entry_chunk *chunks;
 	__u32 seed;
 	struct memreg_cache_stats stats;
+	/* Hits of the fast path: one counter per thread, then a shared one. */
+	struct thread_counter counters[MAX_COUNTERS];
+	__u64 shared_hits;
 	/* The event thread. */
 	bool thread;
 	pthread_t tid;
 	int stop_fd;
 };
+
+/* One remembered hit of this thread. */
+struct tls_slot {
+	__u64 uid;			/* the cache's */
+	__u64 addr, length;
+	__u32 access;
+	struct memreg_mr *e;
+	__u64 lkey, generation;		/* the entry's identity when remembered */
+};
+
+static __thread struct tls_slot tls_slots[TLS_SLOTS];
+static __thread struct {
+	__u64 uid;
+	struct thread_counter *counter;
+} tls_counter;
+static __thread char thread_token;
+static __u64 next_uid = 1;
 
 static inline __u64 end_of(const struct memreg_mr *e)
 {
@@ -209,16 +257,16 @@ static struct memreg_mr *tree_find(struct memreg_mr *t, __u64 addr, __u64 end, _
 
 /* ---- The key table ---- */
 
-static size_t bucket(const struct memreg_cache *c, __u64 key)
+static size_t hash_key(__u64 key, size_t size)
 {
-	return (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 32) & (c->table_size - 1);
+	return (size_t)((key * 0x9e3779b97f4a7c15ULL) >> 32) & (size - 1);
 }
 
 static struct memreg_mr *table_find(struct memreg_cache *c, __u64 key)
 {
 	struct memreg_mr *e;
 
-	for (e = c->table[bucket(c, key)]; e; e = e->hnext)
+	for (e = c->table[hash_key(key, c->table_size)]; e; e = e->hnext)
 		if (e->lkey == key)
 			return e;
 	return NULL;
@@ -238,7 +286,7 @@ static int table_reserve(struct memreg_cache *c)
 		return -ENOMEM;
 	for (i = 0; i < old; i++) {
 		for (e = c->table[i]; e; e = next) {
-			size_t b = (size_t)((e->lkey * 0x9e3779b97f4a7c15ULL) >> 32) & (size - 1);
+			size_t b = hash_key(e->lkey, size);
 
 			next = e->hnext;
 			e->hnext = t[b];
@@ -255,42 +303,12 @@ static void table_remove(struct memreg_cache *c, struct memreg_mr *e)
 {
 	struct memreg_mr **p;
 
-	for (p = &c->table[bucket(c, e->lkey)]; *p; p = &(*p)->hnext) {
+	for (p = &c->table[hash_key(e->lkey, c->table_size)]; *p; p = &(*p)->hnext) {
 		if (*p == e) {
 			*p = e->hnext;
 			return;
 		}
 	}
-}
-
-/* ---- The LRU list of entries without a user ---- */
-
-static void lru_unlink(struct memreg_cache *c, struct memreg_mr *e)
-{
-	if (e->lru_prev)
-		e->lru_prev->lru_next = e->lru_next;
-	else if (c->lru_head == e)
-		c->lru_head = e->lru_next;
-	else
-		return;			/* not on the list */
-	if (e->lru_next)
-		e->lru_next->lru_prev = e->lru_prev;
-	else
-		c->lru_tail = e->lru_prev;
-	e->lru_prev = e->lru_next = NULL;
-	c->nr_unused--;
-}
-
-static void lru_push(struct memreg_cache *c, struct memreg_mr *e)
-{
-	e->lru_prev = NULL;
-	e->lru_next = c->lru_head;
-	if (c->lru_head)
-		c->lru_head->lru_prev = e;
-	else
-		c->lru_tail = e;
-	c->lru_head = e;
-	c->nr_unused++;
 }
 
 /* ---- Entries ---- */
@@ -307,24 +325,122 @@ static __u32 next_prio(struct memreg_cache *c)
 	return x;
 }
 
+/* A free entry, its reference word dead until it is set up. */
+static struct memreg_mr *entry_alloc(struct memreg_cache *c)
+{
+	struct memreg_mr *e = c->free;
+
+	if (!e) {
+		struct entry_chunk *ch = calloc(1, sizeof(*ch));
+		int i;
+
+		if (!ch)
+			return NULL;
+		ch->next = c->chunks;
+		c->chunks = ch;
+		for (i = CHUNK_ENTRIES - 1; i >= 0; i--) {
+			ch->e[i].ref = ENTRY_DEAD;
+			ch->e[i].dnext = c->free;
+			c->free = &ch->e[i];
+		}
+		e = c->free;
+	}
+	c->free = e->dnext;
+	e->dnext = NULL;
+	return e;
+}
+
 /*
- * Takes @e out of the tree, the table and the list, and puts it on the
- * dead list for its callback (run by finish()). Its kernel reference is
- * dropped here when the registration may still be alive (@deregister).
+ * Back to the free list: dead, no user. Its fields stay readable (a
+ * thread's table may still point here) and are rewritten only at reuse.
+ */
+static void entry_free_locked(struct memreg_cache *c, struct memreg_mr *e)
+{
+	if (e->kernel_ref)
+		memreg_deregister(c->fd, e->lkey);
+	e->kernel_ref = false;
+	e->dnext = c->free;
+	c->free = e;
+}
+
+/* Takes a reference unless the entry is dead. */
+static bool entry_get(struct memreg_mr *e)
+{
+	__u32 old = __atomic_load_n(&e->ref, __ATOMIC_RELAXED);
+
+	do {
+		if (old & ENTRY_DEAD)
+			return false;
+	} while (!__atomic_compare_exchange_n(&e->ref, &old, old + 1, true, __ATOMIC_ACQUIRE,
+					      __ATOMIC_RELAXED));
+	return true;
+}
+
+static __attribute__((noinline)) void entry_free(struct memreg_cache *c, struct memreg_mr *e)
+{
+	pthread_mutex_lock(&c->lock);
+	entry_free_locked(c, e);
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Drops a reference; the last one of a dead entry frees it. */
+static inline void entry_put(struct memreg_cache *c, struct memreg_mr *e)
+{
+	if (__atomic_fetch_sub(&e->ref, 1, __ATOMIC_ACQ_REL) == (ENTRY_DEAD | 1))
+		entry_free(c, e);
+}
+
+static void ring_insert(struct memreg_cache *c, struct memreg_mr *e)
+{
+	if (!c->hand) {
+		e->prev = e->next = e;
+		c->hand = e;
+		return;
+	}
+	/* Just behind the hand: the last the hand will look at. */
+	e->next = c->hand;
+	e->prev = c->hand->prev;
+	e->prev->next = e;
+	c->hand->prev = e;
+}
+
+static void ring_remove(struct memreg_cache *c, struct memreg_mr *e)
+{
+	if (e->next == e) {
+		c->hand = NULL;
+	} else {
+		e->prev->next = e->next;
+		e->next->prev = e->prev;
+		if (c->hand == e)
+			c->hand = e->next;
+	}
+	e->prev = e->next = NULL;
+}
+
+/*
+ * Takes a cached entry out of the tree, the table and the ring, marks it
+ * dead and puts it on the dead list for its callback, holding a reference
+ * finish() drops (the caller did both already when @marked). Its kernel
+ * reference goes now when @deregister (the registration may still be
+ * alive), or never (it ended).
  */
 static void drop_locked(struct memreg_cache *c, struct memreg_mr *e, int cause,
-			const struct memreg_event *event, bool deregister)
+			const struct memreg_event *event, bool deregister, bool marked)
 {
 	if (!e->cached)
 		return;
 	c->root = tree_remove(c->root, e);
 	table_remove(c, e);
-	lru_unlink(c, e);
+	ring_remove(c, e);
 	e->cached = false;
 	c->nr--;
-	if (deregister)
+	if (!marked) {
+		__atomic_fetch_add(&e->ref, 1, __ATOMIC_RELAXED);
+		__atomic_fetch_or(&e->ref, ENTRY_DEAD, __ATOMIC_RELEASE);
+	}
+	if (deregister && e->kernel_ref)
 		memreg_deregister(c->fd, e->lkey);
-	e->dead = true;
+	e->kernel_ref = false;
 	e->cause = cause;
 	e->has_event = event != NULL;
 	if (event)
@@ -337,36 +453,44 @@ static void drop_locked(struct memreg_cache *c, struct memreg_mr *e, int cause,
 		c->stats.invalidations++;
 }
 
-/*
- * Unlocks, then runs the callbacks of the entries on the dead list and
- * frees those nobody uses.
- */
+/* Unlocks, runs the callbacks of the dead list, then drops its references. */
 static void finish(struct memreg_cache *c)
 {
 	struct memreg_mr *list = c->dead, *e, *next;
+	memreg_invalidate_cb cb = c->cb;
+	void *arg = c->cb_arg;
 
 	c->dead = NULL;
 	pthread_mutex_unlock(&c->lock);
-	if (!list)
-		return;
-	for (e = list; e; e = e->dnext)
-		if (c->cb)
-			c->cb(e, e->cause, e->has_event ? &e->event : NULL, c->cb_arg);
-	pthread_mutex_lock(&c->lock);
 	for (e = list; e; e = next) {
 		next = e->dnext;
-		e->dead = false;
-		if (!e->users)
-			free(e);
+		if (cb)
+			cb(e, e->cause, e->has_event ? &e->event : NULL, arg);
+		entry_put(c, e);
 	}
-	pthread_mutex_unlock(&c->lock);
 }
 
-/* Deregisters unused entries past max_unused, least recently used first. */
+/*
+ * CLOCK: while the cache holds more than max_entries, the hand deregisters
+ * entries nobody uses and nobody used since it last passed.
+ */
 static void trim_locked(struct memreg_cache *c)
 {
-	while (c->nr_unused > c->max_unused && c->lru_tail)
-		drop_locked(c, c->lru_tail, MEMREG_CACHE_LRU, NULL, true);
+	size_t steps = 2 * c->nr;
+
+	while (c->nr > c->max_entries && c->hand && steps--) {
+		struct memreg_mr *e = c->hand;
+		__u32 unused = 0;
+
+		c->hand = e->next;
+		if (__atomic_exchange_n(&e->referenced, 0, __ATOMIC_RELAXED))
+			continue;
+		/* Unused: dead from here on, held for its callback, unless a user came first. */
+		if (!__atomic_compare_exchange_n(&e->ref, &unused, ENTRY_DEAD | 1, false,
+						 __ATOMIC_ACQUIRE, __ATOMIC_RELAXED))
+			continue;
+		drop_locked(c, e, MEMREG_CACHE_LRU, NULL, true, true);
+	}
 }
 
 /* ---- Events ---- */
@@ -408,7 +532,7 @@ static int resync_locked(struct memreg_cache *c)
 		for (e = c->table[b]; e; e = next) {
 			next = e->hnext;
 			if (!e->listed)
-				drop_locked(c, e, MEMREG_CACHE_RESYNC, NULL, false);
+				drop_locked(c, e, MEMREG_CACHE_RESYNC, NULL, false, false);
 			e->listed = false;
 		}
 	}
@@ -430,9 +554,9 @@ static int process_locked(struct memreg_cache *c)
 			if (!e)
 				continue;
 			if (batch[i].kind == MEMREG_EVENT_ENDED)
-				drop_locked(c, e, MEMREG_CACHE_ENDED, &batch[i], false);
+				drop_locked(c, e, MEMREG_CACHE_ENDED, &batch[i], false, false);
 			else if (batch[i].kind == MEMREG_EVENT_EVICTED)
-				drop_locked(c, e, MEMREG_CACHE_EVICTED, &batch[i], false);
+				drop_locked(c, e, MEMREG_CACHE_EVICTED, &batch[i], false, false);
 			/* SUSPENDED: the state word says so; the next get revalidates. */
 		}
 		total += n;
@@ -460,11 +584,6 @@ int memreg_cache_process_events(struct memreg_cache *c)
 	ret = process_locked(c);
 	finish(c);
 	return ret;
-}
-
-static bool events_pending(struct memreg_cache *c)
-{
-	return memreg_events_ready(&c->ev) || memreg_events_overflowed(&c->ev);
 }
 
 static void *event_thread(void *arg)
@@ -502,13 +621,14 @@ int memreg_cache_create(int fd, const struct memreg_cache_attr *attr,
 		a.event_entries = 1024;
 	if (!a.slots)
 		a.slots = MEMREG_MAX_SLOTS;
-	if (!a.max_unused)
-		a.max_unused = 1024;
+	if (!a.max_entries)
+		a.max_entries = 4096;
 	c = calloc(1, sizeof(*c));
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
-	c->max_unused = a.max_unused;
+	c->uid = __atomic_fetch_add(&next_uid, 1, __ATOMIC_RELAXED);
+	c->max_entries = a.max_entries;
 	c->seed = 0x2545f491;
 	c->stop_fd = -1;
 	c->table_size = 64;
@@ -566,6 +686,7 @@ err_free:
 
 void memreg_cache_destroy(struct memreg_cache *c)
 {
+	struct entry_chunk *ch, *next;
 	size_t b;
 
 	if (!c)
@@ -579,19 +700,21 @@ void memreg_cache_destroy(struct memreg_cache *c)
 	}
 	pthread_mutex_lock(&c->lock);
 	for (b = 0; b < c->table_size; b++) {
-		struct memreg_mr *e, *next;
+		struct memreg_mr *e;
 
-		for (e = c->table[b]; e; e = next) {
-			next = e->hnext;
-			memreg_deregister(c->fd, e->lkey);
-			free(e);
-		}
+		for (e = c->table[b]; e; e = e->hnext)
+			if (e->kernel_ref)
+				memreg_deregister(c->fd, e->lkey);
 	}
 	pthread_mutex_unlock(&c->lock);
 	memreg_events_exit(&c->ev);
 	memreg_state_words_unmap(&c->sw);
 	close(c->event_fd);
 	pthread_mutex_destroy(&c->lock);
+	for (ch = c->chunks; ch; ch = next) {
+		next = ch->next;
+		free(ch);
+	}
 	free(c->table);
 	free(c);
 }
@@ -612,35 +735,90 @@ int memreg_cache_event_fd(const struct memreg_cache *c)
 
 void memreg_cache_get_stats(struct memreg_cache *c, struct memreg_cache_stats *stats)
 {
+	int i;
+
 	pthread_mutex_lock(&c->lock);
 	*stats = c->stats;
 	stats->entries = c->nr;
 	pthread_mutex_unlock(&c->lock);
+	stats->hits += __atomic_load_n(&c->shared_hits, __ATOMIC_RELAXED);
+	for (i = 0; i < MAX_COUNTERS; i++)
+		stats->hits += __atomic_load_n(&c->counters[i].hits, __ATOMIC_RELAXED);
 }
 
-/* Takes a user reference on a cached entry. */
-static void use_locked(struct memreg_cache *c, struct memreg_mr *e)
+/* This thread's hit counter in @c, claimed on its first hit there. */
+static __attribute__((noinline)) struct thread_counter *claim_counter(struct memreg_cache *c)
 {
-	if (!e->users)
-		lru_unlink(c, e);
-	e->users++;
+	struct thread_counter *t = tls_counter.counter;
+	int i;
+
+	{
+		/* This thread's counter in this cache, or a free one it claims. */
+		uintptr_t me = (uintptr_t)&thread_token;
+
+		t = NULL;
+		for (i = 0; i < MAX_COUNTERS && !t; i++)
+			if (__atomic_load_n(&c->counters[i].owner, __ATOMIC_RELAXED) == me)
+				t = &c->counters[i];
+		for (i = 0; i < MAX_COUNTERS && !t; i++) {
+			uintptr_t none = 0;
+
+			if (__atomic_compare_exchange_n(&c->counters[i].owner, &none, me, false,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+				t = &c->counters[i];
+		}
+		tls_counter.uid = c->uid;
+		tls_counter.counter = t;
+	}
+	return t;
+}
+
+/* Counts a hit: on this thread's own counter when it has one (no shared write). */
+static inline void count_hit(struct memreg_cache *c)
+{
+	struct thread_counter *t = tls_counter.counter;
+
+	if (tls_counter.uid != c->uid)
+		t = claim_counter(c);
+	if (t)
+		__atomic_store_n(&t->hits, __atomic_load_n(&t->hits, __ATOMIC_RELAXED) + 1,
+				 __ATOMIC_RELAXED);
+	else
+		__atomic_fetch_add(&c->shared_hits, 1, __ATOMIC_RELAXED);
+}
+
+static inline struct tls_slot *tls_slot_of(__u64 addr, __u64 length)
+{
+	return &tls_slots[((addr >> 6) ^ (addr >> 12) ^ length) & (TLS_SLOTS - 1)];
+}
+
+/* Remembers a hit of this thread (the entry is held). */
+static void remember(struct memreg_cache *c, __u64 addr, __u64 length, __u32 access,
+		     struct memreg_mr *e)
+{
+	struct tls_slot *s = tls_slot_of(addr, length);
+
+	*s = (struct tls_slot){ .uid = c->uid, .addr = addr, .length = length,
+				.access = access, .e = e, .lkey = e->lkey,
+				.generation = e->generation };
 }
 
 /*
  * A miss: REGISTER, then the entry it names (a kernel hit may name one the
- * cache already has: the extra kernel reference goes back).
+ * cache already has: the extra kernel reference goes back). The new entry
+ * is held once for the caller.
  */
 static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 access,
 		      struct memreg_mr **mrp)
 {
 	struct memreg_register r;
-	struct memreg_mr *e;
+	struct memreg_mr *e, *old;
 	int ret, tries;
 
 	ret = table_reserve(c);
 	if (ret)
 		return ret;
-	e = calloc(1, sizeof(*e));
+	e = entry_alloc(c);
 	if (!e)
 		return -ENOMEM;
 	/* EAGAIN: a suspended registration in the way kept changing; try again. */
@@ -651,16 +829,20 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 		sched_yield();
 	}
 	if (ret) {
-		free(e);
+		e->dnext = c->free;
+		c->free = e;
 		return ret;
 	}
 	c->stats.misses++;
-	*mrp = table_find(c, r.lkey);
-	if (*mrp) {
+	old = table_find(c, r.lkey);
+	if (old) {
 		/* Already cached (the kernel's own cache answered). */
 		memreg_deregister(c->fd, r.lkey);
-		free(e);
-		use_locked(c, *mrp);
+		e->dnext = c->free;
+		c->free = e;
+		__atomic_fetch_add(&old->ref, 1, __ATOMIC_ACQUIRE);
+		__atomic_store_n(&old->referenced, 1, __ATOMIC_RELAXED);
+		*mrp = old;
 		return 0;
 	}
 	e->start = r.region_addr;
@@ -670,11 +852,15 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 	e->access = r.access;
 	e->slot = r.slot;
 	e->generation = r.generation;
-	e->users = 1;
 	e->fd = c->fd;
+	e->kernel_ref = true;
+	e->has_event = false;
+	e->referenced = 1;
 	if (r.slot >= c->sw.slots || !r.generation) {
 		/* No state word: never cached, deregistered at its last put. */
 		e->word = NULL;
+		e->cached = false;
+		__atomic_store_n(&e->ref, ENTRY_DEAD | 1, __ATOMIC_RELEASE);
 		*mrp = e;
 		return 0;
 	}
@@ -682,9 +868,11 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 	e->prio = next_prio(c);
 	e->cached = true;
 	c->root = tree_insert(c->root, e);
-	e->hnext = c->table[bucket(c, e->lkey)];
-	c->table[bucket(c, e->lkey)] = e;
+	e->hnext = c->table[hash_key(e->lkey, c->table_size)];
+	c->table[hash_key(e->lkey, c->table_size)] = e;
+	ring_insert(c, e);
 	c->nr++;
+	__atomic_store_n(&e->ref, 1, __ATOMIC_RELEASE);
 	*mrp = e;
 	return 0;
 }
@@ -700,25 +888,25 @@ static void revalidate_locked(struct memreg_cache *c, struct memreg_mr *e)
 
 	c->stats.revalidations++;
 	if (memreg_register(c->fd, (void *)(uintptr_t)e->start, e->length, e->access, &r)) {
-		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, true);
+		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, true, false);
 		return;
 	}
 	memreg_deregister(c->fd, r.lkey);
 	if (r.lkey != e->lkey || r.generation != e->generation)
-		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false);
+		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false, false);
 }
 
-int memreg_mr_get(struct memreg_cache *c, void *addr, __u64 length, __u32 access,
-		  struct memreg_mr **mrp)
+static __attribute__((noinline, cold)) int get_slow(struct memreg_cache *c, __u64 a, __u64 length,
+					      __u32 access, struct memreg_mr **mrp)
 {
-	__u64 a = (__u64)(uintptr_t)addr, end = a + length;
+	__u64 end = a + length;
 	int tries, ret = 0;
 
 	*mrp = NULL;
 	if (!length || end < a || !access || (access & ~MEMREG_ACCESS_ALL))
 		return -EINVAL;
 	pthread_mutex_lock(&c->lock);
-	if (events_pending(c)) {
+	if (memreg_events_ready(&c->ev) || memreg_events_overflowed(&c->ev)) {
 		ret = process_locked(c);
 		if (ret < 0)
 			goto out;
@@ -732,43 +920,97 @@ int memreg_mr_get(struct memreg_cache *c, void *addr, __u64 length, __u32 access
 			break;
 		w = __atomic_load_n(e->word, __ATOMIC_ACQUIRE);
 		if (w == e->generation) {
-			use_locked(c, e);
+			/* Cached entries are not dead while the lock is held. */
+			__atomic_fetch_add(&e->ref, 1, __ATOMIC_ACQUIRE);
+			__atomic_store_n(&e->referenced, 1, __ATOMIC_RELAXED);
 			c->stats.hits++;
 			*mrp = e;
+			remember(c, a, length, access, e);
 			goto out;
 		}
 		if (w == (e->generation | MEMREG_WORD_SUSPENDED))
 			revalidate_locked(c, e);
 		else
-			drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false);
+			drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false, false);
 	}
 	ret = add_locked(c, a, length, access, mrp);
-	if (!ret)
+	if (!ret) {
+		if ((*mrp)->cached)
+			remember(c, a, length, access, *mrp);
 		trim_locked(c);
+	}
 out:
 	finish(c);
 	return ret;
 }
 
+/* What the fast path says besides a hit (an entry pointer has these bits clear). */
+#define FAST_MISS	0UL	/* not this thread's earlier request, or dead */
+#define FAST_STALE	1UL	/* held, but no longer the entry or no longer valid */
+#define FAST_CLAIM	2UL	/* a hit, on a counter this thread has yet to claim */
+
+/*
+ * The fast path: this thread's earlier hit on exactly this request (only
+ * valid requests on cached entries, which have a state word, are
+ * remembered), taken and still valid. It calls nothing.
+ */
+static inline uintptr_t get_fast(struct memreg_cache *c, __u64 a, __u64 length, __u32 access)
+{
+	struct tls_slot *s = tls_slot_of(a, length);
+	struct memreg_mr *e = s->e;
+	__u64 lkey = s->lkey, generation = s->generation;
+	struct thread_counter *t;
+
+	if (s->uid != c->uid || s->addr != a || s->length != length || s->access != access ||
+	    !entry_get(e))
+		return FAST_MISS;
+	/* Held: no longer reusable. Is it still the one remembered, and valid? */
+	if (e->lkey != lkey || e->generation != generation ||
+	    __atomic_load_n(e->word, __ATOMIC_ACQUIRE) != generation)
+		return (uintptr_t)e | FAST_STALE;
+	if (!__atomic_load_n(&e->referenced, __ATOMIC_RELAXED))
+		__atomic_store_n(&e->referenced, 1, __ATOMIC_RELAXED);
+	t = tls_counter.counter;
+	if (tls_counter.uid != c->uid || !t)
+		return (uintptr_t)e | FAST_CLAIM;
+	__atomic_store_n(&t->hits, __atomic_load_n(&t->hits, __ATOMIC_RELAXED) + 1,
+			 __ATOMIC_RELAXED);
+	return (uintptr_t)e;
+}
+
+/* Whatever the fast path did not answer. */
+static __attribute__((noinline, cold)) int get_other(struct memreg_cache *c, uintptr_t fast,
+						     __u64 a, __u64 length, __u32 access,
+						     struct memreg_mr **mrp)
+{
+	struct memreg_mr *e = (struct memreg_mr *)(fast & ~(FAST_STALE | FAST_CLAIM));
+
+	if (fast & FAST_CLAIM) {
+		count_hit(c);
+		*mrp = e;
+		return 0;
+	}
+	if (fast & FAST_STALE)
+		entry_put(c, e);
+	return get_slow(c, a, length, access, mrp);
+}
+
+int memreg_mr_get(struct memreg_cache *c, void *addr, __u64 length, __u32 access,
+		  struct memreg_mr **mrp)
+{
+	uintptr_t fast = get_fast(c, (__u64)(uintptr_t)addr, length, access);
+
+	if (__builtin_expect(fast && !(fast & (FAST_STALE | FAST_CLAIM)), 1)) {
+		*mrp = (struct memreg_mr *)fast;
+		return 0;
+	}
+	return get_other(c, fast, (__u64)(uintptr_t)addr, length, access, mrp);
+}
+
 void memreg_mr_put(struct memreg_cache *c, struct memreg_mr *e)
 {
-	if (!e)
-		return;
-	pthread_mutex_lock(&c->lock);
-	if (e->users)
-		e->users--;
-	if (!e->users) {
-		if (e->cached) {
-			lru_push(c, e);
-			trim_locked(c);
-		} else if (!e->dead) {
-			/* Not cached (no state word) or dropped: free it. */
-			if (!e->word)
-				memreg_deregister(c->fd, e->lkey);
-			free(e);
-		}
-	}
-	finish(c);
+	if (e)
+		entry_put(c, e);
 }
 
 bool memreg_mr_valid(const struct memreg_mr *e)

@@ -645,6 +645,45 @@ TEST_F(cache, stale_entry_is_dropped_after_remap)
 	EXPECT_EQ(2, cs.misses);
 }
 
+/*
+ * A thread remembers its hits; an entry that ended, was freed and now holds
+ * another registration must not answer for the old range.
+ */
+TEST_F(cache, reused_entry_never_answers_for_its_old_range)
+{
+	struct memreg_mr *a, *b, *a2;
+	char *ra = map_buf(PAGE, 'A'), *rb = map_buf(2 * PAGE, 'B');
+	__u64 old_a, key_b;
+	char back[16];
+
+	ASSERT_NE(NULL, ra);
+	ASSERT_NE(NULL, rb);
+	ASSERT_EQ(0, memreg_mr_get(self->c, ra, PAGE, RW, &a));
+	old_a = memreg_mr_lkey(a);
+	memreg_mr_put(self->c, a);
+	ASSERT_EQ(0, munmap(ra, PAGE));
+	/* The event ends the entry; it goes back to the cache's free list. */
+	ASSERT_EQ(1, memreg_cache_process_events(self->c));
+	/* The next entry reuses its memory for another registration. */
+	ASSERT_EQ(0, memreg_mr_get(self->c, rb, 2 * PAGE, RW, &b));
+	key_b = memreg_mr_lkey(b);
+	EXPECT_EQ(a, b);
+	ASSERT_EQ(ra, map_fixed(ra, PAGE, 'a'));
+	ASSERT_EQ(0, memreg_mr_get(self->c, ra, PAGE, RW, &a2));
+	EXPECT_NE(b, a2);
+	EXPECT_EQ(ra, memreg_mr_addr(a2));
+	EXPECT_EQ(PAGE, memreg_mr_length(a2));
+	EXPECT_NE(key_b, memreg_mr_lkey(a2));
+	EXPECT_NE(old_a, memreg_mr_lkey(a2));
+	ASSERT_EQ(0, memreg_copy(self->fd, memreg_mr_lkey(a2), 0, back, sizeof(back),
+				 MEMREG_COPY_FROM_REGION));
+	EXPECT_TRUE(all_bytes(back, sizeof(back), 'a'));
+	memreg_mr_put(self->c, a2);
+	memreg_mr_put(self->c, b);
+	munmap(ra, PAGE);
+	munmap(rb, 2 * PAGE);
+}
+
 /* The event ring, read by a get, drops entries nobody is using. */
 TEST_F(cache, events_drop_unused_entries)
 {
@@ -703,9 +742,9 @@ TEST_F(cache, suspended_entry_is_revalidated)
 	munmap(raw, 3 * huge);
 }
 
-TEST_F(cache, lru_keeps_max_unused)
+TEST_F(cache, clock_keeps_max_entries)
 {
-	struct memreg_cache_attr attr = { .max_unused = 2 };
+	struct memreg_cache_attr attr = { .max_entries = 2 };
 	struct memreg_cache_stats cs;
 	struct memreg_cache *c;
 	struct memreg_mr *mr;
