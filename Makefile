@@ -12,7 +12,7 @@ export KDIR KERNEL_SERIES
 CMD ?= memreg-demo
 EXTRA ?=
 
-.PHONY: all run check bench toolchain kernel module guest-progs fmt clean distclean
+.PHONY: all run check bench toolchain kernel module guest-progs lib install fmt clean distclean
 
 all: module guest-progs
 
@@ -36,6 +36,16 @@ check:
 
 bench:
 	@$(SCRIPTS)/bench.sh
+
+# libmemreg (tools/lib/memreg) for this machine, into build/libmemreg.
+LIB_OUT := $(CURDIR)/build/libmemreg/
+lib:
+	@$(MAKE) -s -C tools/lib/memreg OUTPUT=$(LIB_OUT) UAPI_DIR=$(CURDIR)/include/uapi
+
+# Installs libmemreg: headers, static and shared library, memreg.pc, man
+# pages (PREFIX, default /usr/local, and DESTDIR as usual).
+install:
+	@$(MAKE) -s -C tools/lib/memreg OUTPUT=$(LIB_OUT) UAPI_DIR=$(CURDIR)/include/uapi install
 
 fmt: kernel
 	@$(SCRIPTS)/rustfmt.sh

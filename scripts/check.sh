@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # make check: builds everything, runs the host checks, boots the guest once
 # to run KUnit (the kernel crate doctests at boot, memreg's own suites at
-# module load) and every kselftest under tools/testing/selftests/memreg/, then reads the serial log.
+# module load), every kselftest under tools/testing/selftests/memreg/, the
+# Rust crate's guest test and the libraries' example programs, then reads the
+# serial log. The host checks include the user-space libraries
+# (scripts/check-libs.sh).
 # Prints one line per check and ends with "N passed, N failed"; exits non-zero
 # on any failure, on a kernel BUG/WARNING/Oops/lockdep/KASAN report and on a
 # hung guest.
@@ -47,6 +50,14 @@ else
 	printf '%s\n' "$kdoc" | head -n 20 | sed 's/^/      /'
 	result FAIL "host: the uapi header's kernel-doc has no warning"
 fi
+# The user-space libraries: libmemreg and the Rust crates.
+while read -r kind what; do
+	case $kind in
+	ok) result ok "host: $what" ;;
+	FAIL) result FAIL "host: $what" ;;
+	*) printf '%s %s\n' "$kind" "$what" ;;
+	esac
+done < <("$MEMREG_TOP/scripts/check-libs.sh")
 if "$MEMREG_TOP/scripts/build-guest.sh"; then
 	result ok "host: selftests and tools compile with -Wall -Werror"
 else
@@ -69,6 +80,13 @@ for t in /bin/*_test; do
 	echo "MEMREG-SELFTEST-END $n $r"
 	[ "$r" = 0 ] || rc=1
 done
+# The libraries' example programs (the README's among them) exit 0.
+for t in /bin/memreg-hello /bin/memreg-rs-register_copy /bin/memreg-rs-ring_copy \
+	/bin/memreg-rs-pool /bin/memreg-rs-peer_write; do
+	n=${t##*/}
+	( "$t" 2>&1; echo $? >/tmp/rc ) | sed "s/^/[$n] /"
+	echo "MEMREG-EXAMPLE-END $n $(cat /tmp/rc)"
+done
 # Unload (freeing everything the module holds) and load again, then let
 # kmemleak look: an object must be unreferenced for 5 s and two scans.
 if [ -w $kmemleak ]; then
@@ -84,7 +102,8 @@ fi
 exit $rc
 GUEST
 log=$MEMREG_BUILD/check.log
-tests=("$MEMREG_BUILD"/guest-bin/*_test)
+tests=("$MEMREG_BUILD"/guest-bin/*_test "$MEMREG_BUILD"/guest-bin/memreg-hello
+	"$MEMREG_BUILD"/guest-bin/memreg-rs-*)
 "$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -t "${MEMREG_GUEST_TIMEOUT:-1200}" "$run" "${tests[@]}"
 status=$?
 case $status in
@@ -136,6 +155,17 @@ done < <(awk '
 		}
 	}
 	END { for (p in plan) if (!(p in done)) print "prog", p, "did not finish" }' "$log")
+
+examples=0
+while read -r name rc; do
+	examples=$((examples + 1))
+	if [ "$rc" = 0 ]; then
+		result ok "example: $name exits 0"
+	else
+		result FAIL "example: $name exited with status $rc (see [$name] in the log)"
+	fi
+done < <(sed -n 's/^MEMREG-EXAMPLE-END //p' "$log")
+[ "$examples" = 5 ] || result FAIL "example: $examples of 5 example programs reported"
 
 leaks=$(sed -n 's/^MEMREG-KMEMLEAK-END \([0-9]*\)$/\1/p' "$log")
 if [ -z "$leaks" ]; then

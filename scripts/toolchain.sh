@@ -15,6 +15,7 @@ PACKAGES=(
 	"libclang-$LLVM_VERSION-dev"
 	flex bison bc libelf-dev libssl-dev cpio busybox-static
 	qemu-system-x86 make gcc xz-utils rsync python3
+	pkg-config groff-base man-db file
 )
 
 missing=()

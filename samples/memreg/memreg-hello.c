@@ -72,11 +72,15 @@ int main(void)
 	}
 	memreg_cqe_seen(&q, cqe);
 	printf("copied: %s\n", buf + PAGE);
+	if (strcmp(buf + PAGE, "hello, memreg"))
+		return 1;
 
 	/* munmap ends the registration before it returns. */
 	printf("valid before munmap: %d\n", memreg_mr_valid(mr));
 	munmap(buf, 2 * PAGE);
 	printf("valid after munmap:  %d\n", memreg_mr_valid(mr));
+	if (memreg_mr_valid(mr))
+		return 1;
 
 	memreg_mr_put(cache, mr);
 	memreg_queue_exit(&q);
