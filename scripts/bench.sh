@@ -19,14 +19,17 @@ modargs="max_registrations=131072"
 "$MEMREG_TOP/scripts/build-module.sh"
 "$MEMREG_TOP/scripts/build-guest.sh"
 script=$MEMREG_BUILD/bench-run.sh
-printf 'echo MEMREG-BENCH-BEGIN\nmemreg-bench\nrc=$?\necho MEMREG-BENCH-END\nexit $rc\n' >"$script"
+# MEMREG_BENCH_ARGS=lib runs only the rows of the user-space libraries.
+printf 'echo MEMREG-BENCH-BEGIN\nmemreg-bench %s\nrc=$?\necho MEMREG-BENCH-END\nexit $rc\n' \
+	"${MEMREG_BENCH_ARGS:-}" >"$script"
 log=$MEMREG_BUILD/bench.log
 csv=$MEMREG_BUILD/bench/results.csv
 mkdir -p "$(dirname "$csv")"
 rm -f "$csv"
 set +e
 "$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -a "$modargs" -k "kunit.enable=0 loglevel=3" \
-	-t "${MEMREG_GUEST_TIMEOUT:-1200}" "$script" "$MEMREG_BUILD/guest-bin/memreg-bench"
+	-t "${MEMREG_GUEST_TIMEOUT:-1200}" "$script" "$MEMREG_BUILD/guest-bin/memreg-bench" \
+	"$MEMREG_BUILD/guest-bin/memreg-rs-ring_nop_bench"
 rc=$?
 set -e
 # The program's output without its CSV lines: progress and the table.

@@ -22,6 +22,28 @@
  *                            no-op ioctl: the floor every REGISTER pays,
  *                            copying its 72-byte argument in (under TCG a
  *                            user copy costs a few ns per byte);
+ *  lib_cache_hit_vs_noop_ioctl  libmemreg's registration cache:
+ *                            memreg_mr_get() of 4 pages inside a cached
+ *                            16-page registration (a tree look-up under the
+ *                            cache's mutex and one acquire load of the state
+ *                            word) plus memreg_mr_put(), against one no-op
+ *                            ioctl (GET_VERSION), <= 0.1. Every get must
+ *                            return the cached entry, and the kernel's STATS
+ *                            must count no REGISTER during the timed runs;
+ *  lib_ring_nop_vs_raw_ring  32 NOPs posted then reaped through libmemreg
+ *                            (memreg_queue_post(), memreg_reap_cqes()),
+ *                            against the same through this program's own
+ *                            hand-written protocol (the ring_* functions
+ *                            below), on two queues of 256/1024 entries of one
+ *                            file, alternating, <= 1.1: what the library
+ *                            adds to the protocol;
+ *  rust_ring_nop_vs_c_ring   one NOP posted and its completion busy-polled,
+ *                            by the memreg crate (memreg-rs-ring_nop_bench,
+ *                            run as a child, which times itself) against the
+ *                            same loop through libmemreg in this program,
+ *                            queues of 64/64 entries on files of their own,
+ *                            <= 1.1; skipped (no row) when the Rust program
+ *                            is not installed;
  *  userspace_hit_vs_noop_ioctl  a cache hit validated in user space through
  *                            the state words, against one no-op ioctl
  *                            (GET_VERSION on the same file), <= 0.1. The file
@@ -401,6 +423,24 @@ static void calibrate_clock(void)
 	else
 		/* Nothing will be resolved: keep the run short. */
 		clk.thr_ns = fmax(MIN_INTERVAL_NS, fmin(3 * clk.step_ns, 100 * MS));
+}
+
+/*
+ * Right after boot the kernel may still be on tsc-early, which it replaces
+ * a few seconds later: wait for that (at most 30 s) rather than time
+ * across the switch.
+ */
+static void settle_clocksource(void)
+{
+	char src[64];
+	int i;
+
+	for (i = 0; i < 300; i++) {
+		read_clocksource(src, sizeof(src));
+		if (strcmp(src, "tsc-early"))
+			return;
+		usleep(100000);
+	}
 }
 
 static void print_clock(void)
@@ -3442,6 +3482,325 @@ static void bp_grow_finish(void *arg, size_t n)
 	settle(0);
 }
 
+/* ---- libmemreg: its cache and rings against the raw protocol ------------ */
+
+struct lhit_ctx {
+	struct memreg_cache *c;
+	struct memreg_mr *want;
+	char *addr;
+	size_t bad;
+};
+
+static void lhit_run(void *arg, size_t n)
+{
+	struct lhit_ctx *c = arg;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_mr *mr;
+
+		if (memreg_mr_get(c->c, c->addr, 4 * PAGE, RW, &mr) || mr != c->want)
+			c->bad++;
+		else
+			memreg_mr_put(c->c, mr);
+	}
+}
+
+static void lhit_finish(void *arg, size_t n)
+{
+	struct lhit_ctx *c = arg;
+
+	(void)n;
+	if (c->bad)
+		fail("%zu memreg_mr_get() calls did not return the cached entry", c->bad);
+}
+
+static void bench_lib_cache_hit(void)
+{
+	struct lhit_ctx c = { 0 };
+	struct batch lb = { .max_n = (size_t)1 << 32, .run = lhit_run, .finish = lhit_finish,
+			    .arg = &c };
+	struct memreg_cache_stats cs;
+	struct memreg_stats before, after;
+	struct fig hit[ROUNDS], noop[ROUNDS], h, z;
+	struct noop_ctx nc;
+	struct batch nb;
+	char *buf;
+	int fd, k, ret;
+
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(-fd));
+	ret = memreg_cache_create(fd, NULL, &c.c);
+	if (ret)
+		fail("memreg_cache_create: %s", strerror(-ret));
+	buf = map_touched(16 * PAGE);
+	ret = memreg_mr_get(c.c, buf, 16 * PAGE, RW, &c.want);
+	if (ret)
+		fail("memreg_mr_get (miss): %s", strerror(-ret));
+	c.addr = buf + PAGE;
+	noop_batch(&nb, &nc, fd);
+	if (memreg_stats(fd, &before))
+		fail("STATS: %s", strerror(errno));
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			hit[k] = measure(&lb);
+			noop[k] = measure(&nb);
+		} else {
+			noop[k] = measure(&nb);
+			hit[k] = measure(&lb);
+		}
+	}
+	if (memreg_stats(fd, &after))
+		fail("STATS: %s", strerror(errno));
+	if (after.registrations != before.registrations ||
+	    after.cache_hits != before.cache_hits || after.cache_misses != before.cache_misses)
+		fail("memreg_mr_get() hits reached the kernel (%llu REGISTER calls)",
+		     (unsigned long long)(after.cache_hits + after.cache_misses -
+					  before.cache_hits - before.cache_misses));
+	memreg_cache_get_stats(c.c, &cs);
+	h = median(hit, ROUNDS);
+	z = median(noop, ROUNDS);
+	printf("\nlibmemreg cache hit (memreg_mr_get + memreg_mr_put) vs no-op ioctl\n"
+	       "  hit %s, GET_VERSION %s; cache: %llu hits, %llu misses\n", figstr(h, "ns"),
+	       figstr(z, "ns"), (unsigned long long)cs.hits, (unsigned long long)cs.misses);
+	add_row("lib_cache_hit_vs_noop_ioctl", h, z, "<=0.1");
+	memreg_mr_put(c.c, c.want);
+	memreg_cache_destroy(c.c);
+	munmap(buf, 16 * PAGE);
+	close(fd);
+	settle(0);
+}
+
+#define NOP_BATCH	32
+
+/* Posts a NOP with the hand-written protocol (as ring_post_copy()). */
+static int raw_post_nop(struct ring *r)
+{
+	__u64 pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED), seq;
+	struct memreg_sq_slot *s;
+
+	for (;;) {
+		s = &r->slots[pos & (r->sq_entries - 1)];
+		seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
+		if (seq == pos) {
+			if (__atomic_compare_exchange_n(&r->su->insert, &pos, pos + 1, 0,
+							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
+				break;
+			continue;
+		}
+		if ((__s64)(seq - pos) < 0)
+			return 0;
+		pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED);
+	}
+	s->sqe = (struct memreg_sqe){ .opcode = MEMREG_OP_NOP, .user_data = r->posted++ };
+	__atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	if ((__atomic_load_n(&r->cr->flags, __ATOMIC_RELAXED) & MEMREG_QUEUE_NEED_WAKEUP) &&
+	    __atomic_load_n(&r->cr->sq_head, __ATOMIC_RELAXED) == pos)
+		ring_doorbell(r);
+	return 1;
+}
+
+static void raw_nop_run(void *arg, size_t n)
+{
+	struct ring *r = arg;
+	size_t i, k;
+
+	for (i = 0; i < n; i++) {
+		unsigned long spins = 0;
+		int64_t since = 0;
+
+		for (k = 0; k < NOP_BATCH; k++)
+			if (!raw_post_nop(r))
+				fail("raw ring full with %d requests", NOP_BATCH);
+		while (r->reaped != r->posted)
+			if (!ring_reap(r))
+				ring_idle(r, &spins, &since);
+	}
+}
+
+struct lring_ctx {
+	struct memreg_queue q;
+	__u64 posted, reaped;
+};
+
+static void lib_nop_run(void *arg, size_t n)
+{
+	struct lring_ctx *c = arg;
+	struct memreg_cqe out[NOP_BATCH];
+	struct memreg_sqe s;
+	size_t i, k;
+
+	memreg_prep_nop(&s);
+	for (i = 0; i < n; i++) {
+		unsigned long spins = 0;
+		int64_t t0 = 0;
+
+		for (k = 0; k < NOP_BATCH; k++) {
+			memreg_sqe_set_data64(&s, c->posted++);
+			if (memreg_queue_post(&c->q, &s, 0, NULL))
+				fail("memreg_queue_post failed with %d requests", NOP_BATCH);
+		}
+		while (c->reaped != c->posted) {
+			unsigned int got = memreg_reap_cqes(&c->q, out, NOP_BATCH), j;
+
+			for (j = 0; j < got; j++, c->reaped++)
+				if (out[j].user_data != c->reaped || out[j].status)
+					fail("libmemreg NOP %llu: user_data %llu, status %d",
+					     (unsigned long long)c->reaped,
+					     (unsigned long long)out[j].user_data, out[j].status);
+			if (got)
+				continue;
+			if (++spins % 1024) {
+				cpu_relax();
+				continue;
+			}
+			sched_yield();
+			if (!t0)
+				t0 = now_ns();
+			else if (now_ns() - t0 > 10000 * MS)
+				fail("libmemreg: no NOP completion for 10 s");
+		}
+	}
+}
+
+static void bench_lib_ring(void)
+{
+	struct lring_ctx lc = { 0 };
+	struct ring raw;
+	struct batch rb = { .max_n = 1 << 20, .run = raw_nop_run, .arg = &raw };
+	struct batch lb = { .max_n = 1 << 20, .run = lib_nop_run, .arg = &lc };
+	struct fig fr[ROUNDS], fl[ROUNDS], r, l;
+	int fd, k, ret;
+
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(-fd));
+	ring_open(&raw, fd);
+	raw.len = 0;
+	ret = memreg_queue_init(fd, RING_SQ, RING_CQ, -1, &lc.q);
+	if (ret)
+		fail("memreg_queue_init: %s", strerror(-ret));
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			fl[k] = measure(&lb);
+			fr[k] = measure(&rb);
+		} else {
+			fr[k] = measure(&rb);
+			fl[k] = measure(&lb);
+		}
+	}
+	r = per(median(fr, ROUNDS), NOP_BATCH);
+	l = per(median(fl, ROUNDS), NOP_BATCH);
+	printf("\nlibmemreg rings vs the hand-written protocol: %d NOPs posted, then reaped\n"
+	       "  libmemreg %s, hand-written %s per request\n", NOP_BATCH, figstr(l, "ns"),
+	       figstr(r, "ns"));
+	add_row("lib_ring_nop_vs_raw_ring", l, r, "<=1.1");
+	memreg_queue_exit(&lc.q);
+	ring_close(&raw);
+	close(fd);
+	settle(0);
+}
+
+#define RUST_NOP_BENCH	"/bin/memreg-rs-ring_nop_bench"
+
+/* One NOP posted and busy-polled through libmemreg, as the Rust program does. */
+static void c_nop_round_trip(void *arg, size_t n)
+{
+	struct lring_ctx *c = arg;
+	struct memreg_sqe s;
+	struct memreg_cqe out;
+	size_t i;
+
+	memreg_prep_nop(&s);
+	for (i = 0; i < n; i++) {
+		memreg_sqe_set_data64(&s, c->posted);
+		if (memreg_queue_post_wait(&c->q, &s, 10000))
+			fail("memreg_queue_post_wait failed");
+		while (!memreg_reap_cqes(&c->q, &out, 1))
+			cpu_relax();
+		if (out.user_data != c->posted || out.status)
+			fail("libmemreg NOP %llu: user_data %llu, status %d",
+			     (unsigned long long)c->posted, (unsigned long long)out.user_data,
+			     out.status);
+		c->posted++;
+	}
+}
+
+/* Runs the Rust program for `iterations` round trips: its ns per round trip. */
+static double rust_nop(size_t iterations)
+{
+	char cmd[128], line[128];
+	double ns = 0;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd), "%s %zu", RUST_NOP_BENCH, iterations);
+	f = popen(cmd, "r");
+	if (!f)
+		fail("cannot run %s: %s", RUST_NOP_BENCH, strerror(errno));
+	while (fgets(line, sizeof(line), f))
+		if (sscanf(line, "ns_per_op %lf", &ns) == 1)
+			break;
+	if (pclose(f) != 0 || ns <= 0)
+		fail("%s did not report a time", RUST_NOP_BENCH);
+	return ns;
+}
+
+static void bench_rust_ring(void)
+{
+	struct lring_ctx lc = { 0 };
+	struct batch cb = { .max_n = 1 << 20, .run = c_nop_round_trip, .arg = &lc };
+	struct fig fc[ROUNDS], fr[ROUNDS], c, r;
+	struct memreg_sqe s;
+	struct memreg_cqe out;
+	size_t iterations;
+	int fd, k, ret;
+
+	if (access(RUST_NOP_BENCH, X_OK)) {
+		printf("\n%s not installed: no rust_ring_nop_vs_c_ring row\n", RUST_NOP_BENCH);
+		return;
+	}
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(-fd));
+	ret = memreg_queue_init(fd, 64, 64, -1, &lc.q);
+	if (ret)
+		fail("memreg_queue_init: %s", strerror(-ret));
+	/* The Rust program warms up with 1000 round trips: so does this. */
+	memreg_prep_nop(&s);
+	for (k = 0; k < 1000; k++) {
+		memreg_sqe_set_data64(&s, lc.posted);
+		if (memreg_queue_run(&lc.q, &s, &out) || out.user_data != lc.posted)
+			fail("libmemreg NOP warm-up failed");
+		lc.posted++;
+	}
+	/* The Rust program times as many round trips as one C batch holds. */
+	fc[0] = measure(&cb);
+	iterations = cb.n < 2000 ? 2000 : cb.n;
+	for (k = 0; k < ROUNDS; k++) {
+		double ns;
+
+		if (k % 2)
+			fc[k] = measure(&cb);
+		ns = rust_nop(iterations);
+		fr[k] = (struct fig){ .ns = ns,
+				      .ok = clk.ok && ns * iterations >= clk.thr_ns &&
+					    ns * iterations >= 1000 * clk.step_ns };
+		if (!(k % 2))
+			fc[k] = measure(&cb);
+	}
+	c = median(fc, ROUNDS);
+	r = median(fr, ROUNDS);
+	printf("\nRust crate vs libmemreg: one NOP posted, its completion busy-polled\n"
+	       "  Rust %s, C %s per round trip (%zu a run)\n", figstr(r, "ns"), figstr(c, "ns"),
+	       iterations);
+	add_row("rust_ring_nop_vs_c_ring", r, c, "<=1.1");
+	memreg_queue_exit(&lc.q);
+	close(fd);
+	settle(0);
+}
+
 static void bench_pool_grow(void)
 {
 	struct bp_grow g = { 0 };
@@ -3506,31 +3865,39 @@ static void print_module_limits(void)
 		     (unsigned long long)g.max_registrations, lk_sizes[LK_SIZES - 1]);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+	/* "memreg-bench lib": only the rows of the user-space libraries. */
+	bool lib_only = argc > 1 && !strcmp(argv[1], "lib");
 	int gup;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n");
+	settle_clocksource();
 	calibrate_clock();
 	print_clock();
 	print_module_limits();
-	gup = open("/sys/kernel/debug/gup_test", O_RDWR);
-	if (gup < 0)
-		fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s", strerror(errno));
-
-	bench_miss(gup);
-	close(gup);
-	bench_hit();
-	bench_userspace_hit();
-	bench_park();
-	bench_munmap();
-	bench_ring();
-	bench_peer_write();
-	bench_pingpong();
-	bench_lookup();
-	bench_pool_ops();
-	bench_pool_grow();
+	if (!lib_only) {
+		gup = open("/sys/kernel/debug/gup_test", O_RDWR);
+		if (gup < 0)
+			fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s",
+			     strerror(errno));
+		bench_miss(gup);
+		close(gup);
+		bench_hit();
+		bench_userspace_hit();
+		bench_park();
+		bench_munmap();
+		bench_ring();
+		bench_peer_write();
+		bench_pingpong();
+		bench_lookup();
+		bench_pool_ops();
+		bench_pool_grow();
+	}
+	bench_lib_cache_hit();
+	bench_lib_ring();
+	bench_rust_ring();
 	print_results();
 	return 0;
 }
