@@ -43,7 +43,7 @@ int main(void)
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (buf == MAP_FAILED)
 		return 1;
-	strcpy(buf, "hello, memreg");
+	snprintf(buf, PAGE, "hello, memreg");
 
 	/* Register both pages: offsets count from the registration's start. */
 	ret = memreg_mr_get(cache, buf, 2 * PAGE,

@@ -468,9 +468,11 @@ struct memreg_cache_attr {
 	__u32 flags;		/* MEMREG_CACHE_* */
 	__u32 event_entries;	/* event ring size; 0: 1024 */
 	__u32 slots;		/* state words to map; 0: MEMREG_MAX_SLOTS */
-	__u32 max_entries;	/* entries kept; past it a miss deregisters
-				 * unused ones, least recently used first
-				 * (CLOCK); 0: 4096 */
+	/*
+	 * Entries kept; past it a miss deregisters unused ones, least
+	 * recently used first (CLOCK); 0: 4096.
+	 */
+	__u32 max_entries;
 };
 
 struct memreg_cache_stats {

@@ -376,7 +376,7 @@ static bool entry_get(struct memreg_mr *e)
 	return true;
 }
 
-static __attribute__((noinline)) void entry_free(struct memreg_cache *c, struct memreg_mr *e)
+static noinline void entry_free(struct memreg_cache *c, struct memreg_mr *e)
 {
 	pthread_mutex_lock(&c->lock);
 	entry_free_locked(c, e);
@@ -747,7 +747,7 @@ void memreg_cache_get_stats(struct memreg_cache *c, struct memreg_cache_stats *s
 }
 
 /* This thread's hit counter in @c, claimed on its first hit there. */
-static __attribute__((noinline)) struct thread_counter *claim_counter(struct memreg_cache *c)
+static noinline struct thread_counter *claim_counter(struct memreg_cache *c)
 {
 	struct thread_counter *t = tls_counter.counter;
 	int i;
@@ -896,7 +896,7 @@ static void revalidate_locked(struct memreg_cache *c, struct memreg_mr *e)
 		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false, false);
 }
 
-static __attribute__((noinline, cold)) int get_slow(struct memreg_cache *c, __u64 a, __u64 length,
+static noinline __cold int get_slow(struct memreg_cache *c, __u64 a, __u64 length,
 					      __u32 access, struct memreg_mr **mrp)
 {
 	__u64 end = a + length;
@@ -979,7 +979,7 @@ static inline uintptr_t get_fast(struct memreg_cache *c, __u64 a, __u64 length, 
 }
 
 /* Whatever the fast path did not answer. */
-static __attribute__((noinline, cold)) int get_other(struct memreg_cache *c, uintptr_t fast,
+static noinline __cold int get_other(struct memreg_cache *c, uintptr_t fast,
 						     __u64 a, __u64 length, __u32 access,
 						     struct memreg_mr **mrp)
 {

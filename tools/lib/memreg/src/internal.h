@@ -9,6 +9,13 @@
 #include <sys/ioctl.h>
 #include <unistd.h>
 
+#ifndef noinline
+#define noinline	__attribute__((noinline))
+#endif
+#ifndef __cold
+#define __cold		__attribute__((cold))
+#endif
+
 /* ioctl(2) as the library returns it: 0 or -errno. */
 static inline int memreg__ioctl(int fd, unsigned long request, void *arg)
 {

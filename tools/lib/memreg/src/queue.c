@@ -150,6 +150,8 @@ static int claim(struct memreg_queue *q, struct memreg_sq_slot **slotp, __u64 *p
 		struct memreg_sq_slot *slot = &q->slots[pos & mask];
 		__s64 diff = (__s64)(__atomic_load_n(&slot->seq, __ATOMIC_ACQUIRE) - pos);
 
+		__u64 now;
+
 		if (diff == 0) {
 			/* Free for this lap: claim it (on failure pos is what we found). */
 			if (__atomic_compare_exchange_n(&q->user->insert, &pos, pos + 1,
@@ -159,17 +161,16 @@ static int claim(struct memreg_queue *q, struct memreg_sq_slot **slotp, __u64 *p
 				*posp = pos;
 				return 0;
 			}
-		} else if (diff < 0) {
-			/* Not yet freed by the worker: full. */
-			return -EAGAIN;
-		} else {
-			/* Another poster took it. */
-			__u64 now = __atomic_load_n(&q->user->insert, __ATOMIC_RELAXED);
-
-			if (now == pos && ++reloads > MAX_RELOADS)
-				return -EBUSY;
-			pos = now;
+			continue;
 		}
+		/* Not yet freed by the worker: full. */
+		if (diff < 0)
+			return -EAGAIN;
+		/* Another poster took it. */
+		now = __atomic_load_n(&q->user->insert, __ATOMIC_RELAXED);
+		if (now == pos && ++reloads > MAX_RELOADS)
+			return -EBUSY;
+		pos = now;
 	}
 }
 

@@ -103,14 +103,14 @@ static bool worker_step(struct fake_queue *f)
 
 struct worker {
 	struct fake_queue *f;
-	volatile bool stop;
+	bool stop;		/* atomic */
 };
 
 static void *worker_thread(void *arg)
 {
 	struct worker *w = arg;
 
-	while (!w->stop)
+	while (!__atomic_load_n(&w->stop, __ATOMIC_ACQUIRE))
 		if (!worker_step(w->f))
 			sched_yield();
 	while (worker_step(w->f))
@@ -170,7 +170,7 @@ static void test_post_reap(void)
 		if (!sqe && !n)
 			sched_yield();
 	}
-	w.stop = true;
+	__atomic_store_n(&w.stop, true, __ATOMIC_RELEASE);
 	pthread_join(t, NULL);
 	CHECK(got == 20000);
 	CHECK(next == 20000);

@@ -332,6 +332,19 @@ TEST_F(ring, preps_fill_the_documented_fields)
 {
 	struct memreg_sqe s;
 
+	/* The universal prep: every field as given, the rest zero. */
+	memset(&s, 0xff, sizeof(s));
+	memreg_prep_rw(&s, MEMREG_OP_COPY, 7, 1, 2, 3, 4, 5);
+	EXPECT_EQ(MEMREG_OP_COPY, s.opcode);
+	EXPECT_EQ(0, s.flags);
+	EXPECT_EQ(0, s.reserved0);
+	EXPECT_EQ(7, s.peer);
+	EXPECT_EQ(0, s.user_data);
+	EXPECT_EQ(1, s.key);
+	EXPECT_EQ(2, s.offset);
+	EXPECT_EQ(3, s.src_key);
+	EXPECT_EQ(4, s.src_offset);
+	EXPECT_EQ(5, s.length);
 	memreg_prep_write(&s, 3, 0x11, 0x22, 0x33, 0x44, 0x55);
 	EXPECT_EQ(MEMREG_OP_WRITE, s.opcode);
 	EXPECT_EQ(3, s.peer);
