@@ -6,7 +6,7 @@
 use std::io;
 use std::mem::{offset_of, size_of};
 use std::os::fd::{AsRawFd, BorrowedFd};
-use std::sync::atomic::{fence, AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -14,18 +14,7 @@ use memreg_sys as raw;
 
 use crate::{einval, eproto, sys, Device, Peer};
 
-/// Offsets in the submission ring's header (`struct memreg_sq_user`).
-const INSERT: usize = offset_of!(raw::memreg_sq_user, insert);
-const CQ_HEAD: usize = offset_of!(raw::memreg_sq_user, cq_head);
-const CQ_ARM: usize = offset_of!(raw::memreg_sq_user, cq_arm);
-/// Offsets in a submission slot (`struct memreg_sq_slot`).
-const SLOT_SEQ: usize = offset_of!(raw::memreg_sq_slot, seq);
-const SLOT_SQE: usize = offset_of!(raw::memreg_sq_slot, sqe);
 const SLOT_SIZE: usize = size_of::<raw::memreg_sq_slot>();
-/// Offsets in the completion ring's header (`struct memreg_cq_ring`).
-const SQ_HEAD: usize = offset_of!(raw::memreg_cq_ring, sq_head);
-const CQ_TAIL: usize = offset_of!(raw::memreg_cq_ring, cq_tail);
-const CQ_FLAGS: usize = offset_of!(raw::memreg_cq_ring, flags);
 const CQE_SIZE: usize = size_of::<raw::memreg_cqe>();
 /// Offsets in the master ring's mappings.
 const MASTER_TAIL: usize = offset_of!(raw::memreg_master_ring, tail);
@@ -266,17 +255,20 @@ impl From<raw::memreg_cqe> for Completion {
 ///
 /// The queue lasts as long as the file; dropping this value unmaps its
 /// rings. Reaping methods serialise on an internal lock, so a `&Queue`
-/// may be shared between posting threads and a reaping one.
+/// may be shared between posting threads and a reaping one (looking at an
+/// empty completion ring takes no lock).
 #[derive(Debug)]
 pub struct Queue<'dev> {
     dev: &'dev Device,
     index: u32,
-    sq: sys::Mmap,
-    cq: sys::Mmap,
+    maps: sys::QueueMaps,
     sq_entries: u32,
     cq_entries: u32,
-    /// The reader's own completion head.
-    reader: Mutex<u32>,
+    /// Held while consuming completions.
+    reader: Mutex<()>,
+    /// The reader's own completion head: stored only under `reader`, loaded
+    /// without it to see that nothing is ready.
+    head: AtomicU32,
     doorbells: AtomicU64,
 }
 
@@ -311,15 +303,16 @@ impl<'dev> Queue<'dev> {
         }
         let sq = sys::Mmap::map_shared(dev.fd(), sq_bytes, true, raw::memreg_mmap_sq(c.queue))?;
         let cq = sys::Mmap::map_shared(dev.fd(), cq_bytes, false, raw::memreg_mmap_cq(c.queue))?;
-        let head = sq.load_u32(CQ_HEAD, Ordering::Relaxed)?;
+        let maps = sys::QueueMaps::new(sq, cq, sq_entries, cq_entries)?;
+        let head = maps.cq_head().load(Ordering::Relaxed);
         Ok(Queue {
             dev,
             index: c.queue,
-            sq,
-            cq,
+            maps,
             sq_entries,
             cq_entries,
-            reader: Mutex::new(head),
+            reader: Mutex::new(()),
+            head: AtomicU32::new(head),
             doorbells: AtomicU64::new(0),
         })
     }
@@ -355,40 +348,29 @@ impl<'dev> Queue<'dev> {
         sys::doorbell(self.dev.fd(), &mut d)
     }
 
-    fn slot_offset(&self, pos: u64) -> usize {
-        raw::MEMREG_SQ_SLOTS_OFFSET as usize
-            + (pos & u64::from(self.sq_entries - 1)) as usize * SLOT_SIZE
-    }
-
-    fn cqe_offset(&self, i: u32) -> usize {
-        raw::MEMREG_CQ_ENTRIES_OFFSET as usize + (i & (self.cq_entries - 1)) as usize * CQE_SIZE
-    }
-
     /// Claims a slot: its position, `EAGAIN` (`WouldBlock`) when the ring is
     /// full, `EBUSY` when its words make no sense.
     fn claim(&self) -> io::Result<u64> {
-        let mut pos = self.sq.load_u64(INSERT, Ordering::Relaxed)?;
+        let insert = self.maps.insert();
+        let mut pos = insert.load(Ordering::Relaxed);
         let mut reloads = 0;
         loop {
-            let seq = self
-                .sq
-                .load_u64(self.slot_offset(pos) + SLOT_SEQ, Ordering::Acquire)?;
+            let seq = self.maps.slot_seq(pos).load(Ordering::Acquire);
             match slot_state(seq, pos) {
                 SlotState::Free => {
-                    match self.sq.compare_exchange_u64(
-                        INSERT,
+                    match insert.compare_exchange(
                         pos,
                         pos.wrapping_add(1),
                         Ordering::Relaxed,
                         Ordering::Relaxed,
-                    )? {
+                    ) {
                         Ok(_) => return Ok(pos),
                         Err(found) => pos = found,
                     }
                 }
                 SlotState::Full => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
                 SlotState::Taken => {
-                    let now = self.sq.load_u64(INSERT, Ordering::Relaxed)?;
+                    let now = insert.load(Ordering::Relaxed);
                     if now == pos {
                         reloads += 1;
                         if reloads > MAX_RELOADS {
@@ -412,14 +394,13 @@ impl<'dev> Queue<'dev> {
     /// and this is the request it takes next (`sq_head == pos`).
     pub fn try_submit(&self, req: &Request) -> io::Result<()> {
         let pos = self.claim()?;
-        let off = self.slot_offset(pos);
-        self.sq.write(off + SLOT_SQE, &req.sqe)?;
-        self.sq
-            .store_u64(off + SLOT_SEQ, pos.wrapping_add(1), Ordering::Release)?;
+        self.maps.write_sqe(pos, &req.sqe);
+        self.maps
+            .slot_seq(pos)
+            .store(pos.wrapping_add(1), Ordering::Release);
         fence(Ordering::SeqCst);
-        let flags = self.cq.load_u32(CQ_FLAGS, Ordering::Relaxed)?;
-        if flags & raw::MEMREG_QUEUE_NEED_WAKEUP != 0
-            && self.cq.load_u64(SQ_HEAD, Ordering::Relaxed)? == pos
+        if self.maps.flags(Ordering::Relaxed) & raw::MEMREG_QUEUE_NEED_WAKEUP != 0
+            && self.maps.sq_head(Ordering::Relaxed) == pos
         {
             self.doorbell()?;
         }
@@ -460,29 +441,33 @@ impl<'dev> Queue<'dev> {
         }
     }
 
-    fn lock_reader(&self) -> MutexGuard<'_, u32> {
-        // The head is a plain integer, consistent whatever a panicking
-        // holder did.
+    fn lock_reader(&self) -> MutexGuard<'_, ()> {
+        // The lock guards no data: a panicking holder left nothing
+        // inconsistent.
         self.reader.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn tail(&self) -> u32 {
-        // A constant offset within the header: cannot fail.
-        self.cq.load_u32(CQ_TAIL, Ordering::Acquire).unwrap_or(0)
+    /// Consumes the completions before `head`: stores it as the reader's
+    /// head and, with release ordering, as `cq_head`. Under the reader lock.
+    fn set_head(&self, head: u32) {
+        self.head.store(head, Ordering::Relaxed);
+        self.maps.cq_head().store(head, Ordering::Release);
     }
 
     /// Completions written and not yet consumed.
     pub fn ready(&self) -> u32 {
-        let head = *self.lock_reader();
-        ring_ready(head, self.tail(), self.cq_entries)
+        ring_ready(
+            self.head.load(Ordering::Relaxed),
+            self.maps.cq_tail(Ordering::Acquire),
+            self.cq_entries,
+        )
     }
 
     /// After storing a new head: a full barrier, then the doorbell if the
     /// worker stopped for a full completion ring.
     fn after_reap(&self) {
         fence(Ordering::SeqCst);
-        let flags = self.cq.load_u32(CQ_FLAGS, Ordering::Relaxed).unwrap_or(0);
-        if flags & raw::MEMREG_QUEUE_CQ_FULL != 0 {
+        if self.maps.flags(Ordering::Relaxed) & raw::MEMREG_QUEUE_CQ_FULL != 0 {
             // Fails only for a queue the file does not have, or after fork.
             let _ = self.doorbell();
         }
@@ -490,23 +475,48 @@ impl<'dev> Queue<'dev> {
 
     /// Consumes the next completion if one is ready (no system call, unless
     /// the worker stopped for a full completion ring and needs the doorbell).
+    ///
+    /// Made to be called in a busy-polling loop: while nothing is ready it
+    /// loads two words and takes no lock.
+    #[inline]
     pub fn peek_completion(&self) -> Option<Completion> {
-        let mut it = self.completions();
-        it.next()
+        // Nothing written past the head this value last stored. Another
+        // reader may be moving the head meanwhile: "nothing ready" is then
+        // as true as what the lock would have shown a moment later.
+        if self.maps.cq_tail(Ordering::Relaxed) == self.head.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.consume_one()
+    }
+
+    /// [`Queue::peek_completion`] once something may be ready.
+    #[inline(never)]
+    fn consume_one(&self) -> Option<Completion> {
+        let _reader = self.lock_reader();
+        let head = self.head.load(Ordering::Relaxed);
+        if ring_ready(head, self.maps.cq_tail(Ordering::Acquire), self.cq_entries) == 0 {
+            return None;
+        }
+        let c = self.maps.read_cqe(head);
+        self.set_head(head.wrapping_add(1));
+        self.after_reap();
+        Some(Completion::from(c))
     }
 
     /// An iterator consuming the completions ready now. It holds the
-    /// queue's reader lock: other reaping calls of the same thread
-    /// ([`Queue::peek_completion`], [`Queue::wait_completion`],
-    /// [`Queue::ready`]) wait until it is dropped, so drop it first.
+    /// queue's reader lock: other reaping calls of the same thread that find
+    /// a completion ready ([`Queue::peek_completion`],
+    /// [`Queue::wait_completion`]) wait until it is dropped, so drop it
+    /// first.
     pub fn completions(&self) -> Completions<'_, 'dev> {
-        let head = self.lock_reader();
-        let n = ring_ready(*head, self.tail(), self.cq_entries);
-        let end = head.wrapping_add(n);
+        let reader = self.lock_reader();
+        let head = self.head.load(Ordering::Relaxed);
+        let n = ring_ready(head, self.maps.cq_tail(Ordering::Acquire), self.cq_entries);
         Completions {
             queue: self,
+            _reader: reader,
             head,
-            end,
+            end: head.wrapping_add(n),
             consumed: false,
         }
     }
@@ -515,8 +525,7 @@ impl<'dev> Queue<'dev> {
     /// `cq_arm`, then issues a full barrier. Look at the ring once more
     /// before sleeping.
     pub fn arm(&self) {
-        // A constant offset within a writable header: cannot fail.
-        let _ = self.sq.store_u32(CQ_ARM, 1, Ordering::Release);
+        self.maps.cq_arm().store(1, Ordering::Release);
         fence(Ordering::SeqCst);
     }
 
@@ -589,7 +598,8 @@ impl<'dev> Queue<'dev> {
 #[derive(Debug)]
 pub struct Completions<'q, 'dev> {
     queue: &'q Queue<'dev>,
-    head: MutexGuard<'q, u32>,
+    _reader: MutexGuard<'q, ()>,
+    head: u32,
     end: u32,
     consumed: bool,
 }
@@ -598,22 +608,18 @@ impl Iterator for Completions<'_, '_> {
     type Item = Completion;
 
     fn next(&mut self) -> Option<Completion> {
-        if *self.head == self.end {
+        if self.head == self.end {
             return None;
         }
-        let q = self.queue;
-        let c =
-            q.cq.read::<raw::memreg_cqe>(q.cqe_offset(*self.head))
-                .ok()?;
-        *self.head = self.head.wrapping_add(1);
-        q.sq.store_u32(CQ_HEAD, *self.head, Ordering::Release)
-            .ok()?;
+        let c = self.queue.maps.read_cqe(self.head);
+        self.head = self.head.wrapping_add(1);
+        self.queue.set_head(self.head);
         self.consumed = true;
         Some(Completion::from(c))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.end.wrapping_sub(*self.head) as usize;
+        let n = self.end.wrapping_sub(self.head) as usize;
         (n, Some(n))
     }
 }
@@ -708,6 +714,16 @@ mod tests {
     use std::collections::HashSet;
     use std::os::fd::{AsFd, OwnedFd};
     use std::sync::atomic::AtomicBool;
+
+    /// Offsets in the submission ring's header (`struct memreg_sq_user`).
+    const CQ_HEAD: usize = offset_of!(raw::memreg_sq_user, cq_head);
+    /// Offsets in a submission slot (`struct memreg_sq_slot`).
+    const SLOT_SEQ: usize = offset_of!(raw::memreg_sq_slot, seq);
+    const SLOT_SQE: usize = offset_of!(raw::memreg_sq_slot, sqe);
+    /// Offsets in the completion ring's header (`struct memreg_cq_ring`).
+    const SQ_HEAD: usize = offset_of!(raw::memreg_cq_ring, sq_head);
+    const CQ_TAIL: usize = offset_of!(raw::memreg_cq_ring, cq_tail);
+    const CQ_FLAGS: usize = offset_of!(raw::memreg_cq_ring, flags);
 
     /// A shared file of `len` zero bytes standing in for a ring's pages.
     fn shared_file(len: u64, tag: &str) -> std::fs::File {
@@ -806,11 +822,11 @@ mod tests {
         let q = Queue {
             dev: &dev,
             index: 0,
-            sq,
-            cq,
+            maps: sys::QueueMaps::new(sq, cq, SQ, CQ).expect("maps"),
             sq_entries: SQ,
             cq_entries: CQ,
-            reader: Mutex::new(0),
+            reader: Mutex::new(()),
+            head: AtomicU32::new(0),
             doorbells: AtomicU64::new(0),
         };
         let stop = AtomicBool::new(false);
@@ -855,22 +871,20 @@ mod tests {
         let q = Queue {
             dev: &dev,
             index: 0,
-            sq,
-            cq,
+            maps: sys::QueueMaps::new(sq, cq, 4, 4).expect("maps"),
             sq_entries: 4,
             cq_entries: 4,
-            reader: Mutex::new(0),
+            reader: Mutex::new(()),
+            head: AtomicU32::new(0),
             doorbells: AtomicU64::new(0),
         };
         // Every seq behind insert: full.
-        q.sq.store_u64(INSERT, 1000, Ordering::Relaxed)
-            .expect("insert");
+        q.maps.insert().store(1000, Ordering::Relaxed);
         let e = q.try_submit(&Request::nop()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         // A seq ahead of an insert that never moves: EBUSY after the reloads.
         for i in 0..4 {
-            let off = raw::MEMREG_SQ_SLOTS_OFFSET as usize + i * SLOT_SIZE + SLOT_SEQ;
-            q.sq.store_u64(off, 2000, Ordering::Relaxed).expect("seq");
+            q.maps.slot_seq(i).store(2000, Ordering::Relaxed);
         }
         let e = q.try_submit(&Request::nop()).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBUSY));

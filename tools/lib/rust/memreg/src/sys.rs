@@ -456,6 +456,8 @@ impl Mmap {
         Ok(())
     }
 
+    // The data path uses [`QueueMaps`]; the tests' fake worker uses this.
+    #[cfg(test)]
     /// Stores the `u64` at byte `offset` atomically (writable mappings only).
     pub(crate) fn store_u64(&self, offset: usize, value: u64, order: Ordering) -> io::Result<()> {
         self.writable_at::<u64>(offset)?;
@@ -463,6 +465,8 @@ impl Mmap {
         Ok(())
     }
 
+    // The data path uses [`QueueMaps`]; the tests' fake worker uses this.
+    #[cfg(test)]
     /// Compare-and-swap of the `u64` at byte `offset` (writable mappings
     /// only): `Ok(Ok(current))` when it held `current` and now holds `new`,
     /// `Ok(Err(found))` otherwise.
@@ -488,6 +492,8 @@ impl Mmap {
         Ok(unsafe { std::ptr::read_volatile(p) })
     }
 
+    // The data path uses [`QueueMaps`]; the tests' fake worker uses this.
+    #[cfg(test)]
     /// Copies `value` in at byte `offset` with a volatile write (writable
     /// mappings only).
     pub(crate) fn write<T: Pod>(&self, offset: usize, value: &T) -> io::Result<()> {
@@ -504,6 +510,179 @@ impl Drop for Mmap {
         // SAFETY: the mapping is this value's, and no reference into it
         // outlives `&self`.
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Offsets in a queue's two mappings.
+const SQ_INSERT: usize = std::mem::offset_of!(raw::memreg_sq_user, insert);
+const SQ_CQ_HEAD: usize = std::mem::offset_of!(raw::memreg_sq_user, cq_head);
+const SQ_CQ_ARM: usize = std::mem::offset_of!(raw::memreg_sq_user, cq_arm);
+const SLOT_SEQ: usize = std::mem::offset_of!(raw::memreg_sq_slot, seq);
+const SLOT_SQE: usize = std::mem::offset_of!(raw::memreg_sq_slot, sqe);
+const CQ_SQ_HEAD: usize = std::mem::offset_of!(raw::memreg_cq_ring, sq_head);
+const CQ_TAIL: usize = std::mem::offset_of!(raw::memreg_cq_ring, cq_tail);
+const CQ_FLAGS: usize = std::mem::offset_of!(raw::memreg_cq_ring, flags);
+
+/// A queue's two mappings: the submission ring (`MEMREG_MMAP_SQ`,
+/// writable) and the completion ring (`MEMREG_MMAP_CQ`).
+///
+/// The data path touches a handful of words per request, so instead of the
+/// per-access checks of [`Mmap`] the layout is checked once, here: both
+/// mappings are page-aligned, the first is writable, and they are long
+/// enough for their headers, `sq_entries` slots and `cq_entries`
+/// completions (powers of two). Every accessor masks its position into the
+/// ring, so no access can leave the mappings or be misaligned, whatever the
+/// positions (which callers may have read from the shared words). As with
+/// [`Mmap`], the words are only accessed atomically and the descriptors only
+/// copied with volatile accesses; nothing read is more than data.
+#[derive(Debug)]
+pub(crate) struct QueueMaps {
+    sq: Mmap,
+    cq: Mmap,
+    sq_mask: u64,
+    cq_mask: u32,
+}
+
+impl QueueMaps {
+    /// Checks the layout described above (`EINVAL` otherwise).
+    pub(crate) fn new(sq: Mmap, cq: Mmap, sq_entries: u32, cq_entries: u32) -> io::Result<Self> {
+        let sq_need = (sq_entries as usize)
+            .checked_mul(size_of::<raw::memreg_sq_slot>())
+            .and_then(|n| n.checked_add(raw::MEMREG_SQ_SLOTS_OFFSET as usize));
+        let cq_need = (cq_entries as usize)
+            .checked_mul(size_of::<raw::memreg_cqe>())
+            .and_then(|n| n.checked_add(raw::MEMREG_CQ_ENTRIES_OFFSET as usize));
+        let aligned = |m: &Mmap| m.addr() % 64 == 0;
+        let ok = sq_entries.is_power_of_two()
+            && cq_entries.is_power_of_two()
+            && sq.writable
+            && aligned(&sq)
+            && aligned(&cq)
+            && sq_need.is_some_and(|n| n <= sq.len)
+            && cq_need.is_some_and(|n| n <= cq.len)
+            && size_of::<raw::memreg_cq_ring>() <= raw::MEMREG_CQ_ENTRIES_OFFSET as usize
+            && size_of::<raw::memreg_sq_user>() <= raw::MEMREG_SQ_SLOTS_OFFSET as usize
+            && raw::MEMREG_SQ_SLOTS_OFFSET as usize % 64 == 0
+            && raw::MEMREG_CQ_ENTRIES_OFFSET as usize % 64 == 0;
+        if !ok {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(QueueMaps {
+            sq,
+            cq,
+            sq_mask: u64::from(sq_entries - 1),
+            cq_mask: cq_entries - 1,
+        })
+    }
+
+    /// The byte offset of slot `pos & (sq_entries - 1)`.
+    #[inline]
+    fn slot(&self, pos: u64) -> usize {
+        raw::MEMREG_SQ_SLOTS_OFFSET as usize
+            + (pos & self.sq_mask) as usize * size_of::<raw::memreg_sq_slot>()
+    }
+
+    /// The `u64` word at `offset` of the submission ring.
+    ///
+    /// Callers pass a header field's offset or a slot's `seq`: within the
+    /// mapping (checked in `new`) and 8-aligned (the mapping is
+    /// page-aligned, and so are the fields of the `repr(C)` structures).
+    #[inline]
+    fn sq_u64(&self, offset: usize) -> &AtomicU64 {
+        debug_assert!(offset + 8 <= self.sq.len && offset % 8 == 0);
+        // SAFETY: as above; the mapping lives as long as `&self` and its
+        // words are only ever accessed atomically (or by the kernel).
+        unsafe { AtomicU64::from_ptr(self.sq.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// The `u32` word at `offset` of the submission ring's header.
+    #[inline]
+    fn sq_u32(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset + 4 <= raw::MEMREG_SQ_SLOTS_OFFSET as usize && offset % 4 == 0);
+        // SAFETY: as for `sq_u64`: a header field, within the mapping and
+        // aligned.
+        unsafe { AtomicU32::from_ptr(self.sq.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// The `u32` word at `offset` of the completion ring's header.
+    #[inline]
+    fn cq_u32(&self, offset: usize) -> &AtomicU32 {
+        debug_assert!(offset + 4 <= raw::MEMREG_CQ_ENTRIES_OFFSET as usize && offset % 4 == 0);
+        // SAFETY: a header field, within the mapping (checked in `new`) and
+        // aligned; only ever loaded here (the mapping may be read-only).
+        unsafe { AtomicU32::from_ptr(self.cq.ptr.as_ptr().add(offset).cast()) }
+    }
+
+    /// `insert`, the slots claimed by posters.
+    #[inline]
+    pub(crate) fn insert(&self) -> &AtomicU64 {
+        self.sq_u64(SQ_INSERT)
+    }
+
+    /// `cq_head`, the completions the reader consumed.
+    #[inline]
+    pub(crate) fn cq_head(&self) -> &AtomicU32 {
+        self.sq_u32(SQ_CQ_HEAD)
+    }
+
+    /// `cq_arm`.
+    #[inline]
+    pub(crate) fn cq_arm(&self) -> &AtomicU32 {
+        self.sq_u32(SQ_CQ_ARM)
+    }
+
+    /// The `seq` of slot `pos & (sq_entries - 1)`.
+    #[inline]
+    pub(crate) fn slot_seq(&self, pos: u64) -> &AtomicU64 {
+        self.sq_u64(self.slot(pos) + SLOT_SEQ)
+    }
+
+    /// Copies `sqe` into slot `pos & (sq_entries - 1)` with a volatile
+    /// write.
+    #[inline]
+    pub(crate) fn write_sqe(&self, pos: u64, sqe: &raw::memreg_sqe) {
+        let offset = self.slot(pos) + SLOT_SQE;
+        // SAFETY: the slot lies within the writable mapping (checked in
+        // `new`), 8-aligned like the mapping and the slot's fields, and is
+        // never lent as a reference.
+        unsafe {
+            std::ptr::write_volatile(
+                self.sq.ptr.as_ptr().add(offset).cast::<raw::memreg_sqe>(),
+                *sqe,
+            )
+        };
+    }
+
+    /// Loads `sq_head`, the submissions the worker took.
+    #[inline]
+    pub(crate) fn sq_head(&self, order: Ordering) -> u64 {
+        // SAFETY: a header field, within the mapping (checked in `new`),
+        // 8-aligned, only ever loaded here.
+        unsafe { AtomicU64::from_ptr(self.cq.ptr.as_ptr().add(CQ_SQ_HEAD).cast()) }.load(order)
+    }
+
+    /// Loads `cq_tail`, the completions written.
+    #[inline]
+    pub(crate) fn cq_tail(&self, order: Ordering) -> u32 {
+        self.cq_u32(CQ_TAIL).load(order)
+    }
+
+    /// Loads the completion ring's `flags`.
+    #[inline]
+    pub(crate) fn flags(&self, order: Ordering) -> u32 {
+        self.cq_u32(CQ_FLAGS).load(order)
+    }
+
+    /// Copies out completion `i & (cq_entries - 1)` with a volatile read.
+    #[inline]
+    pub(crate) fn read_cqe(&self, i: u32) -> raw::memreg_cqe {
+        let offset = raw::MEMREG_CQ_ENTRIES_OFFSET as usize
+            + (i & self.cq_mask) as usize * size_of::<raw::memreg_cqe>();
+        // SAFETY: the entry lies within the mapping (checked in `new`) and
+        // is 8-aligned; a `memreg_cqe` (`Pod`) is valid for any bytes.
+        unsafe {
+            std::ptr::read_volatile(self.cq.ptr.as_ptr().add(offset).cast::<raw::memreg_cqe>())
+        }
     }
 }
 
@@ -900,6 +1079,33 @@ mod tests {
         assert_eq!(ro.load_u32(64, Ordering::Acquire).expect("load"), 1);
         let err = ro.store_u32(0, 1, Ordering::Relaxed).unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EACCES));
+    }
+
+    /// The queue view refuses mappings too short for its rings, a read-only
+    /// submission ring and sizes not powers of two; its accessors mask any
+    /// position into the ring.
+    #[test]
+    fn queue_maps_check_the_layout_once() {
+        let f = OwnedFd::from(tempfile_like());
+        let map = |w| Mmap::map_shared(f.as_fd(), 4096, w, 0).expect("mmap");
+        // 64 + 64 * 64 slots > 4096.
+        assert!(QueueMaps::new(map(true), map(false), 64, 64).is_err());
+        // 64 + 32 * 128 completions > 4096.
+        assert!(QueueMaps::new(map(true), map(false), 4, 128).is_err());
+        assert!(QueueMaps::new(map(false), map(false), 4, 4).is_err());
+        assert!(QueueMaps::new(map(true), map(false), 3, 4).is_err());
+        let q = QueueMaps::new(map(true), map(false), 32, 64).expect("fits");
+        let w = map(true);
+        q.slot_seq(u64::MAX).store(7, Ordering::Relaxed);
+        let last = raw::MEMREG_SQ_SLOTS_OFFSET as usize + 31 * 64;
+        assert_eq!(w.load_u64(last, Ordering::Relaxed).expect("seq"), 7);
+        let cqe = raw::memreg_cqe {
+            user_data: 9,
+            ..Default::default()
+        };
+        w.write(raw::MEMREG_CQ_ENTRIES_OFFSET as usize + 63 * 32, &cqe)
+            .expect("cqe");
+        assert_eq!(q.read_cqe(u32::MAX), cqe);
     }
 
     /// A 4 KiB anonymous shared file for the tests.
