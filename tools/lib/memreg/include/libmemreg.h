@@ -33,7 +33,7 @@ int memreg_open(void);
 /* MEMREG_IOC_GET_VERSION: the ABI version the module speaks in *version. */
 int memreg_get_version(int fd, __u32 *version);
 /* REGISTER of [addr, addr + length) with MEMREG_ACCESS_* rights; fills *reg. */
-int memreg_register(int fd, void *addr, __u64 length, __u32 access,
+int memreg_register(int fd, const void *addr, __u64 length, __u32 access,
 		    struct memreg_register *reg);
 /* DEREGISTER: drops one reference on the registration named by @key. */
 int memreg_deregister(int fd, __u64 key);
@@ -58,6 +58,8 @@ int memreg_flush(int fd, struct memreg_flush *flush);
 struct memreg_state_words {
 	const __u64 *words;
 	__u32 slots;
+	__u32 reserved0;
+	__u64 reserved[2];			/* room to grow: zero */
 };
 
 /*
@@ -89,6 +91,7 @@ struct memreg_events {
 	const struct memreg_event_ring *ring;	/* read-only */
 	const struct memreg_event *events;	/* its entries */
 	__u32 *head;				/* the reader's word */
+	__u64 reserved[4];			/* room to grow: zero */
 };
 
 /*
@@ -149,6 +152,7 @@ struct memreg_queue {
 	const struct memreg_cqe *cqes;		/* its entries */
 	int eventfd;				/* as created, or -1 */
 	__u64 doorbells;			/* DOORBELL calls made through this */
+	__u64 reserved[4];			/* room to grow: zero */
 };
 
 /* memreg_queue_post() flag: publish, but never ring the doorbell. */
@@ -371,6 +375,7 @@ struct memreg_master {
 	const struct memreg_master_ring *ring;	/* read-only */
 	const __u32 *entries;
 	struct memreg_master_user *user;	/* read-write, one page */
+	__u64 reserved[2];			/* room to grow: zero */
 };
 
 /* The length of the master ring's read-only mapping. */
@@ -409,6 +414,7 @@ struct memreg_pool {
 	size_t map_bytes;
 	__u32 nr_classes;
 	struct memreg_pool_class classes[MEMREG_POOL_MAX_CLASSES];
+	__u64 reserved[4];			/* room to grow: zero */
 };
 
 /* What memreg_pool_init() creates. */
@@ -416,7 +422,8 @@ struct memreg_pool_params {
 	__u32 access;		/* MEMREG_ACCESS_*: LOCAL_WRITE at least */
 	__u32 leak_timeout_ms;	/* 1 .. MEMREG_POOL_MAX_TIMEOUT_MS */
 	__u32 shrink_ms;	/* 0 .. MEMREG_POOL_MAX_TIMEOUT_MS */
-	__u32 reserved;
+	__u32 reserved;		/* must be zero */
+	__u64 reserved1[2];	/* must be zero */
 };
 
 /* POOL_CREATE with @nr classes, then maps the pool (in one call). */
@@ -455,8 +462,8 @@ enum memreg_cache_cause {
 
 /*
  * Called, without the cache's lock held, for each entry that leaves the
- * cache: @mr is still readable (its keys no longer move data unless @cause
- * is MEMREG_CACHE_LRU), @event the event that said so, or NULL.
+ * cache: @mr is still readable, its keys no longer move data through it
+ * (memreg_mr_valid() says false), @event the event that said so, or NULL.
  */
 typedef void (*memreg_invalidate_cb)(struct memreg_mr *mr, int cause,
 				     const struct memreg_event *event, void *arg);
@@ -473,6 +480,7 @@ struct memreg_cache_attr {
 	 * recently used first (CLOCK); 0: 4096.
 	 */
 	__u32 max_entries;
+	__u32 reserved[4];	/* must be zero */
 };
 
 struct memreg_cache_stats {
@@ -484,6 +492,7 @@ struct memreg_cache_stats {
 	__u64 resyncs;		/* EVENTS_RESYNC calls after an overflow */
 	__u64 events;		/* events consumed */
 	__u64 entries;		/* entries now */
+	__u64 reserved[8];	/* zero */
 };
 
 /*
@@ -507,7 +516,7 @@ void memreg_cache_get_stats(struct memreg_cache *cache,
  * A registration covering [addr, addr + length) with @access that is valid
  * now: a hit takes one acquire load and no system call.
  */
-int memreg_mr_get(struct memreg_cache *cache, void *addr, __u64 length,
+int memreg_mr_get(struct memreg_cache *cache, const void *addr, __u64 length,
 		  __u32 access, struct memreg_mr **mr);
 void memreg_mr_put(struct memreg_cache *cache, struct memreg_mr *mr);
 /* True while @mr's registration is usable (one acquire load). */

@@ -57,6 +57,7 @@ struct memreg_mr {
 	__u64 generation;
 	const __u64 *word;		/* its state word; NULL: not cached */
 	int fd;				/* the file, for an entry without a word */
+	__u32 fork_gen;			/* fork_gen when it was created */
 	/* Atomic. */
 	__u32 ref;			/* users | ENTRY_DEAD */
 	__u32 referenced;		/* used since the clock hand passed */
@@ -88,6 +89,7 @@ struct thread_counter {
 
 struct memreg_cache {
 	int fd;
+	__u32 fork_gen;			/* fork_gen when it was created */
 	__u64 uid;			/* never the same for two caches */
 	pthread_mutex_t lock;
 	struct memreg_state_words sw;
@@ -132,6 +134,32 @@ static __thread struct {
 } tls_counter;
 static __thread char thread_token;
 static __u64 next_uid = 1;
+static pthread_once_t atfork_once = PTHREAD_ONCE_INIT;
+
+/*
+ * In a child after fork(): the state words are not inherited (the mapping
+ * is VM_DONTCOPY), so the forking thread's remembered hits, the only
+ * thread the child has, must not be followed.
+ */
+static __u32 fork_gen;
+
+static void forget_hits_in_child(void)
+{
+	memset(tls_slots, 0, sizeof(tls_slots));
+	memset(&tls_counter, 0, sizeof(tls_counter));
+	__atomic_fetch_add(&fork_gen, 1, __ATOMIC_RELAXED);
+}
+
+/* True in a process forked since @gen: the cache's mappings are not there. */
+static bool forked_since(__u32 gen)
+{
+	return __atomic_load_n(&fork_gen, __ATOMIC_RELAXED) != gen;
+}
+
+static void install_atfork(void)
+{
+	pthread_atfork(NULL, NULL, forget_hits_in_child);
+}
 
 static inline __u64 end_of(const struct memreg_mr *e)
 {
@@ -440,7 +468,8 @@ static void drop_locked(struct memreg_cache *c, struct memreg_mr *e, int cause,
 	}
 	if (deregister && e->kernel_ref)
 		memreg_deregister(c->fd, e->lkey);
-	e->kernel_ref = false;
+	/* memreg_mr_valid() reads it without the lock: parked keys move no data. */
+	__atomic_store_n(&e->kernel_ref, false, __ATOMIC_RELEASE);
 	e->cause = cause;
 	e->has_event = event != NULL;
 	if (event)
@@ -577,6 +606,8 @@ int memreg_cache_process_events(struct memreg_cache *c)
 	__u64 v;
 	int ret;
 
+	if (forked_since(c->fork_gen))
+		return -EPERM;
 	/* Resets the eventfd first: an event after this makes it readable again. */
 	if (read(c->event_fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
 		return -errno;
@@ -615,8 +646,11 @@ int memreg_cache_create(int fd, const struct memreg_cache_attr *attr,
 	int ret;
 
 	*cachep = NULL;
-	if (a.flags & ~MEMREG_CACHE_EVENT_THREAD)
+	if ((a.flags & ~MEMREG_CACHE_EVENT_THREAD) || a.reserved[0] || a.reserved[1] ||
+	    a.reserved[2] || a.reserved[3])
 		return -EINVAL;
+	if (pthread_once(&atfork_once, install_atfork))
+		return -ENOMEM;
 	if (!a.event_entries)
 		a.event_entries = 1024;
 	if (!a.slots)
@@ -627,6 +661,7 @@ int memreg_cache_create(int fd, const struct memreg_cache_attr *attr,
 	if (!c)
 		return -ENOMEM;
 	c->fd = fd;
+	c->fork_gen = __atomic_load_n(&fork_gen, __ATOMIC_RELAXED);
 	c->uid = __atomic_fetch_add(&next_uid, 1, __ATOMIC_RELAXED);
 	c->max_entries = a.max_entries;
 	c->seed = 0x2545f491;
@@ -687,28 +722,40 @@ err_free:
 void memreg_cache_destroy(struct memreg_cache *c)
 {
 	struct entry_chunk *ch, *next;
+	bool child;
 	size_t b;
 
 	if (!c)
 		return;
-	if (c->thread) {
+	/*
+	 * In a child after fork() the event thread and the mappings are not
+	 * there (the addresses may hold other mappings by now), and the file
+	 * refuses the child's calls: only the memory is freed.
+	 */
+	child = forked_since(c->fork_gen);
+	if (c->thread && !child) {
 		__u64 one = 1;
 
-		if (write(c->stop_fd, &one, sizeof(one)) == sizeof(one))
-			pthread_join(c->tid, NULL);
+		/* An eventfd write fails only on EINTR or a full counter. */
+		while (write(c->stop_fd, &one, sizeof(one)) != sizeof(one))
+			sched_yield();
+		pthread_join(c->tid, NULL);
+	}
+	if (c->thread)
 		close(c->stop_fd);
-	}
-	pthread_mutex_lock(&c->lock);
-	for (b = 0; b < c->table_size; b++) {
-		struct memreg_mr *e;
+	if (!child) {
+		pthread_mutex_lock(&c->lock);
+		for (b = 0; b < c->table_size; b++) {
+			struct memreg_mr *e;
 
-		for (e = c->table[b]; e; e = e->hnext)
-			if (e->kernel_ref)
-				memreg_deregister(c->fd, e->lkey);
+			for (e = c->table[b]; e; e = e->hnext)
+				if (e->kernel_ref)
+					memreg_deregister(c->fd, e->lkey);
+		}
+		pthread_mutex_unlock(&c->lock);
+		memreg_events_exit(&c->ev);
+		memreg_state_words_unmap(&c->sw);
 	}
-	pthread_mutex_unlock(&c->lock);
-	memreg_events_exit(&c->ev);
-	memreg_state_words_unmap(&c->sw);
 	close(c->event_fd);
 	pthread_mutex_destroy(&c->lock);
 	for (ch = c->chunks; ch; ch = next) {
@@ -853,6 +900,7 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 	e->slot = r.slot;
 	e->generation = r.generation;
 	e->fd = c->fd;
+	e->fork_gen = c->fork_gen;
 	e->kernel_ref = true;
 	e->has_event = false;
 	e->referenced = 1;
@@ -892,8 +940,13 @@ static void revalidate_locked(struct memreg_cache *c, struct memreg_mr *e)
 		return;
 	}
 	memreg_deregister(c->fd, r.lkey);
+	/*
+	 * Another registration answered: this one ended, or is still
+	 * suspended and holds our reference (DEREGISTER of an ended key is a
+	 * harmless ENOENT).
+	 */
 	if (r.lkey != e->lkey || r.generation != e->generation)
-		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, false, false);
+		drop_locked(c, e, MEMREG_CACHE_ENDED, NULL, true, false);
 }
 
 static noinline __cold int get_slow(struct memreg_cache *c, __u64 a, __u64 length,
@@ -905,6 +958,9 @@ static noinline __cold int get_slow(struct memreg_cache *c, __u64 a, __u64 lengt
 	*mrp = NULL;
 	if (!length || end < a || !access || (access & ~MEMREG_ACCESS_ALL))
 		return -EINVAL;
+	/* A child's calls on the file fail: so does this, before any mapping is read. */
+	if (forked_since(c->fork_gen))
+		return -EPERM;
 	pthread_mutex_lock(&c->lock);
 	if (memreg_events_ready(&c->ev) || memreg_events_overflowed(&c->ev)) {
 		ret = process_locked(c);
@@ -995,7 +1051,7 @@ static noinline __cold int get_other(struct memreg_cache *c, uintptr_t fast,
 	return get_slow(c, a, length, access, mrp);
 }
 
-int memreg_mr_get(struct memreg_cache *c, void *addr, __u64 length, __u32 access,
+int memreg_mr_get(struct memreg_cache *c, const void *addr, __u64 length, __u32 access,
 		  struct memreg_mr **mrp)
 {
 	uintptr_t fast = get_fast(c, (__u64)(uintptr_t)addr, length, access);
@@ -1017,11 +1073,18 @@ bool memreg_mr_valid(const struct memreg_mr *e)
 {
 	struct memreg_query q;
 
+	/*
+	 * Deregistered by the cache (for room, or after a failed
+	 * revalidation): its registration may be parked, its word unchanged,
+	 * but its keys move no data.
+	 */
+	if (!__atomic_load_n(&e->kernel_ref, __ATOMIC_ACQUIRE) || forked_since(e->fork_gen))
+		return false;
 	if (e->word)
 		return __atomic_load_n(e->word, __ATOMIC_ACQUIRE) == e->generation;
 	/* No state word (every slot was taken): ask the kernel. */
 	return !memreg_query(e->fd, e->lkey, &q) && (q.state & MEMREG_STATE_VALID) &&
-	       !(q.state & MEMREG_STATE_SUSPENDED);
+	       !(q.state & (MEMREG_STATE_SUSPENDED | MEMREG_STATE_PARKED));
 }
 
 __u64 memreg_mr_lkey(const struct memreg_mr *e)

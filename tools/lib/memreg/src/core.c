@@ -24,7 +24,7 @@ int memreg_get_version(int fd, __u32 *version)
 	return memreg__ioctl(fd, MEMREG_IOC_GET_VERSION, version);
 }
 
-int memreg_register(int fd, void *addr, __u64 length, __u32 access,
+int memreg_register(int fd, const void *addr, __u64 length, __u32 access,
 		    struct memreg_register *reg)
 {
 	memset(reg, 0, sizeof(*reg));

@@ -20,7 +20,8 @@ int memreg_pool_init(int fd, const struct memreg_pool_class *classes,
 
 	memset(pool, 0, sizeof(*pool));
 	pool->fd = -1;
-	if (!nr || nr > MEMREG_POOL_MAX_CLASSES)
+	if (!nr || nr > MEMREG_POOL_MAX_CLASSES || params->reserved ||
+	    params->reserved1[0] || params->reserved1[1])
 		return -EINVAL;
 	memcpy(pool->classes, classes, nr * sizeof(*classes));
 	c.classes = (__u64)(unsigned long)pool->classes;

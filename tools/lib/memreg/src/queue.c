@@ -219,6 +219,12 @@ static int claimed_pos(struct memreg_queue *q, struct memreg_sqe *sqe, __u64 *po
 	seq = __atomic_load_n(&q->slots[i].seq, __ATOMIC_RELAXED);
 	if ((seq & (q->sq_entries - 1)) != i)
 		return -EINVAL;
+	/*
+	 * A claimed slot has seq == pos and insert past it; a free slot
+	 * (never claimed, or consumed) has insert at or before its seq.
+	 */
+	if ((__s64)(__atomic_load_n(&q->user->insert, __ATOMIC_RELAXED) - seq) <= 0)
+		return -EINVAL;
 	*pos = seq;
 	return 0;
 }

@@ -205,6 +205,9 @@ static void test_doorbell_rule(void)
 	CHECK(f.q.doorbells == 1);
 	CHECK(memreg_queue_post(&f.q, &s, MEMREG_POST_NO_DOORBELL, &pos) == 0);
 	CHECK(pos == 3 && f.q.doorbells == 1);
+	/* Never claimed, or already published: not submitted again. */
+	CHECK(memreg_submit(&f.q, &f.q.slots[0].sqe) == -EINVAL);
+	CHECK(memreg_submit(&f.q, &f.q.slots[2].sqe) == -EINVAL);
 	/* Full: slot 0 has not come back. */
 	CHECK(memreg_queue_post(&f.q, &s, 0, NULL) == -EAGAIN);
 	CHECK(memreg_get_sqe(&f.q) == NULL);

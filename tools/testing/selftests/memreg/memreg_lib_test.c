@@ -697,6 +697,41 @@ TEST_F(cache, reused_entry_never_answers_for_its_old_range)
 	munmap(rb, 2 * PAGE);
 }
 
+/*
+ * In a child after fork() the state words are not mapped: a hit its thread
+ * remembered must not be followed into them; the get goes to the kernel,
+ * which refuses a child (EPERM).
+ */
+TEST_F(cache, forked_child_does_not_follow_remembered_hits)
+{
+	struct memreg_mr *mr;
+	pid_t pid;
+
+	ASSERT_EQ(0, memreg_mr_get(self->c, self->buf, PAGE, RW, &mr));
+	memreg_mr_put(self->c, mr);
+	ASSERT_EQ(0, memreg_mr_get(self->c, self->buf, PAGE, RW, &mr));
+	memreg_mr_put(self->c, mr);
+	pid = fork();
+	ASSERT_LE(0, pid);
+	if (pid == 0) {
+		struct memreg_mr *cm = (void *)1;
+		int ret = memreg_mr_get(self->c, self->buf, PAGE, RW, &cm);
+		bool ok = ret == -EPERM && !cm;
+
+		/* Not a hit: another request, and the events, refused too. */
+		ok = ok && memreg_mr_get(self->c, self->buf, 2 * PAGE, RW, &cm) == -EPERM;
+		ok = ok && memreg_cache_process_events(self->c) == -EPERM;
+		/* Destroying it in the child frees memory only. */
+		memreg_cache_destroy(self->c);
+		_exit(ok ? 0 : 1);
+	}
+	EXPECT_EQ(0, wait_exit(pid));
+	/* The parent's hits go on. */
+	ASSERT_EQ(0, memreg_mr_get(self->c, self->buf, PAGE, RW, &mr));
+	EXPECT_TRUE(memreg_mr_valid(mr));
+	memreg_mr_put(self->c, mr);
+}
+
 /* The event ring, read by a get, drops entries nobody is using. */
 TEST_F(cache, events_drop_unused_entries)
 {
