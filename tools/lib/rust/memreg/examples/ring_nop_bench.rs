@@ -13,7 +13,8 @@ use memreg::{Device, Queue, Request};
 const WARMUP: u64 = 1000;
 
 fn round(q: &Queue<'_>, i: u64) -> Result<()> {
-    q.submit(&Request::nop().user_data(i))?;
+    // SAFETY: a NOP names no memory.
+    unsafe { q.submit(&Request::nop().user_data(i)) }?;
     loop {
         if let Some(c) = q.peek_completion() {
             if c.user_data != i || c.status != 0 {

@@ -50,6 +50,21 @@ struct Entry {
 
 type Callback = Box<dyn FnMut(&InvalidateInfo) + Send>;
 
+/// The invalidation callback and the notices waiting for it.
+///
+/// The callback runs without any lock held, so that it may call the cache
+/// (which may drop entries and notify in turn): the notifying thread takes
+/// it out of the slot, runs it and puts it back. A notice arriving
+/// meanwhile, from another thread or from the callback itself, waits in
+/// `pending` for the thread running the callback.
+#[derive(Default)]
+struct CallbackSlot {
+    callback: Option<Callback>,
+    /// Whether a thread has taken the callback out to run it.
+    running: bool,
+    pending: Vec<InvalidateInfo>,
+}
+
 struct Inner<'dev> {
     events: EventRing<'dev>,
     entries: BTreeMap<EntryKey, Entry>,
@@ -80,7 +95,7 @@ struct Inner<'dev> {
 pub struct Cache<'dev> {
     dev: &'dev Device,
     inner: Mutex<Inner<'dev>>,
-    callback: Mutex<Option<Callback>>,
+    callback: Mutex<CallbackSlot>,
 }
 
 impl fmt::Debug for Cache<'_> {
@@ -88,6 +103,37 @@ impl fmt::Debug for Cache<'_> {
         f.debug_struct("Cache")
             .field("entries", &self.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// The invalidation callback while a thread runs it, put back into the
+/// slot when done or unwinding.
+struct Running<'c, 'dev> {
+    cache: &'c Cache<'dev>,
+    callback: Option<Callback>,
+}
+
+impl Running<'_, '_> {
+    /// Puts the callback back unless another one was set meanwhile, and
+    /// clears `running`; returns the callback that is no longer wanted, to
+    /// drop with no lock held.
+    fn finish(&mut self) -> Option<Callback> {
+        let callback = self.callback.take()?;
+        let mut slot = self.cache.lock_callback();
+        slot.running = false;
+        if slot.callback.is_none() {
+            slot.callback = Some(callback);
+            None
+        } else {
+            Some(callback)
+        }
+    }
+}
+
+impl Drop for Running<'_, '_> {
+    fn drop(&mut self) {
+        let replaced = self.finish();
+        drop(replaced);
     }
 }
 
@@ -133,16 +179,26 @@ impl<'dev> Cache<'dev> {
                 max_unused: max_entries,
                 resync: Vec::new(),
             }),
-            callback: Mutex::new(None),
+            callback: Mutex::new(CallbackSlot::default()),
         })
     }
 
     /// Calls `callback` for each entry the cache drops because its
     /// registration ended or was evicted (not for suspensions, which the
-    /// cache revalidates itself). It runs without the cache's lock held, on
-    /// the thread that noticed, and may call the cache.
+    /// cache revalidates itself). It runs without any lock of the cache
+    /// held, on the thread that noticed (or on the thread running it at the
+    /// time, which delivers what others noticed meanwhile, one call at a
+    /// time), and may call the cache, including this method: a callback set
+    /// while the old one runs replaces it once it returns.
     pub fn set_invalidate_callback(&self, callback: Box<dyn FnMut(&InvalidateInfo) + Send>) {
-        *self.callback.lock().unwrap_or_else(|e| e.into_inner()) = Some(callback);
+        let old = self.lock_callback().callback.replace(callback);
+        // Dropped unlocked: its destructor may call the cache too.
+        drop(old);
+    }
+
+    fn lock_callback(&self) -> MutexGuard<'_, CallbackSlot> {
+        // Every update of the slot leaves it consistent before it can panic.
+        self.callback.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner<'dev>> {
@@ -160,14 +216,44 @@ impl<'dev> Cache<'dev> {
         self.len() == 0
     }
 
+    /// Calls the invalidation callback for `dropped`, with no lock held.
     fn notify(&self, dropped: &[InvalidateInfo]) {
         if dropped.is_empty() {
             return;
         }
-        let mut cb = self.callback.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(cb) = cb.as_mut() {
-            for info in dropped {
-                cb(info);
+        let mut slot = self.lock_callback();
+        if slot.callback.is_none() && !slot.running {
+            return;
+        }
+        slot.pending.extend_from_slice(dropped);
+        if slot.running {
+            // The thread running the callback delivers them (this thread
+            // may be that one, called back).
+            return;
+        }
+        loop {
+            let Some(callback) = slot.callback.take() else {
+                slot.pending.clear();
+                return;
+            };
+            let batch = std::mem::take(&mut slot.pending);
+            slot.running = true;
+            drop(slot);
+            // Puts the callback back even if it panics.
+            let mut running = Running {
+                cache: self,
+                callback: Some(callback),
+            };
+            if let Some(cb) = running.callback.as_mut() {
+                for info in &batch {
+                    cb(info);
+                }
+            }
+            let replaced = running.finish();
+            drop(replaced);
+            slot = self.lock_callback();
+            if slot.pending.is_empty() || slot.running {
+                return;
             }
         }
     }
@@ -224,20 +310,27 @@ impl<'dev> Cache<'dev> {
             match state {
                 WordState::Valid => return Ok(self.hand_out(&mut inner, addr, key, true)),
                 WordState::Suspended => {
-                    // REGISTER revalidates it; if the same key comes back,
-                    // drop the extra reference and keep the entry.
-                    let r = register(self.dev, addr, len, access)?;
-                    if r.lkey == cached.lkey {
+                    // REGISTER of the entry's own region and rights
+                    // revalidates it: the same key coming back means the
+                    // entry resumed (drop the extra reference, keep it).
+                    // (As libmemreg's revalidate_locked.)
+                    let rights = Access::from_bits(cached.access);
+                    let r = register(self.dev, cached.region_addr, cached.region_length, rights);
+                    if let Ok(r) = r {
                         let _ = self.dev.deregister_key(r.lkey);
-                        return Ok(self.hand_out(&mut inner, addr, key, false));
+                        if r.lkey == cached.lkey && r.generation == cached.generation {
+                            return Ok(self.hand_out(&mut inner, addr, key, false));
+                        }
                     }
-                    // It ended; a new registration came back.
-                    let old = inner.remove(&key);
-                    if let Some(old) = old {
+                    // Anything else (another registration, or an error):
+                    // the entry ended, or is still suspended and holds our
+                    // reference. Drop it with that reference (a harmless
+                    // ENOENT if it ended); the request registers afresh
+                    // below.
+                    if let Some(old) = inner.remove(&key) {
                         let _ = self.dev.deregister_key(old.r.lkey);
                         dropped.push(info_of(&old.r, key, EventKind::Ended));
                     }
-                    return Ok(self.insert(&mut inner, addr, wanted, r));
                 }
                 WordState::Ended => {
                     if let Some(old) = inner.remove(&key) {
@@ -339,6 +432,19 @@ impl<'dev> Cache<'dev> {
             if let Some(old) = inner.entries.remove(&key) {
                 let _ = self.dev.deregister_key(old.r.lkey);
             }
+        }
+    }
+}
+
+impl Drop for Cache<'_> {
+    /// Drops the kernel reference of every entry, as `memreg_cache_destroy`
+    /// of libmemreg does (no handle is left: they borrow the cache).
+    fn drop(&mut self) {
+        let inner = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        inner.lru.clear();
+        for (_, e) in std::mem::take(&mut inner.entries) {
+            // ENOENT: it ended by itself.
+            let _ = self.dev.deregister_key(e.r.lkey);
         }
     }
 }

@@ -153,23 +153,48 @@ impl Device {
     /// while registered; data moves through the registration with
     /// [`crate::Registration::copy_to`], [`crate::Registration::copy_from`]
     /// and requests on a [`crate::Queue`] naming its keys.
+    ///
+    /// `access` may not hold `REMOTE_WRITE` (`EINVAL`, before any system
+    /// call): a peer could write the buffer at any time, also while the
+    /// program reads it after the registration ended for the borrow
+    /// checker. Memory peers write is a mapping of the crate's own: an
+    /// [`crate::AnonMap`] registered with [`Device::register_range`].
+    ///
+    /// The registration names exactly the borrowed bytes, with no remote
+    /// write right. When the kernel answers with an existing registration of
+    /// a wider range (a local-only cache hit, typically on a parked
+    /// registration of a larger buffer that covers this one), this drops the
+    /// reference it was given and fails with `EEXIST`: the keys would reach
+    /// bytes outside the borrow. [`Device::flush`] ends parked
+    /// registrations.
     pub fn register<'a>(
         &'a self,
         buf: &'a mut [u8],
         access: Access,
     ) -> io::Result<crate::Registration<'a>> {
+        if access.contains(Access::REMOTE_WRITE) {
+            return Err(einval());
+        }
         let (addr, len) = (buf.as_mut_ptr() as u64, buf.len() as u64);
-        crate::Registration::new(self, addr, len, access, true)
+        let reg = crate::Registration::new(self, addr, len, access, true)?;
+        borrowed_exactly(reg, addr, len, Access::REMOTE_WRITE)
     }
 
     /// Registers `buf` for reading only, and borrows it until the
     /// registration is dropped.
     ///
     /// `access` may hold only `LOCAL_READ` and `REMOTE_READ` (`EINVAL`
-    /// otherwise): nothing may write memory lent as shared. A local-only
-    /// cache hit of the kernel may answer with keys that carry more local
-    /// rights than asked; [`crate::Registration::copy_to`] refuses to write
-    /// through a registration made here all the same (`EACCES`).
+    /// otherwise, before any system call): nothing may write memory lent as
+    /// shared. [`crate::Registration::copy_to`] refuses to write through a
+    /// registration made here (`EACCES`).
+    ///
+    /// The registration names exactly the borrowed bytes and carries no
+    /// write right. When the kernel answers with an existing registration of
+    /// a wider range, or one whose keys carry a write right (a local-only
+    /// cache hit may carry more local rights than asked, such as a parked
+    /// read-write registration of the same buffer), this drops the reference
+    /// it was given and fails with `EEXIST`. [`Device::flush`] ends parked
+    /// registrations.
     pub fn register_ro<'a>(
         &'a self,
         buf: &'a [u8],
@@ -178,7 +203,9 @@ impl Device {
         if !(Access::LOCAL_READ | Access::REMOTE_READ).contains(access) {
             return Err(einval());
         }
-        crate::Registration::new(self, buf.as_ptr() as u64, buf.len() as u64, access, false)
+        let (addr, len) = (buf.as_ptr() as u64, buf.len() as u64);
+        let reg = crate::Registration::new(self, addr, len, access, false)?;
+        borrowed_exactly(reg, addr, len, Access::LOCAL_WRITE | Access::REMOTE_WRITE)
     }
 
     /// Registers the `len` bytes at `addr` without borrowing them.
@@ -186,12 +213,15 @@ impl Device {
     /// The crate never reads or writes the range; the kernel pins it, and
     /// ends the registration by itself when the memory under it changes
     /// (`munmap`, `mprotect`, ...), so the call is memory safe whatever the
-    /// range. What a program then lets the kernel write there (COPY towards
-    /// the region, COPY, READ or RECV requests naming its keys) changes that
+    /// range. What a program then lets the kernel write there changes that
     /// memory behind the type system's back, as writing through
     /// `/proc/self/mem` would: use it for memory the program does not hold
-    /// references to, such as an [`crate::AnonMap`] it only reaches through
-    /// the keys, or for read-only registrations.
+    /// references to while it may be written, such as an
+    /// [`crate::AnonMap`] it only reaches through the keys, or for read-only
+    /// registrations. Requests and [`Device::copy_to_key`] writing by key
+    /// are `unsafe` for that reason; [`crate::Registration::copy_to`] writes
+    /// the range as asked for, and a registration with `REMOTE_WRITE` lets
+    /// peers write it at any time.
     pub fn register_range(
         &self,
         addr: usize,
@@ -233,10 +263,20 @@ impl Device {
     /// Copies `data` into the registration `key` names, at byte `offset`
     /// from its `region_addr` (`MEMREG_IOC_COPY`, `MEMREG_COPY_TO_REGION`).
     ///
-    /// This writes the registered memory by key, as a device would; see
-    /// [`Device::register_range`] for what that means for memory Rust
-    /// references. [`crate::Registration::copy_to`] is the checked form.
-    pub fn copy_to_key(&self, key: u64, offset: u64, data: &[u8]) -> io::Result<()> {
+    /// [`crate::Registration::copy_to`] is the safe form, which writes only
+    /// the bytes its registration holds the borrow of.
+    ///
+    /// # Safety
+    ///
+    /// This writes the registered memory by key, as a device would by DMA,
+    /// and a key is only a number: `[offset, offset + data.len())` of the
+    /// registration `key` names must be memory that no Rust reference
+    /// borrows during the call (for example not the buffer of a
+    /// [`crate::Registration`] that was `mem::forget`ten, nor a
+    /// [`crate::PoolBuffer`] whose bytes are borrowed as a slice). A key
+    /// that names no registration is fine: the call fails with `ENOENT`.
+    #[allow(unsafe_code)] // An `unsafe fn` declaration; it contains no unsafe code.
+    pub unsafe fn copy_to_key(&self, key: u64, offset: u64, data: &[u8]) -> io::Result<()> {
         sys::copy_to_region(self.fd(), key, offset, data)
     }
 
@@ -332,6 +372,16 @@ impl Device {
 
     /// Creates a buffer pool of `classes` whose buffers' keys carry `access`
     /// (with `LOCAL_WRITE`), and maps it. See [`crate::Pool`].
+    ///
+    /// `access` may not hold `REMOTE_WRITE` (`EINVAL`, before any system
+    /// call): the pool lends its buffers as byte slices, which a peer could
+    /// write at any time. Remote-writable pools are not offered yet.
+    ///
+    /// `leak_timeout_ms` (1 to [`raw::MEMREG_POOL_MAX_TIMEOUT_MS`]) must be
+    /// longer than the program holds any buffer: a shrink reclaims a buffer
+    /// held past it, taking its pages from under the [`crate::PoolBuffer`]
+    /// (see [`crate::Pool`]). Without a reason for less, pass
+    /// [`raw::MEMREG_POOL_MAX_TIMEOUT_MS`].
     pub fn create_pool(
         &self,
         classes: &[crate::PoolClass],
@@ -369,6 +419,23 @@ impl Device {
     pub fn revoke_peers(&self) -> io::Result<()> {
         sys::peer_revoke(self.fd())
     }
+}
+
+/// Keeps `reg`, a registration of the borrowed `[addr, addr + len)`, only if
+/// its keys name exactly those bytes and carry none of the rights in
+/// `refused`; otherwise drops it (deregistering the reference REGISTER gave)
+/// and fails with `EEXIST`.
+fn borrowed_exactly<'a>(
+    reg: crate::Registration<'a>,
+    addr: u64,
+    len: u64,
+    refused: Access,
+) -> io::Result<crate::Registration<'a>> {
+    if reg.region() != (addr, len) || reg.access().bits() & refused.bits() != 0 {
+        drop(reg);
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(reg)
 }
 
 impl AsFd for Device {

@@ -29,10 +29,19 @@
 //! this crate panic or access memory out of bounds: a ring whose words make
 //! no sense reads as empty or full. The kernel moves data into registered
 //! memory by key, as a device does by DMA; the borrowing interfaces
-//! ([`Device::register`], [`Pool`]) make sure safe code holds no reference
-//! to memory the kernel may write, and the raw-range ones
-//! ([`Device::register_range`], [`Cache::get`]) document what they leave to
-//! the program.
+//! ([`Device::register`], [`Device::register_ro`], [`Pool`]) make sure safe
+//! code holds no reference to memory the kernel may write: a borrowing
+//! registration names exactly the borrowed bytes, and neither it nor a pool
+//! lets peers write. The raw-range ones ([`Device::register_range`],
+//! [`Cache::get`]) document what they leave to the program.
+//!
+//! A key, though, is a number that outlives any borrow (a registration may
+//! be `mem::forget`ten, a pool buffer given back by a request while its
+//! [`PoolBuffer`] lives). So, as in the tokio-rs `io-uring` crate, handing
+//! requests or raw keys to the kernel is `unsafe`: [`Queue::try_submit`],
+//! [`Queue::submit`], [`Queue::submit_timeout`] and [`Device::copy_to_key`]
+//! state in their `# Safety` sections what the caller vouches for. Their
+//! declarations are the only `unsafe` outside `sys`; they contain none.
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -54,7 +54,22 @@ impl PoolClass {
 /// A buffer pool, mapped; destroyed (`MEMREG_IOC_POOL_DESTROY`) and
 /// unmapped when dropped.
 ///
-/// Buffers borrow the pool, so it outlives them.
+/// Buffers borrow the pool, so it outlives them. Its keys never carry
+/// `REMOTE_WRITE` ([`Device::create_pool`] refuses it with `EINVAL`): the
+/// buffers are lent as byte slices, which a peer must not write.
+///
+/// # The leak timeout
+///
+/// The pool's `leak_timeout_ms` must be longer than the program holds any
+/// buffer. When a shrink gives a chunk back, it waits up to that long for
+/// the chunk's allocated buffers to be freed, then reclaims those still
+/// held as leaks (`pools.rst`, "Leak reclaim"): their key dies, their pages
+/// leave the mapping, so touching the [`PoolBuffer`]'s bytes raises
+/// `SIGBUS`, and should the class grow over it again, its address is mapped
+/// to a fresh page of zeroes. Either way the slice the buffer lends no
+/// longer holds what was written to it. A buffer freed within the timeout
+/// never loses its pages. Without a reason for less, create pools with
+/// [`raw::MEMREG_POOL_MAX_TIMEOUT_MS`], the longest timeout.
 pub struct Pool<'dev> {
     dev: &'dev Device,
     index: u32,
@@ -92,6 +107,10 @@ impl<'dev> Pool<'dev> {
         shrink_ms: u32,
     ) -> io::Result<Pool<'dev>> {
         if classes.is_empty() || classes.len() > raw::MEMREG_POOL_MAX_CLASSES as usize {
+            return Err(einval());
+        }
+        // The buffers are lent as slices: no peer may write them.
+        if access.contains(Access::REMOTE_WRITE) {
             return Err(einval());
         }
         let mut cl: Vec<raw::memreg_pool_class> = classes
@@ -261,9 +280,13 @@ impl Drop for Pool<'_> {
 ///
 /// Its key and offset name it in COPY and in requests on the rings, with the
 /// pool's rights. Only this value lends its bytes: let the kernel write it
-/// by key only while no slice of it is borrowed. If the program holds it
-/// past the pool's leak timeout while the pool shrinks, its pages leave the
-/// mapping and touching them raises `SIGBUS`.
+/// by key (which takes `unsafe`: [`Device::copy_to_key`],
+/// [`crate::Queue::try_submit`]) only while no slice of it is borrowed, and
+/// never give it back by a `POOL_FREE` request while it is alive. Free it
+/// before the pool's leak timeout: if the program holds it past that while
+/// the pool shrinks, its pages leave the mapping (touching them raises
+/// `SIGBUS`, or reads zeroes once the class grows over it again; see
+/// [`Pool`]).
 pub struct PoolBuffer<'pool> {
     pool: &'pool Pool<'pool>,
     buf: Option<sys::PoolBuf<'pool>>,

@@ -68,6 +68,10 @@ pub(crate) fn slot_state(seq: u64, pos: u64) -> SlotState {
 /// The constructors fill the fields the operation uses and leave the others
 /// zero, as the kernel requires; offsets count from each registration's
 /// `region_addr`.
+///
+/// Building a request is safe: it is only numbers. Posting one is not, as
+/// the kernel then writes the memory it names by key: see the `# Safety`
+/// section of [`Queue::try_submit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Request {
     sqe: raw::memreg_sqe,
@@ -191,6 +195,10 @@ impl Request {
     }
 
     /// `MEMREG_OP_POOL_FREE`: gives back the buffer at `addr` of pool `pool`.
+    ///
+    /// The buffer must not be used once this is posted: a
+    /// [`crate::PoolBuffer`] still alive for it would lend the bytes the
+    /// next allocation is given (see [`Queue::try_submit`]).
     pub fn pool_free(pool: u32, addr: u64) -> Request {
         let mut r = Request::op(raw::MEMREG_OP_POOL_FREE);
         r.sqe.peer = pool;
@@ -392,7 +400,71 @@ impl<'dev> Queue<'dev> {
     /// a release store of `seq = pos + 1`, issue a full barrier, then ring
     /// the doorbell only if the worker sleeps (`MEMREG_QUEUE_NEED_WAKEUP`)
     /// and this is the request it takes next (`sq_head == pos`).
-    pub fn try_submit(&self, req: &Request) -> io::Result<()> {
+    ///
+    /// # Safety
+    ///
+    /// The kernel moves data by the keys and offsets `req` names, as a
+    /// device does by DMA, from now until the request's completion is
+    /// reaped from this queue (as the tokio-rs `io-uring` crate's
+    /// `SubmissionQueue::push`, which is `unsafe` for the same reason). A
+    /// key is a number: nothing ties it to a Rust borrow any more. So:
+    ///
+    /// - every key and offset range the request names for writing (the
+    ///   destination of a COPY or a READ, the buffer of a RECV, the
+    ///   destination of a WRITE to a peer whose memory is in this process)
+    ///   must name memory that no Rust reference borrows, and that is not
+    ///   freed or reused for anything else, until the completion is reaped
+    ///   (memory that is unmapped meanwhile is fine: the unmapping ends the
+    ///   registration first, and the request then fails with `ENOENT`);
+    /// - the buffer a `POOL_FREE` gives back must not be used afterwards:
+    ///   no [`crate::PoolBuffer`] of it may be alive (or it lends the bytes
+    ///   the next allocation is given too).
+    ///
+    /// Requests that write no memory (NOP, FENCE, DEREGISTER, POOL_ALLOC,
+    /// and a SEND, whose receiver posted the RECV) ask nothing beyond the
+    /// usual.
+    #[allow(unsafe_code)] // An `unsafe fn` declaration; it contains no unsafe code.
+    pub unsafe fn try_submit(&self, req: &Request) -> io::Result<()> {
+        self.post(req)
+    }
+
+    /// Posts `req`, waiting for room while the ring is full (someone must
+    /// reap completions meanwhile: the worker stops taking requests while
+    /// the completion ring is full).
+    ///
+    /// # Safety
+    ///
+    /// As for [`Queue::try_submit`]: the memory a request writes must not
+    /// be borrowed by any Rust reference until its completion is reaped,
+    /// and a `POOL_FREE`'s buffer must not be used afterwards.
+    #[allow(unsafe_code)] // An `unsafe fn` declaration; it contains no unsafe code.
+    pub unsafe fn submit(&self, req: &Request) -> io::Result<()> {
+        self.post_timeout(req, None)
+    }
+
+    /// Posts `req`, waiting at most `timeout` (`None`: no limit) for room;
+    /// `ETIMEDOUT` then.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Queue::try_submit`]: the memory a request writes must not
+    /// be borrowed by any Rust reference until its completion is reaped,
+    /// and a `POOL_FREE`'s buffer must not be used afterwards. A request
+    /// that was not posted (an error) asks nothing.
+    #[allow(unsafe_code)] // An `unsafe fn` declaration; it contains no unsafe code.
+    pub unsafe fn submit_timeout(
+        &self,
+        req: &Request,
+        timeout: Option<Duration>,
+    ) -> io::Result<()> {
+        self.post_timeout(req, timeout)
+    }
+
+    /// The posting protocol of [`Queue::try_submit`]. Private: the memory
+    /// `req` lets the kernel write is the caller's to vouch for, as the
+    /// public `unsafe fn`s say; within the crate only the unit tests call
+    /// it, with requests that write nothing.
+    fn post(&self, req: &Request) -> io::Result<()> {
         let pos = self.claim()?;
         self.maps.write_sqe(pos, &req.sqe);
         self.maps
@@ -407,20 +479,13 @@ impl<'dev> Queue<'dev> {
         Ok(())
     }
 
-    /// Posts `req`, waiting for room while the ring is full (someone must
-    /// reap completions meanwhile: the worker stops taking requests while
-    /// the completion ring is full).
-    pub fn submit(&self, req: &Request) -> io::Result<()> {
-        self.submit_timeout(req, None)
-    }
-
-    /// Posts `req`, waiting at most `timeout` (`None`: no limit) for room;
-    /// `ETIMEDOUT` then.
-    pub fn submit_timeout(&self, req: &Request, timeout: Option<Duration>) -> io::Result<()> {
+    /// The waiting of [`Queue::submit_timeout`] around [`Queue::post`]
+    /// (private for the same reason).
+    fn post_timeout(&self, req: &Request, timeout: Option<Duration>) -> io::Result<()> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let mut spins = 0;
         loop {
-            match self.try_submit(req) {
+            match self.post(req) {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EBUSY)) => {}
                 other => return other,
             }
@@ -838,7 +903,7 @@ mod tests {
                 s.spawn(move || {
                     for i in 0..EACH {
                         let req = Request::nop().user_data(t * EACH + i);
-                        q.submit_timeout(&req, Some(Duration::from_secs(20)))
+                        q.post_timeout(&req, Some(Duration::from_secs(20)))
                             .expect("submit");
                     }
                 });
@@ -858,7 +923,7 @@ mod tests {
         assert_eq!(q.ready(), 0);
     }
 
-    /// Garbage in the words a poster reads makes `try_submit` fail, never
+    /// Garbage in the words a poster reads makes posting fail, never
     /// panic or write outside the ring.
     #[test]
     fn garbage_rings_fail_cleanly() {
@@ -880,13 +945,13 @@ mod tests {
         };
         // Every seq behind insert: full.
         q.maps.insert().store(1000, Ordering::Relaxed);
-        let e = q.try_submit(&Request::nop()).unwrap_err();
+        let e = q.post(&Request::nop()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         // A seq ahead of an insert that never moves: EBUSY after the reloads.
         for i in 0..4 {
             q.maps.slot_seq(i).store(2000, Ordering::Relaxed);
         }
-        let e = q.try_submit(&Request::nop()).unwrap_err();
+        let e = q.post(&Request::nop()).unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EBUSY));
         // A tail far from the head reads as nothing to reap.
         for tail in [5u32, 0x8000_0000, u32::MAX] {

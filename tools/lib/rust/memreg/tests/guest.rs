@@ -59,11 +59,31 @@ const WAIT: Option<Duration> = Some(Duration::from_secs(5));
 const PAGE: usize = 4096;
 
 /// Posts `req` and waits for its completion (nothing else in flight).
-fn run(q: &Queue<'_>, req: &Request) -> Result<Completion, String> {
-    q.submit_timeout(req, WAIT).ctx("submit")?;
-    q.wait_completion(WAIT)
-        .ctx("wait")?
-        .ok_or_else(|| "no completion within 5 s".to_string())
+///
+/// Should the completion not come, the request may still write the memory
+/// it names: the program then bails out at once, with no destructor run, so
+/// that nothing frees or uses that memory meanwhile.
+///
+/// # Safety
+///
+/// As for [`Queue::submit_timeout`]: no reference may borrow the memory
+/// `req` writes until this returns.
+unsafe fn run(q: &Queue<'_>, req: &Request) -> Result<Completion, String> {
+    // SAFETY: the caller vouches for the memory `req` writes until this
+    // returns, which is after its completion was reaped.
+    unsafe { q.submit_timeout(req, WAIT) }.ctx("submit")?;
+    match q.wait_completion(WAIT) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => bail_out("no completion within 5 s"),
+        Err(e) => bail_out(&format!("wait: {e}")),
+    }
+}
+
+/// Ends the program at once (KTAP "Bail out!"), running no destructor: a
+/// request in flight may still write the memory it names.
+fn bail_out(why: &str) -> ! {
+    println!("Bail out! {why}; a request may still be in flight");
+    std::process::exit(1)
 }
 
 fn open() -> Result<Device, String> {
@@ -145,7 +165,8 @@ fn errors_carry_errno() -> TestResult {
     let dev = open()?;
     let mut buf = vec![0u8; PAGE];
     expect_errno(
-        dev.copy_to_key(0x1234_5678, 0, b"x"),
+        // SAFETY: nothing is registered on `dev`: the key names no memory.
+        unsafe { dev.copy_to_key(0x1234_5678, 0, b"x") },
         libc::ENOENT,
         "copy bad key",
     )?;
@@ -176,6 +197,16 @@ fn errors_carry_errno() -> TestResult {
         "write right on a shared borrow",
     )?;
     expect_errno(
+        dev.register(&mut buf, Access::LOCAL | Access::REMOTE_WRITE),
+        libc::EINVAL,
+        "remote write right on a borrow",
+    )?;
+    expect_errno(
+        dev.register_ro(&buf, Access::LOCAL_READ | Access::REMOTE_WRITE),
+        libc::EINVAL,
+        "remote write right on a shared borrow",
+    )?;
+    expect_errno(
         dev.register_range(0x1000, PAGE, Access::LOCAL),
         libc::EFAULT,
         "register unmapped",
@@ -184,7 +215,8 @@ fn errors_carry_errno() -> TestResult {
     expect_errno(dev.setup_events(4, None), libc::EBUSY, "second event ring")?;
     expect_errno(dev.create_queue(3, 4, None), libc::EINVAL, "bad queue size")?;
     let q = dev.create_queue(4, 4, None).ctx("create_queue")?;
-    let c = run(&q, &Request::copy(1, 0, 2, 0, 8).user_data(5))?;
+    // SAFETY: nothing is registered on `dev`: keys 1 and 2 name no memory.
+    let c = unsafe { run(&q, &Request::copy(1, 0, 2, 0, 8).user_data(5)) }?;
     check!(c.user_data == 5);
     expect_errno(c.result(), libc::ENOENT, "COPY with bad keys")?;
     expect_errno(
@@ -229,11 +261,58 @@ fn cache_hit_without_syscall() -> TestResult {
         after.cache_hits == before.cache_hits,
         "{before:?} -> {after:?}"
     );
-    dev.copy_to_key(second.lkey(), second.offset(), b"cached")
+    // SAFETY: the copy writes the first bytes of `map`, which no reference
+    // borrows during the call.
+    unsafe { dev.copy_to_key(second.lkey(), second.offset(), b"cached") }
         .ctx("copy through the hit")?;
     check!(&map[..6] == b"cached");
     drop(second);
     check!(cache.len() == 1);
+    // Dropping the cache drops the entry's kernel reference.
+    drop(cache);
+    match dev.query(lkey) {
+        Ok(q) => check!(q.refcount == 0, "a reference is left: {q:?}"),
+        Err(e) => check!(e.raw_os_error() == Some(libc::ENOENT), "query: {e}"),
+    }
+    Ok(())
+}
+
+fn cache_callback_may_call_the_cache() -> TestResult {
+    // The callback is 'static, and reaches the cache through a `Weak`: the
+    // device lives as long as the program.
+    let dev: &'static Device = Box::leak(Box::new(open()?));
+    let cache = Arc::new(Cache::new(dev, 16).ctx("cache")?);
+    let first = AnonMap::new(PAGE).ctx("mmap")?;
+    let second = AnonMap::new(PAGE).ctx("mmap")?;
+    let (a1, a2) = (first.addr() as u64, second.addr() as u64);
+    for m in [&first, &second] {
+        drop(cache.get(m.addr(), PAGE, Access::LOCAL).ctx("get")?);
+    }
+    let seen: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let seen2 = Arc::clone(&seen);
+    let weak = Arc::downgrade(&cache);
+    let second = Mutex::new(Some(second));
+    cache.set_invalidate_callback(Box::new(move |info| {
+        seen2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(info.addr);
+        // Called back for the first range: unmap the second and make the
+        // cache read its event from here.
+        let taken = second.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(m) = taken {
+            drop(m);
+            if let Some(c) = weak.upgrade() {
+                let _ = c.process_events();
+                let _ = c.len();
+            }
+        }
+    }));
+    drop(first);
+    cache.process_events().ctx("process_events")?;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    check!(seen == [a1, a2], "{seen:?}, want [{a1:#x}, {a2:#x}]");
+    check!(cache.is_empty(), "{} entries", cache.len());
     Ok(())
 }
 
@@ -332,7 +411,8 @@ fn events_overflow_and_resync() -> TestResult {
 fn queue_requests() -> TestResult {
     let dev = open()?;
     let q = dev.create_queue(8, 16, None).ctx("create_queue")?;
-    let c = run(&q, &Request::nop().user_data(1))?;
+    // SAFETY: a NOP names no memory.
+    let c = unsafe { run(&q, &Request::nop().user_data(1)) }?;
     check!(c.user_data == 1 && c.result().ctx("nop")? == 0, "{c:?}");
 
     let mut src = vec![0u8; 2 * PAGE];
@@ -351,9 +431,12 @@ fn queue_requests() -> TestResult {
             5000,
         )
         .user_data(2);
-        let c = run(&q, &req)?;
+        // SAFETY: the COPY writes bytes 100..5100 of `dst`, borrowed by `d`
+        // alone, through which nothing reads before `run` has reaped it.
+        let c = unsafe { run(&q, &req) }?;
         check!(c.user_data == 2 && c.result().ctx("copy")? == 5000, "{c:?}");
-        let c = run(&q, &Request::fence().user_data(3))?;
+        // SAFETY: a FENCE names no memory.
+        let c = unsafe { run(&q, &Request::fence().user_data(3)) }?;
         check!(c.user_data == 3 && c.status == 0, "{c:?}");
     }
     check!(dst[..100].iter().all(|&b| b == 0xff));
@@ -366,7 +449,8 @@ fn queue_requests() -> TestResult {
     let reg = dev
         .register_range(map.addr(), PAGE, Access::LOCAL)
         .ctx("register")?;
-    let c = run(&q, &Request::deregister(reg.lkey()).user_data(4))?;
+    // SAFETY: a DEREGISTER writes no memory.
+    let c = unsafe { run(&q, &Request::deregister(reg.lkey()).user_data(4)) }?;
     check!(c.user_data == 4 && c.status == 0, "{c:?}");
     expect_errno(
         reg.deregister(),
@@ -376,7 +460,8 @@ fn queue_requests() -> TestResult {
 
     // Several in flight, reaped by the iterator.
     for i in 0..6 {
-        q.submit(&Request::nop().user_data(100 + i)).ctx("submit")?;
+        // SAFETY: a NOP names no memory.
+        unsafe { q.submit(&Request::nop().user_data(100 + i)) }.ctx("submit")?;
     }
     let mut got = Vec::new();
     let start = Instant::now();
@@ -407,10 +492,12 @@ fn wait_times_out() -> TestResult {
     check!(took >= Duration::from_millis(95), "{took:?}");
     check!(took < Duration::from_secs(2), "{took:?}");
     // And a completion wakes it.
-    q.submit(&Request::nop().user_data(9)).ctx("submit")?;
+    // SAFETY: a NOP names no memory.
+    unsafe { q.submit(&Request::nop().user_data(9)) }.ctx("submit")?;
     let c = q.wait_completion(WAIT).ctx("wait")?;
     check!(c.map(|c| c.user_data) == Some(9));
-    check!(q.try_submit(&Request::nop()).is_ok());
+    // SAFETY: a NOP names no memory.
+    check!(unsafe { q.try_submit(&Request::nop()) }.is_ok());
     Ok(())
 }
 
@@ -426,7 +513,9 @@ fn many_thread_submit() -> TestResult {
                 let q = &q;
                 s.spawn(move || -> io::Result<()> {
                     for i in 0..EACH {
-                        q.submit_timeout(&Request::nop().user_data(t * EACH + i), WAIT)?;
+                        let nop = Request::nop().user_data(t * EACH + i);
+                        // SAFETY: a NOP names no memory.
+                        unsafe { q.submit_timeout(&nop, WAIT) }?;
                     }
                     Ok(())
                 })
@@ -469,6 +558,11 @@ fn pool_buffers() -> TestResult {
         PoolClass::new(256, 1024, 32, 256),
         PoolClass::new(4096, 64, 4, 16),
     ];
+    expect_errno(
+        dev.create_pool(&classes, Access::LOCAL | Access::REMOTE_WRITE, 5000, 100),
+        libc::EINVAL,
+        "a pool peers may write",
+    )?;
     let pool = dev
         .create_pool(&classes, Access::LOCAL, 5000, 100)
         .ctx("create_pool")?;
@@ -494,8 +588,9 @@ fn pool_buffers() -> TestResult {
     dev.copy_from_key(b.key(), b.offset(), &mut back)
         .ctx("copy from the buffer")?;
     check!(&back == b"hello");
-    dev.copy_to_key(b.key(), b.offset() + 10, b"world")
-        .ctx("copy to the buffer")?;
+    // SAFETY: the copy writes bytes 10..15 of `b`'s buffer, which no slice
+    // borrows during the call.
+    unsafe { dev.copy_to_key(b.key(), b.offset() + 10, b"world") }.ctx("copy to the buffer")?;
     check!(&b[10..15] == b"world");
 
     let batch = pool
@@ -530,30 +625,37 @@ fn pool_buffers() -> TestResult {
 fn peers_write_and_read() -> TestResult {
     let a = open()?;
     let b = open()?;
-    let mut target = vec![0u8; 2 * PAGE];
+    // Memory peers write is a mapping of the crate's, registered by range.
+    let target = AnonMap::new(2 * PAGE).ctx("mmap")?;
     let mut src = b"written by b".to_vec();
     let mut dst = vec![0u8; 12];
     {
-        let ta = a.register(&mut target, Access::ALL).ctx("register at a")?;
+        let ta = a
+            .register_range(target.addr(), target.len(), Access::ALL)
+            .ctx("register at a")?;
         let peer = b.attach_peer(a.as_fd()).ctx("attach")?;
         let s = b.register(&mut src, Access::LOCAL).ctx("register src")?;
         let d = b.register(&mut dst, Access::LOCAL).ctx("register dst")?;
         let q = b.create_queue(4, 4, None).ctx("create_queue")?;
-        let c = run(
-            &q,
-            &Request::write(peer, ta.rkey(), 100, s.lkey(), s.buffer_offset(), 12),
-        )?;
+        let write = Request::write(peer, ta.rkey(), 100, s.lkey(), s.buffer_offset(), 12);
+        // SAFETY: the WRITE writes only `target`'s bytes, which nothing
+        // borrows until after this block.
+        let c = unsafe { run(&q, &write) }?;
         check!(c.result().ctx("write")? == 12, "{c:?}");
-        let c = run(
-            &q,
-            &Request::read(peer, d.lkey(), d.buffer_offset(), ta.rkey(), 100, 12),
-        )?;
+        let read = Request::read(peer, d.lkey(), d.buffer_offset(), ta.rkey(), 100, 12);
+        // SAFETY: the READ writes only `dst`, borrowed by `d` alone, through
+        // which nothing reads before `run` has reaped it.
+        let c = unsafe { run(&q, &read) }?;
         check!(c.result().ctx("read")? == 12, "{c:?}");
         // A local key is not a remote one.
-        let c = run(&q, &Request::write(peer, ta.lkey(), 0, s.lkey(), 0, 1))?;
+        let bad = Request::write(peer, ta.lkey(), 0, s.lkey(), 0, 1);
+        // SAFETY: it could write only `target`, which nothing borrows.
+        let c = unsafe { run(&q, &bad) }?;
         expect_errno(c.result(), libc::ENOENT, "WRITE by local key")?;
         b.detach_peer(peer).ctx("detach")?;
-        let c = run(&q, &Request::write(peer, ta.rkey(), 0, s.lkey(), 0, 1))?;
+        let detached = Request::write(peer, ta.rkey(), 0, s.lkey(), 0, 1);
+        // SAFETY: as above.
+        let c = unsafe { run(&q, &detached) }?;
         expect_errno(c.result(), libc::ENOTCONN, "WRITE after detach")?;
     }
     check!(&target[100..112] == b"written by b");
@@ -569,11 +671,14 @@ fn peers_send_recv_and_fd_passing() -> TestResult {
     let grant = recv_fd(&sb).ctx("recv_fd")?;
     let peer = b.attach_peer(grant.as_fd()).ctx("attach")?;
     drop(grant);
-    let mut inbox = vec![0u8; PAGE];
+    // The RECV's buffer may be written until its completion is reaped: a
+    // mapping of the crate's, which an early return unmaps (ending the
+    // registration) rather than frees.
+    let inbox = AnonMap::new(PAGE).ctx("mmap")?;
     let mut msg = b"message".to_vec();
     {
         let ra = a
-            .register(&mut inbox, Access::LOCAL)
+            .register_range(inbox.addr(), inbox.len(), Access::LOCAL)
             .ctx("register inbox")?;
         let rb = b.register(&mut msg, Access::LOCAL).ctx("register msg")?;
         let qa = a.create_queue(4, 8, None).ctx("queue a")?;
@@ -584,12 +689,14 @@ fn peers_send_recv_and_fd_passing() -> TestResult {
             libc::EISCONN,
             "connect twice",
         )?;
-        qa.submit(&Request::recv(ra.lkey(), ra.buffer_offset(), PAGE as u64).user_data(1))
-            .ctx("recv")?;
-        let c = run(
-            &qb,
-            &Request::send_imm(rb.lkey(), rb.buffer_offset(), 7, 0xfeed).user_data(2),
-        )?;
+        let recv = Request::recv(ra.lkey(), ra.buffer_offset(), PAGE as u64).user_data(1);
+        // SAFETY: the RECV writes only `inbox`, which nothing borrows until
+        // its completion is reaped below (or, on an early return, until it
+        // is unmapped, which ends the registration first).
+        unsafe { qa.submit(&recv) }.ctx("recv")?;
+        let send = Request::send_imm(rb.lkey(), rb.buffer_offset(), 7, 0xfeed).user_data(2);
+        // SAFETY: a SEND writes only the RECV buffer posted above.
+        let c = unsafe { run(&qb, &send) }?;
         check!(c.result().ctx("send")? == 7, "{c:?}");
         let c = qa
             .wait_completion(WAIT)
@@ -602,7 +709,9 @@ fn peers_send_recv_and_fd_passing() -> TestResult {
         );
         // Revoked: the handle fails from now on.
         a.revoke_peers().ctx("revoke")?;
-        let c = run(&qb, &Request::send(rb.lkey(), rb.buffer_offset(), 7))?;
+        let send = Request::send(rb.lkey(), rb.buffer_offset(), 7);
+        // SAFETY: a SEND writes only a RECV buffer its receiver posted.
+        let c = unsafe { run(&qb, &send) }?;
         expect_errno(c.result(), libc::ECONNRESET, "SEND after revoke")?;
     }
     check!(&inbox[..7] == b"message");
@@ -625,6 +734,10 @@ fn main() {
         (
             "cache_invalidate_callback_and_lru",
             cache_invalidate_callback_and_lru,
+        ),
+        (
+            "cache_callback_may_call_the_cache",
+            cache_callback_may_call_the_cache,
         ),
         ("events_overflow_and_resync", events_overflow_and_resync),
         ("queue_requests", queue_requests),
