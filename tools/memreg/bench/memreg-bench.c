@@ -3876,8 +3876,9 @@ int main(int argc, char **argv)
 	settle_clocksource();
 	calibrate_clock();
 	print_clock();
-	print_module_limits();
 	if (!lib_only) {
+		/* The look-up rows need the module loaded for them. */
+		print_module_limits();
 		gup = open("/sys/kernel/debug/gup_test", O_RDWR);
 		if (gup < 0)
 			fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s",

@@ -19,7 +19,8 @@
  * or reused: the reference taken by compare-and-swap fails on a dead entry,
  * and the entry's identity is checked once it is held.
  *
- * Reference word (e->ref): users in the low 31 bits, ENTRY_DEAD once the
+ * Reference word (e->ref): users in the low 30 bits, ENTRY_REFERENCED
+ * when a get took it since the clock hand passed, ENTRY_DEAD once the
  * entry left the cache (no new user then). The last reference of a dead
  * entry frees it. Moving an entry to the dead list for its callback takes a
  * reference, dropped after the callback ran.
@@ -41,6 +42,8 @@
 #include "internal.h"
 
 #define ENTRY_DEAD	(1U << 31)
+#define ENTRY_REFERENCED	(1U << 30)
+#define ENTRY_USERS	(ENTRY_REFERENCED - 1)
 #define CHUNK_ENTRIES	64
 /* A thread's table of recent hits, and the threads with counters of their own. */
 #define TLS_SLOTS	64
@@ -59,8 +62,7 @@ struct memreg_mr {
 	int fd;				/* the file, for an entry without a word */
 	__u32 fork_gen;			/* fork_gen when it was created */
 	/* Atomic. */
-	__u32 ref;			/* users | ENTRY_DEAD */
-	__u32 referenced;		/* used since the clock hand passed */
+	__u32 ref;			/* users | ENTRY_REFERENCED | ENTRY_DEAD */
 	/* Under the cache's lock. */
 	bool cached;			/* in the tree, the table and the ring */
 	bool kernel_ref;		/* holds a kernel reference */
@@ -125,6 +127,7 @@ struct tls_slot {
 	__u32 access;
 	struct memreg_mr *e;
 	__u64 lkey, generation;		/* the entry's identity when remembered */
+	struct thread_counter *counter;	/* this thread's in the cache, or NULL */
 };
 
 static __thread struct tls_slot tls_slots[TLS_SLOTS];
@@ -391,17 +394,24 @@ static void entry_free_locked(struct memreg_cache *c, struct memreg_mr *e)
 	c->free = e;
 }
 
-/* Takes a reference unless the entry is dead. */
-static bool entry_get(struct memreg_mr *e)
+/* Takes a reference unless the entry is dead, and marks it referenced. */
+static inline bool entry_get(struct memreg_mr *e)
 {
 	__u32 old = __atomic_load_n(&e->ref, __ATOMIC_RELAXED);
 
 	do {
 		if (old & ENTRY_DEAD)
 			return false;
-	} while (!__atomic_compare_exchange_n(&e->ref, &old, old + 1, true, __ATOMIC_ACQUIRE,
-					      __ATOMIC_RELAXED));
+	} while (!__atomic_compare_exchange_n(&e->ref, &old, (old + 1) | ENTRY_REFERENCED, true,
+					      __ATOMIC_ACQUIRE, __ATOMIC_RELAXED));
 	return true;
+}
+
+/* Takes a reference on an entry that cannot be dead (cached, under the lock). */
+static void entry_get_locked(struct memreg_mr *e)
+{
+	__atomic_fetch_add(&e->ref, 1, __ATOMIC_ACQUIRE);
+	__atomic_fetch_or(&e->ref, ENTRY_REFERENCED, __ATOMIC_RELAXED);
 }
 
 static noinline void entry_free(struct memreg_cache *c, struct memreg_mr *e)
@@ -414,7 +424,9 @@ static noinline void entry_free(struct memreg_cache *c, struct memreg_mr *e)
 /* Drops a reference; the last one of a dead entry frees it. */
 static inline void entry_put(struct memreg_cache *c, struct memreg_mr *e)
 {
-	if (__atomic_fetch_sub(&e->ref, 1, __ATOMIC_ACQ_REL) == (ENTRY_DEAD | 1))
+	__u32 old = __atomic_fetch_sub(&e->ref, 1, __ATOMIC_ACQ_REL);
+
+	if ((old & ~ENTRY_REFERENCED) == (ENTRY_DEAD | 1))
 		entry_free(c, e);
 }
 
@@ -512,7 +524,8 @@ static void trim_locked(struct memreg_cache *c)
 		__u32 unused = 0;
 
 		c->hand = e->next;
-		if (__atomic_exchange_n(&e->referenced, 0, __ATOMIC_RELAXED))
+		if (__atomic_fetch_and(&e->ref, ~ENTRY_REFERENCED, __ATOMIC_RELAXED) &
+		    ENTRY_REFERENCED)
 			continue;
 		/* Unused: dead from here on, held for its callback, unless a user came first. */
 		if (!__atomic_compare_exchange_n(&e->ref, &unused, ENTRY_DEAD | 1, false,
@@ -844,10 +857,12 @@ static void remember(struct memreg_cache *c, __u64 addr, __u64 length, __u32 acc
 		     struct memreg_mr *e)
 {
 	struct tls_slot *s = tls_slot_of(addr, length);
+	struct thread_counter *t = tls_counter.uid == c->uid ? tls_counter.counter :
+							      claim_counter(c);
 
 	*s = (struct tls_slot){ .uid = c->uid, .addr = addr, .length = length,
 				.access = access, .e = e, .lkey = e->lkey,
-				.generation = e->generation };
+				.generation = e->generation, .counter = t };
 }
 
 /*
@@ -887,8 +902,7 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 		memreg_deregister(c->fd, r.lkey);
 		e->dnext = c->free;
 		c->free = e;
-		__atomic_fetch_add(&old->ref, 1, __ATOMIC_ACQUIRE);
-		__atomic_store_n(&old->referenced, 1, __ATOMIC_RELAXED);
+		entry_get_locked(old);
 		*mrp = old;
 		return 0;
 	}
@@ -903,7 +917,6 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 	e->fork_gen = c->fork_gen;
 	e->kernel_ref = true;
 	e->has_event = false;
-	e->referenced = 1;
 	if (r.slot >= c->sw.slots || !r.generation) {
 		/* No state word: never cached, deregistered at its last put. */
 		e->word = NULL;
@@ -920,7 +933,7 @@ static int add_locked(struct memreg_cache *c, __u64 addr, __u64 length, __u32 ac
 	c->table[hash_key(e->lkey, c->table_size)] = e;
 	ring_insert(c, e);
 	c->nr++;
-	__atomic_store_n(&e->ref, 1, __ATOMIC_RELEASE);
+	__atomic_store_n(&e->ref, 1 | ENTRY_REFERENCED, __ATOMIC_RELEASE);
 	*mrp = e;
 	return 0;
 }
@@ -977,8 +990,7 @@ static noinline __cold int get_slow(struct memreg_cache *c, __u64 a, __u64 lengt
 		w = __atomic_load_n(e->word, __ATOMIC_ACQUIRE);
 		if (w == e->generation) {
 			/* Cached entries are not dead while the lock is held. */
-			__atomic_fetch_add(&e->ref, 1, __ATOMIC_ACQUIRE);
-			__atomic_store_n(&e->referenced, 1, __ATOMIC_RELAXED);
+			entry_get_locked(e);
 			c->stats.hits++;
 			*mrp = e;
 			remember(c, a, length, access, e);
@@ -1003,7 +1015,7 @@ out:
 /* What the fast path says besides a hit (an entry pointer has these bits clear). */
 #define FAST_MISS	0UL	/* not this thread's earlier request, or dead */
 #define FAST_STALE	1UL	/* held, but no longer the entry or no longer valid */
-#define FAST_CLAIM	2UL	/* a hit, on a counter this thread has yet to claim */
+#define FAST_CLAIM	2UL	/* a hit, this thread without a counter of its own */
 
 /*
  * The fast path: this thread's earlier hit on exactly this request (only
@@ -1024,10 +1036,8 @@ static inline uintptr_t get_fast(struct memreg_cache *c, __u64 a, __u64 length, 
 	if (e->lkey != lkey || e->generation != generation ||
 	    __atomic_load_n(e->word, __ATOMIC_ACQUIRE) != generation)
 		return (uintptr_t)e | FAST_STALE;
-	if (!__atomic_load_n(&e->referenced, __ATOMIC_RELAXED))
-		__atomic_store_n(&e->referenced, 1, __ATOMIC_RELAXED);
-	t = tls_counter.counter;
-	if (tls_counter.uid != c->uid || !t)
+	t = s->counter;
+	if (!t)
 		return (uintptr_t)e | FAST_CLAIM;
 	__atomic_store_n(&t->hits, __atomic_load_n(&t->hits, __ATOMIC_RELAXED) + 1,
 			 __ATOMIC_RELAXED);
