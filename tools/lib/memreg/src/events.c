@@ -90,9 +90,10 @@ unsigned int memreg_events_read(struct memreg_events *ev, struct memreg_event *o
 void memreg_events_advance(struct memreg_events *ev, unsigned int nr)
 {
 	__u32 head = __atomic_load_n(ev->head, __ATOMIC_RELAXED);
+	unsigned int ready = memreg_events_ready(ev);
 
-	if (nr > memreg_events_ready(ev))
-		nr = memreg_events_ready(ev);
+	if (nr > ready)
+		nr = ready;
 	__atomic_store_n(ev->head, head + nr, __ATOMIC_RELEASE);
 }
 

@@ -87,6 +87,27 @@ impl Request {
         }
     }
 
+    /// A request that moves data: every field as given, the rest zero
+    /// (libmemreg's `memreg_prep_rw`).
+    fn rw(
+        opcode: u32,
+        peer: u32,
+        key: u64,
+        offset: u64,
+        src_key: u64,
+        src_offset: u64,
+        len: u64,
+    ) -> Request {
+        let mut r = Request::op(opcode);
+        r.sqe.peer = peer;
+        r.sqe.key = key;
+        r.sqe.offset = offset;
+        r.sqe.src_key = src_key;
+        r.sqe.src_offset = src_offset;
+        r.sqe.length = len;
+        r
+    }
+
     /// `MEMREG_OP_NOP`: completes with status 0.
     pub fn nop() -> Request {
         Request::op(raw::MEMREG_OP_NOP)
@@ -107,13 +128,15 @@ impl Request {
     /// `MEMREG_OP_COPY`: `len` bytes from `(src_key, src_offset)` to
     /// `(dst_key, dst_offset)`, local keys of this context.
     pub fn copy(dst_key: u64, dst_offset: u64, src_key: u64, src_offset: u64, len: u64) -> Request {
-        let mut r = Request::op(raw::MEMREG_OP_COPY);
-        r.sqe.key = dst_key;
-        r.sqe.offset = dst_offset;
-        r.sqe.src_key = src_key;
-        r.sqe.src_offset = src_offset;
-        r.sqe.length = len;
-        r
+        Request::rw(
+            raw::MEMREG_OP_COPY,
+            0,
+            dst_key,
+            dst_offset,
+            src_key,
+            src_offset,
+            len,
+        )
     }
 
     /// `MEMREG_OP_WRITE`: `len` bytes from the local `(local_key,
@@ -126,14 +149,15 @@ impl Request {
         local_offset: u64,
         len: u64,
     ) -> Request {
-        let mut r = Request::op(raw::MEMREG_OP_WRITE);
-        r.sqe.peer = peer.0;
-        r.sqe.key = remote_key;
-        r.sqe.offset = remote_offset;
-        r.sqe.src_key = local_key;
-        r.sqe.src_offset = local_offset;
-        r.sqe.length = len;
-        r
+        Request::rw(
+            raw::MEMREG_OP_WRITE,
+            peer.0,
+            remote_key,
+            remote_offset,
+            local_key,
+            local_offset,
+            len,
+        )
     }
 
     /// `MEMREG_OP_READ`: `len` bytes from the peer's `(remote_key,
@@ -146,14 +170,15 @@ impl Request {
         remote_offset: u64,
         len: u64,
     ) -> Request {
-        let mut r = Request::op(raw::MEMREG_OP_READ);
-        r.sqe.peer = peer.0;
-        r.sqe.key = local_key;
-        r.sqe.offset = local_offset;
-        r.sqe.src_key = remote_key;
-        r.sqe.src_offset = remote_offset;
-        r.sqe.length = len;
-        r
+        Request::rw(
+            raw::MEMREG_OP_READ,
+            peer.0,
+            local_key,
+            local_offset,
+            remote_key,
+            remote_offset,
+            len,
+        )
     }
 
     /// `MEMREG_OP_SEND`: `len` bytes at `(key, offset)` to the oldest RECV

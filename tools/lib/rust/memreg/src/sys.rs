@@ -160,23 +160,32 @@ pub(crate) fn peer_revoke(fd: BorrowedFd<'_>) -> io::Result<()> {
     unsafe { raw_ioctl(fd, raw::MEMREG_IOC_PEER_REVOKE, std::ptr::null_mut()) }.map(drop)
 }
 
-/// `MEMREG_IOC_COPY` of `data` into the registration `key` at `offset`.
-pub(crate) fn copy_to_region(
+/// `MEMREG_IOC_COPY` of `length` bytes between user memory at `buf` and the
+/// registration `key` at `offset`, in `direction`.
+///
+/// # Safety
+///
+/// `buf` must be valid for `length` bytes of reads (`MEMREG_COPY_TO_REGION`)
+/// or of writes by the kernel, of any values (`MEMREG_COPY_FROM_REGION`),
+/// for the duration of the call.
+unsafe fn copy(
     fd: BorrowedFd<'_>,
     key: u64,
     offset: u64,
-    data: &[u8],
+    buf: u64,
+    length: u64,
+    direction: u32,
 ) -> io::Result<()> {
     let mut c = raw::memreg_copy {
         key,
         offset,
-        length: data.len() as u64,
-        buf: data.as_ptr() as u64,
-        direction: raw::MEMREG_COPY_TO_REGION,
+        length,
+        buf,
+        direction,
         ..Default::default()
     };
-    // SAFETY: the kernel reads `data.len()` bytes at `buf`, which `data`
-    // lends for the call.
+    // SAFETY: `c` is a `memreg_copy` the call may read; the caller vouches
+    // for `buf`.
     unsafe {
         raw_ioctl(
             fd,
@@ -187,6 +196,27 @@ pub(crate) fn copy_to_region(
     .map(drop)
 }
 
+/// `MEMREG_IOC_COPY` of `data` into the registration `key` at `offset`.
+pub(crate) fn copy_to_region(
+    fd: BorrowedFd<'_>,
+    key: u64,
+    offset: u64,
+    data: &[u8],
+) -> io::Result<()> {
+    // SAFETY: the kernel reads `data.len()` bytes at `buf`, which `data`
+    // lends for the call.
+    unsafe {
+        copy(
+            fd,
+            key,
+            offset,
+            data.as_ptr() as u64,
+            data.len() as u64,
+            raw::MEMREG_COPY_TO_REGION,
+        )
+    }
+}
+
 /// `MEMREG_IOC_COPY` from the registration `key` at `offset` into `out`.
 pub(crate) fn copy_from_region(
     fd: BorrowedFd<'_>,
@@ -194,24 +224,18 @@ pub(crate) fn copy_from_region(
     offset: u64,
     out: &mut [u8],
 ) -> io::Result<()> {
-    let mut c = raw::memreg_copy {
-        key,
-        offset,
-        length: out.len() as u64,
-        buf: out.as_mut_ptr() as u64,
-        direction: raw::MEMREG_COPY_FROM_REGION,
-        ..Default::default()
-    };
     // SAFETY: the kernel writes at most `out.len()` bytes at `buf`, which
     // `out` lends exclusively for the call; any byte values are valid `u8`.
     unsafe {
-        raw_ioctl(
+        copy(
             fd,
-            raw::MEMREG_IOC_COPY,
-            (&mut c as *mut raw::memreg_copy).cast(),
+            key,
+            offset,
+            out.as_mut_ptr() as u64,
+            out.len() as u64,
+            raw::MEMREG_COPY_FROM_REGION,
         )
     }
-    .map(drop)
 }
 
 /// The largest array `MEMREG_IOC_EVENTS_RESYNC` accepts.
