@@ -1496,7 +1496,7 @@ TEST(send_recv_between_processes)
 TEST(ping_pong_both_ways)
 {
 	struct tgt_cfg cfg = cfg1(PAGE, ALL, 'r', 16, 16);
-	struct memreg_cqe c[2];
+	struct memreg_cqe c[2], *send, *recv;
 	struct memreg_sqe s;
 	struct side b;
 	struct tgt t;
@@ -1520,15 +1520,22 @@ TEST(ping_pong_both_ways)
 		s = mr_sqe_send_imm(600 + i, b.r.lkey, 0, len, 3 * i);
 		ASSERT_EQ(0, memreg_queue_post_wait(&b.q, &s, 5000));
 		ASSERT_EQ(2, memreg_wait_cqes(&b.q, c, 2, 10000)) TH_LOG("round %d", i);
-		/* The SEND completes first: the RECV waits for the echo. */
-		EXPECT_EQ(600 + i, c[0].user_data);
-		EXPECT_EQ(0, c[0].status);
-		EXPECT_EQ(len, c[0].bytes);
-		EXPECT_EQ(500 + i, c[1].user_data);
-		EXPECT_EQ(0, c[1].status);
-		EXPECT_EQ(len, c[1].bytes);
-		EXPECT_EQ(MEMREG_CQE_IMM, c[1].flags);
-		EXPECT_EQ(3 * i + 1, c[1].imm_data);
+		/*
+		 * Nothing orders the SEND's completion before the RECV's: the
+		 * echo may fill the RECV before this worker has written the
+		 * SEND's completion. Each must be there once.
+		 */
+		send = c[0].user_data == 600 + i ? &c[0] : &c[1];
+		recv = send == &c[0] ? &c[1] : &c[0];
+		EXPECT_EQ(600 + i, send->user_data) TH_LOG("round %d", i);
+		EXPECT_EQ(0, send->status);
+		EXPECT_EQ(len, send->bytes);
+		EXPECT_EQ(0, send->flags);
+		EXPECT_EQ(500 + i, recv->user_data) TH_LOG("round %d", i);
+		EXPECT_EQ(0, recv->status);
+		EXPECT_EQ(len, recv->bytes);
+		EXPECT_EQ(MEMREG_CQE_IMM, recv->flags);
+		EXPECT_EQ(3 * i + 1, recv->imm_data);
 		EXPECT_TRUE(all_bytes(b.buf + PAGE, len, 'a' + i % 26)) TH_LOG("round %d", i);
 		EXPECT_TRUE(all_bytes(b.buf + PAGE + len, PAGE - len, 0)) TH_LOG("round %d", i);
 		if (_metadata->exit_code)
