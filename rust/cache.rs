@@ -243,7 +243,7 @@ impl Cache {
 
     /// The registration data may move through by local key `lkey` (see
     /// [`CacheInner::get_target`]).
-    pub(crate) fn get_target(&self, lkey: u64) -> Option<Target> {
+    pub(crate) fn get_target(&self, lkey: u64) -> Result<Target> {
         self.inner.lock().get_target(lkey)
     }
 
@@ -266,7 +266,7 @@ impl Cache {
         }
         let (found, old) = {
             let t = self.inner.lock();
-            let target = t.get_target(lkey).ok_or(ENOENT)?;
+            let target = t.get_target(lkey)?;
             // Under the cache's lock, so that a registration that leaves the table (or is
             // parked) also leaves the shadow.
             let old = self.shadow.lock().insert(target.registration().clone());

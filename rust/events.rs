@@ -24,7 +24,7 @@ use kernel::{
 
 use crate::uapi::layout::{
     EVENTS_ENTRIES as ENTRIES, EVENTS_FLAGS as FLAGS, EVENTS_OVERFLOWS as OVERFLOWS,
-    EVENTS_TAIL as TAIL,
+    EVENTS_TAIL as TAIL, EVENTS_USER_DATA_OFFSET as USER_DATA_OFFSET,
 };
 
 /// What an event is about: a registration's local key and registered range.
@@ -36,6 +36,8 @@ pub(crate) struct Subject {
     pub(crate) addr: u64,
     /// The registered length.
     pub(crate) length: u64,
+    /// The caller's value given when it was registered.
+    pub(crate) user_data: u64,
 }
 
 /// The eventfd an argument names: none for -1.
@@ -82,9 +84,16 @@ pub(crate) struct EventRing {
 }
 
 impl EventRing {
-    /// The length of the ring's mapping for `entries` entries.
+    /// Where the user data array of a ring of `entries` entries starts:
+    /// right after the entries.
+    fn user_data_offset(entries: u32) -> usize {
+        uapi::EVENTS_OFFSET + entries as usize * core::mem::size_of::<uapi::Event>()
+    }
+
+    /// The length of the ring's mapping for `entries` entries: the header,
+    /// the entries and their user data.
     pub(crate) fn ring_bytes(entries: u32) -> usize {
-        let bytes = uapi::EVENTS_OFFSET + entries as usize * core::mem::size_of::<uapi::Event>();
+        let bytes = Self::user_data_offset(entries) + entries as usize * 8;
         bytes.next_multiple_of(PAGE_SIZE)
     }
 
@@ -105,6 +114,7 @@ impl EventRing {
         )?;
         let head = Arc::new(SharedPages::new(1)?, GFP_KERNEL_ACCOUNT)?;
         ring.store_u32(ENTRIES, entries);
+        ring.store_u64(USER_DATA_OFFSET, Self::user_data_offset(entries) as u64);
         Ok(Self {
             ring,
             head,
@@ -144,6 +154,8 @@ impl EventRing {
             let index = (self.tail & (self.entries - 1)) as usize;
             let offset = uapi::EVENTS_OFFSET + index * core::mem::size_of::<uapi::Event>();
             self.ring.write_words(offset, event.as_bytes());
+            let user_data = Self::user_data_offset(self.entries) + index * 8;
+            self.ring.store_u64(user_data / 8, what.user_data);
             self.tail = self.tail.wrapping_add(1);
             // Release: the entry is visible before the tail that covers it.
             self.ring.store_u32(TAIL, self.tail);
@@ -172,6 +184,7 @@ mod tests {
             key: n << 24,
             addr: 0x1000 * n,
             length: 0x1000,
+            user_data: n + 100,
         }
     }
 
@@ -199,6 +212,14 @@ mod tests {
         assert_eq!(ring.ring.load_u64(OVERFLOWS), Some(1));
         assert_eq!(key_at(&ring, 0), Some(1 << 24));
         assert_eq!(key_at(&ring, 1), Some(2 << 24));
+        // Each entry's user data is at the same index of the array after them.
+        let at = ring.ring.load_u64(USER_DATA_OFFSET).unwrap_or(0) as usize;
+        assert_eq!(
+            at,
+            uapi::EVENTS_OFFSET + 2 * core::mem::size_of::<uapi::Event>()
+        );
+        assert_eq!(ring.ring.load_u64(at / 8), Some(101));
+        assert_eq!(ring.ring.load_u64(at / 8 + 1), Some(102));
         assert!(ring.readable());
         // The reader consumes one: there is room for one more.
         ring.head.store_u32(0, 1);
@@ -234,6 +255,8 @@ mod tests {
         assert!(EventRing::new(3, None, w.clone()).is_err());
         assert!(EventRing::new(uapi::MAX_EVENTS * 2, None, w).is_err());
         assert_eq!(EventRing::ring_bytes(1), PAGE_SIZE);
+        // 128 entries of 32 bytes and their user data past the header: two pages.
+        assert_eq!(EventRing::ring_bytes(64), PAGE_SIZE);
         assert_eq!(EventRing::ring_bytes(128), 2 * PAGE_SIZE);
         Ok(())
     }

@@ -99,7 +99,7 @@ impl Context {
     /// [`transfer::copy_user`]).
     pub(crate) fn copy(&self, req: uapi::Copy) -> OpResult {
         let req = uapi::CopyReq::try_from(&req)?;
-        let registration = self.cache.get_target(req.key).ok_or(ENOENT)?;
+        let registration = self.cache.get_target(req.key)?;
         let to_registration = req.to_registration;
         let need = if to_registration {
             uapi::ACCESS_LOCAL_WRITE

@@ -252,6 +252,8 @@ ioctls! {
         |me, req| me.pools().stats(&(&*req).try_into()?).map(|n| req.count = n);
     0x17 POOL_DESTROY: write(uapi::PoolDestroy, first 8), Owner =>
         |me, req| me.pools().destroy(&(&req).try_into()?);
+    0x18 REVALIDATE: write(uapi::Revalidate, first 16), Owner =>
+        |me, req| me.cache().revalidate(req);
 }
 
 #[cfg(CONFIG_MEMREG_KUNIT_TEST)]
@@ -271,7 +273,7 @@ mod tests {
     fn ioctl_numbers_match_the_header() {
         let expected = [
             ("GET_VERSION", ioc(2, 4, 0)),
-            ("REGISTER", ioc(3, 72, 1)),
+            ("REGISTER", ioc(3, 80, 1)),
             ("DEREGISTER", ioc(1, 16, 2)),
             ("QUERY", ioc(3, 64, 3)),
             ("STATS", ioc(2, 248, 4)),
@@ -294,6 +296,7 @@ mod tests {
             ("POOL_FREE", ioc(1, 32, 0x15)),
             ("POOL_STATS", ioc(3, 32, 0x16)),
             ("POOL_DESTROY", ioc(1, 8, 0x17)),
+            ("REVALIDATE", ioc(1, 16, 0x18)),
         ];
         assert_eq!(TABLE.len(), expected.len());
         for (i, (def, (name, cmd))) in TABLE.iter().zip(expected.iter()).enumerate() {

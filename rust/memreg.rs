@@ -105,6 +105,14 @@ module! {
             default: 65536,
             description: "Live registrations one context may hold (REGISTER past it: EDQUOT)",
         },
+        max_watches: u64 {
+            default: 65536,
+            description: "Live watch-only registrations one context may hold (REGISTER past it: EMFILE)",
+        },
+        max_watches_total: u64 {
+            default: 1048576,
+            description: "Live watch-only registrations all contexts together may hold (EMFILE)",
+        },
         park: u32 {
             default: 1,
             description: "New files park registrations on their last DEREGISTER (1) or end them (0)",
@@ -139,6 +147,16 @@ macro_rules! param {
 /// The per-context cap on live registrations.
 pub(crate) fn max_registrations() -> u64 {
     param!(max_registrations)
+}
+
+/// The per-context cap on live watch-only registrations.
+pub(crate) fn max_watches() -> u64 {
+    param!(max_watches)
+}
+
+/// The module-wide cap on live watch-only registrations.
+pub(crate) fn max_watches_total() -> u64 {
+    param!(max_watches_total)
 }
 
 /// The pages all contexts together may pin, 0 for no limit but

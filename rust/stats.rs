@@ -18,6 +18,8 @@ pub(crate) static GLOBAL_PINNED: Atomic<u64> = Atomic::new(0);
 pub(crate) static GLOBAL_PEERS: Atomic<u64> = Atomic::new(0);
 /// Context objects still allocated (a leak shows as one counted for good).
 pub(crate) static GLOBAL_CONTEXTS_ALIVE: Atomic<u64> = Atomic::new(0);
+/// Live watch-only registrations, against `max_watches_total`.
+pub(crate) static GLOBAL_WATCHES: Atomic<u64> = Atomic::new(0);
 /// Buffer pools alive.
 pub(crate) static GLOBAL_POOLS: Atomic<u64> = Atomic::new(0);
 /// Pages the pools' chunks hold.
@@ -74,6 +76,8 @@ pub(crate) struct Stats {
     pub(crate) suspensions: u64,
     pub(crate) resumptions: u64,
     pub(crate) revalidation_failures: u64,
+    pub(crate) watches: u64,
+    pub(crate) watch_pages: u64,
 }
 
 /// Names of the causes of invalidation, as shown in fdinfo and debugfs.
@@ -112,6 +116,8 @@ impl Stats {
         out.suspensions = self.suspensions;
         out.resumptions = self.resumptions;
         out.revalidation_failures = self.revalidation_failures;
+        out.watches = self.watches;
+        out.watch_pages = self.watch_pages;
         out
     }
 
@@ -131,6 +137,8 @@ impl Stats {
             ("suspensions", self.suspensions),
             ("resumptions", self.resumptions),
             ("revalidation_failures", self.revalidation_failures),
+            ("watches", self.watches),
+            ("watch_pages", self.watch_pages),
         ];
         for (name, value) in plain {
             writeln!(f, "memreg-{name}:\t{value}")?;
@@ -164,6 +172,7 @@ pub(crate) fn global() -> uapi::GlobalStats {
     out.max_registrations = crate::max_registrations();
     out.peers = GLOBAL_PEERS.load(Relaxed);
     out.contexts_alive = GLOBAL_CONTEXTS_ALIVE.load(Relaxed);
+    out.watches = GLOBAL_WATCHES.load(Relaxed);
     out
 }
 

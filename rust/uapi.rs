@@ -43,6 +43,9 @@ pub(crate) const ACCESS_REMOTE: u32 = ACCESS_REMOTE_READ | ACCESS_REMOTE_WRITE;
 pub(crate) const ACCESS_ALL: u32 = abi::MEMREG_ACCESS_ALL;
 pub(crate) const REGISTER_CACHED: u32 = abi::MEMREG_REGISTER_CACHED;
 pub(crate) const REGISTER_REVIVED: u32 = abi::MEMREG_REGISTER_REVIVED;
+pub(crate) const REGISTER_WATCH: u32 = abi::MEMREG_REGISTER_WATCH;
+/// The local rights.
+pub(crate) const ACCESS_LOCAL: u32 = ACCESS_LOCAL_READ | ACCESS_LOCAL_WRITE;
 pub(crate) const STATE_VALID: u32 = abi::MEMREG_STATE_VALID;
 pub(crate) const STATE_PARKED: u32 = abi::MEMREG_STATE_PARKED;
 pub(crate) const STATE_SUSPENDED: u32 = abi::MEMREG_STATE_SUSPENDED;
@@ -56,6 +59,7 @@ pub(crate) const MMAP_EVENTS_HEAD: u64 = abi::MEMREG_MMAP_EVENTS_HEAD as u64;
 pub(crate) const EVENT_SUSPENDED: u32 = abi::MEMREG_EVENT_SUSPENDED;
 pub(crate) const EVENT_ENDED: u32 = abi::MEMREG_EVENT_ENDED;
 pub(crate) const EVENT_EVICTED: u32 = abi::MEMREG_EVENT_EVICTED;
+pub(crate) const EVENT_RESUMED: u32 = abi::MEMREG_EVENT_RESUMED;
 pub(crate) const EVENTS_OVERFLOW: u32 = abi::MEMREG_EVENTS_OVERFLOW;
 pub(crate) const EVENTS_OFFSET: usize = abi::MEMREG_EVENTS_OFFSET as usize;
 pub(crate) const MAX_EVENTS: u32 = abi::MEMREG_MAX_EVENTS;
@@ -140,7 +144,7 @@ uapi_wrapper! {
     /// `struct memreg_register`.
     pub(crate) struct Register(abi::memreg_register) {
         addr, length, access, flags, lkey, rkey, region_addr, region_length, slot, reserved,
-        generation,
+        generation, user_data,
     }
     /// `struct memreg_deregister`.
     pub(crate) struct Deregister(abi::memreg_deregister) { key, reserved }
@@ -152,12 +156,12 @@ uapi_wrapper! {
     pub(crate) struct Stats(abi::memreg_stats) {
         registrations, cache_hits, cache_misses, pages_pinned, pages_pinned_peak,
         deregistrations, invalidations, parked, parked_pages, parks, revives, evictions,
-        suspensions, resumptions, revalidation_failures, reserved,
+        suspensions, resumptions, revalidation_failures, watches, watch_pages, reserved,
     }
     /// `struct memreg_global_stats`.
     pub(crate) struct GlobalStats(abi::memreg_global_stats) {
         contexts, regions, pages_pinned, budget_pages, max_registrations, peers, contexts_alive,
-        reserved,
+        watches,
     }
     /// `struct memreg_copy`.
     pub(crate) struct Copy(abi::memreg_copy) {
@@ -173,7 +177,7 @@ uapi_wrapper! {
     pub(crate) struct Event(abi::memreg_event) { key, addr, length, kind, cause }
     /// `struct memreg_event_ring`.
     pub(crate) struct EventRing(abi::memreg_event_ring) {
-        tail, entries, flags, reserved0, overflows, reserved,
+        tail, entries, flags, reserved0, overflows, user_data_offset, reserved,
     }
     /// `struct memreg_events_setup`.
     pub(crate) struct EventsSetup(abi::memreg_events_setup) {
@@ -249,6 +253,8 @@ uapi_wrapper! {
     pub(crate) struct PoolInfo(abi::memreg_pool_info) { pool, count, stats, reserved }
     /// `struct memreg_pool_destroy`.
     pub(crate) struct PoolDestroy(abi::memreg_pool_destroy) { pool, reserved }
+    /// `struct memreg_revalidate`.
+    pub(crate) struct Revalidate(abi::memreg_revalidate) { key, reserved }
 }
 
 /// What an mmap offset of the file names, decoded once.
@@ -330,6 +336,9 @@ pub(crate) mod layout {
     /// `struct memreg_event_ring.overflows`, a `u64`.
     pub(crate) const EVENTS_OVERFLOWS: usize =
         word(offset_of!(abi::memreg_event_ring, overflows), 8);
+    /// `struct memreg_event_ring.user_data_offset`, a `u64`.
+    pub(crate) const EVENTS_USER_DATA_OFFSET: usize =
+        word(offset_of!(abi::memreg_event_ring, user_data_offset), 8);
 
     /// `struct memreg_sq_user.insert`, a `u64`.
     pub(crate) const SQ_INSERT: usize = word(offset_of!(abi::memreg_sq_user, insert), 8);

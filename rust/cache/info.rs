@@ -23,6 +23,11 @@ pub(crate) struct RegistrationInfo {
     /// A chunk of a buffer pool (`pool.rs`): its pages are the pool's, the
     /// pool alone ends it, and REGISTER never returns it.
     pub(crate) pool: bool,
+    /// Watch-only: its pages are not pinned (their frames are recorded), and
+    /// no data moves through it.
+    pub(crate) watch: bool,
+    /// The caller's value, reported with its events.
+    pub(crate) user_data: u64,
 }
 
 impl RegistrationInfo {
@@ -85,6 +90,8 @@ mod tests {
                 rkey: 2 << 24,
             },
             pool: false,
+            watch: false,
+            user_data: 0,
         }
     }
 

@@ -164,22 +164,34 @@ impl CacheInner {
         self.stats.registrations
     }
 
+    /// The number of live registrations that are not watch-only, against
+    /// `max_registrations` (watches have their own cap).
+    pub(crate) fn pinned_len(&self) -> u64 {
+        self.stats.registrations.saturating_sub(self.stats.watches)
+    }
+
     /// The live registration that serves `length` bytes at `addr` with
-    /// `access`, if any: one that covers the whole range and grants at least
-    /// that access. `O(log n + k)` for `k` registrations overlapping the
-    /// range.
+    /// `access`, if any: one of the same kind (watch-only or pinned, as
+    /// `watch` says) that covers the whole range and grants at least that
+    /// access. `O(log n + k)` for `k` registrations overlapping the range.
     pub(crate) fn find_cover(
         &self,
         addr: u64,
         length: u64,
         access: u32,
+        watch: bool,
     ) -> Option<&Arc<Registration>> {
         let first = usize::try_from(addr).ok()?;
         // Only registrations containing the first byte can cover the range.
         self.by_range
             .iter(first, first)
             .map(|(_, _, r)| r)
-            .find(|r| r.info.covers(addr, length, access) && r.is_live() && !r.info.pool)
+            .find(|r| {
+                r.info.watch == watch
+                    && r.info.covers(addr, length, access)
+                    && r.is_live()
+                    && !r.info.pool
+            })
     }
 
     // TODO(partial-overlap): a range only partly covered by live registrations becomes a
@@ -212,12 +224,13 @@ impl CacheInner {
                 .into_node(registration.info.keys.seq, registration.clone()),
         );
         // Another registration with the same 64 random bits (odds 2^-64) loses its remote key:
-        // it is not freed here, the other trees still hold it.
-        let _ = self.by_rkey.insert(
-            nodes
+        // it is not freed here, the other trees still hold it. A watch has no remote key (0).
+        let rkey = registration.rkey();
+        if rkey != 0 {
+            let _ = self
                 .by_rkey
-                .into_node(registration.rkey(), registration.clone()),
-        );
+                .insert(nodes.by_rkey.into_node(rkey, registration.clone()));
+        }
         self.by_range
             .insert(nodes.by_range, first, last, registration);
         self.stats.registrations += 1;
@@ -302,11 +315,17 @@ impl CacheInner {
 
     /// The registration data may move through by local key `lkey`: live and
     /// not parked (parking ended its keys for data), at the generation it is
-    /// at now.
-    pub(crate) fn get_target(&self, lkey: u64) -> Option<Target> {
-        self.get(lkey)
+    /// at now. `ENOENT` when there is none, `EOPNOTSUPP` for a watch-only
+    /// one, which moves no data.
+    pub(crate) fn get_target(&self, lkey: u64) -> Result<Target> {
+        let r = self
+            .get(lkey)
             .filter(|r| r.is_live() && !r.is_parked(self))
-            .map(|r| Target::new(r.clone()))
+            .ok_or(ENOENT)?;
+        if r.info.watch {
+            return Err(EOPNOTSUPP);
+        }
+        Ok(Target::new(r.clone()))
     }
 
     /// The registration a peer names by remote key `rkey`: live and not
@@ -327,6 +346,7 @@ impl CacheInner {
                 key: registration.lkey(),
                 addr: registration.info.addr,
                 length: registration.info.length,
+                user_data: registration.info.user_data,
             };
             ring.push(what, kind, cause as u32);
         }

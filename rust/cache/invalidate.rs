@@ -2,7 +2,8 @@
 
 //! How a registration follows the memory under it: the MMU interval
 //! notifier's callback, which ends it or suspends it, and the revalidation
-//! of a suspended one against the page tables.
+//! of a suspended one against the page tables; for a watch-only
+//! registration, the page frames it records when it is created.
 
 use super::{
     job,
@@ -17,6 +18,9 @@ use kernel::{
     mm::{
         hmm::PageState,
         mmu_notifier::{Event, IntervalNotifierOps, Range},
+        pin::{Extents, PinnedPages},
+        virt::flags,
+        MmWithUser,
     },
     page::PAGE_SIZE,
     prelude::*,
@@ -32,18 +36,46 @@ const REVALIDATE_BATCH: usize = 512;
 /// for now (each is restarted by an invalidation of its range).
 const REVALIDATE_TRIES: u32 = 4;
 
+/// The block a "clear" covers when the kernel splits a huge page mapping or
+/// a mapping that could hold one (2 MiB on x86-64).
+const HUGE_BLOCK: usize = 512 * PAGE_SIZE;
+
+/// Fills `out` with the page frames `frames` records for the pages from
+/// index `first` on; `EINVAL` when it records fewer.
+fn recorded_pfns(frames: &Extents, first: usize, out: &mut [u64]) -> Result {
+    let extents = frames.as_slice();
+    let mut idx = frames
+        .find(u32::try_from(first).map_err(|_| EINVAL)?)
+        .ok_or(EINVAL)?;
+    for (i, slot) in out.iter_mut().enumerate() {
+        let index = u32::try_from(first + i).map_err(|_| EINVAL)?;
+        let mut e = extents.get(idx).ok_or(EINVAL)?;
+        if index - e.first >= e.pages {
+            idx += 1;
+            e = extents.get(idx).ok_or(EINVAL)?;
+        }
+        *slot = e.pfn + u64::from(index - e.first);
+    }
+    Ok(())
+}
+
 impl Registration {
     /// Suspends the registration after an invalidation that may have left
     /// its pages where they were: no data moves through it until it is
     /// revalidated, which the context's deferred work does soon (and any use
     /// before). Called from the notifier callback: neither allocates nor
     /// sleeps.
-    fn suspend(this: &Self, range: &Range<'_>, cur_seq: u64) {
+    fn suspend(this: &Self, range: &Range<'_>, cur_seq: u64, cause: usize) {
         let newly = {
             // Taking the lock waits for a copy in progress; once `suspended` is set no copy
             // starts.
             let mut st = this.state.lock();
             this.notifier.set_seq(cur_seq);
+            // A protection change since the last look outweighs a clear: it is what a failed
+            // revalidation then ends it for.
+            if !this.is_suspended() || cause == uapi::INVAL_PROTECTION_VMA {
+                st.suspended_by = cause;
+            }
             // The pages of the registration the clear covers.
             let base = this.info.page_addr();
             let first = range.start().saturating_sub(base) / PAGE_SIZE;
@@ -70,7 +102,7 @@ impl Registration {
         };
         bump(&mut t.stats.suspensions, &TOTALS.suspensions, 1);
         me.set_word(&t, uapi::WORD_SUSPENDED);
-        t.emit(&me, uapi::EVENT_SUSPENDED, uapi::INVAL_CLEAR);
+        t.emit(&me, uapi::EVENT_SUSPENDED, cause);
         t.queue_revalidation(me);
         Cache::defer(cache, job::REVALIDATE);
         drop(t);
@@ -86,6 +118,9 @@ impl Registration {
             // The address space is being torn down.
             return Ok(false);
         };
+        if self.info.watch && !self.mappings_grant_access(&mm) {
+            return Ok(false);
+        }
         let (first, end) = self.state.lock().unchecked.unwrap_or((0, self.info.npages));
         let writable = self.info.writable();
         let start = self.info.page_addr();
@@ -99,13 +134,17 @@ impl Registration {
             };
             {
                 let st = self.state.lock();
-                match &st.pinned {
-                    Some(p) => p.pfns(at, expected)?,
-                    None => return Ok(false),
+                match (&st.pinned, &st.frames) {
+                    (Some(p), _) => p.pfns(at, expected)?,
+                    (None, Some(f)) => recorded_pfns(f, at, expected)?,
+                    (None, None) => return Ok(false),
                 }
             }
             self.notifier
                 .snapshot(&mm, seq, start + at * PAGE_SIZE, seen)?;
+            // A watch follows the frames only: write protection (fork's, for one) leaves the
+            // memory where it was, and a write that copies the page is a "clear" of its own.
+            let writable = writable && !self.info.watch;
             let intact = expected
                 .iter()
                 .zip(seen.iter())
@@ -120,6 +159,31 @@ impl Registration {
             cond_resched();
         }
         Ok(true)
+    }
+
+    /// Whether every page of the range lies in a mapping that still grants
+    /// the access the watch watches (reading; writing with a local write
+    /// right). Takes `mm`'s `mmap_lock` for reading; may sleep.
+    fn mappings_grant_access(&self, mm: &MmWithUser) -> bool {
+        let need = if self.info.access & uapi::ACCESS_LOCAL_WRITE != 0 {
+            flags::READ | flags::WRITE
+        } else {
+            flags::READ
+        };
+        let start = self.info.page_addr();
+        let end = start + self.info.npages * PAGE_SIZE;
+        let guard = mm.mmap_read_lock();
+        let mut at = start;
+        while at < end {
+            let Some(vma) = guard.vma_lookup(at) else {
+                return false;
+            };
+            if vma.flags() & need != need {
+                return false;
+            }
+            at = vma.end();
+        }
+        true
     }
 
     /// Revalidates a suspended registration: waits for the invalidation to
@@ -148,6 +212,7 @@ impl Registration {
             };
             let cache = &this.cache;
             let mut t = cache.inner.lock();
+            let cause;
             {
                 let mut st = this.state.lock();
                 if !this.is_live() {
@@ -156,11 +221,14 @@ impl Registration {
                 if this.notifier.read_retry(seq) {
                     continue;
                 }
+                cause = st.suspended_by;
                 if intact {
                     st.unchecked = None;
+                    st.suspended_by = uapi::INVAL_CLEAR;
                     if this.suspended.xchg(false, Relaxed) {
                         bump(&mut t.stats.resumptions, &TOTALS.resumptions, 1);
                         this.set_word(&t, 0);
+                        t.emit(this, uapi::EVENT_RESUMED, cause);
                     }
                     drop(st);
                     return Ok(Revalidated::Usable);
@@ -168,7 +236,7 @@ impl Registration {
             }
             let ended = Self::unpublish(&mut t, this.info.keys.seq);
             if ended.is_some() {
-                if let Some(n) = t.stats.invalidations.get_mut(uapi::INVAL_CLEAR) {
+                if let Some(n) = t.stats.invalidations.get_mut(cause) {
                     *n += 1;
                 }
                 bump(
@@ -176,7 +244,7 @@ impl Registration {
                     &TOTALS.revalidation_failures,
                     1,
                 );
-                t.emit(this, uapi::EVENT_ENDED, uapi::INVAL_CLEAR);
+                t.emit(this, uapi::EVENT_ENDED, cause);
             }
             drop(t);
             if let Some(r) = ended {
@@ -185,6 +253,62 @@ impl Registration {
             return Ok(Revalidated::Ended);
         }
         Err(EAGAIN)
+    }
+}
+
+/// Whether `range` is exactly one aligned huge page block: what the kernel
+/// clears when it splits a huge page mapping, or a mapping that could hold
+/// one, leaving the pages where they were.
+fn is_huge_block(range: &Range<'_>) -> bool {
+    range.start() % HUGE_BLOCK == 0 && range.end().checked_sub(range.start()) == Some(HUGE_BLOCK)
+}
+
+impl Registration {
+    /// Records the page frames mapped at the watch's pages as of the
+    /// notifier's read sequence `seq`, faulting in (as a pin would, with
+    /// write access when it has a local write right) the batches where a
+    /// page has none, without keeping them pinned. `EBUSY` when an
+    /// invalidation began since `seq`, `EAGAIN` when a page still has no
+    /// frame after the fault, `EINTR` on a fatal signal. Process context of
+    /// the address space's owner, no lock held; may sleep.
+    pub(super) fn record_frames(&self, mm: &MmWithUser, seq: u64) -> Result<Extents> {
+        let npages = self.info.npages;
+        let writable = self.info.writable();
+        let start = self.info.page_addr();
+        let mut seen = KVec::from_elem(
+            PageState::default(),
+            npages.min(REVALIDATE_BATCH),
+            GFP_KERNEL,
+        )?;
+        let mut frames = Extents::new();
+        let mut at = 0;
+        while at < npages {
+            let n = (npages - at).min(REVALIDATE_BATCH);
+            let seen = seen.get_mut(..n).ok_or(EINVAL)?;
+            let addr = start + at * PAGE_SIZE;
+            self.notifier.snapshot(mm, seq, addr, seen)?;
+            let absent = |s: &PageState| s.pfn().is_none() || (writable && !s.writable());
+            if seen.iter().any(absent) {
+                // Faulted in by a pin that ends at once: no page stays pinned or charged.
+                drop(PinnedPages::pin_current(
+                    addr,
+                    n,
+                    writable,
+                    &mut |_| Ok(()),
+                )?);
+                self.notifier.snapshot(mm, seq, addr, seen)?;
+            }
+            for s in seen.iter() {
+                frames.push_page(s.pfn().ok_or(EAGAIN)?)?;
+            }
+            at += n;
+            if fatal_signal_pending() {
+                return Err(EINTR);
+            }
+            cond_resched();
+        }
+        frames.shrink();
+        Ok(frames)
     }
 }
 
@@ -213,12 +337,20 @@ impl IntervalNotifierOps for Registration {
         let Some(cause) = inval_cause(range.event()) else {
             return true;
         };
-        if cause == uapi::INVAL_CLEAR {
-            // Many clears leave the pinned pages mapped where they were (a mapping split
-            // anywhere in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork
-            // of a PMD-mapped THP, failed compaction of pinned shmem): look again before ending
-            // it.
-            Self::suspend(this, range, cur_seq);
+        // Many clears leave the pinned pages mapped where they were (a mapping split anywhere
+        // in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork of a
+        // PMD-mapped THP, failed compaction of pinned shmem): look again before ending it. A
+        // watch's pages are not pinned, so a clear of some of its pages (`MADV_DONTNEED`,
+        // `MADV_FREE`, a copy on write) is taken at its word; only one over a whole huge page
+        // block, which splits leave in place, is looked at again.
+        if cause == uapi::INVAL_CLEAR && (!this.info.watch || is_huge_block(range)) {
+            Self::suspend(this, range, cur_seq, cause);
+            return true;
+        }
+        // A protection change leaves a watch's frames in place: it ends only if its mapping no
+        // longer grants what it watches, which its revalidation looks at.
+        if cause == uapi::INVAL_PROTECTION_VMA && this.info.watch {
+            Self::suspend(this, range, cur_seq, cause);
             return true;
         }
         {

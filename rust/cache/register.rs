@@ -7,17 +7,26 @@
 //! one (a miss): its notifier goes in before its pages are pinned, so an
 //! invalidation racing with the pinning is seen when it is published, and it
 //! is published only if it still fits the cache's cap and overlap bound
-//! (parked registrations in the way are evicted first).
+//! (parked registrations in the way are evicted first). A watch-only REGISTER
+//! is served only by watch-only registrations; a miss records the page
+//! frames instead of pinning them, within caps of its own.
 
 use super::{
     info::RegistrationInfo,
     inner::{CacheInner, Nodes},
     key::KeyPair,
     parked,
-    registration::{push_teardown, teardown_list, Parts, Refused, Registration},
+    registration::{
+        push_teardown, teardown_list, Backing, Parts, Refused, Registration, Revalidated,
+    },
     Cache,
 };
-use crate::{accounting::Charges, error::OpResult, stats::TOTALS, uapi};
+use crate::{
+    accounting::Charges,
+    error::OpResult,
+    stats::{GLOBAL_WATCHES, TOTALS},
+    uapi,
+};
 use kernel::error::compat::EDQUOT;
 use kernel::{
     list::List,
@@ -75,7 +84,7 @@ impl Registered {
                 Served::Miss => 0,
                 Served::Hit => uapi::REGISTER_CACHED,
                 Served::Revived(_) => uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED,
-            },
+            } | if info.watch { uapi::REGISTER_WATCH } else { 0 },
             slot: registration.slot(t),
         };
         Self {
@@ -98,9 +107,15 @@ impl Cache {
             access,
             first,
             last,
+            watch,
+            user_data,
         } = *req;
         let end = addr.checked_add(length).ok_or(EINVAL)?;
-        let max = crate::max_registrations();
+        let max = if watch {
+            crate::max_watches()
+        } else {
+            crate::max_registrations()
+        };
 
         // The cache: a live registration covering the range with enough access, revived if
         // parked, revalidated if suspended.
@@ -109,7 +124,7 @@ impl Cache {
             let mut evicted = List::new();
             let found = {
                 let mut t = this.inner.lock();
-                match t.find_cover(addr, length, access).cloned() {
+                match t.find_cover(addr, length, access, watch).cloned() {
                     Some(r) if !r.is_suspended() => {
                         let served = match Registration::take_ref(&r, &mut t)? {
                             Some(parked_lkey) => Served::Revived(parked_lkey),
@@ -118,9 +133,10 @@ impl Cache {
                         return Ok(Registered::fill(&r, &t, served, 0));
                     }
                     Some(r) => Some(r),
+                    None if watch && t.stats.watches >= max => return Err(EMFILE.into()),
                     None => {
                         // Make room by evicting parked registrations.
-                        if !Self::make_room(&mut t, first, last, max, &mut evicted) {
+                        if !Self::make_room(&mut t, first, last, max, watch, &mut evicted) {
                             drop(t);
                             teardown_list(&mut evicted);
                             return Err(EDQUOT.into());
@@ -168,7 +184,12 @@ impl Cache {
             npages,
             keys,
             pool: false,
+            watch,
+            user_data,
         };
+        if watch {
+            return Self::register_watch(this, info, max, (first, last), peak_before);
+        }
 
         // Everything the table needs is allocated before its lock is taken.
         let mut nodes = Nodes::new()?;
@@ -192,8 +213,7 @@ impl Cache {
                 parked::charge(&mut charges, n)
             })?;
             let parts = Parts {
-                pages,
-                charges,
+                backing: Backing::Pinned { pages, charges },
                 subscription,
                 nodes,
             };
@@ -201,7 +221,7 @@ impl Cache {
             let refused = {
                 let mut t = this.inner.lock();
                 // Registrations parked since the look-up may be in the way: they go first.
-                Self::make_room(&mut t, first, last, max, &mut evicted);
+                Self::make_room(&mut t, first, last, max, false, &mut evicted);
                 match Registration::publish(&registration, &mut t, seq, max, parts) {
                     Ok(()) => {
                         let done = Registered::fill(&registration, &t, Served::Miss, peak_before);
@@ -232,11 +252,17 @@ impl Cache {
                 Refused::Raced(parts) => {
                     // Something changed the range while we pinned it: pin again.
                     let Parts {
-                        pages,
-                        charges: mut c,
+                        backing,
                         subscription: s,
                         nodes: n,
                     } = parts;
+                    let Backing::Pinned {
+                        pages,
+                        charges: mut c,
+                    } = backing
+                    else {
+                        return Err(EINVAL.into());
+                    };
                     // Unpinned before uncharged.
                     drop(pages);
                     c.release();
@@ -259,6 +285,109 @@ impl Cache {
             }
         }
         Err(EAGAIN.into())
+    }
+
+    /// The miss of a watch-only REGISTER: a registration whose notifier
+    /// goes in first, then the page frames under it are recorded (faulting
+    /// in absent pages without keeping them pinned); it is published unless
+    /// an invalidation raced with the recording (then it records again), the
+    /// context holds `max` watches (`EMFILE`) or the range overlaps too many
+    /// registrations (`EDQUOT`). A place under the module's cap is taken
+    /// before any work (`EMFILE` when there is none). Nothing is pinned or
+    /// charged to `RLIMIT_MEMLOCK`; the memory is charged to the caller's
+    /// memory cgroup.
+    fn register_watch(
+        this: &Arc<Self>,
+        info: RegistrationInfo,
+        max: u64,
+        (first, last): (usize, usize),
+        peak_before: u64,
+    ) -> OpResult<Registered> {
+        let mut place = WatchPlace::take()?;
+        let page_addr = info.page_addr();
+        let page_end = page_addr + info.npages * PAGE_SIZE;
+        let mut nodes = Nodes::new()?;
+        let registration = Registration::new(this.clone(), info)?;
+        let current = kernel::current!();
+        let mm = current.mm().ok_or(EPERM)?;
+        let mut subscription =
+            IntervalNotifier::insert(registration.clone(), mm, page_addr, page_end - page_addr)?;
+        for _ in 0..REGISTER_RETRIES {
+            let seq = registration.notifier().read_begin();
+            Self::check_pinnable(mm, page_addr, page_end)?;
+            let frames = match registration.record_frames(mm, seq) {
+                Ok(frames) => frames,
+                // An invalidation began meanwhile: record again.
+                Err(e) if e == EBUSY || e == EAGAIN => continue,
+                Err(e) => return Err(e.into()),
+            };
+            let parts = Parts {
+                backing: Backing::Watched(frames),
+                subscription,
+                nodes,
+            };
+            let mut evicted = List::new();
+            let refused = {
+                let mut t = this.inner.lock();
+                Self::make_room(&mut t, first, last, max, true, &mut evicted);
+                match Registration::publish(&registration, &mut t, seq, max, parts) {
+                    Ok(()) => {
+                        // Counted in the module's watches until it is unpublished.
+                        place.keep();
+                        let done = Registered::fill(&registration, &t, Served::Miss, peak_before);
+                        drop(t);
+                        teardown_list(&mut evicted);
+                        return Ok(done);
+                    }
+                    Err(Refused::Covered(winner, _, parts)) => {
+                        // A concurrent REGISTER published a watch serving ours: a hit on it.
+                        let done = Registered::fill(&winner, &t, Served::Hit, 0);
+                        drop(t);
+                        drop(parts);
+                        teardown_list(&mut evicted);
+                        return Ok(done);
+                    }
+                    Err(Refused::Quota(parts)) => {
+                        let full = t.stats.watches >= max;
+                        drop(t);
+                        drop(parts);
+                        teardown_list(&mut evicted);
+                        return Err(if full { EMFILE } else { EDQUOT }.into());
+                    }
+                    Err(refused) => refused,
+                }
+            };
+            teardown_list(&mut evicted);
+            match refused {
+                Refused::Raced(parts) => {
+                    subscription = parts.subscription;
+                    nodes = parts.nodes;
+                }
+                Refused::Overflow(parts) => {
+                    drop(parts);
+                    return Err(EOVERFLOW.into());
+                }
+                Refused::Covered(_, _, parts) | Refused::Quota(parts) => {
+                    drop(parts);
+                    return Err(EAGAIN.into());
+                }
+            }
+        }
+        Err(EAGAIN.into())
+    }
+
+    /// REVALIDATE: compares the suspended registration of `req.key` with the
+    /// page tables now; it resumes when its memory is in place (0) and ends
+    /// otherwise (`ESTALE`). 0 for one that is not suspended; `ENOENT` for an
+    /// unknown key; `EAGAIN` when invalidations kept restarting the look (it
+    /// stays suspended); `EINTR` on a fatal signal. Takes no reference.
+    pub(crate) fn revalidate(&self, req: uapi::Revalidate) -> OpResult {
+        uapi::check_reserved(&[req.reserved])?;
+        let registration = self.inner.lock().get(req.key).ok_or(ENOENT)?.clone();
+        match Registration::revalidate(&registration)? {
+            Revalidated::Usable => Ok(()),
+            Revalidated::Ended => Err(ESTALE.into()),
+        }
     }
 
     /// Refuses (`EFAULT`) a range that is not wholly mapped or that holds a
@@ -383,16 +512,19 @@ impl Cache {
 
     /// Ends parked registrations until a registration `info` fits the
     /// context's cap and overlap bound: the least recently parked for the
-    /// cap, those it overlaps for the bound. Returns whether it fits, the
-    /// evicted ones on `evicted` for teardown. Neither allocates nor sleeps.
+    /// cap (not for a `watch`, which has a cap of its own that parked
+    /// registrations do not count against), those it overlaps for the bound.
+    /// Returns whether it fits, the evicted ones on `evicted` for teardown.
+    /// Neither allocates nor sleeps.
     fn make_room(
         t: &mut CacheInner,
         first: usize,
         last: usize,
         max: u64,
+        watch: bool,
         evicted: &mut List<Registration>,
     ) -> bool {
-        while t.len() >= max {
+        while !watch && t.pinned_len() >= max {
             match Registration::evict_oldest(t, uapi::EVICT_PIN_LIMIT) {
                 Some(r) => push_teardown(evicted, r),
                 None => break,
@@ -406,7 +538,41 @@ impl Cache {
                 push_teardown(evicted, r);
             }
         }
-        t.len() < max && t.may_overlap_span(first, last)
+        (watch || t.pinned_len() < max) && t.may_overlap_span(first, last)
+    }
+}
+
+/// A place under the module's cap on watch-only registrations
+/// (`max_watches_total`), taken before a watch miss does any work and given
+/// back unless the watch is published.
+struct WatchPlace {
+    kept: bool,
+}
+
+impl WatchPlace {
+    /// Takes a place; `EMFILE` when all are taken.
+    fn take() -> Result<Self> {
+        let cap = crate::max_watches_total();
+        let before = GLOBAL_WATCHES.fetch_add(1, Relaxed);
+        if before >= cap {
+            GLOBAL_WATCHES.fetch_sub(1, Relaxed);
+            return Err(EMFILE);
+        }
+        Ok(Self { kept: false })
+    }
+
+    /// Keeps the place for the watch just published: unpublishing it gives
+    /// the place back.
+    fn keep(&mut self) {
+        self.kept = true;
+    }
+}
+
+impl Drop for WatchPlace {
+    fn drop(&mut self) {
+        if !self.kept {
+            GLOBAL_WATCHES.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -458,7 +624,7 @@ mod tests {
         assert!(Cache::deregister_key(&cache, miss.lkey).is_ok());
         assert!(Cache::deregister_key(&cache, miss.lkey).is_ok());
         assert_eq!(cache.stats().parked, 1);
-        assert!(cache.get_target(miss.lkey).is_none());
+        assert!(cache.get_target(miss.lkey).is_err());
         assert_eq!(map.pinned_vm(), pinned_before + 4);
         let revived = register(&cache, map.addr(), 4 * PAGE_SIZE)?;
         assert_eq!(
@@ -466,15 +632,59 @@ mod tests {
             uapi::REGISTER_CACHED | uapi::REGISTER_REVIVED
         );
         assert_ne!(revived.lkey, miss.lkey);
-        assert!(cache.get_target(revived.lkey).is_some());
+        assert!(cache.get_target(revived.lkey).is_ok());
 
         // The munmap ends it: its key finds nothing, and the cause is counted.
         map.unmap(0, PAGE_SIZE)?;
-        assert!(cache.get_target(revived.lkey).is_none());
+        assert!(cache.get_target(revived.lkey).is_err());
         assert_eq!(
             cache.stats().invalidations.get(uapi::INVAL_UNMAP).copied(),
             Some(1)
         );
+        Cache::release(&cache);
+        assert_eq!(map.pinned_vm(), pinned_before);
+        Ok(())
+    }
+
+    /// A watch pins nothing, is served only to watch requests, moves no
+    /// data, and ends when its memory is unmapped.
+    #[test]
+    fn a_watch_pins_nothing_and_ends_with_its_memory() -> Result {
+        let map = UserMapping::anonymous(4 * PAGE_SIZE)?;
+        let current = kernel::current!();
+        let mm = current.mm().ok_or(EINVAL)?;
+        let config = CacheConfig {
+            parking: true,
+            max_parked: 16,
+            max_parked_pages: 1024,
+            idle_ms: 0,
+        };
+        let cache = Cache::new(mm, config, Waiters::new()?)?;
+        let pinned_before = map.pinned_vm();
+        let mut req: uapi::Register = uapi::zeroed();
+        req.addr = map.addr() as u64;
+        req.length = (4 * PAGE_SIZE) as u64;
+        req.access = uapi::ACCESS_LOCAL_READ | uapi::ACCESS_LOCAL_WRITE;
+        req.flags = uapi::REGISTER_WATCH;
+        req.user_data = 99;
+        let watch = Cache::register(&cache, &uapi::RegisterReq::try_from(&req)?)?.reply;
+        assert_eq!(watch.flags, uapi::REGISTER_WATCH);
+        assert_eq!(watch.rkey, 0);
+        assert_eq!(map.pinned_vm(), pinned_before);
+        let stats = cache.stats();
+        assert_eq!(
+            (stats.watches, stats.watch_pages, stats.pages_pinned),
+            (1, 4, 0)
+        );
+        assert_eq!(cache.get_target(watch.lkey).err(), Some(EOPNOTSUPP));
+        // A pinned request is not served by the watch.
+        let pinned = register(&cache, map.addr(), PAGE_SIZE)?;
+        assert_eq!(pinned.flags, 0);
+        assert_ne!(pinned.lkey, watch.lkey);
+        // The unmap of one page ends the watch, not parks it.
+        map.unmap(2 * PAGE_SIZE, PAGE_SIZE)?;
+        assert!(cache.get_target(watch.lkey).is_err());
+        assert_eq!(cache.stats().watches, 0);
         Cache::release(&cache);
         assert_eq!(map.pinned_vm(), pinned_before);
         Ok(())

@@ -5,7 +5,9 @@
 //!
 //! 1. **Created** by a REGISTER that no live registration serves: its
 //!    notifier is inserted, then its pages are pinned, each batch charged as
-//!    it is pinned ([`crate::accounting`]).
+//!    it is pinned ([`crate::accounting`]). A watch-only registration's
+//!    pages are not pinned: the page frames mapped there are recorded
+//!    instead, and it is never parked.
 //! 2. **Published** ([`Registration::publish`]) under the table lock: unless
 //!    an invalidation raced with the pinning (the notifier's sequence moved),
 //!    a live registration serving the same request was published meanwhile,
@@ -49,7 +51,7 @@ use super::{
 };
 use crate::{
     accounting::Charges,
-    stats::{bump, GLOBAL_REGISTRATIONS, TOTALS},
+    stats::{bump, GLOBAL_REGISTRATIONS, GLOBAL_WATCHES, TOTALS},
     uapi,
 };
 use kernel::{
@@ -58,7 +60,7 @@ use kernel::{
     },
     mm::{
         mmu_notifier::{impl_has_interval_notifier, IntervalNotifier, Subscription},
-        pin::PinnedPages,
+        pin::{Extents, PinnedPages},
     },
     new_spinlock,
     prelude::*,
@@ -75,6 +77,8 @@ use kernel::{
 pub(crate) struct RegistrationState {
     /// The pinned pages; taken out at teardown.
     pub(super) pinned: Option<PinnedPages>,
+    /// A watch's recorded page frames; taken out at teardown.
+    pub(super) frames: Option<Extents>,
     /// What the pages are charged to; released once they are unpinned.
     pub(super) charges: Option<Charges>,
     /// The inserted notifier; taken out and dropped (removed) at teardown.
@@ -83,6 +87,10 @@ pub(crate) struct RegistrationState {
     /// registration) the invalidations since it was last found intact may
     /// have changed, all that revalidation needs to look at.
     pub(super) unchecked: Option<(usize, usize)>,
+    /// While suspended: the `MEMREG_INVAL_*` cause it ends with if its
+    /// revalidation fails (`CLEAR`, or `PROTECTION_VMA` for a watch whose
+    /// mapping's protection changed).
+    pub(super) suspended_by: usize,
 }
 
 /// What the table keeps of a registration, under the table lock.
@@ -161,10 +169,31 @@ impl_list_item! {
 /// The parts a registration needs to be published, given back when it is
 /// not.
 pub(crate) struct Parts {
-    pub(crate) pages: PinnedPages,
-    pub(crate) charges: Charges,
+    pub(crate) backing: Backing,
     pub(crate) subscription: Subscription<Registration>,
     pub(crate) nodes: Nodes,
+}
+
+/// What holds a registration's memory in place, or records it.
+pub(crate) enum Backing {
+    /// Pinned pages and what they are charged to.
+    Pinned {
+        pages: PinnedPages,
+        charges: Charges,
+    },
+    /// A watch's page frames, one per page, recorded as of the notifier
+    /// sequence it is published at.
+    Watched(Extents),
+}
+
+impl Backing {
+    /// The pages it covers.
+    fn pages(&self) -> usize {
+        match self {
+            Backing::Pinned { pages, .. } => pages.pages(),
+            Backing::Watched(frames) => frames.pages() as usize,
+        }
+    }
 }
 
 /// Why [`Registration::publish`] did not publish.
@@ -208,16 +237,19 @@ impl Registration {
                 state <- new_spinlock!(
                     RegistrationState {
                         pinned: None,
+                        frames: None,
                         charges: None,
                         subscription: None,
                         unchecked: None,
+                        suspended_by: uapi::INVAL_CLEAR,
                     },
                     "memreg::Registration::state"
                 ),
                 live: Atomic::new(false),
                 suspended: Atomic::new(false),
                 lkey: Atomic::new(info.keys.lkey),
-                rkey: Atomic::new(info.keys.rkey),
+                // A watch has no remote key: no peer can name it.
+                rkey: Atomic::new(if info.watch { 0 } else { info.keys.rkey }),
                 generation: Atomic::new(0),
                 table_state: LockedBy::new(
                     &cache.inner,
@@ -379,7 +411,8 @@ impl Registration {
     ) -> bool {
         let npages = this.info.npages as u64;
         let config = t.config;
-        if !config.may_park(npages) || this.refs(t) != 0 || this.is_parked(t) {
+        // A watch pins nothing, so keeping it without users saves nothing worth its notifier.
+        if this.info.watch || !config.may_park(npages) || this.refs(t) != 0 || this.is_parked(t) {
             return false;
         }
         while t.stats.parked >= config.max_parked
@@ -526,7 +559,7 @@ impl Registration {
         // A suspended one is not taken: its pages may have moved. Ours serves the request then.
         // A pool's chunk serves no REGISTER and is published whatever the cap.
         if let Some(winner) = t
-            .find_cover(info.addr, info.length, info.access)
+            .find_cover(info.addr, info.length, info.access, info.watch)
             .filter(|w| !w.is_suspended() && !info.pool)
         {
             let winner = winner.clone();
@@ -537,12 +570,22 @@ impl Registration {
                 Err(_) => Err(Refused::Overflow(parts)),
             };
         }
-        if !info.pool && (t.len() >= max || !t.may_overlap(info)) {
+        let over = if info.watch {
+            t.stats.watches >= max
+        } else {
+            t.pinned_len() >= max
+        };
+        if !info.pool && (over || !t.may_overlap(info)) {
             return Err(Refused::Quota(parts));
         }
-        let npages = parts.pages.pages() as u64;
-        st.pinned = Some(parts.pages);
-        st.charges = Some(parts.charges);
+        let npages = parts.backing.pages() as u64;
+        match parts.backing {
+            Backing::Pinned { pages, charges } => {
+                st.pinned = Some(pages);
+                st.charges = Some(charges);
+            }
+            Backing::Watched(frames) => st.frames = Some(frames),
+        }
         st.subscription = Some(parts.subscription);
         this.live.store(true, Relaxed);
         drop(st);
@@ -552,8 +595,13 @@ impl Registration {
         ts.slot = slot;
         t.insert(parts.nodes, this.clone());
         t.stats.cache_misses += 1;
-        t.stats.pages_pinned += npages;
-        t.stats.pages_pinned_peak = t.stats.pages_pinned_peak.max(t.stats.pages_pinned);
+        if info.watch {
+            t.stats.watches += 1;
+            t.stats.watch_pages += npages;
+        } else {
+            t.stats.pages_pinned += npages;
+            t.stats.pages_pinned_peak = t.stats.pages_pinned_peak.max(t.stats.pages_pinned);
+        }
         Ok(())
     }
 
@@ -580,7 +628,14 @@ impl Registration {
             this.live.store(false, Relaxed);
         }
         // Its charges stay until its pages are unpinned, in `teardown`.
-        t.stats.pages_pinned = t.stats.pages_pinned.saturating_sub(this.info.npages as u64);
+        let npages = this.info.npages as u64;
+        if this.info.watch {
+            t.stats.watches = t.stats.watches.saturating_sub(1);
+            t.stats.watch_pages = t.stats.watch_pages.saturating_sub(npages);
+            GLOBAL_WATCHES.fetch_sub(1, Relaxed);
+        } else {
+            t.stats.pages_pinned = t.stats.pages_pinned.saturating_sub(npages);
+        }
         Some(this)
     }
 
@@ -609,22 +664,31 @@ impl Registration {
     /// (an address space kept invalidating), the pages stay charged while
     /// they are pinned. Idempotent. Process context, no lock held; may sleep.
     pub(crate) fn teardown(&self) {
-        let (pinned, subscription, charges) = {
+        let (pinned, frames, subscription, charges) = {
             let mut st = self.state.lock();
             self.live.store(false, Relaxed);
-            (st.pinned.take(), st.subscription.take(), st.charges.take())
+            (
+                st.pinned.take(),
+                st.frames.take(),
+                st.subscription.take(),
+                st.charges.take(),
+            )
         };
         drop(subscription);
         drop(pinned);
+        drop(frames);
         drop(charges);
     }
 
     /// The number of translation entries (extents), 0 once torn down.
     pub(crate) fn extents(&self) -> u32 {
         let st = self.state.lock();
-        st.pinned
-            .as_ref()
-            .map_or(0, |p| u32::try_from(p.extents().len()).unwrap_or(u32::MAX))
+        let extents = match (&st.pinned, &st.frames) {
+            (Some(p), _) => p.extents().len(),
+            (None, Some(f)) => f.as_slice().len(),
+            (None, None) => 0,
+        };
+        u32::try_from(extents).unwrap_or(u32::MAX)
     }
 }
 

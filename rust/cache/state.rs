@@ -98,7 +98,8 @@ impl Cache {
         if req.capacity > MAX_RESYNC {
             return Err(EINVAL.into());
         }
-        let capacity = (req.capacity as usize).min(crate::max_registrations() as usize);
+        let most = crate::max_registrations().saturating_add(crate::max_watches());
+        let capacity = (req.capacity as usize).min(usize::try_from(most).unwrap_or(usize::MAX));
         let mut list = KVVec::<uapi::ResyncEntry>::with_capacity(capacity, GFP_KERNEL_ACCOUNT)?;
         let count = {
             let mut t = self.inner.lock();

@@ -15,7 +15,7 @@ use crate::{
         inner::Nodes,
         key::KeyPair,
         parked,
-        registration::{Parts, Registration},
+        registration::{Backing, Parts, Registration},
     },
     stats::{GLOBAL_POOL_PAGES, GLOBAL_POOL_RECLAIMABLE},
 };
@@ -161,6 +161,8 @@ impl Pool {
             npages,
             keys,
             pool: true,
+            watch: false,
+            user_data: 0,
         };
         let (nodes, registration) = this.memcg.with_active(|| -> Result<_> {
             Ok((Nodes::new()?, Registration::new(cache.clone(), info)?))
@@ -192,9 +194,11 @@ impl Pool {
             return Err(e);
         }
         let parts = Parts {
-            pages: PinnedPages::from_pages(pages)?,
-            // Nothing: the pool holds the pages' charges.
-            charges: this.charges.new_like(),
+            backing: Backing::Pinned {
+                pages: PinnedPages::from_pages(pages)?,
+                // Nothing: the pool holds the pages' charges.
+                charges: this.charges.new_like(),
+            },
             subscription,
             nodes,
         };

@@ -5,10 +5,10 @@
 
 use super::*;
 
-/// A REGISTER, decoded and validated: `EINVAL` for a nonzero flag or
-/// reserved field, no access, an unknown access bit, a zero length or a range
-/// that wraps; `E2BIG` past `MEMREG_MAX_LENGTH`; `EFAULT` for a range no
-/// address can hold.
+/// A REGISTER, decoded and validated: `EINVAL` for an unknown flag, a
+/// nonzero reserved field, no access, an unknown access bit, a remote right
+/// on a watch, a zero length or a range that wraps; `E2BIG` past
+/// `MEMREG_MAX_LENGTH`; `EFAULT` for a range no address can hold.
 #[derive(Clone, Copy)]
 pub(crate) struct RegisterReq {
     /// The registered address.
@@ -21,17 +21,26 @@ pub(crate) struct RegisterReq {
     pub(crate) first: usize,
     /// The last byte.
     pub(crate) last: usize,
+    /// Watch the range without pinning it (`MEMREG_REGISTER_WATCH`).
+    pub(crate) watch: bool,
+    /// Reported with the events of the registration a miss creates.
+    pub(crate) user_data: u64,
 }
 
 impl TryFrom<&Register> for RegisterReq {
     type Error = Error;
 
     fn try_from(req: &Register) -> Result<Self> {
-        if req.flags != 0 || req.reserved != 0 {
+        if req.flags & !REGISTER_WATCH != 0 || req.reserved != 0 {
             return Err(EINVAL);
         }
+        let watch = req.flags & REGISTER_WATCH != 0;
         let (addr, length, access) = (req.addr, req.length, req.access);
         if access == 0 || access & !ACCESS_ALL != 0 || length == 0 {
+            return Err(EINVAL);
+        }
+        // A watch never moves data, so no peer may be granted anything through it.
+        if watch && access & !ACCESS_LOCAL != 0 {
             return Err(EINVAL);
         }
         if length > MAX_LENGTH {
@@ -44,6 +53,8 @@ impl TryFrom<&Register> for RegisterReq {
             access,
             first: usize::try_from(addr).map_err(|_| EFAULT)?,
             last: usize::try_from(end - 1).map_err(|_| EFAULT)?,
+            watch,
+            user_data: req.user_data,
         })
     }
 }

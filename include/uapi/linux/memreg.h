@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 /* The ABI version this header describes, answered by MEMREG_IOC_GET_VERSION. */
-#define MEMREG_ABI_VERSION		3
+#define MEMREG_ABI_VERSION		4
 
 #define MEMREG_IOC_MAGIC		0xB9
 
@@ -38,6 +38,14 @@
 #define MEMREG_REGISTER_CACHED		(1U << 0)
 /* struct memreg_register.flags, output: served by reviving a parked registration. */
 #define MEMREG_REGISTER_REVIVED		(1U << 1)
+/*
+ * struct memreg_register.flags, input and output: a watch-only registration.
+ * Its pages are not pinned nor charged to RLIMIT_MEMLOCK; it has a state
+ * word and events like any registration, ends when the memory under it
+ * changes, and never moves data (COPY, ring requests and peers refuse its
+ * key with EOPNOTSUPP). @access holds local rights only.
+ */
+#define MEMREG_REGISTER_WATCH		(1U << 2)
 
 /*
  * State words (see Documentation/userspace-api/memreg/state-and-events.rst). The file's
@@ -45,7 +53,8 @@
  * per slot. While a registration is usable its word equals the @generation
  * REGISTER returned, a nonzero multiple of 4. The kernel changes the word,
  * before the event that suspends or ends the registration returns, to
- * @generation | MEMREG_WORD_SUSPENDED (call REGISTER again: it revalidates)
+ * @generation | MEMREG_WORD_SUSPENDED (MEMREG_IOC_REVALIDATE, or a REGISTER it
+ * serves, revalidates it; the kernel also does soon by itself)
  * or to @generation | MEMREG_WORD_ENDED. A slot is reused only with a larger
  * generation. Read a word with an acquire load; a cache hit is valid when it
  * equals the generation.
@@ -72,7 +81,8 @@
  * @access:   in: MEMREG_ACCESS_* bits, at least one; out: the rights the
  *            returned keys carry: exactly the remote rights asked, and at
  *            least the local ones
- * @flags:    in: must be zero; out: MEMREG_REGISTER_CACHED when an existing
+ * @flags:    in: 0 or MEMREG_REGISTER_WATCH; out: that bit as given, and
+ *            MEMREG_REGISTER_CACHED when an existing
  *            registration was returned: one covering the range with at least
  *            the local rights of @access and exactly its remote rights (and,
  *            when remote rights are asked, exactly the range asked)
@@ -91,9 +101,15 @@
  * @reserved: must be zero
  * @generation: out: the value of the state word while the registration is
  *            usable (0 with MEMREG_NO_SLOT)
+ * @user_data: in: a value of the caller's, reported with every event of the
+ *            registration a miss creates (a hit keeps the value the
+ *            registration was created with); added in ABI version 4, the
+ *            structure's size before it (72) is still accepted (user data 0)
  *
  * Output fields are ignored on input; @flags also reports
- * MEMREG_REGISTER_REVIVED when a parked registration was revived.
+ * MEMREG_REGISTER_REVIVED when a parked registration was revived. A watch
+ * request is served only by watch-only registrations, and a pinned one only
+ * by pinned registrations.
  */
 struct memreg_register {
 	__u64 addr;
@@ -107,6 +123,7 @@ struct memreg_register {
 	__u32 slot;
 	__u32 reserved;
 	__u64 generation;
+	__u64 user_data;
 };
 
 /**
@@ -209,6 +226,9 @@ enum memreg_evict_reason {
  * @resumptions:       out: suspended registrations found intact and resumed
  * @revalidation_failures: out: suspended registrations that ended because
  *                     their pages were no longer mapped as registered
+ * @watches:           out: live watch-only registrations now (part of
+ *                     @registrations; their pages are not in @pages_pinned)
+ * @watch_pages:       out: their pages
  * @reserved:          must be zero
  *
  * @deregistrations counts registrations ended by DEREGISTER (parking off or
@@ -230,7 +250,9 @@ struct memreg_stats {
 	__u64 suspensions;
 	__u64 resumptions;
 	__u64 revalidation_failures;
-	__u64 reserved[4];
+	__u64 watches;
+	__u64 watch_pages;
+	__u64 reserved[2];
 };
 
 /**
@@ -249,7 +271,8 @@ struct memreg_stats {
  * @contexts_alive: out: contexts whose memory is still allocated (a file
  *                closed a moment ago may still be counted while its last
  *                work finishes; one counted for good is a leak)
- * @reserved:     must be zero
+ * @watches:      out: live watch-only registrations in all contexts (at most
+ *                the max_watches_total parameter)
  */
 struct memreg_global_stats {
 	__u64 contexts;
@@ -259,7 +282,7 @@ struct memreg_global_stats {
 	__u64 max_registrations;
 	__u64 peers;
 	__u64 contexts_alive;
-	__u64 reserved;
+	__u64 watches;
 };
 
 /* struct memreg_copy.direction */
@@ -334,12 +357,16 @@ struct memreg_flush {
  * The event ring (see Documentation/userspace-api/memreg/state-and-events.rst), created by
  * MEMREG_IOC_EVENTS_SETUP. Its mapping at MEMREG_MMAP_EVENTS (read-only,
  * ring_bytes long) starts with struct memreg_event_ring, followed at
- * MEMREG_EVENTS_OFFSET by @entries struct memreg_event. The one-page mapping
+ * MEMREG_EVENTS_OFFSET by @entries struct memreg_event, then (ABI version
+ * 4, at @user_data_offset) by @entries __u64: the user data of the
+ * registration each entry is about, at the same index. The one-page mapping
  * at MEMREG_MMAP_EVENTS_HEAD (read-write) holds the reader's __u32 head.
  *
- * The kernel writes an event when a registration is suspended, ends by an
- * invalidation or a failed revalidation, or is evicted (not when DEREGISTER
- * or closing the file ends it). Entry i lives at index i & (entries - 1).
+ * The kernel writes an event when a registration is suspended, resumed by a
+ * revalidation, ends by an invalidation or a failed revalidation, or is
+ * evicted (not when DEREGISTER or closing the file ends it). An event about
+ * a registration may still be unread after DEREGISTER ended it: match it to
+ * what the key names now. Entry i lives at index i & (entries - 1).
  * Producer: writes the entry, then stores tail + 1 with release ordering,
  * then wakes poll/epoll and signals the eventfd. Reader: loads tail with
  * acquire ordering, reads entries head .. tail - 1, then stores the new head
@@ -348,9 +375,13 @@ struct memreg_flush {
  * @overflows counts it; nothing is overwritten. The reader then calls
  * MEMREG_IOC_EVENTS_RESYNC.
  */
-#define MEMREG_EVENT_SUSPENDED		1	/* revalidated on next use */
+#define MEMREG_EVENT_SUSPENDED		1	/* revalidated on next use;
+						 * @cause: MEMREG_INVAL_CLEAR, or
+						 * _PROTECTION_VMA (a watch) */
 #define MEMREG_EVENT_ENDED		2	/* @cause: MEMREG_INVAL_* */
 #define MEMREG_EVENT_EVICTED		3	/* @cause: MEMREG_EVICT_* */
+#define MEMREG_EVENT_RESUMED		4	/* revalidated and usable again;
+						 * @cause: what suspended it */
 
 #define MEMREG_EVENTS_OVERFLOW		(1U << 0)
 #define MEMREG_EVENTS_OFFSET		64
@@ -380,6 +411,8 @@ struct memreg_event {
  *             cleared by MEMREG_IOC_EVENTS_RESYNC
  * @reserved0: zero
  * @overflows: events not written because the ring was full, in all
+ * @user_data_offset: where the user data array starts in the mapping (0
+ *             from kernels before ABI version 4, which have none)
  * @reserved:  zero
  */
 struct memreg_event_ring {
@@ -388,7 +421,8 @@ struct memreg_event_ring {
 	__u32 flags;
 	__u32 reserved0;
 	__u64 overflows;
-	__u64 reserved[5];
+	__u64 user_data_offset;
+	__u64 reserved[4];
 };
 
 /**
@@ -1074,6 +1108,24 @@ struct memreg_pool_destroy {
 	__u32 reserved;
 };
 
+/**
+ * struct memreg_revalidate - revalidate a registration (MEMREG_IOC_REVALIDATE)
+ * @key:      in: a local key
+ * @reserved: must be zero
+ *
+ * A suspended registration is compared with the page tables now: when every
+ * page still maps the page frame it was registered with, with the access
+ * registered (for a watch: in mappings that still grant the access it
+ * watches), it resumes (its state word is its generation again and a
+ * MEMREG_EVENT_RESUMED is written); otherwise it ends (ESTALE). A
+ * registration that is not suspended is left as it is (0). Takes no
+ * reference and pins nothing.
+ */
+struct memreg_revalidate {
+	__u64 key;
+	__u64 reserved;
+};
+
 #define MEMREG_IOC_GET_VERSION	_IOR(MEMREG_IOC_MAGIC, 0x00, __u32)
 #define MEMREG_IOC_REGISTER	_IOWR(MEMREG_IOC_MAGIC, 0x01, struct memreg_register)
 #define MEMREG_IOC_DEREGISTER	_IOW(MEMREG_IOC_MAGIC, 0x02, struct memreg_deregister)
@@ -1098,5 +1150,6 @@ struct memreg_pool_destroy {
 #define MEMREG_IOC_POOL_FREE	_IOW(MEMREG_IOC_MAGIC, 0x15, struct memreg_pool_free)
 #define MEMREG_IOC_POOL_STATS	_IOWR(MEMREG_IOC_MAGIC, 0x16, struct memreg_pool_info)
 #define MEMREG_IOC_POOL_DESTROY	_IOW(MEMREG_IOC_MAGIC, 0x17, struct memreg_pool_destroy)
+#define MEMREG_IOC_REVALIDATE	_IOW(MEMREG_IOC_MAGIC, 0x18, struct memreg_revalidate)
 
 #endif /* _UAPI_LINUX_MEMREG_H */

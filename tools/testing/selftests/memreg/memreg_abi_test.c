@@ -15,10 +15,10 @@
  *   structure as zero, and nothing past the caller's size.
  *
  * The first published sizes (x86_64, from the history of the uapi header):
- * REGISTER 56 (ABI v1; 72 since v2), STATS 144 (v1; 248 since v2), every
+ * REGISTER 56 (ABI v1; 72 since v2, 80 since v4), STATS 144 (v1; 248 since v2), every
  * other ioctl the size it has now; PEER_REVOKE is _IO (size 0).
  *
- * Each ioctl 0x00 .. 0x17 is a variant of the fixture `abi`. Its prepare
+ * Each ioctl 0x00 .. 0x18 is a variant of the fixture `abi`. Its prepare
  * function sets up what a successful call needs (a registration, a queue, a
  * peer, a pool ...) and fills a valid argument, so that the size or the
  * direction is the only thing wrong with the calls that must fail; its check
@@ -48,7 +48,7 @@
 #define V1_REG_REGION_LENGTH	48
 
 /* The first number no ioctl has (update when one is added). */
-#define FIRST_UNUSED_NR		0x18
+#define FIRST_UNUSED_NR		0x19
 
 #define TAIL			8	/* bytes past the structure in the "larger" cases */
 #define DIR_RW			(_IOC_READ | _IOC_WRITE)
@@ -275,7 +275,8 @@ static void check_stats(struct __test_metadata *_metadata, struct env *e, void *
 	EXPECT_EQ(1, s->cache_misses);
 	EXPECT_EQ(1, s->pages_pinned);
 	EXPECT_EQ(0, s->parked);
-	EXPECT_EQ(0, s->reserved[3]);
+	EXPECT_EQ(0, s->watches);
+	EXPECT_EQ(0, s->reserved[1]);
 }
 
 /* 0x05 COPY */
@@ -321,7 +322,7 @@ static void check_global_stats(struct __test_metadata *_metadata, struct env *e,
 	EXPECT_LE(1, g->regions);
 	EXPECT_LE(1, g->pages_pinned);
 	EXPECT_LE(1, g->contexts_alive);
-	EXPECT_EQ(0, g->reserved);
+	EXPECT_EQ(0, g->watches);
 }
 
 /* 0x07 GET_CACHE */
@@ -730,6 +731,27 @@ static void check_pool_destroy(struct __test_metadata *_metadata, struct env *e,
 	EXPECT_EQ(took ? -EINVAL : 0, pool_stat0(e, &st));
 }
 
+/* 0x18 REVALIDATE */
+static int prep_revalidate(struct env *e, void *arg)
+{
+	struct memreg_revalidate *r = arg;
+	int ret = register_page(e);
+
+	r->key = e->r.lkey;
+	return ret;
+}
+
+static void check_revalidate(struct __test_metadata *_metadata, struct env *e, void *arg,
+			     bool took)
+{
+	struct memreg_query q;
+
+	/* Taken or not, it neither takes nor drops a reference, nor ends it. */
+	ASSERT_EQ(0, memreg_query(e->fd, e->r.lkey, &q));
+	EXPECT_EQ(1, q.refcount);
+	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
+}
+
 /* ---- The fixture: one variant per ioctl ---- */
 
 FIXTURE(abi)
@@ -781,6 +803,7 @@ IOC(pool_alloc, MEMREG_IOC_POOL_ALLOC, 48);
 IOC(pool_free, MEMREG_IOC_POOL_FREE, 32);
 IOC(pool_stats, MEMREG_IOC_POOL_STATS, 32);
 IOC(pool_destroy, MEMREG_IOC_POOL_DESTROY, 8);
+IOC(revalidate, MEMREG_IOC_REVALIDATE, 16);
 
 /* Every number from 0 up to FIRST_UNUSED_NR has its variant, in order. */
 static const struct ioc *const all_iocs[] = {
@@ -789,6 +812,7 @@ static const struct ioc *const all_iocs[] = {
 	&ioc_events_resync, &ioc_queue_create, &ioc_doorbell, &ioc_queue_stats,
 	&ioc_peer_attach, &ioc_peer_detach, &ioc_peer_revoke, &ioc_queue_connect,
 	&ioc_pool_create, &ioc_pool_alloc, &ioc_pool_free, &ioc_pool_stats, &ioc_pool_destroy,
+	&ioc_revalidate,
 };
 
 _Static_assert(ARRAY_SIZE(all_iocs) == FIRST_UNUSED_NR, "one per number");

@@ -7,7 +7,8 @@
 
 #include "../kselftest_harness.h"
 
-_Static_assert(sizeof(struct memreg_register) == 72, "ABI size");
+_Static_assert(sizeof(struct memreg_register) == 80, "ABI size");
+_Static_assert(sizeof(struct memreg_revalidate) == 16, "ABI size");
 _Static_assert(sizeof(struct memreg_deregister) == 16, "ABI size");
 _Static_assert(sizeof(struct memreg_query) == 64, "ABI size");
 _Static_assert(sizeof(struct memreg_stats) == 248, "ABI size");
@@ -15,7 +16,7 @@ _Static_assert(sizeof(struct memreg_copy) == 48, "ABI size");
 _Static_assert(sizeof(struct memreg_global_stats) == 64, "ABI size");
 _Static_assert(sizeof(struct memreg_cache_config) == 64, "ABI size");
 _Static_assert(sizeof(struct memreg_flush) == 32, "ABI size");
-_Static_assert(MEMREG_ABI_VERSION == 3, "ABI version");
+_Static_assert(MEMREG_ABI_VERSION == 4, "ABI version");
 _Static_assert(MEMREG_INVAL_NR_CAUSES == 9 && MEMREG_EVICT_NR_REASONS == 5, "ABI arrays");
 
 FIXTURE(dev)
