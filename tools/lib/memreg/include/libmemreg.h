@@ -35,6 +35,18 @@ int memreg_get_version(int fd, __u32 *version);
 /* REGISTER of [addr, addr + length) with MEMREG_ACCESS_* rights; fills *reg. */
 int memreg_register(int fd, const void *addr, __u64 length, __u32 access,
 		    struct memreg_register *reg);
+/*
+ * REGISTER with @flags (0 or MEMREG_REGISTER_WATCH: watch the range without
+ * pinning it) and @user_data, reported with the registration's events.
+ */
+int memreg_register_ex(int fd, const void *addr, __u64 length, __u32 access,
+		       __u32 flags, __u64 user_data, struct memreg_register *reg);
+/*
+ * REVALIDATE: 0 when the registration named by @key is usable (it was not
+ * suspended, or its memory was found in place and it resumed), -ESTALE when
+ * the memory changed and it ended.
+ */
+int memreg_revalidate(int fd, __u64 key);
 /* DEREGISTER: drops one reference on the registration named by @key. */
 int memreg_deregister(int fd, __u64 key);
 /* QUERY of the registration named by @key into *query. */
@@ -91,7 +103,12 @@ struct memreg_events {
 	const struct memreg_event_ring *ring;	/* read-only */
 	const struct memreg_event *events;	/* its entries */
 	__u32 *head;				/* the reader's word */
-	__u64 reserved[4];			/* room to grow: zero */
+	union {
+		/* The user data of each entry, or NULL (kernels before ABI 4). */
+		const __u64 *user_data;
+		__u64 reserved0;
+	};
+	__u64 reserved[3];			/* room to grow: zero */
 };
 
 /*
@@ -108,6 +125,19 @@ bool memreg_events_overflowed(const struct memreg_events *ev);
 /* Copies up to @max unread events to @out and consumes them: how many. */
 unsigned int memreg_events_read(struct memreg_events *ev,
 				struct memreg_event *out, unsigned int max);
+/*
+ * As memreg_events_read(), with the user data of each event in @user_data
+ * (when not NULL; 0 from kernels that report none).
+ */
+unsigned int memreg_events_read_user_data(struct memreg_events *ev,
+					  struct memreg_event *out,
+					  __u64 *user_data, unsigned int max);
+/* The user data of the event at @pos of memreg_for_each_event(). */
+static inline __u64 memreg_event_user_data(const struct memreg_events *ev,
+					   __u32 pos)
+{
+	return ev->user_data ? ev->user_data[pos & (ev->entries - 1)] : 0;
+}
 /* Consumes @nr events seen through memreg_for_each_event(). */
 void memreg_events_advance(struct memreg_events *ev, unsigned int nr);
 /*

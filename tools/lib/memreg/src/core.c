@@ -34,6 +34,25 @@ int memreg_register(int fd, const void *addr, __u64 length, __u32 access,
 	return memreg__ioctl(fd, MEMREG_IOC_REGISTER, reg);
 }
 
+int memreg_register_ex(int fd, const void *addr, __u64 length, __u32 access,
+		       __u32 flags, __u64 user_data, struct memreg_register *reg)
+{
+	memset(reg, 0, sizeof(*reg));
+	reg->addr = (__u64)(unsigned long)addr;
+	reg->length = length;
+	reg->access = access;
+	reg->flags = flags;
+	reg->user_data = user_data;
+	return memreg__ioctl(fd, MEMREG_IOC_REGISTER, reg);
+}
+
+int memreg_revalidate(int fd, __u64 key)
+{
+	struct memreg_revalidate r = { .key = key };
+
+	return memreg__ioctl(fd, MEMREG_IOC_REVALIDATE, &r);
+}
+
 int memreg_deregister(int fd, __u64 key)
 {
 	struct memreg_deregister d = { .key = key };

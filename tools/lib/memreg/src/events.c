@@ -10,6 +10,23 @@
 #include "libmemreg.h"
 #include "internal.h"
 
+/*
+ * The ring's user data array, where the header says it is, if it lies
+ * within the mapping after the entries; NULL otherwise (older kernels).
+ */
+static const __u64 *user_data_array(const struct memreg_events *ev)
+{
+	__u64 off = ev->ring->user_data_offset;
+	__u64 entries_end = MEMREG_EVENTS_OFFSET +
+			    (__u64)ev->entries * sizeof(struct memreg_event);
+
+	if (!off || off % sizeof(__u64) || off < entries_end ||
+	    off > ev->ring_bytes ||
+	    ev->ring_bytes - off < (__u64)ev->entries * sizeof(__u64))
+		return NULL;
+	return (const __u64 *)((const char *)ev->ring + off);
+}
+
 int memreg_events_init(int fd, __u32 entries, int eventfd,
 		       struct memreg_events *ev)
 {
@@ -40,6 +57,7 @@ int memreg_events_init(int fd, __u32 entries, int eventfd,
 	ev->head = p;
 	ev->fd = fd;
 	ev->entries = entries;
+	ev->user_data = user_data_array(ev);
 	return 0;
 }
 
@@ -70,6 +88,13 @@ bool memreg_events_overflowed(const struct memreg_events *ev)
 unsigned int memreg_events_read(struct memreg_events *ev, struct memreg_event *out,
 				unsigned int max)
 {
+	return memreg_events_read_user_data(ev, out, NULL, max);
+}
+
+unsigned int memreg_events_read_user_data(struct memreg_events *ev,
+					  struct memreg_event *out,
+					  __u64 *user_data, unsigned int max)
+{
 	__u32 head = __atomic_load_n(ev->head, __ATOMIC_RELAXED);
 	__u32 tail = __atomic_load_n(&ev->ring->tail, __ATOMIC_ACQUIRE);
 	unsigned int n = 0;
@@ -79,6 +104,8 @@ unsigned int memreg_events_read(struct memreg_events *ev, struct memreg_event *o
 	while (head != tail && n < max) {
 		if (out)
 			out[n] = ev->events[head & (ev->entries - 1)];
+		if (user_data)
+			user_data[n] = memreg_event_user_data(ev, head);
 		head++;
 		n++;
 	}

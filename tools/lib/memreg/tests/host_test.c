@@ -292,6 +292,31 @@ static void test_events_reader(void)
 	free(ring);
 }
 
+static void test_events_user_data(void)
+{
+	size_t bytes = MEMREG_EVENTS_OFFSET + 4 * sizeof(struct memreg_event);
+	struct memreg_event_ring *ring = calloc(1, bytes);
+	struct memreg_event *e = (struct memreg_event *)((char *)ring + MEMREG_EVENTS_OFFSET);
+	__u64 ud[4] = { 100, 101, 102, 103 }, got[4] = { 0 };
+	struct memreg_event out[4];
+	struct memreg_events ev;
+	__u32 head = 2;
+
+	ev = (struct memreg_events){ .fd = -1, .entries = 4, .ring = ring, .events = e,
+				     .head = &head };
+	/* A kernel without user data: 0 for each event. */
+	ring->tail = 3;
+	CHECK(memreg_events_read_user_data(&ev, out, got, 4) == 1 && got[0] == 0);
+	/* With it: the entry's index in the array, wrapping with the ring. */
+	ev.user_data = ud;
+	ring->tail = 6;
+	CHECK(memreg_event_user_data(&ev, 5) == 101);
+	CHECK(memreg_events_read_user_data(&ev, out, got, 4) == 3);
+	CHECK(got[0] == 103 && got[1] == 100 && got[2] == 101);
+	CHECK(head == 6);
+	free(ring);
+}
+
 static void test_word_valid(void)
 {
 	__u64 words[4] = { 0, 8, 8 | MEMREG_WORD_SUSPENDED, 8 | MEMREG_WORD_ENDED };
@@ -337,6 +362,7 @@ int main(void)
 	test_doorbell_rule();
 	test_garbage_words();
 	test_events_reader();
+	test_events_user_data();
 	test_word_valid();
 	test_no_device();
 	printf("libmemreg host tests: %d checks, %d failed\n", checks, failures);

@@ -123,6 +123,8 @@ pub const MEMREG_IOC_POOL_FREE: u32 = iow::<memreg_pool_free>(0x15);
 pub const MEMREG_IOC_POOL_STATS: u32 = iowr::<memreg_pool_info>(0x16);
 /// Destroys a pool ([`memreg_pool_destroy`], in).
 pub const MEMREG_IOC_POOL_DESTROY: u32 = iow::<memreg_pool_destroy>(0x17);
+/// Revalidates a suspended registration ([`memreg_revalidate`], in).
+pub const MEMREG_IOC_REVALIDATE: u32 = iow::<memreg_revalidate>(0x18);
 
 /// `MEMREG_MMAP_SQ(q)`: the mmap offset of queue `q`'s submission ring.
 pub const fn memreg_mmap_sq(q: u32) -> u64 {

@@ -14,7 +14,7 @@ use std::vec::Vec;
 fn ioctl_numbers_match_the_c_macros() {
     let want: &[(u32, u32)] = &[
         (MEMREG_IOC_GET_VERSION, 0x8004b900),
-        (MEMREG_IOC_REGISTER, 0xc048b901),
+        (MEMREG_IOC_REGISTER, 0xc050b901),
         (MEMREG_IOC_DEREGISTER, 0x4010b902),
         (MEMREG_IOC_QUERY, 0xc040b903),
         (MEMREG_IOC_STATS, 0x80f8b904),
@@ -37,6 +37,7 @@ fn ioctl_numbers_match_the_c_macros() {
         (MEMREG_IOC_POOL_FREE, 0x4020b915),
         (MEMREG_IOC_POOL_STATS, 0xc020b916),
         (MEMREG_IOC_POOL_DESTROY, 0x4008b917),
+        (MEMREG_IOC_REVALIDATE, 0x4010b918),
     ];
     for (i, &(got, expected)) in want.iter().enumerate() {
         assert_eq!(
@@ -53,7 +54,7 @@ fn ioctl_numbers_match_the_c_macros() {
 #[test]
 fn ioctl_sizes_follow_the_structures() {
     let size = |nr: u32| ((nr >> 16) & 0x3fff) as usize;
-    assert_eq!(size(MEMREG_IOC_REGISTER), 72);
+    assert_eq!(size(MEMREG_IOC_REGISTER), 80);
     assert_eq!(
         size(MEMREG_IOC_REGISTER),
         core::mem::size_of::<memreg_register>()

@@ -31,6 +31,9 @@ pub enum EventKind {
     /// A parked registration was evicted; the cause is a `MEMREG_EVICT_*`
     /// value (`MEMREG_EVENT_EVICTED`).
     Evicted,
+    /// A suspended registration was revalidated and is usable again
+    /// (`MEMREG_EVENT_RESUMED`).
+    Resumed,
     /// A kind this crate does not know, as written.
     Unknown(u32),
 }
@@ -42,6 +45,7 @@ impl EventKind {
             raw::MEMREG_EVENT_SUSPENDED => EventKind::Suspended,
             raw::MEMREG_EVENT_ENDED => EventKind::Ended,
             raw::MEMREG_EVENT_EVICTED => EventKind::Evicted,
+            raw::MEMREG_EVENT_RESUMED => EventKind::Resumed,
             other => EventKind::Unknown(other),
         }
     }
