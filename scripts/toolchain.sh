@@ -16,6 +16,11 @@ PACKAGES=(
 	flex bison bc libelf-dev libssl-dev cpio busybox-static
 	qemu-system-x86 make gcc xz-utils rsync python3
 	pkg-config groff-base man-db file
+	# The clients memreg runs under (UCX's registration cache, libfabric's
+	# MR cache over verbs and soft-iWARP), linked statically into guest
+	# programs, and what their static archives need.
+	libucx-dev libfabric-dev libibverbs-dev librdmacm-dev ibverbs-providers
+	libnl-3-dev libnl-route-3-dev libnuma-dev libpsm2-dev
 )
 
 missing=()
