@@ -2,8 +2,8 @@
 # Builds the guest's user programs as static binaries into build/guest-bin:
 # the kselftests (tools/testing/selftests/memreg, through the kernel's own
 # lib.mk: the directory is copied into the kernel tree and built there), the
-# demo (samples/memreg), the benchmark (tools/memreg/bench) and the guest's
-# helpers (scripts/guest).
+# demo (samples/memreg), the benchmark (tools/memreg/bench), the clients
+# (tools/memreg/clients) and the guest's helpers (scripts/guest).
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 
@@ -39,6 +39,16 @@ for src in "$MEMREG_TOP"/scripts/guest/*.c "$MEMREG_TOP"/samples/memreg/*.c \
 	[ "$fresh" = 1 ] && continue
 	gcc "${cflags[@]}" -o "$bin" "$src" "$libmemreg" -lm || die "cannot compile $src"
 done
+
+# The clients (tools/memreg/clients): UCX's and libfabric's registration
+# caches with memreg as their memory monitor, static, over Debian's archives.
+# glibc's warnings about name lookups in static programs are expected: the
+# clients use numeric addresses only.
+if ! make -s -C "$MEMREG_TOP/tools/memreg/clients" OUTPUT="$out/" UAPI_DIR="$uapi" \
+	LIBMEMREG_A="$libmemreg" LIBMEMREG_INC="$libdir/include" >"$out/.clients.log" 2>&1; then
+	cat "$out/.clients.log" >&2
+	die "cannot build the clients"
+fi
 
 # The Rust crates' guest test (memreg_rust_test) and examples (memreg-rs-*).
 "$MEMREG_TOP/scripts/build-rust.sh" guest "$out" >&2 || die "cannot build the Rust crates"

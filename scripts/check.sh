@@ -87,6 +87,19 @@ for t in /bin/memreg-hello /bin/memreg-rs-register_copy /bin/memreg-rs-ring_copy
 	( "$t" 2>&1; echo $? >/tmp/rc ) | sed "s/^/[$n] /"
 	echo "MEMREG-EXAMPLE-END $n $(cat /tmp/rc)"
 done
+# The clients: UCX's registration cache and libfabric's MR cache (verbs over
+# soft-iWARP) with memreg as their memory monitor, each printing TAP lines.
+# Without memreg, libfabric turns its cache off (--no-monitor); with a
+# monitor that reports nothing, its cache hands out stale MRs
+# (--blind-monitor): the bug class memreg ends, shown on the same traffic.
+for c in "memreg-ucx-rcache" "memreg-ucx-rcache --mode=pinned" \
+	"memreg-ofi-mrcache" "memreg-ofi-mrcache --no-monitor" \
+	"memreg-ofi-mrcache --blind-monitor"; do
+	n=$(echo "$c" | tr ' ' '_')
+	echo "MEMREG-CLIENT-BEGIN $n"
+	( /bin/$c 2>&1; echo $? >/tmp/rc ) | sed "s/^/{$n} /"
+	echo "MEMREG-CLIENT-END $n $(cat /tmp/rc)"
+done
 # Unload (freeing everything the module holds) and load again, then let
 # kmemleak look: an object must be unreferenced for 5 s and two scans.
 if [ -w $kmemleak ]; then
@@ -103,7 +116,8 @@ exit $rc
 GUEST
 log=$MEMREG_BUILD/check.log
 tests=("$MEMREG_BUILD"/guest-bin/*_test "$MEMREG_BUILD"/guest-bin/memreg-hello
-	"$MEMREG_BUILD"/guest-bin/memreg-rs-*)
+	"$MEMREG_BUILD"/guest-bin/memreg-rs-* "$MEMREG_BUILD"/guest-bin/memreg-ucx-rcache
+	"$MEMREG_BUILD"/guest-bin/memreg-ofi-mrcache)
 "$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -t "${MEMREG_GUEST_TIMEOUT:-1200}" "$run" "${tests[@]}"
 status=$?
 case $status in
@@ -166,6 +180,32 @@ while read -r name rc; do
 	fi
 done < <(sed -n 's/^MEMREG-EXAMPLE-END //p' "$log")
 [ "$examples" = 5 ] || result FAIL "example: $examples of 5 example programs reported"
+
+# The clients: each TAP line counts; a run that did not exit 0 counts as one
+# more failure, and each of the five runs must report.
+clients=0
+while read -r kind name rest; do
+	case $kind in
+	ok) result ok "client: $name: $rest" ;;
+	not_ok) result FAIL "client: $name: $rest (see {$name} in the log)" ;;
+	skip) printf '%-5s %s\n' skip "client: $name: $rest" ;;
+	end)
+		clients=$((clients + 1))
+		[ "$rest" = 0 ] || result FAIL "client: $name exited with status $rest (see {$name} in the log)" ;;
+	esac
+done < <(awk '
+	/^MEMREG-CLIENT-END / { print "end", $2, $3; next }
+	/^\{[^}]+\} / {
+		p = substr($1, 2, length($1) - 2); line = substr($0, length($1) + 2)
+		if (line ~ /^ok [0-9]+ /) {
+			sub(/^ok [0-9]+ (- )?/, "", line)
+			print (line ~ /# SKIP/ ? "skip" : "ok"), p, line
+		} else if (line ~ /^not ok [0-9]+ /) {
+			sub(/^not ok [0-9]+ (- )?/, "", line)
+			print "not_ok", p, line
+		}
+	}' "$log")
+[ "$clients" = 5 ] || result FAIL "client: $clients of 5 client runs reported"
 
 leaks=$(sed -n 's/^MEMREG-KMEMLEAK-END \([0-9]*\)$/\1/p' "$log")
 if [ -z "$leaks" ]; then
