@@ -19,7 +19,8 @@ modargs="max_registrations=131072"
 "$MEMREG_TOP/scripts/build-module.sh"
 "$MEMREG_TOP/scripts/build-guest.sh"
 script=$MEMREG_BUILD/bench-run.sh
-# MEMREG_BENCH_ARGS=lib runs only the rows of the user-space libraries.
+# MEMREG_BENCH_ARGS=lib runs only the rows of the user-space libraries,
+# MEMREG_BENCH_ARGS=clients only those of the clients (UCX, libfabric).
 printf 'echo MEMREG-BENCH-BEGIN\nmemreg-bench %s\nrc=$?\necho MEMREG-BENCH-END\nexit $rc\n' \
 	"${MEMREG_BENCH_ARGS:-}" >"$script"
 log=$MEMREG_BUILD/bench.log
@@ -29,7 +30,8 @@ rm -f "$csv"
 set +e
 "$MEMREG_TOP/scripts/guest.sh" -q -l "$log" -a "$modargs" -k "kunit.enable=0 loglevel=3" \
 	-t "${MEMREG_GUEST_TIMEOUT:-1200}" "$script" "$MEMREG_BUILD/guest-bin/memreg-bench" \
-	"$MEMREG_BUILD/guest-bin/memreg-rs-ring_nop_bench"
+	"$MEMREG_BUILD/guest-bin/memreg-rs-ring_nop_bench" \
+	"$MEMREG_BUILD/guest-bin/memreg-ucx-rcache" "$MEMREG_BUILD/guest-bin/memreg-ofi-mrcache"
 rc=$?
 set -e
 # The program's output without its CSV lines: progress and the table.

@@ -86,6 +86,32 @@
  *                            <= 1.2. The three loops (parking off, parking on,
  *                            no-op) are measured in an order that rotates
  *                            from round to round;
+ *  watch_register_vs_pinned_register_1mib  REGISTER + DEREGISTER of one
+ *                            touched 1 MiB buffer with parking off, as a
+ *                            watch-only registration (its page frames
+ *                            recorded, nothing pinned or charged) against a
+ *                            pinned one (pin, charge, unpin, uncharge), on
+ *                            files of their own, rounds rotated, <= 0.2.
+ *                            Every REGISTER must be a miss of its kind;
+ *  ucx_rcache_hit_memreg_vs_hooks  UCX's ucs_rcache_get() + put of a cached
+ *                            region by memreg-ucx-rcache (which times itself
+ *                            over 20000 hits), with memreg as its event
+ *                            source (the state word checked after each get)
+ *                            against UCX's own memory hooks, medians of 5
+ *                            alternating runs, <= 1.1;
+ *  ucx_rcache_miss_watch_vs_hooks  a get that misses (the region invalidated
+ *                            and put after each get; only the get is timed):
+ *                            a watch-only REGISTER against UCX's hooks path,
+ *                            which registers nothing, <= 1.5;
+ *  ofi_mr_reg_hit_vs_miss_speedup  fi_mr_reg() + fi_close() of a 64 KiB
+ *                            buffer in libfabric's verbs MR cache over
+ *                            soft-iWARP, with memreg's monitor imported: a
+ *                            hit (one state-word load in valid()) against a
+ *                            miss after the buffer was freed and allocated
+ *                            again (a registration with siw), >= 10. The
+ *                            client checks that each timed hit and miss was
+ *                            one; the client rows are skipped (no rows) when
+ *                            the clients are not installed;
  *  munmap_registered_1mib    munmap of a registered 1 MiB mapping against an
  *                            unregistered one, <= 1.5 (live registrations,
  *                            never deregistered, so parking plays no part);
@@ -1273,12 +1299,15 @@ static void bench_userspace_hit(void)
 
 /* ---- REGISTER + DEREGISTER loop, parking off and on ---------------------- */
 
+static void bench_watch(void);
+
 #define LOOP_LEN	MIB
 
 /* A loop over one buffer on one file, parking on or off. */
 struct loop_ctx {
 	int fd;
 	int parking;
+	__u32 flags;				/* REGISTER's: 0 or MEMREG_REGISTER_WATCH */
 	char *buf;
 	struct memreg_cache_config saved;	/* the file's configuration at open */
 	const char *op;
@@ -1358,6 +1387,7 @@ static void loop_run(void *arg, size_t n)
 			.addr = (unsigned long)c->buf,
 			.length = LOOP_LEN,
 			.access = RW,
+			.flags = c->flags,
 		};
 		struct memreg_deregister d = { 0 };
 
@@ -1366,8 +1396,8 @@ static void loop_run(void *arg, size_t n)
 			c->err = errno;
 			break;
 		}
-		/* Parking on: a revival; off: a miss, which pins. */
-		c->bad |= c->parking ? !(r.flags & MEMREG_REGISTER_REVIVED) : r.flags != 0;
+		/* Parking on: a revival; off: a miss, which pins (or watches). */
+		c->bad |= c->parking ? !(r.flags & MEMREG_REGISTER_REVIVED) : r.flags != c->flags;
 		d.key = r.lkey;
 		if (ioctl(c->fd, MEMREG_IOC_DEREGISTER, &d)) {
 			c->op = "DEREGISTER";
@@ -1430,6 +1460,40 @@ static void bench_park(void)
 	add_row("revive_vs_noop_ioctl", m[1], two, "<=1.2");
 	loop_close(&on);
 	loop_close(&off);
+	bench_watch();
+}
+
+/*
+ * REGISTER + DEREGISTER of the same touched 1 MiB, parking off: a watch-only
+ * miss (frames recorded, nothing pinned or charged) against a pinned miss
+ * (pin, charge, unpin, uncharge), on files of their own, rounds rotated.
+ */
+static void bench_watch(void)
+{
+	struct loop_ctx pinned, watched;
+	struct batch b[2];
+	struct fig f[2][ROUNDS], m[2];
+	int i, k;
+
+	loop_open(&pinned, 0);
+	loop_open(&watched, 0);
+	watched.flags = MEMREG_REGISTER_WATCH;
+	for (i = 0; i < 2; i++)
+		b[i] = (struct batch){ .max_n = 1 << 24, .run = loop_run, .finish = loop_finish,
+				       .arg = i ? &pinned : &watched };
+	for (k = 0; k < ROUNDS; k++)
+		for (i = 0; i < 2; i++) {
+			int x = (i + k) % 2;
+
+			f[x][k] = measure(&b[x]);
+		}
+	for (i = 0; i < 2; i++)
+		m[i] = median(f[i], ROUNDS);
+	printf("\nREGISTER + DEREGISTER of 1 MiB, watch-only vs pinned (parking off)\n"
+	       "  watch-only %s, pinned %s\n", figstr(m[0], "ns"), figstr(m[1], "ns"));
+	add_row("watch_register_vs_pinned_register_1mib", m[0], m[1], "<=0.2");
+	loop_close(&watched);
+	loop_close(&pinned);
 	settle(0);
 }
 
@@ -3748,6 +3812,69 @@ static double rust_nop(size_t iterations)
 	return ns;
 }
 
+#define UCX_CLIENT	"/bin/memreg-ucx-rcache"
+#define OFI_CLIENT	"/bin/memreg-ofi-mrcache"
+
+/*
+ * Runs a client with `args` and returns the figure of its "BENCH `name` ns"
+ * line (the client times itself over its iterations and checks that each
+ * was what it claims: a hit, or a miss); unresolved when it printed none.
+ */
+static struct fig client_fig(const char *prog, const char *args, const char *name)
+{
+	char cmd[256], line[256], key[64];
+	struct fig f = { 0, 0 };
+	double ns;
+	FILE *p;
+
+	snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", prog, args);
+	p = popen(cmd, "r");
+	if (!p)
+		fail("cannot run %s: %s", prog, strerror(errno));
+	while (fgets(line, sizeof(line), p))
+		if (sscanf(line, "BENCH %63s %lf", key, &ns) == 2 && !strcmp(key, name) &&
+		    ns > 0 && isfinite(ns))
+			f = (struct fig){ ns, 1 };
+	if (pclose(p) != 0)
+		f.ok = 0;
+	return f;
+}
+
+/*
+ * The clients' rows: UCX's ucs_rcache with memreg as its event source
+ * against UCX's own memory hooks (a hit, and a miss whose REGISTER is a
+ * watch), and libfabric's MR cache with memreg as its monitor (a hit against
+ * a miss that registers with siw). Each figure is the median of ROUNDS runs
+ * of the client, the runs of a row alternating.
+ */
+static void bench_clients(void)
+{
+	struct fig hm[ROUNDS], hh[ROUNDS], mm[ROUNDS], mh[ROUNDS], oh[ROUNDS], om[ROUNDS];
+	int k;
+
+	if (access(UCX_CLIENT, X_OK) || access(OFI_CLIENT, X_OK)) {
+		printf("\nthe clients are not installed: no ucx_* or ofi_* rows\n");
+		return;
+	}
+	for (k = 0; k < ROUNDS; k++) {
+		hm[k] = client_fig(UCX_CLIENT, "--monitor=memreg --bench 20000", "ucx_rcache_hit_ns");
+		hh[k] = client_fig(UCX_CLIENT, "--monitor=hooks --bench 20000", "ucx_rcache_hit_ns");
+		mm[k] = client_fig(UCX_CLIENT, "--monitor=memreg --bench 2000", "ucx_rcache_miss_ns");
+		mh[k] = client_fig(UCX_CLIENT, "--monitor=hooks --bench 2000", "ucx_rcache_miss_ns");
+		oh[k] = client_fig(OFI_CLIENT, "--bench 2000", "ofi_mr_reg_hit_ns");
+		om[k] = client_fig(OFI_CLIENT, "--bench 2000", "ofi_mr_reg_miss_ns");
+	}
+	printf("\nUCX's ucs_rcache, memreg (watch-only) vs UCX's hooks; libfabric's MR cache\n"
+	       "  rcache hit: memreg %s, hooks %s; miss: memreg %s, hooks %s\n"
+	       "  fi_mr_reg: hit %s, miss %s\n",
+	       figstr(median(hm, ROUNDS), "ns"), figstr(median(hh, ROUNDS), "ns"),
+	       figstr(median(mm, ROUNDS), "ns"), figstr(median(mh, ROUNDS), "ns"),
+	       figstr(median(oh, ROUNDS), "ns"), figstr(median(om, ROUNDS), "ns"));
+	add_row("ucx_rcache_hit_memreg_vs_hooks", median(hm, ROUNDS), median(hh, ROUNDS), "<=1.1");
+	add_row("ucx_rcache_miss_watch_vs_hooks", median(mm, ROUNDS), median(mh, ROUNDS), "<=1.5");
+	add_row("ofi_mr_reg_hit_vs_miss_speedup", median(oh, ROUNDS), median(om, ROUNDS), ">=10");
+}
+
 static void bench_rust_ring(void)
 {
 	struct lring_ctx lc = { 0 };
@@ -3872,8 +3999,12 @@ static void print_module_limits(void)
 
 int main(int argc, char **argv)
 {
-	/* "memreg-bench lib": only the rows of the user-space libraries. */
+	/*
+	 * "memreg-bench lib": only the rows of the user-space libraries;
+	 * "memreg-bench clients": only the clients' rows.
+	 */
 	bool lib_only = argc > 1 && !strcmp(argv[1], "lib");
+	bool clients_only = argc > 1 && !strcmp(argv[1], "clients");
 	int gup;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
@@ -3881,6 +4012,11 @@ int main(int argc, char **argv)
 	settle_clocksource();
 	calibrate_clock();
 	print_clock();
+	if (clients_only) {
+		bench_clients();
+		print_results();
+		return 0;
+	}
 	if (!lib_only) {
 		/* The look-up rows need the module loaded for them. */
 		print_module_limits();
@@ -3904,6 +4040,8 @@ int main(int argc, char **argv)
 	bench_lib_cache_hit();
 	bench_lib_ring();
 	bench_rust_ring();
+	if (!lib_only)
+		bench_clients();
 	print_results();
 	return 0;
 }
