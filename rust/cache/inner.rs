@@ -46,16 +46,22 @@ pub(crate) const MAX_OVERLAP: usize = 64;
 pub(crate) struct Nodes {
     by_key: RBTreeNodeReservation<u64, Arc<Registration>>,
     by_range: interval_tree::Reservation<Arc<Registration>>,
-    by_rkey: RBTreeNodeReservation<u64, Arc<Registration>>,
+    /// None for a registration without a remote key (a watch).
+    by_rkey: Option<RBTreeNodeReservation<u64, Arc<Registration>>>,
 }
 
 impl Nodes {
-    /// Allocates the nodes, charged to the caller's memory cgroup.
-    pub(crate) fn new() -> Result<Self> {
+    /// Allocates the nodes of a registration that has a remote key (when
+    /// `remote_key`) or not, charged to the caller's memory cgroup.
+    pub(crate) fn new(remote_key: bool) -> Result<Self> {
         Ok(Self {
             by_key: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
             by_range: interval_tree::Reservation::new(GFP_KERNEL_ACCOUNT)?,
-            by_rkey: RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?,
+            by_rkey: if remote_key {
+                Some(RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?)
+            } else {
+                None
+            },
         })
     }
 }
@@ -224,12 +230,13 @@ impl CacheInner {
                 .into_node(registration.info.keys.seq, registration.clone()),
         );
         // Another registration with the same 64 random bits (odds 2^-64) loses its remote key:
-        // it is not freed here, the other trees still hold it. A watch has no remote key (0).
+        // it is not freed here, the other trees still hold it. A watch has no remote key (0)
+        // and no node for one.
         let rkey = registration.rkey();
-        if rkey != 0 {
+        if let Some(node) = nodes.by_rkey.filter(|_| rkey != 0) {
             let _ = self
                 .by_rkey
-                .insert(nodes.by_rkey.into_node(rkey, registration.clone()));
+                .insert(node.into_node(rkey, registration.clone()));
         }
         self.by_range
             .insert(nodes.by_range, first, last, registration);

@@ -192,7 +192,7 @@ impl Cache {
         }
 
         // Everything the table needs is allocated before its lock is taken.
-        let mut nodes = Nodes::new()?;
+        let mut nodes = Nodes::new(true)?;
         let mut charges = Charges::for_current()?;
         let registration = Registration::new(this.clone(), info)?;
         let current = kernel::current!();
@@ -306,7 +306,7 @@ impl Cache {
         let mut place = WatchPlace::take()?;
         let page_addr = info.page_addr();
         let page_end = page_addr + info.npages * PAGE_SIZE;
-        let mut nodes = Nodes::new()?;
+        let mut nodes = Nodes::new(false)?;
         let registration = Registration::new(this.clone(), info)?;
         let current = kernel::current!();
         let mm = current.mm().ok_or(EPERM)?;

@@ -225,8 +225,15 @@ impl Registration {
     /// notifier inserted yet. Its memory is charged to the caller's memory
     /// cgroup.
     pub(crate) fn new(cache: Arc<Cache>, info: RegistrationInfo) -> Result<Arc<Self>> {
-        let lru_node = RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?;
-        let global_nodes = parked::Nodes::new()?;
+        // A watch is never parked: it needs no entries on the parked lists.
+        let (lru_node, global_nodes) = if info.watch {
+            (None, None)
+        } else {
+            (
+                Some(RBTreeNodeReservation::new(GFP_KERNEL_ACCOUNT)?),
+                Some(parked::Nodes::new()?),
+            )
+        };
         let registration = Arc::pin_init(
             pin_init!(Self {
                 notifier <- IntervalNotifier::new(),
@@ -256,9 +263,9 @@ impl Registration {
                     TableState {
                         refs: 0,
                         parked_at: None,
-                        lru_node: Some(lru_node),
+                        lru_node,
                         global_place: None,
-                        global_nodes: Some(global_nodes),
+                        global_nodes,
                         rkey_node: None,
                         slot: None,
                     }

@@ -165,7 +165,7 @@ impl Pool {
             user_data: 0,
         };
         let (nodes, registration) = this.memcg.with_active(|| -> Result<_> {
-            Ok((Nodes::new()?, Registration::new(cache.clone(), info)?))
+            Ok((Nodes::new(true)?, Registration::new(cache.clone(), info)?))
         })?;
         let subscription = IntervalNotifier::insert(registration.clone(), &mm, addr, bytes)?;
         let seq = registration.notifier().read_begin();
