@@ -12,7 +12,7 @@ export KDIR KERNEL_SERIES
 CMD ?= memreg-demo
 EXTRA ?=
 
-.PHONY: all run check bench toolchain kernel module guest-progs lib install fmt clean distclean
+.PHONY: all run check run-pair check-pair bench toolchain kernel module guest-progs lib install fmt clean distclean
 
 all: module guest-progs
 
@@ -33,6 +33,14 @@ run: module guest-progs
 
 check:
 	@$(SCRIPTS)/check.sh
+
+# Two guests on a virtual network: libfabric over soft-iWARP between them,
+# with memreg as the memory monitor on both sides.
+run-pair:
+	@$(SCRIPTS)/pair.sh run
+
+check-pair:
+	@$(SCRIPTS)/pair.sh check
 
 bench:
 	@$(SCRIPTS)/bench.sh

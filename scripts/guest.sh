@@ -1,7 +1,12 @@
 #!/usr/bin/env bash
 # Boots the QEMU guest with memreg.ko and runs a shell script inside it.
 #
-#   guest.sh [-l LOG] [-t SECONDS] [-a "MODULE ARGS"] [-k "KERNEL ARGS"] [-q] SCRIPT [FILE...]
+#   guest.sh [-l LOG] [-t SECONDS] [-a "MODULE ARGS"] [-k "KERNEL ARGS"] [-n NAME]
+#            [-x "QEMU ARGS"] [-q] SCRIPT [FILE...]
+#
+# -n names the guest's initramfs (build/NAME, build/NAME.cpio; default
+# initramfs), so that two guests can run at once; -x adds QEMU arguments
+# (a network device, say).
 #
 # SCRIPT runs as /run.sh in /tmp of the guest; each FILE is copied into the
 # guest's /bin. The serial console is written to LOG (default
@@ -17,21 +22,25 @@ timeout_s=600
 modargs=
 kargs=
 quiet=0
-while getopts "l:t:a:k:q" o; do
+name=initramfs
+qemu_args=
+while getopts "l:t:a:k:n:x:q" o; do
 	case $o in
 	l) logf=$OPTARG ;;
 	t) timeout_s=$OPTARG ;;
 	a) modargs=$OPTARG ;;
 	k) kargs=$OPTARG ;;
+	n) name=$OPTARG ;;
+	x) qemu_args=$OPTARG ;;
 	q) quiet=1 ;;
-	*) die "usage: guest.sh [-l LOG] [-t SECONDS] [-a ARGS] [-k ARGS] [-q] SCRIPT [FILE...]" ;;
+	*) die "usage: guest.sh [-l LOG] [-t SECONDS] [-a ARGS] [-k ARGS] [-n NAME] [-x ARGS] [-q] SCRIPT [FILE...]" ;;
 	esac
 done
 shift $((OPTIND - 1))
 script=${1:?SCRIPT missing}
 shift
 
-root=$MEMREG_BUILD/initramfs
+root=$MEMREG_BUILD/$name
 rm -rf "$root"
 mkdir -p "$root"/{bin,proc,sys,dev,tmp}
 cp /bin/busybox "$root/bin/busybox"
@@ -43,7 +52,7 @@ cp "$script" "$root/run.sh"
 for f in "$@"; do
 	cp "$f" "$root/bin/"
 done
-initrd=$MEMREG_BUILD/initramfs.cpio
+initrd=$MEMREG_BUILD/$name.cpio
 (cd "$root" && find . | cpio -o -H newc --quiet) >"$initrd"
 
 mkdir -p "$(dirname "$logf")"
@@ -52,7 +61,7 @@ timeout -k 10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu "${ME
 	-nographic -no-reboot -device isa-debug-exit,iobase=0xf4,iosize=0x04 \
 	-kernel "$MODULE_KDIR/arch/x86/boot/bzImage" -initrd "$initrd" \
 	-append "console=ttyS0 panic=-1 oops=panic transparent_hugepage=always MEMREG_MODULE_ARGS=\"$modargs\" $kargs" \
-	</dev/null 2>&1 | tr -d '\r' | if [ $quiet = 1 ]; then cat >"$logf"; else tee "$logf"; fi
+	$qemu_args </dev/null 2>&1 | tr -d '\r' | if [ $quiet = 1 ]; then cat >"$logf"; else tee "$logf"; fi
 status=${PIPESTATUS[0]}
 set -e
 
