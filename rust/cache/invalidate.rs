@@ -182,6 +182,7 @@ impl Registration {
                 return false;
             }
             at = vma.end();
+            cond_resched();
         }
         true
     }
@@ -228,7 +229,11 @@ impl Registration {
                     if this.suspended.xchg(false, Relaxed) {
                         bump(&mut t.stats.resumptions, &TOTALS.resumptions, 1);
                         this.set_word(&t, 0);
-                        t.emit(this, uapi::EVENT_RESUMED, cause);
+                        // Only for a watch: readers of the event ring built before version 4,
+                        // which cannot make watches, never see an event they did not know.
+                        if this.info.watch {
+                            t.emit(this, uapi::EVENT_RESUMED, cause);
+                        }
                     }
                     drop(st);
                     return Ok(Revalidated::Usable);
@@ -264,16 +269,60 @@ fn is_huge_block(range: &Range<'_>) -> bool {
 }
 
 impl Registration {
+    /// Whether a page the watch would record is absent: no frame, or not
+    /// writable when the watch has a local write right.
+    fn absent(&self, s: &PageState) -> bool {
+        s.pfn().is_none() || (self.info.writable() && !s.writable())
+    }
+
+    /// Faults in the watch's absent pages as a pin would (with write access
+    /// when it has a local write right), a batch at a time, without keeping
+    /// them pinned or charged. Done outside any read sequence of the
+    /// notifier: a fault may invalidate the range itself (a copy on write, a
+    /// migration), which would make a recording under a sequence fail.
+    /// `EINTR` on a fatal signal. Process context of the address space's
+    /// owner, no lock held; may sleep.
+    pub(super) fn fault_in(&self, mm: &MmWithUser) -> Result {
+        let npages = self.info.npages;
+        let start = self.info.page_addr();
+        let mut seen = KVec::from_elem(
+            PageState::default(),
+            npages.min(REVALIDATE_BATCH),
+            GFP_KERNEL,
+        )?;
+        let mut at = 0;
+        while at < npages {
+            let n = (npages - at).min(REVALIDATE_BATCH);
+            let seen = seen.get_mut(..n).ok_or(EINVAL)?;
+            let addr = start + at * PAGE_SIZE;
+            let seq = self.notifier.read_begin();
+            // A batch that changed while it was looked at is faulted in too.
+            let present = self.notifier.snapshot(mm, seq, addr, seen).is_ok()
+                && !seen.iter().any(|s| self.absent(s));
+            if !present {
+                drop(PinnedPages::pin_current(
+                    addr,
+                    n,
+                    self.info.writable(),
+                    &mut |_| Ok(()),
+                )?);
+            }
+            at += n;
+            if fatal_signal_pending() {
+                return Err(EINTR);
+            }
+            cond_resched();
+        }
+        Ok(())
+    }
+
     /// Records the page frames mapped at the watch's pages as of the
-    /// notifier's read sequence `seq`, faulting in (as a pin would, with
-    /// write access when it has a local write right) the batches where a
-    /// page has none, without keeping them pinned. `EBUSY` when an
-    /// invalidation began since `seq`, `EAGAIN` when a page still has no
-    /// frame after the fault, `EINTR` on a fatal signal. Process context of
-    /// the address space's owner, no lock held; may sleep.
+    /// notifier's read sequence `seq`. `EBUSY` when an invalidation began
+    /// since `seq`, `EAGAIN` when a page is absent (see
+    /// [`Registration::fault_in`]), `EINTR` on a fatal signal. Process
+    /// context, no lock held; may sleep.
     pub(super) fn record_frames(&self, mm: &MmWithUser, seq: u64) -> Result<Extents> {
         let npages = self.info.npages;
-        let writable = self.info.writable();
         let start = self.info.page_addr();
         let mut seen = KVec::from_elem(
             PageState::default(),
@@ -287,18 +336,10 @@ impl Registration {
             let seen = seen.get_mut(..n).ok_or(EINVAL)?;
             let addr = start + at * PAGE_SIZE;
             self.notifier.snapshot(mm, seq, addr, seen)?;
-            let absent = |s: &PageState| s.pfn().is_none() || (writable && !s.writable());
-            if seen.iter().any(absent) {
-                // Faulted in by a pin that ends at once: no page stays pinned or charged.
-                drop(PinnedPages::pin_current(
-                    addr,
-                    n,
-                    writable,
-                    &mut |_| Ok(()),
-                )?);
-                self.notifier.snapshot(mm, seq, addr, seen)?;
-            }
             for s in seen.iter() {
+                if self.absent(s) {
+                    return Err(EAGAIN);
+                }
                 frames.push_page(s.pfn().ok_or(EAGAIN)?)?;
             }
             at += n;

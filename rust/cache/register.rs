@@ -318,7 +318,12 @@ impl Cache {
             let frames = match registration.record_frames(mm, seq) {
                 Ok(frames) => frames,
                 // An invalidation began meanwhile: record again.
-                Err(e) if e == EBUSY || e == EAGAIN => continue,
+                Err(e) if e == EBUSY => continue,
+                // Pages to fault in first, outside the sequence: then record again.
+                Err(e) if e == EAGAIN => {
+                    registration.fault_in(mm)?;
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             };
             let parts = Parts {

@@ -362,9 +362,11 @@ struct memreg_flush {
  * registration each entry is about, at the same index. The one-page mapping
  * at MEMREG_MMAP_EVENTS_HEAD (read-write) holds the reader's __u32 head.
  *
- * The kernel writes an event when a registration is suspended, resumed by a
- * revalidation, ends by an invalidation or a failed revalidation, or is
- * evicted (not when DEREGISTER or closing the file ends it). An event about
+ * The kernel writes an event when a registration is suspended, ends by an
+ * invalidation or a failed revalidation, or is evicted, and when a
+ * watch-only registration is resumed by a revalidation (not when DEREGISTER
+ * or closing the file ends a registration, nor when a pinned one resumes:
+ * its state word back at its generation is the only sign). An event about
  * a registration may still be unread after DEREGISTER ended it: match it to
  * what the key names now. Entry i lives at index i & (entries - 1).
  * Producer: writes the entry, then stores tail + 1 with release ordering,
@@ -380,7 +382,8 @@ struct memreg_flush {
 						 * _PROTECTION_VMA (a watch) */
 #define MEMREG_EVENT_ENDED		2	/* @cause: MEMREG_INVAL_* */
 #define MEMREG_EVENT_EVICTED		3	/* @cause: MEMREG_EVICT_* */
-#define MEMREG_EVENT_RESUMED		4	/* revalidated and usable again;
+#define MEMREG_EVENT_RESUMED		4	/* a watch-only registration was
+						 * revalidated and is usable again;
 						 * @cause: what suspended it */
 
 #define MEMREG_EVENTS_OVERFLOW		(1U << 0)
@@ -1116,8 +1119,8 @@ struct memreg_pool_destroy {
  * A suspended registration is compared with the page tables now: when every
  * page still maps the page frame it was registered with, with the access
  * registered (for a watch: in mappings that still grant the access it
- * watches), it resumes (its state word is its generation again and a
- * MEMREG_EVENT_RESUMED is written); otherwise it ends (ESTALE). A
+ * watches), it resumes (its state word is its generation again; for a
+ * watch a MEMREG_EVENT_RESUMED is written); otherwise it ends (ESTALE). A
  * registration that is not suspended is left as it is (0). Takes no
  * reference and pins nothing.
  */

@@ -1164,7 +1164,7 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 	struct memreg_register r;
 	struct memreg_stats s;
 	char data[64];
-	__u64 w, signals;
+	__u64 w;
 	int i;
 
 	ASSERT_EQ(0, memreg_register(c->fd, self->block, len, RW, &r));
@@ -1172,12 +1172,10 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 	/* Splits the VMA inside the huge page: a CLEAR over the whole block. */
 	ASSERT_EQ(0, mprotect(self->block + len, PAGE, PROT_READ));
 	w = word(c->words, r.slot);
-	/* The RESUMED event may be there already. */
-	ASSERT_LE(1, ring_tail(&c->ring));
+	ASSERT_EQ(1, ring_tail(&c->ring));
 	expect_event(_metadata, ring_at(&c->ring, 0), r.lkey, self->block, len,
 		     MEMREG_EVENT_SUSPENDED, MEMREG_INVAL_CLEAR);
-	signals = efd_count(c->efd);
-	EXPECT_LE(1, signals);
+	EXPECT_EQ(1, efd_count(c->efd));
 	if (w != SUSPENDED(r.generation)) {
 		/* Only if the worker resumed it already. */
 		EXPECT_EQ(r.generation, w);
@@ -1197,11 +1195,12 @@ TEST_F(thp, neighbour_split_suspends_then_resumes)
 	EXPECT_EQ(1, s.suspensions);
 	EXPECT_EQ(1, s.resumptions);
 	EXPECT_EQ(0, s.revalidation_failures);
-	/* Resuming is an event too, and signals the eventfd once. */
-	ASSERT_EQ(2, ring_tail(&c->ring));
-	expect_event(_metadata, ring_at(&c->ring, 1), r.lkey, self->block, len,
-		     MEMREG_EVENT_RESUMED, MEMREG_INVAL_CLEAR);
-	EXPECT_EQ(2, signals + efd_count(c->efd));
+	/*
+	 * Resuming a pinned registration is not an event (only a watch's is):
+	 * a reader built before ABI version 4 sees nothing it does not know.
+	 */
+	EXPECT_EQ(1, ring_tail(&c->ring));
+	EXPECT_EQ(0, efd_count(c->efd));
 }
 
 /* ---- The event ring's set-up and mappings ---- */

@@ -180,6 +180,39 @@ TEST_F(w, faults_in_untouched_memory_without_pinning)
 	munmap(fresh, NPAGES * PAGE);
 }
 
+/*
+ * A large watch of memory never touched, read-only (the zero page, huge or
+ * not) and read-write (each page faulted in for writing, copy-on-write of
+ * the zero page included): the faults happen before the frames are
+ * recorded, so the REGISTER does not give up on its own invalidations.
+ */
+TEST_F(w, large_watch_of_untouched_memory)
+{
+	size_t len = 8UL << 20;
+	struct memreg_register ro, rw;
+	char *a, *b;
+
+	a = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	b = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ASSERT_NE(MAP_FAILED, a);
+	ASSERT_NE(MAP_FAILED, b);
+	EXPECT_EQ(0, watch(self, a, len, RO, 0, &ro));
+	/* Read it all (zero pages), then watch it for writing. */
+	EXPECT_TRUE(all_bytes(b, len, 0));
+	EXPECT_EQ(0, watch(self, b, len, RW, 0, &rw));
+	EXPECT_EQ(2, stats(self).watches);
+	EXPECT_EQ(0, stats(self).pages_pinned);
+	EXPECT_EQ(ro.generation, word(self, &ro));
+	EXPECT_EQ(rw.generation, word(self, &rw));
+	/* Writing the memory the read-write watch recorded changes nothing. */
+	memset(b, 'w', len);
+	EXPECT_EQ(rw.generation, word(self, &rw));
+	EXPECT_EQ(0, memreg_deregister(self->fd, ro.lkey));
+	EXPECT_EQ(0, memreg_deregister(self->fd, rw.lkey));
+	munmap(a, len);
+	munmap(b, len);
+}
+
 /* Bad requests change nothing. */
 TEST_F(w, refuses_bad_requests)
 {

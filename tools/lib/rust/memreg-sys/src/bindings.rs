@@ -1039,7 +1039,7 @@ const _: () = {
     ["Offset of field: memreg_pool_destroy::reserved"]
         [::core::mem::offset_of!(memreg_pool_destroy, reserved) - 4usize];
 };
-#[doc = " struct memreg_revalidate - revalidate a registration (MEMREG_IOC_REVALIDATE)\n @key:      in: a local key\n @reserved: must be zero\n\n A suspended registration is compared with the page tables now: when every\n page still maps the page frame it was registered with, with the access\n registered (for a watch: in mappings that still grant the access it\n watches), it resumes (its state word is its generation again and a\n MEMREG_EVENT_RESUMED is written); otherwise it ends (ESTALE). A\n registration that is not suspended is left as it is (0). Takes no\n reference and pins nothing."]
+#[doc = " struct memreg_revalidate - revalidate a registration (MEMREG_IOC_REVALIDATE)\n @key:      in: a local key\n @reserved: must be zero\n\n A suspended registration is compared with the page tables now: when every\n page still maps the page frame it was registered with, with the access\n registered (for a watch: in mappings that still grant the access it\n watches), it resumes (its state word is its generation again; for a\n watch a MEMREG_EVENT_RESUMED is written); otherwise it ends (ESTALE). A\n registration that is not suspended is left as it is (0). Takes no\n reference and pins nothing."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone, Hash, PartialEq, Eq)]
 pub struct memreg_revalidate {

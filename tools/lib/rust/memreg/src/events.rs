@@ -31,8 +31,9 @@ pub enum EventKind {
     /// A parked registration was evicted; the cause is a `MEMREG_EVICT_*`
     /// value (`MEMREG_EVENT_EVICTED`).
     Evicted,
-    /// A suspended registration was revalidated and is usable again
-    /// (`MEMREG_EVENT_RESUMED`).
+    /// A suspended watch-only registration was revalidated and is usable
+    /// again (`MEMREG_EVENT_RESUMED`; a pinned one's resumption writes no
+    /// event).
     Resumed,
     /// A kind this crate does not know, as written.
     Unknown(u32),
