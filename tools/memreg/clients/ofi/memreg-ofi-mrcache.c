@@ -106,41 +106,6 @@ static void __attribute__((noreturn)) skip(const char *why, const char *detail)
 	exit(EXIT_SKIP);
 }
 
-/*
- * A pattern that differs for every seed: xorshift64 words. Buffers are
- * multiples of 8 bytes long.
- */
-static void pattern_fill(void *buf, size_t len, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL;
-	uint64_t *p = buf;
-	size_t i;
-
-	for (i = 0; i < len / 8; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		p[i] = x;
-	}
-}
-
-/* True when @buf holds exactly the pattern of @seed. */
-static bool pattern_match(const void *buf, size_t len, uint64_t seed)
-{
-	uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL;
-	const uint64_t *p = buf;
-	size_t i;
-
-	for (i = 0; i < len / 8; i++) {
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		if (p[i] != x)
-			return false;
-	}
-	return true;
-}
-
 /* ---- The memreg monitor (monitor.c) ------------------------------------- */
 
 static struct memreg_monitor mon;
@@ -508,21 +473,6 @@ static void ofi_close(struct ofi *o)
 
 /* ---- Test buffers: freed and re-allocated at the same address -------------- */
 
-enum realloc_how {
-	RE_MUNMAP,	/* munmap, then mmap at the same address */
-	RE_FIXED,	/* mmap MAP_FIXED over the live mapping */
-	RE_MREMAP,	/* mremap the old pages away, then mmap at the address */
-	RE_DONTNEED,	/* madvise(MADV_DONTNEED): new pages on the next touch */
-	RE_NR,
-};
-
-static const char *const realloc_name[RE_NR] = {
-	[RE_MUNMAP] = "munmap+mmap",
-	[RE_FIXED] = "mmap MAP_FIXED over it",
-	[RE_MREMAP] = "mremap away+mmap",
-	[RE_DONTNEED] = "MADV_DONTNEED",
-};
-
 struct tbuf {
 	char *addr;
 	size_t len;
@@ -556,53 +506,12 @@ static void tbuf_drop_old(struct tbuf *b)
 
 /*
  * Frees the buffer's memory and allocates new memory at the same address,
- * faulted in (zeroes). -EADDRNOTAVAIL when the address could not be had.
+ * faulted in (zeroes), as realloc_at() does.
  */
 static int tbuf_realloc(struct tbuf *b, enum realloc_how how)
 {
-	const int prot = PROT_READ | PROT_WRITE;
-	const int flags = MAP_PRIVATE | MAP_ANONYMOUS;
-	void *p = b->addr, *old;
-
 	tbuf_drop_old(b);
-	switch (how) {
-	case RE_MUNMAP:
-		if (munmap(b->addr, b->len))
-			return -errno;
-		p = mmap(b->addr, b->len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
-		break;
-	case RE_FIXED:
-		p = mmap(b->addr, b->len, prot, flags | MAP_FIXED, -1, 0);
-		break;
-	case RE_MREMAP:
-		old = mmap(NULL, b->len, PROT_NONE, flags | MAP_NORESERVE, -1, 0);
-		if (old == MAP_FAILED)
-			return -errno;
-		p = mremap(b->addr, b->len, b->len, MREMAP_MAYMOVE | MREMAP_FIXED,
-			   old);
-		if (p != old) {
-			munmap(old, b->len);
-			return p == MAP_FAILED ? -errno : -EADDRNOTAVAIL;
-		}
-		b->old = old;
-		p = mmap(b->addr, b->len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
-		break;
-	case RE_DONTNEED:
-		if (madvise(b->addr, b->len, MADV_DONTNEED))
-			return -errno;
-		break;
-	default:
-		return -EINVAL;
-	}
-	if (p == MAP_FAILED)
-		return -errno;
-	if (p != b->addr) {
-		/* An old kernel took MAP_FIXED_NOREPLACE as a hint. */
-		munmap(p, b->len);
-		return -EADDRNOTAVAIL;
-	}
-	memset(b->addr, 0, b->len);
-	return 0;
+	return realloc_at(b->addr, b->len, how, &b->old);
 }
 
 /* ---- The checks with the memreg monitor ----------------------------------- */

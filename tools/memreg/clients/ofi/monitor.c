@@ -22,6 +22,7 @@
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <net/if.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -1296,5 +1297,95 @@ int siw_setup(const struct siw_net *net, bool may_setup, char *why,
 		}
 		sleep_us(50000);
 	}
+	return 0;
+}
+
+/* ---- Test buffers -------------------------------------------------------- */
+
+/*
+ * A pattern that differs for every seed: xorshift64 words. Buffers are
+ * multiples of 8 bytes long.
+ */
+void pattern_fill(void *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL;
+	uint64_t *p = buf;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		p[i] = x;
+	}
+}
+
+/* True when @buf holds exactly the pattern of @seed. */
+bool pattern_match(const void *buf, size_t len, uint64_t seed)
+{
+	uint64_t x = seed * 0x9e3779b97f4a7c15ULL + 0x2545f4914f6cdd1dULL;
+	const uint64_t *p = buf;
+	size_t i;
+
+	for (i = 0; i < len / 8; i++) {
+		x ^= x << 13;
+		x ^= x >> 7;
+		x ^= x << 17;
+		if (p[i] != x)
+			return false;
+	}
+	return true;
+}
+
+const char *const realloc_name[RE_NR] = {
+	[RE_MUNMAP] = "munmap+mmap",
+	[RE_FIXED] = "mmap MAP_FIXED over it",
+	[RE_MREMAP] = "mremap away+mmap",
+	[RE_DONTNEED] = "MADV_DONTNEED",
+};
+
+int realloc_at(char *addr, size_t len, enum realloc_how how, char **old_out)
+{
+	const int prot = PROT_READ | PROT_WRITE;
+	const int flags = MAP_PRIVATE | MAP_ANONYMOUS;
+	void *p = addr, *old;
+
+	switch (how) {
+	case RE_MUNMAP:
+		if (munmap(addr, len))
+			return -errno;
+		p = mmap(addr, len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+		break;
+	case RE_FIXED:
+		p = mmap(addr, len, prot, flags | MAP_FIXED, -1, 0);
+		break;
+	case RE_MREMAP:
+		old = mmap(NULL, len, PROT_NONE, flags | MAP_NORESERVE, -1, 0);
+		if (old == MAP_FAILED)
+			return -errno;
+		p = mremap(addr, len, len, MREMAP_MAYMOVE | MREMAP_FIXED,
+			   old);
+		if (p != old) {
+			munmap(old, len);
+			return p == MAP_FAILED ? -errno : -EADDRNOTAVAIL;
+		}
+		*old_out = old;
+		p = mmap(addr, len, prot, flags | MAP_FIXED_NOREPLACE, -1, 0);
+		break;
+	case RE_DONTNEED:
+		if (madvise(addr, len, MADV_DONTNEED))
+			return -errno;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (p == MAP_FAILED)
+		return -errno;
+	if (p != addr) {
+		/* An old kernel took MAP_FIXED_NOREPLACE as a hint. */
+		munmap(p, len);
+		return -EADDRNOTAVAIL;
+	}
+	memset(addr, 0, len);
 	return 0;
 }

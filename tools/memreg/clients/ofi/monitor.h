@@ -255,4 +255,31 @@ struct rdma_res {
 /* Fills @res for the RDMA device @name: 0, or -errno (-ENODEV: not listed). */
 int rdma_res_get(const char *name, struct rdma_res *res);
 
+/* ---- Test buffers -------------------------------------------------------- */
+
+/*
+ * A pattern that differs for every seed (xorshift64 words; lengths are
+ * multiples of 8), and whether a buffer holds exactly it.
+ */
+void pattern_fill(void *buf, size_t len, uint64_t seed);
+bool pattern_match(const void *buf, size_t len, uint64_t seed);
+
+/* How a buffer's memory is freed and allocated again at the same address. */
+enum realloc_how {
+	RE_MUNMAP,	/* munmap, then mmap at the same address */
+	RE_FIXED,	/* mmap MAP_FIXED over the live mapping */
+	RE_MREMAP,	/* mremap the old pages away, then mmap at the address */
+	RE_DONTNEED,	/* madvise(MADV_DONTNEED): new pages on the next touch */
+	RE_NR,
+};
+
+extern const char *const realloc_name[RE_NR];
+
+/*
+ * Frees the @len bytes at @addr and allocates new memory at the same
+ * address, faulted in (zeroes); RE_MREMAP leaves the old pages mapped at
+ * *@old_out. -EADDRNOTAVAIL when the address could not be had.
+ */
+int realloc_at(char *addr, size_t len, enum realloc_how how, char **old_out);
+
 #endif /* MEMREG_OFI_MONITOR_H */
