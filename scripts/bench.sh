@@ -2,7 +2,8 @@
 # make bench: boots the guest and runs tools/memreg/bench/memreg-bench.c, printing
 # its table. Every figure is a ratio against a baseline measured in the same
 # guest run. The rows also go to build/bench/results.csv
-# (metric,value,baseline,ratio,target), written only by a run that succeeded.
+# (metric,value,baseline,ratio,target), written only by a run that succeeded,
+# and are drawn (scripts/bench-svg.py) in build/bench/results.svg.
 # The serial log is kept in build/bench.log.
 #
 # The look-up rows hold 100K registrations in one context, one of them 1 GiB:
@@ -44,4 +45,6 @@ rows=$(sed -n 's/^MEMREG-CSV //p' "$log" | grep -v '^metric,' || true)
 	echo "metric,value,baseline,ratio,target"
 	printf '%s\n' "$rows"
 } >"$csv"
-log "results: $csv; serial log: $log"
+python3 "$MEMREG_TOP/scripts/bench-svg.py" "$csv" "${csv%.csv}.svg" ||
+	log "warning: could not draw ${csv%.csv}.svg"
+log "results: $csv, drawn in ${csv%.csv}.svg; serial log: $log"

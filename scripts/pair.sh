@@ -12,7 +12,8 @@
 #                   failure or a side that did not report
 #
 # The pair's own figures go to build/bench/pair.csv
-# (metric,value,baseline,ratio,target).
+# (metric,value,baseline,ratio,target), drawn (scripts/bench-svg.py) in
+# build/bench/pair.svg.
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 mode=${1:-run}
@@ -125,7 +126,9 @@ awk -v out="$csv" '
 		printf "pair_cache_hit_rate,%s,1,%s,\n", h, h >> out
 		printf "%-34s %12s\n", "pair_cache_hit_rate", h
 	}' "$clog"
-log "the pair's figures: $csv; serial logs: $slog, $clog"
+python3 "$MEMREG_TOP/scripts/bench-svg.py" "$csv" "${csv%.csv}.svg" ||
+	log "warning: could not draw ${csv%.csv}.svg"
+log "the pair's figures: $csv, drawn in ${csv%.csv}.svg; serial logs: $slog, $clog"
 
 if [ "$mode" = check ]; then
 	echo "$passed passed, $failed failed"
