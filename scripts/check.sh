@@ -4,7 +4,7 @@
 # module load), every kselftest under tools/testing/selftests/memreg/, the
 # Rust crate's guest test and the libraries' example programs, then reads the
 # serial log. The host checks include the user-space libraries
-# (scripts/check-libs.sh).
+# (scripts/check-libs.sh). Last, the two-guest run (scripts/pair.sh).
 # Prints one line per check and ends with "N passed, N failed"; exits non-zero
 # on any failure, on a kernel BUG/WARNING/Oops/lockdep/KASAN report and on a
 # hung guest.
@@ -229,4 +229,40 @@ else
 	result ok "guest: kernel log free of BUG/WARNING/Oops/lockdep/KASAN reports"
 fi
 echo "      serial log: $log"
+
+# The two-guest run (scripts/pair.sh, two minutes): libfabric's verbs
+# provider over soft-iWARP between two guests, memreg's monitor on both
+# sides. MEMREG_CHECK_PAIR=0 leaves it out.
+if [ "${MEMREG_CHECK_PAIR:-1}" != 0 ]; then
+	pairout=$MEMREG_BUILD/check-pair.out
+	"$MEMREG_TOP/scripts/pair.sh" check >"$pairout" 2>&1
+	prc=$?
+	pairs=0
+	while IFS= read -r line; do
+		case $line in
+		"["*"] ok "*)
+			pairs=$((pairs + 1))
+			rest=${line#*] ok }
+			result ok "pair: ${line%%]*}] ${rest#* - }" ;;
+		"["*"] not ok "*)
+			pairs=$((pairs + 1))
+			rest=${line#*] not ok }
+			result FAIL "pair: ${line%%]*}] ${rest#* - }" ;;
+		"FAIL  ["*)
+			result FAIL "pair: ${line#FAIL  }" ;;
+		esac
+	done <"$pairout"
+	[ "$pairs" -gt 0 ] || result FAIL "pair: the two-guest run reported nothing (output: $pairout)"
+	[ "$prc" = 0 ] || result FAIL "pair: make check-pair exited with status $prc (output: $pairout)"
+	for side in server client; do
+		plog=$MEMREG_BUILD/pair-$side.log
+		if [ -f "$plog" ] && ! grep -E -q "$bad" "$plog"; then
+			result ok "pair: $side guest's kernel log free of BUG/WARNING/Oops/lockdep/KASAN reports"
+		else
+			[ -f "$plog" ] && grep -E -n -m 5 "$bad" "$plog" | sed 's/^/      /'
+			result FAIL "pair: $side guest's kernel log free of BUG/WARNING/Oops/lockdep/KASAN reports"
+		fi
+	done
+	echo "      pair output: $pairout; serial logs: $MEMREG_BUILD/pair-server.log, $MEMREG_BUILD/pair-client.log"
+fi
 finish
