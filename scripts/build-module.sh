@@ -5,7 +5,7 @@
 set -euo pipefail
 . "$(dirname "$0")/config.sh"
 
-log=$MEMREG_BUILD/module-$MEMREG_VARIANT$SERIES_TAG-build.log
+log=$MODULE_DIR-build.log
 mkdir -p "$MODULE_DIR"
 rm -f "$MODULE_DIR"/rust/memreg.o "$MODULE_KO"
 # shellcheck disable=SC2046

@@ -48,6 +48,18 @@ esac
 # The kernel modules are built against, and where the module's objects go.
 MODULE_KDIR=${KDIR:-$KOBJ_DIR}
 MODULE_DIR=$MEMREG_BUILD/module-$MEMREG_VARIANT$SERIES_TAG
+# MEMREG_FAULT=drop-events builds a broken module on purpose (every event is
+# lost), in a directory of its own, to show that the tests catch it.
+MEMREG_FAULT=${MEMREG_FAULT:-}
+case $MEMREG_FAULT in
+'') ;;
+drop-events) MODULE_DIR=$MODULE_DIR-fault-$MEMREG_FAULT ;;
+*)
+	echo "[memreg] error: MEMREG_FAULT must be empty or drop-events" >&2
+	exit 1
+	;;
+esac
+export MEMREG_FAULT
 MODULE_KO=$MODULE_DIR/rust/memreg.ko
 
 # Arguments every kernel make invocation needs.
