@@ -12,7 +12,7 @@ export KDIR KERNEL_SERIES
 CMD ?= memreg-demo
 EXTRA ?=
 
-.PHONY: all run check run-pair check-pair bench toolchain kernel module guest-progs lib install fmt clean distclean
+.PHONY: all run check run-pair check-pair bench bench-host toolchain kernel module guest-progs lib install fmt clean distclean
 
 all: module guest-progs
 
@@ -44,6 +44,9 @@ check-pair:
 
 bench:
 	@$(SCRIPTS)/bench.sh
+
+bench-host:
+	@$(SCRIPTS)/bench-host.sh
 
 # libmemreg (tools/lib/memreg) for this machine, into build/libmemreg.
 LIB_OUT := $(CURDIR)/build/libmemreg/

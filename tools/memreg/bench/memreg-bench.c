@@ -3774,7 +3774,36 @@ static void bench_lib_ring(void)
 	settle(0);
 }
 
-#define RUST_NOP_BENCH	"/bin/memreg-rs-ring_nop_bench"
+/*
+ * The helper programs sit next to this one: /bin in the guest, build/guest-bin
+ * on a host (scripts/bench-host.sh).
+ */
+static char helper_dir[256] = "/bin";
+
+static void find_helper_dir(void)
+{
+	char self[sizeof(helper_dir)];
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	char *slash;
+
+	if (n <= 0)
+		return;
+	self[n] = '\0';
+	slash = strrchr(self, '/');
+	if (!slash || slash == self)
+		return;
+	*slash = '\0';
+	snprintf(helper_dir, sizeof(helper_dir), "%s", self);
+}
+
+/* The path of helper program `name` in `buf`. */
+static const char *helper(char *buf, size_t len, const char *name)
+{
+	snprintf(buf, len, "%s/%s", helper_dir, name);
+	return buf;
+}
+
+#define RUST_NOP_BENCH	"memreg-rs-ring_nop_bench"
 
 /* One NOP posted and busy-polled through libmemreg, as the Rust program does. */
 static void c_nop_round_trip(void *arg, size_t n)
@@ -3802,24 +3831,25 @@ static void c_nop_round_trip(void *arg, size_t n)
 /* Runs the Rust program for `iterations` round trips: its ns per round trip. */
 static double rust_nop(size_t iterations)
 {
-	char cmd[128], line[128];
+	char cmd[512], line[128], prog[300];
 	double ns = 0;
 	FILE *f;
 
-	snprintf(cmd, sizeof(cmd), "%s %zu", RUST_NOP_BENCH, iterations);
+	helper(prog, sizeof(prog), RUST_NOP_BENCH);
+	snprintf(cmd, sizeof(cmd), "'%s' %zu", prog, iterations);
 	f = popen(cmd, "r");
 	if (!f)
-		fail("cannot run %s: %s", RUST_NOP_BENCH, strerror(errno));
+		fail("cannot run %s: %s", prog, strerror(errno));
 	while (fgets(line, sizeof(line), f))
 		if (sscanf(line, "ns_per_op %lf", &ns) == 1)
 			break;
 	if (pclose(f) != 0 || ns <= 0)
-		fail("%s did not report a time", RUST_NOP_BENCH);
+		fail("%s did not report a time", prog);
 	return ns;
 }
 
-#define UCX_CLIENT	"/bin/memreg-ucx-rcache"
-#define OFI_CLIENT	"/bin/memreg-ofi-mrcache"
+#define UCX_CLIENT	"memreg-ucx-rcache"
+#define OFI_CLIENT	"memreg-ofi-mrcache"
 
 /*
  * Runs a client with `args` and returns the figure of its "BENCH `name` ns"
@@ -3828,12 +3858,12 @@ static double rust_nop(size_t iterations)
  */
 static struct fig client_fig(const char *prog, const char *args, const char *name)
 {
-	char cmd[256], line[256], key[64];
+	char cmd[512], line[256], key[64], path[300];
 	struct fig f = { 0, 0 };
 	double ns;
 	FILE *p;
 
-	snprintf(cmd, sizeof(cmd), "%s %s 2>/dev/null", prog, args);
+	snprintf(cmd, sizeof(cmd), "'%s' %s 2>/dev/null", helper(path, sizeof(path), prog), args);
 	p = popen(cmd, "r");
 	if (!p)
 		fail("cannot run %s: %s", prog, strerror(errno));
@@ -3856,9 +3886,11 @@ static struct fig client_fig(const char *prog, const char *args, const char *nam
 static void bench_clients(void)
 {
 	struct fig hm[ROUNDS], hh[ROUNDS], mm[ROUNDS], mh[ROUNDS], oh[ROUNDS], om[ROUNDS];
+	char u[300], o[300];
 	int k;
 
-	if (access(UCX_CLIENT, X_OK) || access(OFI_CLIENT, X_OK)) {
+	if (access(helper(u, sizeof(u), UCX_CLIENT), X_OK) ||
+	    access(helper(o, sizeof(o), OFI_CLIENT), X_OK)) {
 		printf("\nthe clients are not installed: no ucx_* or ofi_* rows\n");
 		return;
 	}
@@ -3889,9 +3921,10 @@ static void bench_rust_ring(void)
 	struct memreg_sqe s;
 	struct memreg_cqe out;
 	size_t iterations;
+	char prog[300];
 	int fd, k, ret;
 
-	if (access(RUST_NOP_BENCH, X_OK)) {
+	if (access(helper(prog, sizeof(prog), RUST_NOP_BENCH), X_OK)) {
 		printf("\n%s not installed: no rust_ring_nop_vs_c_ring row\n", RUST_NOP_BENCH);
 		return;
 	}
@@ -4007,14 +4040,25 @@ int main(int argc, char **argv)
 {
 	/*
 	 * "memreg-bench lib": only the rows of the user-space libraries;
-	 * "memreg-bench clients": only the clients' rows.
+	 * "memreg-bench clients": only the clients' rows;
+	 * "memreg-bench host": every row but the clients' (which set up
+	 * soft-iWARP on a dummy device), on a machine of one's own, with the
+	 * REGISTER miss rows only when the kernel has CONFIG_GUP_TEST.
 	 */
 	bool lib_only = argc > 1 && !strcmp(argv[1], "lib");
 	bool clients_only = argc > 1 && !strcmp(argv[1], "clients");
+	bool host = argc > 1 && !strcmp(argv[1], "host");
 	int gup;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n");
+	if (argc > 1 && !lib_only && !clients_only && !host)
+		fail("usage: memreg-bench [lib|clients|host]");
+	find_helper_dir();
+	if (host)
+		printf("memreg benchmark (this machine: every figure is a ratio against a baseline "
+		       "timed in the same run)\n");
+	else
+		printf("memreg benchmark (guest under emulation: compare the ratios, not the times)\n");
 	settle_clocksource();
 	calibrate_clock();
 	print_clock();
@@ -4027,11 +4071,16 @@ int main(int argc, char **argv)
 		/* The look-up rows need the module loaded for them. */
 		print_module_limits();
 		gup = open("/sys/kernel/debug/gup_test", O_RDWR);
-		if (gup < 0)
+		if (gup >= 0) {
+			bench_miss(gup);
+			close(gup);
+		} else if (host) {
+			printf("\nno /sys/kernel/debug/gup_test (CONFIG_GUP_TEST, debugfs): "
+			       "no register_miss_per_page rows\n");
+		} else {
 			fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s",
 			     strerror(errno));
-		bench_miss(gup);
-		close(gup);
+		}
 		bench_hit();
 		bench_userspace_hit();
 		bench_park();
@@ -4046,7 +4095,7 @@ int main(int argc, char **argv)
 	bench_lib_cache_hit();
 	bench_lib_ring();
 	bench_rust_ring();
-	if (!lib_only)
+	if (!lib_only && !host)
 		bench_clients();
 	print_results();
 	return 0;
