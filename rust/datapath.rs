@@ -288,13 +288,17 @@ impl DataPath {
         Ok(())
     }
 
-    /// DOORBELL: wakes the worker for queue `req.queue`.
+    /// DOORBELL: serves a batch of queue `req.queue` in the caller when the
+    /// worker is asleep, and wakes the worker for what is left (see
+    /// [`worker::serve_inline`]).
     pub(crate) fn doorbell(this: &Arc<Self>, req: &uapi::DoorbellReq) -> OpResult {
-        if this.queue(req.queue).is_none() {
+        let Some(q) = this.queue(req.queue) else {
             return Err(EINVAL.into());
-        }
+        };
         this.stats.doorbells.add(1, Relaxed);
-        Self::kick(this);
+        if worker::serve_inline(this, &q) {
+            Self::kick(this);
+        }
         Ok(())
     }
 

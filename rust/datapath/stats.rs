@@ -17,7 +17,7 @@ pub(crate) struct DataStats {
     pub(super) errors: Atomic<u64>,
     /// DOORBELL calls.
     pub(super) doorbells: Atomic<u64>,
-    /// Runs of the worker.
+    /// Runs of the worker, and batches a DOORBELL served in its caller.
     pub(super) wakeups: Atomic<u64>,
     /// Batches taken.
     pub(super) batches: Atomic<u64>,

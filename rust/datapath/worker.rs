@@ -6,7 +6,10 @@
 //!
 //! The worker is a work item of the data path on the kernel's default
 //! unbound workqueue for long work (a work item never runs twice at once, so
-//! the rings have one consumer). A doorbell queues it. A run that has served
+//! the rings have one consumer). A doorbell that finds no run of the worker
+//! holding its state serves one batch of its queue in the caller's context
+//! first ([`serve_inline`]) and queues the worker only for what is left; a
+//! doorbell that finds a run queues it. A run that has served
 //! requests for [`RUN_BUDGET_US`] queues itself again and returns, so one
 //! busy file never holds a worker of the shared workqueue for good (a single
 //! COPY still runs to its end, rescheduling between its steps). It takes
@@ -270,6 +273,35 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
     taken + written
 }
 
+/// Serves one batch of `q` in the caller's context (a DOORBELL), when no run
+/// of the worker holds its state: the worker is asleep, or queued and not
+/// started. The caller's task pays for the requests (CPU time, memory
+/// cgroup through the owner's as the worker does), and no worker wakes for
+/// what one batch finishes (io_uring's inline issue). Returns whether the
+/// worker is still needed: a run held the state (it serves the queue
+/// itself), requests are left after the batch, or a SEND of `q` waits for
+/// a RECV.
+pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
+    if data.closing.load(Relaxed) {
+        return false;
+    }
+    // A run of the worker holds the state: it serves `q` too.
+    let Some(mut guard) = data.worker.try_lock() else {
+        return true;
+    };
+    let ws = &mut *guard;
+    // A batch served here is the run a doorbell would have started: counted as one.
+    if serve(data, ws, q) > 0 {
+        data.stats.wakeups.add(1, Relaxed);
+    }
+    let waits = ws
+        .waiting
+        .get(q.index as usize)
+        .is_some_and(Option::is_some);
+    drop(guard);
+    waits || q.ready()
+}
+
 /// Arms the timer for the SEND that stops waiting first, if any.
 fn arm_timer(data: &Arc<DataPath>, ws: &WorkerState) {
     let left = ws
@@ -331,10 +363,9 @@ pub(crate) fn run(data: Arc<DataPath>) {
                 // Served long enough: let the workqueue's other items run, and go on in a new
                 // run (the queues stay awake, so no doorbell is needed meanwhile).
                 //
-                // TODO(worker-cpu): a kworker runs this, so the CPU time a process's requests
-                // cost is charged to no CPU cgroup of the process's; a process that keeps
-                // posting keeps a worker busy (in runs of `RUN_BUDGET_US`, each followed by a
-                // reschedule). Running the requests in the caller (issue 20) would charge it.
+                // A kworker runs this, so the CPU time of the requests it serves is charged to
+                // no CPU cgroup of the process's; a DOORBELL that finds the worker asleep
+                // serves a batch in the caller instead (`serve_inline`).
                 let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(data.clone());
                 break;
             }
