@@ -106,6 +106,10 @@ pub(crate) fn transfer(
         if data.is_closing() {
             return Err(ECANCELED.into());
         }
+        // A DOORBELL's caller being killed stops a transfer it serves.
+        if ws.interrupted() {
+            return Err(EINTR.into());
+        }
         if let Some((peer, epoch)) = grant {
             peer::check_grant(peer, epoch)?;
         }

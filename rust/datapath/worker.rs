@@ -44,7 +44,7 @@ use kernel::{
         atomic::{Full, Relaxed},
         Arc,
     },
-    task::resched::cond_resched,
+    task::resched::{cond_resched, fatal_signal_pending},
     time::{jiffies, msecs_to_jiffies, Instant, Jiffies, Monotonic},
     workqueue::dfl,
 };
@@ -59,6 +59,9 @@ pub(crate) const MAX_POLL_US: u32 = 1000;
 pub(super) const INITIAL_POLL_US: u32 = 50;
 /// How long one run serves requests before it queues itself again.
 const RUN_BUDGET_US: i64 = 20000;
+/// How long a DOORBELL serves requests in its caller before it leaves the
+/// rest to the worker (a request under way runs to its end).
+const INLINE_BUDGET_US: i64 = 500;
 
 /// What only the worker touches, under a mutex held for its whole run.
 pub(crate) struct WorkerState {
@@ -75,6 +78,8 @@ pub(crate) struct WorkerState {
     shadow_misses: u64,
     /// Per queue, the SEND waiting for a RECV.
     waiting: [Option<WaitingSend>; uapi::MAX_QUEUES as usize],
+    /// Serving in a DOORBELL's caller, not in the worker.
+    inline: bool,
 }
 
 /// A SEND waiting for a RECV.
@@ -98,7 +103,14 @@ impl WorkerState {
             shadow_hits: 0,
             shadow_misses: 0,
             waiting: [const { None }; uapi::MAX_QUEUES as usize],
+            inline: false,
         })
+    }
+
+    /// Whether a fatal signal stops what is served now: only in a DOORBELL's
+    /// caller (a kernel worker gets none).
+    pub(crate) fn interrupted(&self) -> bool {
+        self.inline && fatal_signal_pending()
     }
 
     /// Drops what the worker kept (the file's release, once the worker no
@@ -225,9 +237,18 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
     // The batch follows the backlog.
     let limit = q.backlog().clamp(1, MAX_BATCH);
     ws.batch_limit = limit;
+    let started = Instant::<Monotonic>::now();
     while taken < limit {
         if data.closing.load(Relaxed) {
             // The file is being released: the rest stays untaken.
+            break;
+        }
+        // In a DOORBELL's caller, the worker takes the rest after a while, or when the caller
+        // is being killed.
+        if ws.inline
+            && taken > 0
+            && (started.elapsed().as_micros_ceil() >= INLINE_BUDGET_US || fatal_signal_pending())
+        {
             break;
         }
         match q.take() {
@@ -290,16 +311,25 @@ pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
         return true;
     };
     let ws = &mut *guard;
+    ws.inline = true;
+    let served = serve(data, ws, q);
+    ws.inline = false;
     // A batch served here is the run a doorbell would have started: counted as one.
-    if serve(data, ws, q) > 0 {
+    if served > 0 {
         data.stats.wakeups.add(1, Relaxed);
+        data.stats
+            .batch_limit
+            .store(u64::from(ws.batch_limit), Relaxed);
     }
     let waits = ws
         .waiting
         .get(q.index as usize)
         .is_some_and(Option::is_some);
+    // Under the worker's mutex: `ready` may write the queue's flags, which only the one
+    // serving the queue writes.
+    let left = waits || q.ready();
     drop(guard);
-    waits || q.ready()
+    left
 }
 
 /// Arms the timer for the SEND that stops waiting first, if any.
