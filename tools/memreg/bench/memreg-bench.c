@@ -1634,7 +1634,7 @@ struct ring {
 	__u64 len;		/* bytes each request moves */
 	/*
 	 * Posting a batch: the doorbell rule is applied once, after the whole
-	 * batch is published, to the first position (as memreg_submit_batch()
+	 * batch is published, to all its positions (as memreg_submit_batch()
 	 * does), so a doorbell that serves the queue in the caller serves the
 	 * batch, not its first request.
 	 */
@@ -1779,12 +1779,25 @@ static void ring_batch(struct ring *r)
 	r->batch_n = 0;
 }
 
-/* Ends a batch: the doorbell rule, once, for its first position. */
+/*
+ * Ends a batch: the doorbell rule, once, for all its positions (this
+ * program's only poster took them in a row): ring when the worker sleeps
+ * and sq_head is any of them, as memreg_submit_batch() does. Checking only
+ * the first would strand the batch's rest when a doorbell serving the queue
+ * in its caller took the first ones before the others were published.
+ */
 static void ring_submit(struct ring *r)
 {
+	__u64 head;
+
 	r->batching = 0;
-	if (r->batch_n)
-		ring_rule(r, r->batch_pos);
+	if (!r->batch_n)
+		return;
+	__atomic_thread_fence(__ATOMIC_SEQ_CST);
+	head = __atomic_load_n(&r->cr->sq_head, __ATOMIC_RELAXED);
+	if ((__atomic_load_n(&r->cr->flags, __ATOMIC_RELAXED) & MEMREG_QUEUE_NEED_WAKEUP) &&
+	    head - r->batch_pos < r->batch_n)
+		ring_doorbell(r);
 	r->batch_n = 0;
 }
 
