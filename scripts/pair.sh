@@ -76,6 +76,12 @@ EOF
 # guests backed off for tens of seconds). The server's QEMU listens, the
 # client's connects once the socket exists.
 sock=$MEMREG_BUILD/pair-net.sock
+# A unix socket's path holds at most 107 bytes: a deep build directory
+# gets one under /tmp instead.
+if [ ${#sock} -gt 100 ]; then
+	sock=$(mktemp -u /tmp/memreg-pair.XXXXXX.sock)
+	trap 'rm -f "$sock"' EXIT
+fi
 rm -f "$sock"
 net() { # MAC server=on|off
 	echo "-netdev stream,id=n0,server=$2,addr.type=unix,addr.path=$sock -device virtio-net-pci,netdev=n0,mac=$1"
