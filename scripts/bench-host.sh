@@ -3,7 +3,7 @@
 # users who want figures from their own hardware. memreg.ko must already be
 # loaded here (on a kernel with the rust/kernel overlay: the project's bench
 # kernel, or one prepared with scripts/overlay.sh), with
-# max_registrations=131072 for the look-up rows. Runs as root.
+# max_registrations=1048576 for the look-up rows. Runs as root.
 #
 # It builds the same static programs the guest runs (build/guest-bin) and
 # runs "memreg-bench host": every row but the clients' (they would set up

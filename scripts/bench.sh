@@ -6,14 +6,14 @@
 # and are drawn (scripts/bench-svg.py) in build/bench/results.svg.
 # The serial log is kept in build/bench.log.
 #
-# The look-up rows hold 100K registrations in one context, one of them 1 GiB:
-# the module is loaded with max_registrations=131072 and the guest gets
-# MEMREG_GUEST_MEM MiB of memory (default 3072 here).
+# The look-up rows hold up to 1M registrations in one context, one of them
+# 1 GiB: the module is loaded with max_registrations=1048576 and the guest
+# gets MEMREG_GUEST_MEM MiB of memory (default 8192 here).
 set -euo pipefail
 export MEMREG_VARIANT=bench
 . "$(dirname "$0")/config.sh"
-export MEMREG_GUEST_MEM=${MEMREG_GUEST_MEM:-3072}
-modargs="max_registrations=131072"
+export MEMREG_GUEST_MEM=${MEMREG_GUEST_MEM:-8192}
+modargs="max_registrations=1048576"
 
 "$MEMREG_TOP/scripts/toolchain.sh"
 "$MEMREG_TOP/scripts/build-kernel.sh"
