@@ -393,9 +393,9 @@ pub(crate) fn run(data: Arc<DataPath>) {
                 // Served long enough: let the workqueue's other items run, and go on in a new
                 // run (the queues stay awake, so no doorbell is needed meanwhile).
                 //
-                // A kworker runs this, so the CPU time of the requests it serves is charged to
-                // no CPU cgroup of the process's; a DOORBELL that finds the worker asleep
-                // serves a batch in the caller instead (`serve_inline`).
+                // TODO(worker-cpu): a kworker runs this, so the CPU time of the requests it
+                // serves is charged to no CPU cgroup of the process's; a DOORBELL that finds
+                // the worker asleep serves a batch in the caller instead (`serve_inline`).
                 let _ = dfl::system_dfl_long().enqueue::<_, { work_id::WORKER }>(data.clone());
                 break;
             }
