@@ -80,6 +80,8 @@ pub(crate) struct WorkerState {
     waiting: [Option<WaitingSend>; uapi::MAX_QUEUES as usize],
     /// Serving in a DOORBELL's caller, not in the worker.
     inline: bool,
+    /// Requests the last batch took.
+    last_taken: u32,
 }
 
 /// A SEND waiting for a RECV.
@@ -104,6 +106,7 @@ impl WorkerState {
             shadow_misses: 0,
             waiting: [const { None }; uapi::MAX_QUEUES as usize],
             inline: false,
+            last_taken: 0,
         })
     }
 
@@ -291,6 +294,7 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
         }
     }
     account(data, ws, q, taken, written, errors);
+    ws.last_taken = taken;
     taken + written
 }
 
@@ -300,8 +304,10 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
 /// cgroup through the owner's as the worker does), and no worker wakes for
 /// what one batch finishes (io_uring's inline issue). Returns whether the
 /// worker is still needed: a run held the state (it serves the queue
-/// itself), requests are left after the batch, or a SEND of `q` waits for
-/// a RECV.
+/// itself), requests are left after the batch, a SEND of `q` waits for a
+/// RECV, or the batch held more than one request: a queue that busy is
+/// better served by the worker polling it, which spares its posters the
+/// doorbells.
 pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
     if data.closing.load(Relaxed) {
         return false;
@@ -327,7 +333,7 @@ pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
         .is_some_and(Option::is_some);
     // Under the worker's mutex: `ready` may write the queue's flags, which only the one
     // serving the queue writes.
-    let left = waits || q.ready();
+    let left = waits || ws.last_taken > 1 || q.ready();
     drop(guard);
     left
 }

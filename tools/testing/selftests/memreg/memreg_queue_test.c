@@ -2131,46 +2131,41 @@ TEST_F(dp, worker_sleeps_until_the_doorbell)
 
 /*
  * A doorbell that finds the worker asleep serves the queue in the caller:
- * the completions are in the ring when DOORBELL returns, and the worker
- * stays asleep (NEED_WAKEUP still set, no kworker run). A run of the worker
+ * the completion is in the ring when DOORBELL returns, and the worker stays
+ * asleep (NEED_WAKEUP still set, no kworker run). A run of the worker
  * started by something else may take a round instead, so most rounds, not
- * all, must be served inline.
+ * all, must be served inline. (A doorbell that served more than one
+ * request wakes the worker to poll the busy queue.)
  */
 TEST_F(dp, doorbell_serves_in_the_caller_when_the_worker_sleeps)
 {
 	struct memreg_queue_stats st;
-	struct memreg_cqe c[8];
+	struct memreg_cqe c[1];
 	struct memreg_sqe s;
 	int round, inline_rounds = 0;
 	unsigned int got;
-	__u64 i, ud = 0;
 
-	for (round = 0; round < 5; round++) {
+	for (round = 0; round < 8; round++) {
 		ASSERT_EQ(0, mrq_wait_flags(&self->q, MEMREG_QUEUE_NEED_WAKEUP,
 					    MEMREG_QUEUE_NEED_WAKEUP, sleep_ms(self->fd)));
-		for (i = 0; i < 4; i++) {
-			s = mr_sqe_nop(ud + i);
-			ASSERT_EQ(0, memreg_queue_post(&self->q, &s, MEMREG_POST_NO_DOORBELL,
-						       NULL));
-		}
+		s = mr_sqe_nop(round);
+		ASSERT_EQ(0, memreg_queue_post(&self->q, &s, MEMREG_POST_NO_DOORBELL, NULL));
 		ASSERT_EQ(0, memreg_queue_doorbell(&self->q));
 		/* No waiting: what the doorbell served is there already. */
-		got = memreg_reap_cqes(&self->q, c, 4);
-		if (got == 4 && (memreg_queue_flags(&self->q) & MEMREG_QUEUE_NEED_WAKEUP))
+		got = memreg_reap_cqes(&self->q, c, 1);
+		if (got == 1 && (memreg_queue_flags(&self->q) & MEMREG_QUEUE_NEED_WAKEUP))
 			inline_rounds++;
-		if (got < 4)
-			ASSERT_EQ(4 - got, memreg_wait_cqes(&self->q, c + got, 4 - got, 5000));
-		for (i = 0; i < 4; i++)
-			expect_cqe(_metadata, &c[i], ud + i, 0, 0);
-		ud += 4;
+		if (!got)
+			ASSERT_EQ(1, memreg_wait_cqes(&self->q, c, 1, 5000));
+		expect_cqe(_metadata, &c[0], round, 0, 0);
 	}
-	EXPECT_LE(3, inline_rounds) TH_LOG("%d of 5 rounds served inline", inline_rounds);
+	EXPECT_LE(6, inline_rounds) TH_LOG("%d of 8 rounds served inline", inline_rounds);
 	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
-	EXPECT_EQ(20, st.requests);
-	EXPECT_EQ(20, st.completions);
-	EXPECT_EQ(5, st.doorbells);
+	EXPECT_EQ(8, st.requests);
+	EXPECT_EQ(8, st.completions);
+	EXPECT_EQ(8, st.doorbells);
 	/* Each inline batch counts as one run, like the worker's. */
-	EXPECT_LE(5, st.wakeups);
+	EXPECT_LE(8, st.wakeups);
 }
 
 /* Requests waiting when the worker wakes are taken in batches. */
@@ -2417,8 +2412,11 @@ static void *mixed_poster(void *arg)
 
 /*
  * POSTERS threads post into one queue while one thread reaps: each
- * user_data exactly once, each thread's requests in its order; at
- * saturation the worker keeps polling, so few doorbells are rung.
+ * user_data exactly once, each thread's requests in its order. Doorbells
+ * stay well below one a request: a doorbell that serves more than one
+ * request in its caller wakes the worker, which polls the busy queue with
+ * NEED_WAKEUP clear (a doorbell that serves one request alone, between
+ * the worker's polls, is the price of not waking it for each).
  */
 TEST_F_TIMEOUT(dp, many_posters_one_reaper, 180)
 {
@@ -2471,7 +2469,7 @@ TEST_F_TIMEOUT(dp, many_posters_one_reaper, 180)
 	EXPECT_EQ(want, st.completions - st0.completions);
 	EXPECT_EQ(0, st.errors - st0.errors);
 	EXPECT_EQ(mrq_doorbells(&self->q), st.doorbells - st0.doorbells);
-	EXPECT_GT(want / 4, st.doorbells - st0.doorbells);
+	EXPECT_GT(want / 2, st.doorbells - st0.doorbells);
 	EXPECT_LT(0, st.shadow_hits);
 	EXPECT_LE(st.batch_max, want);
 	TH_LOG("%llu requests: %llu doorbells, %llu wakeups, %llu batches (max %llu), "
