@@ -32,12 +32,5 @@ rc=$?
 set -e
 grep -v '^MEMREG-CSV ' "$out" || true
 [ $rc = 0 ] || die "benchmark failed (status $rc); see $out"
-rows=$(sed -n 's/^MEMREG-CSV //p' "$out" | grep -v '^metric,' || true)
-[ -n "$rows" ] || die "the benchmark printed no results; see $out"
-{
-	echo "metric,value,baseline,ratio,target"
-	printf '%s\n' "$rows"
-} >"$csv"
-python3 "$MEMREG_TOP/scripts/bench-svg.py" "$csv" "${csv%.csv}.svg" ||
-	log "warning: could not draw ${csv%.csv}.svg"
+bench_csv "$out" "$csv"
 log "results: $csv, drawn in ${csv%.csv}.svg; output: $out"

@@ -39,12 +39,5 @@ set -e
 sed -n '/^MEMREG-BENCH-BEGIN/,/^MEMREG-BENCH-END/p' "$log" | sed '1d;$d' |
 	grep -v '^MEMREG-CSV ' || true
 [ $rc = 0 ] || die "benchmark failed (status $rc); see $log"
-rows=$(sed -n 's/^MEMREG-CSV //p' "$log" | grep -v '^metric,' || true)
-[ -n "$rows" ] || die "the benchmark printed no results; see $log"
-{
-	echo "metric,value,baseline,ratio,target"
-	printf '%s\n' "$rows"
-} >"$csv"
-python3 "$MEMREG_TOP/scripts/bench-svg.py" "$csv" "${csv%.csv}.svg" ||
-	log "warning: could not draw ${csv%.csv}.svg"
+bench_csv "$log" "$csv"
 log "results: $csv, drawn in ${csv%.csv}.svg; serial log: $log"

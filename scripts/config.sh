@@ -69,3 +69,23 @@ kmake_args() {
 
 log() { printf '[memreg] %s\n' "$*" >&2; }
 die() { printf '[memreg] error: %s\n' "$*" >&2; exit 1; }
+
+# Draws a results CSV (metric,value,baseline,ratio,target) as the same name
+# with .svg; a drawing that fails only warns, the CSV is the record.
+bench_svg() { # CSV
+	python3 "$MEMREG_TOP/scripts/bench-svg.py" "$1" "${1%.csv}.svg" ||
+		log "warning: could not draw ${1%.csv}.svg"
+}
+
+# Writes the "MEMREG-CSV " lines memreg-bench printed to LOG into CSV, with
+# its header, and draws it; fails when there are none.
+bench_csv() { # LOG CSV
+	local rows
+	rows=$(sed -n 's/^MEMREG-CSV //p' "$1" | grep -v '^metric,' || true)
+	[ -n "$rows" ] || die "the benchmark printed no results; see $1"
+	{
+		echo "metric,value,baseline,ratio,target"
+		printf '%s\n' "$rows"
+	} >"$2"
+	bench_svg "$2"
+}

@@ -151,8 +151,7 @@ awk -v out="$csv" '
 		printf "pair_cache_hit_rate,%s,1,%s,\n", h, h >> out
 		printf "%-34s %12s\n", "pair_cache_hit_rate", h
 	}' "$clog"
-python3 "$MEMREG_TOP/scripts/bench-svg.py" "$csv" "${csv%.csv}.svg" ||
-	log "warning: could not draw ${csv%.csv}.svg"
+bench_svg "$csv"
 log "the pair's figures: $csv, drawn in ${csv%.csv}.svg; serial logs: $slog, $clog"
 
 if [ "$mode" = check ]; then

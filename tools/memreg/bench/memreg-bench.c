@@ -1730,12 +1730,10 @@ static void ring_rule(struct ring *r, __u64 pos)
 }
 
 /*
- * Posts a COPY of r->len bytes from (src, soff) to (dst, doff) with the
- * lock-free protocol, and rings the doorbell when the rule says so (at
- * ring_submit() in a batch); 0 when the submission ring is full (nothing
- * posted).
+ * Claims the next slot with the lock-free protocol: the slot, its position
+ * in *posp; NULL when the submission ring is full.
  */
-static int ring_post_copy(struct ring *r, __u64 dst, __u64 doff, __u64 src, __u64 soff)
+static struct memreg_sq_slot *ring_claim(struct ring *r, __u64 *posp)
 {
 	__u64 pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED), seq;
 	struct memreg_sq_slot *s;
@@ -1752,10 +1750,43 @@ static int ring_post_copy(struct ring *r, __u64 dst, __u64 doff, __u64 src, __u6
 		}
 		/* Still holding the previous lap's descriptor: full. */
 		if ((__s64)(seq - pos) < 0)
-			return 0;
+			return NULL;
 		/* Another poster took it. */
 		pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED);
 	}
+	*posp = pos;
+	return s;
+}
+
+/*
+ * Publishes slot `s` at `pos`, then applies the doorbell rule (or, in a
+ * batch, leaves it to ring_submit()).
+ */
+static void ring_publish(struct ring *r, struct memreg_sq_slot *s, __u64 pos)
+{
+	__atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
+	if (r->batching) {
+		if (!r->batch_n++)
+			r->batch_pos = pos;
+		return;
+	}
+	ring_rule(r, pos);
+}
+
+/*
+ * Posts a COPY of r->len bytes from (src, soff) to (dst, doff) with the
+ * lock-free protocol, and rings the doorbell when the rule says so (at
+ * ring_submit() in a batch); 0 when the submission ring is full (nothing
+ * posted).
+ */
+static int ring_post_copy(struct ring *r, __u64 dst, __u64 doff, __u64 src, __u64 soff)
+{
+	struct memreg_sq_slot *s;
+	__u64 pos;
+
+	s = ring_claim(r, &pos);
+	if (!s)
+		return 0;
 	s->sqe = (struct memreg_sqe){
 		.opcode = MEMREG_OP_COPY,
 		.user_data = r->posted++,
@@ -1765,13 +1796,7 @@ static int ring_post_copy(struct ring *r, __u64 dst, __u64 doff, __u64 src, __u6
 		.src_offset = soff,
 		.length = r->len,
 	};
-	__atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
-	if (r->batching) {
-		if (!r->batch_n++)
-			r->batch_pos = pos;
-		return 1;
-	}
-	ring_rule(r, pos);
+	ring_publish(r, s, pos);
 	return 1;
 }
 
@@ -3735,30 +3760,14 @@ static void bench_lib_cache_hit(void)
 /* Posts a NOP with the hand-written protocol (as ring_post_copy()). */
 static int raw_post_nop(struct ring *r)
 {
-	__u64 pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED), seq;
 	struct memreg_sq_slot *s;
+	__u64 pos;
 
-	for (;;) {
-		s = &r->slots[pos & (r->sq_entries - 1)];
-		seq = __atomic_load_n(&s->seq, __ATOMIC_ACQUIRE);
-		if (seq == pos) {
-			if (__atomic_compare_exchange_n(&r->su->insert, &pos, pos + 1, 0,
-							__ATOMIC_RELAXED, __ATOMIC_RELAXED))
-				break;
-			continue;
-		}
-		if ((__s64)(seq - pos) < 0)
-			return 0;
-		pos = __atomic_load_n(&r->su->insert, __ATOMIC_RELAXED);
-	}
+	s = ring_claim(r, &pos);
+	if (!s)
+		return 0;
 	s->sqe = (struct memreg_sqe){ .opcode = MEMREG_OP_NOP, .user_data = r->posted++ };
-	__atomic_store_n(&s->seq, pos + 1, __ATOMIC_RELEASE);
-	if (r->batching) {
-		if (!r->batch_n++)
-			r->batch_pos = pos;
-		return 1;
-	}
-	ring_rule(r, pos);
+	ring_publish(r, s, pos);
 	return 1;
 }
 
