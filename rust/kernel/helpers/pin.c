@@ -99,3 +99,20 @@ __rust_helper void rust_helper_put_page(struct page *page)
 {
 	put_page(page);
 }
+
+/*
+ * 2^@order physically contiguous pages, split so each is its own (one
+ * reference each), or NULL. The allocator neither warns nor tries hard for
+ * them: callers fall back to smaller runs.
+ */
+__rust_helper struct page *rust_helper_alloc_pages_split(gfp_t gfp, unsigned int order)
+{
+	struct page *page;
+
+	if (order > MAX_PAGE_ORDER)
+		return NULL;
+	page = alloc_pages(gfp | __GFP_NOWARN | __GFP_NORETRY, order);
+	if (page && order)
+		split_page(page, order);
+	return page;
+}

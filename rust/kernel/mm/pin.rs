@@ -22,11 +22,11 @@
 #![cfg(CONFIG_MEMREG_SUPPORT)]
 
 use crate::{
-    alloc::KVVec,
+    alloc::{Flags, KVVec},
     bindings,
     error::{code::*, Error, Result},
     mm::Mm,
-    page::{Page, PAGE_SHIFT, PAGE_SIZE},
+    page::{BorrowedPage, Page, PAGE_SHIFT, PAGE_SIZE},
     prelude::*,
     sync::{
         aref::ARef,
@@ -695,6 +695,87 @@ impl PinnedPages {
         }
         this.extents.shrink();
         Ok(this)
+    }
+
+    /// Allocates `npages` pages the kernel owns with `flags` (`__GFP_ZERO`
+    /// zeroes them in bulk), in runs of up to `1 << max_order` physically
+    /// contiguous pages while the allocator has them at hand (it is not
+    /// asked to reclaim or compact for a run), single pages otherwise. Each
+    /// page of a run is its own, so each may be mapped on its own (see
+    /// [`PinnedPages::for_each_owned_page`]). `EINVAL` for no page or more
+    /// than `u32::MAX`, `ENOMEM`; nothing is kept on failure.
+    pub fn alloc_owned(npages: usize, flags: Flags, max_order: u32) -> Result<Self> {
+        if npages == 0 || u32::try_from(npages).is_err() {
+            return Err(EINVAL);
+        }
+        let mut raw: KVec<*mut bindings::page> = KVec::with_capacity(npages, GFP_KERNEL)?;
+        // A run larger than the buddy allocator hands out in one piece is refused by the
+        // helper, and single pages follow.
+        let mut order = max_order.min(u32::BITS - 1);
+        let mut failed = false;
+        while raw.len() < npages {
+            let left = npages - raw.len();
+            while order > 0 && (1usize << order) > left {
+                order -= 1;
+            }
+            // SAFETY: An FFI call with valid flags; the helper refuses an order above
+            // `MAX_PAGE_ORDER`.
+            let page = unsafe { bindings::alloc_pages_split(flags.as_raw(), order) };
+            if page.is_null() {
+                if order == 0 {
+                    failed = true;
+                    break;
+                }
+                // No run at hand: single pages from here on.
+                order = 0;
+                continue;
+            }
+            for i in 0..(1usize << order) {
+                // SAFETY: The pages of one buddy allocation are contiguous as `struct page`s, and
+                // `i` is below its size.
+                let _ = raw.push_within_capacity(unsafe { page.add(i) });
+            }
+        }
+        let mut extents = Extents::new();
+        if failed || extents.push_pinned(&raw, core::ptr::null_mut()).is_err() {
+            for &page in raw.iter() {
+                // SAFETY: Each page holds the one reference its allocation gave (a run was
+                // split), released once here; `extents` does not release anything.
+                unsafe { bindings::put_page(page) };
+            }
+            return Err(ENOMEM);
+        }
+        extents.shrink();
+        // INVARIANT: Each page's one reference moves to the result, whose `Drop` puts it.
+        Ok(Self {
+            extents,
+            writable: true,
+            owned: true,
+        })
+    }
+
+    /// Calls `f` with the index and the page of each page, in order, for
+    /// pages the kernel owns ([`PinnedPages::from_pages`],
+    /// [`PinnedPages::alloc_owned`]); `EINVAL` for user pages. Stops at the
+    /// first error `f` returns, and returns it.
+    pub fn for_each_owned_page(&self, mut f: impl FnMut(usize, &Page) -> Result) -> Result {
+        if !self.owned {
+            return Err(EINVAL);
+        }
+        let mut index = 0;
+        for e in self.extents.as_slice() {
+            for i in 0..e.pages {
+                // SAFETY: By the type invariant the frame is a valid page we hold a reference on.
+                let raw = unsafe { bindings::pfn_to_page((e.pfn + u64::from(i)) as usize) };
+                let ptr = NonNull::new(raw).ok_or(EINVAL)?;
+                // SAFETY: The page stays valid while `self` holds its reference, which outlives
+                // the borrow passed to `f`.
+                let page = unsafe { BorrowedPage::from_raw(ptr) };
+                f(index, &page)?;
+                index += 1;
+            }
+        }
+        Ok(())
     }
 
     /// Fills `out` with the page frame numbers of the pinned pages from index

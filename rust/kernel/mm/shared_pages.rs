@@ -62,6 +62,9 @@ pub fn vma_pgoff(vma: &VmaRef) -> usize {
 /// assert_eq!(shared.load_u32(1), Some(7));
 /// assert_eq!(shared.xchg_u32(1, 0), Some(7));
 /// assert_eq!(shared.load_u32(1), Some(0));
+/// assert_eq!(shared.cmpxchg_u64(3, 0, 9), Some(Ok(0)));
+/// assert_eq!(shared.cmpxchg_u64(3, 0, 5), Some(Err(9)));
+/// assert_eq!(shared.cmpxchg_u64(1024, 0, 5), None);
 /// // Out of bounds is refused, not written.
 /// assert!(!shared.store_u64(1024, 1));
 /// assert_eq!(shared.load_u64(1024), None);
@@ -171,6 +174,14 @@ impl SharedPages {
     /// returns what was there, or `None` when out of bounds. Never sleeps.
     pub fn xchg_u32(&self, index: usize, value: u32) -> Option<u32> {
         self.word32(index).map(|w| w.xchg(value, Full))
+    }
+
+    /// Replaces the `index`-th `u64` with `new` if it holds `old` (full
+    /// ordering): `Some(Ok(old))` when replaced, `Some(Err(current))` when
+    /// not, `None` when out of bounds. Never sleeps. What it returns may have
+    /// been written by user space: validate it.
+    pub fn cmpxchg_u64(&self, index: usize, old: u64, new: u64) -> Option<Result<u64, u64>> {
+        self.word64(index).map(|w| w.cmpxchg(old, new, Full))
     }
 
     /// Loads the `index`-th `u64` without ordering (untrusted, as
