@@ -160,6 +160,7 @@ impl Context {
             uapi::MmapArea::Completion(q) => self.data.map(vma, Some(q), false),
             uapi::MmapArea::Submission(q) => self.data.map(vma, Some(q), true),
             uapi::MmapArea::Pool(p) => self.pools.mmap(p, vma),
+            uapi::MmapArea::PoolRing(p) => self.pools.mmap_rings(p, vma),
         }
     }
 

@@ -254,6 +254,11 @@ ioctls! {
         |me, req| me.pools().destroy(&(&req).try_into()?);
     0x18 REVALIDATE: write(uapi::Revalidate, first 16), Owner =>
         |me, req| me.cache().revalidate(req);
+    0x19 POOL_RING: read_write(uapi::PoolRing, first 40), Owner =>
+        |me, req| me.pools().rings(&(&*req).try_into()?).map(|(n, bytes)| {
+            req.count = n;
+            req.map_bytes = bytes;
+        });
 }
 
 #[cfg(CONFIG_MEMREG_KUNIT_TEST)]
@@ -297,6 +302,7 @@ mod tests {
             ("POOL_STATS", ioc(3, 32, 0x16)),
             ("POOL_DESTROY", ioc(1, 8, 0x17)),
             ("REVALIDATE", ioc(1, 16, 0x18)),
+            ("POOL_RING", ioc(3, 40, 0x19)),
         ];
         assert_eq!(TABLE.len(), expected.len());
         for (i, (def, (name, cmd))) in TABLE.iter().zip(expected.iter()).enumerate() {

@@ -7,21 +7,24 @@
 //! when the process maps the pool. Below the partition's boundary the
 //! buffers are the kernel's own pages, mapped into the process and
 //! published as registrations; above it nothing is mapped. The boundary
-//! moves in chunks (at least 64 KiB, whole buffers and whole pages), each
-//! chunk one registration owned by the pool, whose key the buffers in it
-//! carry.
+//! moves in chunks (at least 64 KiB, whole buffers and whole pages); one
+//! growth maps an extent of chunks (up to 2 MiB, from pages in contiguous
+//! runs when the allocator has them), one registration owned by the pool,
+//! whose key the buffers in it carry, and a shrink gives back the last
+//! extent whole.
 //!
 //! A bitmap per partition says which buffers are allocated. ALLOC takes the
 //! lowest free buffer below the partition's allocation limit (the boundary,
-//! or one chunk less while that chunk is being given back), FREE gives it
+//! or one extent less while that extent is being given back), FREE gives it
 //! back by address. When the free buffers fall to the low watermark the
-//! pool's work maps another chunk (grow); when more than the high watermark
-//! stay free for `shrink_ms`, or the module's shrinker asks, the work gives
-//! the last chunk back (shrink): no buffer is handed out from it any more,
-//! the allocated ones in it are waited for and, after the leak timeout,
-//! reclaimed: quarantined (never handed out again until their holder FREEs
-//! them) and, with the chunk, unmapped from the process and their key
-//! ended.
+//! pool's work maps another extent (grow), or the ALLOC that would wait for
+//! it does; when more than the high watermark stay free for `shrink_ms`, or
+//! the module's shrinker asks, the work gives the last extent back
+//! (shrink): no buffer is handed out from it any more, the allocated ones in
+//! it are waited for and, after the leak timeout, reclaimed: quarantined
+//! (never handed out again until their holder FREEs them) and, with the
+//! extent, unmapped from the process and their key ended. With the rings
+//! mapped, the free buffers are lent to them (see [`ring`]).
 //!
 //! The mapping is the pool's own (`MappingOwner`): the pool zaps and
 //! inserts only into the VMA it created, recognised by its owner, never by
@@ -45,7 +48,9 @@
 //!   chunks, quarantine);
 //! - [`grow`]: the pool's work (growth, shrinks, teardown);
 //! - [`pools`]: the pools of a file, their ioctls, and the module-wide list
-//!   the shrinker asks for free chunks.
+//!   the shrinker asks for free chunks;
+//! - [`ring`]: the free-buffer rings shared with user space, which ALLOC
+//!   and FREE without a system call.
 //!
 //! Locks: `Pool::grow_lock` (level 1 of the crate's order), then the address
 //! space's `mmap_lock`, then the cache's lock; `Pool::state` is a leaf.
@@ -53,6 +58,7 @@
 mod grow;
 mod part;
 mod pools;
+mod ring;
 
 pub(crate) use pools::{press_all, reclaimable_pages, Pools};
 
@@ -90,6 +96,10 @@ use part::{div, rem, set_bit, test_bit, Class, PartState};
 /// is pending (a shrink due, a leak timeout).
 const MAX_TIMER_MS: u32 = 100;
 
+/// How long an ALLOC waits at a time, with rings, before it takes them back
+/// again (a push onto a ring wakes nobody).
+const RING_WAIT_SLICE_MS: u32 = 10;
+
 /// A pool's changing state.
 struct PoolState {
     /// The partitions, by class.
@@ -104,6 +114,10 @@ struct PoolState {
     dead: bool,
     /// Memory pressure asked for free chunks back.
     pressure: bool,
+    /// The free-buffer rings, once POOL_RING asked for them.
+    rings: Option<Arc<ring::Rings>>,
+    /// Whether the rings are mapped: the kernel lends buffers to them.
+    rings_mapped: bool,
 }
 
 /// A buffer handed out, as user space gets it: address, key, offset in the
@@ -279,6 +293,8 @@ impl Pool {
                         zapping: None,
                         dead: false,
                         pressure: false,
+                        rings: None,
+                        rings_mapped: false,
                     },
                     "memreg::Pool::state"
                 ),
@@ -360,6 +376,11 @@ impl Pool {
     /// Hands out up to `out.len()` buffers of at least `size` bytes; returns
     /// how many (at least one), waiting up to `timeout_ms` when none is
     /// free. See `struct memreg_pool_alloc` for the errors.
+    ///
+    /// With none of its own free, it takes back the rings' buffers first;
+    /// then, when it may wait, it grows the smallest class itself rather
+    /// than waiting for the pool's work, and lends what is left of the new
+    /// buffers to the rings before it returns.
     pub(crate) fn alloc(
         this: &Arc<Self>,
         size: u64,
@@ -378,6 +399,9 @@ impl Pool {
         };
         let mut left = msecs_to_jiffies(timeout_ms);
         let mut waited = false;
+        let rings = this.has_rings();
+        let mut drained = !rings;
+        let mut grown = false;
         let mut st = this.state.lock();
         loop {
             let base = match (st.dead, st.mapped_at) {
@@ -395,15 +419,13 @@ impl Pool {
                         break;
                     };
                     let chunk = div(i, class.chunk_buffers);
-                    let key = part
-                        .chunks
-                        .get(chunk)
-                        .and_then(Option::as_ref)
-                        .map_or(0, |k| k.registration.lkey());
+                    let (start, key) = part.extent(chunk).map_or((chunk, 0), |(f, e)| {
+                        (f * class.chunk_buffers, e.registration.lkey())
+                    });
                     if let Some(b) = out.get_mut(n) {
                         b.addr = (base + class.offset + i * class.buffer_size) as u64;
                         b.key = key;
-                        b.offset = (rem(i, class.chunk_buffers) * class.buffer_size) as u64;
+                        b.offset = (i.saturating_sub(start) * class.buffer_size) as u64;
                         b.class = c as u32;
                         b.size = class.buffer_size as u32;
                     }
@@ -418,9 +440,6 @@ impl Pool {
                     break;
                 }
             }
-            if grow {
-                Self::queue(this);
-            }
             if n > 0 {
                 if waited {
                     // Counted once per ALLOC that had to wait.
@@ -428,7 +447,56 @@ impl Pool {
                         p.stats.waits += 1;
                     }
                 }
+                drop(st);
+                if grown || (drained && rings) {
+                    // The rings ran dry: what is free goes back to them now.
+                    let _serial = this.grow_lock.lock();
+                    for c in first..last {
+                        this.lend(c);
+                    }
+                }
+                if grow {
+                    Self::queue(this);
+                }
                 return Ok(n);
+            }
+            if !drained {
+                // The rings' buffers are the kernel's again, for this ALLOC and the next.
+                drop(st);
+                {
+                    let _serial = this.grow_lock.lock();
+                    for c in first..last {
+                        this.drain(c);
+                    }
+                }
+                drained = true;
+                st = this.state.lock();
+                continue;
+            }
+            let growable = st
+                .parts
+                .get(first)
+                .zip(this.classes.get(first))
+                .is_some_and(|(part, class)| {
+                    part.boundary < class.max_buffers && !part.grow_failed
+                });
+            if left != 0 && !grown && growable {
+                // About to wait for a growth: do it here, in the caller's time.
+                drop(st);
+                Self::grow_now(this, first);
+                grown = true;
+                st = this.state.lock();
+                continue;
+            }
+            if rings && growable {
+                // Every buffer lent is in use: the work grows the class all the same.
+                if let Some(part) = st.parts.get_mut(first) {
+                    part.starved = true;
+                }
+                grow = true;
+            }
+            if grow {
+                Self::queue(this);
             }
             if left == 0 {
                 if waited {
@@ -441,11 +509,21 @@ impl Pool {
                 return Err(EAGAIN);
             }
             waited = true;
-            match this.changed.wait_interruptible_timeout(&mut st, left) {
+            // A push onto a ring wakes nobody: with rings, the ring is taken back again after
+            // each slice of the wait.
+            let slice = if rings {
+                left.min(msecs_to_jiffies(RING_WAIT_SLICE_MS))
+            } else {
+                left
+            };
+            match this.changed.wait_interruptible_timeout(&mut st, slice) {
                 CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
-                CondVarTimeoutResult::Timeout => left = 0,
-                CondVarTimeoutResult::Woken { jiffies } => left = jiffies,
+                CondVarTimeoutResult::Timeout => left = left.saturating_sub(slice),
+                CondVarTimeoutResult::Woken { jiffies } => {
+                    left = left.saturating_sub(slice.saturating_sub(jiffies))
+                }
             }
+            drained = !rings;
         }
     }
 
@@ -495,6 +573,10 @@ impl Pool {
                 set_bit(&mut part.quarantine, i, false);
                 part.quarantined = part.quarantined.saturating_sub(1);
                 stale = true;
+            } else if test_bit(&part.lent, i) {
+                // Popped from the ring, given back by the system call.
+                set_bit(&mut part.lent, i, false);
+                part.lent_count = part.lent_count.saturating_sub(1);
             } else {
                 part.allocated = part.allocated.saturating_sub(1);
             }

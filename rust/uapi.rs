@@ -113,6 +113,12 @@ pub(crate) const MMAP_POOL_SHIFT: u32 = abi::MEMREG_MMAP_POOL_SHIFT;
 pub(crate) const fn mmap_pool(pool: u32) -> u64 {
     MMAP_POOL_BASE + ((pool as u64) << MMAP_POOL_SHIFT)
 }
+/// The first mmap offset of the pools' rings (`MEMREG_MMAP_POOL_RING(0)`).
+pub(crate) const MMAP_POOL_RING_BASE: u64 = abi::MEMREG_MMAP_POOL_RING_BASE;
+/// Bits of a pool's rings' mmap offset range (`MEMREG_MMAP_POOL_RING`).
+pub(crate) const MMAP_POOL_RING_SHIFT: u32 = abi::MEMREG_MMAP_POOL_RING_SHIFT;
+/// The index of no buffer on a pool's ring.
+pub(crate) const POOL_RING_EMPTY: u32 = abi::MEMREG_POOL_RING_EMPTY;
 pub(crate) const QUEUE_NEED_WAKEUP: u32 = abi::MEMREG_QUEUE_NEED_WAKEUP;
 pub(crate) const QUEUE_CQ_FULL: u32 = abi::MEMREG_QUEUE_CQ_FULL;
 pub(crate) const MAX_IDLE_MS: u64 = abi::MEMREG_MAX_IDLE_MS as u64;
@@ -253,6 +259,12 @@ uapi_wrapper! {
     pub(crate) struct PoolInfo(abi::memreg_pool_info) { pool, count, stats, reserved }
     /// `struct memreg_pool_destroy`.
     pub(crate) struct PoolDestroy(abi::memreg_pool_destroy) { pool, reserved }
+    /// `struct memreg_pool_ring_class`.
+    pub(crate) struct PoolRingClass(abi::memreg_pool_ring_class) {
+        head_offset, next_offset, chunks_offset, nr_chunks, reserved0, lent, stale, rejected,
+    }
+    /// `struct memreg_pool_ring`.
+    pub(crate) struct PoolRing(abi::memreg_pool_ring) { pool, count, classes, map_bytes, reserved }
     /// `struct memreg_revalidate`.
     pub(crate) struct Revalidate(abi::memreg_revalidate) { key, reserved }
 }
@@ -276,6 +288,8 @@ pub(crate) enum MmapArea {
     Completion(u32),
     /// `MEMREG_MMAP_POOL(p)`: a pool's mapping.
     Pool(u32),
+    /// `MEMREG_MMAP_POOL_RING(p)`: a pool's free-buffer rings, read-write.
+    PoolRing(u32),
 }
 
 impl MmapArea {
@@ -294,6 +308,14 @@ impl MmapArea {
             MMAP_EVENTS_HEAD => Self::EventsHead,
             MMAP_MASTER => Self::Master,
             MMAP_MASTER_USER => Self::MasterUser,
+            o if o >= MMAP_POOL_RING_BASE => {
+                let rel = o - MMAP_POOL_RING_BASE;
+                let index = rel >> MMAP_POOL_RING_SHIFT;
+                if rel & ((1 << MMAP_POOL_RING_SHIFT) - 1) != 0 || index >= MAX_POOLS as u64 {
+                    return Err(EINVAL);
+                }
+                Self::PoolRing(index as u32)
+            }
             o if o >= MMAP_POOL_BASE => {
                 let index = (o - MMAP_POOL_BASE) >> MMAP_POOL_SHIFT;
                 let index = u32::try_from(index).map_err(|_| EINVAL)?;
@@ -519,6 +541,21 @@ mod tests {
         assert_eq!(MmapArea::decode(0x4000_0000 + 4096), Err(EINVAL));
         assert_eq!(MmapArea::decode(mmap_pool(15)), Ok(MmapArea::Pool(15)));
         assert_eq!(MmapArea::decode(mmap_pool(2) + 4096), Err(EINVAL));
+        // The rings follow the pools: 2^41 is pool 16's offset, which is none.
+        assert_eq!(mmap_pool(16), MMAP_POOL_RING_BASE);
+        assert_eq!(
+            MmapArea::decode(MMAP_POOL_RING_BASE),
+            Ok(MmapArea::PoolRing(0))
+        );
+        assert_eq!(
+            MmapArea::decode(MMAP_POOL_RING_BASE + (15 << 32)),
+            Ok(MmapArea::PoolRing(15))
+        );
+        assert_eq!(
+            MmapArea::decode(MMAP_POOL_RING_BASE + (16 << 32)),
+            Err(EINVAL)
+        );
+        assert_eq!(MmapArea::decode(MMAP_POOL_RING_BASE + 4096), Err(EINVAL));
         assert_eq!(MmapArea::decode(4096), Err(EINVAL));
     }
 

@@ -6,8 +6,8 @@
 //! teardown of a dead pool. All under `Pool::grow_lock`, one at a time.
 
 use super::{
-    part::{count_bits, div, set_bit, test_bit, Chunk},
-    Pool, PoolState,
+    part::{count_bits, div, set_bit, test_bit, Chunk, MAX_EXTENT_BYTES},
+    Pool, PoolState, MAX_TIMER_MS,
 };
 use crate::{
     cache::{
@@ -21,7 +21,7 @@ use crate::{
 };
 use kernel::{
     mm::{mmu_notifier::IntervalNotifier, pin::PinnedPages, MmWithUser},
-    page::{Page, PAGE_SIZE},
+    page::PAGE_SIZE,
     prelude::*,
     random::{get_random_u32, get_random_u64},
     sync::{aref::ARef, atomic::Relaxed, Arc},
@@ -36,58 +36,52 @@ const UNMAP_WAIT_MS: u32 = 5000;
 /// How often it looks meanwhile.
 const UNMAP_WAIT_STEP_MS: u32 = 5;
 
+/// The largest run of contiguous pages a growth asks for: a whole extent.
+const RUN_ORDER: u32 = (MAX_EXTENT_BYTES / PAGE_SIZE).trailing_zeros();
+
 impl Pool {
     /// The work: tears the pool down once dead; otherwise grows the
-    /// partitions that want it and gives chunks back where they are due.
+    /// partitions that want it, gives extents back where they are due, and
+    /// lends the free buffers to the rings, if mapped.
     pub(super) fn run(this: &Arc<Self>) {
         let _serial = this.grow_lock.lock();
-        if this.state.lock().dead {
-            Self::teardown(this);
-            return;
+        {
+            let st = this.state.lock();
+            if st.dead {
+                drop(st);
+                Self::teardown(this);
+                return;
+            }
+            // The rings may be mapped first: nothing to grow or lend before the pool is.
+            if st.mapped_at.is_none() {
+                return;
+            }
         }
+        let rings = this.has_rings();
         let mut again: Option<u32> = None;
         for c in 0..this.classes.len() {
             let Some(class) = this.classes.get(c) else {
                 break;
             };
-            // Up to the initial size, then to above the low watermark.
-            loop {
-                let want = {
-                    let mut st = this.state.lock();
-                    let dead = st.dead;
-                    let Some(part) = st.parts.get_mut(c) else {
-                        break;
-                    };
-                    // A chunk on its way out is kept rather than a new one mapped.
-                    if part.wants_growth(class) && part.cancel_shrink(class) {
-                        continue;
-                    }
-                    !dead
-                        && part.boundary < class.max_buffers
-                        && (part.boundary < class.initial || part.wants_growth(class))
-                };
-                if !want {
-                    break;
-                }
-                if let Err(e) = Self::grow(this, c) {
-                    let mut st = this.state.lock();
-                    if let Some(part) = st.parts.get_mut(c) {
-                        part.grow_failed = true;
-                    }
-                    drop(st);
-                    pr_debug!(
-                        "memreg: pool {} class {} cannot grow: {:?}\n",
-                        this.index,
-                        c,
-                        e
-                    );
-                    break;
-                }
-                this.changed.notify_all();
-                cond_resched();
+            // What the ring holds is counted before a shrink is looked at: under pressure, or
+            // while the class may shrink by use (looked at again every `MAX_TIMER_MS`).
+            let watch = rings && {
+                let st = this.state.lock();
+                st.pressure
+                    || (class.high != 0
+                        && st.parts.get(c).is_some_and(|p| p.boundary > class.initial))
+            };
+            if watch {
+                this.drain(c);
+                again = Some(MAX_TIMER_MS);
             }
+            Self::grow_class(this, c, true);
             if let Some(ms) = Self::shrink_step(this, c) {
                 again = Some(again.map_or(ms, |a| a.min(ms)));
+            }
+            if rings {
+                this.publish_limit(c);
+                this.lend(c);
             }
         }
         this.state.lock().pressure = false;
@@ -95,6 +89,73 @@ impl Pool {
         if let Some(ms) = again {
             Self::arm(this, ms.max(1));
         }
+    }
+
+    /// Grows class `c` up to its initial size, then to above its low
+    /// watermark (counting the buffers lent to the ring as free when
+    /// `lent_free`), one extent at a time. Under `grow_lock`.
+    fn grow_class(this: &Arc<Self>, c: usize, lent_free: bool) {
+        let Some(class) = this.classes.get(c) else {
+            return;
+        };
+        loop {
+            let (want, chunks) = {
+                let mut st = this.state.lock();
+                let dead = st.dead;
+                let Some(part) = st.parts.get_mut(c) else {
+                    return;
+                };
+                // An extent on its way out is kept rather than a new one mapped.
+                if part.wants_growth(class) && part.cancel_shrink() {
+                    continue;
+                }
+                // Lent buffers are not counted as free once an ALLOC found the ring empty.
+                let lent_free = lent_free && !part.starved;
+                let low = if lent_free {
+                    part.wants_growth(class)
+                } else {
+                    part.free <= class.low && !part.grow_failed
+                };
+                (
+                    !dead
+                        && part.boundary < class.max_buffers
+                        && (part.boundary < class.initial || low),
+                    part.chunks_to_grow(class, lent_free),
+                )
+            };
+            if !want {
+                return;
+            }
+            if let Err(e) = Self::grow(this, c, chunks) {
+                let mut st = this.state.lock();
+                if let Some(part) = st.parts.get_mut(c) {
+                    part.grow_failed = true;
+                }
+                drop(st);
+                pr_debug!(
+                    "memreg: pool {} class {} cannot grow: {:?}\n",
+                    this.index,
+                    c,
+                    e
+                );
+                return;
+            }
+            this.changed.notify_all();
+            if !lent_free {
+                // One extent for the ALLOC that asked.
+                return;
+            }
+            cond_resched();
+        }
+    }
+
+    /// Grows class `c` by one extent now, for an ALLOC that found none free
+    /// (its rings, if any, taken back already) and would otherwise wait for
+    /// the work. Process context, no lock held.
+    pub(super) fn grow_now(this: &Arc<Self>, c: usize) {
+        let _serial = this.grow_lock.lock();
+        Self::grow_class(this, c, false);
+        this.publish_limit(c);
     }
 
     /// Counts the pages of fully free chunks, for the shrinker.
@@ -112,20 +173,24 @@ impl Pool {
     }
 
     /// The pages the free buffers beyond each class's low watermark make up,
-    /// in whole chunks: what memory pressure may take back.
+    /// in whole chunks: what memory pressure may take back. Buffers lent to
+    /// a ring count as free (the work finds out when it takes them back).
     pub(super) fn reclaimable_of(&self, st: &PoolState) -> u64 {
         let mut pages = 0u64;
         for (class, part) in self.classes.iter().zip(st.parts.iter()) {
-            let spare = div(part.free.saturating_sub(class.low), class.chunk_buffers);
+            let free = part.free.saturating_add(part.lent_count);
+            let spare = div(free.saturating_sub(class.low), class.chunk_buffers);
             pages = pages.saturating_add((spare * class.chunk_bytes() / PAGE_SIZE) as u64);
         }
         pages
     }
 
-    /// Maps one more chunk of class `c`: allocates and charges its pages,
-    /// publishes its registration and inserts the pages into the mapping,
-    /// then moves the boundary up. Work only, under `grow_lock`.
-    pub(super) fn grow(this: &Arc<Self>, c: usize) -> Result {
+    /// Maps `chunks` more chunks of class `c` as one extent: allocates and
+    /// charges its pages (zeroed, in runs of up to 2 MiB when the allocator
+    /// has them), publishes its one registration and inserts the pages into
+    /// the mapping, then moves the boundary up. Under `grow_lock` (the work,
+    /// or an ALLOC that would otherwise wait for it).
+    pub(super) fn grow(this: &Arc<Self>, c: usize, chunks: usize) -> Result {
         let cache = this.pools.cache();
         let class = this.classes.get(c).ok_or(EINVAL)?;
         let (boundary, base) = {
@@ -133,8 +198,12 @@ impl Pool {
             let part = st.parts.get(c).ok_or(EINVAL)?;
             (part.boundary, st.mapped_at.ok_or(ENXIO)?)
         };
+        let buffers = chunks.checked_mul(class.chunk_buffers).ok_or(EINVAL)?;
+        if chunks == 0 || boundary + buffers > class.max_buffers {
+            return Err(EINVAL);
+        }
         let addr = base + class.offset + boundary * class.buffer_size;
-        let bytes = class.chunk_bytes();
+        let bytes = chunks * class.chunk_bytes();
         let npages = bytes.div_ceil(PAGE_SIZE);
         let mm: ARef<MmWithUser> = cache.mm().mmget_not_zero().ok_or(ENXIO)?;
         // The pages' charges: the pool keeps them until the pages have left the mapping. Past a
@@ -142,15 +211,8 @@ impl Pool {
         let mut charges = this.charges.new_like();
         parked::charge(&mut charges, npages)?;
         // The pages and the registration are the creator's, not the worker's.
-        let mut pages = this.memcg.with_active(|| -> Result<KVec<Page>> {
-            let mut pages = KVec::with_capacity(npages, GFP_KERNEL_ACCOUNT)?;
-            for _ in 0..npages {
-                pages.push(
-                    Page::alloc_page(GFP_KERNEL_ACCOUNT | __GFP_ZERO)?,
-                    GFP_KERNEL_ACCOUNT,
-                )?;
-            }
-            Ok(pages)
+        let pages = this.memcg.with_active(|| {
+            PinnedPages::alloc_owned(npages, GFP_KERNEL_ACCOUNT | __GFP_ZERO, RUN_ORDER)
         })?;
         let seq = cache.next_seq();
         let keys = KeyPair::new(seq, get_random_u32(), get_random_u64()).ok_or(ENOSPC)?;
@@ -178,11 +240,11 @@ impl Pool {
                 .filter(|vma| this.owner.owns(vma))
                 .ok_or(ENXIO)?;
             let mixed = vma.as_mixedmap_vma().ok_or(ENXIO)?;
-            for page in pages.iter_mut() {
-                mixed.vm_insert_page(addr + inserted * PAGE_SIZE, page)?;
+            pages.for_each_owned_page(|i, page| {
+                mixed.vm_insert_page(addr + i * PAGE_SIZE, page)?;
                 inserted += 1;
-            }
-            Ok(())
+                Ok(())
+            })
         })();
         if let Err(e) = inserting {
             if inserted > 0 {
@@ -193,9 +255,10 @@ impl Pool {
             drop(charges);
             return Err(e);
         }
+        let lkey = registration.lkey();
         let parts = Parts {
             backing: Backing::Pinned {
-                pages: PinnedPages::from_pages(pages)?,
+                pages,
                 // Nothing: the pool holds the pages' charges.
                 charges: this.charges.new_like(),
             },
@@ -215,14 +278,21 @@ impl Pool {
             this.zap(addr, bytes);
             return Err(EAGAIN);
         }
+        let first = div(boundary, class.chunk_buffers);
         let mut st = this.state.lock();
         let dead = st.dead;
-        let Some(slot) = st
-            .parts
-            .get_mut(c)
-            .and_then(|part| part.chunks.get_mut(div(boundary, class.chunk_buffers)))
-        else {
-            // Never the case (`c` and the boundary were checked): the chunk ends here, its
+        let Some(part) = st.parts.get_mut(c) else {
+            drop(st);
+            this.end_chunk(chunk);
+            return Err(EINVAL);
+        };
+        for k in first..first + chunks {
+            if let Some(e) = part.extent_of.get_mut(k) {
+                *e = first as u32;
+            }
+        }
+        let Some(slot) = part.chunks.get_mut(first) else {
+            // Never the case (`c` and the boundary were checked): the extent ends here, its
             // pages leave the mapping, and only then do its charges go.
             drop(st);
             this.end_chunk(chunk);
@@ -231,23 +301,22 @@ impl Pool {
         // Kept even when the pool died meanwhile: its teardown, which follows, ends it and
         // takes its pages out of the mapping.
         *slot = Some(chunk);
-        let Some(part) = st.parts.get_mut(c) else {
-            return Err(EINVAL);
-        };
         if dead {
             return Err(ENXIO);
         }
         // The new buffers are free unless some were quarantined there before.
-        let end = boundary + class.chunk_buffers;
+        let end = boundary + buffers;
         let taken = count_bits(&part.bitmap, boundary, end);
         if part.limit == part.boundary {
             part.limit = end;
-            part.free = part
-                .free
-                .saturating_add(class.chunk_buffers.saturating_sub(taken));
+            part.free = part.free.saturating_add(buffers.saturating_sub(taken));
         }
         part.boundary = end;
-        part.stats.grows += 1;
+        part.stats.grows += chunks as u64;
+        part.grow_failed = false;
+        part.starved = false;
+        drop(st);
+        this.publish_chunks(c, first, chunks, lkey);
         Ok(())
     }
 
@@ -308,12 +377,12 @@ impl Pool {
         }
     }
 
-    /// Moves class `c`'s boundary down by one chunk when due: starts it (the
-    /// limit goes down) and finishes it once its buffers are free or their
-    /// leak timeout passed. Returns in how many milliseconds to look again.
+    /// Moves class `c`'s boundary down by its last extent when due: starts
+    /// it (the limit goes down) and finishes it once its buffers are free or
+    /// their leak timeout passed. Returns in how many milliseconds to look
+    /// again.
     pub(super) fn shrink_step(this: &Arc<Self>, c: usize) -> Option<u32> {
         let class = this.classes.get(c)?;
-        let chunk = class.chunk_buffers;
         let (start, finish, retry) = {
             let mut st = this.state.lock();
             let pressure = st.pressure;
@@ -321,7 +390,8 @@ impl Pool {
             if part.boundary == 0 {
                 return None;
             }
-            let first = part.boundary.saturating_sub(chunk);
+            let first = part.last_extent_start(class);
+            let size = part.boundary.saturating_sub(first);
             let mut start = false;
             let mut retry = None;
             if part.limit == part.boundary {
@@ -333,18 +403,20 @@ impl Pool {
                     part.above_high_since = Some(jiffies::now());
                 }
                 let free_in_last =
-                    chunk.saturating_sub(count_bits(&part.bitmap, first, part.boundary));
-                // Never below the initial size.
+                    size.saturating_sub(count_bits(&part.bitmap, first, part.boundary));
+                // Never below the initial size (extents never straddle it), nor so far that
+                // the free buffers left fall to the low watermark.
                 let due_by_use = above
-                    && part.boundary > class.initial
+                    && first >= class.initial
+                    && part.free.saturating_sub(free_in_last) > class.low
                     && part
                         .above_high_since
                         .is_some_and(|s| jiffies::elapsed_ms(s) >= u64::from(this.shrink_ms));
-                // Under pressure, a fully free chunk beyond the low watermark goes.
+                // Under pressure, a fully free extent beyond the low watermark goes.
                 let due_by_pressure = pressure
-                    && free_in_last == chunk
-                    && part.free >= class.low.saturating_add(chunk)
-                    && part.boundary > class.initial;
+                    && free_in_last == size
+                    && part.free >= class.low.saturating_add(size)
+                    && first >= class.initial;
                 if due_by_use || due_by_pressure {
                     part.limit = first;
                     part.free = part.free.saturating_sub(free_in_last);
@@ -357,8 +429,8 @@ impl Pool {
             }
             let mut finish = false;
             if part.limit < part.boundary {
-                let busy = count_bits(&part.bitmap, first, part.boundary)
-                    .saturating_sub(count_bits(&part.quarantine, first, part.boundary));
+                let busy = count_bits(&part.bitmap, part.limit, part.boundary)
+                    .saturating_sub(count_bits(&part.quarantine, part.limit, part.boundary));
                 let waited = part.shrink_since.map_or(0, jiffies::elapsed_ms);
                 if busy == 0 || waited >= u64::from(this.leak_timeout_ms) {
                     finish = true;
@@ -370,49 +442,62 @@ impl Pool {
         };
         if start {
             this.update_reclaimable();
+            this.publish_limit(c);
         }
         if finish {
             Self::finish_shrink(this, c);
-            // Perhaps another chunk is due.
+            // Perhaps another extent is due.
             return Some(1);
         }
         retry
     }
 
-    /// Gives class `c`'s last chunk back: its allocated buffers are
+    /// Gives class `c`'s last extent back: its allocated buffers are
     /// quarantined as leaks, its registration ends, its pages leave the
     /// mapping and are freed, and the boundary moves down.
     pub(super) fn finish_shrink(this: &Arc<Self>, c: usize) {
         let Some(class) = this.classes.get(c) else {
             return;
         };
-        let chunk = class.chunk_buffers;
         let ending = {
             let mut st = this.state.lock();
             let Some(part) = st.parts.get_mut(c) else {
                 return;
             };
-            let Some(first) = part.boundary.checked_sub(chunk) else {
+            let first = part.limit;
+            if first >= part.boundary {
                 return;
-            };
-            let mut leaks = 0;
+            }
+            let mut leaks = 0usize;
+            let mut lent = 0usize;
             for i in first..part.boundary {
                 if test_bit(&part.bitmap, i) && !test_bit(&part.quarantine, i) {
                     set_bit(&mut part.quarantine, i, true);
+                    if test_bit(&part.lent, i) {
+                        // Popped from the ring and never seen back: a leak like any other.
+                        set_bit(&mut part.lent, i, false);
+                        lent += 1;
+                    }
                     leaks += 1;
                 }
             }
-            part.allocated = part.allocated.saturating_sub(leaks);
+            part.allocated = part.allocated.saturating_sub(leaks.saturating_sub(lent));
+            part.lent_count = part.lent_count.saturating_sub(lent);
             part.quarantined = part.quarantined.saturating_add(leaks);
             part.stats.leaks_reclaimed += leaks as u64;
             part.chunks
-                .get_mut(div(first, chunk))
+                .get_mut(div(first, class.chunk_buffers))
                 .and_then(Option::take)
                 .map(|k| (k, first))
         };
         let Some((ending, first)) = ending else {
             return;
         };
+        let chunks = div(
+            ending.registration.info.length as usize,
+            class.chunk_bytes(),
+        );
+        this.publish_chunks(c, div(first, class.chunk_buffers), chunks, 0);
         // The key dies before the pages leave the mapping, and they are freed after; the
         // boundary is seen to move once both are done.
         this.end_chunk(ending);
@@ -421,7 +506,7 @@ impl Pool {
             part.boundary = first;
             part.limit = first;
             part.shrink_since = None;
-            part.stats.shrinks += 1;
+            part.stats.shrinks += chunks as u64;
             part.above_high_since = None;
             // Its charges came back: growth may succeed again.
             part.grow_failed = false;

@@ -4,6 +4,7 @@
 //! buffers, the boundary below which the buffers are mapped, the chunks the
 //! boundary moves by, and the quarantine of reclaimed buffers.
 
+use super::ring::RingStats;
 use crate::{
     accounting::Charges, cache::registration::Registration, stats::GLOBAL_POOL_PAGES, uapi,
 };
@@ -15,6 +16,10 @@ use kernel::{
 
 /// Bytes of memory a chunk holds at least.
 const MIN_CHUNK_BYTES: usize = 64 * 1024;
+
+/// Bytes one growth maps at most: one registration, one notifier, pages in
+/// runs of up to this size when the allocator has them.
+pub(super) const MAX_EXTENT_BYTES: usize = 2 * 1024 * 1024;
 
 /// One size class's fixed parameters.
 pub(crate) struct Class {
@@ -94,8 +99,9 @@ pub(crate) struct PartStats {
     pub(super) leaks_reclaimed: u64,
 }
 
-/// One mapped chunk: its registration, and the charges of its pages, which
-/// stay with the pool until the pages have left the mapping.
+/// One mapped extent: a run of chunks mapped by one growth (up to
+/// [`MAX_EXTENT_BYTES`]), its registration, and the charges of its pages,
+/// which stay with the pool until the pages have left the mapping.
 pub(super) struct Chunk {
     pub(super) registration: Arc<Registration>,
     pub(super) charges: Charges,
@@ -134,14 +140,27 @@ pub(super) struct PartState {
     pub(super) allocated: usize,
     /// Quarantined buffers.
     pub(super) quarantined: usize,
-    /// Each mapped chunk, by chunk index.
+    /// Each mapped extent, at the index of its first chunk.
     pub(super) chunks: KVVec<Option<Chunk>>,
+    /// For each chunk below the boundary, the index of its extent's first
+    /// chunk.
+    pub(super) extent_of: KVVec<u32>,
+    /// One bit per buffer: lent to the free-buffer ring (also set in
+    /// `bitmap`).
+    pub(super) lent: KVVec<u64>,
+    /// Buffers lent to the ring.
+    pub(super) lent_count: usize,
+    /// What the kernel found on the ring.
+    pub(super) ring: RingStats,
     /// Since when more than the high watermark were free (jiffies).
     pub(super) above_high_since: Option<Jiffies>,
     /// Since when the chunk above `limit` waits for its buffers (jiffies).
     pub(super) shrink_since: Option<Jiffies>,
     /// The last growth failed for a limit: grow only after a shrink or FREE.
     pub(super) grow_failed: bool,
+    /// An ALLOC found no buffer here, its ring taken back: the work grows
+    /// the class even though buffers are lent (all of them are in use).
+    pub(super) starved: bool,
     /// Where the search for a free buffer starts (a word index).
     pub(super) hint: usize,
     pub(super) stats: PartStats,
@@ -186,6 +205,7 @@ impl PartState {
         for _ in 0..chunks {
             chunk_slots.push(None, GFP_KERNEL_ACCOUNT)?;
         }
+        let extent_of = KVVec::from_elem(0u32, chunks, GFP_KERNEL_ACCOUNT)?;
         Ok(Self {
             bitmap: KVVec::from_elem(0u64, words, GFP_KERNEL_ACCOUNT)?,
             quarantine: KVVec::from_elem(0u64, words, GFP_KERNEL_ACCOUNT)?,
@@ -195,9 +215,14 @@ impl PartState {
             allocated: 0,
             quarantined: 0,
             chunks: chunk_slots,
+            extent_of,
+            lent: KVVec::from_elem(0u64, words, GFP_KERNEL_ACCOUNT)?,
+            lent_count: 0,
+            ring: RingStats::default(),
             above_high_since: None,
             shrink_since: None,
             grow_failed: false,
+            starved: false,
             hint: 0,
             stats: PartStats::default(),
         })
@@ -223,12 +248,7 @@ impl PartState {
                     break;
                 }
                 let chunk = div(i, class.chunk_buffers);
-                if !self
-                    .chunks
-                    .get(chunk)
-                    .and_then(Option::as_ref)
-                    .is_some_and(Chunk::is_usable)
-                {
+                if !self.extent(chunk).is_some_and(|(_, e)| e.is_usable()) {
                     // Skip the rest of this chunk's buffers in this word: one look per chunk
                     // and word.
                     let end = chunk.saturating_add(1).saturating_mul(class.chunk_buffers);
@@ -250,24 +270,60 @@ impl PartState {
         None
     }
 
-    /// Whether the partition should grow: few free, and a chunk being given
-    /// back (which is kept instead) or room left and no limit hit.
+    /// The extent chunk `chunk` lies in, and the index of its first chunk.
+    pub(super) fn extent(&self, chunk: usize) -> Option<(usize, &Chunk)> {
+        let first = *self.extent_of.get(chunk)? as usize;
+        Some((first, self.chunks.get(first)?.as_ref()?))
+    }
+
+    /// The first buffer of the last extent below the boundary (the boundary
+    /// itself when nothing is mapped).
+    pub(super) fn last_extent_start(&self, class: &Class) -> usize {
+        let Some(last) = div(self.boundary, class.chunk_buffers).checked_sub(1) else {
+            return self.boundary;
+        };
+        self.extent_of.get(last).map_or(self.boundary, |&f| {
+            (f as usize).saturating_mul(class.chunk_buffers)
+        })
+    }
+
+    /// The buffers to map next, in chunks: up to the initial size first,
+    /// then enough to lift the free ones (with those lent to the ring when
+    /// `lent_free`) above the low watermark; at least one chunk, at most
+    /// [`MAX_EXTENT_BYTES`] and what is left.
+    pub(super) fn chunks_to_grow(&self, class: &Class, lent_free: bool) -> usize {
+        let cb = class.chunk_buffers;
+        let lent = if lent_free { self.lent_count } else { 0 };
+        let want = if self.boundary < class.initial {
+            class.initial - self.boundary
+        } else {
+            (class.low + 1).saturating_sub(self.free.saturating_add(lent))
+        };
+        let most = div(MAX_EXTENT_BYTES, class.chunk_bytes()).max(1);
+        let left = div(class.max_buffers.saturating_sub(self.boundary), cb);
+        want.div_ceil(cb.max(1)).max(1).min(most).min(left)
+    }
+
+    /// Whether the partition should grow: few free (counting those lent to
+    /// the ring, which the kernel cannot see being used), and a chunk being
+    /// given back (which is kept instead) or room left and no limit hit.
     pub(super) fn wants_growth(&self, class: &Class) -> bool {
-        self.free <= class.low
+        self.free.saturating_add(self.lent_count) <= class.low
             && (self.limit < self.boundary
                 || (self.boundary < class.max_buffers && !self.grow_failed))
     }
 
     /// Keeps the chunk being given back, if any: its free buffers are handed
     /// out again. Returns whether there was one.
-    pub(super) fn cancel_shrink(&mut self, class: &Class) -> bool {
+    pub(super) fn cancel_shrink(&mut self) -> bool {
         if self.limit >= self.boundary {
             return false;
         }
-        let free =
-            class
-                .chunk_buffers
-                .saturating_sub(count_bits(&self.bitmap, self.limit, self.boundary));
+        let free = (self.boundary - self.limit).saturating_sub(count_bits(
+            &self.bitmap,
+            self.limit,
+            self.boundary,
+        ));
         self.free = self.free.saturating_add(free);
         self.limit = self.boundary;
         self.shrink_since = None;
@@ -333,6 +389,51 @@ mod tests {
     }
 
     #[test]
+    fn growth_is_sized_in_chunks_up_to_an_extent() -> Result {
+        // 4 KiB buffers: 16 to a 64 KiB chunk, 32 chunks to a 2 MiB extent.
+        let c = Class::from_abi(&class(4096, 4096, 4, 0, 1024), 0, 0)?;
+        let mut part = PartState::new(&c)?;
+        // The initial 4 MiB: 2 MiB at a time.
+        assert_eq!(part.chunks_to_grow(&c, true), 32);
+        part.boundary = 512;
+        part.limit = 512;
+        assert_eq!(part.chunks_to_grow(&c, true), 32);
+        // Then what lifts the free buffers above the low watermark: 2 free, one chunk.
+        part.boundary = 1024;
+        part.limit = 1024;
+        part.free = 2;
+        assert_eq!(part.chunks_to_grow(&c, true), 1);
+        assert!(part.wants_growth(&c));
+        // Lent buffers count as free for the work, not for an ALLOC whose ring ran dry.
+        part.lent_count = 10;
+        assert!(!part.wants_growth(&c));
+        assert_eq!(part.chunks_to_grow(&c, false), 1);
+        // Never past the maximum.
+        part.boundary = 4096 - 16;
+        part.limit = part.boundary;
+        assert_eq!(part.chunks_to_grow(&c, false), 1);
+        part.boundary = 4096;
+        assert_eq!(part.chunks_to_grow(&c, false), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn the_last_extent_is_found_from_the_boundary() -> Result {
+        let c = Class::from_abi(&class(4096, 256, 4, 0, 0), 0, 0)?;
+        let mut part = PartState::new(&c)?;
+        assert_eq!(part.last_extent_start(&c), 0);
+        // Chunks 0..4 one extent, 4..6 another.
+        for (k, e) in part.extent_of.iter_mut().enumerate().take(6) {
+            *e = if k < 4 { 0 } else { 4 };
+        }
+        part.boundary = 6 * 16;
+        assert_eq!(part.last_extent_start(&c), 64);
+        part.boundary = 4 * 16;
+        assert_eq!(part.last_extent_start(&c), 0);
+        Ok(())
+    }
+
+    #[test]
     fn a_shrinking_chunk_is_kept_when_buffers_run_low() -> Result {
         let c = Class::from_abi(&class(4096, 64, 4, 40, 16), 0, 0)?;
         let mut part = PartState::new(&c)?;
@@ -341,9 +442,9 @@ mod tests {
         part.free = 2;
         set_bit(&mut part.bitmap, 20, true);
         assert!(part.wants_growth(&c));
-        assert!(part.cancel_shrink(&c));
+        assert!(part.cancel_shrink());
         assert_eq!((part.limit, part.free), (32, 17));
-        assert!(!part.cancel_shrink(&c));
+        assert!(!part.cancel_shrink());
         Ok(())
     }
 }

@@ -263,6 +263,29 @@ impl Pools {
         Ok(pool.nr_classes() as u32)
     }
 
+    /// POOL_RING: describes the rings of pool `req.pool` (creating them on
+    /// the first call) into the user array `req.classes`; returns the
+    /// pool's number of classes and the mapping's length.
+    pub(crate) fn rings(&self, req: &uapi::PoolRingReq) -> OpResult<(u32, u64)> {
+        let pool = self.get(req.pool)?;
+        let n = pool.nr_classes().min(req.count);
+        let mut out: [uapi::PoolRingClass; uapi::POOL_MAX_CLASSES as usize] = uapi::zeroed();
+        let filled = out.get_mut(..n).ok_or(EINVAL)?;
+        let bytes = Pool::rings(&pool, filled)?;
+        let data = AsBytes::as_bytes(&*filled);
+        UserSlice::new(UserPtr::from_addr(req.classes), data.len())
+            .writer()
+            .write_slice(data)?;
+        Ok((pool.nr_classes() as u32, bytes as u64))
+    }
+
+    /// Maps the rings of pool `index` into `vma`; see [`Pool::mmap_rings`].
+    /// `EINVAL` for no pool.
+    pub(crate) fn mmap_rings(&self, index: u32, vma: &kernel::mm::virt::VmaNew) -> Result {
+        let pool = self.get(index)?;
+        Pool::mmap_rings(&pool, vma)
+    }
+
     /// POOL_DESTROY: ends pool `req.pool` for good.
     pub(crate) fn destroy(&self, req: &uapi::PoolDestroyReq) -> OpResult {
         let pool = self

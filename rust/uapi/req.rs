@@ -288,6 +288,30 @@ impl TryFrom<&PoolInfo> for PoolStatsReq {
     }
 }
 
+/// A POOL_RING, decoded: `EINVAL` for a nonzero reserved field.
+#[derive(Clone, Copy)]
+pub(crate) struct PoolRingReq {
+    /// The pool.
+    pub(crate) pool: u32,
+    /// Room in the user array, in classes.
+    pub(crate) count: usize,
+    /// The user array.
+    pub(crate) classes: usize,
+}
+
+impl TryFrom<&PoolRing> for PoolRingReq {
+    type Error = Error;
+
+    fn try_from(req: &PoolRing) -> Result<Self> {
+        check_reserved(&req.reserved)?;
+        Ok(Self {
+            pool: req.pool,
+            count: req.count as usize,
+            classes: usize::try_from(req.classes).map_err(|_| EFAULT)?,
+        })
+    }
+}
+
 /// A POOL_DESTROY, decoded: `EINVAL` for a nonzero reserved field.
 #[derive(Clone, Copy)]
 pub(crate) struct PoolDestroyReq {

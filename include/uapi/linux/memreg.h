@@ -20,7 +20,7 @@
 #include <linux/types.h>
 
 /* The ABI version this header describes, answered by MEMREG_IOC_GET_VERSION. */
-#define MEMREG_ABI_VERSION		4
+#define MEMREG_ABI_VERSION		5
 
 #define MEMREG_IOC_MAGIC		0xB9
 
@@ -907,10 +907,14 @@ struct memreg_queue_connect {
  * own pages, pinned, charged like a registration and mapped; above it
  * nothing is mapped (touching it faults). The boundary moves in chunks of
  * @chunk_buffers buffers: up when free buffers fall to @low_watermark (the
- * pool's work maps a chunk more), down when more than @high_watermark stay
- * free for the pool's @shrink_ms, or under memory pressure. Each chunk is a
- * registration: a buffer's key and offset (from ALLOC) work in COPY and on
- * the rings with the pool's @access, until the chunk leaves.
+ * pool's work, or an ALLOC that would wait, maps more), down when more than
+ * @high_watermark stay free for the pool's @shrink_ms, or under memory
+ * pressure. One growth maps an extent of whole chunks, up to 2 MiB (the
+ * initial size, or what lifts the free buffers above @low_watermark), in
+ * contiguous pages when the kernel has them at hand; an extent is one
+ * registration, and a shrink gives back the last extent whole. A buffer's
+ * key and offset (from ALLOC) work in COPY and on the rings with the
+ * pool's @access, until its extent leaves.
  *
  * A buffer still allocated above a boundary that moves down is waited for
  * @leak_timeout_ms, then reclaimed: its pages leave the mapping and its key
@@ -1111,6 +1115,107 @@ struct memreg_pool_destroy {
 	__u32 reserved;
 };
 
+/*
+ * A pool's free-buffer rings (ABI version 5; see
+ * Documentation/userspace-api/memreg/pools.rst): one per class, in one
+ * mapping per pool (MEMREG_MMAP_POOL_RING(pool), MAP_SHARED, read-write,
+ * the length POOL_RING reports). Each is a lock-free stack of buffer
+ * indexes: @top in its head names the first free buffer, next[] the one
+ * after each. User space pops a buffer (ALLOC) and pushes it back (FREE)
+ * with one compare-and-swap of @top, whose upper 32 bits count the changes
+ * (so a stale pop fails), and no system call. The kernel pushes the
+ * buffers of the chunks it maps and takes back the ones of a chunk it
+ * gives back, and checks every index it takes from a ring: one it never
+ * lent is dropped, one reclaimed as a leak is freed (counted @stale).
+ * Nothing it reads there is trusted; garbage only hurts the process that
+ * writes it.
+ */
+#define MEMREG_MMAP_POOL_RING_BASE	(1ULL << 41)
+#define MEMREG_MMAP_POOL_RING_SHIFT	32
+#define MEMREG_MMAP_POOL_RING(p)	(MEMREG_MMAP_POOL_RING_BASE + ((__u64)(p) << MEMREG_MMAP_POOL_RING_SHIFT))
+#define MEMREG_POOL_RING_EMPTY		0xffffffffU	/* the index of no buffer */
+#define MEMREG_POOL_RING_INDEX(top)	((__u32)(top))
+#define MEMREG_POOL_RING_TAG(top)	((__u32)((top) >> 32))
+#define MEMREG_POOL_RING_TOP(tag, index) (((__u64)(tag) << 32) | (__u32)(index))
+
+/**
+ * struct memreg_pool_ring_head - the head of a class's ring (64 bytes)
+ * @top:      user space and kernel, by compare-and-swap only:
+ *            MEMREG_POOL_RING_TOP(changes, index of the first free buffer
+ *            or MEMREG_POOL_RING_EMPTY)
+ * @limit:    kernel: buffers at or above this index are being given back
+ *            or gone; one popped there must go back by MEMREG_IOC_POOL_FREE
+ *            (which says ESTALE for a reclaimed one), not be used
+ * @reserved0: zero
+ * @reserved: zero
+ */
+struct memreg_pool_ring_head {
+	__u64 top;
+	__u32 limit;
+	__u32 reserved0;
+	__u64 reserved[6];
+};
+
+/**
+ * struct memreg_pool_ring_chunk - what a chunk's buffers carry
+ * @key:    kernel: the local key of the chunk's registration (0 while the
+ *          chunk is not mapped)
+ * @offset: kernel: the offset of the chunk's first buffer in that
+ *          registration; buffer i's is @offset + (i % chunk_buffers) *
+ *          buffer_size
+ */
+struct memreg_pool_ring_chunk {
+	__u64 key;
+	__u64 offset;
+};
+
+/**
+ * struct memreg_pool_ring_class - one class's ring (MEMREG_IOC_POOL_RING)
+ * @head_offset:   out: its struct memreg_pool_ring_head in the mapping
+ * @next_offset:   out: its __u32 next[max_buffers]
+ * @chunks_offset: out: its struct memreg_pool_ring_chunk[@nr_chunks]
+ * @nr_chunks:     out: max_buffers / chunk_buffers
+ * @reserved0:     out: zero
+ * @lent:          out: buffers the kernel lent to the ring (on it, or
+ *                 popped and not yet seen back)
+ * @stale:         out: reclaimed buffers the kernel found pushed back, and
+ *                 freed
+ * @rejected:      out: indexes the kernel found on the ring and dropped: not
+ *                 lent, repeated, or out of range
+ */
+struct memreg_pool_ring_class {
+	__u64 head_offset;
+	__u64 next_offset;
+	__u64 chunks_offset;
+	__u32 nr_chunks;
+	__u32 reserved0;
+	__u64 lent;
+	__u64 stale;
+	__u64 rejected;
+};
+
+/**
+ * struct memreg_pool_ring - a pool's rings (MEMREG_IOC_POOL_RING)
+ * @pool:      in: the pool
+ * @count:     in: room in @classes; out: the pool's number of classes
+ * @classes:   in: user array of @count struct memreg_pool_ring_class,
+ *             filled
+ * @map_bytes: out: the length of the MEMREG_MMAP_POOL_RING(pool) mapping
+ * @reserved:  must be zero
+ *
+ * The rings' memory is allocated (charged to the caller) by the first call.
+ * The kernel lends buffers to the rings once they are mapped (once; not
+ * inherited by fork), after the pool itself; the ioctl ALLOC and FREE keep
+ * working beside them. EINVAL for a bad pool or field, EFAULT, ENOMEM.
+ */
+struct memreg_pool_ring {
+	__u32 pool;
+	__u32 count;
+	__u64 classes;
+	__u64 map_bytes;
+	__u64 reserved[2];
+};
+
 /**
  * struct memreg_revalidate - revalidate a registration (MEMREG_IOC_REVALIDATE)
  * @key:      in: a local key
@@ -1154,5 +1259,6 @@ struct memreg_revalidate {
 #define MEMREG_IOC_POOL_STATS	_IOWR(MEMREG_IOC_MAGIC, 0x16, struct memreg_pool_info)
 #define MEMREG_IOC_POOL_DESTROY	_IOW(MEMREG_IOC_MAGIC, 0x17, struct memreg_pool_destroy)
 #define MEMREG_IOC_REVALIDATE	_IOW(MEMREG_IOC_MAGIC, 0x18, struct memreg_revalidate)
+#define MEMREG_IOC_POOL_RING	_IOWR(MEMREG_IOC_MAGIC, 0x19, struct memreg_pool_ring)
 
 #endif /* _UAPI_LINUX_MEMREG_H */
