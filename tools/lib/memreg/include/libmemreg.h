@@ -436,6 +436,9 @@ int memreg_queue_connect(int fd, __u32 queue, __u32 peer, __u32 remote_queue,
 
 /* ---- Pools -------------------------------------------------------------- */
 
+/* A pool's free-buffer rings as memreg_pool_ring_init() mapped them. */
+struct memreg_pool_rings;
+
 /* A created and mapped pool. */
 struct memreg_pool {
 	int fd;
@@ -444,7 +447,12 @@ struct memreg_pool {
 	size_t map_bytes;
 	__u32 nr_classes;
 	struct memreg_pool_class classes[MEMREG_POOL_MAX_CLASSES];
-	__u64 reserved[4];			/* room to grow: zero */
+	union {
+		/* Its free-buffer rings (memreg_pool_ring_init()), or NULL. */
+		struct memreg_pool_rings *rings;
+		__u64 reserved0;
+	};
+	__u64 reserved[3];			/* room to grow: zero */
 };
 
 /* What memreg_pool_init() creates. */
@@ -460,15 +468,25 @@ struct memreg_pool_params {
 int memreg_pool_init(int fd, const struct memreg_pool_class *classes,
 		     unsigned int nr, const struct memreg_pool_params *params,
 		     struct memreg_pool *pool);
-/* Unmaps the pool, which destroys it. */
+/* Unmaps the pool (and its rings), which destroys it. */
 void memreg_pool_exit(struct memreg_pool *pool);
-/* One buffer of at least @size bytes (MEMREG_POOL_NO_FALLBACK in @flags). */
+/*
+ * POOL_RING, then maps the pool's free-buffer rings: from then on ALLOC and
+ * FREE pop and push buffers there without a system call while the ring of
+ * the class has some (ABI version 5).
+ */
+int memreg_pool_ring_init(struct memreg_pool *pool);
+/*
+ * One buffer of at least @size bytes (MEMREG_POOL_NO_FALLBACK in @flags):
+ * from the ring of the smallest class that fits, else MEMREG_IOC_POOL_ALLOC.
+ */
 int memreg_pool_alloc(struct memreg_pool *pool, __u64 size, __u32 flags,
 		      __u32 timeout_ms, struct memreg_pool_buf *buf);
 /* Up to @count (1 .. MEMREG_POOL_MAX_BATCH) buffers: how many, at least 1. */
 int memreg_pool_alloc_batch(struct memreg_pool *pool, __u64 size, __u32 flags,
 			    __u32 timeout_ms, struct memreg_pool_buf *bufs,
 			    unsigned int count);
+/* Onto the buffer's ring when it has one, else MEMREG_IOC_POOL_FREE. */
 int memreg_pool_free(struct memreg_pool *pool, void *addr);
 /* All or nothing, up to MEMREG_POOL_MAX_BATCH addresses. */
 int memreg_pool_free_batch(struct memreg_pool *pool, void *const *addrs,

@@ -42,6 +42,41 @@ static inline size_t memreg__page_round(size_t n)
 	return (n + page - 1) & ~(page - 1);
 }
 
+/*
+ * One class's free-buffer ring, as memreg_pool_ring_init() checked it:
+ * @head, @next and @chunks lie in the rings' mapping, @base is the class's
+ * first buffer in the pool's.
+ */
+struct memreg__ring_class {
+	struct memreg_pool_ring_head *head;
+	__u32 *next;
+	const struct memreg_pool_ring_chunk *chunks;
+	char *base;
+	__u64 bytes;			/* max_buffers * buffer_size */
+	__u32 max_buffers;
+	__u32 chunk_buffers;
+	__u32 buffer_size;		/* a power of two */
+	__u32 shift;			/* log2(buffer_size) */
+};
+
+/* struct memreg_pool's rings (the header only names it). */
+struct memreg_pool_rings {
+	void *map;			/* the MEMREG_MMAP_POOL_RING mapping */
+	size_t map_bytes;
+	__u32 nr_classes;
+	struct memreg__ring_class cls[MEMREG_POOL_MAX_CLASSES];
+};
+
+/*
+ * Gives @pool the rings of @map (@map_bytes long, laid out as @rc, @nr
+ * classes, from POOL_RING) after checking that every array lies in the
+ * mapping and matches the pool's classes: 0, -EPROTO (nothing kept) or
+ * -ENOMEM. The mapping is @pool's from then on: memreg_pool_exit() unmaps
+ * it. The host tests call it with memory of their own.
+ */
+int memreg__pool_rings_setup(struct memreg_pool *pool, void *map, size_t map_bytes,
+			     const struct memreg_pool_ring_class *rc, unsigned int nr);
+
 /* Microseconds of CLOCK_MONOTONIC. */
 unsigned long long memreg__now_us(void);
 /* One step of a wait loop: yields a few times, then sleeps 50 us a step. */

@@ -4,18 +4,25 @@
  * runs without /dev/memreg. A thread plays the kernel's worker on ordinary
  * memory laid out like the mappings (the submission protocol, completions,
  * the doorbell rule, CQ_FULL), and the readers are fed words that make no
- * sense, as a hostile or broken writer of a shared page would.
+ * sense, as a hostile or broken writer of a shared page would. A pool's
+ * free-buffer rings are laid out in memory of the test's own, filled as the
+ * kernel lends buffers, and popped and pushed by threads at once, and with
+ * garbage on them.
  */
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "libmemreg.h"
+#include "internal.h"
 
 static int failures, checks;
+/* The pool of the ring tests (the threads' too). */
+static struct memreg_pool pool_for_tests;
 
 #define CHECK(cond)								\
 	do {									\
@@ -355,6 +362,389 @@ static void test_no_device(void)
 	CHECK(memreg_flush(-1, NULL) == -EBADF);
 }
 
+/* ---- A pool's free-buffer rings on the test's memory ---- */
+
+#define FR_CLASSES	2
+#define FR_BUFFERS	64	/* per class */
+#define FR_CHUNK	16	/* buffers per chunk */
+#define FR_KEY(c, k)	(0x1000 + (c) * 0x100 + (k))
+
+/*
+ * A pool of two classes (64 and 256 bytes, 64 buffers each, chunks of 16)
+ * on anonymous memory, and its rings laid out as POOL_RING describes them
+ * (heads, then next[] arrays, then chunk tables), as the kernel would fill
+ * them: every chunk mapped with key FR_KEY(class, chunk) and offset
+ * chunk * 0x10000, every buffer on its ring. The descriptor is -1, so that
+ * every ioctl the library falls back to fails with EBADF.
+ */
+static int fake_rings_init(struct memreg_pool *pool)
+{
+	struct memreg_pool_ring_class rc[FR_CLASSES];
+	size_t off = FR_CLASSES * sizeof(struct memreg_pool_ring_head), bytes;
+	__u32 c, i;
+	char *map;
+	int ret;
+
+	memset(pool, 0, sizeof(*pool));
+	pool->fd = -1;
+	pool->nr_classes = FR_CLASSES;
+	for (c = 0; c < FR_CLASSES; c++) {
+		pool->classes[c] = (struct memreg_pool_class){
+			.buffer_size = 64U << (2 * c), .max_buffers = FR_BUFFERS,
+			.chunk_buffers = FR_CHUNK,
+			.offset = c ? FR_BUFFERS * 64 : 0 };
+		rc[c] = (struct memreg_pool_ring_class){
+			.head_offset = c * sizeof(struct memreg_pool_ring_head),
+			.nr_chunks = FR_BUFFERS / FR_CHUNK };
+	}
+	pool->map_bytes = FR_BUFFERS * (64 + 256);
+	pool->map = mmap(NULL, pool->map_bytes, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (pool->map == MAP_FAILED)
+		return -errno;
+	for (c = 0; c < FR_CLASSES; c++) {
+		rc[c].next_offset = off;
+		off += FR_BUFFERS * sizeof(__u32);
+	}
+	for (c = 0; c < FR_CLASSES; c++) {
+		rc[c].chunks_offset = off;
+		off += FR_BUFFERS / FR_CHUNK * sizeof(struct memreg_pool_ring_chunk);
+	}
+	bytes = off;
+	map = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	if (map == MAP_FAILED)
+		return -errno;
+	for (c = 0; c < FR_CLASSES; c++) {
+		struct memreg_pool_ring_head *h = (void *)(map + rc[c].head_offset);
+		struct memreg_pool_ring_chunk *ch = (void *)(map + rc[c].chunks_offset);
+		__u32 *next = (void *)(map + rc[c].next_offset);
+
+		for (i = 0; i < FR_BUFFERS / FR_CHUNK; i++)
+			ch[i] = (struct memreg_pool_ring_chunk){ FR_KEY(c, i), i * 0x10000ULL };
+		h->limit = FR_BUFFERS;
+		/* Lent from the last down: the first pop is buffer 0. */
+		h->top = MEMREG_POOL_RING_TOP(0, MEMREG_POOL_RING_EMPTY);
+		for (i = FR_BUFFERS; i-- > 0;) {
+			next[i] = MEMREG_POOL_RING_INDEX(h->top);
+			h->top = MEMREG_POOL_RING_TOP(MEMREG_POOL_RING_TAG(h->top) + 1, i);
+		}
+	}
+	ret = memreg__pool_rings_setup(pool, map, bytes, rc, FR_CLASSES);
+	if (ret)
+		munmap(map, bytes);
+	return ret;
+}
+
+static struct memreg__ring_class *fr_ring(struct memreg_pool *pool, __u32 c)
+{
+	return &pool->rings->cls[c];
+}
+
+/* The buffers on class @c's ring, walking at most 2 * FR_BUFFERS links. */
+static unsigned int fr_count(struct memreg_pool *pool, __u32 c)
+{
+	struct memreg__ring_class *r = fr_ring(pool, c);
+	__u32 idx = MEMREG_POOL_RING_INDEX(r->head->top);
+	unsigned int n = 0;
+
+	while (idx < FR_BUFFERS && n < 2 * FR_BUFFERS) {
+		n++;
+		idx = r->next[idx];
+	}
+	return n;
+}
+
+/* The index of a buffer the library handed out, checked against its class. */
+static __u32 fr_index(struct memreg_pool *pool, const struct memreg_pool_buf *b)
+{
+	__u64 base = (__u64)(unsigned long)pool->map + pool->classes[b->class].offset;
+
+	return (__u32)((b->addr - base) / b->size);
+}
+
+/* Pop and push through memreg_pool_alloc/free, keys, offsets, the limit. */
+static void test_ring_alloc_free(void)
+{
+	struct memreg_pool_buf b[FR_BUFFERS + 1], one;
+	void *addrs[4];
+	bool seen[FR_BUFFERS] = { false };
+	__u32 i, idx, n;
+
+	CHECK(fake_rings_init(&pool_for_tests) == 0);
+	if (!pool_for_tests.rings)
+		return;
+	/* 1 .. 64 bytes: class 0, buffers 0, 1, ... with their chunk's key and offset. */
+	for (i = 0; i < FR_BUFFERS; i++) {
+		CHECK(memreg_pool_alloc(&pool_for_tests, 1 + i % 64, 0, 0, &b[i]) == 0);
+		idx = fr_index(&pool_for_tests, &b[i]);
+		CHECK(b[i].class == 0 && b[i].size == 64 && idx == i);
+		CHECK(b[i].key == FR_KEY(0, i / FR_CHUNK));
+		CHECK(b[i].offset == (i / FR_CHUNK) * 0x10000ULL + (i % FR_CHUNK) * 64);
+	}
+	CHECK(fr_count(&pool_for_tests, 0) == 0);
+	/* Empty: the ioctl answers (EBADF here); class 1's ring is not taken from. */
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &one) == -EBADF);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, MEMREG_POOL_NO_FALLBACK, 0, &one) == -EBADF);
+	CHECK(fr_count(&pool_for_tests, 1) == FR_BUFFERS);
+	/* 65 bytes: class 1. */
+	CHECK(memreg_pool_alloc(&pool_for_tests, 65, 0, 0, &one) == 0);
+	CHECK(one.class == 1 && one.size == 256 && one.key == FR_KEY(1, 0) && one.offset == 0);
+	CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)one.addr) == 0);
+	/* What the ring cannot answer goes to the ioctl, which refuses it. */
+	CHECK(memreg_pool_alloc(&pool_for_tests, 0, 0, 0, &one) == -EBADF);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 257, 0, 0, &one) == -EBADF);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 16, 1U << 5, 0, &one) == -EBADF);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 16, 0, MEMREG_POOL_MAX_TIMEOUT_MS + 1, &one) ==
+	      -EBADF);
+	CHECK(fr_count(&pool_for_tests, 1) == FR_BUFFERS);
+	/* Free pushes; an address that is not a buffer's start is the kernel's. */
+	CHECK(memreg_pool_free(&pool_for_tests, (char *)(unsigned long)b[5].addr + 1) == -EBADF);
+	CHECK(memreg_pool_free(&pool_for_tests, &one) == -EBADF);
+	for (i = 0; i < FR_BUFFERS; i += 2)
+		CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)b[i].addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS / 2);
+	/* A batch: all or nothing for a repeated address. */
+	addrs[0] = (void *)(unsigned long)b[1].addr;
+	addrs[1] = (void *)(unsigned long)b[3].addr;
+	addrs[2] = (void *)(unsigned long)b[1].addr;
+	CHECK(memreg_pool_free_batch(&pool_for_tests, addrs, 3) == -EINVAL);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS / 2);
+	/* One the kernel refuses: none of the batch is pushed. */
+	addrs[2] = (char *)addrs[1] + 1;
+	CHECK(memreg_pool_free_batch(&pool_for_tests, addrs, 3) == -EBADF);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS / 2);
+	CHECK(memreg_pool_free_batch(&pool_for_tests, addrs, 2) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS / 2 + 2);
+	for (i = 5; i < FR_BUFFERS; i += 2)
+		CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)b[i].addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS);
+	/* A batch from the ring: every buffer once. */
+	CHECK(memreg_pool_alloc_batch(&pool_for_tests, 64, 0, 0, b, FR_BUFFERS) == FR_BUFFERS);
+	for (i = 0; i < FR_BUFFERS; i++) {
+		idx = fr_index(&pool_for_tests, &b[i]);
+		CHECK(idx < FR_BUFFERS && !seen[idx]);
+		if (idx < FR_BUFFERS)
+			seen[idx] = true;
+		CHECK(b[i].key == FR_KEY(0, idx / FR_CHUNK));
+	}
+	/* Part from the ring, the rest asked of the ioctl (EBADF): what the ring had. */
+	for (i = 0; i < 3; i++)
+		CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)b[i].addr) == 0);
+	CHECK(memreg_pool_alloc_batch(&pool_for_tests, 64, 0, 0, b, 8) == 3);
+	CHECK(memreg_pool_alloc_batch(&pool_for_tests, 64, 0, 0, b + 3, 8) == -EBADF);
+	for (i = 0; i < FR_BUFFERS; i++)
+		CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)b[i].addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS);
+	/*
+	 * The limit at 32 and chunk 1 (buffers 16 .. 31) not mapped: pops never
+	 * return those (each goes back by POOL_FREE, EBADF ignored), frees of
+	 * them go to the ioctl, not the ring.
+	 */
+	fr_ring(&pool_for_tests, 0)->head->limit = 32;
+	((struct memreg_pool_ring_chunk *)fr_ring(&pool_for_tests, 0)->chunks)[1].key = 0;
+	n = 0;
+	for (i = 0; i < 100 && fr_count(&pool_for_tests, 0); i++) {
+		/* A pop gives up after a few of those: EBADF then (the kernel would drain). */
+		if (memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b[n]))
+			continue;
+		idx = fr_index(&pool_for_tests, &b[n]);
+		CHECK(idx < 16 && b[n].key == FR_KEY(0, 0));
+		if (++n == FR_BUFFERS)
+			break;
+	}
+	CHECK(n == 16);
+	CHECK(memreg_pool_free(&pool_for_tests, (char *)pool_for_tests.map + 40 * 64) == -EBADF);
+	CHECK(memreg_pool_free(&pool_for_tests, (char *)pool_for_tests.map + 20 * 64) == -EBADF);
+	CHECK(fr_count(&pool_for_tests, 0) == 0);
+	CHECK(memreg_pool_free(&pool_for_tests, (void *)(unsigned long)b[0].addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == 1);
+	CHECK(memreg_pool_ring_init(&pool_for_tests) == -EBUSY);
+	memreg_pool_exit(&pool_for_tests);
+	CHECK(pool_for_tests.rings == NULL && pool_for_tests.map == NULL && pool_for_tests.fd == -1);
+	CHECK(memreg_pool_ring_init(&pool_for_tests) == -EINVAL);
+}
+
+/* A layout that does not fit the mapping or the pool is refused. */
+static void test_ring_bad_layout(void)
+{
+	struct memreg_pool pool = { .fd = -1, .nr_classes = 1 };
+	struct memreg_pool_ring_class rc = { .head_offset = 0, .next_offset = 64,
+					     .chunks_offset = 64 + 4 * FR_BUFFERS,
+					     .nr_chunks = FR_BUFFERS / FR_CHUNK };
+	size_t bytes = 64 + 4 * FR_BUFFERS + 16 * (FR_BUFFERS / FR_CHUNK);
+	static __u64 mem[1024];
+
+	pool.classes[0] = (struct memreg_pool_class){ .buffer_size = 64, .max_buffers = FR_BUFFERS,
+						      .chunk_buffers = FR_CHUNK };
+	pool.map = mem;
+	pool.map_bytes = 64 * FR_BUFFERS;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes - 1, &rc, 1) == -EPROTO);
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 2) == -EPROTO);
+	rc.next_offset = 66;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes + 4, &rc, 1) == -EPROTO);
+	rc.next_offset = 64;
+	rc.nr_chunks++;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes + 16, &rc, 1) == -EPROTO);
+	rc.nr_chunks--;
+	rc.head_offset = ~0ULL - 8;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == -EPROTO);
+	rc.head_offset = 0;
+	pool.map_bytes--;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == -EPROTO);
+	CHECK(pool.rings == NULL);
+}
+
+/* Threads popping and pushing at once: no buffer held by two of them. */
+#define FR_THREADS	4
+#define FR_ROUNDS	20000
+
+struct fr_thread {
+	struct memreg_pool *pool;
+	__u32 owner;
+	unsigned int twice, bad, empty, done;
+};
+
+static void *fr_thread_fn(void *arg)
+{
+	struct fr_thread *t = arg;
+	struct memreg_pool_buf b[2];
+	unsigned int i, k, n;
+
+	for (i = 0; i < FR_ROUNDS; i++) {
+		/* One or two at a time, so that buffers change hands in every order. */
+		n = 1 + (i + t->owner) % 2;
+		for (k = 0; k < n; k++) {
+			__u32 *tag, old;
+
+			if (memreg_pool_alloc(t->pool, 64, 0, 0, &b[k])) {
+				t->empty++;
+				break;
+			}
+			if (fr_index(t->pool, &b[k]) >= FR_BUFFERS || b[k].class) {
+				t->bad++;
+				break;
+			}
+			tag = (__u32 *)(unsigned long)b[k].addr;
+			old = __atomic_exchange_n(tag, t->owner, __ATOMIC_RELAXED);
+			if (old)
+				t->twice++;
+		}
+		n = k;
+		for (k = 0; k < n; k++) {
+			__u32 *tag = (__u32 *)(unsigned long)b[k].addr;
+
+			if (__atomic_load_n(tag, __ATOMIC_RELAXED) != t->owner)
+				t->twice++;
+			__atomic_store_n(tag, 0, __ATOMIC_RELAXED);
+			if (memreg_pool_free(t->pool, tag))
+				t->bad++;
+		}
+		t->done++;
+	}
+	return NULL;
+}
+
+static void test_ring_threads(__u32 limit)
+{
+	struct fr_thread t[FR_THREADS];
+	pthread_t tid[FR_THREADS];
+	bool seen[FR_BUFFERS];
+	struct memreg_pool_buf b;
+	unsigned int i, n;
+	__u32 idx;
+
+	CHECK(fake_rings_init(&pool_for_tests) == 0);
+	if (!pool_for_tests.rings)
+		return;
+	/* With 6, fewer buffers than the threads may hold: the ring runs dry too. */
+	fr_ring(&pool_for_tests, 0)->head->limit = limit;
+	for (i = 0; i < FR_THREADS; i++) {
+		t[i] = (struct fr_thread){ .pool = &pool_for_tests, .owner = i + 1 };
+		pthread_create(&tid[i], NULL, fr_thread_fn, &t[i]);
+	}
+	for (i = 0; i < FR_THREADS; i++) {
+		pthread_join(tid[i], NULL);
+		CHECK(t[i].twice == 0);
+		CHECK(t[i].bad == 0);
+		CHECK(t[i].done == FR_ROUNDS);
+	}
+	/*
+	 * Buffers below the limit are all back on the ring; those above it that
+	 * a pop found went to the ioctl (and were lost: EBADF), and so do the
+	 * rest.
+	 */
+	memset(seen, 0, sizeof(seen));
+	for (i = 0, n = 0; i < 200 && fr_count(&pool_for_tests, 0); i++) {
+		if (memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b))
+			continue;
+		idx = fr_index(&pool_for_tests, &b);
+		CHECK(idx < limit && !seen[idx]);
+		if (idx < limit && !seen[idx]) {
+			seen[idx] = true;
+			n++;
+		}
+	}
+	CHECK(n == limit);
+	CHECK(fr_count(&pool_for_tests, 0) == 0);
+	memreg_pool_exit(&pool_for_tests);
+}
+
+/* Garbage on a ring: a pop never hands out an index past max_buffers, and ends. */
+static void test_ring_garbage(void)
+{
+	struct memreg__ring_class *r;
+	struct memreg_pool_buf b;
+	unsigned int i, n = 0;
+	__u32 idx;
+
+	CHECK(fake_rings_init(&pool_for_tests) == 0);
+	if (!pool_for_tests.rings)
+		return;
+	r = fr_ring(&pool_for_tests, 0);
+	/* A top out of range: empty. */
+	r->head->top = MEMREG_POOL_RING_TOP(7, FR_BUFFERS);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == -EBADF);
+	r->head->top = MEMREG_POOL_RING_TOP(7, 0x7fffffff);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == -EBADF);
+	/* A next out of range: one pop, then empty. */
+	r->head->top = MEMREG_POOL_RING_TOP(7, 3);
+	r->next[3] = 1000;
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == 0);
+	CHECK(fr_index(&pool_for_tests, &b) == 3);
+	CHECK(MEMREG_POOL_RING_INDEX(r->head->top) == 1000);
+	CHECK(MEMREG_POOL_RING_TAG(r->head->top) == 8);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == -EBADF);
+	/* A cycle: a, b, a, ... (the process's own fault), never anything else. */
+	r->head->top = MEMREG_POOL_RING_TOP(0, 9);
+	r->next[9] = 12;
+	r->next[12] = 9;
+	for (i = 0; i < 10; i++) {
+		CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == 0);
+		CHECK(fr_index(&pool_for_tests, &b) == (i % 2 ? 12U : 9U));
+	}
+	/* The same buffer pushed twice: it comes out twice, nothing else breaks. */
+	r->head->top = MEMREG_POOL_RING_TOP(0, MEMREG_POOL_RING_EMPTY);
+	CHECK(memreg_pool_free(&pool_for_tests, pool_for_tests.map) == 0);
+	CHECK(memreg_pool_free(&pool_for_tests, pool_for_tests.map) == 0);
+	CHECK(memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b) == 0 && b.addr ==
+	      (__u64)(unsigned long)pool_for_tests.map);
+	/* Random words everywhere: every buffer handed out is one of the class's. */
+	srand(1);
+	for (i = 0; i < FR_BUFFERS; i++)
+		r->next[i] = (__u32)rand() % (2 * FR_BUFFERS);
+	for (i = 0; i < 10000; i++) {
+		if (i % 16 == 0)
+			r->head->top = MEMREG_POOL_RING_TOP(i, (__u32)rand() % (FR_BUFFERS + 8));
+		if (memreg_pool_alloc(&pool_for_tests, 64, 0, 0, &b))
+			continue;
+		n++;
+		idx = fr_index(&pool_for_tests, &b);
+		CHECK(idx < FR_BUFFERS && b.class == 0 && b.key == FR_KEY(0, idx / FR_CHUNK));
+	}
+	CHECK(n > 0);
+	memreg_pool_exit(&pool_for_tests);
+}
+
 int main(void)
 {
 	test_preps();
@@ -365,6 +755,11 @@ int main(void)
 	test_events_user_data();
 	test_word_valid();
 	test_no_device();
+	test_ring_alloc_free();
+	test_ring_bad_layout();
+	test_ring_threads(6);
+	test_ring_threads(FR_BUFFERS);
+	test_ring_garbage();
 	printf("libmemreg host tests: %d checks, %d failed\n", checks, failures);
 	return failures ? 1 : 0;
 }

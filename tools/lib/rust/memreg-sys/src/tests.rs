@@ -38,6 +38,7 @@ fn ioctl_numbers_match_the_c_macros() {
         (MEMREG_IOC_POOL_STATS, 0xc020b916),
         (MEMREG_IOC_POOL_DESTROY, 0x4008b917),
         (MEMREG_IOC_REVALIDATE, 0x4010b918),
+        (MEMREG_IOC_POOL_RING, 0xc028b919),
     ];
     for (i, &(got, expected)) in want.iter().enumerate() {
         assert_eq!(
@@ -64,6 +65,10 @@ fn ioctl_sizes_follow_the_structures() {
         size(MEMREG_IOC_POOL_CREATE),
         core::mem::size_of::<memreg_pool_create>()
     );
+    assert_eq!(
+        size(MEMREG_IOC_POOL_RING),
+        core::mem::size_of::<memreg_pool_ring>()
+    );
     assert_eq!(size(MEMREG_IOC_PEER_REVOKE), 0);
     assert_eq!(core::mem::size_of::<memreg_sqe>(), 56);
     assert_eq!(core::mem::size_of::<memreg_sq_slot>(), 64);
@@ -83,6 +88,25 @@ fn mmap_offsets_match_the_c_macros() {
     assert_eq!(memreg_mmap_cq(63), 0xbf00_0000);
     assert_eq!(memreg_mmap_pool(0), 0x100_0000_0000);
     assert_eq!(memreg_mmap_pool(15), 0x1f0_0000_0000);
+    assert_eq!(memreg_mmap_pool_ring(0), 0x200_0000_0000);
+    assert_eq!(memreg_mmap_pool_ring(15), 0x20f_0000_0000);
+}
+
+/// A free-buffer ring's `top` as the header's macros pack it.
+#[test]
+fn pool_ring_top_matches_the_c_macros() {
+    let top = memreg_pool_ring_top(7, 42);
+    assert_eq!(top, 0x7_0000_002a);
+    assert_eq!(memreg_pool_ring_index(top), 42);
+    assert_eq!(memreg_pool_ring_tag(top), 7);
+    assert_eq!(
+        memreg_pool_ring_index(memreg_pool_ring_top(u32::MAX, MEMREG_POOL_RING_EMPTY)),
+        MEMREG_POOL_RING_EMPTY
+    );
+    assert_eq!(core::mem::size_of::<memreg_pool_ring>(), 40);
+    assert_eq!(core::mem::size_of::<memreg_pool_ring_class>(), 56);
+    assert_eq!(core::mem::size_of::<memreg_pool_ring_head>(), 64);
+    assert_eq!(core::mem::size_of::<memreg_pool_ring_chunk>(), 16);
 }
 
 /// SHA-256 (FIPS 180-4), enough for one header.
