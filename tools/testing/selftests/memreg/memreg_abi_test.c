@@ -18,7 +18,7 @@
  * REGISTER 56 (ABI v1; 72 since v2, 80 since v4), STATS 144 (v1; 248 since v2), every
  * other ioctl the size it has now; PEER_REVOKE is _IO (size 0).
  *
- * Each ioctl 0x00 .. 0x18 is a variant of the fixture `abi`. Its prepare
+ * Each ioctl 0x00 .. 0x19 is a variant of the fixture `abi`. Its prepare
  * function sets up what a successful call needs (a registration, a queue, a
  * peer, a pool ...) and fills a valid argument, so that the size or the
  * direction is the only thing wrong with the calls that must fail; its check
@@ -48,7 +48,7 @@
 #define V1_REG_REGION_LENGTH	48
 
 /* The first number no ioctl has (update when one is added). */
-#define FIRST_UNUSED_NR		0x19
+#define FIRST_UNUSED_NR		0x1a
 
 #define TAIL			8	/* bytes past the structure in the "larger" cases */
 #define DIR_RW			(_IOC_READ | _IOC_WRITE)
@@ -94,6 +94,7 @@ struct env {
 	struct memreg_pool_buf bufs[2];
 	__u64 addrs[2];
 	struct memreg_pool_stats pst[2];
+	struct memreg_pool_ring_class rcl[2];
 	struct memreg_resync_entry list[2];
 	char data[64];
 };
@@ -752,6 +753,44 @@ static void check_revalidate(struct __test_metadata *_metadata, struct env *e, v
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state);
 }
 
+/* 0x19 POOL_RING */
+static int prep_pool_ring(struct env *e, void *arg)
+{
+	struct memreg_pool_ring *r = arg;
+	int ret = pool_create(e, true);
+
+	memset(e->rcl, 0xaa, sizeof(e->rcl));
+	r->pool = e->pool;
+	r->count = 2;
+	r->classes = PTR(e->rcl);
+	return ret;
+}
+
+static void check_pool_ring(struct __test_metadata *_metadata, struct env *e, void *arg,
+			    bool took)
+{
+	struct memreg_pool_ring *r = arg;
+	void *m;
+
+	if (!took) {
+		EXPECT_TRUE(all_bytes((char *)e->rcl, sizeof(e->rcl), 0xaa));
+		return;
+	}
+	/* One class: one written, the number of classes told, the rings mappable. */
+	EXPECT_EQ(1, r->count);
+	EXPECT_EQ(64 / 16, e->rcl[0].nr_chunks);
+	EXPECT_EQ(0, e->rcl[0].reserved0);
+	EXPECT_EQ(0, e->rcl[0].stale);
+	EXPECT_EQ(0, e->rcl[0].rejected);
+	EXPECT_TRUE(all_bytes((char *)&e->rcl[1], sizeof(e->rcl[1]), 0xaa));
+	ASSERT_NE(0, r->map_bytes);
+	EXPECT_EQ(0, r->map_bytes % PAGE);
+	m = mmap(NULL, r->map_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, e->fd,
+		 MEMREG_MMAP_POOL_RING(e->pool));
+	ASSERT_NE(MAP_FAILED, m);
+	munmap(m, r->map_bytes);
+}
+
 /* ---- The fixture: one variant per ioctl ---- */
 
 FIXTURE(abi)
@@ -804,6 +843,7 @@ IOC(pool_free, MEMREG_IOC_POOL_FREE, 32);
 IOC(pool_stats, MEMREG_IOC_POOL_STATS, 32);
 IOC(pool_destroy, MEMREG_IOC_POOL_DESTROY, 8);
 IOC(revalidate, MEMREG_IOC_REVALIDATE, 16);
+IOC(pool_ring, MEMREG_IOC_POOL_RING, 40);
 
 /* Every number from 0 up to FIRST_UNUSED_NR has its variant, in order. */
 static const struct ioc *const all_iocs[] = {
@@ -812,7 +852,7 @@ static const struct ioc *const all_iocs[] = {
 	&ioc_events_resync, &ioc_queue_create, &ioc_doorbell, &ioc_queue_stats,
 	&ioc_peer_attach, &ioc_peer_detach, &ioc_peer_revoke, &ioc_queue_connect,
 	&ioc_pool_create, &ioc_pool_alloc, &ioc_pool_free, &ioc_pool_stats, &ioc_pool_destroy,
-	&ioc_revalidate,
+	&ioc_revalidate, &ioc_pool_ring,
 };
 
 _Static_assert(ARRAY_SIZE(all_iocs) == FIRST_UNUSED_NR, "one per number");

@@ -870,30 +870,30 @@ TEST(layout_chunks_keys_and_reserved_portion)
 
 	memset(keys, 0, sizeof(keys));
 	for (k = 0; k < 3; k++) {
-		__u32 size = p.cl[k].buffer_size, chunk = p.cl[k].chunk_buffers;
+		__u32 size = p.cl[k].buffer_size;
 
 		/* All but one (the last free one would make the class grow: low 0). */
 		n = alloc_n(&p, size, (int)p.cl[k].initial - 1, 64, MEMREG_POOL_NO_FALLBACK, 0, b,
 			    &err);
 		ASSERT_EQ(p.cl[k].initial - 1, n) TH_LOG("class %u: %d", k, err);
 		for (i = 0; i < n; i++) {
-			/* Lowest first: buffer i, in chunk i / chunk, at its offset there. */
+			/*
+			 * Lowest first: buffer i, at its offset in the one
+			 * extent the initial growth mapped (at most 2 MiB).
+			 */
 			EXPECT_EQ(PTR(baddr(&p, k, i)), b[i].addr) TH_LOG("class %u buf %d", k, i);
 			EXPECT_EQ(size, b[i].size);
 			EXPECT_EQ(k, b[i].class);
-			EXPECT_EQ((__u64)(i % chunk) * size, b[i].offset);
+			EXPECT_EQ((__u64)i * size, b[i].offset);
 			EXPECT_NE(0, b[i].key);
-			if (i % chunk == 0)
-				keys[k][i / chunk] = b[i].key;
+			if (i == 0)
+				keys[k][0] = b[i].key;
 			else
-				EXPECT_EQ(keys[k][i / chunk], b[i].key);
+				EXPECT_EQ(keys[k][0], b[i].key);
 			/* Fresh pages: zero. */
 			EXPECT_TRUE(all_bytes((char *)(unsigned long)b[i].addr, size, 0));
 			memset((char *)(unsigned long)b[i].addr, 'a' + k, size);
 		}
-		/* One key per chunk, all different. */
-		for (i = 1; i * chunk < (__u32)n; i++)
-			EXPECT_NE(keys[k][i - 1], keys[k][i]);
 		/* The last buffer below the boundary is mapped (and free). */
 		EXPECT_EQ(0, probe(baddr(&p, k, n + 1) - 1, 1));
 		/* The empty part faults, for reads and writes, up to the partition's end. */
@@ -903,19 +903,22 @@ TEST(layout_chunks_keys_and_reserved_portion)
 		usleep(50000);
 		EXPECT_EQ(p.cl[k].initial, STAT(&p, k, boundary));
 	}
-	/* The registrations are what QUERY says: a chunk each, with the pool's access. */
-	ASSERT_EQ(0, memreg_query(p.fd, keys[1][1], &q));
-	EXPECT_EQ(PTR(baddr(&p, 1, 16)), q.addr);
-	EXPECT_EQ(CHUNK_BYTES, q.length);
+	/* One key per class: each initial growth was one extent. */
+	EXPECT_NE(keys[0][0], keys[1][0]);
+	EXPECT_NE(keys[1][0], keys[2][0]);
+	/* The registrations are what QUERY says: an extent each, with the pool's access. */
+	ASSERT_EQ(0, memreg_query(p.fd, keys[1][0], &q));
+	EXPECT_EQ(PTR(baddr(&p, 1, 0)), q.addr);
+	EXPECT_EQ(2 * CHUNK_BYTES, q.length);
 	EXPECT_EQ(RW, q.access);
-	EXPECT_EQ(16, q.pages);
+	EXPECT_EQ(32, q.pages);
 	EXPECT_EQ(MEMREG_STATE_VALID, q.state & MEMREG_STATE_VALID);
 	ASSERT_EQ(0, memreg_query(p.fd, keys[2][0], &q));
 	EXPECT_EQ(PTR(baddr(&p, 2, 0)), q.addr);
-	EXPECT_EQ(128 * 1024, q.length);
-	/* A pool's chunk is the pool's: DEREGISTER refuses it. */
-	EXPECT_EQ(-EINVAL, memreg_deregister(p.fd, keys[1][1]));
-	EXPECT_EQ(0, memreg_query(p.fd, keys[1][1], &q));
+	EXPECT_EQ(2 * 128 * 1024, q.length);
+	/* A pool's extent is the pool's: DEREGISTER refuses it. */
+	EXPECT_EQ(-EINVAL, memreg_deregister(p.fd, keys[1][0]));
+	EXPECT_EQ(0, memreg_query(p.fd, keys[1][0], &q));
 	pl_close(&p);
 }
 
@@ -1477,10 +1480,11 @@ TEST(low_watermark_triggers_growth)
 }
 
 /*
- * An ALLOC made right after the mapping waits for the work, which maps a
- * large first class (64 chunks) before it gets to the class asked for.
+ * An ALLOC made right after the mapping, while the work maps a large first
+ * class (64 chunks, two extents), does not wait for the work to get to the
+ * class asked for: it maps that class's first extent itself.
  */
-TEST(alloc_waits_for_growth)
+TEST(alloc_grows_rather_than_waits)
 {
 	struct memreg_pool_class c[2] = {
 		cl(64, MEMREG_POOL_MAX_BUFFERS, 0, 0, MEMREG_POOL_MAX_BUFFERS),
@@ -1500,10 +1504,12 @@ TEST(alloc_waits_for_growth)
 	TH_LOG("ALLOC took %llu ms", (unsigned long long)ms);
 	EXPECT_EQ(1, b.class);
 	EXPECT_EQ(PTR(baddr(&p, 1, 0)), b.addr);
-	EXPECT_EQ(1, STAT(&p, 1, waits));
+	EXPECT_EQ(0, STAT(&p, 1, waits));
 	EXPECT_EQ(0, STAT(&p, 1, timeouts));
 	EXPECT_EQ(0, STAT(&p, 0, waits));
-	EXPECT_EQ(MEMREG_POOL_MAX_BUFFERS, STAT(&p, 0, boundary));
+	EXPECT_EQ(16, STAT(&p, 1, boundary));
+	EXPECT_EQ(1, STAT(&p, 1, grows));
+	ASSERT_EQ(0, pl_wait(&p, 0, boundary, MEMREG_POOL_MAX_BUFFERS));
 	EXPECT_EQ(64, STAT(&p, 0, grows));
 	pl_close(&p);
 	close(fd);
@@ -2005,15 +2011,19 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 	ASSERT_EQ(0, memreg_queue_init(p.fd, 16, 16, -1, &q));
 
 	ASSERT_EQ(2, pl_alloc(&p, 256, 2, MEMREG_POOL_NO_FALLBACK, 0, b));
-	/* Buffers 16 and 17 of class 1, in its second chunk: offsets 0 and 4 KiB there. */
+	/*
+	 * Buffers 16 and 17 of class 1, in its second chunk but in the one
+	 * extent (128 KiB) its initial growth mapped: offsets 64 and 68 KiB.
+	 */
 	ASSERT_EQ(16, pl_alloc(&p, K4, 16, 0, 0, first));
 	ASSERT_EQ(2, pl_alloc(&p, K4, 2, 0, 0, b + 2));
 	EXPECT_EQ(16, bidx(&p, 1, b[2].addr));
-	EXPECT_EQ(0, b[2].offset);
+	EXPECT_EQ(CHUNK_BYTES, b[2].offset);
 	EXPECT_EQ(17, bidx(&p, 1, b[3].addr));
-	EXPECT_EQ(K4, b[3].offset);
-	EXPECT_NE(first[0].key, b[2].key);
+	EXPECT_EQ(CHUNK_BYTES + K4, b[3].offset);
+	EXPECT_EQ(first[0].key, b[2].key);
 	EXPECT_EQ(b[2].key, b[3].key);
+	EXPECT_NE(b[0].key, b[2].key);
 	for (i = 0; i < 4; i++)
 		memset((char *)(unsigned long)b[i].addr, '0' + i, b[i].size);
 
@@ -2025,10 +2035,11 @@ TEST(pool_keys_in_copy_and_on_the_ring)
 	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, b[3].offset + 100, tmp, 50, MEMREG_COPY_TO_REGION));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr + 100, 50, 'T'));
 	EXPECT_TRUE(all_bytes((char *)(unsigned long)b[3].addr, 100, '3'));
-	/* The key covers its chunk (64 KiB), not more. */
-	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, CHUNK_BYTES - 16, tmp, 16, MEMREG_COPY_FROM_REGION));
-	EXPECT_EQ(-EINVAL, memreg_copy(p.fd, b[3].key, CHUNK_BYTES - 8, tmp, 16,
-				   MEMREG_COPY_FROM_REGION));
+	/* The key covers its extent (two chunks, 128 KiB), not more. */
+	EXPECT_EQ(0, memreg_copy(p.fd, b[3].key, 2 * CHUNK_BYTES - 16, tmp, 16,
+				 MEMREG_COPY_FROM_REGION));
+	EXPECT_EQ(-EINVAL, memreg_copy(p.fd, b[3].key, 2 * CHUNK_BYTES - 8, tmp, 16,
+				       MEMREG_COPY_FROM_REGION));
 	/* On the ring: pool -> registration, registration -> pool, pool -> pool. */
 	s = mr_sqe_copy(1, reg.lkey, 0, b[0].key, b[0].offset, 256);
 	ASSERT_EQ(0, memreg_queue_run(&q, &s, &cqe));
@@ -2198,7 +2209,8 @@ TEST(destroy_leaves_nothing)
 	ASSERT_EQ(4, pl_alloc(&p, K4, 4, 0, 0, b));
 	ASSERT_EQ(4, pl_alloc(&p, 1, 4, 0, 0, b + 4));
 	ASSERT_EQ(0, memreg_global_stats(p.fd, &g));
-	EXPECT_EQ(base.regions + 1 + 2, g.regions);
+	/* One extent each: the initial growths (64 KiB and 128 KiB). */
+	EXPECT_EQ(base.regions + 1 + 1, g.regions);
 	EXPECT_EQ(base.pages_pinned + 16 + 32, g.pages_pinned);
 	EXPECT_EQ(0, wait_vmpin(pin0 + 48 * PAGE_KB, 1000));
 
@@ -2747,8 +2759,8 @@ TEST_F_TIMEOUT(slow, another_files_pool_in_the_pools_place, 90)
 		EXPECT_EQ(0, memreg_copy(pb.fd, x.key, x.offset, tmp, 8, MEMREG_COPY_FROM_REGION));
 		EXPECT_TRUE(all_bytes(tmp, 8, 'B'));
 		EXPECT_EQ(32, STAT(&pb, 0, boundary));
-		/* Only B's pool is left: two chunks of 16 pages, in two files. */
-		EXPECT_EQ(0, wait_global_plus(&base, 2, 2, 32, 5000));
+		/* Only B's pool is left: one extent of 32 pages, in two files. */
+		EXPECT_EQ(0, wait_global_plus(&base, 2, 1, 32, 5000));
 		EXPECT_EQ(0, wait_vmpin(pin0 + 32 * PAGE_KB, 1000));
 		pl_close(&pb);
 		pl_close(&pa);

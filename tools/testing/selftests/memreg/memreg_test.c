@@ -16,7 +16,11 @@ _Static_assert(sizeof(struct memreg_copy) == 48, "ABI size");
 _Static_assert(sizeof(struct memreg_global_stats) == 64, "ABI size");
 _Static_assert(sizeof(struct memreg_cache_config) == 64, "ABI size");
 _Static_assert(sizeof(struct memreg_flush) == 32, "ABI size");
-_Static_assert(MEMREG_ABI_VERSION == 4, "ABI version");
+_Static_assert(sizeof(struct memreg_pool_ring) == 40, "ABI size");
+_Static_assert(sizeof(struct memreg_pool_ring_class) == 56, "ABI size");
+_Static_assert(sizeof(struct memreg_pool_ring_head) == 64, "ABI size");
+_Static_assert(sizeof(struct memreg_pool_ring_chunk) == 16, "ABI size");
+_Static_assert(MEMREG_ABI_VERSION == 5, "ABI version");
 _Static_assert(MEMREG_INVAL_NR_CAUSES == 9 && MEMREG_EVICT_NR_REASONS == 5, "ABI arrays");
 
 FIXTURE(dev)
