@@ -42,6 +42,20 @@
  *                            below), on two queues of 256/1024 entries of one
  *                            file, alternating, <= 1.1: what the library
  *                            adds to the protocol;
+ *  pool_alloc_free_userspace_vs_noop_ioctl  libmemreg's memreg_pool_alloc()
+ *                            of one 4 KiB buffer plus memreg_pool_free() of
+ *                            it through the pool's free-buffer ring (a pop
+ *                            and a push, one compare-and-swap each, no
+ *                            system call), against one no-op ioctl
+ *                            (GET_VERSION on the same file), <= 0.1. The pool
+ *                            has one class of 64 buffers of 4 KiB, all
+ *                            mapped (initial 64) and lent to the ring
+ *                            (POOL_RING's `lent` polled until 64) before
+ *                            anything is timed, watermarks 0. POOL_STATS
+ *                            must show no change in `allocated`, `waits`,
+ *                            `timeouts` or `grows` across the timed runs,
+ *                            and `lent` must still be 64: every ALLOC was a
+ *                            pop;
  *  rust_ring_nop_vs_c_ring   one NOP posted and its completion busy-polled,
  *                            by the memreg crate (memreg-rs-ring_nop_bench,
  *                            run as a child, which times itself, twice as
@@ -247,26 +261,28 @@
  *                            four loops of these rows (single, batch, malloc,
  *                            no-op) are measured in an order that rotates
  *                            from round to round;
- *  pool_grow_per_mib_vs_register_miss  growth of a pool by 1 MiB against a
- *                            REGISTER miss of 1 MiB, <= 1.2. Growth: pools of
- *                            one class of 4 KiB buffers with initial = max =
- *                            256 (1 MiB, 16 chunks of 64 KiB, each its own
- *                            registration), created untimed on a fresh file
- *                            (at most MEMREG_MAX_POOLS a file: indexes are
- *                            not reused); timed: mmap of the pool, which
- *                            queues the pool's work, then POOL_STATS polled
- *                            (sched_yield() between polls) until the boundary
- *                            shows the 256 buffers mapped. So the figure
- *                            includes the mmap call, the work's wake-up and
- *                            up to one poll, besides allocating, zeroing,
- *                            charging, publishing and mapping the 256 pages;
- *                            munmap and teardown are untimed (each pool is
- *                            checked to count 16 growths and 256 free buffers
- *                            first). Baseline: REGISTER of 1 MiB of
- *                            pre-faulted private memory (small pages) on a
- *                            file with parking off, every one a miss, as in
- *                            register_miss_per_page_1mib; measured in
- *                            alternating order.
+ *  pool_grow_per_mib_vs_fault_and_register  growth of a pool by 1 MiB
+ *                            against what a process does without a pool for
+ *                            1 MiB of registered memory, <= 1.2. Growth:
+ *                            pools of one class of 4 KiB buffers with
+ *                            initial = max = 256 (1 MiB, 16 chunks of 64 KiB,
+ *                            one extent, one registration), created untimed
+ *                            on a fresh file (at most MEMREG_MAX_POOLS a
+ *                            file: indexes are not reused); timed: mmap of
+ *                            the pool, which queues the pool's work, then
+ *                            POOL_STATS polled (sched_yield() between polls)
+ *                            until the boundary shows the 256 buffers mapped.
+ *                            So the figure includes the mmap call, the work's
+ *                            wake-up and up to one poll, besides allocating,
+ *                            zeroing, charging, publishing and mapping the
+ *                            256 pages; munmap and teardown are untimed (each
+ *                            pool is checked to count 16 chunks grown and 256
+ *                            free buffers first). Baseline, the fair one
+ *                            (both zero their pages): mmap of 1 MiB of
+ *                            private anonymous memory, a write to each of its
+ *                            pages (first touch) and a REGISTER miss of it on
+ *                            a file with parking off; DEREGISTER and munmap
+ *                            untimed. Measured in alternating order;
  *
  * The clock: the guest may run on a coarse clocksource (jiffies, when the
  * TSC was found unstable and nothing better was there). The clock is
@@ -3879,6 +3895,133 @@ static void bench_lib_ring(void)
 }
 
 /*
+ * libmemreg's pool ALLOC + FREE through the free-buffer ring: one
+ * memreg_pool_alloc() of a 4 KiB buffer (a pop) and one memreg_pool_free()
+ * of it (a push), no system call, against one no-op ioctl.
+ */
+#define PR_BUFS		64
+
+struct pring_ctx {
+	struct memreg_pool pool;
+	const char *op;
+	int err;
+	int bad;
+};
+
+static void pring_run(void *arg, size_t n)
+{
+	struct pring_ctx *c = arg;
+	struct memreg_pool_buf b;
+	size_t i;
+	int ret;
+
+	for (i = 0; i < n; i++) {
+		ret = memreg_pool_alloc(&c->pool, 4 * KIB, 0, 0, &b);
+		if (ret) {
+			c->op = "memreg_pool_alloc";
+			c->err = -ret;
+			break;
+		}
+		c->bad |= b.size != 4 * KIB || !b.key;
+		ret = memreg_pool_free(&c->pool, (void *)(unsigned long)b.addr);
+		if (ret) {
+			c->op = "memreg_pool_free";
+			c->err = -ret;
+			break;
+		}
+	}
+}
+
+static void pring_finish(void *arg, size_t n)
+{
+	struct pring_ctx *c = arg;
+
+	(void)n;
+	if (c->err)
+		fail("%s: %s%s", c->op, strerror(c->err), err_hint(c->err));
+	if (c->bad)
+		fail("memreg_pool_alloc gave a buffer of another size, or without a key");
+}
+
+/* Class 0's `lent` from POOL_RING. */
+static __u64 pring_lent(struct memreg_pool *pool)
+{
+	struct memreg_pool_ring_class rc;
+	struct memreg_pool_ring r = { .pool = pool->id, .count = 1,
+				      .classes = (unsigned long)&rc };
+
+	if (ioctl(pool->fd, MEMREG_IOC_POOL_RING, &r))
+		fail("POOL_RING: %s", strerror(errno));
+	return rc.lent;
+}
+
+static void bench_pool_ring(void)
+{
+	struct memreg_pool_class cl = { .buffer_size = 4 * KIB, .max_buffers = PR_BUFS,
+					.initial = PR_BUFS };
+	struct memreg_pool_params params = { .access = RW, .leak_timeout_ms = 1000 };
+	struct pring_ctx c = { 0 };
+	struct batch pb = { .max_n = (size_t)1 << 32, .run = pring_run, .finish = pring_finish,
+			    .arg = &c };
+	struct memreg_pool_stats st0, st;
+	struct fig ring[ROUNDS], noop[ROUNDS], h, z;
+	struct noop_ctx nc;
+	struct batch nb;
+	int fd, i, k, ret;
+
+	fd = memreg_open();
+	if (fd < 0)
+		fail("open /dev/memreg: %s", strerror(-fd));
+	ret = memreg_pool_init(fd, &cl, 1, &params, &c.pool);
+	if (ret)
+		fail("memreg_pool_init: %s", strerror(-ret));
+	ret = memreg_pool_ring_init(&c.pool);
+	if (ret)
+		fail("memreg_pool_ring_init: %s%s", strerror(-ret), err_hint(-ret));
+	/* Untimed: the pool's work maps every buffer and lends it to the ring. */
+	for (i = 0; i < 2000 && pring_lent(&c.pool) != PR_BUFS; i++)
+		usleep(5000);
+	if (pring_lent(&c.pool) != PR_BUFS)
+		fail("pool %u: %llu buffers lent to the ring after 10 s, expected %d", c.pool.id,
+		     (unsigned long long)pring_lent(&c.pool), PR_BUFS);
+	if (memreg_pool_stats(&c.pool, &st0, 1) != 1)
+		fail("POOL_STATS failed");
+	noop_batch(&nb, &nc, fd);
+	for (k = 0; k < ROUNDS; k++) {
+		if (k % 2) {
+			ring[k] = measure(&pb);
+			noop[k] = measure(&nb);
+		} else {
+			noop[k] = measure(&nb);
+			ring[k] = measure(&pb);
+		}
+	}
+	/* The ring path was taken: the kernel allocated nothing, nobody waited. */
+	if (memreg_pool_stats(&c.pool, &st, 1) != 1)
+		fail("POOL_STATS failed");
+	if (st.allocated != st0.allocated || st.waits != st0.waits ||
+	    st.timeouts != st0.timeouts || st.grows != st0.grows ||
+	    pring_lent(&c.pool) != PR_BUFS)
+		fail("memreg_pool_alloc/free reached the kernel: allocated %llu -> %llu, waits "
+		     "%llu -> %llu, timeouts %llu -> %llu, grows %llu -> %llu, lent %llu",
+		     (unsigned long long)st0.allocated, (unsigned long long)st.allocated,
+		     (unsigned long long)st0.waits, (unsigned long long)st.waits,
+		     (unsigned long long)st0.timeouts, (unsigned long long)st.timeouts,
+		     (unsigned long long)st0.grows, (unsigned long long)st.grows,
+		     (unsigned long long)pring_lent(&c.pool));
+	h = median(ring, ROUNDS);
+	z = median(noop, ROUNDS);
+	printf("\nlibmemreg pool ALLOC + FREE through the free-buffer ring vs no-op ioctl\n"
+	       "  alloc + free %s, GET_VERSION %s; POOL_STATS: %llu allocated, %llu waits\n",
+	       figstr(h, "ns"), figstr(z, "ns"), (unsigned long long)st.allocated,
+	       (unsigned long long)st.waits);
+	add_row("pool_alloc_free_userspace_vs_noop_ioctl", h, z, "<=0.1");
+	memreg_pool_exit(&c.pool);
+	close(fd);
+	settle(0);
+}
+
+/*
  * The helper programs sit next to this one: /bin in the guest, build/guest-bin
  * on a host (scripts/bench-host.sh).
  */
@@ -4076,49 +4219,102 @@ static void bench_rust_ring(void)
 	settle(0);
 }
 
+/*
+ * The baseline of the growth row: mmap of 1 MiB, first touch of each page,
+ * REGISTER miss; DEREGISTER and munmap in the finish, untimed.
+ */
+struct fault_reg {
+	int fd;
+	char *maps[POOL_CAP / MIB];
+	__u64 keys[POOL_CAP / MIB];
+	size_t done;
+	int err, cached;
+};
+
+static void fault_reg_run(void *arg, size_t n)
+{
+	struct fault_reg *f = arg;
+	size_t i, o;
+
+	for (i = 0; i < n; i++) {
+		struct memreg_register r = { .length = MIB, .access = RW };
+		char *p = mmap(NULL, MIB, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+		if (p == MAP_FAILED) {
+			f->err = errno;
+			break;
+		}
+		for (o = 0; o < MIB; o += 4096)
+			p[o] = 1;
+		f->maps[i] = p;
+		r.addr = (unsigned long)p;
+		if (ioctl(f->fd, MEMREG_IOC_REGISTER, &r)) {
+			f->err = errno;
+			munmap(p, MIB);
+			break;
+		}
+		f->keys[i] = r.lkey;
+		f->cached |= r.flags & MEMREG_REGISTER_CACHED;
+	}
+	f->done = i;
+}
+
+static void fault_reg_finish(void *arg, size_t n)
+{
+	struct fault_reg *f = arg;
+	size_t i;
+
+	(void)n;
+	for (i = 0; i < f->done; i++) {
+		if (memreg_deregister(f->fd, f->keys[i]))
+			fail("DEREGISTER: %s", strerror(errno));
+		munmap(f->maps[i], MIB);
+	}
+	if (f->err)
+		fail("mmap + touch + REGISTER of 1 MiB (%zu of a batch): %s", f->done + 1,
+		     strerror(f->err));
+	if (f->cached)
+		fail("REGISTER of a freshly mapped MiB was a cache hit");
+	f->done = 0;
+	settle(0);
+}
+
 static void bench_pool_grow(void)
 {
 	struct bp_grow g = { 0 };
-	struct miss_ctx m = { .len = MIB };
+	struct fault_reg f = { 0 };
 	struct batch gb = { .max_n = MEMREG_MAX_POOLS, .prepare = bp_grow_prepare,
 			    .run = bp_grow_run, .finish = bp_grow_finish, .arg = &g };
-	struct fig grow[ROUNDS], miss[ROUNDS], a, b;
+	struct batch fb = { .max_n = POOL_CAP / MIB, .run = fault_reg_run,
+			    .finish = fault_reg_finish, .arg = &f };
+	struct fig grow[ROUNDS], base[ROUNDS], a, b;
 	unsigned long polls;
 	int k;
 
-	m.fd = memreg_open();
-	if (m.fd < 0)
+	f.fd = memreg_open();
+	if (f.fd < 0)
 		fail("open /dev/memreg: %s", strerror(errno));
 	/* Every REGISTER must be a miss: nothing parked to revive. */
-	if (mr_set_parking(m.fd, 0))
+	if (mr_set_parking(f.fd, 0))
 		fail("SET_CACHE: %s", strerror(errno));
-	memset(&miss_b, 0, sizeof(miss_b));
-	miss_b.max_n = POOL_CAP / m.len;
-	miss_b.prepare = miss_prepare;
-	miss_b.run = miss_run;
-	miss_b.finish = miss_finish;
-	miss_b.arg = &m;
-	pool_ensure(&m, 1, miss_b.max_n);
 	for (k = 0; k < ROUNDS; k++) {
 		if (k % 2) {
-			miss[k] = measure(&miss_b);
+			base[k] = measure(&fb);
 			grow[k] = measure(&gb);
 		} else {
 			grow[k] = measure(&gb);
-			miss[k] = measure(&miss_b);
+			base[k] = measure(&fb);
 		}
 	}
 	polls = g.polls;
 	a = median(grow, ROUNDS);
-	b = median(miss, ROUNDS);
-	printf("\nBuffer pool growth per MiB (mmap until 16 chunks of 64 KiB are mapped) vs "
-	       "REGISTER miss of 1 MiB (pre-faulted, parking off)\n"
-	       "  growth %s, REGISTER miss %s; %lu POOL_STATS polls in all\n",
+	b = median(base, ROUNDS);
+	printf("\nBuffer pool growth per MiB (mmap until one 1 MiB extent is mapped) vs "
+	       "mmap + first touch + REGISTER miss of 1 MiB (parking off)\n"
+	       "  growth %s, mmap + touch + REGISTER %s; %lu POOL_STATS polls in all\n",
 	       figstr(a, "ns/MiB"), figstr(b, "ns/MiB"), polls);
-	add_row("pool_grow_per_mib_vs_register_miss", a, b, "<=1.2");
-	munmap(m.pool, m.chunks * m.len);
-	free(m.keys);
-	close(m.fd);
+	add_row("pool_grow_per_mib_vs_fault_and_register", a, b, "<=1.2");
+	close(f.fd);
 	settle(0);
 }
 
@@ -4198,6 +4394,7 @@ int main(int argc, char **argv)
 	}
 	bench_lib_cache_hit();
 	bench_lib_ring();
+	bench_pool_ring();
 	bench_rust_ring();
 	if (!lib_only && !host)
 		bench_clients();
