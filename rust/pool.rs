@@ -82,7 +82,7 @@ use kernel::{
     rbtree::RBTreeNodeReservation,
     sync::{
         atomic::{Atomic, Relaxed},
-        Arc, CondVar, CondVarTimeoutResult, Mutex, SpinLock,
+        Arc, CondVar, CondVarTimeoutResult, Mutex, MutexGuard, SpinLock,
     },
     time::{jiffies, msecs_to_jiffies},
     workqueue::{
@@ -397,11 +397,15 @@ impl Pool {
         } else {
             first + 1
         };
-        let mut left = msecs_to_jiffies(timeout_ms);
+        // The wait ends at a deadline: time spent taking rings back or growing counts.
+        let start = jiffies::now();
+        let total = msecs_to_jiffies(timeout_ms);
         let mut waited = false;
         let rings = this.has_rings();
         let mut drained = !rings;
         let mut grown = false;
+        // Not when a ring could not be looked at: its buffers may be free.
+        let mut may_grow = true;
         let mut st = this.state.lock();
         loop {
             let base = match (st.dead, st.mapped_at) {
@@ -449,10 +453,15 @@ impl Pool {
                 }
                 drop(st);
                 if grown || (drained && rings) {
-                    // The rings ran dry: what is free goes back to them now.
-                    let _serial = this.grow_lock.lock();
-                    for c in first..last {
-                        this.lend(c);
+                    // The rings ran dry: what is free goes back to them now (or soon, by the
+                    // work, for a caller that may not wait).
+                    match this.serialize(timeout_ms) {
+                        Some(_serial) => {
+                            for c in first..last {
+                                this.lend(c);
+                            }
+                        }
+                        None => grow = true,
                     }
                 }
                 if grow {
@@ -463,10 +472,9 @@ impl Pool {
             if !drained {
                 // The rings' buffers are the kernel's again, for this ALLOC and the next.
                 drop(st);
-                {
-                    let _serial = this.grow_lock.lock();
+                if let Some(_serial) = this.serialize(timeout_ms) {
                     for c in first..last {
-                        this.drain(c);
+                        may_grow &= this.drain(c);
                     }
                 }
                 drained = true;
@@ -480,7 +488,8 @@ impl Pool {
                 .is_some_and(|(part, class)| {
                     part.boundary < class.max_buffers && !part.grow_failed
                 });
-            if left != 0 && !grown && growable {
+            let left = total.saturating_sub(jiffies::now().wrapping_sub(start));
+            if timeout_ms != 0 && !grown && may_grow && growable {
                 // About to wait for a growth: do it here, in the caller's time.
                 drop(st);
                 Self::grow_now(this, first);
@@ -516,12 +525,10 @@ impl Pool {
             } else {
                 left
             };
-            match this.changed.wait_interruptible_timeout(&mut st, slice) {
-                CondVarTimeoutResult::Signal { .. } => return Err(EINTR),
-                CondVarTimeoutResult::Timeout => left = left.saturating_sub(slice),
-                CondVarTimeoutResult::Woken { jiffies } => {
-                    left = left.saturating_sub(slice.saturating_sub(jiffies))
-                }
+            if let CondVarTimeoutResult::Signal { .. } =
+                this.changed.wait_interruptible_timeout(&mut st, slice)
+            {
+                return Err(EINTR);
             }
             drained = !rings;
         }
@@ -606,6 +613,16 @@ impl Pool {
             Err(ESTALE)
         } else {
             Ok(())
+        }
+    }
+
+    /// Takes `grow_lock` for an ALLOC: waits for it only when the ALLOC may
+    /// wait (`timeout_ms` above 0).
+    fn serialize(&self, timeout_ms: u32) -> Option<MutexGuard<'_, ()>> {
+        if timeout_ms == 0 {
+            self.grow_lock.try_lock()
+        } else {
+            Some(self.grow_lock.lock())
         }
     }
 

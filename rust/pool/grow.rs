@@ -71,12 +71,13 @@ impl Pool {
                     || (class.high != 0
                         && st.parts.get(c).is_some_and(|p| p.boundary > class.initial))
             };
+            // Without knowing what the ring holds, no shrink starts this time.
+            let counted = !watch || this.drain(c);
             if watch {
-                this.drain(c);
-                again = Some(MAX_TIMER_MS);
+                again = Some(again.map_or(MAX_TIMER_MS, |a| a.min(MAX_TIMER_MS)));
             }
             Self::grow_class(this, c, true);
-            if let Some(ms) = Self::shrink_step(this, c) {
+            if let Some(ms) = Self::shrink_step(this, c, counted) {
                 again = Some(again.map_or(ms, |a| a.min(ms)));
             }
             if rings {
@@ -105,17 +106,19 @@ impl Pool {
                 let Some(part) = st.parts.get_mut(c) else {
                     return;
                 };
-                // An extent on its way out is kept rather than a new one mapped.
-                if part.wants_growth(class) && part.cancel_shrink() {
-                    continue;
-                }
                 // Lent buffers are not counted as free once an ALLOC found the ring empty.
                 let lent_free = lent_free && !part.starved;
-                let low = if lent_free {
+                let short = if lent_free {
                     part.wants_growth(class)
                 } else {
-                    part.free <= class.low && !part.grow_failed
+                    part.free <= class.low
                 };
+                // An extent on its way out is kept rather than a new one mapped: a growth
+                // never starts while a shrink is pending.
+                if short && part.cancel_shrink() {
+                    continue;
+                }
+                let low = short && !part.grow_failed;
                 (
                     !dead
                         && part.boundary < class.max_buffers
@@ -196,6 +199,10 @@ impl Pool {
         let (boundary, base) = {
             let st = this.state.lock();
             let part = st.parts.get(c).ok_or(EINVAL)?;
+            // Never above an extent being given back: its shrink is cancelled first.
+            if part.limit != part.boundary {
+                return Err(EBUSY);
+            }
             (part.boundary, st.mapped_at.ok_or(ENXIO)?)
         };
         let buffers = chunks.checked_mul(class.chunk_buffers).ok_or(EINVAL)?;
@@ -381,7 +388,10 @@ impl Pool {
     /// it (the limit goes down) and finishes it once its buffers are free or
     /// their leak timeout passed. Returns in how many milliseconds to look
     /// again.
-    pub(super) fn shrink_step(this: &Arc<Self>, c: usize) -> Option<u32> {
+    ///
+    /// A shrink starts only when `may_start` (the kernel knows what the
+    /// class's ring holds).
+    pub(super) fn shrink_step(this: &Arc<Self>, c: usize, may_start: bool) -> Option<u32> {
         let class = this.classes.get(c)?;
         let (start, finish, retry) = {
             let mut st = this.state.lock();
@@ -417,7 +427,7 @@ impl Pool {
                     && free_in_last == size
                     && part.free >= class.low.saturating_add(size)
                     && first >= class.initial;
-                if due_by_use || due_by_pressure {
+                if may_start && (due_by_use || due_by_pressure) {
                     part.limit = first;
                     part.free = part.free.saturating_sub(free_in_last);
                     part.shrink_since = Some(jiffies::now());
@@ -444,8 +454,7 @@ impl Pool {
             this.update_reclaimable();
             this.publish_limit(c);
         }
-        if finish {
-            Self::finish_shrink(this, c);
+        if finish && Self::finish_shrink(this, c) {
             // Perhaps another extent is due.
             return Some(1);
         }
@@ -454,19 +463,21 @@ impl Pool {
 
     /// Gives class `c`'s last extent back: its allocated buffers are
     /// quarantined as leaks, its registration ends, its pages leave the
-    /// mapping and are freed, and the boundary moves down.
-    pub(super) fn finish_shrink(this: &Arc<Self>, c: usize) {
+    /// mapping and are freed, and the boundary moves down. Returns whether
+    /// it did.
+    pub(super) fn finish_shrink(this: &Arc<Self>, c: usize) -> bool {
         let Some(class) = this.classes.get(c) else {
-            return;
+            return false;
         };
         let ending = {
             let mut st = this.state.lock();
             let Some(part) = st.parts.get_mut(c) else {
-                return;
+                return false;
             };
             let first = part.limit;
-            if first >= part.boundary {
-                return;
+            // The limit went down to the last extent's start when the shrink started.
+            if first >= part.boundary || first != part.last_extent_start(class) {
+                return false;
             }
             let mut leaks = 0usize;
             let mut lent = 0usize;
@@ -491,7 +502,7 @@ impl Pool {
                 .map(|k| (k, first))
         };
         let Some((ending, first)) = ending else {
-            return;
+            return false;
         };
         let chunks = div(
             ending.registration.info.length as usize,
@@ -513,6 +524,7 @@ impl Pool {
         }
         drop(st);
         this.update_reclaimable();
+        true
     }
 
     /// Tears the pool down: every chunk's registration ends, the pages leave

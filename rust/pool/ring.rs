@@ -143,24 +143,24 @@ impl Rings {
     }
 
     /// Takes the whole stack of class `c` off its ring; returns its first
-    /// index (untrusted), or `None` when empty or not taken.
-    fn detach(&self, c: usize) -> Option<u32> {
-        let l = self.layout(c)?;
+    /// index (untrusted), `None` when empty, or `Err` when not taken.
+    fn detach(&self, c: usize) -> Result<Option<u32>, ()> {
+        let l = self.layout(c).ok_or(())?;
         for _ in 0..CAS_TRIES {
-            let old = self.pages.load_u64(l.head / 8)?;
+            let old = self.pages.load_u64(l.head / 8).ok_or(())?;
             let first = old as u32;
             if first == EMPTY {
-                return None;
+                return Ok(None);
             }
             let tag = (old >> 32) as u32;
             if let Some(Ok(_)) =
                 self.pages
                     .cmpxchg_u64(l.head / 8, old, top(tag.wrapping_add(1), EMPTY))
             {
-                return Some(first);
+                return Ok(Some(first));
             }
         }
-        None
+        Err(())
     }
 
     /// The index after `i` on class `c`'s stack, read once (untrusted).
@@ -247,7 +247,7 @@ impl Pool {
                         let (first, key) = part
                             .extent(chunk)
                             .map_or((chunk, 0), |(f, e)| (f, e.registration.lkey()));
-                        let offset = (chunk - first) * class.chunk_bytes();
+                        let offset = chunk.saturating_sub(first) * class.chunk_bytes();
                         r.set_chunk(c, chunk, key, offset as u64);
                         chunk += 1;
                     }
@@ -322,21 +322,26 @@ impl Pool {
     }
 
     /// Takes class `c`'s ring back: every buffer on it is the kernel's
-    /// again (free, or freed when it had been reclaimed). Under `grow_lock`.
-    pub(super) fn drain(&self, c: usize) {
+    /// again (free, or freed when it had been reclaimed). Returns whether
+    /// the ring was looked at (without rings, or empty, it was): `false`
+    /// when memory for the walk was short or user space kept changing the
+    /// top. Under `grow_lock`.
+    pub(super) fn drain(&self, c: usize) -> bool {
         let (Some(rings), Some(class)) = (self.mapped_rings(), self.classes.get(c)) else {
-            return;
+            return true;
         };
         let max = class.max_buffers;
         // The walk's memory, before anything is taken off the ring.
         let Ok(mut seen) = KVVec::from_elem(0u64, max.div_ceil(64), GFP_KERNEL) else {
-            return;
+            return false;
         };
         let Ok(mut found) = KVVec::<u32>::with_capacity(max, GFP_KERNEL) else {
-            return;
+            return false;
         };
-        let Some(mut index) = rings.detach(c) else {
-            return;
+        let mut index = match rings.detach(c) {
+            Ok(Some(first)) => first,
+            Ok(None) => return true,
+            Err(()) => return false,
         };
         let mut bad = 0u64;
         while index != EMPTY {
@@ -353,7 +358,7 @@ impl Pool {
         }
         let mut st = self.state.lock();
         let Some(part) = st.parts.get_mut(c) else {
-            return;
+            return true;
         };
         part.ring.rejected += bad;
         for &index in found.iter() {
@@ -380,6 +385,7 @@ impl Pool {
                 part.hint = part.hint.min(i / 64);
             }
         }
+        true
     }
 
     /// Lends class `c`'s free buffers to its ring. Under `grow_lock`.
@@ -415,10 +421,17 @@ impl Pool {
         };
         for &index in chain.iter() {
             let i = index as usize;
+            // A FREE of it by the system call may have come first.
+            if !test_bit(&part.lent, i) {
+                continue;
+            }
             set_bit(&mut part.lent, i, false);
             set_bit(&mut part.bitmap, i, false);
             part.lent_count = part.lent_count.saturating_sub(1);
-            part.free = part.free.saturating_add(1);
+            if i < part.limit {
+                part.free = part.free.saturating_add(1);
+                part.hint = part.hint.min(i / 64);
+            }
         }
     }
 

@@ -1123,12 +1123,13 @@ struct memreg_pool_destroy {
  * indexes: @top in its head names the first free buffer, next[] the one
  * after each. User space pops a buffer (ALLOC) and pushes it back (FREE)
  * with one compare-and-swap of @top, whose upper 32 bits count the changes
- * (so a stale pop fails), and no system call. The kernel pushes the
- * buffers of the chunks it maps and takes back the ones of a chunk it
- * gives back, and checks every index it takes from a ring: one it never
- * lent is dropped, one reclaimed as a leak is freed (counted @stale).
- * Nothing it reads there is trusted; garbage only hurts the process that
- * writes it.
+ * (so a stale pop fails), and no system call. The kernel lends its free
+ * buffers to the ring and takes the whole ring back when it must know what
+ * is free (an ALLOC system call that finds none of its own, a shrink). It
+ * checks every index it takes back: one not handed out is dropped, one
+ * allocated by the system call counts as freed, one reclaimed as a leak is
+ * freed (counted @stale). Nothing it reads there is trusted; garbage only
+ * hurts the process that writes it.
  */
 #define MEMREG_MMAP_POOL_RING_BASE	(1ULL << 41)
 #define MEMREG_MMAP_POOL_RING_SHIFT	32

@@ -102,8 +102,10 @@ __rust_helper void rust_helper_put_page(struct page *page)
 
 /*
  * 2^@order physically contiguous pages, split so each is its own (one
- * reference each), or NULL. The allocator neither warns nor tries hard for
- * them: callers fall back to smaller runs.
+ * reference each), or NULL. A run above one page is taken only if the
+ * allocator has it at hand: no reclaim, no compaction, no reserves, no
+ * warning (callers fall back to single pages, allocated with @gfp as it
+ * is). Never a compound page, which split_page() cannot split.
  */
 __rust_helper struct page *rust_helper_alloc_pages_split(gfp_t gfp, unsigned int order)
 {
@@ -111,7 +113,11 @@ __rust_helper struct page *rust_helper_alloc_pages_split(gfp_t gfp, unsigned int
 
 	if (order > MAX_PAGE_ORDER)
 		return NULL;
-	page = alloc_pages(gfp | __GFP_NOWARN | __GFP_NORETRY, order);
+	gfp &= ~__GFP_COMP;
+	if (order)
+		gfp = (gfp | __GFP_NOWARN | __GFP_NORETRY | __GFP_NOMEMALLOC) &
+		      ~__GFP_DIRECT_RECLAIM;
+	page = alloc_pages(gfp, order);
 	if (page && order)
 		split_page(page, order);
 	return page;

@@ -718,8 +718,8 @@ impl PinnedPages {
             while order > 0 && (1usize << order) > left {
                 order -= 1;
             }
-            // SAFETY: An FFI call with valid flags; the helper refuses an order above
-            // `MAX_PAGE_ORDER`.
+            // SAFETY: An FFI call; the helper refuses an order above `MAX_PAGE_ORDER` and clears
+            // `__GFP_COMP`, so a run is never a compound page it could not split.
             let page = unsafe { bindings::alloc_pages_split(flags.as_raw(), order) };
             if page.is_null() {
                 if order == 0 {
@@ -731,8 +731,9 @@ impl PinnedPages {
                 continue;
             }
             for i in 0..(1usize << order) {
-                // SAFETY: The pages of one buddy allocation are contiguous as `struct page`s, and
-                // `i` is below its size.
+                // SAFETY: A buddy block is naturally aligned, at most `MAX_PAGE_ORDER` and never
+                // crosses a memory section, so its `struct page`s are contiguous (as
+                // `split_page` itself walks them); `i` is below its size.
                 let _ = raw.push_within_capacity(unsafe { page.add(i) });
             }
         }
