@@ -37,7 +37,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "memreg_util.h"
+#include "memreg_pool_util.h"
 
 #include "../kselftest_harness.h"
 
@@ -46,62 +46,7 @@
 #define ALLOC_MS	2000	/* ALLOC's timeout where growth may be needed */
 #define MAX_BUFS	64	/* buffers of the tests' 4 KiB classes */
 
-#define PTR(p)		((__u64)(unsigned long)(p))
-
 /* ---- Pools, through the ioctls ---- */
-
-static struct memreg_pool_class cl(__u32 size, __u32 max, __u32 low, __u32 high, __u32 initial)
-{
-	return (struct memreg_pool_class){ .buffer_size = size, .max_buffers = max,
-					   .low_watermark = low, .high_watermark = high,
-					   .initial = initial };
-}
-
-/* A pool, its mapping and its rings' mapping. */
-struct pl {
-	int fd;
-	__u32 pool;
-	__u32 nr;
-	char *map;
-	size_t bytes;
-	struct memreg_pool_class cl[MEMREG_POOL_MAX_CLASSES];
-	char *ring;
-	size_t ring_bytes;
-	struct memreg_pool_ring_class rc[MEMREG_POOL_MAX_CLASSES];
-};
-
-/* POOL_CREATE on a new file with parking off; 0 or -errno. Not mapped. */
-static int pl_create(struct pl *p, const struct memreg_pool_class *c, __u32 nr)
-{
-	struct memreg_pool_create pc = { .nr_classes = nr, .access = RW,
-					 .leak_timeout_ms = 1000, .shrink_ms = 0 };
-
-	memset(p, 0, sizeof(*p));
-	p->fd = memreg_open();
-	if (p->fd < 0)
-		return p->fd;
-	if (mr_set_parking(p->fd, 0))
-		return -EIO;
-	p->nr = nr;
-	memcpy(p->cl, c, nr * sizeof(*c));
-	pc.classes = PTR(p->cl);
-	if (ioctl(p->fd, MEMREG_IOC_POOL_CREATE, &pc))
-		return -errno;
-	p->pool = pc.pool;
-	p->bytes = pc.map_bytes;
-	return 0;
-}
-
-static int pl_map(struct pl *p)
-{
-	void *m = mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd,
-		       MEMREG_MMAP_POOL(p->pool));
-
-	if (m == MAP_FAILED)
-		return -errno;
-	p->map = m;
-	return 0;
-}
 
 /* POOL_RING of the pool into p->rc; the number of classes or -errno. */
 static int rg_info(struct pl *p)
@@ -134,49 +79,11 @@ static int rg_map(struct pl *p)
 /* A pool created, mapped, and its rings mapped. */
 static int pl_open(struct pl *p, const struct memreg_pool_class *c, __u32 nr)
 {
-	int ret = pl_create(p, c, nr);
+	int ret = pl_setup(p, c, nr, RW, 1000, 0, true);
 
-	if (!ret)
-		ret = pl_map(p);
 	if (!ret)
 		ret = rg_map(p);
 	return ret;
-}
-
-static void pl_close(struct pl *p)
-{
-	if (p->ring)
-		munmap(p->ring, p->ring_bytes);
-	if (p->map)
-		munmap(p->map, p->bytes);
-	if (p->fd >= 0)
-		close(p->fd);
-	p->ring = NULL;
-	p->map = NULL;
-	p->fd = -1;
-}
-
-static int pl_alloc(struct pl *p, __u64 size, __u32 count, __u32 timeout_ms,
-		    struct memreg_pool_buf *bufs)
-{
-	struct memreg_pool_alloc a = { .pool = p->pool, .size = size, .bufs = PTR(bufs),
-				       .count = count, .timeout_ms = timeout_ms };
-
-	if (ioctl(p->fd, MEMREG_IOC_POOL_ALLOC, &a))
-		return -errno;
-	return (int)a.count;
-}
-
-static int pl_free(struct pl *p, const __u64 *addrs, __u32 n)
-{
-	struct memreg_pool_free f = { .pool = p->pool, .count = n, .addrs = PTR(addrs) };
-
-	return ioctl(p->fd, MEMREG_IOC_POOL_FREE, &f) ? -errno : 0;
-}
-
-static int pl_free1(struct pl *p, __u64 addr)
-{
-	return pl_free(p, &addr, 1);
 }
 
 /* POOL_STATS of class `c` of pool `pool` on `fd`; all ones on error. */
@@ -440,7 +347,7 @@ TEST(ring_refuses_bad_input)
 	void *m;
 	int i;
 
-	ASSERT_EQ(0, pl_create(&p, c, 2));
+	ASSERT_EQ(0, pl_setup(&p, c, 2, RW, 1000, 0, false));
 	ASSERT_EQ(0, pl_map(&p));
 
 	/* Before POOL_RING the rings cannot be mapped, whatever the length. */
@@ -612,7 +519,7 @@ FIXTURE_SETUP(lend)
 {
 	struct memreg_pool_class c = cl(K4, MAX_BUFS, 0, 0, 32);
 
-	ASSERT_EQ(0, pl_create(&self->p, &c, 1));
+	ASSERT_EQ(0, pl_setup(&self->p, &c, 1, RW, 1000, 0, false));
 	if (variant->rings_first) {
 		ASSERT_EQ(0, rg_map(&self->p));
 		/* Nothing to lend while the pool is not mapped. */
@@ -918,7 +825,7 @@ TEST(mixing_the_ring_and_the_ioctls_is_accounted)
 	/* Freed twice: refused, as any double FREE. */
 	EXPECT_EQ(-EINVAL, pl_free1(&p, PTR(baddr(&p, 0, a))));
 	/* The kernel's own free buffer goes first, no drain. */
-	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, &b));
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, &b));
 	EXPECT_EQ(a, bidx(p.map, &p.cl[0], b.addr));
 	st = stats_of(p.fd, p.pool, 0);
 	EXPECT_EQ(1, st.allocated);
@@ -928,7 +835,7 @@ TEST(mixing_the_ring_and_the_ioctls_is_accounted)
 	EXPECT_EQ(1, STAT(&p, 0, allocated));
 	EXPECT_EQ(32, rg_count(&p, 0));
 	/* The next ALLOC finds none of its own: it drains, and sees it back. */
-	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, &got[n]));
+	ASSERT_EQ(1, pl_alloc(&p, K4, 1, 0, 0, &got[n]));
 	n++;
 	st = stats_of(p.fd, p.pool, 0);
 	EXPECT_EQ(1, st.allocated);
@@ -936,7 +843,7 @@ TEST(mixing_the_ring_and_the_ioctls_is_accounted)
 	EXPECT_EQ(0, ring_of(p.fd, p.pool, 0).rejected);
 	/* Everything else, by the ioctl: each buffer once. */
 	while (n < MAX_BUFS) {
-		r = pl_alloc(&p, K4, MAX_BUFS - n, 200, got + n);
+		r = pl_alloc(&p, K4, MAX_BUFS - n, 0, 200, got + n);
 		if (r < 0)
 			break;
 		n += r;
@@ -1043,7 +950,7 @@ TEST_F(garbage, drain_rejects_it_and_the_pool_goes_on)
 
 	/* Everything, by the ioctl, growing to the maximum. */
 	while (n < MAX_BUFS) {
-		r = pl_alloc(p, K4, MAX_BUFS - n, 200, got + n);
+		r = pl_alloc(p, K4, MAX_BUFS - n, 0, 200, got + n);
 		if (r < 0) {
 			EXPECT_EQ(-ETIMEDOUT, r);
 			break;
@@ -1075,7 +982,7 @@ TEST_F(garbage, drain_rejects_it_and_the_pool_goes_on)
 	memset(seen, 0, sizeof(seen));
 	m = 0;
 	while (m < MAX_BUFS) {
-		r = pl_alloc(p, K4, MAX_BUFS - m, 200, got + m);
+		r = pl_alloc(p, K4, MAX_BUFS - m, 0, 200, got + m);
 		if (r < 0) {
 			EXPECT_EQ(-ETIMEDOUT, r);
 			break;

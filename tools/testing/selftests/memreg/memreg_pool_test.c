@@ -56,7 +56,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 
-#include "memreg_util.h"
+#include "memreg_pool_util.h"
 #include "memreg_util.h"
 
 #include "../kselftest_harness.h"
@@ -67,119 +67,13 @@
 #define WAIT_MS		5000	/* how long a boundary is waited for */
 #define ALLOC_MS	2000	/* ALLOC's timeout where growth may be needed */
 
-#define PTR(p)		((__u64)(unsigned long)(p))
-
 /* ---- Helpers ---- */
-
-static struct memreg_pool_class cl(__u32 size, __u32 max, __u32 low, __u32 high, __u32 initial)
-{
-	return (struct memreg_pool_class){ .buffer_size = size, .max_buffers = max,
-					   .low_watermark = low, .high_watermark = high,
-					   .initial = initial };
-}
-
-/* A pool and its mapping. */
-struct pl {
-	int fd;
-	__u32 pool;
-	__u32 nr;
-	char *map;
-	size_t bytes;
-	struct memreg_pool_class cl[MEMREG_POOL_MAX_CLASSES];
-};
-
-/* POOL_CREATE on `fd`; fills `p` (not mapped). 0 or -errno. */
-static int pl_create(struct pl *p, int fd, const struct memreg_pool_class *c, __u32 nr,
-		     __u32 access, __u32 leak_ms, __u32 shrink_ms)
-{
-	struct memreg_pool_create pc = { .nr_classes = nr, .access = access,
-					 .leak_timeout_ms = leak_ms, .shrink_ms = shrink_ms };
-
-	memset(p, 0, sizeof(*p));
-	p->fd = fd;
-	p->nr = nr;
-	if (nr <= MEMREG_POOL_MAX_CLASSES) {
-		memcpy(p->cl, c, nr * sizeof(*c));
-		pc.classes = PTR(p->cl);
-	} else {
-		/* Refused anyway: the caller's array as it is. */
-		pc.classes = PTR(c);
-	}
-	if (ioctl(fd, MEMREG_IOC_POOL_CREATE, &pc))
-		return -errno;
-	p->pool = pc.pool;
-	p->bytes = pc.map_bytes;
-	return 0;
-}
-
-/* Maps the pool; 0 or -errno. */
-static int pl_map(struct pl *p)
-{
-	void *m = mmap(NULL, p->bytes, PROT_READ | PROT_WRITE, MAP_SHARED, p->fd,
-		       MEMREG_MMAP_POOL(p->pool));
-
-	if (m == MAP_FAILED)
-		return -errno;
-	p->map = m;
-	return 0;
-}
 
 /* Opens a file, creates a pool with parking off, and maps it; 0 or -errno. */
 static int pl_open(struct pl *p, const struct memreg_pool_class *c, __u32 nr, __u32 access,
 		   __u32 leak_ms, __u32 shrink_ms)
 {
-	int fd = memreg_open(), ret;
-
-	memset(p, 0, sizeof(*p));
-	p->fd = -1;
-	if (fd < 0)
-		return -errno;
-	ret = mr_set_parking(fd, 0);
-	if (!ret)
-		ret = pl_create(p, fd, c, nr, access, leak_ms, shrink_ms);
-	if (!ret)
-		ret = pl_map(p);
-	if (ret) {
-		close(fd);
-		p->fd = -1;
-	}
-	return ret;
-}
-
-static void pl_close(struct pl *p)
-{
-	if (p->map)
-		munmap(p->map, p->bytes);
-	if (p->fd >= 0)
-		close(p->fd);
-	p->map = NULL;
-	p->fd = -1;
-}
-
-/* POOL_ALLOC; the number of buffers given, or -errno. */
-static int pl_alloc(struct pl *p, __u64 size, __u32 count, __u32 flags, __u32 timeout_ms,
-		    struct memreg_pool_buf *bufs)
-{
-	struct memreg_pool_alloc a = { .pool = p->pool, .flags = flags, .size = size,
-				       .bufs = PTR(bufs), .count = count,
-				       .timeout_ms = timeout_ms };
-
-	if (ioctl(p->fd, MEMREG_IOC_POOL_ALLOC, &a))
-		return -errno;
-	return (int)a.count;
-}
-
-/* POOL_FREE of `n` addresses; 0 or -errno. */
-static int pl_free(struct pl *p, const __u64 *addrs, __u32 n)
-{
-	struct memreg_pool_free f = { .pool = p->pool, .count = n, .addrs = PTR(addrs) };
-
-	return ioctl(p->fd, MEMREG_IOC_POOL_FREE, &f) ? -errno : 0;
-}
-
-static int pl_free1(struct pl *p, __u64 addr)
-{
-	return pl_free(p, &addr, 1);
+	return pl_setup(p, c, nr, access, leak_ms, shrink_ms, true);
 }
 
 /* POOL_STATS of class `c`; 0 or -errno (*st is all ones then). */
