@@ -401,12 +401,12 @@ impl Pool {
         let start = jiffies::now();
         let total = msecs_to_jiffies(timeout_ms);
         let mut waited = false;
-        let rings = this.has_rings();
-        let mut drained = !rings;
         let mut grown = false;
         // Not when a ring could not be looked at: its buffers may be free.
         let mut may_grow = true;
         let mut st = this.state.lock();
+        let rings = st.rings_mapped;
+        let mut drained = !rings;
         loop {
             let base = match (st.dead, st.mapped_at) {
                 (false, Some(base)) => base,
