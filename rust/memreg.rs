@@ -45,14 +45,22 @@
 //!    `mmap_lock` under it. Writing an event wakes `poll` waiters and signals
 //!    the eventfd under it: their wait-queue and eventfd locks nest inside.
 //! 4. `Cache::shadow`, which a registration leaves under `Cache::inner`.
-//! 5. `Registration::state` (a registration's pages; the notifier callback
-//!    takes it alone first, then again under `Cache::inner`), and the
-//!    module-wide `PARKED` list (changed under `Cache::inner`, never held
-//!    while taking one).
+//! 5. `Registration::state` (a registration's flags, a watch's frames, its
+//!    charges and notifier; the notifier callback takes it alone first, then
+//!    again under `Cache::inner`), and the module-wide `PARKED` list
+//!    (changed under `Cache::inner`, never held while taking one).
 //! 6. Leaves, held across nothing that sleeps or takes another lock:
 //!    `DataPath::queues`, `DataPath::peers`, `Pools::list`, `Pool::state`,
 //!    the pools' `REGISTRY` (with `Pool::state` inside it), `Queue::send`,
 //!    `Queue::recv` (with `Queue::cq` inside it), `Master::lock`.
+//!
+//! Data moves through a registration's pinned pages under no lock, in a
+//! borrow of `Registration::pages` (a counted section with preemption
+//! disabled that takes no lock and does not sleep, possibly of two
+//! registrations at once). What ends, parks or suspends a registration
+//! changes its flags first, then waits for the borrows in progress by
+//! spinning, under any of these locks or none; it never waits while holding
+//! a borrow.
 //!
 //! The one exception is reclaim: the shrinker takes a cache's lock after
 //! finding its victim on `PARKED` (having dropped `PARKED`) and only tries

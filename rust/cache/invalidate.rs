@@ -67,8 +67,6 @@ impl Registration {
     /// sleeps.
     fn suspend(this: &Self, range: &Range<'_>, cur_seq: u64, cause: usize) {
         let newly = {
-            // Taking the lock waits for a copy in progress; once `suspended` is set no copy
-            // starts.
             let mut st = this.state.lock();
             this.notifier.set_seq(cur_seq);
             // A protection change since the last look outweighs a clear: it is what a failed
@@ -91,6 +89,8 @@ impl Registration {
             });
             this.is_live() && !this.suspended.xchg(true, Relaxed)
         };
+        // A copy in progress has ended once this returns; once `suspended` is set none starts.
+        this.pages.wait_borrows();
         if !newly {
             // Ended, or suspended and queued for revalidation already.
             return;
@@ -132,12 +132,13 @@ impl Registration {
             let (Some(expected), Some(seen)) = (expected.get_mut(..n), seen.get_mut(..n)) else {
                 return Err(EINVAL);
             };
-            {
+            if let Some(p) = self.pages.borrow() {
+                p.pfns(at, expected)?;
+            } else {
                 let st = self.state.lock();
-                match (&st.pinned, &st.frames) {
-                    (Some(p), _) => p.pfns(at, expected)?,
-                    (None, Some(f)) => recorded_pfns(f, at, expected)?,
-                    (None, None) => return Ok(false),
+                match &st.frames {
+                    Some(f) => recorded_pfns(f, at, expected)?,
+                    None => return Ok(false),
                 }
             }
             self.notifier
@@ -378,6 +379,12 @@ impl IntervalNotifierOps for Registration {
         let Some(cause) = inval_cause(range.event()) else {
             return true;
         };
+        // A copy through the pages is in progress, and the caller (the OOM reaper) may not wait
+        // for it: it tries again later. Nothing changed yet. A copy that begins after this look
+        // is waited for below; it is short and does not sleep.
+        if !range.may_block() && !this.pages.is_idle() {
+            return false;
+        }
         // Many clears leave the pinned pages mapped where they were (a mapping split anywhere
         // in the same 2 MiB block, `MADV_DONTFORK` or `mlock` of the range, fork of a
         // PMD-mapped THP, failed compaction of pinned shmem): look again before ending it. A
@@ -395,11 +402,12 @@ impl IntervalNotifierOps for Registration {
             return true;
         }
         {
-            // Taking the lock waits for a copy in progress; once `live` is clear no copy starts.
             let _st = this.state.lock();
             this.notifier.set_seq(cur_seq);
             this.live.store(false, Relaxed);
         }
+        // A copy in progress has ended once this returns; once `live` is clear none starts.
+        this.pages.wait_borrows();
         // Leave the table and queue the teardown; neither allocates nor sleeps.
         Self::retire(this, cause);
         true

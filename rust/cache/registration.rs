@@ -68,6 +68,7 @@ use kernel::{
     rbtree::RBTreeNodeReservation,
     sync::{
         atomic::{Atomic, Relaxed},
+        drain_slot::DrainSlot,
         Arc, LockedBy, SpinLock,
     },
     task::resched::cond_resched,
@@ -75,8 +76,6 @@ use kernel::{
 
 /// The resources of a registration, under `Registration::state`.
 pub(crate) struct RegistrationState {
-    /// The pinned pages; taken out at teardown.
-    pub(super) pinned: Option<PinnedPages>,
     /// A watch's recorded page frames; taken out at teardown.
     pub(super) frames: Option<Extents>,
     /// What the pages are charged to; released once they are unpinned.
@@ -128,17 +127,24 @@ pub(crate) struct Registration {
     suspended_links: ListLinks<1>,
     #[pin]
     suspended_track: AtomicTracker<1>,
-    /// The pages, charges and subscription; level 5 of the crate's lock
-    /// order, inside the cache's lock and its shadow.
+    /// The pinned pages, which data moves through without a lock: a copy
+    /// borrows them (a short section, preemption disabled), then checks
+    /// `live`, `suspended` and `generation`; whatever changes one of those
+    /// waits for the borrows in progress before it returns. Filled when the
+    /// registration is published, taken out at teardown.
+    pub(super) pages: DrainSlot<PinnedPages>,
+    /// The watch's frames, charges and subscription; level 5 of the crate's
+    /// lock order, inside the cache's lock and its shadow.
     #[pin]
     pub(super) state: SpinLock<RegistrationState>,
     /// Data may move through the registration (unless it is suspended). Set
     /// once when it is published and cleared once when it ends, both under
-    /// `state`; read under `state` by the data path, and without it by the
-    /// cache look-up.
+    /// `state`; read by the data path under a borrow of `pages`, and
+    /// without either by the cache look-up.
     pub(super) live: Atomic<bool>,
     /// An invalidation may have moved the pages: no data moves until
-    /// revalidated. Changes under `state`.
+    /// revalidated. Changes under `state`; read by the data path under a
+    /// borrow of `pages`.
     pub(super) suspended: Atomic<bool>,
     /// The local key now: its sequence never changes, its random bits do at
     /// each revival. Changes under the table lock.
@@ -241,9 +247,9 @@ impl Registration {
                 links_track <- AtomicTracker::new(),
                 suspended_links <- ListLinks::new(),
                 suspended_track <- AtomicTracker::new(),
+                pages: DrainSlot::new(),
                 state <- new_spinlock!(
                     RegistrationState {
-                        pinned: None,
                         frames: None,
                         charges: None,
                         subscription: None,
@@ -434,8 +440,8 @@ impl Registration {
             return false;
         };
         // The keys end for data before DEREGISTER returns: out of the worker's shadow, then a
-        // new generation, under the lock a copy step holds (so one in progress finishes first
-        // and none starts through the old keys); the remote key goes for good.
+        // new generation, then a wait for the copy steps in progress (none starts through the
+        // old keys after it); the remote key goes for good.
         let rkey = this.rkey();
         let shadowed = this.cache.shadow.lock().remove(this.lkey());
         let user = {
@@ -444,6 +450,9 @@ impl Registration {
             this.rkey.store(0, Relaxed);
             st.charges.as_ref().map_or(0, Charges::user)
         };
+        // A copy that found the old generation has ended once this returns; later ones see the
+        // new one.
+        this.pages.wait_borrows();
         let rkey_node = t.remove_rkey(this.info.keys.seq, rkey);
         this.table_state.access_mut(t).rkey_node = rkey_node;
         // Not the last reference (`this` is another): nothing is freed under the lock.
@@ -588,7 +597,15 @@ impl Registration {
         let npages = parts.backing.pages() as u64;
         match parts.backing {
             Backing::Pinned { pages, charges } => {
-                st.pinned = Some(pages);
+                // Only a publication fills the slot, and a registration is published once.
+                if let Err(pages) = this.pages.fill(pages) {
+                    kernel::warn_on!(true);
+                    drop(st);
+                    return Err(Refused::Quota(Parts {
+                        backing: Backing::Pinned { pages, charges },
+                        ..parts
+                    }));
+                }
                 st.charges = Some(charges);
             }
             Backing::Watched(frames) => st.frames = Some(frames),
@@ -631,9 +648,10 @@ impl Registration {
         }
         {
             let _st = this.state.lock();
-            // Taking the lock waits for a copy in progress; once `live` is clear none starts.
             this.live.store(false, Relaxed);
         }
+        // A copy in progress has ended once this returns; once `live` is clear none starts.
+        this.pages.wait_borrows();
         // Its charges stay until its pages are unpinned, in `teardown`.
         let npages = this.info.npages as u64;
         if this.info.watch {
@@ -671,16 +689,13 @@ impl Registration {
     /// (an address space kept invalidating), the pages stay charged while
     /// they are pinned. Idempotent. Process context, no lock held; may sleep.
     pub(crate) fn teardown(&self) {
-        let (pinned, frames, subscription, charges) = {
+        let (frames, subscription, charges) = {
             let mut st = self.state.lock();
             self.live.store(false, Relaxed);
-            (
-                st.pinned.take(),
-                st.frames.take(),
-                st.subscription.take(),
-                st.charges.take(),
-            )
+            (st.frames.take(), st.subscription.take(), st.charges.take())
         };
+        // Waits for the copies in progress, if any.
+        let pinned = self.pages.take();
         drop(subscription);
         drop(pinned);
         drop(frames);
@@ -689,11 +704,14 @@ impl Registration {
 
     /// The number of translation entries (extents), 0 once torn down.
     pub(crate) fn extents(&self) -> u32 {
-        let st = self.state.lock();
-        let extents = match (&st.pinned, &st.frames) {
-            (Some(p), _) => p.extents().len(),
-            (None, Some(f)) => f.as_slice().len(),
-            (None, None) => 0,
+        let extents = match self.pages.borrow() {
+            Some(p) => p.extents().len(),
+            None => self
+                .state
+                .lock()
+                .frames
+                .as_ref()
+                .map_or(0, |f| f.as_slice().len()),
         };
         u32::try_from(extents).unwrap_or(u32::MAX)
     }

@@ -3,8 +3,13 @@
 //! Moving bytes through one registration's translation entries, and
 //! [`Target`], a registration as a data request found it.
 
-use super::registration::{Registration, RegistrationState};
-use kernel::{mm::pin::PinnedPages, page::PAGE_SIZE, prelude::*, sync::Arc};
+use super::registration::Registration;
+use kernel::{
+    mm::pin::PinnedPages,
+    page::PAGE_SIZE,
+    prelude::*,
+    sync::{drain_slot::SlotRef, Arc},
+};
 
 impl Registration {
     /// Copies `buf.len()` bytes of the registered range from byte `offset`
@@ -21,8 +26,7 @@ impl Registration {
         to_registration: bool,
     ) -> Result {
         let at = self.byte_index(offset)?;
-        let st = self.state.lock();
-        let pinned = self.usable(&st, generation)?;
+        let pinned = self.usable(generation)?;
         if to_registration {
             pinned.write(at, buf)
         } else {
@@ -32,11 +36,10 @@ impl Registration {
 
     /// Copies `len` bytes at byte `offset` of this registration to byte
     /// `dst_offset` of `dst`, page to page through both registrations'
-    /// translation entries, holding both registrations' locks (so neither
-    /// can end during the copy). Fails with `EBUSY`, moving nothing, when
-    /// `dst`'s lock is taken (it is only tried: two copies in opposite
-    /// directions never wait for each other); the caller then goes through a
-    /// bounce buffer. Otherwise as [`Registration::copy_chunk`], for either.
+    /// translation entries, with no lock: each side's pages are borrowed
+    /// (see [`Registration::usable`]), so neither can end during the copy
+    /// and two copies never wait for each other. Fails as
+    /// [`Registration::copy_chunk`] does, for either.
     fn copy_to(
         &self,
         generation: u64,
@@ -47,17 +50,15 @@ impl Registration {
     ) -> Result {
         let at = self.byte_index(offset)?;
         let dst_at = dst.byte_index(dst_offset)?;
-        let st = self.state.lock();
-        let src_pages = self.usable(&st, generation)?;
+        let src_pages = self.usable(generation)?;
         if core::ptr::eq(self, &*dst.registration) {
             if dst.generation != generation {
                 return Err(ENOENT);
             }
-            return src_pages.copy_to(at, src_pages, dst_at, len);
+            return src_pages.copy_to(at, &src_pages, dst_at, len);
         }
-        let dst_st = dst.state.try_lock().ok_or(EBUSY)?;
-        let dst_pages = dst.usable(&dst_st, dst.generation)?;
-        src_pages.copy_to(at, dst_pages, dst_at, len)
+        let dst_pages = dst.usable(dst.generation)?;
+        src_pages.copy_to(at, &dst_pages, dst_at, len)
     }
 
     /// The index into the pinned pages' bytes of byte `offset` of the
@@ -70,16 +71,22 @@ impl Registration {
             .ok_or(EINVAL)
     }
 
-    /// The pinned pages, if data may move through them for a request that
-    /// found the registration at `generation`: `EAGAIN` while suspended,
-    /// `ENOENT` once ended or parked since.
-    fn usable<'a>(&self, st: &'a RegistrationState, generation: u64) -> Result<&'a PinnedPages> {
-        match &st.pinned {
-            Some(_) if !self.is_live() || self.generation() != generation => Err(ENOENT),
-            Some(_) if self.is_suspended() => Err(EAGAIN),
-            Some(p) => Ok(p),
-            _ => Err(ENOENT),
+    /// Borrows the pinned pages, if data may move through them for a
+    /// request that found the registration at `generation`: `EAGAIN` while
+    /// suspended, `ENOENT` once ended or parked since. The borrow is counted
+    /// before the state is read, and whatever ends, parks or suspends the
+    /// registration changes the state first and then waits for the borrows
+    /// in progress: no data moves through the pages after that returned. A
+    /// short section that must not sleep.
+    fn usable(&self, generation: u64) -> Result<SlotRef<'_, PinnedPages>> {
+        let pages = self.pages.borrow().ok_or(ENOENT)?;
+        if !self.is_live() || self.generation() != generation {
+            return Err(ENOENT);
         }
+        if self.is_suspended() {
+            return Err(EAGAIN);
+        }
+        Ok(pages)
     }
 }
 

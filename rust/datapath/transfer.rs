@@ -3,13 +3,14 @@
 //! Moving bytes through registrations: the one place that copies, for the
 //! worker's operations and for the COPY ioctl.
 //!
-//! Data moves page to page between two registrations, holding both their
-//! locks (the second only tried, so two copies in opposite directions never
-//! wait for each other), and through a bounce buffer, one lock at a time,
-//! when the second is busy or the ranges overlap. Either way a registration
-//! that ends is never written after the invalidation that ended it returned.
-//! A suspended registration is revalidated before it is used, at most
-//! [`USE_TRIES`] times per step.
+//! Data moves page to page between two registrations, one copy, with no
+//! lock: each step borrows both registrations' pages (a counted, short
+//! section that does not sleep), so copies never wait for each other nor
+//! for a lock order. Overlapping ranges of one registration go through a
+//! bounce buffer. Whatever ends, parks or suspends a registration waits for
+//! the borrows in progress, so a registration that ends is never written
+//! after the invalidation that ended it returned. A suspended registration
+//! is revalidated before it is used, at most [`USE_TRIES`] times per step.
 
 use super::{worker::WorkerState, DataPath};
 use crate::{
@@ -29,7 +30,8 @@ use kernel::{
 
 /// Bytes moved per step through a bounce buffer (its size).
 pub(crate) const COPY_CHUNK: usize = 16 * 1024;
-/// Bytes moved per step page to page, under both registrations' locks.
+/// Bytes moved per step page to page, under borrows of both registrations'
+/// pages (the longest an invalidation waits for a copy).
 const DIRECT_CHUNK: usize = 64 * 1024;
 /// Times a step (or a REGISTER that found a suspended registration)
 /// revalidates a suspended registration before it gives up.
@@ -60,8 +62,7 @@ fn move_chunk(r: &Target, offset: u64, buf: &mut [u8], to: bool) -> Result {
     with_revalidation(&[r], || r.copy_chunk(offset, buf, to))
 }
 
-/// Copies `n` bytes page to page. `EBUSY` when the destination's lock is
-/// taken.
+/// Copies `n` bytes page to page.
 fn copy_direct(src: &Target, src_at: u64, dst: &Target, dst_at: u64, n: usize) -> Result {
     with_revalidation(&[src, dst], || src.copy_to(src_at, dst, dst_at, n))
 }
@@ -118,16 +119,10 @@ pub(crate) fn transfer(
         let dst_at = dst.offset.checked_add(done).ok_or(EOVERFLOW)?;
         if !overlap {
             let n = left.min(DIRECT_CHUNK as u64) as usize;
-            match copy_direct(src.target, src_at, dst.target, dst_at, n) {
-                Ok(()) => {
-                    done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
-                    cond_resched();
-                    continue;
-                }
-                // The destination is busy: this step goes through the bounce buffer.
-                Err(e) if e == EBUSY => {}
-                Err(e) => return Err(e.into()),
-            }
+            copy_direct(src.target, src_at, dst.target, dst_at, n)?;
+            done = done.checked_add(n as u64).ok_or(EOVERFLOW)?;
+            cond_resched();
+            continue;
         }
         let n = left.min(COPY_CHUNK as u64) as usize;
         let buf = ws.bounce(&data.memcg)?.get_mut(..n).ok_or(EINVAL)?;

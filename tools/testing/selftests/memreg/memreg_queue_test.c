@@ -2074,6 +2074,119 @@ TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 	munmap(bv, PAGE);
 }
 
+/*
+ * Writers into a registration that mprotect() makes read-only: one posts
+ * page-sized ring COPYs from the fixture's source registration, whose bytes
+ * it changes before each request, the other COPY ioctls of 64 bytes from a
+ * buffer that changes too. Every completion is 0 or -ENOENT.
+ */
+struct late {
+	int fd;
+	struct memreg_queue *q;
+	char *src;		/* the source registration's memory */
+	__u64 src_key;
+	__u64 key;		/* the current victim key */
+	int stop;
+	__u64 ok, enoent, bad;
+};
+
+static void late_count(struct late *l, int status)
+{
+	if (!status)
+		__atomic_add_fetch(&l->ok, 1, __ATOMIC_RELAXED);
+	else if (status == -ENOENT)
+		__atomic_add_fetch(&l->enoent, 1, __ATOMIC_RELAXED);
+	else
+		__atomic_add_fetch(&l->bad, 1, __ATOMIC_RELAXED);
+}
+
+static void *late_ring_writer(void *arg)
+{
+	struct late *l = arg;
+	struct memreg_sqe s;
+	struct memreg_cqe c;
+	__u64 i = 0;
+
+	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
+		__u64 key = __atomic_load_n(&l->key, __ATOMIC_ACQUIRE);
+
+		memset(l->src, 'A' + i % 26, PAGE);
+		s = mr_sqe_copy(i, key, (i % 4) * PAGE, l->src_key, 0, PAGE);
+		if (memreg_queue_post_wait(l->q, &s, 10000) ||
+		    memreg_wait_cqes(l->q, &c, 1, 10000) != 1 || c.user_data != i) {
+			late_count(l, -EIO);
+			break;
+		}
+		late_count(l, c.status);
+		i++;
+	}
+	return NULL;
+}
+
+static void *late_ioctl_writer(void *arg)
+{
+	struct late *l = arg;
+	char buf[64];
+	__u64 i = 0;
+
+	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
+		__u64 key = __atomic_load_n(&l->key, __ATOMIC_ACQUIRE);
+
+		memset(buf, 'a' + i % 26, sizeof(buf));
+		late_count(l, memreg_copy(l->fd, key, (i * 64) % (4 * PAGE), buf, sizeof(buf),
+					  MEMREG_COPY_TO_REGION));
+		i++;
+	}
+	return NULL;
+}
+
+/*
+ * No byte lands after the mprotect() that ended the registration returned:
+ * copies move data with no lock, and an invalidation waits for those in
+ * progress. Thirty rounds, each a fresh registration written from both
+ * sides until mprotect(PROT_READ) ends it; its bytes are then watched while
+ * the writers go on, and must not change.
+ */
+TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
+{
+	struct late l = { .fd = self->fd, .q = &self->q, .src = self->src,
+			  .src_key = self->rs.lkey };
+	struct memreg_register v;
+	pthread_t ring, io;
+	char *snap = malloc(4 * PAGE);
+	int round, written = 0;
+
+	ASSERT_NE(NULL, snap);
+	l.key = self->rd.lkey;
+	ASSERT_EQ(0, pthread_create(&ring, NULL, late_ring_writer, &l));
+	ASSERT_EQ(0, pthread_create(&io, NULL, late_ioctl_writer, &l));
+	for (round = 0; round < 30; round++) {
+		char *bv = map_buf(4 * PAGE, 'n');
+
+		ASSERT_NE(NULL, bv);
+		ASSERT_EQ(0, memreg_register(self->fd, bv, 4 * PAGE, RW, &v));
+		__atomic_store_n(&l.key, v.lkey, __ATOMIC_RELEASE);
+		usleep(3000);
+		ASSERT_EQ(0, mprotect(bv, 4 * PAGE, PROT_READ));
+		memcpy(snap, bv, 4 * PAGE);
+		written += !all_bytes(bv, 4 * PAGE, 'n');
+		usleep(3000);
+		EXPECT_EQ(0, memcmp(snap, bv, 4 * PAGE)) TH_LOG("round %d", round);
+		ASSERT_EQ(0, munmap(bv, 4 * PAGE));
+	}
+	__atomic_store_n(&l.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(ring, NULL);
+	pthread_join(io, NULL);
+	free(snap);
+	EXPECT_EQ(0, l.bad);
+	EXPECT_LT(0, l.ok);
+	EXPECT_LT(0, l.enoent);
+	/* The writers reached most registrations before they ended. */
+	EXPECT_LE(15, written);
+	TH_LOG("%llu copies landed, %llu refused, %d of 30 registrations written",
+	       (unsigned long long)l.ok, (unsigned long long)l.enoent, written);
+}
+
 /* ---- The doorbell and the worker ---- */
 
 /*
