@@ -21,7 +21,9 @@ modargs="max_registrations=1048576"
 "$MEMREG_TOP/scripts/build-guest.sh"
 script=$MEMREG_BUILD/bench-run.sh
 # MEMREG_BENCH_ARGS=lib runs only the rows of the user-space libraries,
-# MEMREG_BENCH_ARGS=clients only those of the clients (UCX, libfabric).
+# MEMREG_BENCH_ARGS=clients only those of the clients (UCX, libfabric);
+# MEMREG_BENCH_ARGS="only ring,hit" only the sections named (see the
+# program's main() for their names).
 printf 'echo MEMREG-BENCH-BEGIN\nmemreg-bench %s\nrc=$?\necho MEMREG-BENCH-END\nexit $rc\n' \
 	"${MEMREG_BENCH_ARGS:-}" >"$script"
 log=$MEMREG_BUILD/bench.log

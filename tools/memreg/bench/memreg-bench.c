@@ -4336,6 +4336,27 @@ static void print_module_limits(void)
 		     (unsigned long long)g.max_registrations, lk_sizes[LK_SIZES - 1]);
 }
 
+/* The sections "memreg-bench only a,b" runs; NULL runs every one. */
+static const char *only_sections;
+
+/* Whether section `name` runs. */
+static bool want(const char *name)
+{
+	size_t l = strlen(name);
+	const char *p = only_sections;
+
+	if (!p)
+		return true;
+	while (*p) {
+		const char *e = strchrnul(p, ',');
+
+		if ((size_t)(e - p) == l && !strncmp(p, name, l))
+			return true;
+		p = *e ? e + 1 : e;
+	}
+	return false;
+}
+
 int main(int argc, char **argv)
 {
 	/*
@@ -4343,16 +4364,23 @@ int main(int argc, char **argv)
 	 * "memreg-bench clients": only the clients' rows;
 	 * "memreg-bench host": every row but the clients' (which set up
 	 * soft-iWARP on a dummy device), on a machine of one's own, with the
-	 * REGISTER miss rows only when the kernel has CONFIG_GUP_TEST.
+	 * REGISTER miss rows only when the kernel has CONFIG_GUP_TEST;
+	 * "memreg-bench only hit,ring": only the sections named (miss, hit,
+	 * userspace_hit, park, munmap, ring, peer_write, pingpong, lookup,
+	 * pool_ops, pool_grow, lib_cache_hit, lib_ring, pool_ring, rust_ring,
+	 * clients), for work on one part; their rows are a subset of the table.
 	 */
 	bool lib_only = argc > 1 && !strcmp(argv[1], "lib");
 	bool clients_only = argc > 1 && !strcmp(argv[1], "clients");
 	bool host = argc > 1 && !strcmp(argv[1], "host");
+	bool only = argc > 2 && !strcmp(argv[1], "only");
 	int gup;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	if (argc > 1 && !lib_only && !clients_only && !host)
-		fail("usage: memreg-bench [lib|clients|host]");
+	if (argc > 1 && !lib_only && !clients_only && !host && !only)
+		fail("usage: memreg-bench [lib|clients|host|only SECTION,...]");
+	if (only)
+		only_sections = argv[2];
 	find_helper_dir();
 	if (host)
 		printf("memreg benchmark (this machine: every figure is a ratio against a baseline "
@@ -4370,33 +4398,48 @@ int main(int argc, char **argv)
 	if (!lib_only) {
 		/* The look-up rows need the module loaded for them. */
 		print_module_limits();
-		gup = open("/sys/kernel/debug/gup_test", O_RDWR);
+		gup = want("miss") ? open("/sys/kernel/debug/gup_test", O_RDWR) : -1;
 		if (gup >= 0) {
 			bench_miss(gup);
 			close(gup);
-		} else if (host) {
-			printf("\nno /sys/kernel/debug/gup_test (CONFIG_GUP_TEST, debugfs): "
-			       "no register_miss_per_page rows\n");
+		} else if (host || only) {
+			if (want("miss"))
+				printf("\nno /sys/kernel/debug/gup_test (CONFIG_GUP_TEST, "
+				       "debugfs): no register_miss_per_page rows\n");
 		} else {
 			fail("open /sys/kernel/debug/gup_test (CONFIG_GUP_TEST): %s",
 			     strerror(errno));
 		}
-		bench_hit();
-		bench_userspace_hit();
-		bench_park();
-		bench_munmap();
-		bench_ring();
-		bench_peer_write();
-		bench_pingpong();
-		bench_lookup();
-		bench_pool_ops();
-		bench_pool_grow();
+		if (want("hit"))
+			bench_hit();
+		if (want("userspace_hit"))
+			bench_userspace_hit();
+		if (want("park"))
+			bench_park();
+		if (want("munmap"))
+			bench_munmap();
+		if (want("ring"))
+			bench_ring();
+		if (want("peer_write"))
+			bench_peer_write();
+		if (want("pingpong"))
+			bench_pingpong();
+		if (want("lookup"))
+			bench_lookup();
+		if (want("pool_ops"))
+			bench_pool_ops();
+		if (want("pool_grow"))
+			bench_pool_grow();
 	}
-	bench_lib_cache_hit();
-	bench_lib_ring();
-	bench_pool_ring();
-	bench_rust_ring();
-	if (!lib_only && !host)
+	if (want("lib_cache_hit"))
+		bench_lib_cache_hit();
+	if (want("lib_ring"))
+		bench_lib_ring();
+	if (want("pool_ring"))
+		bench_pool_ring();
+	if (want("rust_ring"))
+		bench_rust_ring();
+	if (!lib_only && !host && want("clients"))
 		bench_clients();
 	print_results();
 	return 0;
