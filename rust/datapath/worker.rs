@@ -80,8 +80,6 @@ pub(crate) struct WorkerState {
     waiting: [Option<WaitingSend>; uapi::MAX_QUEUES as usize],
     /// Serving in a DOORBELL's caller, not in the worker.
     inline: bool,
-    /// Requests the last batch took.
-    last_taken: u32,
 }
 
 /// A SEND waiting for a RECV.
@@ -106,7 +104,6 @@ impl WorkerState {
             shadow_misses: 0,
             waiting: [const { None }; uapi::MAX_QUEUES as usize],
             inline: false,
-            last_taken: 0,
         })
     }
 
@@ -294,7 +291,6 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
         }
     }
     account(data, ws, q, taken, written, errors);
-    ws.last_taken = taken;
     taken + written
 }
 
@@ -304,10 +300,11 @@ fn serve(data: &Arc<DataPath>, ws: &mut WorkerState, q: &Queue) -> u32 {
 /// cgroup through the owner's as the worker does), and no worker wakes for
 /// what one batch finishes (io_uring's inline issue). Returns whether the
 /// worker is still needed: a run held the state (it serves the queue
-/// itself), requests are left after the batch, a SEND of `q` waits for a
-/// RECV, or the batch held more than one request: a queue that busy is
-/// better served by the worker polling it, which spares its posters the
-/// doorbells.
+/// itself), requests are left after the batch (posters kept posting while
+/// it was served: the worker polls such a queue, which spares its posters
+/// the doorbells), or a SEND of `q` waits for a RECV. A batch that one
+/// poster published and rang for once is served here whole, and the worker
+/// stays asleep.
 pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
     if data.closing.load(Relaxed) {
         return false;
@@ -333,7 +330,7 @@ pub(crate) fn serve_inline(data: &Arc<DataPath>, q: &Queue) -> bool {
         .is_some_and(Option::is_some);
     // Under the worker's mutex: `ready` may write the queue's flags, which only the one
     // serving the queue writes.
-    let left = waits || ws.last_taken > 1 || q.ready();
+    let left = waits || q.ready();
     drop(guard);
     left
 }

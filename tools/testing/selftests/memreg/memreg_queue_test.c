@@ -2281,6 +2281,45 @@ TEST_F(dp, doorbell_serves_in_the_caller_when_the_worker_sleeps)
 	EXPECT_LE(8, st.wakeups);
 }
 
+/*
+ * A batch one thread published and rang for once is served whole by the
+ * doorbell, in the caller, and the worker stays asleep: one system call a
+ * batch, no worker wake-up, and the next batch rings again.
+ */
+TEST_F(dp, batch_rung_once_is_served_whole_in_the_caller)
+{
+	struct memreg_queue_stats st0, st;
+	struct memreg_cqe c[8];
+	struct memreg_sqe s;
+	int round;
+	__u64 i;
+
+	ASSERT_EQ(0, mrq_wait_flags(&self->q, MEMREG_QUEUE_NEED_WAKEUP, MEMREG_QUEUE_NEED_WAKEUP,
+				    sleep_ms(self->fd)));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st0));
+	for (round = 0; round < 4; round++) {
+		for (i = 0; i < 8; i++) {
+			s = mr_sqe_copy(round * 8 + i, self->rd.lkey, i * 64, self->rs.lkey, i * 64, 64);
+			ASSERT_EQ(0, memreg_queue_post(&self->q, &s, MEMREG_POST_NO_DOORBELL, NULL));
+		}
+		ASSERT_EQ(0, memreg_queue_doorbell(&self->q));
+		/* No waiting: the whole batch completed before the doorbell returned. */
+		ASSERT_EQ(8, memreg_reap_cqes(&self->q, c, 8));
+		for (i = 0; i < 8; i++)
+			expect_cqe(_metadata, &c[i], round * 8 + i, 0, 64);
+		EXPECT_EQ(MEMREG_QUEUE_NEED_WAKEUP, memreg_queue_flags(&self->q) &
+			  MEMREG_QUEUE_NEED_WAKEUP) TH_LOG("round %d", round);
+	}
+	EXPECT_EQ(0, memcmp(self->dst, self->src, 8 * 64));
+	ASSERT_EQ(0, memreg_queue_stats(self->fd, &st));
+	EXPECT_EQ(32, st.requests - st0.requests);
+	EXPECT_EQ(4, st.doorbells - st0.doorbells);
+	/* Each inline batch counts as one run; no worker ran besides. */
+	EXPECT_EQ(4, st.wakeups - st0.wakeups);
+	EXPECT_EQ(4, st.batches - st0.batches);
+	EXPECT_EQ(8, st.batch_max);
+}
+
 /* Requests waiting when the worker wakes are taken in batches. */
 TEST_F(dp, backlog_is_taken_in_batches)
 {
