@@ -491,6 +491,25 @@ int memreg_pool_free(struct memreg_pool *pool, void *addr);
 /* All or nothing, up to MEMREG_POOL_MAX_BATCH addresses. */
 int memreg_pool_free_batch(struct memreg_pool *pool, void *const *addrs,
 			   unsigned int count);
+/*
+ * A cache of free buffers of @pool for one thread at a time (the pool's
+ * rings mapped first): up to @size (1 .. MEMREG_POOL_CACHE_MAX) buffers per
+ * class, taken from and given back to the class's ring half a cache at a
+ * time, so that most ALLOCs and FREEs touch no shared memory (library 1.3).
+ */
+#define MEMREG_POOL_CACHE_MAX	512
+struct memreg_pool_cache;
+int memreg_pool_cache_create(struct memreg_pool *pool, unsigned int size,
+			     struct memreg_pool_cache **cache);
+/* As memreg_pool_alloc(), from the cache first. */
+int memreg_pool_cache_alloc(struct memreg_pool_cache *cache, __u64 size, __u32 flags,
+			    __u32 timeout_ms, struct memreg_pool_buf *buf);
+/* As memreg_pool_free(), into the cache first. */
+int memreg_pool_cache_free(struct memreg_pool_cache *cache, void *addr);
+/* Gives every cached buffer back to its ring. */
+int memreg_pool_cache_flush(struct memreg_pool_cache *cache);
+/* Flushes and frees the cache (before memreg_pool_exit() of its pool). */
+void memreg_pool_cache_destroy(struct memreg_pool_cache *cache);
 /* Per-class counters into @stats (room for @count): the number of classes. */
 int memreg_pool_stats(struct memreg_pool *pool, struct memreg_pool_stats *stats,
 		      unsigned int count);

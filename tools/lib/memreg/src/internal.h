@@ -68,6 +68,20 @@ struct memreg_pool_rings {
 };
 
 /*
+ * A cache of free buffers of one pool, for one thread at a time: per class,
+ * a stack of up to @size buffer indexes taken from the class's ring and
+ * given back to it half a cache at a time.
+ */
+struct memreg_pool_cache {
+	struct memreg_pool *pool;
+	struct memreg_pool_rings *rings;
+	unsigned int size;
+	unsigned int count[MEMREG_POOL_MAX_CLASSES];
+	__u32 *idx[MEMREG_POOL_MAX_CLASSES];
+	__u32 slots[];				/* nr_classes * size */
+};
+
+/*
  * Gives @pool the rings of @map (@map_bytes long, laid out as @rc, @nr
  * classes, from POOL_RING) after checking that every array lies in the
  * mapping and matches the pool's classes: 0, -EPROTO (nothing kept) or

@@ -218,6 +218,25 @@ static int pool_free_ioctl(struct memreg_pool *pool, const __u64 *addrs, unsigne
 	return memreg__ioctl(pool->fd, MEMREG_IOC_POOL_FREE, &f);
 }
 
+/* The address of buffer @idx of ring @r. */
+static __u64 ring_addr(const struct memreg__ring_class *r, __u32 idx)
+{
+	return (__u64)(unsigned long)(r->base + ((__u64)idx << r->shift));
+}
+
+/* Describes buffer @idx of class @c's ring @r, whose chunk has key @key. */
+static void ring_buf(const struct memreg__ring_class *r, unsigned int c, __u32 idx, __u64 key,
+		     struct memreg_pool_buf *buf)
+{
+	buf->addr = ring_addr(r, idx);
+	buf->key = key;
+	buf->offset = __atomic_load_n(&r->chunks[idx / r->chunk_buffers].offset,
+				      __ATOMIC_RELAXED) +
+		      (__u64)(idx % r->chunk_buffers) * r->buffer_size;
+	buf->size = r->buffer_size;
+	buf->class = c;
+}
+
 /*
  * Pops a buffer from class @c's ring into *buf: 0, or -EAGAIN when the ring
  * is empty (or says nothing usable). A buffer the ring must not hand out
@@ -228,7 +247,7 @@ static int ring_pop(struct memreg_pool *pool, struct memreg_pool_rings *rings,
 {
 	struct memreg__ring_class *r = &rings->cls[c];
 	unsigned int tries = 0;
-	__u64 top, want, key, addr;
+	__u64 top, want, key = 0, addr;
 	__u32 idx, nxt;
 
 	top = __atomic_load_n(&r->head->top, __ATOMIC_ACQUIRE);
@@ -242,7 +261,7 @@ static int ring_pop(struct memreg_pool *pool, struct memreg_pool_rings *rings,
 		if (!__atomic_compare_exchange_n(&r->head->top, &top, want, true,
 						 __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE))
 			continue;
-		addr = (__u64)(unsigned long)(r->base + ((__u64)idx << r->shift));
+		addr = ring_addr(r, idx);
 		if (ring_usable(r, idx, &key))
 			break;
 		/* Being given back or gone: the kernel's (ESTALE, EINVAL: fine). */
@@ -251,13 +270,7 @@ static int ring_pop(struct memreg_pool *pool, struct memreg_pool_rings *rings,
 			return -EAGAIN;
 		top = __atomic_load_n(&r->head->top, __ATOMIC_ACQUIRE);
 	}
-	buf->addr = addr;
-	buf->key = key;
-	buf->offset = __atomic_load_n(&r->chunks[idx / r->chunk_buffers].offset,
-				      __ATOMIC_RELAXED) +
-		      (__u64)(idx % r->chunk_buffers) * r->buffer_size;
-	buf->size = r->buffer_size;
-	buf->class = c;
+	ring_buf(r, c, idx, key, buf);
 	return 0;
 }
 
@@ -394,6 +407,166 @@ int memreg_pool_free(struct memreg_pool *pool, void *addr)
 		}
 	}
 	return pool_free_ioctl(pool, &a, 1);
+}
+
+/* ---- Per-thread caches ---------------------------------------------------- */
+
+/*
+ * Pops up to @max buffers of ring @r into @out with one compare-and-swap:
+ * the chain under the top is walked first, and the swap succeeds only if
+ * the top did not change meanwhile (every change counts in its tag), so the
+ * walk read the stack as it was. A next index that makes no sense ends the
+ * chain (the ring is left empty). How many were popped: 0 when it is empty.
+ */
+static unsigned int ring_pop_many(struct memreg__ring_class *r, __u32 *out, unsigned int max)
+{
+	__u64 top = __atomic_load_n(&r->head->top, __ATOMIC_ACQUIRE);
+	unsigned int n;
+	__u32 idx;
+
+	do {
+		idx = MEMREG_POOL_RING_INDEX(top);
+		for (n = 0; n < max && idx < r->max_buffers; n++) {
+			out[n] = idx;
+			idx = __atomic_load_n(&r->next[idx], __ATOMIC_RELAXED);
+		}
+		if (!n)
+			return 0;
+		if (idx >= r->max_buffers)
+			idx = MEMREG_POOL_RING_EMPTY;
+	} while (!__atomic_compare_exchange_n(&r->head->top, &top,
+					      MEMREG_POOL_RING_TOP(MEMREG_POOL_RING_TAG(top) + 1,
+								   idx),
+					      true, __ATOMIC_ACQUIRE, __ATOMIC_ACQUIRE));
+	return n;
+}
+
+/* Pushes the @n (at least 1) buffers @idx onto ring @r with one compare-and-swap. */
+static void ring_push_many(struct memreg__ring_class *r, const __u32 *idx, unsigned int n)
+{
+	__u64 top = __atomic_load_n(&r->head->top, __ATOMIC_ACQUIRE);
+	unsigned int i;
+
+	for (i = 0; i + 1 < n; i++)
+		__atomic_store_n(&r->next[idx[i]], idx[i + 1], __ATOMIC_RELAXED);
+	do {
+		__atomic_store_n(&r->next[idx[n - 1]], MEMREG_POOL_RING_INDEX(top),
+				 __ATOMIC_RELAXED);
+	} while (!__atomic_compare_exchange_n(&r->head->top, &top,
+					      MEMREG_POOL_RING_TOP(MEMREG_POOL_RING_TAG(top) + 1,
+								   idx[0]),
+					      true, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
+}
+
+int memreg_pool_cache_create(struct memreg_pool *pool, unsigned int size,
+			     struct memreg_pool_cache **cache)
+{
+	struct memreg_pool_rings *rings;
+	struct memreg_pool_cache *pc;
+	unsigned int c;
+
+	if (!cache)
+		return -EINVAL;
+	*cache = NULL;
+	if (!pool || !size || size > MEMREG_POOL_CACHE_MAX)
+		return -EINVAL;
+	rings = pool_rings(pool);
+	if (!rings)
+		return -ENXIO;
+	pc = calloc(1, sizeof(*pc) + (size_t)rings->nr_classes * size * sizeof(__u32));
+	if (!pc)
+		return -ENOMEM;
+	pc->pool = pool;
+	pc->rings = rings;
+	pc->size = size;
+	for (c = 0; c < rings->nr_classes; c++)
+		pc->idx[c] = pc->slots + (size_t)c * size;
+	*cache = pc;
+	return 0;
+}
+
+int memreg_pool_cache_flush(struct memreg_pool_cache *cache)
+{
+	unsigned int c;
+
+	if (!cache)
+		return -EINVAL;
+	for (c = 0; c < cache->rings->nr_classes; c++) {
+		if (cache->count[c])
+			ring_push_many(&cache->rings->cls[c], cache->idx[c], cache->count[c]);
+		cache->count[c] = 0;
+	}
+	return 0;
+}
+
+void memreg_pool_cache_destroy(struct memreg_pool_cache *cache)
+{
+	if (!cache)
+		return;
+	memreg_pool_cache_flush(cache);
+	free(cache);
+}
+
+int memreg_pool_cache_alloc(struct memreg_pool_cache *cache, __u64 size, __u32 flags,
+			    __u32 timeout_ms, struct memreg_pool_buf *buf)
+{
+	struct memreg__ring_class *r;
+	unsigned int tries = 0, *n;
+	__u64 key, addr;
+	__u32 idx;
+	int c;
+
+	if (!cache)
+		return -EINVAL;
+	c = ring_alloc_class(cache->rings, size, flags, timeout_ms, 1);
+	if (c < 0)
+		return memreg_pool_alloc(cache->pool, size, flags, timeout_ms, buf);
+	r = &cache->rings->cls[c];
+	n = &cache->count[c];
+	for (;;) {
+		/* Empty: half a cache from the ring in one swap, else the kernel's. */
+		if (!*n) {
+			*n = ring_pop_many(r, cache->idx[c], (cache->size + 1) / 2);
+			if (!*n)
+				break;
+		}
+		idx = cache->idx[c][--*n];
+		if (ring_usable(r, idx, &key)) {
+			ring_buf(r, (unsigned int)c, idx, key, buf);
+			return 0;
+		}
+		/* Being given back since it was cached: the kernel's (ESTALE: fine). */
+		addr = ring_addr(r, idx);
+		pool_free_ioctl(cache->pool, &addr, 1);
+		if (++tries >= RING_POP_TRIES)
+			break;
+	}
+	return memreg_pool_alloc(cache->pool, size, flags, timeout_ms, buf);
+}
+
+int memreg_pool_cache_free(struct memreg_pool_cache *cache, void *addr)
+{
+	struct memreg__ring_class *r;
+	unsigned int half, *n;
+	__u64 key;
+	__u32 idx;
+	int c;
+
+	if (!cache)
+		return -EINVAL;
+	c = ring_index(cache->rings, addr, &idx);
+	if (c < 0 || !ring_usable(&cache->rings->cls[c], idx, &key))
+		return memreg_pool_free(cache->pool, addr);
+	r = &cache->rings->cls[c];
+	n = &cache->count[c];
+	/* Full: the most recently cached half goes back to the ring in one swap. */
+	if (*n == cache->size) {
+		half = (cache->size + 1) / 2;
+		*n -= half;
+		ring_push_many(r, cache->idx[c] + *n, half);
+	}
+	cache->idx[c][(*n)++] = idx;
+	return 0;
 }
 
 int memreg_pool_stats(struct memreg_pool *pool, struct memreg_pool_stats *stats,

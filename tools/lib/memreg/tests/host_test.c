@@ -745,6 +745,172 @@ static void test_ring_garbage(void)
 	memreg_pool_exit(&pool_for_tests);
 }
 
+/* ---- Per-thread caches over the rings ---- */
+
+/* The cache's buffers: alloc/free, refills and spills of half a cache, the limit. */
+static void test_cache_alloc_free(void)
+{
+	struct memreg_pool_buf b[FR_BUFFERS], one;
+	struct memreg_pool_cache *pc = (void *)1;
+	struct memreg__ring_class *r;
+	struct memreg_pool none = { .fd = -1 };
+	__u32 i, idx, tag;
+
+	CHECK(memreg_pool_cache_create(&none, 8, &pc) == -ENXIO && pc == NULL);
+	CHECK(fake_rings_init(&pool_for_tests) == 0);
+	if (!pool_for_tests.rings)
+		return;
+	r = fr_ring(&pool_for_tests, 0);
+	CHECK(memreg_pool_cache_create(&pool_for_tests, 8, NULL) == -EINVAL);
+	CHECK(memreg_pool_cache_create(NULL, 8, &pc) == -EINVAL && pc == NULL);
+	CHECK(memreg_pool_cache_create(&pool_for_tests, 0, &pc) == -EINVAL);
+	CHECK(memreg_pool_cache_create(&pool_for_tests, MEMREG_POOL_CACHE_MAX + 1, &pc) ==
+	      -EINVAL);
+	CHECK(memreg_pool_cache_alloc(NULL, 64, 0, 0, &one) == -EINVAL);
+	CHECK(memreg_pool_cache_free(NULL, pool_for_tests.map) == -EINVAL);
+	CHECK(memreg_pool_cache_flush(NULL) == -EINVAL);
+	memreg_pool_cache_destroy(NULL);
+	CHECK(memreg_pool_cache_create(&pool_for_tests, 8, &pc) == 0 && pc);
+	if (!pc)
+		return;
+	/* The first ALLOC takes half a cache (4) from the ring in one swap. */
+	tag = MEMREG_POOL_RING_TAG(r->head->top);
+	CHECK(memreg_pool_cache_alloc(pc, 64, 0, 0, &b[0]) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS - 4);
+	CHECK(MEMREG_POOL_RING_TAG(r->head->top) == tag + 1);
+	/* Then every buffer once, each with its chunk's key and offset. */
+	for (i = 1; i < FR_BUFFERS; i++)
+		CHECK(memreg_pool_cache_alloc(pc, 1 + i % 64, 0, 0, &b[i]) == 0);
+	for (i = 0; i < FR_BUFFERS; i++) {
+		idx = fr_index(&pool_for_tests, &b[i]);
+		CHECK(idx < FR_BUFFERS && b[i].class == 0 && b[i].size == 64);
+		CHECK(b[i].key == FR_KEY(0, idx / FR_CHUNK));
+		CHECK(b[i].offset == (idx / FR_CHUNK) * 0x10000ULL + (idx % FR_CHUNK) * 64);
+		CHECK(!((__u32 *)pool_for_tests.map)[idx * 16]);
+		((__u32 *)pool_for_tests.map)[idx * 16] = 1;
+	}
+	CHECK(fr_count(&pool_for_tests, 0) == 0);
+	/* Empty cache and ring: the ioctl answers (EBADF here). */
+	CHECK(memreg_pool_cache_alloc(pc, 64, 0, 0, &one) == -EBADF);
+	/* Class 1 has a cache of its own; what no ring answers goes to the ioctl. */
+	CHECK(memreg_pool_cache_alloc(pc, 65, 0, 0, &one) == 0 && one.class == 1);
+	CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)one.addr) == 0);
+	CHECK(memreg_pool_cache_alloc(pc, 257, 0, 0, &one) == -EBADF);
+	CHECK(memreg_pool_cache_alloc(pc, 16, 1U << 5, 0, &one) == -EBADF);
+	/* Frees fill the cache; the ninth sends the newest half (4) back to the ring. */
+	for (i = 0; i < 8; i++) {
+		((__u32 *)pool_for_tests.map)[fr_index(&pool_for_tests, &b[i]) * 16] = 0;
+		CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)b[i].addr) == 0);
+	}
+	CHECK(fr_count(&pool_for_tests, 0) == 0);
+	((__u32 *)pool_for_tests.map)[fr_index(&pool_for_tests, &b[8]) * 16] = 0;
+	CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)b[8].addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == 4);
+	/* Not a buffer's start, or not the pool's: the kernel's. */
+	CHECK(memreg_pool_cache_free(pc, (char *)(unsigned long)b[20].addr + 1) == -EBADF);
+	CHECK(memreg_pool_cache_free(pc, &one) == -EBADF);
+	for (i = 9; i < FR_BUFFERS; i++) {
+		((__u32 *)pool_for_tests.map)[fr_index(&pool_for_tests, &b[i]) * 16] = 0;
+		CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)b[i].addr) == 0);
+	}
+	/* 55 more frees: spills of 4 whenever it is full, which it is at the end. */
+	CHECK(fr_count(&pool_for_tests, 0) + 8 == FR_BUFFERS);
+	CHECK(memreg_pool_cache_flush(pc) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS);
+	CHECK(fr_count(&pool_for_tests, 1) == FR_BUFFERS);
+	/*
+	 * Cached buffers whose chunk is being given back (above the limit) are
+	 * never handed out: each goes back by POOL_FREE (EBADF ignored), and
+	 * the ALLOC goes on with the next.
+	 */
+	CHECK(memreg_pool_cache_alloc(pc, 64, 0, 0, &one) == 0);
+	CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)one.addr) == 0);
+	r->head->limit = 0;
+	CHECK(memreg_pool_cache_alloc(pc, 64, 0, 0, &one) == -EBADF);
+	r->head->limit = FR_BUFFERS;
+	/* A free of a buffer above the limit is the kernel's, not the cache's. */
+	r->head->limit = 8;
+	CHECK(memreg_pool_cache_free(pc, (char *)pool_for_tests.map + 9 * 64) == -EBADF);
+	r->head->limit = FR_BUFFERS;
+	memreg_pool_cache_destroy(pc);
+	memreg_pool_exit(&pool_for_tests);
+}
+
+/* Threads with a cache each over one ring: no buffer held by two of them. */
+struct fc_thread {
+	struct memreg_pool *pool;
+	__u32 owner;
+	unsigned int size;
+	unsigned int twice, bad, done;
+};
+
+static void *fc_thread_fn(void *arg)
+{
+	struct fc_thread *t = arg;
+	struct memreg_pool_cache *pc;
+	struct memreg_pool_buf b[6];
+	unsigned int i, k, n;
+
+	if (memreg_pool_cache_create(t->pool, t->size, &pc)) {
+		t->bad++;
+		return NULL;
+	}
+	for (i = 0; i < FR_ROUNDS; i++) {
+		/* One to six at a time: refills and spills in every order. */
+		n = 1 + (i * 7 + t->owner) % 6;
+		for (k = 0; k < n; k++) {
+			__u32 *tag;
+
+			if (memreg_pool_cache_alloc(pc, 64, 0, 0, &b[k]))
+				break;
+			if (fr_index(t->pool, &b[k]) >= FR_BUFFERS || b[k].class) {
+				t->bad++;
+				break;
+			}
+			tag = (__u32 *)(unsigned long)b[k].addr;
+			if (__atomic_exchange_n(tag, t->owner, __ATOMIC_RELAXED))
+				t->twice++;
+		}
+		n = k;
+		for (k = 0; k < n; k++) {
+			__u32 *tag = (__u32 *)(unsigned long)b[k].addr;
+
+			if (__atomic_load_n(tag, __ATOMIC_RELAXED) != t->owner)
+				t->twice++;
+			__atomic_store_n(tag, 0, __ATOMIC_RELAXED);
+			if (memreg_pool_cache_free(pc, tag))
+				t->bad++;
+		}
+		t->done++;
+	}
+	memreg_pool_cache_destroy(pc);
+	return NULL;
+}
+
+static void test_cache_threads(unsigned int size)
+{
+	struct fc_thread t[FR_THREADS];
+	pthread_t tid[FR_THREADS];
+	unsigned int i;
+
+	CHECK(fake_rings_init(&pool_for_tests) == 0);
+	if (!pool_for_tests.rings)
+		return;
+	for (i = 0; i < FR_THREADS; i++) {
+		t[i] = (struct fc_thread){ .pool = &pool_for_tests, .owner = i + 1, .size = size };
+		pthread_create(&tid[i], NULL, fc_thread_fn, &t[i]);
+	}
+	for (i = 0; i < FR_THREADS; i++) {
+		pthread_join(tid[i], NULL);
+		CHECK(t[i].twice == 0);
+		CHECK(t[i].bad == 0);
+		CHECK(t[i].done == FR_ROUNDS);
+	}
+	/* Every cache was destroyed, so flushed: every buffer is on the ring once. */
+	CHECK(fr_count(&pool_for_tests, 0) == FR_BUFFERS);
+	memreg_pool_exit(&pool_for_tests);
+}
+
 int main(void)
 {
 	test_preps();
@@ -760,6 +926,9 @@ int main(void)
 	test_ring_threads(6);
 	test_ring_threads(FR_BUFFERS);
 	test_ring_garbage();
+	test_cache_alloc_free();
+	test_cache_threads(4);
+	test_cache_threads(32);
 	printf("libmemreg host tests: %d checks, %d failed\n", checks, failures);
 	return failures ? 1 : 0;
 }

@@ -716,6 +716,56 @@ TEST_F(lib, popped_keys_and_offsets_reach_the_buffer)
 		EXPECT_EQ(0, memreg_pool_free(&self->pool, (void *)(unsigned long)b[i].addr));
 }
 
+/*
+ * A thread's cache over the rings: every buffer it hands out is the pool's,
+ * once, with a key that reaches its bytes; the kernel's counters do not
+ * move, and once the cache is destroyed every buffer is back on its ring.
+ */
+TEST_F(lib, cache_buffers_reach_their_bytes_and_go_back_to_the_ring)
+{
+	static struct memreg_pool_buf b[256];
+	struct memreg_pool_cache *pc;
+	unsigned char seen[256] = { 0 };
+	char tmp[16], want[16];
+	int i, k;
+
+	EXPECT_EQ(-EINVAL, memreg_pool_cache_create(&self->pool, 0, &pc));
+	EXPECT_EQ(-EINVAL, memreg_pool_cache_create(&self->pool, MEMREG_POOL_CACHE_MAX + 1, &pc));
+	ASSERT_EQ(0, memreg_pool_cache_create(&self->pool, 16, &pc));
+	for (i = 0; i < 256; i++) {
+		const struct memreg_pool_class *c = &self->pool.classes[0];
+		long idx;
+
+		ASSERT_EQ(0, memreg_pool_cache_alloc(pc, 256, MEMREG_POOL_NO_FALLBACK, 0, &b[i]))
+			TH_LOG("buffer %d", i);
+		idx = bidx(self->pool.map, c, b[i].addr);
+		ASSERT_EQ(0, b[i].class);
+		ASSERT_GE(idx, 0);
+		ASSERT_LT(idx, 256);
+		EXPECT_EQ(0, seen[idx]++) TH_LOG("buffer %ld twice", idx);
+		for (k = 0; k < 16; k++)
+			want[k] = (char)(i * 3 + k);
+		memcpy((char *)(unsigned long)b[i].addr, want, 16);
+		ASSERT_EQ(0, memreg_copy(self->fd, b[i].key, b[i].offset, tmp, 16,
+					 MEMREG_COPY_FROM_REGION)) TH_LOG("buffer %d", i);
+		EXPECT_EQ(0, memcmp(tmp, want, 16)) TH_LOG("buffer %d", i);
+	}
+	EXPECT_EQ(0, LIB_STAT(&self->pool, 0, allocated));
+	for (i = 0; i < 256; i++)
+		EXPECT_EQ(0, memreg_pool_cache_free(pc, (void *)(unsigned long)b[i].addr));
+	/* Not a buffer's start: the kernel says so. */
+	EXPECT_EQ(-EINVAL, memreg_pool_cache_free(pc, (char *)self->pool.map + 1));
+	memreg_pool_cache_destroy(pc);
+	EXPECT_EQ(0, LIB_STAT(&self->pool, 0, allocated));
+	EXPECT_EQ(256, LIB_LENT(&self->pool, 0));
+	/* All 256 are on the ring again: popped without the kernel. */
+	for (i = 0; i < 256; i++)
+		ASSERT_EQ(0, memreg_pool_alloc(&self->pool, 256, MEMREG_POOL_NO_FALLBACK, 0, &b[i]));
+	EXPECT_EQ(0, LIB_STAT(&self->pool, 0, allocated));
+	for (i = 0; i < 256; i++)
+		EXPECT_EQ(0, memreg_pool_free(&self->pool, (void *)(unsigned long)b[i].addr));
+}
+
 /* ---- An empty ring ---- */
 
 /* The ring ran dry: the library's ALLOC is the ioctl's, which grows and lends. */
@@ -1010,24 +1060,38 @@ TEST_F(garbage, drain_rejects_it_and_the_pool_goes_on)
 struct popper {
 	struct memreg_pool *pool;
 	__u32 owner;
+	unsigned int cache;	/* buffers per class of a cache of its own, or 0 */
 	int errors;		/* an ALLOC or FREE that failed, a bad buffer */
 	int twice;		/* a buffer found held by another thread */
 	int rounds;
 };
 
+static int popper_alloc(struct popper *t, struct memreg_pool_cache *pc,
+			struct memreg_pool_buf *b)
+{
+	if (pc)
+		return memreg_pool_cache_alloc(pc, K4, 0, ALLOC_MS, b);
+	return memreg_pool_alloc(t->pool, K4, 0, ALLOC_MS, b);
+}
+
 static void *popper_run(void *arg)
 {
 	struct popper *t = arg;
-	struct memreg_pool_buf b[2];
+	struct memreg_pool_cache *pc = NULL;
+	struct memreg_pool_buf b[3];
 	int i, k, n;
 
+	if (t->cache && memreg_pool_cache_create(t->pool, t->cache, &pc)) {
+		t->errors++;
+		return NULL;
+	}
 	for (i = 0; i < ROUNDS; i++) {
-		/* One or two at a time: buffers change hands in every order. */
-		n = 1 + (int)((i + t->owner) % 2);
+		/* One to three at a time: buffers change hands in every order. */
+		n = 1 + (int)((i + t->owner) % (pc ? 3 : 2));
 		for (k = 0; k < n; k++) {
 			__u32 *tag;
 
-			if (memreg_pool_alloc(t->pool, K4, 0, ALLOC_MS, &b[k]) || !b[k].key) {
+			if (popper_alloc(t, pc, &b[k]) || !b[k].key) {
 				t->errors++;
 				break;
 			}
@@ -1042,15 +1106,37 @@ static void *popper_run(void *arg)
 			if (__atomic_load_n(tag, __ATOMIC_RELAXED) != t->owner)
 				t->twice++;
 			__atomic_store_n(tag, 0, __ATOMIC_RELAXED);
-			if (memreg_pool_free(t->pool, tag))
+			if (pc ? memreg_pool_cache_free(pc, tag) : memreg_pool_free(t->pool, tag))
 				t->errors++;
 		}
 		t->rounds++;
 	}
+	memreg_pool_cache_destroy(pc);
 	return NULL;
 }
 
-TEST(threads_never_hold_a_buffer_at_once)
+FIXTURE(threads)
+{
+};
+
+FIXTURE_VARIANT(threads)
+{
+	unsigned int cache;
+};
+
+FIXTURE_SETUP(threads)
+{
+}
+
+FIXTURE_TEARDOWN(threads)
+{
+}
+
+/* Each thread through the ring, or through a cache of its own over it. */
+FIXTURE_VARIANT_ADD(threads, ring) { .cache = 0 };
+FIXTURE_VARIANT_ADD(threads, cache_of_4) { .cache = 4 };
+
+TEST_F(threads, never_hold_a_buffer_at_once)
 {
 	struct memreg_pool_class c = cl(K4, MAX_BUFS, 0, 0, 16);
 	struct popper t[THREADS];
@@ -1061,7 +1147,8 @@ TEST(threads_never_hold_a_buffer_at_once)
 	ASSERT_EQ(0, lib_pool(&fd, &pool, &c, 1));
 	ASSERT_EQ(0, wait_lent(fd, pool.id, 0, 16, WAIT_MS));
 	for (i = 0; i < THREADS; i++) {
-		t[i] = (struct popper){ .pool = &pool, .owner = (__u32)i + 1 };
+		t[i] = (struct popper){ .pool = &pool, .owner = (__u32)i + 1,
+					.cache = variant->cache };
 		ASSERT_EQ(0, pthread_create(&tid[i], NULL, popper_run, &t[i]));
 	}
 	for (i = 0; i < THREADS; i++) {
