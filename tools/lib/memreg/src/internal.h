@@ -54,7 +54,7 @@ struct memreg__ring_class {
 	char *base;
 	__u64 bytes;			/* max_buffers * buffer_size */
 	__u32 max_buffers;
-	__u32 chunk_buffers;
+	__u32 chunk_shift;		/* log2(buffers per chunk, a power of two) */
 	__u32 buffer_size;		/* a power of two */
 	__u32 shift;			/* log2(buffer_size) */
 };

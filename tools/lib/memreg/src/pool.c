@@ -96,7 +96,7 @@ int memreg__pool_rings_setup(struct memreg_pool *pool, void *map, size_t map_byt
 		struct memreg__ring_class *r = &rings->cls[c];
 		__u32 bs = pc->buffer_size, max = pc->max_buffers, per = pc->chunk_buffers;
 
-		if (!bs || (bs & (bs - 1)) || !max || !per || max % per ||
+		if (!bs || (bs & (bs - 1)) || !max || !per || (per & (per - 1)) || max % per ||
 		    rc[c].nr_chunks != max / per ||
 		    rc[c].head_offset % 8 || rc[c].next_offset % 4 ||
 		    rc[c].chunks_offset % 8 ||
@@ -115,7 +115,7 @@ int memreg__pool_rings_setup(struct memreg_pool *pool, void *map, size_t map_byt
 		r->base = (char *)pool->map + pc->offset;
 		r->bytes = (__u64)max * bs;
 		r->max_buffers = max;
-		r->chunk_buffers = per;
+		r->chunk_shift = (__u32)__builtin_ctz(per);
 		r->buffer_size = bs;
 		r->shift = (__u32)__builtin_ctz(bs);
 	}
@@ -203,7 +203,7 @@ static bool ring_usable(const struct memreg__ring_class *r, __u32 idx, __u64 *ke
 {
 	if (idx >= __atomic_load_n(&r->head->limit, __ATOMIC_ACQUIRE))
 		return false;
-	*key = __atomic_load_n(&r->chunks[idx / r->chunk_buffers].key, __ATOMIC_ACQUIRE);
+	*key = __atomic_load_n(&r->chunks[idx >> r->chunk_shift].key, __ATOMIC_ACQUIRE);
 	return *key != 0;
 }
 
@@ -230,9 +230,9 @@ static void ring_buf(const struct memreg__ring_class *r, unsigned int c, __u32 i
 {
 	buf->addr = ring_addr(r, idx);
 	buf->key = key;
-	buf->offset = __atomic_load_n(&r->chunks[idx / r->chunk_buffers].offset,
+	buf->offset = __atomic_load_n(&r->chunks[idx >> r->chunk_shift].offset,
 				      __ATOMIC_RELAXED) +
-		      (__u64)(idx % r->chunk_buffers) * r->buffer_size;
+		      ((__u64)(idx & ((1U << r->chunk_shift) - 1)) << r->shift);
 	buf->size = r->buffer_size;
 	buf->class = c;
 }

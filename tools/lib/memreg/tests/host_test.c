@@ -591,7 +591,19 @@ static void test_ring_bad_layout(void)
 	rc.head_offset = 0;
 	pool.map_bytes--;
 	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == -EPROTO);
-	CHECK(pool.rings == NULL);
+	pool.map_bytes++;
+	/* Chunks of 12 buffers (48 in 4): not a power of two. */
+	pool.classes[0].max_buffers = 48;
+	pool.classes[0].chunk_buffers = 12;
+	rc.nr_chunks = 4;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == -EPROTO);
+	/* The same with chunks of 16 (48 in 3) fits. */
+	pool.classes[0].chunk_buffers = 16;
+	rc.nr_chunks = 3;
+	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == 0);
+	CHECK(pool.rings != NULL);
+	free(pool.rings);
+	pool.rings = NULL;
 }
 
 /* Threads popping and pushing at once: no buffer held by two of them. */
