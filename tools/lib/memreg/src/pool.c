@@ -458,6 +458,34 @@ static void ring_push_many(struct memreg__ring_class *r, const __u32 *idx, unsig
 					      true, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
 }
 
+/*
+ * Gives the @n (at least 1) buffers @idx of @cache's class @c back: those
+ * the ring may take in one push, the others (their chunk is being given
+ * back since they were cached) by POOL_FREE, whose answer (ESTALE) does not
+ * matter here. Reorders @idx.
+ */
+static void cache_give_back(struct memreg_pool_cache *cache, unsigned int c, __u32 *idx,
+			    unsigned int n)
+{
+	struct memreg__ring_class *r = &cache->rings->cls[c];
+	unsigned int i, kept = 0;
+	__u64 key, addr;
+
+	for (i = 0; i < n; i++) {
+		if (ring_usable(r, idx[i], &key)) {
+			__u32 t = idx[kept];
+
+			idx[kept++] = idx[i];
+			idx[i] = t;
+			continue;
+		}
+		addr = ring_addr(r, idx[i]);
+		pool_free_ioctl(cache->pool, &addr, 1);
+	}
+	if (kept)
+		ring_push_many(r, idx, kept);
+}
+
 int memreg_pool_cache_create(struct memreg_pool *pool, unsigned int size,
 			     struct memreg_pool_cache **cache)
 {
@@ -493,7 +521,7 @@ int memreg_pool_cache_flush(struct memreg_pool_cache *cache)
 		return -EINVAL;
 	for (c = 0; c < cache->rings->nr_classes; c++) {
 		if (cache->count[c])
-			ring_push_many(&cache->rings->cls[c], cache->idx[c], cache->count[c]);
+			cache_give_back(cache, c, cache->idx[c], cache->count[c]);
 		cache->count[c] = 0;
 	}
 	return 0;
@@ -546,7 +574,6 @@ int memreg_pool_cache_alloc(struct memreg_pool_cache *cache, __u64 size, __u32 f
 
 int memreg_pool_cache_free(struct memreg_pool_cache *cache, void *addr)
 {
-	struct memreg__ring_class *r;
 	unsigned int half, *n;
 	__u64 key;
 	__u32 idx;
@@ -557,13 +584,12 @@ int memreg_pool_cache_free(struct memreg_pool_cache *cache, void *addr)
 	c = ring_index(cache->rings, addr, &idx);
 	if (c < 0 || !ring_usable(&cache->rings->cls[c], idx, &key))
 		return memreg_pool_free(cache->pool, addr);
-	r = &cache->rings->cls[c];
 	n = &cache->count[c];
 	/* Full: the most recently cached half goes back to the ring in one swap. */
 	if (*n == cache->size) {
 		half = (cache->size + 1) / 2;
 		*n -= half;
-		ring_push_many(r, cache->idx[c] + *n, half);
+		cache_give_back(cache, (unsigned int)c, cache->idx[c] + *n, half);
 	}
 	cache->idx[c][(*n)++] = idx;
 	return 0;

@@ -591,6 +591,7 @@ static void test_ring_bad_layout(void)
 	rc.head_offset = 0;
 	pool.map_bytes--;
 	CHECK(memreg__pool_rings_setup(&pool, mem, bytes, &rc, 1) == -EPROTO);
+	CHECK(pool.rings == NULL);
 	pool.map_bytes++;
 	/* Chunks of 12 buffers (48 in 4): not a power of two. */
 	pool.classes[0].max_buffers = 48;
@@ -766,7 +767,7 @@ static void test_cache_alloc_free(void)
 	struct memreg_pool_cache *pc = (void *)1;
 	struct memreg__ring_class *r;
 	struct memreg_pool none = { .fd = -1 };
-	__u32 i, idx, tag;
+	__u32 i, idx, tag, n;
 
 	CHECK(memreg_pool_cache_create(&none, 8, &pc) == -ENXIO && pc == NULL);
 	CHECK(fake_rings_init(&pool_for_tests) == 0);
@@ -843,6 +844,20 @@ static void test_cache_alloc_free(void)
 	/* A free of a buffer above the limit is the kernel's, not the cache's. */
 	r->head->limit = 8;
 	CHECK(memreg_pool_cache_free(pc, (char *)pool_for_tests.map + 9 * 64) == -EBADF);
+	r->head->limit = FR_BUFFERS;
+	/*
+	 * Cached buffers whose chunk started going back meanwhile are given to
+	 * the kernel (POOL_FREE) by a flush or a spill, never pushed on the ring.
+	 */
+	CHECK(memreg_pool_cache_flush(pc) == 0);
+	n = fr_count(&pool_for_tests, 0);
+	CHECK(n >= 4);
+	CHECK(memreg_pool_cache_alloc(pc, 64, 0, 0, &one) == 0);
+	CHECK(memreg_pool_cache_free(pc, (void *)(unsigned long)one.addr) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) + 4 == n);
+	r->head->limit = 0;
+	CHECK(memreg_pool_cache_flush(pc) == 0);
+	CHECK(fr_count(&pool_for_tests, 0) + 4 == n);
 	r->head->limit = FR_BUFFERS;
 	memreg_pool_cache_destroy(pc);
 	memreg_pool_exit(&pool_for_tests);
