@@ -31,13 +31,13 @@ use core::{cell::UnsafeCell, mem::MaybeUninit, ops::Deref};
 
 /// Borrows in progress, counted: the part of a [`DrainSlot`] that does not
 /// depend on its value's type.
-pub struct BorrowCount {
+struct BorrowCount {
     borrows: Atomic<u32>,
 }
 
 impl BorrowCount {
     /// A count of no borrows.
-    pub const fn new() -> Self {
+    const fn new() -> Self {
         Self {
             borrows: Atomic::new(0),
         }
@@ -63,25 +63,18 @@ impl BorrowCount {
     /// Whether no borrow is in progress, looked at after a full barrier: a
     /// borrow that began before the caller's previous writes has ended when
     /// this returns `true`.
-    pub fn is_idle(&self) -> bool {
+    fn is_idle(&self) -> bool {
         smp_mb_full();
         self.borrows.load(Acquire) == 0
     }
 
     /// Waits, spinning, until no borrow is in progress, after a full barrier.
-    /// Borrows do not sleep nor get preempted, so the wait is short; it may be
-    /// called in atomic context, but not by a holder of a borrow.
-    pub fn wait(&self) {
+    /// See [`DrainSlot::wait_borrows`].
+    fn wait(&self) {
         smp_mb_full();
         while self.borrows.load(Acquire) != 0 {
             cpu_relax();
         }
-    }
-}
-
-impl Default for BorrowCount {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -187,7 +180,13 @@ impl<T> DrainSlot<T> {
     /// Waits until every borrow in progress has ended, after a full barrier
     /// that orders the caller's writes before: a borrow that began before
     /// them has ended on return, and one that begins after sees them.
-    /// Spins: borrows are short. Must not be called while holding a borrow.
+    ///
+    /// Spins: borrows neither sleep nor get preempted, so the wait is short
+    /// as long as borrows that begin after the caller's change give up at
+    /// once on seeing it (a new borrow counts while it looks), and it may be
+    /// called in process context with preemption disabled or a spinlock
+    /// held. Not in interrupt context (the borrow it waits for may be the
+    /// one it interrupted), and not while holding a borrow.
     pub fn wait_borrows(&self) {
         self.count.wait();
     }
