@@ -2076,8 +2076,9 @@ TEST_F_TIMEOUT(dp, unmap_under_stream_never_reaches_new_memory, 120)
 
 /*
  * Writers into a registration that mprotect() makes read-only: one posts
- * page-sized ring COPYs from the fixture's source registration, whose bytes
- * it changes before each request, the other COPY ioctls of 64 bytes from a
+ * ring COPYs of the fixture's whole source registration (64 KiB, one step
+ * of the copy loop: the longest a step borrows the pages), whose bytes it
+ * changes before each request, the other COPY ioctls of 64 bytes from a
  * buffer that changes too. Every completion is 0 or -ENOENT.
  */
 struct late {
@@ -2110,8 +2111,8 @@ static void *late_ring_writer(void *arg)
 	while (!__atomic_load_n(&l->stop, __ATOMIC_ACQUIRE)) {
 		__u64 key = __atomic_load_n(&l->key, __ATOMIC_ACQUIRE);
 
-		memset(l->src, 'A' + i % 26, PAGE);
-		s = mr_sqe_copy(i, key, (i % 4) * PAGE, l->src_key, 0, PAGE);
+		memset(l->src, 'A' + i % 26, BUF_LEN);
+		s = mr_sqe_copy(i, key, 0, l->src_key, 0, BUF_LEN);
 		if (memreg_queue_post_wait(l->q, &s, 10000) ||
 		    memreg_wait_cqes(l->q, &c, 1, 10000) != 1 || c.user_data != i) {
 			late_count(l, -EIO);
@@ -2133,7 +2134,7 @@ static void *late_ioctl_writer(void *arg)
 		__u64 key = __atomic_load_n(&l->key, __ATOMIC_ACQUIRE);
 
 		memset(buf, 'a' + i % 26, sizeof(buf));
-		late_count(l, memreg_copy(l->fd, key, (i * 64) % (4 * PAGE), buf, sizeof(buf),
+		late_count(l, memreg_copy(l->fd, key, (i * 64) % BUF_LEN, buf, sizeof(buf),
 					  MEMREG_COPY_TO_REGION));
 		i++;
 	}
@@ -2153,7 +2154,7 @@ TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
 			  .src_key = self->rs.lkey };
 	struct memreg_register v;
 	pthread_t ring, io;
-	char *snap = malloc(4 * PAGE);
+	char *snap = malloc(BUF_LEN);
 	int round, written = 0;
 
 	ASSERT_NE(NULL, snap);
@@ -2161,18 +2162,18 @@ TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
 	ASSERT_EQ(0, pthread_create(&ring, NULL, late_ring_writer, &l));
 	ASSERT_EQ(0, pthread_create(&io, NULL, late_ioctl_writer, &l));
 	for (round = 0; round < 30; round++) {
-		char *bv = map_buf(4 * PAGE, 'n');
+		char *bv = map_buf(BUF_LEN, 'n');
 
 		ASSERT_NE(NULL, bv);
-		ASSERT_EQ(0, memreg_register(self->fd, bv, 4 * PAGE, RW, &v));
+		ASSERT_EQ(0, memreg_register(self->fd, bv, BUF_LEN, RW, &v));
 		__atomic_store_n(&l.key, v.lkey, __ATOMIC_RELEASE);
 		usleep(3000);
-		ASSERT_EQ(0, mprotect(bv, 4 * PAGE, PROT_READ));
-		memcpy(snap, bv, 4 * PAGE);
-		written += !all_bytes(bv, 4 * PAGE, 'n');
+		ASSERT_EQ(0, mprotect(bv, BUF_LEN, PROT_READ));
+		memcpy(snap, bv, BUF_LEN);
+		written += !all_bytes(bv, BUF_LEN, 'n');
 		usleep(3000);
-		EXPECT_EQ(0, memcmp(snap, bv, 4 * PAGE)) TH_LOG("round %d", round);
-		ASSERT_EQ(0, munmap(bv, 4 * PAGE));
+		EXPECT_EQ(0, memcmp(snap, bv, BUF_LEN)) TH_LOG("round %d", round);
+		ASSERT_EQ(0, munmap(bv, BUF_LEN));
 	}
 	__atomic_store_n(&l.stop, 1, __ATOMIC_RELEASE);
 	pthread_join(ring, NULL);
@@ -2182,6 +2183,54 @@ TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
 	EXPECT_LT(0, l.ok);
 	EXPECT_LT(0, l.enoent);
 	/* The writers reached registrations before they ended: the test did something. */
+	EXPECT_LE(10, written);
+	TH_LOG("%llu copies landed, %llu refused, %d of 30 registrations written",
+	       (unsigned long long)l.ok, (unsigned long long)l.enoent, written);
+}
+
+/*
+ * No byte lands after the DEREGISTER that ended the registration's keys
+ * returned: DEREGISTER returns right after it ends them, so a copy step
+ * still under way (64 KiB, as the writers above post) would show as bytes
+ * that change in memory the process keeps. Thirty rounds, parking on (the
+ * keys end by a new generation) and off (the registration ends) in turn.
+ */
+TEST_F_TIMEOUT(dp, no_write_lands_after_deregister_returned, 120)
+{
+	struct late l = { .fd = self->fd, .q = &self->q, .src = self->src,
+			  .src_key = self->rs.lkey };
+	struct memreg_register v;
+	pthread_t ring, io;
+	char *snap = malloc(BUF_LEN);
+	int round, written = 0;
+
+	ASSERT_NE(NULL, snap);
+	l.key = self->rd.lkey;
+	ASSERT_EQ(0, pthread_create(&ring, NULL, late_ring_writer, &l));
+	ASSERT_EQ(0, pthread_create(&io, NULL, late_ioctl_writer, &l));
+	for (round = 0; round < 30; round++) {
+		char *bv = map_buf(BUF_LEN, 'n');
+
+		ASSERT_NE(NULL, bv);
+		ASSERT_EQ(0, mr_set_parking(self->fd, round % 2));
+		ASSERT_EQ(0, memreg_register(self->fd, bv, BUF_LEN, RW, &v));
+		__atomic_store_n(&l.key, v.lkey, __ATOMIC_RELEASE);
+		usleep(3000);
+		ASSERT_EQ(0, memreg_deregister(self->fd, v.lkey));
+		memcpy(snap, bv, BUF_LEN);
+		written += !all_bytes(bv, BUF_LEN, 'n');
+		usleep(3000);
+		EXPECT_EQ(0, memcmp(snap, bv, BUF_LEN)) TH_LOG("round %d (parking %s)", round,
+							       round % 2 ? "on" : "off");
+		ASSERT_EQ(0, munmap(bv, BUF_LEN));
+	}
+	__atomic_store_n(&l.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(ring, NULL);
+	pthread_join(io, NULL);
+	free(snap);
+	EXPECT_EQ(0, l.bad);
+	EXPECT_LT(0, l.ok);
+	EXPECT_LT(0, l.enoent);
 	EXPECT_LE(10, written);
 	TH_LOG("%llu copies landed, %llu refused, %d of 30 registrations written",
 	       (unsigned long long)l.ok, (unsigned long long)l.enoent, written);
