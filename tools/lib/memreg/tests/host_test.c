@@ -614,22 +614,32 @@ static void test_ring_bad_layout(void)
 struct fr_thread {
 	struct memreg_pool *pool;
 	__u32 owner;
+	unsigned int cache;	/* buffers per class of a cache of its own, or 0 */
 	unsigned int twice, bad, empty, done;
 };
 
 static void *fr_thread_fn(void *arg)
 {
 	struct fr_thread *t = arg;
-	struct memreg_pool_buf b[2];
+	struct memreg_pool_cache *pc = NULL;
+	struct memreg_pool_buf b[6];
 	unsigned int i, k, n;
 
+	if (t->cache && memreg_pool_cache_create(t->pool, t->cache, &pc)) {
+		t->bad++;
+		return NULL;
+	}
 	for (i = 0; i < FR_ROUNDS; i++) {
-		/* One or two at a time, so that buffers change hands in every order. */
-		n = 1 + (i + t->owner) % 2;
+		/*
+		 * One or two at a time (one to six through a cache, for refills and
+		 * spills), so that buffers change hands in every order.
+		 */
+		n = pc ? 1 + (i * 7 + t->owner) % 6 : 1 + (i + t->owner) % 2;
 		for (k = 0; k < n; k++) {
 			__u32 *tag, old;
 
-			if (memreg_pool_alloc(t->pool, 64, 0, 0, &b[k])) {
+			if (pc ? memreg_pool_cache_alloc(pc, 64, 0, 0, &b[k]) :
+				 memreg_pool_alloc(t->pool, 64, 0, 0, &b[k])) {
 				t->empty++;
 				break;
 			}
@@ -649,11 +659,12 @@ static void *fr_thread_fn(void *arg)
 			if (__atomic_load_n(tag, __ATOMIC_RELAXED) != t->owner)
 				t->twice++;
 			__atomic_store_n(tag, 0, __ATOMIC_RELAXED);
-			if (memreg_pool_free(t->pool, tag))
+			if (pc ? memreg_pool_cache_free(pc, tag) : memreg_pool_free(t->pool, tag))
 				t->bad++;
 		}
 		t->done++;
 	}
+	memreg_pool_cache_destroy(pc);
 	return NULL;
 }
 
@@ -864,59 +875,9 @@ static void test_cache_alloc_free(void)
 }
 
 /* Threads with a cache each over one ring: no buffer held by two of them. */
-struct fc_thread {
-	struct memreg_pool *pool;
-	__u32 owner;
-	unsigned int size;
-	unsigned int twice, bad, done;
-};
-
-static void *fc_thread_fn(void *arg)
-{
-	struct fc_thread *t = arg;
-	struct memreg_pool_cache *pc;
-	struct memreg_pool_buf b[6];
-	unsigned int i, k, n;
-
-	if (memreg_pool_cache_create(t->pool, t->size, &pc)) {
-		t->bad++;
-		return NULL;
-	}
-	for (i = 0; i < FR_ROUNDS; i++) {
-		/* One to six at a time: refills and spills in every order. */
-		n = 1 + (i * 7 + t->owner) % 6;
-		for (k = 0; k < n; k++) {
-			__u32 *tag;
-
-			if (memreg_pool_cache_alloc(pc, 64, 0, 0, &b[k]))
-				break;
-			if (fr_index(t->pool, &b[k]) >= FR_BUFFERS || b[k].class) {
-				t->bad++;
-				break;
-			}
-			tag = (__u32 *)(unsigned long)b[k].addr;
-			if (__atomic_exchange_n(tag, t->owner, __ATOMIC_RELAXED))
-				t->twice++;
-		}
-		n = k;
-		for (k = 0; k < n; k++) {
-			__u32 *tag = (__u32 *)(unsigned long)b[k].addr;
-
-			if (__atomic_load_n(tag, __ATOMIC_RELAXED) != t->owner)
-				t->twice++;
-			__atomic_store_n(tag, 0, __ATOMIC_RELAXED);
-			if (memreg_pool_cache_free(pc, tag))
-				t->bad++;
-		}
-		t->done++;
-	}
-	memreg_pool_cache_destroy(pc);
-	return NULL;
-}
-
 static void test_cache_threads(unsigned int size)
 {
-	struct fc_thread t[FR_THREADS];
+	struct fr_thread t[FR_THREADS];
 	pthread_t tid[FR_THREADS];
 	unsigned int i;
 
@@ -924,8 +885,8 @@ static void test_cache_threads(unsigned int size)
 	if (!pool_for_tests.rings)
 		return;
 	for (i = 0; i < FR_THREADS; i++) {
-		t[i] = (struct fc_thread){ .pool = &pool_for_tests, .owner = i + 1, .size = size };
-		pthread_create(&tid[i], NULL, fc_thread_fn, &t[i]);
+		t[i] = (struct fr_thread){ .pool = &pool_for_tests, .owner = i + 1, .cache = size };
+		pthread_create(&tid[i], NULL, fr_thread_fn, &t[i]);
 	}
 	for (i = 0; i < FR_THREADS; i++) {
 		pthread_join(tid[i], NULL);

@@ -2141,14 +2141,16 @@ static void *late_ioctl_writer(void *arg)
 	return NULL;
 }
 
+/* How a round of late_rounds() ends its registration. */
+enum late_end { LATE_MPROTECT, LATE_DEREGISTER };
+
 /*
- * No byte lands after the mprotect() that ended the registration returned:
- * copies move data with no lock, and an invalidation waits for those in
- * progress. Thirty rounds, each a fresh registration written from both
- * sides until mprotect(PROT_READ) ends it; its bytes are then watched while
- * the writers go on, and must not change.
+ * Thirty rounds, each a fresh registration written from both sides until
+ * @how ends it; its bytes are then watched while the writers go on, and
+ * must not change.
  */
-TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
+static void late_rounds(struct __test_metadata *_metadata, FIXTURE_DATA(dp) *self,
+			enum late_end how)
 {
 	struct late l = { .fd = self->fd, .q = &self->q, .src = self->src,
 			  .src_key = self->rs.lkey };
@@ -2165,10 +2167,17 @@ TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
 		char *bv = map_buf(BUF_LEN, 'n');
 
 		ASSERT_NE(NULL, bv);
+		if (how == LATE_DEREGISTER) {
+			ASSERT_EQ(0, mr_set_parking(self->fd, round % 2));
+		}
 		ASSERT_EQ(0, memreg_register(self->fd, bv, BUF_LEN, RW, &v));
 		__atomic_store_n(&l.key, v.lkey, __ATOMIC_RELEASE);
 		usleep(3000);
-		ASSERT_EQ(0, mprotect(bv, BUF_LEN, PROT_READ));
+		if (how == LATE_MPROTECT) {
+			ASSERT_EQ(0, mprotect(bv, BUF_LEN, PROT_READ));
+		} else {
+			ASSERT_EQ(0, memreg_deregister(self->fd, v.lkey));
+		}
 		memcpy(snap, bv, BUF_LEN);
 		written += !all_bytes(bv, BUF_LEN, 'n');
 		usleep(3000);
@@ -2189,51 +2198,25 @@ TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
 }
 
 /*
+ * No byte lands after the mprotect() that ended the registration returned:
+ * copies move data with no lock, and an invalidation waits for those in
+ * progress.
+ */
+TEST_F_TIMEOUT(dp, no_write_lands_after_mprotect_returned, 120)
+{
+	late_rounds(_metadata, self, LATE_MPROTECT);
+}
+
+/*
  * No byte lands after the DEREGISTER that ended the registration's keys
  * returned: DEREGISTER returns right after it ends them, so a copy step
  * still under way (64 KiB, as the writers above post) would show as bytes
- * that change in memory the process keeps. Thirty rounds, parking on (the
- * keys end by a new generation) and off (the registration ends) in turn.
+ * that change in memory the process keeps. Parking on (the keys end by a
+ * new generation) and off (the registration ends) in turn.
  */
 TEST_F_TIMEOUT(dp, no_write_lands_after_deregister_returned, 120)
 {
-	struct late l = { .fd = self->fd, .q = &self->q, .src = self->src,
-			  .src_key = self->rs.lkey };
-	struct memreg_register v;
-	pthread_t ring, io;
-	char *snap = malloc(BUF_LEN);
-	int round, written = 0;
-
-	ASSERT_NE(NULL, snap);
-	l.key = self->rd.lkey;
-	ASSERT_EQ(0, pthread_create(&ring, NULL, late_ring_writer, &l));
-	ASSERT_EQ(0, pthread_create(&io, NULL, late_ioctl_writer, &l));
-	for (round = 0; round < 30; round++) {
-		char *bv = map_buf(BUF_LEN, 'n');
-
-		ASSERT_NE(NULL, bv);
-		ASSERT_EQ(0, mr_set_parking(self->fd, round % 2));
-		ASSERT_EQ(0, memreg_register(self->fd, bv, BUF_LEN, RW, &v));
-		__atomic_store_n(&l.key, v.lkey, __ATOMIC_RELEASE);
-		usleep(3000);
-		ASSERT_EQ(0, memreg_deregister(self->fd, v.lkey));
-		memcpy(snap, bv, BUF_LEN);
-		written += !all_bytes(bv, BUF_LEN, 'n');
-		usleep(3000);
-		EXPECT_EQ(0, memcmp(snap, bv, BUF_LEN)) TH_LOG("round %d (parking %s)", round,
-							       round % 2 ? "on" : "off");
-		ASSERT_EQ(0, munmap(bv, BUF_LEN));
-	}
-	__atomic_store_n(&l.stop, 1, __ATOMIC_RELEASE);
-	pthread_join(ring, NULL);
-	pthread_join(io, NULL);
-	free(snap);
-	EXPECT_EQ(0, l.bad);
-	EXPECT_LT(0, l.ok);
-	EXPECT_LT(0, l.enoent);
-	EXPECT_LE(10, written);
-	TH_LOG("%llu copies landed, %llu refused, %d of 30 registrations written",
-	       (unsigned long long)l.ok, (unsigned long long)l.enoent, written);
+	late_rounds(_metadata, self, LATE_DEREGISTER);
 }
 
 /* ---- The doorbell and the worker ---- */
